@@ -1,0 +1,73 @@
+/**
+ * The library's front door: load a model directory once, then generate with any cache spec.
+ *
+ *   const m = await KiviModel.load('models/llama-28m-gqa', { kv: 'kivi2' });
+ *   for await (const c of m.generate('The pass key is', { maxTokens: 16 })) process.stdout.write(c.text);
+ */
+import { createKernels, type BackendOptions, type Kernels } from './kernels/index.js';
+import { loadModelDir } from './model/load.js';
+import type { ModelConfig } from './model/config.js';
+import type { LlamaModel } from './model/llama.js';
+import type { Tokenizer } from './tokenizer/tokenizer.js';
+import { createCache, type KvOption, toCacheSpec, validateSpec } from './cache/spec.js';
+import type { SequenceCache } from './cache/types.js';
+import { generateTokens, type GenerateChunk, type GenerateOptions, type GenerateResult } from './engine/generate.js';
+
+export interface LoadOptions extends BackendOptions {
+  /** Default cache spec for generate(): 'fp32' (default), 'fp16', 'kivi2', 'kivi4', ... or a spec object. */
+  kv?: KvOption;
+}
+
+export interface GenerateCallOptions extends GenerateOptions {
+  /** Cache spec for this call (default: the model's). */
+  kv?: KvOption;
+}
+
+export class KiviModel {
+  private constructor(
+    readonly dir: string,
+    readonly config: ModelConfig,
+    readonly tokenizer: Tokenizer,
+    readonly model: LlamaModel,
+    readonly kernels: Kernels,
+    readonly kv: KvOption,
+  ) {}
+
+  static async load(dir: string, opts: LoadOptions = {}): Promise<KiviModel> {
+    const kernels = await createKernels(opts);
+    const m = loadModelDir(dir, kernels);
+    const kv = opts.kv ?? 'fp32';
+    validateSpec(toCacheSpec(kv), m.model.dims);
+    return new KiviModel(dir, m.config, m.tokenizer, m.model, kernels, kv);
+  }
+
+  /** An empty cache for one sequence (free() it when done). */
+  newCache(kv: KvOption = this.kv): SequenceCache {
+    return createCache(kv, this.model.dims, this.kernels);
+  }
+
+  /** Text → token ids (BOS prepended as the tokenizer config says). */
+  encode(text: string, opts?: { bos?: boolean }): number[] {
+    return this.tokenizer.encode(text, opts);
+  }
+
+  decode(ids: ArrayLike<number>): string {
+    return this.tokenizer.decode(ids);
+  }
+
+  /** Stream generated tokens; the iterator's return value is the full result. */
+  generate(prompt: string | number[], opts: GenerateCallOptions = {}): AsyncGenerator<GenerateChunk, GenerateResult, void> {
+    const ids = typeof prompt === 'string' ? this.encode(prompt) : prompt;
+    const cache = this.newCache(opts.kv ?? this.kv);
+    return generateTokens(this.model, this.tokenizer, cache, ids, opts);
+  }
+
+  /** Generate to the end and return the result. */
+  async complete(prompt: string | number[], opts: GenerateCallOptions = {}): Promise<GenerateResult> {
+    const it = this.generate(prompt, opts);
+    for (;;) {
+      const r = await it.next();
+      if (r.done) return r.value;
+    }
+  }
+}

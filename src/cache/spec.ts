@@ -1,0 +1,178 @@
+/**
+ * Cache specs: the strings a user passes to `--kv` (and the library's `kv` option) compiled to data, then
+ * to a factory of layer caches. A new storage format is a new spec kind and cache class, never a branch
+ * in the model.
+ */
+import type { Bits } from '../quant/quantizer.js';
+import { isBits } from '../quant/quantizer.js';
+import { KiviError } from '../util/errors.js';
+import type { Kernels } from '../kernels/types.js';
+import type { CacheDims, LayerCacheFactory } from './types.js';
+import { SequenceCache } from './types.js';
+import { DenseLayerCache } from './dense.js';
+import { KiviLayerCache, type KiviOptions, validateKivi } from './kivi.js';
+import { FakeQuantLayerCache, type FakeOptions, type Axis } from './fake.js';
+
+export type CacheSpec =
+  | { kind: 'fp32' }
+  | { kind: 'fp16' }
+  | ({ kind: 'kivi' } & KiviOptions)
+  | ({ kind: 'fake' } & FakeOptions);
+
+/** What the library accepts: a spec string or a spec object. */
+export type KvOption = string | CacheSpec;
+
+export const NAMED_SPECS = [
+  'fp32', 'fp16', 'kivi2', 'kivi4', 'kivi2-r32', 'kivi2-g128',
+  'fake4-kT-vT', 'fake2-kC-vT', 'fake2-kT-vC', 'fake2-kC-vC', 'fake2-kT-vT',
+] as const;
+
+const VALID_FORMS =
+  `valid forms: ${NAMED_SPECS.join(', ')}; kivi<b>[-r<R>][-g<G>] (b = 2, 4, 8); fake<b>-k<T|C>-v<T|C>; ` +
+  'kivi:k=2,v=4,g=32,r=128[,residual=fp16]; fake:bits=2,k=channel,v=token,g=32';
+
+function bad(spec: string, why: string): never {
+  throw new KiviError(`bad --kv spec "${spec}": ${why}; ${VALID_FORMS}`);
+}
+
+function bitsOf(spec: string, s: string | undefined): Bits {
+  const b = Number(s);
+  if (!isBits(b)) bad(spec, `bits must be 2, 4 or 8, got "${s}"`);
+  return b;
+}
+
+function intOf(spec: string, key: string, s: string | undefined): number {
+  const n = Number(s);
+  if (s === undefined || !/^\d+$/.test(s) || n <= 0) bad(spec, `${key} must be a positive integer, got "${s}"`);
+  return n;
+}
+
+function kivi(kBits: Bits, vBits: Bits, groupSize = 32, residual = 128, residualDtype: 'fp32' | 'fp16' = 'fp32'): CacheSpec {
+  return { kind: 'kivi', kBits, vBits, groupSize, residual, residualDtype };
+}
+
+function parseKeyValues(spec: string, body: string, allowed: string[]): Map<string, string> {
+  const m = new Map<string, string>();
+  for (const part of body.split(',')) {
+    const [k, v, ...rest] = part.split('=');
+    if (!k || v === undefined || rest.length > 0) bad(spec, `"${part}" is not key=value`);
+    if (!allowed.includes(k)) bad(spec, `unknown key "${k}" (keys: ${allowed.join(', ')})`);
+    if (m.has(k)) bad(spec, `key "${k}" given twice`);
+    m.set(k, v);
+  }
+  return m;
+}
+
+function axisOf(spec: string, s: string | undefined): Axis {
+  if (s === 'token' || s === 'T') return 'token';
+  if (s === 'channel' || s === 'C') return 'channel';
+  bad(spec, `axis must be token or channel, got "${s}"`);
+}
+
+/** Parse a cache spec string. */
+export function parseKvSpec(spec: string): CacheSpec {
+  const s = spec.trim();
+  if (s === 'fp32') return { kind: 'fp32' };
+  if (s === 'fp16') return { kind: 'fp16' };
+  let m = /^kivi(\d+)((?:-[rg]\d+)*)$/.exec(s);
+  if (m) {
+    const b = bitsOf(spec, m[1]);
+    let R = 128;
+    let G = 32;
+    for (const [, key, val] of m[2]!.matchAll(/-([rg])(\d+)/g)) {
+      if (key === 'r') R = intOf(spec, 'r', val);
+      else G = intOf(spec, 'g', val);
+    }
+    return kivi(b, b, G, R);
+  }
+  m = /^fake(\d+)-k([TC])-v([TC])$/.exec(s);
+  if (m) return { kind: 'fake', bits: bitsOf(spec, m[1]), keyAxis: axisOf(spec, m[2]), valueAxis: axisOf(spec, m[3]), groupSize: 32 };
+  if (s.startsWith('kivi:')) {
+    const kv = parseKeyValues(spec, s.slice(5), ['k', 'v', 'g', 'r', 'residual']);
+    const res = kv.get('residual') ?? 'fp32';
+    if (res !== 'fp32' && res !== 'fp16') bad(spec, `residual must be fp32 or fp16, got "${res}"`);
+    return kivi(
+      bitsOf(spec, kv.get('k') ?? '2'), bitsOf(spec, kv.get('v') ?? '2'),
+      kv.has('g') ? intOf(spec, 'g', kv.get('g')) : 32,
+      kv.has('r') ? intOf(spec, 'r', kv.get('r')) : 128, res,
+    );
+  }
+  if (s.startsWith('fake:')) {
+    const kv = parseKeyValues(spec, s.slice(5), ['bits', 'k', 'v', 'g']);
+    return {
+      kind: 'fake', bits: bitsOf(spec, kv.get('bits') ?? '2'),
+      keyAxis: axisOf(spec, kv.get('k') ?? 'channel'), valueAxis: axisOf(spec, kv.get('v') ?? 'token'),
+      groupSize: kv.has('g') ? intOf(spec, 'g', kv.get('g')) : 32,
+    };
+  }
+  bad(spec, 'not recognized');
+}
+
+/**
+ * Split "fp32,kivi2,kivi:k=2,v=4,g=32" into specs: a key=value part continues the general form before it.
+ * Every spec is validated.
+ */
+export function splitSpecList(list: string): string[] {
+  const out: string[] = [];
+  for (const part of list.split(',').map((p) => p.trim())) {
+    if (part.includes('=') && !part.includes(':') && out.length > 0 && out[out.length - 1]!.includes(':')) {
+      out[out.length - 1] += ',' + part;
+    } else {
+      out.push(part);
+    }
+  }
+  for (const s of out) parseKvSpec(s);
+  return out;
+}
+
+/** Accept a string or an object (library option). */
+export function toCacheSpec(kv: KvOption | undefined): CacheSpec {
+  if (kv === undefined) return { kind: 'fp32' };
+  if (typeof kv === 'string') return parseKvSpec(kv);
+  return kv;
+}
+
+/** Canonical string of a spec (the general form for anything not named). */
+export function formatKvSpec(spec: CacheSpec): string {
+  switch (spec.kind) {
+    case 'fp32':
+    case 'fp16':
+      return spec.kind;
+    case 'kivi':
+      return `kivi:k=${spec.kBits},v=${spec.vBits},g=${spec.groupSize},r=${spec.residual}` +
+        (spec.residualDtype === 'fp16' ? ',residual=fp16' : '');
+    case 'fake':
+      return `fake:bits=${spec.bits},k=${spec.keyAxis},v=${spec.valueAxis},g=${spec.groupSize}`;
+  }
+}
+
+/** Check a spec against a model's shapes (clear errors before any work starts). */
+export function validateSpec(spec: CacheSpec, dims: CacheDims): void {
+  if (spec.kind === 'kivi') validateKivi(spec, dims.headDim);
+  if (spec.kind === 'fake') {
+    const G = spec.groupSize;
+    if ((spec.keyAxis === 'token' || spec.valueAxis === 'token') && dims.headDim % G !== 0) {
+      throw new KiviError(`fake-quant group size G=${G} must divide head_dim ${dims.headDim}`);
+    }
+  }
+}
+
+export function layerFactory(spec: CacheSpec): LayerCacheFactory {
+  switch (spec.kind) {
+    case 'fp32':
+      return (dims, kernels) => new DenseLayerCache(dims, kernels, false);
+    case 'fp16':
+      return (dims, kernels) => new DenseLayerCache(dims, kernels, true);
+    case 'kivi':
+      return (dims, kernels) => new KiviLayerCache(dims, kernels, spec);
+    case 'fake':
+      return (dims, kernels) => new FakeQuantLayerCache(dims, kernels, spec);
+  }
+}
+
+/** A fresh, empty cache for one sequence. */
+export function createCache(kv: KvOption | undefined, dims: CacheDims, kernels: Kernels, label?: string): SequenceCache {
+  const spec = toCacheSpec(kv);
+  validateSpec(spec, dims);
+  return new SequenceCache(label ?? (typeof kv === 'string' ? kv : formatKvSpec(spec)), dims, kernels, layerFactory(spec));
+}

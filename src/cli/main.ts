@@ -1,0 +1,34 @@
+#!/usr/bin/env node
+/** The `kivi` command line: a thin face over the library. */
+import { Command, CommanderError } from 'commander';
+import { KiviError } from '../util/errors.js';
+import { register as registerGenerate } from './commands/generate.js';
+import { register as registerEval } from './commands/eval.js';
+
+const program = new Command();
+program
+  .name('kivi')
+  .description('LLM inference in TypeScript with a 2-/4-bit KIVI KV cache')
+  .version('0.1.0')
+  .showHelpAfterError('(run with --help for usage)')
+  .exitOverride();
+
+registerGenerate(program);
+registerEval(program);
+
+function die(message: string): never {
+  process.stderr.write(`kivi: ${message.split('\n')[0]}\n`);
+  process.exit(1);
+}
+
+try {
+  await program.parseAsync(process.argv);
+} catch (e) {
+  if (e instanceof CommanderError) {
+    // Commander already printed its message (or help/version); keep its exit code, 1 for any error.
+    process.exit(e.exitCode === 0 ? 0 : 1);
+  }
+  if (e instanceof KiviError) die(e.message);
+  if (process.env.KIVI_DEBUG) console.error(e);
+  die(`internal error: ${(e as Error)?.message ?? String(e)} (set KIVI_DEBUG=1 for a stack trace)`);
+}

@@ -1,0 +1,51 @@
+/**
+ * The compute back end: every hot loop of the model and the caches goes through this interface, so the
+ * pure-TypeScript reference, WebAssembly SIMD and multi-threaded implementations are interchangeable.
+ *
+ * Conventions: matrices are row-major typed arrays addressed by (array, offset). Storage a kernel reads
+ * must come from the same back end's allocators (a WASM back end keeps it inside its linear memory).
+ */
+import type { Bits } from '../quant/quantizer.js';
+
+export interface Kernels {
+  readonly name: string;
+
+  /** Zeroed storage that this back end's kernels can read. */
+  allocF32(n: number): Float32Array;
+  allocU32(n: number): Uint32Array;
+  allocU16(n: number): Uint16Array;
+  /** Return storage from the alloc* functions (a no-op where the garbage collector owns it). */
+  free(a: Float32Array | Uint32Array | Uint16Array): void;
+
+  /** out[r·outDim + o] = Σ_i x[r·inDim + i] · w[o·inDim + i] (+ bias[o]); w is [outDim][inDim] as in HF Linear. */
+  matmul(out: Float32Array, x: Float32Array, w: Float32Array, rows: number, inDim: number, outDim: number, bias?: Float32Array): void;
+
+  /**
+   * Attention scores against float keys for the nq query heads that share one kv head:
+   * s[j·sStride + sOff + t] = scale · q[qOff + j·d ..] · K[kOff + t·d ..], t < n.
+   * K is float32 or float16 bits (Uint16Array).
+   */
+  scoresDense(s: Float32Array, sOff: number, sStride: number, q: Float32Array, qOff: number, nq: number,
+    k: Float32Array | Uint16Array, kOff: number, n: number, d: number, scale: number): void;
+
+  /** out[oOff + j·d + c] += Σ_t p[j·pStride + pOff + t] · V[vOff + t·d + c], t < n (float32 or float16 V). */
+  accumDense(out: Float32Array, oOff: number, p: Float32Array, pOff: number, pStride: number, nq: number,
+    v: Float32Array | Uint16Array, vOff: number, n: number, d: number): void;
+
+  /**
+   * Scores against KIVI keys: n tokens (a multiple of G) quantized per channel in groups of G tokens,
+   * codes packed per token along the channel axis ([n][d·b/32] words from cOff), float16 scale/min
+   * [n/G][d] from pOff. Scales fold into the query once per group (KIVI.md §6).
+   */
+  scoresKivi(s: Float32Array, sOff: number, sStride: number, q: Float32Array, qOff: number, nq: number,
+    codes: Uint32Array, cOff: number, scales: Uint16Array, mins: Uint16Array, pOff: number,
+    n: number, d: number, bits: Bits, G: number, scale: number): void;
+
+  /**
+   * Accumulate attention-weighted KIVI values: n tokens quantized per token in groups of G channels,
+   * codes [n][d·b/32] from cOff, float16 scale/min [n][d/G] from pOff. The weight folds into the scale.
+   */
+  accumKivi(out: Float32Array, oOff: number, p: Float32Array, pOff: number, pStride: number, nq: number,
+    codes: Uint32Array, cOff: number, scales: Uint16Array, mins: Uint16Array, pIdx: number,
+    n: number, d: number, bits: Bits, G: number): void;
+}

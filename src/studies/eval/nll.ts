@@ -1,0 +1,76 @@
+/**
+ * Streaming NLL (docs/KIVI.md §9): prefill the first P tokens of a window exactly, then feed the rest one
+ * token at a time through the cache (teacher forcing); the score is the mean NLL of the predictions made
+ * by decode steps. Windows of equal length run as one batch.
+ */
+import type { LlamaModel } from '../../model/llama.js';
+import { createCache, type KvOption } from '../../cache/spec.js';
+import { restorePrefill, snapshotPrefill, type PrefixSnapshot } from '../../engine/prefix.js';
+import { logProb } from '../../engine/sampling.js';
+import { KiviError } from '../../util/errors.js';
+
+export interface NllOptions {
+  prefill: number;
+  /** Decode tokens per forward call (bounds memory for logits; progress granularity). */
+  chunk?: number;
+  onProgress?: (decodedTokens: number, totalTokens: number) => void;
+}
+
+export function checkWindows(windows: number[][], prefill: number, context: number): void {
+  if (!Array.isArray(windows) || windows.length === 0) throw new KiviError('no windows given');
+  for (const [i, w] of windows.entries()) {
+    if (!Array.isArray(w) || !w.every((t) => Number.isInteger(t))) throw new KiviError(`window ${i} is not an array of token ids`);
+    if (w.length > context) throw new KiviError(`window ${i} has ${w.length} tokens, longer than the model's context of ${context}`);
+    if (!(Number.isInteger(prefill) && prefill >= 1 && prefill < w.length - 1)) {
+      throw new KiviError(`prefill ${prefill} must be ≥ 1 and leave at least 2 tokens of window ${i} (${w.length} tokens) to decode`);
+    }
+  }
+}
+
+/** Mean NLL per window for one cache spec. `snapshots` (one per window) skip recomputing the prefill. */
+export function streamingNll(
+  model: LlamaModel, windows: number[][], kv: KvOption, opts: NllOptions, snapshots?: PrefixSnapshot[],
+): number[] {
+  const P = opts.prefill;
+  checkWindows(windows, P, model.config.maxPositions);
+  const result = new Array<number>(windows.length).fill(0);
+  // Group windows by length: each group decodes in lockstep as one batch.
+  const byLen = new Map<number, number[]>();
+  windows.forEach((w, i) => byLen.set(w.length, [...(byLen.get(w.length) ?? []), i]));
+  const total = windows.reduce((a, w) => a + (w.length - 1 - P), 0);
+  let done = 0;
+  const V = model.config.vocabSize;
+  const chunk = opts.chunk ?? 64;
+  for (const [len, idx] of byLen) {
+    const caches = idx.map(() => createCache(kv, model.dims, model.kernels));
+    try {
+      idx.forEach((wi, j) => {
+        if (snapshots) restorePrefill(caches[j]!, snapshots[wi]!);
+        else model.forward([{ tokens: windows[wi]!.slice(0, P), cache: caches[j]!, logits: 'none' }]);
+      });
+      const sums = idx.map(() => 0);
+      // Decode tokens P .. len−2; the step fed token p predicts token p+1.
+      for (let p0 = P; p0 < len - 1; p0 += chunk) {
+        const p1 = Math.min(len - 1, p0 + chunk);
+        const logits = model.forward(idx.map((wi, j) => ({ tokens: windows[wi]!.slice(p0, p1), cache: caches[j]!, logits: 'all' as const })));
+        idx.forEach((wi, j) => {
+          const w = windows[wi]!;
+          let s = 0;
+          for (let p = p0; p < p1; p++) s -= logProb(logits[j]!, (p - p0) * V, V, w[p + 1]!);
+          sums[j] = sums[j]! + s;
+        });
+        done += (p1 - p0) * idx.length;
+        opts.onProgress?.(done, total);
+      }
+      idx.forEach((wi, j) => (result[wi] = sums[j]! / (len - 1 - P)));
+    } finally {
+      for (const c of caches) c.free();
+    }
+  }
+  return result;
+}
+
+/** Prefill snapshots for every window, to share across specs. */
+export function snapshotWindows(model: LlamaModel, windows: number[][], prefill: number): PrefixSnapshot[] {
+  return windows.map((w) => snapshotPrefill(model, w.slice(0, prefill)));
+}

@@ -1,0 +1,113 @@
+/**
+ * Tokenizer: `tokenizer.json` + `tokenizer_config.json` through @huggingface/tokenizers, with BOS/EOS as
+ * the model's configs say, and an incremental decoder for streaming text.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
+import { KiviError } from '../util/errors.js';
+
+function readJson(file: string, required: boolean): Record<string, unknown> | undefined {
+  if (!fs.existsSync(file)) {
+    if (required) throw new KiviError(`missing ${file}`);
+    return undefined;
+  }
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch {
+    throw new KiviError(`${file}: malformed JSON`);
+  }
+}
+
+function tokenContent(v: unknown): string | undefined {
+  if (typeof v === 'string') return v;
+  if (v && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string') return (v as { content: string }).content;
+  return undefined;
+}
+
+export class Tokenizer {
+  readonly bosId: number | null;
+  readonly eosIds: number[];
+  readonly addBos: boolean;
+  readonly chatTemplate: string | undefined;
+  readonly config: Record<string, unknown>;
+  private readonly hf: HfTokenizer;
+
+  constructor(tokenizerJson: Record<string, unknown>, config: Record<string, unknown>, modelConfig: { bosTokenId: number | null; eosTokenIds: number[] }) {
+    this.config = config;
+    try {
+      this.hf = new HfTokenizer(tokenizerJson as never, config as never);
+    } catch (e) {
+      throw new KiviError(`tokenizer.json could not be loaded: ${(e as Error).message}`);
+    }
+    const bosTok = tokenContent(config.bos_token);
+    const eosTok = tokenContent(config.eos_token);
+    this.bosId = modelConfig.bosTokenId ?? (bosTok !== undefined ? this.tokenToId(bosTok) : null);
+    const eos = new Set(modelConfig.eosTokenIds);
+    if (eosTok !== undefined) {
+      const id = this.tokenToId(eosTok);
+      if (id !== null) eos.add(id);
+    }
+    this.eosIds = [...eos];
+    // Llama tokenizers add BOS unless told not to; tokenizers without a BOS token cannot.
+    this.addBos = this.bosId !== null && config.add_bos_token !== false;
+    this.chatTemplate = typeof config.chat_template === 'string' ? config.chat_template : undefined;
+  }
+
+  static fromDir(dir: string, modelConfig: { bosTokenId: number | null; eosTokenIds: number[] }): Tokenizer {
+    const tj = readJson(path.join(dir, 'tokenizer.json'), true)!;
+    const tc = readJson(path.join(dir, 'tokenizer_config.json'), false) ?? {};
+    return new Tokenizer(tj, tc, modelConfig);
+  }
+
+  tokenToId(token: string): number | null {
+    return this.hf.token_to_id(token) ?? null;
+  }
+
+  /** Text → ids; a BOS is prepended when the tokenizer config asks for one (default) unless bos=false. */
+  encode(text: string, opts: { bos?: boolean } = {}): number[] {
+    const ids = this.hf.encode(text, { add_special_tokens: false }).ids as number[];
+    const bos = opts.bos ?? this.addBos;
+    return bos && this.bosId !== null ? [this.bosId, ...ids] : ids;
+  }
+
+  decode(ids: ArrayLike<number>, opts: { skipSpecial?: boolean } = {}): string {
+    return this.hf.decode(Array.from(ids), { skip_special_tokens: opts.skipSpecial ?? true });
+  }
+
+  isEos(id: number): boolean {
+    return this.eosIds.includes(id);
+  }
+}
+
+/**
+ * Turns a growing list of ids into text deltas. Decoding the whole list and emitting what is new keeps
+ * multi-token characters and merges right; text ending in U+FFFD (an incomplete UTF-8 sequence) is
+ * held back until the next token completes it.
+ */
+export class StreamDecoder {
+  private ids: number[] = [];
+  private emitted = 0;
+  constructor(private readonly tok: Tokenizer) {}
+
+  push(id: number): string {
+    this.ids.push(id);
+    const text = this.tok.decode(this.ids);
+    if (text.endsWith('\uFFFD')) return '';
+    const delta = text.slice(this.emitted);
+    this.emitted = text.length;
+    return delta;
+  }
+
+  /** Whatever is still held back. */
+  flush(): string {
+    const text = this.tok.decode(this.ids);
+    const delta = text.slice(this.emitted);
+    this.emitted = text.length;
+    return delta;
+  }
+
+  get text(): string {
+    return this.tok.decode(this.ids);
+  }
+}

@@ -11,7 +11,8 @@ import type { LlamaModel } from './model/llama.js';
 import type { Tokenizer } from './tokenizer/tokenizer.js';
 import { createCache, type KvOption, toCacheSpec, validateSpec } from './cache/spec.js';
 import type { SequenceCache } from './cache/types.js';
-import { generateTokens, type GenerateChunk, type GenerateOptions, type GenerateResult } from './engine/generate.js';
+import type { GenerateChunk, GenerateOptions, GenerateResult } from './engine/generate.js';
+import { BatchEngine } from './engine/batch.js';
 
 export interface LoadOptions extends BackendOptions {
   /** Default cache spec for generate(): 'fp32' (default), 'fp16', 'kivi2', 'kivi4', ... or a spec object. */
@@ -41,6 +42,16 @@ export class KiviModel {
     return new KiviModel(dir, m.config, m.tokenizer, m.model, kernels, kv);
   }
 
+  /**
+   * The batching engine behind generate(): concurrent generate() calls share its forward passes.
+   * Created on first use.
+   */
+  get engine(): BatchEngine {
+    this.batch ??= new BatchEngine(this.model, this.tokenizer);
+    return this.batch;
+  }
+  private batch?: BatchEngine;
+
   /** An empty cache for one sequence (free() it when done). */
   newCache(kv: KvOption = this.kv): SequenceCache {
     return createCache(kv, this.model.dims, this.kernels);
@@ -59,7 +70,7 @@ export class KiviModel {
   generate(prompt: string | number[], opts: GenerateCallOptions = {}): AsyncGenerator<GenerateChunk, GenerateResult, void> {
     const ids = typeof prompt === 'string' ? this.encode(prompt) : prompt;
     const cache = this.newCache(opts.kv ?? this.kv);
-    return generateTokens(this.model, this.tokenizer, cache, ids, opts);
+    return this.engine.add(ids, cache, opts).stream();
   }
 
   /** Generate to the end and return the result. */

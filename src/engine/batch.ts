@@ -1,0 +1,270 @@
+/**
+ * Continuous batching: many sequences of different lengths advance together, one forward pass (one read
+ * of the weights) per step. A sequence joins between steps (its prompt is prefilled in the step it
+ * joins, alongside the others' decode tokens) and leaves when it finishes or is cancelled, freeing its
+ * cache at once. Each sequence owns its cache, sampler and stop matcher, so batching never changes what
+ * a sequence generates.
+ */
+import type { LlamaModel } from '../model/llama.js';
+import type { Tokenizer } from '../tokenizer/tokenizer.js';
+import { StreamDecoder } from '../tokenizer/tokenizer.js';
+import type { SequenceCache } from '../cache/types.js';
+import { Sampler, validateSampling } from './sampling.js';
+import { StopMatcher } from './stop.js';
+import { KiviError } from '../util/errors.js';
+import type { FinishReason, GenerateChunk, GenerateOptions, GenerateResult } from './generate.js';
+
+const now = () => performance.now() / 1000;
+
+export function checkContext(promptTokens: number, maxTokens: number, context: number): void {
+  if (promptTokens === 0) throw new KiviError('empty prompt');
+  if (promptTokens > context) {
+    throw new KiviError(`prompt of ${promptTokens} tokens is longer than the model's context of ${context}`);
+  }
+  if (promptTokens + maxTokens > context) {
+    throw new KiviError(`prompt of ${promptTokens} tokens + ${maxTokens} new tokens exceeds the model's context of ${context}`);
+  }
+}
+
+/** One generation in a batch: an async iterator of chunks whose return value is the result. */
+export class Sequence implements AsyncIterable<GenerateChunk> {
+  readonly ids: number[] = [];
+  finishReason: FinishReason | null = null;
+  error: unknown = null;
+  prefillSeconds = 0;
+  decodeSeconds = 0;
+  decodeSteps = 0;
+  /** Cache bytes when the sequence finished (its cache is freed then). */
+  kvBytesAtEnd = 0;
+  /** The token to feed at the next step (null until the prompt is prefilled). */
+  next: number | null = null;
+
+  private readonly sampler: Sampler;
+  private readonly decoder: StreamDecoder;
+  private readonly stops: StopMatcher;
+  private readonly chunks: GenerateChunk[] = [];
+  private wake: (() => void) | null = null;
+  readonly maxTokens: number;
+
+  constructor(
+    readonly id: number,
+    readonly promptIds: number[],
+    readonly cache: SequenceCache,
+    tokenizer: Tokenizer,
+    readonly opts: GenerateOptions,
+    private readonly engine: BatchEngine,
+  ) {
+    this.maxTokens = opts.maxTokens ?? 128;
+    this.sampler = new Sampler(opts);
+    this.decoder = new StreamDecoder(tokenizer);
+    this.stops = new StopMatcher(opts.stop ?? []);
+  }
+
+  get done(): boolean {
+    return this.finishReason !== null || this.error !== null;
+  }
+
+  /** Cache bytes held now (0 once finished: the cache is freed). */
+  kvBytes(): number {
+    return this.done ? 0 : this.cache.bytes();
+  }
+
+  get text(): string {
+    return this.stops.fullText;
+  }
+
+  /** Stop generating and free the cache now. */
+  cancel(): void {
+    if (this.done) return;
+    this.engine.remove(this);
+    this.finish('abort');
+  }
+
+  /** Called by the engine with this step's logits row. */
+  accept(logits: Float32Array, off: number, vocab: number, tokenizer: Tokenizer): void {
+    const tok = this.sampler.sample(logits, off, vocab);
+    if (!this.opts.ignoreEos && tokenizer.isEos(tok)) {
+      this.finish('eos');
+      return;
+    }
+    this.ids.push(tok);
+    const { emit, stopped } = this.stops.push(this.decoder.push(tok));
+    this.push({ token: tok, text: emit });
+    if (stopped) this.finish('stop');
+    else if (this.ids.length >= this.maxTokens) this.finish('length');
+    else this.next = tok;
+  }
+
+  /** Mark finished (the engine has already removed it from the batch), release trailing text, free the cache. */
+  finish(reason: FinishReason): void {
+    if (this.done) return;
+    if (reason !== 'stop') {
+      const rest = this.stops.push(this.decoder.flush()).emit + this.stops.flush();
+      if (rest) this.push({ token: null, text: rest });
+    }
+    this.kvBytesAtEnd = this.cache.bytes();
+    this.cache.free();
+    this.finishReason = reason;
+    this.signal();
+  }
+
+  fail(err: unknown): void {
+    if (this.done) return;
+    this.cache.free();
+    this.error = err;
+    this.signal();
+  }
+
+  result(): GenerateResult {
+    return {
+      ids: this.ids, text: this.stops.fullText, promptTokens: this.promptIds.length,
+      finishReason: this.finishReason ?? 'abort', kvBytes: this.kvBytesAtEnd,
+      prefillSeconds: this.prefillSeconds, decodeSeconds: this.decodeSeconds, decodeSteps: this.decodeSteps,
+    };
+  }
+
+  private push(c: GenerateChunk): void {
+    this.chunks.push(c);
+    this.signal();
+  }
+
+  private signal(): void {
+    const w = this.wake;
+    this.wake = null;
+    w?.();
+  }
+
+  /** Iterate chunks as they are generated; the generator's return value is the result. */
+  async *stream(): AsyncGenerator<GenerateChunk, GenerateResult, void> {
+    try {
+      for (;;) {
+        while (this.chunks.length > 0) yield this.chunks.shift()!;
+        if (this.error !== null) throw this.error;
+        if (this.finishReason !== null) return this.result();
+        await new Promise<void>((resolve) => (this.wake = resolve));
+      }
+    } finally {
+      // A consumer that stops iterating early cancels the sequence.
+      if (!this.done) this.cancel();
+    }
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<GenerateChunk> {
+    return this.stream();
+  }
+}
+
+export interface BatchEngineOptions {
+  /** Most sequences decoding at once (default unlimited; the server's admission bounds memory). */
+  maxBatch?: number;
+}
+
+export class BatchEngine {
+  private readonly active: Sequence[] = [];
+  private readonly joining: Sequence[] = [];
+  private nextId = 1;
+  private running = false;
+  /** Tokens generated since the engine started, for metrics. */
+  generatedTokens = 0;
+  steps = 0;
+  /** Seconds spent in forward passes. */
+  busySeconds = 0;
+
+  constructor(readonly model: LlamaModel, readonly tokenizer: Tokenizer, readonly opts: BatchEngineOptions = {}) {}
+
+  /** Sequences in the batch or about to join it. */
+  get size(): number {
+    return this.active.length + this.joining.length;
+  }
+
+  get sequences(): readonly Sequence[] {
+    return [...this.active, ...this.joining];
+  }
+
+  /** Queue a generation; it joins the batch at the next step. The cache must be empty and is owned by the sequence from now on. */
+  add(promptIds: number[], cache: SequenceCache, opts: GenerateOptions = {}): Sequence {
+    try {
+      const maxTokens = opts.maxTokens ?? 128;
+      if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new KiviError(`max tokens must be an integer ≥ 1, got ${maxTokens}`);
+      validateSampling(opts);
+      checkContext(promptIds.length, maxTokens, this.model.config.maxPositions);
+      if (cache.length !== 0) throw new KiviError('a new sequence needs an empty cache');
+    } catch (e) {
+      cache.free();
+      throw e;
+    }
+    const seq = new Sequence(this.nextId++, promptIds, cache, this.tokenizer, opts, this);
+    this.joining.push(seq);
+    if (opts.signal) {
+      if (opts.signal.aborted) seq.cancel();
+      else opts.signal.addEventListener('abort', () => seq.cancel(), { once: true });
+    }
+    this.kick();
+    return seq;
+  }
+
+  /** Take a sequence out of the batch (it is finishing or cancelled). */
+  remove(seq: Sequence): void {
+    for (const list of [this.active, this.joining]) {
+      const i = list.indexOf(seq);
+      if (i >= 0) list.splice(i, 1);
+    }
+  }
+
+  /** One forward pass over every sequence: joiners prefill their prompt, the rest decode one token. */
+  step(): void {
+    const max = this.opts.maxBatch ?? Infinity;
+    while (this.joining.length > 0 && this.active.length < max) this.active.push(this.joining.shift()!);
+    const batch = this.active.slice();
+    if (batch.length === 0) return;
+    const items = batch.map((s) => ({
+      tokens: s.next === null ? s.promptIds : [s.next],
+      cache: s.cache,
+      logits: 'last' as const,
+    }));
+    const t0 = now();
+    let logits: Float32Array[];
+    try {
+      logits = this.model.forward(items);
+    } catch (e) {
+      for (const s of batch) {
+        this.remove(s);
+        s.fail(e);
+      }
+      return;
+    }
+    const dt = now() - t0;
+    this.busySeconds += dt;
+    this.steps++;
+    const V = this.model.config.vocabSize;
+    for (let i = 0; i < batch.length; i++) {
+      const s = batch[i]!;
+      if (s.next === null) s.prefillSeconds = dt;
+      else {
+        s.decodeSeconds += dt;
+        s.decodeSteps++;
+      }
+      s.accept(logits[i]!, 0, V, this.tokenizer);
+      if (s.finishReason === null) this.generatedTokens++;
+      else {
+        if (s.ids.length > 0 && s.finishReason !== 'eos') this.generatedTokens++;
+        this.remove(s);
+      }
+    }
+  }
+
+  /** Run steps until no sequence is left, yielding to the event loop between steps. */
+  private kick(): void {
+    if (this.running) return;
+    this.running = true;
+    const loop = () => {
+      if (this.size === 0) {
+        this.running = false;
+        return;
+      }
+      this.step();
+      setImmediate(loop);
+    };
+    setImmediate(loop);
+  }
+}

@@ -1,0 +1,135 @@
+/**
+ * `bench attention`: decode attention time per step for one layer of one sequence, per cache spec and
+ * context length, with the cache's bytes. Each cache is prefilled with synthetic keys/values (prefill
+ * stores; it does not attend), then one decode step (append + attend) is timed repeatedly after warm-up.
+ * No model is involved, so contexts may exceed any model's max positions.
+ */
+import type { Kernels } from '../../kernels/types.js';
+import { AttnScratch, type CacheDims } from '../../cache/types.js';
+import { layerFactory, parseKvSpec, validateSpec } from '../../cache/spec.js';
+import { cacheBytes } from '../../cache/budget.js';
+import { KiviError } from '../../util/errors.js';
+import { DEFAULT_REPEATS, Gaussian, type RepeatOptions, syntheticKV, timeRepeated } from './measure.js';
+import { formatBytes, formatRatio, formatSeconds, markdownTable } from './markdown.js';
+import type { TopLevelSpec } from '../plot.js';
+
+export interface AttentionBenchOptions {
+  contexts: number[];
+  specs: string[];
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  kernels: Kernels;
+  repeats?: RepeatOptions;
+  seed?: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** One measurement; the JSON output's `results` entries are exactly these four fields. */
+export interface AttentionResult {
+  kv: string;
+  context: number;
+  /** Median seconds of one decode step (append + attend). */
+  seconds: number;
+  /** The cache's bytes() after prefilling `context` tokens (equal to cacheBytes(), checked). */
+  kv_bytes: number;
+}
+
+/** Distinct tokens fed by the timed steps (cycled). */
+const STEP_TOKENS = 64;
+
+export function attentionDims(o: Pick<AttentionBenchOptions, 'heads' | 'kvHeads' | 'headDim'>): CacheDims {
+  const { heads, kvHeads, headDim } = o;
+  if (heads % kvHeads !== 0) throw new KiviError(`--heads ${heads} must be a multiple of --kv-heads ${kvHeads}`);
+  return { numLayers: 1, numHeads: heads, numKvHeads: kvHeads, headDim };
+}
+
+export function runAttentionBench(o: AttentionBenchOptions): AttentionResult[] {
+  const dims = attentionDims(o);
+  const specs = o.specs.map((s) => {
+    const spec = parseKvSpec(s);
+    validateSpec(spec, dims);
+    return spec;
+  });
+  const contexts = [...o.contexts].sort((a, b) => a - b);
+  if (contexts.some((c) => !Number.isInteger(c) || c < 1)) throw new KiviError('contexts must be positive integers');
+  const { kvHeads: kv, headDim: d, heads } = o;
+  const seed = o.seed ?? 1;
+  const row = kv * d;
+  // One synthetic prompt at the largest context serves every cache (prefill reads its first T rows).
+  const src = syntheticKV(contexts[contexts.length - 1]!, kv, d, seed);
+  const step = syntheticKV(STEP_TOKENS, kv, d, seed + 1);
+  const q = new Float32Array(heads * d);
+  const g = new Gaussian(seed + 2);
+  for (let i = 0; i < q.length; i++) q[i] = g.next();
+  const out = new Float32Array(heads * d);
+  const scratch = new AttnScratch();
+
+  const results: AttentionResult[] = [];
+  const total = contexts.length * specs.length;
+  for (const T of contexts) {
+    for (let si = 0; si < specs.length; si++) {
+      const spec = specs[si]!;
+      const cache = layerFactory(spec)(dims, o.kernels);
+      try {
+        cache.prefill(src.k, 0, src.v, 0, T);
+        const bytes = cache.bytes();
+        const exact = cacheBytes(spec, dims, T);
+        if (bytes !== exact) throw new Error(`${o.specs[si]} at ${T} tokens: bytes() = ${bytes} but cacheBytes() = ${exact}`);
+        let i = 0;
+        const { seconds } = timeRepeated(() => {
+          const off = (i++ % STEP_TOKENS) * row;
+          cache.append(step.k, off, step.v, off);
+          cache.attend(q, 0, out, 0, scratch);
+        }, o.repeats ?? DEFAULT_REPEATS);
+        results.push({ kv: o.specs[si]!, context: T, seconds, kv_bytes: bytes });
+      } finally {
+        cache.free();
+      }
+      o.onProgress?.(results.length, total);
+    }
+  }
+  return results;
+}
+
+/** A Markdown table: time per step and speed relative to fp32, bytes and size relative to fp16. */
+export function attentionMarkdown(results: AttentionResult[]): string {
+  const find = (kv: string, T: number) => results.find((r) => r.kv === kv && r.context === T);
+  const rows = results.map((r) => {
+    const fp32 = find('fp32', r.context);
+    const fp16 = find('fp16', r.context);
+    return [
+      r.context, r.kv, formatSeconds(r.seconds),
+      fp32 ? formatRatio(fp32.seconds / r.seconds) : '–',
+      formatBytes(r.kv_bytes), (r.kv_bytes / r.context).toFixed(1),
+      fp16 ? formatRatio(fp16.kv_bytes / r.kv_bytes) : '–',
+    ];
+  });
+  return markdownTable(
+    ['context', 'kv', 'time / step', 'speed vs fp32', 'kv bytes', 'bytes / token', 'smaller than fp16'], rows,
+  );
+}
+
+/** Two panels: time per step vs context, and bytes per token vs context (log scales). */
+export function attentionChart(results: AttentionResult[], title: string): TopLevelSpec {
+  const values = results.map((r) => ({ kv: r.kv, context: r.context, ms: r.seconds * 1e3, bytesPerToken: r.kv_bytes / r.context }));
+  const x = { field: 'context', type: 'quantitative', scale: { type: 'log', base: 2 }, title: 'context (tokens)' } as const;
+  const color = { field: 'kv', type: 'nominal', title: 'kv cache', legend: { labelLimit: 400 } } as const;
+  return {
+    $schema: 'https://vega.github.io/schema/vega-lite/v5.json',
+    title,
+    data: { values },
+    hconcat: [
+      {
+        width: 320, height: 240,
+        mark: { type: 'line', point: true },
+        encoding: { x, y: { field: 'ms', type: 'quantitative', scale: { type: 'log' }, title: 'decode attention per step (ms)' }, color },
+      },
+      {
+        width: 320, height: 240,
+        mark: { type: 'line', point: true },
+        encoding: { x, y: { field: 'bytesPerToken', type: 'quantitative', scale: { type: 'log' }, title: 'cache bytes per token (one layer)' }, color },
+      },
+    ],
+  };
+}

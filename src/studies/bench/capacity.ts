@@ -1,0 +1,114 @@
+/**
+ * `bench capacity`: how many sequences of N tokens fit in a memory budget that must hold the weights,
+ * the measured runtime overhead and the caches — then allocate exactly that many, in a child process,
+ * and report its peak RSS.
+ *
+ *   overhead  = RSS of a process with the model loaded and ready (after a warm-up forward pass and a
+ *               full GC) − the weights' bytes; measured in a child, not guessed
+ *   sequences = floor((budget − weights − overhead) / cacheBytes(spec, N))
+ *
+ * Caches are filled by prefilling synthetic K/V straight into every layer, so N may exceed the model's
+ * context (no forward pass runs over them).
+ */
+import { readModelConfig } from '../../model/load.js';
+import type { CacheDims } from '../../cache/types.js';
+import { parseKvSpec, validateSpec } from '../../cache/spec.js';
+import { cacheBytes } from '../../cache/budget.js';
+import type { BackendName } from '../../kernels/index.js';
+import { spawnProbe, type AllocateResult, type OverheadResult } from './probe.js';
+import { formatBytes, formatRatio, markdownTable } from './markdown.js';
+
+export interface ProbeEnv {
+  model: string;
+  backend?: BackendName;
+  threads?: number;
+}
+
+export interface CapacityOptions extends ProbeEnv {
+  budget: number;
+  context: number;
+  specs: string[];
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** The JSON output's `results` entries are exactly these three fields. */
+export interface CapacityResult {
+  kv: string;
+  sequences: number;
+  /** Peak RSS (bytes) of a process that loaded the model and allocated that many filled caches. */
+  peak_rss: number;
+}
+
+export interface CapacityReport {
+  budget: number;
+  context: number;
+  model_context: number;
+  weights_bytes: number;
+  overhead_bytes: number;
+  results: CapacityResult[];
+  /** Per spec: bytes of one sequence's cache at N tokens, and what the child actually held. */
+  detail: { kv: string; per_sequence_bytes: number; kv_bytes: number; reserved_bytes: number }[];
+}
+
+/** Tokens of the warm-up forward pass that makes a model "ready" for capacity purposes. */
+export const CAPACITY_WARM_TOKENS = 16;
+
+export function modelDims(model: string): { dims: CacheDims; maxPositions: number; vocab: number } {
+  const c = readModelConfig(model);
+  return { dims: { numLayers: c.numLayers, numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim }, maxPositions: c.maxPositions, vocab: c.vocabSize };
+}
+
+/** Sequences that fit: floor((budget − weights − overhead) / perSequence), never negative. */
+export function sequencesThatFit(budget: number, weights: number, overhead: number, perSequence: number): number {
+  return Math.max(0, Math.floor((budget - weights - overhead) / perSequence));
+}
+
+export async function runCapacity(o: CapacityOptions): Promise<CapacityReport> {
+  const { dims, maxPositions } = modelDims(o.model);
+  const specs = o.specs.map((s) => {
+    const spec = parseKvSpec(s);
+    validateSpec(spec, dims);
+    return spec;
+  });
+  const env = { model: o.model, backend: o.backend, threads: o.threads, warmTokens: CAPACITY_WARM_TOKENS };
+  const total = specs.length + 1;
+  const base = await spawnProbe<OverheadResult>({ task: 'overhead', ...env });
+  o.onProgress?.(1, total);
+  const weights = base.weights_bytes;
+  const overhead = base.overhead_bytes;
+  const results: CapacityResult[] = [];
+  const detail: CapacityReport['detail'] = [];
+  for (let i = 0; i < specs.length; i++) {
+    const kv = o.specs[i]!;
+    const per = cacheBytes(specs[i]!, dims, o.context);
+    const sequences = sequencesThatFit(o.budget, weights, overhead, per);
+    const r = await spawnProbe<AllocateResult>({ task: 'allocate', ...env, kv, sequences, context: o.context });
+    if (r.kv_bytes !== sequences * per) {
+      throw new Error(`${kv}: the child held ${r.kv_bytes} cache bytes, expected ${sequences} × ${per}`);
+    }
+    results.push({ kv, sequences, peak_rss: r.peak_rss });
+    detail.push({ kv, per_sequence_bytes: per, kv_bytes: r.kv_bytes, reserved_bytes: r.reserved_bytes });
+    o.onProgress?.(i + 2, total);
+  }
+  return { budget: o.budget, context: o.context, model_context: maxPositions, weights_bytes: weights, overhead_bytes: overhead, results, detail };
+}
+
+export function capacityMarkdown(r: CapacityReport): string {
+  const fp16 = r.results.find((x) => x.kv === 'fp16');
+  const rows = r.results.map((x, i) => {
+    const d = r.detail[i]!;
+    return [
+      x.kv, formatBytes(d.per_sequence_bytes), x.sequences,
+      fp16 && fp16.sequences > 0 ? formatRatio(x.sequences / fp16.sequences) : '–',
+      formatBytes(d.kv_bytes), formatBytes(d.reserved_bytes), formatBytes(x.peak_rss), `${((100 * x.peak_rss) / r.budget).toFixed(1)}%`,
+    ];
+  });
+  const head =
+    `Budget ${formatBytes(r.budget)} = weights ${formatBytes(r.weights_bytes)} + measured overhead ${formatBytes(r.overhead_bytes)} ` +
+    `+ caches; sequences of ${r.context} tokens` +
+    (r.context > r.model_context ? ` (beyond the model's context of ${r.model_context}: caches filled with synthetic K/V)` : '') + '.' +
+    (r.budget < r.weights_bytes + r.overhead_bytes ? ' The budget does not even cover weights + overhead.' : '') + '\n\n';
+  return head + markdownTable(
+    ['kv', 'bytes / sequence', 'sequences', 'vs fp16', 'cache bytes held', 'cache bytes reserved', 'peak RSS', 'peak RSS / budget'], rows,
+  );
+}

@@ -1,0 +1,112 @@
+/**
+ * Measurement helpers shared by the benchmarks: medians of repeated timings after warm-up, the process's
+ * resident memory, and seeded synthetic data. Timings are wall-clock; callers report ratios measured
+ * side by side in one run, never absolute promises.
+ */
+import { Rng } from '../../engine/sampling.js';
+
+export const now = (): number => performance.now() / 1000;
+
+export function median(xs: readonly number[]): number {
+  if (xs.length === 0) throw new Error('median of nothing');
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+export interface RepeatOptions {
+  /** Untimed runs first (JIT, caches, page faults). */
+  warmup: number;
+  /** Timed runs at least this many times ... */
+  minRepeats: number;
+  /** ... and until this many seconds have been timed ... */
+  minSeconds: number;
+  /** ... but never more than this many. */
+  maxRepeats: number;
+}
+
+export const DEFAULT_REPEATS: RepeatOptions = { warmup: 2, minRepeats: 5, minSeconds: 0.5, maxRepeats: 50 };
+
+/** Time fn repeatedly; returns the median seconds and every sample. */
+export function timeRepeated(fn: () => void, o: RepeatOptions = DEFAULT_REPEATS): { seconds: number; samples: number[] } {
+  for (let i = 0; i < o.warmup; i++) fn();
+  const samples: number[] = [];
+  let total = 0;
+  while (samples.length < o.maxRepeats && (samples.length < o.minRepeats || total < o.minSeconds)) {
+    const t0 = now();
+    fn();
+    const dt = now() - t0;
+    samples.push(dt);
+    total += dt;
+  }
+  return { seconds: median(samples), samples };
+}
+
+/** The most memory this process has had resident, in bytes (Linux reports maxRSS in KiB). */
+export function peakRssBytes(): number {
+  return process.resourceUsage().maxRSS * 1024;
+}
+
+/** Resident memory now, after a full garbage collection where the process allows one (--expose-gc). */
+export function settledRssBytes(): number {
+  const g = (globalThis as { gc?: () => void }).gc;
+  if (g) {
+    g();
+    g();
+  }
+  return process.memoryUsage().rss;
+}
+
+/** Standard normal numbers from a seeded generator (Box–Muller). */
+export class Gaussian {
+  private readonly rng: Rng;
+  private spare: number | null = null;
+  constructor(seed: number) {
+    this.rng = new Rng(seed);
+  }
+  next(): number {
+    if (this.spare !== null) {
+      const s = this.spare;
+      this.spare = null;
+      return s;
+    }
+    const u = 1 - this.rng.next();
+    const v = this.rng.next();
+    const r = Math.sqrt(-2 * Math.log(u));
+    this.spare = r * Math.sin(2 * Math.PI * v);
+    return r * Math.cos(2 * Math.PI * v);
+  }
+}
+
+/** Every how many key channels one is an outlier channel (KIVI.md §2: a few fixed channels dominate). */
+export const OUTLIER_EVERY = 32;
+/** How much larger an outlier channel's keys are than the rest. */
+export const OUTLIER_SCALE = 12;
+
+/**
+ * Synthetic keys and values, token-major [T][kvHeads·d] as a cache's prefill takes them. Keys are
+ * normal with a few large-magnitude channels per head (fixed across tokens, like real models' keys);
+ * values are plain normal.
+ */
+export function syntheticKV(T: number, kvHeads: number, d: number, seed: number): { k: Float32Array; v: Float32Array } {
+  const g = new Gaussian(seed);
+  const row = kvHeads * d;
+  const k = new Float32Array(T * row);
+  const v = new Float32Array(T * row);
+  const bias = new Float32Array(row);
+  for (let c = 0; c < row; c++) bias[c] = c % d % OUTLIER_EVERY === 3 ? OUTLIER_SCALE * (1 + g.next() * 0.1) : 0;
+  for (let t = 0, i = 0; t < T; t++) {
+    for (let c = 0; c < row; c++, i++) {
+      const outlier = bias[c]! !== 0;
+      k[i] = outlier ? bias[c]! + g.next() * 2 : g.next();
+      v[i] = g.next();
+    }
+  }
+  return { k, v };
+}
+
+/** Seeded pseudo-random token ids in [lo, hi) for synthetic prompts. */
+export function syntheticTokens(n: number, lo: number, hi: number, seed: number): number[] {
+  const r = new Rng(seed);
+  return Array.from({ length: n }, () => lo + Math.floor(r.next() * (hi - lo)));
+}

@@ -1,0 +1,179 @@
+/**
+ * Measurements that need a fresh process: a process's peak RSS covers its whole life, so each
+ * capacity/throughput data point runs in its own child (`probe-main.js`), which loads the model, does one
+ * job and prints one JSON line. The parent only plans and collects.
+ */
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { createKernels, type BackendOptions, type BackendName } from '../../kernels/index.js';
+import { loadModelDir, type LoadedModel } from '../../model/load.js';
+import type { ModelWeights } from '../../model/weights.js';
+import { createCache } from '../../cache/spec.js';
+import type { SequenceCache } from '../../cache/types.js';
+import { BatchEngine, type Sequence } from '../../engine/batch.js';
+import type { GenerateResult } from '../../engine/generate.js';
+import { KiviError } from '../../util/errors.js';
+import { now, peakRssBytes, settledRssBytes, syntheticKV, syntheticTokens } from './measure.js';
+
+interface ProbeBase {
+  model: string;
+  backend?: BackendName;
+  threads?: number;
+  /** Tokens of the warm-up forward pass that makes the model "ready" (JIT, activation buffers). */
+  warmTokens: number;
+}
+
+export interface OverheadTask extends ProbeBase { task: 'overhead' }
+export interface AllocateTask extends ProbeBase { task: 'allocate'; kv: string; sequences: number; context: number }
+export interface GenerateTask extends ProbeBase {
+  task: 'generate';
+  kv: string;
+  batch: number;
+  prompt: number;
+  gen: number;
+  /** Sequences that join per step (bounds the prefill's activation memory). */
+  joinPerStep: number;
+  seed: number;
+}
+export type ProbeTask = OverheadTask | AllocateTask | GenerateTask;
+
+export interface OverheadResult { weights_bytes: number; rss: number; overhead_bytes: number; peak_rss: number }
+export interface AllocateResult { weights_bytes: number; sequences: number; kv_bytes: number; reserved_bytes: number; rss: number; peak_rss: number }
+export interface GenerateProbeResult {
+  batch: number;
+  generated_tokens: number;
+  seconds: number;
+  tokens_per_second: number;
+  /** Most cache bytes held at once, sampled between steps. */
+  peak_kv_bytes: number;
+  peak_rss: number;
+}
+
+/** Bytes of the model's weights as loaded (float32; a tied output head counted once). */
+export function weightsBytes(w: ModelWeights): number {
+  const seen = new Set<ArrayBufferView>();
+  const add = (a: Float32Array | undefined) => a && seen.add(a);
+  add(w.embed);
+  add(w.norm);
+  add(w.lmHead);
+  for (const l of w.layers) for (const a of Object.values(l) as (Float32Array | undefined)[]) add(a);
+  let n = 0;
+  for (const a of seen) n += a.byteLength;
+  return n;
+}
+
+async function loadReady(t: ProbeBase): Promise<LoadedModel> {
+  // `threads` reaches back ends that take it; the TypeScript one ignores it.
+  const kernels = await createKernels({ backend: t.backend, threads: t.threads } as BackendOptions);
+  const m = loadModelDir(t.model, kernels);
+  if (t.warmTokens > 0) {
+    const cache = createCache('fp32', m.model.dims, kernels);
+    try {
+      const n = Math.min(t.warmTokens, m.config.maxPositions);
+      m.model.forward([{ tokens: syntheticTokens(n, 3, m.config.vocabSize, 7), cache, logits: 'last' }]);
+    } finally {
+      cache.free();
+    }
+  }
+  return m;
+}
+
+export async function runProbe(t: ProbeTask): Promise<OverheadResult | AllocateResult | GenerateProbeResult> {
+  const m = await loadReady(t);
+  switch (t.task) {
+    case 'overhead': {
+      const w = weightsBytes(m.model.weights);
+      const rss = settledRssBytes();
+      return { weights_bytes: w, rss, overhead_bytes: rss - w, peak_rss: peakRssBytes() };
+    }
+    case 'allocate':
+      return allocate(m, t);
+    case 'generate':
+      return generate(m, t);
+  }
+}
+
+/** Allocate `sequences` caches, each filled to `context` tokens of synthetic K/V (no model context limit). */
+function allocate(m: LoadedModel, t: AllocateTask): AllocateResult {
+  const { numKvHeads: kv, headDim: d } = m.model.dims;
+  const src = syntheticKV(t.context, kv, d, 11);
+  const caches: SequenceCache[] = [];
+  try {
+    for (let i = 0; i < t.sequences; i++) {
+      const c = createCache(t.kv, m.model.dims, m.model.kernels);
+      caches.push(c);
+      for (const layer of c.layers) layer.prefill(src.k, 0, src.v, 0, t.context);
+    }
+    let kvBytes = 0;
+    let reserved = 0;
+    for (const c of caches) {
+      kvBytes += c.bytes();
+      reserved += c.reservedBytes();
+    }
+    const rss = settledRssBytes();
+    return { weights_bytes: weightsBytes(m.model.weights), sequences: t.sequences, kv_bytes: kvBytes, reserved_bytes: reserved, rss, peak_rss: peakRssBytes() };
+  } finally {
+    for (const c of caches) c.free();
+  }
+}
+
+/** Generate `gen` tokens for each of `batch` sequences through the batching engine; end-to-end tokens/s. */
+async function generate(m: LoadedModel, t: GenerateTask): Promise<GenerateProbeResult> {
+  const engine = new BatchEngine(m.model, m.tokenizer);
+  const V = m.config.vocabSize;
+  const seqs: Sequence[] = [];
+  const drains: Promise<GenerateResult>[] = [];
+  let peakKv = 0;
+  let seen = -1;
+  const t0 = now();
+  while (seqs.length < t.batch || seqs.some((s) => !s.done)) {
+    if (engine.steps !== seen) {
+      // Between two steps: sample the cache bytes held, then let the next sequences join.
+      seen = engine.steps;
+      let held = 0;
+      for (const s of seqs) held += s.kvBytes();
+      peakKv = Math.max(peakKv, held);
+      for (let j = 0; j < t.joinPerStep && seqs.length < t.batch; j++) {
+        const ids = syntheticTokens(t.prompt, 3, V, t.seed + seqs.length);
+        const s = engine.add(ids, createCache(t.kv, m.model.dims, m.model.kernels), { maxTokens: t.gen, ignoreEos: true });
+        seqs.push(s);
+        drains.push(drain(s));
+      }
+    }
+    await new Promise<void>((r) => setImmediate(r));
+  }
+  const results = await Promise.all(drains);
+  const seconds = now() - t0;
+  const generated = results.reduce((a, r) => a + r.ids.length, 0);
+  return { batch: t.batch, generated_tokens: generated, seconds, tokens_per_second: generated / seconds, peak_kv_bytes: peakKv, peak_rss: peakRssBytes() };
+}
+
+async function drain(s: Sequence): Promise<GenerateResult> {
+  const it = s.stream();
+  for (;;) {
+    const r = await it.next();
+    if (r.done) return r.value;
+  }
+}
+
+const PROBE_MAIN = fileURLToPath(new URL('./probe-main.js', import.meta.url));
+
+/** Run one task in a child process and return its JSON result; a child's KiviError comes back as one. */
+export function spawnProbe<R>(task: ProbeTask): Promise<R> {
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, ['--expose-gc', PROBE_MAIN, JSON.stringify(task)], { maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
+      if (err) {
+        const line = stderr.split('\n').find((l) => l.startsWith('kivi: '));
+        if (line) reject(new KiviError(line.slice(6)));
+        else reject(new Error(`benchmark child process failed (${err.message.split('\n')[0]}): ${stderr.trim().split('\n').slice(-3).join(' | ')}`));
+        return;
+      }
+      const last = stdout.trim().split('\n').pop() ?? '';
+      try {
+        resolve(JSON.parse(last) as R);
+      } catch {
+        reject(new Error(`benchmark child process printed no JSON result: ${last.slice(0, 200)}`));
+      }
+    });
+  });
+}

@@ -1,0 +1,152 @@
+/**
+ * `bench throughput`: end-to-end generation with the largest batch each cache spec admits under a
+ * memory budget — the analog of the KIVI paper's throughput figure.
+ *
+ *   admitted = floor((budget − weights − overhead) / peakCacheBytes(spec, prompt + gen, from prompt))
+ *
+ * Every (spec, batch) point runs in its own child process (peak RSS per run) through the batching
+ * engine with ignoreEos, greedy decoding and seeded synthetic prompts. Sequences join PREFILL_ROWS /
+ * prompt at a time, one group per step, so a step's prefill activations stay bounded (the batch ramps up
+ * over the first steps and down over the last ones, as in a server). The overhead is measured with a
+ * warm-up forward pass of that many rows. Batches run are capped at --max-batch to keep the command's
+ * time reasonable; a capped point under-reports what the budget admits.
+ */
+import type { CacheDims } from '../../cache/types.js';
+import { parseKvSpec, validateSpec } from '../../cache/spec.js';
+import { peakCacheBytes } from '../../cache/budget.js';
+import { KiviError } from '../../util/errors.js';
+import { spawnProbe, type GenerateProbeResult, type OverheadResult } from './probe.js';
+import { modelDims, sequencesThatFit, type ProbeEnv } from './capacity.js';
+import { formatBytes, formatRatio, markdownTable } from './markdown.js';
+import type { TopLevelSpec } from '../plot.js';
+
+/** Most prompt rows prefilled in one step. */
+export const PREFILL_ROWS = 512;
+
+/** Warm-up forward pass of a generation run (JIT only). */
+const GENERATE_WARM_TOKENS = 8;
+
+export interface ThroughputOptions extends ProbeEnv {
+  budgets: number[];
+  prompt: number;
+  gen: number;
+  specs: string[];
+  maxBatch: number;
+  seed?: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface ThroughputResult {
+  kv: string;
+  budget: number;
+  /** Sequences the budget admits. */
+  admitted: number;
+  /** Sequences actually run: min(admitted, max batch). */
+  batch: number;
+  /** Generated tokens per second, end to end (prefill included); 0 when nothing fits. */
+  tokens_per_second: number;
+  generated_tokens: number;
+  seconds: number;
+  /** Peak RSS of the child process that ran the batch (null when nothing ran). */
+  peak_rss: number | null;
+}
+
+export interface ThroughputReport {
+  prompt: number;
+  gen: number;
+  max_batch: number;
+  weights_bytes: number;
+  overhead_bytes: number;
+  results: ThroughputResult[];
+}
+
+export function joinPerStep(prompt: number): number {
+  return Math.max(1, Math.floor(PREFILL_ROWS / prompt));
+}
+
+export function admittedBatch(budget: number, weights: number, overhead: number, spec: string, dims: CacheDims, prompt: number, gen: number): number {
+  return sequencesThatFit(budget, weights, overhead, peakCacheBytes(parseKvSpec(spec), dims, prompt + gen, prompt));
+}
+
+export async function runThroughput(o: ThroughputOptions): Promise<ThroughputReport> {
+  const { dims, maxPositions } = modelDims(o.model);
+  for (const s of o.specs) validateSpec(parseKvSpec(s), dims);
+  if (o.prompt + o.gen > maxPositions) {
+    throw new KiviError(`--prompt ${o.prompt} + --gen ${o.gen} exceeds the model's context of ${maxPositions}`);
+  }
+  const join = joinPerStep(o.prompt);
+  const env = { model: o.model, backend: o.backend, threads: o.threads };
+  // The overhead includes activation buffers for the largest step (a group of prompts joining); the
+  // generation runs themselves only warm up the JIT.
+  const base = await spawnProbe<OverheadResult>({ task: 'overhead', ...env, warmTokens: join * o.prompt });
+  const W = base.weights_bytes;
+  const O = base.overhead_bytes;
+
+  const plan = o.budgets.flatMap((budget) => o.specs.map((kv) => {
+    const admitted = admittedBatch(budget, W, O, kv, dims, o.prompt, o.gen);
+    return { kv, budget, admitted, batch: Math.min(admitted, o.maxBatch) };
+  }));
+  // A (spec, batch) point does the same work whatever budget admitted it: run each once.
+  const key = (kv: string, b: number) => `${kv}\u0000${b}`;
+  const todo = [...new Set(plan.filter((p) => p.batch > 0).map((p) => key(p.kv, p.batch)))];
+  const runs = new Map<string, GenerateProbeResult>();
+  o.onProgress?.(0, todo.length);
+  for (const k of todo) {
+    const [kv, b] = k.split('\u0000') as [string, string];
+    runs.set(k, await spawnProbe<GenerateProbeResult>({
+      task: 'generate', ...env, warmTokens: GENERATE_WARM_TOKENS, kv, batch: Number(b), prompt: o.prompt, gen: o.gen, joinPerStep: join, seed: o.seed ?? 1000,
+    }));
+    o.onProgress?.(runs.size, todo.length);
+  }
+  const results = plan.map((p): ThroughputResult => {
+    const r = runs.get(key(p.kv, p.batch));
+    return {
+      ...p,
+      tokens_per_second: r?.tokens_per_second ?? 0, generated_tokens: r?.generated_tokens ?? 0,
+      seconds: r?.seconds ?? 0, peak_rss: r?.peak_rss ?? null,
+    };
+  });
+  return { prompt: o.prompt, gen: o.gen, max_batch: o.maxBatch, weights_bytes: W, overhead_bytes: O, results };
+}
+
+export function throughputMarkdown(r: ThroughputReport): string {
+  const rows = r.results.map((x) => {
+    const fp16 = r.results.find((y) => y.kv === 'fp16' && y.budget === x.budget);
+    return [
+      formatBytes(x.budget), x.kv, x.admitted, x.batch + (x.batch < x.admitted ? ' (capped)' : ''),
+      x.tokens_per_second.toFixed(1),
+      fp16 && fp16.tokens_per_second > 0 ? formatRatio(x.tokens_per_second / fp16.tokens_per_second) : '–',
+      x.peak_rss === null ? '–' : formatBytes(x.peak_rss),
+    ];
+  });
+  return (
+    `Prompt ${r.prompt} + ${r.gen} generated tokens per sequence; weights ${formatBytes(r.weights_bytes)}, ` +
+    `measured overhead ${formatBytes(r.overhead_bytes)}; batches capped at ${r.max_batch}.\n\n` +
+    markdownTable(['budget', 'kv', 'admitted', 'batch run', 'tokens/s', 'vs fp16', 'peak RSS'], rows)
+  );
+}
+
+/** Two panels: tokens/s vs batch size (the paper's figure), and tokens/s vs memory budget. */
+export function throughputChart(r: ThroughputReport, title: string): TopLevelSpec {
+  const ran = r.results.filter((x) => x.batch > 0);
+  const byBatch = [...new Map(ran.map((x) => [`${x.kv}/${x.batch}`, { kv: x.kv, batch: x.batch, tps: x.tokens_per_second }])).values()];
+  const byBudget = r.results.map((x) => ({ kv: x.kv, budgetMiB: x.budget / 2 ** 20, tps: x.tokens_per_second, batch: x.batch }));
+  const color = { field: 'kv', type: 'nominal', title: 'kv cache', legend: { labelLimit: 400 } } as const;
+  const y = { field: 'tps', type: 'quantitative', title: 'generated tokens / s' } as const;
+  return {
+    $schema: 'https://vega.github.io/schema/vega-lite/v5.json',
+    title,
+    hconcat: [
+      {
+        width: 320, height: 240, data: { values: byBatch },
+        mark: { type: 'line', point: true },
+        encoding: { x: { field: 'batch', type: 'quantitative', title: 'batch size (sequences)', axis: { format: 'd', tickMinStep: 1 } }, y, color },
+      },
+      {
+        width: 320, height: 240, data: { values: byBudget },
+        mark: { type: 'line', point: true },
+        encoding: { x: { field: 'budgetMiB', type: 'quantitative', title: 'memory budget (MiB, weights included)' }, y, color },
+      },
+    ],
+  };
+}

@@ -8,8 +8,8 @@
  * engine with ignoreEos, greedy decoding and seeded synthetic prompts. Sequences join PREFILL_ROWS /
  * prompt at a time, one group per step, so a step's prefill activations stay bounded (the batch ramps up
  * over the first steps and down over the last ones, as in a server). The overhead is measured with a
- * warm-up forward pass of that many rows. Batches run are capped at --max-batch to keep the command's
- * time reasonable; a capped point under-reports what the budget admits.
+ * warm-up forward pass of one such group of prompts. Batches run are capped at --max-batch to keep the
+ * command's time reasonable; a capped point under-reports what the budget admits.
  */
 import type { CacheDims } from '../../cache/types.js';
 import { parseKvSpec, validateSpec } from '../../cache/spec.js';
@@ -78,7 +78,7 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRep
   const env = { model: o.model, backend: o.backend, threads: o.threads };
   // The overhead includes activation buffers for the largest step (a group of prompts joining); the
   // generation runs themselves only warm up the JIT.
-  const base = await spawnProbe<OverheadResult>({ task: 'overhead', ...env, warmTokens: join * o.prompt });
+  const base = await spawnProbe<OverheadResult>({ task: 'overhead', ...env, warmTokens: Math.min(join, o.maxBatch) * o.prompt });
   const W = base.weights_bytes;
   const O = base.overhead_bytes;
 

@@ -1,0 +1,59 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { runCapacity, sequencesThatFit } from '../src/studies/bench/capacity.js';
+import { cacheBytes } from '../src/cache/budget.js';
+import { parseKvSpec } from '../src/cache/spec.js';
+import { MODEL, bundledWeightsBytes, runCli } from './bench-helpers.js';
+
+const DIMS = { numLayers: 8, numHeads: 4, numKvHeads: 2, headDim: 128 };
+const MiB = 2 ** 20;
+
+test('sequencesThatFit: floor of what is left after weights and overhead, never negative', () => {
+  assert.equal(sequencesThatFit(100, 20, 10, 7), 10);
+  assert.equal(sequencesThatFit(100, 20, 10, 70), 1);
+  assert.equal(sequencesThatFit(100, 20, 10, 71), 0);
+  assert.equal(sequencesThatFit(10, 20, 10, 1), 0);
+});
+
+test('bench capacity: sequences = floor((budget − weights − overhead) / cache bytes), allocated for real', async () => {
+  const budget = 256 * MiB;
+  const context = 1024;
+  const specs = ['fp16', 'kivi2', 'kivi:k=2,v=2,g=32,r=128,residual=fp16'];
+  const r = await runCapacity({ model: MODEL, budget, context, specs });
+  assert.equal(r.weights_bytes, bundledWeightsBytes());
+  // Overhead is measured: a Node process with a tokenizer and activations, tens of MiB, not zero.
+  assert.ok(r.overhead_bytes > 10 * MiB && r.overhead_bytes < 200 * MiB, String(r.overhead_bytes));
+  const seq: Record<string, number> = {};
+  r.results.forEach((x, i) => {
+    assert.deepEqual(Object.keys(x), ['kv', 'sequences', 'peak_rss']);
+    const per = cacheBytes(parseKvSpec(x.kv), DIMS, context);
+    assert.equal(x.sequences, Math.floor((budget - r.weights_bytes - r.overhead_bytes) / per), x.kv);
+    assert.equal(r.detail[i]!.kv_bytes, x.sequences * per, 'the child held exactly that many bytes');
+    assert.ok(x.peak_rss > r.weights_bytes + r.detail[i]!.kv_bytes, 'peak RSS covers weights and caches');
+    seq[x.kv] = x.sequences;
+  });
+  assert.ok(seq.fp16! >= 1);
+  // fp16: 16 KiB/token; kivi2 at 1024 tokens: 308 KiB/layer (fp32 residual 128 KiB of it) → ≥ 3× as many.
+  assert.equal(cacheBytes(parseKvSpec('fp16'), DIMS, context), 8 * MiB);
+  assert.ok(seq.kivi2! >= 3 * seq.fp16!, JSON.stringify(seq));
+  assert.ok(seq['kivi:k=2,v=2,g=32,r=128,residual=fp16']! > seq.kivi2!);
+});
+
+test('bench capacity CLI: JSON shape, a budget below the weights admits nothing, bad input is one line', async () => {
+  const r = await runCli(['bench', 'capacity', '--model', MODEL, '--budget', '64MiB', '--context', '4096', '--kv', 'fp16,kivi4', '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  const j = JSON.parse(r.stdout);
+  assert.deepEqual(Object.keys(j), ['budget', 'context', 'weights_bytes', 'overhead_bytes', 'results']);
+  assert.equal(j.budget, 64 * MiB);
+  assert.deepEqual(j.results.map((x: { kv: string; sequences: number }) => [x.kv, x.sequences]), [['fp16', 0], ['kivi4', 0]]);
+  assert.ok(j.results.every((x: { peak_rss: number }) => x.peak_rss > j.weights_bytes));
+  for (const bad of [
+    ['--model', '/nonexistent', '--budget', '1GiB', '--context', '8'],
+    ['--model', MODEL, '--budget', 'lots', '--context', '8'],
+    ['--model', MODEL, '--budget', '1GiB', '--context', '8', '--kv', 'int8'],
+  ]) {
+    const e = await runCli(['bench', 'capacity', ...bad]);
+    assert.equal(e.code, 1, bad.join(' '));
+    assert.equal(e.stderr.trim().split('\n').filter((l) => !l.startsWith('(run with')).length, 1, e.stderr);
+  }
+});

@@ -1,0 +1,35 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { TsKernels } from '../src/kernels/ts/reference.js';
+import { runGemvBench } from '../src/studies/bench/gemv.js';
+import { measureReadBandwidth } from '../src/studies/bench/bandwidth.js';
+import { runCli } from './bench-helpers.js';
+
+test('read bandwidth: whole pages split over threads; the workers exit', async () => {
+  const b = await measureReadBandwidth(8 * 2 ** 20 + 123, 2, 3);
+  assert.equal(b.bytes, 8 * 2 ** 20);
+  assert.equal(b.threads, 2);
+  assert.ok(Number.isFinite(b.gbps) && b.gbps > 0);
+});
+
+test('bench gemv: GFLOP/s and GB/s follow from the shape and the median time', async () => {
+  const r = await runGemvBench({ kernels: new TsKernels(), inDim: 96, outDim: 40, rows: [1, 3], threads: 1, bandwidthBytes: 4 * 2 ** 20,
+    repeats: { warmup: 1, minRepeats: 3, minSeconds: 0, maxRepeats: 3 } });
+  assert.equal(r.backend, 'ts');
+  assert.equal(r.bound_1_thread, null);
+  assert.deepEqual(r.results.map((x) => x.rows), [1, 3]);
+  for (const x of r.results) {
+    const close = (a: number, b: number) => Math.abs(a - b) <= 1e-9 * Math.abs(b);
+    assert.ok(close(x.gflops, (2 * x.rows * 96 * 40) / x.seconds / 1e9));
+    assert.ok(close(x.gbps, (4 * (96 * 40 + x.rows * (96 + 40))) / x.seconds / 1e9));
+    assert.ok(close(x.of_bound, x.gbps / r.bound.gbps));
+  }
+});
+
+test('bench gemv CLI: --json has the bound and the results', async () => {
+  const r = await runCli(['bench', 'gemv', '--in', '64', '--out', '32', '--rows', '1', '--bandwidth-bytes', '4MiB', '--threads', '1', '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  const j = JSON.parse(r.stdout);
+  assert.ok(j.bound.gbps > 0);
+  assert.deepEqual(Object.keys(j.results[0]), ['rows', 'in', 'out', 'seconds', 'gflops', 'gbps', 'of_bound']);
+});

@@ -1,0 +1,53 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { joinPerStep, runThroughput, throughputMarkdown, PREFILL_ROWS } from '../src/studies/bench/throughput.js';
+import { peakCacheBytes } from '../src/cache/budget.js';
+import { parseKvSpec } from '../src/cache/spec.js';
+import { MODEL, bundledWeightsBytes, runCli } from './bench-helpers.js';
+
+const DIMS = { numLayers: 8, numHeads: 4, numKvHeads: 2, headDim: 128 };
+const MiB = 2 ** 20;
+
+test('joinPerStep bounds the prefill rows of a step', () => {
+  assert.equal(joinPerStep(160), Math.floor(PREFILL_ROWS / 160));
+  assert.equal(joinPerStep(PREFILL_ROWS + 1), 1);
+});
+
+test('bench throughput: admitted batch from the budget, capped batch runs generate batch × gen tokens', async () => {
+  const prompt = 12, gen = 5, maxBatch = 3;
+  const specs = ['fp16', 'kivi2'];
+  // Budgets relative to weights + ~70 MiB overhead: one that admits nothing, two that admit some.
+  const budgets = [64 * MiB, 200 * MiB, 400 * MiB];
+  const r = await runThroughput({ model: MODEL, budgets, prompt, gen, specs, maxBatch });
+  assert.equal(r.weights_bytes, bundledWeightsBytes());
+  assert.equal(r.results.length, budgets.length * specs.length);
+  for (const x of r.results) {
+    const peak = peakCacheBytes(parseKvSpec(x.kv), DIMS, prompt + gen, prompt);
+    assert.equal(x.admitted, Math.max(0, Math.floor((x.budget - r.weights_bytes - r.overhead_bytes) / peak)), `${x.kv} ${x.budget}`);
+    assert.equal(x.batch, Math.min(x.admitted, maxBatch));
+    assert.equal(x.generated_tokens, x.batch * gen, 'ignoreEos: every sequence generates exactly gen tokens');
+    if (x.batch === 0) {
+      assert.equal(x.tokens_per_second, 0);
+      assert.equal(x.peak_rss, null);
+    } else {
+      assert.ok(Math.abs(x.tokens_per_second - x.generated_tokens / x.seconds) < 1e-9 * x.tokens_per_second);
+      assert.ok(x.peak_rss! > r.weights_bytes);
+    }
+  }
+  const at = (kv: string, b: number) => r.results.find((x) => x.kv === kv && x.budget === b)!;
+  assert.equal(at('fp16', 64 * MiB).admitted, 0);
+  // Admission grows with the budget.
+  assert.ok(at('fp16', 400 * MiB).admitted > at('fp16', 200 * MiB).admitted);
+  assert.ok(at('kivi2', 400 * MiB).admitted > at('kivi2', 200 * MiB).admitted);
+  // The same (spec, batch) point runs once and is reported for every budget that admits it.
+  assert.equal(at('fp16', 200 * MiB).seconds, at('fp16', 400 * MiB).seconds);
+  assert.match(throughputMarkdown(r), /\| 400\.00 MiB \| fp16 \| \d+ \| 3 \(capped\) \|/);
+});
+
+test('bench throughput CLI: context and flag errors are one line', async () => {
+  const e = await runCli(['bench', 'throughput', '--model', MODEL, '--budget', '1GiB', '--prompt', '2000', '--gen', '100']);
+  assert.equal(e.code, 1);
+  assert.match(e.stderr, /^kivi: --prompt 2000 \+ --gen 100 exceeds the model's context of 2048\n$/);
+  const f = await runCli(['bench', 'throughput', '--model', MODEL, '--budget', '1GiB,', '--json']);
+  assert.equal(f.code, 1);
+});

@@ -1,12 +1,8 @@
-/** Shared by the bench tests: where the repo and the bundled model are, and running the compiled CLI. */
+/** Shared by the bench tests: the bundled model's weight bytes, and running the compiled CLI. */
 import { execFile } from 'node:child_process';
-import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { CLI, MODEL_DIR, ROOT } from './helpers.js';
 
-/** Repository root (this file compiles to dist/test/). */
-export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-export const MODEL = path.join(ROOT, 'models/llama-28m-gqa');
-const CLI = path.join(ROOT, 'dist/src/cli/main.js');
+export const MODEL = MODEL_DIR;
 
 /** Float32 bytes of the bundled model's weights, from its shapes (tied embedding counted once). */
 export function bundledWeightsBytes(): number {

@@ -1,4 +1,5 @@
 /** `kivi bench …`: performance benchmarks; each prints a Markdown table, or one JSON line with --json. */
+import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Command } from 'commander';
@@ -6,7 +7,7 @@ import { createKernels, type BackendName, type BackendOptions, type Kernels } fr
 import { bytes, int, intList } from '../parse.js';
 import { backendOption, kvListOption } from '../common.js';
 import { LazyProgress } from '../progress.js';
-import { writeChart } from '../../studies/plot.js';
+import { writeChart, type TopLevelSpec } from '../../studies/plot.js';
 import { attentionChart, attentionMarkdown, runAttentionBench } from '../../studies/bench/attention.js';
 import { capacityMarkdown, runCapacity } from '../../studies/bench/capacity.js';
 import { runThroughput, throughputChart, throughputMarkdown } from '../../studies/bench/throughput.js';
@@ -20,6 +21,7 @@ interface Shared {
   backend?: BackendName;
   threads?: number;
   json?: boolean;
+  save?: string;
 }
 
 function bytesList(s: string): number[] {
@@ -30,7 +32,8 @@ function sharedOptions(cmd: Command): Command {
   backendOption(cmd);
   return cmd
     .option('--threads <n>', 'compute threads (default: the back end\'s)', int(1, 1024))
-    .option('--json', 'print one JSON line instead of a Markdown table');
+    .option('--json', 'print one JSON line instead of a Markdown table')
+    .option('--save <base>', 'also write <base>.json and <base>.md (and <base>.svg where there is a chart)');
 }
 
 async function kernelsFor(o: Shared): Promise<Kernels> {
@@ -44,15 +47,24 @@ function kernelThreads(k: Kernels, requested?: number): number {
   return typeof t === 'number' ? t : k.name === 'ts' ? 1 : (requested ?? os.availableParallelism());
 }
 
-function print(o: Shared, json: unknown, markdown: string): void {
+/** Print the JSON line or the Markdown; --save writes both to files; the chart goes to --svg and/or --save. */
+async function report(o: Shared & { svg?: string }, json: unknown, markdown: string, chart?: TopLevelSpec): Promise<void> {
   process.stdout.write(o.json ? JSON.stringify(json) + '\n' : markdown);
-}
-
-async function chart(file: string | undefined, spec: Parameters<typeof writeChart>[0]): Promise<void> {
-  if (!file) return;
-  const base = file.replace(/\.svg$/i, '');
-  await writeChart(spec, base, { png: false });
-  process.stderr.write(`wrote ${path.resolve(base + '.svg')}\n`);
+  const written: string[] = [];
+  if (o.save) {
+    fs.mkdirSync(path.dirname(path.resolve(o.save)), { recursive: true });
+    fs.writeFileSync(`${o.save}.json`, JSON.stringify(json) + '\n');
+    fs.writeFileSync(`${o.save}.md`, markdown);
+    written.push(`${o.save}.json`, `${o.save}.md`);
+  }
+  if (chart) {
+    for (const base of [o.svg?.replace(/\.svg$/i, ''), o.save]) {
+      if (!base) continue;
+      await writeChart(chart, base, { png: false });
+      written.push(`${base}.svg`);
+    }
+  }
+  for (const f of written) process.stderr.write(`wrote ${path.resolve(f)}\n`);
 }
 
 function dispose(k: Kernels): void {
@@ -86,8 +98,8 @@ export function register(program: Command): void {
       });
       bar.stop();
       const threads = kernelThreads(kernels, o.threads);
-      print(o, { backend: kernels.name, threads, heads: o.heads, kv_heads: o.kvHeads, head_dim: o.headDim, results }, attentionMarkdown(results));
-      await chart(o.svg, attentionChart(results, `Decode attention, one layer (${o.heads} heads, ${o.kvHeads} kv heads, d=${o.headDim}), ${kernels.name} ×${threads}`));
+      await report(o, { backend: kernels.name, threads, heads: o.heads, kv_heads: o.kvHeads, head_dim: o.headDim, results }, attentionMarkdown(results),
+        attentionChart(results, `Decode attention, one layer (${o.heads} heads, ${o.kvHeads} kv heads, d=${o.headDim}), ${kernels.name} ×${threads}`));
     } finally {
       dispose(kernels);
     }
@@ -110,7 +122,7 @@ export function register(program: Command): void {
     });
     bar.stop();
     const { detail: _detail, model_context: _mc, ...json } = r;
-    print(o, json, capacityMarkdown(r));
+    await report(o, json, capacityMarkdown(r));
   });
 
   // --- throughput ---------------------------------------------------------------------------------
@@ -132,8 +144,8 @@ export function register(program: Command): void {
       backend: o.backend, threads: o.threads, onProgress: (d, t) => bar.update(d, t),
     });
     bar.stop();
-    print(o, r, throughputMarkdown(r));
-    await chart(o.svg, throughputChart(r, `Throughput, prompt ${o.prompt} + ${o.gen} generated (${path.basename(path.resolve(o.model))})`));
+    await report(o, r, throughputMarkdown(r),
+      throughputChart(r, `Throughput, prompt ${o.prompt} + ${o.gen} generated (${path.basename(path.resolve(o.model))})`));
   });
 
   // --- gemv ---------------------------------------------------------------------------------------
@@ -151,7 +163,7 @@ export function register(program: Command): void {
       const r = await runGemvBench({
         kernels, inDim: o.in, outDim: o.out, rows: o.rows, threads: kernelThreads(kernels, o.threads), bandwidthBytes: o.bandwidthBytes,
       });
-      print(o, r, gemvMarkdown(r));
+      await report(o, r, gemvMarkdown(r));
     } finally {
       dispose(kernels);
     }

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Regenerate every benchmark of the README's Performance section under docs/perf/:
+# <name>.md (table), <name>.json (one JSON line), <name>.svg (chart), and machine.md.
+#
+#   scripts/perf.sh            # everything (~10-20 min on 2 cores)
+#   scripts/perf.sh attention  # one or more of: machine gemv attention capacity throughput
+#
+# KIVI_BACKEND (default auto) and KIVI_THREADS (default: the back end's) pass through to every command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+npm run -s build
+
+OUT=docs/perf
+MODEL=models/llama-28m-gqa
+mkdir -p "$OUT"
+FLAGS=(--backend "${KIVI_BACKEND:-auto}")
+if [ -n "${KIVI_THREADS:-}" ]; then FLAGS+=(--threads "$KIVI_THREADS"); fi
+kivi() { echo "+ kivi $*" >&2; node dist/src/cli/main.js "$@"; }
+want() { [[ " $ALL " == *" $1 "* ]]; }
+ALL="${*:-machine gemv attention capacity throughput}"
+
+if want machine; then
+  {
+    echo "- CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores available"
+    echo "- Caches: $(lscpu | grep -E '^L[123]' | sed -E 's/ +/ /g; s/ \(.*\)//' | paste -sd ';' -)"
+    echo "- Memory: $(free -g | awk '/^Mem:/ {print $2}') GiB; Node $(node --version); $(uname -srm)"
+    echo "- Load average when measured: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- Date: $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD)"
+  } > "$OUT/machine.md"
+  cat "$OUT/machine.md"
+fi
+
+# Linear layers: a 8192×4096 float32 weight (128 MiB, 4× the L3) against the read-bandwidth bound.
+if want gemv; then kivi bench gemv "${FLAGS[@]}" --save "$OUT/gemv"; fi
+
+# Decode attention, one layer of one sequence (4 heads, 2 kv heads, d=128), 1K..256K tokens.
+if want attention; then kivi bench attention "${FLAGS[@]}" --save "$OUT/attention"; fi
+
+# Capacity at the model's context (2048) and at 16K (beyond it: synthetic K/V).
+if want capacity; then
+  kivi bench capacity --model "$MODEL" --budget 512MiB --context 2048 "${FLAGS[@]}" --save "$OUT/capacity-2k"
+  kivi bench capacity --model "$MODEL" --budget 512MiB --context 16384 "${FLAGS[@]}" --save "$OUT/capacity-16k"
+fi
+
+# Throughput over budgets: from one where fp16 admits one or two sequences up to compute-bound batches.
+if want throughput; then
+  kivi bench throughput --model "$MODEL" --budget 186MiB,190MiB,196MiB,208MiB,232MiB,280MiB --prompt 160 --gen 338 \
+    --max-batch 16 "${FLAGS[@]}" --save "$OUT/throughput"
+fi

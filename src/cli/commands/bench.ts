@@ -7,7 +7,7 @@ import { createKernels, type BackendName, type BackendOptions, type Kernels } fr
 import { bytes, int, intList } from '../parse.js';
 import { backendOption, kvListOption } from '../common.js';
 import { LazyProgress } from '../progress.js';
-import { writeChart, type TopLevelSpec } from '../../studies/plot.js';
+import type { TopLevelSpec } from '../../studies/plot.js';
 import { attentionChart, attentionMarkdown, runAttentionBench } from '../../studies/bench/attention.js';
 import { capacityMarkdown, runCapacity } from '../../studies/bench/capacity.js';
 import { runThroughput, throughputChart, throughputMarkdown } from '../../studies/bench/throughput.js';
@@ -57,7 +57,9 @@ async function report(o: Shared & { svg?: string }, json: unknown, markdown: str
     fs.writeFileSync(`${o.save}.md`, markdown);
     written.push(`${o.save}.json`, `${o.save}.md`);
   }
-  if (chart) {
+  if (chart && (o.svg || o.save)) {
+    // Loaded only when a chart is asked for: vega costs every other command's start-up time.
+    const { writeChart } = await import('../../studies/plot.js');
     for (const base of [o.svg?.replace(/\.svg$/i, ''), o.save]) {
       if (!base) continue;
       await writeChart(chart, base, { png: false });

@@ -117,12 +117,13 @@ export function throughputMarkdown(r: ThroughputReport): string {
       x.tokens_per_second.toFixed(1),
       fp16 && fp16.tokens_per_second > 0 ? formatRatio(x.tokens_per_second / fp16.tokens_per_second) : '–',
       x.peak_rss === null ? '–' : formatBytes(x.peak_rss),
+      x.peak_rss === null ? '–' : `${((100 * x.peak_rss) / x.budget).toFixed(1)}%`,
     ];
   });
   return (
     `Prompt ${r.prompt} + ${r.gen} generated tokens per sequence; weights ${formatBytes(r.weights_bytes)}, ` +
     `measured overhead ${formatBytes(r.overhead_bytes)}; batches capped at ${r.max_batch}.\n\n` +
-    markdownTable(['budget', 'kv', 'admitted', 'batch run', 'tokens/s', 'vs fp16', 'peak RSS'], rows)
+    markdownTable(['budget', 'kv', 'admitted', 'batch run', 'tokens/s', 'vs fp16', 'peak RSS', 'peak RSS / budget'], rows)
   );
 }
 

@@ -7,6 +7,7 @@ import { createKernels, type BackendName, type BackendOptions, type Kernels } fr
 import { bytes, int, intList } from '../parse.js';
 import { backendOption, kvListOption } from '../common.js';
 import { LazyProgress } from '../progress.js';
+import { KiviError } from '../../util/errors.js';
 import type { TopLevelSpec } from '../../studies/plot.js';
 import { attentionChart, attentionMarkdown, runAttentionBench } from '../../studies/bench/attention.js';
 import { capacityMarkdown, runCapacity } from '../../studies/bench/capacity.js';
@@ -51,19 +52,24 @@ function kernelThreads(k: Kernels, requested?: number): number {
 async function report(o: Shared & { svg?: string }, json: unknown, markdown: string, chart?: TopLevelSpec): Promise<void> {
   process.stdout.write(o.json ? JSON.stringify(json) + '\n' : markdown);
   const written: string[] = [];
+  const write = async (file: string, what: () => Promise<unknown> | unknown) => {
+    try {
+      fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+      await what();
+    } catch (e) {
+      throw new KiviError(`cannot write ${file}: ${(e as Error).message}`);
+    }
+    written.push(file);
+  };
   if (o.save) {
-    fs.mkdirSync(path.dirname(path.resolve(o.save)), { recursive: true });
-    fs.writeFileSync(`${o.save}.json`, JSON.stringify(json) + '\n');
-    fs.writeFileSync(`${o.save}.md`, markdown);
-    written.push(`${o.save}.json`, `${o.save}.md`);
+    await write(`${o.save}.json`, () => fs.writeFileSync(`${o.save}.json`, JSON.stringify(json) + '\n'));
+    await write(`${o.save}.md`, () => fs.writeFileSync(`${o.save}.md`, markdown));
   }
   if (chart && (o.svg || o.save)) {
     // Loaded only when a chart is asked for: vega costs every other command's start-up time.
     const { writeChart } = await import('../../studies/plot.js');
     for (const base of [o.svg?.replace(/\.svg$/i, ''), o.save]) {
-      if (!base) continue;
-      await writeChart(chart, base, { png: false });
-      written.push(`${base}.svg`);
+      if (base) await write(`${base}.svg`, () => writeChart(chart, base, { png: false }));
     }
   }
   for (const f of written) process.stderr.write(`wrote ${path.resolve(f)}\n`);

@@ -33,8 +33,11 @@ fi
 # Linear layers: a 8192×4096 float32 weight (128 MiB, 4× the L3) against the read-bandwidth bound.
 if want gemv; then kivi bench gemv "${FLAGS[@]}" --save "$OUT/gemv"; fi
 
-# Decode attention, one layer of one sequence (4 heads, 2 kv heads, d=128), 1K..256K tokens.
-if want attention; then kivi bench attention "${FLAGS[@]}" --save "$OUT/attention"; fi
+# Decode attention, one layer of one sequence (4 heads, 2 kv heads, d=128), 1K..256K tokens (and 32K,
+# where the bytes target is set).
+if want attention; then
+  kivi bench attention --context 1024,4096,16384,32768,65536,262144 "${FLAGS[@]}" --save "$OUT/attention"
+fi
 
 # Capacity at the model's context (2048) and at 16K (beyond it: synthetic K/V).
 if want capacity; then

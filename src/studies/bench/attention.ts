@@ -1,7 +1,8 @@
 /**
  * `bench attention`: decode attention time per step for one layer of one sequence, per cache spec and
  * context length, with the cache's bytes. Each cache is prefilled with synthetic keys/values (prefill
- * stores; it does not attend), then one decode step (append + attend) is timed repeatedly after warm-up.
+ * stores; it does not attend), then one decode step (append + attend) is timed repeatedly after warm-up,
+ * the specs in turns (median per spec).
  * No model is involved, so contexts may exceed any model's max positions.
  */
 import type { Kernels } from '../../kernels/types.js';
@@ -9,7 +10,7 @@ import { AttnScratch, type CacheDims } from '../../cache/types.js';
 import { layerFactory, parseKvSpec, validateSpec } from '../../cache/spec.js';
 import { cacheBytes } from '../../cache/budget.js';
 import { KiviError } from '../../util/errors.js';
-import { DEFAULT_REPEATS, Gaussian, type RepeatOptions, syntheticKV, timeRepeated } from './measure.js';
+import { DEFAULT_REPEATS, Gaussian, type RepeatOptions, syntheticKV, timeInterleaved } from './measure.js';
 import { formatBytes, formatRatio, formatSeconds, markdownTable } from './markdown.js';
 import type { TopLevelSpec } from '../plot.js';
 
@@ -53,41 +54,51 @@ export function runAttentionBench(o: AttentionBenchOptions): AttentionResult[] {
   });
   const contexts = [...o.contexts].sort((a, b) => a - b);
   if (contexts.some((c) => !Number.isInteger(c) || c < 1)) throw new KiviError('contexts must be positive integers');
-  const { kvHeads: kv, headDim: d, heads } = o;
+  const { kvHeads: kv, headDim: d, heads, kernels } = o;
   const seed = o.seed ?? 1;
-  const row = kv * d;
   // One synthetic prompt at the largest context serves every cache (prefill reads its first T rows).
   const src = syntheticKV(contexts[contexts.length - 1]!, kv, d, seed);
   const step = syntheticKV(STEP_TOKENS, kv, d, seed + 1);
-  const q = new Float32Array(heads * d);
+  // Query and output in the back end's memory, as the model's activations are (no copies per call).
+  const q = kernels.allocF32(heads * d);
+  const out = kernels.allocF32(heads * d);
   const g = new Gaussian(seed + 2);
   for (let i = 0; i < q.length; i++) q[i] = g.next();
-  const out = new Float32Array(heads * d);
   const scratch = new AttnScratch();
+  const row = kv * d;
 
   const results: AttentionResult[] = [];
-  const total = contexts.length * specs.length;
-  for (const T of contexts) {
-    for (let si = 0; si < specs.length; si++) {
-      const spec = specs[si]!;
-      const cache = layerFactory(spec)(dims, o.kernels);
+  try {
+    for (const T of contexts) {
+      // Every spec's cache at this context at once, timed in turns: load from other processes falls on
+      // all specs alike, and each step finds its cache as cold as in a model's decode (the other layers
+      // and the weights pass through the CPU caches in between).
+      const caches = specs.map((spec) => layerFactory(spec)(dims, kernels));
       try {
-        cache.prefill(src.k, 0, src.v, 0, T);
-        const bytes = cache.bytes();
-        const exact = cacheBytes(spec, dims, T);
-        if (bytes !== exact) throw new Error(`${o.specs[si]} at ${T} tokens: bytes() = ${bytes} but cacheBytes() = ${exact}`);
-        let i = 0;
-        const { seconds } = timeRepeated(() => {
-          const off = (i++ % STEP_TOKENS) * row;
-          cache.append(step.k, off, step.v, off);
-          cache.attend(q, 0, out, 0, scratch);
-        }, o.repeats ?? DEFAULT_REPEATS);
-        results.push({ kv: o.specs[si]!, context: T, seconds, kv_bytes: bytes });
+        const bytes = caches.map((cache, si) => {
+          cache.prefill(src.k, 0, src.v, 0, T);
+          const exact = cacheBytes(specs[si]!, dims, T);
+          if (cache.bytes() !== exact) throw new Error(`${o.specs[si]} at ${T} tokens: bytes() = ${cache.bytes()} but cacheBytes() = ${exact}`);
+          return exact;
+        });
+        const steps = caches.map((cache) => {
+          let i = 0;
+          return () => {
+            const off = (i++ % STEP_TOKENS) * row;
+            cache.append(step.k, off, step.v, off);
+            cache.attend(q, 0, out, 0, scratch);
+          };
+        });
+        const times = timeInterleaved(steps, o.repeats ?? DEFAULT_REPEATS);
+        o.specs.forEach((kvName, si) => results.push({ kv: kvName, context: T, seconds: times[si]!.seconds, kv_bytes: bytes[si]! }));
       } finally {
-        cache.free();
+        for (const c of caches) c.free();
       }
-      o.onProgress?.(results.length, total);
+      o.onProgress?.(results.length, contexts.length * specs.length);
     }
+  } finally {
+    kernels.free(q);
+    kernels.free(out);
   }
   return results;
 }

@@ -2,12 +2,13 @@
  * `bench gemv`: the linear layers' kernel (kernels.matmul) on a weight matrix much larger than the
  * last-level cache, against the machine's measured memory-bandwidth bound. With one activation row the
  * kernel must stream every weight once per call, so GB/s (weight bytes / time) is the figure of merit;
- * more rows reuse each weight and move the kernel toward compute-bound (GFLOP/s).
+ * more rows reuse each weight and move the kernel toward compute-bound (GFLOP/s). The bound and the
+ * kernel are timed in turns (medians).
  */
 import type { Kernels } from '../../kernels/types.js';
 import { Rng } from '../../engine/sampling.js';
-import { DEFAULT_REPEATS, type RepeatOptions, timeRepeated } from './measure.js';
-import { measureReadBandwidth, type BandwidthResult } from './bandwidth.js';
+import { DEFAULT_REPEATS, type RepeatOptions, timeInterleaved } from './measure.js';
+import { ReadBandwidthProbe, type BandwidthResult } from './bandwidth.js';
 import { formatBytes, formatSeconds, markdownTable } from './markdown.js';
 
 export interface GemvOptions {
@@ -44,34 +45,40 @@ export interface GemvReport {
 }
 
 export async function runGemvBench(o: GemvOptions): Promise<GemvReport> {
-  const bwBytes = o.bandwidthBytes ?? 512 * 2 ** 20;
-  const bound = await measureReadBandwidth(bwBytes, o.threads);
-  const bound1 = o.threads > 1 ? await measureReadBandwidth(bwBytes, 1) : null;
   const { inDim, outDim, kernels: K } = o;
-  const w = K.allocF32(inDim * outDim);
+  const repeats = o.repeats ?? DEFAULT_REPEATS;
   const rng = new Rng(5);
+  const w = K.allocF32(inDim * outDim);
+  const xs = o.rows.map((rows) => K.allocF32(rows * inDim));
+  const ys = o.rows.map((rows) => K.allocF32(rows * outDim));
   const s = 1 / Math.sqrt(inDim);
   for (let i = 0; i < w.length; i++) w[i] = (rng.next() * 2 - 1) * s;
-  const results: GemvResult[] = [];
+  for (const x of xs) for (let i = 0; i < x.length; i++) x[i] = rng.next() * 2 - 1;
+  const probes: ReadBandwidthProbe[] = [];
   try {
-    for (const rows of o.rows) {
-      const x = K.allocF32(rows * inDim);
-      const y = K.allocF32(rows * outDim);
-      try {
-        for (let i = 0; i < x.length; i++) x[i] = rng.next() * 2 - 1;
-        const { seconds } = timeRepeated(() => K.matmul(y, x, w, rows, inDim, outDim), o.repeats ?? DEFAULT_REPEATS);
-        const bytes = 4 * (inDim * outDim + rows * (inDim + outDim));
-        const gbps = bytes / seconds / 1e9;
-        results.push({ rows, in: inDim, out: outDim, seconds, gflops: (2 * rows * inDim * outDim) / seconds / 1e9, gbps, of_bound: gbps / bound.gbps });
-      } finally {
-        K.free(x);
-        K.free(y);
-      }
-    }
+    const bwBytes = o.bandwidthBytes ?? 512 * 2 ** 20;
+    probes.push(await ReadBandwidthProbe.start(bwBytes, o.threads));
+    if (o.threads > 1) probes.push(await ReadBandwidthProbe.start(bwBytes, 1));
+    // The bound and the kernel in turns, so that load from other processes falls on both alike.
+    const times = timeInterleaved([
+      ...probes.map((p) => () => void p.sample()),
+      ...o.rows.map((rows, i) => () => K.matmul(ys[i]!, xs[i]!, w, rows, inDim, outDim)),
+    ], repeats);
+    const bw = probes.map((p, i): BandwidthResult => ({
+      bytes: p.bytes, threads: p.threads, repeats: times[i]!.samples.length, gbps: p.bytes / times[i]!.seconds / 1e9,
+    }));
+    const bound = bw[0]!;
+    const results = o.rows.map((rows, i): GemvResult => {
+      const { seconds } = times[probes.length + i]!;
+      const bytes = 4 * (inDim * outDim + rows * (inDim + outDim));
+      const gbps = bytes / seconds / 1e9;
+      return { rows, in: inDim, out: outDim, seconds, gflops: (2 * rows * inDim * outDim) / seconds / 1e9, gbps, of_bound: gbps / bound.gbps };
+    });
+    return { backend: K.name, bound, bound_1_thread: bw[1] ?? null, results };
   } finally {
-    K.free(w);
+    for (const p of probes) await p.close();
+    for (const a of [w, ...xs, ...ys]) K.free(a);
   }
-  return { backend: K.name, bound, bound_1_thread: bound1, results };
 }
 
 export function gemvMarkdown(r: GemvReport): string {

@@ -15,11 +15,11 @@ export function median(xs: readonly number[]): number {
 }
 
 export interface RepeatOptions {
-  /** Untimed runs first (JIT, caches, page faults). */
+  /** Untimed rounds first (JIT, caches, page faults). */
   warmup: number;
-  /** Timed runs at least this many times ... */
+  /** Timed rounds at least this many times ... */
   minRepeats: number;
-  /** ... and until this many seconds have been timed ... */
+  /** ... and until this many seconds have been timed in all ... */
   minSeconds: number;
   /** ... but never more than this many. */
   maxRepeats: number;
@@ -27,19 +27,30 @@ export interface RepeatOptions {
 
 export const DEFAULT_REPEATS: RepeatOptions = { warmup: 2, minRepeats: 5, minSeconds: 0.5, maxRepeats: 50 };
 
-/** Time fn repeatedly; returns the median seconds and every sample. */
-export function timeRepeated(fn: () => void, o: RepeatOptions = DEFAULT_REPEATS): { seconds: number; samples: number[] } {
-  for (let i = 0; i < o.warmup; i++) fn();
-  const samples: number[] = [];
+/**
+ * Time several functions in rounds, each once per round in turn, so that load from other processes
+ * falls on all of them alike (ratios between them are what the benchmarks report). Returns, per function,
+ * the median seconds and every sample.
+ */
+export function timeInterleaved(fns: readonly (() => void)[], o: RepeatOptions = DEFAULT_REPEATS): { seconds: number; samples: number[] }[] {
+  for (let i = 0; i < o.warmup; i++) for (const fn of fns) fn();
+  const samples = fns.map((): number[] => []);
   let total = 0;
-  while (samples.length < o.maxRepeats && (samples.length < o.minRepeats || total < o.minSeconds)) {
-    const t0 = now();
-    fn();
-    const dt = now() - t0;
-    samples.push(dt);
-    total += dt;
+  for (let round = 0; round < o.maxRepeats && (round < o.minRepeats || total < o.minSeconds); round++) {
+    fns.forEach((fn, i) => {
+      const t0 = now();
+      fn();
+      const dt = now() - t0;
+      samples[i]!.push(dt);
+      total += dt;
+    });
   }
-  return { seconds: median(samples), samples };
+  return samples.map((s) => ({ seconds: median(s), samples: s }));
+}
+
+/** Time one function repeatedly; the median seconds and every sample. */
+export function timeRepeated(fn: () => void, o: RepeatOptions = DEFAULT_REPEATS): { seconds: number; samples: number[] } {
+  return timeInterleaved([fn], o)[0]!;
 }
 
 /** The most memory this process has had resident, in bytes (Linux reports maxRSS in KiB). */

@@ -45,8 +45,9 @@ if want capacity; then
   kivi bench capacity --model "$MODEL" --budget 512MiB --context 16384 "${FLAGS[@]}" --save "$OUT/capacity-16k"
 fi
 
-# Throughput over budgets: from one where fp16 admits one or two sequences up to compute-bound batches.
+# Throughput over budgets: weights + measured overhead (~210 MiB here) + room for 1, 2, 4, 8, 16, 32
+# fp16 sequences of 160 + 338 tokens (3.9 MiB each at their peak).
 if want throughput; then
-  kivi bench throughput --model "$MODEL" --budget 186MiB,190MiB,196MiB,208MiB,232MiB,280MiB --prompt 160 --gen 338 \
-    --max-batch 16 "${FLAGS[@]}" --save "$OUT/throughput"
+  kivi bench throughput --model "$MODEL" --budget 215MiB,219MiB,227MiB,242MiB,272MiB,334MiB --prompt 160 --gen 338 \
+    --max-batch 64 "${FLAGS[@]}" --save "$OUT/throughput"
 fi

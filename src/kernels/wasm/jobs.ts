@@ -1,0 +1,139 @@
+/**
+ * The job protocol between the calling thread and helper threads, over a small shared control block.
+ * Platform-free (no Node APIs): the Node side only spawns the helpers (node.ts, worker.ts).
+ *
+ * A job is an op, integer arguments and a count of items. The caller publishes it by bumping EPOCH;
+ * every thread, the caller included, claims items one at a time with a compare-and-swap on a 64-bit
+ * word holding (epoch, next item), so a helper that wakes late can never take an item of a newer job
+ * with an older job's arguments. The caller returns once FINISHED reaches the count. Results do not
+ * depend on which thread ran which item.
+ */
+import type { KernelExports } from './exports.js';
+
+export const OP_STOP = 0;
+export const OP_MATMUL = 1;
+export const OP_ATTEND = 2;
+
+// Control block (Int32Array indices).
+const EPOCH = 0, FINISHED = 1, OP = 2, COUNT = 3, ERROR = 4, SLEEPERS = 5, ARGS = 8;
+export const CTRL_INTS = 24;
+
+/** How long an idle helper polls for the next job before it sleeps (jobs of one forward pass come back to back). */
+const SPIN_MS = 0.3;
+/** A job that makes no progress for this long means a helper died. */
+const STALL_MS = 60_000;
+
+export interface JobContext {
+  ctrl: Int32Array;
+  next: BigUint64Array;
+  k: KernelExports;
+  /** 0 for the calling thread, 1.. for helpers: selects a scratch slice. */
+  tid: number;
+}
+
+export function newControl(): { ctrl: SharedArrayBuffer; next: SharedArrayBuffer } {
+  return { ctrl: new SharedArrayBuffer(CTRL_INTS * 4), next: new SharedArrayBuffer(8) };
+}
+
+function runItem(c: JobContext, op: number, i: number): void {
+  const a = c.ctrl;
+  if (op === OP_MATMUL) {
+    const outDim = a[ARGS + 5]!, chunk = a[ARGS + 7]!;
+    const o0 = i * chunk;
+    c.k.matmul(a[ARGS]!, a[ARGS + 1]!, a[ARGS + 2]!, a[ARGS + 3]!, a[ARGS + 4]!, outDim, a[ARGS + 6]!, o0, Math.min(outDim, o0 + chunk));
+  } else if (op === OP_ATTEND) {
+    c.k.attend_task(a[ARGS]!, a[ARGS + 1]!, i, a[ARGS + 2]! + c.tid * a[ARGS + 3]!);
+  }
+}
+
+/** Claim and run items of job `epoch` until none is left. */
+function work(c: JobContext, epoch: number): void {
+  const { ctrl, next } = c;
+  const op = ctrl[OP]!, count = ctrl[COUNT]!;
+  const tag = BigInt(epoch >>> 0) << 32n;
+  for (;;) {
+    const cur = Atomics.load(next, 0);
+    const i = Number(cur - tag);
+    if (cur < tag || i >= count) return;
+    if (Atomics.compareExchange(next, 0, cur, cur + 1n) !== cur) continue;
+    try {
+      runItem(c, op, i);
+    } catch {
+      Atomics.store(ctrl, ERROR, 1);
+    }
+    if (Atomics.add(ctrl, FINISHED, 1) + 1 === count) Atomics.notify(ctrl, FINISHED);
+  }
+}
+
+/** A helper thread's life: wait for jobs, work on them, return on OP_STOP. */
+export function helperLoop(c: JobContext): void {
+  const { ctrl } = c;
+  let seen = Atomics.load(ctrl, EPOCH);
+  for (;;) {
+    let e = Atomics.load(ctrl, EPOCH);
+    if (e === seen) {
+      const until = performance.now() + SPIN_MS;
+      let spins = 0;
+      while ((e = Atomics.load(ctrl, EPOCH)) === seen) {
+        if ((++spins & 255) !== 0 || performance.now() < until) continue;
+        Atomics.add(ctrl, SLEEPERS, 1);
+        Atomics.wait(ctrl, EPOCH, seen);
+        Atomics.sub(ctrl, SLEEPERS, 1);
+      }
+    }
+    seen = e;
+    if (Atomics.load(ctrl, OP) === OP_STOP) return;
+    work(c, e);
+  }
+}
+
+/** The calling thread's side: publish a job, take a share of it, wait for the rest. */
+export class JobRunner {
+  private epoch = 0;
+  private canWait = true;
+
+  constructor(private readonly c: JobContext) {}
+
+  run(op: number, args: number[], count: number): void {
+    const { ctrl, next } = this.c;
+    for (let i = 0; i < args.length; i++) ctrl[ARGS + i] = args[i]! | 0;
+    ctrl[OP] = op;
+    ctrl[COUNT] = count;
+    ctrl[ERROR] = 0;
+    Atomics.store(ctrl, FINISHED, 0);
+    const e = (this.epoch = (this.epoch + 1) >>> 0);
+    Atomics.store(next, 0, BigInt(e) << 32n);
+    Atomics.store(ctrl, EPOCH, e | 0);
+    if (Atomics.load(ctrl, SLEEPERS) > 0) Atomics.notify(ctrl, EPOCH);
+    if (op === OP_STOP) return;
+    work(this.c, e);
+    this.waitFinished(count);
+    if (Atomics.load(ctrl, ERROR) !== 0) throw new Error('a WebAssembly kernel failed on a helper thread');
+  }
+
+  private waitFinished(count: number): void {
+    const { ctrl } = this.c;
+    let spins = 0;
+    let last = -1;
+    let since = 0;
+    for (;;) {
+      const f = Atomics.load(ctrl, FINISHED);
+      if (f === count) return;
+      if (++spins < 2000) continue;
+      const now = performance.now();
+      if (f !== last) {
+        last = f;
+        since = now;
+      } else if (now - since > STALL_MS) {
+        throw new Error('WebAssembly helper threads stopped making progress');
+      }
+      if (this.canWait) {
+        try {
+          Atomics.wait(ctrl, FINISHED, f, 1);
+        } catch {
+          this.canWait = false; // a browser's main thread may not block
+        }
+      }
+    }
+  }
+}

@@ -174,7 +174,8 @@ test('KIVI scores match the reference within the int16 query rounding bound', ()
         if (t < 0 || t >= n || j >= nq) return 0;
         const g = Math.floor(t / G);
         unpackCodes(blk.codes, t * (d * bits / 32), d, bits, code, 0);
-        // α/2 per channel of the int16 query (α = max|q·s| / 32767 for this head and group), plus float rounding.
+        // α/2 per channel of the int16 query (α = max|q·s| / qmax for this head and group), plus float rounding;
+        // qmax = 32767/(2^b + 1) at 2 and 4 bits (the kernel telescopes the code planes), 32767 at 8.
         let amax = 0, sumCode = 0, mag = 0;
         for (let c = 0; c < d; c++) {
           const sc = fromHalfBits(blk.scales[g * d + c]!), mn = fromHalfBits(blk.mins[g * d + c]!), qc = q[j * d + c]!;
@@ -182,7 +183,8 @@ test('KIVI scores match the reference within the int16 query rounding bound', ()
           sumCode += code[c]!;
           mag += Math.abs(qc) * (sc * code[c]! + Math.abs(mn));
         }
-        return scale * ((amax / 32767 / 2) * sumCode + 2 ** -19 * mag);
+        const qmax = bits === 2 ? 6553 : bits === 4 ? 1927 : 32767;
+        return scale * ((amax / qmax / 2) * sumCode + 2 ** -19 * mag);
       }, `scoresKivi b=${bits} G=${G} d=${d} nq=${nq}`);
     }
   }
@@ -209,17 +211,19 @@ test('KIVI value accumulation matches the reference within the int16 weight roun
         assertClose(out, ref, (i) => {
           const j = Math.floor(i / d), c = i % d, g = Math.floor(c / G), ng = d / G;
           let bound = 0, mag = Math.abs(start[i]!);
-          // Weights a_t·s_tg are rounded to int16 per chunk of ≤ 256 tokens: α_g/2 per token and code unit.
+          // Weights a_t·s_tg are rounded to int16 per chunk of ≤ 256 tokens with α_g = max|a|·max s_g / 32767:
+          // α_g/2 per token and code unit.
           for (let t0 = 0; t0 < n; t0 += 256) {
-            let amax = 0, sumCode = 0;
+            let amax = 0, smax = 0, sumCode = 0;
             for (let t = t0; t < Math.min(n, t0 + 256); t++) {
               const a = p[j * pStride + 1 + t]!, sc = fromHalfBits(blk.scales[t * ng + g]!), mn = fromHalfBits(blk.mins[t * ng + g]!);
-              amax = Math.max(amax, Math.abs(a * sc));
+              amax = Math.max(amax, Math.abs(a));
+              smax = Math.max(smax, sc);
               const k = codeAt(t, c);
               sumCode += k;
               mag += Math.abs(a) * (sc * k + Math.abs(mn));
             }
-            bound += (amax / 32767 / 2) * sumCode;
+            bound += ((amax * smax) / 32767 / 2) * sumCode;
           }
           return bound + (n + 8) * U * 2 * mag;
         }, `accumKivi b=${bits} G=${G} d=${d} nq=${nq} n=${n}`);

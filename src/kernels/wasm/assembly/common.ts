@@ -55,3 +55,35 @@ const HALF_TO_FLOAT: f32 = 5.192296858534828e33;
   v128.store(dst, finiteHalves4(i32x4.extend_low_i16x8_s(h)));
   v128.store(dst, finiteHalves4(i32x4.extend_high_i16x8_s(h)), 16);
 }
+
+// 1.5·2^23: adding it rounds a float to an integer (ties to even) in the low mantissa bits.
+const ROUNDER: f32 = 12582912.0;
+const ROUNDER_BITS = 0x4b400000;
+
+/** round-half-even(x) as i32 lanes, for |x| < 2^22 (one add and one subtract, unlike nearest + trunc_sat). */
+@inline export function roundToInt(x: v128): v128 {
+  return i32x4.sub(f32x4.add(x, f32x4.splat(ROUNDER)), i32x4.splat(ROUNDER_BITS));
+}
+
+@inline export function roundToIntScalar(x: f32): i32 {
+  return reinterpret<i32>(x + ROUNDER) - ROUNDER_BITS;
+}
+
+/** Largest lane (pseudo-max: no NaN handling, one instruction per step). */
+@inline export function hmax(v: v128): f32 {
+  const m = f32x4.pmax(v, v128.shuffle<f32>(v, v, 2, 3, 0, 1));
+  return max(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1));
+}
+
+/** Zero `bytes` (a multiple of 16) at p. */
+@inline export function zero16(p: usize, bytes: usize): void {
+  const z = i32x4.splat(0);
+  for (let e = p + bytes; p < e; p += 16) v128.store(p, z);
+}
+
+/** Copy `bytes` (a multiple of 4) from src to dst. */
+@inline export function copy4(dst: usize, src: usize, bytes: usize): void {
+  let i: usize = 0;
+  for (; i + 16 <= bytes; i += 16) v128.store(dst + i, v128.load(src + i));
+  for (; i < bytes; i += 4) store<i32>(dst + i, load<i32>(src + i));
+}

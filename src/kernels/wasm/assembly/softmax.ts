@@ -1,10 +1,11 @@
 /** Softmax in place over a row of scores, with a vectorized exp (Cephes expf: |rel. error| ≲ 2 ulp). */
-import { hsum } from './common';
+import { hmax, hsum, roundToInt } from './common';
 
 @inline export function exp4(x: v128): v128 {
   // Inputs below −87.3 clamp to e^−87.3 ≈ 1.2e−38 (softmax arguments are ≤ 0; the difference is nil).
-  x = f32x4.min(f32x4.max(x, f32x4.splat(-87.33654)), f32x4.splat(88.37626));
-  const n = f32x4.nearest(f32x4.mul(x, f32x4.splat(1.44269504088896341)));
+  x = f32x4.pmin(f32x4.pmax(x, f32x4.splat(-87.33654)), f32x4.splat(88.37626));
+  const ni = roundToInt(f32x4.mul(x, f32x4.splat(1.44269504088896341)));
+  const n = f32x4.convert_i32x4_s(ni);
   // r = x − n·ln2 in two steps (Cody–Waite) so r is exact enough.
   let r = f32x4.sub(x, f32x4.mul(n, f32x4.splat(0.693359375)));
   r = f32x4.add(r, f32x4.mul(n, f32x4.splat(2.12194440e-4)));
@@ -15,7 +16,7 @@ import { hsum } from './common';
   y = f32x4.add(f32x4.mul(y, r), f32x4.splat(1.6666665459e-1));
   y = f32x4.add(f32x4.mul(y, r), f32x4.splat(5.0000001201e-1));
   y = f32x4.add(f32x4.add(f32x4.mul(y, f32x4.mul(r, r)), r), f32x4.splat(1));
-  const pow2 = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(n), i32x4.splat(127)), 23);
+  const pow2 = i32x4.shl(i32x4.add(ni, i32x4.splat(127)), 23);
   return f32x4.mul(y, pow2);
 }
 
@@ -28,8 +29,8 @@ export function softmax(row: usize, n: i32): void {
   const vecEnd = row + ((<usize>n << 2) & ~15);
   let mv = f32x4.splat(-Infinity);
   let p = row;
-  for (; p < vecEnd; p += 16) mv = f32x4.max(mv, v128.load(p));
-  let m = max(max(f32x4.extract_lane(mv, 0), f32x4.extract_lane(mv, 1)), max(f32x4.extract_lane(mv, 2), f32x4.extract_lane(mv, 3)));
+  for (; p < vecEnd; p += 16) mv = f32x4.pmax(mv, v128.load(p));
+  let m = hmax(mv);
   for (; p < end; p += 4) m = max(m, load<f32>(p));
   const mm = f32x4.splat(m);
   let sv = f32x4.splat(0);

@@ -7,6 +7,12 @@ import { scores_f32, scores_f16, accum_f32, accum_f16 } from './dense';
 import { scores_kivi, accum_kivi } from './kivi';
 import { softmax } from './softmax';
 
+@inline function zeroOut(p: usize, bytes: usize): void {
+  const e = p + bytes;
+  for (; p + 16 <= e; p += 16) v128.store(p, i32x4.splat(0));
+  for (; p < e; p += 4) store<f32>(p, 0);
+}
+
 // Task record (int32 words).
 const T_Q = 0, T_OUT = 1, T_NQ = 2, T_D = 3, T_LEN = 4, T_SCALE = 5, T_K0 = 6, T_KN = 7, T_V0 = 8, T_VN = 9;
 export const TASK_WORDS = 10;
@@ -40,7 +46,7 @@ export function attend_task(tasks: usize, segs: usize, i: i32, scratch: usize): 
     t += n;
   }
   for (let j = 0; j < nq; j++) softmax(s + (<usize>(j * T) << 2), T);
-  memory.fill(out, 0, <usize>(nq * d) << 2);
+  zeroOut(out, <usize>(nq * d) << 2);
   t = 0;
   for (let k = word(tp, T_V0), end = k + word(tp, T_VN); k < end; k++) {
     const sp = segs + <usize>(k * SEG_WORDS) * 4;

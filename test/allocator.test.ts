@@ -61,6 +61,23 @@ test('a freed block is reused before the heap grows, and neighbours coalesce', (
   assert.deepEqual(a.stats(), { used: 0, top: 1024, free: 0, blocks: 0 });
 });
 
+test('lastDirty marks what may hold old data: fresh memory above the high-water mark is clean', () => {
+  const { a } = heap();
+  const p1 = a.alloc(1000);
+  assert.equal(a.lastDirty, 0);
+  const p2 = a.alloc(500);
+  assert.equal(a.lastDirty, 0);
+  a.free(p2); // the top comes back down to p2
+  const p3 = a.alloc(2000); // reuses p2's 512 dirty bytes, then fresh memory
+  assert.equal(p3, p2);
+  assert.equal(a.lastDirty, 512);
+  a.free(p3);
+  a.free(p1);
+  const p4 = a.alloc(64);
+  assert.equal(a.lastDirty, 64, 'below the high-water mark: dirty');
+  a.free(p4);
+});
+
 test('double free and foreign pointers are errors', () => {
   const { a } = heap();
   const p = a.alloc(100);

@@ -10,6 +10,7 @@ import { createWasmKernels } from '../src/kernels/wasm/node.js';
 import type { WasmKernels } from '../src/kernels/wasm/kernels.js';
 import { TsKernels } from '../src/kernels/ts/reference.js';
 import { AttentionPlan } from '../src/kernels/plan.js';
+import { OP_ATTEND } from '../src/kernels/wasm/jobs.js';
 import { type Bits, quantizePerChannel, quantizePerToken, unpackCodes } from '../src/quant/quantizer.js';
 import { fromHalfBits, toHalfBits } from '../src/quant/float16.js';
 
@@ -143,6 +144,20 @@ test('dense scores and accumulation (float32 and float16) match the reference, n
       }
     }
   }
+});
+
+test('swiglu matches the reference to a few float32 ulps (exp included)', () => {
+  const r = rng(8);
+  const rows = 3, I = 37; // I % 4 != 0: vector body and scalar tail
+  const gu = W.allocF32(rows * 2 * I);
+  for (let i = 0; i < gu.length; i++) gu[i] = (r() * 2 - 1) * (i % 5 === 0 ? 100 : 6);
+  const act = W.allocF32(rows * I), ref = new Float32Array(rows * I);
+  W.swiglu(act, gu, rows, I);
+  R.swiglu(ref, gu, rows, I);
+  assertClose(act, ref, (i) => {
+    const row = Math.floor(i / I), c = i % I;
+    return 8 * U * Math.abs(gu[row * 2 * I + c]! * gu[row * 2 * I + I + c]!) + 1e-30;
+  }, 'swiglu');
 });
 
 /** Keys/values like a real model's: unit noise with a few large-magnitude channels. */
@@ -336,4 +351,15 @@ test('memory grows and freed blocks are reused; foreign frees are refused', asyn
   } finally {
     k.dispose();
   }
+});
+
+test('a trap on any thread surfaces as an error, and the pool keeps working', () => {
+  // Task records 3 GiB into a memory of a few MiB: every thread's attend_task traps.
+  const runner = (W as unknown as { runner: { run(op: number, args: number[], n: number): void } }).runner;
+  assert.throws(() => runner.run(OP_ATTEND, [3 * 2 ** 30, 3 * 2 ** 30, 1024, 64], 8), /out of bounds|helper thread/);
+  const { plan, out } = mixedPlan(W, rng(9), 4);
+  W.attend(plan);
+  const { plan: plan1, out: out1 } = mixedPlan(W1, rng(9), 4);
+  W1.attend(plan1);
+  assert.ok(bytes(out).equals(bytes(out1)));
 });

@@ -24,6 +24,9 @@ export interface Kernels {
   /** out[r·outDim + o] = Σ_i x[r·inDim + i] · w[o·inDim + i] (+ bias[o]); w is [outDim][inDim] as in HF Linear. */
   matmul(out: Float32Array, x: Float32Array, w: Float32Array, rows: number, inDim: number, outDim: number, bias?: Float32Array): void;
 
+  /** act[r·I + i] = silu(g)·u with g = gu[r·2I + i], u = gu[r·2I + I + i]: the MLP's gate | up halves. */
+  swiglu(act: Float32Array, gu: Float32Array, rows: number, I: number): void;
+
   /**
    * Attention scores against float keys for the nq query heads that share one kv head:
    * s[j·sStride + sOff + t] = scale · q[qOff + j·d ..] · K[kOff + t·d ..], t < n.

@@ -144,7 +144,7 @@ export class LlamaModel {
       // MLP block: x += down(silu(gate(x)) · up(x)).
       rmsnorm(xn, x, w.mlpNorm, N, D, cfg.rmsNormEps);
       K.matmul(gu, xn, w.wgu, N, D, 2 * I);
-      swiglu(act, gu, N, I);
+      K.swiglu(act, gu, N, I);
       K.matmul(proj, act, w.wdown, N, I, D);
       addInPlace(x, proj, N * D);
     }
@@ -252,15 +252,3 @@ export function rmsnorm(out: Float32Array, x: Float32Array, w: Float32Array, row
 function addInPlace(x: Float32Array, y: Float32Array, n: number): void {
   for (let i = 0; i < n; i++) x[i] += y[i]!;
 }
-
-/** act[r][i] = silu(gate[r][i]) · up[r][i], with gu rows laid out [gate | up]. */
-function swiglu(act: Float32Array, gu: Float32Array, rows: number, I: number): void {
-  for (let r = 0; r < rows; r++) {
-    const g0 = r * 2 * I;
-    for (let i = 0; i < I; i++) {
-      const g = gu[g0 + i]!;
-      act[r * I + i] = (g / (1 + Math.exp(-g))) * gu[g0 + I + i]!;
-    }
-  }
-}
-

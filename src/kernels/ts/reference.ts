@@ -58,6 +58,16 @@ export class TsKernels implements Kernels {
     }
   }
 
+  swiglu(act: Float32Array, gu: Float32Array, rows: number, I: number): void {
+    for (let r = 0; r < rows; r++) {
+      const g0 = r * 2 * I;
+      for (let i = 0; i < I; i++) {
+        const g = gu[g0 + i]!;
+        act[r * I + i] = (g / (1 + Math.exp(-g))) * gu[g0 + I + i]!;
+      }
+    }
+  }
+
   scoresDense(s: Float32Array, sOff: number, sStride: number, q: Float32Array, qOff: number, nq: number,
     k: Float32Array | Uint16Array, kOff: number, n: number, d: number, scale: number): void {
     for (let j = 0; j < nq; j++) {

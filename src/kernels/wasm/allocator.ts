@@ -21,6 +21,10 @@ export class Allocator {
   private readonly freeEnd = new Map<number, number>(); // end → start
   private readonly bins: Set<number>[] = [];
   private usedBytes = 0;
+  /** The highest top ever reached: memory above it has never been handed out (still zero). */
+  private highWater: number;
+  /** Bytes at the start of the last block that may hold old data (the rest is untouched, zero memory). */
+  lastDirty = 0;
 
   /**
    * @param base first usable byte offset (rounded up to ALIGN)
@@ -28,6 +32,7 @@ export class Allocator {
    */
   constructor(base: number, private readonly grow: (end: number) => void) {
     this.top = Math.ceil(base / ALIGN) * ALIGN;
+    this.highWater = this.top;
   }
 
   /** A block of at least `bytes` bytes (contents unspecified). */
@@ -76,6 +81,8 @@ export class Allocator {
     const start = this.top;
     this.grow(start + size);
     this.top = start + size;
+    this.lastDirty = Math.max(0, Math.min(size, this.highWater - start));
+    this.highWater = Math.max(this.highWater, this.top);
     return start;
   }
 
@@ -89,6 +96,7 @@ export class Allocator {
         if (have < size) continue; // only possible in the request's own class
         this.removeFree(start);
         if (have > size) this.addFree(start + size, have - size);
+        this.lastDirty = size;
         return start;
       }
     }

@@ -12,6 +12,7 @@ export interface KernelExports {
     n: number, d: number, bits: number, G: number, work: number): void;
   kivi_work_bytes(d: number, nq: number): number;
   softmax(row: number, n: number): void;
+  swiglu(act: number, gu: number, rows: number, I: number): void;
   attend_task(tasks: number, segs: number, i: number, scratch: number): void;
   task_words(): number;
   seg_words(): number;

@@ -46,19 +46,21 @@ function runItem(c: JobContext, op: number, i: number): void {
   }
 }
 
-/** Claim and run items of job `epoch` until none is left. */
-function work(c: JobContext, epoch: number): void {
+/** Claim and run items of job `epoch` until none is left; returns the first error this thread hit. */
+function work(c: JobContext, epoch: number): unknown {
   const { ctrl, next } = c;
   const op = ctrl[OP]!, count = ctrl[COUNT]!;
   const tag = BigInt(epoch >>> 0) << 32n;
+  let error: unknown = null;
   for (;;) {
     const cur = Atomics.load(next, 0);
     const i = Number(cur - tag);
-    if (cur < tag || i >= count) return;
+    if (cur < tag || i >= count) return error;
     if (Atomics.compareExchange(next, 0, cur, cur + 1n) !== cur) continue;
     try {
       runItem(c, op, i);
-    } catch {
+    } catch (e) {
+      error ??= e;
       Atomics.store(ctrl, ERROR, 1);
     }
     if (Atomics.add(ctrl, FINISHED, 1) + 1 === count) Atomics.notify(ctrl, FINISHED);
@@ -106,8 +108,9 @@ export class JobRunner {
     Atomics.store(ctrl, EPOCH, e | 0);
     if (Atomics.load(ctrl, SLEEPERS) > 0) Atomics.notify(ctrl, EPOCH);
     if (op === OP_STOP) return;
-    work(this.c, e);
+    const mine = work(this.c, e);
     this.waitFinished(count);
+    if (mine !== null) throw mine;
     if (Atomics.load(ctrl, ERROR) !== 0) throw new Error('a WebAssembly kernel failed on a helper thread');
   }
 

@@ -109,17 +109,24 @@ export class WasmKernels implements Kernels {
 
   allocF32(n: number): Float32Array {
     const p = this.heap.alloc(n * 4);
-    return new Float32Array(this.buf, p, n).fill(0);
+    return this.zeroed(new Float32Array(this.buf, p, n));
   }
 
   allocU32(n: number): Uint32Array {
     const p = this.heap.alloc(n * 4);
-    return new Uint32Array(this.buf, p, n).fill(0);
+    return this.zeroed(new Uint32Array(this.buf, p, n));
   }
 
   allocU16(n: number): Uint16Array {
     const p = this.heap.alloc(n * 2);
-    return new Uint16Array(this.buf, p, n).fill(0);
+    return this.zeroed(new Uint16Array(this.buf, p, n));
+  }
+
+  /** Zero what the allocator says may hold old data (fresh memory is zero: no pages touched). */
+  private zeroed<T extends Storage>(a: T): T {
+    const dirty = this.heap.lastDirty;
+    if (dirty > 0) a.fill(0, 0, Math.min(a.length, Math.ceil(dirty / a.BYTES_PER_ELEMENT)));
+    return a;
   }
 
   free(a: Float32Array | Uint32Array | Uint16Array): void {
@@ -203,6 +210,13 @@ export class WasmKernels implements Kernels {
     } else {
       this.k.matmul(po, px, pw, rows, inDim, outDim, pb, 0, outDim);
     }
+    if (this.staged.length) this.unstage();
+  }
+
+  swiglu(act: Float32Array, gu: Float32Array, rows: number, I: number): void {
+    const pa = this.ptr(act, 0, rows * I, true);
+    const pg = this.ptr(gu, 0, rows * 2 * I);
+    this.k.swiglu(pa, pg, rows, I);
     if (this.staged.length) this.unstage();
   }
 

@@ -1,4 +1,4 @@
-/** Helpers shared by the kernels: horizontal sums with one fixed order, float16 → float32. */
+/** Helpers shared by the kernels: horizontal sums with one fixed order, float16 → float32, rounding. */
 
 /** (v0 + v2) + (v1 + v3): the one order every kernel uses to finish a 4-lane dot product. */
 @inline export function hsum(v: v128): f32 {
@@ -19,41 +19,16 @@
   return i32x4.add(v128.shuffle<i32>(x, y, 0, 2, 4, 6), v128.shuffle<i32>(x, y, 1, 3, 5, 7));
 }
 
-@inline export function isum(v: v128): i32 {
-  return i32x4.extract_lane(v, 0) + i32x4.extract_lane(v, 1) + i32x4.extract_lane(v, 2) + i32x4.extract_lane(v, 3);
-}
-
 // 2^112: moves a float16 exponent (bias 15) to float32's (bias 127); subnormal halves come out exact.
 const HALF_TO_FLOAT: f32 = 5.192296858534828e33;
 
-/** float16 bits → float32, exact (subnormals, ±Inf, NaN included). */
-@inline export function halfToFloat(h: i32): f32 {
-  const mag = (h & 0x7fff) << 13;
-  let f = reinterpret<f32>(mag) * HALF_TO_FLOAT;
-  if ((h & 0x7c00) == 0x7c00) f = reinterpret<f32>(mag | 0x7f800000);
-  return (h & 0x8000) != 0 ? -f : f;
-}
-
-/** Four float16 values (sign-extended into i32 lanes) → float32, exact including ±Inf/NaN. */
-@inline export function halves4(v: v128): v128 {
-  const mag = v128.and(i32x4.shl(v, 13), i32x4.splat(0x0fffe000));
-  let f = f32x4.mul(mag, f32x4.splat(HALF_TO_FLOAT));
-  const special = i32x4.eq(v128.and(v, i32x4.splat(0x7c00)), i32x4.splat(0x7c00));
-  f = v128.bitselect(v128.or(mag, i32x4.splat(0x7f800000)), f, special);
-  return v128.or(f, v128.and(v, i32x4.splat(0x80000000)));
-}
-
-/** Like halves4 for values known to be finite (KIVI scales and minimums). */
+/**
+ * Four float16 values (sign-extended into i32 lanes) → float32, exact for every finite value
+ * (subnormals included): the 15 magnitude bits moved into place, times 2^112. ±Inf/NaN are not handled.
+ */
 @inline export function finiteHalves4(v: v128): v128 {
   const mag = v128.and(i32x4.shl(v, 13), i32x4.splat(0x0fffe000));
   return v128.or(f32x4.mul(mag, f32x4.splat(HALF_TO_FLOAT)), v128.and(v, i32x4.splat(0x80000000)));
-}
-
-/** Eight float16 values at p → float32 at dst. */
-@inline export function finiteHalves8To(p: usize, dst: usize): void {
-  const h = v128.load(p);
-  v128.store(dst, finiteHalves4(i32x4.extend_low_i16x8_s(h)));
-  v128.store(dst, finiteHalves4(i32x4.extend_high_i16x8_s(h)), 16);
 }
 
 // 1.5·2^23: adding it rounds a float to an integer (ties to even) in the low mantissa bits.
@@ -79,11 +54,4 @@ const ROUNDER_BITS = 0x4b400000;
 @inline export function zero16(p: usize, bytes: usize): void {
   const z = i32x4.splat(0);
   for (let e = p + bytes; p < e; p += 16) v128.store(p, z);
-}
-
-/** Copy `bytes` (a multiple of 4) from src to dst. */
-@inline export function copy4(dst: usize, src: usize, bytes: usize): void {
-  let i: usize = 0;
-  for (; i + 16 <= bytes; i += 16) v128.store(dst + i, v128.load(src + i));
-  for (; i < bytes; i += 4) store<i32>(dst + i, load<i32>(src + i));
 }

@@ -5,22 +5,29 @@
  * Scores: s[j·sStride + t] = scale·(q_j · k_t); each dot is one f32x4 accumulator over channels in steps
  * of 4, finished by hsum, then the d % 4 tail; float16 keys give exactly the float32 result on the
  * converted keys. Tiles: 4 tokens × 2 heads.
+ * float16 is converted exactly for every finite value (subnormals included) with a shift and a
+ * power-of-two multiply; ±Inf/NaN entries (a value that overflowed float16 when stored) are not
+ * special-cased: the attention output is meaningless then anyway.
  * Accumulation: out[j·d + c] += Σ_t p[j·pStride + t]·v[t·d + c], in token order, for blocks of tokens
  * small enough to stay in L1 while 16 channels × 2 heads of the output live in registers.
  */
-import { hsum, hsum4, halfToFloat, halves4 } from './common';
+import { hsum, hsum4, finiteHalves4 } from './common';
 
 const TOKEN_BLOCK = 64;
+
+@inline function halfScalar(p: usize): f32 {
+  return f32x4.extract_lane(finiteHalves4(i32x4.splat(<i32>load<i16>(p))), 0);
+}
 
 // ---- scores -------------------------------------------------------------------------------------
 
 /** One key chunk of 4 channels at byte c as float32, from float32 or float16 storage. */
 @inline function key4(k: usize, c: usize, half: bool): v128 {
-  return half ? halves4(i32x4.extend_low_i16x8_s(v128.load64_zero(k + (c >> 1)))) : v128.load(k + c);
+  return half ? finiteHalves4(i32x4.extend_low_i16x8_s(v128.load64_zero(k + (c >> 1)))) : v128.load(k + c);
 }
 
 @inline function keyAt(k: usize, c: usize, half: bool): f32 {
-  return half ? halfToFloat(<i32>load<u16>(k + (c >> 1))) : load<f32>(k + c);
+  return half ? halfScalar(k + (c >> 1)) : load<f32>(k + c);
 }
 
 /** Scalar tail (channels from byte vecEnd) of one dot product. */
@@ -130,7 +137,7 @@ export function scores_f16(s: usize, sStride: i32, q: usize, nq: i32, k: usize, 
 // ---- weighted sum of values ---------------------------------------------------------------------
 
 @inline function val4(v: usize, c: usize, half: bool): v128 {
-  return half ? halves4(i32x4.extend_low_i16x8_s(v128.load64_zero(v + (c >> 1)))) : v128.load(v + c);
+  return half ? finiteHalves4(i32x4.extend_low_i16x8_s(v128.load64_zero(v + (c >> 1)))) : v128.load(v + c);
 }
 
 @inline function accumImpl(out: usize, p: usize, pStride: i32, nq: i32, v: usize, n: i32, d: i32, half: bool): void {
@@ -204,7 +211,7 @@ export function scores_f16(s: usize, sStride: i32, q: usize, nq: i32, k: usize, 
 @inline function accumScalar(o0: usize, o1: usize, p0: usize, p1: usize, v: usize, vB: usize, c: usize, t0: i32, t1: i32, half: bool): void {
   let a = load<f32>(o0 + c), b = load<f32>(o1 + c);
   for (let t = t0; t < t1; t++) {
-    const e = half ? halfToFloat(<i32>load<u16>(v + <usize>t * vB + (c >> 1))) : load<f32>(v + <usize>t * vB + c);
+    const e = half ? halfScalar(v + <usize>t * vB + (c >> 1)) : load<f32>(v + <usize>t * vB + c);
     a += load<f32>(p0 + (<usize>t << 2)) * e;
     b += load<f32>(p1 + (<usize>t << 2)) * e;
   }

@@ -1,4 +1,4 @@
-/** Softmax in place over a row of scores, with a vectorized exp (Cephes expf: |rel. error| ≲ 2 ulp). */
+/** Softmax and SiLU gating with a vectorized exp (Cephes expf: |rel. error| ≲ 2 ulp). */
 import { hmax, hsum, roundToInt } from './common';
 
 @inline export function exp4(x: v128): v128 {
@@ -49,4 +49,23 @@ export function softmax(row: usize, n: i32): void {
   const iv = f32x4.splat(inv);
   for (p = row; p < vecEnd; p += 16) v128.store(p, f32x4.mul(v128.load(p), iv));
   for (; p < end; p += 4) store<f32>(p, load<f32>(p) * inv);
+}
+
+/** act[r·I + i] = silu(g)·u with g = gu[r·2I + i], u = gu[r·2I + I + i] (the MLP's gate | up halves). */
+export function swiglu(act: usize, gu: usize, rows: i32, I: i32): void {
+  const IB = <usize>I << 2;
+  const vecB = IB & ~15;
+  for (let r = 0; r < rows; r++) {
+    const g = gu + <usize>r * (IB << 1), u = g + IB, a = act + <usize>r * IB;
+    let i: usize = 0;
+    for (; i < vecB; i += 16) {
+      const x = v128.load(g + i);
+      const e = exp4(f32x4.neg(x));
+      v128.store(a + i, f32x4.mul(f32x4.div(x, f32x4.add(f32x4.splat(1), e)), v128.load(u + i)));
+    }
+    for (; i < IB; i += 4) {
+      const x = load<f32>(g + i);
+      store<f32>(a + i, x / (1 + exp1(-x)) * load<f32>(u + i));
+    }
+  }
 }

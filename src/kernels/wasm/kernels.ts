@@ -8,7 +8,7 @@
 import type { Kernels } from '../types.js';
 import type { Bits } from '../../quant/quantizer.js';
 import {
-  type AttentionPlan, type Storage, SEG_KIVI, SEG_STRIDE, TASK_STRIDE, SBITS, SDATA, SDATA_OFF, SG, SKIND, SMINS, SN,
+  type AttentionPlan, type Storage, SEG_F32, SEG_KIVI, SEG_STRIDE, TASK_STRIDE, SBITS, SDATA, SDATA_OFF, SG, SKIND, SMINS, SN,
   SP_OFF, SSCALES, TD, TK0, TKN, TKT, TNQ, TOUT, TOUT_OFF, TQ, TQ_OFF, TV0, TVN,
 } from '../plan.js';
 import { Allocator } from './allocator.js';
@@ -166,7 +166,31 @@ export class WasmKernels implements Kernels {
 
   /** Byte address of a[off]; an array outside this memory is copied in (and back out after the call if `out`). */
   private ptr(a: Storage, off: number, len: number, out = false): number {
-    if (this.bufs.has(a.buffer)) return a.byteOffset + off * a.BYTES_PER_ELEMENT;
+    const b = a.buffer;
+    if (b === this.buf || this.bufs.has(b)) return a.byteOffset + off * a.BYTES_PER_ELEMENT;
+    return this.stage(a, off, len, out);
+  }
+
+  // One call site per array type (the plan encoder's hot path): V8 keeps these property loads monomorphic.
+  private ptrF32(a: Float32Array, off: number, len: number, out = false): number {
+    const b = a.buffer;
+    if (b === this.buf || this.bufs.has(b)) return a.byteOffset + off * 4;
+    return this.stage(a, off, len, out);
+  }
+
+  private ptrU16(a: Uint16Array, off: number, len: number): number {
+    const b = a.buffer;
+    if (b === this.buf || this.bufs.has(b)) return a.byteOffset + off * 2;
+    return this.stage(a, off, len, false);
+  }
+
+  private ptrU32(a: Uint32Array, off: number, len: number): number {
+    const b = a.buffer;
+    if (b === this.buf || this.bufs.has(b)) return a.byteOffset + off * 4;
+    return this.stage(a, off, len, false);
+  }
+
+  private stage(a: Storage, off: number, len: number, out: boolean): number {
     const bytes = len * a.BYTES_PER_ELEMENT;
     const p = this.heap.alloc(bytes);
     const view = new (a.constructor as new (b: ArrayBufferLike, o: number, n: number) => Storage)(this.buf, p, len);
@@ -285,8 +309,8 @@ export class WasmKernels implements Kernels {
       const k0 = t[o + TK0]!, kn = t[o + TKN]!, v0 = t[o + TV0]!, vn = t[o + TVN]!;
       for (let j = k0; j < k0 + kn; j++) this.encodeSeg(plan, j, segPtr, d, true);
       for (let j = v0; j < v0 + vn; j++) this.encodeSeg(plan, j, segPtr, d, false);
-      const qP = this.ptr(plan.refs[t[o + TQ]!]!, t[o + TQ_OFF]!, nq * d);
-      const outP = this.ptr(plan.refs[t[o + TOUT]!]!, t[o + TOUT_OFF]!, nq * d, true);
+      const qP = this.ptrF32(plan.refs[t[o + TQ]!] as Float32Array, t[o + TQ_OFF]!, nq * d);
+      const outP = this.ptrF32(plan.refs[t[o + TOUT]!] as Float32Array, t[o + TOUT_OFF]!, nq * d, true);
       this.f32Scalar[0] = plan.scale[i]!;
       const m = this.i32; // after ptr(): copying an array in may have grown the memory
       const w = (taskPtr >> 2) + i * TW;
@@ -317,17 +341,20 @@ export class WasmKernels implements Kernels {
     const n = sg[o + SN]!, bits = sg[o + SBITS]!, G = sg[o + SG]!;
     const data = refs[sg[o + SDATA]!]!;
     let dataP: number, scP = 0, mnP = 0;
-    if (sg[o + SKIND] === SEG_KIVI) {
-      dataP = this.ptr(data, sg[o + SDATA_OFF]!, (n * d * bits) / 32);
+    const kind = sg[o + SKIND]!;
+    if (kind === SEG_KIVI) {
+      dataP = this.ptrU32(data as Uint32Array, sg[o + SDATA_OFF]!, (n * d * bits) / 32);
       const params = key ? (n / G) * d : n * (d / G);
-      scP = this.ptr(refs[sg[o + SSCALES]!]!, sg[o + SP_OFF]!, params);
-      mnP = this.ptr(refs[sg[o + SMINS]!]!, sg[o + SP_OFF]!, params);
+      scP = this.ptrU16(refs[sg[o + SSCALES]!] as Uint16Array, sg[o + SP_OFF]!, params);
+      mnP = this.ptrU16(refs[sg[o + SMINS]!] as Uint16Array, sg[o + SP_OFF]!, params);
+    } else if (kind === SEG_F32) {
+      dataP = this.ptrF32(data as Float32Array, sg[o + SDATA_OFF]!, n * d);
     } else {
-      dataP = this.ptr(data, sg[o + SDATA_OFF]!, n * d);
+      dataP = this.ptrU16(data as Uint16Array, sg[o + SDATA_OFF]!, n * d);
     }
     const m = this.i32;
     const w = (segPtr >> 2) + j * this.segWords;
-    m[w] = sg[o + SKIND]!;
+    m[w] = kind;
     m[w + 1] = n;
     m[w + 2] = dataP;
     m[w + 3] = scP;

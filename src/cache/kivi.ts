@@ -60,12 +60,13 @@ export class KiviLayerCache implements LayerCache {
   private readonly resBytes: number;
 
   private readonly keyBlocks: QBlock[] = [];
-  private readonly kRes: Float32Array | Uint16Array;
+  /** Residual buffers, allocated on first use and released by free(). */
+  private kRes: Float32Array | Uint16Array | null = null;
   private rk = 0;
 
   private readonly valueBlocks: QBlock[] = [];
   private nVq = 0;
-  private readonly vRes: Float32Array | Uint16Array;
+  private vRes: Float32Array | Uint16Array | null = null;
   private vStart = 0;
   private rv = 0;
 
@@ -80,13 +81,20 @@ export class KiviLayerCache implements LayerCache {
     this.R = opts.residual;
     this.wptK = packedWords(this.d, opts.kBits);
     this.wptV = packedWords(this.d, opts.vBits);
-    const half = opts.residualDtype === 'fp16';
-    this.resBytes = half ? 2 : 4;
-    const alloc = (n: number) => (half ? kernels.allocU16(n) : kernels.allocF32(n));
-    this.kRes = alloc(this.kv * this.R * this.d);
-    this.vRes = alloc(this.kv * (this.R + 1) * this.d);
+    this.resBytes = opts.residualDtype === 'fp16' ? 2 : 4;
     this.codeScratch = new Uint8Array(this.R * this.d);
     this.rowScratch = new Float32Array(this.R * this.d);
+  }
+
+  /** The residual buffers, allocating them on first use. */
+  private residuals(): { kRes: Float32Array | Uint16Array; vRes: Float32Array | Uint16Array } {
+    if (!this.kRes || !this.vRes) {
+      const half = this.opts.residualDtype === 'fp16';
+      const alloc = (n: number) => (half ? this.kernels.allocU16(n) : this.kernels.allocF32(n));
+      this.kRes = alloc(this.kv * this.R * this.d);
+      this.vRes = alloc(this.kv * (this.R + 1) * this.d);
+    }
+    return { kRes: this.kRes, vRes: this.vRes };
   }
 
   private get nKq(): number {
@@ -104,7 +112,8 @@ export class KiviLayerCache implements LayerCache {
     // Keys: whole blocks of R quantized, the last T mod R kept (all of them while T < R).
     const kq = T < R ? 0 : T - (T % R);
     for (let b = 0; b < kq; b += R) this.quantizeKeyBlock(k, kOff + b * row, row);
-    for (let t = kq; t < T; t++) this.writeRow(this.kRes, this.R, this.rk++, k, kOff + t * row);
+    const { kRes } = this.residuals();
+    for (let t = kq; t < T; t++) this.writeRow(kRes, this.R, this.rk++, k, kOff + t * row);
     // Values: all but the newest R quantized per token.
     const vq = T <= R ? 0 : T - R;
     for (let t = 0; t < vq; t++) this.quantizeValue(v, vOff + t * row);
@@ -112,7 +121,7 @@ export class KiviLayerCache implements LayerCache {
   }
 
   append(k: Float32Array, kOff: number, v: Float32Array, vOff: number): void {
-    this.writeRow(this.kRes, this.R, this.rk++, k, kOff);
+    this.writeRow(this.residuals().kRes, this.R, this.rk++, k, kOff);
     this.pushValueResidual(v, vOff);
   }
 
@@ -123,6 +132,7 @@ export class KiviLayerCache implements LayerCache {
   /** One task per kv head over [key blocks ; key residual] and [value blocks ; value ring], in token order. */
   planAttend(q: Float32Array, qOff: number, out: Float32Array, oOff: number, plan: AttentionPlan): void {
     const { kv, d, R, G } = this;
+    const { kRes, vRes } = this.residuals();
     const nq = this.dims.numHeads / kv;
     const scale = 1 / Math.sqrt(d);
     const gPerBlock = R / G;
@@ -132,7 +142,7 @@ export class KiviLayerCache implements LayerCache {
     for (let h = 0; h < kv; h++) {
       plan.task(q, qOff + h * nq * d, nq, out, oOff + h * nq * d, d, scale);
       for (const b of this.keyBlocks) plan.keysKivi(b.codes, h * R * this.wptK, b.scales, b.mins, h * gPerBlock * d, R, kBits, G);
-      plan.keys(this.kRes, h * R * d, this.rk);
+      plan.keys(kRes, h * R * d, this.rk);
       for (let i = 0; i * VALUE_BLOCK < this.nVq; i++) {
         const b = this.valueBlocks[i]!;
         const n = Math.min(VALUE_BLOCK, this.nVq - i * VALUE_BLOCK);
@@ -140,8 +150,8 @@ export class KiviLayerCache implements LayerCache {
       }
       // The value ring holds tokens nVq.. in slot order vStart, vStart+1, ... (mod R+1).
       const n1 = Math.min(this.rv, slots - this.vStart);
-      plan.values(this.vRes, (h * slots + this.vStart) * d, n1);
-      plan.values(this.vRes, h * slots * d, this.rv - n1);
+      plan.values(vRes, (h * slots + this.vStart) * d, n1);
+      plan.values(vRes, h * slots * d, this.rv - n1);
     }
   }
 
@@ -162,7 +172,8 @@ export class KiviLayerCache implements LayerCache {
     const { kv, d, G, R } = this;
     const keyBlock = kv * R * (this.wptK * 4) + kv * (R / G) * d * 4;
     const valBlock = kv * VALUE_BLOCK * (this.wptV * 4 + (d / G) * 4);
-    return this.keyBlocks.length * keyBlock + this.valueBlocks.length * valBlock + (2 * R + 1) * kv * d * this.resBytes;
+    const residual = this.kRes ? (2 * R + 1) * kv * d * this.resBytes : 0;
+    return this.keyBlocks.length * keyBlock + this.valueBlocks.length * valBlock + residual;
   }
 
   free(): void {
@@ -171,6 +182,10 @@ export class KiviLayerCache implements LayerCache {
       this.kernels.free(b.scales);
       this.kernels.free(b.mins);
     }
+    if (this.kRes) this.kernels.free(this.kRes);
+    if (this.vRes) this.kernels.free(this.vRes);
+    this.kRes = null;
+    this.vRes = null;
     this.keyBlocks.length = 0;
     this.valueBlocks.length = 0;
     this.rk = 0;
@@ -208,7 +223,7 @@ export class KiviLayerCache implements LayerCache {
     const x = this.rowScratch;
     for (let h = 0; h < kv; h++) {
       const base = h * R * d;
-      for (let i = 0; i < R * d; i++) x[i] = readRes(this.kRes, base + i);
+      for (let i = 0; i < R * d; i++) x[i] = readRes(this.kRes!, base + i);
       quantizePerChannelInto(x, 0, R, d, G, this.opts.kBits, b.codes, h * R * this.wptK, b.scales, b.mins,
         h * (R / G) * d, this.codeScratch);
     }
@@ -239,7 +254,7 @@ export class KiviLayerCache implements LayerCache {
     const slots = R + 1;
     for (let h = 0; h < kv; h++) {
       const base = (h * slots + this.vStart) * d;
-      for (let c = 0; c < d; c++) x[h * d + c] = readRes(this.vRes, base + c);
+      for (let c = 0; c < d; c++) x[h * d + c] = readRes(this.vRes!, base + c);
     }
     this.quantizeValue(x, 0);
     this.vStart = (this.vStart + 1) % slots;
@@ -248,7 +263,7 @@ export class KiviLayerCache implements LayerCache {
 
   private pushValueResidual(src: Float32Array, off: number): void {
     const slots = this.R + 1;
-    this.writeRow(this.vRes, slots, (this.vStart + this.rv) % slots, src, off);
+    this.writeRow(this.residuals().vRes, slots, (this.vStart + this.rv) % slots, src, off);
     this.rv++;
   }
 

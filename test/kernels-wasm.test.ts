@@ -190,7 +190,7 @@ test('KIVI scores match the reference within the int16 query rounding bound', ()
         const g = Math.floor(t / G);
         unpackCodes(blk.codes, t * (d * bits / 32), d, bits, code, 0);
         // α/2 per channel of the int16 query (α = max|q·s| / qmax for this head and group), plus float rounding;
-        // qmax = 32767/(2^b + 1) at 2 and 4 bits (the kernel telescopes the code planes), 32767 at 8.
+        // qmax = 32767/5 at 2 bits (the kernel telescopes the code planes), 32767 at 4 and 8.
         let amax = 0, sumCode = 0, mag = 0;
         for (let c = 0; c < d; c++) {
           const sc = fromHalfBits(blk.scales[g * d + c]!), mn = fromHalfBits(blk.mins[g * d + c]!), qc = q[j * d + c]!;
@@ -198,7 +198,7 @@ test('KIVI scores match the reference within the int16 query rounding bound', ()
           sumCode += code[c]!;
           mag += Math.abs(qc) * (sc * code[c]! + Math.abs(mn));
         }
-        const qmax = bits === 2 ? 6553 : bits === 4 ? 1927 : 32767;
+        const qmax = bits === 2 ? 6553 : 32767;
         return scale * ((amax / qmax / 2) * sumCode + 2 ** -19 * mag);
       }, `scoresKivi b=${bits} G=${G} d=${d} nq=${nq}`);
     }

@@ -22,13 +22,14 @@ const QMAX: f32 = 32767;
 const VCHUNK = 256;
 
 /**
- * Largest int16 query value per key width. The key kernel skips the mask of planes 1.. by telescoping:
- * Σ_s Q_s·c_s = Q_0·c_0 + Q_1·R_1 + Σ_{s≥2} (Q_s − 2^b·Q_{s−1})·R_s with R_s = lane >> b·s, so the
- * differences must fit int16: |Q| ≤ 32767/(2^b + 1). The rounding this costs (≤ α/2 per channel) stays
- * far below KIVI's own error (half a code step per channel). 8-bit keys keep the masks.
+ * Largest int16 query value per key width. At 2 bits the key kernel skips the masks of planes 1..7 by
+ * telescoping: Σ_s Q_s·c_s = Q_0·c_0 + Q_1·R_1 + Σ_{s≥2} (Q_s − 4·Q_{s−1})·R_s with R_s = lane >> 2s,
+ * so the differences must fit int16: |Q| ≤ 32767/5. The rounding this costs (≤ α/2 per channel) stays
+ * far below KIVI's own error (half a code step per channel). 4- and 8-bit keys keep the masks and the
+ * full int16 range (telescoping would need |Q| ≤ 32767/17 at 4 bits: too coarse).
  */
 @inline function keyQmax(bits: i32): f32 {
-  return bits == 2 ? 6553 : bits == 4 ? 1927 : 32767;
+  return bits == 2 ? 6553 : 32767;
 }
 
 /**
@@ -158,8 +159,8 @@ export function kivi_work_bytes(d: i32, nq: i32): i32 {
   for (let u = 0; u < units; u++) {
     const qu = qi + <usize>u * unitB;
     permuteUnit<B>(tmp + <usize>u * unitB, qu);
-    if (bits < 8) {
-      // Telescope (keyQmax): plane s ≥ 2 gets Q_s − 2^b·Q_{s−1}, highest first.
+    if (bits == 2) {
+      // Telescope (keyQmax): plane s ≥ 2 gets Q_s − 4·Q_{s−1}, highest first.
       for (let k: usize = unitB - 16; k >= 32; k -= 16) {
         v128.store(qu + k, i16x8.sub(v128.load(qu + k), i16x8.shl(v128.load(qu + k - 16), bits)));
       }
@@ -203,9 +204,9 @@ export function kivi_work_bytes(d: i32, nq: i32): i32 {
         y0 = i16x8.shr_u(V0, 14); y1 = i16x8.shr_u(V1, 14); x = v128.load(qa, 112);
         a0 = i32x4.add(a0, i32x4.dot_i16x8_s(y0, x)); a1 = i32x4.add(a1, i32x4.dot_i16x8_s(y1, x));
       } else if (bits == 4) {
-        y0 = i16x8.shr_u(V0, 4); y1 = i16x8.shr_u(V1, 4); x = v128.load(qa, 16);
+        y0 = plane(V0, 4, 15); y1 = plane(V1, 4, 15); x = v128.load(qa, 16);
         a0 = i32x4.add(a0, i32x4.dot_i16x8_s(y0, x)); a1 = i32x4.add(a1, i32x4.dot_i16x8_s(y1, x));
-        y0 = i16x8.shr_u(V0, 8); y1 = i16x8.shr_u(V1, 8); x = v128.load(qa, 32);
+        y0 = plane(V0, 8, 15); y1 = plane(V1, 8, 15); x = v128.load(qa, 32);
         a0 = i32x4.add(a0, i32x4.dot_i16x8_s(y0, x)); a1 = i32x4.add(a1, i32x4.dot_i16x8_s(y1, x));
         y0 = i16x8.shr_u(V0, 12); y1 = i16x8.shr_u(V1, 12); x = v128.load(qa, 48);
         a0 = i32x4.add(a0, i32x4.dot_i16x8_s(y0, x)); a1 = i32x4.add(a1, i32x4.dot_i16x8_s(y1, x));

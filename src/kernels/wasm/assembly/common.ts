@@ -31,6 +31,11 @@ const HALF_TO_FLOAT: f32 = 5.192296858534828e33;
   return v128.or(f32x4.mul(mag, f32x4.splat(HALF_TO_FLOAT)), v128.and(v, i32x4.splat(0x80000000)));
 }
 
+/** Four non-negative float16 values (zero-extended into i32 lanes) → float32, exact when finite. */
+@inline export function positiveHalves4(v: v128): v128 {
+  return f32x4.mul(i32x4.shl(v, 13), f32x4.splat(HALF_TO_FLOAT));
+}
+
 // 1.5·2^23: adding it rounds a float to an integer (ties to even) in the low mantissa bits.
 const ROUNDER: f32 = 12582912.0;
 const ROUNDER_BITS = 0x4b400000;

@@ -15,7 +15,7 @@
  * two tokens' codes are interleaved lane by lane so one dot multiplies both by their weights, and the
  * minimum term is one float sum per group.
  */
-import { finiteHalves4, hmax, hsum, isum4, roundToInt, roundToIntScalar, zero16 } from './common';
+import { finiteHalves4, positiveHalves4, hmax, hsum, roundToInt, roundToIntScalar, zero16 } from './common';
 
 const QMAX: f32 = 32767;
 /** Tokens per value chunk: keeps Σ |w|·code within int32 at 8 bits (256·32767·255 < 2^31). */
@@ -121,7 +121,7 @@ export function kivi_work_bytes(d: i32, nq: i32): i32 {
   alpha0: usize, alpha1: usize, bias0: usize, bias1: usize): void {
   let am0 = f32x4.splat(0), am1 = am0, bs0 = am0, bs1 = am0;
   for (let c: usize = 0; c < dB; c += 16) {
-    const sv = finiteHalves4(i32x4.extend_low_i16x8_s(v128.load64_zero(scales + (c >> 1))));
+    const sv = positiveHalves4(i32x4.extend_low_i16x8_u(v128.load64_zero(scales + (c >> 1)))); // scales ≥ 0
     const mv = finiteHalves4(i32x4.extend_low_i16x8_s(v128.load64_zero(mins + (c >> 1))));
     const x0 = v128.load(q0 + c), x1 = v128.load(q1 + c);
     const v0 = f32x4.mul(x0, sv), v1 = f32x4.mul(x1, sv);
@@ -180,7 +180,7 @@ export function kivi_work_bytes(d: i32, nq: i32): i32 {
   const unitB = <usize>(256 / bits);
   const mask: i32 = (1 << bits) - 1;
   const M = i16x8.splat(<i16>mask);
-  for (let t = 0, c = cg, pp = part; t < G; t += 2, c += tokB << 1, pp += 32) {
+  for (let t = 0, c = cg, pp = part; t < G; t += 2, c += tokB << 1, pp += 16) {
     let a0 = i32x4.splat(0), a1 = a0;
     for (let u = 0, off: usize = 0, qa = q0; u < units; u++, off += 16, qa += unitB) {
       const V0 = v128.load(c + off), V1 = v128.load(c + tokB + off);
@@ -215,11 +215,11 @@ export function kivi_work_bytes(d: i32, nq: i32): i32 {
         a0 = i32x4.add(a0, i32x4.dot_i16x8_s(y0, x)); a1 = i32x4.add(a1, i32x4.dot_i16x8_s(y1, x));
       }
     }
-    v128.store(pp, a0);
-    v128.store(pp, a1, 16);
+    v128.store(pp, pack(a0, a1)); // [t lo, t hi, t+1 lo, t+1 hi]
   }
-  for (let t = 0, pp = part; t < G; t += 4, pp += 64) {
-    const h0 = f32x4.convert_i32x4_s(isum4(v128.load(pp), v128.load(pp, 16), v128.load(pp, 32), v128.load(pp, 48)));
+  for (let t = 0, pp = part; t < G; t += 4, pp += 32) {
+    const x = v128.load(pp), y = v128.load(pp, 16);
+    const h0 = f32x4.convert_i32x4_s(i32x4.add(v128.shuffle<i32>(x, y, 0, 2, 4, 6), v128.shuffle<i32>(x, y, 1, 3, 5, 7)));
     v128.store(s0 + (<usize>t << 2), f32x4.mul(f32x4.add(f32x4.mul(h0, al0), bi0), sc));
   }
 }
@@ -288,7 +288,7 @@ function convertParams(scales: usize, mins: usize, n: i32, ng: i32, sf: usize, m
       let sm = f32x4.splat(0);
       for (; i + 32 <= nB; i += 32) {
         const h = v128.load(scales + (i >> 1)), k = v128.load(mins + (i >> 1));
-        const s0 = finiteHalves4(i32x4.extend_low_i16x8_s(h)), s1 = finiteHalves4(i32x4.extend_high_i16x8_s(h));
+        const s0 = positiveHalves4(i32x4.extend_low_i16x8_u(h)), s1 = positiveHalves4(i32x4.extend_high_i16x8_u(h));
         v128.store(sf + i, s0);
         v128.store(sf + i, s1, 16);
         v128.store(mf + i, finiteHalves4(i32x4.extend_low_i16x8_s(k)));
@@ -298,7 +298,7 @@ function convertParams(scales: usize, mins: usize, n: i32, ng: i32, sf: usize, m
       v128.store(smax, sm);
     }
     for (let go: usize = i % ngB; i < nB; i += 16) {
-      const sv = finiteHalves4(i32x4.extend_low_i16x8_s(v128.load64_zero(scales + (i >> 1))));
+      const sv = positiveHalves4(i32x4.extend_low_i16x8_u(v128.load64_zero(scales + (i >> 1))));
       v128.store(sf + i, sv);
       v128.store(mf + i, finiteHalves4(i32x4.extend_low_i16x8_s(v128.load64_zero(mins + (i >> 1)))));
       v128.store(smax + go, f32x4.pmax(v128.load(smax + go), sv));

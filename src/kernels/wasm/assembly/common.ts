@@ -12,13 +12,6 @@
   return f32x4.add(v128.shuffle<f32>(x, y, 0, 2, 4, 6), v128.shuffle<f32>(x, y, 1, 3, 5, 7));
 }
 
-/** Integer version of hsum4 (exact, so the order is free). */
-@inline export function isum4(a: v128, b: v128, c: v128, d: v128): v128 {
-  const x = i32x4.add(v128.shuffle<i32>(a, b, 0, 1, 4, 5), v128.shuffle<i32>(a, b, 2, 3, 6, 7));
-  const y = i32x4.add(v128.shuffle<i32>(c, d, 0, 1, 4, 5), v128.shuffle<i32>(c, d, 2, 3, 6, 7));
-  return i32x4.add(v128.shuffle<i32>(x, y, 0, 2, 4, 6), v128.shuffle<i32>(x, y, 1, 3, 5, 7));
-}
-
 // 2^112: moves a float16 exponent (bias 15) to float32's (bias 127); subnormal halves come out exact.
 const HALF_TO_FLOAT: f32 = 5.192296858534828e33;
 

@@ -3,17 +3,19 @@
  * packing: per token along channels, word w of a token holds channels w·(32/b)…, element j at bits
  * [b·j, b·j+b). Read as i16 lanes, lane k of a 128-bit unit holds cpl = 16/b consecutive channels, so
  * plane s = (lane >> b·s) & mask gives channels k·cpl + s: the unit's codes widened to 16 bits with two
- * instructions per plane, ready for i32x4.dot_i16x8_s.
+ * instructions per plane (one at 2 bits, see keyQmax), ready for i32x4.dot_i16x8_s.
  *
  * Scores (keys quantized per channel in groups of G tokens): q·k̂_t = Σ_c (q_c·s_c)·code_tc + Σ_c q_c·m_c.
- * Per group and head, qs = q ⊙ s is quantized to int16 with one scale α = max|qs|/32767 and permuted to
- * the planes' channel order; then each token is integer dots and adds, and
- * score = (α·Σ + Σ_c q_c·m_c)·scale. The int16 rounding moves a score by at most α/2·Σ_c code_tc.
+ * Per group and head, qs = q ⊙ s is quantized to int16 with one scale α = max|qs|/qmax and permuted to
+ * the planes' channel order; then each token is integer dots and adds (one head at a time, two tokens
+ * per step), and score = (α·Σ + Σ_c q_c·m_c)·scale. The rounding moves a score by at most
+ * α/2·Σ_c code_tc (times scale).
  *
  * Values (quantized per token in groups of G channels): Σ_t a_t·v̂_tc = Σ_t (a_t·s_tg)·code_tc + Σ_t a_t·m_tg.
- * The weights w_tg = a_t·s_tg are quantized to int16 per group over ≤ 256 tokens (α_g = max|w|/32767),
- * two tokens' codes are interleaved lane by lane so one dot multiplies both by their weights, and the
- * minimum term is one float sum per group.
+ * The weights w_tg = a_t·s_tg are quantized to int16 per group over ≤ 256 tokens with
+ * α_g = max|a|·max s_g/32767, two tokens' codes are interleaved lane by lane so one dot multiplies both
+ * by their weights (two heads share the unpacking), and the minimum term is one float sum per group.
+ * The rounding moves an output by at most Σ_t α_g/2·code_tc.
  */
 import { finiteHalves4, positiveHalves4, hmax, hsum, roundToInt, roundToIntScalar, zero16 } from './common';
 

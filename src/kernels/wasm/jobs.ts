@@ -22,6 +22,13 @@ export const CTRL_INTS = 24;
 const SPIN_MS = 0.3;
 /** A job that makes no progress for this long means a helper died. */
 const STALL_MS = 60_000;
+/**
+ * On an oversubscribed machine a helper can be descheduled holding an item, and the caller then waits
+ * for it: threads make things slower. After a few such stalls in a row the caller runs jobs alone for a
+ * while (results are the same either way).
+ */
+const STALLS_TO_SOLO = 3;
+const SOLO_MS = 50;
 
 export interface JobContext {
   ctrl: Int32Array;
@@ -46,16 +53,18 @@ function runItem(c: JobContext, op: number, i: number): void {
   }
 }
 
-/** Claim and run items of job `epoch` until none is left; returns the first error this thread hit. */
-function work(c: JobContext, epoch: number): unknown {
+/** Claim and run items of job `epoch` until none is left; returns the first error this thread hit and the items it ran. */
+function work(c: JobContext, epoch: number): { error: unknown; ran: number } {
   const { ctrl, next } = c;
   const op = ctrl[OP]!, count = ctrl[COUNT]!;
   const tag = BigInt(epoch >>> 0) << 32n;
   let error: unknown = null;
+  let ran = 0;
   for (;;) {
     const cur = Atomics.load(next, 0);
     const i = Number(cur - tag);
-    if (cur < tag || i >= count) return error;
+    if (cur < tag || i >= count) return { error, ran };
+    ran++;
     if (Atomics.compareExchange(next, 0, cur, cur + 1n) !== cur) continue;
     try {
       runItem(c, op, i);
@@ -85,7 +94,7 @@ export function helperLoop(c: JobContext): void {
     }
     seen = e;
     if (Atomics.load(ctrl, OP) === OP_STOP) return;
-    work(c, e);
+    void work(c, e);
   }
 }
 
@@ -93,8 +102,18 @@ export function helperLoop(c: JobContext): void {
 export class JobRunner {
   private epoch = 0;
   private canWait = true;
+  private stalls = 0;
+  private soloUntil = 0;
 
   constructor(private readonly c: JobContext) {}
+
+  /** False while helpers look descheduled: the caller should run jobs alone for now. */
+  get parallel(): boolean {
+    if (this.soloUntil === 0) return true;
+    if (performance.now() < this.soloUntil) return false;
+    this.soloUntil = 0;
+    return true;
+  }
 
   run(op: number, args: number[], count: number): void {
     const { ctrl, next } = this.c;
@@ -108,10 +127,25 @@ export class JobRunner {
     Atomics.store(ctrl, EPOCH, e | 0);
     if (Atomics.load(ctrl, SLEEPERS) > 0) Atomics.notify(ctrl, EPOCH);
     if (op === OP_STOP) return;
+    const t0 = performance.now();
     const mine = work(this.c, e);
+    const t1 = performance.now();
     this.waitFinished(count);
-    if (mine !== null) throw mine;
+    this.noteWait(performance.now() - t1, (t1 - t0) / Math.max(1, mine.ran));
+    if (mine.error !== null) throw mine.error;
     if (Atomics.load(ctrl, ERROR) !== 0) throw new Error('a WebAssembly kernel failed on a helper thread');
+  }
+
+  /** A wait much longer than an item takes means a helper was not running. */
+  private noteWait(waitMs: number, itemMs: number): void {
+    if (waitMs > 0.2 + 2 * itemMs) {
+      if (++this.stalls >= STALLS_TO_SOLO) {
+        this.stalls = 0;
+        this.soloUntil = performance.now() + SOLO_MS;
+      }
+    } else if (this.stalls > 0) {
+      this.stalls--;
+    }
   }
 
   private waitFinished(count: number): void {

@@ -227,7 +227,7 @@ export class WasmKernels implements Kernels {
     const px = this.ptr(x, 0, rows * inDim);
     const pw = this.ptr(w, 0, outDim * inDim);
     const pb = bias ? this.ptr(bias, 0, outDim) : 0;
-    if (this.runner && rows * inDim * outDim >= PARALLEL_MACS && outDim >= 16) {
+    if (this.runner && rows * inDim * outDim >= PARALLEL_MACS && outDim >= 16 && this.runner.parallel) {
       // Items of ≥ 8 outputs, about 4 per thread so a late thread is covered by the others.
       const chunk = Math.max(8, Math.ceil(outDim / (this.threads * 4) / 8) * 8);
       this.runner.run(OP_MATMUL, [po, px, pw, rows, inDim, outDim, pb, chunk], Math.ceil(outDim / chunk));
@@ -327,7 +327,7 @@ export class WasmKernels implements Kernels {
       scratch = Math.max(scratch, ((nq * T * 4 + 15) & ~15) + this.kiviWork(d, nq));
     }
     const stride = Math.ceil(scratch / 64) * 64;
-    const parallel = this.runner !== null && nt > 1;
+    const parallel = this.runner !== null && nt > 1 && this.runner.parallel;
     const scratchPtr = this.region(this.scratchBuf, stride * (parallel ? this.threads : 1));
     if (parallel) this.runner!.run(OP_ATTEND, [taskPtr, segPtr, scratchPtr, stride], nt);
     else for (let i = 0; i < nt; i++) this.k.attend_task(taskPtr, segPtr, i, scratchPtr);

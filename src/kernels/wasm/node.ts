@@ -21,7 +21,8 @@ const startWorkers: HelperFactory = async (init, count) => {
   const workers: Worker[] = [];
   try {
     for (let tid = 1; tid <= count; tid++) {
-      const w = new Worker(new URL('./worker.js', import.meta.url), { workerData: { ...init, tid } });
+      // No inherited execArgv: flags meant for the main script (--input-type, --eval, ...) break workers.
+      const w = new Worker(new URL('./worker.js', import.meta.url), { workerData: { ...init, tid }, execArgv: [] });
       workers.push(w);
       await new Promise<void>((resolve, reject) => {
         w.once('message', () => resolve());

@@ -363,3 +363,22 @@ test('a trap on any thread surfaces as an error, and the pool keeps working', ()
   W1.attend(plan1);
   assert.ok(bytes(out).equals(bytes(out1)));
 });
+
+test('thousands of back-to-back parallel jobs of varying item counts: no lost or double-counted item', () => {
+  const r = rng(10);
+  const inDim = 256, maxOut = 1200;
+  const w = randF32(W, maxOut * inDim, r), x = randF32(W, inDim, r);
+  const w1 = own(W1, w), x1 = own(W1, x);
+  const out = W.allocF32(maxOut), ref = W1.allocF32(maxOut);
+  for (let job = 0; job < 3000; job++) {
+    const outDim = 512 + Math.floor(r() * (maxOut - 512)); // ≥ 131072 multiply-adds: split over threads
+    out.fill(NaN);
+    W.matmul(out.subarray(0, outDim), x, w, 1, inDim, outDim);
+    if (job % 100 === 0) {
+      W1.matmul(ref.subarray(0, outDim), x1, w1, 1, inDim, outDim);
+      assert.ok(bytes(out.subarray(0, outDim)).equals(bytes(ref.subarray(0, outDim))), `job ${job}`);
+    } else {
+      for (let i = 0; i < outDim; i++) if (Number.isNaN(out[i]!)) assert.fail(`job ${job}: output ${i} not written`);
+    }
+  }
+});

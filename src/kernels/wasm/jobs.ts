@@ -3,10 +3,11 @@
  * Platform-free (no Node APIs): the Node side only spawns the helpers (node.ts, worker.ts).
  *
  * A job is an op, integer arguments and a count of items. The caller publishes it by bumping EPOCH;
- * every thread, the caller included, claims items one at a time with a compare-and-swap on a 64-bit
- * word holding (epoch, next item), so a helper that wakes late can never take an item of a newer job
- * with an older job's arguments. The caller returns once FINISHED reaches the count. Results do not
- * depend on which thread ran which item.
+ * every thread, the caller included, claims items one at a time with a compare-and-swap on one 64-bit
+ * word holding (epoch, item count, next item). Epoch and count come from that same word, so a helper
+ * that wakes late can never take an item of a newer job, nor count one against it; the op and arguments
+ * are read only after a successful claim (the caller cannot move on while a claimed item runs). The
+ * caller returns once FINISHED reaches the count. Results do not depend on which thread ran which item.
  */
 import type { KernelExports } from './exports.js';
 
@@ -17,6 +18,13 @@ export const OP_ATTEND = 2;
 // Control block (Int32Array indices).
 const EPOCH = 0, FINISHED = 1, OP = 2, COUNT = 3, ERROR = 4, SLEEPERS = 5, ARGS = 8;
 export const CTRL_INTS = 24;
+
+// The claim word: epoch (24 bits) | item count (20 bits) | next item (20 bits).
+const EPOCH_SHIFT = 40n;
+const COUNT_SHIFT = 20n;
+const FIELD = 0xfffffn;
+/** Most items one job can have. */
+export const MAX_ITEMS = 0xfffff;
 
 /** How long an idle helper polls for the next job before it sleeps (jobs of one forward pass come back to back). */
 const SPIN_MS = 0.3;
@@ -42,8 +50,9 @@ export function newControl(): { ctrl: SharedArrayBuffer; next: SharedArrayBuffer
   return { ctrl: new SharedArrayBuffer(CTRL_INTS * 4), next: new SharedArrayBuffer(8) };
 }
 
-function runItem(c: JobContext, op: number, i: number): void {
+function runItem(c: JobContext, i: number): void {
   const a = c.ctrl;
+  const op = a[OP]!;
   if (op === OP_MATMUL) {
     const outDim = a[ARGS + 5]!, chunk = a[ARGS + 7]!;
     const o0 = i * chunk;
@@ -56,18 +65,19 @@ function runItem(c: JobContext, op: number, i: number): void {
 /** Claim and run items of job `epoch` until none is left; returns the first error this thread hit and the items it ran. */
 function work(c: JobContext, epoch: number): { error: unknown; ran: number } {
   const { ctrl, next } = c;
-  const op = ctrl[OP]!, count = ctrl[COUNT]!;
-  const tag = BigInt(epoch >>> 0) << 32n;
+  const tag = BigInt(epoch & 0xffffff);
   let error: unknown = null;
   let ran = 0;
   for (;;) {
     const cur = Atomics.load(next, 0);
-    const i = Number(cur - tag);
-    if (cur < tag || i >= count) return { error, ran };
-    ran++;
+    if (cur >> EPOCH_SHIFT !== tag) return { error, ran };
+    const count = Number((cur >> COUNT_SHIFT) & FIELD);
+    const i = Number(cur & FIELD);
+    if (i >= count) return { error, ran };
     if (Atomics.compareExchange(next, 0, cur, cur + 1n) !== cur) continue;
+    ran++;
     try {
-      runItem(c, op, i);
+      runItem(c, i);
     } catch (e) {
       error ??= e;
       Atomics.store(ctrl, ERROR, 1);
@@ -116,6 +126,7 @@ export class JobRunner {
   }
 
   run(op: number, args: number[], count: number): void {
+    if (count > MAX_ITEMS) throw new Error(`a job of ${count} items (at most ${MAX_ITEMS})`);
     const { ctrl, next } = this.c;
     for (let i = 0; i < args.length; i++) ctrl[ARGS + i] = args[i]! | 0;
     ctrl[OP] = op;
@@ -123,7 +134,7 @@ export class JobRunner {
     ctrl[ERROR] = 0;
     Atomics.store(ctrl, FINISHED, 0);
     const e = (this.epoch = (this.epoch + 1) >>> 0);
-    Atomics.store(next, 0, BigInt(e) << 32n);
+    Atomics.store(next, 0, (BigInt(e & 0xffffff) << EPOCH_SHIFT) | (BigInt(count) << COUNT_SHIFT));
     Atomics.store(ctrl, EPOCH, e | 0);
     if (Atomics.load(ctrl, SLEEPERS) > 0) Atomics.notify(ctrl, EPOCH);
     if (op === OP_STOP) return;
@@ -156,6 +167,7 @@ export class JobRunner {
     for (;;) {
       const f = Atomics.load(ctrl, FINISHED);
       if (f === count) return;
+      if (f > count) throw new Error(`job protocol error: ${f} of ${count} items finished`);
       if (++spins < 2000) continue;
       const now = performance.now();
       if (f !== last) {

@@ -13,7 +13,7 @@ import {
 } from '../plan.js';
 import { Allocator } from './allocator.js';
 import { type KernelExports, instantiate } from './exports.js';
-import { JobRunner, OP_ATTEND, OP_MATMUL, OP_STOP, newControl } from './jobs.js';
+import { JobRunner, MAX_ITEMS, OP_ATTEND, OP_MATMUL, OP_STOP, newControl } from './jobs.js';
 import { KiviError } from '../../util/errors.js';
 
 const PAGE = 65536;
@@ -329,8 +329,13 @@ export class WasmKernels implements Kernels {
     const stride = Math.ceil(scratch / 64) * 64;
     const parallel = this.runner !== null && nt > 1 && this.runner.parallel;
     const scratchPtr = this.region(this.scratchBuf, stride * (parallel ? this.threads : 1));
-    if (parallel) this.runner!.run(OP_ATTEND, [taskPtr, segPtr, scratchPtr, stride], nt);
-    else for (let i = 0; i < nt; i++) this.k.attend_task(taskPtr, segPtr, i, scratchPtr);
+    if (parallel) {
+      for (let i0 = 0; i0 < nt; i0 += MAX_ITEMS) {
+        this.runner!.run(OP_ATTEND, [taskPtr + i0 * TW * 4, segPtr, scratchPtr, stride], Math.min(MAX_ITEMS, nt - i0));
+      }
+    } else {
+      for (let i = 0; i < nt; i++) this.k.attend_task(taskPtr, segPtr, i, scratchPtr);
+    }
     if (this.staged.length) this.unstage();
   }
 

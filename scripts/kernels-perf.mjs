@@ -19,7 +19,7 @@ function median(xs) {
   return s[Math.floor(s.length / 2)];
 }
 
-function time(fn, reps, warm = 2) {
+function time(fn, reps, warm = 2) { // median seconds of fn after `warm` untimed calls
   for (let i = 0; i < warm; i++) fn();
   const ts = [];
   for (let i = 0; i < reps; i++) {
@@ -84,22 +84,28 @@ async function attention(threads, contexts = [4096, 65536]) {
   for (let i = 0; i < q.length; i++) q[i] = Math.random() - 0.5;
   const kn = kvData(64, 2, 128), vn = kvData(64, 2, 128);
   const scratch = new AttnScratch();
+  const specs = ['fp32', 'fp16', 'kivi2', 'kivi4'];
   for (const T of contexts) {
-    const res = {};
     const kk = kvData(T, 2, 128), vv = kvData(T, 2, 128);
-    for (const kv of ['fp32', 'fp16', 'kivi2', 'kivi4']) {
-      const cache = createCache(kv, dims, k).layers[0];
-      cache.prefill(kk, 0, vv, 0, T);
-      let step = 0;
-      const reps = T > 30000 ? 15 : 41;
-      const s = time(() => {
-        const j = step++ % 64;
+    const caches = specs.map((kv) => {
+      const c = createCache(kv, dims, k).layers[0];
+      c.prefill(kk, 0, vv, 0, T);
+      return c;
+    });
+    // Specs interleaved step by step, so machine noise hits them alike; median per spec after warm-up.
+    const times = specs.map(() => []);
+    const reps = T > 30000 ? 25 : 61;
+    for (let rep = -3; rep < reps; rep++) {
+      caches.forEach((cache, i) => {
+        const j = (rep + 3) % 64;
+        const t = performance.now();
         cache.append(kn, j * row, vn, j * row);
         cache.attend(q, 0, out, 0, scratch);
-      }, reps, 3);
-      res[kv] = s;
-      cache.free();
+        if (rep >= 0) times[i].push((performance.now() - t) / 1000);
+      });
     }
+    const res = Object.fromEntries(specs.map((kv, i) => [kv, median(times[i])]));
+    caches.forEach((c) => c.free());
     console.log(JSON.stringify({ bench: 'attention', backend: k.name, threads: k.threads, context: T,
       ms: Object.fromEntries(Object.entries(res).map(([a, b]) => [a, +(b * 1e3).toFixed(3)])),
       kivi2_speedup_vs_fp32: +(res.fp32 / res.kivi2).toFixed(2), kivi4_speedup_vs_fp32: +(res.fp32 / res.kivi4).toFixed(2) }));

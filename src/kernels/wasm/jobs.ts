@@ -114,6 +114,8 @@ export class JobRunner {
   private canWait = true;
   private stalls = 0;
   private soloUntil = 0;
+  /** Counters: jobs run, their items, the items the calling thread ran itself, stalls. */
+  readonly stats = { jobs: 0, items: 0, callerItems: 0, stalls: 0 };
 
   constructor(private readonly c: JobContext) {}
 
@@ -143,6 +145,9 @@ export class JobRunner {
     const t1 = performance.now();
     this.waitFinished(count);
     this.noteWait(performance.now() - t1, (t1 - t0) / Math.max(1, mine.ran));
+    this.stats.jobs++;
+    this.stats.items += count;
+    this.stats.callerItems += mine.ran;
     if (mine.error !== null) throw mine.error;
     if (Atomics.load(ctrl, ERROR) !== 0) throw new Error('a WebAssembly kernel failed on a helper thread');
   }
@@ -150,6 +155,7 @@ export class JobRunner {
   /** A wait much longer than an item takes means a helper was not running. */
   private noteWait(waitMs: number, itemMs: number): void {
     if (waitMs > 0.2 + 2 * itemMs) {
+      this.stats.stalls++;
       if (++this.stalls >= STALLS_TO_SOLO) {
         this.stalls = 0;
         this.soloUntil = performance.now() + SOLO_MS;

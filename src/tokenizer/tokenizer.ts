@@ -19,7 +19,8 @@ function readJson(file: string, required: boolean): Record<string, unknown> | un
   }
 }
 
-function tokenContent(v: unknown): string | undefined {
+/** A special token as tokenizer_config.json gives it: a string or an AddedToken object. */
+export function tokenContent(v: unknown): string | undefined {
   if (typeof v === 'string') return v;
   if (v && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string') return (v as { content: string }).content;
   return undefined;

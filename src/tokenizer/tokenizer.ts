@@ -73,6 +73,8 @@ export class Tokenizer {
   }
 
   decode(ids: ArrayLike<number>, opts: { skipSpecial?: boolean } = {}): string {
+    // The HF tokenizer throws on an empty list (e.g. a sequence cancelled before its first token).
+    if (ids.length === 0) return '';
     return this.hf.decode(Array.from(ids), { skip_special_tokens: opts.skipSpecial ?? true });
   }
 

@@ -58,12 +58,13 @@ export class KiviLayerCache implements LayerCache {
   private readonly resBytes: number;
 
   private readonly keyBlocks: QBlock[] = [];
-  private readonly kRes: Float32Array | Uint16Array;
+  /** Residual buffers, allocated on first use and released by free(). */
+  private kRes: Float32Array | Uint16Array | null = null;
   private rk = 0;
 
   private readonly valueBlocks: QBlock[] = [];
   private nVq = 0;
-  private readonly vRes: Float32Array | Uint16Array;
+  private vRes: Float32Array | Uint16Array | null = null;
   private vStart = 0;
   private rv = 0;
 
@@ -78,13 +79,20 @@ export class KiviLayerCache implements LayerCache {
     this.R = opts.residual;
     this.wptK = packedWords(this.d, opts.kBits);
     this.wptV = packedWords(this.d, opts.vBits);
-    const half = opts.residualDtype === 'fp16';
-    this.resBytes = half ? 2 : 4;
-    const alloc = (n: number) => (half ? kernels.allocU16(n) : kernels.allocF32(n));
-    this.kRes = alloc(this.kv * this.R * this.d);
-    this.vRes = alloc(this.kv * (this.R + 1) * this.d);
+    this.resBytes = opts.residualDtype === 'fp16' ? 2 : 4;
     this.codeScratch = new Uint8Array(this.R * this.d);
     this.rowScratch = new Float32Array(this.R * this.d);
+  }
+
+  /** The residual buffers, allocating them on first use. */
+  private residuals(): { kRes: Float32Array | Uint16Array; vRes: Float32Array | Uint16Array } {
+    if (!this.kRes || !this.vRes) {
+      const half = this.opts.residualDtype === 'fp16';
+      const alloc = (n: number) => (half ? this.kernels.allocU16(n) : this.kernels.allocF32(n));
+      this.kRes = alloc(this.kv * this.R * this.d);
+      this.vRes = alloc(this.kv * (this.R + 1) * this.d);
+    }
+    return { kRes: this.kRes, vRes: this.vRes };
   }
 
   private get nKq(): number {
@@ -102,7 +110,8 @@ export class KiviLayerCache implements LayerCache {
     // Keys: whole blocks of R quantized, the last T mod R kept (all of them while T < R).
     const kq = T < R ? 0 : T - (T % R);
     for (let b = 0; b < kq; b += R) this.quantizeKeyBlock(k, kOff + b * row, row);
-    for (let t = kq; t < T; t++) this.writeRow(this.kRes, this.R, this.rk++, k, kOff + t * row);
+    const { kRes } = this.residuals();
+    for (let t = kq; t < T; t++) this.writeRow(kRes, this.R, this.rk++, k, kOff + t * row);
     // Values: all but the newest R quantized per token.
     const vq = T <= R ? 0 : T - R;
     for (let t = 0; t < vq; t++) this.quantizeValue(v, vOff + t * row);
@@ -110,12 +119,13 @@ export class KiviLayerCache implements LayerCache {
   }
 
   append(k: Float32Array, kOff: number, v: Float32Array, vOff: number): void {
-    this.writeRow(this.kRes, this.R, this.rk++, k, kOff);
+    this.writeRow(this.residuals().kRes, this.R, this.rk++, k, kOff);
     this.pushValueResidual(v, vOff);
   }
 
   attend(q: Float32Array, qOff: number, out: Float32Array, oOff: number, scratch: AttnScratch): void {
     const { kv, d, R, G } = this;
+    const { kRes, vRes } = this.residuals();
     const nq = this.dims.numHeads / kv;
     const T = this.length;
     const nKq = this.nKq;
@@ -133,7 +143,7 @@ export class KiviLayerCache implements LayerCache {
         this.kernels.scoresKivi(s, i * R, T, q, qh, nq, b.codes, h * R * this.wptK, b.scales, b.mins,
           h * gPerBlock * d, R, d, this.opts.kBits, G, scale);
       }
-      this.kernels.scoresDense(s, nKq, T, q, qh, nq, this.kRes, h * R * d, this.rk, d, scale);
+      this.kernels.scoresDense(s, nKq, T, q, qh, nq, kRes, h * R * d, this.rk, d, scale);
       for (let j = 0; j < nq; j++) softmaxInPlace(s, j * T, T);
       for (let i = 0; i * VALUE_BLOCK < this.nVq; i++) {
         const b = this.valueBlocks[i]!;
@@ -144,8 +154,8 @@ export class KiviLayerCache implements LayerCache {
       // The value ring holds tokens nVq.. in slot order vStart, vStart+1, ... (mod R+1).
       const slots = R + 1;
       const n1 = Math.min(this.rv, slots - this.vStart);
-      this.kernels.accumDense(out, oh, s, this.nVq, T, nq, this.vRes, (h * slots + this.vStart) * d, n1, d);
-      if (this.rv > n1) this.kernels.accumDense(out, oh, s, this.nVq + n1, T, nq, this.vRes, h * slots * d, this.rv - n1, d);
+      this.kernels.accumDense(out, oh, s, this.nVq, T, nq, vRes, (h * slots + this.vStart) * d, n1, d);
+      if (this.rv > n1) this.kernels.accumDense(out, oh, s, this.nVq + n1, T, nq, vRes, h * slots * d, this.rv - n1, d);
     }
     // End of the step (KIVI.md §5.3–4): flush a full key residual as one block; slide the value window.
     if (this.rk === R) {
@@ -167,7 +177,8 @@ export class KiviLayerCache implements LayerCache {
     const { kv, d, G, R } = this;
     const keyBlock = kv * R * (this.wptK * 4) + kv * (R / G) * d * 4;
     const valBlock = kv * VALUE_BLOCK * (this.wptV * 4 + (d / G) * 4);
-    return this.keyBlocks.length * keyBlock + this.valueBlocks.length * valBlock + (2 * R + 1) * kv * d * this.resBytes;
+    const residual = this.kRes ? (2 * R + 1) * kv * d * this.resBytes : 0;
+    return this.keyBlocks.length * keyBlock + this.valueBlocks.length * valBlock + residual;
   }
 
   free(): void {
@@ -176,6 +187,10 @@ export class KiviLayerCache implements LayerCache {
       this.kernels.free(b.scales);
       this.kernels.free(b.mins);
     }
+    if (this.kRes) this.kernels.free(this.kRes);
+    if (this.vRes) this.kernels.free(this.vRes);
+    this.kRes = null;
+    this.vRes = null;
     this.keyBlocks.length = 0;
     this.valueBlocks.length = 0;
     this.rk = 0;
@@ -213,7 +228,7 @@ export class KiviLayerCache implements LayerCache {
     const x = this.rowScratch;
     for (let h = 0; h < kv; h++) {
       const base = h * R * d;
-      for (let i = 0; i < R * d; i++) x[i] = readRes(this.kRes, base + i);
+      for (let i = 0; i < R * d; i++) x[i] = readRes(this.kRes!, base + i);
       quantizePerChannelInto(x, 0, R, d, G, this.opts.kBits, b.codes, h * R * this.wptK, b.scales, b.mins,
         h * (R / G) * d, this.codeScratch);
     }
@@ -244,7 +259,7 @@ export class KiviLayerCache implements LayerCache {
     const slots = R + 1;
     for (let h = 0; h < kv; h++) {
       const base = (h * slots + this.vStart) * d;
-      for (let c = 0; c < d; c++) x[h * d + c] = readRes(this.vRes, base + c);
+      for (let c = 0; c < d; c++) x[h * d + c] = readRes(this.vRes!, base + c);
     }
     this.quantizeValue(x, 0);
     this.vStart = (this.vStart + 1) % slots;
@@ -253,7 +268,7 @@ export class KiviLayerCache implements LayerCache {
 
   private pushValueResidual(src: Float32Array, off: number): void {
     const slots = this.R + 1;
-    this.writeRow(this.vRes, slots, (this.vStart + this.rv) % slots, src, off);
+    this.writeRow(this.residuals().vRes, slots, (this.vStart + this.rv) % slots, src, off);
     this.rv++;
   }
 

@@ -11,7 +11,7 @@ program
   .name('kivi')
   .description('LLM inference in TypeScript with a 2-/4-bit KIVI KV cache')
   .version('0.1.0')
-  .showHelpAfterError('(run with --help for usage)')
+  .configureOutput({ outputError: (str, write) => write(`kivi: ${str.trim().replace(/^error: /, '')}\n`) })
   .exitOverride();
 
 registerGenerate(program);

@@ -1,0 +1,105 @@
+/**
+ * Agreement with the independent PyTorch float32 reference (../shared/reference): tokenizer ids,
+ * streaming NLL for every cache config, greedy ids, and pass-key answers.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { bundledModel, golden, tokenizerGolden } from './helpers.js';
+import { snapshotWindows, streamingNll } from '../src/studies/eval/nll.js';
+import { snapshotPrefill, restorePrefill } from '../src/engine/prefix.js';
+import { argmax } from '../src/engine/sampling.js';
+import type { KiviModel } from '../src/api.js';
+
+const G = golden();
+const CONFIGS = Object.keys(G.nll);
+
+test('tokenizer: every golden text encodes to the reference ids and decodes back', async () => {
+  const m = await bundledModel();
+  for (const e of tokenizerGolden()) {
+    assert.deepEqual(m.encode(e.text), e.ids_with_bos, e.text);
+    assert.deepEqual(m.encode(e.text, { bos: false }), e.ids, e.text);
+    assert.equal(m.decode(e.ids), e.decoded);
+    assert.equal(m.decode(e.ids_with_bos), e.decoded);
+  }
+});
+
+test('golden windows are [BOS] + the WikiText test text encoded without BOS', async () => {
+  const m = await bundledModel();
+  const fs = await import('node:fs');
+  const { SHARED } = await import('./helpers.js');
+  const text = fs.readFileSync(`${SHARED}/data/wikitext-2-raw-test.txt`, 'utf8').slice(0, 20000);
+  const ids = m.encode(text, { bos: false });
+  assert.deepEqual(G.windows[0], [1, ...ids.slice(0, 1023)]);
+  assert.deepEqual(G.windows[1]!.slice(1, 200), ids.slice(1023, 1222));
+});
+
+/** Greedy continuation of a restored prefix: n tokens, the first from the prefill's logits. */
+function greedyFrom(m: KiviModel, prompt: number[], kv: string, n: number, snap = snapshotPrefill(m.model, prompt)): number[] {
+  const cache = m.newCache(kv);
+  try {
+    restorePrefill(cache, snap);
+    const out = [argmax(snap.lastLogits)];
+    while (out.length < n) {
+      const logits = m.model.forward([{ tokens: [out[out.length - 1]!], cache, logits: 'last' }])[0]!;
+      out.push(argmax(logits));
+    }
+    return out;
+  } finally {
+    cache.free();
+  }
+}
+
+test('streaming NLL of both golden windows matches the reference for every cache config', async (t) => {
+  const m = await bundledModel();
+  const snaps = snapshotWindows(m.model, G.windows, 512);
+  for (const kv of CONFIGS) {
+    const nll = streamingNll(m.model, G.windows, kv, { prefill: 512 }, snaps);
+    const tol = kv === 'fp32' ? 2e-3 : 5e-3;
+    t.diagnostic(`${kv}: ${nll.map((x) => x.toFixed(5)).join(', ')} (reference ${G.nll[kv]!.map((x) => x.toFixed(5)).join(', ')})`);
+    for (let w = 0; w < 2; w++) {
+      assert.ok(Math.abs(nll[w]! - G.nll[kv]![w]!) <= tol, `${kv} window ${w}: ${nll[w]} vs reference ${G.nll[kv]![w]} (tolerance ${tol})`);
+    }
+  }
+});
+
+test('streaming NLL without the shared prefill equals the shared-prefill result (fp32, kivi2)', async () => {
+  const m = await bundledModel();
+  const snaps = snapshotWindows(m.model, G.windows, 512);
+  for (const kv of ['fp32', 'kivi2']) {
+    const direct = streamingNll(m.model, G.windows, kv, { prefill: 512 });
+    const shared = streamingNll(m.model, G.windows, kv, { prefill: 512 }, snaps);
+    assert.deepEqual(direct, shared);
+  }
+});
+
+test('greedy: fp32 reproduces the reference 64 ids exactly; kivi2/kivi4 agree on a leading run', async (t) => {
+  const m = await bundledModel();
+  const snap = snapshotPrefill(m.model, G.greedy.prompt);
+  const fp32 = greedyFrom(m, G.greedy.prompt, 'fp32', 64, snap);
+  assert.deepEqual(fp32, G.greedy.out.fp32);
+  // The end-to-end path (engine + CLI defaults) gives the same ids.
+  const r = await m.complete(G.greedy.prompt, { maxTokens: 64, ignoreEos: true });
+  assert.deepEqual(r.ids, G.greedy.out.fp32);
+  for (const kv of ['kivi2', 'kivi4']) {
+    const ids = greedyFrom(m, G.greedy.prompt, kv, 64, snap);
+    const ref = G.greedy.out[kv]!;
+    let lead = 0;
+    while (lead < 64 && ids[lead] === ref[lead]) lead++;
+    t.diagnostic(`${kv}: ${lead}/64 leading greedy ids agree with the reference`);
+    assert.ok(lead >= 48, `${kv}: only ${lead}/64 leading ids agree`);
+  }
+});
+
+test('pass-key: all 8 golden prompts answer with their key under every cache config', async (t) => {
+  const m = await bundledModel();
+  for (const [i, p] of G.passkey.entries()) {
+    const snap = snapshotPrefill(m.model, p.prompt);
+    for (const kv of CONFIGS) {
+      const ids = greedyFrom(m, p.prompt, kv, 6, snap);
+      const text = m.decode(ids).trim();
+      assert.ok(text.startsWith(p.key), `prompt ${i} (${p.prompt.length} tokens), ${kv}: "${text}" does not start with ${p.key}`);
+      if (kv === 'fp32') assert.deepEqual(ids, p.out.fp32, `prompt ${i} fp32 ids`);
+    }
+    t.diagnostic(`prompt ${i} (${p.prompt.length} tokens, key ${p.key}): correct under ${CONFIGS.length} configs`);
+  }
+});

@@ -6,7 +6,8 @@ import { APIError } from 'openai';
 import type { KiviModel } from '../src/api.js';
 import type { KiviServer } from '../src/server/app.js';
 import { FALLBACK_STOP } from '../src/server/chat.js';
-import { MODEL_NAME, bundledModel, client, metric, postJson, startServer, until } from './helpers/server.js';
+import { bundledModel } from './helpers.js';
+import { MODEL_NAME, client, metric, postJson, startServer, until } from './server-helpers.js';
 
 const KV = 'kivi:k=2,v=2,g=32,r=32';
 

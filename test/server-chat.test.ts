@@ -2,13 +2,13 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { KiviModel } from '../src/api.js';
 import { KiviServer } from '../src/server/app.js';
 import { ChatFormatter, FALLBACK_STOP, findChatTemplate } from '../src/server/chat.js';
 import { KiviError } from '../src/util/errors.js';
-import { MODEL_DIR, bundledModel, client } from './helpers/server.js';
+import { MODEL_DIR, bundledModel, tmpDir } from './helpers.js';
+import { client } from './server-helpers.js';
 
 // ChatML, with the tokenizer's BOS written by the template (as Hugging Face templates do).
 const CHATML =
@@ -64,27 +64,22 @@ describe('chat prompts', () => {
   });
 
   test('where a template is found: a string, the "default" of a named list, or chat_template.jinja', () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kivi-chat-'));
-    try {
-      assert.equal(findChatTemplate(dir, { chat_template: 'A' }), 'A');
-      assert.equal(findChatTemplate(dir, { chat_template: [{ name: 'tool_use', template: 'T' }, { name: 'default', template: 'D' }] }), 'D');
-      assert.equal(findChatTemplate(dir, {}), undefined);
-      fs.writeFileSync(path.join(dir, 'chat_template.jinja'), 'J');
-      assert.equal(findChatTemplate(dir, {}), 'J');
-    } finally {
-      fs.rmSync(dir, { recursive: true });
-    }
+    const dir = tmpDir('kivi-chat-');
+    assert.equal(findChatTemplate(dir, { chat_template: 'A' }), 'A');
+    assert.equal(findChatTemplate(dir, { chat_template: [{ name: 'tool_use', template: 'T' }, { name: 'default', template: 'D' }] }), 'D');
+    assert.equal(findChatTemplate(dir, {}), undefined);
+    fs.writeFileSync(path.join(dir, 'chat_template.jinja'), 'J');
+    assert.equal(findChatTemplate(dir, {}), 'J');
   });
 });
 
 describe('kivi serve with a model that ships a chat template', () => {
-  let dir: string;
   let server: KiviServer;
   let m: KiviModel;
 
   before(async () => {
     // The bundled model with a chat template added: weights linked, tokenizer config rewritten.
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kivi-chatml-'));
+    const dir = tmpDir('kivi-chatml-');
     for (const f of fs.readdirSync(MODEL_DIR)) {
       if (f !== 'tokenizer_config.json') fs.symlinkSync(path.resolve(MODEL_DIR, f), path.join(dir, f));
     }
@@ -93,10 +88,7 @@ describe('kivi serve with a model that ships a chat template', () => {
     m = await KiviModel.load(dir);
     server = await KiviServer.start(m, { port: 0, kv: 'kivi2', modelName: 'chatml-test' });
   });
-  after(async () => {
-    await server.close();
-    fs.rmSync(dir, { recursive: true });
-  });
+  after(() => server.close());
 
   test('chat completions use the template: prompt tokens and greedy answer match the rendered prompt', async () => {
     const messages = [{ role: 'user' as const, content: 'Where is the river?' }];

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import type OpenAI from 'openai';
 import { APIError } from 'openai';
 import type { KiviServer } from '../src/server/app.js';
-import { MODEL_NAME, client, metric, metrics, startServer, until } from './helpers/server.js';
+import { MODEL_NAME, client, metric, metrics, startServer, until } from './server-helpers.js';
 
 // Residual and groups of 16 tokens: prompts of 8–20 tokens plus 8 new ones cross several quantization flushes.
 const KV = 'kivi:k=2,v=2,g=16,r=16';

@@ -7,7 +7,7 @@ import { cacheBytes, peakCacheBytes } from '../src/cache/budget.js';
 import type { Sequence } from '../src/engine/batch.js';
 import { Scheduler } from '../src/server/scheduler.js';
 import { KiviError } from '../src/util/errors.js';
-import { bundledModel } from './helpers/server.js';
+import { bundledModel } from './helpers.js';
 
 const KV = 'kivi:k=2,v=2,g=32,r=32';
 

@@ -1,17 +1,10 @@
-/** Shared by the server tests: the bundled model (loaded once per file), a client, /metrics reads. */
+/** Shared by the server tests: a server on a free port, an openai client, /metrics reads. */
 import OpenAI from 'openai';
-import { KiviModel } from '../../src/api.js';
-import { KiviServer, type ServeOptions } from '../../src/server/app.js';
-import { parseMetrics } from '../../src/server/metrics.js';
+import { KiviServer, type ServeOptions } from '../src/server/app.js';
+import { parseMetrics } from '../src/server/metrics.js';
+import { bundledModel } from './helpers.js';
 
-export const MODEL_DIR = 'models/llama-28m-gqa';
 export const MODEL_NAME = 'llama-28m-gqa';
-
-let model: Promise<KiviModel> | undefined;
-export function bundledModel(): Promise<KiviModel> {
-  model ??= KiviModel.load(MODEL_DIR);
-  return model;
-}
 
 export async function startServer(opts: ServeOptions = {}): Promise<KiviServer> {
   return KiviServer.start(await bundledModel(), { port: 0, ...opts });

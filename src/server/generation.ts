@@ -11,7 +11,7 @@ import type { Sequence } from '../engine/batch.js';
 import type { GenerateOptions, GenerateResult } from '../engine/generate.js';
 import type { Scheduler } from './scheduler.js';
 import type { ChatFormatter } from './chat.js';
-import type { ServerStats } from './stats.js';
+import type { ServerStats, Timing } from './stats.js';
 import { ChatRequest, CompletionRequest, RequestError, messageText, parseBody, singlePrompt } from './schemas.js';
 import { type Endpoint, ResponseId, errorBody, usage } from './openai.js';
 import { KiviError } from '../util/errors.js';
@@ -135,14 +135,13 @@ export async function handleGeneration(endpoint: Endpoint, ctx: GenerationContex
     }
     ctx.stats.promptTokens += job.ids.length;
     const id = new ResponseId(endpoint, ctx.modelName);
-    const timing = { arrived, first: 0, last: 0 };
+    const timing: Timing = { arrived, first: 0, last: 0 };
     if (job.stream) {
       reply.hijack();
       outcome = await streamEvents(ctx, job, seq, id, ac.signal, timing, res);
       return;
     }
     const r = await drain(seq, timing);
-    ctx.stats.observe(r, timing);
     if (r.finishReason === 'abort') {
       if (ac.signal.reason === CLIENT_GONE) {
         outcome = 'cancelled';
@@ -152,6 +151,7 @@ export async function handleGeneration(endpoint: Endpoint, ctx: GenerationContex
       throw abortError(ac.signal, ctx);
     }
     outcome = 'ok';
+    ctx.stats.observe(r, timing);
     return id.full(r.text, r.finishReason, usage(r.promptTokens, r.ids.length));
   } catch (e) {
     outcome = e instanceof KiviError ? outcomeOf(e.status) : 'error';
@@ -167,12 +167,6 @@ export async function handleGeneration(endpoint: Endpoint, ctx: GenerationContex
 function abortError(signal: AbortSignal, ctx: GenerationContext): KiviError {
   if (signal.reason === TIMED_OUT) return new KiviError(`timed out after ${ctx.timeoutMs / 1000} s`, 408);
   return new KiviError('the server is shutting down', 503);
-}
-
-interface Timing {
-  arrived: number;
-  first: number;
-  last: number;
 }
 
 async function drain(seq: Sequence, timing: Timing): Promise<GenerateResult> {
@@ -221,7 +215,6 @@ async function streamEvents(
     res.end();
     return 'error';
   }
-  ctx.stats.observe(r, timing);
   let outcome: Outcome = 'ok';
   if (r.finishReason === 'abort') {
     if (signal.reason === CLIENT_GONE) {
@@ -232,6 +225,7 @@ async function streamEvents(
     send(errorBody(err.status, err.message));
     outcome = outcomeOf(err.status);
   } else {
+    ctx.stats.observe(r, timing);
     if (first && id.endpoint === 'chat') send(id.chunk('', null, true));
     send(id.chunk('', r.finishReason));
     if (job.includeUsage) send(id.usageChunk(usage(r.promptTokens, r.ids.length)));

@@ -53,18 +53,21 @@ export class Scheduler {
   private readonly queue: Waiting[] = [];
   private reserved = 0;
   private closed = false;
-  /** Most sequences running at once, and most cache bytes in use after any step, since start. */
+  /** Most sequences running at once, and most cache bytes in use at the end of any step, since start. */
   maxRunning = 0;
   maxUsedBytes = 0;
   /** Requests refused because the queue was full. */
   rejected = 0;
   private readonly unhook: () => void;
+  private endedInStep = 0;
 
   constructor(private readonly engine: BatchEngine, readonly opts: SchedulerOptions) {
     if (!(opts.budgetBytes > 0)) throw new KiviError(`the KV budget must be positive, got ${opts.budgetBytes}`);
     if (!(Number.isInteger(opts.maxQueue) && opts.maxQueue >= 0)) throw new KiviError(`the queue bound must be an integer ≥ 0, got ${opts.maxQueue}`);
     this.unhook = engine.onStep(() => {
-      this.maxUsedBytes = Math.max(this.maxUsedBytes, this.usedBytes());
+      // Sequences that finished in this step held their last bytes until its end, alongside the others.
+      this.maxUsedBytes = Math.max(this.maxUsedBytes, this.usedBytes() + this.endedInStep);
+      this.endedInStep = 0;
     });
   }
 
@@ -172,6 +175,8 @@ export class Scheduler {
     if (bytes === undefined) return;
     this.running.delete(seq);
     this.reserved -= bytes;
+    // Only a step finishes a sequence (eos, stop, length); a cancel happens between steps.
+    if (seq.finishReason !== 'abort') this.endedInStep += seq.kvBytesAtEnd;
     this.admit();
   }
 

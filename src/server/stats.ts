@@ -4,6 +4,13 @@ import type { GenerateResult } from '../engine/generate.js';
 import type { Scheduler } from './scheduler.js';
 import { Counter, Histogram, Registry } from './metrics.js';
 
+/** performance.now() (ms) at a request's arrival, first token and latest token; 0 = not yet. */
+export interface Timing {
+  arrived: number;
+  first: number;
+  last: number;
+}
+
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
 export class ServerStats {
@@ -13,8 +20,8 @@ export class ServerStats {
   readonly ttft = new Histogram(LATENCY_BUCKETS);
   readonly tpot = new Histogram(LATENCY_BUCKETS);
 
-  /** Record a finished sequence; `timing` holds performance.now() at arrival, first and last token (ms). */
-  observe(r: GenerateResult, timing: { arrived: number; first: number; last: number }): void {
+  /** Record a completed request. */
+  observe(r: GenerateResult, timing: Timing): void {
     this.completionTokens += r.ids.length;
     if (timing.first > 0) this.ttft.observe((timing.first - timing.arrived) / 1000);
     if (r.ids.length >= 2) this.tpot.observe((timing.last - timing.first) / 1000 / (r.ids.length - 1));
@@ -26,7 +33,7 @@ export class ServerStats {
     reg.gauge('kivi_sequences_queued', 'Requests waiting for KV cache memory.', () => scheduler.queuedCount);
     reg.gauge('kivi_sequences_running_max', 'Most sequences running at once since the server started.', () => scheduler.maxRunning);
     reg.gauge('kivi_kv_bytes_used', 'KV cache bytes held by running sequences (codes, scales, minimums, residual).', () => scheduler.usedBytes());
-    reg.gauge('kivi_kv_bytes_used_max', 'Most KV cache bytes in use after any decode step since the server started.', () => scheduler.maxUsedBytes);
+    reg.gauge('kivi_kv_bytes_used_max', 'Most KV cache bytes in use at the end of any engine step since the server started.', () => scheduler.maxUsedBytes);
     reg.gauge('kivi_kv_bytes_reserved', 'KV cache bytes reserved by running sequences (each one\'s peak).', () => scheduler.reservedBytes);
     reg.gauge('kivi_kv_bytes_allocated', 'Storage allocated by running caches (whole chunks; at least the bytes used).', () => scheduler.allocatedBytes());
     reg.gauge('kivi_kv_bytes_budget', 'KV cache budget (--kv-budget).', () => scheduler.opts.budgetBytes);

@@ -7,7 +7,7 @@
 import type { ServerResponse } from 'node:http';
 import type { FastifyReply } from 'fastify';
 import type { KiviModel } from '../api.js';
-import type { Sequence } from '../engine/batch.js';
+import { type Sequence, checkContext } from '../engine/batch.js';
 import type { GenerateOptions, GenerateResult } from '../engine/generate.js';
 import type { Scheduler } from './scheduler.js';
 import type { ChatFormatter } from './chat.js';
@@ -59,19 +59,17 @@ function checkModelName(ctx: GenerationContext, name: string): void {
   }
 }
 
-/** Prompt and budget checks that need the model: token ids in range, prompt + max_tokens within the context. */
+/** Checks that need the model: token ids in the vocabulary (the forward pass would fail the whole batch), the context. */
 function checkPrompt(ctx: GenerationContext, ids: number[], maxTokens: number, promptParam: string): void {
   const { vocabSize: V, maxPositions: C } = ctx.model.config;
-  if (ids.length === 0) throw new RequestError('the prompt is empty', 400, promptParam);
   const bad = ids.find((t) => t >= V);
   if (bad !== undefined) throw new RequestError(`token id ${bad} is outside the vocabulary [0, ${V})`, 400, promptParam);
-  if (ids.length >= C) {
-    throw new RequestError(`the prompt is ${ids.length} tokens, but the model's context is ${C} tokens and at least one must be left to generate`,
-      400, promptParam, 'context_length_exceeded');
-  }
-  if (ids.length + maxTokens > C) {
-    throw new RequestError(`the prompt is ${ids.length} tokens and max_tokens is ${maxTokens}: ${ids.length + maxTokens} exceeds the model's context of ${C} tokens`,
-      400, 'max_tokens', 'context_length_exceeded');
+  try {
+    checkContext(ids.length, maxTokens, C);
+  } catch (e) {
+    if (!(e instanceof KiviError)) throw e;
+    if (ids.length === 0) throw new RequestError(e.message, 400, promptParam);
+    throw new RequestError(e.message, 400, ids.length >= C ? promptParam : 'max_tokens', 'context_length_exceeded');
   }
 }
 

@@ -17,7 +17,7 @@ import { ChatFormatter, findChatTemplate } from './chat.js';
 import { ServerStats } from './stats.js';
 import { RequestError } from './schemas.js';
 import { errorBody } from './openai.js';
-import { type GenerationContext, handleGeneration } from './generation.js';
+import { type GenerationContext, checkModelName, handleGeneration } from './generation.js';
 import type { Registry } from './metrics.js';
 
 export interface ServeOptions {
@@ -52,18 +52,17 @@ export class KiviServer {
     const kv = opts.kv ?? 'kivi2';
     const spec = toCacheSpec(kv);
     validateSpec(spec, model.model.dims);
+    const timeoutSeconds = opts.timeoutSeconds ?? 600;
+    if (!(timeoutSeconds > 0)) throw new KiviError(`the request timeout must be positive, got ${timeoutSeconds}`);
+    const chat = new ChatFormatter(model.tokenizer, findChatTemplate(model.dir, model.tokenizer.config));
+    // Last of the checks: the scheduler hooks into the engine, and close() unhooks it.
     const scheduler = new Scheduler(model.engine, {
       spec, dims: model.model.dims, budgetBytes: opts.budgetBytes ?? 2 * 1024 ** 3, maxQueue: opts.maxQueue ?? 64,
       newCache: () => model.newCache(kv),
     });
-    const timeoutSeconds = opts.timeoutSeconds ?? 600;
-    if (!(timeoutSeconds > 0)) throw new KiviError(`the request timeout must be positive, got ${timeoutSeconds}`);
     const modelName = opts.modelName ?? path.basename(path.resolve(model.dir));
     const stats = new ServerStats();
-    const ctx: GenerationContext = {
-      model, modelName, scheduler, stats, timeoutMs: timeoutSeconds * 1000,
-      chat: new ChatFormatter(model.tokenizer, findChatTemplate(model.dir, model.tokenizer.config)),
-    };
+    const ctx: GenerationContext = { model, modelName, scheduler, stats, chat, timeoutMs: timeoutSeconds * 1000 };
     const app = Fastify({ logger: false, bodyLimit: opts.bodyLimit ?? 1024 * 1024 });
     routes(app, ctx, stats.registry(scheduler, model.engine));
     let url: string;
@@ -116,7 +115,7 @@ function routes(app: FastifyInstance, ctx: GenerationContext, metrics: Registry)
   const modelCard = { id: ctx.modelName, object: 'model', created: 0, owned_by: 'kivi' };
   app.get('/v1/models', async () => ({ object: 'list', data: [modelCard] }));
   app.get<{ Params: { id: string } }>('/v1/models/:id', async (req) => {
-    if (req.params.id !== ctx.modelName) throw new RequestError(`the model "${req.params.id}" does not exist`, 404, 'model', 'model_not_found');
+    checkModelName(ctx, req.params.id);
     return modelCard;
   });
   app.get('/health', async () => ({ status: 'ok', model: ctx.modelName }));

@@ -53,7 +53,7 @@ function stopList(s: string | string[] | null | undefined): string[] {
   return (typeof s === 'string' ? [s] : s).filter((x) => x.length > 0);
 }
 
-function checkModelName(ctx: GenerationContext, name: string): void {
+export function checkModelName(ctx: GenerationContext, name: string): void {
   if (name !== ctx.modelName) {
     throw new RequestError(`the model "${name}" does not exist; this server serves "${ctx.modelName}"`, 404, 'model', 'model_not_found');
   }

@@ -16,8 +16,8 @@ test('joinPerStep bounds the prefill rows of a step', () => {
 test('bench throughput: admitted batch from the budget, capped batch runs generate batch × gen tokens', async () => {
   const prompt = 12, gen = 5, maxBatch = 3;
   const specs = ['fp16', 'kivi2'];
-  // Budgets relative to weights + ~70 MiB overhead: one that admits nothing, two that admit some.
-  const budgets = [64 * MiB, 200 * MiB, 400 * MiB];
+  // Budgets relative to weights (106 MiB) + overhead (~75–105 MiB): one that admits nothing, two that admit some.
+  const budgets = [64 * MiB, 300 * MiB, 600 * MiB];
   const r = await runThroughput({ model: MODEL, budgets, prompt, gen, specs, maxBatch });
   assert.equal(r.weights_bytes, bundledWeightsBytes());
   assert.equal(r.results.length, budgets.length * specs.length);
@@ -37,11 +37,11 @@ test('bench throughput: admitted batch from the budget, capped batch runs genera
   const at = (kv: string, b: number) => r.results.find((x) => x.kv === kv && x.budget === b)!;
   assert.equal(at('fp16', 64 * MiB).admitted, 0);
   // Admission grows with the budget.
-  assert.ok(at('fp16', 400 * MiB).admitted > at('fp16', 200 * MiB).admitted);
-  assert.ok(at('kivi2', 400 * MiB).admitted > at('kivi2', 200 * MiB).admitted);
+  assert.ok(at('fp16', 600 * MiB).admitted > at('fp16', 300 * MiB).admitted);
+  assert.ok(at('kivi2', 600 * MiB).admitted > at('kivi2', 300 * MiB).admitted);
   // The same (spec, batch) point runs once and is reported for every budget that admits it.
-  assert.equal(at('fp16', 200 * MiB).seconds, at('fp16', 400 * MiB).seconds);
-  assert.match(throughputMarkdown(r), /\| 400\.00 MiB \| fp16 \| \d+ \| 3 \(capped\) \|/);
+  assert.equal(at('fp16', 300 * MiB).seconds, at('fp16', 600 * MiB).seconds);
+  assert.match(throughputMarkdown(r), /\| 600\.00 MiB \| fp16 \| \d+ \| 3 \(capped\) \|/);
 });
 
 test('bench throughput CLI: context and flag errors are one line', async () => {

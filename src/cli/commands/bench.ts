@@ -1,11 +1,10 @@
 /** `kivi bench …`: performance benchmarks; each prints a Markdown table, or one JSON line with --json. */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import { createKernels, type BackendName, type BackendOptions, type Kernels } from '../../kernels/index.js';
+import { createKernels, type BackendName, type Kernels } from '../../kernels/index.js';
 import { bytes, int, intList } from '../parse.js';
-import { backendOption, kvListOption } from '../common.js';
+import { backendOption, kvListOption, threadsOption } from '../common.js';
 import { LazyProgress } from '../progress.js';
 import { KiviError } from '../../util/errors.js';
 import type { TopLevelSpec } from '../../studies/plot.js';
@@ -31,21 +30,14 @@ function bytesList(s: string): number[] {
 
 function sharedOptions(cmd: Command): Command {
   backendOption(cmd);
+  threadsOption(cmd);
   return cmd
-    .option('--threads <n>', 'compute threads (default: the back end\'s)', int(1, 1024))
     .option('--json', 'print one JSON line instead of a Markdown table')
     .option('--save <base>', 'also write <base>.json and <base>.md (and <base>.svg where there is a chart)');
 }
 
 async function kernelsFor(o: Shared): Promise<Kernels> {
-  // `threads` reaches back ends that take it; the TypeScript one runs on the calling thread.
-  return createKernels({ backend: o.backend, threads: o.threads } as BackendOptions);
-}
-
-/** Threads the kernels actually use (back ends with a pool say so), for the bandwidth bound. */
-function kernelThreads(k: Kernels, requested?: number): number {
-  const t = (k as { threads?: number }).threads;
-  return typeof t === 'number' ? t : k.name === 'ts' ? 1 : (requested ?? os.availableParallelism());
+  return createKernels({ backend: o.backend, threads: o.threads });
 }
 
 /** Print the JSON line or the Markdown; --save writes both to files; the chart goes to --svg and/or --save. */
@@ -75,10 +67,6 @@ async function report(o: Shared & { svg?: string }, json: unknown, markdown: str
   for (const f of written) process.stderr.write(`wrote ${path.resolve(f)}\n`);
 }
 
-function dispose(k: Kernels): void {
-  (k as { dispose?: () => void }).dispose?.();
-}
-
 export function register(program: Command): void {
   const bench = program.command('bench').description('performance benchmarks (Markdown table, or one JSON line with --json)');
 
@@ -105,11 +93,11 @@ export function register(program: Command): void {
         onProgress: (d, t) => bar.update(d, t),
       });
       bar.stop();
-      const threads = kernelThreads(kernels, o.threads);
+      const threads = kernels.threads;
       await report(o, { backend: kernels.name, threads, heads: o.heads, kv_heads: o.kvHeads, head_dim: o.headDim, results }, attentionMarkdown(results),
         attentionChart(results, `Decode attention, one layer (${o.heads} heads, ${o.kvHeads} kv heads, d=${o.headDim}), ${kernels.name} ×${threads}`));
     } finally {
-      dispose(kernels);
+      kernels.dispose();
     }
   });
 
@@ -141,7 +129,7 @@ export function register(program: Command): void {
     .requiredOption('--budget <bytes>', 'memory budget(s), comma-separated for a curve over budgets', bytesList)
     .option('--prompt <n>', 'prompt tokens per sequence', int(1), 160)
     .option('--gen <n>', 'generated tokens per sequence', int(1), 338)
-    .option('--max-batch <n>', 'run at most this many sequences at once (time cap; capped points are marked)', int(1), 16)
+    .option('--max-batch <n>', 'run at most this many sequences at once (time cap; capped points are marked)', int(1), 64)
     .option('--svg <file>', 'also write the throughput-vs-batch-size and -vs-budget chart');
   kvListOption(thr, `fp16,kivi2,${KIVI2_FP16_RESIDUAL}`);
   sharedOptions(thr);
@@ -169,11 +157,11 @@ export function register(program: Command): void {
     const kernels = await kernelsFor(o);
     try {
       const r = await runGemvBench({
-        kernels, inDim: o.in, outDim: o.out, rows: o.rows, threads: kernelThreads(kernels, o.threads), bandwidthBytes: o.bandwidthBytes,
+        kernels, inDim: o.in, outDim: o.out, rows: o.rows, threads: kernels.threads, bandwidthBytes: o.bandwidthBytes,
       });
       await report(o, r, gemvMarkdown(r));
     } finally {
-      dispose(kernels);
+      kernels.dispose();
     }
   });
 }

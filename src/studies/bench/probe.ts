@@ -5,7 +5,7 @@
  */
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { createKernels, type BackendOptions, type BackendName } from '../../kernels/index.js';
+import { createKernels, type BackendName } from '../../kernels/index.js';
 import { loadModelDir, type LoadedModel } from '../../model/load.js';
 import type { ModelWeights } from '../../model/weights.js';
 import { createCache } from '../../cache/spec.js';
@@ -63,8 +63,7 @@ export function weightsBytes(w: ModelWeights): number {
 }
 
 async function loadReady(t: ProbeBase): Promise<LoadedModel> {
-  // `threads` reaches back ends that take it; the TypeScript one ignores it.
-  const kernels = await createKernels({ backend: t.backend, threads: t.threads } as BackendOptions);
+  const kernels = await createKernels({ backend: t.backend, threads: t.threads });
   const m = loadModelDir(t.model, kernels);
   if (t.warmTokens > 0) {
     const cache = createCache('fp32', m.model.dims, kernels);

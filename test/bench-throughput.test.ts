@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { joinPerStep, runThroughput, throughputMarkdown, PREFILL_ROWS } from '../src/studies/bench/throughput.js';
+import { joinPerStep, largestStepRows, runThroughput, throughputMarkdown, PREFILL_ROWS } from '../src/studies/bench/throughput.js';
 import { peakCacheBytes } from '../src/cache/budget.js';
 import { parseKvSpec } from '../src/cache/spec.js';
 import { MODEL, bundledWeightsBytes, runCli } from './bench-helpers.js';
@@ -8,9 +8,12 @@ import { MODEL, bundledWeightsBytes, runCli } from './bench-helpers.js';
 const DIMS = { numLayers: 8, numHeads: 4, numKvHeads: 2, headDim: 128 };
 const MiB = 2 ** 20;
 
-test('joinPerStep bounds the prefill rows of a step', () => {
+test('joinPerStep bounds the prefill rows of a step; largestStepRows adds the decode rows of a full batch', () => {
   assert.equal(joinPerStep(160), Math.floor(PREFILL_ROWS / 160));
   assert.equal(joinPerStep(PREFILL_ROWS + 1), 1);
+  assert.equal(largestStepRows(160, 64), 3 * 160 + 61);
+  assert.equal(largestStepRows(1000, 2), 1000 + 1);
+  assert.equal(largestStepRows(8, 3), 3 * 8);
 });
 
 test('bench throughput: admitted batch from the budget, capped batch runs generate batch × gen tokens', async () => {
@@ -18,7 +21,7 @@ test('bench throughput: admitted batch from the budget, capped batch runs genera
   const specs = ['fp16', 'kivi2'];
   // Budgets relative to weights (106 MiB) + overhead (~75–105 MiB): one that admits nothing, two that admit some.
   const budgets = [64 * MiB, 300 * MiB, 600 * MiB];
-  const r = await runThroughput({ model: MODEL, budgets, prompt, gen, specs, maxBatch });
+  const r = await runThroughput({ model: MODEL, budgets, prompt, gen, specs, maxBatch, repeats: 2 });
   assert.equal(r.weights_bytes, bundledWeightsBytes());
   assert.equal(r.results.length, budgets.length * specs.length);
   for (const x of r.results) {
@@ -26,6 +29,7 @@ test('bench throughput: admitted batch from the budget, capped batch runs genera
     assert.equal(x.admitted, Math.max(0, Math.floor((x.budget - r.weights_bytes - r.overhead_bytes) / peak)), `${x.kv} ${x.budget}`);
     assert.equal(x.batch, Math.min(x.admitted, maxBatch));
     assert.equal(x.generated_tokens, x.batch * gen, 'ignoreEos: every sequence generates exactly gen tokens');
+    assert.equal(x.runs, x.batch === 0 ? 0 : 2);
     if (x.batch === 0) {
       assert.equal(x.tokens_per_second, 0);
       assert.equal(x.peak_rss, null);

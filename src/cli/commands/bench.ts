@@ -130,13 +130,14 @@ export function register(program: Command): void {
     .option('--prompt <n>', 'prompt tokens per sequence', int(1), 160)
     .option('--gen <n>', 'generated tokens per sequence', int(1), 338)
     .option('--max-batch <n>', 'run at most this many sequences at once (time cap; capped points are marked)', int(1), 64)
+    .option('--repeats <n>', 'runs per point, in rounds over all points (the median-time run is reported)', int(1, 100), 1)
     .option('--svg <file>', 'also write the throughput-vs-batch-size and -vs-budget chart');
   kvListOption(thr, `fp16,kivi2,${KIVI2_FP16_RESIDUAL}`);
   sharedOptions(thr);
-  thr.action(async (o: Shared & { model: string; budget: number[]; prompt: number; gen: number; maxBatch: number; kv: string[]; svg?: string }) => {
+  thr.action(async (o: Shared & { model: string; budget: number[]; prompt: number; gen: number; maxBatch: number; repeats: number; kv: string[]; svg?: string }) => {
     const bar = new LazyProgress('bench throughput');
     const r = await runThroughput({
-      model: o.model, budgets: o.budget, prompt: o.prompt, gen: o.gen, specs: o.kv, maxBatch: o.maxBatch,
+      model: o.model, budgets: o.budget, prompt: o.prompt, gen: o.gen, specs: o.kv, maxBatch: o.maxBatch, repeats: o.repeats,
       backend: o.backend, threads: o.threads, onProgress: (d, t) => bar.update(d, t),
     });
     bar.stop();

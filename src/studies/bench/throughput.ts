@@ -8,8 +8,9 @@
  * engine with ignoreEos, greedy decoding and seeded synthetic prompts. Sequences join PREFILL_ROWS /
  * prompt at a time, one group per step, so a step's prefill activations stay bounded (the batch ramps up
  * over the first steps and down over the last ones, as in a server). The overhead is measured with a
- * warm-up forward pass of one such group of prompts. Batches run are capped at --max-batch to keep the
- * command's time reasonable; a capped point under-reports what the budget admits.
+ * warm-up forward pass as large as the largest step (a group of prompts joining a full batch). Batches
+ * run are capped at --max-batch to keep the command's time reasonable; a capped point under-reports what
+ * the budget admits. With --repeats, points run in rounds and the median-time run is reported.
  */
 import type { CacheDims } from '../../cache/types.js';
 import { parseKvSpec, validateSpec } from '../../cache/spec.js';
@@ -32,6 +33,8 @@ export interface ThroughputOptions extends ProbeEnv {
   gen: number;
   specs: string[];
   maxBatch: number;
+  /** Runs of each (spec, batch) point, in rounds (default 1); the median-time run is reported. */
+  repeats?: number;
   seed?: number;
   onProgress?: (done: number, total: number) => void;
 }
@@ -47,8 +50,10 @@ export interface ThroughputResult {
   tokens_per_second: number;
   generated_tokens: number;
   seconds: number;
-  /** Peak RSS of the child process that ran the batch (null when nothing ran). */
+  /** Peak RSS of the child process that ran the batch, the most over its runs (null when nothing ran). */
   peak_rss: number | null;
+  /** Runs behind this point (0 when nothing fits). */
+  runs: number;
 }
 
 export interface ThroughputReport {
@@ -64,6 +69,12 @@ export function joinPerStep(prompt: number): number {
   return Math.max(1, Math.floor(PREFILL_ROWS / prompt));
 }
 
+/** Most rows one step can have: a group of prompts joining, plus the decode rows of those already in. */
+export function largestStepRows(prompt: number, maxBatch: number): number {
+  const j = Math.min(joinPerStep(prompt), maxBatch);
+  return j * prompt + (maxBatch - j);
+}
+
 export function admittedBatch(budget: number, weights: number, overhead: number, spec: string, dims: CacheDims, prompt: number, gen: number): number {
   return sequencesThatFit(budget, weights, overhead, peakCacheBytes(parseKvSpec(spec), dims, prompt + gen, prompt));
 }
@@ -76,9 +87,9 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRep
   }
   const join = joinPerStep(o.prompt);
   const env = { model: o.model, backend: o.backend, threads: o.threads };
-  // The overhead includes activation buffers for the largest step (a group of prompts joining); the
-  // generation runs themselves only warm up the JIT.
-  const base = await spawnProbe<OverheadResult>({ task: 'overhead', ...env, warmTokens: Math.min(join, o.maxBatch) * o.prompt });
+  // The overhead includes the activation buffers of the largest step any run can take; the generation
+  // runs themselves only warm up the JIT.
+  const base = await spawnProbe<OverheadResult>({ task: 'overhead', ...env, warmTokens: largestStepRows(o.prompt, o.maxBatch) });
   const W = base.weights_bytes;
   const O = base.overhead_bytes;
 
@@ -86,24 +97,32 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRep
     const admitted = admittedBatch(budget, W, O, kv, dims, o.prompt, o.gen);
     return { kv, budget, admitted, batch: Math.min(admitted, o.maxBatch) };
   }));
-  // A (spec, batch) point does the same work whatever budget admitted it: run each once.
+  // A (spec, batch) point does the same work whatever budget admitted it: run each once per round,
+  // every point in turn, so that load from other processes falls on all points alike.
   const key = (kv: string, b: number) => `${kv}\u0000${b}`;
   const todo = [...new Set(plan.filter((p) => p.batch > 0).map((p) => key(p.kv, p.batch)))];
-  const runs = new Map<string, GenerateProbeResult>();
-  o.onProgress?.(0, todo.length);
-  for (const k of todo) {
-    const [kv, b] = k.split('\u0000') as [string, string];
-    runs.set(k, await spawnProbe<GenerateProbeResult>({
-      task: 'generate', ...env, warmTokens: GENERATE_WARM_TOKENS, kv, batch: Number(b), prompt: o.prompt, gen: o.gen, joinPerStep: join, seed: o.seed ?? 1000,
-    }));
-    o.onProgress?.(runs.size, todo.length);
+  const runs = new Map<string, GenerateProbeResult[]>(todo.map((k) => [k, []]));
+  const repeats = o.repeats ?? 1;
+  let done = 0;
+  o.onProgress?.(0, todo.length * repeats);
+  for (let round = 0; round < repeats; round++) {
+    for (const k of todo) {
+      const [kv, b] = k.split('\u0000') as [string, string];
+      runs.get(k)!.push(await spawnProbe<GenerateProbeResult>({
+        task: 'generate', ...env, warmTokens: GENERATE_WARM_TOKENS, kv, batch: Number(b), prompt: o.prompt, gen: o.gen,
+        joinPerStep: join, seed: o.seed ?? 1000,
+      }));
+      o.onProgress?.(++done, todo.length * repeats);
+    }
   }
   const results = plan.map((p): ThroughputResult => {
-    const r = runs.get(key(p.kv, p.batch));
+    const rs = runs.get(key(p.kv, p.batch)) ?? [];
+    // The run of median time (the upper one of an even count) speaks for the point; peak RSS is the most.
+    const r = [...rs].sort((a, b) => a.seconds - b.seconds)[rs.length >> 1];
     return {
       ...p,
       tokens_per_second: r?.tokens_per_second ?? 0, generated_tokens: r?.generated_tokens ?? 0,
-      seconds: r?.seconds ?? 0, peak_rss: r?.peak_rss ?? null,
+      seconds: r?.seconds ?? 0, peak_rss: r ? Math.max(...rs.map((x) => x.peak_rss)) : null, runs: rs.length,
     };
   });
   return { prompt: o.prompt, gen: o.gen, max_batch: o.maxBatch, weights_bytes: W, overhead_bytes: O, results };
@@ -122,7 +141,8 @@ export function throughputMarkdown(r: ThroughputReport): string {
   });
   return (
     `Prompt ${r.prompt} + ${r.gen} generated tokens per sequence; weights ${formatBytes(r.weights_bytes)}, ` +
-    `measured overhead ${formatBytes(r.overhead_bytes)}; batches capped at ${r.max_batch}.\n\n` +
+    `measured overhead ${formatBytes(r.overhead_bytes)}; batches capped at ${r.max_batch}; ` +
+    `median of ${Math.max(...r.results.map((x) => x.runs), 1)} run(s) per point.\n\n` +
     markdownTable(['budget', 'kv', 'admitted', 'batch run', 'tokens/s', 'vs fp16', 'peak RSS', 'peak RSS / budget'], rows)
   );
 }

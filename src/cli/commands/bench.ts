@@ -117,7 +117,7 @@ export function register(program: Command): void {
       onProgress: (d, t) => bar.update(d, t),
     });
     bar.stop();
-    const { detail: _detail, model_context: _mc, ...json } = r;
+    const { detail: _detail, model_context: _mc, base_rss: _base, ...json } = r;
     await report(o, json, capacityMarkdown(r));
   });
 

@@ -45,9 +45,11 @@ export interface CapacityReport {
   model_context: number;
   weights_bytes: number;
   overhead_bytes: number;
+  /** Settled RSS (after GC) of the process that measured the overhead: model loaded and ready, no caches. */
+  base_rss: number;
   results: CapacityResult[];
   /** Per spec: bytes of one sequence's cache at N tokens, and what the child actually held. */
-  detail: { kv: string; per_sequence_bytes: number; kv_bytes: number; reserved_bytes: number }[];
+  detail: { kv: string; per_sequence_bytes: number; kv_bytes: number; reserved_bytes: number; rss: number }[];
 }
 
 /** Tokens of the warm-up forward pass that makes a model "ready" for capacity purposes. */
@@ -87,28 +89,42 @@ export async function runCapacity(o: CapacityOptions): Promise<CapacityReport> {
       throw new Error(`${kv}: the child held ${r.kv_bytes} cache bytes, expected ${sequences} × ${per}`);
     }
     results.push({ kv, sequences, peak_rss: r.peak_rss });
-    detail.push({ kv, per_sequence_bytes: per, kv_bytes: r.kv_bytes, reserved_bytes: r.reserved_bytes });
+    detail.push({ kv, per_sequence_bytes: per, kv_bytes: r.kv_bytes, reserved_bytes: r.reserved_bytes, rss: r.rss });
     o.onProgress?.(i + 2, total);
   }
-  return { budget: o.budget, context: o.context, model_context: maxPositions, weights_bytes: weights, overhead_bytes: overhead, results, detail };
+  return {
+    budget: o.budget, context: o.context, model_context: maxPositions, weights_bytes: weights, overhead_bytes: overhead,
+    base_rss: base.rss, results, detail,
+  };
+}
+
+/** Memory one sequence actually took: (settled RSS with the caches − without them) / sequences. */
+export function measuredPerSequence(r: CapacityReport, i: number): number {
+  const x = r.results[i]!;
+  return x.sequences > 0 ? (r.detail[i]!.rss - r.base_rss) / x.sequences : NaN;
 }
 
 export function capacityMarkdown(r: CapacityReport): string {
   const fp16 = r.results.find((x) => x.kv === 'fp16');
+  const fp16Measured = fp16 ? measuredPerSequence(r, r.results.indexOf(fp16)) : NaN;
   const rows = r.results.map((x, i) => {
     const d = r.detail[i]!;
+    const measured = measuredPerSequence(r, i);
     return [
       x.kv, formatBytes(d.per_sequence_bytes), x.sequences,
       fp16 && fp16.sequences > 0 ? formatRatio(x.sequences / fp16.sequences) : '–',
-      formatBytes(d.kv_bytes), formatBytes(d.reserved_bytes), formatBytes(x.peak_rss), `${((100 * x.peak_rss) / r.budget).toFixed(1)}%`,
+      formatBytes(d.reserved_bytes), formatBytes(x.peak_rss), `${((100 * x.peak_rss) / r.budget).toFixed(1)}%`,
+      Number.isFinite(measured) ? formatBytes(measured) : '–', formatRatio(fp16Measured / measured),
     ];
   });
   const head =
     `Budget ${formatBytes(r.budget)} = weights ${formatBytes(r.weights_bytes)} + measured overhead ${formatBytes(r.overhead_bytes)} ` +
     `+ caches; sequences of ${r.context} tokens` +
     (r.context > r.model_context ? ` (beyond the model's context of ${r.model_context}: caches filled with synthetic K/V)` : '') + '.' +
-    (r.budget < r.weights_bytes + r.overhead_bytes ? ' The budget does not even cover weights + overhead.' : '') + '\n\n';
+    (r.budget < r.weights_bytes + r.overhead_bytes ? ' The budget does not even cover weights + overhead.' : '') +
+    ' "RSS / sequence": resident memory after GC with the caches minus without them (' + formatBytes(r.base_rss) +
+    '), per sequence.\n\n';
   return head + markdownTable(
-    ['kv', 'bytes / sequence', 'sequences', 'vs fp16', 'cache bytes held', 'cache bytes reserved', 'peak RSS', 'peak RSS / budget'], rows,
+    ['kv', 'bytes / sequence', 'sequences', 'vs fp16', 'cache bytes reserved', 'peak RSS', 'peak RSS / budget', 'RSS / sequence', 'fp16 ÷ this'], rows,
   );
 }

@@ -92,16 +92,33 @@ export async function runProbe(t: ProbeTask): Promise<OverheadResult | AllocateR
   }
 }
 
-/** Allocate `sequences` caches, each filled to `context` tokens of synthetic K/V (no model context limit). */
+/** Synthetic tokens a cache fill cycles through (its source stays small whatever the context). */
+const FILL_WINDOW = 256;
+
+/**
+ * Allocate `sequences` caches, each filled to `context` tokens of synthetic K/V (no model context limit):
+ * a prefill of up to FILL_WINDOW tokens, then appends, each ending its step as a decode step would.
+ * The cache holds exactly what a prefill of `context` tokens holds (the parent checks the bytes), but
+ * the source is FILL_WINDOW tokens, not `context`, so it does not inflate the peak RSS.
+ */
 function allocate(m: LoadedModel, t: AllocateTask): AllocateResult {
   const { numKvHeads: kv, headDim: d } = m.model.dims;
-  const src = syntheticKV(t.context, kv, d, 11);
+  const src = syntheticKV(FILL_WINDOW, kv, d, 11);
+  const row = kv * d;
   const caches: SequenceCache[] = [];
   try {
     for (let i = 0; i < t.sequences; i++) {
       const c = createCache(t.kv, m.model.dims, m.model.kernels);
       caches.push(c);
-      for (const layer of c.layers) layer.prefill(src.k, 0, src.v, 0, t.context);
+      for (const layer of c.layers) {
+        const P = Math.min(t.context, FILL_WINDOW);
+        layer.prefill(src.k, 0, src.v, 0, P);
+        for (let tok = P; tok < t.context; tok++) {
+          const off = (tok % FILL_WINDOW) * row;
+          layer.append(src.k, off, src.v, off);
+          layer.endStep?.();
+        }
+      }
     }
     let kvBytes = 0;
     let reserved = 0;

@@ -64,8 +64,10 @@ test('bench attention CLI: --json prints one line of the issue\'s shape; bad inp
   assert.equal(j.results[2].kv_bytes, 256 * 2 * 2 * 64 * 4);
   const md = await runCli(['bench', 'attention', '--context', '64', '--kv', 'fp32,fp16', '--head-dim', '64', '--repeats', '1']);
   assert.equal(md.code, 0, md.stderr);
-  assert.match(md.stdout, /^\| context \| kv \| time \/ step/);
-  assert.match(md.stdout, /\| 64 \| fp16 \| .* \| 1\.00× \|\n$/);
+  assert.match(md.stdout, /^Decode attention per step.*\n\n\| context \| fp32 \| fp16 \|\n/);
+  assert.match(md.stdout, /\| 64 \| [\d.]+ [µm]s \(1\.00×\) \| [\d.]+ [µm]s \([\d.]+×\) \|\n/);
+  // Bytes per token: fp32 is 2 × 2 kv heads × 64 × 4 bytes, twice fp16.
+  assert.match(md.stdout, /\| 64 \| 1024\.0 \(0\.50×\) \| 512\.0 \(1\.00×\) \|\n$/);
   for (const bad of [['--heads', '3'], ['--kv', 'kivi3'], ['--context', '12,x'], ['--kv', 'kivi:g=48']]) {
     const e = await runCli(['bench', 'attention', ...bad]);
     assert.equal(e.code, 1, bad.join(' '));

@@ -103,21 +103,28 @@ export function runAttentionBench(o: AttentionBenchOptions): AttentionResult[] {
   return results;
 }
 
-/** A Markdown table: time per step and speed relative to fp32, bytes and size relative to fp16. */
+/**
+ * Two Markdown tables, contexts down and specs across: time per step (speed relative to fp32), and cache
+ * bytes per token (how many times smaller than fp16).
+ */
 export function attentionMarkdown(results: AttentionResult[]): string {
-  const find = (kv: string, T: number) => results.find((r) => r.kv === kv && r.context === T);
-  const rows = results.map((r) => {
-    const fp32 = find('fp32', r.context);
-    const fp16 = find('fp16', r.context);
-    return [
-      r.context, r.kv, formatSeconds(r.seconds),
-      fp32 ? formatRatio(fp32.seconds / r.seconds) : '–',
-      formatBytes(r.kv_bytes), (r.kv_bytes / r.context).toFixed(1),
-      fp16 ? formatRatio(fp16.kv_bytes / r.kv_bytes) : '–',
-    ];
-  });
-  return markdownTable(
-    ['context', 'kv', 'time / step', 'speed vs fp32', 'kv bytes', 'bytes / token', 'smaller than fp16'], rows,
+  const specs = [...new Set(results.map((r) => r.kv))];
+  const contexts = [...new Set(results.map((r) => r.context))];
+  const at = (kv: string, T: number) => results.find((r) => r.kv === kv && r.context === T);
+  const pivot = (cell: (r: AttentionResult) => string) =>
+    markdownTable(['context', ...specs], contexts.map((T) => [T, ...specs.map((kv) => {
+      const r = at(kv, T);
+      return r ? cell(r) : '–';
+    })]));
+  const ratio = (base: string, r: AttentionResult, f: (b: AttentionResult, r: AttentionResult) => number) => {
+    const b = at(base, r.context);
+    return b ? ` (${formatRatio(f(b, r))})` : '';
+  };
+  return (
+    'Decode attention per step, one layer of one sequence (append + attend; in parentheses: speed relative to fp32):\n\n' +
+    pivot((r) => formatSeconds(r.seconds) + ratio('fp32', r, (b, x) => b.seconds / x.seconds)) +
+    '\nCache bytes per token, one layer (in parentheses: times smaller than fp16):\n\n' +
+    pivot((r) => (r.kv_bytes / r.context).toFixed(1) + ratio('fp16', r, (b, x) => b.kv_bytes / x.kv_bytes))
   );
 }
 

@@ -2,7 +2,7 @@
 # Regenerate every benchmark of the README's Performance section under docs/perf/:
 # <name>.md (table), <name>.json (one JSON line), <name>.svg (chart), and machine.md.
 #
-#   scripts/perf.sh            # everything (~10-20 min on 2 cores)
+#   scripts/perf.sh            # everything (~25 min on 2 busy cores)
 #   scripts/perf.sh attention  # one or more of: machine gemv attention capacity throughput
 #
 # KIVI_BACKEND (default auto) and KIVI_THREADS (default: the back end's) pass through to every command.
@@ -19,28 +19,36 @@ kivi() { echo "+ kivi $*" >&2; node dist/src/cli/main.js "$@"; }
 want() { [[ " $ALL " == *" $1 "* ]]; }
 ALL="${*:-machine gemv attention capacity throughput}"
 
+# machine.md: the machine, then one line per part saying when, at which commit and under what load it ran.
+stamp() {
+  touch "$OUT/machine.md"
+  grep -v "^  - \`$1\`:" "$OUT/machine.md" > "$OUT/machine.md.tmp" || true
+  echo "  - \`$1\`: $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src scripts || echo '+changes'), load average $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/machine.md.tmp"
+  mv "$OUT/machine.md.tmp" "$OUT/machine.md"
+}
+
 if want machine; then
   {
     echo "- CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores available"
     echo "- Caches: $(lscpu | grep -E '^L[123]' | sed -E 's/ +/ /g; s/ \(.*\)//' | paste -sd ';' -)"
     echo "- Memory: $(free -g | awk '/^Mem:/ {print $2}') GiB; Node $(node --version); $(uname -srm)"
-    echo "- Load average when measured: $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "- Date: $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD)"
+    echo "- Runs (start time, code, load average over 1/5/15 min; 2 cores means load 2 is full):"
   } > "$OUT/machine.md"
-  cat "$OUT/machine.md"
 fi
 
 # Linear layers: a 8192×4096 float32 weight (128 MiB, 4× the L3) against the read-bandwidth bound.
-if want gemv; then kivi bench gemv "${FLAGS[@]}" --save "$OUT/gemv"; fi
+if want gemv; then stamp gemv; kivi bench gemv "${FLAGS[@]}" --save "$OUT/gemv"; fi
 
 # Decode attention, one layer of one sequence (4 heads, 2 kv heads, d=128), 1K..256K tokens (and 32K,
 # where the bytes target is set).
 if want attention; then
+  stamp attention
   kivi bench attention --context 1024,4096,16384,32768,65536,262144 "${FLAGS[@]}" --save "$OUT/attention"
 fi
 
 # Capacity at the model's context (2048) and at 16K (beyond it: synthetic K/V).
 if want capacity; then
+  stamp capacity
   kivi bench capacity --model "$MODEL" --budget 512MiB --context 2048 "${FLAGS[@]}" --save "$OUT/capacity-2k"
   kivi bench capacity --model "$MODEL" --budget 512MiB --context 16384 "${FLAGS[@]}" --save "$OUT/capacity-16k"
 fi
@@ -49,6 +57,7 @@ fi
 # fp16 sequences of 160 + 338 tokens (3.9 MiB each at their peak). The headline (small budgets, where
 # fp16 admits only a few sequences) runs each point 3 times in rounds; the whole curve once.
 if want throughput; then
+  stamp throughput
   kivi bench throughput --model "$MODEL" --budget 218MiB,222MiB,230MiB --prompt 160 --gen 338 \
     --max-batch 64 --repeats 3 "${FLAGS[@]}" --save "$OUT/throughput-headline"
   kivi bench throughput --model "$MODEL" --budget 218MiB,222MiB,230MiB,246MiB,277MiB,340MiB --prompt 160 --gen 338 \

@@ -20,10 +20,12 @@ test('bench throughput: admitted batch from the budget, capped batch runs genera
   const prompt = 12, gen = 5, maxBatch = 3;
   const specs = ['fp16', 'kivi2'];
   // Budgets relative to weights (106 MiB) + overhead (~75–105 MiB): one that admits nothing, two that admit some.
-  const budgets = [64 * MiB, 300 * MiB, 600 * MiB];
+  // The last one is headroom above whatever weights + overhead measure.
+  const budgets = [64 * MiB, 300 * MiB, 600 * MiB, { headroom: MiB }];
   const r = await runThroughput({ model: MODEL, budgets, prompt, gen, specs, maxBatch, repeats: 2 });
   assert.equal(r.weights_bytes, bundledWeightsBytes());
   assert.equal(r.results.length, budgets.length * specs.length);
+  assert.ok(r.results.slice(-2).every((x) => x.budget === r.weights_bytes + r.overhead_bytes + MiB));
   for (const x of r.results) {
     const peak = peakCacheBytes(parseKvSpec(x.kv), DIMS, prompt + gen, prompt);
     assert.equal(x.admitted, Math.max(0, Math.floor((x.budget - r.weights_bytes - r.overhead_bytes) / peak)), `${x.kv} ${x.budget}`);
@@ -45,13 +47,16 @@ test('bench throughput: admitted batch from the budget, capped batch runs genera
   assert.ok(at('kivi2', 600 * MiB).admitted > at('kivi2', 300 * MiB).admitted);
   // The same (spec, batch) point runs once and is reported for every budget that admits it.
   assert.equal(at('fp16', 300 * MiB).seconds, at('fp16', 600 * MiB).seconds);
-  assert.match(throughputMarkdown(r), /\| 600\.00 MiB \| fp16 \| \d+ \| 3 \(capped\) \|/);
+  assert.match(throughputMarkdown(r), /\| 600\.00 MiB \| [\d.]+ MiB \| fp16 \| \d+ \| 3 \(capped\) \|/);
 });
 
 test('bench throughput CLI: context and flag errors are one line', async () => {
   const e = await runCli(['bench', 'throughput', '--model', MODEL, '--budget', '1GiB', '--prompt', '2000', '--gen', '100']);
   assert.equal(e.code, 1);
   assert.match(e.stderr, /^kivi: --prompt 2000 \+ --gen 100 exceeds the model's context of 2048\n$/);
-  const f = await runCli(['bench', 'throughput', '--model', MODEL, '--budget', '1GiB,', '--json']);
-  assert.equal(f.code, 1);
+  for (const budget of ['1GiB,', '+x', '-5MiB']) {
+    const f = await runCli(['bench', 'throughput', '--model', MODEL, '--budget', budget, '--json']);
+    assert.equal(f.code, 1, budget);
+    assert.equal(f.stdout, '');
+  }
 });

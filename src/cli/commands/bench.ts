@@ -9,7 +9,7 @@ import { LazyProgress } from '../progress.js';
 import { KiviError } from '../../util/errors.js';
 import type { TopLevelSpec } from '../../studies/plot.js';
 import { attentionChart, attentionMarkdown, runAttentionBench } from '../../studies/bench/attention.js';
-import { capacityMarkdown, runCapacity } from '../../studies/bench/capacity.js';
+import { capacityMarkdown, runCapacity, type BudgetArg } from '../../studies/bench/capacity.js';
 import { runThroughput, throughputChart, throughputMarkdown } from '../../studies/bench/throughput.js';
 import { gemvMarkdown, runGemvBench } from '../../studies/bench/gemv.js';
 import { DEFAULT_REPEATS } from '../../studies/bench/measure.js';
@@ -24,8 +24,14 @@ interface Shared {
   save?: string;
 }
 
-function bytesList(s: string): number[] {
-  return s.split(',').map((x) => bytes(x));
+/** "512MiB" (bytes) or "+16MiB" (headroom above the weights + measured overhead). */
+function budgetArg(s: string): BudgetArg {
+  const t = s.trim();
+  return t.startsWith('+') ? { headroom: bytes(t.slice(1)) } : bytes(t);
+}
+
+function budgetList(s: string): BudgetArg[] {
+  return s.split(',').map(budgetArg);
 }
 
 function sharedOptions(cmd: Command): Command {
@@ -106,11 +112,11 @@ export function register(program: Command): void {
     .command('capacity')
     .description('sequences of N tokens that fit in a memory budget (weights + measured overhead + caches), and peak RSS when allocated')
     .requiredOption('--model <dir>', 'model directory')
-    .requiredOption('--budget <bytes>', 'memory budget, e.g. 512MiB', bytes)
+    .requiredOption('--budget <bytes>', 'memory budget, e.g. 512MiB, or +64MiB: headroom above weights + measured overhead', budgetArg)
     .requiredOption('--context <n>', 'tokens per sequence (may exceed the model context: caches are filled with synthetic K/V)', int(1));
   kvListOption(cap, `fp16,kivi2,kivi4,${KIVI2_FP16_RESIDUAL}`);
   sharedOptions(cap);
-  cap.action(async (o: Shared & { model: string; budget: number; context: number; kv: string[] }) => {
+  cap.action(async (o: Shared & { model: string; budget: BudgetArg; context: number; kv: string[] }) => {
     const bar = new LazyProgress('bench capacity');
     const r = await runCapacity({
       model: o.model, budget: o.budget, context: o.context, specs: o.kv, backend: o.backend, threads: o.threads,
@@ -126,7 +132,7 @@ export function register(program: Command): void {
     .command('throughput')
     .description('generated tokens/s with the largest batch each spec admits under a memory budget')
     .requiredOption('--model <dir>', 'model directory')
-    .requiredOption('--budget <bytes>', 'memory budget(s), comma-separated for a curve over budgets', bytesList)
+    .requiredOption('--budget <bytes>', 'memory budget(s), e.g. 512MiB or +16MiB (headroom above weights + measured overhead); comma-separated for a curve', budgetList)
     .option('--prompt <n>', 'prompt tokens per sequence', int(1), 160)
     .option('--gen <n>', 'generated tokens per sequence', int(1), 338)
     .option('--max-batch <n>', 'run at most this many sequences at once (time cap; capped points are marked)', int(1), 64)
@@ -134,7 +140,7 @@ export function register(program: Command): void {
     .option('--svg <file>', 'also write the throughput-vs-batch-size and -vs-budget chart');
   kvListOption(thr, `fp16,kivi2,${KIVI2_FP16_RESIDUAL}`);
   sharedOptions(thr);
-  thr.action(async (o: Shared & { model: string; budget: number[]; prompt: number; gen: number; maxBatch: number; repeats: number; kv: string[]; svg?: string }) => {
+  thr.action(async (o: Shared & { model: string; budget: BudgetArg[]; prompt: number; gen: number; maxBatch: number; repeats: number; kv: string[]; svg?: string }) => {
     const bar = new LazyProgress('bench throughput');
     const r = await runThroughput({
       model: o.model, budgets: o.budget, prompt: o.prompt, gen: o.gen, specs: o.kv, maxBatch: o.maxBatch, repeats: o.repeats,

@@ -24,8 +24,15 @@ export interface ProbeEnv {
   threads?: number;
 }
 
+/** A memory budget: bytes, or headroom above the weights + measured overhead (`+16MiB` on the CLI). */
+export type BudgetArg = number | { headroom: number };
+
+export function resolveBudget(b: BudgetArg, weights: number, overhead: number): number {
+  return typeof b === 'number' ? b : weights + overhead + b.headroom;
+}
+
 export interface CapacityOptions extends ProbeEnv {
-  budget: number;
+  budget: BudgetArg;
   context: number;
   specs: string[];
   onProgress?: (done: number, total: number) => void;
@@ -78,12 +85,13 @@ export async function runCapacity(o: CapacityOptions): Promise<CapacityReport> {
   o.onProgress?.(1, total);
   const weights = base.weights_bytes;
   const overhead = base.overhead_bytes;
+  const budget = resolveBudget(o.budget, weights, overhead);
   const results: CapacityResult[] = [];
   const detail: CapacityReport['detail'] = [];
   for (let i = 0; i < specs.length; i++) {
     const kv = o.specs[i]!;
     const per = cacheBytes(specs[i]!, dims, o.context);
-    const sequences = sequencesThatFit(o.budget, weights, overhead, per);
+    const sequences = sequencesThatFit(budget, weights, overhead, per);
     const r = await spawnProbe<AllocateResult>({ task: 'allocate', ...env, kv, sequences, context: o.context });
     if (r.kv_bytes !== sequences * per) {
       throw new Error(`${kv}: the child held ${r.kv_bytes} cache bytes, expected ${sequences} × ${per}`);
@@ -93,7 +101,7 @@ export async function runCapacity(o: CapacityOptions): Promise<CapacityReport> {
     o.onProgress?.(i + 2, total);
   }
   return {
-    budget: o.budget, context: o.context, model_context: maxPositions, weights_bytes: weights, overhead_bytes: overhead,
+    budget, context: o.context, model_context: maxPositions, weights_bytes: weights, overhead_bytes: overhead,
     base_rss: base.rss, results, detail,
   };
 }

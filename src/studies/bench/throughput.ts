@@ -17,7 +17,7 @@ import { parseKvSpec, validateSpec } from '../../cache/spec.js';
 import { peakCacheBytes } from '../../cache/budget.js';
 import { KiviError } from '../../util/errors.js';
 import { spawnProbe, type GenerateProbeResult, type OverheadResult } from './probe.js';
-import { modelDims, sequencesThatFit, type ProbeEnv } from './capacity.js';
+import { modelDims, resolveBudget, sequencesThatFit, type BudgetArg, type ProbeEnv } from './capacity.js';
 import { formatBytes, formatRatio, markdownTable } from './markdown.js';
 import type { TopLevelSpec } from '../plot.js';
 
@@ -28,7 +28,7 @@ export const PREFILL_ROWS = 512;
 const GENERATE_WARM_TOKENS = 8;
 
 export interface ThroughputOptions extends ProbeEnv {
-  budgets: number[];
+  budgets: BudgetArg[];
   prompt: number;
   gen: number;
   specs: string[];
@@ -93,7 +93,8 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRep
   const W = base.weights_bytes;
   const O = base.overhead_bytes;
 
-  const plan = o.budgets.flatMap((budget) => o.specs.map((kv) => {
+  const budgets = o.budgets.map((b) => resolveBudget(b, W, O));
+  const plan = budgets.flatMap((budget) => o.specs.map((kv) => {
     const admitted = admittedBatch(budget, W, O, kv, dims, o.prompt, o.gen);
     return { kv, budget, admitted, batch: Math.min(admitted, o.maxBatch) };
   }));
@@ -132,7 +133,7 @@ export function throughputMarkdown(r: ThroughputReport): string {
   const rows = r.results.map((x) => {
     const fp16 = r.results.find((y) => y.kv === 'fp16' && y.budget === x.budget);
     return [
-      formatBytes(x.budget), x.kv, x.admitted, x.batch + (x.batch < x.admitted ? ' (capped)' : ''),
+      formatBytes(x.budget), formatBytes(x.budget - r.weights_bytes - r.overhead_bytes), x.kv, x.admitted, x.batch + (x.batch < x.admitted ? ' (capped)' : ''),
       x.tokens_per_second.toFixed(1),
       fp16 && fp16.tokens_per_second > 0 ? formatRatio(x.tokens_per_second / fp16.tokens_per_second) : '–',
       x.peak_rss === null ? '–' : formatBytes(x.peak_rss),
@@ -143,7 +144,7 @@ export function throughputMarkdown(r: ThroughputReport): string {
     `Prompt ${r.prompt} + ${r.gen} generated tokens per sequence; weights ${formatBytes(r.weights_bytes)}, ` +
     `measured overhead ${formatBytes(r.overhead_bytes)}; batches capped at ${r.max_batch}; ` +
     `median of ${Math.max(...r.results.map((x) => x.runs), 1)} run(s) per point.\n\n` +
-    markdownTable(['budget', 'kv', 'admitted', 'batch run', 'tokens/s', 'vs fp16', 'peak RSS', 'peak RSS / budget'], rows)
+    markdownTable(['budget', 'above weights + overhead', 'kv', 'admitted', 'batch run', 'tokens/s', 'vs fp16', 'peak RSS', 'peak RSS / budget'], rows)
   );
 }
 

@@ -5,6 +5,7 @@ import { KiviError } from '../util/errors.js';
 import { register as registerGenerate } from './commands/generate.js';
 import { register as registerEval } from './commands/eval.js';
 import { register as registerServe } from './commands/serve.js';
+import { register as registerWeb } from './commands/web.js';
 
 const program = new Command();
 program
@@ -17,6 +18,7 @@ program
 registerGenerate(program);
 registerEval(program);
 registerServe(program);
+registerWeb(program);
 
 function die(message: string): never {
   process.stderr.write(`kivi: ${message.split('\n')[0]}\n`);

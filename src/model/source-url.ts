@@ -42,14 +42,17 @@ class UrlFile implements RandomAccess {
 
   async read(dst: Uint8Array, position: number): Promise<void> {
     const end = position + dst.length;
-    if (end <= this.head.length || this.whole) {
-      if (end > this.head.length) throw short();
-      dst.set(this.head.subarray(position, end));
-      return;
-    }
     if (end > this.size) throw short();
+    // Whatever the first request already brought is copied, not fetched again.
+    const have = Math.max(0, Math.min(end, this.head.length) - position);
+    if (have > 0) {
+      dst.set(this.head.subarray(position, position + have));
+      dst = dst.subarray(have);
+      position += have;
+    }
     if (dst.length === 0) return;
-    const res = await this.src.request(this.where, { Range: `bytes=${position}-${end - 1}` });
+    if (this.whole) throw short();
+    const res = await this.src.request(this.where, { Range: `bytes=${position}-${position + dst.length - 1}` });
     if (res.status === 200) {
       // The server stopped honouring ranges: keep the whole file from now on.
       this.head = new Uint8Array(await res.arrayBuffer());
@@ -112,9 +115,11 @@ export class UrlSource implements ByteSource {
     // A base names a directory: resolve file names inside it, not beside it.
     if (!url.pathname.endsWith('/')) url.pathname += '/';
     this.where = url.href;
-    const f = opts.fetch ?? (globalThis.fetch as FetchLike | undefined);
-    if (!f) throw new KiviError('fetch is not available here (Node ≥ 18 or a browser is needed to load from a URL)');
-    this.fetchFn = f;
+    if (!opts.fetch && typeof globalThis.fetch !== 'function') {
+      throw new KiviError('fetch is not available here (Node ≥ 18 or a browser is needed to load from a URL)');
+    }
+    // The global fetch must be called unbound from any object (browsers throw "Illegal invocation").
+    this.fetchFn = opts.fetch ?? ((u, init) => globalThis.fetch(u, init));
   }
 
   locate(name: string): string {

@@ -17,7 +17,7 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../.
 /** Modules only ever imported lazily, and only in Node. */
 const NODE_ONLY = /[\\/]model[\\/]source-fs\.js$/;
 
-const browserOnly: esbuild.Plugin = {
+export const browserOnly: esbuild.Plugin = {
   name: 'browser-only',
   setup(build) {
     build.onResolve({ filter: /^node:|^(fs|path|os|worker_threads|child_process|url)$/ }, (a) => ({

@@ -78,9 +78,11 @@ class RunView {
     const s = this.result ?? this.stats;
     if (s) {
       this.q('kv').textContent = formatBytes(s.kvBytes);
+      this.q('kv').dataset.bytes = String(s.kvBytes);
       this.q('cached').textContent = String(s.cacheTokens);
       this.q('tokens').textContent = String(s.tokens);
       this.q('speed').textContent = s.tokensPerSecond > 0 ? s.tokensPerSecond.toFixed(1) : '–';
+      this.q('speed').dataset.value = String(s.tokensPerSecond);
       this.q('first').textContent = `${(s.firstTokenSeconds * 1000).toFixed(0)} ms`;
       this.q('fill').style.width = `${maxBytes > 0 ? (100 * s.kvBytes) / maxBytes : 0}%`;
     }

@@ -1,0 +1,77 @@
+/**
+ * End to end in headless Chromium (skipped, saying why, where /usr/bin/chromium is absent): `kivi web`'s
+ * page loads the model into its worker, generates with two caches side by side, and shows the same text
+ * and KV bytes as the library computes in Node.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { WebServer } from '../src/web/server.js';
+import { bundledModel, MODEL_DIR, tmpDir } from './helpers.js';
+
+const CHROMIUM = process.env.KIVI_CHROMIUM ?? '/usr/bin/chromium';
+const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
+
+test('the demo page generates in Chromium: same text and KV bytes as the library, side by side', { timeout: 300_000 }, async (t) => {
+  if (!fs.existsSync(CHROMIUM)) {
+    t.skip(`no Chromium at ${CHROMIUM} (apt-get install chromium, or set KIVI_CHROMIUM)`);
+    return;
+  }
+  const { chromium } = await import('playwright-core');
+  const server = await WebServer.start({ modelDir: MODEL_DIR, port: 0 });
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: FLAGS });
+  try {
+    const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+    const problems: string[] = [];
+    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    page.on('console', (m) => m.type() === 'error' && problems.push(`console: ${m.text()}`));
+    const t0 = Date.now();
+    await page.goto(server.url);
+    await page.waitForFunction(() => ['ready', 'error'].includes(document.body.dataset.state ?? ''), null, { timeout: 120_000 });
+    const loadSeconds = (Date.now() - t0) / 1000;
+    assert.equal(await page.getAttribute('body', 'data-state'), 'ready', (await page.textContent('#error')) ?? '');
+    assert.match((await page.textContent('#model-status'))!, /^llama-28m-gqa: 8 layers, hidden 512, 4 query \/ 2 KV heads of 128, context 2048 · 53\.02 MiB of weights/);
+    // The table of exact bytes: fp16 at 2048 tokens is 2048 · 2 (K,V) · 2 heads · 128 · 2 B · 8 layers = 16 MiB.
+    assert.match((await page.textContent('#projection-body tr:nth-child(2)'))!, /^fp16.*16\.00 MiB \(1\.00× fp16\)$/);
+
+    const prompt = 'The history of the city';
+    const maxTokens = 12;
+    await page.fill('#prompt', prompt);
+    await page.fill('#max-tokens', String(maxTokens));
+    await page.selectOption('#kv-a', 'kivi2');
+    await page.check('#compare');
+    await page.selectOption('#kv-b', 'fp16');
+    const t1 = Date.now();
+    await page.click('#run');
+    await page.waitForFunction(() => document.body.dataset.state === 'done', null, { timeout: 240_000 });
+    const genSeconds = (Date.now() - t1) / 1000;
+    assert.equal(await page.isHidden('#error'), true, (await page.textContent('#error')) ?? '');
+
+    const model = await bundledModel();
+    const panes = await page.$$('.run');
+    assert.equal(panes.length, 2);
+    const speeds: string[] = [];
+    for (const [i, kv] of ['kivi2', 'fp16'].entries()) {
+      const ref = await model.complete(prompt, { kv, maxTokens, temperature: 0, seed: 1 });
+      const pane = panes[i]!;
+      assert.equal(await pane.$eval('.spec', (e) => e.textContent), kv);
+      assert.equal(await pane.$eval('.prompt-text', (e) => e.textContent), prompt);
+      assert.equal(await pane.$eval('.output', (e) => e.textContent), ref.text, `${kv} text`);
+      assert.equal(Number(await pane.$eval('.kv', (e) => (e as HTMLElement).dataset.bytes)), ref.kvBytes, `${kv} KV bytes`);
+      assert.equal(Number(await pane.$eval('.tokens', (e) => e.textContent)), ref.ids.length);
+      assert.equal(Number(await pane.$eval('.cached', (e) => e.textContent)), ref.promptTokens + ref.ids.length - 1);
+      const tps = Number(await pane.$eval('.speed', (e) => (e as HTMLElement).dataset.value));
+      assert.ok(tps > 0, `${kv} tokens/s ${tps}`);
+      speeds.push(`${kv} ${tps.toFixed(1)} tok/s`);
+    }
+    const summary = (await page.textContent('#summary'))!;
+    assert.match(summary, /kivi2 holds .* of KV cache, .* fp16/);
+    assert.deepEqual(problems, []);
+    await page.screenshot({ path: path.join(tmpDir('kivi-e2e-'), 'page.png'), fullPage: true });
+    t.diagnostic(`Chromium: model loaded in ${loadSeconds.toFixed(1)} s; ${maxTokens} tokens × 2 caches in ${genSeconds.toFixed(1)} s; ${speeds.join(', ')} (decode, batched; provisional)`);
+  } finally {
+    await browser.close();
+    await server.close();
+  }
+});

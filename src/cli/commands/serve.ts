@@ -4,7 +4,7 @@ import { KiviModel } from '../../api.js';
 import { KiviServer } from '../../server/app.js';
 import { formatBytes } from '../../server/scheduler.js';
 import { bytes, float, int } from '../parse.js';
-import { backendOption, kvOption, type CommonOpts } from '../common.js';
+import { backendOption, kvOption, threadsOption, type CommonOpts } from '../common.js';
 
 interface Opts extends CommonOpts {
   kvBudget: number;
@@ -12,6 +12,7 @@ interface Opts extends CommonOpts {
   host: string;
   port: number;
   timeout: number;
+  threads: number;
 }
 
 export function register(program: Command): void {
@@ -26,8 +27,9 @@ export function register(program: Command): void {
     .option('--timeout <seconds>', 'per-request limit, waiting included', float(0, 1e6, { minExclusive: true }), 600);
   kvOption(cmd, 'kivi2');
   backendOption(cmd);
+  threadsOption(cmd);
   cmd.action(async (o: Opts) => {
-    const model = await KiviModel.load(o.model, { kv: o.kv, backend: o.backend });
+    const model = await KiviModel.load(o.model, { kv: o.kv, backend: o.backend, threads: o.threads });
     const server = await KiviServer.start(model, {
       kv: o.kv, budgetBytes: o.kvBudget, maxQueue: o.maxQueue, host: o.host, port: o.port, timeoutSeconds: o.timeout,
     });
@@ -35,7 +37,10 @@ export function register(program: Command): void {
     await new Promise<void>((resolve) => {
       const stop = (sig: string) => {
         process.stderr.write(`kivi: ${sig}: shutting down\n`);
-        server.close().then(resolve, resolve);
+        server.close().finally(() => {
+          model.dispose();
+          resolve();
+        });
       };
       process.once('SIGINT', () => stop('SIGINT'));
       process.once('SIGTERM', () => stop('SIGTERM'));

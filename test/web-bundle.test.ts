@@ -19,7 +19,7 @@ const out = path.join(tmpDir('kivi-web-build-'), 'web');
 
 test('the page, library and worker bundles build into a clean folder, with no Node built-in in them', async () => {
   await buildWeb({ outdir: out });
-  for (const f of ['index.html', 'style.css', 'app.js', 'kivi.js', 'kivi-worker.js']) assert.ok(fs.statSync(path.join(out, f)).size > 0, f);
+  for (const f of ['index.html', 'style.css', 'app.js', 'kivi.js', 'kivi-worker.js', 'browser-helper.js', 'kernels.wasm']) assert.ok(fs.statSync(path.join(out, f)).size > 0, f);
   const html = fs.readFileSync(path.join(out, 'index.html'), 'utf8');
   assert.match(html, /<script type="module" src="app.js"><\/script>/);
   for (const f of ['app.js', 'kivi.js', 'kivi-worker.js']) {

@@ -31,7 +31,10 @@ test('the demo page generates in Chromium: same text and KV bytes as the library
     await page.waitForFunction(() => ['ready', 'error'].includes(document.body.dataset.state ?? ''), null, { timeout: 120_000 });
     const loadSeconds = (Date.now() - t0) / 1000;
     assert.equal(await page.getAttribute('body', 'data-state'), 'ready', (await page.textContent('#error')) ?? '');
-    assert.match((await page.textContent('#model-status'))!, /^llama-28m-gqa: 8 layers, hidden 512, 4 query \/ 2 KV heads of 128, context 2048 · 53\.02 MiB of weights/);
+    const status = (await page.textContent('#model-status'))!;
+    assert.match(status, /^llama-28m-gqa: 8 layers, hidden 512, 4 query \/ 2 KV heads of 128, context 2048 · 53\.02 MiB of weights/);
+    // kivi web's COOP/COEP headers make the page cross-origin isolated, so the threaded wasm kernels load.
+    assert.match(status, /kernels: wasm \(\d+ threads?\)$/);
     // The table of exact bytes: fp16 at 2048 tokens is 2048 · 2 (K,V) · 2 heads · 128 · 2 B · 8 layers = 16 MiB.
     assert.match((await page.textContent('#projection-body tr:nth-child(2)'))!, /^fp16.*16\.00 MiB \(1\.00× fp16\)$/);
 

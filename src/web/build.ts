@@ -3,6 +3,7 @@
  *   kivi.js         the library for pages (KiviModel from a URL, KiviWorker)
  *   kivi-worker.js  the generation worker (module worker)
  *   app.js, index.html, style.css   the demo page
+ *   kernels.wasm, browser-helper.js the WebAssembly kernels and their helper-thread script
  * Any import of a Node built-in fails the build, so nothing Node-only can
  * reach a browser; Node-only modules that the library imports lazily (the filesystem byte source) are
  * replaced by a module that throws if a page ever imports it.
@@ -15,7 +16,7 @@ import * as esbuild from 'esbuild';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 
 /** Modules only ever imported lazily, and only in Node. */
-const NODE_ONLY = /[\\/]model[\\/]source-fs\.js$/;
+const NODE_ONLY = /[\\/](model[\\/]source-fs|kernels[\\/]wasm[\\/]node)\.js$/;
 
 export const browserOnly: esbuild.Plugin = {
   name: 'browser-only',
@@ -49,6 +50,8 @@ export async function buildWeb(o: WebBuildOptions = {}): Promise<esbuild.Metafil
       kivi: path.join(src, 'lib.ts'),
       'kivi-worker': path.join(src, 'worker.ts'),
       app: path.join(src, 'page/app.ts'),
+      // The wasm back end starts its helper threads from this file, beside the worker.
+      'browser-helper': path.join(ROOT, 'src/kernels/wasm/browser-helper.ts'),
     },
     outdir,
     bundle: true,
@@ -64,6 +67,10 @@ export async function buildWeb(o: WebBuildOptions = {}): Promise<esbuild.Metafil
     plugins: [browserOnly],
   });
   for (const f of ['index.html', 'style.css']) fs.copyFileSync(path.join(src, 'page', f), path.join(outdir, f));
+  // The kernels, fetched from beside the bundle that runs them (asc builds them before this step).
+  const wasm = path.join(ROOT, 'dist/src/kernels/wasm/kernels.wasm');
+  if (!fs.existsSync(wasm)) throw new Error(`${wasm} is missing: build the WebAssembly kernels (asc) first`);
+  fs.copyFileSync(wasm, path.join(outdir, 'kernels.wasm'));
   return result.metafile;
 }
 

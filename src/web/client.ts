@@ -20,6 +20,8 @@ export interface KiviWorkerOptions {
   workerUrl?: string | URL;
   /** Compute back end inside the worker (default 'auto'). */
   backend?: BackendName;
+  /** Threads for the wasm back end (default: the browser's core count). */
+  threads?: number;
   /** Weight bytes read so far and in all. */
   onProgress?: (done: number, total: number) => void;
 }
@@ -62,7 +64,7 @@ export class KiviWorker {
       };
       worker.addEventListener('message', onMessage);
       worker.addEventListener('error', onError);
-      worker.postMessage({ type: 'load', url: new URL(String(url), globalThis.location?.href).href, backend: opts.backend } satisfies ToWorker);
+      worker.postMessage({ type: 'load', url: new URL(String(url), globalThis.location?.href).href, backend: opts.backend, threads: opts.threads } satisfies ToWorker);
     });
   }
 

@@ -15,6 +15,8 @@ export interface ModelInfo {
   maxPositions: number;
   /** Compute back end the worker runs ('ts', 'wasm'). */
   backend: string;
+  /** Threads the back end computes on (the worker's own included). */
+  threads: number;
   /** Bytes of weights read. */
   weightBytes: number;
   loadSeconds: number;
@@ -33,7 +35,7 @@ export interface WorkerGenerateOptions {
 }
 
 export type ToWorker =
-  | { type: 'load'; url: string; backend?: BackendName }
+  | { type: 'load'; url: string; backend?: BackendName; threads?: number }
   | { type: 'generate'; id: number; prompt: string | number[]; options: WorkerGenerateOptions }
   | { type: 'cancel'; id: number };
 

@@ -21,11 +21,12 @@ let model: KiviModel | undefined;
 let loading: Promise<void> | undefined;
 const running = new Map<number, Sequence>();
 
-async function load(url: string, backend: BackendName | undefined): Promise<void> {
+async function load(url: string, backend: BackendName | undefined, threads: number | undefined): Promise<void> {
   const t0 = performance.now();
   let weightBytes = 0;
   model = await KiviModel.load(url, {
     backend,
+    threads,
     onProgress: (done, total) => {
       weightBytes = total;
       post({ type: 'progress', done, total });
@@ -38,6 +39,7 @@ async function load(url: string, backend: BackendName | undefined): Promise<void
     info: {
       url: model.dir, name, numLayers: c.numLayers, hiddenSize: c.hiddenSize, numHeads: c.numHeads, numKvHeads: c.numKvHeads,
       headDim: c.headDim, vocabSize: c.vocabSize, maxPositions: c.maxPositions, backend: model.kernels.name,
+      threads: (model.kernels as { threads?: number }).threads ?? 1,
       weightBytes, loadSeconds: (performance.now() - t0) / 1000,
     },
   });
@@ -88,7 +90,7 @@ scope.addEventListener('message', (e) => {
     switch (m.type) {
       case 'load':
         if (loading) throw new KiviError('this worker has already loaded a model');
-        loading = load(m.url, m.backend).catch((err) => post({ type: 'error', message: errorMessage(err), kivi: err instanceof KiviError }));
+        loading = load(m.url, m.backend, m.threads).catch((err) => post({ type: 'error', message: errorMessage(err), kivi: err instanceof KiviError }));
         break;
       case 'generate':
         generate(m.id, m.prompt, m.options);

@@ -218,9 +218,12 @@ async function start(): Promise<void> {
   try {
     const url = await modelUrl();
     el.status.textContent = `Loading ${url} …`;
-    const backend = new URLSearchParams(location.search).get('backend') ?? undefined;
+    const params = new URLSearchParams(location.search);
+    const backend = params.get('backend') ?? undefined;
+    const threads = params.get('threads');
     worker = await KiviWorker.load(url, {
       backend: backend as BackendName | undefined,
+      threads: threads === null ? undefined : Number(threads),
       onProgress: (done, total) => {
         el.progress.max = total;
         el.progress.value = done;
@@ -230,7 +233,7 @@ async function start(): Promise<void> {
     const i = worker.info;
     el.progress.hidden = true;
     el.status.textContent = `${i.name}: ${i.numLayers} layers, hidden ${i.hiddenSize}, ${i.numHeads} query / ${i.numKvHeads} KV heads of ${i.headDim}, ` +
-      `context ${i.maxPositions} · ${formatBytes(i.weightBytes)} of weights loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s · kernels: ${i.backend}`;
+      `context ${i.maxPositions} · ${formatBytes(i.weightBytes)} of weights loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s · kernels: ${i.backend}${i.backend === 'wasm' ? ` (${i.threads} thread${i.threads > 1 ? 's' : ''})` : ''}`;
     drawProjection(i);
     el.run.disabled = false;
     document.body.dataset.state = 'ready';

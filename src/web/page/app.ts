@@ -87,6 +87,9 @@ class RunView {
       this.q('fill').style.width = `${maxBytes > 0 ? (100 * s.kvBytes) / maxBytes : 0}%`;
     }
     const out = this.q('output');
+    const box = this.q('text');
+    // Follow the stream unless the reader has scrolled up.
+    const follow = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
     const cut = agree === null || agree >= this.ids.length ? this.text.length : agree === 0 ? 0 : this.ends[agree - 1]!;
     const same = document.createTextNode(this.text.slice(0, cut));
     const rest = document.createElement('span');
@@ -94,6 +97,7 @@ class RunView {
     rest.textContent = this.text.slice(cut);
     rest.title = 'differs from the other cache from here';
     out.replaceChildren(same, ...(rest.textContent ? [rest] : []));
+    if (follow) box.scrollTop = box.scrollHeight;
   }
 }
 
@@ -122,7 +126,7 @@ function drawAll(views: RunView[]): void {
   let line = `At ${T} cached tokens, ${labelOf(a.spec)} holds ${formatBytes(sa.kvBytes)} of KV cache, ` +
     `${cmp} ${labelOf(b.spec)} (${formatBytes(sb.kvBytes)}).`;
   const n = Math.min(a.ids.length, b.ids.length);
-  if (agree !== null && n > 0) line += agree >= n ? ` The outputs agree on all ${n} tokens so far.` : ` The outputs agree on the first ${agree} tokens.`;
+  if (agree !== null && n > 0) line += agree >= n ? ` The outputs agree on all ${n} tokens so far.` : ` The outputs agree on the first ${agree} tokens (highlighted from where they differ).`;
   if ([a, b].some((v) => v.spec.startsWith('kivi')) && T < 256) {
     line += ' (KIVI keeps the newest tokens in full precision, so it pays off on longer contexts: see the table.)';
   }

@@ -8,7 +8,9 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { WebServer } from '../src/web/server.js';
-import { bundledModel, MODEL_DIR, tmpDir } from './helpers.js';
+import { KiviModel } from '../src/api.js';
+import { bundledModel, MODEL_DIR, ROOT, tmpDir } from './helpers.js';
+import { serveDir } from './web-helpers.js';
 
 const CHROMIUM = process.env.KIVI_CHROMIUM ?? '/usr/bin/chromium';
 const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
@@ -76,5 +78,41 @@ test('the demo page generates in Chromium: same text and KV bytes as the library
   } finally {
     await browser.close();
     await server.close();
+  }
+});
+
+test('on a plain static server (no COOP/COEP), the page loads ?model=URL and runs on the TypeScript kernels', { timeout: 300_000 }, async (t) => {
+  if (!fs.existsSync(CHROMIUM)) {
+    t.skip(`no Chromium at ${CHROMIUM} (apt-get install chromium, or set KIVI_CHROMIUM)`);
+    return;
+  }
+  const { chromium } = await import('playwright-core');
+  // The repository root: the page at /dist/web/, the model at /models/llama-28m-gqa/.
+  const served = await serveDir(ROOT);
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: FLAGS });
+  try {
+    const page = await browser.newPage();
+    await page.goto(`${served.url}dist/web/index.html?model=/models/llama-28m-gqa/`);
+    await page.waitForFunction(() => ['ready', 'error'].includes(document.body.dataset.state ?? ''), null, { timeout: 120_000 });
+    assert.equal(await page.getAttribute('body', 'data-state'), 'ready', (await page.textContent('#error')) ?? '');
+    assert.match((await page.textContent('#model-status'))!, /^llama-28m-gqa: .*kernels: ts$/);
+    await page.fill('#max-tokens', '4');
+    await page.uncheck('#compare');
+    await page.selectOption('#kv-a', 'kivi:k=2,v=2,g=32,r=128,residual=fp16');
+    await page.click('#run');
+    await page.waitForFunction(() => document.body.dataset.state === 'done', null, { timeout: 240_000 });
+    assert.equal(await page.$$eval('.run', (r) => r.length), 1);
+    // The same kernels in Node as in the page, so every float matches.
+    const tsModel = await KiviModel.load(MODEL_DIR, { backend: 'ts' });
+    const ref = await tsModel.complete('The history of the city', { kv: 'kivi:k=2,v=2,g=32,r=128,residual=fp16', maxTokens: 4 });
+    assert.equal(await page.$eval('.run .output', (e) => e.textContent), ref.text);
+    assert.equal(Number(await page.$eval('.run .kv', (e) => (e as HTMLElement).dataset.bytes)), ref.kvBytes);
+    // Without a model URL and without models.json, the page says what to do.
+    await page.goto(`${served.url}dist/web/index.html`);
+    await page.waitForFunction(() => document.body.dataset.state === 'error', null, { timeout: 60_000 });
+    assert.match((await page.textContent('#error'))!, /no model to load: open this page with \?model=/);
+  } finally {
+    await browser.close();
+    await served.close();
   }
 });

@@ -4,6 +4,10 @@ import * as http from 'node:http';
 import * as path from 'node:path';
 import type { AddressInfo } from 'node:net';
 
+const TYPES: Record<string, string> = {
+  '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '.css': 'text/css', '.json': 'application/json', '.wasm': 'application/wasm',
+};
+
 export type RangeMode = 'ranges' | 'no-ranges' | 'no-content-range';
 
 export interface Served {
@@ -31,6 +35,8 @@ export async function serveDir(root: string, mode: RangeMode = 'ranges'): Promis
       return;
     }
     const size = fs.statSync(file).size;
+    const type = TYPES[path.extname(file)];
+    if (type) res.setHeader('content-type', type);
     const m = range && mode !== 'no-ranges' ? /^bytes=(\d+)-(\d*)$/.exec(range) : null;
     let start = 0;
     let end = size; // exclusive

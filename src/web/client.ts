@@ -39,6 +39,10 @@ export class KiviWorker {
       const m = e.data;
       if ('id' in m && m.id !== undefined) this.listeners.get(m.id)?.event(m);
     });
+    // A worker that dies (out of memory, a crash) ends every running generation with an error.
+    worker.addEventListener('error', (e: ErrorEvent) => {
+      for (const [id, l] of this.listeners) l.event({ type: 'error', id, message: `the kivi worker failed: ${e.message || 'script error'}`, kivi: false });
+    });
   }
 
   /** Start a worker and load the model at `url` (a URL base holding config.json, tokenizer.json, safetensors). */

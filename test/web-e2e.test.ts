@@ -74,6 +74,16 @@ test('the demo page generates in Chromium: same text and KV bytes as the library
     assert.match(summary, /kivi2 holds .* of KV cache, .* fp16/);
     assert.deepEqual(problems, []);
     await page.screenshot({ path: path.join(tmpDir('kivi-e2e-'), 'page.png'), fullPage: true });
+
+    // The library straight on the page's main thread, as the README shows: a relative URL, one thread.
+    const direct = await page.evaluate(async ([p, libUrl]) => {
+      const lib = (await import(libUrl!)) as typeof import('../src/web/lib.js');
+      const m = await lib.KiviModel.load('/models/llama-28m-gqa/', { kv: 'kivi2' });
+      const r = await m.complete(p, { maxTokens: 6 });
+      return { backend: m.kernels.name, threads: (m.kernels as { threads?: number }).threads, text: r.text, kvBytes: r.kvBytes };
+    }, [prompt, '/kivi.js']);
+    const ref = await model.complete(prompt, { kv: 'kivi2', maxTokens: 6 });
+    assert.deepEqual(direct, { backend: 'wasm', threads: 1, text: ref.text, kvBytes: ref.kvBytes });
     t.diagnostic(`Chromium: model loaded in ${loadSeconds.toFixed(1)} s; ${maxTokens} tokens × 2 caches in ${genSeconds.toFixed(1)} s; ${speeds.join(', ')} (decode, batched; provisional)`);
   } finally {
     await browser.close();

@@ -15,12 +15,18 @@ import { urlSource } from './source-url.js';
 /** Where a model is: a directory path (Node), an http(s) URL base, or any ByteSource. */
 export type ModelLocation = string | URL | ByteSource;
 
-/** The byte source for a location. Paths need Node; the filesystem source is loaded only then. */
+/**
+ * The byte source for a location. Paths need Node (the filesystem source is loaded only then); in a
+ * browser a relative location resolves against the page's URL.
+ */
 export async function openSource(location: ModelLocation): Promise<ByteSource> {
   if (typeof location !== 'string' && !(location instanceof URL)) return location;
   if (isUrl(location)) return urlSource(location);
   if (typeof process === 'undefined' || !process.versions?.node) {
-    throw new KiviError(`"${location}" is not an http(s) URL; in a browser, load a model from a URL`);
+    // In a browser or worker a relative location is a URL relative to the page (or worker script).
+    const base = (globalThis as { location?: { href: string } }).location?.href;
+    if (base) return urlSource(new URL(location, base));
+    throw new KiviError(`"${location}" is not an http(s) URL; outside Node, load a model from a URL`);
   }
   const { fsSource } = await import('./source-fs.js');
   return fsSource(String(location));

@@ -6,6 +6,7 @@ import { KiviError } from '../../util/errors.js';
 import { backendOption, kvOption, type CommonOpts } from '../common.js';
 import { checkWindows, streamingNll } from '../../studies/eval/nll.js';
 import { LazyProgress } from '../progress.js';
+import { register as registerPpl } from './eval-ppl.js';
 
 interface NllOpts extends CommonOpts {
   windows: string;
@@ -43,4 +44,5 @@ export function register(program: Command): void {
       process.stdout.write(`mean nll ${mean.toFixed(4)}  ppl ${Math.exp(mean).toFixed(2)}  (kv ${o.kv}, prefill ${o.prefill})\n`);
     }
   });
+  registerPpl(ev);
 }

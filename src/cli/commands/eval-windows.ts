@@ -1,0 +1,39 @@
+/** Options shared by the commands that score windows of a text (`eval ppl`, `eval table`). */
+import type { Command } from 'commander';
+import { int, readTextFile } from '../parse.js';
+import { KiviError } from '../../util/errors.js';
+import { toCacheSpec, validateSpec } from '../../cache/spec.js';
+import type { KiviModel } from '../../api.js';
+import { checkWindowLength, textWindows } from '../../studies/eval/windows.js';
+
+export interface WindowOpts {
+  model: string;
+  text: string;
+  window: number;
+  prefill: number;
+  maxWindows?: number;
+}
+
+export function windowOptions(cmd: Command): Command {
+  return cmd
+    .requiredOption('--model <dir>', 'model directory')
+    .requiredOption('--text <file>', 'text file to score (e.g. ../shared/data/wikitext-2-raw-test.txt)')
+    .option('--window <n>', 'tokens per window, BOS included', int(2), 1024)
+    .option('--prefill <n>', 'tokens of each window prefilled exactly before decoding', int(1), 512)
+    .option('--max-windows <n>', 'score at most the first N windows (default: every whole window of the text)', int(1));
+}
+
+/** Read the text (before the model loads: a missing file fails fast). */
+export function readText(o: WindowOpts): string {
+  return readTextFile(o.text, '--text');
+}
+
+/** Check specs and window sizes against the loaded model, then cut the text into windows. */
+export function windowsFor(m: KiviModel, text: string, specs: string[], o: WindowOpts): number[][] {
+  for (const s of specs) validateSpec(toCacheSpec(s), m.model.dims);
+  checkWindowLength(o.window, m.config.maxPositions);
+  if (o.prefill > o.window - 2) {
+    throw new KiviError(`--prefill ${o.prefill} must leave at least 2 tokens of the ${o.window}-token window to decode`);
+  }
+  return textWindows(m.tokenizer, text, { window: o.window, context: m.config.maxPositions, maxWindows: o.maxWindows });
+}

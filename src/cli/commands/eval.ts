@@ -7,6 +7,7 @@ import { backendOption, kvOption, type CommonOpts } from '../common.js';
 import { checkWindows, streamingNll } from '../../studies/eval/nll.js';
 import { LazyProgress } from '../progress.js';
 import { register as registerPpl } from './eval-ppl.js';
+import { register as registerPasskey } from './eval-passkey.js';
 
 interface NllOpts extends CommonOpts {
   windows: string;
@@ -45,4 +46,5 @@ export function register(program: Command): void {
     }
   });
   registerPpl(ev);
+  registerPasskey(ev);
 }

@@ -4,6 +4,7 @@ import { Command, CommanderError } from 'commander';
 import { KiviError } from '../util/errors.js';
 import { register as registerGenerate } from './commands/generate.js';
 import { register as registerEval } from './commands/eval.js';
+import { register as registerAnalyze } from './commands/analyze.js';
 
 const program = new Command();
 program
@@ -15,6 +16,7 @@ program
 
 registerGenerate(program);
 registerEval(program);
+registerAnalyze(program);
 
 function die(message: string): never {
   process.stderr.write(`kivi: ${message.split('\n')[0]}\n`);

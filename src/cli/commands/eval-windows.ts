@@ -14,13 +14,15 @@ export interface WindowOpts {
   maxWindows?: number;
 }
 
-export function windowOptions(cmd: Command): Command {
+/** `maxWindows`: a default for --max-windows (none: every whole window of the text). */
+export function windowOptions(cmd: Command, maxWindows?: number): Command {
+  const maxHelp = maxWindows === undefined ? 'score at most the first N windows (default: every whole window of the text)' : 'score at most the first N windows';
   return cmd
     .requiredOption('--model <dir>', 'model directory')
     .requiredOption('--text <file>', 'text file to score (e.g. ../shared/data/wikitext-2-raw-test.txt)')
     .option('--window <n>', 'tokens per window, BOS included', int(2), 1024)
     .option('--prefill <n>', 'tokens of each window prefilled exactly before decoding', int(1), 512)
-    .option('--max-windows <n>', 'score at most the first N windows (default: every whole window of the text)', int(1));
+    .option('--max-windows <n>', maxHelp, int(1), maxWindows);
 }
 
 /** Read the text (before the model loads: a missing file fails fast). */

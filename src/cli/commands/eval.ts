@@ -8,6 +8,7 @@ import { checkWindows, streamingNll } from '../../studies/eval/nll.js';
 import { LazyProgress } from '../progress.js';
 import { register as registerPpl } from './eval-ppl.js';
 import { register as registerPasskey } from './eval-passkey.js';
+import { register as registerTable } from './eval-table.js';
 
 interface NllOpts extends CommonOpts {
   windows: string;
@@ -47,4 +48,5 @@ export function register(program: Command): void {
   });
   registerPpl(ev);
   registerPasskey(ev);
+  registerTable(ev);
 }

@@ -1,7 +1,9 @@
 /** The study commands fail with one clear line for a missing file, an unknown spec, and a too-long window. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { MODEL_DIR } from './helpers.js';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { MODEL_DIR, tmpDir } from './helpers.js';
 import { WIKITEXT, kivi } from './studies-helpers.js';
 
 function expectError(args: string[], pattern: RegExp): void {
@@ -42,10 +44,14 @@ test('unknown or invalid specs', () => {
 test('windows, prompts and token counts longer than the context, or otherwise out of range', () => {
   expectError(ppl('--window', '4096'), /window of 4096 tokens is longer than the model's context of 2048/);
   expectError(table('--window', '2049'), /window of 2049 tokens is longer than the model's context of 2048/);
-  expectError(ppl('--window', '256', '--prefill', '255'), /--prefill 255 must leave at least 2 tokens of the 256-token window/);
+  expectError(ppl('--window', '256', '--prefill', '255'), /prefill 255 must be ≥ 1 and leave at least 2 tokens of window 0 \(256 tokens\) to decode/);
   expectError(passkey('--lengths', '1024,2048'), /pass-key length 2048 \+ 5 decode steps is longer than the model's context of 2048/);
   expectError(passkey('--lengths', '40'), /pass-key length 40 is too short for the prompt format/);
   expectError(passkey('--depths', '0,1.5'), /--depths.*expected a number in \[0, 1\], got 1\.5/);
   expectError(analyze('--tokens', '3000'), /--tokens 3000 is longer than the model's context of 2048/);
   expectError(ppl('--max-windows', '0'), /--max-windows.*expected an integer in \[1,/);
+  const short = path.join(tmpDir(), 'short.txt');
+  fs.writeFileSync(short, 'Too short for a window.');
+  expectError(['eval', 'ppl', ...M, '--text', short], /the text has \d+ tokens, fewer than one window needs \(1023\)/);
+  expectError(['analyze', 'kv', ...M, '--text', short, '--tokens', '64'], /short\.txt has only \d+ tokens, fewer than --tokens 64/);
 });

@@ -1,4 +1,4 @@
-/** Markdown for study reports: tables and number formats. */
+/** Markdown for study reports: tables and signed numbers. */
 
 /** A GitHub-flavoured table; `right[i]` right-aligns column i (by default every column but the first). */
 export function markdownTable(headers: string[], rows: (string | number)[][], right: boolean[] = headers.map((_, i) => i > 0)): string {
@@ -12,10 +12,4 @@ export function signed(x: number, digits: number): string {
   const s = Math.abs(x).toFixed(digits);
   if (Number(s) === 0) return (0).toFixed(digits);
   return (x < 0 ? '−' : '+') + s;
-}
-
-export function mean(xs: ArrayLike<number>): number {
-  let s = 0;
-  for (let i = 0; i < xs.length; i++) s += xs[i]!;
-  return s / xs.length;
 }

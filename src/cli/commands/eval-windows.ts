@@ -1,10 +1,10 @@
 /** Options shared by the commands that score windows of a text (`eval ppl`, `eval table`). */
 import type { Command } from 'commander';
 import { int, readTextFile } from '../parse.js';
-import { KiviError } from '../../util/errors.js';
 import { toCacheSpec, validateSpec } from '../../cache/spec.js';
 import type { KiviModel } from '../../api.js';
-import { checkWindowLength, textWindows } from '../../studies/eval/windows.js';
+import { textWindows } from '../../studies/eval/windows.js';
+import { checkWindows } from '../../studies/eval/nll.js';
 
 export interface WindowOpts {
   model: string;
@@ -30,12 +30,10 @@ export function readText(o: WindowOpts): string {
   return readTextFile(o.text, '--text');
 }
 
-/** Check specs and window sizes against the loaded model, then cut the text into windows. */
+/** Check specs against the loaded model, cut the text into windows, check them against the prefill and context. */
 export function windowsFor(m: KiviModel, text: string, specs: string[], o: WindowOpts): number[][] {
   for (const s of specs) validateSpec(toCacheSpec(s), m.model.dims);
-  checkWindowLength(o.window, m.config.maxPositions);
-  if (o.prefill > o.window - 2) {
-    throw new KiviError(`--prefill ${o.prefill} must leave at least 2 tokens of the ${o.window}-token window to decode`);
-  }
-  return textWindows(m.tokenizer, text, { window: o.window, context: m.config.maxPositions, maxWindows: o.maxWindows });
+  const windows = textWindows(m.tokenizer, text, { window: o.window, context: m.config.maxPositions, maxWindows: o.maxWindows });
+  checkWindows(windows, o.prefill, m.config.maxPositions);
+  return windows;
 }

@@ -8,6 +8,7 @@ import {
 } from '../../quant/quantizer.js';
 import type { CacheDims } from '../../cache/types.js';
 import type { LayerKv } from './capture.js';
+import { median } from '../numbers.js';
 
 export type Axis = 'token' | 'channel';
 
@@ -22,12 +23,6 @@ export interface MagnitudeStats {
   tokenSpread: number;
   /** Channels whose magnitude exceeds outlierRatio × the median channel's, largest first. */
   outlierChannels: number[];
-}
-
-export function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 /** Magnitude statistics of a [T][d] matrix. */

@@ -8,7 +8,7 @@ import type { Bits } from '../../quant/quantizer.js';
 import { KiviError } from '../../util/errors.js';
 import { captureKv, type CapturedKv } from './capture.js';
 import { type Axis, type HeadErrors, magnitudeStats, type MagnitudeStats, quantErrors } from './kv-stats.js';
-import { mean } from '../markdown.js';
+import { mean } from '../numbers.js';
 
 export interface KvAnalysisOptions {
   /** Quantization group size (KIVI's G). */

@@ -49,11 +49,13 @@ export class PasskeyPrompter {
     return length - this.bos.length - this.header.length - this.tok.encode(needle(key), { bos: false }).length - this.question.length;
   }
 
-  /** The shortest prompt length this format allows (one filler token, the longest needle). */
+  /**
+   * The shortest prompt length this format allows for any key: one filler token, and a needle that may run
+   * 8 tokens longer than a typical key's (a 5-digit key is 1–5 tokens and appears twice).
+   */
   minLength(): number {
-    return this.bos.length + this.header.length + this.question.length + 1 + Math.max(
-      ...['00000', '99999', '12345'].map((k) => this.tok.encode(needle(k), { bos: false }).length),
-    ) + 8;
+    const typical = this.tok.encode(needle('12345'), { bos: false }).length;
+    return this.bos.length + this.header.length + this.question.length + typical + 8 + 1;
   }
 
   /** A prompt with everything given (tests reproduce the golden prompts this way). */

@@ -11,7 +11,7 @@ import { createCache } from '../../cache/spec.js';
 import { snapshotCache, type PrefixSnapshot } from '../../engine/prefix.js';
 import { logProb } from '../../engine/sampling.js';
 import { checkWindows, streamingNll } from './nll.js';
-import { mean } from '../markdown.js';
+import { mean } from '../numbers.js';
 
 export interface PplOptions {
   prefill: number;

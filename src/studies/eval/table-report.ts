@@ -2,7 +2,8 @@
 import { baselineOf, type PplStudy, type SpecNll } from './ppl.js';
 import { pplJson, type PplJson } from './ppl-report.js';
 import { ABLATION, ABLATION_G, ABLATION_R, FAKE_ROWS, TABLE_BITS, kivi2Name, type AxisCode } from './table.js';
-import { markdownTable, mean, signed } from '../markdown.js';
+import { markdownTable, signed } from '../markdown.js';
+import { mean } from '../numbers.js';
 
 const AXIS = { T: 'per-token', C: 'per-channel' } as const;
 
@@ -90,7 +91,8 @@ export function tableReading(s: PplStudy): string {
       ? `: against ${kiviFake}, the residual ${recovered >= 0 ? 'recovers' : 'adds'} ${pct(Math.abs(recovered))} of the loss.`
       : '.'),
     `In the ablation, group size at R = 128 gives ${gEffect}; residual length at G = 32 gives ${rEffect}.`,
-    `Differences of a few hundredths of a nat per window are within what one flipped rounding boundary moves a 2-bit cache, so read small gaps with ${s.windows} window(s) as ties.`,
+    `Simulated 2-bit caches are chaotic at the level of a few hundredths of a nat per window (a last-bit change in K/V flips`,
+    `rounding boundaries), so with ${s.windows} window(s) read gaps of that size as ties.`,
   ].join(' ');
 }
 

@@ -73,6 +73,11 @@ export class KiviModel {
     return this.engine.add(ids, cache, opts).stream();
   }
 
+  /** Stop the back end's helper threads and release its memory; the model is unusable afterwards. */
+  dispose(): void {
+    this.kernels.dispose();
+  }
+
   /** Generate to the end and return the result. */
   async complete(prompt: string | number[], opts: GenerateCallOptions = {}): Promise<GenerateResult> {
     const it = this.generate(prompt, opts);

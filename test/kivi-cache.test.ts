@@ -125,7 +125,11 @@ for (const [name, dims] of shapes) {
             // Attention read the state before the end-of-step rules ran.
             const exp = expectedAttention(K, V, T, q, dims, before.keyQuantized, before.valueQuantized, bits, G);
             const err = maxRelErr(out, exp);
-            assert.ok(err < 2e-4, `${kernels.name} T=${T}: attention error ${err}`);
+            // The wasm back end rounds the scaled query and the attention weights to int16 for its integer
+            // dot products (the KIVI.md §6 trick on CPUs; exact bounds in test/kernels-wasm.test.ts): on these
+            // outlier-heavy keys that moves the output by up to ~1e-3 of its largest element.
+            const tol = kernels.name === 'wasm' ? 2e-3 : 2e-4;
+            assert.ok(err < tol, `${kernels.name} T=${T}: attention error ${err}`);
             const l = layer.layout();
             // Keys: the residual is flushed as one block exactly when it reaches R, never token by token.
             assert.equal(l.keyResidual, T % R, `key residual at T=${T}`);

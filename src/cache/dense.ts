@@ -1,7 +1,8 @@
 /** Full-precision caches: `fp32` (what the reference computes with) and `fp16` (stores float16, computes in float32). */
 import type { Kernels } from '../kernels/types.js';
-import { AttnScratch, type CacheDims, type LayerCache } from './types.js';
-import { ChunkedStore, attendStores } from './store.js';
+import type { AttentionPlan } from '../kernels/plan.js';
+import { AttnScratch, type CacheDims, type LayerCache, attendNow } from './types.js';
+import { ChunkedStore, planStores } from './store.js';
 
 export class DenseLayerCache implements LayerCache {
   private readonly k: ChunkedStore;
@@ -30,9 +31,14 @@ export class DenseLayerCache implements LayerCache {
   }
 
   attend(q: Float32Array, qOff: number, out: Float32Array, oOff: number, scratch: AttnScratch): void {
-    scratch.ensure(this.length * (this.dims.numHeads / this.dims.numKvHeads));
-    attendStores(this.kernels, this.k, this.v, this.dims.numHeads, q, qOff, out, oOff, scratch.scores);
+    attendNow(this, this.kernels, q, qOff, out, oOff, scratch);
   }
+
+  planAttend(q: Float32Array, qOff: number, out: Float32Array, oOff: number, plan: AttentionPlan): void {
+    planStores(this.k, this.v, this.dims.numHeads, q, qOff, out, oOff, plan);
+  }
+
+  endStep(): void { /* nothing to reorganize */ }
 
   bytes(): number {
     return this.k.bytes() + this.v.bytes();

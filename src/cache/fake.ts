@@ -11,8 +11,9 @@
  */
 import type { Kernels } from '../kernels/types.js';
 import { type Bits, fakeQuantizeGroup } from '../quant/quantizer.js';
-import { AttnScratch, type CacheDims, type LayerCache } from './types.js';
-import { ChunkedStore, attendStores } from './store.js';
+import type { AttentionPlan } from '../kernels/plan.js';
+import { AttnScratch, type CacheDims, type LayerCache, attendNow } from './types.js';
+import { ChunkedStore, planStores } from './store.js';
 import { readStore } from './dense.js';
 import { KiviError } from '../util/errors.js';
 
@@ -77,9 +78,14 @@ export class FakeQuantLayerCache implements LayerCache {
   }
 
   attend(q: Float32Array, qOff: number, out: Float32Array, oOff: number, scratch: AttnScratch): void {
-    scratch.ensure(this.length * (this.dims.numHeads / this.dims.numKvHeads));
-    attendStores(this.kernels, this.kq, this.vq, this.dims.numHeads, q, qOff, out, oOff, scratch.scores);
+    attendNow(this, this.kernels, q, qOff, out, oOff, scratch);
   }
+
+  planAttend(q: Float32Array, qOff: number, out: Float32Array, oOff: number, plan: AttentionPlan): void {
+    planStores(this.kq, this.vq, this.dims.numHeads, q, qOff, out, oOff, plan);
+  }
+
+  endStep(): void { /* the shadow copies are refreshed on append */ }
 
   /** Re-derive the shadow rows of every group touched by tokens ≥ from. */
   private refresh(src: ChunkedStore, dst: ChunkedStore, axis: Axis, from: number): void {

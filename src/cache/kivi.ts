@@ -8,12 +8,14 @@
  *  - the key residual: up to R−1 full-precision tokens between steps (flushed as one block at R);
  *  - value blocks of VALUE_BLOCK tokens: codes [VALUE_BLOCK][d·vb/32], float16 scale/min [VALUE_BLOCK][d/G];
  *  - the value residual: a ring of R+1 slots holding the newest R tokens (R+1 during a step).
- * Attention runs on the codes (kernels.scoresKivi / accumKivi); nothing is ever dequantized in bulk.
+ * Attention runs on the codes: planAttend() lists the blocks as segments of an attention plan that the
+ * kernels run (scores on packed keys, weighted packed values); nothing is ever dequantized in bulk.
  */
 import type { Kernels } from '../kernels/types.js';
 import { type Bits, packedWords, quantizePerChannelInto, quantizePerTokenInto } from '../quant/quantizer.js';
 import { fromHalfBits, toHalfBits } from '../quant/float16.js';
-import { AttnScratch, type CacheDims, type LayerCache, softmaxInPlace } from './types.js';
+import type { AttentionPlan } from '../kernels/plan.js';
+import { AttnScratch, type CacheDims, type LayerCache, attendNow } from './types.js';
 import { KiviError } from '../util/errors.js';
 
 export interface KiviOptions {
@@ -124,46 +126,39 @@ export class KiviLayerCache implements LayerCache {
   }
 
   attend(q: Float32Array, qOff: number, out: Float32Array, oOff: number, scratch: AttnScratch): void {
+    attendNow(this, this.kernels, q, qOff, out, oOff, scratch);
+  }
+
+  /** One task per kv head over [key blocks ; key residual] and [value blocks ; value ring], in token order. */
+  planAttend(q: Float32Array, qOff: number, out: Float32Array, oOff: number, plan: AttentionPlan): void {
     const { kv, d, R, G } = this;
     const { kRes, vRes } = this.residuals();
     const nq = this.dims.numHeads / kv;
-    const T = this.length;
-    const nKq = this.nKq;
     const scale = 1 / Math.sqrt(d);
-    scratch.ensure(nq * T);
-    const s = scratch.scores;
-    out.fill(0, oOff, oOff + this.dims.numHeads * d);
     const gPerBlock = R / G;
     const vGroups = d / G;
+    const slots = R + 1;
+    const { kBits, vBits } = this.opts;
     for (let h = 0; h < kv; h++) {
-      const qh = qOff + h * nq * d;
-      const oh = oOff + h * nq * d;
-      for (let i = 0; i < this.keyBlocks.length; i++) {
-        const b = this.keyBlocks[i]!;
-        this.kernels.scoresKivi(s, i * R, T, q, qh, nq, b.codes, h * R * this.wptK, b.scales, b.mins,
-          h * gPerBlock * d, R, d, this.opts.kBits, G, scale);
-      }
-      this.kernels.scoresDense(s, nKq, T, q, qh, nq, kRes, h * R * d, this.rk, d, scale);
-      for (let j = 0; j < nq; j++) softmaxInPlace(s, j * T, T);
+      plan.task(q, qOff + h * nq * d, nq, out, oOff + h * nq * d, d, scale);
+      for (const b of this.keyBlocks) plan.keysKivi(b.codes, h * R * this.wptK, b.scales, b.mins, h * gPerBlock * d, R, kBits, G);
+      plan.keys(kRes, h * R * d, this.rk);
       for (let i = 0; i * VALUE_BLOCK < this.nVq; i++) {
         const b = this.valueBlocks[i]!;
         const n = Math.min(VALUE_BLOCK, this.nVq - i * VALUE_BLOCK);
-        this.kernels.accumKivi(out, oh, s, i * VALUE_BLOCK, T, nq, b.codes, h * VALUE_BLOCK * this.wptV,
-          b.scales, b.mins, h * VALUE_BLOCK * vGroups, n, d, this.opts.vBits, G);
+        plan.valuesKivi(b.codes, h * VALUE_BLOCK * this.wptV, b.scales, b.mins, h * VALUE_BLOCK * vGroups, n, vBits, G);
       }
       // The value ring holds tokens nVq.. in slot order vStart, vStart+1, ... (mod R+1).
-      const slots = R + 1;
       const n1 = Math.min(this.rv, slots - this.vStart);
-      this.kernels.accumDense(out, oh, s, this.nVq, T, nq, vRes, (h * slots + this.vStart) * d, n1, d);
-      if (this.rv > n1) this.kernels.accumDense(out, oh, s, this.nVq + n1, T, nq, vRes, h * slots * d, this.rv - n1, d);
+      plan.values(vRes, (h * slots + this.vStart) * d, n1);
+      plan.values(vRes, h * slots * d, this.rv - n1);
     }
-    // End of the step (KIVI.md §5.3–4): flush a full key residual as one block; slide the value window.
-    if (this.rk === R) {
-      this.flushKeyResidual();
-    }
-    if (this.rv > R) {
-      this.quantizeOldestValue();
-    }
+  }
+
+  /** End of the step (KIVI.md §5.3–4): flush a full key residual as one block; slide the value window. */
+  endStep(): void {
+    if (this.rk === this.R) this.flushKeyResidual();
+    if (this.rv > this.R) this.quantizeOldestValue();
   }
 
   bytes(): number {

@@ -5,7 +5,7 @@
  */
 import type { Kernels } from '../kernels/types.js';
 import { toHalfBits, fromHalfBits } from '../quant/float16.js';
-import { softmaxInPlace } from './types.js';
+import type { AttentionPlan } from '../kernels/plan.js';
 
 export const CHUNK = 256;
 
@@ -76,25 +76,17 @@ export class ChunkedStore {
   }
 }
 
-/** Exact attention of one token's queries over full-precision key/value stores (GQA: heads share a kv head). */
-export function attendStores(
-  kernels: Kernels, keys: ChunkedStore, values: ChunkedStore, numHeads: number,
-  q: Float32Array, qOff: number, out: Float32Array, oOff: number, scores: Float32Array,
+/** Exact attention of one token's queries over full-precision key/value stores, as plan tasks (one per kv head). */
+export function planStores(
+  keys: ChunkedStore, values: ChunkedStore, numHeads: number,
+  q: Float32Array, qOff: number, out: Float32Array, oOff: number, plan: AttentionPlan,
 ): void {
   const { kvHeads, d } = keys;
-  const T = keys.length;
   const nq = numHeads / kvHeads;
   const scale = 1 / Math.sqrt(d);
-  out.fill(0, oOff, oOff + numHeads * d);
   for (let h = 0; h < kvHeads; h++) {
-    const qh = qOff + h * nq * d;
-    for (let ci = 0; ci < keys.chunks.length; ci++) {
-      kernels.scoresDense(scores, ci * CHUNK, T, q, qh, nq, keys.chunks[ci]!, h * CHUNK * d, keys.chunkTokens(ci), d, scale);
-    }
-    for (let j = 0; j < nq; j++) softmaxInPlace(scores, j * T, T);
-    for (let ci = 0; ci < values.chunks.length; ci++) {
-      kernels.accumDense(out, oOff + h * nq * d, scores, ci * CHUNK, T, nq, values.chunks[ci]!, h * CHUNK * d, values.chunkTokens(ci), d);
-    }
+    plan.task(q, qOff + h * nq * d, nq, out, oOff + h * nq * d, d, scale);
+    for (let ci = 0; ci < keys.chunks.length; ci++) plan.keys(keys.chunks[ci]!, h * CHUNK * d, keys.chunkTokens(ci));
+    for (let ci = 0; ci < values.chunks.length; ci++) plan.values(values.chunks[ci]!, h * CHUNK * d, values.chunkTokens(ci));
   }
 }
-

@@ -4,6 +4,7 @@
  * expands them (docs/KIVI.md §6).
  */
 import type { Kernels } from '../kernels/types.js';
+import { AttentionPlan } from '../kernels/plan.js';
 
 /** Shapes a cache needs from the model. */
 export interface CacheDims {
@@ -13,10 +14,11 @@ export interface CacheDims {
   headDim: number;
 }
 
-/** Per-thread scratch for attention: a growable scores buffer. */
+/** Per-thread scratch for attention: a growable scores buffer and a reusable attention plan. */
 export class AttnScratch {
   scores = new Float32Array(0);
   tmp = new Float32Array(0);
+  readonly plan = new AttentionPlan();
   ensure(scores: number, tmp = 0): void {
     if (this.scores.length < scores) this.scores = new Float32Array(Math.max(scores, this.scores.length * 2));
     if (this.tmp.length < tmp) this.tmp = new Float32Array(Math.max(tmp, this.tmp.length * 2));
@@ -40,6 +42,13 @@ export interface LayerCache {
    * full key residual, slide the value window). Call it once after each append.
    */
   attend(q: Float32Array, qOff: number, out: Float32Array, oOff: number, scratch: AttnScratch): void;
+  /**
+   * attend() in two halves, so the model can run the attention of many sequences as one batch (and on
+   * several threads): add this step's attention tasks to a plan — the same computation attend() does —
+   * and, once the plan has run, end the step with endStep().
+   */
+  planAttend?(q: Float32Array, qOff: number, out: Float32Array, oOff: number, plan: AttentionPlan): void;
+  endStep?(): void;
   /** Bytes of cached data held now: codes, scales, minimums and full-precision residual, exactly. */
   bytes(): number;
   /** Bytes of storage reserved (≥ bytes(): whole blocks, residual buffers). */
@@ -78,16 +87,15 @@ export class SequenceCache {
   }
 }
 
-/** Softmax in place over row[off .. off+n). */
-export function softmaxInPlace(row: Float32Array, off: number, n: number): void {
-  let max = -Infinity;
-  for (let i = off; i < off + n; i++) if (row[i]! > max) max = row[i]!;
-  let sum = 0;
-  for (let i = off; i < off + n; i++) {
-    const e = Math.exp(row[i]! - max);
-    row[i] = e;
-    sum += e;
-  }
-  const inv = 1 / sum;
-  for (let i = off; i < off + n; i++) row[i] = row[i]! * inv;
+export { softmaxInPlace } from '../kernels/ts/softmax.js';
+
+/** attend() for a cache with planAttend/endStep: plan, run, end the step. */
+export function attendNow(cache: Required<Pick<LayerCache, 'planAttend' | 'endStep'>>, kernels: Kernels,
+  q: Float32Array, qOff: number, out: Float32Array, oOff: number, scratch: AttnScratch): void {
+  const plan = scratch.plan;
+  plan.clear();
+  cache.planAttend(q, qOff, out, oOff, plan);
+  kernels.attend(plan);
+  plan.clear();
+  cache.endStep();
 }

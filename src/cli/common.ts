@@ -1,12 +1,15 @@
 /** Options shared by several commands. */
 import { Option, type Command, InvalidArgumentError } from 'commander';
 import { parseKvSpec, splitSpecList } from '../cache/spec.js';
+import { availableParallelism } from 'node:os';
 import { BACKENDS, type BackendName } from '../kernels/index.js';
+import { int } from './parse.js';
 
 export interface CommonOpts {
   model: string;
   kv: string;
   backend?: BackendName;
+  threads?: number;
 }
 
 function spec(s: string): string {
@@ -35,5 +38,10 @@ export function kvListOption(cmd: Command, dflt: string): Command {
 }
 
 export function backendOption(cmd: Command): Command {
-  return cmd.addOption(new Option('--backend <name>', 'compute back end').choices([...BACKENDS]).default('auto'));
+  return cmd.addOption(new Option('--backend <name>', 'compute back end (auto: wasm when it loads, else ts)').choices([...BACKENDS]).default('auto'));
+}
+
+/** --threads N: threads for the wasm back end (the ts back end is single-threaded). */
+export function threadsOption(cmd: Command): Command {
+  return cmd.option('--threads <n>', 'compute threads (wasm back end)', int(1, 256), availableParallelism());
 }

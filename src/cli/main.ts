@@ -4,6 +4,7 @@ import { Command, CommanderError } from 'commander';
 import { KiviError } from '../util/errors.js';
 import { register as registerGenerate } from './commands/generate.js';
 import { register as registerEval } from './commands/eval.js';
+import { register as registerServe } from './commands/serve.js';
 import { register as registerAnalyze } from './commands/analyze.js';
 
 const program = new Command();
@@ -16,6 +17,7 @@ program
 
 registerGenerate(program);
 registerEval(program);
+registerServe(program);
 registerAnalyze(program);
 
 function die(message: string): never {

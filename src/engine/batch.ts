@@ -44,6 +44,7 @@ export class Sequence implements AsyncIterable<GenerateChunk> {
   private readonly stops: StopMatcher;
   private readonly chunks: GenerateChunk[] = [];
   private wake: (() => void) | null = null;
+  private readonly endListeners: ((seq: Sequence) => void)[] = [];
   readonly maxTokens: number;
 
   constructor(
@@ -71,6 +72,12 @@ export class Sequence implements AsyncIterable<GenerateChunk> {
 
   get text(): string {
     return this.stops.fullText;
+  }
+
+  /** Call `fn` once when the sequence ends (finished, cancelled or failed), right after its cache is freed. */
+  onEnd(fn: (seq: Sequence) => void): void {
+    if (this.done) fn(this);
+    else this.endListeners.push(fn);
   }
 
   /** Stop generating and free the cache now. */
@@ -105,14 +112,19 @@ export class Sequence implements AsyncIterable<GenerateChunk> {
     this.kvBytesAtEnd = this.cache.bytes();
     this.cache.free();
     this.finishReason = reason;
-    this.signal();
+    this.ended();
   }
 
   fail(err: unknown): void {
     if (this.done) return;
     this.cache.free();
     this.error = err;
+    this.ended();
+  }
+
+  private ended(): void {
     this.signal();
+    for (const fn of this.endListeners.splice(0)) fn(this);
   }
 
   result(): GenerateResult {
@@ -169,6 +181,7 @@ export class BatchEngine {
   steps = 0;
   /** Seconds spent in forward passes. */
   busySeconds = 0;
+  private readonly stepListeners: (() => void)[] = [];
 
   constructor(readonly model: LlamaModel, readonly tokenizer: Tokenizer, readonly opts: BatchEngineOptions = {}) {}
 
@@ -203,6 +216,15 @@ export class BatchEngine {
     return seq;
   }
 
+  /** Call `fn` after every step, once finished sequences have left the batch (metrics, memory checks). */
+  onStep(fn: () => void): () => void {
+    this.stepListeners.push(fn);
+    return () => {
+      const i = this.stepListeners.indexOf(fn);
+      if (i >= 0) this.stepListeners.splice(i, 1);
+    };
+  }
+
   /** Take a sequence out of the batch (it is finishing or cancelled). */
   remove(seq: Sequence): void {
     for (const list of [this.active, this.joining]) {
@@ -231,6 +253,7 @@ export class BatchEngine {
         this.remove(s);
         s.fail(e);
       }
+      this.stepped();
       return;
     }
     const dt = now() - t0;
@@ -251,6 +274,11 @@ export class BatchEngine {
         this.remove(s);
       }
     }
+    this.stepped();
+  }
+
+  private stepped(): void {
+    for (const fn of this.stepListeners) fn();
   }
 
   /** Run steps until no sequence is left, yielding to the event loop between steps. */

@@ -3,12 +3,16 @@
  * pure-TypeScript reference, WebAssembly SIMD and multi-threaded implementations are interchangeable.
  *
  * Conventions: matrices are row-major typed arrays addressed by (array, offset). Storage a kernel reads
- * must come from the same back end's allocators (a WASM back end keeps it inside its linear memory).
+ * should come from the same back end's allocators: a WASM back end keeps it inside its linear memory
+ * and copies any other array in (and out) on every call, which is correct but slow.
  */
 import type { Bits } from '../quant/quantizer.js';
+import type { AttentionPlan } from './plan.js';
 
 export interface Kernels {
   readonly name: string;
+  /** Threads the back end computes on (1 for the TS reference). */
+  readonly threads: number;
 
   /** Zeroed storage that this back end's kernels can read. */
   allocF32(n: number): Float32Array;
@@ -19,6 +23,9 @@ export interface Kernels {
 
   /** out[r·outDim + o] = Σ_i x[r·inDim + i] · w[o·inDim + i] (+ bias[o]); w is [outDim][inDim] as in HF Linear. */
   matmul(out: Float32Array, x: Float32Array, w: Float32Array, rows: number, inDim: number, outDim: number, bias?: Float32Array): void;
+
+  /** act[r·I + i] = silu(g)·u with g = gu[r·2I + i], u = gu[r·2I + I + i]: the MLP's gate | up halves. */
+  swiglu(act: Float32Array, gu: Float32Array, rows: number, I: number): void;
 
   /**
    * Attention scores against float keys for the nq query heads that share one kv head:
@@ -48,4 +55,14 @@ export interface Kernels {
   accumKivi(out: Float32Array, oOff: number, p: Float32Array, pOff: number, pStride: number, nq: number,
     codes: Uint32Array, cOff: number, scales: Uint16Array, mins: Uint16Array, pIdx: number,
     n: number, d: number, bits: Bits, G: number): void;
+
+  /**
+   * Run every task of an attention plan: per task, scores over its key segments, one softmax over all
+   * T tokens, then out[oOff .. oOff + nq·d) = Σ weights · values (overwritten). Tasks are independent and
+   * may run in parallel; the result of each is the same however they are scheduled.
+   */
+  attend(plan: AttentionPlan): void;
+
+  /** Release threads and memory; the kernels are unusable afterwards. Idempotent. */
+  dispose(): void;
 }

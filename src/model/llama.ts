@@ -6,12 +6,17 @@
  * sequence's cache. A sequence whose cache is empty is *prefilled*: its tokens attend to each other
  * exactly and causally, then their K/V go to the cache. Otherwise its tokens are *decoded* one after the
  * other through the cache (append, attend), which is what teacher forcing and generation both need.
+ *
+ * Attention is collected into plans (src/kernels/plan.ts) so the back end runs many tasks per call, in
+ * parallel where it can: all prefill queries of a layer in one plan, and for decoding, the k-th new
+ * token of every sequence in one plan (a sequence's own tokens must go in order).
  */
 import type { Kernels } from '../kernels/types.js';
 import type { ModelConfig } from './config.js';
 import type { ModelWeights } from './weights.js';
 import { RopeTable, ropeInvFreq } from './rope.js';
-import { AttnScratch, type CacheDims, type SequenceCache, softmaxInPlace } from '../cache/types.js';
+import { AttnScratch, type CacheDims, type SequenceCache } from '../cache/types.js';
+import { AttentionPlan } from '../kernels/plan.js';
 import { KiviError } from '../util/errors.js';
 
 export interface ForwardItem {
@@ -69,6 +74,7 @@ export class LlamaModel {
   private readonly rope: RopeTable;
   private readonly ws: Workspace;
   private readonly scratch = new AttnScratch();
+  private readonly plan = new AttentionPlan();
   private logitsBuf: Float32Array = new Float32Array(0);
 
   constructor(readonly config: ModelConfig, readonly weights: ModelWeights, readonly kernels: Kernels) {
@@ -131,28 +137,14 @@ export class LlamaModel {
           this.rope.apply(k, r * KV * d, KV, past[i]! + j);
         }
       }
-      for (let i = 0; i < items.length; i++) {
-        const it = items[i]!;
-        const layerCache = it.cache.layers[l]!;
-        const r0 = starts[i]!;
-        const T = it.tokens.length;
-        if (past[i] === 0) {
-          this.causalAttention(r0, T);
-          layerCache.prefill(k, r0 * KV * d, v, r0 * KV * d, T);
-        } else {
-          for (let j = 0; j < T; j++) {
-            layerCache.append(k, (r0 + j) * KV * d, v, (r0 + j) * KV * d);
-            layerCache.attend(q, (r0 + j) * H * d, att, (r0 + j) * H * d, this.scratch);
-          }
-        }
-      }
+      this.attention(l, items, starts, past);
       K.matmul(proj, att, w.wo, N, H * d, D);
       addInPlace(x, proj, N * D);
 
       // MLP block: x += down(silu(gate(x)) · up(x)).
       rmsnorm(xn, x, w.mlpNorm, N, D, cfg.rmsNormEps);
       K.matmul(gu, xn, w.wgu, N, D, 2 * I);
-      swiglu(act, gu, N, I);
+      K.swiglu(act, gu, N, I);
       K.matmul(proj, act, w.wdown, N, I, D);
       addInPlace(x, proj, N * D);
     }
@@ -184,31 +176,64 @@ export class LlamaModel {
     return out;
   }
 
-  /** Exact causal attention among one sequence's rows r0..r0+T−1 (prefill). */
-  private causalAttention(r0: number, T: number): void {
+  /** One layer's attention for every item: prefills first (exact, causal), then decode steps. */
+  private attention(l: number, items: ForwardItem[], starts: number[], past: number[]): void {
+    const { numHeads: H, numKvHeads: KV, headDim: d } = this.config;
+    const { q, k, v, att } = this.ws;
+    const plan = this.plan;
+    plan.clear();
+    for (let i = 0; i < items.length; i++) {
+      if (past[i] === 0) this.planCausal(starts[i]!, items[i]!.tokens.length, plan);
+    }
+    if (plan.tasks > 0) this.kernels.attend(plan);
+    plan.clear();
+    let steps = 0;
+    for (let i = 0; i < items.length; i++) {
+      const T = items[i]!.tokens.length;
+      if (past[i] === 0) items[i]!.cache.layers[l]!.prefill(k, starts[i]! * KV * d, v, starts[i]! * KV * d, T);
+      else steps = Math.max(steps, T);
+    }
+    // Step j: the j-th new token of every decoding sequence, as one plan.
+    for (let j = 0; j < steps; j++) {
+      for (let i = 0; i < items.length; i++) {
+        if (past[i] === 0 || j >= items[i]!.tokens.length) continue;
+        const lc = items[i]!.cache.layers[l]!;
+        const r = starts[i]! + j;
+        lc.append(k, r * KV * d, v, r * KV * d);
+        if (lc.planAttend) lc.planAttend(q, r * H * d, att, r * H * d, plan);
+        else lc.attend(q, r * H * d, att, r * H * d, this.scratch);
+      }
+      if (plan.tasks > 0) this.kernels.attend(plan);
+      plan.clear();
+      for (let i = 0; i < items.length; i++) {
+        if (past[i] === 0 || j >= items[i]!.tokens.length) continue;
+        const lc = items[i]!.cache.layers[l]!;
+        if (lc.planAttend) lc.endStep?.();
+      }
+    }
+  }
+
+  /** Exact causal attention among one sequence's rows r0..r0+T−1 (prefill), as one task per query and kv head. */
+  private planCausal(r0: number, T: number, plan: AttentionPlan): void {
     const { numHeads: H, numKvHeads: KV, headDim: d } = this.config;
     const { q, k, v, att, kh, vh } = this.ws;
-    const K = this.kernels;
     const nq = H / KV;
     const scale = 1 / Math.sqrt(d);
-    // Head-major copies so each kv head's keys/values are contiguous.
+    // Head-major copies so each kv head's keys/values are contiguous (this item's region: rows r0..).
+    const base = r0 * KV * d;
     for (let t = 0; t < T; t++) {
       for (let h = 0; h < KV; h++) {
         const src = (r0 + t) * KV * d + h * d;
-        kh.set(k.subarray(src, src + d), (h * T + t) * d);
-        vh.set(v.subarray(src, src + d), (h * T + t) * d);
+        kh.set(k.subarray(src, src + d), base + (h * T + t) * d);
+        vh.set(v.subarray(src, src + d), base + (h * T + t) * d);
       }
     }
-    this.scratch.ensure(nq * T);
-    const s = this.scratch.scores;
     for (let t = 0; t < T; t++) {
-      const n = t + 1;
       for (let h = 0; h < KV; h++) {
         const qo = (r0 + t) * H * d + h * nq * d;
-        K.scoresDense(s, 0, n, q, qo, nq, kh, h * T * d, n, d, scale);
-        for (let j = 0; j < nq; j++) softmaxInPlace(s, j * n, n);
-        att.fill(0, qo, qo + nq * d);
-        K.accumDense(att, qo, s, 0, n, nq, vh, h * T * d, n, d);
+        plan.task(q, qo, nq, att, qo, d, scale);
+        plan.keys(kh, base + h * T * d, t + 1);
+        plan.values(vh, base + h * T * d, t + 1);
       }
     }
   }
@@ -227,15 +252,3 @@ export function rmsnorm(out: Float32Array, x: Float32Array, w: Float32Array, row
 function addInPlace(x: Float32Array, y: Float32Array, n: number): void {
   for (let i = 0; i < n; i++) x[i] += y[i]!;
 }
-
-/** act[r][i] = silu(gate[r][i]) · up[r][i], with gu rows laid out [gate | up]. */
-function swiglu(act: Float32Array, gu: Float32Array, rows: number, I: number): void {
-  for (let r = 0; r < rows; r++) {
-    const g0 = r * 2 * I;
-    for (let i = 0; i < I; i++) {
-      const g = gu[g0 + i]!;
-      act[r * I + i] = (g / (1 + Math.exp(-g))) * gu[g0 + I + i]!;
-    }
-  }
-}
-

@@ -19,7 +19,8 @@ function readJson(file: string, required: boolean): Record<string, unknown> | un
   }
 }
 
-function tokenContent(v: unknown): string | undefined {
+/** A special token as tokenizer_config.json gives it: a string or an AddedToken object. */
+export function tokenContent(v: unknown): string | undefined {
   if (typeof v === 'string') return v;
   if (v && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string') return (v as { content: string }).content;
   return undefined;
@@ -72,6 +73,8 @@ export class Tokenizer {
   }
 
   decode(ids: ArrayLike<number>, opts: { skipSpecial?: boolean } = {}): string {
+    // The HF tokenizer throws on an empty list (e.g. a sequence cancelled before its first token).
+    if (ids.length === 0) return '';
     return this.hf.decode(Array.from(ids), { skip_special_tokens: opts.skipSpecial ?? true });
   }
 

@@ -7,6 +7,11 @@
 import type { Kernels } from '../types.js';
 import type { Bits } from '../../quant/quantizer.js';
 import { halfTable } from '../../quant/float16.js';
+import {
+  type AttentionPlan, SEG_KIVI, SEG_STRIDE, TASK_STRIDE, SBITS, SDATA, SDATA_OFF, SG, SKIND, SMINS, SN, SP_OFF,
+  SSCALES, TD, TK0, TKN, TKT, TNQ, TOUT, TOUT_OFF, TQ, TQ_OFF, TV0, TVN,
+} from '../plan.js';
+import { softmaxInPlace } from './softmax.js';
 
 const H = halfTable();
 
@@ -36,11 +41,13 @@ function dotHalf(a: Float32Array, ao: number, b: Uint16Array, bo: number, n: num
 
 export class TsKernels implements Kernels {
   readonly name: string = 'ts';
+  readonly threads = 1;
 
   allocF32(n: number): Float32Array { return new Float32Array(n); }
   allocU32(n: number): Uint32Array { return new Uint32Array(n); }
   allocU16(n: number): Uint16Array { return new Uint16Array(n); }
   free(): void { /* garbage collected */ }
+  dispose(): void { /* nothing held */ }
 
   matmul(out: Float32Array, x: Float32Array, w: Float32Array, rows: number, inDim: number, outDim: number, bias?: Float32Array): void {
     // Weight row outer, activation row inner: each weight row is read from memory once per call.
@@ -48,6 +55,16 @@ export class TsKernels implements Kernels {
       const wo = o * inDim;
       const b = bias ? bias[o]! : 0;
       for (let r = 0; r < rows; r++) out[r * outDim + o] = dot(x, r * inDim, w, wo, inDim) + b;
+    }
+  }
+
+  swiglu(act: Float32Array, gu: Float32Array, rows: number, I: number): void {
+    for (let r = 0; r < rows; r++) {
+      const g0 = r * 2 * I;
+      for (let i = 0; i < I; i++) {
+        const g = gu[g0 + i]!;
+        act[r * I + i] = (g / (1 + Math.exp(-g))) * gu[g0 + I + i]!;
+      }
     }
   }
 
@@ -144,6 +161,49 @@ export class TsKernels implements Kernels {
     }
   }
 
+  attend(plan: AttentionPlan): void {
+    plan.validate();
+    const { t, s: sg, refs } = plan;
+    for (let i = 0; i < plan.tasks; i++) {
+      const o = i * TASK_STRIDE;
+      const q = refs[t[o + TQ]!] as Float32Array, qOff = t[o + TQ_OFF]!;
+      const out = refs[t[o + TOUT]!] as Float32Array, oOff = t[o + TOUT_OFF]!;
+      const nq = t[o + TNQ]!, d = t[o + TD]!, T = t[o + TKT]!;
+      const scale = plan.scale[i]!;
+      if (this.scoresBuf.length < nq * T) this.scoresBuf = new Float32Array(Math.max(nq * T, this.scoresBuf.length * 2));
+      const sc = this.scoresBuf;
+      let pos = 0;
+      for (let k = t[o + TK0]!, end = k + t[o + TKN]!; k < end; k++) {
+        const so = k * SEG_STRIDE;
+        const n = sg[so + SN]!;
+        const data = refs[sg[so + SDATA]!]!;
+        if (sg[so + SKIND] === SEG_KIVI) {
+          this.scoresKivi(sc, pos, T, q, qOff, nq, data as Uint32Array, sg[so + SDATA_OFF]!, refs[sg[so + SSCALES]!] as Uint16Array,
+            refs[sg[so + SMINS]!] as Uint16Array, sg[so + SP_OFF]!, n, d, sg[so + SBITS]! as Bits, sg[so + SG]!, scale);
+        } else {
+          this.scoresDense(sc, pos, T, q, qOff, nq, data as Float32Array | Uint16Array, sg[so + SDATA_OFF]!, n, d, scale);
+        }
+        pos += n;
+      }
+      for (let j = 0; j < nq; j++) softmaxInPlace(sc, j * T, T);
+      out.fill(0, oOff, oOff + nq * d);
+      pos = 0;
+      for (let k = t[o + TV0]!, end = k + t[o + TVN]!; k < end; k++) {
+        const so = k * SEG_STRIDE;
+        const n = sg[so + SN]!;
+        const data = refs[sg[so + SDATA]!]!;
+        if (sg[so + SKIND] === SEG_KIVI) {
+          this.accumKivi(out, oOff, sc, pos, T, nq, data as Uint32Array, sg[so + SDATA_OFF]!, refs[sg[so + SSCALES]!] as Uint16Array,
+            refs[sg[so + SMINS]!] as Uint16Array, sg[so + SP_OFF]!, n, d, sg[so + SBITS]! as Bits, sg[so + SG]!);
+        } else {
+          this.accumDense(out, oOff, sc, pos, T, nq, data as Float32Array | Uint16Array, sg[so + SDATA_OFF]!, n, d);
+        }
+        pos += n;
+      }
+    }
+  }
+
+  private scoresBuf = new Float32Array(1024);
   private qsBuf = new Float32Array(256);
   private scratch(n: number): Float32Array {
     if (this.qsBuf.length < n) this.qsBuf = new Float32Array(n);

@@ -1,0 +1,49 @@
+/** `kivi serve`: the OpenAI-compatible HTTP server until SIGINT/SIGTERM. */
+import type { Command } from 'commander';
+import { KiviModel } from '../../api.js';
+import { KiviServer } from '../../server/app.js';
+import { formatBytes } from '../../server/scheduler.js';
+import { bytes, float, int } from '../parse.js';
+import { backendOption, kvOption, threadsOption, type CommonOpts } from '../common.js';
+
+interface Opts extends CommonOpts {
+  kvBudget: number;
+  maxQueue: number;
+  host: string;
+  port: number;
+  timeout: number;
+  threads: number;
+}
+
+export function register(program: Command): void {
+  const cmd = program
+    .command('serve')
+    .description('serve the model over an OpenAI-compatible HTTP API (completions, chat, streaming)')
+    .requiredOption('--model <dir>', 'model directory (Hugging Face format)')
+    .option('--kv-budget <size>', 'KV cache memory for all running sequences together (e.g. 2GiB, 512MB)', bytes, 2 * 1024 ** 3)
+    .option('--max-queue <n>', 'most requests waiting for memory; more get 429', int(0), 64)
+    .option('--host <host>', 'address to listen on', '127.0.0.1')
+    .option('--port <port>', 'port to listen on (0 = any free port)', int(0, 65535), 8080)
+    .option('--timeout <seconds>', 'per-request limit, waiting included', float(0, 1e6, { minExclusive: true }), 600);
+  kvOption(cmd, 'kivi2');
+  backendOption(cmd);
+  threadsOption(cmd);
+  cmd.action(async (o: Opts) => {
+    const model = await KiviModel.load(o.model, { kv: o.kv, backend: o.backend, threads: o.threads });
+    const server = await KiviServer.start(model, {
+      kv: o.kv, budgetBytes: o.kvBudget, maxQueue: o.maxQueue, host: o.host, port: o.port, timeoutSeconds: o.timeout,
+    });
+    process.stderr.write(`kivi: serving "${server.modelName}" at ${server.url} (kv ${o.kv}, KV budget ${formatBytes(o.kvBudget)}, queue ${o.maxQueue})\n`);
+    await new Promise<void>((resolve) => {
+      const stop = (sig: string) => {
+        process.stderr.write(`kivi: ${sig}: shutting down\n`);
+        server.close().finally(() => {
+          model.dispose();
+          resolve();
+        });
+      };
+      process.once('SIGINT', () => stop('SIGINT'));
+      process.once('SIGTERM', () => stop('SIGTERM'));
+    });
+  });
+}

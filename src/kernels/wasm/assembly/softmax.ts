@@ -1,0 +1,71 @@
+/** Softmax and SiLU gating with a vectorized exp (Cephes expf: |rel. error| ≲ 2 ulp). */
+import { hmax, hsum, roundToInt } from './common';
+
+@inline export function exp4(x: v128): v128 {
+  // Inputs below −87.3 clamp to e^−87.3 ≈ 1.2e−38 (softmax arguments are ≤ 0; the difference is nil).
+  x = f32x4.pmin(f32x4.pmax(x, f32x4.splat(-87.33654)), f32x4.splat(88.37626));
+  const ni = roundToInt(f32x4.mul(x, f32x4.splat(1.44269504088896341)));
+  const n = f32x4.convert_i32x4_s(ni);
+  // r = x − n·ln2 in two steps (Cody–Waite) so r is exact enough.
+  let r = f32x4.sub(x, f32x4.mul(n, f32x4.splat(0.693359375)));
+  r = f32x4.add(r, f32x4.mul(n, f32x4.splat(2.12194440e-4)));
+  let y = f32x4.splat(1.9875691500e-4);
+  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(1.3981999507e-3));
+  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(8.3334519073e-3));
+  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(4.1665795894e-2));
+  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(1.6666665459e-1));
+  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(5.0000001201e-1));
+  y = f32x4.add(f32x4.add(f32x4.mul(y, f32x4.mul(r, r)), r), f32x4.splat(1));
+  const pow2 = i32x4.shl(i32x4.add(ni, i32x4.splat(127)), 23);
+  return f32x4.mul(y, pow2);
+}
+
+@inline function exp1(x: f32): f32 {
+  return f32x4.extract_lane(exp4(f32x4.splat(x)), 0);
+}
+
+export function softmax(row: usize, n: i32): void {
+  const end = row + (<usize>n << 2);
+  const vecEnd = row + ((<usize>n << 2) & ~15);
+  let mv = f32x4.splat(-Infinity);
+  let p = row;
+  for (; p < vecEnd; p += 16) mv = f32x4.pmax(mv, v128.load(p));
+  let m = hmax(mv);
+  for (; p < end; p += 4) m = max(m, load<f32>(p));
+  const mm = f32x4.splat(m);
+  let sv = f32x4.splat(0);
+  for (p = row; p < vecEnd; p += 16) {
+    const e = exp4(f32x4.sub(v128.load(p), mm));
+    v128.store(p, e);
+    sv = f32x4.add(sv, e);
+  }
+  let sum = hsum(sv);
+  for (; p < end; p += 4) {
+    const e = exp1(load<f32>(p) - m);
+    store<f32>(p, e);
+    sum += e;
+  }
+  const inv: f32 = 1 / sum;
+  const iv = f32x4.splat(inv);
+  for (p = row; p < vecEnd; p += 16) v128.store(p, f32x4.mul(v128.load(p), iv));
+  for (; p < end; p += 4) store<f32>(p, load<f32>(p) * inv);
+}
+
+/** act[r·I + i] = silu(g)·u with g = gu[r·2I + i], u = gu[r·2I + I + i] (the MLP's gate | up halves). */
+export function swiglu(act: usize, gu: usize, rows: i32, I: i32): void {
+  const IB = <usize>I << 2;
+  const vecB = IB & ~15;
+  for (let r = 0; r < rows; r++) {
+    const g = gu + <usize>r * (IB << 1), u = g + IB, a = act + <usize>r * IB;
+    let i: usize = 0;
+    for (; i < vecB; i += 16) {
+      const x = v128.load(g + i);
+      const e = exp4(f32x4.neg(x));
+      v128.store(a + i, f32x4.mul(f32x4.div(x, f32x4.add(f32x4.splat(1), e)), v128.load(u + i)));
+    }
+    for (; i < IB; i += 4) {
+      const x = load<f32>(g + i);
+      store<f32>(a + i, x / (1 + exp1(-x)) * load<f32>(u + i));
+    }
+  }
+}

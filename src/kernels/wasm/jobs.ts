@@ -1,0 +1,198 @@
+/**
+ * The job protocol between the calling thread and helper threads, over a small shared control block.
+ * Platform-free (no Node APIs): the Node side only spawns the helpers (node.ts, worker.ts).
+ *
+ * A job is an op, integer arguments and a count of items. The caller publishes it by bumping EPOCH;
+ * every thread, the caller included, claims items one at a time with a compare-and-swap on one 64-bit
+ * word holding (epoch, item count, next item). Epoch and count come from that same word, so a helper
+ * that wakes late can never take an item of a newer job, nor count one against it; the op and arguments
+ * are read only after a successful claim (the caller cannot move on while a claimed item runs). The
+ * caller returns once FINISHED reaches the count. Results do not depend on which thread ran which item.
+ */
+import type { KernelExports } from './exports.js';
+
+export const OP_STOP = 0;
+export const OP_MATMUL = 1;
+export const OP_ATTEND = 2;
+
+// Control block (Int32Array indices).
+const EPOCH = 0, FINISHED = 1, OP = 2, COUNT = 3, ERROR = 4, SLEEPERS = 5, ARGS = 8;
+export const CTRL_INTS = 24;
+
+// The claim word: epoch (24 bits) | item count (20 bits) | next item (20 bits).
+const EPOCH_SHIFT = 40n;
+const COUNT_SHIFT = 20n;
+const FIELD = 0xfffffn;
+/** Most items one job can have. */
+export const MAX_ITEMS = 0xfffff;
+
+/**
+ * How long an idle helper polls for the next job before it sleeps. Polling saves the wake-up (tens of
+ * µs) between back-to-back jobs but burns a core: on the shared 2-core machine, where other processes
+ * want the CPU too, sleeping at once measured best (decode 97–113 vs 85–108 tok/s with 50 µs of polling).
+ */
+const SPIN_MS = 0;
+/** A job that makes no progress for this long means a helper died. */
+const STALL_MS = 60_000;
+/**
+ * On an oversubscribed machine a helper can be descheduled holding an item, and the caller then waits
+ * for it: threads make things slower. After a few such stalls in a row the caller runs jobs alone for a
+ * while (results are the same either way).
+ */
+const STALLS_TO_SOLO = 3;
+const SOLO_MS = 50;
+
+export interface JobContext {
+  ctrl: Int32Array;
+  next: BigUint64Array;
+  k: KernelExports;
+  /** 0 for the calling thread, 1.. for helpers: selects a scratch slice. */
+  tid: number;
+}
+
+export function newControl(): { ctrl: SharedArrayBuffer; next: SharedArrayBuffer } {
+  return { ctrl: new SharedArrayBuffer(CTRL_INTS * 4), next: new SharedArrayBuffer(8) };
+}
+
+function runItem(c: JobContext, i: number): void {
+  const a = c.ctrl;
+  const op = a[OP]!;
+  if (op === OP_MATMUL) {
+    const outDim = a[ARGS + 5]!, chunk = a[ARGS + 7]!;
+    const o0 = i * chunk;
+    c.k.matmul(a[ARGS]!, a[ARGS + 1]!, a[ARGS + 2]!, a[ARGS + 3]!, a[ARGS + 4]!, outDim, a[ARGS + 6]!, o0, Math.min(outDim, o0 + chunk));
+  } else if (op === OP_ATTEND) {
+    c.k.attend_task(a[ARGS]!, a[ARGS + 1]!, i, a[ARGS + 2]! + c.tid * a[ARGS + 3]!);
+  }
+}
+
+/** Claim and run items of job `epoch` until none is left; returns the first error this thread hit and the items it ran. */
+function work(c: JobContext, epoch: number): { error: unknown; ran: number } {
+  const { ctrl, next } = c;
+  const tag = BigInt(epoch & 0xffffff);
+  let error: unknown = null;
+  let ran = 0;
+  for (;;) {
+    const cur = Atomics.load(next, 0);
+    if (cur >> EPOCH_SHIFT !== tag) return { error, ran };
+    const count = Number((cur >> COUNT_SHIFT) & FIELD);
+    const i = Number(cur & FIELD);
+    if (i >= count) return { error, ran };
+    if (Atomics.compareExchange(next, 0, cur, cur + 1n) !== cur) continue;
+    ran++;
+    try {
+      runItem(c, i);
+    } catch (e) {
+      error ??= e;
+      Atomics.store(ctrl, ERROR, 1);
+    }
+    if (Atomics.add(ctrl, FINISHED, 1) + 1 === count) Atomics.notify(ctrl, FINISHED);
+  }
+}
+
+/** A helper thread's life: wait for jobs, work on them, return on OP_STOP. */
+export function helperLoop(c: JobContext): void {
+  const { ctrl } = c;
+  let seen = Atomics.load(ctrl, EPOCH);
+  for (;;) {
+    let e = Atomics.load(ctrl, EPOCH);
+    if (e === seen) {
+      const until = performance.now() + SPIN_MS;
+      let spins = 0;
+      while ((e = Atomics.load(ctrl, EPOCH)) === seen) {
+        if ((++spins & 255) !== 0 || performance.now() < until) continue;
+        Atomics.add(ctrl, SLEEPERS, 1);
+        Atomics.wait(ctrl, EPOCH, seen);
+        Atomics.sub(ctrl, SLEEPERS, 1);
+      }
+    }
+    seen = e;
+    if (Atomics.load(ctrl, OP) === OP_STOP) return;
+    void work(c, e);
+  }
+}
+
+/** The calling thread's side: publish a job, take a share of it, wait for the rest. */
+export class JobRunner {
+  private epoch = 0;
+  private canWait = true;
+  private stalls = 0;
+  private soloUntil = 0;
+  /** Counters: jobs run, their items, the items the calling thread ran itself, stalls. */
+  readonly stats = { jobs: 0, items: 0, callerItems: 0, stalls: 0 };
+
+  constructor(private readonly c: JobContext) {}
+
+  /** False while helpers look descheduled: the caller should run jobs alone for now. */
+  get parallel(): boolean {
+    if (this.soloUntil === 0) return true;
+    if (performance.now() < this.soloUntil) return false;
+    this.soloUntil = 0;
+    return true;
+  }
+
+  run(op: number, args: number[], count: number): void {
+    if (count > MAX_ITEMS) throw new Error(`a job of ${count} items (at most ${MAX_ITEMS})`);
+    const { ctrl, next } = this.c;
+    for (let i = 0; i < args.length; i++) ctrl[ARGS + i] = args[i]! | 0;
+    ctrl[OP] = op;
+    ctrl[COUNT] = count;
+    ctrl[ERROR] = 0;
+    Atomics.store(ctrl, FINISHED, 0);
+    const e = (this.epoch = (this.epoch + 1) >>> 0);
+    Atomics.store(next, 0, (BigInt(e & 0xffffff) << EPOCH_SHIFT) | (BigInt(count) << COUNT_SHIFT));
+    Atomics.store(ctrl, EPOCH, e | 0);
+    if (Atomics.load(ctrl, SLEEPERS) > 0) Atomics.notify(ctrl, EPOCH);
+    if (op === OP_STOP) return;
+    const t0 = performance.now();
+    const mine = work(this.c, e);
+    const t1 = performance.now();
+    this.waitFinished(count);
+    this.noteWait(performance.now() - t1, (t1 - t0) / Math.max(1, mine.ran));
+    this.stats.jobs++;
+    this.stats.items += count;
+    this.stats.callerItems += mine.ran;
+    if (mine.error !== null) throw mine.error;
+    if (Atomics.load(ctrl, ERROR) !== 0) throw new Error('a WebAssembly kernel failed on a helper thread');
+  }
+
+  /** A wait much longer than an item takes means a helper was not running. */
+  private noteWait(waitMs: number, itemMs: number): void {
+    if (waitMs > 0.2 + 2 * itemMs) {
+      this.stats.stalls++;
+      if (++this.stalls >= STALLS_TO_SOLO) {
+        this.stalls = 0;
+        this.soloUntil = performance.now() + SOLO_MS;
+      }
+    } else if (this.stalls > 0) {
+      this.stalls--;
+    }
+  }
+
+  private waitFinished(count: number): void {
+    const { ctrl } = this.c;
+    let spins = 0;
+    let last = -1;
+    let since = 0;
+    for (;;) {
+      const f = Atomics.load(ctrl, FINISHED);
+      if (f === count) return;
+      if (f > count) throw new Error(`job protocol error: ${f} of ${count} items finished`);
+      if (++spins < 2000) continue;
+      const now = performance.now();
+      if (f !== last) {
+        last = f;
+        since = now;
+      } else if (now - since > STALL_MS) {
+        throw new Error('WebAssembly helper threads stopped making progress');
+      }
+      if (this.canWait) {
+        try {
+          Atomics.wait(ctrl, FINISHED, f, 1);
+        } catch {
+          this.canWait = false; // a browser's main thread may not block
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,126 @@
+/**
+ * The OpenAI-compatible HTTP server (fastify): completions and chat completions with streaming, model
+ * list, health and Prometheus metrics, over one model whose sequences share the batching engine under a
+ * KV-memory budget. Every error is an OpenAI-style JSON error; nothing a client sends can crash it.
+ *
+ *   const server = await KiviServer.start(await KiviModel.load(dir), { kv: 'kivi2', budgetBytes: 2 ** 31 });
+ *   console.log(server.url);   // http://127.0.0.1:8080
+ *   await server.close();
+ */
+import * as path from 'node:path';
+import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import type { KiviModel } from '../api.js';
+import { toCacheSpec, validateSpec, type KvOption } from '../cache/spec.js';
+import { KiviError } from '../util/errors.js';
+import { Scheduler } from './scheduler.js';
+import { ChatFormatter, findChatTemplate } from './chat.js';
+import { ServerStats } from './stats.js';
+import { RequestError } from './schemas.js';
+import { errorBody } from './openai.js';
+import { type GenerationContext, checkModelName, handleGeneration } from './generation.js';
+import type { Registry } from './metrics.js';
+
+export interface ServeOptions {
+  /** Cache spec of every sequence (default kivi2). */
+  kv?: KvOption;
+  /** KV cache budget in bytes for all running sequences together (default 2 GiB). */
+  budgetBytes?: number;
+  /** Most requests waiting for memory before 429s (default 64). */
+  maxQueue?: number;
+  host?: string;
+  /** 0 picks a free port. */
+  port?: number;
+  /** Per-request limit in seconds, queueing included (default 600). */
+  timeoutSeconds?: number;
+  /** Largest request body in bytes (default 1 MiB). */
+  bodyLimit?: number;
+  /** The name clients send as `model` (default: the model directory's basename). */
+  modelName?: string;
+}
+
+export class KiviServer {
+  private closing: Promise<void> | null = null;
+
+  private constructor(
+    readonly app: FastifyInstance,
+    readonly scheduler: Scheduler,
+    readonly modelName: string,
+    readonly url: string,
+  ) {}
+
+  static async start(model: KiviModel, opts: ServeOptions = {}): Promise<KiviServer> {
+    const kv = opts.kv ?? 'kivi2';
+    const spec = toCacheSpec(kv);
+    validateSpec(spec, model.model.dims);
+    const timeoutSeconds = opts.timeoutSeconds ?? 600;
+    if (!(timeoutSeconds > 0)) throw new KiviError(`the request timeout must be positive, got ${timeoutSeconds}`);
+    const chat = new ChatFormatter(model.tokenizer, findChatTemplate(model.dir, model.tokenizer.config));
+    // Last of the checks: the scheduler hooks into the engine, and close() unhooks it.
+    const scheduler = new Scheduler(model.engine, {
+      spec, dims: model.model.dims, budgetBytes: opts.budgetBytes ?? 2 * 1024 ** 3, maxQueue: opts.maxQueue ?? 64,
+      newCache: () => model.newCache(kv),
+    });
+    const modelName = opts.modelName ?? path.basename(path.resolve(model.dir));
+    const stats = new ServerStats();
+    const ctx: GenerationContext = { model, modelName, scheduler, stats, chat, timeoutMs: timeoutSeconds * 1000 };
+    const app = Fastify({ logger: false, bodyLimit: opts.bodyLimit ?? 1024 * 1024 });
+    routes(app, ctx, stats.registry(scheduler, model.engine));
+    let url: string;
+    try {
+      url = await app.listen({ host: opts.host ?? '127.0.0.1', port: opts.port ?? 8080 });
+    } catch (e) {
+      scheduler.close();
+      const err = e as NodeJS.ErrnoException;
+      if (err.code === 'EADDRINUSE') throw new KiviError(`port ${opts.port ?? 8080} on ${opts.host ?? '127.0.0.1'} is already in use`);
+      if (err.code === 'EADDRNOTAVAIL' || err.code === 'ENOTFOUND') throw new KiviError(`cannot listen on host ${opts.host}`);
+      if (err.code === 'EACCES') throw new KiviError(`no permission to listen on port ${opts.port}`);
+      throw e;
+    }
+    return new KiviServer(app, scheduler, modelName, url);
+  }
+
+  /** Stop accepting requests, cancel running and waiting sequences (freeing their caches), close connections. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      // Closing first refuses new requests (503) while the cancelled ones answer.
+      const closed = this.app.close();
+      this.scheduler.close();
+      await closed;
+    })();
+    return this.closing;
+  }
+}
+
+function routes(app: FastifyInstance, ctx: GenerationContext, metrics: Registry): void {
+  app.setErrorHandler((err: FastifyError | KiviError, _req, reply) => {
+    if (err instanceof KiviError) {
+      const re = err instanceof RequestError ? err : null;
+      return reply.code(err.status).send(errorBody(err.status, err.message, re?.param ?? null, re?.code ?? null));
+    }
+    // fastify's own 4xx: malformed JSON, body too large (413), unsupported media type (415).
+    const status = err.statusCode;
+    if (status !== undefined && status >= 400 && status < 500) {
+      return reply.code(status).send(errorBody(status, err.message, null, err.code ?? null));
+    }
+    process.stderr.write(`kivi serve: internal error: ${err.stack ?? err.message}\n`);
+    return reply.code(500).send(errorBody(500, `internal error: ${err.message}`));
+  });
+  app.setNotFoundHandler((req, reply) => {
+    reply.code(404).send(errorBody(404, `no route ${req.method} ${req.url}`, null, 'not_found'));
+  });
+
+  app.post('/v1/completions', (req, reply) => handleGeneration('completions', ctx, req.body, reply));
+  app.post('/v1/chat/completions', (req, reply) => handleGeneration('chat', ctx, req.body, reply));
+
+  const modelCard = { id: ctx.modelName, object: 'model', created: 0, owned_by: 'kivi' };
+  app.get('/v1/models', async () => ({ object: 'list', data: [modelCard] }));
+  app.get<{ Params: { id: string } }>('/v1/models/:id', async (req) => {
+    checkModelName(ctx, req.params.id);
+    return modelCard;
+  });
+  app.get('/health', async () => ({ status: 'ok', model: ctx.modelName }));
+  app.get('/metrics', async (_req, reply) => {
+    reply.type('text/plain; version=0.0.4; charset=utf-8');
+    return metrics.render();
+  });
+}

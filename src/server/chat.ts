@@ -1,0 +1,95 @@
+/**
+ * Chat messages → prompt tokens. A model that ships a chat template (tokenizer_config.json `chat_template`,
+ * or a `chat_template.jinja` file) is rendered with a real Jinja implementation, exactly as Hugging Face
+ * `apply_chat_template(add_generation_prompt=True)` does: the template writes any BOS itself, so the text
+ * is encoded without adding one.
+ *
+ * A model without a template (the bundled one is a base model) gets a plain-text transcript:
+ *
+ *     System: You are terse.
+ *     User: Hi
+ *     Assistant: Hello.
+ *     User: Name a color.
+ *     Assistant:
+ *
+ * one line per message (`System` for system and developer messages, then `User`, `Assistant`, `Tool`),
+ * ending with `Assistant:`; it is encoded with the tokenizer's usual BOS, and generation also stops at
+ * "\nUser:" so the model does not write the user's next turn.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Template } from '@huggingface/jinja';
+import { type Tokenizer, tokenContent } from '../tokenizer/tokenizer.js';
+import { KiviError } from '../util/errors.js';
+
+export interface ChatMessage {
+  role: string;
+  content: string;
+  name?: string;
+}
+
+export interface ChatPrompt {
+  ids: number[];
+  /** Stop strings the format needs (added to the request's own). */
+  stop: string[];
+}
+
+export const FALLBACK_STOP = '\nUser:';
+
+const ROLE_LABEL: Record<string, string> = { system: 'System', developer: 'System', user: 'User', assistant: 'Assistant', tool: 'Tool' };
+
+/** The template text a model ships, if any. */
+export function findChatTemplate(modelDir: string, tokenizerConfig: Record<string, unknown>): string | undefined {
+  const t = tokenizerConfig.chat_template;
+  if (typeof t === 'string') return t;
+  // A list of named templates: the one named "default".
+  if (Array.isArray(t)) {
+    const d = t.find((x) => x && typeof x === 'object' && (x as { name?: unknown }).name === 'default') as { template?: unknown } | undefined;
+    if (typeof d?.template === 'string') return d.template;
+  }
+  const file = path.join(modelDir, 'chat_template.jinja');
+  if (fs.existsSync(file)) return fs.readFileSync(file, 'utf8');
+  return undefined;
+}
+
+export class ChatFormatter {
+  private readonly template: Template | undefined;
+
+  constructor(private readonly tokenizer: Tokenizer, templateText: string | undefined) {
+    if (templateText !== undefined) {
+      try {
+        this.template = new Template(templateText);
+      } catch (e) {
+        throw new KiviError(`the model's chat template does not parse: ${(e as Error).message}`);
+      }
+    }
+  }
+
+  get kind(): 'template' | 'plain-text' {
+    return this.template ? 'template' : 'plain-text';
+  }
+
+  /** Render messages and encode them as the prompt of the assistant's next turn. */
+  prompt(messages: ChatMessage[]): ChatPrompt {
+    if (!this.template) {
+      const text = messages.map((m) => `${ROLE_LABEL[m.role] ?? m.role}: ${m.content}\n`).join('') + 'Assistant:';
+      return { ids: this.tokenizer.encode(text), stop: [FALLBACK_STOP] };
+    }
+    const cfg = this.tokenizer.config;
+    let text: string;
+    try {
+      text = this.template.render({
+        messages,
+        add_generation_prompt: true,
+        bos_token: tokenContent(cfg.bos_token) ?? '',
+        eos_token: tokenContent(cfg.eos_token) ?? '',
+        unk_token: tokenContent(cfg.unk_token) ?? '',
+        pad_token: tokenContent(cfg.pad_token) ?? '',
+      });
+    } catch (e) {
+      // Templates reject message lists they cannot format (raise_exception), e.g. roles out of order.
+      throw new KiviError(`the chat template rejected the messages: ${(e as Error).message}`, 400);
+    }
+    return { ids: this.tokenizer.encode(text, { bos: false }), stop: [] };
+  }
+}

@@ -1,0 +1,195 @@
+/**
+ * Admission by KV-cache memory. Every request reserves the most cache bytes it can ever hold — its cache
+ * prefilled with the prompt and decoded to its last token, computed exactly by cache/budget.ts — and joins
+ * the engine's running batch only while the reservations of all running requests fit the budget. Since a
+ * cache never holds more than its reservation, the bytes really in use never exceed the budget. Requests
+ * that do not fit wait in a bounded FIFO queue (first come, first served: a large request is never
+ * overtaken forever by small ones); past the queue they are refused with a 429.
+ *
+ * Policy only: the engine (engine/batch.ts) knows nothing about budgets.
+ */
+import type { BatchEngine, Sequence } from '../engine/batch.js';
+import type { GenerateOptions } from '../engine/generate.js';
+import type { CacheSpec } from '../cache/spec.js';
+import type { CacheDims, SequenceCache } from '../cache/types.js';
+import { peakCacheBytes } from '../cache/budget.js';
+import { KiviError } from '../util/errors.js';
+
+export interface SchedulerOptions {
+  spec: CacheSpec;
+  dims: CacheDims;
+  /** Most cache bytes all running sequences may hold together. */
+  budgetBytes: number;
+  /** Most requests waiting for memory; more are refused (429). */
+  maxQueue: number;
+  /** A fresh, empty cache of `spec`. */
+  newCache: () => SequenceCache;
+}
+
+interface Waiting {
+  promptIds: number[];
+  opts: GenerateOptions;
+  bytes: number;
+  resolve: (seq: Sequence) => void;
+  reject: (err: unknown) => void;
+  /** Detach the abort listener. */
+  detach: () => void;
+}
+
+/** Byte counts formatted for error messages. */
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  let x = n;
+  while (x >= 1024 && i < units.length - 1) {
+    x /= 1024;
+    i++;
+  }
+  return `${i === 0 ? x : x.toFixed(1)} ${units[i]}`;
+}
+
+export class Scheduler {
+  private readonly running = new Map<Sequence, number>();
+  private readonly queue: Waiting[] = [];
+  private reserved = 0;
+  private closed = false;
+  /** Most sequences running at once, and most cache bytes in use at the end of any step, since start. */
+  maxRunning = 0;
+  maxUsedBytes = 0;
+  /** Requests refused because the queue was full. */
+  rejected = 0;
+  private readonly unhook: () => void;
+  private endedInStep = 0;
+
+  constructor(private readonly engine: BatchEngine, readonly opts: SchedulerOptions) {
+    if (!(opts.budgetBytes > 0)) throw new KiviError(`the KV budget must be positive, got ${opts.budgetBytes}`);
+    if (!(Number.isInteger(opts.maxQueue) && opts.maxQueue >= 0)) throw new KiviError(`the queue bound must be an integer ≥ 0, got ${opts.maxQueue}`);
+    this.unhook = engine.onStep(() => {
+      // Sequences that finished in this step held their last bytes until its end, alongside the others.
+      this.maxUsedBytes = Math.max(this.maxUsedBytes, this.usedBytes() + this.endedInStep);
+      this.endedInStep = 0;
+    });
+  }
+
+  /**
+   * The most cache bytes a request can hold: prefilled with the prompt, then decoded one token per step.
+   * The last generated token is sampled but never fed back, so the cache ends at prompt + maxTokens − 1.
+   */
+  reservation(promptTokens: number, maxTokens: number): number {
+    return peakCacheBytes(this.opts.spec, this.opts.dims, promptTokens + maxTokens - 1, promptTokens);
+  }
+
+  get runningCount(): number {
+    return this.running.size;
+  }
+
+  get queuedCount(): number {
+    return this.queue.length;
+  }
+
+  get reservedBytes(): number {
+    return this.reserved;
+  }
+
+  /** Cache bytes the running sequences hold now (bytes(), not reservations). */
+  usedBytes(): number {
+    let b = 0;
+    for (const s of this.running.keys()) b += s.kvBytes();
+    return b;
+  }
+
+  /** Storage the running caches have allocated (≥ usedBytes: whole chunks and residual buffers). */
+  allocatedBytes(): number {
+    let b = 0;
+    for (const s of this.running.keys()) if (!s.done) b += s.cache.reservedBytes();
+    return b;
+  }
+
+  /**
+   * Start a generation as soon as its reservation fits. Resolves with the running sequence; rejects with a
+   * KiviError: 429 when the queue is full, 400 when the request could never fit the budget, 503 when the
+   * server is closing; and with the signal's reason when the signal aborts it while it waits.
+   */
+  submit(promptIds: number[], opts: GenerateOptions): Promise<Sequence> {
+    if (this.closed) return Promise.reject(new KiviError('the server is shutting down', 503));
+    const maxTokens = opts.maxTokens ?? 128;
+    const bytes = this.reservation(promptIds.length, maxTokens);
+    if (bytes > this.opts.budgetBytes) {
+      return Promise.reject(new KiviError(
+        `a prompt of ${promptIds.length} tokens with max_tokens ${maxTokens} needs up to ${formatBytes(bytes)} of KV cache, ` +
+        `more than the server's whole budget of ${formatBytes(this.opts.budgetBytes)}; lower max_tokens or shorten the prompt`, 400));
+    }
+    if (this.queue.length === 0 && this.fits(bytes)) return Promise.resolve(this.start(promptIds, opts, bytes));
+    if (this.queue.length >= this.opts.maxQueue) {
+      this.rejected++;
+      return Promise.reject(new KiviError(
+        `server busy: the KV cache budget is in use and ${this.queue.length} requests are already waiting; retry later`, 429));
+    }
+    if (opts.signal?.aborted) return Promise.reject(opts.signal.reason);
+    return new Promise<Sequence>((resolve, reject) => {
+      const w: Waiting = { promptIds, opts, bytes, resolve, reject, detach: () => {} };
+      const signal = opts.signal;
+      if (signal) {
+        const onAbort = () => {
+          const i = this.queue.indexOf(w);
+          if (i >= 0) this.queue.splice(i, 1);
+          reject(signal.reason);
+          // The head may have changed.
+          this.admit();
+        };
+        signal.addEventListener('abort', onAbort, { once: true });
+        w.detach = () => signal.removeEventListener('abort', onAbort);
+      }
+      this.queue.push(w);
+    });
+  }
+
+  /** Refuse new work, reject every waiting request and cancel every running one (their caches are freed). */
+  close(): void {
+    this.closed = true;
+    for (const w of this.queue.splice(0)) {
+      w.detach();
+      w.reject(new KiviError('the server is shutting down', 503));
+    }
+    for (const s of [...this.running.keys()]) s.cancel();
+    this.unhook();
+  }
+
+  private fits(bytes: number): boolean {
+    return this.reserved + bytes <= this.opts.budgetBytes;
+  }
+
+  private start(promptIds: number[], opts: GenerateOptions, bytes: number): Sequence {
+    // engine.add validates the request and frees the cache if it throws; nothing is reserved until it succeeds.
+    const seq = this.engine.add(promptIds, this.opts.newCache(), opts);
+    if (seq.done) return seq;
+    this.reserved += bytes;
+    this.running.set(seq, bytes);
+    this.maxRunning = Math.max(this.maxRunning, this.running.size);
+    seq.onEnd(() => this.release(seq));
+    return seq;
+  }
+
+  private release(seq: Sequence): void {
+    const bytes = this.running.get(seq);
+    if (bytes === undefined) return;
+    this.running.delete(seq);
+    this.reserved -= bytes;
+    // Only a step finishes a sequence (eos, stop, length); a cancel happens between steps.
+    if (seq.finishReason !== 'abort') this.endedInStep += seq.kvBytesAtEnd;
+    this.admit();
+  }
+
+  /** Start waiting requests, in order, while the head fits. */
+  private admit(): void {
+    while (this.queue.length > 0 && this.fits(this.queue[0]!.bytes)) {
+      const w = this.queue.shift()!;
+      w.detach();
+      try {
+        w.resolve(this.start(w.promptIds, w.opts, w.bytes));
+      } catch (e) {
+        w.reject(e);
+      }
+    }
+  }
+}

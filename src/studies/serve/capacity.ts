@@ -1,0 +1,141 @@
+/**
+ * Serving capacity: how many sequences the server runs at once under one --kv-budget, per cache spec,
+ * measured through its own /metrics on the same load.
+ *
+ * The load: `clients` concurrent clients, each sending one greedy completion of a distinct `prompt`-token
+ * slice of WikiText-2 with max_tokens `gen`. The budget is `fp16Seqs` × one fp16 request's reservation,
+ * so fp16 fills it exactly and any rounding goes against the quantized specs. Every request runs to the
+ * end; the figures are the server's `kivi_sequences_running_max` and `kivi_kv_bytes_used_max` gauges.
+ *
+ *   node dist/src/studies/serve/capacity.js [--prompt 1920] [--gen 16] [--clients 16] [--fp16-seqs 3] \
+ *     [--kv fp16,kivi2,kivi:k=2,v=2,g=32,r=128,residual=fp16] [--data ../shared/data/wikitext-2-raw-test.txt]
+ */
+import * as fs from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Command } from 'commander';
+import { KiviModel } from '../../api.js';
+import { parseKvSpec, splitSpecList } from '../../cache/spec.js';
+import { cacheBytes, peakCacheBytes } from '../../cache/budget.js';
+import { KiviServer } from '../../server/app.js';
+import { parseMetrics } from '../../server/metrics.js';
+import { formatBytes } from '../../server/scheduler.js';
+import { int } from '../../cli/parse.js';
+
+export interface CapacityOptions {
+  prompt: number;
+  gen: number;
+  clients: number;
+  /** The budget in fp16 requests. */
+  fp16Seqs: number;
+  specs: string[];
+  /** Token-id prompts, at least `clients` of `prompt` tokens. */
+  prompts: number[][];
+}
+
+export interface CapacityRow {
+  kv: string;
+  /** One request's reservation: its cache's peak bytes. */
+  reservation: number;
+  /** fp16's reservation ÷ this one: the ratio of sequences a large budget fits. */
+  bytesRatio: number;
+  runningMax: number;
+  kvBytesUsedMax: number;
+  completed: number;
+  seconds: number;
+}
+
+/** Distinct prompts of `len` tokens: BOS + consecutive slices of the text's tokens. */
+export function textPrompts(model: KiviModel, text: string, count: number, len: number): number[][] {
+  const body = model.encode(text.slice(0, count * len * 8), { bos: false });
+  if (body.length < count * (len - 1)) throw new Error(`the text gives only ${body.length} tokens; ${count * (len - 1)} needed`);
+  return Array.from({ length: count }, (_, i) => [model.tokenizer.bosId ?? 1, ...body.slice(i * (len - 1), (i + 1) * (len - 1))]);
+}
+
+export async function measureCapacity(model: KiviModel, o: CapacityOptions): Promise<{ budget: number; rows: CapacityRow[] }> {
+  const dims = model.model.dims;
+  // The scheduler's reservation: the peak from the prompt to the last token fed back.
+  const reserve = (kv: string) => peakCacheBytes(parseKvSpec(kv), dims, o.prompt + o.gen - 1, o.prompt);
+  const budget = o.fp16Seqs * reserve('fp16');
+  const rows: CapacityRow[] = [];
+  for (const kv of o.specs) {
+    const server = await KiviServer.start(model, { kv, budgetBytes: budget, maxQueue: o.clients, port: 0 });
+    const t0 = performance.now();
+    try {
+      const done = await Promise.all(o.prompts.slice(0, o.clients).map(async (prompt) => {
+        const r = await fetch(`${server.url}/v1/completions`, {
+          method: 'POST', headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ model: server.modelName, prompt, max_tokens: o.gen, temperature: 0 }),
+        });
+        if (r.status !== 200) throw new Error(`${kv}: HTTP ${r.status}: ${await r.text()}`);
+        return 1;
+      }));
+      const m = parseMetrics(await (await fetch(`${server.url}/metrics`)).text());
+      if (m.get('kivi_kv_bytes_used') !== 0) throw new Error(`${kv}: KV bytes still in use after the load`);
+      rows.push({
+        kv, reservation: reserve(kv), bytesRatio: reserve('fp16') / reserve(kv),
+        runningMax: m.get('kivi_sequences_running_max')!, kvBytesUsedMax: m.get('kivi_kv_bytes_used_max')!,
+        completed: done.length, seconds: (performance.now() - t0) / 1000,
+      });
+    } finally {
+      await server.close();
+    }
+  }
+  return { budget, rows };
+}
+
+/** The measured table (Markdown). */
+export function capacityTable(budget: number, rows: CapacityRow[]): string {
+  const fp16 = rows.find((r) => r.kv === 'fp16');
+  const lines = [
+    '| kv | reservation per request | fp16 bytes ÷ these | running at once (max) | × fp16 | KV bytes in use (max) | requests done | wall s |',
+    '|---|---|---|---|---|---|---|---|',
+  ];
+  for (const r of rows) {
+    const vs = fp16 ? `${(r.runningMax / fp16.runningMax).toFixed(2)}×` : '–';
+    lines.push(`| ${r.kv} | ${formatBytes(r.reservation)} | ${r.bytesRatio.toFixed(2)}× | ${r.runningMax} | ${vs} | ` +
+      `${formatBytes(r.kvBytesUsedMax)} of ${formatBytes(budget)} | ${r.completed} | ${r.seconds.toFixed(0)} |`);
+  }
+  return lines.join('\n');
+}
+
+/** fp16 bytes ÷ each spec's bytes for a sequence of T tokens (exact, cache/budget.ts), as a Markdown table. */
+export function ratioTable(model: KiviModel, specs: string[], lengths: number[]): string {
+  const dims = model.model.dims;
+  const fp16 = parseKvSpec('fp16');
+  const head = ['| tokens | ' + specs.join(' | ') + ' |', '|---|' + specs.map(() => '---|').join('')];
+  const rows = lengths.map((T) => `| ${T} | ` + specs.map((kv) =>
+    (cacheBytes(fp16, dims, T) / cacheBytes(parseKvSpec(kv), dims, T)).toFixed(2) + '×').join(' | ') + ' |');
+  return [...head, ...rows].join('\n');
+}
+
+async function main(): Promise<void> {
+  const cmd = new Command()
+    .option('--model <dir>', 'model directory', 'models/llama-28m-gqa')
+    .option('--data <file>', 'text to take prompts from', '../shared/data/wikitext-2-raw-test.txt')
+    .option('--prompt <n>', 'prompt tokens', int(2), 1920)
+    .option('--gen <n>', 'max_tokens', int(1), 16)
+    .option('--clients <n>', 'concurrent clients (one request each)', int(1), 16)
+    .option('--fp16-seqs <n>', 'budget in fp16 requests', int(1), 3)
+    .option('--kv <specs>', 'cache specs', 'fp16,kivi2,kivi:k=2,v=2,g=32,r=128,residual=fp16')
+    .option('--json', 'print one JSON line');
+  cmd.parse(process.argv);
+  const o = cmd.opts<{ model: string; data: string; prompt: number; gen: number; clients: number; fp16Seqs: number; kv: string; json?: boolean }>();
+  const model = await KiviModel.load(o.model);
+  const specs = splitSpecList(o.kv);
+  const prompts = textPrompts(model, fs.readFileSync(o.data, 'utf8'), o.clients, o.prompt);
+  const { budget, rows } = await measureCapacity(model, { prompt: o.prompt, gen: o.gen, clients: o.clients, fp16Seqs: o.fp16Seqs, specs, prompts });
+  if (o.json) {
+    process.stdout.write(JSON.stringify({ prompt: o.prompt, gen: o.gen, clients: o.clients, budget, rows }) + '\n');
+    return;
+  }
+  process.stdout.write(`${o.clients} clients, prompts of ${o.prompt} tokens, max_tokens ${o.gen}, --kv-budget ${budget} bytes ` +
+    `(${o.fp16Seqs} fp16 requests)\n\n${capacityTable(budget, rows)}\n\nBytes of one sequence's cache, fp16 ÷ spec, by length:\n\n` +
+    `${ratioTable(model, specs, [128, 512, 1024, 1536, 1920, 1935, 2047])}\n`);
+}
+
+if (process.argv[1] && fs.realpathSync(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  main().catch((e) => {
+    process.stderr.write(`capacity: ${(e as Error).message}\n`);
+    process.exit(1);
+  });
+}

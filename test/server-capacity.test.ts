@@ -1,0 +1,32 @@
+/** The capacity study at a small scale: the server runs exactly as many sequences as the budget admits. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { parseKvSpec } from '../src/cache/spec.js';
+import { peakCacheBytes } from '../src/cache/budget.js';
+import { measureCapacity, textPrompts } from '../src/studies/serve/capacity.js';
+import { SHARED, bundledModel } from './helpers.js';
+
+test('running at once = floor(budget / reservation), the budget is never exceeded, every request completes', async () => {
+  const m = await bundledModel();
+  const text = fs.readFileSync(path.join(SHARED, 'data/wikitext-2-raw-test.txt'), 'utf8');
+  const [P, N, clients] = [24, 4, 7];
+  const prompts = textPrompts(m, text, clients, P);
+  assert.equal(prompts.length, clients);
+  assert.ok(prompts.every((p) => p.length === P && p[0] === m.tokenizer.bosId));
+  assert.notDeepEqual(prompts[0], prompts[1]);
+  const specs = ['fp16', 'kivi:k=2,v=2,g=16,r=16,residual=fp16'];
+  const { budget, rows } = await measureCapacity(m, { prompt: P, gen: N, clients, fp16Seqs: 2, specs, prompts });
+  const reserve = (kv: string) => peakCacheBytes(parseKvSpec(kv), m.model.dims, P + N - 1, P);
+  assert.equal(budget, 2 * reserve('fp16'));
+  for (const r of rows) {
+    assert.equal(r.reservation, reserve(r.kv));
+    assert.equal(r.runningMax, Math.min(clients, Math.floor(budget / r.reservation)), r.kv);
+    assert.equal(r.completed, clients);
+    // The running sequences really held their caches together, within the budget.
+    assert.ok(r.kvBytesUsedMax <= budget);
+    assert.ok(r.kvBytesUsedMax > (r.runningMax - 1) * r.reservation, r.kv);
+  }
+  assert.ok(rows[1]!.runningMax > rows[0]!.runningMax);
+});

@@ -1,0 +1,67 @@
+/** `kivi serve` as a process: starts, answers, shuts down cleanly on SIGTERM; bad flags are one line. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { CLI, MODEL_DIR } from './helpers.js';
+import { startServer } from './server-helpers.js';
+
+function kiviSync(args: string[]) {
+  return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000 });
+}
+
+function oneLineError(args: string[], pattern: RegExp): void {
+  const r = kiviSync(args);
+  assert.equal(r.status, 1, r.stderr);
+  const lines = r.stderr.trim().split('\n');
+  assert.equal(lines.length, 1, r.stderr);
+  assert.match(lines[0]!, /^kivi: /);
+  assert.match(lines[0]!, pattern);
+}
+
+test('kivi serve: bad flags and a busy port are one-line errors', async () => {
+  oneLineError(['serve', '--model', MODEL_DIR, '--kv-budget', 'lots'], /size like 2GiB/);
+  oneLineError(['serve', '--model', MODEL_DIR, '--kv', 'kivi3'], /bits must be 2, 4 or 8/);
+  oneLineError(['serve', '--model', MODEL_DIR, '--port', '70000'], /integer in \[0, 65535\]/);
+  oneLineError(['serve', '--model', MODEL_DIR, '--max-queue', '-1'], /integer in \[0,/);
+  oneLineError(['serve', '--model', '/nonexistent/model'], /does not exist/);
+  const busy = await startServer({ kv: 'fp16' });
+  try {
+    const port = new URL(busy.url).port;
+    oneLineError(['serve', '--model', MODEL_DIR, '--port', port], new RegExp(`port ${port} .*already in use`));
+  } finally {
+    await busy.close();
+  }
+});
+
+test('kivi serve: serves, then SIGTERM ends the running stream, frees everything and exits 0', async () => {
+  const child = spawn(process.execPath, [CLI, 'serve', '--model', MODEL_DIR, '--port', '0', '--kv-budget', '256MiB'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  const url = await new Promise<string>((resolve, reject) => {
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+      const m = /serving "llama-28m-gqa" at (http:\/\/\S+) \(kv kivi2, KV budget 256\.0 MiB, queue 64\)/.exec(stderr);
+      if (m) resolve(m[1]!);
+    });
+    child.on('exit', () => reject(new Error(`serve exited: ${stderr}`)));
+  });
+  assert.equal((await fetch(`${url}/health`)).status, 200);
+  const r = await fetch(`${url}/v1/completions`, {
+    method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'llama-28m-gqa', prompt: 'The', max_tokens: 1500, stream: true }),
+  });
+  const reader = r.body!.getReader();
+  let text = new TextDecoder().decode((await reader.read()).value);
+  child.kill('SIGTERM');
+  for (;;) {
+    const c = await reader.read();
+    if (c.done) break;
+    text += new TextDecoder().decode(c.value);
+  }
+  const events = text.split('\n\n').filter((e) => e !== '');
+  assert.equal(events.at(-1), 'data: [DONE]');
+  assert.match(events.at(-2)!, /the server is shutting down/);
+  assert.equal(await exited, 0);
+  assert.match(stderr, /SIGTERM: shutting down/);
+  assert.doesNotMatch(stderr, /internal error|\n\s+at /);
+});

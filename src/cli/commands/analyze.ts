@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { KiviModel } from '../../api.js';
-import { backendOption } from '../common.js';
+import { backendOption, threadsOption } from '../common.js';
 import type { BackendName } from '../../kernels/index.js';
 import { float, int, readTextFile } from '../parse.js';
 import { LazyProgress } from '../progress.js';
@@ -21,6 +21,7 @@ interface Opts {
   outlierRatio: number;
   groupSize: number;
   backend?: BackendName;
+  threads?: number;
 }
 
 export function register(program: Command): void {
@@ -35,9 +36,10 @@ export function register(program: Command): void {
     .option('--outlier-ratio <x>', 'a channel is an outlier above this multiple of the median channel magnitude', float(1, 1000), 3)
     .option('--group-size <g>', 'quantization group size G', int(1), 32);
   backendOption(cmd);
+  threadsOption(cmd);
   cmd.action(async (o: Opts) => {
     const text = readTextFile(o.text, '--text');
-    const m = await KiviModel.load(o.model, { backend: o.backend });
+    const m = await KiviModel.load(o.model, { backend: o.backend, threads: o.threads });
     checkTokens(o.tokens, m.config.maxPositions);
     if (m.config.headDim % o.groupSize !== 0) throw new KiviError(`--group-size ${o.groupSize} must divide head_dim ${m.config.headDim}`);
     const ids = m.encode(text).slice(0, o.tokens);

@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { KiviModel } from '../../api.js';
-import { backendOption, kvListOption } from '../common.js';
+import { backendOption, kvListOption, threadsOption } from '../common.js';
 import type { BackendName } from '../../kernels/index.js';
 import { floatList, int, intList, readTextFile } from '../parse.js';
 import { LazyProgress } from '../progress.js';
@@ -24,6 +24,7 @@ interface Opts {
   out: string;
   json?: boolean;
   backend?: BackendName;
+  threads?: number;
 }
 
 export function register(ev: Command): void {
@@ -40,9 +41,10 @@ export function register(ev: Command): void {
     .option('--json', 'print one JSON line instead of the Markdown summary');
   kvListOption(cmd, 'fp32,kivi2,kivi4');
   backendOption(cmd);
+  threadsOption(cmd);
   cmd.action(async (o: Opts) => {
     const filler = o.filler === undefined ? DEFAULT_FILLER : readTextFile(o.filler, '--filler');
-    const m = await KiviModel.load(o.model, { backend: o.backend });
+    const m = await KiviModel.load(o.model, { backend: o.backend, threads: o.threads });
     for (const s of o.kv) validateSpec(toCacheSpec(s), m.model.dims);
     const prompter = new PasskeyPrompter(m.tokenizer, filler);
     checkPasskeyLengths(o.lengths, m.config.maxPositions, prompter);

@@ -1,7 +1,7 @@
 /** `kivi eval ppl`: streaming perplexity of several cache specs over windows of a text. */
 import type { Command } from 'commander';
 import { KiviModel } from '../../api.js';
-import { backendOption, kvListOption } from '../common.js';
+import { backendOption, kvListOption, threadsOption } from '../common.js';
 import type { BackendName } from '../../kernels/index.js';
 import { LazyProgress } from '../progress.js';
 import { perplexityStudy } from '../../studies/eval/ppl.js';
@@ -11,6 +11,7 @@ import { readText, windowOptions, windowsFor, type WindowOpts } from './eval-win
 interface Opts extends WindowOpts {
   kv: string[];
   backend?: BackendName;
+  threads?: number;
   json?: boolean;
   md?: boolean;
 }
@@ -23,9 +24,10 @@ export function register(ev: Command): void {
   kvListOption(cmd, 'fp32,kivi2,kivi4');
   cmd.option('--json', 'print one JSON line').option('--md', 'print a Markdown table');
   backendOption(cmd);
+  threadsOption(cmd);
   cmd.action(async (o: Opts) => {
     const text = readText(o);
-    const m = await KiviModel.load(o.model, { backend: o.backend });
+    const m = await KiviModel.load(o.model, { backend: o.backend, threads: o.threads });
     const windows = windowsFor(m, text, o.kv, o);
     const bar = new LazyProgress(`ppl ×${o.kv.length} specs`);
     const study = perplexityStudy(m.model, windows, o.kv, { prefill: o.prefill, onProgress: (d, t) => bar.update(d, t) });

@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { KiviModel } from '../../api.js';
-import { backendOption } from '../common.js';
+import { backendOption, threadsOption } from '../common.js';
 import type { BackendName } from '../../kernels/index.js';
 import { LazyProgress } from '../progress.js';
 import { TABLE_SPECS, tableStudy } from '../../studies/eval/table.js';
@@ -12,6 +12,7 @@ import { readText, windowOptions, windowsFor, type WindowOpts } from './eval-win
 
 interface Opts extends WindowOpts {
   backend?: BackendName;
+  threads?: number;
   json?: boolean;
   out?: string;
 }
@@ -26,9 +27,10 @@ export function register(ev: Command): void {
   ), TABLE_DEFAULT_WINDOWS);
   cmd.option('--json', 'print one JSON line instead of Markdown').option('--out <dir>', 'also write table.md and table.json here');
   backendOption(cmd);
+  threadsOption(cmd);
   cmd.action(async (o: Opts) => {
     const text = readText(o);
-    const m = await KiviModel.load(o.model, { backend: o.backend });
+    const m = await KiviModel.load(o.model, { backend: o.backend, threads: o.threads });
     const windows = windowsFor(m, text, TABLE_SPECS, o);
     const bar = new LazyProgress(`table ×${TABLE_SPECS.length} specs`);
     const study = tableStudy(m.model, windows, { prefill: o.prefill, onProgress: (d, t) => bar.update(d, t) });

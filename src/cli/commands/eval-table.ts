@@ -2,17 +2,12 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import { KiviModel } from '../../api.js';
 import { backendOption, threadsOption } from '../common.js';
-import type { BackendName } from '../../kernels/index.js';
-import { LazyProgress } from '../progress.js';
-import { TABLE_SPECS, tableStudy } from '../../studies/eval/table.js';
+import { TABLE_SPECS } from '../../studies/eval/table.js';
 import { tableJson, tableMarkdown } from '../../studies/eval/table-report.js';
-import { readText, windowOptions, windowsFor, type WindowOpts } from './eval-windows.js';
+import { scoreText, windowOptions, type WindowOpts } from './eval-windows.js';
 
 interface Opts extends WindowOpts {
-  backend?: BackendName;
-  threads?: number;
   json?: boolean;
   out?: string;
 }
@@ -29,12 +24,7 @@ export function register(ev: Command): void {
   backendOption(cmd);
   threadsOption(cmd);
   cmd.action(async (o: Opts) => {
-    const text = readText(o);
-    const m = await KiviModel.load(o.model, { backend: o.backend, threads: o.threads });
-    const windows = windowsFor(m, text, TABLE_SPECS, o);
-    const bar = new LazyProgress(`table ×${TABLE_SPECS.length} specs`);
-    const study = tableStudy(m.model, windows, { prefill: o.prefill, onProgress: (d, t) => bar.update(d, t) });
-    bar.stop();
+    const study = await scoreText(o, TABLE_SPECS, 'table');
     const md = tableMarkdown(study);
     const json = tableJson(study);
     if (o.out) {

@@ -1,11 +1,8 @@
 /**
  * The paper's Table-1 analog: fp32, simulated quantization on every (key axis, value axis) at 2 and 4 bits,
- * KIVI at 2 and 4 bits, and KIVI-2's group size × residual ablation — all scored by streaming perplexity on
- * the same windows (one exact forward per window, shared by every spec).
+ * KIVI at 2 and 4 bits, and KIVI-2's group size × residual ablation: the specs, each scored by streaming
+ * perplexity on the same windows (eval/ppl.ts: one exact forward per window, shared by every spec).
  */
-import type { LlamaModel } from '../../model/llama.js';
-import { perplexityStudy, type PplOptions, type PplStudy } from './ppl.js';
-
 export type AxisCode = 'T' | 'C';
 
 export interface FakeRow {
@@ -39,7 +36,3 @@ export const ABLATION: AblationCell[] = ABLATION_G.flatMap((groupSize) =>
 
 /** Every spec the table needs, each once. */
 export const TABLE_SPECS: string[] = [...new Set(['fp32', ...FAKE_ROWS.map((r) => r.kv), 'kivi4', 'kivi2', ...ABLATION.map((c) => c.kv)])];
-
-export function tableStudy(model: LlamaModel, windows: number[][], opts: PplOptions): PplStudy {
-  return perplexityStudy(model, windows, TABLE_SPECS, opts);
-}

@@ -6,6 +6,7 @@ import { register as registerGenerate } from './commands/generate.js';
 import { register as registerEval } from './commands/eval.js';
 import { register as registerServe } from './commands/serve.js';
 import { register as registerWeb } from './commands/web.js';
+import { register as registerAnalyze } from './commands/analyze.js';
 
 const program = new Command();
 program
@@ -19,6 +20,7 @@ registerGenerate(program);
 registerEval(program);
 registerServe(program);
 registerWeb(program);
+registerAnalyze(program);
 
 function die(message: string): never {
   process.stderr.write(`kivi: ${message.split('\n')[0]}\n`);

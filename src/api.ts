@@ -5,7 +5,8 @@
  *   for await (const c of m.generate('The pass key is', { maxTokens: 16 })) process.stdout.write(c.text);
  */
 import { createKernels, type BackendOptions, type Kernels } from './kernels/index.js';
-import { loadModelDir } from './model/load.js';
+import { loadModel, type ModelLocation } from './model/load.js';
+import type { LoadProgress } from './model/weights.js';
 import type { ModelConfig } from './model/config.js';
 import type { LlamaModel } from './model/llama.js';
 import type { Tokenizer } from './tokenizer/tokenizer.js';
@@ -17,6 +18,8 @@ import { BatchEngine } from './engine/batch.js';
 export interface LoadOptions extends BackendOptions {
   /** Default cache spec for generate(): 'fp32' (default), 'fp16', 'kivi2', 'kivi4', ... or a spec object. */
   kv?: KvOption;
+  /** Weight bytes read so far and in all, called after each tensor (for a progress bar). */
+  onProgress?: LoadProgress;
 }
 
 export interface GenerateCallOptions extends GenerateOptions {
@@ -34,12 +37,17 @@ export class KiviModel {
     readonly kv: KvOption,
   ) {}
 
-  static async load(dir: string, opts: LoadOptions = {}): Promise<KiviModel> {
-    const kernels = await createKernels(opts);
-    const m = loadModelDir(dir, kernels);
+  /**
+   * Load a model: a directory path (Node), an http(s) URL base whose files are fetched (browsers and
+   * Node: `KiviModel.load('https://host/models/llama-28m-gqa/')`), or any ByteSource.
+   */
+  static async load(location: ModelLocation, opts: LoadOptions = {}): Promise<KiviModel> {
     const kv = opts.kv ?? 'fp32';
-    validateSpec(toCacheSpec(kv), m.model.dims);
-    return new KiviModel(dir, m.config, m.tokenizer, m.model, kernels, kv);
+    const spec = toCacheSpec(kv);
+    const kernels = await createKernels(opts);
+    const m = await loadModel(location, kernels, { onProgress: opts.onProgress });
+    validateSpec(spec, m.model.dims);
+    return new KiviModel(m.dir, m.config, m.tokenizer, m.model, kernels, kv);
   }
 
   /**

@@ -156,6 +156,7 @@ test('eval nll input errors', () => {
 
 test('safetensors writer in the fixture produces what the reader reads (F32, F16, BF16 exactly)', async () => {
   const { readHeader, readTensorInto } = await import('../src/model/safetensors.js');
+  const { fsSource } = await import('../src/model/source-fs.js');
   const vals = [0, 1, -2.5, 65504, 2 ** -24, -0.1];
   const f32 = new Float32Array(vals);
   const f16 = new Uint16Array([0x0000, 0x3c00, 0xc100, 0x7bff, 0x0001, 0xae66]);
@@ -166,13 +167,15 @@ test('safetensors writer in the fixture produces what the reader reads (F32, F16
     { name: 'b', dtype: 'F16', shape: [6], data: new Uint8Array(f16.buffer) },
     { name: 'c', dtype: 'BF16', shape: [3, 2], data: new Uint8Array(bf16.buffer) },
   ]));
-  const h = readHeader(file);
+  const f = (await fsSource(tmp).open('t.safetensors'))!;
+  const h = await readHeader(f, 't.safetensors');
   const out = new Float32Array(6);
-  readTensorInto(h.get('a')!, out);
+  await readTensorInto(f, h.get('a')!, out);
   assert.deepEqual(Array.from(out), Array.from(f32));
-  readTensorInto(h.get('b')!, out);
+  await readTensorInto(f, h.get('b')!, out);
   assert.deepEqual(Array.from(out), [0, 1, -2.5, 65504, 2 ** -24, -0.0999755859375]);
-  readTensorInto(h.get('c')!, out);
+  await readTensorInto(f, h.get('c')!, out);
   const bfExpect = Array.from(new Float32Array(new Uint32Array(Array.from(bf16, (x) => x << 16)).buffer));
   assert.deepEqual(Array.from(out), bfExpect);
+  await f.close();
 });

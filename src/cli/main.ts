@@ -5,6 +5,8 @@ import { KiviError } from '../util/errors.js';
 import { register as registerGenerate } from './commands/generate.js';
 import { register as registerEval } from './commands/eval.js';
 import { register as registerServe } from './commands/serve.js';
+import { register as registerWeb } from './commands/web.js';
+import { register as registerAnalyze } from './commands/analyze.js';
 import { register as registerBench } from './commands/bench.js';
 
 const program = new Command();
@@ -18,6 +20,8 @@ program
 registerGenerate(program);
 registerEval(program);
 registerServe(program);
+registerWeb(program);
+registerAnalyze(program);
 registerBench(program);
 
 function die(message: string): never {

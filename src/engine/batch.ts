@@ -12,6 +12,7 @@ import type { SequenceCache } from '../cache/types.js';
 import { Sampler, validateSampling } from './sampling.js';
 import { StopMatcher } from './stop.js';
 import { KiviError } from '../util/errors.js';
+import { nextMacrotask } from '../util/macrotask.js';
 import type { FinishReason, GenerateChunk, GenerateOptions, GenerateResult } from './generate.js';
 
 const now = () => performance.now() / 1000;
@@ -291,8 +292,8 @@ export class BatchEngine {
         return;
       }
       this.step();
-      setImmediate(loop);
+      nextMacrotask(loop);
     };
-    setImmediate(loop);
+    nextMacrotask(loop);
   }
 }

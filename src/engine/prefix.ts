@@ -20,19 +20,26 @@ export function snapshotPrefill(model: LlamaModel, tokens: ArrayLike<number>): P
   const cache = createCache('fp32', model.dims, model.kernels);
   try {
     const lastLogits = model.forward([{ tokens, cache, logits: 'last' }])[0]!;
-    const { numKvHeads: kv, headDim: d } = model.dims;
-    const T = tokens.length;
-    const k: Float32Array[] = [];
-    const v: Float32Array[] = [];
-    for (const layer of cache.layers) {
-      const r = layer.read!();
-      k.push(toTokenMajor(r.k, kv, T, d));
-      v.push(toTokenMajor(r.v, kv, T, d));
-    }
-    return { tokens: T, k, v, lastLogits };
+    return snapshotCache(cache, tokens.length, lastLogits);
   } finally {
     cache.free();
   }
+}
+
+/**
+ * The first T tokens of a full-precision cache as a snapshot. A causal forward's K/V for a token depend
+ * only on the tokens before it, so a longer exact forward (a whole window) also yields its prefixes'.
+ */
+export function snapshotCache(cache: SequenceCache, T: number, lastLogits: Float32Array): PrefixSnapshot {
+  const { numKvHeads: kv, headDim: d } = cache.dims;
+  const k: Float32Array[] = [];
+  const v: Float32Array[] = [];
+  for (const layer of cache.layers) {
+    const r = layer.read!();
+    k.push(toTokenMajor(r.k, kv, layer.length, T, d));
+    v.push(toTokenMajor(r.v, kv, layer.length, T, d));
+  }
+  return { tokens: T, k, v, lastLogits };
 }
 
 /** Fill an empty cache as if the snapshot's prompt had just been prefilled into it. */
@@ -40,10 +47,11 @@ export function restorePrefill(cache: SequenceCache, snap: PrefixSnapshot): void
   cache.layers.forEach((layer, l) => layer.prefill(snap.k[l]!, 0, snap.v[l]!, 0, snap.tokens));
 }
 
-function toTokenMajor(x: Float32Array, kv: number, T: number, d: number): Float32Array {
+/** [kvHead][len][d] → token-major [T][kvHead·d], keeping the first T tokens. */
+function toTokenMajor(x: Float32Array, kv: number, len: number, T: number, d: number): Float32Array {
   const out = new Float32Array(T * kv * d);
   for (let h = 0; h < kv; h++) {
-    for (let t = 0; t < T; t++) out.set(x.subarray((h * T + t) * d, (h * T + t + 1) * d), (t * kv + h) * d);
+    for (let t = 0; t < T; t++) out.set(x.subarray((h * len + t) * d, (h * len + t + 1) * d), (t * kv + h) * d);
   }
   return out;
 }

@@ -20,8 +20,10 @@ export function checkThreads(threads: number | undefined): void {
 }
 
 async function loadWasm(threads: number | undefined): Promise<Kernels> {
-  const node = await import('./wasm/node.js');
-  return node.createWasmKernels(threads ?? node.defaultThreads());
+  // Each platform brings the module and the threads its own way; browser bundles never load node.js.
+  const inNode = typeof process !== 'undefined' && !!process.versions?.node;
+  const platform = inNode ? await import('./wasm/node.js') : await import('./wasm/browser.js');
+  return platform.createWasmKernels(threads ?? platform.defaultThreads());
 }
 
 export async function createKernels(opts: BackendOptions = {}): Promise<Kernels> {

@@ -1,50 +1,74 @@
-/** Load a Hugging Face model directory: config.json, tokenizer, safetensors weights. */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
+/**
+ * Load a Hugging Face model: config.json, tokenizer, safetensors weights, from any byte source (a
+ * directory in Node, a URL base anywhere). Browser-safe: the filesystem source is imported only when
+ * a path is given.
+ */
 import { KiviError } from '../util/errors.js';
 import { parseConfig, type ModelConfig } from './config.js';
-import { loadWeights } from './weights.js';
+import { loadWeights, type LoadProgress } from './weights.js';
 import { LlamaModel } from './llama.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Kernels } from '../kernels/types.js';
+import { isUrl, readJson, type ByteSource } from './source.js';
+import { urlSource } from './source-url.js';
 
-export function readModelConfig(dir: string): ModelConfig {
-  if (!fs.existsSync(dir)) throw new KiviError(`model directory ${dir} does not exist`);
-  if (!fs.statSync(dir).isDirectory()) throw new KiviError(`${dir} is not a directory`);
-  const file = path.join(dir, 'config.json');
-  if (!fs.existsSync(file)) throw new KiviError(`${dir}: missing config.json`);
-  let raw: unknown;
-  try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch {
-    throw new KiviError(`${file}: malformed JSON`);
+/** Where a model is: a directory path (Node), an http(s) URL base, or any ByteSource. */
+export type ModelLocation = string | URL | ByteSource;
+
+/**
+ * The byte source for a location. Paths need Node (the filesystem source is loaded only then); in a
+ * browser a relative location resolves against the page's URL.
+ */
+export async function openSource(location: ModelLocation): Promise<ByteSource> {
+  if (typeof location !== 'string' && !(location instanceof URL)) return location;
+  if (isUrl(location)) return urlSource(location);
+  if (typeof process === 'undefined' || !process.versions?.node) {
+    // In a browser or worker a relative location is a URL relative to the page (or worker script).
+    const base = (globalThis as { location?: { href: string } }).location?.href;
+    if (base) return urlSource(new URL(location, base));
+    throw new KiviError(`"${location}" is not an http(s) URL; outside Node, load a model from a URL`);
   }
+  const { fsSource } = await import('./source-fs.js');
+  return fsSource(String(location));
+}
+
+export async function readModelConfig(location: ModelLocation): Promise<ModelConfig> {
+  const source = await openSource(location);
+  const file = source.locate('config.json');
+  const raw = await readJson(source, 'config.json', { required: true, missing: `${source.where}: missing config.json` });
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new KiviError(`${file}: not a JSON object`);
   const cfg = parseConfig(raw as Record<string, unknown>);
   // generation_config.json may name more EOS tokens (Llama 3 instruct models do).
-  const gen = path.join(dir, 'generation_config.json');
-  if (fs.existsSync(gen)) {
-    try {
-      const g = JSON.parse(fs.readFileSync(gen, 'utf8')) as { eos_token_id?: number | number[] };
-      const ids = typeof g.eos_token_id === 'number' ? [g.eos_token_id] : Array.isArray(g.eos_token_id) ? g.eos_token_id : [];
-      for (const id of ids) if (!cfg.eosTokenIds.includes(id)) cfg.eosTokenIds.push(id);
-    } catch {
-      throw new KiviError(`${gen}: malformed JSON`);
-    }
+  const g = (await readJson(source, 'generation_config.json', { required: false })) as { eos_token_id?: number | number[] } | null | undefined;
+  if (g) {
+    const ids = typeof g.eos_token_id === 'number' ? [g.eos_token_id] : Array.isArray(g.eos_token_id) ? g.eos_token_id : [];
+    for (const id of ids) if (!cfg.eosTokenIds.includes(id)) cfg.eosTokenIds.push(id);
   }
   return cfg;
 }
 
 export interface LoadedModel {
+  /** The model directory or URL base. */
   dir: string;
   config: ModelConfig;
   tokenizer: Tokenizer;
   model: LlamaModel;
 }
 
-export function loadModelDir(dir: string, kernels: Kernels): LoadedModel {
-  const config = readModelConfig(dir);
-  const tokenizer = Tokenizer.fromDir(dir, config);
-  const weights = loadWeights(dir, config, kernels);
-  return { dir, config, tokenizer, model: new LlamaModel(config, weights, kernels) };
+export interface LoadModelOptions {
+  /** Weight bytes read so far and in all, called after each tensor. */
+  onProgress?: LoadProgress;
+}
+
+export async function loadModel(location: ModelLocation, kernels: Kernels, opts: LoadModelOptions = {}): Promise<LoadedModel> {
+  const source = await openSource(location);
+  const config = await readModelConfig(source);
+  const tokenizer = await Tokenizer.load(source, config);
+  const weights = await loadWeights(source, config, kernels, opts.onProgress);
+  return { dir: source.where, config, tokenizer, model: new LlamaModel(config, weights, kernels) };
+}
+
+/** Node: load a model directory (same as loadModel with a path). */
+export function loadModelDir(dir: string, kernels: Kernels, opts?: LoadModelOptions): Promise<LoadedModel> {
+  return loadModel(dir, kernels, opts);
 }

@@ -3,12 +3,11 @@
  * checking every tensor's shape against config.json. q/k/v and gate/up projections are concatenated
  * so each layer runs two input matmuls instead of five.
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { KiviError } from '../util/errors.js';
 import type { Kernels } from '../kernels/types.js';
 import type { ModelConfig } from './config.js';
 import { readHeader, readTensorInto, type TensorInfo } from './safetensors.js';
+import { readJson, type ByteSource, type RandomAccess } from './source.js';
 
 export interface LayerWeights {
   attnNorm: Float32Array;
@@ -32,33 +31,62 @@ export interface ModelWeights {
   lmHead: Float32Array;
 }
 
-/** Map every tensor name to where it lives, across shards. */
-export function indexTensors(dir: string): Map<string, TensorInfo> {
-  const single = path.join(dir, 'model.safetensors');
-  const indexFile = path.join(dir, 'model.safetensors.index.json');
-  if (fs.existsSync(indexFile)) {
-    let index: { weight_map?: Record<string, string> };
-    try {
-      index = JSON.parse(fs.readFileSync(indexFile, 'utf8'));
-    } catch {
-      throw new KiviError(`${indexFile}: malformed JSON`);
-    }
-    if (!index.weight_map || typeof index.weight_map !== 'object') throw new KiviError(`${indexFile}: missing "weight_map"`);
-    const all = new Map<string, TensorInfo>();
-    const shards = new Set(Object.values(index.weight_map));
-    for (const shard of shards) {
-      const file = path.join(dir, shard);
-      if (!fs.existsSync(file)) throw new KiviError(`missing shard ${file} (named in model.safetensors.index.json)`);
-      for (const [name, info] of readHeader(file)) all.set(name, info);
-    }
-    return all;
-  }
-  if (fs.existsSync(single)) return readHeader(single);
-  throw new KiviError(`${dir}: no model.safetensors or model.safetensors.index.json`);
+/** Loading progress: tensor bytes read so far and in all. */
+export type LoadProgress = (done: number, total: number) => void;
+
+/** The model's safetensors files, open, and where every tensor lives across them. */
+export interface TensorIndex {
+  tensors: Map<string, TensorInfo>;
+  files: Map<string, RandomAccess>;
+  close(): Promise<void>;
 }
 
-export function loadWeights(dir: string, cfg: ModelConfig, kernels: Kernels): ModelWeights {
-  const tensors = indexTensors(dir);
+/** Open the model's safetensors (single-file or sharded) and map every tensor name to where it lives. */
+export async function indexTensors(source: ByteSource): Promise<TensorIndex> {
+  const files = new Map<string, RandomAccess>();
+  const close = async () => {
+    for (const f of files.values()) await f.close();
+  };
+  try {
+    const tensors = new Map<string, TensorInfo>();
+    const indexName = 'model.safetensors.index.json';
+    const index = (await readJson(source, indexName, { required: false })) as { weight_map?: Record<string, string> } | undefined;
+    if (index !== undefined) {
+      const indexFile = source.locate(indexName);
+      if (typeof index !== 'object' || index === null || !index.weight_map || typeof index.weight_map !== 'object') {
+        throw new KiviError(`${indexFile}: missing "weight_map"`);
+      }
+      for (const shard of new Set(Object.values(index.weight_map))) {
+        if (typeof shard !== 'string') throw new KiviError(`${indexFile}: "weight_map" values must be file names`);
+        const f = await source.open(shard);
+        if (!f) throw new KiviError(`missing shard ${source.locate(shard)} (named in model.safetensors.index.json)`);
+        files.set(shard, f);
+        for (const [name, info] of await readHeader(f, shard)) tensors.set(name, info);
+      }
+    } else {
+      const f = await source.open('model.safetensors');
+      if (!f) throw new KiviError(`${source.where}: no model.safetensors or model.safetensors.index.json`);
+      files.set('model.safetensors', f);
+      for (const [name, info] of await readHeader(f, 'model.safetensors')) tensors.set(name, info);
+    }
+    return { tensors, files, close };
+  } catch (e) {
+    await close();
+    throw e;
+  }
+}
+
+export async function loadWeights(source: ByteSource, cfg: ModelConfig, kernels: Kernels, onProgress?: LoadProgress): Promise<ModelWeights> {
+  const index = await indexTensors(source);
+  try {
+    return await readWeights(index, cfg, kernels, onProgress);
+  } finally {
+    await index.close();
+  }
+}
+
+async function readWeights(index: TensorIndex, cfg: ModelConfig, kernels: Kernels, onProgress?: LoadProgress): Promise<ModelWeights> {
+  const { tensors, files } = index;
   const { hiddenSize: D, numHeads: H, numKvHeads: KV, headDim: d, intermediateSize: I, vocabSize: V } = cfg;
 
   const info = (name: string, shape: number[]): TensorInfo => {
@@ -69,46 +97,55 @@ export function loadWeights(dir: string, cfg: ModelConfig, kernels: Kernels): Mo
     }
     return t;
   };
-  const load = (name: string, shape: number[]): Float32Array => {
+  // Progress counts the bytes of every tensor the model uses (lm_head only when untied).
+  const used = [...tensors.values()].filter((t) => t.name.startsWith('model.') || t.name === 'lm_head.weight');
+  const total = used.reduce((a, t) => a + (t.end - t.begin), 0);
+  let done = 0;
+  const read = async (t: TensorInfo, out: Float32Array) => {
+    await readTensorInto(files.get(t.file)!, t, out);
+    done += t.end - t.begin;
+    onProgress?.(Math.min(done, total), total);
+  };
+  const load = async (name: string, shape: number[]): Promise<Float32Array> => {
     const t = info(name, shape);
     const out = kernels.allocF32(shape.reduce((a, b) => a * b, 1));
-    readTensorInto(t, out);
+    await read(t, out);
     return out;
   };
   /** Stack tensors along the first axis into one allocation. */
-  const stack = (parts: [string, number[]][]): Float32Array => {
+  const stack = async (parts: [string, number[]][]): Promise<Float32Array> => {
     const total = parts.reduce((a, [, s]) => a + s.reduce((x, y) => x * y, 1), 0);
     const out = kernels.allocF32(total);
     let off = 0;
     for (const [name, shape] of parts) {
       const n = shape.reduce((x, y) => x * y, 1);
-      readTensorInto(info(name, shape), out.subarray(off, off + n));
+      await read(info(name, shape), out.subarray(off, off + n));
       off += n;
     }
     return out;
   };
 
-  const embed = load('model.embed_tokens.weight', [V, D]);
+  const embed = await load('model.embed_tokens.weight', [V, D]);
   const layers: LayerWeights[] = [];
   for (let l = 0; l < cfg.numLayers; l++) {
     const p = `model.layers.${l}.`;
     const layer: LayerWeights = {
-      attnNorm: load(`${p}input_layernorm.weight`, [D]),
-      wqkv: stack([
+      attnNorm: await load(`${p}input_layernorm.weight`, [D]),
+      wqkv: await stack([
         [`${p}self_attn.q_proj.weight`, [H * d, D]],
         [`${p}self_attn.k_proj.weight`, [KV * d, D]],
         [`${p}self_attn.v_proj.weight`, [KV * d, D]],
       ]),
-      wo: load(`${p}self_attn.o_proj.weight`, [D, H * d]),
-      mlpNorm: load(`${p}post_attention_layernorm.weight`, [D]),
-      wgu: stack([
+      wo: await load(`${p}self_attn.o_proj.weight`, [D, H * d]),
+      mlpNorm: await load(`${p}post_attention_layernorm.weight`, [D]),
+      wgu: await stack([
         [`${p}mlp.gate_proj.weight`, [I, D]],
         [`${p}mlp.up_proj.weight`, [I, D]],
       ]),
-      wdown: load(`${p}mlp.down_proj.weight`, [D, I]),
+      wdown: await load(`${p}mlp.down_proj.weight`, [D, I]),
     };
     if (cfg.attentionBias) {
-      layer.bqkv = stack([
+      layer.bqkv = await stack([
         [`${p}self_attn.q_proj.bias`, [H * d]],
         [`${p}self_attn.k_proj.bias`, [KV * d]],
         [`${p}self_attn.v_proj.bias`, [KV * d]],
@@ -116,13 +153,14 @@ export function loadWeights(dir: string, cfg: ModelConfig, kernels: Kernels): Mo
     }
     layers.push(layer);
   }
-  const norm = load('model.norm.weight', [D]);
+  const norm = await load('model.norm.weight', [D]);
   let lmHead = embed;
   if (!cfg.tieWordEmbeddings || tensors.has('lm_head.weight')) {
     if (!tensors.has('lm_head.weight') && !cfg.tieWordEmbeddings) {
       throw new KiviError('missing tensor lm_head.weight (and tie_word_embeddings is not set)');
     }
-    lmHead = load('lm_head.weight', [V, D]);
+    lmHead = await load('lm_head.weight', [V, D]);
   }
+  onProgress?.(total, total);
   return { embed, layers, norm, lmHead };
 }

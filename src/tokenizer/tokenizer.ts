@@ -2,21 +2,15 @@
  * Tokenizer: `tokenizer.json` + `tokenizer_config.json` through @huggingface/tokenizers, with BOS/EOS as
  * the model's configs say, and an incremental decoder for streaming text.
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import { KiviError } from '../util/errors.js';
+import { readJson, type ByteSource } from '../model/source.js';
 
-function readJson(file: string, required: boolean): Record<string, unknown> | undefined {
-  if (!fs.existsSync(file)) {
-    if (required) throw new KiviError(`missing ${file}`);
-    return undefined;
-  }
-  try {
-    return JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch {
-    throw new KiviError(`${file}: malformed JSON`);
-  }
+async function readObject(source: ByteSource, name: string, required: boolean): Promise<Record<string, unknown> | undefined> {
+  const v = await readJson(source, name, { required });
+  if (v === undefined) return undefined;
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new KiviError(`${source.locate(name)}: not a JSON object`);
+  return v as Record<string, unknown>;
 }
 
 /** A special token as tokenizer_config.json gives it: a string or an AddedToken object. */
@@ -55,9 +49,10 @@ export class Tokenizer {
     this.chatTemplate = typeof config.chat_template === 'string' ? config.chat_template : undefined;
   }
 
-  static fromDir(dir: string, modelConfig: { bosTokenId: number | null; eosTokenIds: number[] }): Tokenizer {
-    const tj = readJson(path.join(dir, 'tokenizer.json'), true)!;
-    const tc = readJson(path.join(dir, 'tokenizer_config.json'), false) ?? {};
+  /** tokenizer.json (required) and tokenizer_config.json (optional) from a model's byte source. */
+  static async load(source: ByteSource, modelConfig: { bosTokenId: number | null; eosTokenIds: number[] }): Promise<Tokenizer> {
+    const tj = (await readObject(source, 'tokenizer.json', true))!;
+    const tc = (await readObject(source, 'tokenizer_config.json', false)) ?? {};
     return new Tokenizer(tj, tc, modelConfig);
   }
 

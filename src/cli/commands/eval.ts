@@ -6,6 +6,9 @@ import { KiviError } from '../../util/errors.js';
 import { backendOption, kvOption, threadsOption, type CommonOpts } from '../common.js';
 import { checkWindows, streamingNll } from '../../studies/eval/nll.js';
 import { LazyProgress } from '../progress.js';
+import { register as registerPpl } from './eval-ppl.js';
+import { register as registerPasskey } from './eval-passkey.js';
+import { register as registerTable } from './eval-table.js';
 
 interface NllOpts extends CommonOpts {
   windows: string;
@@ -44,4 +47,7 @@ export function register(program: Command): void {
       process.stdout.write(`mean nll ${mean.toFixed(4)}  ppl ${Math.exp(mean).toFixed(2)}  (kv ${o.kv}, prefill ${o.prefill})\n`);
     }
   });
+  registerPpl(ev);
+  registerPasskey(ev);
+  registerTable(ev);
 }

@@ -62,8 +62,8 @@ export interface CapacityReport {
 /** Tokens of the warm-up forward pass that makes a model "ready" for capacity purposes. */
 export const CAPACITY_WARM_TOKENS = 16;
 
-export function modelDims(model: string): { dims: CacheDims; maxPositions: number; vocab: number } {
-  const c = readModelConfig(model);
+export async function modelDims(model: string): Promise<{ dims: CacheDims; maxPositions: number; vocab: number }> {
+  const c = await readModelConfig(model);
   return { dims: { numLayers: c.numLayers, numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim }, maxPositions: c.maxPositions, vocab: c.vocabSize };
 }
 
@@ -73,7 +73,7 @@ export function sequencesThatFit(budget: number, weights: number, overhead: numb
 }
 
 export async function runCapacity(o: CapacityOptions): Promise<CapacityReport> {
-  const { dims, maxPositions } = modelDims(o.model);
+  const { dims, maxPositions } = await modelDims(o.model);
   const specs = o.specs.map((s) => {
     const spec = parseKvSpec(s);
     validateSpec(spec, dims);

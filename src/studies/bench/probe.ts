@@ -64,7 +64,7 @@ export function weightsBytes(w: ModelWeights): number {
 
 async function loadReady(t: ProbeBase): Promise<LoadedModel> {
   const kernels = await createKernels({ backend: t.backend, threads: t.threads });
-  const m = loadModelDir(t.model, kernels);
+  const m = await loadModelDir(t.model, kernels);
   if (t.warmTokens > 0) {
     const cache = createCache('fp32', m.model.dims, kernels);
     try {

@@ -80,7 +80,7 @@ export function admittedBatch(budget: number, weights: number, overhead: number,
 }
 
 export async function runThroughput(o: ThroughputOptions): Promise<ThroughputReport> {
-  const { dims, maxPositions } = modelDims(o.model);
+  const { dims, maxPositions } = await modelDims(o.model);
   for (const s of o.specs) validateSpec(parseKvSpec(s), dims);
   if (o.prompt + o.gen > maxPositions) {
     throw new KiviError(`--prompt ${o.prompt} + --gen ${o.gen} exceeds the model's context of ${maxPositions}`);

@@ -1,0 +1,28 @@
+/** `kivi eval ppl`: streaming perplexity of several cache specs over windows of a text. */
+import type { Command } from 'commander';
+import { backendOption, kvListOption, threadsOption } from '../common.js';
+import { pplJson, pplMarkdown, pplText } from '../../studies/eval/ppl-report.js';
+import { scoreText, windowOptions, type WindowOpts } from './eval-windows.js';
+
+interface Opts extends WindowOpts {
+  kv: string[];
+  json?: boolean;
+  md?: boolean;
+}
+
+export function register(ev: Command): void {
+  const cmd = windowOptions(ev.command('ppl').description(
+    'streaming perplexity (prefill exactly, then teacher-forced decode through the cache) for several cache specs, ' +
+    'with teacher-forced fp32 perplexity for reference',
+  ));
+  kvListOption(cmd, 'fp32,kivi2,kivi4');
+  cmd.option('--json', 'print one JSON line').option('--md', 'print a Markdown table');
+  backendOption(cmd);
+  threadsOption(cmd);
+  cmd.action(async (o: Opts) => {
+    const study = await scoreText(o, o.kv, 'ppl');
+    if (o.json) process.stdout.write(JSON.stringify(pplJson(study)) + '\n');
+    if (o.md) process.stdout.write(pplMarkdown(study));
+    if (!o.json && !o.md) process.stdout.write(pplText(study));
+  });
+}

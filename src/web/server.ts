@@ -1,0 +1,81 @@
+/**
+ * `kivi web`'s server: the demo page (dist/web) at /, the model directory at /models/<name>/ with
+ * Range requests (the browser loader reads safetensors in ranges), and /models.json naming it.
+ * Responses are cross-origin isolated (COOP/COEP), so pages may use SharedArrayBuffer (threaded WASM).
+ *
+ *   const s = await WebServer.start({ modelDir: 'models/llama-28m-gqa', port: 0 });
+ *   console.log(s.url);   // http://127.0.0.1:43121/
+ *   await s.close();
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import Fastify, { type FastifyInstance } from 'fastify';
+import fastifyStatic from '@fastify/static';
+import { KiviError } from '../util/errors.js';
+import { readModelConfig } from '../model/load.js';
+
+/** dist/web, where `npm run build` puts the page (this file runs from dist/src/web). */
+export const WEB_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../web');
+
+export interface WebServerOptions {
+  modelDir: string;
+  host?: string;
+  /** 0 picks a free port. */
+  port?: number;
+  /** The built page (default dist/web). */
+  webRoot?: string;
+}
+
+export class WebServer {
+  private constructor(readonly app: FastifyInstance, readonly url: string, readonly modelName: string) {}
+
+  /** The model's URL base on this server. */
+  get modelUrl(): string {
+    return new URL(`models/${encodeURIComponent(this.modelName)}/`, this.url).href;
+  }
+
+  static async start(o: WebServerOptions): Promise<WebServer> {
+    const webRoot = o.webRoot ?? WEB_ROOT;
+    if (!fs.existsSync(path.join(webRoot, 'index.html')) || !fs.existsSync(path.join(webRoot, 'kivi-worker.js'))) {
+      throw new KiviError(`the web page is not built (${webRoot}): run npm run build`);
+    }
+    // Fail here, with the loader's own messages, rather than in the browser.
+    const modelDir = path.resolve(o.modelDir);
+    await readModelConfig(o.modelDir);
+    if (!fs.existsSync(path.join(modelDir, 'tokenizer.json'))) throw new KiviError(`missing ${path.join(o.modelDir, 'tokenizer.json')}`);
+    const modelName = path.basename(modelDir);
+
+    const app = Fastify({ logger: false });
+    app.addHook('onSend', async (_req, reply) => {
+      reply.header('Cross-Origin-Opener-Policy', 'same-origin');
+      reply.header('Cross-Origin-Embedder-Policy', 'require-corp');
+      reply.header('Cross-Origin-Resource-Policy', 'same-origin');
+      reply.header('X-Content-Type-Options', 'nosniff');
+    });
+    await app.register(fastifyStatic, { root: webRoot, prefix: '/', index: 'index.html', dotfiles: 'deny' });
+    await app.register(fastifyStatic, {
+      root: modelDir, prefix: `/models/${modelName}/`, decorateReply: false, dotfiles: 'deny', index: false,
+      // Revalidate model files by ETag, so a changed model is never served stale from the browser cache.
+      cacheControl: true, maxAge: 0,
+    });
+    app.get('/models.json', async () => [{ name: modelName, url: `models/${encodeURIComponent(modelName)}/` }]);
+
+    let url: string;
+    try {
+      url = await app.listen({ host: o.host ?? '127.0.0.1', port: o.port ?? 8080 });
+    } catch (e) {
+      await app.close();
+      const err = e as NodeJS.ErrnoException;
+      if (err.code === 'EADDRINUSE') throw new KiviError(`port ${o.port ?? 8080} on ${o.host ?? '127.0.0.1'} is already in use`);
+      if (err.code === 'EADDRNOTAVAIL' || err.code === 'ENOTFOUND') throw new KiviError(`cannot listen on host ${o.host}`);
+      if (err.code === 'EACCES') throw new KiviError(`no permission to listen on port ${o.port}`);
+      throw e;
+    }
+    return new WebServer(app, url.endsWith('/') ? url : url + '/', modelName);
+  }
+
+  close(): Promise<void> {
+    return this.app.close();
+  }
+}

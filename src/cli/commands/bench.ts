@@ -13,6 +13,9 @@ import { capacityMarkdown, runCapacity, type BudgetArg } from '../../studies/ben
 import { runThroughput, throughputChart, throughputMarkdown } from '../../studies/bench/throughput.js';
 import { gemvMarkdown, runGemvBench } from '../../studies/bench/gemv.js';
 import { DEFAULT_REPEATS } from '../../studies/bench/measure.js';
+import { kvBytesMarkdown, runKvBytes } from '../../studies/bench/kvbytes.js';
+import { modelDims } from '../../studies/bench/capacity.js';
+import { NAMED_SPECS } from '../../cache/spec.js';
 
 /** The fp16-residual KIVI spec the issue's bytes target names (the named `kivi2` keeps float32 residuals). */
 const KIVI2_FP16_RESIDUAL = 'kivi:k=2,v=2,g=32,r=128,residual=fp16';
@@ -149,6 +152,27 @@ export function register(program: Command): void {
     bar.stop();
     await report(o, r, throughputMarkdown(r),
       throughputChart(r, `Throughput, prompt ${o.prompt} + ${o.gen} generated (${path.basename(path.resolve(o.model))})`));
+  });
+
+  // --- kv-bytes -----------------------------------------------------------------------------------
+  const kvb = bench
+    .command('kv-bytes')
+    .description("one sequence's cache bytes (all layers) per spec and context for a model's shapes, vs fp16 and fp32")
+    .requiredOption('--model <dir>', 'model directory (its config.json gives layers, kv heads, head_dim)')
+    .option('--context <list>', 'context lengths (may exceed the model context: caches are filled with synthetic K/V)', intList(2), [4096, 32768]);
+  kvListOption(kvb, [...NAMED_SPECS.filter((s) => s !== 'fp32' && s !== 'fp16'), KIVI2_FP16_RESIDUAL, 'kivi:k=4,v=4,g=32,r=128,residual=fp16', 'fp16', 'fp32'].join(','));
+  sharedOptions(kvb);
+  kvb.action(async (o: Shared & { model: string; context: number[]; kv: string[] }) => {
+    const { dims } = await modelDims(o.model);
+    const kernels = await kernelsFor(o);
+    try {
+      const bar = new LazyProgress('bench kv-bytes');
+      const results = runKvBytes({ dims, contexts: o.context, specs: o.kv, kernels, onProgress: (d, t) => bar.update(d, t) });
+      bar.stop();
+      await report(o, { model: path.basename(path.resolve(o.model)), layers: dims.numLayers, kv_heads: dims.numKvHeads, head_dim: dims.headDim, results }, kvBytesMarkdown(results, dims));
+    } finally {
+      kernels.dispose();
+    }
   });
 
   // --- gemv ---------------------------------------------------------------------------------------

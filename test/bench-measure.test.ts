@@ -49,7 +49,7 @@ test('syntheticKV: seeded, with large-magnitude key channels fixed across tokens
 
 test('markdown table and number formats', () => {
   const t = markdownTable(['kv', 'bytes', 'ratio'], [['fp16', 1024, formatRatio(1)], ['kivi2', 205, formatRatio(5)]]);
-  assert.equal(t, '| kv | bytes | ratio |\n|---|---:|---:|\n| fp16 | 1024 | 1.00× |\n| kivi2 | 205 | 5.00× |\n');
+  assert.equal(t, '| kv | bytes | ratio |\n|:---|---:|---:|\n| fp16 | 1024 | 1.00× |\n| kivi2 | 205 | 5.00× |\n');
   assert.equal(formatBytes(512), '512 B');
   assert.equal(formatBytes(1536), '1.50 KiB');
   assert.equal(formatBytes(3 * 2 ** 30), '3.00 GiB');

@@ -14,6 +14,7 @@ import type { CacheSpec } from '../cache/spec.js';
 import type { CacheDims, SequenceCache } from '../cache/types.js';
 import { peakCacheBytes } from '../cache/budget.js';
 import { KiviError } from '../util/errors.js';
+import { formatBytes as formatBytesIn } from '../util/format.js';
 
 export interface SchedulerOptions {
   spec: CacheSpec;
@@ -36,16 +37,9 @@ interface Waiting {
   detach: () => void;
 }
 
-/** Byte counts formatted for error messages. */
+/** Byte counts formatted for error messages and logs (one decimal). */
 export function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let i = 0;
-  let x = n;
-  while (x >= 1024 && i < units.length - 1) {
-    x /= 1024;
-    i++;
-  }
-  return `${i === 0 ? x : x.toFixed(1)} ${units[i]}`;
+  return formatBytesIn(n, 1);
 }
 
 export class Scheduler {

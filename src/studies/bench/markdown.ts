@@ -1,31 +1,15 @@
 /** Markdown tables and number formats for benchmark reports. */
+import { markdownTable as studyTable } from '../markdown.js';
 
 export type Cell = string | number;
 
-/** A GitHub-flavoured Markdown table. */
+/** A GitHub-flavoured Markdown table whose numeric columns (every cell starts with a number: "4.12×", "1.50 KiB") are right-aligned. */
 export function markdownTable(headers: readonly string[], rows: readonly (readonly Cell[])[]): string {
-  // A column whose cells all start with a number ("4.12×", "1.50 KiB") is right-aligned.
   const numeric = headers.map((_, j) => rows.length > 0 && rows.every((r) => /^-?\d/.test(String(r[j]))));
-  const text = rows.map((r) => r.map((c) => String(c)));
-  const lines = [
-    `| ${headers.join(' | ')} |`,
-    `|${headers.map((_, j) => (numeric[j] ? '---:' : '---')).join('|')}|`,
-    ...text.map((r) => `| ${r.join(' | ')} |`),
-  ];
-  return lines.join('\n') + '\n';
+  return studyTable([...headers], rows.map((r) => [...r]), numeric) + '\n';
 }
 
-/** 1536 → "1.50 KiB"; exact bytes stay available in the JSON output. */
-export function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let u = 0;
-  let x = n;
-  while (Math.abs(x) >= 1024 && u < units.length - 1) {
-    x /= 1024;
-    u++;
-  }
-  return u === 0 ? `${n} B` : `${x.toFixed(2)} ${units[u]}`;
-}
+export { formatBytes } from '../../util/format.js';
 
 /** Seconds in a readable unit: 0.00042 → "420 µs". */
 export function formatSeconds(s: number): string {

@@ -7,6 +7,7 @@ import type { ModelInfo, RunResult, RunStats } from '../protocol.js';
 import type { BackendName } from '../../kernels/index.js';
 import { cacheBytes } from '../../cache/budget.js';
 import { parseKvSpec } from '../../cache/spec.js';
+import { formatBytes } from '../../util/format.js';
 
 /** The caches on offer: label → spec string. */
 const CACHES: [string, string][] = [
@@ -28,13 +29,6 @@ const el = {
   runs: $('runs'), summary: $('summary'), template: $<HTMLTemplateElement>('run-template'),
   projHead: $('projection-head'), projBody: $('projection-body'),
 };
-
-function formatBytes(n: number): string {
-  if (n < 1024) return `${n} B`;
-  if (n < 1024 ** 2) return `${(n / 1024).toFixed(1)} KiB`;
-  if (n < 1024 ** 3) return `${(n / 1024 ** 2).toFixed(2)} MiB`;
-  return `${(n / 1024 ** 3).toFixed(2)} GiB`;
-}
 
 function showError(message: string): void {
   el.error.textContent = message;

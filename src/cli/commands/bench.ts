@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { createKernels, type BackendName, type Kernels } from '../../kernels/index.js';
-import { bytes, int, intList } from '../parse.js';
+import { bytes, int, intList, readTextFile } from '../parse.js';
 import { backendOption, kvListOption, threadsOption } from '../common.js';
 import { LazyProgress } from '../progress.js';
 import { KiviError } from '../../util/errors.js';
@@ -16,6 +16,8 @@ import { DEFAULT_REPEATS } from '../../studies/bench/measure.js';
 import { kvBytesMarkdown, runKvBytes } from '../../studies/bench/kvbytes.js';
 import { modelDims } from '../../studies/bench/capacity.js';
 import { NAMED_SPECS } from '../../cache/spec.js';
+import { benchPrompt, generateBenchMarkdown, runGenerateBench } from '../../studies/bench/generate.js';
+import { KiviModel } from '../../api.js';
 
 /** The fp16-residual KIVI spec the issue's bytes target names (the named `kivi2` keeps float32 residuals). */
 const KIVI2_FP16_RESIDUAL = 'kivi:k=2,v=2,g=32,r=128,residual=fp16';
@@ -152,6 +154,32 @@ export function register(program: Command): void {
     bar.stop();
     await report(o, r, throughputMarkdown(r),
       throughputChart(r, `Throughput, prompt ${o.prompt} + ${o.gen} generated (${path.basename(path.resolve(o.model))})`));
+  });
+
+  // --- generate -----------------------------------------------------------------------------------
+  const gen = bench
+    .command('generate')
+    .description('prefill and decode tokens/s of one sequence (what kivi generate reports), per spec, median of rounds')
+    .requiredOption('--model <dir>', 'model directory')
+    .option('--text <file>', 'prompt from the start of this text (default: seeded synthetic token ids)')
+    .option('--prompt <n>', 'prompt tokens', int(1), 1024)
+    .option('--gen <n>', 'generated tokens (greedy, through EOS)', int(1), 256)
+    .option('--repeats <n>', 'rounds over all specs (the median is reported)', int(1, 100), 3);
+  kvListOption(gen, 'fp32,fp16,kivi2,kivi4');
+  sharedOptions(gen);
+  gen.action(async (o: Shared & { model: string; text?: string; prompt: number; gen: number; repeats: number; kv: string[] }) => {
+    const text = o.text === undefined ? undefined : readTextFile(o.text, '--text');
+    const model = await KiviModel.load(o.model, { backend: o.backend, threads: o.threads });
+    try {
+      const prompt = benchPrompt(model, o.prompt, text);
+      const bar = new LazyProgress('bench generate');
+      const results = await runGenerateBench({ model, prompt, gen: o.gen, specs: o.kv, repeats: o.repeats, onProgress: (d, t) => bar.update(d, t) });
+      bar.stop();
+      const what = `kivi generate on ${path.basename(path.resolve(o.model))} (${model.kernels.name} ×${model.kernels.threads})`;
+      await report(o, { model: path.basename(path.resolve(o.model)), backend: model.kernels.name, threads: model.kernels.threads, results }, generateBenchMarkdown(results, what));
+    } finally {
+      model.dispose();
+    }
   });
 
   // --- kv-bytes -----------------------------------------------------------------------------------

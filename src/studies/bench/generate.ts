@@ -1,0 +1,85 @@
+/**
+ * `bench generate`: what `kivi generate` achieves for one sequence — prefill tokens/s over the prompt and
+ * decode tokens/s over the generated tokens — per cache spec, greedy, generating through EOS. The specs
+ * run in turns, round after round, so load from other processes falls on all alike; each spec's median
+ * round is reported.
+ */
+import type { KiviModel } from '../../api.js';
+import { KiviError } from '../../util/errors.js';
+import { median, syntheticTokens } from './measure.js';
+import { formatBytes, formatRatio, markdownTable } from './markdown.js';
+
+export interface GenerateBenchOptions {
+  model: KiviModel;
+  /** Prompt ids (BOS included as the caller wants). */
+  prompt: number[];
+  gen: number;
+  specs: string[];
+  repeats: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** One spec's medians; the JSON output's `results` entries. */
+export interface GenerateBenchResult {
+  kv: string;
+  prompt_tokens: number;
+  generated: number;
+  prefill_tokens_per_s: number;
+  decode_tokens_per_s: number;
+  /** Cache bytes after the last step. */
+  kv_bytes: number;
+}
+
+/** The first n tokens of a text (BOS first), or seeded synthetic ids when there is no text. */
+export function benchPrompt(model: KiviModel, n: number, text?: string): number[] {
+  if (text === undefined) {
+    const bos = model.tokenizer.bosId;
+    return bos === null ? syntheticTokens(n, 3, model.config.vocabSize, 11) : [bos, ...syntheticTokens(n - 1, 3, model.config.vocabSize, 11)];
+  }
+  const ids = model.encode(text);
+  if (ids.length < n) throw new KiviError(`the text has ${ids.length} tokens, fewer than --prompt ${n}`);
+  return ids.slice(0, n);
+}
+
+export async function runGenerateBench(o: GenerateBenchOptions): Promise<GenerateBenchResult[]> {
+  const max = o.model.config.maxPositions;
+  if (o.prompt.length + o.gen > max) {
+    throw new KiviError(`prompt ${o.prompt.length} + generated ${o.gen} tokens exceed the model's context of ${max}`);
+  }
+  const runs = o.specs.map(() => [] as { prefill: number; decode: number; bytes: number }[]);
+  let done = 0;
+  // One untimed short run per spec first: compiles the kernels' code paths and sizes the scratch buffers.
+  for (const kv of o.specs) await o.model.complete(o.prompt.slice(0, 16), { kv, maxTokens: 4, ignoreEos: true });
+  for (let round = 0; round < o.repeats; round++) {
+    for (const [i, kv] of o.specs.entries()) {
+      const r = await o.model.complete(o.prompt, { kv, maxTokens: o.gen, ignoreEos: true });
+      runs[i]!.push({ prefill: r.promptTokens / r.prefillSeconds, decode: r.decodeSteps / r.decodeSeconds, bytes: r.kvBytes });
+      o.onProgress?.(++done, o.repeats * o.specs.length);
+    }
+  }
+  return o.specs.map((kv, i) => ({
+    kv,
+    prompt_tokens: o.prompt.length,
+    generated: o.gen,
+    prefill_tokens_per_s: median(runs[i]!.map((r) => r.prefill)),
+    decode_tokens_per_s: median(runs[i]!.map((r) => r.decode)),
+    kv_bytes: runs[i]![0]!.bytes,
+  }));
+}
+
+/** One row per spec; speeds relative to the first spec. */
+export function generateBenchMarkdown(results: readonly GenerateBenchResult[], what: string): string {
+  const base = results[0]!;
+  return (
+    `${what}: ${base.prompt_tokens}-token prompt, ${base.generated} generated (greedy); medians; in parentheses: relative to ${base.kv}:\n\n` +
+    markdownTable(
+      ['kv', 'prefill tokens/s', 'decode tokens/s', 'cache after'],
+      results.map((r) => [
+        r.kv,
+        `${r.prefill_tokens_per_s.toFixed(0)} (${formatRatio(r.prefill_tokens_per_s / base.prefill_tokens_per_s)})`,
+        `${r.decode_tokens_per_s.toFixed(1)} (${formatRatio(r.decode_tokens_per_s / base.decode_tokens_per_s)})`,
+        formatBytes(r.kv_bytes),
+      ]),
+    )
+  );
+}

@@ -1,0 +1,40 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { runCli, MODEL } from './bench-helpers.js';
+
+test('bench generate: per-spec prefill/decode tokens/s and the cache a sequence ends with', async () => {
+  const r = await runCli(['bench', 'generate', '--model', MODEL, '--prompt', '64', '--gen', '8', '--repeats', '1', '--kv', 'fp32,fp16,kivi2', '--threads', '1', '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  const j = JSON.parse(r.stdout) as { results: { kv: string; prompt_tokens: number; generated: number; prefill_tokens_per_s: number; decode_tokens_per_s: number; kv_bytes: number }[] };
+  assert.deepEqual(j.results.map((x) => x.kv), ['fp32', 'fp16', 'kivi2']);
+  // After 8 generated tokens the cache holds the prompt and the first 7 (the last is never fed back):
+  // 71 tokens × 8 layers × 2 kv heads × 128 channels × (K and V).
+  const T = 64 + 8 - 1;
+  const dense = T * 8 * 2 * 128 * 2;
+  assert.equal(j.results[0]!.kv_bytes, dense * 4);
+  assert.equal(j.results[1]!.kv_bytes, dense * 2);
+  // kivi2 below R=128 tokens: nothing is quantized yet, keys and values all in the float32 residual.
+  assert.equal(j.results[2]!.kv_bytes, dense * 4);
+  for (const x of j.results) {
+    assert.equal(x.prompt_tokens, 64);
+    assert.equal(x.generated, 8);
+    assert.ok(x.prefill_tokens_per_s > 0 && Number.isFinite(x.prefill_tokens_per_s));
+    assert.ok(x.decode_tokens_per_s > 0 && Number.isFinite(x.decode_tokens_per_s));
+  }
+});
+
+test('bench generate: a prompt past the context, or a text too short, is one clear line', async () => {
+  const a = await runCli(['bench', 'generate', '--model', MODEL, '--prompt', '2000', '--gen', '100']);
+  assert.equal(a.code, 1);
+  assert.equal(a.stderr.trim(), "kivi: prompt 2000 + generated 100 tokens exceed the model's context of 2048");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kivi-bench-gen-'));
+  const f = path.join(dir, 'short.txt');
+  fs.writeFileSync(f, 'Only a few words.');
+  const b = await runCli(['bench', 'generate', '--model', MODEL, '--text', f, '--prompt', '100']);
+  assert.equal(b.code, 1);
+  assert.match(b.stderr.trim(), /^kivi: the text has \d+ tokens, fewer than --prompt 100$/);
+  fs.rmSync(dir, { recursive: true });
+});

@@ -3,7 +3,7 @@
 # <name>.md (table), <name>.json (one JSON line), <name>.svg (chart), and machine.md.
 #
 #   scripts/perf.sh            # everything (~25 min on 2 busy cores)
-#   scripts/perf.sh attention  # one or more of: machine gemv attention capacity throughput
+#   scripts/perf.sh attention  # one or more of: machine gemv attention kv-bytes generate capacity throughput
 #
 # KIVI_BACKEND (default auto) and KIVI_THREADS (default: the back end's) pass through to every command.
 set -euo pipefail
@@ -17,7 +17,7 @@ FLAGS=(--backend "${KIVI_BACKEND:-auto}")
 if [ -n "${KIVI_THREADS:-}" ]; then FLAGS+=(--threads "$KIVI_THREADS"); fi
 kivi() { echo "+ kivi $*" >&2; node dist/src/cli/main.js "$@"; }
 want() { [[ " $ALL " == *" $1 "* ]]; }
-ALL="${*:-machine gemv attention capacity throughput}"
+ALL="${*:-machine gemv attention kv-bytes generate capacity throughput}"
 
 # machine.md: the machine, then one line per part saying when, at which commit and under what load it ran.
 stamp() {
@@ -44,6 +44,20 @@ if want gemv; then stamp gemv; kivi bench gemv "${FLAGS[@]}" --save "$OUT/gemv";
 if want attention; then
   stamp attention
   kivi bench attention --context 1024,4096,16384,32768,65536,262144 "${FLAGS[@]}" --save "$OUT/attention"
+fi
+
+# One sequence's whole-model cache per spec at 4K and 32K (the README's method table).
+if want kv-bytes; then stamp kv-bytes; kivi bench kv-bytes --model "$MODEL" --context 4096,32768 "${FLAGS[@]}" --save "$OUT/kv-bytes"; fi
+
+# What `kivi generate` does for one sequence: a 1024-token WikiText prompt, 256 generated, per spec;
+# the wasm back end on 1 and 2 threads, and the TypeScript reference.
+if want generate; then
+  stamp generate
+  TEXT=../shared/data/wikitext-2-raw-test.txt
+  for t in 1 2; do
+    kivi bench generate --model "$MODEL" --text "$TEXT" --prompt 1024 --gen 256 --repeats 3 --backend wasm --threads $t --save "$OUT/generate-t$t"
+  done
+  kivi bench generate --model "$MODEL" --text "$TEXT" --prompt 1024 --gen 256 --repeats 3 --backend ts --save "$OUT/generate-ts"
 fi
 
 # Capacity at the model's context (2048) and at 16K (beyond it: synthetic K/V).

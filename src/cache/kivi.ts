@@ -50,6 +50,23 @@ export function validateKivi(o: KiviOptions, headDim: number): void {
   }
 }
 
+/**
+ * Quantization scratch shared by every KIVI cache on this thread. Quantizing is synchronous, so one pair
+ * of buffers serves all caches; a pair per cache would cost 5·R·d bytes in every layer of every sequence
+ * (80 KiB at R = 128, d = 128) that no one counts.
+ */
+const scratch = { rows: new Float32Array(0), codes: new Uint8Array(0) };
+
+function scratchRows(n: number): Float32Array {
+  if (scratch.rows.length < n) scratch.rows = new Float32Array(n);
+  return scratch.rows;
+}
+
+function scratchCodes(n: number): Uint8Array {
+  if (scratch.codes.length < n) scratch.codes = new Uint8Array(n);
+  return scratch.codes;
+}
+
 export class KiviLayerCache implements LayerCache {
   private readonly kv: number;
   private readonly d: number;
@@ -70,9 +87,6 @@ export class KiviLayerCache implements LayerCache {
   private vStart = 0;
   private rv = 0;
 
-  private readonly codeScratch: Uint8Array;
-  private readonly rowScratch: Float32Array;
-
   constructor(private readonly dims: CacheDims, private readonly kernels: Kernels, readonly opts: KiviOptions) {
     validateKivi(opts, dims.headDim);
     this.kv = dims.numKvHeads;
@@ -82,8 +96,6 @@ export class KiviLayerCache implements LayerCache {
     this.wptK = packedWords(this.d, opts.kBits);
     this.wptV = packedWords(this.d, opts.vBits);
     this.resBytes = opts.residualDtype === 'fp16' ? 2 : 4;
-    this.codeScratch = new Uint8Array(this.R * this.d);
-    this.rowScratch = new Float32Array(this.R * this.d);
   }
 
   /** The residual buffers, allocating them on first use. */
@@ -205,14 +217,15 @@ export class KiviLayerCache implements LayerCache {
   private quantizeKeyBlock(src: Float32Array, off: number, row: number): void {
     const { R, kv, d, G } = this;
     const b = this.allocBlock(kv * R * this.wptK, kv * (R / G) * d);
-    const x = this.rowScratch;
+    const x = scratchRows(R * d);
+    const codes = scratchCodes(R * d);
     for (let h = 0; h < kv; h++) {
       for (let t = 0; t < R; t++) {
         const s = off + t * row + h * d;
         for (let c = 0; c < d; c++) x[t * d + c] = src[s + c]!;
       }
       quantizePerChannelInto(x, 0, R, d, G, this.opts.kBits, b.codes, h * R * this.wptK, b.scales, b.mins,
-        h * (R / G) * d, this.codeScratch);
+        h * (R / G) * d, codes);
     }
     this.keyBlocks.push(b);
   }
@@ -220,12 +233,13 @@ export class KiviLayerCache implements LayerCache {
   private flushKeyResidual(): void {
     const { R, kv, d, G } = this;
     const b = this.allocBlock(kv * R * this.wptK, kv * (R / G) * d);
-    const x = this.rowScratch;
+    const x = scratchRows(R * d);
+    const codes = scratchCodes(R * d);
     for (let h = 0; h < kv; h++) {
       const base = h * R * d;
       for (let i = 0; i < R * d; i++) x[i] = readRes(this.kRes!, base + i);
       quantizePerChannelInto(x, 0, R, d, G, this.opts.kBits, b.codes, h * R * this.wptK, b.scales, b.mins,
-        h * (R / G) * d, this.codeScratch);
+        h * (R / G) * d, codes);
     }
     this.keyBlocks.push(b);
     this.rk = 0;
@@ -240,17 +254,18 @@ export class KiviLayerCache implements LayerCache {
     }
     const b = this.valueBlocks[bi]!;
     const ti = this.nVq - bi * VALUE_BLOCK;
+    const codes = scratchCodes(d);
     for (let h = 0; h < kv; h++) {
       const slot = h * VALUE_BLOCK + ti;
       quantizePerTokenInto(src, off + h * d, 1, d, G, this.opts.vBits, b.codes, slot * this.wptV, b.scales, b.mins,
-        slot * (d / G), this.codeScratch);
+        slot * (d / G), codes);
     }
     this.nVq++;
   }
 
   private quantizeOldestValue(): void {
     const { kv, d, R } = this;
-    const x = this.rowScratch;
+    const x = scratchRows(kv * d);
     const slots = R + 1;
     for (let h = 0; h < kv; h++) {
       const base = (h * slots + this.vStart) * d;

@@ -3,7 +3,7 @@
 # <name>.md (table), <name>.json (one JSON line), <name>.svg (chart), and machine.md.
 #
 #   scripts/perf.sh            # everything (~25 min on 2 busy cores)
-#   scripts/perf.sh attention  # one or more of: machine gemv attention kv-bytes generate capacity throughput
+#   scripts/perf.sh attention  # one or more of: machine gemv attention kv-bytes generate capacity throughput serve
 #
 # KIVI_BACKEND (default auto) and KIVI_THREADS (default: the back end's) pass through to every command.
 set -euo pipefail
@@ -17,7 +17,7 @@ FLAGS=(--backend "${KIVI_BACKEND:-auto}")
 if [ -n "${KIVI_THREADS:-}" ]; then FLAGS+=(--threads "$KIVI_THREADS"); fi
 kivi() { echo "+ kivi $*" >&2; node dist/src/cli/main.js "$@"; }
 want() { [[ " $ALL " == *" $1 "* ]]; }
-ALL="${*:-machine gemv attention kv-bytes generate capacity throughput}"
+ALL="${*:-machine gemv attention kv-bytes generate capacity throughput serve}"
 
 # machine.md: the machine, then one line per part saying when, at which commit and under what load it ran.
 stamp() {
@@ -77,4 +77,12 @@ if want throughput; then
     --max-batch 64 --repeats 3 "${FLAGS[@]}" --save "$OUT/throughput-headline"
   kivi bench throughput --model "$MODEL" --budget +4MiB,+8MiB,+16MiB,+32MiB,+64MiB,+128MiB --prompt 160 --gen 338 \
     --max-batch 64 "${FLAGS[@]}" --save "$OUT/throughput"
+fi
+
+# The server's capacity under one --kv-budget (README Server section): 16 clients of 1920-token WikiText
+# prompts, the budget exactly 3 fp16 requests.
+if want serve; then
+  stamp serve
+  kivi bench serve --model "$MODEL" --text ../shared/data/wikitext-2-raw-test.txt --prompt 1920 --gen 16 --clients 16 \
+    --fp16-seqs 3 "${FLAGS[@]}" --save "$OUT/serve-capacity"
 fi

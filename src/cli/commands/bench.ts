@@ -18,6 +18,7 @@ import { modelDims } from '../../studies/bench/capacity.js';
 import { NAMED_SPECS } from '../../cache/spec.js';
 import { benchPrompt, generateBenchMarkdown, runGenerateBench } from '../../studies/bench/generate.js';
 import { KiviModel } from '../../api.js';
+import { measureCapacity, serveCapacityMarkdown, textPrompts } from '../../studies/serve/capacity.js';
 
 /** The fp16-residual KIVI spec the issue's bytes target names (the named `kivi2` keeps float32 residuals). */
 const KIVI2_FP16_RESIDUAL = 'kivi:k=2,v=2,g=32,r=128,residual=fp16';
@@ -177,6 +178,35 @@ export function register(program: Command): void {
       bar.stop();
       const what = `kivi generate on ${path.basename(path.resolve(o.model))} (${model.kernels.name} ×${model.kernels.threads})`;
       await report(o, { model: path.basename(path.resolve(o.model)), backend: model.kernels.name, threads: model.kernels.threads, results }, generateBenchMarkdown(results, what));
+    } finally {
+      model.dispose();
+    }
+  });
+
+  // --- serve ---------------------------------------------------------------------------------------
+  const srv = bench
+    .command('serve')
+    .description('sequences the OpenAI server runs at once under one --kv-budget, per spec, from its own /metrics (same load for each)')
+    .requiredOption('--model <dir>', 'model directory')
+    .requiredOption('--text <file>', 'text the prompts are cut from (distinct consecutive slices)')
+    .option('--prompt <n>', 'prompt tokens per request', int(2), 1920)
+    .option('--gen <n>', 'max_tokens per request (greedy)', int(1), 16)
+    .option('--clients <n>', 'concurrent clients, one request each', int(1, 4096), 16)
+    .option('--fp16-seqs <n>', 'the budget, in fp16 requests (fp16 fills it exactly)', int(1), 3);
+  kvListOption(srv, `fp16,kivi2,${KIVI2_FP16_RESIDUAL}`);
+  sharedOptions(srv);
+  srv.action(async (o: Shared & { model: string; text: string; prompt: number; gen: number; clients: number; fp16Seqs: number; kv: string[] }) => {
+    if (!o.kv.includes('fp16')) throw new KiviError('--kv must include fp16: the budget and the ratios are set by it');
+    const text = readTextFile(o.text, '--text');
+    const model = await KiviModel.load(o.model, { backend: o.backend, threads: o.threads });
+    try {
+      if (o.prompt + o.gen > model.config.maxPositions) {
+        throw new KiviError(`--prompt ${o.prompt} + --gen ${o.gen} exceed the model's context of ${model.config.maxPositions}`);
+      }
+      const prompts = textPrompts(model, text, o.clients, o.prompt);
+      const opts = { prompt: o.prompt, gen: o.gen, clients: o.clients, fp16Seqs: o.fp16Seqs, specs: o.kv };
+      const { budget, rows } = await measureCapacity(model, { ...opts, prompts });
+      await report(o, { ...opts, budget, rows }, serveCapacityMarkdown(model, opts, budget, rows));
     } finally {
       model.dispose();
     }

@@ -7,19 +7,16 @@
  * so fp16 fills it exactly and any rounding goes against the quantized specs. Every request runs to the
  * end; the figures are the server's `kivi_sequences_running_max` and `kivi_kv_bytes_used_max` gauges.
  *
- *   node dist/src/studies/serve/capacity.js [--prompt 1920] [--gen 16] [--clients 16] [--fp16-seqs 3] \
- *     [--kv fp16,kivi2,kivi:k=2,v=2,g=32,r=128,residual=fp16] [--data ../shared/data/wikitext-2-raw-test.txt]
+ *   kivi bench serve --model DIR --text FILE [--prompt 1920] [--gen 16] [--clients 16] [--fp16-seqs 3] \
+ *     [--kv fp16,kivi2,kivi:k=2,v=2,g=32,r=128,residual=fp16]
  */
-import * as fs from 'node:fs';
-import { fileURLToPath } from 'node:url';
-import { Command } from 'commander';
-import { KiviModel } from '../../api.js';
-import { parseKvSpec, splitSpecList } from '../../cache/spec.js';
+import type { KiviModel } from '../../api.js';
+import { parseKvSpec } from '../../cache/spec.js';
 import { cacheBytes, peakCacheBytes } from '../../cache/budget.js';
 import { KiviServer } from '../../server/app.js';
 import { parseMetrics } from '../../server/metrics.js';
 import { formatBytes } from '../../server/scheduler.js';
-import { int } from '../../cli/parse.js';
+import { KiviError } from '../../util/errors.js';
 
 export interface CapacityOptions {
   prompt: number;
@@ -47,7 +44,7 @@ export interface CapacityRow {
 /** Distinct prompts of `len` tokens: BOS + consecutive slices of the text's tokens. */
 export function textPrompts(model: KiviModel, text: string, count: number, len: number): number[][] {
   const body = model.encode(text.slice(0, count * len * 8), { bos: false });
-  if (body.length < count * (len - 1)) throw new Error(`the text gives only ${body.length} tokens; ${count * (len - 1)} needed`);
+  if (body.length < count * (len - 1)) throw new KiviError(`the text gives only ${body.length} tokens; ${count} prompts of ${len} need ${count * (len - 1)}`);
   return Array.from({ length: count }, (_, i) => [model.tokenizer.bosId ?? 1, ...body.slice(i * (len - 1), (i + 1) * (len - 1))]);
 }
 
@@ -108,34 +105,10 @@ export function ratioTable(model: KiviModel, specs: string[], lengths: number[])
   return [...head, ...rows].join('\n');
 }
 
-async function main(): Promise<void> {
-  const cmd = new Command()
-    .option('--model <dir>', 'model directory', 'models/llama-28m-gqa')
-    .option('--data <file>', 'text to take prompts from', '../shared/data/wikitext-2-raw-test.txt')
-    .option('--prompt <n>', 'prompt tokens', int(2), 1920)
-    .option('--gen <n>', 'max_tokens', int(1), 16)
-    .option('--clients <n>', 'concurrent clients (one request each)', int(1), 16)
-    .option('--fp16-seqs <n>', 'budget in fp16 requests', int(1), 3)
-    .option('--kv <specs>', 'cache specs', 'fp16,kivi2,kivi:k=2,v=2,g=32,r=128,residual=fp16')
-    .option('--json', 'print one JSON line');
-  cmd.parse(process.argv);
-  const o = cmd.opts<{ model: string; data: string; prompt: number; gen: number; clients: number; fp16Seqs: number; kv: string; json?: boolean }>();
-  const model = await KiviModel.load(o.model);
-  const specs = splitSpecList(o.kv);
-  const prompts = textPrompts(model, fs.readFileSync(o.data, 'utf8'), o.clients, o.prompt);
-  const { budget, rows } = await measureCapacity(model, { prompt: o.prompt, gen: o.gen, clients: o.clients, fp16Seqs: o.fp16Seqs, specs, prompts });
-  if (o.json) {
-    process.stdout.write(JSON.stringify({ prompt: o.prompt, gen: o.gen, clients: o.clients, budget, rows }) + '\n');
-    return;
-  }
-  process.stdout.write(`${o.clients} clients, prompts of ${o.prompt} tokens, max_tokens ${o.gen}, --kv-budget ${budget} bytes ` +
+/** The whole report: the measured table and the exact byte ratios by length. */
+export function serveCapacityMarkdown(model: KiviModel, o: { prompt: number; gen: number; clients: number; fp16Seqs: number; specs: string[] },
+  budget: number, rows: CapacityRow[]): string {
+  return `${o.clients} clients, prompts of ${o.prompt} tokens, max_tokens ${o.gen}, --kv-budget ${budget} bytes ` +
     `(${o.fp16Seqs} fp16 requests)\n\n${capacityTable(budget, rows)}\n\nBytes of one sequence's cache, fp16 ÷ spec, by length:\n\n` +
-    `${ratioTable(model, specs, [128, 512, 1024, 1536, 1920, 1935, 2047])}\n`);
-}
-
-if (process.argv[1] && fs.realpathSync(process.argv[1]) === fileURLToPath(import.meta.url)) {
-  main().catch((e) => {
-    process.stderr.write(`capacity: ${(e as Error).message}\n`);
-    process.exit(1);
-  });
+    `${ratioTable(model, o.specs, [128, 512, 1024, 1536, 1920, 1935, 2047].filter((T) => T <= model.config.maxPositions))}\n`;
 }

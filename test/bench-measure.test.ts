@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { median, syntheticKV, timeRepeated, OUTLIER_EVERY } from '../src/studies/bench/measure.js';
+import { syntheticKV, timeRepeated, OUTLIER_EVERY } from '../src/studies/bench/measure.js';
+import { median } from '../src/studies/numbers.js';
 import { formatBytes, formatRatio, markdownTable } from '../src/studies/bench/markdown.js';
 
 test('median: middle element, or the mean of the two middle ones', () => {

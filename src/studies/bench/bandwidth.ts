@@ -4,7 +4,8 @@
  * process can do) on `threads` threads at once, each on its own slice. GB = 1e9 bytes.
  */
 import { Worker } from 'node:worker_threads';
-import { median, now } from './measure.js';
+import { now } from './measure.js';
+import { median } from '../numbers.js';
 
 export interface BandwidthResult {
   /** Bytes read per sample. */

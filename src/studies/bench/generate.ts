@@ -6,7 +6,8 @@
  */
 import type { KiviModel } from '../../api.js';
 import { KiviError } from '../../util/errors.js';
-import { median, syntheticTokens } from './measure.js';
+import { syntheticTokens } from './measure.js';
+import { median } from '../numbers.js';
 import { formatBytes, formatRatio, markdownTable } from './markdown.js';
 
 export interface GenerateBenchOptions {

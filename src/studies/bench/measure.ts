@@ -4,15 +4,9 @@
  * side by side in one run, never absolute promises.
  */
 import { Rng } from '../../engine/sampling.js';
+import { median } from '../numbers.js';
 
 export const now = (): number => performance.now() / 1000;
-
-export function median(xs: readonly number[]): number {
-  if (xs.length === 0) throw new Error('median of nothing');
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
 
 export interface RepeatOptions {
   /** Untimed rounds first (JIT, caches, page faults). */

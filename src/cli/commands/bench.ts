@@ -176,8 +176,9 @@ export function register(program: Command): void {
       const bar = new LazyProgress('bench generate');
       const results = await runGenerateBench({ model, prompt, gen: o.gen, specs: o.kv, repeats: o.repeats, onProgress: (d, t) => bar.update(d, t) });
       bar.stop();
-      const what = `kivi generate on ${path.basename(path.resolve(o.model))} (${model.kernels.name} ×${model.kernels.threads})`;
-      await report(o, { model: path.basename(path.resolve(o.model)), backend: model.kernels.name, threads: model.kernels.threads, results }, generateBenchMarkdown(results, what));
+      const name = path.basename(path.resolve(o.model));
+      const what = `kivi generate on ${name} (${model.kernels.name} ×${model.kernels.threads})`;
+      await report(o, { model: name, backend: model.kernels.name, threads: model.kernels.threads, results }, generateBenchMarkdown(results, what));
     } finally {
       model.dispose();
     }

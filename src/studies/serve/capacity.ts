@@ -17,6 +17,7 @@ import { KiviServer } from '../../server/app.js';
 import { parseMetrics } from '../../server/metrics.js';
 import { formatBytes } from '../../server/scheduler.js';
 import { KiviError } from '../../util/errors.js';
+import { textWindows } from '../eval/windows.js';
 
 export interface CapacityOptions {
   prompt: number;
@@ -41,11 +42,14 @@ export interface CapacityRow {
   seconds: number;
 }
 
-/** Distinct prompts of `len` tokens: BOS + consecutive slices of the text's tokens. */
+/**
+ * Distinct prompts of `len` tokens: the evaluation windows of the text (BOS + consecutive slices, as
+ * `eval ppl` cuts them), exactly `count` of them.
+ */
 export function textPrompts(model: KiviModel, text: string, count: number, len: number): number[][] {
-  const body = model.encode(text.slice(0, count * len * 8), { bos: false });
-  if (body.length < count * (len - 1)) throw new KiviError(`the text gives only ${body.length} tokens; ${count} prompts of ${len} need ${count * (len - 1)}`);
-  return Array.from({ length: count }, (_, i) => [model.tokenizer.bosId ?? 1, ...body.slice(i * (len - 1), (i + 1) * (len - 1))]);
+  const prompts = textWindows(model.tokenizer, text, { window: len, context: model.config.maxPositions, maxWindows: count });
+  if (prompts.length < count) throw new KiviError(`the text gives only ${prompts.length} prompts of ${len} tokens; ${count} needed`);
+  return prompts;
 }
 
 export async function measureCapacity(model: KiviModel, o: CapacityOptions): Promise<{ budget: number; rows: CapacityRow[] }> {

@@ -3,26 +3,12 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CLI, MODEL_DIR, tmpDir } from './helpers.js';
+import { MODEL_DIR, expectCliError, kivi, tmpDir } from './helpers.js';
 import { safetensorsBytes, writeTinyModel } from './fixtures.js';
 
-function kivi(args: string[]): { status: number | null; stderr: string; stdout: string } {
-  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 120_000 });
-  return { status: r.status, stderr: r.stderr, stdout: r.stdout };
-}
-
-function expectError(args: string[], pattern: RegExp): void {
-  const r = kivi(args);
-  assert.equal(r.status, 1, `exit code for ${args.join(' ')}: ${r.status}\n${r.stderr}`);
-  const lines = r.stderr.trim().split('\n');
-  assert.equal(lines.length, 1, `one line expected, got:\n${r.stderr}`);
-  assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
-  assert.match(lines[0]!, /^kivi: /);
-  assert.match(lines[0]!, pattern);
-}
+const expectError = (args: string[], pattern: RegExp) => expectCliError(args, pattern);
 
 const tmp = tmpDir();
 const gen = (model: string, ...rest: string[]) => ['generate', '--model', model, '--prompt', 'Hello', '--max-tokens', '2', ...rest];

@@ -1,10 +1,9 @@
 /** Generation: sampling, stop strings, streaming, batching, cancellation, and the CLI's JSON contract. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CLI, MODEL_DIR, bundledModel, golden, tmpDir } from './helpers.js';
+import { MODEL_DIR, bundledModel, golden, kivi, tmpDir } from './helpers.js';
 import { Sampler } from '../src/engine/sampling.js';
 import { StopMatcher } from '../src/engine/stop.js';
 
@@ -99,7 +98,7 @@ test('CLI generate --json prints the documented fields; kv_bytes for kivi2 is â‰
   const { prompt, key } = G.passkey.find((p) => p.prompt.length === 2000)!;
   fs.writeFileSync(file, JSON.stringify(prompt));
   const run = (kv: string) => {
-    const r = spawnSync(process.execPath, [CLI, 'generate', '--model', MODEL_DIR, '--prompt-ids', file, '--max-tokens', '6', '--ignore-eos', '--kv', kv, '--json'], { encoding: 'utf8' });
+    const r = kivi(['generate', '--model', MODEL_DIR, '--prompt-ids', file, '--max-tokens', '6', '--ignore-eos', '--kv', kv, '--json']);
     assert.equal(r.status, 0, r.stderr);
     const lines = r.stdout.trim().split('\n');
     assert.equal(lines.length, 1);

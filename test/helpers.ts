@@ -1,4 +1,6 @@
-/** Shared test fixtures: paths, goldens, the bundled model (loaded once per test file). */
+/** Shared test fixtures: paths, goldens, the bundled model (loaded once per test file), running the CLI. */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -36,4 +38,25 @@ export function tmpDir(prefix = 'kivi-test-'): string {
   const d = fs.mkdtempSync(path.join(fs.realpathSync(process.env.TMPDIR ?? '/tmp'), prefix));
   process.on('exit', () => fs.rmSync(d, { recursive: true, force: true }));
   return d;
+}
+
+/** Run the compiled CLI and wait for it. */
+export function kivi(args: string[], timeout = 120_000): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout, maxBuffer: 64 << 20 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/**
+ * Bad input on the command line: exit code 1, nothing on stdout, and one line on stderr — `kivi: …`
+ * matching `pattern` — with no stack trace.
+ */
+export function expectCliError(args: string[], pattern: RegExp, timeout = 120_000): void {
+  const r = kivi(args, timeout);
+  assert.equal(r.status, 1, `exit code for ${args.join(' ')}: ${r.status}\n${r.stderr}`);
+  const lines = r.stderr.trim().split('\n');
+  assert.equal(lines.length, 1, `one line expected, got:\n${r.stderr}`);
+  assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+  assert.match(lines[0]!, /^kivi: /);
+  assert.match(lines[0]!, pattern);
+  assert.equal(r.stdout, '');
 }

@@ -1,22 +1,11 @@
 /** `kivi serve` as a process: starts, answers, shuts down cleanly on SIGTERM; bad flags are one line. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
-import { CLI, MODEL_DIR } from './helpers.js';
+import { spawn } from 'node:child_process';
+import { CLI, MODEL_DIR, expectCliError } from './helpers.js';
 import { startServer } from './server-helpers.js';
 
-function kiviSync(args: string[]) {
-  return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000 });
-}
-
-function oneLineError(args: string[], pattern: RegExp): void {
-  const r = kiviSync(args);
-  assert.equal(r.status, 1, r.stderr);
-  const lines = r.stderr.trim().split('\n');
-  assert.equal(lines.length, 1, r.stderr);
-  assert.match(lines[0]!, /^kivi: /);
-  assert.match(lines[0]!, pattern);
-}
+const oneLineError = (args: string[], pattern: RegExp) => expectCliError(args, pattern, 60_000);
 
 test('kivi serve: bad flags and a busy port are one-line errors', async () => {
   oneLineError(['serve', '--model', MODEL_DIR, '--kv-budget', 'lots'], /size like 2GiB/);

@@ -3,19 +3,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MODEL_DIR, tmpDir } from './helpers.js';
-import { WIKITEXT, kivi } from './studies-helpers.js';
+import { MODEL_DIR, expectCliError, kivi, tmpDir } from './helpers.js';
+import { WIKITEXT } from './studies-helpers.js';
 
-function expectError(args: string[], pattern: RegExp): void {
-  const r = kivi(args, 120_000);
-  assert.equal(r.status, 1, `exit code for ${args.join(' ')}: ${r.status}\n${r.stderr}`);
-  const lines = r.stderr.trim().split('\n');
-  assert.equal(lines.length, 1, `one line expected, got:\n${r.stderr}`);
-  assert.doesNotMatch(r.stderr, /\n\s+at /);
-  assert.match(lines[0]!, /^kivi: /);
-  assert.match(lines[0]!, pattern);
-  assert.equal(r.stdout, '');
-}
+const expectError = (args: string[], pattern: RegExp) => expectCliError(args, pattern);
 
 const M = ['--model', MODEL_DIR];
 const ppl = (...a: string[]) => ['eval', 'ppl', ...M, '--text', WIKITEXT, ...a];

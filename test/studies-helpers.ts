@@ -1,20 +1,14 @@
 /** Helpers for the studies' tests: running the CLI, and checking chart files really are images. */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { Resvg } from '@resvg/resvg-js';
-import { CLI, SHARED } from './helpers.js';
+import { SHARED, kivi } from './helpers.js';
 
 export const WIKITEXT = `${SHARED}/data/wikitext-2-raw-test.txt`;
 
-export function kivi(args: string[], timeout = 600_000): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout, maxBuffer: 64 << 20 });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
 /** Run the CLI, expect success, return stdout. */
 export function kiviOk(args: string[]): string {
-  const r = kivi(args);
+  const r = kivi(args, 600_000);
   assert.equal(r.status, 0, `kivi ${args.join(' ')} failed:\n${r.stderr}`);
   return r.stdout;
 }

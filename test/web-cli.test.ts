@@ -1,20 +1,13 @@
 /** `kivi web` as a process: serves the page, the model (with ranges) and models.json; one-line errors; SIGTERM exits 0. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CLI, MODEL_DIR, tmpDir } from './helpers.js';
+import { CLI, MODEL_DIR, expectCliError, tmpDir } from './helpers.js';
 import { WebServer } from '../src/web/server.js';
 
-function oneLineError(args: string[], pattern: RegExp): void {
-  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000 });
-  assert.equal(r.status, 1, r.stderr);
-  const lines = r.stderr.trim().split('\n');
-  assert.equal(lines.length, 1, r.stderr);
-  assert.match(lines[0]!, /^kivi: /);
-  assert.match(lines[0]!, pattern);
-}
+const oneLineError = (args: string[], pattern: RegExp) => expectCliError(args, pattern, 60_000);
 
 test('kivi web: bad flags, bad model directories and a busy port are one-line errors', async () => {
   oneLineError(['web'], /required option '--model <dir>'/);

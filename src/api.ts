@@ -4,14 +4,14 @@
  *   const m = await KiviModel.load('models/llama-28m-gqa', { kv: 'kivi2' });
  *   for await (const c of m.generate('The pass key is', { maxTokens: 16 })) process.stdout.write(c.text);
  */
-import { createKernels, type BackendOptions, type Kernels } from './kernels/index.js';
+import { createBackend, type BackendOptions, type Backend } from './kernels/index.js';
 import { loadModel, type ModelLocation } from './model/load.js';
-import type { LoadProgress } from './model/weights.js';
+import type { LoadProgress, WeightFormat } from './model/weights.js';
 import type { ModelConfig } from './model/config.js';
-import type { LlamaModel } from './model/llama.js';
+import type { ForwardItem, ForwardOptions, ForwardResult, LlamaModel } from './model/llama.js';
 import type { Tokenizer } from './tokenizer/tokenizer.js';
-import { createCache, type KvOption, toCacheSpec, validateSpec } from './cache/spec.js';
-import type { SequenceCache } from './cache/types.js';
+import { type CacheSpec, createCache, type KvOption, toCacheSpec, validateSpec } from './cache/spec.js';
+import type { CacheDims, KvCache } from './cache/types.js';
 import type { GenerateChunk, GenerateOptions, GenerateResult } from './engine/generate.js';
 import { BatchEngine } from './engine/batch.js';
 
@@ -20,6 +20,8 @@ export interface LoadOptions extends BackendOptions {
   kv?: KvOption;
   /** Weight bytes read so far and in all, called after each tensor (for a progress bar). */
   onProgress?: LoadProgress;
+  /** Weight matrices in the checkpoint's own type ('native', default: bf16 stays bf16) or widened to float32. */
+  weights?: WeightFormat;
 }
 
 export interface GenerateCallOptions extends GenerateOptions {
@@ -32,22 +34,33 @@ export class KiviModel {
     readonly dir: string,
     readonly config: ModelConfig,
     readonly tokenizer: Tokenizer,
-    readonly model: LlamaModel,
-    readonly kernels: Kernels,
-    readonly kv: KvOption,
+    /** The forward pass (studies call it directly). */
+    readonly transformer: LlamaModel,
+    readonly backend: Backend,
+    /** The default cache spec of generate() and newCache(). */
+    readonly kv: CacheSpec,
   ) {}
+
+  /** The shapes caches are built for (layers, heads, kv heads, head size). */
+  get dims(): CacheDims {
+    return this.transformer.dims;
+  }
 
   /**
    * Load a model: a directory path (Node), an http(s) URL base whose files are fetched (browsers and
    * Node: `KiviModel.load('https://host/models/llama-28m-gqa/')`), or any ByteSource.
    */
   static async load(location: ModelLocation, opts: LoadOptions = {}): Promise<KiviModel> {
-    const kv = opts.kv ?? 'fp32';
-    const spec = toCacheSpec(kv);
-    const kernels = await createKernels(opts);
-    const m = await loadModel(location, kernels, { onProgress: opts.onProgress });
-    validateSpec(spec, m.model.dims);
-    return new KiviModel(m.dir, m.config, m.tokenizer, m.model, kernels, kv);
+    const spec = toCacheSpec(opts.kv, 'fp32');
+    const backend = await createBackend(opts);
+    try {
+      const m = await loadModel(location, backend, { onProgress: opts.onProgress, weights: opts.weights });
+      validateSpec(spec, m.model.dims);
+      return new KiviModel(m.dir, m.config, m.tokenizer, m.model, backend, spec);
+    } catch (e) {
+      backend.dispose();
+      throw e;
+    }
   }
 
   /**
@@ -55,14 +68,21 @@ export class KiviModel {
    * Created on first use.
    */
   get engine(): BatchEngine {
-    this.batch ??= new BatchEngine(this.model, this.tokenizer);
+    this.batch ??= new BatchEngine(this.transformer, this.tokenizer);
     return this.batch;
   }
   private batch?: BatchEngine;
 
   /** An empty cache for one sequence (free() it when done). */
-  newCache(kv: KvOption = this.kv): SequenceCache {
-    return createCache(kv, this.model.dims, this.kernels);
+  newCache(kv: KvOption = this.kv): KvCache {
+    const spec = toCacheSpec(kv);
+    validateSpec(spec, this.dims);
+    return createCache(spec, this.transformer.pool);
+  }
+
+  /** One forward step over several sequences' caches (studies, tests): see LlamaModel.forward. */
+  forward(items: ForwardItem[], opts?: ForwardOptions): Promise<ForwardResult[]> {
+    return this.transformer.forward(items, opts);
   }
 
   /** Text → token ids (BOS prepended as the tokenizer config says). */
@@ -83,7 +103,7 @@ export class KiviModel {
 
   /** Stop the back end's helper threads and release its memory; the model is unusable afterwards. */
   dispose(): void {
-    this.kernels.dispose();
+    this.backend.dispose();
   }
 
   /** Generate to the end and return the result. */

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { TsKernels } from '../src/kernels/ts/reference.js';
+import { TsBackend } from '../src/kernels/ts/backend.js';
 import { runAttentionBench } from '../src/studies/bench/attention.js';
 import { cacheBytes } from '../src/cache/budget.js';
 import { parseKvSpec } from '../src/cache/spec.js';
@@ -17,11 +17,11 @@ function kiviBytes(T: number, kv: number, d: number, bits: number, G: number, R:
   return codes(kq) + (kq / G) * kv * d * 4 + codes(vq) + vq * kv * (d / G) * 4 + (rk + rv) * kv * d * resBytes;
 }
 
-test('bench attention: kv_bytes are the exact cache sizes, for every spec and context', () => {
-  const kernels = new TsKernels();
+test('bench attention: kv_bytes are the exact cache sizes, for every spec and context', async () => {
+  const backend = new TsBackend();
   const specs = ['fp32', 'fp16', 'kivi2', 'kivi4', HALF_RES];
   const contexts = [300, 1, 129];
-  const r = runAttentionBench({ contexts, specs, heads: 4, kvHeads: 2, headDim: 64, kernels, repeats: FAST });
+  const r = await runAttentionBench({ contexts, specs: specs.map((s) => parseKvSpec(s)), heads: 4, kvHeads: 2, headDim: 64, backend, repeats: FAST });
   assert.equal(r.length, specs.length * contexts.length);
   // Sorted by context, specs in the order given.
   assert.deepEqual(r.map((x) => x.context), [1, 1, 1, 1, 1, 129, 129, 129, 129, 129, 300, 300, 300, 300, 300]);

@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { runCapacity, sequencesThatFit } from '../src/studies/bench/capacity.js';
-import { cacheBytes } from '../src/cache/budget.js';
+import { cacheBytes, peakAllocatedBytes } from '../src/cache/budget.js';
+import { hostPageBytes } from '../src/kernels/host/memory.js';
 import { parseKvSpec } from '../src/cache/spec.js';
 import { MODEL, bundledWeightsBytes, runCli } from './bench-helpers.js';
 
@@ -20,17 +21,19 @@ test('bench capacity: sequences = floor((budget − weights − overhead) / cach
   // Not a multiple of R = 128: the fill (a prefill, then appends) must leave a partial key residual.
   const context = 1000;
   const specs = ['fp16', 'kivi2', 'kivi:k=2,v=2,g=32,r=128,residual=fp16'];
-  const r = await runCapacity({ model: MODEL, budget, context, specs });
+  const r = await runCapacity({ model: MODEL, budget, context, specs: specs.map((s) => parseKvSpec(s)) });
   assert.equal(r.weights_bytes, bundledWeightsBytes());
   // Overhead is measured: a Node process with a tokenizer and activations, tens of MiB, not zero.
   assert.ok(r.overhead_bytes > 10 * MiB && r.overhead_bytes < 200 * MiB, String(r.overhead_bytes));
   const seq: Record<string, number> = {};
   r.results.forEach((x, i) => {
     assert.deepEqual(Object.keys(x), ['kv', 'sequences', 'peak_rss']);
-    const per = cacheBytes(parseKvSpec(x.kv), DIMS, context);
+    const data = cacheBytes(parseKvSpec(x.kv), DIMS, context);
+    const per = peakAllocatedBytes(parseKvSpec(x.kv), { shape: DIMS, pageBytes: (b) => hostPageBytes(DIMS, b) }, context, context);
     assert.equal(x.sequences, Math.floor((budget - r.weights_bytes - r.overhead_bytes) / per), x.kv);
-    assert.equal(r.detail[i]!.kv_bytes, x.sequences * per, 'the child held exactly that many bytes');
-    assert.ok(r.detail[i]!.reserved_bytes >= r.detail[i]!.kv_bytes);
+    assert.equal(r.detail[i]!.kv_bytes, x.sequences * data, 'the child held exactly that much data');
+    assert.equal(r.detail[i]!.allocated_bytes, x.sequences * per, 'in exactly that many pages');
+    assert.ok(per >= data);
     // Resident memory grew by at least the bytes held.
     assert.ok(r.detail[i]!.rss - r.base_rss > 0.9 * r.detail[i]!.kv_bytes, x.kv);
     assert.ok(x.peak_rss > r.weights_bytes + r.detail[i]!.kv_bytes, 'peak RSS covers weights and caches');

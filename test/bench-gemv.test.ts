@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { TsKernels } from '../src/kernels/ts/reference.js';
+import { TsBackend } from '../src/kernels/ts/backend.js';
 import { runGemvBench } from '../src/studies/bench/gemv.js';
 import { measureReadBandwidth } from '../src/studies/bench/bandwidth.js';
 import { runCli } from './bench-helpers.js';
@@ -13,7 +13,7 @@ test('read bandwidth: whole pages split over threads; the workers exit', async (
 });
 
 test('bench gemv: GFLOP/s and GB/s follow from the shape and the median time', async () => {
-  const r = await runGemvBench({ kernels: new TsKernels(), inDim: 96, outDim: 40, rows: [1, 3], threads: 1, bandwidthBytes: 4 * 2 ** 20,
+  const r = await runGemvBench({ backend: new TsBackend(), inDim: 96, outDim: 40, rows: [1, 3], threads: 1, bandwidthBytes: 4 * 2 ** 20,
     repeats: { warmup: 1, minRepeats: 3, minSeconds: 0, maxRepeats: 3 } });
   assert.equal(r.backend, 'ts');
   assert.equal(r.bound_1_thread, null);

@@ -141,7 +141,9 @@ test('eval nll input errors', () => {
 });
 
 test('safetensors writer in the fixture produces what the reader reads (F32, F16, BF16 exactly)', async () => {
-  const { readHeader, readTensorInto } = await import('../src/model/safetensors.js');
+  const { readHeader, readTensorChunks, toFloat32 } = await import('../src/model/safetensors.js');
+  const readTensorInto = (f: Parameters<typeof readTensorChunks>[0], info: Parameters<typeof readTensorChunks>[1], out: Float32Array) =>
+    readTensorChunks(f, info, (bytes, first) => toFloat32(bytes, info.dtype, out, first));
   const { fsSource } = await import('../src/model/source-fs.js');
   const vals = [0, 1, -2.5, 65504, 2 ** -24, -0.1];
   const f32 = new Float32Array(vals);

@@ -9,6 +9,7 @@ import { snapshotWindows, streamingNll } from '../src/studies/eval/nll.js';
 import { snapshotPrefill, restorePrefill, type PrefixSnapshot } from '../src/engine/prefix.js';
 import { argmax } from '../src/engine/sampling.js';
 import type { KiviModel } from '../src/api.js';
+import { parseKvSpec } from '../src/cache/spec.js';
 
 const G = golden();
 const CONFIGS = Object.keys(G.nll);
@@ -34,14 +35,15 @@ test('golden windows are [BOS] + the WikiText test text encoded without BOS', as
 });
 
 /** Greedy continuation of a restored prefix: n tokens, the first from the prefill's logits. */
-function greedyFrom(m: KiviModel, prompt: number[], kv: string, n: number, snap = snapshotPrefill(m.model, prompt)): number[] {
+async function greedyFrom(m: KiviModel, prompt: number[], kv: string, n: number, snapshot?: PrefixSnapshot): Promise<number[]> {
+  const snap = snapshot ?? await snapshotPrefill(m.transformer, prompt);
   const cache = m.newCache(kv);
   try {
-    restorePrefill(cache, snap);
+    await restorePrefill(m.transformer, cache, snap);
     const out = [argmax(snap.lastLogits)];
     while (out.length < n) {
-      const logits = m.model.forward([{ tokens: [out[out.length - 1]!], cache, logits: 'last' }])[0]!;
-      out.push(argmax(logits));
+      const [id] = await m.forward([{ tokens: [out[out.length - 1]!], cache, logits: 'argmax' }]);
+      out.push(id as number);
     }
     return out;
   } finally {
@@ -58,8 +60,7 @@ function perturb(snaps: PrefixSnapshot[], seed: number): PrefixSnapshot[] {
   const bit = () => ((s = (Math.imul(s, 1103515245) + 12345) | 0) >>> 16) & 1;
   return snaps.map((sn) => ({
     ...sn,
-    k: sn.k.map((a) => a.map((x) => x * (1 + (bit() ? 1 : -1) * 2 ** -23))),
-    v: sn.v.map((a) => a.map((x) => x * (1 + (bit() ? 1 : -1) * 2 ** -23))),
+    rows: sn.rows.map((a) => a.map((x) => x * (1 + (bit() ? 1 : -1) * 2 ** -23))),
   }));
 }
 
@@ -86,17 +87,18 @@ const SENSITIVE_TOL = 3e-2;
 
 test('streaming NLL of both golden windows matches the reference for every cache config', async (t) => {
   const m = await bundledModel();
-  const snaps = snapshotWindows(m.model, G.windows, 512);
+  const snaps = await snapshotWindows(m.transformer, G.windows, 512);
   const fmt = (x: number[]) => x.map((v) => v.toFixed(5)).join(', ');
   for (const kv of CONFIGS) {
     const ref = G.nll[kv]!;
     const tol = kv === 'fp32' ? 2e-3 : 5e-3;
-    const nll = streamingNll(m.model, G.windows, kv, { prefill: 512 }, snaps);
+    const nll = await streamingNll(m.transformer, G.windows, parseKvSpec(kv), { prefill: 512 }, snaps);
     t.diagnostic(`${kv}: ${fmt(nll)} (reference ${fmt(ref)})`);
     const off = [0, 1].filter((w) => Math.abs(nll[w]! - ref[w]!) > tol);
     if (off.length === 0) continue;
     assert.notEqual(kv, 'fp32', `fp32 must match directly: ${fmt(nll)} vs ${fmt(ref)}`);
-    const runs = [nll, ...[1, 2, 3].map((seed) => streamingNll(m.model, G.windows, kv, { prefill: 512 }, perturb(snaps, seed)))];
+    const runs = [nll];
+    for (const seed of [1, 2, 3]) runs.push(await streamingNll(m.transformer, G.windows, parseKvSpec(kv), { prefill: 512 }, perturb(snaps, seed)));
     for (const w of off) {
       const vals = runs.map((r) => r[w]!);
       const span = Math.max(...vals) - Math.min(...vals);
@@ -109,24 +111,24 @@ test('streaming NLL of both golden windows matches the reference for every cache
 
 test('streaming NLL without the shared prefill equals the shared-prefill result (fp32, kivi2)', async () => {
   const m = await bundledModel();
-  const snaps = snapshotWindows(m.model, G.windows.slice(0, 1), 512);
+  const snaps = await snapshotWindows(m.transformer, G.windows.slice(0, 1), 512);
   for (const kv of ['fp32', 'kivi2']) {
-    const direct = streamingNll(m.model, G.windows.slice(0, 1), kv, { prefill: 512 });
-    const shared = streamingNll(m.model, G.windows.slice(0, 1), kv, { prefill: 512 }, snaps.slice(0, 1));
+    const direct = await streamingNll(m.transformer, G.windows.slice(0, 1), parseKvSpec(kv), { prefill: 512 });
+    const shared = await streamingNll(m.transformer, G.windows.slice(0, 1), parseKvSpec(kv), { prefill: 512 }, snaps.slice(0, 1));
     assert.deepEqual(direct, shared);
   }
 });
 
 test('greedy: fp32 reproduces the reference 64 ids exactly; kivi2/kivi4 agree on a leading run', async (t) => {
   const m = await bundledModel();
-  const snap = snapshotPrefill(m.model, G.greedy.prompt);
-  const fp32 = greedyFrom(m, G.greedy.prompt, 'fp32', 64, snap);
+  const snap = await snapshotPrefill(m.transformer, G.greedy.prompt);
+  const fp32 = await greedyFrom(m, G.greedy.prompt, 'fp32', 64, snap);
   assert.deepEqual(fp32, G.greedy.out.fp32);
   // The end-to-end path (engine + CLI defaults) gives the same ids.
-  const r = await m.complete(G.greedy.prompt, { maxTokens: 64, ignoreEos: true });
+  const r = await m.complete(G.greedy.prompt, { maxTokens: 64, ignoreEos: true, kv: 'fp32' });
   assert.deepEqual(r.ids, G.greedy.out.fp32);
   for (const kv of ['kivi2', 'kivi4']) {
-    const ids = greedyFrom(m, G.greedy.prompt, kv, 64, snap);
+    const ids = await greedyFrom(m, G.greedy.prompt, kv, 64, snap);
     const ref = G.greedy.out[kv]!;
     let lead = 0;
     while (lead < 64 && ids[lead] === ref[lead]) lead++;
@@ -138,9 +140,9 @@ test('greedy: fp32 reproduces the reference 64 ids exactly; kivi2/kivi4 agree on
 test('pass-key: all 8 golden prompts answer with their key under every cache config', async (t) => {
   const m = await bundledModel();
   for (const [i, p] of G.passkey.entries()) {
-    const snap = snapshotPrefill(m.model, p.prompt);
+    const snap = await snapshotPrefill(m.transformer, p.prompt);
     for (const kv of CONFIGS) {
-      const ids = greedyFrom(m, p.prompt, kv, 6, snap);
+      const ids = await greedyFrom(m, p.prompt, kv, 6, snap);
       const text = m.decode(ids).trim();
       assert.ok(text.startsWith(p.key), `prompt ${i} (${p.prompt.length} tokens), ${kv}: "${text}" does not start with ${p.key}`);
       if (kv === 'fp32') assert.deepEqual(ids, p.out.fp32, `prompt ${i} fp32 ids`);

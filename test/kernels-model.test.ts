@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { KiviModel } from '../src/api.js';
 import { streamingNll } from '../src/studies/eval/nll.js';
-import { createCache } from '../src/cache/spec.js';
+import { parseKvSpec } from '../src/cache/spec.js';
 
 const MODEL = 'models/llama-28m-gqa';
 const golden = JSON.parse(fs.readFileSync('../shared/reference/llama-28m-gqa.golden.json', 'utf8')) as {
@@ -28,26 +28,27 @@ after(() => {
 });
 
 for (const [kv, tol] of [['fp32', 2e-3], ['kivi2', 5e-3]] as const) {
-  test(`wasm streaming NLL reproduces the golden ${kv} values (±${tol} nats)`, () => {
-    assert.equal(m2.kernels.name, 'wasm');
-    const nll = streamingNll(m2.model, golden.windows, kv, { prefill: 512 });
+  test(`wasm streaming NLL reproduces the golden ${kv} values (±${tol} nats)`, async () => {
+    assert.equal(m2.backend.name, 'wasm');
+    const nll = await streamingNll(m2.transformer, golden.windows, parseKvSpec(kv), { prefill: 512 });
     nll.forEach((v, i) => assert.ok(Math.abs(v - golden.nll[kv]![i]!) <= tol, `window ${i}: ${v} vs golden ${golden.nll[kv]![i]}`));
   });
 }
 
-test('threads never change results: prefill and decode logits are bitwise equal on 1 and 2 threads', () => {
+test('threads never change results: prefill and decode logits are bitwise equal on 1 and 2 threads', async () => {
   const ids = golden.windows[1]!;
   for (const kv of ['fp32', 'kivi2', 'kivi4', 'fp16']) {
-    const logits = [m1, m2].map((m) => {
-      const cache = createCache(kv, m.model.dims, m.kernels);
+    const logits: Buffer[] = [];
+    for (const m of [m1, m2]) {
+      const cache = m.newCache(kv);
       try {
-        const a = m.model.forward([{ tokens: ids.slice(0, 300), cache, logits: 'last' }])[0]!;
-        const b = m.model.forward([{ tokens: ids.slice(300, 340), cache, logits: 'all' }])[0]!;
-        return Buffer.concat([Buffer.from(a.buffer), Buffer.from(b.buffer)]);
+        const [a] = await m.forward([{ tokens: ids.slice(0, 300), cache, logits: 'last' }]);
+        const [b] = await m.forward([{ tokens: ids.slice(300, 340), cache, logits: 'all' }]);
+        logits.push(Buffer.concat([Buffer.from((a as Float32Array).buffer), Buffer.from((b as Float32Array).buffer)]));
       } finally {
         cache.free();
       }
-    });
+    }
     assert.ok(logits[0]!.equals(logits[1]!), `${kv}: 1 vs 2 threads`);
   }
 });

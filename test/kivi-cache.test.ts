@@ -5,13 +5,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createCache, parseKvSpec } from '../src/cache/spec.js';
-import { AttnScratch, type CacheDims } from '../src/cache/types.js';
-import { KiviLayerCache } from '../src/cache/kivi.js';
+import type { CacheDims, KvCache } from '../src/cache/types.js';
+import { KiviCache, VALUE_PAGE } from '../src/cache/kivi.js';
 import { cacheBytes } from '../src/cache/budget.js';
+import { CacheStepper, qkvRows } from '../src/cache/step.js';
 import { dequantize, quantizePerChannel, quantizePerToken, type Bits } from '../src/quant/quantizer.js';
-import { TsKernels } from '../src/kernels/ts/reference.js';
-import { createKernels } from '../src/kernels/index.js';
-import type { Kernels } from '../src/kernels/types.js';
+import { TsBackend } from '../src/kernels/ts/backend.js';
+import { createBackend } from '../src/kernels/index.js';
+import type { Backend } from '../src/kernels/types.js';
 import { KiviError } from '../src/util/errors.js';
 
 function rng(seed: number): () => number {
@@ -86,18 +87,27 @@ const shapes: [string, CacheDims][] = [
   ['MQA', { numLayers: 1, numHeads: 4, numKvHeads: 1, headDim: 32 }],
 ];
 
-async function backends(): Promise<Kernels[]> {
-  const dflt = await createKernels();
-  return dflt.name === 'ts' ? [new TsKernels()] : [new TsKernels(), dflt];
+async function backends(): Promise<Backend[]> {
+  const dflt = await createBackend();
+  return dflt.name === 'ts' ? [new TsBackend()] : [new TsBackend(), dflt];
+}
+
+/** A decode step's attention through the cache: the new token's q/k/v as one row. */
+async function decodeStep(stepper: CacheStepper, cache: KvCache, dims: CacheDims, q: Float32Array, K: Float32Array, V: Float32Array, t: number): Promise<Float32Array> {
+  const row = dims.numKvHeads * dims.headDim;
+  const out = await stepper.step([{ cache, rows: qkvRows(dims, 1, q, K, V, t * row, t * row), n: 1, mode: 'decode' }]);
+  return out!;
 }
 
 for (const [name, dims] of shapes) {
   for (const bits of [2, 4] as Bits[]) {
     test(`${name} ${bits}-bit: prefill splits, flush at R, value window R, attention on codes = dequantized attention`, async () => {
-      for (const kernels of await backends()) {
+      for (const backend of await backends()) {
+        const pool = backend.createPagePool(dims);
+        const stepper = new CacheStepper(backend, pool);
         const R = 32;
         const G = 16;
-        const spec = `kivi:k=${bits},v=${bits},g=${G},r=${R}`;
+        const spec = parseKvSpec(`kivi:k=${bits},v=${bits},g=${G},r=${R}`);
         const { numKvHeads: kv, headDim: d, numHeads: H } = dims;
         // T < R, T = R, T = kR, T = kR + r, and a decode run through several flushes.
         for (const P of [5, 31, 32, 64, 70]) {
@@ -105,32 +115,28 @@ for (const [name, dims] of shapes) {
           const steps = 75;
           const K = rows(P + steps, kv, d, r, true);
           const V = rows(P + steps, kv, d, r);
-          const cache = createCache(spec, dims, kernels);
-          const layer = cache.layers[0] as KiviLayerCache;
-          layer.prefill(K, 0, V, 0, P);
-          const l0 = layer.layout();
+          const cache = createCache(spec, pool) as KiviCache;
+          await stepper.step([{ cache, rows: qkvRows(dims, P, null, K, V), n: P, mode: 'prefill' }], false);
+          const l0 = cache.layout();
           const rk = P < R ? P : P % R;
           assert.deepEqual(l0, { keyQuantized: P - rk, keyResidual: rk, valueQuantized: Math.max(0, P - R), valueResidual: Math.min(P, R) },
             `prefill split at T=${P}`);
-          assert.equal(cache.bytes(), cacheBytes(parseKvSpec(spec), dims, P));
-          const scratch = new AttnScratch();
-          const out = new Float32Array(H * d);
+          assert.equal(cache.bytes(), cacheBytes(spec, dims, P));
           let prevKq = l0.keyQuantized;
           for (let s = 0; s < steps; s++) {
             const T = P + s + 1;
             const q = rows(1, H, d, r);
-            layer.append(K, (T - 1) * kv * d, V, (T - 1) * kv * d);
-            const before = layer.layout();
-            layer.attend(q, 0, out, 0, scratch);
-            // Attention read the state before the end-of-step rules ran.
+            // Attention reads the state before this step's token is folded in, plus the token itself.
+            const before = cache.layout();
+            const out = await decodeStep(stepper, cache, dims, q, K, V, T - 1);
             const exp = expectedAttention(K, V, T, q, dims, before.keyQuantized, before.valueQuantized, bits, G);
             const err = maxRelErr(out, exp);
             // The wasm back end rounds the scaled query and the attention weights to int16 for its integer
             // dot products (the KIVI.md §6 trick on CPUs; exact bounds in test/kernels-wasm.test.ts): on these
             // outlier-heavy keys that moves the output by up to ~1e-3 of its largest element.
-            const tol = kernels.name === 'wasm' ? 2e-3 : 2e-4;
-            assert.ok(err < tol, `${kernels.name} T=${T}: attention error ${err}`);
-            const l = layer.layout();
+            const tol = backend.name === 'wasm' ? 2e-3 : 2e-4;
+            assert.ok(err < tol, `${backend.name} T=${T}: attention error ${err}`);
+            const l = cache.layout();
             // Keys: the residual is flushed as one block exactly when it reaches R, never token by token.
             assert.equal(l.keyResidual, T % R, `key residual at T=${T}`);
             assert.ok(l.keyQuantized === prevKq || l.keyQuantized === prevKq + R, `key flush of ${l.keyQuantized - prevKq} tokens`);
@@ -139,11 +145,13 @@ for (const [name, dims] of shapes) {
             // Values: a sliding window of exactly R full-precision tokens.
             assert.equal(l.valueResidual, Math.min(T, R));
             assert.equal(l.valueQuantized, T - Math.min(T, R));
-            assert.equal(cache.bytes(), cacheBytes(parseKvSpec(spec), dims, T));
+            assert.equal(cache.bytes(), cacheBytes(spec, dims, T));
           }
           cache.free();
           assert.equal(cache.bytes(), 0);
+          assert.equal(pool.allocatedBytes, 0, 'every page back in the pool');
         }
+        stepper.dispose();
       }
     });
   }
@@ -152,66 +160,63 @@ for (const [name, dims] of shapes) {
 test('float16 residual: smaller, and attention stays within float16 rounding of the float32 residual', async () => {
   const dims: CacheDims = { numLayers: 1, numHeads: 4, numKvHeads: 2, headDim: 64 };
   const { numKvHeads: kv, headDim: d, numHeads: H } = dims;
+  const backend = new TsBackend();
+  const pool = backend.createPagePool(dims);
+  const stepper = new CacheStepper(backend, pool);
   const r = rng(3);
   const T = 150;
-  const K = rows(T, kv, d, r, true);
-  const V = rows(T, kv, d, r);
-  const a = createCache('kivi:k=2,v=2,g=32,r=64', dims, new TsKernels());
-  const b = createCache('kivi:k=2,v=2,g=32,r=64,residual=fp16', dims, new TsKernels());
-  a.layers[0]!.prefill(K, 0, V, 0, T);
-  b.layers[0]!.prefill(K, 0, V, 0, T);
+  const K = rows(T + 1, kv, d, r, true);
+  const V = rows(T + 1, kv, d, r);
+  const sa = parseKvSpec('kivi:k=2,v=2,g=32,r=64');
+  const sb = parseKvSpec('kivi:k=2,v=2,g=32,r=64,residual=fp16');
+  const a = createCache(sa, pool);
+  const b = createCache(sb, pool);
+  await stepper.step([{ cache: a, rows: qkvRows(dims, T, null, K, V), n: T }], false);
+  await stepper.step([{ cache: b, rows: qkvRows(dims, T, null, K, V), n: T }], false);
   assert.ok(b.bytes() < a.bytes());
-  assert.equal(b.bytes(), cacheBytes(parseKvSpec('kivi:k=2,v=2,g=32,r=64,residual=fp16'), dims, T));
+  assert.equal(b.bytes(), cacheBytes(sb, dims, T));
   const q = rows(1, H, d, r);
-  const oa = new Float32Array(H * d);
-  const ob = new Float32Array(H * d);
-  a.layers[0]!.attend(q, 0, oa, 0, new AttnScratch());
-  b.layers[0]!.attend(q, 0, ob, 0, new AttnScratch());
+  const oa = await decodeStep(stepper, a, dims, q, K, V, T);
+  const ob = await decodeStep(stepper, b, dims, q, K, V, T);
   for (let i = 0; i < oa.length; i++) assert.ok(Math.abs(oa[i]! - ob[i]!) < 5e-3, `${oa[i]} vs ${ob[i]}`);
 });
 
-test('no dequantized copy: every byte the cache allocates is codes, scales, minimums or residual', () => {
-  // A kernel back end that counts live allocations.
-  let live = 0;
-  const base = new TsKernels();
-  const counting: Kernels = Object.assign(Object.create(base) as Kernels, {
-    allocF32: (n: number) => ((live += 4 * n), base.allocF32(n)),
-    allocU32: (n: number) => ((live += 4 * n), base.allocU32(n)),
-    allocU16: (n: number) => ((live += 2 * n), base.allocU16(n)),
-    free: (a: Float32Array | Uint32Array | Uint16Array) => void (live -= a.byteLength),
-  });
-  const dims: CacheDims = { numLayers: 1, numHeads: 4, numKvHeads: 2, headDim: 128 };
-  const { numKvHeads: kv, headDim: d, numHeads: H } = dims;
+test('no dequantized copy: every byte the cache holds is a page of codes, scales, minimums or residual', async () => {
+  const dims: CacheDims = { numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 128 };
+  const { numKvHeads: kv, headDim: d, numHeads: H, numLayers: L } = dims;
+  const backend = new TsBackend();
+  const pool = backend.createPagePool(dims);
+  const stepper = new CacheStepper(backend, pool);
   const r = rng(9);
   const T = 2000;
   const K = rows(T + 300, kv, d, r, true);
   const V = rows(T + 300, kv, d, r);
-  const cache = createCache('kivi2', dims, counting);
-  cache.layers[0]!.prefill(K, 0, V, 0, T);
-  const scratch = new AttnScratch();
-  const out = new Float32Array(H * d);
-  for (let t = T; t < T + 300; t++) {
-    cache.layers[0]!.append(K, t * kv * d, V, t * kv * d);
-    cache.layers[0]!.attend(rows(1, H, d, r), 0, out, 0, scratch);
-  }
-  assert.equal(live, cache.reservedBytes());
-  const fp32Bytes = (T + 300) * 2 * kv * d * 4;
-  // Reserved = exact bytes + at most one partly filled value block + the residual buffers' spare room.
-  const slack = 256 * kv * (d / 4 + (d / 32) * 4) + (128 + 1) * kv * d * 4;
-  assert.ok(cache.reservedBytes() <= cache.bytes() + slack, `${cache.reservedBytes()} > ${cache.bytes()} + ${slack}`);
+  const spec = parseKvSpec('kivi:k=2,v=2,g=32,r=128,residual=fp16');
+  const cache = createCache(spec, pool);
+  await stepper.step([{ cache, rows: qkvRows(dims, T, null, K, V), n: T }], false);
+  for (let t = T; t < T + 300; t++) await decodeStep(stepper, cache, dims, rows(1, H, d, r), K, V, t);
+  // Pages are the cache's only storage, and they hold its bytes up to partly filled pages: one value
+  // page (VALUE_PAGE − 1 slots) and the residual pages' unused slots (< 32 at each end of the value
+  // window, < 32 after the key residual).
+  assert.equal(pool.allocatedBytes, cache.allocatedBytes());
+  const codesPerToken = (d * 2) / 8 + (d / 32) * 4;
+  const slack = L * kv * ((VALUE_PAGE - 1) * codesPerToken + 3 * 31 * d * 2) + 64 * 8;
+  assert.ok(cache.allocatedBytes() <= cache.bytes() + slack, `${cache.allocatedBytes()} > ${cache.bytes()} + ${slack}`);
+  const fp32Bytes = L * (T + 300) * 2 * kv * d * 4;
   assert.ok(cache.bytes() < fp32Bytes / 4, `KIVI holds ${cache.bytes()} bytes for ${fp32Bytes} of fp32 K/V`);
   cache.free();
-  assert.equal(live, 0);
+  assert.equal(pool.allocatedBytes, 0);
 });
 
 test('invalid KIVI settings are clear errors', () => {
   const dims: CacheDims = { numLayers: 1, numHeads: 4, numKvHeads: 2, headDim: 128 };
-  const k = new TsKernels();
-  assert.throws(() => createCache('kivi:k=2,v=2,g=32,r=48', dims, k), /multiple of the group size/);
-  assert.throws(() => createCache('kivi:k=2,v=2,g=48,r=96', dims, k), /must divide the model's head_dim/);
-  assert.throws(() => createCache('kivi:k=2,v=8,g=8,r=32', dims, k), /multiple of 16/);
-  assert.throws(() => createCache('kivi:k=3,v=2', dims, k), KiviError);
-  assert.throws(() => createCache('kivi:k=2,v=2,x=1', dims, k), /unknown key "x"/);
-  assert.throws(() => createCache('kivi2-q7', dims, k), /valid forms/);
-  assert.throws(() => createCache('fake3-kC-vT', dims, k), /bits must be 2, 4 or 8/);
+  const pool = new TsBackend().createPagePool(dims);
+  const make = (s: string) => createCache(parseKvSpec(s), pool);
+  assert.throws(() => make('kivi:k=2,v=2,g=32,r=48'), /multiple of the group size/);
+  assert.throws(() => make('kivi:k=2,v=2,g=48,r=96'), /must divide the model's head_dim/);
+  assert.throws(() => make('kivi:k=2,v=8,g=8,r=32'), /multiple of 16/);
+  assert.throws(() => make('kivi:k=3,v=2'), KiviError);
+  assert.throws(() => make('kivi:k=2,v=2,x=1'), /unknown key "x"/);
+  assert.throws(() => make('kivi2-q7'), /valid forms/);
+  assert.throws(() => make('fake3-kC-vT'), /bits must be 2, 4 or 8/);
 });

@@ -28,15 +28,15 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
 }
 
 /** Logits of the last token: all-at-once prefill vs prefill T−1 then one decode step. */
-function prefillVsDecode(m: KiviModel, tokens: number[], kv = 'fp32'): number {
+async function prefillVsDecode(m: KiviModel, tokens: number[], kv = 'fp32'): Promise<number> {
   const a = m.newCache(kv);
-  const full = m.model.forward([{ tokens, cache: a, logits: 'last' }])[0]!;
+  const [full] = await m.forward([{ tokens, cache: a, logits: 'last' }]);
   a.free();
   const b = m.newCache(kv);
-  m.model.forward([{ tokens: tokens.slice(0, -1), cache: b, logits: 'none' }]);
-  const step = m.model.forward([{ tokens: tokens.slice(-1), cache: b, logits: 'last' }])[0]!;
+  await m.forward([{ tokens: tokens.slice(0, -1), cache: b, logits: 'none' }]);
+  const [step] = await m.forward([{ tokens: tokens.slice(-1), cache: b, logits: 'last' }]);
   b.free();
-  return maxAbsDiff(full, step);
+  return maxAbsDiff(full as Float32Array, step as Float32Array);
 }
 
 const TOKENS = Array.from({ length: 40 }, (_, i) => 100 + ((i * 37) % 900));
@@ -57,7 +57,7 @@ for (const [name, c] of variants) {
     const m = await tiny(c);
     // fp32 agrees to float rounding; fp16 decode reads float16-rounded K/V, the prefill exact ones.
     for (const [kv, tol] of [['fp32', 2e-4], ['fp16', 5e-3]] as const) {
-      const diff = prefillVsDecode(m, TOKENS, kv);
+      const diff = await prefillVsDecode(m, TOKENS, kv);
       assert.ok(diff < tol, `${kv}: max logit difference ${diff}`);
     }
   });
@@ -66,14 +66,14 @@ for (const [name, c] of variants) {
 test('batched forward of different-length sequences equals running each alone', async () => {
   const m = await tiny({ heads: 4, kvHeads: 2 });
   const seqs = [TOKENS.slice(0, 7), TOKENS.slice(3, 30), TOKENS.slice(10, 11)];
-  const alone = seqs.map((s) => {
+  const alone: (Float32Array | number | null)[] = [];
+  for (const s of seqs) {
     const c = m.newCache();
-    const l = m.model.forward([{ tokens: s, cache: c, logits: 'all' }])[0]!;
+    alone.push((await m.forward([{ tokens: s, cache: c, logits: 'all' }]))[0]!);
     c.free();
-    return l;
-  });
+  }
   const caches = seqs.map(() => m.newCache());
-  const together = m.model.forward(seqs.map((s, i) => ({ tokens: s, cache: caches[i]!, logits: 'all' as const })));
+  const together = await m.forward(seqs.map((s, i) => ({ tokens: s, cache: caches[i]!, logits: 'all' as const })));
   seqs.forEach((_, i) => assert.deepEqual(together[i], alone[i]));
 });
 

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseKvSpec } from '../src/cache/spec.js';
-import { peakCacheBytes } from '../src/cache/budget.js';
+import { peakAllocatedBytes } from '../src/cache/budget.js';
 import { measureCapacity, textPrompts } from '../src/studies/serve/capacity.js';
 import { SHARED, bundledModel } from './helpers.js';
 import { runCli, MODEL } from './bench-helpers.js';
@@ -19,7 +19,7 @@ test('running at once = floor(budget / reservation), the budget is never exceede
   assert.notDeepEqual(prompts[0], prompts[1]);
   const specs = ['fp16', 'kivi:k=2,v=2,g=16,r=16,residual=fp16'];
   const { budget, rows } = await measureCapacity(m, { prompt: P, gen: N, clients, fp16Seqs: 2, specs, prompts });
-  const reserve = (kv: string) => peakCacheBytes(parseKvSpec(kv), m.model.dims, P + N - 1, P);
+  const reserve = (kv: string) => peakAllocatedBytes(parseKvSpec(kv), m.transformer.pool, P + N - 1, P);
   assert.equal(budget, 2 * reserve('fp16'));
   for (const r of rows) {
     assert.equal(r.reservation, reserve(r.kv));

@@ -3,7 +3,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { KiviModel } from '../src/api.js';
 import { parseKvSpec } from '../src/cache/spec.js';
-import { cacheBytes, peakCacheBytes } from '../src/cache/budget.js';
+import { cacheBytes, peakAllocatedBytes, peakCacheBytes } from '../src/cache/budget.js';
 import type { Sequence } from '../src/engine/batch.js';
 import { Scheduler } from '../src/server/scheduler.js';
 import { KiviError } from '../src/util/errors.js';
@@ -12,7 +12,7 @@ import { bundledModel } from './helpers.js';
 const KV = 'kivi:k=2,v=2,g=32,r=32';
 
 function scheduler(m: KiviModel, kv: string, budgetBytes: number, maxQueue: number): Scheduler {
-  return new Scheduler(m.engine, { spec: parseKvSpec(kv), dims: m.model.dims, budgetBytes, maxQueue, newCache: () => m.newCache(kv) });
+  return new Scheduler(m.engine, { spec: parseKvSpec(kv), pool: m.transformer.pool, budgetBytes, maxQueue, newCache: () => m.newCache(kv) });
 }
 
 async function finish(seq: Sequence) {
@@ -26,57 +26,46 @@ async function finish(seq: Sequence) {
 const isStatus = (status: number) => (e: unknown) => e instanceof KiviError && e.status === status;
 
 describe('scheduler: KV-budget admission', () => {
-  test('reservations are exact peaks, and the bytes in use never exceed the budget', async () => {
+  test('reservations are exact page peaks, and the pages allocated never exceed the budget', async () => {
     const m = await bundledModel();
+    const pool = m.transformer.pool;
     for (const kv of [KV, 'fp16']) {
       // Prompt/length pairs that cross KIVI key flushes (every 32 tokens) and peak on a flush tooth.
       const reqs: [number, number][] = [[20, 30], [33, 15], [5, 40], [63, 3]];
       const spec = parseKvSpec(kv);
-      const need = reqs.map(([p, n]) => peakCacheBytes(spec, m.model.dims, p + n - 1, p));
+      const need = reqs.map(([p, n]) => peakAllocatedBytes(spec, pool, p + n - 1, p));
+      const ids = (p: number, i: number) => Array.from({ length: p }, (_, j) => 1 + ((j * 37 + i * 11) % 8000));
+      // Alone, each request's pages peak at exactly its reservation (pages freed within a step count until it ends).
+      const big = scheduler(m, kv, 1 << 30, 8);
+      for (const [i, [p, n]] of reqs.entries()) {
+        assert.equal(big.reservation(p, n), need[i]);
+        assert.equal(pool.allocatedBytes, 0);
+        pool.resetPeak();
+        await finish(await big.submit(ids(p, i), { maxTokens: n, ignoreEos: true }));
+        assert.equal(pool.peakBytes, need[i], `${kv} request ${i}: page peak`);
+      }
+      big.close();
       // Room for the two largest together, not three: the rest wait in the queue.
       const sorted = [...need].sort((a, b) => b - a);
       const budget = sorted[0]! + sorted[1]!;
       const s = scheduler(m, kv, budget, 8);
-      const peak = new Map<Sequence, number>();
-      const ended = new Set<Sequence>();
-      let worstSum = 0;
-      const unhook = m.engine.onStep(() => {
-        let sum = 0;
-        for (const q of peak.keys()) {
-          if (ended.has(q)) continue;
-          // A sequence that finished in this step held its final bytes during it.
-          const b = q.done ? q.kvBytesAtEnd : q.kvBytes();
-          if (q.done) ended.add(q);
-          peak.set(q, Math.max(peak.get(q)!, b));
-          sum += b;
-        }
-        worstSum = Math.max(worstSum, sum);
-        assert.ok(s.reservedBytes <= budget);
-      });
-      const seqs = await Promise.all(reqs.map(async ([p, n], i) => {
-        const ids = Array.from({ length: p }, (_, j) => 1 + ((j * 37 + i * 11) % 8000));
-        assert.equal(s.reservation(p, n), need[i]);
-        const seq = await s.submit(ids, { maxTokens: n, ignoreEos: true });
-        peak.set(seq, 0);
-        return seq;
-      }));
+      pool.resetPeak();
+      const unhook = m.engine.onStep(() => assert.ok(s.reservedBytes <= budget && s.allocatedBytes() <= budget));
+      const seqs = await Promise.all(reqs.map(([p, n], i) => s.submit(ids(p, i), { maxTokens: n, ignoreEos: true })));
       const results = await Promise.all(seqs.map(finish));
       unhook();
       s.close();
       results.forEach((r, i) => assert.equal(r.ids.length, reqs[i]![1]));
-      // The largest bytes each sequence held over its life is exactly its reservation.
-      assert.deepEqual(seqs.map((q) => peak.get(q)), need, kv);
-      assert.ok(worstSum <= budget, `${kv}: ${worstSum} > ${budget}`);
-      // The scheduler's own gauge saw the same peak.
-      assert.equal(s.maxUsedBytes, worstSum);
+      assert.ok(pool.peakBytes <= budget, `${kv}: pages peaked at ${pool.peakBytes} > ${budget}`);
       assert.equal(s.maxRunning, 2);
       assert.equal(s.usedBytes(), 0);
       assert.equal(s.reservedBytes, 0);
+      assert.equal(pool.allocatedBytes, 0);
     }
-    // The KIVI case peaks on a tooth (31 tokens, just before a key flush), not at its last length.
+    // KIVI's cached data peaks on a tooth (31 tokens, just before a key flush), not at its last length.
     const spec = parseKvSpec(KV);
-    assert.equal(peakCacheBytes(spec, m.model.dims, 49, 20), cacheBytes(spec, m.model.dims, 31));
-    assert.ok(cacheBytes(spec, m.model.dims, 31) > cacheBytes(spec, m.model.dims, 49));
+    assert.equal(peakCacheBytes(spec, m.dims, 49, 20), cacheBytes(spec, m.dims, 31));
+    assert.ok(cacheBytes(spec, m.dims, 31) > cacheBytes(spec, m.dims, 49));
   });
 
   test('FIFO queue: full budget → wait, full queue → 429, an ending sequence admits the next', async () => {

@@ -11,8 +11,10 @@ import { WIKITEXT, assertCharts, kiviOk } from './studies-helpers.js';
 import { fakeQuantize, magnitudeStats, quantErrors, relativeError } from '../src/studies/analysis/kv-stats.js';
 import { median } from '../src/studies/numbers.js';
 import { captureKv } from '../src/studies/analysis/capture.js';
-import { snapshotPrefill } from '../src/engine/prefix.js';
-import { rmsnorm } from '../src/model/llama.js';
+import { parseKvSpec, createCache } from '../src/cache/spec.js';
+import { rmsnorm } from '../src/kernels/ts/ops.js';
+import { TsBackend } from '../src/kernels/ts/backend.js';
+import type { Tensor } from '../src/kernels/types.js';
 import { RopeTable, ropeInvFreq } from '../src/model/rope.js';
 import type { KvAnalysis } from '../src/studies/analysis/kv.js';
 
@@ -46,37 +48,61 @@ test('quantization error: per-channel groups isolate an outlier channel, per-tok
   assert.ok(Math.abs(relativeError(Float32Array.from([3, 4]), Float32Array.from([0, 4])) - 0.75) < 1e-12);
 });
 
-test('captured K/V are the prefill\'s, and layer-0 queries and keys are RoPE(W · rmsnorm(embedding))', async () => {
+/** A weight tensor's values as float32, through the reference back end (16-bit types widen exactly). */
+async function weightValues(t: Tensor, data: Float32Array | Uint16Array): Promise<Float32Array> {
+  if (t.dtype === 'f32') return data as Float32Array;
+  const ref = new TsBackend();
+  const w = ref.tensor(t.dtype, t.length);
+  ref.write(w, data);
+  const out = ref.tensor('f32', t.length);
+  ref.embed(out, w, Int32Array.of(0), t.length);
+  return ref.read(out, 0, t.length);
+}
+
+test('captured K/V/queries: a prefill\'s equal a token-by-token decode\'s, and layer-0 q and k are RoPE(W · rmsnorm(embedding))', async () => {
   const m = await bundledModel();
   const ids = m.encode('The pass key is hidden somewhere in this short text, find it.');
   const T = ids.length;
-  const cap = captureKv(m.model, ids);
-  const snap = snapshotPrefill(m.model, ids);
-  const { numHeads: H, numKvHeads: KV, headDim: d } = m.model.dims;
+  const cap = await captureKv(m.transformer, ids);
+  const { numHeads: H, numKvHeads: KV, headDim: d } = m.dims;
+  const qkvDim = (H + 2 * KV) * d;
+  // The same tokens decoded one by one through an fp32 cache (exact attention): the same tensors.
+  const cache = createCache(parseKvSpec('fp32'), m.transformer.pool);
+  const first: Float32Array[] = [];
+  const rest: Float32Array[] = [];
+  await m.forward([{ tokens: ids.slice(0, 1), cache, logits: 'none' }], { capture: first });
+  await m.forward([{ tokens: ids.slice(1), cache, logits: 'none', mode: 'decode' }], { capture: rest });
+  cache.free();
   for (let l = 0; l < cap.layers.length; l++) {
-    for (let h = 0; h < KV; h++) {
-      for (let t = 0; t < T; t++) {
+    for (let t = 0; t < T; t++) {
+      const row = t === 0 ? first[l]!.subarray(0, qkvDim) : rest[l]!.subarray((t - 1) * qkvDim, t * qkvDim);
+      for (let h = 0; h < KV; h++) {
         for (let c = 0; c < d; c += 7) {
-          const i = (t * KV + h) * d + c;
-          assert.ok(Math.abs(cap.layers[l]!.k[(h * T + t) * d + c]! - snap.k[l]![i]!) < 1e-4);
-          assert.ok(Math.abs(cap.layers[l]!.v[(h * T + t) * d + c]! - snap.v[l]![i]!) < 1e-4);
+          assert.ok(Math.abs(cap.layers[l]!.k[(h * T + t) * d + c]! - row[(H + h) * d + c]!) < 1e-4);
+          assert.ok(Math.abs(cap.layers[l]!.v[(h * T + t) * d + c]! - row[(H + KV + h) * d + c]!) < 1e-4);
         }
       }
+      if (t > 0) for (let j = 0; j < H * d; j += 5) assert.ok(Math.abs(cap.layers[l]!.q[(t - 1) * H * d + j]! - row[j]!) < 1e-4);
     }
   }
   // Recompute layer 0's q and k from the weights, independently of the forward pass.
   const cfg = m.config;
-  const w = m.model.weights;
+  const w = m.transformer.weights;
   const D = cfg.hiddenSize;
+  const data = (t: Tensor) => (t as unknown as { data: Float32Array | Uint16Array }).data;
+  const embed = await weightValues(w.embed, data(w.embed));
+  const wqkv = await weightValues(w.layers[0]!.wqkv, data(w.layers[0]!.wqkv));
+  const norm = data(w.layers[0]!.attnNorm) as Float32Array;
+  const bias = w.layers[0]!.bqkv ? data(w.layers[0]!.bqkv) as Float32Array : undefined;
   const rope = new RopeTable(ropeInvFreq(cfg));
   const xn = new Float32Array(D);
   for (const t of [1, 5, T - 1]) {
-    rmsnorm(xn, w.embed.subarray(ids[t]! * D, (ids[t]! + 1) * D), w.layers[0]!.attnNorm, 1, D, cfg.rmsNormEps);
+    rmsnorm(xn, embed.subarray(ids[t]! * D, (ids[t]! + 1) * D), norm, 'f32', 1, D, cfg.rmsNormEps);
     const qk = new Float32Array((H + KV) * d);
     for (let o = 0; o < qk.length; o++) {
       let s = 0;
-      for (let i = 0; i < D; i++) s += w.layers[0]!.wqkv[o * D + i]! * xn[i]!;
-      qk[o] = s + (w.layers[0]!.bqkv?.[o] ?? 0);
+      for (let i = 0; i < D; i++) s += wqkv[o * D + i]! * xn[i]!;
+      qk[o] = s + (bias?.[o] ?? 0);
     }
     rope.apply(qk, 0, H + KV, t);
     for (let j = 0; j < H * d; j++) assert.ok(Math.abs(cap.layers[0]!.q[(t - 1) * H * d + j]! - qk[j]!) < 1e-3, `q[${t}][${j}]`);
@@ -85,7 +111,7 @@ test('captured K/V are the prefill\'s, and layer-0 queries and keys are RoPE(W �
     }
   }
   // Unquantized, the attention-output error is zero; quantized at 2 bits it is not.
-  const errs = quantErrors(cap.layers[3]!, m.model.dims, T, 1, 32, [{ bits: 8, axis: 'token' }, { bits: 2, axis: 'channel' }]);
+  const errs = quantErrors(cap.layers[3]!, m.dims, T, 1, 32, [{ bits: 8, axis: 'token' }, { bits: 2, axis: 'channel' }]);
   assert.ok(errs[0]!.error.attnK < 0.02 && errs[1]!.error.attnK > 0.05, JSON.stringify(errs));
 });
 

@@ -2,6 +2,7 @@
  * `eval passkey`: the prompt generator reproduces the golden prompts token for token, the batched answer
  * path reproduces the golden answers, and the command's counts, JSON and heat-maps are consistent.
  */
+import { parseKvSpec } from '../src/cache/spec.js';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
@@ -55,7 +56,7 @@ test('pass-key answers: batched decoding of several specs gives the golden fp32 
   const m = await bundledModel();
   const g = G.passkey[1]!;
   const specs = ['fp32', 'kivi2', 'fake2-kT-vT'];
-  const ids = answerIds(m.model, g.prompt, specs);
+  const ids = await answerIds(m.transformer, g.prompt, specs.map((s) => parseKvSpec(s)));
   assert.deepEqual(ids[0], g.out.fp32);
   specs.forEach((kv, j) => assert.ok(isCorrect(m.decode(ids[j]!), g.key), `${kv}: ${m.decode(ids[j]!)}`));
   assert.equal(isCorrect(' 18271.', '18271'), true);

@@ -36,7 +36,7 @@ test('eval table: every row is the streaming NLL of its spec, with its Markdown 
   const m = await bundledModel();
   const windows = textWindows(m.tokenizer, fs.readFileSync(WIKITEXT, 'utf8'), { window: 160, context: 2048, maxWindows: 1 });
   for (const kv of ['fp32', 'kivi2-g64-r64', 'fake2-kT-vC']) {
-    const direct = streamingNll(m.model, windows, kv, { prefill: 128 });
+    const direct = await streamingNll(m.transformer, windows, parseKvSpec(kv), { prefill: 128 });
     assert.deepEqual(j.results.find((r) => r.kv === kv)!.nll, direct, kv);
   }
   const fp32 = j.results[0]!;

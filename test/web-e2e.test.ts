@@ -80,7 +80,7 @@ test('the demo page generates in Chromium: same text and KV bytes as the library
       const lib = (await import(libUrl!)) as typeof import('../src/web/lib.js');
       const m = await lib.KiviModel.load('/models/llama-28m-gqa/', { kv: 'kivi2' });
       const r = await m.complete(p, { maxTokens: 6 });
-      return { backend: m.kernels.name, threads: (m.kernels as { threads?: number }).threads, text: r.text, kvBytes: r.kvBytes };
+      return { backend: m.backend.name, threads: m.backend.threads, text: r.text, kvBytes: r.kvBytes };
     }, [prompt, '/kivi.js']);
     const ref = await model.complete(prompt, { kv: 'kivi2', maxTokens: 6 });
     assert.deepEqual(direct, { backend: 'wasm', threads: 1, text: ref.text, kvBytes: ref.kvBytes });

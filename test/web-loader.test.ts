@@ -9,7 +9,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { KiviModel } from '../src/api.js';
 import { loadModel } from '../src/model/load.js';
-import { TsKernels } from '../src/kernels/ts/reference.js';
+import { TsBackend, type HostTensor } from '../src/kernels/ts/backend.js';
+import type { WasmTensor } from '../src/kernels/wasm/kernels.js';
+import type { Tensor } from '../src/kernels/types.js';
 import { KiviError } from '../src/util/errors.js';
 import { WebServer } from '../src/web/server.js';
 import type { ModelWeights } from '../src/model/weights.js';
@@ -17,10 +19,13 @@ import { bundledModel, MODEL_DIR, tmpDir } from './helpers.js';
 import { writeTinyModel } from './fixtures.js';
 import { serveDir, type RangeMode } from './web-helpers.js';
 
-function weightArrays(w: ModelWeights): [string, Float32Array | undefined][] {
-  const out: [string, Float32Array | undefined][] = [['embed', w.embed], ['norm', w.norm], ['lmHead', w.lmHead]];
+/** A host back end's tensor data (both host back ends keep it as a typed array). */
+const dataOf = (t: Tensor | undefined) => (t as HostTensor | WasmTensor | undefined)?.data;
+
+function weightArrays(w: ModelWeights): [string, ArrayBufferView & { length: number } | undefined][] {
+  const out: [string, ArrayBufferView & { length: number } | undefined][] = [['embed', dataOf(w.embed)], ['norm', dataOf(w.norm)], ['lmHead', dataOf(w.lmHead)]];
   w.layers.forEach((l, i) => {
-    for (const [k, v] of Object.entries(l)) out.push([`layers.${i}.${k}`, v as Float32Array | undefined]);
+    for (const [k, v] of Object.entries(l)) out.push([`layers.${i}.${k}`, dataOf(v as Tensor | undefined)]);
   });
   return out;
 }
@@ -65,7 +70,7 @@ test('bundled model over HTTP (kivi web server, Range requests): same config, to
     assert.deepEqual(web.encode(text), disk.encode(text));
     assert.deepEqual(web.tokenizer.eosIds, disk.tokenizer.eosIds);
     assert.equal(web.tokenizer.bosId, disk.tokenizer.bosId);
-    assertSameWeights(web.model.weights, disk.model.weights);
+    assertSameWeights(web.transformer.weights, disk.transformer.weights);
     for (const kv of ['fp32', 'kivi2']) {
       const a = await web.complete(PROMPT, { maxTokens: 12, kv, ignoreEos: true });
       const b = await disk.complete(PROMPT, { maxTokens: 12, kv, ignoreEos: true });
@@ -86,7 +91,7 @@ async function tinyOver(mode: RangeMode) {
   await writeTinyModel(dir, { vocab: 8192, hidden: 64, heads: 4, kvHeads: 2, headDim: 16, inter: 96, layers: 2, dtype: 'BF16', tie: false });
   const served = await serveDir(root, mode);
   try {
-    const k = new TsKernels();
+    const k = new TsBackend();
     const web = await loadModel(`${served.url}tiny`, k);
     const disk = await loadModel(dir, k);
     return { web, disk, log: served.log, size: fs.statSync(path.join(dir, 'model.safetensors')).size };
@@ -126,7 +131,7 @@ test('206 without a readable Content-Range (cross-origin, header not exposed): s
 /** The error a load gives, as text; paths under `root` become `<root>` and the server's URL too. */
 async function loadError(location: string, root: string, base: string): Promise<string> {
   try {
-    await loadModel(location, new TsKernels());
+    await loadModel(location, new TsBackend());
   } catch (e) {
     assert.ok(e instanceof KiviError, `not a KiviError: ${(e as Error).stack}`);
     assert.ok(!e.message.includes('\n'), e.message);
@@ -195,7 +200,7 @@ test('unreachable servers and bad URLs are one-line errors', async () => {
   const served = await serveDir(tmpDir());
   const url = served.url;
   await served.close();
-  await assert.rejects(loadModel(`${url}m/`, new TsKernels()), (e: unknown) => e instanceof KiviError && /^cannot fetch http:\/\/127\.0\.0\.1:\d+\/m\/config\.json: /.test(e.message));
+  await assert.rejects(loadModel(`${url}m/`, new TsBackend()), (e: unknown) => e instanceof KiviError && /^cannot fetch http:\/\/127\.0\.0\.1:\d+\/m\/config\.json: /.test(e.message));
   const { urlSource } = await import('../src/model/source-url.js');
   assert.throws(() => urlSource('http://'), (e: unknown) => e instanceof KiviError && /bad model URL "http:\/\/"/.test(e.message));
 });

@@ -1,14 +1,19 @@
 /**
- * Cache bytes as a function of length, without building a cache: what admission control and capacity
+ * Cache bytes as a function of length, without a back end: what admission control and capacity
  * planning need. Between decode steps a cache's contents depend only on how many tokens it holds (KIVI:
- * the key residual holds T mod R tokens, the value residual min(T, R)), so these match bytes() exactly.
+ * the key residual holds T mod R tokens, the value residual min(T, R)), so cacheBytes() matches
+ * bytes() exactly. What a budget must bound is the pages held, which peakAllocatedBytes() gets by
+ * running the cache's own page bookkeeping over the sequence's steps against a pool that only counts.
  */
 import type { CacheDims } from './types.js';
-import type { CacheSpec } from './spec.js';
+import { type CacheSpec, type SpecBody, createCache } from './spec.js';
+import type { AttnShape, PagePool } from '../kernels/types.js';
+import { StepPlan } from '../kernels/plan.js';
+import { endStep } from './types.js';
 import { packedWords } from '../quant/quantizer.js';
 
 /** Bytes one sequence's cache holds after T tokens (all layers). */
-export function cacheBytes(spec: CacheSpec, dims: CacheDims, T: number): number {
+export function cacheBytes(spec: SpecBody, dims: CacheDims, T: number): number {
   const { numLayers: L, numKvHeads: kv, headDim: d } = dims;
   const perLayer = (() => {
     switch (spec.kind) {
@@ -40,12 +45,63 @@ export function cacheBytes(spec: CacheSpec, dims: CacheDims, T: number): number 
  * and decoded to T. KIVI's bytes rise with length except for a drop at each key flush, so the peak is at
  * T, at `from`, or at the last length before a flush (T' ≡ R−1 mod R) in the range; teeth grow with length.
  */
-export function peakCacheBytes(spec: CacheSpec, dims: CacheDims, T: number, from = 1): number {
+export function peakCacheBytes(spec: SpecBody, dims: CacheDims, T: number, from = 1): number {
   let peak = Math.max(cacheBytes(spec, dims, T), cacheBytes(spec, dims, Math.min(from, T)));
   if (spec.kind === 'kivi') {
     const R = spec.residual;
     const tooth = T - ((T + 1) % R);
     if (tooth >= from) peak = Math.max(peak, cacheBytes(spec, dims, tooth));
   }
+  return peak;
+}
+
+/** A pool that hands out numbers and counts bytes: page bookkeeping without storage. */
+class CountingPool implements PagePool {
+  allocatedBytes = 0;
+  peakBytes = 0;
+  resetPeak(): void {
+    this.peakBytes = this.allocatedBytes;
+  }
+  private next = 1;
+  private readonly sizes = new Map<number, number>();
+  constructor(readonly shape: AttnShape, readonly pageBytes: (sectionBytes: number) => number) {}
+  alloc(sectionBytes: number): number {
+    const b = this.pageBytes(sectionBytes);
+    this.sizes.set(this.next, b);
+    this.allocatedBytes += b;
+    this.peakBytes = Math.max(this.peakBytes, this.allocatedBytes);
+    return this.next++;
+  }
+  free(page: number): void {
+    this.allocatedBytes -= this.sizes.get(page)!;
+    this.sizes.delete(page);
+  }
+  readPage(): Promise<Uint8Array> {
+    throw new Error('CountingPool holds no data');
+  }
+  writePage(): void {
+    throw new Error('CountingPool holds no data');
+  }
+}
+
+/**
+ * The most page bytes a sequence's cache holds at any moment while it is prefilled with `from` tokens
+ * and then decoded one token per step up to T tokens (pages freed by a step count until the step has
+ * run, as they do in the real pool). `pool` supplies the shape and each page's size in the pool.
+ */
+export function peakAllocatedBytes(spec: CacheSpec, pool: Pick<PagePool, 'shape' | 'pageBytes'>, T: number, from = 1): number {
+  const counter = new CountingPool(pool.shape, (b) => pool.pageBytes(b));
+  const cache = createCache(spec, counter);
+  const plan = new StepPlan('dry');
+  let peak = 0;
+  const step = (n: number) => {
+    plan.clear();
+    plan.beginSubstep();
+    cache.plan(plan, 0, n);
+    peak = Math.max(peak, counter.allocatedBytes);
+    endStep(plan, counter);
+  };
+  step(Math.min(from, T));
+  for (let t = Math.min(from, T); t < T; t++) step(1);
   return peak;
 }

@@ -1,68 +1,54 @@
 /** Full-precision caches: `fp32` (what the reference computes with) and `fp16` (stores float16, computes in float32). */
-import type { Kernels } from '../kernels/types.js';
-import type { AttentionPlan } from '../kernels/plan.js';
-import { AttnScratch, type CacheDims, type LayerCache, attendNow } from './types.js';
-import { ChunkedStore, planStores } from './store.js';
+import type { PagePool } from '../kernels/types.js';
+import type { StepPlan } from '../kernels/plan.js';
+import { JOB_KEYS, JOB_VALUES, SEG_F16, SEG_F32 } from '../kernels/layout.js';
+import type { KvCache } from './types.js';
+import type { CacheSpec } from './spec.js';
+import { PagedRows } from './paged.js';
 
-export class DenseLayerCache implements LayerCache {
-  private readonly k: ChunkedStore;
-  private readonly v: ChunkedStore;
+/** Tokens per page of a dense cache. */
+export const DENSE_PAGE = 64;
 
-  constructor(private readonly dims: CacheDims, private readonly kernels: Kernels, half: boolean) {
-    this.k = new ChunkedStore(kernels, dims.numKvHeads, dims.headDim, half);
-    this.v = new ChunkedStore(kernels, dims.numKvHeads, dims.headDim, half);
+export class DenseCache implements KvCache {
+  private readonly k: PagedRows;
+  private readonly v: PagedRows;
+  private readonly bytesPerToken: number;
+
+  constructor(readonly spec: CacheSpec & { kind: 'fp32' | 'fp16' }, readonly pool: PagePool) {
+    const { headDim: d, numLayers: L, numKvHeads: kv } = pool.shape;
+    const kind = spec.kind === 'fp16' ? SEG_F16 : SEG_F32;
+    this.k = new PagedRows(pool, kind, DENSE_PAGE, d);
+    this.v = new PagedRows(pool, kind, DENSE_PAGE, d);
+    this.bytesPerToken = 2 * L * kv * d * (spec.kind === 'fp16' ? 2 : 4);
   }
 
   get length(): number {
-    return this.k.length;
+    return this.k.count;
   }
 
-  prefill(k: Float32Array, kOff: number, v: Float32Array, vOff: number, T: number): void {
-    const row = this.dims.numKvHeads * this.dims.headDim;
-    for (let t = 0; t < T; t++) {
-      this.k.push(k, kOff + t * row);
-      this.v.push(v, vOff + t * row);
+  plan(plan: StepPlan, row: number, n: number): void {
+    const T0 = this.length;
+    for (let i = 0; i < n; i++) {
+      plan.task(row + i, T0 + i + 1);
+      this.k.segments(plan, false);
+      plan.keyRows(row, i + 1);
+      this.v.segments(plan, true);
+      plan.valueRows(row, i + 1);
     }
+    this.k.store(plan, JOB_KEYS, row, n);
+    this.v.store(plan, JOB_VALUES, row, n);
   }
-
-  append(k: Float32Array, kOff: number, v: Float32Array, vOff: number): void {
-    this.k.push(k, kOff);
-    this.v.push(v, vOff);
-  }
-
-  attend(q: Float32Array, qOff: number, out: Float32Array, oOff: number, scratch: AttnScratch): void {
-    attendNow(this, this.kernels, q, qOff, out, oOff, scratch);
-  }
-
-  planAttend(q: Float32Array, qOff: number, out: Float32Array, oOff: number, plan: AttentionPlan): void {
-    planStores(this.k, this.v, this.dims.numHeads, q, qOff, out, oOff, plan);
-  }
-
-  endStep(): void { /* nothing to reorganize */ }
 
   bytes(): number {
-    return this.k.bytes() + this.v.bytes();
+    return this.length * this.bytesPerToken;
   }
 
-  reservedBytes(): number {
-    return this.k.reservedBytes() + this.v.reservedBytes();
+  allocatedBytes(): number {
+    return this.k.allocatedBytes() + this.v.allocatedBytes();
   }
 
   free(): void {
-    this.k.free();
-    this.v.free();
+    this.k.clearAt(null, 0);
+    this.v.clearAt(null, 0);
   }
-
-  read(): { k: Float32Array; v: Float32Array } {
-    return { k: readStore(this.k), v: readStore(this.v) };
-  }
-}
-
-/** Copy a store out as float32 [kvHead][token][d]. */
-export function readStore(s: ChunkedStore): Float32Array {
-  const out = new Float32Array(s.kvHeads * s.length * s.d);
-  for (let h = 0; h < s.kvHeads; h++) {
-    for (let t = 0; t < s.length; t++) s.get(h, t, out, (h * s.length + t) * s.d);
-  }
-  return out;
 }

@@ -6,16 +6,20 @@
  *
  * Recomputing everything each step gives the same numbers as updating only what can change: a token's
  * per-token groups never change, and only the last per-channel group gains members. So a dequantized
- * shadow copy is kept and refreshed from the first changed token. This cache materializes dequantized
+ * shadow copy is kept and refreshed from the first changed group. This cache materializes dequantized
  * values on purpose: it is an analysis tool, not a memory saver.
+ *
+ * A decode step (one new token after a prefill) refreshes the shadows in the plan's pre phase, so its
+ * attention reads the new token quantized too; a prefill or a longer chunk attends exactly (KIVI.md §8:
+ * prefill attention stays exact) and refreshes the shadows afterwards.
  */
-import type { Kernels } from '../kernels/types.js';
-import { type Bits, fakeQuantizeGroup } from '../quant/quantizer.js';
-import type { AttentionPlan } from '../kernels/plan.js';
-import { AttnScratch, type CacheDims, type LayerCache, attendNow } from './types.js';
-import { ChunkedStore, planStores } from './store.js';
-import { readStore } from './dense.js';
-import { KiviError } from '../util/errors.js';
+import type { PagePool } from '../kernels/types.js';
+import type { StepPlan } from '../kernels/plan.js';
+import { JOB_FAKE_CHANNEL, JOB_FAKE_TOKEN, JOB_KEYS, JOB_VALUES, SEG_F32, SEG_ROWS } from '../kernels/layout.js';
+import type { Bits } from '../quant/quantizer.js';
+import type { KvCache } from './types.js';
+import type { CacheSpec } from './spec.js';
+import { PagedRows } from './paged.js';
 
 export type Axis = 'token' | 'channel';
 
@@ -26,108 +30,90 @@ export interface FakeOptions {
   groupSize: number;
 }
 
-export class FakeQuantLayerCache implements LayerCache {
-  private readonly k: ChunkedStore;
-  private readonly v: ChunkedStore;
-  private readonly kq: ChunkedStore;
-  private readonly vq: ChunkedStore;
-  private readonly x: Float32Array;
-  private readonly y: Float32Array;
-  private readonly rows: Float32Array;
-  private readonly codes: Uint8Array;
-  private readonly sc = new Uint16Array(1);
-  private readonly mn = new Uint16Array(1);
+export class FakeQuantCache implements KvCache {
+  private readonly k: PagedRows;
+  private readonly v: PagedRows;
+  private readonly kq: PagedRows;
+  private readonly vq: PagedRows;
+  private readonly bytesPerToken: number;
 
-  constructor(private readonly dims: CacheDims, private readonly kernels: Kernels, readonly opts: FakeOptions) {
-    const G = opts.groupSize;
-    if (!Number.isInteger(G) || G <= 0) throw new KiviError(`fake-quant group size must be a positive integer, got ${G}`);
-    if ((opts.keyAxis === 'token' || opts.valueAxis === 'token') && dims.headDim % G !== 0) {
-      throw new KiviError(`fake-quant group size G=${G} must divide head_dim ${dims.headDim} for per-token groups`);
-    }
-    const mk = () => new ChunkedStore(kernels, dims.numKvHeads, dims.headDim, false);
+  constructor(readonly spec: CacheSpec & { kind: 'fake' }, readonly pool: PagePool) {
+    const { headDim: d, numLayers: L, numKvHeads: kv } = pool.shape;
+    const G = spec.groupSize;
+    // A multiple of G, so every per-channel group lies within one page.
+    const cap = G * Math.ceil(64 / G);
+    const mk = () => new PagedRows(pool, SEG_F32, cap, d);
     this.k = mk();
     this.v = mk();
     this.kq = mk();
     this.vq = mk();
-    this.x = new Float32Array(G * dims.headDim);
-    this.y = new Float32Array(G * dims.headDim);
-    this.rows = new Float32Array(G * dims.numKvHeads * dims.headDim);
-    this.codes = new Uint8Array(Math.max(G, dims.headDim));
+    this.bytesPerToken = 4 * L * kv * d * 4;
   }
 
   get length(): number {
-    return this.k.length;
+    return this.k.count;
   }
 
-  prefill(k: Float32Array, kOff: number, v: Float32Array, vOff: number, T: number): void {
-    const row = this.dims.numKvHeads * this.dims.headDim;
-    for (let t = 0; t < T; t++) {
-      this.k.push(k, kOff + t * row);
-      this.v.push(v, vOff + t * row);
+  plan(plan: StepPlan, row: number, n: number): void {
+    const T0 = this.length;
+    if (n === 1 && T0 > 0) {
+      this.refresh(plan, 'pre', row, 1, T0);
+      plan.task(row, T0 + 1);
+      this.kq.segments(plan, false);
+      this.vq.segments(plan, true);
+    } else {
+      for (let i = 0; i < n; i++) {
+        plan.task(row + i, T0 + i + 1);
+        this.kq.segments(plan, false, 0, T0);
+        plan.keyRows(row, i + 1);
+        this.vq.segments(plan, true, 0, T0);
+        plan.valueRows(row, i + 1);
+      }
+      this.refresh(plan, 'post', row, n, T0);
     }
-    this.refresh(this.k, this.kq, this.opts.keyAxis, 0);
-    this.refresh(this.v, this.vq, this.opts.valueAxis, 0);
+    this.k.store(plan, JOB_KEYS, row, n);
+    this.v.store(plan, JOB_VALUES, row, n);
   }
 
-  append(k: Float32Array, kOff: number, v: Float32Array, vOff: number): void {
-    const t = this.k.length;
-    this.k.push(k, kOff);
-    this.v.push(v, vOff);
-    this.refresh(this.k, this.kq, this.opts.keyAxis, t);
-    this.refresh(this.v, this.vq, this.opts.valueAxis, t);
-  }
-
-  attend(q: Float32Array, qOff: number, out: Float32Array, oOff: number, scratch: AttnScratch): void {
-    attendNow(this, this.kernels, q, qOff, out, oOff, scratch);
-  }
-
-  planAttend(q: Float32Array, qOff: number, out: Float32Array, oOff: number, plan: AttentionPlan): void {
-    planStores(this.kq, this.vq, this.dims.numHeads, q, qOff, out, oOff, plan);
-  }
-
-  endStep(): void { /* the shadow copies are refreshed on append */ }
-
-  /** Re-derive the shadow rows of every group touched by tokens ≥ from. */
-  private refresh(src: ChunkedStore, dst: ChunkedStore, axis: Axis, from: number): void {
-    const { numKvHeads: kv, headDim: d } = this.dims;
-    const { bits, groupSize: G } = this.opts;
-    const T = src.length;
-    const { x, y, rows, codes, sc, mn } = this;
-    const row = kv * d;
-    if (axis === 'token') {
-      for (let t = from; t < T; t++) {
-        for (let h = 0; h < kv; h++) {
-          src.get(h, t, x, 0);
-          for (let g = 0; g < d; g += G) fakeQuantizeGroup(x, g, 1, G, bits, rows, h * d + g, codes, sc, mn);
+  /** Shadows of tokens [T0, T0 + n) (rows from `row`), and of the per-channel group they complete. */
+  private refresh(plan: StepPlan, phase: 'pre' | 'post', row: number, n: number, T0: number): void {
+    const { bits, groupSize: G } = this.spec;
+    const halves = [
+      [JOB_KEYS, this.spec.keyAxis, this.k, this.kq],
+      [JOB_VALUES, this.spec.valueAxis, this.v, this.vq],
+    ] as const;
+    for (const [half, axis, full, shadow] of halves) {
+      shadow.reserve(n);
+      if (axis === 'token') {
+        // One job per destination page.
+        for (let t = T0; t < T0 + n;) {
+          const end = Math.min(T0 + n, (Math.floor((t - shadow.base) / shadow.cap) + 1) * shadow.cap + shadow.base);
+          plan.job(phase, JOB_FAKE_TOKEN, half, bits);
+          plan.src(SEG_ROWS, row + t - T0, 0, end - t);
+          shadow.destination(plan, t, end, G);
+          t = end;
         }
-        dst.set(t, rows, 0);
+      } else {
+        for (let g0 = Math.floor(T0 / G) * G; g0 < T0 + n; g0 += G) {
+          const end = Math.min(g0 + G, T0 + n);
+          plan.job(phase, JOB_FAKE_CHANNEL, half, bits);
+          if (g0 < T0) full.sources(plan, g0, T0);
+          plan.src(SEG_ROWS, row + Math.max(g0, T0) - T0, 0, end - Math.max(g0, T0));
+          shadow.destination(plan, g0, end, G);
+        }
       }
-      return;
-    }
-    for (let g0 = Math.floor(from / G) * G; g0 < T; g0 += G) {
-      const n = Math.min(G, T - g0);
-      for (let h = 0; h < kv; h++) {
-        for (let t = 0; t < n; t++) src.get(h, g0 + t, x, t * d);
-        for (let c = 0; c < d; c++) fakeQuantizeGroup(x, c, d, n, bits, y, c, codes, sc, mn);
-        for (let t = 0; t < n; t++) rows.set(y.subarray(t * d, (t + 1) * d), t * row + h * d);
-      }
-      for (let t = 0; t < n; t++) dst.set(g0 + t, rows, t * row);
     }
   }
 
   bytes(): number {
-    return this.k.bytes() + this.v.bytes() + this.kq.bytes() + this.vq.bytes();
+    return this.length * this.bytesPerToken;
   }
 
-  reservedBytes(): number {
-    return this.k.reservedBytes() + this.v.reservedBytes() + this.kq.reservedBytes() + this.vq.reservedBytes();
+  allocatedBytes(): number {
+    return this.k.allocatedBytes() + this.v.allocatedBytes() + this.kq.allocatedBytes() + this.vq.allocatedBytes();
   }
 
   free(): void {
-    for (const s of [this.k, this.v, this.kq, this.vq]) s.free();
-  }
-
-  read(): { k: Float32Array; v: Float32Array } {
-    return { k: readStore(this.kq), v: readStore(this.vq) };
+    for (const s of [this.k, this.v, this.kq, this.vq]) s.clearAt(null, 0);
   }
 }

@@ -6,21 +6,21 @@
 import type { Bits } from '../quant/quantizer.js';
 import { isBits } from '../quant/quantizer.js';
 import { KiviError } from '../util/errors.js';
-import type { Kernels } from '../kernels/types.js';
-import type { CacheDims, LayerCacheFactory } from './types.js';
-import { SequenceCache } from './types.js';
-import { DenseLayerCache } from './dense.js';
-import { KiviLayerCache, type KiviOptions, validateKivi } from './kivi.js';
-import { FakeQuantLayerCache, type FakeOptions, type Axis } from './fake.js';
+import type { PagePool } from '../kernels/types.js';
+import type { CacheDims, KvCache } from './types.js';
+import { DenseCache } from './dense.js';
+import { KiviCache, type KiviOptions, validateKivi } from './kivi.js';
+import { FakeQuantCache, type FakeOptions, type Axis } from './fake.js';
 
-export type CacheSpec =
+/** A cache spec as data: what the user asked for, parsed once at the edge (CLI, library, server). */
+export type SpecBody =
   | { kind: 'fp32' }
   | { kind: 'fp16' }
   | ({ kind: 'kivi' } & KiviOptions)
   | ({ kind: 'fake' } & FakeOptions);
 
-/** What the library accepts: a spec string or a spec object. */
-export type KvOption = string | CacheSpec;
+/** A parsed spec with the name outputs show: the string the user gave, or the canonical form. */
+export type CacheSpec = SpecBody & { readonly name: string };
 
 export const NAMED_SPECS = [
   'fp32', 'fp16', 'kivi2', 'kivi4', 'kivi2-r32', 'kivi2-g128',
@@ -47,7 +47,7 @@ function intOf(spec: string, key: string, s: string | undefined): number {
   return n;
 }
 
-function kivi(kBits: Bits, vBits: Bits, groupSize = 32, residual = 128, residualDtype: 'fp32' | 'fp16' = 'fp32'): CacheSpec {
+function kivi(kBits: Bits, vBits: Bits, groupSize = 32, residual = 128, residualDtype: 'fp32' | 'fp16' = 'fp32'): SpecBody {
   return { kind: 'kivi', kBits, vBits, groupSize, residual, residualDtype };
 }
 
@@ -72,6 +72,10 @@ function axisOf(spec: string, s: string | undefined): Axis {
 /** Parse a cache spec string. */
 export function parseKvSpec(spec: string): CacheSpec {
   const s = spec.trim();
+  return { ...parseBody(spec, s), name: s };
+}
+
+function parseBody(spec: string, s: string): SpecBody {
   if (s === 'fp32') return { kind: 'fp32' };
   if (s === 'fp16') return { kind: 'fp16' };
   let m = /^kivi(\d+)((?:-[rg]\d+)*)$/.exec(s);
@@ -125,15 +129,40 @@ export function splitSpecList(list: string): string[] {
   return out;
 }
 
-/** Accept a string or an object (library option). */
-export function toCacheSpec(kv: KvOption | undefined): CacheSpec {
-  if (kv === undefined) return { kind: 'fp32' };
+/** What the library accepts: a spec string, or a spec object (its name is optional). */
+export type KvOption = string | SpecBody | CacheSpec;
+
+/** Accept a string or an object (library option); `fallback` when none is given. */
+export function toCacheSpec(kv: KvOption | undefined, fallback = 'fp32'): CacheSpec {
+  if (kv === undefined) return parseKvSpec(fallback);
   if (typeof kv === 'string') return parseKvSpec(kv);
-  return kv;
+  if (typeof kv !== 'object' || kv === null) throw new KiviError(`a cache spec must be a string or an object, got ${typeof kv}`);
+  const body = checkBody(kv);
+  return { ...body, name: 'name' in kv && typeof kv.name === 'string' ? kv.name : formatKvSpec(body) };
+}
+
+/** Check an object given by a library caller field by field (it did not come through the parser). */
+function checkBody(kv: SpecBody): SpecBody {
+  const where = JSON.stringify(kv);
+  switch (kv.kind) {
+    case 'fp32':
+    case 'fp16':
+      return { kind: kv.kind };
+    case 'kivi':
+      if (!isBits(kv.kBits) || !isBits(kv.vBits)) bad(where, 'kBits and vBits must be 2, 4 or 8');
+      if (kv.residualDtype !== 'fp32' && kv.residualDtype !== 'fp16') bad(where, 'residualDtype must be fp32 or fp16');
+      return { kind: 'kivi', kBits: kv.kBits, vBits: kv.vBits, groupSize: kv.groupSize, residual: kv.residual, residualDtype: kv.residualDtype };
+    case 'fake':
+      if (!isBits(kv.bits)) bad(where, 'bits must be 2, 4 or 8');
+      if (!['token', 'channel'].includes(kv.keyAxis) || !['token', 'channel'].includes(kv.valueAxis)) bad(where, 'axes must be token or channel');
+      return { kind: 'fake', bits: kv.bits, keyAxis: kv.keyAxis, valueAxis: kv.valueAxis, groupSize: kv.groupSize };
+    default:
+      bad(where, `unknown kind ${JSON.stringify((kv as { kind?: unknown }).kind)}`);
+  }
 }
 
 /** Canonical string of a spec (the general form for anything not named). */
-export function formatKvSpec(spec: CacheSpec): string {
+export function formatKvSpec(spec: SpecBody): string {
   switch (spec.kind) {
     case 'fp32':
     case 'fp16':
@@ -147,32 +176,26 @@ export function formatKvSpec(spec: CacheSpec): string {
 }
 
 /** Check a spec against a model's shapes (clear errors before any work starts). */
-export function validateSpec(spec: CacheSpec, dims: CacheDims): void {
+export function validateSpec(spec: SpecBody, dims: CacheDims): void {
   if (spec.kind === 'kivi') validateKivi(spec, dims.headDim);
   if (spec.kind === 'fake') {
     const G = spec.groupSize;
+    if (!Number.isInteger(G) || G <= 0) throw new KiviError(`fake-quant group size must be a positive integer, got ${G}`);
     if ((spec.keyAxis === 'token' || spec.valueAxis === 'token') && dims.headDim % G !== 0) {
       throw new KiviError(`fake-quant group size G=${G} must divide head_dim ${dims.headDim}`);
     }
   }
 }
 
-export function layerFactory(spec: CacheSpec): LayerCacheFactory {
+/** A fresh, empty cache for one sequence, its pages from `pool` (the spec checked against the pool's shape). */
+export function createCache(spec: CacheSpec, pool: PagePool): KvCache {
   switch (spec.kind) {
     case 'fp32':
-      return (dims, kernels) => new DenseLayerCache(dims, kernels, false);
     case 'fp16':
-      return (dims, kernels) => new DenseLayerCache(dims, kernels, true);
+      return new DenseCache(spec, pool);
     case 'kivi':
-      return (dims, kernels) => new KiviLayerCache(dims, kernels, spec);
+      return new KiviCache(spec, pool);
     case 'fake':
-      return (dims, kernels) => new FakeQuantLayerCache(dims, kernels, spec);
+      return new FakeQuantCache(spec, pool);
   }
-}
-
-/** A fresh, empty cache for one sequence. */
-export function createCache(kv: KvOption | undefined, dims: CacheDims, kernels: Kernels, label?: string): SequenceCache {
-  const spec = toCacheSpec(kv);
-  validateSpec(spec, dims);
-  return new SequenceCache(label ?? (typeof kv === 'string' ? kv : formatKvSpec(spec)), dims, kernels, layerFactory(spec));
 }

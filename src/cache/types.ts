@@ -1,101 +1,47 @@
 /**
- * The KV cache is the only seam between the model and how keys and values are stored. The cache does not
- * hand tensors back: it *attends*, so a quantized cache computes attention on its packed codes and never
- * expands them (docs/KIVI.md §6).
+ * The KV cache is the only seam between the model and how keys and values are stored. A cache is one
+ * sequence's keys and values for every layer, in pages from its back end's pool; it never hands tensors
+ * back. Each forward step follows one protocol, the same for every cache:
+ *
+ *   1. plan:  cache.plan(stepPlan, row, n) describes, as records (kernels/layout.ts), the attention of
+ *             the n new tokens at activation rows [row, row + n) over the cache and over each other
+ *             (causally, exactly), and the jobs that fold them into the cache (store, quantize);
+ *   2. run:   the back end runs the plan's phases layer after layer (model/llama.ts);
+ *   3. end:   endStep() returns the pages the plan freed to the pool.
+ *
+ * A chunk of n > 1 tokens is a prefill (or a continued prefill): its tokens see each other exactly and
+ * the cache as it was. Decoding is n = 1 per sub-step, so each decoded token reads the earlier ones
+ * through the cache's storage rules (KIVI.md §5). A quantized cache's attention runs on its packed codes
+ * (KIVI.md §6): nothing is dequantized in bulk.
  */
-import type { Kernels } from '../kernels/types.js';
-import { AttentionPlan } from '../kernels/plan.js';
+import type { AttnShape, PagePool } from '../kernels/types.js';
+import type { StepPlan } from '../kernels/plan.js';
+import type { CacheSpec } from './spec.js';
 
-/** Shapes a cache needs from the model. */
-export interface CacheDims {
-  numLayers: number;
-  numHeads: number;
-  numKvHeads: number;
-  headDim: number;
-}
+export type CacheDims = AttnShape;
 
-/** Per-thread scratch for attention: a growable scores buffer and a reusable attention plan. */
-export class AttnScratch {
-  scores = new Float32Array(0);
-  tmp = new Float32Array(0);
-  readonly plan = new AttentionPlan();
-  ensure(scores: number, tmp = 0): void {
-    if (this.scores.length < scores) this.scores = new Float32Array(Math.max(scores, this.scores.length * 2));
-    if (this.tmp.length < tmp) this.tmp = new Float32Array(Math.max(tmp, this.tmp.length * 2));
-  }
-}
-
-/** One layer's keys and values for one sequence. K/V rows are token-major [kvHeads·headDim], after RoPE. */
-export interface LayerCache {
-  /** Tokens held. */
+export interface KvCache {
+  /** The spec this cache was built from (its name is what CLI and JSON outputs show). */
+  readonly spec: CacheSpec;
+  /** Where its pages come from (the model's pool). */
+  readonly pool: PagePool;
+  /** Tokens held (after the last planned step). */
   readonly length: number;
   /**
-   * Store a prompt's keys and values ([T][kvHeads·headDim] each) into an empty cache. The prompt's own
-   * attention is computed exactly by the model; this only decides what is kept and how.
+   * Plan n new tokens at activation rows [row, row + n): their attention and their storage. The cache's
+   * bookkeeping advances at once; the data moves when the back end runs the plan.
    */
-  prefill(k: Float32Array, kOff: number, v: Float32Array, vOff: number, T: number): void;
-  /** Add one token's key and value ([kvHeads·headDim] each). */
-  append(k: Float32Array, kOff: number, v: Float32Array, vOff: number): void;
-  /**
-   * Attention of one token's queries ([numHeads·headDim] at qOff) over every cached token, written to
-   * out[oOff..]. It ends the decode step: afterwards the cache applies its storage rules (KIVI: flush a
-   * full key residual, slide the value window). Call it once after each append.
-   */
-  attend(q: Float32Array, qOff: number, out: Float32Array, oOff: number, scratch: AttnScratch): void;
-  /**
-   * attend() in two halves, so the model can run the attention of many sequences as one batch (and on
-   * several threads): add this step's attention tasks to a plan — the same computation attend() does —
-   * and, once the plan has run, end the step with endStep().
-   */
-  planAttend?(q: Float32Array, qOff: number, out: Float32Array, oOff: number, plan: AttentionPlan): void;
-  endStep?(): void;
-  /** Bytes of cached data held now: codes, scales, minimums and full-precision residual, exactly. */
+  plan(plan: StepPlan, row: number, n: number): void;
+  /** Bytes of cached data: codes, scales, minimums and full-precision tokens, exactly. */
   bytes(): number;
-  /** Bytes of storage reserved (≥ bytes(): whole blocks, residual buffers). */
-  reservedBytes(): number;
-  /** Release storage; the cache is empty afterwards. */
+  /** Bytes of pages held (≥ bytes(): pages are filled slot by slot). What a KV budget counts. */
+  allocatedBytes(): number;
+  /** Return every page; the cache is empty and reusable afterwards. */
   free(): void;
-  /** Keys and values as float32 [kvHead][length][headDim], as attention would read them (analysis only). */
-  read?(): { k: Float32Array; v: Float32Array };
 }
 
-/** Builds one LayerCache; a cache spec compiles to one of these. */
-export type LayerCacheFactory = (dims: CacheDims, kernels: Kernels) => LayerCache;
-
-/** All layers of one sequence. */
-export class SequenceCache {
-  readonly layers: LayerCache[];
-  constructor(readonly spec: string, readonly dims: CacheDims, kernels: Kernels, make: LayerCacheFactory) {
-    this.layers = Array.from({ length: dims.numLayers }, () => make(dims, kernels));
-  }
-  /** Tokens held (every layer holds the same number). */
-  get length(): number {
-    return this.layers[0]!.length;
-  }
-  bytes(): number {
-    let b = 0;
-    for (const l of this.layers) b += l.bytes();
-    return b;
-  }
-  reservedBytes(): number {
-    let b = 0;
-    for (const l of this.layers) b += l.reservedBytes();
-    return b;
-  }
-  free(): void {
-    for (const l of this.layers) l.free();
-  }
-}
-
-export { softmaxInPlace } from '../kernels/ts/softmax.js';
-
-/** attend() for a cache with planAttend/endStep: plan, run, end the step. */
-export function attendNow(cache: Required<Pick<LayerCache, 'planAttend' | 'endStep'>>, kernels: Kernels,
-  q: Float32Array, qOff: number, out: Float32Array, oOff: number, scratch: AttnScratch): void {
-  const plan = scratch.plan;
-  plan.clear();
-  cache.planAttend(q, qOff, out, oOff, plan);
-  kernels.attend(plan);
-  plan.clear();
-  cache.endStep();
+/** The pool a cache's pages come from, and the plan's deferred frees returned after a step has run. */
+export function endStep(plan: StepPlan, pool: PagePool): void {
+  for (const p of plan.freed) pool.free(p);
+  plan.freed.length = 0;
 }

@@ -1,40 +1,44 @@
 /** Options shared by several commands. */
 import { Option, type Command, InvalidArgumentError } from 'commander';
-import { parseKvSpec, splitSpecList } from '../cache/spec.js';
+import { type CacheSpec, parseKvSpec, splitSpecList } from '../cache/spec.js';
 import { availableParallelism } from 'node:os';
-import { BACKENDS, type BackendName } from '../kernels/index.js';
+import { BACKENDS, type BackendChoice } from '../kernels/index.js';
 import { int } from './parse.js';
 
 export interface CommonOpts {
   model: string;
-  kv: string;
-  backend?: BackendName;
+  kv: CacheSpec;
+  backend?: BackendChoice;
   threads?: number;
 }
 
-function spec(s: string): string {
+/** Specs are parsed here, at the edge, into the CacheSpec values everything else takes. */
+function spec(s: string): CacheSpec {
   try {
-    parseKvSpec(s);
+    return parseKvSpec(s);
   } catch (e) {
     throw new InvalidArgumentError((e as Error).message);
   }
-  return s;
 }
 
 export function kvOption(cmd: Command, dflt = 'fp32'): Command {
-  return cmd.option('--kv <spec>', 'KV cache: fp32, fp16, kivi2, kivi4, kivi:k=2,v=4,g=32,r=128[,residual=fp16], fake2-kC-vT, ...', spec, dflt);
+  const o = new Option('--kv <spec>', 'KV cache: fp32, fp16, kivi2, kivi4, kivi:k=2,v=4,g=32,r=128[,residual=fp16], fake2-kC-vT, ...')
+    .argParser(spec).default(parseKvSpec(dflt), dflt);
+  return cmd.addOption(o);
 }
 
 /** A list of specs separated by commas; key=value parts continue the general form before them. */
 export function kvListOption(cmd: Command, dflt: string): Command {
-  const parse = (s: string): string[] => {
+  const parse = (s: string): CacheSpec[] => {
     try {
-      return splitSpecList(s);
+      return splitSpecList(s).map(parseKvSpec);
     } catch (e) {
       throw new InvalidArgumentError((e as Error).message);
     }
   };
-  return cmd.option('--kv <specs>', 'cache specs, comma-separated (e.g. fp32,kivi2,kivi:k=2,v=4,g=32,r=128)', parse, splitSpecList(dflt));
+  const o = new Option('--kv <specs>', 'cache specs, comma-separated (e.g. fp32,kivi2,kivi:k=2,v=4,g=32,r=128)')
+    .argParser(parse).default(parse(dflt), dflt);
+  return cmd.addOption(o);
 }
 
 export function backendOption(cmd: Command): Command {

@@ -8,7 +8,7 @@
 import type { LlamaModel } from '../model/llama.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import { StreamDecoder } from '../tokenizer/tokenizer.js';
-import type { SequenceCache } from '../cache/types.js';
+import type { KvCache } from '../cache/types.js';
 import { Sampler, validateSampling } from './sampling.js';
 import { StopMatcher } from './stop.js';
 import { KiviError } from '../util/errors.js';
@@ -51,7 +51,7 @@ export class Sequence implements AsyncIterable<GenerateChunk> {
   constructor(
     readonly id: number,
     readonly promptIds: number[],
-    readonly cache: SequenceCache,
+    readonly cache: KvCache,
     tokenizer: Tokenizer,
     readonly opts: GenerateOptions,
     private readonly engine: BatchEngine,
@@ -88,9 +88,14 @@ export class Sequence implements AsyncIterable<GenerateChunk> {
     this.finish('abort');
   }
 
-  /** Called by the engine with this step's logits row. */
-  accept(logits: Float32Array, off: number, vocab: number, tokenizer: Tokenizer): void {
-    const tok = this.sampler.sample(logits, off, vocab);
+  /** Greedy sequences need only the argmax of their logits, which the back end computes. */
+  get greedy(): boolean {
+    return (this.opts.temperature ?? 0) === 0;
+  }
+
+  /** Called by the engine with this step's logits row, or the argmax id for a greedy sequence. */
+  accept(result: Float32Array | number, tokenizer: Tokenizer): void {
+    const tok = typeof result === 'number' ? result : this.sampler.sample(result, 0, result.length);
     if (!this.opts.ignoreEos && tokenizer.isEos(tok)) {
       this.finish('eos');
       return;
@@ -196,7 +201,7 @@ export class BatchEngine {
   }
 
   /** Queue a generation; it joins the batch at the next step. The cache must be empty and is owned by the sequence from now on. */
-  add(promptIds: number[], cache: SequenceCache, opts: GenerateOptions = {}): Sequence {
+  add(promptIds: number[], cache: KvCache, opts: GenerateOptions = {}): Sequence {
     try {
       const maxTokens = opts.maxTokens ?? 128;
       if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new KiviError(`max tokens must be an integer ≥ 1, got ${maxTokens}`);
@@ -235,7 +240,7 @@ export class BatchEngine {
   }
 
   /** One forward pass over every sequence: joiners prefill their prompt, the rest decode one token. */
-  step(): void {
+  async step(): Promise<void> {
     const max = this.opts.maxBatch ?? Infinity;
     while (this.joining.length > 0 && this.active.length < max) this.active.push(this.joining.shift()!);
     const batch = this.active.slice();
@@ -243,12 +248,12 @@ export class BatchEngine {
     const items = batch.map((s) => ({
       tokens: s.next === null ? s.promptIds : [s.next],
       cache: s.cache,
-      logits: 'last' as const,
+      logits: s.greedy ? ('argmax' as const) : ('last' as const),
     }));
     const t0 = now();
-    let logits: Float32Array[];
+    let logits: (Float32Array | number | null)[];
     try {
-      logits = this.model.forward(items);
+      logits = await this.model.forward(items);
     } catch (e) {
       for (const s of batch) {
         this.remove(s);
@@ -260,7 +265,6 @@ export class BatchEngine {
     const dt = now() - t0;
     this.busySeconds += dt;
     this.steps++;
-    const V = this.model.config.vocabSize;
     for (let i = 0; i < batch.length; i++) {
       const s = batch[i]!;
       if (s.next === null) s.prefillSeconds = dt;
@@ -268,7 +272,8 @@ export class BatchEngine {
         s.decodeSeconds += dt;
         s.decodeSteps++;
       }
-      s.accept(logits[i]!, 0, V, this.tokenizer);
+      if (s.done) continue; // cancelled while the step ran
+      s.accept(logits[i]!, this.tokenizer);
       if (s.finishReason === null) this.generatedTokens++;
       else {
         if (s.ids.length > 0 && s.finishReason !== 'eos') this.generatedTokens++;
@@ -286,14 +291,14 @@ export class BatchEngine {
   private kick(): void {
     if (this.running) return;
     this.running = true;
-    const loop = () => {
+    const loop = async () => {
       if (this.size === 0) {
         this.running = false;
         return;
       }
-      this.step();
-      nextMacrotask(loop);
+      await this.step();
+      nextMacrotask(() => void loop());
     };
-    nextMacrotask(loop);
+    nextMacrotask(() => void loop());
   }
 }

@@ -1,14 +1,15 @@
 /** Choosing a compute back end by name. */
-import type { Kernels } from './types.js';
-import { TsKernels } from './ts/reference.js';
+import type { Backend, BackendName } from './types.js';
+import { TsBackend } from './ts/backend.js';
 import { KiviError } from '../util/errors.js';
 
-export type BackendName = 'ts' | 'wasm' | 'auto';
+export type { BackendName } from './types.js';
+export type BackendChoice = BackendName | 'auto';
 export const BACKENDS: readonly string[] = ['ts', 'wasm', 'auto'];
 
 export interface BackendOptions {
   /** 'ts' (pure TypeScript), 'wasm' (WebAssembly SIMD) or 'auto' (wasm when it loads; the default). */
-  backend?: BackendName;
+  backend?: BackendChoice;
   /** Threads for the wasm back end (default: the core count). The ts back end is single-threaded. */
   threads?: number;
 }
@@ -19,19 +20,19 @@ export function checkThreads(threads: number | undefined): void {
   }
 }
 
-async function loadWasm(threads: number | undefined): Promise<Kernels> {
+async function loadWasm(threads: number | undefined): Promise<Backend> {
   // Each platform brings the module and the threads its own way; browser bundles never load node.js.
   const inNode = typeof process !== 'undefined' && !!process.versions?.node;
   const platform = inNode ? await import('./wasm/node.js') : await import('./wasm/browser.js');
-  return platform.createWasmKernels(threads ?? platform.defaultThreads());
+  return platform.createWasmBackend(threads ?? platform.defaultThreads());
 }
 
-export async function createKernels(opts: BackendOptions = {}): Promise<Kernels> {
+export async function createBackend(opts: BackendOptions = {}): Promise<Backend> {
   const name = opts.backend ?? 'auto';
   checkThreads(opts.threads);
   switch (name) {
     case 'ts':
-      return new TsKernels();
+      return new TsBackend();
     case 'wasm':
       try {
         return await loadWasm(opts.threads);
@@ -44,12 +45,11 @@ export async function createKernels(opts: BackendOptions = {}): Promise<Kernels>
         return await loadWasm(opts.threads);
       } catch (e) {
         if (e instanceof KiviError) throw e;
-        return new TsKernels();
+        return new TsBackend();
       }
     default:
       throw new KiviError(`unknown backend "${String(name)}" (valid: ${BACKENDS.join(', ')})`);
   }
 }
 
-export type { Kernels } from './types.js';
-export { AttentionPlan } from './plan.js';
+export type { Backend } from './types.js';

@@ -1,68 +1,118 @@
 /**
- * The compute back end: every hot loop of the model and the caches goes through this interface, so the
- * pure-TypeScript reference, WebAssembly SIMD and multi-threaded implementations are interchangeable.
+ * The compute back end: one op table per back end (the TypeScript reference, WebAssembly SIMD, WebGPU).
+ * The model and the caches say what to compute; a back end owns where tensors live and when results
+ * are ready. Ops are issued in order and may run later (WebGPU records them into command buffers);
+ * only read() and argmax() hand results back, as promises. The TypeScript reference runs every op at
+ * once and is the oracle the other back ends are tested against, op by op.
  *
- * Conventions: matrices are row-major typed arrays addressed by (array, offset). Storage a kernel reads
- * should come from the same back end's allocators: a WASM back end keeps it inside its linear memory
- * and copies any other array in (and out) on every call, which is correct but slow.
+ * Conventions: matrices are row-major; a linear weight is [outDim][inDim] as in Hugging Face Linear;
+ * activations are float32; weights are float32 or the checkpoint's 16-bit type.
  */
-import type { Bits } from '../quant/quantizer.js';
-import type { AttentionPlan } from './plan.js';
+import type { StepPlan } from './plan.js';
 
-export interface Kernels {
-  readonly name: string;
-  /** Threads the back end computes on (1 for the TS reference). */
+export type BackendName = 'ts' | 'wasm' | 'webgpu';
+
+/** Element types of tensors. f16 and bf16 hold 16-bit patterns. */
+export type DType = 'f32' | 'f16' | 'bf16' | 'u32' | 'i32';
+
+export const DTYPE_BYTES: Record<DType, number> = { f32: 4, f16: 2, bf16: 2, u32: 4, i32: 4 };
+
+/** A back end's tensor: a handle to storage the back end owns. */
+export interface Tensor {
+  readonly dtype: DType;
+  /** Elements. */
+  readonly length: number;
+}
+
+/** Host data a tensor can be written from. */
+export type HostArray = Float32Array | Uint16Array | Uint32Array | Int32Array;
+
+/** The shapes attention and the caches work with. */
+export interface AttnShape {
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+}
+
+/**
+ * Cache storage: pages from a pool. A page holds the same token slots for every layer and kv head; its
+ * layout per (layer, kv head) is a "section" whose size the cache gives (kernels/pages.ts). Handles are
+ * the back end's own (an address, an index) and appear in plan records as they are.
+ */
+export interface PagePool {
+  readonly shape: AttnShape;
+  /** A zeroed page of numLayers × numKvHeads sections of `sectionBytes` (a multiple of 16). */
+  alloc(sectionBytes: number): number;
+  free(page: number): void;
+  /** Bytes of pages allocated now (what a KV budget counts). */
+  readonly allocatedBytes: number;
+  /** The most bytes allocated at once since the pool was made or resetPeak() was called. */
+  readonly peakBytes: number;
+  resetPeak(): void;
+  /** Bytes one page of sections of `sectionBytes` takes from the pool. */
+  pageBytes(sectionBytes: number): number;
+  /** A page's bytes, [layer][kvHead][section] (for saving a cache). */
+  readPage(page: number, sectionBytes: number): Promise<Uint8Array>;
+  /** Overwrite a page's bytes, laid out as readPage returns them. */
+  writePage(page: number, sectionBytes: number, bytes: Uint8Array): void;
+}
+
+export interface Backend {
+  readonly name: BackendName;
+  /** Threads the back end computes on (1 for the TypeScript reference; 0 where the GPU computes). */
   readonly threads: number;
+  /** What computes, in words ("wasm SIMD, 2 threads", "webgpu: NVIDIA H200"). */
+  readonly description: string;
 
-  /** Zeroed storage that this back end's kernels can read. */
-  allocF32(n: number): Float32Array;
-  allocU32(n: number): Uint32Array;
-  allocU16(n: number): Uint16Array;
-  /** Return storage from the alloc* functions (a no-op where the garbage collector owns it). */
-  free(a: Float32Array | Uint32Array | Uint16Array): void;
-
-  /** out[r·outDim + o] = Σ_i x[r·inDim + i] · w[o·inDim + i] (+ bias[o]); w is [outDim][inDim] as in HF Linear. */
-  matmul(out: Float32Array, x: Float32Array, w: Float32Array, rows: number, inDim: number, outDim: number, bias?: Float32Array): void;
-
-  /** act[r·I + i] = silu(g)·u with g = gu[r·2I + i], u = gu[r·2I + I + i]: the MLP's gate | up halves. */
-  swiglu(act: Float32Array, gu: Float32Array, rows: number, I: number): void;
-
+  // ---- memory --------------------------------------------------------------------------------------
+  /** A zeroed tensor. */
+  tensor(dtype: DType, length: number): Tensor;
+  /** Copy host data into t[offset ..] (same element size). */
+  write(t: Tensor, data: HostArray, offset?: number): void;
+  /** t[offset .. offset + length) of a float32 tensor, once every op issued before has run. */
+  read(t: Tensor, offset: number, length: number): Promise<Float32Array>;
+  /** Give a tensor's storage back; the tensor is unusable afterwards. */
+  release(t: Tensor): void;
   /**
-   * Attention scores against float keys for the nq query heads that share one kv head:
-   * s[j·sStride + sOff + t] = scale · q[qOff + j·d ..] · K[kOff + t·d ..], t < n.
-   * K is float32 or float16 bits (Uint16Array).
+   * The type this back end keeps a weight matrix of a 16-bit or float32 checkpoint in (the default: the
+   * checkpoint's own; the loader converts when they differ).
    */
-  scoresDense(s: Float32Array, sOff: number, sStride: number, q: Float32Array, qOff: number, nq: number,
-    k: Float32Array | Uint16Array, kOff: number, n: number, d: number, scale: number): void;
+  weightDType?(file: 'f32' | 'f16' | 'bf16'): DType;
+  /** A page pool for caches of a model of this shape. */
+  createPagePool(shape: AttnShape): PagePool;
 
-  /** out[oOff + j·d + c] += Σ_t p[j·pStride + pOff + t] · V[vOff + t·d + c], t < n (float32 or float16 V). */
-  accumDense(out: Float32Array, oOff: number, p: Float32Array, pOff: number, pStride: number, nq: number,
-    v: Float32Array | Uint16Array, vOff: number, n: number, d: number): void;
-
+  // ---- ops (issued in order) -----------------------------------------------------------------------
+  /** out[r] = table[ids[r]] as float32, rows of D. */
+  embed(out: Tensor, table: Tensor, ids: Int32Array, D: number): void;
+  /** out[r] = x[r] / rms(x[r]) · w, rows of D (out may be x). */
+  rmsnorm(out: Tensor, x: Tensor, w: Tensor, rows: number, D: number, eps: number): void;
+  /** out[r·outDim + o] = Σ_i x[r·inDim + i] · w[o·inDim + i] (+ bias[o]). */
+  matmul(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number, bias?: Tensor): void;
   /**
-   * Scores against KIVI keys: n tokens (a multiple of G) quantized per channel in groups of G tokens,
-   * codes packed per token along the channel axis ([n][d·b/32] words from cOff), float16 scale/min
-   * [n/G][d] from pOff. Scales fold into the query once per group (KIVI.md §6).
+   * Rotary embedding in place on the q and k heads of qkv rows ([rows][(H + 2·KV)·d]), Hugging Face's
+   * rotate-half pairs (i, i + d/2), row r at position positions[r]; cos/sin are [positions][d/2] tables.
    */
-  scoresKivi(s: Float32Array, sOff: number, sStride: number, q: Float32Array, qOff: number, nq: number,
-    codes: Uint32Array, cOff: number, scales: Uint16Array, mins: Uint16Array, pOff: number,
-    n: number, d: number, bits: Bits, G: number, scale: number): void;
-
+  rope(qkv: Tensor, rows: number, positions: Int32Array, cos: Tensor, sin: Tensor, shape: AttnShape): void;
+  /** act[r·I + i] = silu(gu[r·2I + i]) · gu[r·2I + I + i]. */
+  swiglu(act: Tensor, gu: Tensor, rows: number, I: number): void;
+  /** x[i] += y[i], i < n. */
+  add(x: Tensor, y: Tensor, n: number): void;
+  /** out[i] = x[rows[i]], rows of D. */
+  gather(out: Tensor, x: Tensor, rows: Int32Array, D: number): void;
+  /** Run the jobs of one phase of sub-step `sub` of the plan on layer `layer`'s part of the pages. */
+  cacheJobs(plan: StepPlan, sub: number, phase: 'pre' | 'post', layer: number, qkv: Tensor, pool: PagePool): void;
   /**
-   * Accumulate attention-weighted KIVI values: n tokens quantized per token in groups of G channels,
-   * codes [n][d·b/32] from cOff, float16 scale/min [n][d/G] from pOff. The weight folds into the scale.
+   * Run the attention tasks of sub-step `sub` on layer `layer`: per task, every query head's scores over
+   * its kv head's key segments (scaled by 1/√d), one softmax over all the task's tokens, and the weighted
+   * sum of the value segments, written to att[row] ([rows][H·d]).
    */
-  accumKivi(out: Float32Array, oOff: number, p: Float32Array, pOff: number, pStride: number, nq: number,
-    codes: Uint32Array, cOff: number, scales: Uint16Array, mins: Uint16Array, pIdx: number,
-    n: number, d: number, bits: Bits, G: number): void;
+  attend(plan: StepPlan, sub: number, layer: number, qkv: Tensor, att: Tensor, pool: PagePool): void;
+  /** Resolves once every op issued so far has run (timing; a host back end has already run them). */
+  sync(): Promise<void>;
+  /** Index of the largest of each row of a float32 [rows][n] tensor (the lowest index on ties). */
+  argmax(x: Tensor, rows: number, n: number): Promise<Int32Array>;
 
-  /**
-   * Run every task of an attention plan: per task, scores over its key segments, one softmax over all
-   * T tokens, then out[oOff .. oOff + nq·d) = Σ weights · values (overwritten). Tasks are independent and
-   * may run in parallel; the result of each is the same however they are scheduled.
-   */
-  attend(plan: AttentionPlan): void;
-
-  /** Release threads and memory; the kernels are unusable afterwards. Idempotent. */
+  /** Release threads, device and memory; the back end is unusable afterwards. Idempotent. */
   dispose(): void;
 }

@@ -5,10 +5,10 @@
  */
 import { KiviError } from '../util/errors.js';
 import { parseConfig, type ModelConfig } from './config.js';
-import { loadWeights, type LoadProgress } from './weights.js';
+import { loadWeights, type LoadProgress, type WeightFormat } from './weights.js';
 import { LlamaModel } from './llama.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
-import type { Kernels } from '../kernels/types.js';
+import type { Backend } from '../kernels/types.js';
 import { isUrl, readJson, type ByteSource } from './source.js';
 import { urlSource } from './source-url.js';
 
@@ -58,17 +58,14 @@ export interface LoadedModel {
 export interface LoadModelOptions {
   /** Weight bytes read so far and in all, called after each tensor. */
   onProgress?: LoadProgress;
+  /** Matrices in the checkpoint's type ('native', the default) or widened to float32. */
+  weights?: WeightFormat;
 }
 
-export async function loadModel(location: ModelLocation, kernels: Kernels, opts: LoadModelOptions = {}): Promise<LoadedModel> {
+export async function loadModel(location: ModelLocation, backend: Backend, opts: LoadModelOptions = {}): Promise<LoadedModel> {
   const source = await openSource(location);
   const config = await readModelConfig(source);
   const tokenizer = await Tokenizer.load(source, config);
-  const weights = await loadWeights(source, config, kernels, opts.onProgress);
-  return { dir: source.where, config, tokenizer, model: new LlamaModel(config, weights, kernels) };
-}
-
-/** Node: load a model directory (same as loadModel with a path). */
-export function loadModelDir(dir: string, kernels: Kernels, opts?: LoadModelOptions): Promise<LoadedModel> {
-  return loadModel(dir, kernels, opts);
+  const weights = await loadWeights(source, config, backend, { format: opts.weights, onProgress: opts.onProgress });
+  return { dir: source.where, config, tokenizer, model: new LlamaModel(config, weights, backend) };
 }

@@ -63,6 +63,12 @@ export class RopeTable {
     this.positions = n;
   }
 
+  /** cos and sin of positions [0, n) × frequencies, [n][d/2] each. */
+  tables(n: number): { cos: Float32Array; sin: Float32Array } {
+    this.ensure(n - 1);
+    return { cos: this.cos.subarray(0, n * this.half), sin: this.sin.subarray(0, n * this.half) };
+  }
+
   /** Rotate `heads` consecutive head vectors of size 2·half at x[off..] for position pos, in place. */
   apply(x: Float32Array, off: number, heads: number, pos: number): void {
     this.ensure(pos);

@@ -82,28 +82,42 @@ export function parseHeader(headerBuf: Uint8Array, size: number, where: string, 
   return out;
 }
 
-/** Elements converted per read for F16/BF16: bounds the temporary buffer. */
+/** Elements read per request: bounds the temporary buffer, whatever the tensor's size. */
 const CHUNK = 1 << 20;
 
-/** Read one tensor of `f` and convert it to float32 (bf16 and f16 convert exactly) into `out`. */
-export async function readTensorInto(f: RandomAccess, info: TensorInfo, out: Float32Array): Promise<void> {
+/**
+ * Read a tensor's raw bytes in pieces of at most CHUNK elements: `take(bytes, firstElement)` gets each
+ * piece (little-endian element bytes, as in the file). No tensor is ever held whole.
+ */
+export async function readTensorChunks(f: RandomAccess, info: TensorInfo,
+  take: (bytes: Uint8Array, firstElement: number) => void): Promise<void> {
+  const size = DTYPE_BYTES[info.dtype];
   const n = info.shape.reduce((a, b) => a * b, 1);
-  if (out.length !== n) throw new Error(`readTensorInto: ${info.name} needs ${n} floats, got ${out.length}`);
-  const bytes = info.end - info.begin;
-  if (info.dtype === 'F32') {
-    await f.read(new Uint8Array(out.buffer, out.byteOffset, bytes), info.begin);
-    return;
-  }
-  const tmp = new Uint16Array(Math.min(n, CHUNK));
-  const tmpBytes = new Uint8Array(tmp.buffer);
-  const u32 = new Uint32Array(out.buffer, out.byteOffset, n);
+  const buf = new Uint8Array(Math.min(n, CHUNK) * size);
   for (let i0 = 0; i0 < n; i0 += CHUNK) {
     const m = Math.min(CHUNK, n - i0);
-    await f.read(tmpBytes.subarray(0, m * 2), info.begin + i0 * 2);
-    if (info.dtype === 'BF16') {
-      for (let i = 0; i < m; i++) u32[i0 + i] = tmp[i]! << 16;
-    } else {
-      for (let i = 0; i < m; i++) out[i0 + i] = fromHalfBits(tmp[i]!);
-    }
+    const piece = buf.subarray(0, m * size);
+    await f.read(piece, info.begin + i0 * size);
+    take(piece, i0);
+  }
+}
+
+export function bytesOf(dtype: DType): number {
+  return DTYPE_BYTES[dtype];
+}
+
+/** Convert n elements of a checkpoint dtype (raw little-endian bytes) to float32. */
+export function toFloat32(bytes: Uint8Array, dtype: DType, out: Float32Array, outOffset = 0): void {
+  if (dtype === 'F32') {
+    new Uint8Array(out.buffer, out.byteOffset + outOffset * 4, bytes.byteLength).set(bytes);
+    return;
+  }
+  const n = bytes.byteLength / 2;
+  const u16 = new Uint16Array(bytes.buffer, bytes.byteOffset, n);
+  if (dtype === 'BF16') {
+    const u32 = new Uint32Array(out.buffer, out.byteOffset + outOffset * 4, n);
+    for (let i = 0; i < n; i++) u32[i] = u16[i]! << 16;
+  } else {
+    for (let i = 0; i < n; i++) out[outOffset + i] = fromHalfBits(u16[i]!);
   }
 }

@@ -1,35 +1,41 @@
 /**
- * Load a Hugging Face model directory's weights (single-file or sharded safetensors) into float32,
- * checking every tensor's shape against config.json. q/k/v and gate/up projections are concatenated
- * so each layer runs two input matmuls instead of five.
+ * Load a Hugging Face model directory's weights (single-file or sharded safetensors) into back-end
+ * tensors, checking every tensor's shape against config.json. Matrices keep the checkpoint's 16-bit type
+ * where the back end computes with it (the kernels widen to float32 as they read), so a bf16 checkpoint
+ * costs 2 bytes per weight in memory and per decode step; vectors (norms, biases) are float32. q/k/v and
+ * gate/up projections are concatenated so each layer runs two input matmuls instead of five.
  */
 import { KiviError } from '../util/errors.js';
-import type { Kernels } from '../kernels/types.js';
+import type { Backend, DType, Tensor } from '../kernels/types.js';
 import type { ModelConfig } from './config.js';
-import { readHeader, readTensorInto, type TensorInfo } from './safetensors.js';
+import { readHeader, readTensorChunks, toFloat32, type DType as FileDType, type TensorInfo } from './safetensors.js';
 import { readJson, type ByteSource, type RandomAccess } from './source.js';
+import { toHalfBits } from '../quant/float16.js';
 
 export interface LayerWeights {
-  attnNorm: Float32Array;
+  attnNorm: Tensor;
   /** [(H + 2·KV)·d][hidden]: q rows, then k rows, then v rows. */
-  wqkv: Float32Array;
-  bqkv?: Float32Array;
+  wqkv: Tensor;
+  bqkv?: Tensor;
   /** [hidden][H·d] */
-  wo: Float32Array;
-  mlpNorm: Float32Array;
+  wo: Tensor;
+  mlpNorm: Tensor;
   /** [2·I][hidden]: gate rows, then up rows. */
-  wgu: Float32Array;
+  wgu: Tensor;
   /** [hidden][I] */
-  wdown: Float32Array;
+  wdown: Tensor;
 }
 
 export interface ModelWeights {
-  embed: Float32Array;
+  embed: Tensor;
   layers: LayerWeights[];
-  norm: Float32Array;
+  norm: Tensor;
   /** Output head [vocab][hidden]; the embedding itself when tied. */
-  lmHead: Float32Array;
+  lmHead: Tensor;
 }
+
+/** How matrices are stored: the checkpoint's own type ('native'), or widened to float32 ('f32'). */
+export type WeightFormat = 'native' | 'f32';
 
 /** Loading progress: tensor bytes read so far and in all. */
 export type LoadProgress = (done: number, total: number) => void;
@@ -76,18 +82,30 @@ export async function indexTensors(source: ByteSource): Promise<TensorIndex> {
   }
 }
 
-export async function loadWeights(source: ByteSource, cfg: ModelConfig, kernels: Kernels, onProgress?: LoadProgress): Promise<ModelWeights> {
+export interface WeightOptions {
+  format?: WeightFormat;
+  onProgress?: LoadProgress;
+}
+
+export async function loadWeights(source: ByteSource, cfg: ModelConfig, backend: Backend, opts: WeightOptions = {}): Promise<ModelWeights> {
   const index = await indexTensors(source);
   try {
-    return await readWeights(index, cfg, kernels, onProgress);
+    return await readWeights(index, cfg, backend, opts);
   } finally {
     await index.close();
   }
 }
 
-async function readWeights(index: TensorIndex, cfg: ModelConfig, kernels: Kernels, onProgress?: LoadProgress): Promise<ModelWeights> {
+/** The dtype a matrix of a checkpoint dtype is kept in. */
+export function matrixDType(backend: Backend, file: FileDType, format: WeightFormat): DType {
+  if (format === 'f32' || file === 'F32') return backend.weightDType?.('f32') ?? 'f32';
+  return backend.weightDType?.(file === 'BF16' ? 'bf16' : 'f16') ?? (file === 'BF16' ? 'bf16' : 'f16');
+}
+
+async function readWeights(index: TensorIndex, cfg: ModelConfig, backend: Backend, opts: WeightOptions): Promise<ModelWeights> {
   const { tensors, files } = index;
   const { hiddenSize: D, numHeads: H, numKvHeads: KV, headDim: d, intermediateSize: I, vocabSize: V } = cfg;
+  const format = opts.format ?? 'native';
 
   const info = (name: string, shape: number[]): TensorInfo => {
     const t = tensors.get(name);
@@ -101,66 +119,86 @@ async function readWeights(index: TensorIndex, cfg: ModelConfig, kernels: Kernel
   const used = [...tensors.values()].filter((t) => t.name.startsWith('model.') || t.name === 'lm_head.weight');
   const total = used.reduce((a, t) => a + (t.end - t.begin), 0);
   let done = 0;
-  const read = async (t: TensorInfo, out: Float32Array) => {
-    await readTensorInto(files.get(t.file)!, t, out);
+  const f32 = new Float32Array(1 << 20);
+  const u16 = new Uint16Array(1 << 20);
+  /** Read tensor t into `out` from element `at`, converting from the file's dtype to the tensor's. */
+  const read = async (t: TensorInfo, out: Tensor, at: number) => {
+    await readTensorChunks(files.get(t.file)!, t, (bytes, first) => {
+      const n = bytes.byteLength / (t.dtype === 'F32' ? 4 : 2);
+      const same = (out.dtype === 'bf16' && t.dtype === 'BF16') || (out.dtype === 'f16' && t.dtype === 'F16');
+      if (same) {
+        backend.write(out, new Uint16Array(bytes.buffer, bytes.byteOffset, n), at + first);
+        return;
+      }
+      toFloat32(bytes, t.dtype, f32);
+      if (out.dtype === 'f32') backend.write(out, f32.subarray(0, n), at + first);
+      else if (out.dtype === 'f16') {
+        for (let i = 0; i < n; i++) u16[i] = toHalfBits(f32[i]!);
+        backend.write(out, u16.subarray(0, n), at + first);
+      } else throw new Error(`cannot store ${t.dtype} weights as ${out.dtype}`);
+    });
     done += t.end - t.begin;
-    onProgress?.(Math.min(done, total), total);
+    opts.onProgress?.(Math.min(done, total), total);
   };
-  const load = async (name: string, shape: number[]): Promise<Float32Array> => {
-    const t = info(name, shape);
-    const out = kernels.allocF32(shape.reduce((a, b) => a * b, 1));
-    await read(t, out);
+  const count = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+  /** A matrix (kept 16-bit where the checkpoint is), or several stacked along the first axis. */
+  const matrix = async (...parts: [string, number[]][]): Promise<Tensor> => {
+    const infos = parts.map(([name, shape]) => info(name, shape));
+    const out = backend.tensor(matrixDType(backend, infos[0]!.dtype, format), parts.reduce((a, [, s]) => a + count(s), 0));
+    let at = 0;
+    for (let i = 0; i < parts.length; i++) {
+      await read(infos[i]!, out, at);
+      at += count(parts[i]![1]);
+    }
     return out;
   };
-  /** Stack tensors along the first axis into one allocation. */
-  const stack = async (parts: [string, number[]][]): Promise<Float32Array> => {
-    const total = parts.reduce((a, [, s]) => a + s.reduce((x, y) => x * y, 1), 0);
-    const out = kernels.allocF32(total);
-    let off = 0;
+  /** A vector (norm weights, biases), float32; several stacked. */
+  const vector = async (...parts: [string, number[]][]): Promise<Tensor> => {
+    const out = backend.tensor('f32', parts.reduce((a, [, s]) => a + count(s), 0));
+    let at = 0;
     for (const [name, shape] of parts) {
-      const n = shape.reduce((x, y) => x * y, 1);
-      await read(info(name, shape), out.subarray(off, off + n));
-      off += n;
+      await read(info(name, shape), out, at);
+      at += count(shape);
     }
     return out;
   };
 
-  const embed = await load('model.embed_tokens.weight', [V, D]);
+  const embed = await matrix(['model.embed_tokens.weight', [V, D]]);
   const layers: LayerWeights[] = [];
   for (let l = 0; l < cfg.numLayers; l++) {
     const p = `model.layers.${l}.`;
     const layer: LayerWeights = {
-      attnNorm: await load(`${p}input_layernorm.weight`, [D]),
-      wqkv: await stack([
+      attnNorm: await vector([`${p}input_layernorm.weight`, [D]]),
+      wqkv: await matrix(
         [`${p}self_attn.q_proj.weight`, [H * d, D]],
         [`${p}self_attn.k_proj.weight`, [KV * d, D]],
         [`${p}self_attn.v_proj.weight`, [KV * d, D]],
-      ]),
-      wo: await load(`${p}self_attn.o_proj.weight`, [D, H * d]),
-      mlpNorm: await load(`${p}post_attention_layernorm.weight`, [D]),
-      wgu: await stack([
+      ),
+      wo: await matrix([`${p}self_attn.o_proj.weight`, [D, H * d]]),
+      mlpNorm: await vector([`${p}post_attention_layernorm.weight`, [D]]),
+      wgu: await matrix(
         [`${p}mlp.gate_proj.weight`, [I, D]],
         [`${p}mlp.up_proj.weight`, [I, D]],
-      ]),
-      wdown: await load(`${p}mlp.down_proj.weight`, [D, I]),
+      ),
+      wdown: await matrix([`${p}mlp.down_proj.weight`, [D, I]]),
     };
     if (cfg.attentionBias) {
-      layer.bqkv = await stack([
+      layer.bqkv = await vector(
         [`${p}self_attn.q_proj.bias`, [H * d]],
         [`${p}self_attn.k_proj.bias`, [KV * d]],
         [`${p}self_attn.v_proj.bias`, [KV * d]],
-      ]);
+      );
     }
     layers.push(layer);
   }
-  const norm = await load('model.norm.weight', [D]);
+  const norm = await vector(['model.norm.weight', [D]]);
   let lmHead = embed;
   if (!cfg.tieWordEmbeddings || tensors.has('lm_head.weight')) {
     if (!tensors.has('lm_head.weight') && !cfg.tieWordEmbeddings) {
       throw new KiviError('missing tensor lm_head.weight (and tie_word_embeddings is not set)');
     }
-    lmHead = await load('lm_head.weight', [V, D]);
+    lmHead = await matrix(['lm_head.weight', [V, D]]);
   }
-  onProgress?.(total, total);
+  opts.onProgress?.(total, total);
   return { embed, layers, norm, lmHead };
 }

@@ -51,14 +51,14 @@ export class KiviServer {
   static async start(model: KiviModel, opts: ServeOptions = {}): Promise<KiviServer> {
     const kv = opts.kv ?? 'kivi2';
     const spec = toCacheSpec(kv);
-    validateSpec(spec, model.model.dims);
+    validateSpec(spec, model.dims);
     const timeoutSeconds = opts.timeoutSeconds ?? 600;
     if (!(timeoutSeconds > 0)) throw new KiviError(`the request timeout must be positive, got ${timeoutSeconds}`);
     const chat = new ChatFormatter(model.tokenizer, findChatTemplate(model.dir, model.tokenizer.config));
     // Last of the checks: the scheduler hooks into the engine, and close() unhooks it.
     const scheduler = new Scheduler(model.engine, {
-      spec, dims: model.model.dims, budgetBytes: opts.budgetBytes ?? 2 * 1024 ** 3, maxQueue: opts.maxQueue ?? 64,
-      newCache: () => model.newCache(kv),
+      spec, pool: model.transformer.pool, budgetBytes: opts.budgetBytes ?? 2 * 1024 ** 3, maxQueue: opts.maxQueue ?? 64,
+      newCache: () => model.newCache(spec),
     });
     const modelName = opts.modelName ?? path.basename(path.resolve(model.dir));
     const stats = new ServerStats();

@@ -1,8 +1,9 @@
 /**
- * Admission by KV-cache memory. Every request reserves the most cache bytes it can ever hold — its cache
- * prefilled with the prompt and decoded to its last token, computed exactly by cache/budget.ts — and joins
- * the engine's running batch only while the reservations of all running requests fit the budget. Since a
- * cache never holds more than its reservation, the bytes really in use never exceed the budget. Requests
+ * Admission by KV-cache memory. Every request reserves the most page bytes its cache can ever hold — its
+ * cache prefilled with the prompt and decoded to its last token, computed exactly by cache/budget.ts from
+ * the cache's own page bookkeeping — and joins the engine's running batch only while the reservations of
+ * all running requests fit the budget. Since a cache never holds more pages than its reservation, the
+ * storage really allocated never exceeds the budget. Requests
  * that do not fit wait in a bounded FIFO queue (first come, first served: a large request is never
  * overtaken forever by small ones); past the queue they are refused with a 429.
  *
@@ -11,20 +12,22 @@
 import type { BatchEngine, Sequence } from '../engine/batch.js';
 import type { GenerateOptions } from '../engine/generate.js';
 import type { CacheSpec } from '../cache/spec.js';
-import type { CacheDims, SequenceCache } from '../cache/types.js';
-import { peakCacheBytes } from '../cache/budget.js';
+import type { KvCache } from '../cache/types.js';
+import type { PagePool } from '../kernels/types.js';
+import { peakAllocatedBytes } from '../cache/budget.js';
 import { KiviError } from '../util/errors.js';
 import { formatBytes as formatBytesIn } from '../util/format.js';
 
 export interface SchedulerOptions {
   spec: CacheSpec;
-  dims: CacheDims;
+  /** The pool caches take pages from (its shape and page sizes fix the reservations). */
+  pool: Pick<PagePool, 'shape' | 'pageBytes'>;
   /** Most cache bytes all running sequences may hold together. */
   budgetBytes: number;
   /** Most requests waiting for memory; more are refused (429). */
   maxQueue: number;
   /** A fresh, empty cache of `spec`. */
-  newCache: () => SequenceCache;
+  newCache: () => KvCache;
 }
 
 interface Waiting {
@@ -70,8 +73,17 @@ export class Scheduler {
    * The last generated token is sampled but never fed back, so the cache ends at prompt + maxTokens − 1.
    */
   reservation(promptTokens: number, maxTokens: number): number {
-    return peakCacheBytes(this.opts.spec, this.opts.dims, promptTokens + maxTokens - 1, promptTokens);
+    const key = `${promptTokens}:${maxTokens}`;
+    let b = this.reservations.get(key);
+    if (b === undefined) {
+      b = peakAllocatedBytes(this.opts.spec, this.opts.pool, promptTokens + maxTokens - 1, promptTokens);
+      if (this.reservations.size >= 1024) this.reservations.delete(this.reservations.keys().next().value!);
+      this.reservations.set(key, b);
+    }
+    return b;
   }
+  /** Reservations by prompt and max tokens (requests repeat their shapes; the simulation is O(length)). */
+  private readonly reservations = new Map<string, number>();
 
   get runningCount(): number {
     return this.running.size;
@@ -92,10 +104,10 @@ export class Scheduler {
     return b;
   }
 
-  /** Storage the running caches have allocated (≥ usedBytes: whole chunks and residual buffers). */
+  /** Page bytes the running caches hold (≥ usedBytes: pages fill slot by slot). What the budget bounds. */
   allocatedBytes(): number {
     let b = 0;
-    for (const s of this.running.keys()) if (!s.done) b += s.cache.reservedBytes();
+    for (const s of this.running.keys()) if (!s.done) b += s.cache.allocatedBytes();
     return b;
   }
 

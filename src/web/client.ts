@@ -6,7 +6,7 @@
  *   for await (const c of w.generate('Once upon a time', { kv: 'kivi2', maxTokens: 32 })) out.append(c.text);
  */
 import { KiviError } from '../util/errors.js';
-import type { BackendName } from '../kernels/index.js';
+import type { BackendChoice } from '../kernels/index.js';
 import type { FromWorker, ModelInfo, RunResult, RunStats, ToWorker, WorkerGenerateOptions } from './protocol.js';
 
 export interface WorkerChunk {
@@ -19,7 +19,7 @@ export interface KiviWorkerOptions {
   /** The worker script (default: kivi-worker.js beside this module). */
   workerUrl?: string | URL;
   /** Compute back end inside the worker (default 'auto'). */
-  backend?: BackendName;
+  backend?: BackendChoice;
   /** Threads for the wasm back end (default: the browser's core count). */
   threads?: number;
   /** Weight bytes read so far and in all. */

@@ -1,5 +1,5 @@
 /** Messages between a page (client.ts) and the generation worker (worker.ts). Plain data only. */
-import type { BackendName } from '../kernels/index.js';
+import type { BackendChoice } from '../kernels/index.js';
 
 export interface ModelInfo {
   /** The model's URL base. */
@@ -35,7 +35,7 @@ export interface WorkerGenerateOptions {
 }
 
 export type ToWorker =
-  | { type: 'load'; url: string; backend?: BackendName; threads?: number }
+  | { type: 'load'; url: string; backend?: BackendChoice; threads?: number }
   | { type: 'generate'; id: number; prompt: string | number[]; options: WorkerGenerateOptions }
   | { type: 'cancel'; id: number };
 

@@ -6,7 +6,7 @@
 import { KiviModel } from '../api.js';
 import { KiviError } from '../util/errors.js';
 import type { Sequence } from '../engine/batch.js';
-import type { BackendName } from '../kernels/index.js';
+import type { BackendChoice } from '../kernels/index.js';
 import type { FromWorker, RunStats, ToWorker, WorkerGenerateOptions } from './protocol.js';
 
 interface Scope {
@@ -21,7 +21,7 @@ let model: KiviModel | undefined;
 let loading: Promise<void> | undefined;
 const running = new Map<number, Sequence>();
 
-async function load(url: string, backend: BackendName | undefined, threads: number | undefined): Promise<void> {
+async function load(url: string, backend: BackendChoice | undefined, threads: number | undefined): Promise<void> {
   const t0 = performance.now();
   let weightBytes = 0;
   model = await KiviModel.load(url, {
@@ -38,8 +38,8 @@ async function load(url: string, backend: BackendName | undefined, threads: numb
     type: 'loaded',
     info: {
       url: model.dir, name, numLayers: c.numLayers, hiddenSize: c.hiddenSize, numHeads: c.numHeads, numKvHeads: c.numKvHeads,
-      headDim: c.headDim, vocabSize: c.vocabSize, maxPositions: c.maxPositions, backend: model.kernels.name,
-      threads: (model.kernels as { threads?: number }).threads ?? 1,
+      headDim: c.headDim, vocabSize: c.vocabSize, maxPositions: c.maxPositions, backend: model.backend.name,
+      threads: model.backend.threads,
       weightBytes, loadSeconds: (performance.now() - t0) / 1000,
     },
   });

@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import { KiviModel } from '../../api.js';
 import { backendOption, threadsOption } from '../common.js';
-import type { BackendName } from '../../kernels/index.js';
+import type { BackendChoice } from '../../kernels/index.js';
 import { float, int, readTextFile } from '../parse.js';
 import { LazyProgress } from '../progress.js';
 import { analyzeKv, checkTokens } from '../../studies/analysis/kv.js';
@@ -20,7 +20,7 @@ interface Opts {
   out: string;
   outlierRatio: number;
   groupSize: number;
-  backend?: BackendName;
+  backend?: BackendChoice;
   threads?: number;
 }
 
@@ -45,7 +45,7 @@ export function register(program: Command): void {
     const ids = m.encode(text).slice(0, o.tokens);
     if (ids.length < o.tokens) throw new KiviError(`${o.text} has only ${ids.length} tokens, fewer than --tokens ${o.tokens}`);
     const bar = new LazyProgress('analyze kv');
-    const { analysis, captured } = analyzeKv(m.model, ids, {
+    const { analysis, captured } = await analyzeKv(m.transformer, ids, {
       groupSize: o.groupSize, outlierRatio: o.outlierRatio, bits: [2, 4], onProgress: (d, t) => bar.update(d, t),
     });
     bar.stop();

@@ -2,7 +2,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import { createKernels, type BackendName, type Kernels } from '../../kernels/index.js';
+import { createBackend, type Backend, type BackendChoice } from '../../kernels/index.js';
+import type { CacheSpec } from '../../cache/spec.js';
 import { bytes, int, intList, readTextFile } from '../parse.js';
 import { backendOption, kvListOption, threadsOption } from '../common.js';
 import { LazyProgress } from '../progress.js';
@@ -24,7 +25,7 @@ import { measureCapacity, serveCapacityMarkdown, textPrompts } from '../../studi
 const KIVI2_FP16_RESIDUAL = 'kivi:k=2,v=2,g=32,r=128,residual=fp16';
 
 interface Shared {
-  backend?: BackendName;
+  backend?: BackendChoice;
   threads?: number;
   json?: boolean;
   save?: string;
@@ -48,8 +49,8 @@ function sharedOptions(cmd: Command): Command {
     .option('--save <base>', 'also write <base>.json and <base>.md (and <base>.svg where there is a chart)');
 }
 
-async function kernelsFor(o: Shared): Promise<Kernels> {
-  return createKernels({ backend: o.backend, threads: o.threads });
+async function backendFor(o: Shared): Promise<Backend> {
+  return createBackend({ backend: o.backend, threads: o.threads });
 }
 
 /** Print the JSON line or the Markdown; --save writes both to files; the chart goes to --svg and/or --save. */
@@ -95,21 +96,21 @@ export function register(program: Command): void {
     .option('--svg <file>', 'also write a chart (time and bytes per token vs context)');
   kvListOption(att, `fp32,fp16,kivi2,kivi4,${KIVI2_FP16_RESIDUAL}`);
   sharedOptions(att);
-  att.action(async (o: Shared & { context: number[]; heads: number; kvHeads: number; headDim: number; repeats: number; warmup: number; kv: string[]; svg?: string }) => {
-    const kernels = await kernelsFor(o);
+  att.action(async (o: Shared & { context: number[]; heads: number; kvHeads: number; headDim: number; repeats: number; warmup: number; kv: CacheSpec[]; svg?: string }) => {
+    const backend = await backendFor(o);
     try {
       const bar = new LazyProgress('bench attention');
-      const results = runAttentionBench({
-        contexts: o.context, specs: o.kv, heads: o.heads, kvHeads: o.kvHeads, headDim: o.headDim, kernels,
+      const results = await runAttentionBench({
+        contexts: o.context, specs: o.kv, heads: o.heads, kvHeads: o.kvHeads, headDim: o.headDim, backend,
         repeats: { ...DEFAULT_REPEATS, minRepeats: o.repeats, warmup: o.warmup, maxRepeats: Math.max(o.repeats, DEFAULT_REPEATS.maxRepeats) },
         onProgress: (d, t) => bar.update(d, t),
       });
       bar.stop();
-      const threads = kernels.threads;
-      await report(o, { backend: kernels.name, threads, heads: o.heads, kv_heads: o.kvHeads, head_dim: o.headDim, results }, attentionMarkdown(results),
-        attentionChart(results, `Decode attention, one layer (${o.heads} heads, ${o.kvHeads} kv heads, d=${o.headDim}), ${kernels.name} ×${threads}`));
+      const threads = backend.threads;
+      await report(o, { backend: backend.name, threads, heads: o.heads, kv_heads: o.kvHeads, head_dim: o.headDim, results }, attentionMarkdown(results),
+        attentionChart(results, `Decode attention, one layer (${o.heads} heads, ${o.kvHeads} kv heads, d=${o.headDim}), ${backend.description}`));
     } finally {
-      kernels.dispose();
+      backend.dispose();
     }
   });
 
@@ -122,7 +123,7 @@ export function register(program: Command): void {
     .requiredOption('--context <n>', 'tokens per sequence (may exceed the model context: caches are filled with synthetic K/V)', int(1));
   kvListOption(cap, `fp16,kivi2,kivi4,${KIVI2_FP16_RESIDUAL}`);
   sharedOptions(cap);
-  cap.action(async (o: Shared & { model: string; budget: BudgetArg; context: number; kv: string[] }) => {
+  cap.action(async (o: Shared & { model: string; budget: BudgetArg; context: number; kv: CacheSpec[] }) => {
     const bar = new LazyProgress('bench capacity');
     const r = await runCapacity({
       model: o.model, budget: o.budget, context: o.context, specs: o.kv, backend: o.backend, threads: o.threads,
@@ -146,10 +147,10 @@ export function register(program: Command): void {
     .option('--svg <file>', 'also write the throughput-vs-batch-size and -vs-budget chart');
   kvListOption(thr, `fp16,kivi2,${KIVI2_FP16_RESIDUAL}`);
   sharedOptions(thr);
-  thr.action(async (o: Shared & { model: string; budget: BudgetArg[]; prompt: number; gen: number; maxBatch: number; repeats: number; kv: string[]; svg?: string }) => {
+  thr.action(async (o: Shared & { model: string; budget: BudgetArg[]; prompt: number; gen: number; maxBatch: number; repeats: number; kv: CacheSpec[]; svg?: string }) => {
     const bar = new LazyProgress('bench throughput');
     const r = await runThroughput({
-      model: o.model, budgets: o.budget, prompt: o.prompt, gen: o.gen, specs: o.kv, maxBatch: o.maxBatch, repeats: o.repeats,
+      model: o.model, budgets: o.budget, prompt: o.prompt, gen: o.gen, specs: o.kv.map((k) => k.name), maxBatch: o.maxBatch, repeats: o.repeats,
       backend: o.backend, threads: o.threads, onProgress: (d, t) => bar.update(d, t),
     });
     bar.stop();
@@ -168,17 +169,17 @@ export function register(program: Command): void {
     .option('--repeats <n>', 'rounds over all specs (the median is reported)', int(1, 100), 3);
   kvListOption(gen, 'fp32,fp16,kivi2,kivi4');
   sharedOptions(gen);
-  gen.action(async (o: Shared & { model: string; text?: string; prompt: number; gen: number; repeats: number; kv: string[] }) => {
+  gen.action(async (o: Shared & { model: string; text?: string; prompt: number; gen: number; repeats: number; kv: CacheSpec[] }) => {
     const text = o.text === undefined ? undefined : readTextFile(o.text, '--text');
     const model = await KiviModel.load(o.model, { backend: o.backend, threads: o.threads });
     try {
       const prompt = benchPrompt(model, o.prompt, text);
       const bar = new LazyProgress('bench generate');
-      const results = await runGenerateBench({ model, prompt, gen: o.gen, specs: o.kv, repeats: o.repeats, onProgress: (d, t) => bar.update(d, t) });
+      const results = await runGenerateBench({ model, prompt, gen: o.gen, specs: o.kv.map((k) => k.name), repeats: o.repeats, onProgress: (d, t) => bar.update(d, t) });
       bar.stop();
       const name = path.basename(path.resolve(o.model));
-      const what = `kivi generate on ${name} (${model.kernels.name} ×${model.kernels.threads})`;
-      await report(o, { model: name, backend: model.kernels.name, threads: model.kernels.threads, results }, generateBenchMarkdown(results, what));
+      const what = `kivi generate on ${name} (${model.backend.name} ×${model.backend.threads})`;
+      await report(o, { model: name, backend: model.backend.name, threads: model.backend.threads, results }, generateBenchMarkdown(results, what));
     } finally {
       model.dispose();
     }
@@ -196,8 +197,8 @@ export function register(program: Command): void {
     .option('--fp16-seqs <n>', 'the budget, in fp16 requests (fp16 fills it exactly)', int(1), 3);
   kvListOption(srv, `fp16,kivi2,${KIVI2_FP16_RESIDUAL}`);
   sharedOptions(srv);
-  srv.action(async (o: Shared & { model: string; text: string; prompt: number; gen: number; clients: number; fp16Seqs: number; kv: string[] }) => {
-    if (!o.kv.includes('fp16')) throw new KiviError('--kv must include fp16: the budget and the ratios are set by it');
+  srv.action(async (o: Shared & { model: string; text: string; prompt: number; gen: number; clients: number; fp16Seqs: number; kv: CacheSpec[] }) => {
+    if (!o.kv.some((k) => k.name === 'fp16')) throw new KiviError('--kv must include fp16: the budget and the ratios are set by it');
     const text = readTextFile(o.text, '--text');
     const model = await KiviModel.load(o.model, { backend: o.backend, threads: o.threads });
     try {
@@ -205,7 +206,7 @@ export function register(program: Command): void {
         throw new KiviError(`--prompt ${o.prompt} + --gen ${o.gen} exceed the model's context of ${model.config.maxPositions}`);
       }
       const prompts = textPrompts(model, text, o.clients, o.prompt);
-      const opts = { prompt: o.prompt, gen: o.gen, clients: o.clients, fp16Seqs: o.fp16Seqs, specs: o.kv };
+      const opts = { prompt: o.prompt, gen: o.gen, clients: o.clients, fp16Seqs: o.fp16Seqs, specs: o.kv.map((k) => k.name) };
       const { budget, rows } = await measureCapacity(model, { ...opts, prompts });
       await report(o, { ...opts, budget, rows }, serveCapacityMarkdown(model, opts, budget, rows));
     } finally {
@@ -221,16 +222,16 @@ export function register(program: Command): void {
     .option('--context <list>', 'context lengths (may exceed the model context: caches are filled with synthetic K/V)', intList(2), [4096, 32768]);
   kvListOption(kvb, [...NAMED_SPECS.filter((s) => s !== 'fp32' && s !== 'fp16'), KIVI2_FP16_RESIDUAL, 'kivi:k=4,v=4,g=32,r=128,residual=fp16', 'fp16', 'fp32'].join(','));
   sharedOptions(kvb);
-  kvb.action(async (o: Shared & { model: string; context: number[]; kv: string[] }) => {
+  kvb.action(async (o: Shared & { model: string; context: number[]; kv: CacheSpec[] }) => {
     const { dims } = await modelDims(o.model);
-    const kernels = await kernelsFor(o);
+    const backend = await backendFor(o);
     try {
       const bar = new LazyProgress('bench kv-bytes');
-      const results = runKvBytes({ dims, contexts: o.context, specs: o.kv, kernels, onProgress: (d, t) => bar.update(d, t) });
+      const results = await runKvBytes({ dims, contexts: o.context, specs: o.kv, backend, onProgress: (d, t) => bar.update(d, t) });
       bar.stop();
       await report(o, { model: path.basename(path.resolve(o.model)), layers: dims.numLayers, kv_heads: dims.numKvHeads, head_dim: dims.headDim, results }, kvBytesMarkdown(results, dims));
     } finally {
-      kernels.dispose();
+      backend.dispose();
     }
   });
 
@@ -244,14 +245,14 @@ export function register(program: Command): void {
     .option('--bandwidth-bytes <bytes>', 'buffer the bandwidth probe reads (≫ last-level cache)', bytes, 512 * 2 ** 20);
   sharedOptions(gemv);
   gemv.action(async (o: Shared & { in: number; out: number; rows: number[]; bandwidthBytes: number }) => {
-    const kernels = await kernelsFor(o);
+    const backend = await backendFor(o);
     try {
       const r = await runGemvBench({
-        kernels, inDim: o.in, outDim: o.out, rows: o.rows, threads: kernels.threads, bandwidthBytes: o.bandwidthBytes,
+        backend, inDim: o.in, outDim: o.out, rows: o.rows, threads: backend.threads, bandwidthBytes: o.bandwidthBytes,
       });
       await report(o, r, gemvMarkdown(r));
     } finally {
-      kernels.dispose();
+      backend.dispose();
     }
   });
 }

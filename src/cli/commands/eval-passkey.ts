@@ -4,10 +4,10 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import { KiviModel } from '../../api.js';
 import { backendOption, kvListOption, threadsOption } from '../common.js';
-import type { BackendName } from '../../kernels/index.js';
+import type { BackendChoice } from '../../kernels/index.js';
 import { floatList, int, intList, readTextFile } from '../parse.js';
 import { LazyProgress } from '../progress.js';
-import { toCacheSpec, validateSpec } from '../../cache/spec.js';
+import { type CacheSpec, validateSpec } from '../../cache/spec.js';
 import { DEFAULT_FILLER, PasskeyPrompter } from '../../studies/eval/passkey-prompt.js';
 import { checkPasskeyLengths, passkeyStudy } from '../../studies/eval/passkey.js';
 import { passkeyHeatmap, passkeyMarkdown, specFileName } from '../../studies/eval/passkey-report.js';
@@ -18,12 +18,12 @@ interface Opts {
   lengths: number[];
   depths: number[];
   n: number;
-  kv: string[];
+  kv: CacheSpec[];
   filler?: string;
   seed: number;
   out: string;
   json?: boolean;
-  backend?: BackendName;
+  backend?: BackendChoice;
   threads?: number;
 }
 
@@ -45,11 +45,11 @@ export function register(ev: Command): void {
   cmd.action(async (o: Opts) => {
     const filler = o.filler === undefined ? DEFAULT_FILLER : readTextFile(o.filler, '--filler');
     const m = await KiviModel.load(o.model, { backend: o.backend, threads: o.threads });
-    for (const s of o.kv) validateSpec(toCacheSpec(s), m.model.dims);
+    for (const s of o.kv) validateSpec(s, m.dims);
     const prompter = new PasskeyPrompter(m.tokenizer, filler);
     checkPasskeyLengths(o.lengths, m.config.maxPositions, prompter);
     const bar = new LazyProgress('passkey');
-    const study = passkeyStudy(m.model, m.tokenizer, prompter, o.kv, {
+    const study = await passkeyStudy(m.transformer, m.tokenizer, prompter, o.kv, {
       lengths: o.lengths, depths: o.depths, n: o.n, seed: o.seed, onProgress: (d, t) => bar.update(d, t),
     });
     bar.stop();

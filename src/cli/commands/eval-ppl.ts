@@ -1,11 +1,12 @@
 /** `kivi eval ppl`: streaming perplexity of several cache specs over windows of a text. */
 import type { Command } from 'commander';
 import { backendOption, kvListOption, threadsOption } from '../common.js';
+import type { CacheSpec } from '../../cache/spec.js';
 import { pplJson, pplMarkdown, pplText } from '../../studies/eval/ppl-report.js';
 import { scoreText, windowOptions, type WindowOpts } from './eval-windows.js';
 
 interface Opts extends WindowOpts {
-  kv: string[];
+  kv: CacheSpec[];
   json?: boolean;
   md?: boolean;
 }

@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import { backendOption, threadsOption } from '../common.js';
 import { TABLE_SPECS } from '../../studies/eval/table.js';
+import { parseKvSpec } from '../../cache/spec.js';
 import { tableJson, tableMarkdown } from '../../studies/eval/table-report.js';
 import { scoreText, windowOptions, type WindowOpts } from './eval-windows.js';
 
@@ -24,7 +25,7 @@ export function register(ev: Command): void {
   backendOption(cmd);
   threadsOption(cmd);
   cmd.action(async (o: Opts) => {
-    const study = await scoreText(o, TABLE_SPECS, 'table');
+    const study = await scoreText(o, TABLE_SPECS.map((s) => parseKvSpec(s)), 'table');
     const md = tableMarkdown(study);
     const json = tableJson(study);
     if (o.out) {

@@ -1,9 +1,9 @@
 /** Options and the run shared by the commands that score windows of a text (`eval ppl`, `eval table`). */
 import type { Command } from 'commander';
 import { int, readTextFile } from '../parse.js';
-import { toCacheSpec, validateSpec } from '../../cache/spec.js';
+import { type CacheSpec, validateSpec } from '../../cache/spec.js';
 import { KiviModel } from '../../api.js';
-import type { BackendName } from '../../kernels/index.js';
+import type { BackendChoice } from '../../kernels/index.js';
 import { textWindows } from '../../studies/eval/windows.js';
 import { checkWindows } from '../../studies/eval/nll.js';
 import { perplexityStudy, type PplStudy } from '../../studies/eval/ppl.js';
@@ -15,7 +15,7 @@ export interface WindowOpts {
   window: number;
   prefill: number;
   maxWindows?: number;
-  backend?: BackendName;
+  backend?: BackendChoice;
   threads?: number;
 }
 
@@ -31,21 +31,21 @@ export function windowOptions(cmd: Command, maxWindows?: number): Command {
 }
 
 /** Check specs against the loaded model, cut the text into windows, check them against the prefill and context. */
-export function windowsFor(m: KiviModel, text: string, specs: string[], o: WindowOpts): number[][] {
-  for (const s of specs) validateSpec(toCacheSpec(s), m.model.dims);
+export function windowsFor(m: KiviModel, text: string, specs: CacheSpec[], o: WindowOpts): number[][] {
+  for (const s of specs) validateSpec(s, m.dims);
   const windows = textWindows(m.tokenizer, text, { window: o.window, context: m.config.maxPositions, maxWindows: o.maxWindows });
   checkWindows(windows, o.prefill, m.config.maxPositions);
   return windows;
 }
 
 /** Streaming perplexity of every spec on the text's windows, with a progress bar. */
-export async function scoreText(o: WindowOpts, specs: string[], label: string): Promise<PplStudy> {
+export async function scoreText(o: WindowOpts, specs: CacheSpec[], label: string): Promise<PplStudy> {
   const text = readTextFile(o.text, '--text'); // before the model loads: a missing file fails fast
   const m = await KiviModel.load(o.model, { backend: o.backend, threads: o.threads });
   const windows = windowsFor(m, text, specs, o);
   const bar = new LazyProgress(`${label} ×${specs.length} specs`);
   try {
-    return perplexityStudy(m.model, windows, specs, { prefill: o.prefill, onProgress: (d, t) => bar.update(d, t) });
+    return await perplexityStudy(m.transformer, windows, specs, { prefill: o.prefill, onProgress: (d, t) => bar.update(d, t) });
   } finally {
     bar.stop();
   }

@@ -36,15 +36,15 @@ export function register(program: Command): void {
     const windows = raw as number[][];
     const m = await KiviModel.load(o.model, { kv: o.kv, backend: o.backend, threads: o.threads });
     checkWindows(windows, o.prefill, m.config.maxPositions);
-    const bar = new LazyProgress(`nll ${o.kv}`);
-    const nlls = streamingNll(m.model, windows, o.kv, { prefill: o.prefill, onProgress: (d, t) => bar.update(d, t) });
+    const bar = new LazyProgress(`nll ${o.kv.name}`);
+    const nlls = await streamingNll(m.transformer, windows, o.kv, { prefill: o.prefill, onProgress: (d, t) => bar.update(d, t) });
     bar.stop();
     const mean = nlls.reduce((a, b) => a + b, 0) / nlls.length;
     if (o.json) {
-      process.stdout.write(JSON.stringify({ kv: o.kv, prefill: o.prefill, nll: nlls, mean_nll: mean, ppl: Math.exp(mean) }) + '\n');
+      process.stdout.write(JSON.stringify({ kv: o.kv.name, prefill: o.prefill, nll: nlls, mean_nll: mean, ppl: Math.exp(mean) }) + '\n');
     } else {
       nlls.forEach((n, i) => process.stdout.write(`window ${i}: nll ${n.toFixed(4)}  ppl ${Math.exp(n).toFixed(2)}\n`));
-      process.stdout.write(`mean nll ${mean.toFixed(4)}  ppl ${Math.exp(mean).toFixed(2)}  (kv ${o.kv}, prefill ${o.prefill})\n`);
+      process.stdout.write(`mean nll ${mean.toFixed(4)}  ppl ${Math.exp(mean).toFixed(2)}  (kv ${o.kv.name}, prefill ${o.prefill})\n`);
     }
   });
   registerPpl(ev);

@@ -57,7 +57,7 @@ export function register(program: Command): void {
         ids: res.ids,
         text: res.text,
         prompt_tokens: res.promptTokens,
-        kv: o.kv,
+        kv: o.kv.name,
         kv_bytes: res.kvBytes,
         prefill_tokens_per_s: res.promptTokens / res.prefillSeconds,
         decode_tokens_per_s: res.decodeSteps > 0 ? res.decodeSteps / res.decodeSeconds : 0,

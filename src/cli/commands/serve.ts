@@ -33,7 +33,7 @@ export function register(program: Command): void {
     const server = await KiviServer.start(model, {
       kv: o.kv, budgetBytes: o.kvBudget, maxQueue: o.maxQueue, host: o.host, port: o.port, timeoutSeconds: o.timeout,
     });
-    process.stderr.write(`kivi: serving "${server.modelName}" at ${server.url} (kv ${o.kv}, KV budget ${formatBytes(o.kvBudget)}, queue ${o.maxQueue})\n`);
+    process.stderr.write(`kivi: serving "${server.modelName}" at ${server.url} (kv ${o.kv.name}, KV budget ${formatBytes(o.kvBudget)}, queue ${o.maxQueue})\n`);
     await new Promise<void>((resolve) => {
       const stop = (sig: string) => {
         process.stderr.write(`kivi: ${sig}: shutting down\n`);

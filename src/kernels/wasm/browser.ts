@@ -4,7 +4,7 @@
  * (COOP/COEP headers, as `kivi web` sends); helper threads need the caller to be a worker (the main
  * thread may not block in Atomics.wait), so on a page's main thread it runs single-threaded.
  */
-import { WasmKernels, type HelperFactory } from './kernels.js';
+import { WasmBackend, type HelperFactory } from './kernels.js';
 import { KiviError } from '../../util/errors.js';
 
 let compiled: Promise<WebAssembly.Module> | undefined;
@@ -54,12 +54,12 @@ const startWorkers: HelperFactory = async (init, count) => {
   };
 };
 
-export async function createWasmKernels(threads = defaultThreads()): Promise<WasmKernels> {
+export async function createWasmBackend(threads = defaultThreads()): Promise<WasmBackend> {
   if (!(globalThis as { crossOriginIsolated?: boolean }).crossOriginIsolated) {
     throw new Error('shared WebAssembly memory needs a cross-origin isolated page (COOP/COEP headers)');
   }
   if (threads > 1 && onMainThread()) {
     throw new KiviError('the wasm back end runs one thread on a page\'s main thread; use more threads inside a Web Worker');
   }
-  return WasmKernels.create({ module: await kernelModule(), threads, helpers: startWorkers });
+  return WasmBackend.create({ module: await kernelModule(), threads, helpers: startWorkers });
 }

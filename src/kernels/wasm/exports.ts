@@ -1,11 +1,10 @@
 /** The kernel module's exports (assembly/index.ts); pointers are byte offsets into the shared memory. */
 export interface KernelExports {
   matmul(out: number, x: number, w: number, rows: number, inDim: number, outDim: number, bias: number, o0: number, o1: number): void;
-  read_sum(p: number, bytes: number): number;
-  scores_f32(s: number, sStride: number, q: number, nq: number, k: number, n: number, d: number, scale: number): void;
-  scores_f16(s: number, sStride: number, q: number, nq: number, k: number, n: number, d: number, scale: number): void;
-  accum_f32(out: number, p: number, pStride: number, nq: number, v: number, n: number, d: number): void;
-  accum_f16(out: number, p: number, pStride: number, nq: number, v: number, n: number, d: number): void;
+  scores_f32(s: number, sStride: number, q: number, nq: number, k: number, kRow: number, n: number, d: number, scale: number): void;
+  scores_f16(s: number, sStride: number, q: number, nq: number, k: number, kRow: number, n: number, d: number, scale: number): void;
+  accum_f32(out: number, p: number, pStride: number, nq: number, v: number, vRow: number, n: number, d: number): void;
+  accum_f16(out: number, p: number, pStride: number, nq: number, v: number, vRow: number, n: number, d: number): void;
   scores_kivi(s: number, sStride: number, q: number, nq: number, codes: number, scales: number, mins: number,
     n: number, d: number, bits: number, G: number, scale: number, work: number): void;
   accum_kivi(out: number, p: number, pStride: number, nq: number, codes: number, scales: number, mins: number,
@@ -13,9 +12,9 @@ export interface KernelExports {
   kivi_work_bytes(d: number, nq: number): number;
   softmax(row: number, n: number): void;
   swiglu(act: number, gu: number, rows: number, I: number): void;
-  attend_task(tasks: number, segs: number, i: number, scratch: number): void;
-  task_words(): number;
-  seg_words(): number;
+  attend_task(tasks: number, segs: number, i: number, layer: number, qkv: number, att: number,
+    H: number, KV: number, d: number, scratch: number): void;
+  task_scratch_bytes(nq: number, T: number, d: number): number;
 }
 
 /** Instantiate the module on a memory (synchronous: the module is already compiled). */

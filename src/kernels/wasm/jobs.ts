@@ -62,7 +62,8 @@ function runItem(c: JobContext, i: number): void {
     const o0 = i * chunk;
     c.k.matmul(a[ARGS]!, a[ARGS + 1]!, a[ARGS + 2]!, a[ARGS + 3]!, a[ARGS + 4]!, outDim, a[ARGS + 6]!, o0, Math.min(outDim, o0 + chunk));
   } else if (op === OP_ATTEND) {
-    c.k.attend_task(a[ARGS]!, a[ARGS + 1]!, i, a[ARGS + 2]! + c.tid * a[ARGS + 3]!);
+    c.k.attend_task(a[ARGS]!, a[ARGS + 1]!, i, a[ARGS + 2]!, a[ARGS + 3]!, a[ARGS + 4]!, a[ARGS + 5]!, a[ARGS + 6]!,
+      a[ARGS + 7]!, a[ARGS + 8]! + c.tid * a[ARGS + 9]!);
   }
 }
 

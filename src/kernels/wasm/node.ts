@@ -2,7 +2,7 @@
 import { readFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
-import { WasmKernels, type HelperFactory } from './kernels.js';
+import { WasmBackend, type HelperFactory } from './kernels.js';
 
 let compiled: Promise<WebAssembly.Module> | undefined;
 
@@ -45,6 +45,6 @@ const startWorkers: HelperFactory = async (init, count) => {
   };
 };
 
-export async function createWasmKernels(threads = defaultThreads()): Promise<WasmKernels> {
-  return WasmKernels.create({ module: await kernelModule(), threads, helpers: startWorkers });
+export async function createWasmBackend(threads = defaultThreads()): Promise<WasmBackend> {
+  return WasmBackend.create({ module: await kernelModule(), threads, helpers: startWorkers });
 }

@@ -1,15 +1,11 @@
 /**
- * Real keys, values and queries of a model on a text: the model runs with a full-precision cache whose
- * layers also record the (post-RoPE) queries they attend with.
- *
- * The first token is prefilled (attention inside a prefill is the model's own, so no query passes the
- * cache); every later token is decoded through the cache, which is exact attention over fp32 K/V, so the
- * captured K/V are the same as a prefill's and the queries cover tokens 1..T−1.
+ * Real keys, values and queries of a model on a text: one exact forward of the whole text (a prefill,
+ * whose attention is the model's own), with the forward's capture of every layer's q/k/v after RoPE.
+ * Queries are kept for tokens 1..T−1 (the ones that attend to earlier tokens).
  */
 import type { LlamaModel } from '../../model/llama.js';
-import type { Kernels } from '../../kernels/types.js';
-import { AttnScratch, type CacheDims, type LayerCache, SequenceCache } from '../../cache/types.js';
-import { DenseLayerCache } from '../../cache/dense.js';
+import { createCache, parseKvSpec } from '../../cache/spec.js';
+import type { CacheDims } from '../../cache/types.js';
 
 /** One layer's tensors, head-major: k, v [kvHead][T][d]; q [T−1][numHeads·d] for tokens 1..T−1. */
 export interface LayerKv {
@@ -24,60 +20,27 @@ export interface CapturedKv {
   layers: LayerKv[];
 }
 
-class QueryRecordingCache implements LayerCache {
-  readonly queries: Float32Array;
-  private n = 0;
-  private readonly inner: DenseLayerCache;
-
-  constructor(private readonly dims: CacheDims, kernels: Kernels, capacity: number) {
-    this.inner = new DenseLayerCache(dims, kernels, false);
-    this.queries = new Float32Array(capacity * dims.numHeads * dims.headDim);
-  }
-
-  get length(): number {
-    return this.inner.length;
-  }
-
-  prefill(k: Float32Array, kOff: number, v: Float32Array, vOff: number, T: number): void {
-    this.inner.prefill(k, kOff, v, vOff, T);
-  }
-
-  append(k: Float32Array, kOff: number, v: Float32Array, vOff: number): void {
-    this.inner.append(k, kOff, v, vOff);
-  }
-
-  attend(q: Float32Array, qOff: number, out: Float32Array, oOff: number, scratch: AttnScratch): void {
-    const row = this.dims.numHeads * this.dims.headDim;
-    this.queries.set(q.subarray(qOff, qOff + row), this.n++ * row);
-    this.inner.attend(q, qOff, out, oOff, scratch);
-  }
-
-  bytes(): number {
-    return this.inner.bytes();
-  }
-
-  reservedBytes(): number {
-    return this.inner.reservedBytes();
-  }
-
-  free(): void {
-    this.inner.free();
-  }
-
-  read(): { k: Float32Array; v: Float32Array } {
-    return this.inner.read();
-  }
-}
-
-export function captureKv(model: LlamaModel, tokens: number[]): CapturedKv {
+export async function captureKv(model: LlamaModel, tokens: number[]): Promise<CapturedKv> {
   const T = tokens.length;
-  const cache = new SequenceCache('fp32+queries', model.dims, model.kernels, (d, k) => new QueryRecordingCache(d, k, T - 1));
+  const { numHeads: H, numKvHeads: KV, headDim: d } = model.dims;
+  const qkvDim = (H + 2 * KV) * d;
+  const cache = createCache(parseKvSpec('fp32'), model.pool);
   try {
-    model.forward([{ tokens: tokens.slice(0, 1), cache, logits: 'none' }]);
-    if (T > 1) model.forward([{ tokens: tokens.slice(1), cache, logits: 'none' }]);
-    const layers = cache.layers.map((l) => {
-      const { k, v } = l.read!();
-      return { k, v, q: (l as QueryRecordingCache).queries };
+    const rows: Float32Array[] = [];
+    await model.forward([{ tokens, cache, logits: 'none' }], { capture: rows });
+    const layers = rows.map((r) => {
+      const k = new Float32Array(KV * T * d);
+      const v = new Float32Array(KV * T * d);
+      const q = new Float32Array(Math.max(0, T - 1) * H * d);
+      for (let t = 0; t < T; t++) {
+        const o = t * qkvDim;
+        if (t > 0) q.set(r.subarray(o, o + H * d), (t - 1) * H * d);
+        for (let h = 0; h < KV; h++) {
+          k.set(r.subarray(o + (H + h) * d, o + (H + h + 1) * d), (h * T + t) * d);
+          v.set(r.subarray(o + (H + KV + h) * d, o + (H + KV + h + 1) * d), (h * T + t) * d);
+        }
+      }
+      return { k, v, q };
     });
     return { tokens: T, dims: model.dims, layers };
   } finally {

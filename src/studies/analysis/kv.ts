@@ -57,9 +57,9 @@ export function checkTokens(n: number, context: number): void {
   if (n > context) throw new KiviError(`--tokens ${n} is longer than the model's context of ${context}`);
 }
 
-export function analyzeKv(model: LlamaModel, ids: number[], o: KvAnalysisOptions): { analysis: KvAnalysis; captured: CapturedKv } {
+export async function analyzeKv(model: LlamaModel, ids: number[], o: KvAnalysisOptions): Promise<{ analysis: KvAnalysis; captured: CapturedKv }> {
   checkTokens(ids.length, model.config.maxPositions);
-  const captured = captureKv(model, ids);
+  const captured = await captureKv(model, ids);
   const { numKvHeads: KV, headDim: d } = model.dims;
   const T = ids.length;
   const configs = o.bits.flatMap((bits) => AXES.map((axis) => ({ bits, axis })));

@@ -1,26 +1,27 @@
 /**
  * `bench attention`: decode attention time per step for one layer of one sequence, per cache spec and
- * context length, with the cache's bytes. Each cache is prefilled with synthetic keys/values (prefill
- * stores; it does not attend), then one decode step (append + attend) is timed repeatedly after warm-up,
- * the specs in turns (median per spec).
+ * context length, with the cache's bytes. Each cache is filled with synthetic keys/values (storage jobs
+ * only, no attention), then one decode step (plan, attend, fold the token in, end) is timed repeatedly
+ * after warm-up, the specs in turns (median per spec).
  * No model is involved, so contexts may exceed any model's max positions.
  */
-import type { Kernels } from '../../kernels/types.js';
-import { AttnScratch, type CacheDims } from '../../cache/types.js';
-import { layerFactory, parseKvSpec, validateSpec } from '../../cache/spec.js';
+import type { Backend } from '../../kernels/types.js';
+import type { CacheDims } from '../../cache/types.js';
+import { type CacheSpec, createCache, validateSpec } from '../../cache/spec.js';
+import { CacheStepper, qkvRows } from '../../cache/step.js';
 import { cacheBytes } from '../../cache/budget.js';
 import { KiviError } from '../../util/errors.js';
-import { DEFAULT_REPEATS, Gaussian, type RepeatOptions, syntheticKV, timeInterleaved } from './measure.js';
+import { DEFAULT_REPEATS, Gaussian, type RepeatOptions, syntheticKV, timeInterleavedAsync } from './measure.js';
 import { formatBytes, formatRatio, formatSeconds, markdownTable } from './markdown.js';
 import type { TopLevelSpec } from '../plot.js';
 
 export interface AttentionBenchOptions {
   contexts: number[];
-  specs: string[];
+  specs: CacheSpec[];
   heads: number;
   kvHeads: number;
   headDim: number;
-  kernels: Kernels;
+  backend: Backend;
   repeats?: RepeatOptions;
   seed?: number;
   onProgress?: (done: number, total: number) => void;
@@ -45,27 +46,25 @@ export function attentionDims(o: Pick<AttentionBenchOptions, 'heads' | 'kvHeads'
   return { numLayers: 1, numHeads: heads, numKvHeads: kvHeads, headDim };
 }
 
-export function runAttentionBench(o: AttentionBenchOptions): AttentionResult[] {
+export async function runAttentionBench(o: AttentionBenchOptions): Promise<AttentionResult[]> {
   const dims = attentionDims(o);
-  const specs = o.specs.map((s) => {
-    const spec = parseKvSpec(s);
-    validateSpec(spec, dims);
-    return spec;
-  });
+  for (const spec of o.specs) validateSpec(spec, dims);
   const contexts = [...o.contexts].sort((a, b) => a - b);
   if (contexts.some((c) => !Number.isInteger(c) || c < 1)) throw new KiviError('contexts must be positive integers');
-  const { kvHeads: kv, headDim: d, heads, kernels } = o;
+  const { kvHeads: kv, headDim: d, heads, backend } = o;
   const seed = o.seed ?? 1;
-  // One synthetic prompt at the largest context serves every cache (prefill reads its first T rows).
-  const src = syntheticKV(contexts[contexts.length - 1]!, kv, d, seed);
+  const pool = backend.createPagePool(dims);
+  const stepper = new CacheStepper(backend, pool);
+  // Fill rows: FILL tokens of synthetic K/V cycled (a cache's bytes do not depend on which values it holds).
+  const FILL = Math.min(contexts[contexts.length - 1]!, 4096);
+  const src = syntheticKV(FILL, kv, d, seed);
+  const fill = qkvRows(dims, FILL, null, src.k, src.v);
   const step = syntheticKV(STEP_TOKENS, kv, d, seed + 1);
-  // Query and output in the back end's memory, as the model's activations are (no copies per call).
-  const q = kernels.allocF32(heads * d);
-  const out = kernels.allocF32(heads * d);
   const g = new Gaussian(seed + 2);
+  const q = new Float32Array(STEP_TOKENS * heads * d);
   for (let i = 0; i < q.length; i++) q[i] = g.next();
-  const scratch = new AttnScratch();
-  const row = kv * d;
+  const stepRows = qkvRows(dims, STEP_TOKENS, q, step.k, step.v);
+  const rowLen = (heads + 2 * kv) * d;
 
   const results: AttentionResult[] = [];
   try {
@@ -73,32 +72,31 @@ export function runAttentionBench(o: AttentionBenchOptions): AttentionResult[] {
       // Every spec's cache at this context at once, timed in turns: load from other processes falls on
       // all specs alike, and each step finds its cache as cold as in a model's decode (the other layers
       // and the weights pass through the CPU caches in between).
-      const caches = specs.map((spec) => layerFactory(spec)(dims, kernels));
+      const caches = o.specs.map((spec) => createCache(spec, pool));
       try {
-        const bytes = caches.map((cache, si) => {
-          cache.prefill(src.k, 0, src.v, 0, T);
-          const exact = cacheBytes(specs[si]!, dims, T);
-          if (cache.bytes() !== exact) throw new Error(`${o.specs[si]} at ${T} tokens: bytes() = ${cache.bytes()} but cacheBytes() = ${exact}`);
-          return exact;
-        });
+        const bytes: number[] = [];
+        for (const [si, cache] of caches.entries()) {
+          for (let t = 0; t < T; t += FILL) await stepper.fill(cache, fill, Math.min(FILL, T - t));
+          const exact = cacheBytes(o.specs[si]!, dims, T);
+          if (cache.bytes() !== exact) throw new Error(`${o.specs[si]!.name} at ${T} tokens: bytes() = ${cache.bytes()} but cacheBytes() = ${exact}`);
+          bytes.push(exact);
+        }
         const steps = caches.map((cache) => {
           let i = 0;
-          return () => {
-            const off = (i++ % STEP_TOKENS) * row;
-            cache.append(step.k, off, step.v, off);
-            cache.attend(q, 0, out, 0, scratch);
+          return async () => {
+            const off = (i++ % STEP_TOKENS) * rowLen;
+            await stepper.step([{ cache, rows: stepRows.subarray(off, off + rowLen), n: 1, mode: 'decode' }]);
           };
         });
-        const times = timeInterleaved(steps, o.repeats ?? DEFAULT_REPEATS);
-        o.specs.forEach((kvName, si) => results.push({ kv: kvName, context: T, seconds: times[si]!.seconds, kv_bytes: bytes[si]! }));
+        const times = await timeInterleavedAsync(steps, o.repeats ?? DEFAULT_REPEATS);
+        o.specs.forEach((spec, si) => results.push({ kv: spec.name, context: T, seconds: times[si]!.seconds, kv_bytes: bytes[si]! }));
       } finally {
         for (const c of caches) c.free();
       }
-      o.onProgress?.(results.length, contexts.length * specs.length);
+      o.onProgress?.(results.length, contexts.length * o.specs.length);
     }
   } finally {
-    kernels.free(q);
-    kernels.free(out);
+    stepper.dispose();
   }
   return results;
 }

@@ -5,22 +5,24 @@
  *
  *   overhead  = RSS of a process with the model loaded and ready (after a warm-up forward pass and a
  *               full GC) − the weights' bytes; measured in a child, not guessed
- *   sequences = floor((budget − weights − overhead) / cacheBytes(spec, N))
+ *   sequences = floor((budget − weights − overhead) / pages(spec, N))
  *
- * Caches are filled by prefilling synthetic K/V straight into every layer, so N may exceed the model's
- * context (no forward pass runs over them).
+ * where pages(spec, N) is what one sequence of N tokens holds in pages (what a KV budget counts; exact,
+ * from the cache's own page bookkeeping). Caches are filled with synthetic K/V through their storage
+ * jobs, so N may exceed the model's context (no forward pass runs over them).
  */
 import { readModelConfig } from '../../model/load.js';
 import type { CacheDims } from '../../cache/types.js';
-import { parseKvSpec, validateSpec } from '../../cache/spec.js';
-import { cacheBytes } from '../../cache/budget.js';
-import type { BackendName } from '../../kernels/index.js';
+import { type CacheSpec, validateSpec } from '../../cache/spec.js';
+import { cacheBytes, peakAllocatedBytes } from '../../cache/budget.js';
+import { hostPageBytes } from '../../kernels/host/memory.js';
+import type { BackendChoice } from '../../kernels/index.js';
 import { spawnProbe, type AllocateResult, type OverheadResult } from './probe.js';
 import { formatBytes, formatRatio, markdownTable } from './markdown.js';
 
 export interface ProbeEnv {
   model: string;
-  backend?: BackendName;
+  backend?: BackendChoice;
   threads?: number;
 }
 
@@ -34,7 +36,7 @@ export function resolveBudget(b: BudgetArg, weights: number, overhead: number): 
 export interface CapacityOptions extends ProbeEnv {
   budget: BudgetArg;
   context: number;
-  specs: string[];
+  specs: CacheSpec[];
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -55,8 +57,11 @@ export interface CapacityReport {
   /** Settled RSS (after GC) of the process that measured the overhead: model loaded and ready, no caches. */
   base_rss: number;
   results: CapacityResult[];
-  /** Per spec: bytes of one sequence's cache at N tokens, and what the child actually held. */
-  detail: { kv: string; per_sequence_bytes: number; kv_bytes: number; reserved_bytes: number; rss: number }[];
+  /**
+   * Per spec: one sequence's pages at N tokens (what the budget counts) and its cached data (bytes()),
+   * and what the child actually held.
+   */
+  detail: { kv: string; per_sequence_bytes: number; per_sequence_data_bytes: number; kv_bytes: number; allocated_bytes: number; rss: number }[];
 }
 
 /** Tokens of the warm-up forward pass that makes a model "ready" for capacity purposes. */
@@ -74,11 +79,9 @@ export function sequencesThatFit(budget: number, weights: number, overhead: numb
 
 export async function runCapacity(o: CapacityOptions): Promise<CapacityReport> {
   const { dims, maxPositions } = await modelDims(o.model);
-  const specs = o.specs.map((s) => {
-    const spec = parseKvSpec(s);
-    validateSpec(spec, dims);
-    return spec;
-  });
+  const specs = o.specs;
+  for (const spec of specs) validateSpec(spec, dims);
+  const pool = { shape: dims, pageBytes: (b: number) => hostPageBytes(dims, b) };
   const env = { model: o.model, backend: o.backend, threads: o.threads, warmTokens: CAPACITY_WARM_TOKENS };
   const total = specs.length + 1;
   const base = await spawnProbe<OverheadResult>({ task: 'overhead', ...env });
@@ -89,15 +92,16 @@ export async function runCapacity(o: CapacityOptions): Promise<CapacityReport> {
   const results: CapacityResult[] = [];
   const detail: CapacityReport['detail'] = [];
   for (let i = 0; i < specs.length; i++) {
-    const kv = o.specs[i]!;
-    const per = cacheBytes(specs[i]!, dims, o.context);
+    const kv = specs[i]!.name;
+    const per = peakAllocatedBytes(specs[i]!, pool, o.context, o.context);
+    const data = cacheBytes(specs[i]!, dims, o.context);
     const sequences = sequencesThatFit(budget, weights, overhead, per);
     const r = await spawnProbe<AllocateResult>({ task: 'allocate', ...env, kv, sequences, context: o.context });
-    if (r.kv_bytes !== sequences * per) {
-      throw new Error(`${kv}: the child held ${r.kv_bytes} cache bytes, expected ${sequences} × ${per}`);
+    if (r.kv_bytes !== sequences * data || r.allocated_bytes !== sequences * per) {
+      throw new Error(`${kv}: the child held ${r.kv_bytes} cache bytes in ${r.allocated_bytes} of pages, expected ${sequences} × ${data} in ${sequences} × ${per}`);
     }
     results.push({ kv, sequences, peak_rss: r.peak_rss });
-    detail.push({ kv, per_sequence_bytes: per, kv_bytes: r.kv_bytes, reserved_bytes: r.reserved_bytes, rss: r.rss });
+    detail.push({ kv, per_sequence_bytes: per, per_sequence_data_bytes: data, kv_bytes: r.kv_bytes, allocated_bytes: r.allocated_bytes, rss: r.rss });
     o.onProgress?.(i + 2, total);
   }
   return {
@@ -121,7 +125,7 @@ export function capacityMarkdown(r: CapacityReport): string {
     return [
       x.kv, formatBytes(d.per_sequence_bytes), x.sequences,
       fp16 && fp16.sequences > 0 ? formatRatio(x.sequences / fp16.sequences) : '–',
-      formatBytes(d.reserved_bytes), formatBytes(x.peak_rss), `${((100 * x.peak_rss) / r.budget).toFixed(1)}%`,
+      formatBytes(d.allocated_bytes), formatBytes(x.peak_rss), `${((100 * x.peak_rss) / r.budget).toFixed(1)}%`,
       Number.isFinite(measured) ? formatBytes(measured) : '–', formatRatio(fp16Measured / measured),
     ];
   });
@@ -133,6 +137,6 @@ export function capacityMarkdown(r: CapacityReport): string {
     ' "RSS / sequence": resident memory after GC with the caches minus without them (' + formatBytes(r.base_rss) +
     '), per sequence.\n\n';
   return head + markdownTable(
-    ['kv', 'bytes / sequence', 'sequences', 'vs fp16', 'cache bytes reserved', 'peak RSS', 'peak RSS / budget', 'RSS / sequence', 'fp16 ÷ this'], rows,
+    ['kv', 'pages / sequence', 'sequences', 'vs fp16', 'cache pages held', 'peak RSS', 'peak RSS / budget', 'RSS / sequence', 'fp16 ÷ this'], rows,
   );
 }

@@ -5,14 +5,14 @@
  * more rows reuse each weight and move the kernel toward compute-bound (GFLOP/s). The bound and the
  * kernel are timed in turns (medians).
  */
-import type { Kernels } from '../../kernels/types.js';
+import type { Backend } from '../../kernels/types.js';
 import { Rng } from '../../engine/sampling.js';
-import { DEFAULT_REPEATS, type RepeatOptions, timeInterleaved } from './measure.js';
+import { DEFAULT_REPEATS, type RepeatOptions, timeInterleavedAsync } from './measure.js';
 import { ReadBandwidthProbe, type BandwidthResult } from './bandwidth.js';
 import { formatBytes, formatSeconds, markdownTable } from './markdown.js';
 
 export interface GemvOptions {
-  kernels: Kernels;
+  backend: Backend;
   inDim: number;
   outDim: number;
   rows: number[];
@@ -45,24 +45,34 @@ export interface GemvReport {
 }
 
 export async function runGemvBench(o: GemvOptions): Promise<GemvReport> {
-  const { inDim, outDim, kernels: K } = o;
+  const { inDim, outDim, backend: K } = o;
   const repeats = o.repeats ?? DEFAULT_REPEATS;
   const rng = new Rng(5);
-  const w = K.allocF32(inDim * outDim);
-  const xs = o.rows.map((rows) => K.allocF32(rows * inDim));
-  const ys = o.rows.map((rows) => K.allocF32(rows * outDim));
-  const s = 1 / Math.sqrt(inDim);
-  for (let i = 0; i < w.length; i++) w[i] = (rng.next() * 2 - 1) * s;
-  for (const x of xs) for (let i = 0; i < x.length; i++) x[i] = rng.next() * 2 - 1;
+  const random = (n: number, scale: number) => {
+    const a = new Float32Array(n);
+    for (let i = 0; i < n; i++) a[i] = (rng.next() * 2 - 1) * scale;
+    return a;
+  };
+  const w = K.tensor('f32', inDim * outDim);
+  K.write(w, random(inDim * outDim, 1 / Math.sqrt(inDim)));
+  const xs = o.rows.map((rows) => {
+    const x = K.tensor('f32', rows * inDim);
+    K.write(x, random(rows * inDim, 1));
+    return x;
+  });
+  const ys = o.rows.map((rows) => K.tensor('f32', rows * outDim));
   const probes: ReadBandwidthProbe[] = [];
   try {
     const bwBytes = o.bandwidthBytes ?? 512 * 2 ** 20;
     probes.push(await ReadBandwidthProbe.start(bwBytes, o.threads));
     if (o.threads > 1) probes.push(await ReadBandwidthProbe.start(bwBytes, 1));
     // The bound and the kernel in turns, so that load from other processes falls on both alike.
-    const times = timeInterleaved([
-      ...probes.map((p) => () => void p.sample()),
-      ...o.rows.map((rows, i) => () => K.matmul(ys[i]!, xs[i]!, w, rows, inDim, outDim)),
+    const times = await timeInterleavedAsync([
+      ...probes.map((p) => async () => void p.sample()),
+      ...o.rows.map((rows, i) => async () => {
+        K.matmul(ys[i]!, xs[i]!, w, rows, inDim, outDim);
+        await K.sync();
+      }),
     ], repeats);
     const bw = probes.map((p, i): BandwidthResult => ({
       bytes: p.bytes, threads: p.threads, repeats: times[i]!.samples.length, gbps: p.bytes / times[i]!.seconds / 1e9,
@@ -77,7 +87,7 @@ export async function runGemvBench(o: GemvOptions): Promise<GemvReport> {
     return { backend: K.name, bound, bound_1_thread: bw[1] ?? null, results };
   } finally {
     for (const p of probes) await p.close();
-    for (const a of [w, ...xs, ...ys]) K.free(a);
+    for (const a of [w, ...xs, ...ys]) K.release(a);
   }
 }
 

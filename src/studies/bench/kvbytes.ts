@@ -1,13 +1,14 @@
 /**
  * `bench kv-bytes`: what one sequence's whole cache holds, per spec and context, for a model's shapes
  * (all layers, its kv heads and head_dim). Each cache is built for real, filled with synthetic keys and
- * values — prefill of T−1 tokens, then one decode step (append + attend), the state of a sequence that
+ * values — a prefill of T−1 tokens, then one decode step (attend, fold in), the state of a sequence that
  * is generating — and asked for its bytes(), which must equal the exact formula of cache/budget.ts.
  * No forward pass is run, so contexts may exceed the model's max positions.
  */
-import type { Kernels } from '../../kernels/types.js';
-import { AttnScratch, type CacheDims } from '../../cache/types.js';
-import { createCache, parseKvSpec, validateSpec } from '../../cache/spec.js';
+import type { Backend } from '../../kernels/types.js';
+import type { CacheDims } from '../../cache/types.js';
+import { type CacheSpec, createCache, parseKvSpec, validateSpec } from '../../cache/spec.js';
+import { CacheStepper, qkvRows } from '../../cache/step.js';
 import { cacheBytes } from '../../cache/budget.js';
 import { KiviError } from '../../util/errors.js';
 import { Gaussian, syntheticKV } from './measure.js';
@@ -16,8 +17,8 @@ import { formatBytes, formatRatio, markdownTable } from './markdown.js';
 export interface KvBytesOptions {
   dims: CacheDims;
   contexts: number[];
-  specs: string[];
-  kernels: Kernels;
+  specs: CacheSpec[];
+  backend: Backend;
   seed?: number;
   onProgress?: (done: number, total: number) => void;
 }
@@ -34,24 +35,22 @@ export interface KvBytesResult {
   vs_fp32: number;
 }
 
-export function runKvBytes(o: KvBytesOptions): KvBytesResult[] {
-  const { dims, kernels } = o;
-  const specs = o.specs.map((s) => {
-    const spec = parseKvSpec(s);
-    validateSpec(spec, dims);
-    return { name: s, spec };
-  });
+export async function runKvBytes(o: KvBytesOptions): Promise<KvBytesResult[]> {
+  const { dims, backend } = o;
+  for (const spec of o.specs) validateSpec(spec, dims);
   const contexts = [...o.contexts].sort((a, b) => a - b);
   if (contexts.some((c) => !Number.isInteger(c) || c < 2)) throw new KiviError('contexts must be integers ≥ 2');
   const { numKvHeads: kv, headDim: d, numHeads } = dims;
   const seed = o.seed ?? 1;
-  const src = syntheticKV(contexts[contexts.length - 1]!, kv, d, seed);
-  const q = kernels.allocF32(numHeads * d);
-  const out = kernels.allocF32(numHeads * d);
+  const pool = backend.createPagePool(dims);
+  const stepper = new CacheStepper(backend, pool);
+  const FILL = Math.min(contexts[contexts.length - 1]!, 4096);
+  const src = syntheticKV(FILL + 1, kv, d, seed);
+  const fill = qkvRows(dims, FILL, null, src.k, src.v);
   const g = new Gaussian(seed + 1);
+  const q = new Float32Array(numHeads * d);
   for (let i = 0; i < q.length; i++) q[i] = g.next();
-  const scratch = new AttnScratch();
-  const row = kv * d;
+  const last = qkvRows(dims, 1, q, src.k, src.v, FILL * kv * d, FILL * kv * d);
   const fp16 = parseKvSpec('fp16');
   const fp32 = parseKvSpec('fp32');
 
@@ -59,19 +58,16 @@ export function runKvBytes(o: KvBytesOptions): KvBytesResult[] {
   let done = 0;
   try {
     for (const T of contexts) {
-      for (const { name, spec } of specs) {
-        const cache = createCache(spec, dims, kernels, name);
+      for (const spec of o.specs) {
+        const cache = createCache(spec, pool);
         try {
-          for (const layer of cache.layers) {
-            layer.prefill(src.k, 0, src.v, 0, T - 1);
-            layer.append(src.k, (T - 1) * row, src.v, (T - 1) * row);
-            layer.attend(q, 0, out, 0, scratch);
-          }
+          for (let t = 0; t < T - 1; t += FILL) await stepper.fill(cache, fill, Math.min(FILL, T - 1 - t));
+          await stepper.step([{ cache, rows: last, n: 1, mode: 'decode' }]);
           const measured = cache.bytes();
           const exact = cacheBytes(spec, dims, T);
-          if (measured !== exact) throw new KiviError(`${name} at ${T} tokens: bytes() = ${measured} but the cache formula gives ${exact}`);
+          if (measured !== exact) throw new KiviError(`${spec.name} at ${T} tokens: bytes() = ${measured} but the cache formula gives ${exact}`);
           results.push({
-            kv: name,
+            kv: spec.name,
             context: T,
             kv_bytes: measured,
             bytes_per_token: measured / T,
@@ -81,12 +77,11 @@ export function runKvBytes(o: KvBytesOptions): KvBytesResult[] {
         } finally {
           cache.free();
         }
-        o.onProgress?.(++done, contexts.length * specs.length);
+        o.onProgress?.(++done, contexts.length * o.specs.length);
       }
     }
   } finally {
-    kernels.free(q);
-    kernels.free(out);
+    stepper.dispose();
   }
   return results;
 }

@@ -42,6 +42,23 @@ export function timeInterleaved(fns: readonly (() => void)[], o: RepeatOptions =
   return samples.map((s) => ({ seconds: median(s), samples: s }));
 }
 
+/** timeInterleaved for functions whose work ends when their promise resolves (a GPU's, say). */
+export async function timeInterleavedAsync(fns: readonly (() => Promise<void>)[], o: RepeatOptions = DEFAULT_REPEATS): Promise<{ seconds: number; samples: number[] }[]> {
+  for (let i = 0; i < o.warmup; i++) for (const fn of fns) await fn();
+  const samples = fns.map((): number[] => []);
+  let total = 0;
+  for (let round = 0; round < o.maxRepeats && (round < o.minRepeats || total < o.minSeconds); round++) {
+    for (const [i, fn] of fns.entries()) {
+      const t0 = now();
+      await fn();
+      const dt = now() - t0;
+      samples[i]!.push(dt);
+      total += dt;
+    }
+  }
+  return samples.map((s) => ({ seconds: median(s), samples: s }));
+}
+
 /** Time one function repeatedly; the median seconds and every sample. */
 export function timeRepeated(fn: () => void, o: RepeatOptions = DEFAULT_REPEATS): { seconds: number; samples: number[] } {
   return timeInterleaved([fn], o)[0]!;

@@ -5,11 +5,13 @@
  */
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { createKernels, type BackendName } from '../../kernels/index.js';
-import { loadModelDir, type LoadedModel } from '../../model/load.js';
+import { createBackend, type BackendChoice } from '../../kernels/index.js';
+import { DTYPE_BYTES, type Tensor } from '../../kernels/types.js';
+import { loadModel, type LoadedModel } from '../../model/load.js';
 import type { ModelWeights } from '../../model/weights.js';
-import { createCache } from '../../cache/spec.js';
-import type { SequenceCache } from '../../cache/types.js';
+import { createCache, parseKvSpec } from '../../cache/spec.js';
+import type { KvCache } from '../../cache/types.js';
+import { CacheStepper, qkvRows } from '../../cache/step.js';
 import { BatchEngine, type Sequence } from '../../engine/batch.js';
 import type { GenerateResult } from '../../engine/generate.js';
 import { KiviError } from '../../util/errors.js';
@@ -17,7 +19,7 @@ import { now, peakRssBytes, settledRssBytes, syntheticKV, syntheticTokens } from
 
 interface ProbeBase {
   model: string;
-  backend?: BackendName;
+  backend?: BackendChoice;
   threads?: number;
   /** Tokens of the warm-up forward pass that makes the model "ready" (JIT, activation buffers). */
   warmTokens: number;
@@ -38,7 +40,7 @@ export interface GenerateTask extends ProbeBase {
 export type ProbeTask = OverheadTask | AllocateTask | GenerateTask;
 
 export interface OverheadResult { weights_bytes: number; rss: number; overhead_bytes: number; peak_rss: number }
-export interface AllocateResult { weights_bytes: number; sequences: number; kv_bytes: number; reserved_bytes: number; rss: number; peak_rss: number }
+export interface AllocateResult { weights_bytes: number; sequences: number; kv_bytes: number; allocated_bytes: number; rss: number; peak_rss: number }
 export interface GenerateProbeResult {
   batch: number;
   generated_tokens: number;
@@ -49,27 +51,27 @@ export interface GenerateProbeResult {
   peak_rss: number;
 }
 
-/** Bytes of the model's weights as loaded (float32; a tied output head counted once). */
+/** Bytes of the model's weights as loaded (in their stored types; a tied output head counted once). */
 export function weightsBytes(w: ModelWeights): number {
-  const seen = new Set<ArrayBufferView>();
-  const add = (a: Float32Array | undefined) => a && seen.add(a);
+  const seen = new Set<Tensor>();
+  const add = (a: Tensor | undefined) => a && seen.add(a);
   add(w.embed);
   add(w.norm);
   add(w.lmHead);
-  for (const l of w.layers) for (const a of Object.values(l) as (Float32Array | undefined)[]) add(a);
+  for (const l of w.layers) for (const a of Object.values(l) as (Tensor | undefined)[]) add(a);
   let n = 0;
-  for (const a of seen) n += a.byteLength;
+  for (const a of seen) n += a.length * DTYPE_BYTES[a.dtype];
   return n;
 }
 
 async function loadReady(t: ProbeBase): Promise<LoadedModel> {
-  const kernels = await createKernels({ backend: t.backend, threads: t.threads });
-  const m = await loadModelDir(t.model, kernels);
+  const backend = await createBackend({ backend: t.backend, threads: t.threads });
+  const m = await loadModel(t.model, backend);
   if (t.warmTokens > 0) {
-    const cache = createCache('fp32', m.model.dims, kernels);
+    const cache = createCache(parseKvSpec('fp32'), m.model.pool);
     try {
       const n = Math.min(t.warmTokens, m.config.maxPositions);
-      m.model.forward([{ tokens: syntheticTokens(n, 3, m.config.vocabSize, 7), cache, logits: 'last' }]);
+      await m.model.forward([{ tokens: syntheticTokens(n, 3, m.config.vocabSize, 7), cache, logits: 'last' }]);
     } finally {
       cache.free();
     }
@@ -96,38 +98,33 @@ export async function runProbe(t: ProbeTask): Promise<OverheadResult | AllocateR
 const FILL_WINDOW = 256;
 
 /**
- * Allocate `sequences` caches, each filled to `context` tokens of synthetic K/V (no model context limit):
- * a prefill of up to FILL_WINDOW tokens, then appends, each ending its step as a decode step would.
- * The cache holds exactly what a prefill of `context` tokens holds (the parent checks the bytes), but
- * the source is FILL_WINDOW tokens, not `context`, so it does not inflate the peak RSS.
+ * Allocate `sequences` caches, each filled to `context` tokens of synthetic K/V (no model context limit),
+ * in chunks of FILL_WINDOW tokens through the caches' own storage jobs (no attention). The cache holds
+ * exactly what `context` tokens hold (the parent checks the bytes), but the source is FILL_WINDOW
+ * tokens, not `context`, so it does not inflate the peak RSS.
  */
-function allocate(m: LoadedModel, t: AllocateTask): AllocateResult {
-  const { numKvHeads: kv, headDim: d } = m.model.dims;
-  const src = syntheticKV(FILL_WINDOW, kv, d, 11);
-  const row = kv * d;
-  const caches: SequenceCache[] = [];
+async function allocate(m: LoadedModel, t: AllocateTask): Promise<AllocateResult> {
+  const dims = m.model.dims;
+  const src = syntheticKV(FILL_WINDOW, dims.numKvHeads, dims.headDim, 11);
+  const rows = qkvRows(dims, FILL_WINDOW, null, src.k, src.v);
+  const stepper = new CacheStepper(m.model.backend, m.model.pool);
+  const spec = parseKvSpec(t.kv);
+  const caches: KvCache[] = [];
   try {
     for (let i = 0; i < t.sequences; i++) {
-      const c = createCache(t.kv, m.model.dims, m.model.kernels);
+      const c = createCache(spec, m.model.pool);
       caches.push(c);
-      for (const layer of c.layers) {
-        const P = Math.min(t.context, FILL_WINDOW);
-        layer.prefill(src.k, 0, src.v, 0, P);
-        for (let tok = P; tok < t.context; tok++) {
-          const off = (tok % FILL_WINDOW) * row;
-          layer.append(src.k, off, src.v, off);
-          layer.endStep?.();
-        }
-      }
+      for (let tok = 0; tok < t.context; tok += FILL_WINDOW) await stepper.fill(c, rows, Math.min(FILL_WINDOW, t.context - tok));
     }
     let kvBytes = 0;
-    let reserved = 0;
+    let allocated = 0;
     for (const c of caches) {
       kvBytes += c.bytes();
-      reserved += c.reservedBytes();
+      allocated += c.allocatedBytes();
     }
+    stepper.dispose();
     const rss = settledRssBytes();
-    return { weights_bytes: weightsBytes(m.model.weights), sequences: t.sequences, kv_bytes: kvBytes, reserved_bytes: reserved, rss, peak_rss: peakRssBytes() };
+    return { weights_bytes: weightsBytes(m.model.weights), sequences: t.sequences, kv_bytes: kvBytes, allocated_bytes: allocated, rss, peak_rss: peakRssBytes() };
   } finally {
     for (const c of caches) c.free();
   }
@@ -137,6 +134,7 @@ function allocate(m: LoadedModel, t: AllocateTask): AllocateResult {
 async function generate(m: LoadedModel, t: GenerateTask): Promise<GenerateProbeResult> {
   const engine = new BatchEngine(m.model, m.tokenizer);
   const V = m.config.vocabSize;
+  const spec = parseKvSpec(t.kv);
   const seqs: Sequence[] = [];
   const drains: Promise<GenerateResult>[] = [];
   let peakKv = 0;
@@ -151,7 +149,7 @@ async function generate(m: LoadedModel, t: GenerateTask): Promise<GenerateProbeR
       peakKv = Math.max(peakKv, held);
       for (let j = 0; j < t.joinPerStep && seqs.length < t.batch; j++) {
         const ids = syntheticTokens(t.prompt, 3, V, t.seed + seqs.length);
-        const s = engine.add(ids, createCache(t.kv, m.model.dims, m.model.kernels), { maxTokens: t.gen, ignoreEos: true });
+        const s = engine.add(ids, createCache(spec, m.model.pool), { maxTokens: t.gen, ignoreEos: true });
         seqs.push(s);
         drains.push(drain(s));
       }

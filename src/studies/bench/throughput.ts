@@ -2,7 +2,7 @@
  * `bench throughput`: end-to-end generation with the largest batch each cache spec admits under a
  * memory budget — the analog of the KIVI paper's throughput figure.
  *
- *   admitted = floor((budget − weights − overhead) / peakCacheBytes(spec, prompt + gen, from prompt))
+ *   admitted = floor((budget − weights − overhead) / peakAllocatedBytes(spec, prompt + gen, from prompt))
  *
  * Every (spec, batch) point runs in its own child process (peak RSS per run) through the batching
  * engine with ignoreEos, greedy decoding and seeded synthetic prompts. Sequences join PREFILL_ROWS /
@@ -14,7 +14,8 @@
  */
 import type { CacheDims } from '../../cache/types.js';
 import { parseKvSpec, validateSpec } from '../../cache/spec.js';
-import { peakCacheBytes } from '../../cache/budget.js';
+import { peakAllocatedBytes } from '../../cache/budget.js';
+import { hostPageBytes } from '../../kernels/host/memory.js';
 import { KiviError } from '../../util/errors.js';
 import { spawnProbe, type GenerateProbeResult, type OverheadResult } from './probe.js';
 import { modelDims, resolveBudget, sequencesThatFit, type BudgetArg, type ProbeEnv } from './capacity.js';
@@ -75,8 +76,10 @@ export function largestStepRows(prompt: number, maxBatch: number): number {
   return j * prompt + (maxBatch - j);
 }
 
+/** Sequences whose peak pages (prefilled with the prompt, decoded to prompt + gen) fit what the budget leaves for caches. */
 export function admittedBatch(budget: number, weights: number, overhead: number, spec: string, dims: CacheDims, prompt: number, gen: number): number {
-  return sequencesThatFit(budget, weights, overhead, peakCacheBytes(parseKvSpec(spec), dims, prompt + gen, prompt));
+  const pool = { shape: dims, pageBytes: (b: number) => hostPageBytes(dims, b) };
+  return sequencesThatFit(budget, weights, overhead, peakAllocatedBytes(parseKvSpec(spec), pool, prompt + gen, prompt));
 }
 
 export async function runThroughput(o: ThroughputOptions): Promise<ThroughputReport> {

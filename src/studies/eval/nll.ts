@@ -4,7 +4,7 @@
  * by decode steps. Windows of equal length run as one batch.
  */
 import type { LlamaModel } from '../../model/llama.js';
-import { createCache, type KvOption } from '../../cache/spec.js';
+import { type CacheSpec, createCache } from '../../cache/spec.js';
 import { restorePrefill, snapshotPrefill, type PrefixSnapshot } from '../../engine/prefix.js';
 import { logProb } from '../../engine/sampling.js';
 import { KiviError } from '../../util/errors.js';
@@ -28,9 +28,9 @@ export function checkWindows(windows: number[][], prefill: number, context: numb
 }
 
 /** Mean NLL per window for one cache spec. `snapshots` (one per window) skip recomputing the prefill. */
-export function streamingNll(
-  model: LlamaModel, windows: number[][], kv: KvOption, opts: NllOptions, snapshots?: PrefixSnapshot[],
-): number[] {
+export async function streamingNll(
+  model: LlamaModel, windows: number[][], spec: CacheSpec, opts: NllOptions, snapshots?: PrefixSnapshot[],
+): Promise<number[]> {
   const P = opts.prefill;
   checkWindows(windows, P, model.config.maxPositions);
   const result = new Array<number>(windows.length).fill(0);
@@ -42,21 +42,24 @@ export function streamingNll(
   const V = model.config.vocabSize;
   const chunk = opts.chunk ?? 64;
   for (const [len, idx] of byLen) {
-    const caches = idx.map(() => createCache(kv, model.dims, model.kernels));
+    const caches = idx.map(() => createCache(spec, model.pool));
     try {
-      idx.forEach((wi, j) => {
-        if (snapshots) restorePrefill(caches[j]!, snapshots[wi]!);
-        else model.forward([{ tokens: windows[wi]!.slice(0, P), cache: caches[j]!, logits: 'none' }]);
-      });
+      for (const [j, wi] of idx.entries()) {
+        if (snapshots) await restorePrefill(model, caches[j]!, snapshots[wi]!);
+        else await model.forward([{ tokens: windows[wi]!.slice(0, P), cache: caches[j]!, logits: 'none' }]);
+      }
       const sums = idx.map(() => 0);
       // Decode tokens P .. len−2; the step fed token p predicts token p+1.
       for (let p0 = P; p0 < len - 1; p0 += chunk) {
         const p1 = Math.min(len - 1, p0 + chunk);
-        const logits = model.forward(idx.map((wi, j) => ({ tokens: windows[wi]!.slice(p0, p1), cache: caches[j]!, logits: 'all' as const })));
+        const logits = await model.forward(idx.map((wi, j) => ({
+          tokens: windows[wi]!.slice(p0, p1), cache: caches[j]!, logits: 'all' as const, mode: 'decode' as const,
+        })));
         idx.forEach((wi, j) => {
           const w = windows[wi]!;
+          const lj = logits[j] as Float32Array;
           let s = 0;
-          for (let p = p0; p < p1; p++) s -= logProb(logits[j]!, (p - p0) * V, V, w[p + 1]!);
+          for (let p = p0; p < p1; p++) s -= logProb(lj, (p - p0) * V, V, w[p + 1]!);
           sums[j] = sums[j]! + s;
         });
         done += (p1 - p0) * idx.length;
@@ -71,6 +74,8 @@ export function streamingNll(
 }
 
 /** Prefill snapshots for every window, to share across specs. */
-export function snapshotWindows(model: LlamaModel, windows: number[][], prefill: number): PrefixSnapshot[] {
-  return windows.map((w) => snapshotPrefill(model, w.slice(0, prefill)));
+export async function snapshotWindows(model: LlamaModel, windows: number[][], prefill: number): Promise<PrefixSnapshot[]> {
+  const out: PrefixSnapshot[] = [];
+  for (const w of windows) out.push(await snapshotPrefill(model, w.slice(0, prefill)));
+  return out;
 }

@@ -7,10 +7,10 @@
  */
 import type { LlamaModel } from '../../model/llama.js';
 import type { Tokenizer } from '../../tokenizer/tokenizer.js';
-import { createCache } from '../../cache/spec.js';
+import { type CacheSpec, createCache } from '../../cache/spec.js';
 import { restorePrefill, snapshotPrefill } from '../../engine/prefix.js';
 import { argmax } from '../../engine/sampling.js';
-import type { SequenceCache } from '../../cache/types.js';
+import type { KvCache } from '../../cache/types.js';
 import { KiviError } from '../../util/errors.js';
 import type { PasskeyPrompter } from './passkey-prompt.js';
 
@@ -62,20 +62,20 @@ export interface PasskeyStudy {
 export const isCorrect = (answer: string, key: string): boolean => answer.trim().startsWith(key);
 
 /** Greedy answers to one prompt under every spec: ANSWER_TOKENS ids each. */
-export function answerIds(model: LlamaModel, prompt: number[], specs: string[]): number[][] {
-  const snap = snapshotPrefill(model, prompt);
+export async function answerIds(model: LlamaModel, prompt: number[], specs: CacheSpec[]): Promise<number[][]> {
+  const snap = await snapshotPrefill(model, prompt);
   const first = argmax(snap.lastLogits);
-  const caches: SequenceCache[] = [];
+  const caches: KvCache[] = [];
   try {
-    for (const kv of specs) {
-      const c = createCache(kv, model.dims, model.kernels);
+    for (const spec of specs) {
+      const c = createCache(spec, model.pool);
       caches.push(c);
-      restorePrefill(c, snap);
+      await restorePrefill(model, c, snap);
     }
     const out = specs.map(() => [first]);
     for (let s = 1; s < ANSWER_TOKENS; s++) {
-      const logits = model.forward(caches.map((cache, j) => ({ tokens: [out[j]!.at(-1)!], cache, logits: 'last' as const })));
-      out.forEach((ids, j) => ids.push(argmax(logits[j]!)));
+      const ids = await model.forward(caches.map((cache, j) => ({ tokens: [out[j]!.at(-1)!], cache, logits: 'argmax' as const })));
+      out.forEach((o, j) => o.push(ids[j] as number));
     }
     return out;
   } finally {
@@ -93,9 +93,9 @@ export function checkPasskeyLengths(lengths: number[], context: number, prompter
   }
 }
 
-export function passkeyStudy(
-  model: LlamaModel, tok: Tokenizer, prompter: PasskeyPrompter, specs: string[], o: PasskeyOptions,
-): PasskeyStudy {
+export async function passkeyStudy(
+  model: LlamaModel, tok: Tokenizer, prompter: PasskeyPrompter, specs: CacheSpec[], o: PasskeyOptions,
+): Promise<PasskeyStudy> {
   checkPasskeyLengths(o.lengths, model.config.maxPositions, prompter);
   const trials: PasskeyTrial[] = [];
   const total = o.lengths.reduce((a, L) => a + L, 0) * o.depths.length * o.n;
@@ -104,16 +104,16 @@ export function passkeyStudy(
     for (const depth of o.depths) {
       for (let trial = 0; trial < o.n; trial++) {
         const p = prompter.sample(length, depth, trial, o.seed);
-        const ids = answerIds(model, p.ids, specs);
+        const ids = await answerIds(model, p.ids, specs);
         const answers: Record<string, string> = {};
-        specs.forEach((kv, j) => (answers[kv] = tok.decode(ids[j]!)));
+        specs.forEach((spec, j) => (answers[spec.name] = tok.decode(ids[j]!)));
         trials.push({ length, depth, trial, key: p.key, answers });
         done += length;
         o.onProgress?.(done, total);
       }
     }
   }
-  return { results: specs.map((kv) => tally(kv, trials, o)), trials, lengths: o.lengths, depths: o.depths, n: o.n, seed: o.seed };
+  return { results: specs.map((spec) => tally(spec.name, trials, o)), trials, lengths: o.lengths, depths: o.depths, n: o.n, seed: o.seed };
 }
 
 function tally(kv: string, trials: PasskeyTrial[], o: PasskeyOptions): PasskeySpecResult {

@@ -7,8 +7,8 @@
  * cache, so it is computed once per window, not once per spec). Windows run in batches to bound memory.
  */
 import type { LlamaModel } from '../../model/llama.js';
-import { createCache } from '../../cache/spec.js';
-import { snapshotCache, type PrefixSnapshot } from '../../engine/prefix.js';
+import { type CacheSpec, createCache, parseKvSpec } from '../../cache/spec.js';
+import type { PrefixSnapshot } from '../../engine/prefix.js';
 import { logProb } from '../../engine/sampling.js';
 import { checkWindows, streamingNll } from './nll.js';
 import { mean } from '../numbers.js';
@@ -46,11 +46,13 @@ export function specNll(kv: string, nll: number[]): SpecNll {
 }
 
 /** One exact forward of a whole window: teacher-forced NLLs and the prefill snapshot. */
-function exactWindow(model: LlamaModel, w: number[], P: number): { scored: number; all: number; snap: PrefixSnapshot } {
+async function exactWindow(model: LlamaModel, w: number[], P: number): Promise<{ scored: number; all: number; snap: PrefixSnapshot }> {
   const V = model.config.vocabSize;
-  const cache = createCache('fp32', model.dims, model.kernels);
+  const cache = createCache(parseKvSpec('fp32'), model.pool);
   try {
-    const logits = model.forward([{ tokens: w, cache, logits: 'all' }])[0]!;
+    // The window's K/V after RoPE: its first P rows are the prefill every spec restores.
+    const rows: Float32Array[] = [];
+    const logits = (await model.forward([{ tokens: w, cache, logits: 'all' }], { capture: rows }))[0] as Float32Array;
     let all = 0;
     let scored = 0;
     for (let p = 0; p < w.length - 1; p++) {
@@ -58,14 +60,14 @@ function exactWindow(model: LlamaModel, w: number[], P: number): { scored: numbe
       all += nll;
       if (p >= P) scored += nll;
     }
-    const snap = snapshotCache(cache, P, logits.slice((P - 1) * V, P * V));
+    const snap = { tokens: P, rows, lastLogits: logits.slice((P - 1) * V, P * V) };
     return { scored: scored / (w.length - 1 - P), all: all / (w.length - 1), snap };
   } finally {
     cache.free();
   }
 }
 
-export function perplexityStudy(model: LlamaModel, windows: number[][], specs: string[], opts: PplOptions): PplStudy {
+export async function perplexityStudy(model: LlamaModel, windows: number[][], specs: CacheSpec[], opts: PplOptions): Promise<PplStudy> {
   const P = opts.prefill;
   checkWindows(windows, P, model.config.maxPositions);
   const batch = opts.batch ?? 4;
@@ -76,20 +78,21 @@ export function perplexityStudy(model: LlamaModel, windows: number[][], specs: s
   let done = 0;
   for (let b = 0; b < windows.length; b += batch) {
     const group = windows.slice(b, b + batch);
-    const snaps = group.map((w, j) => {
-      const r = exactWindow(model, w, P);
+    const snaps: PrefixSnapshot[] = [];
+    for (const [j, w] of group.entries()) {
+      const r = await exactWindow(model, w, P);
       tfScored[b + j] = r.scored;
       tfAll[b + j] = r.all;
       done += w.length;
       opts.onProgress?.(done, total);
-      return r.snap;
-    });
-    specs.forEach((kv, i) => {
+      snaps.push(r.snap);
+    }
+    for (const [i, spec] of specs.entries()) {
       const base = done;
-      const r = streamingNll(model, group, kv, { prefill: P, onProgress: (d) => opts.onProgress?.(base + d, total) }, snaps);
+      const r = await streamingNll(model, group, spec, { prefill: P, onProgress: (d) => opts.onProgress?.(base + d, total) }, snaps);
       r.forEach((x, j) => (nll[i]![b + j] = x));
       done = base + group.reduce((a, w) => a + (w.length - 1 - P), 0);
-    });
+    }
   }
   const tf = specNll('fp32 (teacher-forced)', tfScored);
   const meanAll = mean(tfAll);
@@ -97,7 +100,7 @@ export function perplexityStudy(model: LlamaModel, windows: number[][], specs: s
     windows: windows.length,
     window: windows[0]!.length,
     prefill: P,
-    results: specs.map((kv, i) => specNll(kv, nll[i]!)),
+    results: specs.map((spec, i) => specNll(spec.name, nll[i]!)),
     teacherForced: { ...tf, nll_all: tfAll, mean_nll_all: meanAll, ppl_all: Math.exp(meanAll) },
   };
 }

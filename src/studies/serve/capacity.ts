@@ -12,7 +12,7 @@
  */
 import type { KiviModel } from '../../api.js';
 import { parseKvSpec } from '../../cache/spec.js';
-import { cacheBytes, peakCacheBytes } from '../../cache/budget.js';
+import { cacheBytes, peakAllocatedBytes } from '../../cache/budget.js';
 import { KiviServer } from '../../server/app.js';
 import { parseMetrics } from '../../server/metrics.js';
 import { formatBytes } from '../../server/scheduler.js';
@@ -53,9 +53,9 @@ export function textPrompts(model: KiviModel, text: string, count: number, len: 
 }
 
 export async function measureCapacity(model: KiviModel, o: CapacityOptions): Promise<{ budget: number; rows: CapacityRow[] }> {
-  const dims = model.model.dims;
-  // The scheduler's reservation: the peak from the prompt to the last token fed back.
-  const reserve = (kv: string) => peakCacheBytes(parseKvSpec(kv), dims, o.prompt + o.gen - 1, o.prompt);
+  // The scheduler's reservation: the peak pages from the prompt to the last token fed back.
+  const pool = model.transformer.pool;
+  const reserve = (kv: string) => peakAllocatedBytes(parseKvSpec(kv), pool, o.prompt + o.gen - 1, o.prompt);
   const budget = o.fp16Seqs * reserve('fp16');
   const rows: CapacityRow[] = [];
   for (const kv of o.specs) {
@@ -101,7 +101,7 @@ export function capacityTable(budget: number, rows: CapacityRow[]): string {
 
 /** fp16 bytes ÷ each spec's bytes for a sequence of T tokens (exact, cache/budget.ts), as a Markdown table. */
 export function ratioTable(model: KiviModel, specs: string[], lengths: number[]): string {
-  const dims = model.model.dims;
+  const dims = model.dims;
   const fp16 = parseKvSpec('fp16');
   const head = ['| tokens | ' + specs.join(' | ') + ' |', '|---|' + specs.map(() => '---|').join('')];
   const rows = lengths.map((T) => `| ${T} | ` + specs.map((kv) =>

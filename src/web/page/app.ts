@@ -4,7 +4,7 @@
  */
 import { KiviWorker } from '../client.js';
 import type { ModelInfo, RunResult, RunStats } from '../protocol.js';
-import type { BackendName } from '../../kernels/index.js';
+import type { BackendChoice } from '../../kernels/index.js';
 import { cacheBytes } from '../../cache/budget.js';
 import { parseKvSpec } from '../../cache/spec.js';
 import { formatBytes } from '../../util/format.js';
@@ -220,7 +220,7 @@ async function start(): Promise<void> {
     const backend = params.get('backend') ?? undefined;
     const threads = params.get('threads');
     worker = await KiviWorker.load(url, {
-      backend: backend as BackendName | undefined,
+      backend: backend as BackendChoice | undefined,
       threads: threads === null ? undefined : Number(threads),
       onProgress: (done, total) => {
         el.progress.max = total;

@@ -49,9 +49,9 @@ let sink: i32 = 0;
   return v;
 }
 
-@inline function scoresImpl(s: usize, sStride: i32, q: usize, nq: i32, k: usize, n: i32, d: i32, scale: f32, half: bool): void {
+@inline function scoresImpl(s: usize, sStride: i32, q: usize, nq: i32, k: usize, kRow: i32, n: i32, d: i32, scale: f32, half: bool): void {
   const dB = <usize>d << 2;               // bytes of one float32 row
-  const kB = half ? dB >> 1 : dB;         // bytes of one key row
+  const kB = <usize>kRow;                 // bytes from one key row to the next
   const vecEnd = dB & ~15;
   const hasTail = vecEnd < dB;
   const sB = <usize>sStride << 2;
@@ -129,12 +129,13 @@ let sink: i32 = 0;
   }
 }
 
-export function scores_f32(s: usize, sStride: i32, q: usize, nq: i32, k: usize, n: i32, d: i32, scale: f32): void {
-  scoresImpl(s, sStride, q, nq, k, n, d, scale, false);
+/** Scores against n float32 key rows, kRow bytes apart (d·4 in a page; a qkv row's length for new tokens). */
+export function scores_f32(s: usize, sStride: i32, q: usize, nq: i32, k: usize, kRow: i32, n: i32, d: i32, scale: f32): void {
+  scoresImpl(s, sStride, q, nq, k, kRow, n, d, scale, false);
 }
 
-export function scores_f16(s: usize, sStride: i32, q: usize, nq: i32, k: usize, n: i32, d: i32, scale: f32): void {
-  scoresImpl(s, sStride, q, nq, k, n, d, scale, true);
+export function scores_f16(s: usize, sStride: i32, q: usize, nq: i32, k: usize, kRow: i32, n: i32, d: i32, scale: f32): void {
+  scoresImpl(s, sStride, q, nq, k, kRow, n, d, scale, true);
 }
 
 // ---- weighted sum of values ---------------------------------------------------------------------
@@ -143,9 +144,9 @@ export function scores_f16(s: usize, sStride: i32, q: usize, nq: i32, k: usize, 
   return half ? finiteHalves4(i32x4.extend_low_i16x8_s(v128.load64_zero(v + (c >> 1)))) : v128.load(v + c);
 }
 
-@inline function accumImpl(out: usize, p: usize, pStride: i32, nq: i32, v: usize, n: i32, d: i32, half: bool): void {
+@inline function accumImpl(out: usize, p: usize, pStride: i32, nq: i32, v: usize, vRow: i32, n: i32, d: i32, half: bool): void {
   const dB = <usize>d << 2;
-  const vB = half ? dB >> 1 : dB;
+  const vB = <usize>vRow;
   const pB = <usize>pStride << 2;
   const end16 = dB & ~63, end4 = dB & ~15;
   let touched = i32x4.splat(0);
@@ -227,12 +228,11 @@ export function scores_f16(s: usize, sStride: i32, q: usize, nq: i32, k: usize, 
   if (o1 != o0) store<f32>(o1 + c, b);
 }
 
-export function accum_f32(out: usize, p: usize, pStride: i32, nq: i32, v: usize, n: i32, d: i32): void {
-  accumImpl(out, p, pStride, nq, v, n, d, false);
+/** Weighted sum of n float32 value rows, vRow bytes apart. */
+export function accum_f32(out: usize, p: usize, pStride: i32, nq: i32, v: usize, vRow: i32, n: i32, d: i32): void {
+  accumImpl(out, p, pStride, nq, v, vRow, n, d, false);
 }
 
-
-
-export function accum_f16(out: usize, p: usize, pStride: i32, nq: i32, v: usize, n: i32, d: i32): void {
-  accumImpl(out, p, pStride, nq, v, n, d, true);
+export function accum_f16(out: usize, p: usize, pStride: i32, nq: i32, v: usize, vRow: i32, n: i32, d: i32): void {
+  accumImpl(out, p, pStride, nq, v, vRow, n, d, true);
 }

@@ -1,6 +1,6 @@
 /** The kernel module's exports. Pointers are byte offsets into the (shared) imported memory. */
-export { matmul, read_sum } from './matmul';
+export { matmul } from './matmul';
 export { scores_f32, scores_f16, accum_f32, accum_f16 } from './dense';
 export { scores_kivi, accum_kivi, kivi_work_bytes } from './kivi';
 export { softmax, swiglu } from './softmax';
-export { attend_task, task_words, seg_words } from './task';
+export { attend_task, task_scratch_bytes } from './task';

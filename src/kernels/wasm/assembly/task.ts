@@ -1,60 +1,87 @@
 /**
- * One attention task = the nq query heads of one kv head of one token, over a list of key segments and a
- * list of value segments (the cache's blocks, in token order): scores, one softmax, weighted values.
- * Tasks and segments are int32 records written by the JS side (src/kernels/wasm/encode.ts).
+ * One attention task of a step plan (kernels/layout.ts, imported as it is, so the records' layout is
+ * defined once): for each kv head, the scores of its query heads over the key segments, one softmax,
+ * and the weighted sum of the value segments. Page handles are byte addresses in this memory; a page
+ * holds [layer][kv head] sections of SEG_SECTION bytes.
  */
+import {
+  SEG_BITS, SEG_CAP, SEG_F16, SEG_F32, SEG_G, SEG_KIND, SEG_KIVI_K, SEG_N, SEG_PAGE, SEG_ROWS, SEG_SECTION, SEG_T0,
+  SEG_WORDS, TASK_K0, TASK_KN, TASK_ROW, TASK_TOKENS, TASK_V0, TASK_VN, TASK_WORDS,
+} from '../../layout';
 import { scores_f32, scores_f16, accum_f32, accum_f16 } from './dense';
-import { scores_kivi, accum_kivi } from './kivi';
+import { scores_kivi, accum_kivi, kivi_work_bytes } from './kivi';
 import { softmax } from './softmax';
-
-@inline function zeroOut(p: usize, bytes: usize): void {
-  const e = p + bytes;
-  for (; p + 16 <= e; p += 16) v128.store(p, i32x4.splat(0));
-  for (; p < e; p += 4) store<f32>(p, 0);
-}
-
-// Task record (int32 words).
-const T_Q = 0, T_OUT = 1, T_NQ = 2, T_D = 3, T_LEN = 4, T_SCALE = 5, T_K0 = 6, T_KN = 7, T_V0 = 8, T_VN = 9;
-export const TASK_WORDS = 10;
-// Segment record (int32 words).
-const S_KIND = 0, S_N = 1, S_DATA = 2, S_SCALES = 3, S_MINS = 4, S_BITS = 5, S_G = 6;
-export const SEG_WORDS = 7;
-const KIND_F32 = 0, KIND_F16 = 1;
+import { zero16 } from './common';
 
 @inline function word(p: usize, i: i32): i32 {
   return load<i32>(p + (<usize>i << 2));
 }
 
-export function task_words(): i32 { return TASK_WORDS; }
-export function seg_words(): i32 { return SEG_WORDS; }
+/** Bytes of scratch one task needs: scores of nq heads over T tokens, then the KIVI kernels' work area. */
+export function task_scratch_bytes(nq: i32, T: i32, d: i32): i32 {
+  return ((nq * T * 4 + 15) & ~15) + kivi_work_bytes(d, nq);
+}
 
-export function attend_task(tasks: usize, segs: usize, i: i32, scratch: usize): void {
+/** Run task i of the table at `tasks` (segments at `segs`) on layer `layer`; qkv/att are the step's activations. */
+export function attend_task(tasks: usize, segs: usize, i: i32, layer: i32, qkv: usize, att: usize,
+  H: i32, KV: i32, d: i32, scratch: usize): void {
   const tp = tasks + <usize>(i * TASK_WORDS) * 4;
-  const q = <usize>word(tp, T_Q), out = <usize>word(tp, T_OUT);
-  const nq = word(tp, T_NQ), d = word(tp, T_D), T = word(tp, T_LEN);
-  const scale = reinterpret<f32>(word(tp, T_SCALE));
+  const nq = H / KV;
+  const qkvRow = (H + 2 * KV) * d * 4;
+  const row = word(tp, TASK_ROW), T = word(tp, TASK_TOKENS);
+  const scale: f32 = 1 / Mathf.sqrt(<f32>d);
   const s = scratch;
   const work = scratch + ((<usize>(nq * T) * 4 + 15) & ~15);
-  let t = 0;
-  for (let k = word(tp, T_K0), end = k + word(tp, T_KN); k < end; k++) {
-    const sp = segs + <usize>(k * SEG_WORDS) * 4;
-    const kind = word(sp, S_KIND), n = word(sp, S_N), data = <usize>word(sp, S_DATA);
-    const so = s + (<usize>t << 2);
-    if (kind == KIND_F32) scores_f32(so, T, q, nq, data, n, d, scale);
-    else if (kind == KIND_F16) scores_f16(so, T, q, nq, data, n, d, scale);
-    else scores_kivi(so, T, q, nq, data, <usize>word(sp, S_SCALES), <usize>word(sp, S_MINS), n, d, word(sp, S_BITS), word(sp, S_G), scale, work);
-    t += n;
-  }
-  for (let j = 0; j < nq; j++) softmax(s + (<usize>(j * T) << 2), T);
-  zeroOut(out, <usize>(nq * d) << 2);
-  t = 0;
-  for (let k = word(tp, T_V0), end = k + word(tp, T_VN); k < end; k++) {
-    const sp = segs + <usize>(k * SEG_WORDS) * 4;
-    const kind = word(sp, S_KIND), n = word(sp, S_N), data = <usize>word(sp, S_DATA);
-    const po = s + (<usize>t << 2);
-    if (kind == KIND_F32) accum_f32(out, po, T, nq, data, n, d);
-    else if (kind == KIND_F16) accum_f16(out, po, T, nq, data, n, d);
-    else accum_kivi(out, po, T, nq, data, <usize>word(sp, S_SCALES), <usize>word(sp, S_MINS), n, d, word(sp, S_BITS), word(sp, S_G), work);
-    t += n;
+  const dB = d * 4;
+  for (let h = 0; h < KV; h++) {
+    const q = qkv + <usize>row * qkvRow + <usize>(h * nq) * dB;
+    let t = 0;
+    for (let k = word(tp, TASK_K0), end = k + word(tp, TASK_KN); k < end; k++) {
+      const sp = segs + <usize>(k * SEG_WORDS) * 4;
+      const kind = word(sp, SEG_KIND), n = word(sp, SEG_N);
+      const so = s + (<usize>t << 2);
+      if (kind == SEG_ROWS) {
+        scores_f32(so, T, q, nq, qkv + <usize>word(sp, SEG_PAGE) * qkvRow + <usize>(H + h) * dB, qkvRow, n, d, scale);
+      } else {
+        const sec = <usize>word(sp, SEG_PAGE) + <usize>(layer * KV + h) * <usize>word(sp, SEG_SECTION);
+        const t0 = word(sp, SEG_T0);
+        if (kind == SEG_F32) scores_f32(so, T, q, nq, sec + <usize>(t0 * dB), dB, n, d, scale);
+        else if (kind == SEG_F16) scores_f16(so, T, q, nq, sec + <usize>(t0 * (dB >> 1)), dB >> 1, n, d, scale);
+        else {
+          // A key block: codes [cap][d·b/32], float16 scales then minimums [cap/G][d].
+          const bits = word(sp, SEG_BITS), G = word(sp, SEG_G), cap = word(sp, SEG_CAP);
+          const scales = sec + <usize>(cap * d * bits / 8);
+          const mins = scales + <usize>((cap / G) * d * 2);
+          scores_kivi(so, T, q, nq, sec, scales, mins, n, d, bits, G, scale, work);
+        }
+      }
+      t += n;
+    }
+    for (let j = 0; j < nq; j++) softmax(s + (<usize>(j * T) << 2), T);
+    const out = att + <usize>row * <usize>(H * dB) + <usize>(h * nq) * dB;
+    zero16(out, <usize>(nq * dB));
+    t = 0;
+    for (let k = word(tp, TASK_V0), end = k + word(tp, TASK_VN); k < end; k++) {
+      const sp = segs + <usize>(k * SEG_WORDS) * 4;
+      const kind = word(sp, SEG_KIND), n = word(sp, SEG_N);
+      const po = s + (<usize>t << 2);
+      if (kind == SEG_ROWS) {
+        accum_f32(out, po, T, nq, qkv + <usize>word(sp, SEG_PAGE) * qkvRow + <usize>(H + KV + h) * dB, qkvRow, n, d);
+      } else {
+        const sec = <usize>word(sp, SEG_PAGE) + <usize>(layer * KV + h) * <usize>word(sp, SEG_SECTION);
+        const t0 = word(sp, SEG_T0);
+        if (kind == SEG_F32) accum_f32(out, po, T, nq, sec + <usize>(t0 * dB), dB, n, d);
+        else if (kind == SEG_F16) accum_f16(out, po, T, nq, sec + <usize>(t0 * (dB >> 1)), dB >> 1, n, d);
+        else {
+          // A value page: codes [cap][d·b/32], float16 scales then minimums [cap][d/G]; from slot t0.
+          const bits = word(sp, SEG_BITS), G = word(sp, SEG_G), cap = word(sp, SEG_CAP);
+          const scales = sec + <usize>(cap * d * bits / 8);
+          const mins = scales + <usize>(cap * (d / G) * 2);
+          const pt = <usize>(t0 * (d / G) * 2);
+          accum_kivi(out, po, T, nq, sec + <usize>(t0 * d * bits / 8), scales + pt, mins + pt, n, d, bits, G, work);
+        }
+      }
+      t += n;
+    }
   }
 }

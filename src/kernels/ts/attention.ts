@@ -1,0 +1,214 @@
+/**
+ * The reference attention over a step plan's tasks (kernels/layout.ts): for each task and kv head, the
+ * scores of the head's queries against every key segment (float rows, float16 pages, KIVI key blocks on
+ * their codes), one softmax over all of them, then the weighted sum of the value segments (KIVI value
+ * pages on their codes). Plain loops; the faster back ends are tested against this.
+ */
+import {
+  SEG_F16, SEG_F32, SEG_G, SEG_KIVI_K, SEG_KIVI_V, SEG_BITS, SEG_CAP, SEG_KIND, SEG_N, SEG_PAGE, SEG_ROWS, SEG_SECTION, SEG_T0,
+  SEG_WORDS, TASK_K0, TASK_KN, TASK_ROW, TASK_TOKENS, TASK_V0, TASK_VN, TASK_WORDS,
+} from '../layout.js';
+import { kiviSection, wordsPerRow } from '../pages.js';
+import type { StepPlan } from '../plan.js';
+import type { AttnShape } from '../types.js';
+import type { HostPages } from '../host/memory.js';
+import { halfTable } from '../../quant/float16.js';
+import { softmaxInPlace } from './softmax.js';
+
+const H16 = halfTable();
+
+/** Growable scratch for scores and a folded query. */
+export class AttnScratch {
+  scores = new Float32Array(1024);
+  qs = new Float32Array(256);
+  ensure(scores: number, d: number): void {
+    if (this.scores.length < scores) this.scores = new Float32Array(Math.max(scores, this.scores.length * 2));
+    if (this.qs.length < d) this.qs = new Float32Array(d);
+  }
+}
+
+/** Run the attention tasks [t0, t0 + n) of a plan on layer `layer`. */
+export function attendTasks(plan: StepPlan, t0: number, n: number, layer: number, qkv: Float32Array, att: Float32Array,
+  shape: AttnShape, pages: HostPages, scratch: AttnScratch): void {
+  for (let i = t0; i < t0 + n; i++) attendTask(plan, i, layer, qkv, att, shape, pages, scratch);
+}
+
+export function attendTask(plan: StepPlan, i: number, layer: number, qkv: Float32Array, att: Float32Array,
+  shape: AttnShape, pages: HostPages, scratch: AttnScratch): void {
+  const { numHeads: H, numKvHeads: KV, headDim: d } = shape;
+  const nq = H / KV;
+  const qkvDim = (H + 2 * KV) * d;
+  const scale = 1 / Math.sqrt(d);
+  const t = plan.tasks, sg = plan.segs;
+  const o = i * TASK_WORDS;
+  const row = t[o + TASK_ROW]!, T = t[o + TASK_TOKENS]!;
+  scratch.ensure(nq * T, d);
+  const s = scratch.scores;
+  for (let h = 0; h < KV; h++) {
+    const qOff = row * qkvDim + h * nq * d;
+    let pos = 0;
+    for (let k = t[o + TASK_K0]!, end = k + t[o + TASK_KN]!; k < end; k++) {
+      const so = k * SEG_WORDS;
+      const kind = sg[so + SEG_KIND]!, n = sg[so + SEG_N]!;
+      if (kind === SEG_ROWS) {
+        const r0 = sg[so + SEG_PAGE]!;
+        for (let j = 0; j < nq; j++) {
+          for (let x = 0; x < n; x++) s[j * T + pos + x] = dot(qkv, qOff + j * d, qkv, (r0 + x) * qkvDim + (H + h) * d, d) * scale;
+        }
+      } else {
+        const cap = sg[so + SEG_CAP]!, bits = sg[so + SEG_BITS]!, G = sg[so + SEG_G]!;
+        const v = pages.views(sg[so + SEG_PAGE]!);
+        const sec = v.byteOffset + (layer * KV + h) * sg[so + SEG_SECTION]!;
+        const first = sg[so + SEG_T0]!;
+        if (kind === SEG_F32 || kind === SEG_F16) {
+          for (let j = 0; j < nq; j++) {
+            for (let x = 0; x < n; x++) {
+              const e = (first + x) * d;
+              const dk = kind === SEG_F32 ? dot(qkv, qOff + j * d, v.f32, sec / 4 + e, d) : dotHalf(qkv, qOff + j * d, v.u16, sec / 2 + e, d);
+              s[j * T + pos + x] = dk * scale;
+            }
+          }
+        } else {
+          const ks = kiviSection(SEG_KIVI_K, cap, d, bits, G);
+          scoresKivi(s, pos, T, qkv, qOff, nq, v.u32, sec / 4, v.u16, (sec + ks.scalesAt) / 2, (sec + ks.minsAt) / 2, n, d, bits, G, scale, scratch.qs);
+        }
+      }
+      pos += n;
+    }
+    for (let j = 0; j < nq; j++) softmaxInPlace(s, j * T, T);
+    const oOff = row * H * d + h * nq * d;
+    att.fill(0, oOff, oOff + nq * d);
+    pos = 0;
+    for (let k = t[o + TASK_V0]!, end = k + t[o + TASK_VN]!; k < end; k++) {
+      const so = k * SEG_WORDS;
+      const kind = sg[so + SEG_KIND]!, n = sg[so + SEG_N]!;
+      if (kind === SEG_ROWS) {
+        const r0 = sg[so + SEG_PAGE]!;
+        for (let j = 0; j < nq; j++) {
+          for (let x = 0; x < n; x++) axpy(att, oOff + j * d, s[j * T + pos + x]!, qkv, (r0 + x) * qkvDim + (H + KV + h) * d, d);
+        }
+      } else {
+        const cap = sg[so + SEG_CAP]!, bits = sg[so + SEG_BITS]!, G = sg[so + SEG_G]!;
+        const v = pages.views(sg[so + SEG_PAGE]!);
+        const sec = v.byteOffset + (layer * KV + h) * sg[so + SEG_SECTION]!;
+        const first = sg[so + SEG_T0]!;
+        if (kind === SEG_F32) {
+          for (let j = 0; j < nq; j++) {
+            for (let x = 0; x < n; x++) axpy(att, oOff + j * d, s[j * T + pos + x]!, v.f32, sec / 4 + (first + x) * d, d);
+          }
+        } else if (kind === SEG_F16) {
+          for (let j = 0; j < nq; j++) {
+            for (let x = 0; x < n; x++) axpyHalf(att, oOff + j * d, s[j * T + pos + x]!, v.u16, sec / 2 + (first + x) * d, d);
+          }
+        } else if (kind === SEG_KIVI_V) {
+          const vs = kiviSection(SEG_KIVI_V, cap, d, bits, G);
+          const groups = d / G;
+          accumKivi(att, oOff, s, pos, T, nq, v.u32, sec / 4 + first * wordsPerRow(d, bits), v.u16,
+            (sec + vs.scalesAt) / 2 + first * groups, (sec + vs.minsAt) / 2 + first * groups, n, d, bits, G);
+        }
+      }
+      pos += n;
+    }
+  }
+}
+
+function dot(a: Float32Array, ao: number, b: Float32Array, bo: number, n: number): number {
+  let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  let i = 0;
+  for (; i + 3 < n; i += 4) {
+    s0 += a[ao + i]! * b[bo + i]!;
+    s1 += a[ao + i + 1]! * b[bo + i + 1]!;
+    s2 += a[ao + i + 2]! * b[bo + i + 2]!;
+    s3 += a[ao + i + 3]! * b[bo + i + 3]!;
+  }
+  for (; i < n; i++) s0 += a[ao + i]! * b[bo + i]!;
+  return s0 + s1 + (s2 + s3);
+}
+
+function dotHalf(a: Float32Array, ao: number, b: Uint16Array, bo: number, n: number): number {
+  let s0 = 0, s1 = 0;
+  let i = 0;
+  for (; i + 1 < n; i += 2) {
+    s0 += a[ao + i]! * H16[b[bo + i]!]!;
+    s1 += a[ao + i + 1]! * H16[b[bo + i + 1]!]!;
+  }
+  for (; i < n; i++) s0 += a[ao + i]! * H16[b[bo + i]!]!;
+  return s0 + s1;
+}
+
+function axpy(out: Float32Array, oo: number, a: number, x: Float32Array, xo: number, n: number): void {
+  if (a === 0) return;
+  for (let c = 0; c < n; c++) out[oo + c] += a * x[xo + c]!;
+}
+
+function axpyHalf(out: Float32Array, oo: number, a: number, x: Uint16Array, xo: number, n: number): void {
+  if (a === 0) return;
+  for (let c = 0; c < n; c++) out[oo + c] += a * H16[x[xo + c]!]!;
+}
+
+/**
+ * Scores against a KIVI key block (n tokens, a multiple of G): codes [n][d·b/32] from cOff, float16
+ * scale/min [n/G][d] from sOff/mOff. q·k̂_t = Σ_c (q_c·s_c)·code_tc + Σ_c q_c·m_c: the scales fold into
+ * the query once per group (KIVI.md §6).
+ */
+export function scoresKivi(s: Float32Array, sOff: number, sStride: number, q: Float32Array, qOff: number, nq: number,
+  codes: Uint32Array, cOff: number, params: Uint16Array, sOff16: number, mOff16: number,
+  n: number, d: number, bits: number, G: number, scale: number, qs: Float32Array): void {
+  const per = 32 / bits;
+  const mask = (1 << bits) - 1;
+  const wpt = d / per;
+  for (let g0 = 0; g0 < n; g0 += G) {
+    const po = (g0 / G) * d;
+    for (let j = 0; j < nq; j++) {
+      const qo = qOff + j * d;
+      let bias = 0;
+      for (let c = 0; c < d; c++) {
+        const qc = q[qo + c]!;
+        qs[c] = qc * H16[params[sOff16 + po + c]!]!;
+        bias += qc * H16[params[mOff16 + po + c]!]!;
+      }
+      const so = j * sStride + sOff;
+      for (let t = g0; t < g0 + G; t++) {
+        const co = cOff + t * wpt;
+        let acc = 0;
+        for (let w = 0, c = 0; w < wpt; w++) {
+          const word = codes[co + w]!;
+          for (let k = 0; k < per; k++, c++) acc += qs[c]! * ((word >>> (bits * k)) & mask);
+        }
+        s[so + t] = (acc + bias) * scale;
+      }
+    }
+  }
+}
+
+/**
+ * Accumulate attention-weighted KIVI values: n tokens, codes [n][d·b/32] from cOff, float16 scale/min
+ * [n][d/G] from sOff/mOff. Σ_t a_t·(s_tg·code + m_tg): the weight folds into the scale and minimum.
+ */
+export function accumKivi(out: Float32Array, oOff: number, p: Float32Array, pOff: number, pStride: number, nq: number,
+  codes: Uint32Array, cOff: number, params: Uint16Array, sOff16: number, mOff16: number,
+  n: number, d: number, bits: number, G: number): void {
+  const per = 32 / bits;
+  const mask = (1 << bits) - 1;
+  const wpt = d / per;
+  const groups = d / G;
+  const wpg = G / per;
+  for (let j = 0; j < nq; j++) {
+    const oo = oOff + j * d;
+    const po = j * pStride + pOff;
+    for (let t = 0; t < n; t++) {
+      const a = p[po + t]!;
+      if (a === 0) continue;
+      const co = cOff + t * wpt;
+      const go = t * groups;
+      for (let g = 0, c = oo, w = co; g < groups; g++) {
+        const ws = a * H16[params[sOff16 + go + g]!]!;
+        const wm = a * H16[params[mOff16 + go + g]!]!;
+        for (let e = 0; e < wpg; e++, w++) {
+          const word = codes[w]!;
+          for (let k = 0; k < per; k++, c++) out[c] += ws * ((word >>> (bits * k)) & mask) + wm;
+        }
+      }
+    }
+  }
+}

@@ -9,7 +9,7 @@ import { runCli } from './bench-helpers.js';
 const FAST = { warmup: 1, minRepeats: 2, minSeconds: 0, maxRepeats: 2 };
 const HALF_RES = 'kivi:k=2,v=2,g=32,r=128,residual=fp16';
 
-/** KIVI bytes for one layer written out by hand (KIVI.md §5, §7), independent of cache/budget.ts. */
+/** KIVI bytes for one layer written out by hand (docs/KIVI.md §5, §7), independent of cache/budget.ts. */
 function kiviBytes(T: number, kv: number, d: number, bits: number, G: number, R: number, resBytes: number): number {
   const rk = T % R, kq = T - rk; // keys: whole blocks of R, the rest full precision (all of it while T < R)
   const rv = Math.min(T, R), vq = T - rv; // values: a window of the newest R

@@ -5,7 +5,7 @@ import { runCli, MODEL } from './bench-helpers.js';
 // The bundled model: 8 layers, 2 kv heads, head_dim 128.
 const [L, KV, D] = [8, 2, 128];
 
-/** KIVI bytes of the whole model written out by hand (KIVI.md §5, §7), independent of cache/budget.ts. */
+/** KIVI bytes of the whole model written out by hand (docs/KIVI.md §5, §7), independent of cache/budget.ts. */
 function kiviBytes(T: number, bits: number, G: number, R: number, resBytes: number): number {
   const rk = T % R, kq = T - rk;
   const rv = Math.min(T, R), vq = T - rv;

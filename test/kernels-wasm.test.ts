@@ -21,7 +21,7 @@ after(() => {
 });
 
 // The wasm KIVI kernels round the scaled query (to 1/6553 of its largest element at 2 bits) and the
-// attention weights to int16 for their integer dot products (the KIVI.md §6 trick on CPUs). With the
+// attention weights to int16 for their integer dot products (the docs/KIVI.md §6 trick on CPUs). With the
 // suite's outlier channels (×12 in queries, keys and values alike) that moves quantized attention by
 // up to ~4% of the output's largest element (measured), against ~1e-6 for float kernels.
 backendConformance('wasm ×2', () => wasm(2), { kiviRelTol: 5e-2 });

@@ -1,5 +1,5 @@
 /**
- * The KIVI cache's streaming semantics (KIVI.md §5) and its attention on packed codes (§6), checked
+ * The KIVI cache's streaming semantics (docs/KIVI.md §5) and its attention on packed codes (§6), checked
  * against an independent model: explicitly dequantized keys/values and plain float64 attention.
  */
 import { test } from 'node:test';
@@ -132,7 +132,7 @@ for (const [name, dims] of shapes) {
             const exp = expectedAttention(K, V, T, q, dims, before.keyQuantized, before.valueQuantized, bits, G);
             const err = maxRelErr(out, exp);
             // The wasm back end rounds the scaled query and the attention weights to int16 for its integer
-            // dot products (the KIVI.md §6 trick on CPUs; exact bounds in test/kernels-wasm.test.ts): on these
+            // dot products (the docs/KIVI.md §6 trick on CPUs; exact bounds in test/kernels-wasm.test.ts): on these
             // outlier-heavy keys that moves the output by up to ~1e-3 of its largest element.
             const tol = backend.name === 'wasm' ? 2e-3 : 2e-4;
             assert.ok(err < tol, `${backend.name} T=${T}: attention error ${err}`);

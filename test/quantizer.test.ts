@@ -1,4 +1,4 @@
-/** The quantizer's contract (KIVI.md §3–4), checked as properties over random inputs. */
+/** The quantizer's contract (docs/KIVI.md §3–4), checked as properties over random inputs. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';

@@ -38,7 +38,7 @@ test('eval ppl --max-windows 2: golden streaming NLL for fp32 and kivi2, teacher
     assert.ok(Math.abs(r.delta_nll - (r.mean_nll - j.results[0]!.mean_nll)) < 1e-12);
     assert.ok(Math.abs(r.delta_ppl - (r.ppl - j.results[0]!.ppl)) < 1e-9);
   }
-  // Golden table (KIVI.md): fp32 ppl 89.50, kivi2 91.92.
+  // Golden table (docs/KIVI.md): fp32 ppl 89.50, kivi2 91.92.
   assert.ok(Math.abs(j.results[0]!.ppl - 89.50) < 0.1 && Math.abs(j.results[1]!.ppl - 91.92) < 0.5);
   // Streaming through an fp32 cache is exact attention: the teacher-forced forward scores the same tokens the same.
   const tf = j.teacher_forced;

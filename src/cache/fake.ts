@@ -10,7 +10,7 @@
  * values on purpose: it is an analysis tool, not a memory saver.
  *
  * A decode step (one new token after a prefill) refreshes the shadows in the plan's pre phase, so its
- * attention reads the new token quantized too; a prefill or a longer chunk attends exactly (KIVI.md §8:
+ * attention reads the new token quantized too; a prefill or a longer chunk attends exactly (docs/KIVI.md §8:
  * prefill attention stays exact) and refreshes the shadows afterwards.
  */
 import type { PagePool } from '../kernels/types.js';

@@ -118,7 +118,7 @@ export class KiviCache implements KvCache {
     this.foldValues(plan, row, n, T0);
   }
 
-  /** KIVI.md §5.3: the key residual is quantized as one block each time it reaches R tokens. */
+  /** docs/KIVI.md §5.3: the key residual is quantized as one block each time it reaches R tokens. */
   private foldKeys(plan: StepPlan, row: number, n: number): void {
     const res = this.keyResidual;
     for (let k = 0; k < n;) {
@@ -138,7 +138,7 @@ export class KiviCache implements KvCache {
     }
   }
 
-  /** KIVI.md §5.4: values outside the window of the newest R tokens are quantized, oldest first. */
+  /** docs/KIVI.md §5.4: values outside the window of the newest R tokens are quantized, oldest first. */
   private foldValues(plan: StepPlan, row: number, n: number, T0: number): void {
     const T1 = T0 + n;
     const res = this.valueResidual;

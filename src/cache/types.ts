@@ -11,8 +11,8 @@
  *
  * A chunk of n > 1 tokens is a prefill (or a continued prefill): its tokens see each other exactly and
  * the cache as it was. Decoding is n = 1 per sub-step, so each decoded token reads the earlier ones
- * through the cache's storage rules (KIVI.md §5). A quantized cache's attention runs on its packed codes
- * (KIVI.md §6): nothing is dequantized in bulk.
+ * through the cache's storage rules (docs/KIVI.md §5). A quantized cache's attention runs on its packed codes
+ * (docs/KIVI.md §6): nothing is dequantized in bulk.
  */
 import type { AttnShape, PagePool } from '../kernels/types.js';
 import type { StepPlan } from '../kernels/plan.js';

@@ -70,7 +70,7 @@ export function dequantizeCode(code: number, scaleBits: number, minBits: number)
 
 /**
  * Quantize then dequantize one group: out[outStart + i·stride] = x̂ for x[start + i·stride]. Identical to
- * quantizeGroup followed by dequantizeCode (simulated quantization, KIVI.md §8). `scale`/`min` are
+ * quantizeGroup followed by dequantizeCode (simulated quantization, docs/KIVI.md §8). `scale`/`min` are
  * one-element scratch arrays that receive the group's float16 parameters.
  */
 export function fakeQuantizeGroup(

@@ -149,7 +149,7 @@ function axpyHalf(out: Float32Array, oo: number, a: number, x: Uint16Array, xo: 
 /**
  * Scores against a KIVI key block (n tokens, a multiple of G): codes [n][d·b/32] from cOff, float16
  * scale/min [n/G][d] from sOff/mOff. q·k̂_t = Σ_c (q_c·s_c)·code_tc + Σ_c q_c·m_c: the scales fold into
- * the query once per group (KIVI.md §6).
+ * the query once per group (docs/KIVI.md §6).
  */
 export function scoresKivi(s: Float32Array, sOff: number, sStride: number, q: Float32Array, qOff: number, nq: number,
   codes: Uint32Array, cOff: number, params: Uint16Array, sOff16: number, mOff16: number,

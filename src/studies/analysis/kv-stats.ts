@@ -1,5 +1,5 @@
 /**
- * Statistics of real K/V (KIVI.md §2): how magnitude is spread over channels and tokens, which channels
+ * Statistics of real K/V (docs/KIVI.md §2): how magnitude is spread over channels and tokens, which channels
  * are outliers, and how much error per-token vs per-channel grouping causes in K, V and the attention
  * output.
  */

@@ -1,5 +1,5 @@
 /**
- * `analyze kv`: the paper's observations (KIVI.md §2) measured on a model's real K/V — magnitude per
+ * `analyze kv`: the paper's observations (docs/KIVI.md §2) measured on a model's real K/V — magnitude per
  * channel and per token, outlier channels, and the error of per-token vs per-channel grouping — for every
  * layer and kv head.
  */

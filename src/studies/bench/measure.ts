@@ -100,7 +100,7 @@ export class Gaussian {
   }
 }
 
-/** Every how many key channels one is an outlier channel (KIVI.md §2: a few fixed channels dominate). */
+/** Every how many key channels one is an outlier channel (docs/KIVI.md §2: a few fixed channels dominate). */
 export const OUTLIER_EVERY = 32;
 /** How much larger an outlier channel's keys are than the rest. */
 export const OUTLIER_SCALE = 12;

@@ -1,5 +1,5 @@
 /**
- * Needle-in-a-haystack accuracy by prompt length and needle depth, per cache spec (KIVI.md §9): greedy-
+ * Needle-in-a-haystack accuracy by prompt length and needle depth, per cache spec (docs/KIVI.md §9): greedy-
  * decode 6 tokens; a trial is correct if the decoded text, stripped, starts with the key.
  *
  * A prompt's prefill is exact whatever the cache, so it runs once (fp32) and is restored into every

@@ -1,5 +1,5 @@
 /**
- * Streaming perplexity for several cache specs over the same windows (KIVI.md §9), plus plain
+ * Streaming perplexity for several cache specs over the same windows (docs/KIVI.md §9), plus plain
  * teacher-forced perplexity as the reference.
  *
  * Each window gets one exact fp32 forward over all its tokens: its logits give the teacher-forced NLL, and

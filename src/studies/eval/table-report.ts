@@ -43,7 +43,7 @@ export function tableMarkdown(s: PplStudy): string {
     })]),
   );
   return [
-    `**Perplexity by KV cache** — streaming protocol (KIVI.md §9): ${s.windows} window(s) of ${s.window} tokens, ` +
+    `**Perplexity by KV cache** — streaming protocol (docs/KIVI.md §9): ${s.windows} window(s) of ${s.window} tokens, ` +
       `prefill ${s.prefill}, then ${s.window - 1 - s.prefill} decode predictions per window; Δ vs ${base.kv}. ` +
       `Simulated (\`fake\`) caches quantize every cached token, the current one included, with groups of 32.`,
     main,

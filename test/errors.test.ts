@@ -144,7 +144,7 @@ test('safetensors writer in the fixture produces what the reader reads (F32, F16
   const { readHeader, readTensorChunks, toFloat32 } = await import('../src/model/safetensors.js');
   const readTensorInto = (f: Parameters<typeof readTensorChunks>[0], info: Parameters<typeof readTensorChunks>[1], out: Float32Array) =>
     readTensorChunks(f, info, (bytes, first) => toFloat32(bytes, info.dtype, out, first));
-  const { fsSource } = await import('../src/model/source-fs.js');
+  const { fsSource } = await import('../src/io/source-fs.js');
   const vals = [0, 1, -2.5, 65504, 2 ** -24, -0.1];
   const f32 = new Float32Array(vals);
   const f16 = new Uint16Array([0x0000, 0x3c00, 0xc100, 0x7bff, 0x0001, 0xae66]);

@@ -201,6 +201,6 @@ test('unreachable servers and bad URLs are one-line errors', async () => {
   const url = served.url;
   await served.close();
   await assert.rejects(loadModel(`${url}m/`, new TsBackend()), (e: unknown) => e instanceof KiviError && /^cannot fetch http:\/\/127\.0\.0\.1:\d+\/m\/config\.json: /.test(e.message));
-  const { urlSource } = await import('../src/model/source-url.js');
+  const { urlSource } = await import('../src/io/source-url.js');
   assert.throws(() => urlSource('http://'), (e: unknown) => e instanceof KiviError && /bad model URL "http:\/\/"/.test(e.message));
 });

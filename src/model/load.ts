@@ -9,8 +9,8 @@ import { loadWeights, type LoadProgress, type WeightFormat } from './weights.js'
 import { LlamaModel } from './llama.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Backend } from '../kernels/types.js';
-import { isUrl, readJson, type ByteSource } from './source.js';
-import { urlSource } from './source-url.js';
+import { isUrl, readJson, type ByteSource } from '../io/source.js';
+import { urlSource } from '../io/source-url.js';
 
 /** Where a model is: a directory path (Node), an http(s) URL base, or any ByteSource. */
 export type ModelLocation = string | URL | ByteSource;
@@ -28,7 +28,7 @@ export async function openSource(location: ModelLocation): Promise<ByteSource> {
     if (base) return urlSource(new URL(location, base));
     throw new KiviError(`"${location}" is not an http(s) URL; outside Node, load a model from a URL`);
   }
-  const { fsSource } = await import('./source-fs.js');
+  const { fsSource } = await import('../io/source-fs.js');
   return fsSource(String(location));
 }
 

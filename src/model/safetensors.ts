@@ -6,7 +6,7 @@
  */
 import { KiviError } from '../util/errors.js';
 import { fromHalfBits } from '../quant/float16.js';
-import type { RandomAccess } from './source.js';
+import type { RandomAccess } from '../io/source.js';
 
 export type DType = 'F32' | 'F16' | 'BF16';
 const DTYPE_BYTES: Record<DType, number> = { F32: 4, F16: 2, BF16: 2 };

@@ -9,7 +9,7 @@ import { KiviError } from '../util/errors.js';
 import type { Backend, DType, Tensor } from '../kernels/types.js';
 import type { ModelConfig } from './config.js';
 import { readHeader, readTensorChunks, toFloat32, type DType as FileDType, type TensorInfo } from './safetensors.js';
-import { readJson, type ByteSource, type RandomAccess } from './source.js';
+import { readJson, type ByteSource, type RandomAccess } from '../io/source.js';
 import { toHalfBits } from '../quant/float16.js';
 
 export interface LayerWeights {

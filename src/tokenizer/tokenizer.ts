@@ -4,7 +4,7 @@
  */
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import { KiviError } from '../util/errors.js';
-import { readJson, type ByteSource } from '../model/source.js';
+import { readJson, type ByteSource } from '../io/source.js';
 
 async function readObject(source: ByteSource, name: string, required: boolean): Promise<Record<string, unknown> | undefined> {
   const v = await readJson(source, name, { required });

@@ -8,7 +8,3 @@ export class KiviError extends Error {
     this.name = 'KiviError';
   }
 }
-
-export function fail(message: string, status = 400): never {
-  throw new KiviError(message, status);
-}

@@ -14,16 +14,16 @@ import { packedWords } from '../quant/quantizer.js';
 
 /** Bytes one sequence's cache holds after T tokens (all layers). */
 export function cacheBytes(spec: SpecBody, dims: CacheDims, T: number): number {
-  const { numLayers: L, numKvHeads: kv, headDim: d } = dims;
+  const { numLayers: L, numKvHeads: KV, headDim: d } = dims;
   const perLayer = (() => {
     switch (spec.kind) {
       case 'fp32':
-        return T * 2 * kv * d * 4;
+        return T * 2 * KV * d * 4;
       case 'fp16':
-        return T * 2 * kv * d * 2;
+        return T * 2 * KV * d * 2;
       case 'fake':
         // Full-precision keys/values plus their dequantized shadows.
-        return T * 4 * kv * d * 4;
+        return T * 4 * KV * d * 4;
       case 'kivi': {
         const { residual: R, groupSize: G, kBits, vBits } = spec;
         const resBytes = spec.residualDtype === 'fp16' ? 2 : 4;
@@ -31,9 +31,9 @@ export function cacheBytes(spec: SpecBody, dims: CacheDims, T: number): number {
         const kq = T - rk;
         const rv = Math.min(T, R);
         const vq = T - rv;
-        const keyQ = kq * kv * packedWords(d, kBits) * 4 + (kq / G) * kv * d * 4;
-        const valQ = vq * kv * (packedWords(d, vBits) * 4 + (d / G) * 4);
-        return keyQ + valQ + (rk + rv) * kv * d * resBytes;
+        const keyQ = kq * KV * packedWords(d, kBits) * 4 + (kq / G) * KV * d * 4;
+        const valQ = vq * KV * (packedWords(d, vBits) * 4 + (d / G) * 4);
+        return keyQ + valQ + (rk + rv) * KV * d * resBytes;
       }
     }
   })();

@@ -15,11 +15,11 @@ export class DenseCache implements KvCache {
   private readonly bytesPerToken: number;
 
   constructor(readonly spec: CacheSpec & { kind: 'fp32' | 'fp16' }, readonly pool: PagePool) {
-    const { headDim: d, numLayers: L, numKvHeads: kv } = pool.shape;
+    const { headDim: d, numLayers: L, numKvHeads: KV } = pool.shape;
     const kind = spec.kind === 'fp16' ? SEG_F16 : SEG_F32;
     this.k = new PagedRows(pool, kind, DENSE_PAGE, d);
     this.v = new PagedRows(pool, kind, DENSE_PAGE, d);
-    this.bytesPerToken = 2 * L * kv * d * (spec.kind === 'fp16' ? 2 : 4);
+    this.bytesPerToken = 2 * L * KV * d * (spec.kind === 'fp16' ? 2 : 4);
   }
 
   get length(): number {

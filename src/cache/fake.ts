@@ -38,7 +38,7 @@ export class FakeQuantCache implements KvCache {
   private readonly bytesPerToken: number;
 
   constructor(readonly spec: CacheSpec & { kind: 'fake' }, readonly pool: PagePool) {
-    const { headDim: d, numLayers: L, numKvHeads: kv } = pool.shape;
+    const { headDim: d, numLayers: L, numKvHeads: KV } = pool.shape;
     const G = spec.groupSize;
     // A multiple of G, so every per-channel group lies within one page.
     const cap = G * Math.ceil(64 / G);
@@ -47,7 +47,7 @@ export class FakeQuantCache implements KvCache {
     this.v = mk();
     this.kq = mk();
     this.vq = mk();
-    this.bytesPerToken = 4 * L * kv * d * 4;
+    this.bytesPerToken = 4 * L * KV * d * 4;
   }
 
   get length(): number {

@@ -162,10 +162,10 @@ export class KiviCache implements KvCache {
   }
 
   bytes(): number {
-    const { numLayers: L, numKvHeads: kv } = this.pool.shape;
+    const { numLayers: L, numKvHeads: KV } = this.pool.shape;
     const p = this.perToken;
     const kq = this.keyBlocks.length * this.R;
-    return L * kv * (kq * p.key + this.valueQuantized * p.value + (this.keyResidual.count + this.valueResidual.count) * p.residual);
+    return L * KV * (kq * p.key + this.valueQuantized * p.value + (this.keyResidual.count + this.valueResidual.count) * p.residual);
   }
 
   allocatedBytes(): number {

@@ -51,20 +51,20 @@ export async function runAttentionBench(o: AttentionBenchOptions): Promise<Atten
   for (const spec of o.specs) validateSpec(spec, dims);
   const contexts = [...o.contexts].sort((a, b) => a - b);
   if (contexts.some((c) => !Number.isInteger(c) || c < 1)) throw new KiviError('contexts must be positive integers');
-  const { kvHeads: kv, headDim: d, heads, backend } = o;
+  const { kvHeads: KV, headDim: d, heads, backend } = o;
   const seed = o.seed ?? 1;
   const pool = backend.createPagePool(dims);
   const stepper = new CacheStepper(backend, pool);
   // Fill rows: FILL tokens of synthetic K/V cycled (a cache's bytes do not depend on which values it holds).
   const FILL = Math.min(contexts[contexts.length - 1]!, 4096);
-  const src = syntheticKV(FILL, kv, d, seed);
+  const src = syntheticKV(FILL, KV, d, seed);
   const fill = qkvRows(dims, FILL, null, src.k, src.v);
-  const step = syntheticKV(STEP_TOKENS, kv, d, seed + 1);
+  const step = syntheticKV(STEP_TOKENS, KV, d, seed + 1);
   const g = new Gaussian(seed + 2);
   const q = new Float32Array(STEP_TOKENS * heads * d);
   for (let i = 0; i < q.length; i++) q[i] = g.next();
   const stepRows = qkvRows(dims, STEP_TOKENS, q, step.k, step.v);
-  const rowLen = (heads + 2 * kv) * d;
+  const rowLen = (heads + 2 * KV) * d;
 
   const results: AttentionResult[] = [];
   try {

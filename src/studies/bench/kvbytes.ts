@@ -40,17 +40,17 @@ export async function runKvBytes(o: KvBytesOptions): Promise<KvBytesResult[]> {
   for (const spec of o.specs) validateSpec(spec, dims);
   const contexts = [...o.contexts].sort((a, b) => a - b);
   if (contexts.some((c) => !Number.isInteger(c) || c < 2)) throw new KiviError('contexts must be integers ≥ 2');
-  const { numKvHeads: kv, headDim: d, numHeads } = dims;
+  const { numKvHeads: KV, headDim: d, numHeads } = dims;
   const seed = o.seed ?? 1;
   const pool = backend.createPagePool(dims);
   const stepper = new CacheStepper(backend, pool);
   const FILL = Math.min(contexts[contexts.length - 1]!, 4096);
-  const src = syntheticKV(FILL + 1, kv, d, seed);
+  const src = syntheticKV(FILL + 1, KV, d, seed);
   const fill = qkvRows(dims, FILL, null, src.k, src.v);
   const g = new Gaussian(seed + 1);
   const q = new Float32Array(numHeads * d);
   for (let i = 0; i < q.length; i++) q[i] = g.next();
-  const last = qkvRows(dims, 1, q, src.k, src.v, FILL * kv * d, FILL * kv * d);
+  const last = qkvRows(dims, 1, q, src.k, src.v, FILL * KV * d, FILL * KV * d);
   const fp16 = parseKvSpec('fp16');
   const fp32 = parseKvSpec('fp32');
 

@@ -12,6 +12,7 @@ import type { ForwardItem, ForwardOptions, ForwardResult, LlamaModel } from './m
 import type { Tokenizer } from './tokenizer/tokenizer.js';
 import { type CacheSpec, createCache, type KvOption, toCacheSpec, validateSpec } from './cache/spec.js';
 import type { CacheDims, KvCache } from './cache/types.js';
+import { encodeCache, restoreCache } from './cache/file.js';
 import type { GenerateChunk, GenerateOptions, GenerateResult } from './engine/generate.js';
 import { BatchEngine } from './engine/batch.js';
 
@@ -32,6 +33,8 @@ export interface GenerateCallOptions extends GenerateOptions {
 export class KiviModel {
   private constructor(
     readonly dir: string,
+    /** SHA-256 of the config and the weights' identity: what saved caches are tied to. */
+    readonly fingerprint: string,
     readonly config: ModelConfig,
     readonly tokenizer: Tokenizer,
     /** The forward pass (studies call it directly). */
@@ -56,7 +59,7 @@ export class KiviModel {
     try {
       const m = await loadModel(location, backend, { onProgress: opts.onProgress, weights: opts.weights });
       validateSpec(spec, m.model.dims);
-      return new KiviModel(m.dir, m.config, m.tokenizer, m.model, backend, spec);
+      return new KiviModel(m.dir, m.fingerprint, m.config, m.tokenizer, m.model, backend, spec);
     } catch (e) {
       backend.dispose();
       throw e;
@@ -78,6 +81,21 @@ export class KiviModel {
     const spec = toCacheSpec(kv);
     validateSpec(spec, this.dims);
     return createCache(spec, this.transformer.pool);
+  }
+
+  /** One sequence's cache as a file's bytes (docs: cache/file.ts), tied to this model and the cache's spec. */
+  saveCache(cache: KvCache): Promise<Uint8Array> {
+    return encodeCache(cache, { model: this.fingerprint, spec: cache.spec, shape: this.dims });
+  }
+
+  /**
+   * A cache restored from saveCache()'s bytes; refuses a file of another model or spec (pass the spec it
+   * was saved with, default the model's), another format version or corrupt bytes, with a KiviError.
+   */
+  async restoreCache(bytes: Uint8Array, kv: KvOption = this.kv): Promise<KvCache> {
+    const cache = this.newCache(kv);
+    await restoreCache(cache, bytes, { model: this.fingerprint, spec: cache.spec, shape: this.dims });
+    return cache;
   }
 
   /** One forward step over several sequences' caches (studies, tests): see LlamaModel.forward. */

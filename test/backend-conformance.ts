@@ -215,9 +215,11 @@ export function backendConformance(label: string, make: () => Promise<Backend>, 
         const T = 200;
         const rows = new Float32Array(T * qkvDim);
         for (let t = 0; t < T; t++) for (let i = 0; i < qkvDim; i++) rows[t * qkvDim + i] = (r() * 2 - 1) * (i % d === 5 ? 12 : 1);
+        // Float attention: float32 sums over ≤ 200 tokens and 64 channels against the reference's float64
+        // sums (~1e-5 of the output's largest element measured); quantized attention: the back end's bound.
         const tol = (out: Float32Array) => {
           const m = maxAbs(out);
-          const rel = spec.kind === 'kivi' ? o.kiviRelTol ?? 1e-5 : 1e-5;
+          const rel = spec.kind === 'kivi' ? o.kiviRelTol ?? 1e-4 : 1e-4;
           return () => rel * m + 1e-6;
         };
         // A prefill (exact causal attention), a continued prefill chunk, then decode steps.

@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { joinPerStep, largestStepRows, runThroughput, throughputMarkdown, PREFILL_ROWS } from '../src/studies/bench/throughput.js';
-import { peakCacheBytes } from '../src/cache/budget.js';
+import { peakAllocatedBytes } from '../src/cache/budget.js';
+import { hostPageBytes } from '../src/kernels/host/memory.js';
 import { parseKvSpec } from '../src/cache/spec.js';
 import { MODEL, bundledWeightsBytes, runCli } from './bench-helpers.js';
 
@@ -27,7 +28,8 @@ test('bench throughput: admitted batch from the budget, capped batch runs genera
   assert.equal(r.results.length, budgets.length * specs.length);
   assert.ok(r.results.slice(-2).every((x) => x.budget === r.weights_bytes + r.overhead_bytes + MiB));
   for (const x of r.results) {
-    const peak = peakCacheBytes(parseKvSpec(x.kv), DIMS, prompt + gen, prompt);
+    // Pages: what a budget counts (exact, from the caches' own page bookkeeping).
+    const peak = peakAllocatedBytes(parseKvSpec(x.kv), { shape: DIMS, pageBytes: (b) => hostPageBytes(DIMS, b) }, prompt + gen, prompt);
     assert.equal(x.admitted, Math.max(0, Math.floor((x.budget - r.weights_bytes - r.overhead_bytes) / peak)), `${x.kv} ${x.budget}`);
     assert.equal(x.batch, Math.min(x.admitted, maxBatch));
     assert.equal(x.generated_tokens, x.batch * gen, 'ignoreEos: every sequence generates exactly gen tokens');

@@ -26,8 +26,8 @@ test('running at once = floor(budget / reservation), the budget is never exceede
     assert.equal(r.runningMax, Math.min(clients, Math.floor(budget / r.reservation)), r.kv);
     assert.equal(r.completed, clients);
     // The running sequences really held their caches together, within the budget.
-    assert.ok(r.kvBytesUsedMax <= budget);
-    assert.ok(r.kvBytesUsedMax > (r.runningMax - 1) * r.reservation, r.kv);
+    assert.ok(r.kvPagesMax <= budget);
+    assert.ok(r.kvPagesMax > (r.runningMax - 1) * r.reservation, r.kv);
   }
   assert.ok(rows[1]!.runningMax > rows[0]!.runningMax);
 });

@@ -45,17 +45,19 @@ describe('scheduler: KV-budget admission', () => {
         assert.equal(pool.peakBytes, need[i], `${kv} request ${i}: page peak`);
       }
       big.close();
-      // Room for the two largest together, not three: the rest wait in the queue.
-      const sorted = [...need].sort((a, b) => b - a);
-      const budget = sorted[0]! + sorted[1]!;
+      // Room for the two smallest together, never three; submitted smallest first, so two run at once and
+      // the rest wait in the queue.
+      const order = need.map((_, i) => i).sort((a, b) => need[a]! - need[b]!);
+      const budget = need[order[0]!]! + need[order[1]!]!;
+      assert.ok(need[order[3]!]! <= budget, 'every request fits alone');
       const s = scheduler(m, kv, budget, 8);
       pool.resetPeak();
       const unhook = m.engine.onStep(() => assert.ok(s.reservedBytes <= budget && s.allocatedBytes() <= budget));
-      const seqs = await Promise.all(reqs.map(([p, n], i) => s.submit(ids(p, i), { maxTokens: n, ignoreEos: true })));
+      const seqs = await Promise.all(order.map((i) => s.submit(ids(reqs[i]![0], i), { maxTokens: reqs[i]![1], ignoreEos: true })));
       const results = await Promise.all(seqs.map(finish));
       unhook();
       s.close();
-      results.forEach((r, i) => assert.equal(r.ids.length, reqs[i]![1]));
+      results.forEach((r, j) => assert.equal(r.ids.length, reqs[order[j]!]![1]));
       assert.ok(pool.peakBytes <= budget, `${kv}: pages peaked at ${pool.peakBytes} > ${budget}`);
       assert.equal(s.maxRunning, 2);
       assert.equal(s.usedBytes(), 0);

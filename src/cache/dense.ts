@@ -2,9 +2,10 @@
 import type { PagePool } from '../kernels/types.js';
 import type { StepPlan } from '../kernels/plan.js';
 import { JOB_KEYS, JOB_VALUES, SEG_F16, SEG_F32 } from '../kernels/layout.js';
-import type { KvCache } from './types.js';
+import { type CacheImage, ImageReader, type KvCache } from './types.js';
 import type { CacheSpec } from './spec.js';
 import { PagedRows } from './paged.js';
+import { KiviError } from '../util/errors.js';
 
 /** Tokens per page of a dense cache. */
 export const DENSE_PAGE = 64;
@@ -51,4 +52,25 @@ export class DenseCache implements KvCache {
     this.k.clearAt(null, 0);
     this.v.clearAt(null, 0);
   }
+
+  async save(): Promise<CacheImage> {
+    const img: CacheImage = { length: this.length, state: [], pages: [] };
+    await this.k.save(img);
+    await this.v.save(img);
+    return img;
+  }
+
+  restore(image: CacheImage): void {
+    if (this.length !== 0) throw new Error('restore into a non-empty cache');
+    const r = new ImageReader(image);
+    this.k.restore(r);
+    this.v.restore(r);
+    r.done();
+    checkLength(this, image);
+  }
+}
+
+/** A restored cache must hold the tokens its image says. */
+export function checkLength(c: KvCache, image: CacheImage): void {
+  if (c.length !== image.length) throw new KiviError(`corrupt cache image: ${c.length} tokens restored, ${image.length} expected`);
 }

@@ -17,7 +17,8 @@ import type { PagePool } from '../kernels/types.js';
 import type { StepPlan } from '../kernels/plan.js';
 import { JOB_FAKE_CHANNEL, JOB_FAKE_TOKEN, JOB_KEYS, JOB_VALUES, SEG_F32, SEG_ROWS } from '../kernels/layout.js';
 import type { Bits } from '../quant/quantizer.js';
-import type { KvCache } from './types.js';
+import { type CacheImage, ImageReader, type KvCache } from './types.js';
+import { checkLength } from './dense.js';
 import type { CacheSpec } from './spec.js';
 import { PagedRows } from './paged.js';
 
@@ -115,5 +116,19 @@ export class FakeQuantCache implements KvCache {
 
   free(): void {
     for (const s of [this.k, this.v, this.kq, this.vq]) s.clearAt(null, 0);
+  }
+
+  async save(): Promise<CacheImage> {
+    const img: CacheImage = { length: this.length, state: [], pages: [] };
+    for (const s of [this.k, this.v, this.kq, this.vq]) await s.save(img);
+    return img;
+  }
+
+  restore(image: CacheImage): void {
+    if (this.length !== 0) throw new Error('restore into a non-empty cache');
+    const r = new ImageReader(image);
+    for (const s of [this.k, this.v, this.kq, this.vq]) s.restore(r);
+    r.done();
+    checkLength(this, image);
   }
 }

@@ -18,7 +18,8 @@ import type { StepPlan } from '../kernels/plan.js';
 import { JOB_KEYS, JOB_QKEY, JOB_QVAL, JOB_VALUES, SEG_F16, SEG_F32, SEG_KIVI_K, SEG_KIVI_V, SEG_ROWS } from '../kernels/layout.js';
 import { sectionBytes } from '../kernels/pages.js';
 import { type Bits, packedWords } from '../quant/quantizer.js';
-import type { KvCache } from './types.js';
+import { type CacheImage, ImageReader, type KvCache } from './types.js';
+import { checkLength } from './dense.js';
 import type { CacheSpec } from './spec.js';
 import { PagedRows } from './paged.js';
 import { KiviError } from '../util/errors.js';
@@ -182,6 +183,38 @@ export class KiviCache implements KvCache {
     this.valueQuantized = 0;
     this.keyResidual.clearAt(null, 0);
     this.valueResidual.clearAt(null, 0);
+  }
+
+  async save(): Promise<CacheImage> {
+    const img: CacheImage = { length: this.length, state: [this.keyBlocks.length, this.valuePages.length, this.valueQuantized], pages: [] };
+    for (const p of this.keyBlocks) img.pages.push({ section: this.keySection, bytes: await this.pool.readPage(p, this.keySection) });
+    for (const p of this.valuePages) img.pages.push({ section: this.valueSection, bytes: await this.pool.readPage(p, this.valueSection) });
+    await this.keyResidual.save(img);
+    await this.valueResidual.save(img);
+    return img;
+  }
+
+  restore(image: CacheImage): void {
+    if (this.length !== 0) throw new Error('restore into a non-empty cache');
+    const r = new ImageReader(image);
+    const [blocks, pages, vq] = [r.num(), r.num(), r.num()];
+    if (vq > pages * VALUE_PAGE || vq <= (pages - 1) * VALUE_PAGE) throw new KiviError('corrupt cache image: value pages and count disagree');
+    const take = (section: number) => {
+      const p = this.pool.alloc(section);
+      this.pool.writePage(p, section, r.page(section).bytes);
+      return p;
+    };
+    for (let i = 0; i < blocks; i++) this.keyBlocks.push(take(this.keySection));
+    for (let i = 0; i < pages; i++) this.valuePages.push(take(this.valueSection));
+    this.valueQuantized = vq;
+    this.keyResidual.restore(r);
+    this.valueResidual.restore(r);
+    r.done();
+    // The residuals sit where the quantized parts end.
+    if (this.keyResidual.start !== blocks * this.R || this.valueResidual.start !== vq || this.valueResidual.end !== this.length) {
+      throw new KiviError('corrupt cache image: residuals do not follow the quantized tokens');
+    }
+    checkLength(this, image);
   }
 
   /** Counts for tests and analysis: quantized and full-precision tokens of keys and values. */

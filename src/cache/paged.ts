@@ -8,6 +8,8 @@ import type { PagePool } from '../kernels/types.js';
 import type { StepPlan } from '../kernels/plan.js';
 import { JOB_STORE, SEG_ROWS } from '../kernels/layout.js';
 import { sectionBytes } from '../kernels/pages.js';
+import type { CacheImage, ImageReader } from './types.js';
+import { KiviError } from '../util/errors.js';
 
 export class PagedRows {
   readonly pages: number[] = [];
@@ -98,6 +100,31 @@ export class PagedRows {
     this.pages.length = 0;
     this.base = at - (at % this.cap);
     this.start = this.end = at;
+  }
+
+  /** Append the run's counters and pages to an image. */
+  async save(img: CacheImage): Promise<void> {
+    img.state.push(this.base, this.start, this.end, this.pages.length);
+    for (const p of this.pages) img.pages.push({ section: this.sectionBytes, bytes: await this.pool.readPage(p, this.sectionBytes) });
+  }
+
+  /** Take the counters and pages save() wrote (the run must be empty). */
+  restore(r: ImageReader): void {
+    if (this.pages.length > 0) throw new Error('PagedRows.restore into a non-empty run');
+    const [base, start, end, n] = [r.num(), r.num(), r.num(), r.num()];
+    if (base % this.cap !== 0 || start < base || end < start || end > base + n * this.cap || n > 1 << 24) {
+      throw new KiviError('corrupt cache image: inconsistent token run');
+    }
+    this.base = base;
+    this.start = start;
+    this.end = end;
+    for (let i = 0; i < n; i++) this.restorePage(r.page(this.sectionBytes).bytes);
+  }
+
+  private restorePage(bytes: Uint8Array): void {
+    const p = this.pool.alloc(this.sectionBytes);
+    this.pages.push(p);
+    this.pool.writePage(p, this.sectionBytes, bytes);
   }
 
   /** Bytes of the pages held. */

@@ -17,6 +17,7 @@
 import type { AttnShape, PagePool } from '../kernels/types.js';
 import type { StepPlan } from '../kernels/plan.js';
 import type { CacheSpec } from './spec.js';
+import { KiviError } from '../util/errors.js';
 
 export type CacheDims = AttnShape;
 
@@ -38,6 +39,44 @@ export interface KvCache {
   allocatedBytes(): number;
   /** Return every page; the cache is empty and reusable afterwards. */
   free(): void;
+  /** The cache as it is held: its counters and its pages' bytes (read back from the back end). */
+  save(): Promise<CacheImage>;
+  /** Fill this empty cache from an image a cache of the same spec and model shape saved. */
+  restore(image: CacheImage): void;
+}
+
+/** A page's bytes, [layer][kv head][section], and its section size. */
+export interface PageImage {
+  section: number;
+  bytes: Uint8Array;
+}
+
+/** A cache as held in memory: tokens, the cache's own counters, and its pages in the cache's order. */
+export interface CacheImage {
+  length: number;
+  state: number[];
+  pages: PageImage[];
+}
+
+/** Reads an image back in the order it was written; any mismatch is a corrupt image. */
+export class ImageReader {
+  private s = 0;
+  private p = 0;
+  constructor(readonly image: CacheImage) {}
+  num(): number {
+    const v = this.image.state[this.s++];
+    if (v === undefined || !Number.isSafeInteger(v) || v < 0) throw new KiviError('corrupt cache image: bad counters');
+    return v;
+  }
+  page(section: number): PageImage {
+    const pg = this.image.pages[this.p++];
+    if (!pg || pg.section !== section) throw new KiviError('corrupt cache image: pages do not match the cache layout');
+    return pg;
+  }
+  /** Check everything was read. */
+  done(): void {
+    if (this.s !== this.image.state.length || this.p !== this.image.pages.length) throw new KiviError('corrupt cache image: unread data');
+  }
 }
 
 /** The pool a cache's pages come from, and the plan's deferred frees returned after a step has run. */

@@ -50,6 +50,8 @@ export async function readModelConfig(location: ModelLocation): Promise<ModelCon
 export interface LoadedModel {
   /** The model directory or URL base. */
   dir: string;
+  /** SHA-256 (hex) of the parsed config and the weights' identity: names, shapes, types, first bytes. */
+  fingerprint: string;
   config: ModelConfig;
   tokenizer: Tokenizer;
   model: LlamaModel;
@@ -67,5 +69,12 @@ export async function loadModel(location: ModelLocation, backend: Backend, opts:
   const config = await readModelConfig(source);
   const tokenizer = await Tokenizer.load(source, config);
   const weights = await loadWeights(source, config, backend, { format: opts.weights, onProgress: opts.onProgress });
-  return { dir: source.where, config, tokenizer, model: new LlamaModel(config, weights, backend) };
+  const fingerprint = await sha256Hex(JSON.stringify(config) + '\n' + weights.identity);
+  return { dir: source.where, fingerprint, config, tokenizer, model: new LlamaModel(config, weights, backend) };
+}
+
+/** SHA-256 of a string, hex (WebCrypto: Node and browsers alike). */
+export async function sha256Hex(text: string): Promise<string> {
+  const d = new Uint8Array(await globalThis.crypto.subtle.digest('SHA-256', new TextEncoder().encode(text)));
+  return Array.from(d, (b) => b.toString(16).padStart(2, '0')).join('');
 }

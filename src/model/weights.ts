@@ -27,6 +27,11 @@ export interface LayerWeights {
 }
 
 export interface ModelWeights {
+  /**
+   * What identifies these weights cheaply: every tensor's name, type and shape and its first 4 KiB,
+   * as text to hash (the model's fingerprint hashes it with the config).
+   */
+  identity: string;
   embed: Tensor;
   layers: LayerWeights[];
   norm: Tensor;
@@ -122,8 +127,10 @@ async function readWeights(index: TensorIndex, cfg: ModelConfig, backend: Backen
   const f32 = new Float32Array(1 << 20);
   const u16 = new Uint16Array(1 << 20);
   /** Read tensor t into `out` from element `at`, converting from the file's dtype to the tensor's. */
+  const identity: string[] = [];
   const read = async (t: TensorInfo, out: Tensor, at: number) => {
     await readTensorChunks(files.get(t.file)!, t, (bytes, first) => {
+      if (first === 0) identity.push(`${t.name}:${t.dtype}:${t.shape.join('x')}:${hex(bytes.subarray(0, 4096))}`);
       const n = bytes.byteLength / (t.dtype === 'F32' ? 4 : 2);
       const same = (out.dtype === 'bf16' && t.dtype === 'BF16') || (out.dtype === 'f16' && t.dtype === 'F16');
       if (same) {
@@ -200,5 +207,11 @@ async function readWeights(index: TensorIndex, cfg: ModelConfig, backend: Backen
     lmHead = await matrix(['lm_head.weight', [V, D]]);
   }
   opts.onProgress?.(total, total);
-  return { embed, layers, norm, lmHead };
+  return { identity: identity.join('\n'), embed, layers, norm, lmHead };
+}
+
+function hex(b: Uint8Array): string {
+  let s = '';
+  for (const x of b) s += x.toString(16).padStart(2, '0');
+  return s;
 }

@@ -20,8 +20,8 @@ import { formatBytes as formatBytesIn } from '../util/format.js';
 
 export interface SchedulerOptions {
   spec: CacheSpec;
-  /** The pool caches take pages from (its shape and page sizes fix the reservations). */
-  pool: Pick<PagePool, 'shape' | 'pageBytes'>;
+  /** The pool caches take pages from (its shape and page sizes fix the reservations; its peak is reported). */
+  pool: PagePool;
   /** Most cache bytes all running sequences may hold together. */
   budgetBytes: number;
   /** Most requests waiting for memory; more are refused (429). */

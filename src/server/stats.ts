@@ -35,7 +35,8 @@ export class ServerStats {
     reg.gauge('kivi_kv_bytes_used', 'KV cache bytes held by running sequences (codes, scales, minimums, residual).', () => scheduler.usedBytes());
     reg.gauge('kivi_kv_bytes_used_max', 'Most KV cache bytes in use at the end of any engine step since the server started.', () => scheduler.maxUsedBytes);
     reg.gauge('kivi_kv_bytes_reserved', 'KV cache bytes reserved by running sequences (each one\'s peak).', () => scheduler.reservedBytes);
-    reg.gauge('kivi_kv_bytes_allocated', 'Storage allocated by running caches (whole chunks; at least the bytes used).', () => scheduler.allocatedBytes());
+    reg.gauge('kivi_kv_bytes_allocated', 'Cache pages held by running sequences (at least the bytes used; what the budget bounds).', () => scheduler.allocatedBytes());
+    reg.gauge('kivi_kv_bytes_allocated_max', 'Most cache page bytes held at once, within steps included, since the server started.', () => scheduler.opts.pool.peakBytes);
     reg.gauge('kivi_kv_bytes_budget', 'KV cache budget (--kv-budget).', () => scheduler.opts.budgetBytes);
     reg.counter('kivi_requests_total', 'Generation requests by endpoint and outcome.', () => this.requests.samples());
     reg.counter('kivi_queue_rejections_total', 'Requests refused with 429 because the queue was full.', () => scheduler.rejected);

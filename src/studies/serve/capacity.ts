@@ -5,7 +5,7 @@
  * The load: `clients` concurrent clients, each sending one greedy completion of a distinct `prompt`-token
  * slice of WikiText-2 with max_tokens `gen`. The budget is `fp16Seqs` × one fp16 request's reservation,
  * so fp16 fills it exactly and any rounding goes against the quantized specs. Every request runs to the
- * end; the figures are the server's `kivi_sequences_running_max` and `kivi_kv_bytes_used_max` gauges.
+ * end; the figures are the server's `kivi_sequences_running_max` and `kivi_kv_bytes_allocated_max` gauges (pages held, within steps too).
  *
  *   kivi bench serve --model DIR --text FILE [--prompt 1920] [--gen 16] [--clients 16] [--fp16-seqs 3] \
  *     [--kv fp16,kivi2,kivi:k=2,v=2,g=32,r=128,residual=fp16]
@@ -37,7 +37,7 @@ export interface CapacityRow {
   /** fp16's reservation ÷ this one: the ratio of sequences a large budget fits. */
   bytesRatio: number;
   runningMax: number;
-  kvBytesUsedMax: number;
+  kvPagesMax: number;
   completed: number;
   seconds: number;
 }
@@ -74,7 +74,7 @@ export async function measureCapacity(model: KiviModel, o: CapacityOptions): Pro
       if (m.get('kivi_kv_bytes_used') !== 0) throw new Error(`${kv}: KV bytes still in use after the load`);
       rows.push({
         kv, reservation: reserve(kv), bytesRatio: reserve('fp16') / reserve(kv),
-        runningMax: m.get('kivi_sequences_running_max')!, kvBytesUsedMax: m.get('kivi_kv_bytes_used_max')!,
+        runningMax: m.get('kivi_sequences_running_max')!, kvPagesMax: m.get('kivi_kv_bytes_allocated_max')!,
         completed: done.length, seconds: (performance.now() - t0) / 1000,
       });
     } finally {
@@ -88,13 +88,13 @@ export async function measureCapacity(model: KiviModel, o: CapacityOptions): Pro
 export function capacityTable(budget: number, rows: CapacityRow[]): string {
   const fp16 = rows.find((r) => r.kv === 'fp16');
   const lines = [
-    '| kv | reservation per request | fp16 bytes ÷ these | running at once (max) | × fp16 | KV bytes in use (max) | requests done | wall s |',
+    '| kv | reservation per request | fp16 bytes ÷ these | running at once (max) | × fp16 | KV pages held (max) | requests done | wall s |',
     '|---|---|---|---|---|---|---|---|',
   ];
   for (const r of rows) {
     const vs = fp16 ? `${(r.runningMax / fp16.runningMax).toFixed(2)}×` : '–';
     lines.push(`| ${r.kv} | ${formatBytes(r.reservation)} | ${r.bytesRatio.toFixed(2)}× | ${r.runningMax} | ${vs} | ` +
-      `${formatBytes(r.kvBytesUsedMax)} of ${formatBytes(budget)} | ${r.completed} | ${r.seconds.toFixed(0)} |`);
+      `${formatBytes(r.kvPagesMax)} of ${formatBytes(budget)} | ${r.completed} | ${r.seconds.toFixed(0)} |`);
   }
   return lines.join('\n');
 }

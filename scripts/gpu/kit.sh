@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Builds .gpu/, what a run on the GPU machine carries (it has no Node and reaches no registry):
+# a Node binary, the production node_modules, the linux-x64 part of the `webgpu` package (Dawn), and the
+# Vulkan loader and GLVND packages the NVIDIA driver's Vulkan ICD needs. ~40 MB in all.
+# Usage: scripts/gpu/kit.sh            (then `source scripts/gpu/setup.sh` there; see docs/perf/gpu.md)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=.gpu
+mkdir -p "$out"
+ver=$(node -p "require('./package.json').optionalDependencies?.webgpu ?? '0.6.2'")
+if [ ! -f "$out/node.xz" ]; then xz -T0 -c "$(command -v node)" > "$out/node.xz"; fi
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cp package.json package-lock.json "$tmp/"
+(cd "$tmp" && npm ci --omit=dev --omit=optional --ignore-scripts --no-audit --no-fund >/dev/null)
+(cd "$tmp" && npm install --no-save --ignore-scripts --no-audit --no-fund "webgpu@$ver" >/dev/null)
+# Dawn: keep only the linux-x64 binary.
+find "$tmp/node_modules/webgpu/dist" -mindepth 1 -maxdepth 1 ! -name 'linux-x64*' ! -name '*.js' ! -name '*.mjs' ! -name '*.d.ts' ! -name '*.json' -exec rm -rf {} + 2>/dev/null || true
+tar -C "$tmp" -cJf "$out/modules.tar.xz" node_modules
+if ! ls "$out"/*.deb >/dev/null 2>&1; then
+  mkdir -p /tmp/amd64/partial
+  o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+  apt-get $o update -qq >/dev/null
+  (cd "$out" && apt-get $o download -qq libvulkan1 libglvnd0 libglx0 libegl1 libgl1 libopengl0 libgles2 >/dev/null)
+fi
+du -sh "$out"/*

@@ -10,13 +10,13 @@ import type { LoadProgress } from './model/weights.js';
 import type { ModelConfig } from './model/config.js';
 import type { LlamaModel } from './model/llama.js';
 import type { Tokenizer } from './tokenizer/tokenizer.js';
-import { createCache, type KvOption, toCacheSpec, validateSpec } from './cache/spec.js';
+import { DEFAULT_KV, createCache, type KvOption, toCacheSpec, validateSpec } from './cache/spec.js';
 import type { SequenceCache } from './cache/types.js';
 import type { GenerateChunk, GenerateOptions, GenerateResult } from './engine/generate.js';
 import { BatchEngine } from './engine/batch.js';
 
 export interface LoadOptions extends BackendOptions {
-  /** Default cache spec for generate(): 'fp32' (default), 'fp16', 'kivi2', 'kivi4', ... or a spec object. */
+  /** Default cache spec for generate(): 'kivi2' (default), 'kivi4', 'fp16', 'fp32', ... or a spec object. */
   kv?: KvOption;
   /** Weight bytes read so far and in all, called after each tensor (for a progress bar). */
   onProgress?: LoadProgress;
@@ -42,7 +42,7 @@ export class KiviModel {
    * Node: `KiviModel.load('https://host/models/llama-28m-gqa/')`), or any ByteSource.
    */
   static async load(location: ModelLocation, opts: LoadOptions = {}): Promise<KiviModel> {
-    const kv = opts.kv ?? 'fp32';
+    const kv = opts.kv ?? DEFAULT_KV;
     const spec = toCacheSpec(kv);
     const kernels = await createKernels(opts);
     const m = await loadModel(location, kernels, { onProgress: opts.onProgress });

@@ -97,7 +97,8 @@ for (const [name, dims] of shapes) {
       for (const kernels of await backends()) {
         const R = 32;
         const G = 16;
-        const spec = `kivi:k=${bits},v=${bits},g=${G},r=${R}`;
+        // A float32 residual: the expected attention below is computed in float32.
+        const spec = `kivi:k=${bits},v=${bits},g=${G},r=${R},residual=fp32`;
         const { numKvHeads: kv, headDim: d, numHeads: H } = dims;
         // T < R, T = R, T = kR, T = kR + r, and a decode run through several flushes.
         for (const P of [5, 31, 32, 64, 70]) {
@@ -149,19 +150,20 @@ for (const [name, dims] of shapes) {
   }
 }
 
-test('float16 residual: smaller, and attention stays within float16 rounding of the float32 residual', async () => {
+test('float16 residual (the default): smaller, and attention stays within float16 rounding of the float32 residual', async () => {
+  assert.equal(parseKvSpec('kivi:k=2,v=2,g=32,r=64').kind === 'kivi' && (parseKvSpec('kivi:k=2,v=2,g=32,r=64') as { residualDtype: string }).residualDtype, 'fp16');
   const dims: CacheDims = { numLayers: 1, numHeads: 4, numKvHeads: 2, headDim: 64 };
   const { numKvHeads: kv, headDim: d, numHeads: H } = dims;
   const r = rng(3);
   const T = 150;
   const K = rows(T, kv, d, r, true);
   const V = rows(T, kv, d, r);
-  const a = createCache('kivi:k=2,v=2,g=32,r=64', dims, new TsKernels());
-  const b = createCache('kivi:k=2,v=2,g=32,r=64,residual=fp16', dims, new TsKernels());
+  const a = createCache('kivi:k=2,v=2,g=32,r=64,residual=fp32', dims, new TsKernels());
+  const b = createCache('kivi:k=2,v=2,g=32,r=64', dims, new TsKernels());
   a.layers[0]!.prefill(K, 0, V, 0, T);
   b.layers[0]!.prefill(K, 0, V, 0, T);
   assert.ok(b.bytes() < a.bytes());
-  assert.equal(b.bytes(), cacheBytes(parseKvSpec('kivi:k=2,v=2,g=32,r=64,residual=fp16'), dims, T));
+  assert.equal(b.bytes(), cacheBytes(parseKvSpec('kivi:k=2,v=2,g=32,r=64'), dims, T));
   const q = rows(1, H, d, r);
   const oa = new Float32Array(H * d);
   const ob = new Float32Array(H * d);

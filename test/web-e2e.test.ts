@@ -108,13 +108,13 @@ test('on a plain static server (no COOP/COEP), the page loads ?model=URL and run
     assert.match((await page.textContent('#model-status'))!, /^llama-28m-gqa: .*kernels: ts$/);
     await page.fill('#max-tokens', '4');
     await page.uncheck('#compare');
-    await page.selectOption('#kv-a', 'kivi:k=2,v=2,g=32,r=128,residual=fp16');
+    await page.selectOption('#kv-a', 'kivi:k=2,v=2,g=32,r=128,residual=fp32');
     await page.click('#run');
     await page.waitForFunction(() => document.body.dataset.state === 'done', null, { timeout: 240_000 });
     assert.equal(await page.$$eval('.run', (r) => r.length), 1);
     // The same kernels in Node as in the page, so every float matches.
     const tsModel = await KiviModel.load(MODEL_DIR, { backend: 'ts' });
-    const ref = await tsModel.complete('The history of the city', { kv: 'kivi:k=2,v=2,g=32,r=128,residual=fp16', maxTokens: 4 });
+    const ref = await tsModel.complete('The history of the city', { kv: 'kivi:k=2,v=2,g=32,r=128,residual=fp32', maxTokens: 4 });
     assert.equal(await page.$eval('.run .output', (e) => e.textContent), ref.text);
     assert.equal(Number(await page.$eval('.run .kv', (e) => (e as HTMLElement).dataset.bytes)), ref.kvBytes);
     // Without a model URL and without models.json, the page says what to do.

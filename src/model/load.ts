@@ -11,6 +11,7 @@ import { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Kernels } from '../kernels/types.js';
 import { isUrl, readJson, type ByteSource } from './source.js';
 import { urlSource } from './source-url.js';
+import { checkFootprint } from './footprint.js';
 
 /** Where a model is: a directory path (Node), an http(s) URL base, or any ByteSource. */
 export type ModelLocation = string | URL | ByteSource;
@@ -60,9 +61,17 @@ export interface LoadModelOptions {
   onProgress?: LoadProgress;
 }
 
+/** The machine's memory in Node; unknown in a browser. */
+async function hostMemory(): Promise<number | undefined> {
+  if (typeof process === 'undefined' || !process.versions?.node) return undefined;
+  return (await import('./host-node.js')).hostMemoryBytes();
+}
+
 export async function loadModel(location: ModelLocation, kernels: Kernels, opts: LoadModelOptions = {}): Promise<LoadedModel> {
   const source = await openSource(location);
   const config = await readModelConfig(source);
+  // Before any weight is read: a model the back end cannot hold is one line, not a failure after minutes.
+  checkFootprint(config, kernels.name, await hostMemory());
   const tokenizer = await Tokenizer.load(source, config);
   const weights = await loadWeights(source, config, kernels, opts.onProgress);
   return { dir: source.where, config, tokenizer, model: new LlamaModel(config, weights, kernels) };

@@ -61,10 +61,14 @@ export interface LoadModelOptions {
   onProgress?: LoadProgress;
 }
 
-/** The machine's memory in Node; unknown in a browser. */
+/** The machine's memory in Node; unknown in a browser (and in the browser bundle, even run by Node). */
 async function hostMemory(): Promise<number | undefined> {
   if (typeof process === 'undefined' || !process.versions?.node) return undefined;
-  return (await import('./host-node.js')).hostMemoryBytes();
+  try {
+    return (await import('./host-node.js')).hostMemoryBytes();
+  } catch {
+    return undefined;
+  }
 }
 
 export async function loadModel(location: ModelLocation, kernels: Kernels, opts: LoadModelOptions = {}): Promise<LoadedModel> {

@@ -177,9 +177,19 @@ test('a chat template is bounded in time, output and memory; the server keeps se
   await assert.rejects(slow.prompt([{ role: 'user', content: 'x' }]),
     (e: unknown) => e instanceof TemplateFailed && e.status === 500 && /did not finish rendering within 1 s|ran out of memory/.test(e.message));
   assert.ok(Date.now() - t0 < 20_000, `took ${Date.now() - t0} ms`);
-  // The thread is replaced: the next job runs.
-  assert.ok((await slow.encode('Hello')).length > 0);
+  // The thread is replaced: the next job runs there (a text long enough not to be tokenized inline).
+  const long = 'Hello there. '.repeat(1000);
+  assert.deepEqual(await slow.encode(long), m.encode(long));
   await slow.close();
+  // Jobs waiting for the thread are bounded: past the bound, a 429; closing answers the rest with a 503.
+  const busy = new ChatFormatter(m.tokenizer, ENDLESS, { renderDeadlineMs: 60_000, maxWaiting: 1 });
+  const shutDown = (e: unknown) => e instanceof KiviError && e.status === 503;
+  const first = assert.rejects(busy.prompt([{ role: 'user', content: 'x' }]), shutDown);
+  const second = assert.rejects(busy.prompt([{ role: 'user', content: 'y' }]), shutDown);
+  await assert.rejects(busy.prompt([{ role: 'user', content: 'z' }]), (e: unknown) => e instanceof KiviError && e.status === 429);
+  await busy.close();
+  await first;
+  await second;
   const big = new ChatFormatter(m.tokenizer, "{% for i in range(200) %}{{ messages[0]['content'] }}{% endfor %}", { maxRenderChars: 1000 });
   await assert.rejects(big.prompt([{ role: 'user', content: 'abcdefghij' }]),
     (e: unknown) => e instanceof TemplateFailed && /produced a prompt of 2000 characters, more than the limit of 1000/.test(e.message));

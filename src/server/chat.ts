@@ -40,6 +40,12 @@ export interface ChatPrompt {
 
 export const FALLBACK_STOP = '\nUser:';
 
+/**
+ * Texts up to this many characters are tokenized on the calling thread: a few milliseconds at most, less
+ * than a round trip through the prompt thread costs a busy server. Longer ones go to the thread.
+ */
+export const INLINE_TOKENIZE_CHARS = 4096;
+
 const ROLE_LABEL: Record<string, string> = { system: 'System', developer: 'System', user: 'User', assistant: 'Assistant', tool: 'Tool' };
 
 /** The template text a model ships, if any. */
@@ -77,8 +83,9 @@ export class ChatFormatter {
     return this.hasTemplate ? 'template' : 'plain-text';
   }
 
-  /** Text → token ids off the event loop (BOS as the tokenizer config says unless `bos` is given). */
-  encode(text: string, bos?: boolean): Promise<number[]> {
+  /** Text → token ids, off the event loop when long (BOS as the tokenizer config says unless `bos` is given). */
+  async encode(text: string, bos?: boolean): Promise<number[]> {
+    if (text.length <= INLINE_TOKENIZE_CHARS) return this.tokenizer.encode(text, { bos });
     return this.worker.encode(text, bos);
   }
 

@@ -17,6 +17,8 @@ export interface PromptWorkerOptions {
   maxRenderChars?: number;
   /** Heap limit of the thread in MiB (default 512): a template that allocates without end stops there. */
   heapMiB?: number;
+  /** Most jobs waiting for the thread (default 64); more are refused with a 429. */
+  maxWaiting?: number;
 }
 
 /** A render the template itself refused (raise_exception, a bad expression): the messages' fault. */
@@ -51,10 +53,12 @@ export class PromptWorker {
   private readonly deadlineMs: number;
   private readonly data: PromptThreadData;
   private readonly heapMiB: number;
+  private readonly maxWaiting: number;
 
   constructor(tokenizer: Tokenizer, template: string | undefined, opts: PromptWorkerOptions = {}) {
     this.deadlineMs = opts.renderDeadlineMs ?? 2000;
     this.heapMiB = opts.heapMiB ?? 512;
+    this.maxWaiting = opts.maxWaiting ?? 64;
     this.data = { tokenizer: tokenizer.source, template, maxRenderChars: opts.maxRenderChars ?? 8 * 2 ** 20 };
   }
 
@@ -89,6 +93,9 @@ export class PromptWorker {
 
   private run(body: JobBody): Promise<PromptReply> {
     if (this.closed) return Promise.reject(new KiviError('the server is shutting down', 503));
+    if (this.queue.length >= this.maxWaiting) {
+      return Promise.reject(new KiviError(`server busy: ${this.queue.length} prompts are already waiting to be prepared; retry later`, 429));
+    }
     return new Promise((resolve, reject) => {
       this.queue.push({ job: { ...body, id: this.nextId++ } as PromptJob, resolve, reject });
       this.pump();

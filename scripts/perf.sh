@@ -53,7 +53,7 @@ if want kv-bytes; then stamp kv-bytes; kivi bench kv-bytes --model "$MODEL" --co
 # the wasm back end on 1 and 2 threads, and the TypeScript reference.
 if want generate; then
   stamp generate
-  TEXT=../shared/data/wikitext-2-raw-test.txt
+  TEXT=data/wikitext-2-raw-test.txt
   for t in 1 2; do
     kivi bench generate --model "$MODEL" --text "$TEXT" --prompt 1024 --gen 256 --repeats 3 --backend wasm --threads $t --save "$OUT/generate-t$t"
   done
@@ -83,6 +83,6 @@ fi
 # prompts, the budget exactly 3 fp16 requests.
 if want serve; then
   stamp serve
-  kivi bench serve --model "$MODEL" --text ../shared/data/wikitext-2-raw-test.txt --prompt 1920 --gen 16 --clients 16 \
+  kivi bench serve --model "$MODEL" --text data/wikitext-2-raw-test.txt --prompt 1920 --gen 16 --clients 16 \
     --fp16-seqs 3 "${FLAGS[@]}" --save "$OUT/serve-capacity"
 fi

@@ -10,14 +10,14 @@ import type { LoadProgress, WeightFormat } from './model/weights.js';
 import type { ModelConfig } from './model/config.js';
 import type { ForwardItem, ForwardOptions, ForwardResult, LlamaModel } from './model/llama.js';
 import type { Tokenizer } from './tokenizer/tokenizer.js';
-import { type CacheSpec, createCache, type KvOption, toCacheSpec, validateSpec } from './cache/spec.js';
+import { type CacheSpec, DEFAULT_KV, createCache, type KvOption, toCacheSpec, validateSpec } from './cache/spec.js';
 import type { CacheDims, KvCache } from './cache/types.js';
 import { encodeCache, restoreCache } from './cache/file.js';
 import type { GenerateChunk, GenerateOptions, GenerateResult } from './engine/generate.js';
 import { BatchEngine } from './engine/batch.js';
 
 export interface LoadOptions extends BackendOptions {
-  /** Default cache spec for generate(): 'fp32' (default), 'fp16', 'kivi2', 'kivi4', ... or a spec object. */
+  /** Default cache spec for generate(): 'kivi2' (default), 'kivi4', 'fp16', 'fp32', ... or a spec object. */
   kv?: KvOption;
   /** Weight bytes read so far and in all, called after each tensor (for a progress bar). */
   onProgress?: LoadProgress;
@@ -54,7 +54,7 @@ export class KiviModel {
    * Node: `KiviModel.load('https://host/models/llama-28m-gqa/')`), or any ByteSource.
    */
   static async load(location: ModelLocation, opts: LoadOptions = {}): Promise<KiviModel> {
-    const spec = toCacheSpec(opts.kv, 'fp32');
+    const spec = toCacheSpec(opts.kv ?? DEFAULT_KV);
     const backend = await createBackend(opts);
     try {
       const m = await loadModel(location, backend, { onProgress: opts.onProgress, weights: opts.weights });

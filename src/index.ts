@@ -5,4 +5,6 @@ export { parseKvSpec, formatKvSpec, createCache, NAMED_SPECS, type CacheSpec, ty
 export type { KvCache, CacheDims } from './cache/types.js';
 export * as quant from './quant/quantizer.js';
 export { KiviError } from './util/errors.js';
+export { urlSource, UrlSource, type UrlSourceOptions } from './io/source-url.js';
+export type { ByteSource, RandomAccess } from './io/source.js';
 export type { ModelConfig } from './model/config.js';

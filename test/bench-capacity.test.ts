@@ -20,14 +20,15 @@ test('bench capacity: sequences = floor((budget − weights − overhead) / cach
   const budget = 256 * MiB;
   // Not a multiple of R = 128: the fill (a prefill, then appends) must leave a partial key residual.
   const context = 1000;
-  const specs = ['fp16', 'kivi2', 'kivi:k=2,v=2,g=32,r=128,residual=fp16'];
+  const specs = ['fp16', 'kivi2', 'kivi:k=2,v=2,g=32,r=128,residual=fp32'];
   const r = await runCapacity({ model: MODEL, budget, context, specs: specs.map((s) => parseKvSpec(s)) });
   assert.equal(r.weights_bytes, bundledWeightsBytes());
   // Overhead is measured: a Node process with a tokenizer and activations, tens of MiB, not zero.
   assert.ok(r.overhead_bytes > 10 * MiB && r.overhead_bytes < 200 * MiB, String(r.overhead_bytes));
   const seq: Record<string, number> = {};
   r.results.forEach((x, i) => {
-    assert.deepEqual(Object.keys(x), ['kv', 'sequences', 'peak_rss']);
+    assert.deepEqual(Object.keys(x), ['kv', 'sequences', 'peak_rss', 'rss_per_sequence']);
+    assert.equal(x.rss_per_sequence, (r.detail[i]!.rss - r.base_rss) / x.sequences, 'RSS with the caches minus without, per sequence');
     const data = cacheBytes(parseKvSpec(x.kv), DIMS, context);
     const per = peakAllocatedBytes(parseKvSpec(x.kv), { shape: DIMS, pageBytes: (b) => hostPageBytes(DIMS, b) }, context, context);
     assert.equal(x.sequences, Math.floor((budget - r.weights_bytes - r.overhead_bytes) / per), x.kv);
@@ -40,12 +41,13 @@ test('bench capacity: sequences = floor((budget − weights − overhead) / cach
     seq[x.kv] = x.sequences;
   });
   assert.ok(seq.fp16! >= 1);
-  // fp16: 8 KiB/token/layer; kivi2 at 1000 tokens: 397.75 KiB/layer (232 residual tokens in fp32 are
-  // 232 KiB of it) → 2.51× smaller, so at least twice as many sequences whatever the floors.
+  // fp16: 8 KiB/token/layer; kivi2 at 1000 tokens: 281.75 KiB/layer (232 residual tokens in fp16 are
+  // 116 KiB of it) → 3.55× smaller, so at least three times as many sequences whatever the floors.
   assert.equal(cacheBytes(parseKvSpec('fp16'), DIMS, context), 8 * 1000 * 1024);
-  assert.equal(cacheBytes(parseKvSpec('kivi2'), DIMS, context), 8 * (896 * 96 + 872 * 96 + 232 * 1024));
-  assert.ok(seq.kivi2! >= 2 * seq.fp16!, JSON.stringify(seq));
-  assert.ok(seq['kivi:k=2,v=2,g=32,r=128,residual=fp16']! > seq.kivi2!);
+  assert.equal(cacheBytes(parseKvSpec('kivi2'), DIMS, context), 8 * (896 * 96 + 872 * 96 + 232 * 512));
+  assert.ok(seq.kivi2! >= 3 * seq.fp16!, JSON.stringify(seq));
+  // The reference's float32 residual costs 116 KiB more per layer: fewer sequences.
+  assert.ok(seq['kivi:k=2,v=2,g=32,r=128,residual=fp32']! < seq.kivi2!);
 });
 
 test('bench capacity CLI: JSON shape, a budget below the weights admits nothing, bad input is one line', async () => {
@@ -56,6 +58,9 @@ test('bench capacity CLI: JSON shape, a budget below the weights admits nothing,
   assert.equal(j.budget, 64 * MiB);
   assert.deepEqual(j.results.map((x: { kv: string; sequences: number }) => [x.kv, x.sequences]), [['fp16', 0], ['kivi4', 0]]);
   assert.ok(j.results.every((x: { peak_rss: number }) => x.peak_rss > j.weights_bytes));
+  assert.deepEqual(Object.keys(j.results[0]), ['kv', 'sequences', 'peak_rss', 'rss_per_sequence']);
+  // No sequence fits: nothing to divide by.
+  assert.ok(j.results.every((x: { rss_per_sequence: number | null }) => x.rss_per_sequence === null));
   for (const bad of [
     ['--model', '/nonexistent', '--budget', '1GiB', '--context', '8'],
     ['--model', MODEL, '--budget', 'lots', '--context', '8'],

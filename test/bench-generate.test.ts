@@ -16,8 +16,8 @@ test('bench generate: per-spec prefill/decode tokens/s and the cache a sequence 
   const dense = T * 8 * 2 * 128 * 2;
   assert.equal(j.results[0]!.kv_bytes, dense * 4);
   assert.equal(j.results[1]!.kv_bytes, dense * 2);
-  // kivi2 below R=128 tokens: nothing is quantized yet, keys and values all in the float32 residual.
-  assert.equal(j.results[2]!.kv_bytes, dense * 4);
+  // kivi2 below R=128 tokens: nothing is quantized yet, keys and values all in the float16 residual.
+  assert.equal(j.results[2]!.kv_bytes, dense * 2);
   for (const x of j.results) {
     assert.equal(x.prompt_tokens, 64);
     assert.equal(x.generated, 8);

@@ -1,10 +1,10 @@
 /**
- * Agreement with the independent PyTorch float32 reference (../shared/reference): tokenizer ids,
+ * Agreement with the independent PyTorch float32 reference (data/reference): tokenizer ids,
  * streaming NLL for every cache config, greedy ids, and pass-key answers.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { bundledModel, golden, tokenizerGolden } from './helpers.js';
+import { bundledModel, golden, referenceKv, tokenizerGolden } from './helpers.js';
 import { snapshotWindows, streamingNll } from '../src/studies/eval/nll.js';
 import { snapshotPrefill, restorePrefill, type PrefixSnapshot } from '../src/engine/prefix.js';
 import { argmax } from '../src/engine/sampling.js';
@@ -13,6 +13,8 @@ import { parseKvSpec } from '../src/cache/spec.js';
 
 const G = golden();
 const CONFIGS = Object.keys(G.nll);
+/** The golden KIVI configs by their preset names: the presets keep the residual in float16, the reference in float32. */
+const PRESETS = CONFIGS.filter((kv) => referenceKv(kv) !== kv);
 
 test('tokenizer: every golden text encodes to the reference ids and decodes back', async () => {
   const m = await bundledModel();
@@ -27,8 +29,8 @@ test('tokenizer: every golden text encodes to the reference ids and decodes back
 test('golden windows are [BOS] + the WikiText test text encoded without BOS', async () => {
   const m = await bundledModel();
   const fs = await import('node:fs');
-  const { SHARED } = await import('./helpers.js');
-  const text = fs.readFileSync(`${SHARED}/data/wikitext-2-raw-test.txt`, 'utf8').slice(0, 20000);
+  const { WIKITEXT } = await import('./helpers.js');
+  const text = fs.readFileSync(WIKITEXT, 'utf8').slice(0, 20000);
   const ids = m.encode(text, { bos: false });
   assert.deepEqual(G.windows[0], [1, ...ids.slice(0, 1023)]);
   assert.deepEqual(G.windows[1]!.slice(1, 200), ids.slice(1023, 1222));
@@ -89,9 +91,11 @@ test('streaming NLL of both golden windows matches the reference for every cache
   const m = await bundledModel();
   const snaps = await snapshotWindows(m.transformer, G.windows, 512);
   const fmt = (x: number[]) => x.map((v) => v.toFixed(5)).join(', ');
-  for (const kv of CONFIGS) {
-    const ref = G.nll[kv]!;
-    const tol = kv === 'fp32' ? 2e-3 : 5e-3;
+  for (const config of CONFIGS) {
+    const ref = G.nll[config]!;
+    const tol = config === 'fp32' ? 2e-3 : 5e-3;
+    // The reference's arithmetic: KIVI's residual in float32.
+    const kv = referenceKv(config);
     const nll = await streamingNll(m.transformer, G.windows, parseKvSpec(kv), { prefill: 512 }, snaps);
     t.diagnostic(`${kv}: ${fmt(nll)} (reference ${fmt(ref)})`);
     const off = [0, 1].filter((w) => Math.abs(nll[w]! - ref[w]!) > tol);
@@ -106,6 +110,29 @@ test('streaming NLL of both golden windows matches the reference for every cache
       assert.ok(span > SENSITIVE, `${kv} window ${w}: ${nll[w]} vs reference ${ref[w]} (tolerance ${tol}), and the config is not rounding-sensitive (perturbation span ${span})`);
       assert.ok(Math.abs(nll[w]! - ref[w]!) <= SENSITIVE_TOL, `${kv} window ${w}: ${nll[w]} vs reference ${ref[w]}: beyond the between-implementation spread ${SENSITIVE_TOL}`);
     }
+  }
+});
+
+/*
+ * The named presets keep the full-precision residual in float16 (the paper's setting), so they do not
+ * compute the reference's exact arithmetic; they must still hold the quantized tolerance of 5e-3 nats.
+ * kivi2-r32 sits 4e-3–6.7e-3 below the reference even with a float32 residual (rounding-sensitive, see
+ * above), so it is held to the same perturbation-tested spread rather than to 5e-3.
+ */
+test('the presets with their float16 residual stay within the golden tolerance', async (t) => {
+  const m = await bundledModel();
+  const snaps = await snapshotWindows(m.transformer, G.windows, 512);
+  const fmt = (x: number[]) => x.map((v) => v.toFixed(5)).join(', ');
+  assert.deepEqual(PRESETS, ['kivi2', 'kivi4', 'kivi2-r32', 'kivi2-g128']);
+  for (const kv of PRESETS) {
+    const ref = G.nll[kv]!;
+    const nll = await streamingNll(m.transformer, G.windows, parseKvSpec(kv), { prefill: 512 }, snaps);
+    const exact = await streamingNll(m.transformer, G.windows, parseKvSpec(referenceKv(kv)), { prefill: 512 }, snaps);
+    t.diagnostic(`${kv} (fp16 residual): ${fmt(nll)}; reference ${fmt(ref)}; Δ vs reference ${fmt(nll.map((v, w) => v - ref[w]!))}; Δ vs fp32 residual ${fmt(nll.map((v, w) => v - exact[w]!))}`);
+    const tol = kv === 'kivi2-r32' ? SENSITIVE_TOL : 5e-3;
+    for (const w of [0, 1]) assert.ok(Math.abs(nll[w]! - ref[w]!) <= tol, `${kv} window ${w}: ${nll[w]} vs reference ${ref[w]} (tolerance ${tol})`);
+    // The residual's float16 rounding is a small perturbation of the float32 residual's result.
+    for (const w of [0, 1]) assert.ok(Math.abs(nll[w]! - exact[w]!) <= 5e-3, `${kv} window ${w}: fp16 residual ${nll[w]} vs fp32 residual ${exact[w]}`);
   }
 });
 
@@ -124,16 +151,18 @@ test('greedy: fp32 reproduces the reference 64 ids exactly; kivi2/kivi4 agree on
   const snap = await snapshotPrefill(m.transformer, G.greedy.prompt);
   const fp32 = await greedyFrom(m, G.greedy.prompt, 'fp32', 64, snap);
   assert.deepEqual(fp32, G.greedy.out.fp32);
-  // The end-to-end path (engine + CLI defaults) gives the same ids.
+  // The end-to-end path (engine + default sampling: greedy) gives the same ids.
   const r = await m.complete(G.greedy.prompt, { maxTokens: 64, ignoreEos: true, kv: 'fp32' });
   assert.deepEqual(r.ids, G.greedy.out.fp32);
-  for (const kv of ['kivi2', 'kivi4']) {
-    const ids = await greedyFrom(m, G.greedy.prompt, kv, 64, snap);
-    const ref = G.greedy.out[kv]!;
-    let lead = 0;
-    while (lead < 64 && ids[lead] === ref[lead]) lead++;
-    t.diagnostic(`${kv}: ${lead}/64 leading greedy ids agree with the reference`);
-    assert.ok(lead >= 48, `${kv}: only ${lead}/64 leading ids agree`);
+  for (const config of ['kivi2', 'kivi4']) {
+    for (const kv of [referenceKv(config), config]) {
+      const ids = await greedyFrom(m, G.greedy.prompt, kv, 64, snap);
+      const ref = G.greedy.out[config]!;
+      let lead = 0;
+      while (lead < 64 && ids[lead] === ref[lead]) lead++;
+      t.diagnostic(`${kv}: ${lead}/64 leading greedy ids agree with the reference's ${config}`);
+      assert.ok(lead >= 48, `${kv}: only ${lead}/64 leading ids agree`);
+    }
   }
 });
 
@@ -141,12 +170,13 @@ test('pass-key: all 8 golden prompts answer with their key under every cache con
   const m = await bundledModel();
   for (const [i, p] of G.passkey.entries()) {
     const snap = await snapshotPrefill(m.transformer, p.prompt);
-    for (const kv of CONFIGS) {
+    // Every golden config with the reference's arithmetic, and the presets as users get them.
+    for (const kv of [...CONFIGS.map(referenceKv), ...PRESETS]) {
       const ids = await greedyFrom(m, p.prompt, kv, 6, snap);
       const text = m.decode(ids).trim();
       assert.ok(text.startsWith(p.key), `prompt ${i} (${p.prompt.length} tokens), ${kv}: "${text}" does not start with ${p.key}`);
       if (kv === 'fp32') assert.deepEqual(ids, p.out.fp32, `prompt ${i} fp32 ids`);
     }
-    t.diagnostic(`prompt ${i} (${p.prompt.length} tokens, key ${p.key}): correct under ${CONFIGS.length} configs`);
+    t.diagnostic(`prompt ${i} (${p.prompt.length} tokens, key ${p.key}): correct under ${CONFIGS.length + PRESETS.length} configs`);
   }
 });

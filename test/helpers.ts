@@ -5,10 +5,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { KiviModel } from '../src/api.js';
+import { formatKvSpec, parseKvSpec } from '../src/cache/spec.js';
 
 /** Repository root (tests run from dist/test). */
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-export const SHARED = path.resolve(ROOT, '../shared');
+/** The golden references and the evaluation text, carried in the repository (data/README.md says whence). */
+export const DATA = path.join(ROOT, 'data');
+export const WIKITEXT = path.join(DATA, 'wikitext-2-raw-test.txt');
 export const MODEL_DIR = path.join(ROOT, 'models/llama-28m-gqa');
 export const CLI = path.join(ROOT, 'dist/src/cli/main.js');
 
@@ -20,11 +23,20 @@ export interface Golden {
 }
 
 export function golden(): Golden {
-  return JSON.parse(fs.readFileSync(path.join(SHARED, 'reference/llama-28m-gqa.golden.json'), 'utf8'));
+  return JSON.parse(fs.readFileSync(path.join(DATA, 'reference/llama-28m-gqa.golden.json'), 'utf8'));
 }
 
 export function tokenizerGolden(): { text: string; ids: number[]; ids_with_bos: number[]; decoded: string }[] {
-  return JSON.parse(fs.readFileSync(path.join(SHARED, 'reference/llama-28m-gqa.tokenizer-golden.json'), 'utf8'));
+  return JSON.parse(fs.readFileSync(path.join(DATA, 'reference/llama-28m-gqa.tokenizer-golden.json'), 'utf8'));
+}
+
+/**
+ * The cache a golden config was computed with: the reference keeps KIVI's full-precision residual in
+ * float32, while the named presets (kivi2, kivi4, ...) keep it in float16, as the paper does.
+ */
+export function referenceKv(config: string): string {
+  const spec = parseKvSpec(config);
+  return spec.kind === 'kivi' ? formatKvSpec({ ...spec, residualDtype: 'fp32' }) : config;
 }
 
 let model: Promise<KiviModel> | undefined;

@@ -13,7 +13,7 @@ test('generate --backend wasm --threads 2 gives the golden greedy ids and exits'
   const ids = path.join(dir, 'prompt.json');
   fs.writeFileSync(ids, JSON.stringify(G.greedy.prompt));
   const r = kivi(['generate', '--model', 'models/llama-28m-gqa', '--prompt-ids', ids, '--max-tokens', '8', '--ignore-eos', '--json',
-    '--backend', 'wasm', '--threads', '2']);
+    '--backend', 'wasm', '--threads', '2', '--kv', 'fp32']);
   assert.equal(r.status, 0, r.stderr);
   const out = JSON.parse(r.stdout) as { ids: number[] };
   assert.deepEqual(out.ids, G.greedy.out.fp32!.slice(0, 8));

@@ -107,7 +107,8 @@ for (const [name, dims] of shapes) {
         const stepper = new CacheStepper(backend, pool);
         const R = 32;
         const G = 16;
-        const spec = parseKvSpec(`kivi:k=${bits},v=${bits},g=${G},r=${R}`);
+        // A float32 residual: the expected attention below is computed in float32.
+        const spec = parseKvSpec(`kivi:k=${bits},v=${bits},g=${G},r=${R},residual=fp32`);
         const { numKvHeads: kv, headDim: d, numHeads: H } = dims;
         // T < R, T = R, T = kR, T = kR + r, and a decode run through several flushes.
         for (const P of [5, 31, 32, 64, 70]) {
@@ -157,7 +158,8 @@ for (const [name, dims] of shapes) {
   }
 }
 
-test('float16 residual: smaller, and attention stays within float16 rounding of the float32 residual', async () => {
+test('float16 residual (the default): smaller, and attention stays within float16 rounding of the float32 residual', async () => {
+  assert.equal(parseKvSpec('kivi:k=2,v=2,g=32,r=64').kind === 'kivi' && (parseKvSpec('kivi:k=2,v=2,g=32,r=64') as { residualDtype: string }).residualDtype, 'fp16');
   const dims: CacheDims = { numLayers: 1, numHeads: 4, numKvHeads: 2, headDim: 64 };
   const { numKvHeads: kv, headDim: d, numHeads: H } = dims;
   const backend = new TsBackend();
@@ -167,8 +169,8 @@ test('float16 residual: smaller, and attention stays within float16 rounding of 
   const T = 150;
   const K = rows(T + 1, kv, d, r, true);
   const V = rows(T + 1, kv, d, r);
-  const sa = parseKvSpec('kivi:k=2,v=2,g=32,r=64');
-  const sb = parseKvSpec('kivi:k=2,v=2,g=32,r=64,residual=fp16');
+  const sa = parseKvSpec('kivi:k=2,v=2,g=32,r=64,residual=fp32');
+  const sb = parseKvSpec('kivi:k=2,v=2,g=32,r=64');
   const a = createCache(sa, pool);
   const b = createCache(sb, pool);
   await stepper.step([{ cache: a, rows: qkvRows(dims, T, null, K, V), n: T }], false);

@@ -18,7 +18,8 @@ let n = 0;
 async function tiny(c: TinyConfig): Promise<KiviModel> {
   const dir = path.join(tmp, `m${n++}`);
   await writeTinyModel(dir, c);
-  return KiviModel.load(dir);
+  // head_dim 16: fp32 by default (kivi2's G = 32 does not divide it).
+  return KiviModel.load(dir, { kv: 'fp32' });
 }
 
 function maxAbsDiff(a: Float32Array, b: Float32Array): number {

@@ -6,12 +6,12 @@ import * as path from 'node:path';
 import { parseKvSpec } from '../src/cache/spec.js';
 import { peakAllocatedBytes } from '../src/cache/budget.js';
 import { measureCapacity, textPrompts } from '../src/studies/serve/capacity.js';
-import { SHARED, bundledModel } from './helpers.js';
+import { WIKITEXT, bundledModel } from './helpers.js';
 import { runCli, MODEL } from './bench-helpers.js';
 
 test('running at once = floor(budget / reservation), the budget is never exceeded, every request completes', async () => {
   const m = await bundledModel();
-  const text = fs.readFileSync(path.join(SHARED, 'data/wikitext-2-raw-test.txt'), 'utf8');
+  const text = fs.readFileSync(WIKITEXT, 'utf8');
   const [P, N, clients] = [24, 4, 7];
   const prompts = textPrompts(m, text, clients, P);
   assert.equal(prompts.length, clients);
@@ -33,7 +33,7 @@ test('running at once = floor(budget / reservation), the budget is never exceede
 });
 
 test('kivi bench serve: the study from the CLI, JSON rows as measured, one-line errors', async () => {
-  const r = await runCli(['bench', 'serve', '--model', MODEL, '--text', path.join(SHARED, 'data/wikitext-2-raw-test.txt'),
+  const r = await runCli(['bench', 'serve', '--model', MODEL, '--text', WIKITEXT,
     '--prompt', '24', '--gen', '4', '--clients', '5', '--fp16-seqs', '2', '--kv', 'fp16,kivi:k=2,v=2,g=16,r=16,residual=fp16', '--threads', '1', '--json']);
   assert.equal(r.code, 0, r.stderr);
   const j = JSON.parse(r.stdout) as { budget: number; clients: number; rows: { kv: string; reservation: number; runningMax: number; completed: number }[] };
@@ -44,7 +44,7 @@ test('kivi bench serve: the study from the CLI, JSON rows as measured, one-line 
     assert.equal(x.completed, 5);
     assert.equal(x.runningMax, Math.min(5, Math.floor(j.budget / x.reservation)), x.kv);
   }
-  const e = await runCli(['bench', 'serve', '--model', MODEL, '--text', path.join(SHARED, 'data/wikitext-2-raw-test.txt'), '--kv', 'kivi2']);
+  const e = await runCli(['bench', 'serve', '--model', MODEL, '--text', WIKITEXT, '--kv', 'kivi2']);
   assert.equal(e.code, 1);
   assert.equal(e.stderr.trim(), 'kivi: --kv must include fp16: the budget and the ratios are set by it');
 });

@@ -27,7 +27,7 @@ describe('chat prompts', () => {
     const m = await bundledModel();
     const f = new ChatFormatter(m.tokenizer, undefined);
     assert.equal(f.kind, 'plain-text');
-    const p = f.prompt([
+    const p = await f.prompt([
       { role: 'developer', content: 'Be brief.' },
       { role: 'user', content: 'Hi' },
       { role: 'assistant', content: 'Hello.' },
@@ -36,13 +36,14 @@ describe('chat prompts', () => {
     assert.deepEqual(p.ids, m.encode('System: Be brief.\nUser: Hi\nAssistant: Hello.\nUser: A color?\nAssistant:'));
     assert.equal(p.ids[0], m.tokenizer.bosId);
     assert.deepEqual(p.stop, [FALLBACK_STOP]);
+    await f.close();
   });
 
   test('a Jinja template is rendered with the generation prompt and encoded without a second BOS', async () => {
     const m = await bundledModel();
     const f = new ChatFormatter(m.tokenizer, CHATML);
     assert.equal(f.kind, 'template');
-    const p = f.prompt([{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Hi' }]);
+    const p = await f.prompt([{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Hi' }]);
     const text = '<s><|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n';
     assert.deepEqual(p.ids, m.encode(text, { bos: false }));
     assert.equal(p.ids[0], 1);
@@ -50,16 +51,19 @@ describe('chat prompts', () => {
     assert.deepEqual(p.stop, []);
 
     const inst = new ChatFormatter(m.tokenizer, INST);
-    const q = inst.prompt([{ role: 'user', content: 'Hi' }, { role: 'assistant', content: 'Yo' }, { role: 'user', content: 'Bye' }]);
+    const q = await inst.prompt([{ role: 'user', content: 'Hi' }, { role: 'assistant', content: 'Yo' }, { role: 'user', content: 'Bye' }]);
     assert.deepEqual(q.ids, m.encode('<s>[INST] Hi [/INST] Yo</s><s>[INST] Bye [/INST]', { bos: false }));
     assert.deepEqual(q.ids.filter((t) => t === 1).length, 2);
+    await f.close();
+    await inst.close();
   });
 
   test('a template that rejects the messages is a 400; one that does not parse fails at start-up', async () => {
     const m = await bundledModel();
     const inst = new ChatFormatter(m.tokenizer, INST);
-    assert.throws(() => inst.prompt([{ role: 'assistant', content: 'first' }]),
+    await assert.rejects(inst.prompt([{ role: 'assistant', content: 'first' }]),
       (e: unknown) => e instanceof KiviError && e.status === 400 && /roles must alternate/.test(e.message));
+    await inst.close();
     assert.throws(() => new ChatFormatter(m.tokenizer, '{% for x in %}'), (e: unknown) => e instanceof KiviError && /does not parse/.test(e.message));
   });
 

@@ -11,7 +11,8 @@ import type { KiviServer } from '../src/server/app.js';
 import { MODEL_NAME, client, metric, metrics, startServer, until } from './server-helpers.js';
 
 // Residual and groups of 16 tokens: prompts of 8–20 tokens plus 8 new ones cross several quantization flushes.
-const KV = 'kivi:k=2,v=2,g=16,r=16';
+// A float32 residual: the sizes below (six requests running, eight waiting, then 429s) were set with it.
+const KV = 'kivi:k=2,v=2,g=16,r=16,residual=fp32';
 const MAX_TOKENS = 8;
 
 interface Template {

@@ -2,9 +2,9 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { Resvg } from '@resvg/resvg-js';
-import { SHARED, kivi } from './helpers.js';
+import { WIKITEXT, kivi } from './helpers.js';
 
-export const WIKITEXT = `${SHARED}/data/wikitext-2-raw-test.txt`;
+export { WIKITEXT };
 
 /** Run the CLI, expect success, return stdout. */
 export function kiviOk(args: string[]): string {

@@ -23,7 +23,7 @@ test('table specs: fp32, 8 simulated axis combinations, kivi2/kivi4, and the 6 v
   assert.equal(kivi2Name(32, 128), 'kivi2');
   assert.equal(kivi2Name(32, 32), 'kivi2-r32');
   assert.equal(kivi2Name(128, 128), 'kivi2-g128');
-  for (const c of ABLATION) assert.deepEqual(parseKvSpec(c.kv), { kind: 'kivi', kBits: 2, vBits: 2, groupSize: c.groupSize, residual: c.residual, residualDtype: 'fp32', name: c.kv });
+  for (const c of ABLATION) assert.deepEqual(parseKvSpec(c.kv), { kind: 'kivi', kBits: 2, vBits: 2, groupSize: c.groupSize, residual: c.residual, residualDtype: 'fp16', name: c.kv });
 });
 
 test('eval table: every row is the streaming NLL of its spec, with its Markdown and JSON forms', async () => {

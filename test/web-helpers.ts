@@ -13,23 +13,30 @@ export type RangeMode = 'ranges' | 'no-ranges' | 'no-content-range';
 export interface Served {
   url: string;
   /** Requests per path, with the bytes of body sent. */
-  log: { method: string; path: string; range: string | undefined; status: number; bytes: number }[];
+  log: { method: string; path: string; range: string | undefined; status: number; bytes: number; headers: http.IncomingHttpHeaders }[];
   close(): Promise<void>;
 }
 
 /**
  * Serve `root` on 127.0.0.1. 'ranges': 206 with Content-Range; 'no-ranges': every GET gets the whole
  * file (200), as a server without Range support does; 'no-content-range': 206 without Content-Range
- * (what a browser sees cross-origin when the header is not exposed).
+ * (what a browser sees cross-origin when the header is not exposed). `redirect` maps a path to the URL
+ * it is redirected to (302), or to undefined to serve it.
  */
-export async function serveDir(root: string, mode: RangeMode = 'ranges'): Promise<Served> {
+export async function serveDir(root: string, mode: RangeMode = 'ranges', opts: { redirect?: (path: string) => string | undefined } = {}): Promise<Served> {
   const log: Served['log'] = [];
   const server = http.createServer((req, res) => {
     const rel = decodeURIComponent(new URL(req.url!, 'http://x').pathname);
     const file = path.join(root, path.normalize(rel));
     const range = req.headers.range;
-    const entry = { method: req.method!, path: rel, range, status: 404, bytes: 0 };
+    const entry = { method: req.method!, path: rel, range, status: 404, bytes: 0, headers: req.headers };
     log.push(entry);
+    const to = opts.redirect?.(rel);
+    if (to !== undefined) {
+      entry.status = 302;
+      res.writeHead(302, { location: to }).end();
+      return;
+    }
     if (!file.startsWith(root) || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
       res.writeHead(404).end();
       return;

@@ -52,7 +52,9 @@ export function validateKivi(o: KiviOptions, headDim: number): void {
   if (!Number.isInteger(G) || G <= 0) throw new KiviError(`KIVI group size must be a positive integer, got ${G}`);
   if (!Number.isInteger(R) || R <= 0) throw new KiviError(`KIVI residual length must be a positive integer, got ${R}`);
   if (R % G !== 0) throw new KiviError(`KIVI residual length R=${R} must be a multiple of the group size G=${G}`);
-  if (headDim % G !== 0) throw new KiviError(`KIVI group size G=${G} must divide the model's head_dim ${headDim}`);
+  if (headDim % G !== 0) {
+    throw new KiviError(`KIVI group size G=${G} must divide the model's head_dim ${headDim} (choose another --kv: a G that divides it, or fp16)`);
+  }
   for (const b of [o.kBits, o.vBits]) {
     if (G % (32 / b) !== 0) throw new KiviError(`KIVI group size G=${G} must be a multiple of ${32 / b} (codes per 32-bit word at ${b} bits)`);
   }

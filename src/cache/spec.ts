@@ -29,7 +29,10 @@ export const NAMED_SPECS = [
 
 const VALID_FORMS =
   `valid forms: ${NAMED_SPECS.join(', ')}; kivi<b>[-r<R>][-g<G>] (b = 2, 4, 8); fake<b>-k<T|C>-v<T|C>; ` +
-  'kivi:k=2,v=4,g=32,r=128[,residual=fp16]; fake:bits=2,k=channel,v=token,g=32';
+  'kivi:k=2,v=4,g=32,r=128[,residual=fp32]; fake:bits=2,k=channel,v=token,g=32';
+
+/** The cache every face uses unless told otherwise: KIVI is the product. */
+export const DEFAULT_KV = 'kivi2';
 
 function bad(spec: string, why: string): never {
   throw new KiviError(`bad --kv spec "${spec}": ${why}; ${VALID_FORMS}`);
@@ -47,7 +50,11 @@ function intOf(spec: string, key: string, s: string | undefined): number {
   return n;
 }
 
-function kivi(kBits: Bits, vBits: Bits, groupSize = 32, residual = 128, residualDtype: 'fp32' | 'fp16' = 'fp32'): SpecBody {
+/**
+ * KIVI keeps its full-precision residual in float16 unless told otherwise: the paper's setting (the model
+ * computes in fp16, so its residual is fp16). `residual=fp32` is the reference's exact arithmetic.
+ */
+function kivi(kBits: Bits, vBits: Bits, groupSize = 32, residual = 128, residualDtype: 'fp32' | 'fp16' = 'fp16'): SpecBody {
   return { kind: 'kivi', kBits, vBits, groupSize, residual, residualDtype };
 }
 
@@ -93,7 +100,7 @@ function parseBody(spec: string, s: string): SpecBody {
   if (m) return { kind: 'fake', bits: bitsOf(spec, m[1]), keyAxis: axisOf(spec, m[2]), valueAxis: axisOf(spec, m[3]), groupSize: 32 };
   if (s.startsWith('kivi:')) {
     const kv = parseKeyValues(spec, s.slice(5), ['k', 'v', 'g', 'r', 'residual']);
-    const res = kv.get('residual') ?? 'fp32';
+    const res = kv.get('residual') ?? 'fp16';
     if (res !== 'fp32' && res !== 'fp16') bad(spec, `residual must be fp32 or fp16, got "${res}"`);
     return kivi(
       bitsOf(spec, kv.get('k') ?? '2'), bitsOf(spec, kv.get('v') ?? '2'),
@@ -132,8 +139,8 @@ export function splitSpecList(list: string): string[] {
 /** What the library accepts: a spec string, or a spec object (its name is optional). */
 export type KvOption = string | SpecBody | CacheSpec;
 
-/** Accept a string or an object (library option); `fallback` when none is given. */
-export function toCacheSpec(kv: KvOption | undefined, fallback = 'fp32'): CacheSpec {
+/** Accept a string or an object (library option); `fallback` when none is given (KIVI-2, the default). */
+export function toCacheSpec(kv: KvOption | undefined, fallback = DEFAULT_KV): CacheSpec {
   if (kv === undefined) return parseKvSpec(fallback);
   if (typeof kv === 'string') return parseKvSpec(kv);
   if (typeof kv !== 'object' || kv === null) throw new KiviError(`a cache spec must be a string or an object, got ${typeof kv}`);
@@ -169,7 +176,7 @@ export function formatKvSpec(spec: SpecBody): string {
       return spec.kind;
     case 'kivi':
       return `kivi:k=${spec.kBits},v=${spec.vBits},g=${spec.groupSize},r=${spec.residual}` +
-        (spec.residualDtype === 'fp16' ? ',residual=fp16' : '');
+        (spec.residualDtype === 'fp32' ? ',residual=fp32' : '');
     case 'fake':
       return `fake:bits=${spec.bits},k=${spec.keyAxis},v=${spec.valueAxis},g=${spec.groupSize}`;
   }

@@ -1,6 +1,6 @@
 /** Options shared by several commands. */
 import { Option, type Command, InvalidArgumentError } from 'commander';
-import { type CacheSpec, parseKvSpec, splitSpecList } from '../cache/spec.js';
+import { type CacheSpec, DEFAULT_KV, parseKvSpec, splitSpecList } from '../cache/spec.js';
 import { availableParallelism } from 'node:os';
 import { BACKENDS, type BackendChoice } from '../kernels/index.js';
 import { int } from './parse.js';
@@ -21,8 +21,8 @@ function spec(s: string): CacheSpec {
   }
 }
 
-export function kvOption(cmd: Command, dflt = 'fp32'): Command {
-  const o = new Option('--kv <spec>', 'KV cache: fp32, fp16, kivi2, kivi4, kivi:k=2,v=4,g=32,r=128[,residual=fp16], fake2-kC-vT, ...')
+export function kvOption(cmd: Command, dflt = DEFAULT_KV): Command {
+  const o = new Option('--kv <spec>', 'KV cache: kivi2, kivi4, fp16, fp32, kivi:k=2,v=4,g=32,r=128[,residual=fp32], fake2-kC-vT, ...')
     .argParser(spec).default(parseKvSpec(dflt), dflt);
   return cmd.addOption(o);
 }

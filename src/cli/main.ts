@@ -29,6 +29,19 @@ function die(message: string): never {
   process.exit(1);
 }
 
+/** What the operating system said, in words: "no space left on device (ENOSPC)". */
+function systemReason(e: NodeJS.ErrnoException): string {
+  const words = e.message.replace(/^E[A-Z]+:\s*/, '').replace(/,\s*\w+(\s+'.*')?$/, '');
+  return `${words} (${e.code})`;
+}
+
+// A reader that went away (`kivi generate … | head`) ends the command quietly, as it ends `cat`; any other
+// failure to write the output (a full disk) is one line.
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(0);
+  die(`cannot write to standard output: ${systemReason(e)}`);
+});
+
 try {
   await program.parseAsync(process.argv);
 } catch (e) {
@@ -38,5 +51,11 @@ try {
   }
   if (e instanceof KiviError) die(e.message);
   if (process.env.KIVI_DEBUG) console.error(e);
+  // A file the operating system would not read or write (a directory where a file belongs, no permission,
+  // a full disk): not a bug, one line naming the file.
+  const sys = e as NodeJS.ErrnoException;
+  if (typeof sys?.code === 'string' && /^E[A-Z]+$/.test(sys.code) && typeof sys.syscall === 'string') {
+    die(`cannot ${sys.syscall === 'write' ? 'write' : 'use'}${sys.path ? ` ${sys.path}` : ''}: ${systemReason(sys)}`);
+  }
   die(`internal error: ${(e as Error)?.message ?? String(e)} (set KIVI_DEBUG=1 for a stack trace)`);
 }

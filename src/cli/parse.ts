@@ -44,6 +44,9 @@ export function bytes(s: string): number {
   const m = /^(\d+(?:\.\d+)?)\s*(|b|kb|kib|mb|mib|gb|gib|tb|tib)$/i.exec(s.trim());
   if (!m) throw new InvalidArgumentError(`expected a size like 2GiB or 500MB, got "${s}"`);
   const unit = m[2]!.toLowerCase();
+  if ((unit === '' || unit === 'b') && !Number.isInteger(Number(m[1]))) {
+    throw new InvalidArgumentError(`expected a whole number of bytes, got "${s}"`);
+  }
   const mult: Record<string, number> = {
     '': 1, b: 1, kb: 1e3, kib: 1024, mb: 1e6, mib: 1024 ** 2, gb: 1e9, gib: 1024 ** 3, tb: 1e12, tib: 1024 ** 4,
   };
@@ -54,9 +57,9 @@ export function bytes(s: string): number {
 
 /** Read a JSON file, with one-line errors for a missing file or bad JSON. */
 export function readJsonFile(file: string, what: string): unknown {
-  if (!fs.existsSync(file)) throw new KiviError(`${what} file ${file} does not exist`);
+  const text = readTextFile(file, what);
   try {
-    return JSON.parse(fs.readFileSync(file, 'utf8'));
+    return JSON.parse(text);
   } catch {
     throw new KiviError(`${what} file ${file}: malformed JSON`);
   }
@@ -64,7 +67,7 @@ export function readJsonFile(file: string, what: string): unknown {
 
 export function readTextFile(file: string, what: string): string {
   if (!fs.existsSync(file)) throw new KiviError(`${what} file ${file} does not exist`);
-  if (!fs.statSync(file).isFile()) throw new KiviError(`${what} ${file} is not a file`);
+  if (!fs.statSync(file).isFile()) throw new KiviError(`${what} ${file} is not a file${fs.statSync(file).isDirectory() ? ' (it is a directory)' : ''}`);
   return fs.readFileSync(file, 'utf8');
 }
 

@@ -31,15 +31,28 @@ export class FsSource implements ByteSource {
     return path.join(this.where, name);
   }
 
-  async readText(name: string): Promise<string | undefined> {
+  /** The path of `name` if it exists; a KiviError if it is there but not a file (a directory, say). */
+  private existing(name: string): string | undefined {
     const file = this.locate(name);
-    if (!fs.existsSync(file)) return undefined;
-    return fs.promises.readFile(file, 'utf8');
+    const st = fs.statSync(file, { throwIfNoEntry: false });
+    if (!st) return undefined;
+    if (!st.isFile()) throw new KiviError(`${file} is not a file${st.isDirectory() ? ' (it is a directory)' : ''}`);
+    return file;
+  }
+
+  async readText(name: string): Promise<string | undefined> {
+    const file = this.existing(name);
+    if (file === undefined) return undefined;
+    try {
+      return await fs.promises.readFile(file, 'utf8');
+    } catch (e) {
+      throw new KiviError(`cannot read ${file}: ${(e as Error).message}`);
+    }
   }
 
   async open(name: string): Promise<RandomAccess | undefined> {
-    const file = this.locate(name);
-    if (!fs.existsSync(file)) return undefined;
+    const file = this.existing(name);
+    if (file === undefined) return undefined;
     let handle: fs.promises.FileHandle;
     try {
       handle = await fs.promises.open(file, 'r');

@@ -16,6 +16,9 @@ export interface UrlSourceOptions {
   headers?: Record<string, string>;
 }
 
+/** Redirects followed by hand when the caller's headers must stay on the model's origin. */
+const MAX_REDIRECTS = 10;
+
 /** The first request for a binary file asks for this much: headers usually fit, saving a round trip. */
 const PROBE_BYTES = 64 * 1024;
 
@@ -103,6 +106,7 @@ async function readBodyInto(res: Response, dst: Uint8Array, where: string): Prom
 
 export class UrlSource implements ByteSource {
   readonly where: string;
+  private readonly origin: string;
   private readonly fetchFn: FetchLike;
 
   constructor(base: string | URL, private readonly opts: UrlSourceOptions = {}) {
@@ -115,6 +119,7 @@ export class UrlSource implements ByteSource {
     // A base names a directory: resolve file names inside it, not beside it.
     if (!url.pathname.endsWith('/')) url.pathname += '/';
     this.where = url.href;
+    this.origin = url.origin;
     if (!opts.fetch && typeof globalThis.fetch !== 'function') {
       throw new KiviError('fetch is not available here (Node ≥ 18 or a browser is needed to load from a URL)');
     }
@@ -122,14 +127,40 @@ export class UrlSource implements ByteSource {
     this.fetchFn = opts.fetch ?? ((u, init) => globalThis.fetch(u, init));
   }
 
+  /** A file inside the base; the name is one path segment (`#`, `?`, `%` in it are literal characters). */
   locate(name: string): string {
-    return new URL(name, this.where).href;
+    return new URL(encodeURIComponent(name), this.where).href;
   }
 
-  /** One GET (or HEAD); network failures become one-line KiviErrors. */
+  /**
+   * One GET (or HEAD) on the model's origin; network failures become one-line KiviErrors. The caller's
+   * headers (an authorization token, say) are sent to the model's origin only: with such headers,
+   * redirects are followed here hop by hop, and from the first hop that leaves the origin on, without them.
+   */
   async request(url: string, headers: Record<string, string> = {}, method = 'GET'): Promise<Response> {
+    if (new URL(url).origin !== this.origin) throw new KiviError(`refusing to fetch ${url}: it is outside the model's origin ${this.origin}`);
+    const own = this.opts.headers ?? {};
+    // Nothing of the caller's to protect: let fetch follow redirects as usual.
+    if (Object.keys(own).length === 0) return this.fetchOnce(url, { method, headers });
+    let current = url;
+    let sameOrigin = true;
+    for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
+      const res = await this.fetchOnce(current, { method, headers: sameOrigin ? { ...own, ...headers } : headers, redirect: 'manual' });
+      // A browser hides where a redirect leads: follow it, without the caller's headers.
+      if (res.type === 'opaqueredirect') return this.fetchOnce(current, { method, headers, redirect: 'follow' });
+      const location = res.headers.get('location');
+      if (res.status < 300 || res.status >= 400 || res.status === 304 || location === null) return res;
+      await res.body?.cancel();
+      const next = new URL(location, current);
+      if (next.origin !== this.origin) sameOrigin = false;
+      current = next.href;
+    }
+    throw new KiviError(`cannot fetch ${url}: more than ${MAX_REDIRECTS} redirects`);
+  }
+
+  private async fetchOnce(url: string, init: RequestInit): Promise<Response> {
     try {
-      return await this.fetchFn(url, { method, headers: { ...this.opts.headers, ...headers } });
+      return await this.fetchFn(url, init);
     } catch (e) {
       throw new KiviError(`cannot fetch ${url}: ${(e as Error)?.message ?? String(e)}`);
     }

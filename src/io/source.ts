@@ -41,6 +41,17 @@ export async function readJson(source: ByteSource, name: string, opts: { require
   }
 }
 
+/**
+ * A file name that can only mean a file directly inside the model directory, on disk and as a URL:
+ * not empty, no path separator (`/`, `\`), not `.` or `..`, no NUL or other control character, and no
+ * URL scheme (`https:…`, `data:…`). Names come from the model's own files (the shard index), which are
+ * untrusted: a name that escaped the directory would read another file, or send the caller's headers to
+ * another host.
+ */
+export function isPlainFileName(name: string): boolean {
+  return name !== '' && name !== '.' && name !== '..' && !/[/\\\u0000-\u001f\u007f]/.test(name) && !/^[a-z][a-z0-9+.-]*:/i.test(name);
+}
+
 /** True for an http(s) URL (or a URL object), as opposed to a filesystem path. */
 export function isUrl(location: string | URL): boolean {
   return location instanceof URL || /^https?:\/\//i.test(location);

@@ -11,6 +11,7 @@ import { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Backend } from '../kernels/types.js';
 import { isUrl, readJson, type ByteSource } from '../io/source.js';
 import { urlSource } from '../io/source-url.js';
+import { checkFootprint } from './footprint.js';
 
 /** Where a model is: a directory path (Node), an http(s) URL base, or any ByteSource. */
 export type ModelLocation = string | URL | ByteSource;
@@ -64,9 +65,21 @@ export interface LoadModelOptions {
   weights?: WeightFormat;
 }
 
+/** The machine's memory in Node; unknown in a browser (and in the browser bundle, even run by Node). */
+async function hostMemory(): Promise<number | undefined> {
+  if (typeof process === 'undefined' || !process.versions?.node) return undefined;
+  try {
+    return (await import('./host-node.js')).hostMemoryBytes();
+  } catch {
+    return undefined;
+  }
+}
+
 export async function loadModel(location: ModelLocation, backend: Backend, opts: LoadModelOptions = {}): Promise<LoadedModel> {
   const source = await openSource(location);
   const config = await readModelConfig(source);
+  // Before any weight is read: a model the back end cannot hold is one line, not a failure after minutes.
+  checkFootprint(config, backend.name, await hostMemory());
   const tokenizer = await Tokenizer.load(source, config);
   const weights = await loadWeights(source, config, backend, { format: opts.weights, onProgress: opts.onProgress });
   const fingerprint = await sha256Hex(JSON.stringify(config) + '\n' + weights.identity);

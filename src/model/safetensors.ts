@@ -79,6 +79,14 @@ export function parseHeader(headerBuf: Uint8Array, size: number, where: string, 
     }
     out.set(name, { name, dtype, shape: shape as number[], begin, end, file });
   }
+  // Each tensor owns its bytes: overlapping ranges would make two tensors alias one another's data.
+  const byStart = [...out.values()].filter((t) => t.end > t.begin).sort((a, b) => a.begin - b.begin);
+  for (let i = 1; i < byStart.length; i++) {
+    const [a, b] = [byStart[i - 1]!, byStart[i]!];
+    if (b.begin < a.end) {
+      throw new KiviError(`${where}: tensors "${a.name}" and "${b.name}" overlap (data [${a.begin - dataStart}, ${a.end - dataStart}) and [${b.begin - dataStart}, ${b.end - dataStart}))`);
+    }
+  }
   return out;
 }
 

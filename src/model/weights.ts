@@ -9,7 +9,7 @@ import { KiviError } from '../util/errors.js';
 import type { Backend, DType, Tensor } from '../kernels/types.js';
 import type { ModelConfig } from './config.js';
 import { readHeader, readTensorChunks, toFloat32, type DType as FileDType, type TensorInfo } from './safetensors.js';
-import { readJson, type ByteSource, type RandomAccess } from '../io/source.js';
+import { isPlainFileName, readJson, type ByteSource, type RandomAccess } from '../io/source.js';
 import { toHalfBits } from '../quant/float16.js';
 
 export interface LayerWeights {
@@ -52,6 +52,23 @@ export interface TensorIndex {
   close(): Promise<void>;
 }
 
+/** The shard file names a parsed model.safetensors.index.json names, each checked to be a plain file name. */
+export function shardNames(index: unknown, indexFile: string): string[] {
+  const map = (index as { weight_map?: unknown } | null)?.weight_map;
+  if (typeof index !== 'object' || index === null || typeof map !== 'object' || map === null) {
+    throw new KiviError(`${indexFile}: missing "weight_map"`);
+  }
+  const shards = new Set<string>();
+  for (const shard of Object.values(map)) {
+    if (typeof shard !== 'string') throw new KiviError(`${indexFile}: "weight_map" values must be file names`);
+    if (!isPlainFileName(shard)) {
+      throw new KiviError(`${indexFile}: shard ${JSON.stringify(shard)} is not a plain file name inside the model directory`);
+    }
+    shards.add(shard);
+  }
+  return [...shards];
+}
+
 /** Open the model's safetensors (single-file or sharded) and map every tensor name to where it lives. */
 export async function indexTensors(source: ByteSource): Promise<TensorIndex> {
   const files = new Map<string, RandomAccess>();
@@ -61,14 +78,9 @@ export async function indexTensors(source: ByteSource): Promise<TensorIndex> {
   try {
     const tensors = new Map<string, TensorInfo>();
     const indexName = 'model.safetensors.index.json';
-    const index = (await readJson(source, indexName, { required: false })) as { weight_map?: Record<string, string> } | undefined;
+    const index = await readJson(source, indexName, { required: false });
     if (index !== undefined) {
-      const indexFile = source.locate(indexName);
-      if (typeof index !== 'object' || index === null || !index.weight_map || typeof index.weight_map !== 'object') {
-        throw new KiviError(`${indexFile}: missing "weight_map"`);
-      }
-      for (const shard of new Set(Object.values(index.weight_map))) {
-        if (typeof shard !== 'string') throw new KiviError(`${indexFile}: "weight_map" values must be file names`);
+      for (const shard of shardNames(index, source.locate(indexName))) {
         const f = await source.open(shard);
         if (!f) throw new KiviError(`missing shard ${source.locate(shard)} (named in model.safetensors.index.json)`);
         files.set(shard, f);
@@ -101,23 +113,70 @@ export async function loadWeights(source: ByteSource, cfg: ModelConfig, backend:
   }
 }
 
+/** Every tensor the model reads, with the shape config.json implies, in loading order. */
+export function expectedTensors(cfg: ModelConfig, has: (name: string) => boolean): [string, number[]][] {
+  const { hiddenSize: D, numHeads: H, numKvHeads: KV, headDim: d, intermediateSize: I, vocabSize: V } = cfg;
+  const out: [string, number[]][] = [['model.embed_tokens.weight', [V, D]]];
+  for (let l = 0; l < cfg.numLayers; l++) {
+    const p = `model.layers.${l}.`;
+    out.push(
+      [`${p}input_layernorm.weight`, [D]],
+      [`${p}self_attn.q_proj.weight`, [H * d, D]],
+      [`${p}self_attn.k_proj.weight`, [KV * d, D]],
+      [`${p}self_attn.v_proj.weight`, [KV * d, D]],
+      [`${p}self_attn.o_proj.weight`, [D, H * d]],
+      [`${p}post_attention_layernorm.weight`, [D]],
+      [`${p}mlp.gate_proj.weight`, [I, D]],
+      [`${p}mlp.up_proj.weight`, [I, D]],
+      [`${p}mlp.down_proj.weight`, [D, I]],
+    );
+    if (cfg.attentionBias) out.push([`${p}self_attn.q_proj.bias`, [H * d]], [`${p}self_attn.k_proj.bias`, [KV * d]], [`${p}self_attn.v_proj.bias`, [KV * d]]);
+  }
+  out.push(['model.norm.weight', [D]]);
+  if (!cfg.tieWordEmbeddings || has('lm_head.weight')) out.push(['lm_head.weight', [V, D]]);
+  return out;
+}
+
 /** The dtype a matrix of a checkpoint dtype is kept in. */
 export function matrixDType(backend: Backend, file: FileDType, format: WeightFormat): DType {
   if (format === 'f32' || file === 'F32') return backend.weightDType?.('f32') ?? 'f32';
   return backend.weightDType?.(file === 'BF16' ? 'bf16' : 'f16') ?? (file === 'BF16' ? 'bf16' : 'f16');
 }
 
-async function readWeights(index: TensorIndex, cfg: ModelConfig, backend: Backend, opts: WeightOptions): Promise<ModelWeights> {
-  const { tensors, files } = index;
-  const { hiddenSize: D, numHeads: H, numKvHeads: KV, headDim: d, intermediateSize: I, vocabSize: V } = cfg;
-  const format = opts.format ?? 'native';
-
-  const info = (name: string, shape: number[]): TensorInfo => {
+/**
+ * Check the checkpoint against config.json before anything is allocated: every tensor present with the
+ * shape the config implies, and no layer beyond num_hidden_layers (a config that names fewer layers
+ * than the checkpoint holds would otherwise run silently on the first few).
+ */
+export function checkTensors(tensors: Map<string, TensorInfo>, cfg: ModelConfig): void {
+  for (const name of tensors.keys()) {
+    const m = /^model\.layers\.(\d+)\./.exec(name);
+    if (m && Number(m[1]) >= cfg.numLayers) {
+      throw new KiviError(`the checkpoint has tensors of layer ${m[1]} (${name}), but config.json says num_hidden_layers ${cfg.numLayers}`);
+    }
+  }
+  if (cfg.tieWordEmbeddings === false && !tensors.has('lm_head.weight')) {
+    throw new KiviError('missing tensor lm_head.weight (and tie_word_embeddings is not set)');
+  }
+  for (const [name, shape] of expectedTensors(cfg, (n) => tensors.has(n))) {
     const t = tensors.get(name);
     if (!t) throw new KiviError(`missing tensor ${name}`);
     if (t.shape.length !== shape.length || t.shape.some((s, i) => s !== shape[i])) {
       throw new KiviError(`tensor ${name} has shape [${t.shape.join(', ')}], config.json implies [${shape.join(', ')}]`);
     }
+  }
+}
+
+async function readWeights(index: TensorIndex, cfg: ModelConfig, backend: Backend, opts: WeightOptions): Promise<ModelWeights> {
+  const { tensors, files } = index;
+  const { hiddenSize: D, numHeads: H, numKvHeads: KV, headDim: d, intermediateSize: I, vocabSize: V } = cfg;
+  const format = opts.format ?? 'native';
+  checkTensors(tensors, cfg);
+
+  const info = (name: string, shape: number[]): TensorInfo => {
+    const t = tensors.get(name);
+    // checkTensors has seen every name and shape the loader asks for.
+    if (!t) throw new Error(`readWeights: ${name} was not checked`);
     return t;
   };
   // Progress counts the bytes of every tensor the model uses (lm_head only when untied).
@@ -200,12 +259,7 @@ async function readWeights(index: TensorIndex, cfg: ModelConfig, backend: Backen
   }
   const norm = await vector(['model.norm.weight', [D]]);
   let lmHead = embed;
-  if (!cfg.tieWordEmbeddings || tensors.has('lm_head.weight')) {
-    if (!tensors.has('lm_head.weight') && !cfg.tieWordEmbeddings) {
-      throw new KiviError('missing tensor lm_head.weight (and tie_word_embeddings is not set)');
-    }
-    lmHead = await matrix(['lm_head.weight', [V, D]]);
-  }
+  if (!cfg.tieWordEmbeddings || tensors.has('lm_head.weight')) lmHead = await matrix(['lm_head.weight', [V, D]]);
   opts.onProgress?.(total, total);
   return { identity: identity.join('\n'), embed, layers, norm, lmHead };
 }

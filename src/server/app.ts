@@ -10,9 +10,10 @@
 import * as path from 'node:path';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import type { KiviModel } from '../api.js';
-import { toCacheSpec, validateSpec, type KvOption } from '../cache/spec.js';
+import { formatKvSpec, toCacheSpec, validateSpec, type KvOption } from '../cache/spec.js';
+import { peakAllocatedBytes } from '../cache/budget.js';
 import { KiviError } from '../util/errors.js';
-import { Scheduler } from './scheduler.js';
+import { Scheduler, formatBytes } from './scheduler.js';
 import { ChatFormatter, findChatTemplate } from './chat.js';
 import { ServerStats } from './stats.js';
 import { RequestError } from './schemas.js';
@@ -44,6 +45,7 @@ export class KiviServer {
   private constructor(
     readonly app: FastifyInstance,
     readonly scheduler: Scheduler,
+    private readonly chat: ChatFormatter,
     readonly modelName: string,
     readonly url: string,
   ) {}
@@ -54,29 +56,39 @@ export class KiviServer {
     validateSpec(spec, model.dims);
     const timeoutSeconds = opts.timeoutSeconds ?? 600;
     if (!(timeoutSeconds > 0)) throw new KiviError(`the request timeout must be positive, got ${timeoutSeconds}`);
-    const chat = new ChatFormatter(model.tokenizer, findChatTemplate(model.dir, model.tokenizer.config));
+    const budgetBytes = opts.budgetBytes ?? 2 * 1024 ** 3;
+    // A budget that cannot hold one sequence of one token would refuse every request.
+    const least = peakAllocatedBytes(spec, model.transformer.pool, 1);
+    if (!(budgetBytes >= least)) {
+      throw new KiviError(`the KV budget of ${formatBytes(budgetBytes)} cannot hold even one sequence of one token (${typeof kv === 'string' ? kv : formatKvSpec(spec)} needs ${formatBytes(least)})`);
+    }
+    const template = findChatTemplate(model.dir, model.tokenizer.config);
+    // Checks the template parses; starts the prompt thread, which close() stops.
+    const chat = new ChatFormatter(model.tokenizer, template);
     // Last of the checks: the scheduler hooks into the engine, and close() unhooks it.
     const scheduler = new Scheduler(model.engine, {
-      spec, pool: model.transformer.pool, budgetBytes: opts.budgetBytes ?? 2 * 1024 ** 3, maxQueue: opts.maxQueue ?? 64,
+      spec, pool: model.transformer.pool, budgetBytes, maxQueue: opts.maxQueue ?? 64,
       newCache: () => model.newCache(spec),
     });
     const modelName = opts.modelName ?? path.basename(path.resolve(model.dir));
     const stats = new ServerStats();
     const ctx: GenerationContext = { model, modelName, scheduler, stats, chat, timeoutMs: timeoutSeconds * 1000 };
     const app = Fastify({ logger: false, bodyLimit: opts.bodyLimit ?? 1024 * 1024 });
+    jsonBodies(app);
     routes(app, ctx, stats.registry(scheduler, model.engine));
     let url: string;
     try {
       url = await app.listen({ host: opts.host ?? '127.0.0.1', port: opts.port ?? 8080 });
     } catch (e) {
       scheduler.close();
+      await chat.close();
       const err = e as NodeJS.ErrnoException;
       if (err.code === 'EADDRINUSE') throw new KiviError(`port ${opts.port ?? 8080} on ${opts.host ?? '127.0.0.1'} is already in use`);
       if (err.code === 'EADDRNOTAVAIL' || err.code === 'ENOTFOUND') throw new KiviError(`cannot listen on host ${opts.host}`);
       if (err.code === 'EACCES') throw new KiviError(`no permission to listen on port ${opts.port}`);
       throw e;
     }
-    return new KiviServer(app, scheduler, modelName, url);
+    return new KiviServer(app, scheduler, chat, modelName, url);
   }
 
   /** Stop accepting requests, cancel running and waiting sequences (freeing their caches), close connections. */
@@ -85,10 +97,68 @@ export class KiviServer {
       // Closing first refuses new requests (503) while the cancelled ones answer.
       const closed = this.app.close();
       this.scheduler.close();
-      await closed;
+      await this.chat.close();
+      // A client's kept-alive connection would hold close() for the keep-alive timeout (72 s in fastify):
+      // end each one as soon as its last response is out.
+      const reaper = setInterval(() => this.app.server.closeIdleConnections(), 25);
+      try {
+        await closed;
+      } finally {
+        clearInterval(reaper);
+      }
     })();
     return this.closing;
   }
+}
+
+/**
+ * Request bodies are UTF-8 JSON and nothing else: each other kind gets an error that says what is wrong
+ * (fastify's defaults would call invalid UTF-8 a length mismatch, and accept text/plain).
+ */
+function jsonBodies(app: FastifyInstance): void {
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (req, body, done) => {
+    try {
+      done(null, parseJsonBody(req.headers['content-type'], req.headers['content-encoding'], body as Buffer));
+    } catch (e) {
+      done(e as Error, undefined);
+    }
+  });
+}
+
+/** The checks of jsonBodies, in order: encoding, charset, UTF-8, JSON, no "__proto__" keys. */
+export function parseJsonBody(contentType: string | undefined, contentEncoding: string | undefined, body: Buffer): unknown {
+  const encoding = contentEncoding?.trim().toLowerCase();
+  if (encoding && encoding !== 'identity') {
+    throw new RequestError(`Content-Encoding "${contentEncoding}" is not supported: send the body uncompressed`, 415);
+  }
+  const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(contentType ?? '')?.[1]?.toLowerCase();
+  if (charset && charset !== 'utf-8' && charset !== 'utf8') {
+    throw new RequestError(`charset "${charset}" is not supported: send the JSON body as UTF-8`, 415);
+  }
+  if (body.length >= 2 && ((body[0] === 0xff && body[1] === 0xfe) || (body[0] === 0xfe && body[1] === 0xff) || body.includes(0))) {
+    throw new RequestError('the request body is not UTF-8 (it looks like UTF-16): send the JSON body as UTF-8', 400);
+  }
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true }).decode(body);
+  } catch {
+    throw new RequestError('the request body is not valid UTF-8', 400);
+  }
+  if (text.trim() === '') throw new RequestError('the request body is empty: send a JSON object', 400);
+  let protoKey = false;
+  let value: unknown;
+  try {
+    // JSON.parse makes "__proto__" an ordinary own key; refuse it anyway, so no later copy can turn it into a prototype.
+    value = JSON.parse(text, (k, v) => {
+      if (k === '__proto__') protoKey = true;
+      return v;
+    });
+  } catch (e) {
+    throw new RequestError(`the request body is not valid JSON: ${(e as Error).message}`, 400);
+  }
+  if (protoKey) throw new RequestError('the request body has a "__proto__" key, which is not a parameter', 400, '__proto__');
+  return value;
 }
 
 function routes(app: FastifyInstance, ctx: GenerationContext, metrics: Registry): void {

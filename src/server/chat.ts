@@ -15,12 +15,16 @@
  * one line per message (`System` for system and developer messages, then `User`, `Assistant`, `Tool`),
  * ending with `Assistant:`; it is encoded with the tokenizer's usual BOS, and generation also stops at
  * "\nUser:" so the model does not write the user's next turn.
+ *
+ * Rendering and tokenizing run in a worker thread (prompt-worker.ts): a template is untrusted code, and a
+ * megabyte of text takes a second to tokenize, neither of which may stall the streams being served.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Template } from '@huggingface/jinja';
 import { type Tokenizer, tokenContent } from '../tokenizer/tokenizer.js';
 import { KiviError } from '../util/errors.js';
+import { PromptWorker, type PromptWorkerOptions } from './prompt-worker.js';
 
 export interface ChatMessage {
   role: string;
@@ -35,6 +39,12 @@ export interface ChatPrompt {
 }
 
 export const FALLBACK_STOP = '\nUser:';
+
+/**
+ * Texts up to this many characters are tokenized on the calling thread: a few milliseconds at most, less
+ * than a round trip through the prompt thread costs a busy server. Longer ones go to the thread.
+ */
+export const INLINE_TOKENIZE_CHARS = 4096;
 
 const ROLE_LABEL: Record<string, string> = { system: 'System', developer: 'System', user: 'User', assistant: 'Assistant', tool: 'Tool' };
 
@@ -53,43 +63,52 @@ export function findChatTemplate(modelDir: string, tokenizerConfig: Record<strin
 }
 
 export class ChatFormatter {
-  private readonly template: Template | undefined;
+  private readonly hasTemplate: boolean;
+  private readonly worker: PromptWorker;
 
-  constructor(private readonly tokenizer: Tokenizer, templateText: string | undefined) {
+  constructor(private readonly tokenizer: Tokenizer, templateText: string | undefined, opts: PromptWorkerOptions = {}) {
     if (templateText !== undefined) {
+      // Parsing is bounded by the template's length; only rendering runs the template's loops.
       try {
-        this.template = new Template(templateText);
+        new Template(templateText);
       } catch (e) {
         throw new KiviError(`the model's chat template does not parse: ${(e as Error).message}`);
       }
     }
+    this.hasTemplate = templateText !== undefined;
+    this.worker = new PromptWorker(tokenizer, templateText, opts);
   }
 
   get kind(): 'template' | 'plain-text' {
-    return this.template ? 'template' : 'plain-text';
+    return this.hasTemplate ? 'template' : 'plain-text';
+  }
+
+  /** Text → token ids, off the event loop when long (BOS as the tokenizer config says unless `bos` is given). */
+  async encode(text: string, bos?: boolean): Promise<number[]> {
+    if (text.length <= INLINE_TOKENIZE_CHARS) return this.tokenizer.encode(text, { bos });
+    return this.worker.encode(text, bos);
   }
 
   /** Render messages and encode them as the prompt of the assistant's next turn. */
-  prompt(messages: ChatMessage[]): ChatPrompt {
-    if (!this.template) {
+  async prompt(messages: ChatMessage[]): Promise<ChatPrompt> {
+    if (!this.hasTemplate) {
       const text = messages.map((m) => `${ROLE_LABEL[m.role] ?? m.role}: ${m.content}\n`).join('') + 'Assistant:';
-      return { ids: this.tokenizer.encode(text), stop: [FALLBACK_STOP] };
+      return { ids: await this.encode(text), stop: [FALLBACK_STOP] };
     }
     const cfg = this.tokenizer.config;
-    let text: string;
-    try {
-      text = this.template.render({
-        messages,
-        add_generation_prompt: true,
-        bos_token: tokenContent(cfg.bos_token) ?? '',
-        eos_token: tokenContent(cfg.eos_token) ?? '',
-        unk_token: tokenContent(cfg.unk_token) ?? '',
-        pad_token: tokenContent(cfg.pad_token) ?? '',
-      });
-    } catch (e) {
-      // Templates reject message lists they cannot format (raise_exception), e.g. roles out of order.
-      throw new KiviError(`the chat template rejected the messages: ${(e as Error).message}`, 400);
-    }
-    return { ids: this.tokenizer.encode(text, { bos: false }), stop: [] };
+    const text = await this.worker.render({
+      messages,
+      add_generation_prompt: true,
+      bos_token: tokenContent(cfg.bos_token) ?? '',
+      eos_token: tokenContent(cfg.eos_token) ?? '',
+      unk_token: tokenContent(cfg.unk_token) ?? '',
+      pad_token: tokenContent(cfg.pad_token) ?? '',
+    });
+    return { ids: await this.encode(text, false), stop: [] };
+  }
+
+  /** Stop the prompt thread. */
+  close(): Promise<void> {
+    return this.worker.close();
   }
 }

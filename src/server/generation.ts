@@ -9,7 +9,7 @@ import type { FastifyReply } from 'fastify';
 import type { KiviModel } from '../api.js';
 import { type Sequence, checkContext } from '../engine/batch.js';
 import type { GenerateOptions, GenerateResult } from '../engine/generate.js';
-import type { Scheduler } from './scheduler.js';
+import { type Scheduler, formatBytes } from './scheduler.js';
 import type { ChatFormatter } from './chat.js';
 import type { ServerStats, Timing } from './stats.js';
 import { ChatRequest, CompletionRequest, RequestError, messageText, parseBody, singlePrompt } from './schemas.js';
@@ -59,47 +59,85 @@ export function checkModelName(ctx: GenerationContext, name: string): void {
   }
 }
 
-/** Checks that need the model: token ids in the vocabulary (the forward pass would fail the whole batch), the context. */
-function checkPrompt(ctx: GenerationContext, ids: number[], maxTokens: number, promptParam: string): void {
-  const { vocabSize: V, maxPositions: C } = ctx.model.config;
+/** Checks that need the model: token ids in the vocabulary (the forward pass would fail the whole batch). */
+function checkVocabulary(ctx: GenerationContext, ids: number[], promptParam: string): void {
+  const V = ctx.model.config.vocabSize;
   const bad = ids.find((t) => t >= V);
   if (bad !== undefined) throw new RequestError(`token id ${bad} is outside the vocabulary [0, ${V})`, 400, promptParam);
-  try {
-    checkContext(ids.length, maxTokens, C);
-  } catch (e) {
-    if (!(e instanceof KiviError)) throw e;
-    if (ids.length === 0) throw new RequestError(e.message, 400, promptParam);
-    throw new RequestError(e.message, 400, ids.length >= C ? promptParam : 'max_tokens', 'context_length_exceeded');
-  }
 }
+
+/**
+ * The request's token limit. One the client sent must fit the context as it is (its messages quote it).
+ * Without one, the request gets the endpoint's default (`dflt`, or the rest of the context) cut to what
+ * fits: the context and the server's whole KV budget. It then ends with finish_reason "length" when it
+ * reaches that; no error quotes a limit the client did not send.
+ */
+function tokenLimit(ctx: GenerationContext, ids: number[], sent: { value: number | null | undefined; param: string }, promptParam: string, dflt?: number): number {
+  const C = ctx.model.config.maxPositions;
+  if (ids.length === 0) throw new RequestError('empty prompt', 400, promptParam);
+  if (sent.value !== null && sent.value !== undefined) {
+    try {
+      checkContext(ids.length, sent.value, C);
+    } catch (e) {
+      if (!(e instanceof KiviError)) throw e;
+      throw new RequestError(e.message, 400, ids.length >= C ? promptParam : sent.param, 'context_length_exceeded');
+    }
+    return sent.value;
+  }
+  const room = C - ids.length;
+  if (room < 1) {
+    throw new RequestError(`the prompt is ${ids.length} tokens, which leaves no room to generate in the model's context of ${C}`, 400, promptParam, 'context_length_exceeded');
+  }
+  const want = Math.min(dflt ?? room, room);
+  const { scheduler } = ctx;
+  const budget = scheduler.opts.budgetBytes;
+  if (scheduler.reservation(ids.length, 1) > budget) {
+    throw new RequestError(`a prompt of ${ids.length} tokens needs ${formatBytes(scheduler.reservation(ids.length, 1))} of KV cache, ` +
+      `more than the server's whole budget of ${formatBytes(budget)}; shorten the prompt`, 400, promptParam);
+  }
+  // The reservation grows with the limit: the largest limit whose reservation fits the budget.
+  let lo = 1;
+  let hi = want;
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    if (scheduler.reservation(ids.length, mid) <= budget) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
 
 function sampling(b: CompletionRequest | ChatRequest): Omit<GenerateOptions, 'maxTokens' | 'stop'> {
   // OpenAI's defaults: temperature 1, top_p 1.
   return { temperature: b.temperature ?? 1, topP: b.top_p ?? 1, topK: b.top_k ?? 0, seed: b.seed ?? undefined };
 }
 
-function completionJob(ctx: GenerationContext, raw: unknown): Job {
+async function completionJob(ctx: GenerationContext, raw: unknown): Promise<Job> {
   const b = parseBody(CompletionRequest, raw);
   checkModelName(ctx, b.model);
   const p = singlePrompt(b.prompt);
-  const ids = typeof p === 'string' ? ctx.model.encode(p) : p;
-  // OpenAI's default for completions.
-  const maxTokens = b.max_tokens ?? 16;
-  checkPrompt(ctx, ids, maxTokens, 'prompt');
+  // Tokenizing a long text takes a while: off the event loop.
+  const ids = typeof p === 'string' ? await ctx.chat.encode(p) : p;
+  checkVocabulary(ctx, ids, 'prompt');
+  // OpenAI's default for completions is 16 tokens.
+  const maxTokens = tokenLimit(ctx, ids, { value: b.max_tokens, param: 'max_tokens' }, 'prompt', 16);
   return {
     ids, opts: { ...sampling(b), maxTokens, stop: stopList(b.stop) },
     stream: b.stream ?? false, includeUsage: b.stream_options?.include_usage ?? false,
   };
 }
 
-function chatJob(ctx: GenerationContext, raw: unknown): Job {
+async function chatJob(ctx: GenerationContext, raw: unknown): Promise<Job> {
   const b = parseBody(ChatRequest, raw);
   checkModelName(ctx, b.model);
-  const prompt = ctx.chat.prompt(b.messages.map((m) => ({ role: m.role, content: messageText(m.content), ...(m.name ? { name: m.name } : {}) })));
+  const prompt = await ctx.chat.prompt(b.messages.map((m) => ({ role: m.role, content: messageText(m.content), ...(m.name ? { name: m.name } : {}) })));
   const ids = prompt.ids;
-  // Without a limit a chat answer may run to the end of the context (OpenAI's behaviour); the reservation follows.
-  const maxTokens = b.max_completion_tokens ?? b.max_tokens ?? Math.max(1, ctx.model.config.maxPositions - ids.length);
-  checkPrompt(ctx, ids, maxTokens, 'messages');
+  checkVocabulary(ctx, ids, 'messages');
+  // Without a limit a chat answer may run to the end of the context (OpenAI's behaviour), as far as the budget allows.
+  const sent = b.max_completion_tokens !== null && b.max_completion_tokens !== undefined
+    ? { value: b.max_completion_tokens, param: 'max_completion_tokens' }
+    : { value: b.max_tokens, param: 'max_tokens' };
+  const maxTokens = tokenLimit(ctx, ids, sent, 'messages');
   return {
     ids, opts: { ...sampling(b), maxTokens, stop: [...stopList(b.stop), ...prompt.stop] },
     stream: b.stream ?? false, includeUsage: b.stream_options?.include_usage ?? false,
@@ -118,7 +156,7 @@ export async function handleGeneration(endpoint: Endpoint, ctx: GenerationContex
   res.on('close', onClose);
   const timer = setTimeout(() => ac.abort(TIMED_OUT), ctx.timeoutMs);
   try {
-    const job = endpoint === 'chat' ? chatJob(ctx, body) : completionJob(ctx, body);
+    const job = endpoint === 'chat' ? await chatJob(ctx, body) : await completionJob(ctx, body);
     let seq: Sequence;
     try {
       seq = await ctx.scheduler.submit(job.ids, { ...job.opts, signal: ac.signal });

@@ -17,6 +17,8 @@ const tokenId = z.number().int().min(0);
 const stop = z.union([z.string(), z.array(z.string()).max(4)], { error: 'must be a string or an array of at most 4 strings' });
 const off = (what: string) => z.union([z.literal(false), z.literal(0), z.null()], { error: `${what} is not supported` }).optional();
 
+const SEED_RANGE = 'must be an integer in [0, 4294967295]';
+
 const sampling = {
   model: z.string(),
   max_tokens: z.number().int().min(1).nullish(),
@@ -24,7 +26,8 @@ const sampling = {
   top_p: z.number().gt(0).max(1).nullish(),
   /** Extension (llama.cpp, vLLM): sample from the k most likely tokens; 0 = all. */
   top_k: z.number().int().min(0).nullish(),
-  seed: z.number().int().nullish(),
+  /** 32-bit, as on the command line: larger seeds are refused, not silently reduced. */
+  seed: z.number().int({ error: SEED_RANGE }).min(0, { error: SEED_RANGE }).max(2 ** 32 - 1, { error: SEED_RANGE }).nullish(),
   stop: stop.nullish(),
   stream: z.boolean().nullish(),
   stream_options: z.strictObject({ include_usage: z.boolean().optional() }).nullish(),
@@ -72,7 +75,11 @@ export function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
     throw new RequestError(`unsupported or unknown parameter${keys.length > 1 ? 's' : ''}: ${keys.join(', ')}`, 400, keys[0] ?? null);
   }
   const param = issue.path.length > 0 ? issue.path.map(String).join('.') : null;
-  throw new RequestError(param ? `${param}: ${issue.message}` : issue.message, 400, param);
+  // JSON numbers beyond float64 (1e400) parse as ±Infinity, which zod reports as "expected number, received number".
+  const message = issue.code === 'invalid_type' && (issue as { received?: unknown }).received === 'Infinity'
+    ? 'the number is out of range (it must be finite)'
+    : issue.message;
+  throw new RequestError(param ? `${param}: ${message}` : message, 400, param);
 }
 
 /** The one prompt of a completions request: text, or token ids used as given. */

@@ -20,6 +20,42 @@ export function tokenContent(v: unknown): string | undefined {
   return undefined;
 }
 
+/** The tokenizer models @huggingface/tokenizers implements. */
+const MODEL_TYPES = ['BPE', 'Unigram', 'WordPiece'];
+
+/**
+ * Check the parts of tokenizer.json the library trusts blindly (it would fail later with messages such as
+ * "x.split is not a function"): a known model type, a vocabulary, and BPE merges as "a b" strings or pairs.
+ */
+function checkTokenizerJson(tj: Record<string, unknown>): void {
+  const model = tj.model as Record<string, unknown> | undefined;
+  if (typeof model !== 'object' || model === null || Array.isArray(model)) throw new KiviError('tokenizer.json: "model" must be an object');
+  const type = model.type;
+  if (typeof type !== 'string' || !MODEL_TYPES.includes(type)) {
+    throw new KiviError(`tokenizer.json: unsupported tokenizer model type ${type === undefined ? '(none given)' : JSON.stringify(type)} (supported: ${MODEL_TYPES.join(', ')})`);
+  }
+  const vocab = model.vocab;
+  const vocabOk = type === 'Unigram'
+    ? Array.isArray(vocab) && vocab.every((e) => Array.isArray(e) && typeof e[0] === 'string' && typeof e[1] === 'number')
+    : typeof vocab === 'object' && vocab !== null && !Array.isArray(vocab) && Object.values(vocab).every((id) => Number.isInteger(id) && (id as number) >= 0);
+  if (!vocabOk) {
+    throw new KiviError(`tokenizer.json: model.vocab must be ${type === 'Unigram' ? 'an array of [token, score] pairs' : 'an object of token → id'}`);
+  }
+  if (type === 'BPE') {
+    const merges = model.merges;
+    if (!Array.isArray(merges)) throw new KiviError('tokenizer.json: model.merges must be an array');
+    const i = merges.findIndex((m) => !(typeof m === 'string' ? m.includes(' ') : Array.isArray(m) && m.length === 2 && m.every((x) => typeof x === 'string')));
+    if (i >= 0) throw new KiviError(`tokenizer.json: model.merges[${i}] must be a string "a b" or a pair of strings, got ${JSON.stringify(merges[i])?.slice(0, 40)}`);
+  }
+}
+
+/** What a tokenizer is built from: enough to build the same one again in another thread. */
+export interface TokenizerSource {
+  tokenizerJson: Record<string, unknown>;
+  config: Record<string, unknown>;
+  modelConfig: { bosTokenId: number | null; eosTokenIds: number[] };
+}
+
 export class Tokenizer {
   readonly bosId: number | null;
   readonly eosIds: number[];
@@ -28,8 +64,12 @@ export class Tokenizer {
   readonly config: Record<string, unknown>;
   private readonly hf: HfTokenizer;
 
+  readonly source: TokenizerSource;
+
   constructor(tokenizerJson: Record<string, unknown>, config: Record<string, unknown>, modelConfig: { bosTokenId: number | null; eosTokenIds: number[] }) {
     this.config = config;
+    this.source = { tokenizerJson, config, modelConfig: { bosTokenId: modelConfig.bosTokenId, eosTokenIds: [...modelConfig.eosTokenIds] } };
+    checkTokenizerJson(tokenizerJson);
     try {
       this.hf = new HfTokenizer(tokenizerJson as never, config as never);
     } catch (e) {
@@ -54,6 +94,10 @@ export class Tokenizer {
     const tj = (await readObject(source, 'tokenizer.json', true))!;
     const tc = (await readObject(source, 'tokenizer_config.json', false)) ?? {};
     return new Tokenizer(tj, tc, modelConfig);
+  }
+
+  static fromSource(s: TokenizerSource): Tokenizer {
+    return new Tokenizer(s.tokenizerJson, s.config, s.modelConfig);
   }
 
   tokenToId(token: string): number | null {

@@ -23,7 +23,7 @@ export interface ModelInfo {
 }
 
 export interface WorkerGenerateOptions {
-  /** Cache spec: 'fp32', 'fp16', 'kivi2', 'kivi4', 'kivi:k=2,v=2,g=32,r=128,residual=fp16', ... */
+  /** Cache spec: 'fp32', 'fp16', 'kivi2', 'kivi4', 'kivi:k=2,v=2,g=32,r=128,residual=fp32', ... */
   kv?: string;
   maxTokens?: number;
   temperature?: number;

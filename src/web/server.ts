@@ -1,6 +1,9 @@
 /**
- * `kivi web`'s server: the demo page (dist/web) at /, the model directory at /models/<name>/ with
- * Range requests (the browser loader reads safetensors in ranges), and /models.json naming it.
+ * `kivi web`'s server: the demo page (dist/web) at /, the model's own files at /models/<name>/ with
+ * Range requests (the browser loader reads safetensors in ranges), and /models.json naming it. Only the
+ * files a model consists of are served (configs, tokenizer files, the weights the index names), never
+ * anything else in its folder (.git/config, a link to /etc); those files may be symbolic links, as in a
+ * Hugging Face cache, whose snapshot folders link into its blob store.
  * Responses are cross-origin isolated (COOP/COEP), so pages may use SharedArrayBuffer (threaded WASM).
  *
  *   const s = await WebServer.start({ modelDir: 'models/llama-28m-gqa', port: 0 });
@@ -14,6 +17,29 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import fastifyStatic from '@fastify/static';
 import { KiviError } from '../util/errors.js';
 import { readModelConfig } from '../model/load.js';
+import { shardNames } from '../model/weights.js';
+
+/** The files a model directory may contribute, besides the shards its index names. */
+export const MODEL_FILES = [
+  'config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
+  'chat_template.jinja', 'model.safetensors', 'model.safetensors.index.json',
+];
+
+/** The model's own files that exist in `dir` (links followed): what the server may send. */
+export function servedModelFiles(dir: string): Set<string> {
+  const names = [...MODEL_FILES];
+  const indexFile = path.join(dir, 'model.safetensors.index.json');
+  if (fs.existsSync(indexFile)) {
+    let index: unknown;
+    try {
+      index = JSON.parse(fs.readFileSync(indexFile, 'utf8'));
+    } catch {
+      throw new KiviError(`${indexFile}: malformed JSON`);
+    }
+    names.push(...shardNames(index, indexFile));
+  }
+  return new Set(names.filter((n) => fs.statSync(path.join(dir, n), { throwIfNoEntry: false })?.isFile()));
+}
 
 /** dist/web, where `npm run build` puts the page (this file runs from dist/src/web). */
 export const WEB_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../web');
@@ -45,8 +71,10 @@ export class WebServer {
     await readModelConfig(o.modelDir);
     if (!fs.existsSync(path.join(modelDir, 'tokenizer.json'))) throw new KiviError(`missing ${path.join(o.modelDir, 'tokenizer.json')}`);
     const modelName = path.basename(modelDir);
+    const files = servedModelFiles(modelDir);
 
-    const app = Fastify({ logger: false });
+    // Folder names may be long; route parameters are checked against the model's name and files below.
+    const app = Fastify({ logger: false, routerOptions: { maxParamLength: 4096 } });
     app.addHook('onSend', async (_req, reply) => {
       reply.header('Cross-Origin-Opener-Policy', 'same-origin');
       reply.header('Cross-Origin-Embedder-Policy', 'require-corp');
@@ -54,10 +82,14 @@ export class WebServer {
       reply.header('X-Content-Type-Options', 'nosniff');
     });
     await app.register(fastifyStatic, { root: webRoot, prefix: '/', index: 'index.html', dotfiles: 'deny' });
-    await app.register(fastifyStatic, {
-      root: modelDir, prefix: `/models/${modelName}/`, decorateReply: false, dotfiles: 'deny', index: false,
+    // The parameters arrive decoded, so a folder named "my model #1 %+é" is /models/my%20model%20%231%20%25%2B%C3%A9/.
+    app.get<{ Params: { name: string; file: string } }>('/models/:name/:file', (req, reply) => {
+      const { name, file } = req.params;
+      if (name !== modelName || !files.has(file)) {
+        return reply.code(404).send({ error: `no such model file: ${req.url}` });
+      }
       // Revalidate model files by ETag, so a changed model is never served stale from the browser cache.
-      cacheControl: true, maxAge: 0,
+      return reply.sendFile(file, modelDir, { cacheControl: true, maxAge: 0, dotfiles: 'deny' });
     });
     app.get('/models.json', async () => [{ name: modelName, url: `models/${encodeURIComponent(modelName)}/` }]);
 

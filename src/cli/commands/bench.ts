@@ -21,8 +21,8 @@ import { benchPrompt, generateBenchMarkdown, runGenerateBench } from '../../stud
 import { KiviModel } from '../../api.js';
 import { measureCapacity, serveCapacityMarkdown, textPrompts } from '../../studies/serve/capacity.js';
 
-/** The fp16-residual KIVI spec the issue's bytes target names (the named `kivi2` keeps float32 residuals). */
-const KIVI2_FP16_RESIDUAL = 'kivi:k=2,v=2,g=32,r=128,residual=fp16';
+/** KIVI-2 with the reference's float32 residual, beside the named `kivi2` (float16 residual, the paper's). */
+const KIVI2_FP32_RESIDUAL = 'kivi:k=2,v=2,g=32,r=128,residual=fp32';
 
 interface Shared {
   backend?: BackendChoice;
@@ -94,7 +94,7 @@ export function register(program: Command): void {
     .option('--repeats <n>', 'timed steps at least (more until 0.5 s is timed, at most 50)', int(1, 10000), DEFAULT_REPEATS.minRepeats)
     .option('--warmup <n>', 'untimed steps first', int(0, 10000), DEFAULT_REPEATS.warmup)
     .option('--svg <file>', 'also write a chart (time and bytes per token vs context)');
-  kvListOption(att, `fp32,fp16,kivi2,kivi4,${KIVI2_FP16_RESIDUAL}`);
+  kvListOption(att, `fp32,fp16,kivi2,kivi4,${KIVI2_FP32_RESIDUAL}`);
   sharedOptions(att);
   att.action(async (o: Shared & { context: number[]; heads: number; kvHeads: number; headDim: number; repeats: number; warmup: number; kv: CacheSpec[]; svg?: string }) => {
     const backend = await backendFor(o);
@@ -121,7 +121,7 @@ export function register(program: Command): void {
     .requiredOption('--model <dir>', 'model directory')
     .requiredOption('--budget <bytes>', 'memory budget, e.g. 512MiB, or +64MiB: headroom above weights + measured overhead', budgetArg)
     .requiredOption('--context <n>', 'tokens per sequence (may exceed the model context: caches are filled with synthetic K/V)', int(1));
-  kvListOption(cap, `fp16,kivi2,kivi4,${KIVI2_FP16_RESIDUAL}`);
+  kvListOption(cap, `fp16,kivi2,kivi4,${KIVI2_FP32_RESIDUAL}`);
   sharedOptions(cap);
   cap.action(async (o: Shared & { model: string; budget: BudgetArg; context: number; kv: CacheSpec[] }) => {
     const bar = new LazyProgress('bench capacity');
@@ -145,7 +145,7 @@ export function register(program: Command): void {
     .option('--max-batch <n>', 'run at most this many sequences at once (time cap; capped points are marked)', int(1), 64)
     .option('--repeats <n>', 'runs per point, in rounds over all points (the median-time run is reported)', int(1, 100), 1)
     .option('--svg <file>', 'also write the throughput-vs-batch-size and -vs-budget chart');
-  kvListOption(thr, `fp16,kivi2,${KIVI2_FP16_RESIDUAL}`);
+  kvListOption(thr, `fp16,kivi2,${KIVI2_FP32_RESIDUAL}`);
   sharedOptions(thr);
   thr.action(async (o: Shared & { model: string; budget: BudgetArg[]; prompt: number; gen: number; maxBatch: number; repeats: number; kv: CacheSpec[]; svg?: string }) => {
     const bar = new LazyProgress('bench throughput');
@@ -195,7 +195,7 @@ export function register(program: Command): void {
     .option('--gen <n>', 'max_tokens per request (greedy)', int(1), 16)
     .option('--clients <n>', 'concurrent clients, one request each', int(1, 4096), 16)
     .option('--fp16-seqs <n>', 'the budget, in fp16 requests (fp16 fills it exactly)', int(1), 3);
-  kvListOption(srv, `fp16,kivi2,${KIVI2_FP16_RESIDUAL}`);
+  kvListOption(srv, `fp16,kivi2,${KIVI2_FP32_RESIDUAL}`);
   sharedOptions(srv);
   srv.action(async (o: Shared & { model: string; text: string; prompt: number; gen: number; clients: number; fp16Seqs: number; kv: CacheSpec[] }) => {
     if (!o.kv.some((k) => k.name === 'fp16')) throw new KiviError('--kv must include fp16: the budget and the ratios are set by it');
@@ -220,7 +220,7 @@ export function register(program: Command): void {
     .description("one sequence's cache bytes (all layers) per spec and context for a model's shapes, vs fp16 and fp32")
     .requiredOption('--model <dir>', 'model directory (its config.json gives layers, kv heads, head_dim)')
     .option('--context <list>', 'context lengths (may exceed the model context: caches are filled with synthetic K/V)', intList(2), [4096, 32768]);
-  kvListOption(kvb, [...NAMED_SPECS.filter((s) => s !== 'fp32' && s !== 'fp16'), KIVI2_FP16_RESIDUAL, 'kivi:k=4,v=4,g=32,r=128,residual=fp16', 'fp16', 'fp32'].join(','));
+  kvListOption(kvb, [...NAMED_SPECS.filter((s) => s !== 'fp32' && s !== 'fp16'), KIVI2_FP32_RESIDUAL, 'kivi:k=4,v=4,g=32,r=128,residual=fp32', 'fp16', 'fp32'].join(','));
   sharedOptions(kvb);
   kvb.action(async (o: Shared & { model: string; context: number[]; kv: CacheSpec[] }) => {
     const { dims } = await modelDims(o.model);

@@ -24,7 +24,7 @@ export function windowOptions(cmd: Command, maxWindows?: number): Command {
   const maxHelp = maxWindows === undefined ? 'score at most the first N windows (default: every whole window of the text)' : 'score at most the first N windows';
   return cmd
     .requiredOption('--model <dir>', 'model directory')
-    .requiredOption('--text <file>', 'text file to score (e.g. ../shared/data/wikitext-2-raw-test.txt)')
+    .requiredOption('--text <file>', 'text file to score (e.g. data/wikitext-2-raw-test.txt)')
     .option('--window <n>', 'tokens per window, BOS included', int(2), 1024)
     .option('--prefill <n>', 'tokens of each window prefilled exactly before decoding', int(1), 512)
     .option('--max-windows <n>', maxHelp, int(1), maxWindows);

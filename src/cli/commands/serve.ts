@@ -1,5 +1,5 @@
 /** `kivi serve`: the OpenAI-compatible HTTP server until SIGINT/SIGTERM. */
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { KiviModel } from '../../api.js';
 import { KiviServer } from '../../server/app.js';
 import { formatBytes } from '../../server/scheduler.js';
@@ -20,12 +20,12 @@ export function register(program: Command): void {
     .command('serve')
     .description('serve the model over an OpenAI-compatible HTTP API (completions, chat, streaming)')
     .requiredOption('--model <dir>', 'model directory (Hugging Face format)')
-    .option('--kv-budget <size>', 'KV cache memory for all running sequences together (e.g. 2GiB, 512MB)', bytes, 2 * 1024 ** 3)
+    .addOption(new Option('--kv-budget <size>', 'KV cache memory for all running sequences together (e.g. 2GiB, 512MB)').argParser(bytes).default(2 * 1024 ** 3, '2GiB'))
     .option('--max-queue <n>', 'most requests waiting for memory; more get 429', int(0), 64)
     .option('--host <host>', 'address to listen on', '127.0.0.1')
     .option('--port <port>', 'port to listen on (0 = any free port)', int(0, 65535), 8080)
     .option('--timeout <seconds>', 'per-request limit, waiting included', float(0, 1e6, { minExclusive: true }), 600);
-  kvOption(cmd, 'kivi2');
+  kvOption(cmd);
   backendOption(cmd);
   threadsOption(cmd);
   cmd.action(async (o: Opts) => {

@@ -40,12 +40,17 @@ export interface CapacityOptions extends ProbeEnv {
   onProgress?: (done: number, total: number) => void;
 }
 
-/** The JSON output's `results` entries are exactly these three fields. */
+/** The JSON output's `results` entries are exactly these fields. */
 export interface CapacityResult {
   kv: string;
   sequences: number;
   /** Peak RSS (bytes) of a process that loaded the model and allocated that many filled caches. */
   peak_rss: number;
+  /**
+   * Resident bytes one sequence took: (settled RSS with the caches − settled RSS without them) / sequences;
+   * null when no sequence fits.
+   */
+  rss_per_sequence: number | null;
 }
 
 export interface CapacityReport {
@@ -100,7 +105,7 @@ export async function runCapacity(o: CapacityOptions): Promise<CapacityReport> {
     if (r.kv_bytes !== sequences * data || r.allocated_bytes !== sequences * per) {
       throw new Error(`${kv}: the child held ${r.kv_bytes} cache bytes in ${r.allocated_bytes} of pages, expected ${sequences} × ${data} in ${sequences} × ${per}`);
     }
-    results.push({ kv, sequences, peak_rss: r.peak_rss });
+    results.push({ kv, sequences, peak_rss: r.peak_rss, rss_per_sequence: sequences > 0 ? (r.rss - base.rss) / sequences : null });
     detail.push({ kv, per_sequence_bytes: per, per_sequence_data_bytes: data, kv_bytes: r.kv_bytes, allocated_bytes: r.allocated_bytes, rss: r.rss });
     o.onProgress?.(i + 2, total);
   }
@@ -112,8 +117,7 @@ export async function runCapacity(o: CapacityOptions): Promise<CapacityReport> {
 
 /** Memory one sequence actually took: (settled RSS with the caches − without them) / sequences. */
 export function measuredPerSequence(r: CapacityReport, i: number): number {
-  const x = r.results[i]!;
-  return x.sequences > 0 ? (r.detail[i]!.rss - r.base_rss) / x.sequences : NaN;
+  return r.results[i]!.rss_per_sequence ?? NaN;
 }
 
 export function capacityMarkdown(r: CapacityReport): string {

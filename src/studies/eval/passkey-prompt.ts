@@ -1,6 +1,6 @@
 /**
  * Pass-key prompts in the format the bundled model was trained on (the golden prompts in
- * ../shared/reference decode to it):
+ * data/reference decode to it):
  *
  *   [BOS] header · filler[0, p) · needle · filler[p, F) · question
  *

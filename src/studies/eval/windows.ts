@@ -1,5 +1,5 @@
 /**
- * Evaluation windows from a text (../shared/reference/README.md): the text is encoded once without BOS
+ * Evaluation windows from a text (data/README.md): the text is encoded once without BOS
  * and cut into consecutive slices; each window is [BOS] + one slice, `window` tokens in all. A last
  * slice too short for a whole window is dropped, so every window is scored on the same protocol.
  */

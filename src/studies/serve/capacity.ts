@@ -8,7 +8,7 @@
  * end; the figures are the server's `kivi_sequences_running_max` and `kivi_kv_bytes_allocated_max` gauges (pages held, within steps too).
  *
  *   kivi bench serve --model DIR --text FILE [--prompt 1920] [--gen 16] [--clients 16] [--fp16-seqs 3] \
- *     [--kv fp16,kivi2,kivi:k=2,v=2,g=32,r=128,residual=fp16]
+ *     [--kv fp16,kivi2,kivi:k=2,v=2,g=32,r=128,residual=fp32]
  */
 import type { KiviModel } from '../../api.js';
 import { parseKvSpec } from '../../cache/spec.js';

@@ -15,7 +15,7 @@ const CACHES: [string, string][] = [
   ['fp16', 'fp16'],
   ['kivi4', 'kivi4'],
   ['kivi2', 'kivi2'],
-  ['kivi2 + fp16 residual', 'kivi:k=2,v=2,g=32,r=128,residual=fp16'],
+  ['kivi2 + fp32 residual', 'kivi:k=2,v=2,g=32,r=128,residual=fp32'],
 ];
 const labelOf = (spec: string) => CACHES.find(([, s]) => s === spec)?.[0] ?? spec;
 

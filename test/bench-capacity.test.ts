@@ -35,8 +35,9 @@ test('bench capacity: sequences = floor((budget − weights − overhead) / cach
     assert.equal(r.detail[i]!.kv_bytes, x.sequences * data, 'the child held exactly that much data');
     assert.equal(r.detail[i]!.allocated_bytes, x.sequences * per, 'in exactly that many pages');
     assert.ok(per >= data);
-    // Resident memory grew by at least the bytes held.
-    assert.ok(r.detail[i]!.rss - r.base_rss > 0.9 * r.detail[i]!.kv_bytes, x.kv);
+    // Resident memory grew by the bytes held, give or take the ~10 MiB by which two processes' base RSS
+    // differ (worker threads' heaps, measured in separate children).
+    assert.ok(r.detail[i]!.rss - r.base_rss > r.detail[i]!.kv_bytes - 16 * MiB, `${x.kv}: RSS grew ${r.detail[i]!.rss - r.base_rss} for ${r.detail[i]!.kv_bytes}`);
     assert.ok(x.peak_rss > r.weights_bytes + r.detail[i]!.kv_bytes, 'peak RSS covers weights and caches');
     seq[x.kv] = x.sequences;
   });

@@ -23,6 +23,8 @@ export interface LoadOptions extends BackendOptions {
   onProgress?: LoadProgress;
   /** Weight matrices in the checkpoint's own type ('native', default: bf16 stays bf16) or widened to float32. */
   weights?: WeightFormat;
+  /** Seeded random weights of config.json's shapes instead of the checkpoint (benchmarks; a folder with config.json alone will do). */
+  randomWeights?: number;
 }
 
 export interface GenerateCallOptions extends GenerateOptions {
@@ -57,7 +59,7 @@ export class KiviModel {
     const spec = toCacheSpec(opts.kv ?? DEFAULT_KV);
     const backend = await createBackend(opts);
     try {
-      const m = await loadModel(location, backend, { onProgress: opts.onProgress, weights: opts.weights });
+      const m = await loadModel(location, backend, { onProgress: opts.onProgress, weights: opts.weights, randomWeights: opts.randomWeights });
       validateSpec(spec, m.model.dims);
       return new KiviModel(m.dir, m.fingerprint, m.config, m.tokenizer, m.model, backend, spec);
     } catch (e) {

@@ -113,6 +113,12 @@ export interface Backend {
   /** Index of the largest of each row of a float32 [rows][n] tensor (the lowest index on ties). */
   argmax(x: Tensor, rows: number, n: number): Promise<Int32Array>;
 
+  /**
+   * Fill a float tensor with normal-ish values of standard deviation `scale` that depend only on (seed,
+   * index), the same on every back end: random-weight models for benchmarks, generated where they live.
+   */
+  fillRandom?(t: Tensor, seed: number, scale: number): void;
+
   /** Release threads, device and memory; the back end is unusable afterwards. Idempotent. */
   dispose(): void;
 }

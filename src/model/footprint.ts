@@ -48,7 +48,8 @@ export function checkFootprint(cfg: ModelConfig, backend: string, hostBytes?: nu
     throw new KiviError(`${what}, more than the wasm back end can hold (${WASM_MEMORY_BYTES / 2 ** 20} MiB of WebAssembly memory, ` +
       `${WASM_RUNTIME_RESERVE / 2 ** 20} MiB of it kept for activations and caches); ${alternative}`);
   }
-  if (hostBytes !== undefined && need >= hostBytes) {
+  // The GPU holds its weights in device memory: the host's says nothing about them.
+  if (backend !== 'webgpu' && hostBytes !== undefined && need >= hostBytes) {
     throw new KiviError(`${what}, more than this machine's memory (${GiB(hostBytes)}); use a smaller model`);
   }
 }

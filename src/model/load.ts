@@ -5,7 +5,7 @@
  */
 import { KiviError } from '../util/errors.js';
 import { parseConfig, type ModelConfig } from './config.js';
-import { loadWeights, type LoadProgress, type WeightFormat } from './weights.js';
+import { loadWeights, randomWeights, type LoadProgress, type WeightFormat } from './weights.js';
 import { LlamaModel } from './llama.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Backend } from '../kernels/types.js';
@@ -63,6 +63,11 @@ export interface LoadModelOptions {
   onProgress?: LoadProgress;
   /** Matrices in the checkpoint's type ('native', the default) or widened to float32. */
   weights?: WeightFormat;
+  /**
+   * Seeded random weights of config.json's shapes instead of the checkpoint (benchmarks at paper scale
+   * without downloading one); a folder with only config.json will do (token ids then stand for text).
+   */
+  randomWeights?: number;
 }
 
 /** The machine's memory in Node; unknown in a browser (and in the browser bundle, even run by Node). */
@@ -80,6 +85,7 @@ export async function loadModel(location: ModelLocation, backend: Backend, opts:
   const config = await readModelConfig(source);
   // Before any weight is read: a model the back end cannot hold is one line, not a failure after minutes.
   checkFootprint(config, backend.name, await hostMemory());
+  if (opts.randomWeights !== undefined) return loadRandom(source, config, backend, opts.randomWeights, opts.weights);
   const tokenizer = await Tokenizer.load(source, config);
   const weights = await loadWeights(source, config, backend, { format: opts.weights, onProgress: opts.onProgress });
   const fingerprint = await sha256Hex(JSON.stringify(config) + '\n' + weights.identity);
@@ -90,4 +96,19 @@ export async function loadModel(location: ModelLocation, backend: Backend, opts:
 export async function sha256Hex(text: string): Promise<string> {
   const d = new Uint8Array(await globalThis.crypto.subtle.digest('SHA-256', new TextEncoder().encode(text)));
   return Array.from(d, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/** Positions a random-weight model accepts. */
+export const RANDOM_MAX_POSITIONS = 1 << 20;
+
+async function loadRandom(source: ByteSource, config: ModelConfig, backend: Backend, seed: number, format?: WeightFormat): Promise<LoadedModel> {
+  if (!Number.isSafeInteger(seed) || seed < 0 || seed > 0xffffffff) throw new KiviError(`random-weights seed must be an integer in [0, 2^32), got ${seed}`);
+  const tj = await source.open('tokenizer.json');
+  await tj?.close();
+  const tokenizer = tj ? await Tokenizer.load(source, config) : Tokenizer.synthetic(config.vocabSize, config);
+  // Random weights have no trained context length: positions are limited only by RoPE's tables (long-context benchmarks).
+  config.maxPositions = Math.max(config.maxPositions, RANDOM_MAX_POSITIONS);
+  const weights = randomWeights(config, backend, seed, format);
+  const fingerprint = await sha256Hex(JSON.stringify(config) + '\n' + weights.identity);
+  return { dir: source.where, fingerprint, config, tokenizer, model: new LlamaModel(config, weights, backend) };
 }

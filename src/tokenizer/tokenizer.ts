@@ -96,6 +96,21 @@ export class Tokenizer {
     return new Tokenizer(tj, tc, modelConfig);
   }
 
+  /**
+   * A stand-in for models without a tokenizer (random-weight benchmarks): token i is the text "<ti>";
+   * text prompts cannot be encoded meaningfully, token ids are used as given.
+   */
+  static synthetic(vocabSize: number, modelConfig: { bosTokenId: number | null; eosTokenIds: number[] }): Tokenizer {
+    const vocab: Record<string, number> = {};
+    for (let i = 0; i < vocabSize; i++) vocab[`<t${i}>`] = i;
+    const tj = {
+      version: '1.0', truncation: null, padding: null, added_tokens: [], normalizer: null, pre_tokenizer: null,
+      post_processor: null, decoder: null,
+      model: { type: 'BPE', vocab, merges: [], unk_token: '<t0>', dropout: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false },
+    };
+    return new Tokenizer(tj, {}, modelConfig);
+  }
+
   static fromSource(s: TokenizerSource): Tokenizer {
     return new Tokenizer(s.tokenizerJson, s.config, s.modelConfig);
   }

@@ -14,7 +14,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { gzipSync } from 'node:zlib';
 import * as kivi from '../src/index.js';
 import { KiviModel } from '../src/api.js';
-import { cacheBytes } from '../src/cache/budget.js';
+import { cacheBytes, peakAllocatedBytes } from '../src/cache/budget.js';
 import { parseKvSpec } from '../src/cache/spec.js';
 import type { KiviServer } from '../src/server/app.js';
 import { FALLBACK_STOP } from '../src/server/chat.js';
@@ -90,18 +90,18 @@ test('defaults: kivi2 is the cache of generate, eval nll and the library; serve 
   assert.equal(e.status, 0, e.stderr);
   assert.equal(JSON.parse(e.stdout).kv, 'kivi2');
   const m = await KiviModel.load(MODEL_DIR, { backend: 'ts' });
-  assert.equal(m.kv, 'kivi2');
-  assert.deepEqual(parseKvSpec('kivi2'), { kind: 'kivi', kBits: 2, vBits: 2, groupSize: 32, residual: 128, residualDtype: 'fp16' });
+  assert.equal(m.kv.name, 'kivi2');
+  assert.deepEqual(parseKvSpec('kivi2'), { kind: 'kivi', kBits: 2, vBits: 2, groupSize: 32, residual: 128, residualDtype: 'fp16', name: 'kivi2' });
   const help = runKivi(['serve', '--help']);
   assert.match(help.stdout, /--kv-budget <size>[\s\S]*\(default: 2GiB\)/);
   assert.doesNotMatch(help.stdout, /2147483648/);
-  assert.match(help.stdout, /--kv <spec>[\s\S]*\(default: "kivi2"\)/);
+  assert.match(help.stdout, /--kv <spec>[\s\S]*\(default: kivi2\)/);
 });
 
 test('serve refuses a KV budget that cannot hold one sequence of one token', () => {
   expectCliError(['serve', '--model', MODEL_DIR, '--kv-budget', '0.5', '--port', '0'], /--kv-budget.*expected a whole number of bytes, got "0\.5"/);
-  // kivi2, one token: 8 layers × (1 key + 1 value) × 2 kv heads × 128 × 2 bytes = 8 KiB.
-  expectCliError(['serve', '--model', MODEL_DIR, '--kv-budget', '8191', '--port', '0'], /the KV budget of 8\.0 KiB cannot hold even one sequence of one token \(kivi2 needs 8\.0 KiB\)/);
+  // kivi2, one token: a key and a value residual page of 32 float16 slots, 8 layers × 2 kv heads × 32 × 128 × 2 bytes each = 256 KiB.
+  expectCliError(['serve', '--model', MODEL_DIR, '--kv-budget', '262143', '--port', '0'], /the KV budget of 256\.0 KiB cannot hold even one sequence of one token \(kivi2 needs 256\.0 KiB of cache pages\)/);
 });
 
 test('the Node entry exports urlSource (as the README\'s browser section shows)', () => {
@@ -195,30 +195,34 @@ describe('kivi serve: a request without max_tokens gets what fits', () => {
   let server: KiviServer;
   let m: KiviModel;
   let promptIds: number[];
-  const messages = [{ role: 'user', content: 'Tell me about the river.' }];
+  const content = 'Tell me about the river that runs through the old town, its bridges, its mills, and the people who live along its banks in spring and in autumn, and about the fish.';
+  const messages = [{ role: 'user', content }];
+  /** Tokens generated until the cache fills its first fp16 page (64 tokens: prompt + N − 1 = 64). */
+  let N: number;
   before(async () => {
     m = await bundledModel();
-    promptIds = m.encode('User: Tell me about the river.\nAssistant:');
-    // fp16 holds 8 KiB per token: the budget fits the prompt and 5 more tokens of cache (6 generated).
-    const perToken = cacheBytes(parseKvSpec(KV), m.dims, 1);
-    server = await startServer({ kv: KV, budgetBytes: perToken * (promptIds.length + 5) });
+    promptIds = m.encode(`User: ${content}\nAssistant:`);
+    N = 65 - promptIds.length;
+    assert.ok(N >= 2 && N <= 16, `${N} tokens to generate`);
+    // The budget holds exactly one page of keys and one of values: N tokens fit, N + 1 would need more.
+    server = await startServer({ kv: KV, budgetBytes: peakAllocatedBytes(parseKvSpec(KV), m.transformer.pool, 64, promptIds.length) });
   });
   after(() => server.close());
 
   test('chat: admitted with the tokens that fit the budget, ending with finish_reason "length"', async () => {
-    const ref = await m.complete(promptIds, { maxTokens: 6, kv: KV, stop: [FALLBACK_STOP] });
+    const ref = await m.complete(promptIds, { maxTokens: N, kv: KV, stop: [FALLBACK_STOP] });
     assert.equal(ref.finishReason, 'length');
     const r = await postJson(server, '/v1/chat/completions', { model: MODEL_NAME, messages, temperature: 0 });
     assert.equal(r.status, 200, JSON.stringify(r.json));
     assert.equal(r.json.choices[0].finish_reason, 'length');
     assert.equal(r.json.choices[0].message.content, ref.text);
-    assert.deepEqual(r.json.usage, { prompt_tokens: promptIds.length, completion_tokens: 6, total_tokens: promptIds.length + 6 });
+    assert.deepEqual(r.json.usage, { prompt_tokens: promptIds.length, completion_tokens: N, total_tokens: promptIds.length + N });
     assert.equal(await metric(server, 'kivi_kv_bytes_used'), 0);
   });
 
   test('errors quote only what the client sent', async () => {
     // A prompt that alone overflows the budget: no max_tokens in the message, since none was sent.
-    const long = [{ role: 'user', content: 'word '.repeat(40) }];
+    const long = [{ role: 'user', content: 'word '.repeat(80) }];
     const r = await postJson(server, '/v1/chat/completions', { model: MODEL_NAME, messages: long });
     assert.equal(r.status, 400);
     assert.match(r.json.error.message, /^a prompt of \d+ tokens needs .* of KV cache, more than the server's whole budget of .*; shorten the prompt$/);

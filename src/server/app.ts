@@ -60,7 +60,7 @@ export class KiviServer {
     // A budget that cannot hold one sequence of one token would refuse every request.
     const least = peakAllocatedBytes(spec, model.transformer.pool, 1);
     if (!(budgetBytes >= least)) {
-      throw new KiviError(`the KV budget of ${formatBytes(budgetBytes)} cannot hold even one sequence of one token (${typeof kv === 'string' ? kv : formatKvSpec(spec)} needs ${formatBytes(least)})`);
+      throw new KiviError(`the KV budget of ${formatBytes(budgetBytes)} cannot hold even one sequence of one token (${spec.name} needs ${formatBytes(least)} of cache pages)`);
     }
     const template = findChatTemplate(model.dir, model.tokenizer.config);
     // Checks the template parses; starts the prompt thread, which close() stops.

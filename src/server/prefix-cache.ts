@@ -51,6 +51,9 @@ export interface Lookup {
 
 export class TimeoutError extends Error {}
 
+/** Granularity of store timeouts (see bounded()). */
+const TICK_MS = 25;
+
 const FETCH_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
 
 export class PrefixCache {
@@ -198,21 +201,27 @@ export class PrefixCache {
     };
   }
 
-  /** Encode and send one entry, off the engine loop. */
+  /**
+   * Encode and send one entry, off the engine loop. Its bytes count as pending until the store's call
+   * itself settles, not when it times out: a stalled connection holds them until the client drops it.
+   */
   private async write(key: string, hash: string, image: CacheImage, estimate: number, tokens: number): Promise<void> {
     let held = estimate;
+    let sent: Promise<void> | null = null;
     try {
       const file = await encodeImage(image, { ...this.id, tokens: hash });
       this.pendingBytes += file.byteLength - held;
       held = file.byteLength;
-      await this.bounded(this.opts.store.set(key, file));
+      sent = this.opts.store.set(key, file);
+      await this.bounded(sent);
       this.bytesStored += file.byteLength;
       this.entriesStored++;
       this.tokensStored += tokens;
     } catch (e) {
       this.failed('set', e);
     } finally {
-      this.release(key, held);
+      if (sent) sent.then(() => this.release(key, held), () => this.release(key, held));
+      else this.release(key, held);
     }
   }
 
@@ -226,15 +235,34 @@ export class PrefixCache {
     this.errors.inc({ op, reason });
   }
 
-  /** The store's promise, or a TimeoutError after timeoutMs. */
+  /**
+   * The store's promise, or a TimeoutError once the store has had timeoutMs to answer. Forward passes
+   * block the event loop for up to seconds, during which no reply can be read: that time is not the
+   * store's. The wait is counted in ticks, each counting at most two tick lengths however late it runs,
+   * and a reply that arrived during a blocked stretch is read (I/O runs after timers) before the next.
+   */
   private bounded<T>(p: Promise<T>): Promise<T> {
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new TimeoutError(`store call timed out after ${this.opts.timeoutMs} ms`)), this.opts.timeoutMs);
+    const limit = this.opts.timeoutMs;
+    return new Promise<T>((resolve, reject) => {
+      let waited = 0;
+      let last = performance.now();
+      let timer: NodeJS.Timeout;
+      const tick = () => {
+        const now = performance.now();
+        waited += Math.min(now - last, 2 * TICK_MS);
+        last = now;
+        if (waited >= limit) reject(new TimeoutError(`store call took more than ${limit} ms`));
+        else timer = setTimeout(tick, Math.min(TICK_MS, limit - waited));
+      };
+      timer = setTimeout(tick, Math.min(TICK_MS, limit));
+      p.then((v) => {
+        clearTimeout(timer);
+        resolve(v);
+      }, (e) => {
+        clearTimeout(timer);
+        reject(e);
+      });
     });
-    // A call that settles after its timeout must not become an unhandled rejection.
-    p.catch(() => {});
-    return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
   }
 
   close(): Promise<void> {

@@ -3,9 +3,14 @@
  * written without expiry (eviction is Redis's: run it with `maxmemory` and `maxmemory-policy allkeys-lru`).
  *
  * Redis may be down, restarted or slow, and the server must not care: commands are never queued while
- * disconnected (they fail at once), each one times out (`commandTimeout`), a connection that stops
- * answering is dropped (`socketTimeout`), and the client reconnects in the background forever. The
- * first failure is logged in one line, and the reconnection in another.
+ * disconnected (they fail at once), the prefix cache bounds each call's wait (prefix-cache.ts), a
+ * connection that stops answering for long is dropped (`socketTimeout`, which frees what was queued on
+ * it), and the client reconnects in the background forever. The first failure is logged in one line,
+ * and the reconnection in another.
+ *
+ * No `commandTimeout`, and a long `socketTimeout`: ioredis's timers fire after a forward pass that
+ * blocked the event loop, before the reply waiting in the socket is read, and would fail commands (and
+ * drop the connection) that Redis had answered in time.
  */
 import { Redis } from 'ioredis';
 import { KiviError } from '../util/errors.js';
@@ -45,10 +50,8 @@ export class RedisStore implements PrefixStore {
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
       autoResendUnfulfilledCommands: false,
-      commandTimeout: opts.timeoutMs,
-      // Data must keep coming while commands wait: a stopped server's socket is dropped, freeing what was queued on it.
-      socketTimeout: Math.max(1000, 4 * opts.timeoutMs),
-      connectTimeout: Math.max(1000, 4 * opts.timeoutMs),
+      socketTimeout: Math.max(10_000, 10 * opts.timeoutMs),
+      connectTimeout: Math.max(5_000, 4 * opts.timeoutMs),
       retryStrategy: (times) => Math.min(100 * 2 ** Math.min(times, 5), 2000),
       protocol: 2,
       disableClientInfo: true,

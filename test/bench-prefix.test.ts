@@ -34,3 +34,12 @@ test('bench prefix --replicas 1: prefill + reused = prompt tokens; the cache reu
   assert.ok(fp16.file_bytes > payload && fp16.file_bytes < payload + 4096, `${fp16.file_bytes}`);
   assert.ok(j.bytes_per_token.find((b) => b.kv === 'kivi2')!.file_bytes <= fp16.file_bytes);
 });
+
+test('bench prefix: a workload past the context, or a store URL that is not Redis, is one clear line', async () => {
+  const a = await runCli(['bench', 'prefix', '--model', MODEL, '--text', WIKITEXT, '--system', '1900', '--turns', '6']);
+  assert.equal(a.code, 1);
+  assert.equal(a.stderr.trim(), "kivi: --system 1900 + 6 turns × (--user 40 + --gen 32) exceed the model's context of 2048");
+  const b = await runCli(['bench', 'prefix', '--model', MODEL, '--text', WIKITEXT, '--prefix-store', 'localhost:6379']);
+  assert.equal(b.code, 1);
+  assert.match(b.stderr.trim(), /^kivi: --prefix-store must be a redis:\/\/ or rediss:\/\/ URL, got "localhost:6379"$/);
+});

@@ -146,6 +146,13 @@ export class KiviServer {
   }
 }
 
+/** Check the prefix-cache options (the CLI does before loading the model). */
+export function checkPrefixOptions(opts: ServeOptions): void {
+  prefixStoreFor(opts);
+  if (opts.prefixBlock !== undefined) checkGrid(opts.prefixBlock, 'the prefix block');
+  if (opts.prefillChunk !== undefined) checkGrid(opts.prefillChunk, 'the prefill chunk');
+}
+
 /**
  * The prefix store the options ask for, checked now and made later (after the other checks: a Redis
  * client connects as soon as it is made), or null for no prefix cache.

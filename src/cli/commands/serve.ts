@@ -1,7 +1,7 @@
 /** `kivi serve`: the OpenAI-compatible HTTP server until SIGINT/SIGTERM. */
 import { Option, type Command } from 'commander';
 import { KiviModel } from '../../api.js';
-import { DEFAULT_PREFIX_BLOCK, KiviServer } from '../../server/app.js';
+import { DEFAULT_PREFIX_BLOCK, KiviServer, checkPrefixOptions, type ServeOptions } from '../../server/app.js';
 import { formatBytes } from '../../server/scheduler.js';
 import { bytes, float, int } from '../parse.js';
 import { backendOption, kvOption, threadsOption, type CommonOpts } from '../common.js';
@@ -39,12 +39,14 @@ export function register(program: Command): void {
   backendOption(cmd);
   threadsOption(cmd);
   cmd.action(async (o: Opts) => {
-    const model = await KiviModel.load(o.model, { kv: o.kv, backend: o.backend, threads: o.threads });
-    const server = await KiviServer.start(model, {
+    const opts: ServeOptions = {
       kv: o.kv, budgetBytes: o.kvBudget, maxQueue: o.maxQueue, host: o.host, port: o.port, timeoutSeconds: o.timeout,
       prefillChunk: o.prefillChunk, prefixCacheBytes: o.prefixCache, prefixStore: o.prefixStore, prefixBlock: o.prefixBlock,
       prefixTimeoutMs: o.prefixTimeout,
-    });
+    };
+    checkPrefixOptions(opts); // before the model loads: a bad flag fails fast
+    const model = await KiviModel.load(o.model, { kv: o.kv, backend: o.backend, threads: o.threads });
+    const server = await KiviServer.start(model, opts);
     const prefix = server.prefix ? `, prefix cache ${server.prefix.store.description}, blocks of ${server.prefix.opts.block}` : '';
     process.stderr.write(`kivi: serving "${server.modelName}" at ${server.url} (kv ${o.kv.name}, KV budget ${formatBytes(o.kvBudget)}, queue ${o.maxQueue}${prefix})\n`);
     await new Promise<void>((resolve) => {

@@ -157,3 +157,22 @@ test('library: generate({ prefix }) continues a saved prefix exactly, and refuse
   await refused(PROMPT, bare, /does not say which tokens it holds/);
   await refused(PROMPT, file.subarray(0, 100), /truncated/);
 });
+
+test('--prefill-chunk interleaves: a decoding sequence gains a token at every chunk of a long prompt that joins it', async () => {
+  const m = await bundledModel();
+  const a = m.engine.add(G.windows[0]!.slice(0, 20), m.newCache('kivi2'), { maxTokens: 40, ignoreEos: true });
+  const ait = a.stream();
+  await ait.next(); // a is decoding
+  const before = a.ids.length;
+  const b = m.engine.add(PROMPT, m.newCache('kivi2'), { maxTokens: 1, ignoreEos: true, prefillChunk: B });
+  let during = -1;
+  b.onEnd(() => (during = a.ids.length - before));
+  const rb = await finish(b);
+  // 300 tokens in chunks of 64: 5 steps, each also decoding a.
+  assert.equal(during, 5);
+  assert.equal(rb.ids.length, 1);
+  const ref = await m.complete(PROMPT, { kv: 'kivi2', maxTokens: 1, prefillChunk: B });
+  assert.deepEqual(rb.ids, ref.ids);
+  a.cancel();
+  assert.equal(m.transformer.pool.allocatedBytes, 0);
+});

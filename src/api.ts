@@ -12,7 +12,9 @@ import type { ForwardItem, ForwardOptions, ForwardResult, LlamaModel } from './m
 import type { Tokenizer } from './tokenizer/tokenizer.js';
 import { type CacheSpec, DEFAULT_KV, createCache, type KvOption, toCacheSpec, validateSpec } from './cache/spec.js';
 import type { CacheDims, KvCache } from './cache/types.js';
-import { encodeCache, restoreCache } from './cache/file.js';
+import { decodeCache, encodeCache, restoreCache, tokenHash } from './cache/file.js';
+import { chunkEnds, checkGrid } from './engine/chunks.js';
+import { KiviError } from './util/errors.js';
 import type { GenerateChunk, GenerateOptions, GenerateResult } from './engine/generate.js';
 import { BatchEngine } from './engine/batch.js';
 
@@ -28,8 +30,14 @@ export interface LoadOptions extends BackendOptions {
 }
 
 export interface GenerateCallOptions extends GenerateOptions {
-  /** Cache spec for this call (default: the model's). */
+  /** Cache spec for this call (default: the model's; with `prefix`, the spec the file was saved with). */
   kv?: KvOption;
+  /**
+   * A cache file (saveCache(cache, tokens)) holding the prompt's first tokens: it is restored and only
+   * the rest of the prompt is prefilled, continuing the cache. The file must name its tokens and they
+   * must begin the prompt; otherwise generate() throws a KiviError.
+   */
+  prefix?: Uint8Array;
 }
 
 export class KiviModel {
@@ -85,9 +93,37 @@ export class KiviModel {
     return createCache(spec, this.transformer.pool);
   }
 
-  /** One sequence's cache as a file's bytes (docs: cache/file.ts), tied to this model and the cache's spec. */
-  saveCache(cache: KvCache): Promise<Uint8Array> {
-    return encodeCache(cache, { model: this.fingerprint, spec: cache.spec, shape: this.dims });
+  /**
+   * One sequence's cache as a file's bytes (docs: cache/file.ts), tied to this model and the cache's spec;
+   * with the tokens it holds, the file names them (a hash), so generate({ prefix }) can check a prompt.
+   */
+  async saveCache(cache: KvCache, tokens?: ArrayLike<number>): Promise<Uint8Array> {
+    if (tokens !== undefined && tokens.length !== cache.length) {
+      throw new KiviError(`the cache holds ${cache.length} tokens, not the ${tokens.length} given`);
+    }
+    const hash = tokens === undefined ? undefined : await tokenHash(tokens);
+    return encodeCache(cache, { model: this.fingerprint, spec: cache.spec, shape: this.dims, tokens: hash });
+  }
+
+  /**
+   * A cache holding `tokens`, prefilled (in chunks ending at multiples of `prefillChunk`, if given) —
+   * e.g. a system prompt to save with saveCache(cache, tokens). Free it when done.
+   */
+  async prefill(tokens: number[], opts: { kv?: KvOption; prefillChunk?: number } = {}): Promise<KvCache> {
+    if (tokens.length === 0) throw new KiviError('empty prompt');
+    const cache = this.newCache(opts.kv ?? this.kv);
+    try {
+      const grids = opts.prefillChunk === undefined ? [] : [checkGrid(opts.prefillChunk, 'the prefill chunk')];
+      let t = 0;
+      for (const end of chunkEnds(0, tokens.length, grids)) {
+        await this.forward([{ tokens: tokens.slice(t, end), cache, logits: 'none', mode: 'prefill' }]);
+        t = end;
+      }
+      return cache;
+    } catch (e) {
+      cache.free();
+      throw e;
+    }
   }
 
   /**
@@ -117,8 +153,25 @@ export class KiviModel {
   /** Stream generated tokens; the iterator's return value is the full result. */
   generate(prompt: string | number[], opts: GenerateCallOptions = {}): AsyncGenerator<GenerateChunk, GenerateResult, void> {
     const ids = typeof prompt === 'string' ? this.encode(prompt) : prompt;
+    if (opts.prefix !== undefined) return this.generateFrom(ids, opts.prefix, opts);
     const cache = this.newCache(opts.kv ?? this.kv);
     return this.engine.add(ids, cache, opts).stream();
+  }
+
+  /** generate() from a restored prefix: checked against the prompt, then continued. */
+  private async *generateFrom(ids: number[], prefix: Uint8Array, opts: GenerateCallOptions): AsyncGenerator<GenerateChunk, GenerateResult, void> {
+    const cache = this.newCache(opts.kv ?? this.kv);
+    try {
+      const img = await decodeCache(prefix, { model: this.fingerprint, spec: cache.spec, shape: this.dims });
+      if (img.tokens === null) throw new KiviError('the prefix cache file does not say which tokens it holds: save it with saveCache(cache, tokens)');
+      if (img.length >= ids.length) throw new KiviError(`the prefix holds ${img.length} tokens; the prompt of ${ids.length} must be longer`);
+      if (img.tokens !== await tokenHash(ids, img.length)) throw new KiviError(`the prompt does not begin with the ${img.length} tokens the prefix holds`);
+      cache.restore(img);
+    } catch (e) {
+      cache.free();
+      throw e;
+    }
+    return yield* this.engine.add(ids, cache, opts).stream();
   }
 
   /** Stop the back end's helper threads and release its memory; the model is unusable afterwards. */

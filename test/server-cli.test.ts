@@ -13,6 +13,10 @@ test('kivi serve: bad flags and a busy port are one-line errors', async () => {
   oneLineError(['serve', '--model', MODEL_DIR, '--port', '70000'], /integer in \[0, 65535\]/);
   oneLineError(['serve', '--model', MODEL_DIR, '--max-queue', '-1'], /integer in \[0,/);
   oneLineError(['serve', '--model', '/nonexistent/model'], /does not exist/);
+  oneLineError(['serve', '--model', MODEL_DIR, '--prefix-store', 'http://127.0.0.1:6379'], /must be a redis:\/\/ or rediss:\/\/ URL/);
+  oneLineError(['serve', '--model', MODEL_DIR, '--prefix-store', 'redis://127.0.0.1:6379', '--prefix-cache', '1GiB'], /give one of them/);
+  oneLineError(['serve', '--model', MODEL_DIR, '--prefix-block', '64'], /needs a prefix cache/);
+  oneLineError(['serve', '--model', MODEL_DIR, '--prefix-cache', '1GiB', '--prefix-block', '0'], /integer in \[1,/);
   const busy = await startServer({ kv: 'fp16' });
   try {
     const port = new URL(busy.url).port;

@@ -87,9 +87,11 @@ class CountingPool implements PagePool {
 /**
  * The most page bytes a sequence's cache holds at any moment while it is prefilled with `from` tokens
  * and then decoded one token per step up to T tokens (pages freed by a step count until the step has
- * run, as they do in the real pool). `pool` supplies the shape and each page's size in the pool.
+ * run, as they do in the real pool). `from` may list the ends of the prefill's chunks instead (one step
+ * each, as engine/chunks.ts cuts them; the last is the prompt's length). `pool` supplies the shape and
+ * each page's size in the pool.
  */
-export function peakAllocatedBytes(spec: CacheSpec, pool: Pick<PagePool, 'shape' | 'pageBytes'>, T: number, from = 1): number {
+export function peakAllocatedBytes(spec: CacheSpec, pool: Pick<PagePool, 'shape' | 'pageBytes'>, T: number, from: number | readonly number[] = 1): number {
   const counter = new CountingPool(pool.shape, (b) => pool.pageBytes(b));
   const cache = createCache(spec, counter);
   const plan = new StepPlan('dry');
@@ -101,7 +103,13 @@ export function peakAllocatedBytes(spec: CacheSpec, pool: Pick<PagePool, 'shape'
     peak = Math.max(peak, counter.allocatedBytes);
     endStep(plan, counter);
   };
-  step(Math.min(from, T));
-  for (let t = Math.min(from, T); t < T; t++) step(1);
+  const ends = typeof from === 'number' ? [from] : from;
+  let t = 0;
+  for (const e of ends) {
+    const end = Math.min(e, T);
+    if (end > t) step(end - t);
+    t = Math.max(t, end);
+  }
+  for (; t < T; t++) step(1);
   return peak;
 }

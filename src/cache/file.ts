@@ -5,12 +5,14 @@
  *   bytes 0..7    magic "KIVICACH"
  *   bytes 8..11   format version (u32, little-endian)
  *   bytes 12..15  header length H (u32)
- *   bytes 16..    header: UTF-8 JSON {model, spec, shape, length, state, pages: [section, bytes]…, sha256}
+ *   bytes 16..    header: UTF-8 JSON {model, spec, shape, length, state, pages: [section, bytes]…, tokens?, sha256}
  *   then          the pages' bytes, in the header's order
  *
  * `model` is the model's fingerprint (config and weights), `spec` the cache spec's canonical form,
  * `sha256` the SHA-256 of the header without it followed by the payload. Reading refuses another model,
  * another spec, another version and any corruption with a one-line error — never a wrong answer.
+ * `tokens`, when the writer knew them, is the SHA-256 of the held tokens' ids (tokenHash), so a file can
+ * be checked against the prompt it is meant to continue.
  */
 import type { CacheImage, KvCache } from './types.js';
 import { formatKvSpec, type CacheSpec } from './spec.js';
@@ -29,6 +31,7 @@ interface Header {
   length: number;
   state: number[];
   pages: [number, number][];
+  tokens?: string;
   sha256?: string;
 }
 
@@ -37,6 +40,26 @@ export interface CacheFileIdentity {
   model: string;
   spec: CacheSpec;
   shape: AttnShape;
+  /** The held tokens' tokenHash: written into the header; when reading, a file must carry this one. */
+  tokens?: string;
+}
+
+/** A decoded file: the image to restore, and the tokenHash it carries (null: it does not say). */
+export interface DecodedCache extends CacheImage {
+  tokens: string | null;
+}
+
+/** The bytes token ids are hashed as: int32 little-endian each. */
+export function tokenBytes(ids: ArrayLike<number>, n = ids.length): Uint8Array {
+  const out = new Uint8Array(4 * n);
+  const dv = new DataView(out.buffer);
+  for (let i = 0; i < n; i++) dv.setInt32(4 * i, ids[i]!, true);
+  return out;
+}
+
+/** SHA-256 (hex) of the first n token ids: what a cache file's `tokens` field holds. */
+export function tokenHash(ids: ArrayLike<number>, n = ids.length): Promise<string> {
+  return sha256([tokenBytes(ids, n)]);
 }
 
 async function sha256(parts: Uint8Array[]): Promise<string> {
@@ -65,6 +88,7 @@ export async function encodeImage(img: CacheImage, id: CacheFileIdentity): Promi
     shape: { numLayers: s.numLayers, numHeads: s.numHeads, numKvHeads: s.numKvHeads, headDim: s.headDim }, length: img.length, state: img.state,
     pages: img.pages.map((p) => [p.section, p.bytes.byteLength]),
   };
+  if (id.tokens !== undefined) header.tokens = id.tokens;
   const enc = new TextEncoder();
   header.sha256 = await sha256([enc.encode(JSON.stringify(header)), ...img.pages.map((p) => p.bytes)]);
   const h = enc.encode(JSON.stringify(header));
@@ -84,7 +108,7 @@ export async function encodeImage(img: CacheImage, id: CacheFileIdentity): Promi
 }
 
 /** Parse and check a cache file against the model and spec it must restore into; the image to restore. */
-export async function decodeCache(bytes: Uint8Array, id: CacheFileIdentity): Promise<CacheImage> {
+export async function decodeCache(bytes: Uint8Array, id: CacheFileIdentity): Promise<DecodedCache> {
   const bad = (why: string): never => {
     throw new KiviError(`not a usable cache file: ${why}`);
   };
@@ -101,7 +125,8 @@ export async function decodeCache(bytes: Uint8Array, id: CacheFileIdentity): Pro
     return bad('corrupt header');
   }
   if (typeof header !== 'object' || header === null || typeof header.model !== 'string' || typeof header.spec !== 'string' ||
-    !Array.isArray(header.pages) || !Array.isArray(header.state) || typeof header.sha256 !== 'string' || !Number.isSafeInteger(header.length)) {
+    !Array.isArray(header.pages) || !Array.isArray(header.state) || typeof header.sha256 !== 'string' || !Number.isSafeInteger(header.length) ||
+    (header.tokens !== undefined && typeof header.tokens !== 'string')) {
     bad('corrupt header');
   }
   if (header.model !== id.model) bad('it was saved by another model (fingerprints differ)');
@@ -124,7 +149,10 @@ export async function decodeCache(bytes: Uint8Array, id: CacheFileIdentity): Pro
   const { sha256: sum, ...rest } = header;
   const check = await sha256([new TextEncoder().encode(JSON.stringify(rest)), ...pages.map((p) => p.bytes)]);
   if (check !== sum) bad('checksum mismatch (corrupt data)');
-  return { length: header.length, state: header.state, pages };
+  if (id.tokens !== undefined && header.tokens !== id.tokens) {
+    bad(header.tokens === undefined ? 'it does not say which tokens it holds' : `its ${header.length} tokens are not the ones expected`);
+  }
+  return { length: header.length, state: header.state, pages, tokens: header.tokens ?? null };
 }
 
 /** Restore a cache file into an empty cache (the cache is left empty if the file is refused). */

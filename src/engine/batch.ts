@@ -4,6 +4,11 @@
  * joins, alongside the others' decode tokens) and leaves when it finishes or is cancelled, freeing its
  * cache at once. Each sequence owns its cache, sampler and stop matcher, so batching never changes what
  * a sequence generates.
+ *
+ * A prompt may be prefilled in chunks, one per step (engine/chunks.ts: chunk ends on fixed grids), so a
+ * long prompt does not stall the others' decoding for one whole forward; and a sequence may start from a
+ * cache that already holds the first tokens of its prompt (restored from a cache file): only the rest is
+ * prefilled, as a continued prefill.
  */
 import type { LlamaModel } from '../model/llama.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
@@ -13,6 +18,7 @@ import { Sampler, validateSampling } from './sampling.js';
 import { StopMatcher } from './stop.js';
 import { KiviError } from '../util/errors.js';
 import { nextMacrotask } from '../util/macrotask.js';
+import { checkGrid, nextChunkEnd } from './chunks.js';
 import type { FinishReason, GenerateChunk, GenerateOptions, GenerateResult } from './generate.js';
 
 const now = () => performance.now() / 1000;
@@ -39,6 +45,10 @@ export class Sequence implements AsyncIterable<GenerateChunk> {
   kvBytesAtEnd = 0;
   /** The token to feed at the next step (null until the prompt is prefilled). */
   next: number | null = null;
+  /** Prompt tokens the cache held when the sequence joined (a restored prefix): not prefilled again. */
+  readonly reusedTokens: number;
+  /** Prompt tokens in the cache so far. */
+  prefilled: number;
 
   private readonly sampler: Sampler;
   private readonly decoder: StreamDecoder;
@@ -55,7 +65,10 @@ export class Sequence implements AsyncIterable<GenerateChunk> {
     tokenizer: Tokenizer,
     readonly opts: GenerateOptions,
     private readonly engine: BatchEngine,
+    readonly prefill: PrefillPlan = {},
   ) {
+    this.reusedTokens = cache.length;
+    this.prefilled = cache.length;
     this.maxTokens = opts.maxTokens ?? 128;
     this.sampler = new Sampler(opts);
     this.decoder = new StreamDecoder(tokenizer);
@@ -135,7 +148,7 @@ export class Sequence implements AsyncIterable<GenerateChunk> {
 
   result(): GenerateResult {
     return {
-      ids: this.ids, text: this.stops.fullText, promptTokens: this.promptIds.length,
+      ids: this.ids, text: this.stops.fullText, promptTokens: this.promptIds.length, reusedTokens: this.reusedTokens,
       finishReason: this.finishReason ?? 'abort', kvBytes: this.kvBytesAtEnd,
       prefillSeconds: this.prefillSeconds, decodeSeconds: this.decodeSeconds, decodeSteps: this.decodeSteps,
     };
@@ -172,6 +185,19 @@ export class Sequence implements AsyncIterable<GenerateChunk> {
   }
 }
 
+/** How a sequence's prompt is prefilled, beyond GenerateOptions.prefillChunk. */
+export interface PrefillPlan {
+  /** More chunk grids: a chunk also ends at every multiple of each (a prefix cache's blocks). */
+  grids?: number[];
+  /**
+   * Called after each prefill chunk, once the step has run and before any later step changes the cache
+   * (the cache then holds `length` prompt tokens): a prefix cache saves it here. The engine waits for it,
+   * so it must not wait on anything slow; its errors are ignored. If the sequence is `done` when a
+   * cache.save() resolves, it was cancelled meanwhile and the image must be dropped.
+   */
+  afterChunk?: (seq: Sequence, length: number) => Promise<void> | void;
+}
+
 export interface BatchEngineOptions {
   /** Most sequences decoding at once (default unlimited; the server's admission bounds memory). */
   maxBatch?: number;
@@ -184,6 +210,8 @@ export class BatchEngine {
   private running = false;
   /** Tokens generated since the engine started, for metrics. */
   generatedTokens = 0;
+  /** Prompt tokens run through prefill forwards (restored prefixes not included). */
+  prefilledTokens = 0;
   steps = 0;
   /** Seconds spent in forward passes. */
   busySeconds = 0;
@@ -200,19 +228,29 @@ export class BatchEngine {
     return [...this.active, ...this.joining];
   }
 
-  /** Queue a generation; it joins the batch at the next step. The cache must be empty and is owned by the sequence from now on. */
-  add(promptIds: number[], cache: KvCache, opts: GenerateOptions = {}): Sequence {
+  /**
+   * Queue a generation; it joins the batch at the next step. The cache is owned by the sequence from now
+   * on. It is empty, or holds the first cache.length tokens of the prompt (fewer than all of them: the
+   * last one's logits start generation) — the caller vouches that they are those tokens.
+   */
+  add(promptIds: number[], cache: KvCache, opts: GenerateOptions = {}, prefill: PrefillPlan = {}): Sequence {
+    let grids: number[];
     try {
       const maxTokens = opts.maxTokens ?? 128;
       if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new KiviError(`max tokens must be an integer ≥ 1, got ${maxTokens}`);
       validateSampling(opts);
       checkContext(promptIds.length, maxTokens, this.model.config.maxPositions);
-      if (cache.length !== 0) throw new KiviError('a new sequence needs an empty cache');
+      if (cache.length >= promptIds.length) {
+        throw new KiviError(`the cache holds ${cache.length} tokens; a prompt of ${promptIds.length} tokens must add at least one`);
+      }
+      grids = [...(prefill.grids ?? [])];
+      if (opts.prefillChunk !== undefined) grids.push(opts.prefillChunk);
+      for (const g of grids) checkGrid(g, 'the prefill chunk');
     } catch (e) {
       cache.free();
       throw e;
     }
-    const seq = new Sequence(this.nextId++, promptIds, cache, this.tokenizer, opts, this);
+    const seq = new Sequence(this.nextId++, promptIds, cache, this.tokenizer, opts, this, { ...prefill, grids });
     this.joining.push(seq);
     if (opts.signal) {
       if (opts.signal.aborted) seq.cancel();
@@ -239,17 +277,24 @@ export class BatchEngine {
     }
   }
 
-  /** One forward pass over every sequence: joiners prefill their prompt, the rest decode one token. */
+  /** One forward pass over every sequence: joiners prefill their prompt (or its next chunk), the rest decode one token. */
   async step(): Promise<void> {
     const max = this.opts.maxBatch ?? Infinity;
     while (this.joining.length > 0 && this.active.length < max) this.active.push(this.joining.shift()!);
     const batch = this.active.slice();
     if (batch.length === 0) return;
-    const items = batch.map((s) => ({
-      tokens: s.next === null ? s.promptIds : [s.next],
-      cache: s.cache,
-      logits: s.greedy ? ('argmax' as const) : ('last' as const),
-    }));
+    // Where each prefilling sequence's chunk ends (its prompt length: the last chunk, which gives logits).
+    const ends = batch.map((s) => (s.next === null ? nextChunkEnd(s.prefilled, s.promptIds.length, s.prefill.grids!) : 0));
+    const items = batch.map((s, i) => {
+      const logits = s.greedy ? ('argmax' as const) : ('last' as const);
+      if (s.next !== null) return { tokens: [s.next], cache: s.cache, logits };
+      const end = ends[i]!;
+      const whole = s.prefilled === 0 && end === s.promptIds.length;
+      return {
+        tokens: whole ? s.promptIds : s.promptIds.slice(s.prefilled, end), cache: s.cache, mode: 'prefill' as const,
+        logits: end === s.promptIds.length ? logits : ('none' as const),
+      };
+    });
     const t0 = now();
     let logits: (Float32Array | number | null)[];
     try {
@@ -265,10 +310,26 @@ export class BatchEngine {
     const dt = now() - t0;
     this.busySeconds += dt;
     this.steps++;
+    // Prefill chunks first: the hooks read caches before accept() can finish a sequence and free its cache.
     for (let i = 0; i < batch.length; i++) {
       const s = batch[i]!;
-      if (s.next === null) s.prefillSeconds = dt;
-      else {
+      if (s.next !== null) continue;
+      s.prefillSeconds += dt;
+      this.prefilledTokens += ends[i]! - s.prefilled;
+      s.prefilled = ends[i]!;
+      if (!s.done && s.prefill.afterChunk) {
+        try {
+          await s.prefill.afterChunk(s, s.prefilled);
+        } catch {
+          // A hook's failure (a store's) never fails the sequence.
+        }
+      }
+    }
+    for (let i = 0; i < batch.length; i++) {
+      const s = batch[i]!;
+      if (s.next === null) {
+        if (s.prefilled < s.promptIds.length) continue; // more chunks to go
+      } else {
         s.decodeSeconds += dt;
         s.decodeSteps++;
       }

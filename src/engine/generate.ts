@@ -13,6 +13,11 @@ export interface GenerateOptions extends SamplingOptions {
   ignoreEos?: boolean;
   /** Abort generation (the cache is freed at once). */
   signal?: AbortSignal;
+  /**
+   * Prefill the prompt in chunks that end at multiples of this many tokens, one chunk per engine step,
+   * so other sequences keep decoding between them (default: the whole prompt in one step).
+   */
+  prefillChunk?: number;
 }
 
 export interface GenerateChunk {
@@ -28,10 +33,12 @@ export interface GenerateResult {
   ids: number[];
   text: string;
   promptTokens: number;
+  /** Prompt tokens the sequence started with in its cache (a restored prefix), not prefilled again. */
+  reusedTokens: number;
   finishReason: FinishReason;
   /** Cache bytes held after the last step (codes + scales + minimums + residual). */
   kvBytes: number;
-  /** Seconds of the forward pass that prefilled the prompt. */
+  /** Seconds of the forward passes that prefilled the prompt (all its chunks). */
   prefillSeconds: number;
   /** Seconds of the decode forward passes. */
   decodeSeconds: number;

@@ -20,6 +20,10 @@ import { RequestError } from './schemas.js';
 import { errorBody } from './openai.js';
 import { type GenerationContext, checkModelName, handleGeneration } from './generation.js';
 import type { Registry } from './metrics.js';
+import { PrefixCache } from './prefix-cache.js';
+import { MemoryStore, type PrefixStore } from './prefix-store.js';
+import { RedisStore, parseRedisUrl } from './redis-store.js';
+import { checkGrid } from '../engine/chunks.js';
 
 export interface ServeOptions {
   /** Cache spec of every sequence (default kivi2). */
@@ -37,7 +41,23 @@ export interface ServeOptions {
   bodyLimit?: number;
   /** The name clients send as `model` (default: the model directory's basename). */
   modelName?: string;
+  /** Prefill prompts in chunks of at most this many tokens, one per engine step (default: whole prompts). */
+  prefillChunk?: number;
+  /** The prefix cache with an in-process store of this many bytes (LRU). */
+  prefixCacheBytes?: number;
+  /** The prefix cache with a Redis store shared by replicas: redis://HOST:PORT[/db]. */
+  prefixStore?: string;
+  /** Tokens per prefix-cache block (default 256). */
+  prefixBlock?: number;
+  /** Most milliseconds a prefix-store call may take (default 500). */
+  prefixTimeoutMs?: number;
+  /** Most bytes of prefix writes in flight (default 64 MiB). */
+  prefixPendingBytes?: number;
+  /** Where the server's few log lines go (default stderr). */
+  log?: (line: string) => void;
 }
+
+export const DEFAULT_PREFIX_BLOCK = 256;
 
 export class KiviServer {
   private closing: Promise<void> | null = null;
@@ -48,6 +68,8 @@ export class KiviServer {
     private readonly chat: ChatFormatter,
     readonly modelName: string,
     readonly url: string,
+    /** The prefix cache, when one is configured. */
+    readonly prefix: PrefixCache | null,
   ) {}
 
   static async start(model: KiviModel, opts: ServeOptions = {}): Promise<KiviServer> {
@@ -62,33 +84,45 @@ export class KiviServer {
     if (!(budgetBytes >= least)) {
       throw new KiviError(`the KV budget of ${formatBytes(budgetBytes)} cannot hold even one sequence of one token (${spec.name} needs ${formatBytes(least)} of cache pages)`);
     }
+    const grids: number[] = [];
+    if (opts.prefillChunk !== undefined) grids.push(checkGrid(opts.prefillChunk, 'the prefill chunk'));
+    const prefixStore = prefixStoreFor(opts);
+    if (prefixStore) grids.push(checkGrid(opts.prefixBlock ?? DEFAULT_PREFIX_BLOCK, 'the prefix block'));
     const template = findChatTemplate(model.dir, model.tokenizer.config);
     // Checks the template parses; starts the prompt thread, which close() stops.
     const chat = new ChatFormatter(model.tokenizer, template);
     // Last of the checks: the scheduler hooks into the engine, and close() unhooks it.
     const scheduler = new Scheduler(model.engine, {
       spec, pool: model.transformer.pool, budgetBytes, maxQueue: opts.maxQueue ?? 64,
-      newCache: () => model.newCache(spec),
+      newCache: () => model.newCache(spec), grids,
     });
     const modelName = opts.modelName ?? path.basename(path.resolve(model.dir));
     const stats = new ServerStats();
-    const ctx: GenerationContext = { model, modelName, scheduler, stats, chat, timeoutMs: timeoutSeconds * 1000 };
+    const prefix = prefixStore && new PrefixCache({
+      store: prefixStore(), block: opts.prefixBlock ?? DEFAULT_PREFIX_BLOCK, grids,
+      model: model.fingerprint, spec, shape: model.dims, backend: model.backend.name,
+      timeoutMs: opts.prefixTimeoutMs ?? 500, maxPendingBytes: opts.prefixPendingBytes ?? 64 * 1024 ** 2,
+    });
+    const ctx: GenerationContext = { model, modelName, scheduler, stats, chat, timeoutMs: timeoutSeconds * 1000, prefix };
     const app = Fastify({ logger: false, bodyLimit: opts.bodyLimit ?? 1024 * 1024 });
     jsonBodies(app);
-    routes(app, ctx, stats.registry(scheduler, model.engine));
+    const registry = stats.registry(scheduler, model.engine);
+    prefix?.register(registry);
+    routes(app, ctx, registry);
     let url: string;
     try {
       url = await app.listen({ host: opts.host ?? '127.0.0.1', port: opts.port ?? 8080 });
     } catch (e) {
       scheduler.close();
       await chat.close();
+      await prefix?.close();
       const err = e as NodeJS.ErrnoException;
       if (err.code === 'EADDRINUSE') throw new KiviError(`port ${opts.port ?? 8080} on ${opts.host ?? '127.0.0.1'} is already in use`);
       if (err.code === 'EADDRNOTAVAIL' || err.code === 'ENOTFOUND') throw new KiviError(`cannot listen on host ${opts.host}`);
       if (err.code === 'EACCES') throw new KiviError(`no permission to listen on port ${opts.port}`);
       throw e;
     }
-    return new KiviServer(app, scheduler, chat, modelName, url);
+    return new KiviServer(app, scheduler, chat, modelName, url, prefix);
   }
 
   /** Stop accepting requests, cancel running and waiting sequences (freeing their caches), close connections. */
@@ -98,6 +132,7 @@ export class KiviServer {
       const closed = this.app.close();
       this.scheduler.close();
       await this.chat.close();
+      await this.prefix?.close();
       // A client's kept-alive connection would hold close() for the keep-alive timeout (72 s in fastify):
       // end each one as soon as its last response is out.
       const reaper = setInterval(() => this.app.server.closeIdleConnections(), 25);
@@ -109,6 +144,38 @@ export class KiviServer {
     })();
     return this.closing;
   }
+}
+
+/** Check the prefix-cache options (the CLI does before loading the model). */
+export function checkPrefixOptions(opts: ServeOptions): void {
+  prefixStoreFor(opts);
+  if (opts.prefixBlock !== undefined) checkGrid(opts.prefixBlock, 'the prefix block');
+  if (opts.prefillChunk !== undefined) checkGrid(opts.prefillChunk, 'the prefill chunk');
+}
+
+/**
+ * The prefix store the options ask for, checked now and made later (after the other checks: a Redis
+ * client connects as soon as it is made), or null for no prefix cache.
+ */
+function prefixStoreFor(opts: ServeOptions): (() => PrefixStore) | null {
+  const log = opts.log ?? ((line: string) => process.stderr.write(line + '\n'));
+  const timeoutMs = opts.prefixTimeoutMs ?? 500;
+  if (!(Number.isFinite(timeoutMs) && timeoutMs > 0)) throw new KiviError(`the prefix store timeout must be positive, got ${timeoutMs}`);
+  if (opts.prefixStore !== undefined) {
+    if (opts.prefixCacheBytes !== undefined) {
+      throw new KiviError('--prefix-cache sizes the in-process prefix store; with --prefix-store the Redis server\'s maxmemory bounds it: give one of them');
+    }
+    parseRedisUrl(opts.prefixStore);
+    const url = opts.prefixStore;
+    return () => new RedisStore(url, { timeoutMs, log });
+  }
+  if (opts.prefixCacheBytes !== undefined) {
+    const n = opts.prefixCacheBytes;
+    if (!(Number.isSafeInteger(n) && n > 0)) throw new KiviError(`the prefix cache size must be a positive number of bytes, got ${n}`);
+    return () => new MemoryStore(n);
+  }
+  if (opts.prefixBlock !== undefined) throw new KiviError('--prefix-block needs a prefix cache: give --prefix-cache SIZE or --prefix-store redis://HOST:PORT');
+  return null;
 }
 
 /**

@@ -15,6 +15,8 @@ import type { ServerStats, Timing } from './stats.js';
 import { ChatRequest, CompletionRequest, RequestError, messageText, parseBody, singlePrompt } from './schemas.js';
 import { type Endpoint, ResponseId, errorBody, usage } from './openai.js';
 import { KiviError } from '../util/errors.js';
+import type { PrefixCache } from './prefix-cache.js';
+import type { Start } from './scheduler.js';
 
 export interface GenerationContext {
   model: KiviModel;
@@ -25,6 +27,8 @@ export interface GenerationContext {
   stats: ServerStats;
   /** Per-request limit, from arrival to the last token. */
   timeoutMs: number;
+  /** The prefix cache, if configured. */
+  prefix: PrefixCache | null;
 }
 
 /** A validated request, ready to run. */
@@ -159,7 +163,14 @@ export async function handleGeneration(endpoint: Endpoint, ctx: GenerationContex
     const job = endpoint === 'chat' ? await chatJob(ctx, body) : await completionJob(ctx, body);
     let seq: Sequence;
     try {
-      seq = await ctx.scheduler.submit(job.ids, { ...job.opts, signal: ac.signal });
+      // The longest stored prefix of the prompt (a miss on any store failure), restored when admitted.
+      let start: Start = {};
+      if (ctx.prefix) {
+        const prefix = ctx.prefix;
+        const found = await prefix.lookup(job.ids);
+        start = { image: found.image ?? undefined, afterChunk: prefix.afterChunk(found), onRestoreError: () => prefix.corruptDropped++ };
+      }
+      seq = await ctx.scheduler.submit(job.ids, { ...job.opts, signal: ac.signal }, start);
     } catch (e) {
       if (e === CLIENT_GONE) {
         outcome = 'cancelled';
@@ -188,7 +199,7 @@ export async function handleGeneration(endpoint: Endpoint, ctx: GenerationContex
     }
     outcome = 'ok';
     ctx.stats.observe(r, timing);
-    return id.full(r.text, r.finishReason, usage(r.promptTokens, r.ids.length));
+    return id.full(r.text, r.finishReason, usageOf(ctx, r));
   } catch (e) {
     outcome = e instanceof KiviError ? outcomeOf(e.status) : 'error';
     throw e;
@@ -197,6 +208,12 @@ export async function handleGeneration(endpoint: Endpoint, ctx: GenerationContex
     res.off('close', onClose);
     ctx.stats.requests.inc({ endpoint, outcome });
   }
+}
+
+/** OpenAI's usage; with a prefix cache, prompt_tokens_details.cached_tokens says how many were restored. */
+function usageOf(ctx: GenerationContext, r: GenerateResult) {
+  const u = usage(r.promptTokens, r.ids.length);
+  return ctx.prefix ? { ...u, prompt_tokens_details: { cached_tokens: r.reusedTokens } } : u;
 }
 
 /** Why an aborted sequence stopped: its timeout, or (signal not fired) the server shutting down. */
@@ -264,7 +281,7 @@ async function streamEvents(
     ctx.stats.observe(r, timing);
     if (first && id.endpoint === 'chat') send(id.chunk('', null, true));
     send(id.chunk('', r.finishReason));
-    if (job.includeUsage) send(id.usageChunk(usage(r.promptTokens, r.ids.length)));
+    if (job.includeUsage) send(id.usageChunk(usageOf(ctx, r)));
   }
   send('[DONE]');
   res.end();

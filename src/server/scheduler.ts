@@ -7,12 +7,20 @@
  * that do not fit wait in a bounded FIFO queue (first come, first served: a large request is never
  * overtaken forever by small ones); past the queue they are refused with a 429.
  *
+ * A prompt prefilled in chunks (--prefill-chunk, prefix-cache blocks) is reserved for that schedule. A
+ * request that starts from a restored prefix holds that prefix's pages from its start; its reservation is
+ * the cold schedule's peak, which bounds the restored run's (the same steps from the restored length on,
+ * and the restored pages are those the cold run holds at that point), so a restore that fails can still
+ * start cold within it.
+ *
  * Policy only: the engine (engine/batch.ts) knows nothing about budgets.
  */
 import type { BatchEngine, Sequence } from '../engine/batch.js';
 import type { GenerateOptions } from '../engine/generate.js';
 import type { CacheSpec } from '../cache/spec.js';
-import type { KvCache } from '../cache/types.js';
+import type { CacheImage, KvCache } from '../cache/types.js';
+import type { PrefillPlan } from '../engine/batch.js';
+import { chunkEnds } from '../engine/chunks.js';
 import type { PagePool } from '../kernels/types.js';
 import { peakAllocatedBytes } from '../cache/budget.js';
 import { KiviError } from '../util/errors.js';
@@ -28,11 +36,23 @@ export interface SchedulerOptions {
   maxQueue: number;
   /** A fresh, empty cache of `spec`. */
   newCache: () => KvCache;
+  /** Chunk grids every prompt is prefilled on (--prefill-chunk, the prefix cache's block). */
+  grids?: number[];
+}
+
+/** How one request starts: from a restored prefix, and with a hook after each prefill chunk. */
+export interface Start {
+  /** A cache image holding the prompt's first image.length tokens (fewer than all). */
+  image?: CacheImage;
+  afterChunk?: PrefillPlan['afterChunk'];
+  /** Called when the image could not be restored (the request then prefills cold). */
+  onRestoreError?: (err: unknown) => void;
 }
 
 interface Waiting {
   promptIds: number[];
   opts: GenerateOptions;
+  start: Start;
   bytes: number;
   resolve: (seq: Sequence) => void;
   reject: (err: unknown) => void;
@@ -76,7 +96,9 @@ export class Scheduler {
     const key = `${promptTokens}:${maxTokens}`;
     let b = this.reservations.get(key);
     if (b === undefined) {
-      b = peakAllocatedBytes(this.opts.spec, this.opts.pool, promptTokens + maxTokens - 1, promptTokens);
+      const grids = this.opts.grids ?? [];
+      const prefill = grids.length === 0 ? promptTokens : chunkEnds(0, promptTokens, grids);
+      b = peakAllocatedBytes(this.opts.spec, this.opts.pool, promptTokens + maxTokens - 1, prefill);
       if (this.reservations.size >= 1024) this.reservations.delete(this.reservations.keys().next().value!);
       this.reservations.set(key, b);
     }
@@ -116,7 +138,7 @@ export class Scheduler {
    * KiviError: 429 when the queue is full, 400 when the request could never fit the budget, 503 when the
    * server is closing; and with the signal's reason when the signal aborts it while it waits.
    */
-  submit(promptIds: number[], opts: GenerateOptions): Promise<Sequence> {
+  submit(promptIds: number[], opts: GenerateOptions, start: Start = {}): Promise<Sequence> {
     if (this.closed) return Promise.reject(new KiviError('the server is shutting down', 503));
     const maxTokens = opts.maxTokens ?? 128;
     const bytes = this.reservation(promptIds.length, maxTokens);
@@ -125,7 +147,7 @@ export class Scheduler {
         `a prompt of ${promptIds.length} tokens with max_tokens ${maxTokens} needs up to ${formatBytes(bytes)} of KV cache, ` +
         `more than the server's whole budget of ${formatBytes(this.opts.budgetBytes)}; lower max_tokens or shorten the prompt`, 400));
     }
-    if (this.queue.length === 0 && this.fits(bytes)) return Promise.resolve(this.start(promptIds, opts, bytes));
+    if (this.queue.length === 0 && this.fits(bytes)) return Promise.resolve(this.start(promptIds, opts, bytes, start));
     if (this.queue.length >= this.opts.maxQueue) {
       this.rejected++;
       return Promise.reject(new KiviError(
@@ -133,7 +155,7 @@ export class Scheduler {
     }
     if (opts.signal?.aborted) return Promise.reject(opts.signal.reason);
     return new Promise<Sequence>((resolve, reject) => {
-      const w: Waiting = { promptIds, opts, bytes, resolve, reject, detach: () => {} };
+      const w: Waiting = { promptIds, opts, start, bytes, resolve, reject, detach: () => {} };
       const signal = opts.signal;
       if (signal) {
         const onAbort = () => {
@@ -165,9 +187,19 @@ export class Scheduler {
     return this.reserved + bytes <= this.opts.budgetBytes;
   }
 
-  private start(promptIds: number[], opts: GenerateOptions, bytes: number): Sequence {
+  private start(promptIds: number[], opts: GenerateOptions, bytes: number, start: Start): Sequence {
+    const cache = this.opts.newCache();
+    if (start.image) {
+      try {
+        cache.restore(start.image);
+      } catch (e) {
+        // The image passed its checksum, so this is not expected; the cold start fits the same reservation.
+        cache.free();
+        start.onRestoreError?.(e);
+      }
+    }
     // engine.add validates the request and frees the cache if it throws; nothing is reserved until it succeeds.
-    const seq = this.engine.add(promptIds, this.opts.newCache(), opts);
+    const seq = this.engine.add(promptIds, cache, opts, { grids: this.opts.grids, afterChunk: start.afterChunk });
     if (seq.done) return seq;
     this.reserved += bytes;
     this.running.set(seq, bytes);
@@ -192,7 +224,7 @@ export class Scheduler {
       const w = this.queue.shift()!;
       w.detach();
       try {
-        w.resolve(this.start(w.promptIds, w.opts, w.bytes));
+        w.resolve(this.start(w.promptIds, w.opts, w.bytes, w.start));
       } catch (e) {
         w.reject(e);
       }

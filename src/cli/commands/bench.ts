@@ -5,7 +5,7 @@ import type { Command } from 'commander';
 import { createBackend, type Backend, type BackendChoice } from '../../kernels/index.js';
 import type { CacheSpec } from '../../cache/spec.js';
 import { bytes, int, intList, readTextFile } from '../parse.js';
-import { backendOption, kvListOption, threadsOption } from '../common.js';
+import { backendOption, kvListOption, kvOption, threadsOption } from '../common.js';
 import { LazyProgress } from '../progress.js';
 import { KiviError } from '../../util/errors.js';
 import type { TopLevelSpec } from '../../studies/plot.js';
@@ -20,6 +20,8 @@ import { NAMED_SPECS } from '../../cache/spec.js';
 import { benchPrompt, generateBenchMarkdown, runGenerateBench } from '../../studies/bench/generate.js';
 import { KiviModel } from '../../api.js';
 import { measureCapacity, serveCapacityMarkdown, textPrompts } from '../../studies/serve/capacity.js';
+import { prefixBenchMarkdown, runPrefixBench } from '../../studies/bench/prefix.js';
+import { parseRedisUrl } from '../../server/redis-store.js';
 
 /** KIVI-2 with the reference's float32 residual, beside the named `kivi2` (float16 residual, the paper's). */
 const KIVI2_FP32_RESIDUAL = 'kivi:k=2,v=2,g=32,r=128,residual=fp32';
@@ -209,6 +211,41 @@ export function register(program: Command): void {
       const opts = { prompt: o.prompt, gen: o.gen, clients: o.clients, fp16Seqs: o.fp16Seqs, specs: o.kv.map((k) => k.name) };
       const { budget, rows } = await measureCapacity(model, { ...opts, prompts });
       await report(o, { ...opts, budget, rows }, serveCapacityMarkdown(model, opts, budget, rows));
+    } finally {
+      model.dispose();
+    }
+  });
+
+  // --- prefix -------------------------------------------------------------------------------------
+  const pfx = bench
+    .command('prefix')
+    .description('multi-turn chats over a shared system prompt against 1 and 2 kivi serve replicas, with and without the prefix cache: time to first token, prefill tokens, store bytes')
+    .requiredOption('--model <dir>', 'model directory')
+    .requiredOption('--text <file>', 'text the system prompt and user messages are cut from')
+    .option('--system <n>', 'shared system prompt tokens', int(2), 1500)
+    .option('--conversations <n>', 'chats running at once', int(1, 256), 8)
+    .option('--turns <n>', 'turns per chat', int(1, 64), 6)
+    .option('--user <n>', 'tokens per user message', int(1), 40)
+    .option('--gen <n>', 'tokens per answer (greedy)', int(1), 32)
+    .option('--block <n>', 'prefix-cache block (kivi serve --prefix-block)', int(1), 256)
+    .option('--replicas <list>', 'replica counts to run', intList(1), [1, 2])
+    .option('--prefix-cache <size>', 'each replica\'s in-process store', bytes, 512 * 1024 ** 2)
+    .option('--prefix-store <url>', 'also run 2 replicas sharing this Redis (redis://HOST:PORT; entries are left to its eviction)');
+  kvOption(pfx);
+  sharedOptions(pfx);
+  pfx.action(async (o: Shared & { model: string; text: string; system: number; conversations: number; turns: number; user: number; gen: number; block: number; replicas: number[]; prefixCache: number; prefixStore?: string; kv: CacheSpec }) => {
+    if (o.prefixStore !== undefined) parseRedisUrl(o.prefixStore);
+    const text = readTextFile(o.text, '--text');
+    const model = await KiviModel.load(o.model, { backend: o.backend, threads: o.threads });
+    try {
+      const serveArgs = [...(o.backend ? ['--backend', o.backend] : []), ...(o.threads ? ['--threads', String(o.threads)] : [])];
+      const bar = new LazyProgress('bench prefix');
+      const r = await runPrefixBench({
+        model, modelDir: o.model, text, kv: o.kv.name, system: o.system, conversations: o.conversations, turns: o.turns, user: o.user,
+        gen: o.gen, block: o.block, replicas: o.replicas, cacheBytes: o.prefixCache, store: o.prefixStore, serveArgs, onProgress: (d, t) => bar.update(d, t),
+      });
+      bar.stop();
+      await report(o, { model: path.basename(path.resolve(o.model)), ...r }, prefixBenchMarkdown(r));
     } finally {
       model.dispose();
     }

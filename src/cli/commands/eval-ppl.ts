@@ -1,6 +1,7 @@
 /** `kivi eval ppl`: streaming perplexity of several cache specs over windows of a text. */
 import type { Command } from 'commander';
 import { backendOption, kvListOption, threadsOption } from '../common.js';
+import { int } from '../parse.js';
 import type { CacheSpec } from '../../cache/spec.js';
 import { pplJson, pplMarkdown, pplText } from '../../studies/eval/ppl-report.js';
 import { scoreText, windowOptions, type WindowOpts } from './eval-windows.js';
@@ -17,6 +18,7 @@ export function register(ev: Command): void {
     'with teacher-forced fp32 perplexity for reference',
   ));
   kvListOption(cmd, 'fp32,kivi2,kivi4');
+  cmd.option('--prefill-chunk <n>', 'prefill in chunks of N tokens, each continuing the cache (what the server\'s prefix cache does); default one exact chunk', int(1));
   cmd.option('--json', 'print one JSON line').option('--md', 'print a Markdown table');
   backendOption(cmd);
   threadsOption(cmd);

@@ -14,6 +14,8 @@ export interface WindowOpts {
   text: string;
   window: number;
   prefill: number;
+  /** eval ppl --prefill-chunk. */
+  prefillChunk?: number;
   maxWindows?: number;
   backend?: BackendChoice;
   threads?: number;
@@ -45,7 +47,7 @@ export async function scoreText(o: WindowOpts, specs: CacheSpec[], label: string
   const windows = windowsFor(m, text, specs, o);
   const bar = new LazyProgress(`${label} ×${specs.length} specs`);
   try {
-    return await perplexityStudy(m.transformer, windows, specs, { prefill: o.prefill, onProgress: (d, t) => bar.update(d, t) });
+    return await perplexityStudy(m.transformer, windows, specs, { prefill: o.prefill, prefillChunk: o.prefillChunk, onProgress: (d, t) => bar.update(d, t) });
   } finally {
     bar.stop();
   }

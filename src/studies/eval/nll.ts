@@ -8,9 +8,15 @@ import { type CacheSpec, createCache } from '../../cache/spec.js';
 import { restorePrefill, snapshotPrefill, type PrefixSnapshot } from '../../engine/prefix.js';
 import { logProb } from '../../engine/sampling.js';
 import { KiviError } from '../../util/errors.js';
+import { chunkEnds } from '../../engine/chunks.js';
 
 export interface NllOptions {
   prefill: number;
+  /**
+   * Prefill in chunks ending at multiples of this many tokens, each continuing the cache (as the server's
+   * prefix cache does): later chunks read earlier ones through the cache's storage. Default: one exact chunk.
+   */
+  prefillChunk?: number;
   /** Decode tokens per forward call (bounds memory for logits; progress granularity). */
   chunk?: number;
   onProgress?: (decodedTokens: number, totalTokens: number) => void;
@@ -45,7 +51,13 @@ export async function streamingNll(
     const caches = idx.map(() => createCache(spec, model.pool));
     try {
       for (const [j, wi] of idx.entries()) {
-        if (snapshots) await restorePrefill(model, caches[j]!, snapshots[wi]!);
+        if (opts.prefillChunk !== undefined) {
+          let t = 0;
+          for (const end of chunkEnds(0, P, [opts.prefillChunk])) {
+            await model.forward([{ tokens: windows[wi]!.slice(t, end), cache: caches[j]!, logits: 'none', mode: 'prefill' }]);
+            t = end;
+          }
+        } else if (snapshots) await restorePrefill(model, caches[j]!, snapshots[wi]!);
         else await model.forward([{ tokens: windows[wi]!.slice(0, P), cache: caches[j]!, logits: 'none' }]);
       }
       const sums = idx.map(() => 0);

@@ -15,6 +15,7 @@ export interface PplJson {
   windows: number;
   window: number;
   prefill: number;
+  prefill_chunk: number | null;
 }
 
 export function pplJson(s: PplStudy): PplJson {
@@ -26,6 +27,7 @@ export function pplJson(s: PplStudy): PplJson {
     windows: s.windows,
     window: s.window,
     prefill: s.prefill,
+    prefill_chunk: s.prefillChunk ?? null,
   };
 }
 
@@ -41,7 +43,8 @@ const HEADERS = ['kv cache', 'mean NLL', 'ppl', 'Δ NLL', 'Δ ppl'];
 
 function caption(s: PplStudy): string {
   const tf = s.teacherForced;
-  return `${s.windows} window(s) of ${s.window} tokens, prefill ${s.prefill}, ${s.window - 1 - s.prefill} decode predictions each; ` +
+  const chunks = (s.prefillChunk ?? null) === null ? '' : ` (in chunks of ${s.prefillChunk}, each continuing the cache)`;
+  return `${s.windows} window(s) of ${s.window} tokens, prefill ${s.prefill}${chunks}, ${s.window - 1 - s.prefill} decode predictions each; ` +
     `Δ vs ${baselineOf(s).kv}. Teacher-forced fp32 over all ${s.window - 1} predictions of each window: ` +
     `NLL ${tf.mean_nll_all.toFixed(4)}, ppl ${tf.ppl_all.toFixed(2)}.`;
 }

@@ -15,6 +15,8 @@ import { mean } from '../numbers.js';
 
 export interface PplOptions {
   prefill: number;
+  /** Prefill each spec's cache in chunks of this many tokens (streamingNll's prefillChunk). */
+  prefillChunk?: number;
   /** Windows decoded together (and snapshots held at once). */
   batch?: number;
   onProgress?: (done: number, total: number) => void;
@@ -32,6 +34,8 @@ export interface PplStudy {
   windows: number;
   window: number;
   prefill: number;
+  /** The prefill's chunk (null: one exact chunk). */
+  prefillChunk?: number | null;
   results: SpecNll[];
   /**
    * Teacher-forced fp32 over the tokens the streaming protocol scores (the fp32 spec must match it up to
@@ -89,7 +93,7 @@ export async function perplexityStudy(model: LlamaModel, windows: number[][], sp
     }
     for (const [i, spec] of specs.entries()) {
       const base = done;
-      const r = await streamingNll(model, group, spec, { prefill: P, onProgress: (d) => opts.onProgress?.(base + d, total) }, snaps);
+      const r = await streamingNll(model, group, spec, { prefill: P, prefillChunk: opts.prefillChunk, onProgress: (d) => opts.onProgress?.(base + d, total) }, snaps);
       r.forEach((x, j) => (nll[i]![b + j] = x));
       done = base + group.reduce((a, w) => a + (w.length - 1 - P), 0);
     }
@@ -100,6 +104,7 @@ export async function perplexityStudy(model: LlamaModel, windows: number[][], sp
     windows: windows.length,
     window: windows[0]!.length,
     prefill: P,
+    prefillChunk: opts.prefillChunk ?? null,
     results: specs.map((spec, i) => specNll(spec.name, nll[i]!)),
     teacherForced: { ...tf, nll_all: tfAll, mean_nll_all: meanAll, ppl_all: Math.exp(meanAll) },
   };

@@ -13,10 +13,10 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cp package.json package-lock.json "$tmp/"
 (cd "$tmp" && npm ci --omit=dev --omit=optional --ignore-scripts --no-audit --no-fund >/dev/null)
-(cd "$tmp" && npm install --no-save --ignore-scripts --no-audit --no-fund "webgpu@$ver" >/dev/null)
+(cd "$tmp" && npm install --no-save --omit=dev --ignore-scripts --no-audit --no-fund "webgpu@$ver" >/dev/null)
 # Dawn: keep only the linux-x64 binary.
 find "$tmp/node_modules/webgpu/dist" -mindepth 1 -maxdepth 1 ! -name 'linux-x64*' ! -name '*.js' ! -name '*.mjs' ! -name '*.d.ts' ! -name '*.json' -exec rm -rf {} + 2>/dev/null || true
-tar -C "$tmp" -cJf "$out/modules.tar.xz" node_modules
+tar -C "$tmp" -cf - node_modules | xz -T0 -6 > "$out/modules.tar.xz"
 if ! ls "$out"/*.deb >/dev/null 2>&1; then
   mkdir -p /tmp/amd64/partial
   o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'

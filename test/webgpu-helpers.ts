@@ -7,6 +7,7 @@ import { test, type TestContext } from 'node:test';
 import { swiftshaderMissing, webgpuPackageMissing } from '../src/kernels/webgpu/node.js';
 import type { WebGpuBackend } from '../src/kernels/webgpu/backend.js';
 import { createBackend } from '../src/kernels/index.js';
+import type { WebGpuOptions } from '../src/kernels/webgpu/device.js';
 
 /** Why WebGPU on SwiftShader cannot run here, or null. */
 export function webgpuMissing(): string | null {
@@ -34,9 +35,9 @@ export function reportMissing(file: string): boolean {
   return true;
 }
 
-/** A WebGPU back end on SwiftShader. */
-export async function swiftshaderBackend(maxBindingBytes?: number): Promise<WebGpuBackend> {
-  return (await createBackend({ backend: 'webgpu', webgpu: { swiftshader: true, maxBindingBytes } })) as WebGpuBackend;
+/** A WebGPU back end on SwiftShader (its matmul one thread per output unless `serialMatmul: false`). */
+export async function swiftshaderBackend(o: Omit<WebGpuOptions, 'swiftshader'> = {}): Promise<WebGpuBackend> {
+  return (await createBackend({ backend: 'webgpu', webgpu: { ...o, swiftshader: true } })) as WebGpuBackend;
 }
 
 /** The environment that makes a child `kivi` process find SwiftShader by itself. */

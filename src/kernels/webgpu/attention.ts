@@ -62,19 +62,30 @@ export function attnGeometry(shape: AttnShape, workgroupBytes: number): AttnGeom
   const head = nq * D + nq * TILE;
   const fold = (s: number) => s * nq * 2 + s * nq * (D / 16) * 2;
   const fixed = (s: number) => Math.max(head + fold(s), lanes * nq * D);
+  // sh, fq (the folded queries) and ml (the value threads' maxima and sums).
+  const bytes = (s: number) => (fixed(s) + s * nq * D + lanes * nq) * 4;
   let slots = 16;
-  while (slots > 1 && (fixed(slots) + slots * nq * D) * 4 > workgroupBytes) slots--;
-  if ((fixed(slots) + slots * nq * D) * 4 > workgroupBytes) {
+  while (slots > 1 && bytes(slots) > workgroupBytes) slots--;
+  if (bytes(slots) > workgroupBytes) {
     throw new Error(`webgpu: attention for ${nq} query heads per kv head of ${D} needs more workgroup memory than ${workgroupBytes} bytes`);
   }
   return { nq, ch, slots, shared: fixed(slots) };
 }
 
-const ARENA_READ = (ty: string, access: 'read' | 'read_write', first: number) => {
+/** Declarations of the first `na` arena bindings (the layout always has ARENAS; unused ones stay unbound in the shader). */
+function arenaDecls(ty: string, access: 'read' | 'read_write', first: number, na: number): string {
   let s = '';
-  for (let i = 0; i < ARENAS; i++) s += `@group(0) @binding(${first + i}) var<storage, ${access}> a${i}: array<${ty}>;\n`;
+  for (let i = 0; i < na; i++) s += `@group(0) @binding(${first + i}) var<storage, ${access}> a${i}: array<${ty}>;\n`;
   return s;
-};
+}
+
+/** A function selecting arena slot `s` (no branch when one slot is in use, the usual case). */
+function arenaSwitch(na: number, sig: string, body: (a: string) => string): string {
+  if (na === 1) return `fn ${sig} {\n  ${body('a0')}\n}`;
+  let cases = '';
+  for (let i = 1; i < na; i++) cases += `    case ${i}u: { ${body(`a${i}`)} }\n`;
+  return `fn ${sig} {\n  switch s {\n${cases}    default: { ${body('a0')} }\n  }\n}`;
+}
 
 /** The value of a b-bit code at position k of a word, as the float 1 + code·2^-b. */
 function magic(word: string, bits: number, k: number): string {
@@ -84,7 +95,7 @@ function magic(word: string, bits: number, k: number): string {
   return `bitcast<f32>(0x3f800000u | (${moved} & 0x${mask.toString(16)}u))`;
 }
 
-export function attendWgsl(shape: AttnShape, g: AttnGeometry): string {
+export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number): string {
   const { numHeads: H, numKvHeads: KV, headDim: D } = shape;
   const { nq: NQ, ch: CH, slots: NS } = g;
   const QKVD = (H + 2 * KV) * D;
@@ -92,52 +103,53 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry): string {
   const LANES = Math.floor(TILE / CHUNKS);
   const D16 = D / 16;
   const QOFF = 0, SCOFF = NQ * D, FBOFF = SCOFF + NQ * TILE, FPOFF = FBOFF + NS * NQ * 2;
-  const js = (f: (j: number) => string) => Array.from({ length: NQ }, (_, j) => f(j)).join('\n');
+  // Per-thread state lives in scalars (m0, a0_3, …), every index a constant: no private arrays, which
+  // GPUs would put in local memory when indexed at run time.
+  const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+  const J = (f: (j: number) => string, sep = '\n') => range(NQ).map(f).join(sep);
+  const JK = (f: (j: number, k: number) => string) => range(NQ).flatMap((j) => range(CH).map((k) => f(j, k))).join('\n');
+  const qvec = (j: number, c: string, o = 0) =>
+    `vec4<f32>(sh[${QOFF + j * D + o}u + ${c}], sh[${QOFF + j * D + o + 1}u + ${c}], sh[${QOFF + j * D + o + 2}u + ${c}], sh[${QOFF + j * D + o + 3}u + ${c}])`;
 
-  // Scores of one token against a KIVI key row of `bits` bits: S[j] = Σ qs_jc·(1 + code·2^-b).
+  // Scores of one token against a KIVI key row of `bits` bits: S_j = Σ qs_jc·(1 + code·2^-b).
   const kiviScore = (bits: number) => {
     const cpw = 32 / bits;
     const wpr = (D * bits) / 32;
-    let body = '';
     const perWord = (word: string, wi: string) => {
       let s = '';
       for (let k = 0; k < cpw; k += 4) {
-        s += `        { let c4 = fb + (${wi}) * ${cpw / 4}u + ${k / 4}u;\n`;
-        for (let e = 0; e < 4; e++) s += `          let v${e} = ${magic(word, bits, k + e)};\n`;
-        s += js((j) => `          { let q = fq[c4 + ${j * (D / 4)}u]; S${j} = fma(q.x, v0, fma(q.y, v1, fma(q.z, v2, fma(q.w, v3, S${j})))); }`) + '\n';
-        s += '        }\n';
+        s += `          { let c4 = fb + (${wi}) * ${cpw / 4}u + ${k / 4}u;\n`;
+        for (let e = 0; e < 4; e++) s += `            let v${e} = ${magic(word, bits, k + e)};\n`;
+        s += J((j) => `            { let q = fq[c4 + ${j * (D / 4)}u]; S${j} = fma(q.x, v0, fma(q.y, v1, fma(q.z, v2, fma(q.w, v3, S${j})))); }`) + '\n';
+        s += '          }\n';
       }
       return s;
     };
+    let body = '';
     if (wpr % 4 === 0) {
-      body += `      for (var wq = 0u; wq < ${wpr / 4}u; wq++) {\n        let q4 = ld4(sl, (row >> 2u) + wq);\n`;
-      for (let e = 0; e < 4; e++) body += `        { let wd = q4[${e}];\n${perWord('wd', `wq * 4u + ${e}u`)}        }\n`;
-      body += '      }\n';
+      body += `        for (var wq = 0u; wq < ${wpr / 4}u; wq++) {\n          let q4 = ld4(sl, (row >> 2u) + wq);\n`;
+      for (let e = 0; e < 4; e++) body += `          { let wd = q4[${e}];\n${perWord('wd', `wq * 4u + ${e}u`)}          }\n`;
+      body += '        }\n';
     } else {
-      body += `      for (var wi = 0u; wi < ${wpr}u; wi++) {\n        let wd = ldw(sl, row + wi);\n${perWord('wd', 'wi')}      }\n`;
+      body += `        for (var wi = 0u; wi < ${wpr}u; wi++) {\n          let wd = ldw(sl, row + wi);\n${perWord('wd', 'wi')}        }\n`;
     }
-    return `    if (kbits == ${bits}u) {\n      let row = kb0 + (st0 + t - kst) * ${wpr}u;\n${body}    }\n`;
+    return `      if (kbits == ${bits}u) {\n        let row = kb0 + (st0 + t - kst) * ${wpr}u;\n${body}      }\n`;
   };
 
-  // Value accumulation of one token from a KIVI value row of `bits` bits (one group per thread chunk).
+  // Value accumulation of one token from a KIVI value row of `bits` bits (the chunk in one group).
   const kiviValue = (bits: number) => {
     const cpw = 32 / bits;
     const wpr = (D * bits) / 32;
-    let s = `      if (vb == ${bits}u) {\n        let row = vrow * ${wpr}u;\n`;
-    // The chunk's codes: CH channels starting at c0, within ceil(CH·bits/32) words.
+    let s = `            if (vb == ${bits}u) {\n              let row = vbase + vrow * ${wpr}u + (c0 * ${bits}u) / 32u;\n`;
     const words = Math.max(1, (CH * bits) / 32);
-    for (let wi = 0; wi < words; wi++) s += `        let w${wi} = ldw(sl, vbase + row + (c0 * ${bits}u) / 32u + ${wi}u) >> ((c0 % ${cpw}u) * ${bits}u * ${CH * bits < 32 ? 1 : 0}u);\n`;
-    for (let k = 0; k < CH; k++) {
-      const wi = Math.floor((k * bits) / 32);
-      const kk = k % cpw;
-      s += `        let m${k} = ${magic(`w${wi}`, bits, kk)};\n`;
+    const partial = CH * bits < 32;
+    for (let wi = 0; wi < words; wi++) {
+      s += `              let w${wi} = ldw(sl, row + ${wi}u)${partial ? ` >> ((c0 % ${cpw}u) * ${bits}u)` : ''};\n`;
     }
-    s += js((j) => {
-      let t = `        { let ws = pp[${j}] * sv; let wm = pp[${j}] * mv; W[${j}] += ws; B[${j}] += wm;\n`;
-      for (let k = 0; k < CH; k++) t += `          acc[${j * CH + k}] = fma(ws, m${k}, acc[${j * CH + k}]);\n`;
-      return t + '        }';
-    }) + '\n';
-    return s + '      }\n';
+    for (let k = 0; k < CH; k++) s += `              let m${k} = ${magic(`w${Math.floor((k * bits) / 32)}`, bits, k % cpw)};\n`;
+    s += J((j) => `              { let ws = p${j} * sv; W${j} += ws; B${j} += p${j} * mv;\n` +
+      range(CH).map((k) => `                a${j}_${k} = fma(ws, m${k}, a${j}_${k});`).join('\n') + '\n              }') + '\n';
+    return s + '            }\n';
   };
 
   return /* wgsl */ `
@@ -156,22 +168,17 @@ struct P { items: u32, n: u32, tasks: u32 }
 @group(0) @binding(2) var<storage, read> qkv: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> att: array<f32>;
 @group(0) @binding(4) var<storage, read_write> part: array<f32>;
-${ARENA_READ('vec4<u32>', 'read', 5)}
+${arenaDecls('vec4<u32>', 'read', 5, na)}
 ${CONVERT}
 ${GRID}
 var<workgroup> sh: array<f32, ${g.shared}>;
 var<workgroup> fq: array<vec4<f32>, ${(NS * NQ * D) / 4}>;
 var<workgroup> ml: array<f32, ${LANES * NQ}>;
 
-fn ld4(s: u32, i: u32) -> vec4<u32> {
-  switch s {
-    case 1u: { return a1[i]; }
-    case 2u: { return a2[i]; }
-    case 3u: { return a3[i]; }
-    default: { return a0[i]; }
-  }
-}
-fn ldw(s: u32, i: u32) -> u32 { return ld4(s, i >> 2u)[i & 3u]; }
+${arenaSwitch(na, 'ld4(s: u32, i: u32) -> vec4<u32>', (a) => `return ${a}[i];`)}
+// A word of a vec4 by selects (indexing a vector value at run time makes some compilers copy it to memory).
+fn pick(v: vec4<u32>, k: u32) -> u32 { return select(select(v.x, v.y, k == 1u), select(v.z, v.w, k == 3u), k >= 2u); }
+fn ldw(s: u32, i: u32) -> u32 { return pick(ld4(s, i >> 2u), i & 3u); }
 fn ldh(s: u32, hi: u32) -> f32 { return f16_to_f32(half_of(ldw(s, hi >> 1u), hi)); }
 fn qf(i: u32) -> f32 { return qkv[i >> 2u][i & 3u]; }
 fn sw(s: u32, k: u32) -> u32 { return plan[s * ${GSEG_WORDS}u + k]; }
@@ -194,7 +201,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3
   let kb = plan[tk + 6u];
   let vinfo = plan[tk + 7u];
   let vbits = vinfo & 0xffu;
-  let vG = vinfo >> 8u;
   var kbits = 0u;
   var kG = 1u;
   if (kb > 0u) {
@@ -205,18 +211,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3
   let vmul = f32(1u << vbits);
   let vinv = 1.0 / vmul;
   for (var i = li; i < NQ * D; i += WG) { sh[${QOFF}u + i] = qf(qrow * QKVD + h * NQ * D + i); }
-  var m: array<f32, ${NQ}>;
-  var l: array<f32, ${NQ}>;
-  var acc: array<f32, ${NQ * CH}>;
-  var W: array<f32, ${NQ}>;
-  var B: array<f32, ${NQ}>;
-  for (var j = 0u; j < NQ; j++) {
-    m[j] = neg_inf();
-    l[j] = 0.0;
-    W[j] = 0.0;
-    B[j] = 0.0;
-  }
-  for (var k = 0u; k < ${NQ * CH}u; k++) { acc[k] = 0.0; }
+${J((j) => `  var m${j} = neg_inf();\n  var l${j} = 0.0;\n  var W${j} = 0.0;\n  var B${j} = 0.0;\n  var p${j} = 0.0;`)}
+${JK((j, k) => `  var a${j}_${k} = 0.0;`)}
   let cw = li % CHUNKS;
   let u = li / CHUNKS;
   let c0 = cw * ${CH}u;
@@ -226,8 +222,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3
     loop { if (a < seg_end(kseg)) { break; } kseg += 1u; }
     loop { if (a < seg_end(vseg)) { break; } vseg += 1u; }
     let t = a + li;
-    var s: array<f32, ${NQ}>;
-    for (var j = 0u; j < NQ; j++) { s[j] = neg_inf(); }
+${J((j) => `    var s${j} = neg_inf();`)}
     // ---- KIVI keys, on their codes ----
     if (a < kb) {
       let g0 = a / kG;
@@ -253,16 +248,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3
           var pq = 0.0;
           var pb = 0.0;
           for (var k = 0u; k < 16u; k += 4u) {
-            var q4: vec4<f32>;
-            for (var e = 0u; e < 4u; e++) {
-              let c = cb + k + e;
-              let qc = sh[${QOFF}u + j * D + c];
-              let qs = qc * ldh(sl, hs + k + e);
-              q4[e] = qs;
-              pq += qs;
-              pb = fma(qc, ldh(sl, hm + k + e), pb);
-            }
-            fq[((slot * NQ + j) * D + cb + k) / 4u] = q4;
+            let c = cb + k;
+            let q4 = vec4<f32>(sh[${QOFF}u + j * D + c], sh[${QOFF + 1}u + j * D + c], sh[${QOFF + 2}u + j * D + c], sh[${QOFF + 3}u + j * D + c]);
+            let s4 = vec4<f32>(ldh(sl, hs + k), ldh(sl, hs + k + 1u), ldh(sl, hs + k + 2u), ldh(sl, hs + k + 3u));
+            let m4 = vec4<f32>(ldh(sl, hm + k), ldh(sl, hm + k + 1u), ldh(sl, hm + k + 2u), ldh(sl, hm + k + 3u));
+            let qs = q4 * s4;
+            fq[((slot * NQ + j) * D + c) / 4u] = qs;
+            pq += (qs.x + qs.y) + (qs.z + qs.w);
+            pb += dot(q4, m4);
           }
           sh[${FPOFF}u + idx * 2u] = pq;
           sh[${FPOFF}u + idx * 2u + 1u] = pb;
@@ -279,21 +272,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3
           sh[${FBOFF}u + idx * 2u + 1u] = sb;
         }
         workgroupBarrier();
-        if (t < b && t < kb) {
-          let gg = t / kG;
-          if (gg >= g0 + ps && gg < g0 + ps + nsl) {
-            let slot = gg - g0 - ps;
-            var sg = kseg;
-            loop { if (t < seg_end(sg)) { break; } sg += 1u; }
-            let sl = sw(sg, 0u) >> 16u;
-            let kb0 = sw(sg, 2u) + h * sw(sg, 6u);
-            let st0 = sw(sg, 3u);
-            let kst = sw(sg, 7u);
-            let fb = slot * NQ * ${D / 4}u;
-${js((j) => `            var S${j} = 0.0;`)}
+        let gg = t / kG;
+        if (t < b && t < kb && gg >= g0 + ps && gg < g0 + ps + nsl) {
+          let slot = gg - g0 - ps;
+          var sg = kseg;
+          loop { if (t < seg_end(sg)) { break; } sg += 1u; }
+          let sl = sw(sg, 0u) >> 16u;
+          let kb0 = sw(sg, 2u) + h * sw(sg, 6u);
+          let st0 = sw(sg, 3u);
+          let kst = sw(sg, 7u);
+          let fb = slot * NQ * ${D / 4}u;
+${J((j) => `          var S${j} = 0.0;`)}
 ${kiviScore(2)}${kiviScore(4)}${kiviScore(8)}
-${js((j) => `            s[${j}] = (kmul * (S${j} - sh[${FBOFF}u + (slot * NQ + ${j}u) * 2u]) + sh[${FBOFF}u + (slot * NQ + ${j}u) * 2u + 1u]) * SCALE;`)}
-          }
+${J((j) => `          s${j} = (kmul * (S${j} - sh[${FBOFF}u + (slot * NQ + ${j}u) * 2u]) + sh[${FBOFF}u + (slot * NQ + ${j}u) * 2u + 1u]) * SCALE;`)}
         }
         workgroupBarrier();
       }
@@ -306,55 +297,52 @@ ${js((j) => `            s[${j}] = (kmul * (S${j} - sh[${FBOFF}u + (slot * NQ + 
       let kind = info & 0xffu;
       let sl = info >> 16u;
       let r = sw(sg, 3u) + t - sw(sg, 7u);
-${js((j) => `      var S${j} = 0.0;`)}
+${J((j) => `      var S${j} = 0.0;`)}
       if (kind == ${SEG_ROWS}u) {
         let o4 = ((sw(sg, 2u) + t - sw(sg, 7u)) * QKVD + (${H}u + h) * D) / 4u;
         for (var c4 = 0u; c4 < ${D / 4}u; c4++) {
           let kv = qkv[o4 + c4];
-${js((j) => `          S${j} += dot(kv, vec4<f32>(sh[${QOFF + j * D}u + c4 * 4u], sh[${QOFF + j * D + 1}u + c4 * 4u], sh[${QOFF + j * D + 2}u + c4 * 4u], sh[${QOFF + j * D + 3}u + c4 * 4u]));`)}
+${J((j) => `          S${j} += dot(kv, ${qvec(j, 'c4 * 4u')});`)}
         }
       } else if (kind == ${SEG_F32}u) {
         let o4 = (sw(sg, 2u) + h * sw(sg, 6u) + r * D) / 4u;
         for (var c4 = 0u; c4 < ${D / 4}u; c4++) {
           let kv = bitcast<vec4<f32>>(ld4(sl, o4 + c4));
-${js((j) => `          S${j} += dot(kv, vec4<f32>(sh[${QOFF + j * D}u + c4 * 4u], sh[${QOFF + j * D + 1}u + c4 * 4u], sh[${QOFF + j * D + 2}u + c4 * 4u], sh[${QOFF + j * D + 3}u + c4 * 4u]));`)}
+${J((j) => `          S${j} += dot(kv, ${qvec(j, 'c4 * 4u')});`)}
         }
-      } else if (kind == ${SEG_F16}u) {
+      } else {
         let o4 = (sw(sg, 2u) + h * sw(sg, 6u) + r * ${D / 2}u) / 4u;
         for (var c8 = 0u; c8 < ${D / 8}u; c8++) {
           let w4 = ld4(sl, o4 + c8);
           let k0 = vec4<f32>(unpack2x16float(w4.x), unpack2x16float(w4.y));
           let k1 = vec4<f32>(unpack2x16float(w4.z), unpack2x16float(w4.w));
-          let c = c8 * 8u;
-${js((j) => `          S${j} += dot(k0, vec4<f32>(sh[${QOFF + j * D}u + c], sh[${QOFF + j * D + 1}u + c], sh[${QOFF + j * D + 2}u + c], sh[${QOFF + j * D + 3}u + c])) + dot(k1, vec4<f32>(sh[${QOFF + j * D + 4}u + c], sh[${QOFF + j * D + 5}u + c], sh[${QOFF + j * D + 6}u + c], sh[${QOFF + j * D + 7}u + c]));`)}
+${J((j) => `          S${j} += dot(k0, ${qvec(j, 'c8 * 8u')}) + dot(k1, ${qvec(j, 'c8 * 8u', 4)});`)}
         }
       }
-${js((j) => `      s[${j}] = S${j} * SCALE;`)}
+${J((j) => `      s${j} = S${j} * SCALE;`)}
     }
-    // ---- scores to the value threads ----
-    for (var j = 0u; j < NQ; j++) { sh[${SCOFF}u + j * WG + li] = s[j]; }
+${J((j) => `    sh[${SCOFF + j * TILE}u + li] = s${j};`)}
     workgroupBarrier();
     // ---- values: this thread's CH channels of tokens u, u + LANES, … of the tile ----
-    var pp: array<f32, ${NQ}>;
     if (u < LANES) {
       var vs = vseg;
       for (var tt = u; tt < b - a; tt += LANES) {
         let t2 = a + tt;
         loop { if (t2 < seg_end(vs)) { break; } vs += 1u; }
         // Online softmax per value thread: its own running maximum and sum (lanes merge at the end).
-        for (var j = 0u; j < NQ; j++) {
-          let sv = sh[${SCOFF}u + j * WG + tt];
-          if (sv > m[j]) {
-            let al = exp(m[j] - sv);
-            m[j] = sv;
-            l[j] = l[j] * al;
-            W[j] = W[j] * al;
-            B[j] = B[j] * al;
-            for (var k = 0u; k < ${CH}u; k++) { acc[j * ${CH}u + k] = acc[j * ${CH}u + k] * al; }
+${J((j) => `        {
+          let sv = sh[${SCOFF + j * TILE}u + tt];
+          if (sv > m${j}) {
+            let al = exp(m${j} - sv);
+            m${j} = sv;
+            l${j} *= al;
+            W${j} *= al;
+            B${j} *= al;
+${range(CH).map((k) => `            a${j}_${k} *= al;`).join('\n')}
           }
-          pp[j] = exp(sv - m[j]);
-          l[j] = l[j] + pp[j];
-        }
+          p${j} = exp(sv - m${j});
+          l${j} += p${j};
+        }`)}
         let info = sw(vs, 0u);
         let kind = info & 0xffu;
         let sl = info >> 16u;
@@ -372,41 +360,27 @@ ${js((j) => `      s[${j}] = S${j} * SCALE;`)}
             let mv = ldh(sl, hm + c0 / G);
 ${kiviValue(2)}${kiviValue(4)}${kiviValue(8)}
           } else {
-            // Groups narrower than a thread's chunk: dequantize channel by channel (exact values, no folding).
+            // Groups narrower than a thread's chunk (rare specs): dequantize channel by channel.
             let mask = (1u << vb) - 1u;
-            for (var k = 0u; k < ${CH}u; k++) {
-              let c = c0 + k;
-              let wd = ldw(sl, vbase + vrow * wpr + c * vb / 32u);
-              let code = f32((wd >> ((c % (32u / vb)) * vb)) & mask);
-              let v = (ldh(sl, hs + c / G) * code + ldh(sl, hm + c / G)) * vinv;
-              for (var j = 0u; j < NQ; j++) { acc[j * ${CH}u + k] = fma(pp[j], v, acc[j * ${CH}u + k]); }
-            }
+            let cpw = 32u / vb;
+${range(CH).map((k) => `            {
+              let c = c0 + ${k}u;
+              let v = (ldh(sl, hs + c / G) * f32((ldw(sl, vbase + vrow * wpr + c / cpw) >> ((c % cpw) * vb)) & mask) + ldh(sl, hm + c / G)) * vinv;
+${J((j) => `              a${j}_${k} = fma(p${j}, v, a${j}_${k});`)}
+            }`).join('\n')}
           }
         } else if (kind == ${SEG_F32}u) {
           let o4 = (sw(vs, 2u) + h * sw(vs, 6u) + vrow * D + c0) / 4u;
-          for (var k4 = 0u; k4 < ${CH / 4}u; k4++) {
-            let v = bitcast<vec4<f32>>(ld4(sl, o4 + k4)) * vinv;
-            for (var j = 0u; j < NQ; j++) {
-              for (var e = 0u; e < 4u; e++) { acc[j * ${CH}u + k4 * 4u + e] = fma(pp[j], v[e], acc[j * ${CH}u + k4 * 4u + e]); }
-            }
-          }
-        } else if (kind == ${SEG_F16}u) {
-          let ow = sw(vs, 2u) + h * sw(vs, 6u) + (vrow * D + c0) / 2u;
-          for (var k2 = 0u; k2 < ${CH / 2}u; k2++) {
-            let v = unpack2x16float(ldw(sl, ow + k2)) * vinv;
-            for (var j = 0u; j < NQ; j++) {
-              acc[j * ${CH}u + k2 * 2u] = fma(pp[j], v.x, acc[j * ${CH}u + k2 * 2u]);
-              acc[j * ${CH}u + k2 * 2u + 1u] = fma(pp[j], v.y, acc[j * ${CH}u + k2 * 2u + 1u]);
-            }
-          }
-        } else {
+${range(CH / 4).map((k4) => `          let v${k4} = bitcast<vec4<f32>>(ld4(sl, o4 + ${k4}u)) * vinv;`).join('\n')}
+${JK((j, k) => `          a${j}_${k} = fma(p${j}, v${k >> 2}[${k & 3}], a${j}_${k});`)}
+        } else if (kind == ${SEG_ROWS}u) {
           let o4 = ((sw(vs, 2u) + t2 - sw(vs, 7u)) * QKVD + (${H + KV}u + h) * D + c0) / 4u;
-          for (var k4 = 0u; k4 < ${CH / 4}u; k4++) {
-            let v = qkv[o4 + k4] * vinv;
-            for (var j = 0u; j < NQ; j++) {
-              for (var e = 0u; e < 4u; e++) { acc[j * ${CH}u + k4 * 4u + e] = fma(pp[j], v[e], acc[j * ${CH}u + k4 * 4u + e]); }
-            }
-          }
+${range(CH / 4).map((k4) => `          let v${k4} = qkv[o4 + ${k4}u] * vinv;`).join('\n')}
+${JK((j, k) => `          a${j}_${k} = fma(p${j}, v${k >> 2}[${k & 3}], a${j}_${k});`)}
+        } else {
+          let ow = sw(vs, 2u) + h * sw(vs, 6u) + (vrow * D + c0) / 2u;
+${range(CH / 2).map((k2) => `          let v${k2} = unpack2x16float(ldw(sl, ow + ${k2}u)) * vinv;`).join('\n')}
+${JK((j, k) => `          a${j}_${k} = fma(p${j}, v${k >> 1}[${k & 1}], a${j}_${k});`)}
         }
       }
     }
@@ -414,23 +388,20 @@ ${kiviValue(2)}${kiviValue(4)}${kiviValue(8)}
   }
   // ---- merge the value threads' partial softmaxes, then the output (or this split's partial) ----
   if (u < LANES && cw == 0u) {
-    for (var j = 0u; j < NQ; j++) { ml[u * NQ + j] = m[j]; }
+${J((j) => `    ml[u * NQ + ${j}u] = m${j};`)}
   }
   workgroupBarrier();
-  var M: array<f32, ${NQ}>;
-  for (var j = 0u; j < NQ; j++) {
-    M[j] = neg_inf();
-    for (var uu = 0u; uu < LANES; uu++) { M[j] = max(M[j], ml[uu * NQ + j]); }
+${J((j) => `  var M${j} = neg_inf();`)}
+  for (var uu = 0u; uu < LANES; uu++) {
+${J((j) => `    M${j} = max(M${j}, ml[uu * NQ + ${j}u]);`)}
   }
   workgroupBarrier();
   if (u < LANES) {
-    for (var j = 0u; j < NQ; j++) {
-      let e = exp(m[j] - M[j]);
-      for (var k = 0u; k < ${CH}u; k++) {
-        sh[(u * NQ + j) * D + c0 + k] = (vmul * (acc[j * ${CH}u + k] - W[j]) + B[j]) * e;
-      }
-      if (cw == 0u) { ml[u * NQ + j] = l[j] * e; }
-    }
+${J((j) => `    {
+      let e = exp(m${j} - M${j});
+${range(CH).map((k) => `      sh[(u * NQ + ${j}u) * D + c0 + ${k}u] = (vmul * (a${j}_${k} - W${j}) + B${j}) * e;`).join('\n')}
+      if (cw == 0u) { ml[u * NQ + ${j}u] = l${j} * e; }
+    }`)}
   }
   workgroupBarrier();
   for (var idx = li; idx < NQ * D; idx += WG) {
@@ -448,7 +419,9 @@ ${kiviValue(2)}${kiviValue(4)}${kiviValue(8)}
       let pb = pidx * ${NQ * (D + 2)}u + j * ${D + 2}u;
       part[pb + 2u + c] = o;
       if (c == 0u) {
-        part[pb] = M[j];
+        var mj = M0;
+${J((j) => (j === 0 ? '' : `        if (j == ${j}u) { mj = M${j}; }`))}
+        part[pb] = mj;
         part[pb + 1u] = L;
       }
     }
@@ -495,7 +468,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3
 }
 
 /** The cache jobs of one phase: store, quantize key blocks, quantize value tokens. */
-export function jobsWgsl(shape: AttnShape): string {
+export function jobsWgsl(shape: AttnShape, na: number): string {
   const { numHeads: H, numKvHeads: KV, headDim: D } = shape;
   const QKVD = (H + 2 * KV) * D;
   return /* wgsl */ `
@@ -505,29 +478,15 @@ struct P { items: u32, n: u32, jobs: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> plan: array<u32>;
 @group(0) @binding(2) var<storage, read> qkv: array<f32>;
-${ARENA_READ('u32', 'read_write', 3)}
+${arenaDecls('u32', 'read_write', 3, na)}
 ${CONVERT}
 ${DIVIDE}
 ${GRID}
 var<workgroup> gs: array<f32, ${D}>;
 var<workgroup> gm: array<f32, ${D}>;
 
-fn lda(s: u32, i: u32) -> u32 {
-  switch s {
-    case 1u: { return a1[i]; }
-    case 2u: { return a2[i]; }
-    case 3u: { return a3[i]; }
-    default: { return a0[i]; }
-  }
-}
-fn sta(s: u32, i: u32, v: u32) {
-  switch s {
-    case 1u: { a1[i] = v; }
-    case 2u: { a2[i] = v; }
-    case 3u: { a3[i] = v; }
-    default: { a0[i] = v; }
-  }
-}
+${arenaSwitch(na, 'lda(s: u32, i: u32) -> u32', (a) => `return ${a}[i];`)}
+${arenaSwitch(na, 'sta(s: u32, i: u32, v: u32)', (a) => `${a}[i] = v;`)}
 fn sw(s: u32, k: u32) -> u32 { return plan[s * ${GSEG_WORDS}u + k]; }
 
 // Channel c of the job's i-th source token (kv head h; part = q/k/v column block of SEG_ROWS sources).

@@ -14,9 +14,9 @@ import { KiviError } from '../../util/errors.js';
 import { type Binding, type GBuf, GpuCore, type Kernel } from './core.js';
 import {
   ARGMAX, GATHER, GEMM_TILE, GEMV_ROWS, ROPE, SCATTER16, SWIGLU, type WType, addWgsl, embedWgsl, fillRandomWgsl, gemmWgsl,
-  gemvWgsl, rmsnormWgsl,
+  gemvWgsl, matmulSerialWgsl, rmsnormWgsl,
 } from './dense.js';
-import { ARENAS, attendWgsl, attnGeometry, jobsWgsl, mergeWgsl, type AttnGeometry } from './attention.js';
+import { ARENAS, ITEM_WORDS, MERGE_WORDS, attendWgsl, attnGeometry, jobsWgsl, mergeWgsl, type AttnGeometry } from './attention.js';
 import { buildPlan, type GpuPlan } from './planbuf.js';
 import { WebGpuPagePool } from './pool.js';
 import { type GpuDevice, type WebGpuOptions, findAdapter, openDevice } from './device.js';
@@ -61,6 +61,8 @@ export class WebGpuBackend implements Backend {
   readonly maxBinding: number;
   /** Whether this runs on a software adapter (SwiftShader): for tests, never for timing. */
   readonly fallback: boolean;
+  /** Matmul one thread per output (software adapters; the same bits as GEMV/GEMM). */
+  readonly serialMatmul: boolean;
   private readonly kernels = new Map<string, Kernel>();
   private readonly geometries = new Map<string, AttnGeometry>();
   private readonly dummies: GBuf[];
@@ -70,6 +72,8 @@ export class WebGpuBackend implements Backend {
   private planOf: { plan: StepPlan | null; epoch: number; gp: GpuPlan | null } = { plan: null, epoch: -1, gp: null };
   private partials: GBuf | null = null;
   private ids: GBuf | null = null;
+  /** The tensors of attention calls deferred to a layer's last sub-step (see attend). */
+  private deferred: { qkv: Tensor; att: Tensor; layer: number } | null = null;
   private disposed = false;
 
   private constructor(private readonly dev: GpuDevice, o: WebGpuOptions) {
@@ -78,6 +82,7 @@ export class WebGpuBackend implements Backend {
     const most = Math.min(L.maxStorageBufferBindingSize, L.maxBufferSize, o.maxBindingBytes ?? Infinity, 2 ** 31 - 256);
     this.maxBinding = Math.floor(most / 256) * 256;
     this.fallback = dev.fallback;
+    this.serialMatmul = o.serialMatmul ?? dev.fallback;
     this.description = `webgpu: ${dev.name}${dev.fallback ? ' (software adapter: for tests, not for speed)' : ''}`;
     const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
     this.dummies = Array.from({ length: ARENAS }, () => this.core.buffer(16, usage, 'unused arena'));
@@ -218,8 +223,9 @@ export class WebGpuBackend implements Backend {
     const wt = wtype(w);
     if (out === x) throw new Error('webgpu matmul: out must differ from x');
     const vec = inDim % 8 === 0;
-    const gemv = rows <= GEMV_ROWS;
-    const k = this.kernel(`${gemv ? 'gemv' : 'gemm'}:${wt}:${vec}`, () => [gemv ? gemvWgsl(wt, vec) : gemmWgsl(wt, vec), ['read', 'read', 'read', 'rw']]);
+    const kind = this.serialMatmul ? 'serial' : rows <= GEMV_ROWS ? 'gemv' : 'gemm';
+    const code = { serial: matmulSerialWgsl, gemv: gemvWgsl, gemm: gemmWgsl }[kind];
+    const k = this.kernel(`${kind}:${wt}:${vec}`, () => [code(wt, vec), ['read', 'read', 'read', 'rw']]);
     const wg = T(w).g;
     const chunks = Math.ceil(inDim / 8);
     for (const win of this.windows(wg, outDim, inDim, wt)) {
@@ -228,7 +234,8 @@ export class WebGpuBackend implements Backend {
       const params = (u: Uint32Array, _f: Float32Array, at: number) => {
         u.set([rows, inDim, outDim, win.row0, win.row1, win.base, chunks, bias ? 1 : 0], at);
       };
-      if (gemv) this.core.dispatch(k, b, Math.ceil(n / 8), params);
+      if (kind === 'serial') this.core.dispatch(k, b, Math.ceil((rows * n) / 64), params);
+      else if (kind === 'gemv') this.core.dispatch(k, b, Math.ceil(n / 8), params);
       else {
         const gx = Math.ceil(n / GEMM_TILE), gy = Math.ceil(rows / GEMM_TILE);
         if (gx > 65535 || gy > 65535) throw new KiviError(`webgpu matmul: ${rows} × ${outDim} is too large for one dispatch`);
@@ -317,18 +324,37 @@ export class WebGpuBackend implements Backend {
     const gp = this.upload(plan, pool.shape);
     const s = gp.subs[sub]!;
     const n = phase === 'pre' ? s.nPre : s.nPost;
-    const k = this.shapeKernel('jobs', pool.shape, () => jobsWgsl(pool.shape), ['read', 'read', ...Array<'rw'>(ARENAS).fill('rw')]);
+    const na = p.slotsInUse;
+    const k = this.shapeKernel(`jobs${na}`, pool.shape, () => jobsWgsl(pool.shape, na), ['read', 'read', ...Array<'rw'>(ARENAS).fill('rw')]);
     const items = phase === 'pre' ? s.pre : s.post;
     const jobs = phase === 'pre' ? gp.preJobs : gp.postJobs;
     this.core.dispatch(k, [{ b: this.planBuf! }, { b: f32(qkv).g }, ...p.bindings(layer)], n, (u, _f, at) => u.set([items, n, jobs], at));
   }
 
+  /**
+   * Attention of sub-step `sub`. When the plan has several sub-steps (decoded tokens of a sequence go
+   * one per sub-step) and no pre-phase jobs, every sub-step's attention of the layer is issued as one
+   * dispatch at the last sub-step's call, after the earlier sub-steps' storage jobs: those only append
+   * (new slots, new pages; freed pages are not reused within a step), so each task still reads exactly
+   * the tokens its records name, and the GPU gets all tasks of the layer at once.
+   */
   attend(plan: StepPlan, sub: number, layer: number, qkv: Tensor, att: Tensor, pool: PagePool): void {
-    if (plan.sub(sub)[1]! === 0) return;
     const p = pool as WebGpuPagePool;
     const shape = pool.shape;
+    const batch = plan.nSubs > 1 && plan.nPre === 0;
+    if (batch && sub < plan.nSubs - 1) {
+      if (sub === 0) this.deferred = { qkv, att, layer };
+      else if (!this.deferred || this.deferred.qkv !== qkv || this.deferred.att !== att || this.deferred.layer !== layer) {
+        throw new Error('webgpu attend: the sub-steps of a layer must use the same tensors');
+      }
+      return;
+    }
     const gp = this.upload(plan, shape);
-    const s = gp.subs[sub]!;
+    const first = gp.subs[batch ? 0 : sub]!, last = gp.subs[sub]!;
+    const nAttn = (last.attn - first.attn) / ITEM_WORDS + last.nAttn;
+    const nMerge = (last.merge - first.merge) / MERGE_WORDS + last.nMerge;
+    this.deferred = null;
+    if (nAttn === 0) return;
     const { numHeads: H, numKvHeads: KV, headDim: D } = shape;
     const partBytes = Math.max(16, gp.partials * (H / KV) * (D + 2) * 4);
     if (!this.partials || this.partials.size < partBytes) {
@@ -336,12 +362,13 @@ export class WebGpuBackend implements Backend {
       this.partials = this.core.buffer(Math.max(partBytes, (this.partials?.size ?? 0) * 2), GPUBufferUsage.STORAGE, 'partials');
     }
     const g = this.geometry(shape);
-    const k = this.shapeKernel('attend', shape, () => attendWgsl(shape, g), ['read', 'read', 'rw', 'rw', ...Array<'read'>(ARENAS).fill('read')]);
-    this.core.dispatch(k, [{ b: this.planBuf! }, { b: f32(qkv).g }, { b: f32(att).g }, { b: this.partials }, ...p.bindings(layer)], s.nAttn,
-      (u, _f, at) => u.set([s.attn, s.nAttn, gp.tasks], at));
-    if (s.nMerge > 0) {
+    const na = p.slotsInUse;
+    const k = this.shapeKernel(`attend${na}`, shape, () => attendWgsl(shape, g, na), ['read', 'read', 'rw', 'rw', ...Array<'read'>(ARENAS).fill('read')]);
+    this.core.dispatch(k, [{ b: this.planBuf! }, { b: f32(qkv).g }, { b: f32(att).g }, { b: this.partials }, ...p.bindings(layer)], nAttn,
+      (u, _f, at) => u.set([first.attn, nAttn, gp.tasks], at));
+    if (nMerge > 0) {
       const m = this.shapeKernel('merge', shape, () => mergeWgsl(shape), ['read', 'read', 'rw']);
-      this.core.dispatch(m, [{ b: this.planBuf! }, { b: this.partials }, { b: f32(att).g }], s.nMerge, (u, _f, at) => u.set([s.merge, s.nMerge, gp.tasks], at));
+      this.core.dispatch(m, [{ b: this.planBuf! }, { b: this.partials }, { b: f32(att).g }], nMerge, (u, _f, at) => u.set([first.merge, nMerge, gp.tasks], at));
     }
   }
 

@@ -64,13 +64,18 @@ export class GpuCore {
   private readonly staging: GPUBuffer[] = [];
   private nextKernelId = 1;
   private firstError: string | null = null;
+  private outOfMemory = false;
   private lost = false;
 
   constructor(readonly device: GPUDevice) {
     this.queue = device.queue;
     this.args = this.buffer(1 << 18, GPUBufferUsage.UNIFORM | GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST);
     device.addEventListener('uncapturederror', (e) => {
-      this.firstError ??= (e as GPUUncapturedErrorEvent).error.message;
+      const err = (e as GPUUncapturedErrorEvent).error;
+      if (this.firstError === null) {
+        this.firstError = err.message;
+        this.outOfMemory = err.constructor.name === 'GPUOutOfMemoryError' || /out of (device )?memory|OUT_OF_DEVICE_MEMORY/i.test(err.message);
+      }
     });
     void device.lost.then((info) => {
       this.lost = true;
@@ -81,7 +86,8 @@ export class GpuCore {
   /** Throw the first error the device reported (validation, out of memory, loss). */
   check(): void {
     if (this.firstError !== null) {
-      const m = this.firstError;
+      const m = this.firstError.split('\n')[0];
+      if (this.outOfMemory) throw new KiviError(`webgpu: out of GPU memory (${m})`);
       throw new Error(`webgpu: ${m}`);
     }
   }

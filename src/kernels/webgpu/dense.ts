@@ -180,12 +180,14 @@ export function gemvWgsl(wt: WType, vec: boolean): string {
   let rowsAcc = '';
   let rowsRed = '';
   for (let r = 0; r < R; r++) {
+    // Constant indices only: a let array indexed at run time is copied to memory on some compilers.
+    let fmas = '';
+    for (let e = 0; e < 8; e++) fmas += `\n        acc${r} = fma(wv[${e}], xv[${e}], acc${r});`;
     rowsAcc += `
       if (${r}u < p.rows) {
-        let xv = xchunk(${r}u, c);
-        for (var e = 0u; e < 8u; e++) { acc[${r}] = fma(wv[e], xv[e], acc[${r}]); }
+        let xv = xchunk(${r}u, c);${fmas}
       }`;
-    rowsRed += `  red[(g * ${R}u + ${r}u) * 32u + s] = acc[${r}];\n`;
+    rowsRed += `  red[(g * ${R}u + ${r}u) * 32u + s] = acc${r};\n`;
   }
   return /* wgsl */ `${matmulHead(wt, vec)}
 ${GRID}
@@ -195,8 +197,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
   let g = li / 32u;
   let s = li % 32u;
   let o = p.o0 + wg_index(wg, nw) * 8u + g;
-  var acc: array<f32, ${R}>;
-  for (var r = 0u; r < ${R}u; r++) { acc[r] = 0.0; }
+${Array.from({ length: R }, (_, r) => `  var acc${r} = 0.0;`).join('\n')}
   if (o < p.o1) {
     for (var c = s; c < p.chunks; c += 32u) {
       let wv = wchunk(o - p.o0, c);${rowsAcc}
@@ -238,11 +239,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         if (r0 + lr < p.rows) { xv = xchunk(r0 + lr, c); }
         if (oo + lr < p.o1) { wv = wchunk(oo + lr - p.o0, c); }
       }
-      for (var e = 0u; e < 8u; e++) {
-        let k = q * 8u + e;
-        xs[k * 16u + lr / 4u][lr % 4u] = xv[e];
-        ws[k * 16u + lr / 4u][lr % 4u] = wv[e];
-      }
+${Array.from({ length: 8 }, (_, e) => `      xs[(q * 8u + ${e}u) * 16u + lr / 4u][lr % 4u] = xv[${e}];
+      ws[(q * 8u + ${e}u) * 16u + lr / 4u][lr % 4u] = wv[${e}];`).join('\n')}
       workgroupBarrier();
       for (var k = 0u; k < 32u; k++) {
         let a = xs[k * 16u + ty];
@@ -271,6 +269,37 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
       }
     }
   }
+}`;
+}
+
+/**
+ * One thread per (row, output), the 32 slices in turn: the same canonical order as GEMV and GEMM, so
+ * the same bits, without workgroup memory or barriers. For software adapters (SwiftShader runs each
+ * barrier of a 256-thread workgroup in ~0.5 ms), where it is many times faster; never on a GPU.
+ */
+export function matmulSerialWgsl(wt: WType, vec: boolean): string {
+  let fmas = '';
+  for (let e = 0; e < 8; e++) fmas += `\n        pp = fma(wv[${e}], xv[${e}], pp);`;
+  return /* wgsl */ `${matmulHead(wt, vec)}
+${GRID}
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let n = p.o1 - p.o0;
+  let idx = wg_index(wg, nw) * 64u + li;
+  if (idx >= p.rows * n) { return; }
+  let r = idx / n;
+  let o = p.o0 + idx % n;
+  var acc = 0.0;
+  for (var s = 0u; s < 32u; s++) {
+    var pp = 0.0;
+    for (var c = s; c < p.chunks; c += 32u) {
+      let wv = wchunk(o - p.o0, c);
+      let xv = xchunk(r, c);${fmas}
+    }
+    acc = acc + pp;
+  }
+  if (p.bias != 0u) { acc = acc + bias[o]; }
+  out[r * p.outDim + o] = acc;
 }`;
 }
 

@@ -13,6 +13,11 @@ export interface WebGpuOptions {
    * paths that split weights and cache arenas over several bindings.
    */
   maxBindingBytes?: number;
+  /**
+   * Matmul as one thread per output (bit-identical to the GPU kernels, no barriers), for CPU
+   * implementations such as SwiftShader. Default: on software adapters only.
+   */
+  serialMatmul?: boolean;
 }
 
 export interface GpuDevice {

@@ -37,7 +37,7 @@ export interface GpuPlan {
   preJobs: number;
   postJobs: number;
   subs: SubLists[];
-  /** Partials (splits) the largest sub-step writes. */
+  /** Partials (splits) of the whole plan. */
   partials: number;
 }
 
@@ -154,19 +154,20 @@ export function buildPlan(plan: StepPlan, shape: AttnShape): GpuPlan {
   const preJobs = jobTable(plan.pre, plan.nPre);
   const postJobs = jobTable(plan.post, plan.nPost);
 
-  // Work lists per sub-step.
+  // Attention items of every sub-step, contiguous in sub-step order (so the sub-steps' attention can be
+  // one dispatch, see backend.ts), partials numbered across the plan; then merge items likewise.
+  let total = 0;
+  for (let i = 0; i < plan.nTasks; i++) total += tk[i * TASK_WORDS + TASK_TOKENS]! * KV;
+  const split = Math.max(2 * TILE, Math.ceil(total / TARGET_ITEMS / TILE) * TILE);
   const subs: SubLists[] = [];
   let partials = 0;
+  const merges: number[] = [];
+  const mergeAt: number[] = [];
   for (let s = 0; s < plan.nSubs; s++) {
     const r = plan.sub(s);
     const t0 = r[0]!, nt = r[1]!;
-    let total = 0;
-    for (let i = t0; i < t0 + nt; i++) total += tk[i * TASK_WORDS + TASK_TOKENS]! * KV;
-    const split = Math.max(2 * TILE, Math.ceil(total / TARGET_ITEMS / TILE) * TILE);
-    // Attention items.
     const attn = w.n;
-    let nAttn = 0, nPart = 0;
-    const merges: number[] = [];
+    mergeAt.push(merges.length);
     for (let i = t0; i < t0 + nt; i++) {
       const o = i * TASK_WORDS;
       const T = tk[o + TASK_TOKENS]!;
@@ -174,7 +175,7 @@ export function buildPlan(plan: StepPlan, shape: AttnShape): GpuPlan {
       const k0 = tk[o + TASK_K0]!, v0 = tk[o + TASK_V0]!;
       for (let h = 0; h < KV; h++) {
         let ks = k0, vs = v0;
-        const p0 = nPart;
+        const p0 = partials;
         for (let q = 0; q < pieces; q++) {
           const a = q * split, b = Math.min(T, a + split);
           while (a >= w.a[ks * GSEG_WORDS + 7]! + w.a[ks * GSEG_WORDS + 1]!) ks++;
@@ -187,32 +188,42 @@ export function buildPlan(plan: StepPlan, shape: AttnShape): GpuPlan {
           w.a[g + 3] = b;
           w.a[g + 4] = ks;
           w.a[g + 5] = vs;
-          w.a[g + 6] = pieces === 1 ? NO_PARTIAL : nPart++;
+          w.a[g + 6] = pieces === 1 ? NO_PARTIAL : partials++;
           w.a[g + 7] = 0;
           w.n += ITEM_WORDS;
-          nAttn++;
         }
         if (pieces > 1) merges.push(i, h, p0, pieces);
       }
     }
-    partials = Math.max(partials, nPart);
-    const merge = w.n;
-    w.ensure(merges.length);
-    for (let k = 0; k < merges.length; k++) w.a[w.n++] = merges[k]!;
-    const items = (j0: number, n: number): number => {
-      const at = w.n;
-      w.ensure(n * KV * JOBITEM_WORDS);
-      for (let j = j0; j < j0 + n; j++) {
-        for (let h = 0; h < KV; h++) {
-          w.a[w.n++] = j;
-          w.a[w.n++] = h;
-        }
+    subs.push({ attn, nAttn: (w.n - attn) / ITEM_WORDS, merge: 0, nMerge: 0, pre: 0, nPre: 0, post: 0, nPost: 0 });
+  }
+  const merge0 = w.n;
+  w.ensure(merges.length);
+  for (let k = 0; k < merges.length; k++) w.a[w.n++] = merges[k]!;
+  for (let s = 0; s < plan.nSubs; s++) {
+    const end = s + 1 < plan.nSubs ? mergeAt[s + 1]! : merges.length;
+    subs[s]!.merge = merge0 + mergeAt[s]!;
+    subs[s]!.nMerge = (end - mergeAt[s]!) / MERGE_WORDS;
+  }
+  // Job items per sub-step: (job, kv head).
+  const items = (j0: number, n: number): number => {
+    const at = w.n;
+    w.ensure(n * KV * JOBITEM_WORDS);
+    for (let j = j0; j < j0 + n; j++) {
+      for (let h = 0; h < KV; h++) {
+        w.a[w.n++] = j;
+        w.a[w.n++] = h;
       }
-      return at;
-    };
-    const pre = items(r[2]!, r[3]!);
-    const post = items(r[4]!, r[5]!);
-    subs.push({ attn, nAttn, merge, nMerge: merges.length / MERGE_WORDS, pre, nPre: r[3]! * KV, post, nPost: r[5]! * KV });
+    }
+    return at;
+  };
+  for (let s = 0; s < plan.nSubs; s++) {
+    const r = plan.sub(s);
+    const sub = subs[s]!;
+    sub.pre = items(r[2]!, r[3]!);
+    sub.nPre = r[3]! * KV;
+    sub.post = items(r[4]!, r[5]!);
+    sub.nPost = r[5]! * KV;
   }
   return { words: w.a, used: w.n, tasks, preJobs, postJobs, subs, partials };
 }

@@ -128,6 +128,11 @@ export class WebGpuPagePool implements PagePool {
     return out;
   }
 
+  /** Arena slots in use (at least 1: kernels are generated for this many bindings). */
+  get slotsInUse(): number {
+    return Math.max(1, this.slots.length);
+  }
+
   /** Bytes of GPU buffers the pool holds (every layer and slot). */
   get bufferBytes(): number {
     return this.caps.reduce((a, c) => a + c, 0) * this.shape.numLayers;

@@ -61,8 +61,8 @@ export class WebGpuBackend implements Backend {
   readonly maxBinding: number;
   /** Whether this runs on a software adapter (SwiftShader): for tests, never for timing. */
   readonly fallback: boolean;
-  /** Matmul one thread per output (software adapters; the same bits as GEMV/GEMM). */
-  readonly serialMatmul: boolean;
+  /** Matmul one thread per output (software adapters; the same bits as GEMV/GEMM; tests switch it). */
+  serialMatmul: boolean;
   private readonly kernels = new Map<string, Kernel>();
   private readonly geometries = new Map<string, AttnGeometry>();
   private readonly dummies: GBuf[];

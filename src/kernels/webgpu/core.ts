@@ -51,6 +51,8 @@ export class GpuCore {
   private encoder: GPUCommandEncoder | null = null;
   private pass: GPUComputePassEncoder | null = null;
   private dispatches = 0;
+  /** Dispatches recorded since the device was opened (tests count a step's). */
+  dispatched = 0;
   /** Commands recorded and not submitted. */
   private pending = false;
   // The args buffer and its host image for the batch being recorded.
@@ -203,6 +205,7 @@ export class GpuCore {
     this.pass.setBindGroup(0, group, [at * 4]);
     this.pass.dispatchWorkgroups(x, y);
     this.dispatches++;
+    this.dispatched++;
   }
 
   private bindGroup(k: Kernel, bindings: Binding[]): GPUBindGroup {

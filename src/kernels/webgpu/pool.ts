@@ -13,6 +13,7 @@
 import type { AttnShape, PagePool } from '../types.js';
 import { hostPageBytes } from '../host/memory.js';
 import { KiviError } from '../../util/errors.js';
+import { formatBytes } from '../../util/format.js';
 import type { Binding, GBuf, GpuCore } from './core.js';
 import { ARENAS } from './attention.js';
 
@@ -82,7 +83,7 @@ export class WebGpuPagePool implements PagePool {
     let s = this.slots.length - 1;
     if (s < 0 || this.tops[s]! + stride > this.maxSlotBytes) {
       if (this.slots.length === ARENAS) {
-        throw new KiviError(`webgpu: the KV cache needs more than ${ARENAS} × ${(this.maxSlotBytes / 2 ** 20).toFixed(0)} MiB per layer of GPU buffers`);
+        throw new KiviError(`webgpu: the KV cache needs more than ${ARENAS} × ${formatBytes(this.maxSlotBytes)} per layer of GPU buffers`);
       }
       s = this.slots.length;
       this.slots.push([]);

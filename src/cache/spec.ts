@@ -203,6 +203,9 @@ export function createCache(spec: CacheSpec, pool: PagePool): KvCache {
     case 'kivi':
       return new KiviCache(spec, pool);
     case 'fake':
+      if (pool.fakeJobs === false) {
+        throw new KiviError(`${spec.name}: simulated-quantization (fake) caches run on the CPU back ends only (--backend ts or wasm), not on webgpu`);
+      }
       return new FakeQuantCache(spec, pool);
   }
 }

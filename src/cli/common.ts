@@ -42,7 +42,7 @@ export function kvListOption(cmd: Command, dflt: string): Command {
 }
 
 export function backendOption(cmd: Command): Command {
-  return cmd.addOption(new Option('--backend <name>', 'compute back end (auto: wasm when it loads, else ts)').choices([...BACKENDS]).default('auto'));
+  return cmd.addOption(new Option('--backend <name>', 'compute back end (auto: webgpu on a hardware GPU, else wasm when it loads, else ts)').choices([...BACKENDS]).default('auto'));
 }
 
 /** --threads N: threads for the wasm back end (the ts back end is single-threaded). */

@@ -56,6 +56,8 @@ export interface PagePool {
   readPage(page: number, sectionBytes: number): Promise<Uint8Array>;
   /** Overwrite a page's bytes, laid out as readPage returns them. */
   writePage(page: number, sectionBytes: number, bytes: Uint8Array): void;
+  /** False where the back end cannot run simulated-quantization (fake) jobs: the GPU. */
+  readonly fakeJobs?: boolean;
 }
 
 export interface Backend {
@@ -112,6 +114,11 @@ export interface Backend {
   sync(): Promise<void>;
   /** Index of the largest of each row of a float32 [rows][n] tensor (the lowest index on ties). */
   argmax(x: Tensor, rows: number, n: number): Promise<Int32Array>;
+  /**
+   * Fill a float tensor with normal-ish values of mean 0 and standard deviation `scale`, the same on
+   * every back end for a seed (random-weight models for benchmarks; kernels/ts/ops.ts randomFill).
+   */
+  fillRandom?(t: Tensor, seed: number, scale: number): void;
 
   /**
    * Fill a float tensor with normal-ish values of standard deviation `scale` that depend only on (seed,

@@ -13,8 +13,10 @@ export interface ModelInfo {
   headDim: number;
   vocabSize: number;
   maxPositions: number;
-  /** Compute back end the worker runs ('ts', 'wasm'). */
+  /** Compute back end the worker runs ('ts', 'wasm', 'webgpu'). */
   backend: string;
+  /** What computes, in words (for webgpu: the GPU adapter). */
+  device: string;
   /** Threads the back end computes on (the worker's own included). */
   threads: number;
   /** Bytes of weights read. */

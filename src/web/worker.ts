@@ -39,7 +39,7 @@ async function load(url: string, backend: BackendChoice | undefined, threads: nu
     info: {
       url: model.dir, name, numLayers: c.numLayers, hiddenSize: c.hiddenSize, numHeads: c.numHeads, numKvHeads: c.numKvHeads,
       headDim: c.headDim, vocabSize: c.vocabSize, maxPositions: c.maxPositions, backend: model.backend.name,
-      threads: model.backend.threads,
+      device: model.backend.description, threads: model.backend.threads,
       weightBytes, loadSeconds: (performance.now() - t0) / 1000,
     },
   });

@@ -9,7 +9,7 @@ import { backendOption, kvListOption, kvOption, threadsOption } from '../common.
 import { LazyProgress } from '../progress.js';
 import { KiviError } from '../../util/errors.js';
 import type { TopLevelSpec } from '../../studies/plot.js';
-import { attentionChart, attentionMarkdown, runAttentionBench } from '../../studies/bench/attention.js';
+import { type AttentionKernelResult, attentionChart, attentionKernelMarkdown, attentionMarkdown, runAttentionBench } from '../../studies/bench/attention.js';
 import { capacityMarkdown, runCapacity, type BudgetArg } from '../../studies/bench/capacity.js';
 import { runThroughput, throughputChart, throughputMarkdown } from '../../studies/bench/throughput.js';
 import { gemvMarkdown, runGemvBench } from '../../studies/bench/gemv.js';
@@ -102,14 +102,24 @@ export function register(program: Command): void {
     const backend = await backendFor(o);
     try {
       const bar = new LazyProgress('bench attention');
+      const repeats = { ...DEFAULT_REPEATS, minRepeats: o.repeats, warmup: o.warmup, maxRepeats: Math.max(o.repeats, DEFAULT_REPEATS.maxRepeats) };
+      // On a GPU: the attention kernel alone too, beside a streaming read of the same GPU.
+      const kernel = backend.name === 'webgpu' ? { results: [] as AttentionKernelResult[] } : undefined;
       const results = await runAttentionBench({
-        contexts: o.context, specs: o.kv, heads: o.heads, kvHeads: o.kvHeads, headDim: o.headDim, backend,
-        repeats: { ...DEFAULT_REPEATS, minRepeats: o.repeats, warmup: o.warmup, maxRepeats: Math.max(o.repeats, DEFAULT_REPEATS.maxRepeats) },
+        contexts: o.context, specs: o.kv, heads: o.heads, kvHeads: o.kvHeads, headDim: o.headDim, backend, repeats, kernel,
         onProgress: (d, t) => bar.update(d, t),
       });
       bar.stop();
       const threads = backend.threads;
-      await report(o, { backend: backend.name, threads, heads: o.heads, kv_heads: o.kvHeads, head_dim: o.headDim, results }, attentionMarkdown(results),
+      let gpu: object | undefined;
+      let markdown = attentionMarkdown(results);
+      if (kernel) {
+        const { streamingRead } = await import('../../kernels/webgpu/probe.js');
+        const probe = await streamingRead(backend as import('../../kernels/webgpu/backend.js').WebGpuBackend);
+        gpu = { device: backend.description, read_probe: probe, attention: kernel.results.map((r) => ({ ...r, of_probe: r.gbps / probe.gbps })) };
+        markdown += attentionKernelMarkdown(kernel.results, probe);
+      }
+      await report(o, { backend: backend.name, threads, heads: o.heads, kv_heads: o.kvHeads, head_dim: o.headDim, results, ...(gpu ? { gpu } : {}) }, markdown,
         attentionChart(results, `Decode attention, one layer (${o.heads} heads, ${o.kvHeads} kv heads, d=${o.headDim}), ${backend.description}`));
     } finally {
       backend.dispose();

@@ -174,5 +174,10 @@ export class TsBackend implements Backend {
     return ops.argmax(f32(x), rows, n);
   }
 
+  fillRandom(t: Tensor, seed: number, scale: number): void {
+    const [d, wt] = weight(t);
+    ops.randomFill(d, wt, seed, scale);
+  }
+
   dispose(): void { /* nothing held */ }
 }

@@ -3,7 +3,7 @@
  * weights, computed in float32), rotary embedding, SwiGLU, add, gather, argmax. Each dot product is
  * summed in the same order whatever the batch size, so batching never changes a result.
  */
-import { halfTable } from '../../quant/float16.js';
+import { halfTable, toHalfBits } from '../../quant/float16.js';
 
 const H16 = halfTable();
 let bf: Float32Array | undefined;
@@ -150,4 +150,44 @@ export function argmax(x: Float32Array, rows: number, n: number): Int32Array {
     out[r] = best;
   }
   return out;
+}
+
+// ---- random fill (benchmarks on random weights) ---------------------------------------------------
+
+/** A 32-bit integer hash (PCG's output permutation), identical in WGSL (webgpu/dense.ts). */
+function pcg(v: number): number {
+  const s = (Math.imul(v, 747796405) + 2891336453) >>> 0;
+  const w = Math.imul(((s >>> ((s >>> 28) + 4)) ^ s) >>> 0, 277803737) >>> 0;
+  return ((w >>> 22) ^ w) >>> 0;
+}
+
+/** The float32 factor that turns a centred sum of four 22-bit uniforms into standard deviation `scale`. */
+export function randomScale(scale: number): number {
+  return Math.fround((scale * Math.sqrt(3)) / 2 ** 22);
+}
+
+/**
+ * Fill with normal-ish values (a centred sum of four uniforms: Irwin–Hall, variance scale²): element i
+ * depends only on (seed, i), and every step is exact in float32, so all back ends fill alike. 16-bit
+ * types get the value rounded to nearest even.
+ */
+export function randomFill(data: Float32Array | Uint16Array, dtype: 'f32' | 'f16' | 'bf16', seed: number, scale: number): void {
+  const c = randomScale(scale);
+  const hs = pcg(seed >>> 0);
+  const f = new Float32Array(1);
+  const u = new Uint32Array(f.buffer);
+  for (let i = 0; i < data.length; i++) {
+    const u1 = pcg((i ^ hs) >>> 0);
+    const u2 = pcg(u1);
+    const u3 = pcg(u2);
+    const u4 = pcg(u3);
+    const s = (u1 >>> 10) + (u2 >>> 10) + (u3 >>> 10) + (u4 >>> 10);
+    const v = Math.fround((s - 8388606) * c);
+    if (dtype === 'f32') data[i] = v;
+    else if (dtype === 'f16') data[i] = toHalfBits(v);
+    else {
+      f[0] = v;
+      data[i] = ((u[0]! + 0x7fff + ((u[0]! >>> 16) & 1)) >>> 0) >>> 16;
+    }
+  }
 }

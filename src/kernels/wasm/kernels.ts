@@ -287,6 +287,11 @@ export class WasmBackend implements Backend {
     return ops.argmax(F(x), rows, n);
   }
 
+  fillRandom(t: Tensor, seed: number, scale: number): void {
+    if (t.dtype !== 'f32' && t.dtype !== 'f16' && t.dtype !== 'bf16') throw new Error(`fillRandom: a ${t.dtype} tensor`);
+    ops.randomFill(T(t).data as Float32Array | Uint16Array, t.dtype, seed, scale);
+  }
+
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;

@@ -5,10 +5,13 @@
  * after warm-up, the specs in turns (median per spec).
  * No model is involved, so contexts may exceed any model's max positions.
  */
-import type { Backend } from '../../kernels/types.js';
+import type { Backend, PagePool } from '../../kernels/types.js';
+import type { KvCache } from '../../cache/types.js';
 import type { CacheDims } from '../../cache/types.js';
 import { type CacheSpec, createCache, validateSpec } from '../../cache/spec.js';
 import { CacheStepper, qkvRows } from '../../cache/step.js';
+import { endStep } from '../../cache/types.js';
+import { StepPlan } from '../../kernels/plan.js';
 import { cacheBytes } from '../../cache/budget.js';
 import { KiviError } from '../../util/errors.js';
 import { DEFAULT_REPEATS, Gaussian, type RepeatOptions, syntheticKV, timeInterleavedAsync } from './measure.js';
@@ -25,6 +28,22 @@ export interface AttentionBenchOptions {
   repeats?: RepeatOptions;
   seed?: number;
   onProgress?: (done: number, total: number) => void;
+  /**
+   * Also time the attention kernel alone (one decode step's attend, replayed `replays` times on the same
+   * plan and cache, then synced): what a GPU's bandwidth is judged on, without the host's planning.
+   * Results are appended to `results`.
+   */
+  kernel?: { results: AttentionKernelResult[]; replays?: number };
+}
+
+/** The attention of one decode step alone (bench attention's `gpu` field). */
+export interface AttentionKernelResult {
+  kv: string;
+  context: number;
+  /** Median seconds of one attend call (every kv head of the layer). */
+  seconds: number;
+  /** Cache bytes read per second (kv_bytes / seconds), 1e9. */
+  gbps: number;
 }
 
 /** One measurement; the JSON output's `results` entries are exactly these four fields. */
@@ -90,6 +109,10 @@ export async function runAttentionBench(o: AttentionBenchOptions): Promise<Atten
         });
         const times = await timeInterleavedAsync(steps, o.repeats ?? DEFAULT_REPEATS);
         o.specs.forEach((spec, si) => results.push({ kv: spec.name, context: T, seconds: times[si]!.seconds, kv_bytes: bytes[si]! }));
+        if (o.kernel) {
+          const att = await attendAlone(backend, pool, caches, stepRows.subarray(0, rowLen), o.kernel.replays ?? 20, o.repeats ?? DEFAULT_REPEATS);
+          o.specs.forEach((spec, si) => o.kernel!.results.push({ kv: spec.name, context: T, seconds: att[si]!, gbps: bytes[si]! / att[si]! / 1e9 }));
+        }
       } finally {
         for (const c of caches) c.free();
       }
@@ -99,6 +122,60 @@ export async function runAttentionBench(o: AttentionBenchOptions): Promise<Atten
     stepper.dispose();
   }
   return results;
+}
+
+/**
+ * Median seconds of one decode step's attention per cache: the step is planned once
+ * (the token's own key and value rows included), attend is issued `replays` times on that plan and
+ * synced, then the step's storage jobs run so the cache stays consistent.
+ */
+async function attendAlone(backend: Backend, pool: PagePool, caches: KvCache[], row: Float32Array, replays: number, repeats: RepeatOptions): Promise<number[]> {
+  const { numHeads: H, headDim: d } = pool.shape;
+  const qkv = backend.tensor('f32', row.length);
+  const att = backend.tensor('f32', H * d);
+  const plans = caches.map(() => new StepPlan());
+  try {
+    backend.write(qkv, row);
+    caches.forEach((c, i) => {
+      plans[i]!.clear();
+      plans[i]!.beginSubstep();
+      c.plan(plans[i]!, 0, 1);
+      plans[i]!.validate();
+    });
+    // One spec after the other (not in turns): a back end uploads a plan's tables once, on first use.
+    const times: { seconds: number }[] = [];
+    for (const plan of plans) {
+      const fn = async () => {
+        for (let r = 0; r < replays; r++) backend.attend(plan, 0, 0, qkv, att, pool);
+        await backend.sync();
+      };
+      times.push((await timeInterleavedAsync([fn], repeats))[0]!);
+    }
+    for (const plan of plans) backend.cacheJobs(plan, 0, 'post', 0, qkv, pool);
+    await backend.sync();
+    return times.map((t) => t.seconds / replays);
+  } finally {
+    for (const plan of plans) endStep(plan, pool);
+    backend.release(qkv);
+    backend.release(att);
+  }
+}
+
+/**
+ * The attention kernel alone against the GPU's streaming-read bandwidth: time per step, cache GB/s and
+ * its share of the probe's, contexts down and specs across.
+ */
+export function attentionKernelMarkdown(results: AttentionKernelResult[], probe: { gbps: number; bytes: number }): string {
+  const gb = (x: number) => (x >= 100 ? x.toFixed(0) : x.toPrecision(2));
+  const specs = [...new Set(results.map((r) => r.kv))];
+  const contexts = [...new Set(results.map((r) => r.context))];
+  const rows = contexts.map((T) => [T, ...specs.map((kv) => {
+    const r = results.find((x) => x.kv === kv && x.context === T);
+    return r ? `${formatSeconds(r.seconds)}, ${gb(r.gbps)} GB/s (${((100 * r.gbps) / probe.gbps).toFixed(0)}%)` : '–';
+  })]);
+  return `\nAttention kernel alone on the GPU (a decode step's attend, replayed): time, cache bytes read per second, ` +
+    `and its share of a streaming read of ${formatBytes(probe.bytes)} on the same GPU (${gb(probe.gbps)} GB/s):\n\n` +
+    markdownTable(['context', ...specs], rows);
 }
 
 /**

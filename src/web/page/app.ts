@@ -200,6 +200,13 @@ el.form.addEventListener('submit', (e) => {
 });
 el.stop.addEventListener('click', () => abort?.abort());
 
+/** Which kernels run: wasm with its threads, webgpu with the GPU adapter's name. */
+function kernelsLabel(i: ModelInfo): string {
+  if (i.backend === 'wasm') return `wasm (${i.threads} thread${i.threads > 1 ? 's' : ''})`;
+  if (i.backend === 'webgpu') return `webgpu (${i.device.replace(/^webgpu: /, '')})`;
+  return i.backend;
+}
+
 /** The model to load: ?model=URL, else the first one the server lists in models.json. */
 async function modelUrl(): Promise<string> {
   const param = new URLSearchParams(location.search).get('model');
@@ -231,7 +238,7 @@ async function start(): Promise<void> {
     const i = worker.info;
     el.progress.hidden = true;
     el.status.textContent = `${i.name}: ${i.numLayers} layers, hidden ${i.hiddenSize}, ${i.numHeads} query / ${i.numKvHeads} KV heads of ${i.headDim}, ` +
-      `context ${i.maxPositions} · ${formatBytes(i.weightBytes)} of weights loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s · kernels: ${i.backend}${i.backend === 'wasm' ? ` (${i.threads} thread${i.threads > 1 ? 's' : ''})` : ''}`;
+      `context ${i.maxPositions} · ${formatBytes(i.weightBytes)} of weights loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s · kernels: ${kernelsLabel(i)}`;
     drawProjection(i);
     el.run.disabled = false;
     document.body.dataset.state = 'ready';

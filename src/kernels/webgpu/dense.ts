@@ -1,0 +1,481 @@
+/**
+ * WGSL of the dense ops: embedding, RMSNorm, matmul (GEMV and tiled GEMM), RoPE, SwiGLU, add, gather,
+ * argmax, random fill, and 16-bit writes at odd offsets. Every kernel takes its parameters from a
+ * uniform block (binding 0, dynamic offset) and host arrays from the args buffer (binding 1, `data`).
+ *
+ * Matmul sums each dot product in one canonical order whatever the number of rows, so a row's result
+ * does not depend on the batch (and GEMV and GEMM agree bit for bit): the inner dimension is cut into
+ * chunks of 8; slice s (of 32) holds chunks s, s + 32, s + 64, …; each slice is summed with fma in
+ * ascending order from 0, and the 32 slice sums are added in order, then the bias. GEMV gives a slice to
+ * each of 32 lanes (coalesced: the lanes read 32 consecutive chunks); GEMM walks the slices in turn.
+ */
+import { CONVERT, GRID } from './wgsl.js';
+
+export type WType = 'f32' | 'f16' | 'bf16';
+
+/** Chunks of 8 and slices of 32: the canonical summation order (see above). */
+export const SLICES = 32;
+/** Rows up to which matmul runs as a GEMV (one pass over the weights, every row at once). */
+export const GEMV_ROWS = 8;
+/** GEMM tile: 64 rows × 64 outputs per workgroup of 16 × 16 threads. */
+export const GEMM_TILE = 64;
+
+const P_HEAD = /* wgsl */ `
+@group(0) @binding(0) var<uniform> p: P;
+`;
+
+/** Storage array declaration of a weight tensor: f32 elements, or 16-bit pairs in u32 words. */
+function weightDecl(binding: number, wt: WType, vec: boolean): string {
+  if (wt === 'f32') return `@group(0) @binding(${binding}) var<storage, read> w: array<${vec ? 'vec4<f32>' : 'f32'}>;`;
+  return `@group(0) @binding(${binding}) var<storage, read> w: array<${vec ? 'vec4<u32>' : 'u32'}>;`;
+}
+
+/** WGSL expression of weight element `e` (scalar declaration). */
+function weightAt(wt: WType, e: string): string {
+  if (wt === 'f32') return `w[${e}]`;
+  const conv = wt === 'f16' ? 'f16_to_f32' : 'bf16_to_f32';
+  return `${conv}(half_of(w[(${e}) >> 1u], ${e}))`;
+}
+
+// ---- embedding ----------------------------------------------------------------------------------
+
+export function embedWgsl(wt: WType): string {
+  return /* wgsl */ `
+struct P { n: u32, D: u32, ids: u32, row0: u32, row1: u32, base: u32 }
+${P_HEAD}
+@group(0) @binding(1) var<storage, read> data: array<u32>;
+${weightDecl(2, wt, false)}
+@group(0) @binding(3) var<storage, read_write> o: array<f32>;
+${CONVERT}
+${GRID}
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let idx = wg_index(wg, nw) * 256u + li;
+  if (idx >= p.n * p.D) { return; }
+  let r = idx / p.D;
+  let i = idx % p.D;
+  let id = data[p.ids + r];
+  if (id < p.row0 || id >= p.row1) { return; }
+  let e = p.base + (id - p.row0) * p.D + i;
+  o[idx] = ${weightAt(wt, 'e')};
+}`;
+}
+
+// ---- RMSNorm ------------------------------------------------------------------------------------
+
+/** `inplace`: out is x (one read-write binding). */
+export function rmsnormWgsl(wt: WType, inplace: boolean): string {
+  return /* wgsl */ `
+struct P { rows: u32, D: u32, eps: f32 }
+${P_HEAD}
+${inplace ? '' : '@group(0) @binding(1) var<storage, read> x: array<f32>;'}
+${weightDecl(inplace ? 1 : 2, wt, false)}
+@group(0) @binding(${inplace ? 2 : 3}) var<storage, read_write> o: array<f32>;
+${CONVERT}
+${GRID}
+var<workgroup> red: array<f32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let r = wg_index(wg, nw);
+  if (r >= p.rows) { return; }
+  let b = r * p.D;
+  var s = 0.0;
+  for (var i = li; i < p.D; i += 256u) {
+    let v = ${inplace ? 'o' : 'x'}[b + i];
+    s = fma(v, v, s);
+  }
+  red[li] = s;
+  workgroupBarrier();
+  for (var k = 128u; k > 0u; k = k >> 1u) {
+    if (li < k) { red[li] = red[li] + red[li + k]; }
+    workgroupBarrier();
+  }
+  let inv = 1.0 / sqrt(red[0] / f32(p.D) + p.eps);
+  for (var i = li; i < p.D; i += 256u) {
+    let xn = ${inplace ? 'o' : 'x'}[b + i] * inv;
+    o[b + i] = ${weightAt(wt, 'i')} * xn;
+  }
+}`;
+}
+
+// ---- matmul -------------------------------------------------------------------------------------
+
+/**
+ * Shared declarations of both matmul kernels: x [rows][inDim] f32, w rows [o0, o1) of a window starting
+ * at element `wbase`, bias, out [rows][outDim]. `vec`: inDim % 8 == 0 (chunks are 16- or 32-byte aligned).
+ */
+function matmulHead(wt: WType, vec: boolean): string {
+  const xDecl = `@group(0) @binding(1) var<storage, read> x: array<${vec ? 'vec4<f32>' : 'f32'}>;`;
+  // A chunk of 8 weights of output row o (relative to o0), chunk c, into wv; elements past inDim are 0.
+  let wchunk: string;
+  if (vec && wt === 'f32') {
+    wchunk = `
+fn wchunk(o: u32, c: u32) -> array<f32, 8> {
+  let e = (p.wbase + o * p.inDim + c * 8u) >> 2u;
+  let a = w[e];
+  let b = w[e + 1u];
+  return array<f32, 8>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
+}`;
+  } else if (vec) {
+    const conv = wt === 'f16' ? 'unpack2x16float' : 'unpack_bf16';
+    wchunk = `
+fn unpack_bf16(v: u32) -> vec2<f32> {
+  return vec2<f32>(bitcast<f32>(v << 16u), bitcast<f32>(v & 0xffff0000u));
+}
+fn wchunk(o: u32, c: u32) -> array<f32, 8> {
+  let q = w[(p.wbase + o * p.inDim + c * 8u) >> 3u];
+  let a = ${conv}(q.x);
+  let b = ${conv}(q.y);
+  let d = ${conv}(q.z);
+  let e = ${conv}(q.w);
+  return array<f32, 8>(a.x, a.y, b.x, b.y, d.x, d.y, e.x, e.y);
+}`;
+  } else {
+    wchunk = `
+fn wchunk(o: u32, c: u32) -> array<f32, 8> {
+  var v = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+  for (var e = 0u; e < 8u; e++) {
+    let k = c * 8u + e;
+    if (k < p.inDim) {
+      let i = p.wbase + o * p.inDim + k;
+      v[e] = ${weightAt(wt, 'i')};
+    }
+  }
+  return v;
+}`;
+  }
+  const xchunk = vec
+    ? `
+fn xchunk(r: u32, c: u32) -> array<f32, 8> {
+  let e = (r * p.inDim + c * 8u) >> 2u;
+  let a = x[e];
+  let b = x[e + 1u];
+  return array<f32, 8>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
+}`
+    : `
+fn xchunk(r: u32, c: u32) -> array<f32, 8> {
+  var v = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+  for (var e = 0u; e < 8u; e++) {
+    let k = c * 8u + e;
+    if (k < p.inDim) { v[e] = x[r * p.inDim + k]; }
+  }
+  return v;
+}`;
+  return /* wgsl */ `
+struct P { rows: u32, inDim: u32, outDim: u32, o0: u32, o1: u32, wbase: u32, chunks: u32, bias: u32 }
+${P_HEAD}
+${xDecl}
+${weightDecl(2, wt, vec)}
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+${wt === 'f32' ? '' : CONVERT}
+${wchunk}
+${xchunk}
+`;
+}
+
+/** GEMV: 8 outputs per workgroup, 32 lanes (one slice each) per output; every row (≤ 8) at once. */
+export function gemvWgsl(wt: WType, vec: boolean): string {
+  const R = GEMV_ROWS;
+  let rowsAcc = '';
+  let rowsRed = '';
+  for (let r = 0; r < R; r++) {
+    // Constant indices only: a let array indexed at run time is copied to memory on some compilers.
+    let fmas = '';
+    for (let e = 0; e < 8; e++) fmas += `\n        acc${r} = fma(wv[${e}], xv[${e}], acc${r});`;
+    rowsAcc += `
+      if (${r}u < p.rows) {
+        let xv = xchunk(${r}u, c);${fmas}
+      }`;
+    rowsRed += `  red[(g * ${R}u + ${r}u) * 32u + s] = acc${r};\n`;
+  }
+  return /* wgsl */ `${matmulHead(wt, vec)}
+${GRID}
+var<workgroup> red: array<f32, ${8 * R * 32}>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let g = li / 32u;
+  let s = li % 32u;
+  let o = p.o0 + wg_index(wg, nw) * 8u + g;
+${Array.from({ length: R }, (_, r) => `  var acc${r} = 0.0;`).join('\n')}
+  if (o < p.o1) {
+    for (var c = s; c < p.chunks; c += 32u) {
+      let wv = wchunk(o - p.o0, c);${rowsAcc}
+    }
+  }
+${rowsRed}  workgroupBarrier();
+  if (o < p.o1 && s < p.rows) {
+    var sum = 0.0;
+    let b = (g * ${R}u + s) * 32u;
+    for (var k = 0u; k < 32u; k++) { sum = sum + red[b + k]; }
+    if (p.bias != 0u) { sum = sum + bias[o]; }
+    out[s * p.outDim + o] = sum;
+  }
+}`;
+}
+
+/** GEMM: a 64 × 64 tile of (rows, outputs) per workgroup, 4 × 4 per thread, slice by slice. */
+export function gemmWgsl(wt: WType, vec: boolean): string {
+  return /* wgsl */ `${matmulHead(wt, vec)}
+var<workgroup> xs: array<vec4<f32>, 512>;
+var<workgroup> ws: array<vec4<f32>, 512>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let tx = li % 16u;
+  let ty = li / 16u;
+  let r0 = wg.y * 64u;
+  let oo = p.o0 + wg.x * 64u;
+  let lr = li / 4u;
+  let q = li % 4u;
+  var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+  for (var s = 0u; s < 32u; s++) {
+    var pp = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    let ns = select(0u, (p.chunks - s + 31u) / 32u, s < p.chunks);
+    for (var m0 = 0u; m0 < ns; m0 += 4u) {
+      let c = s + 32u * (m0 + q);
+      var xv = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+      var wv = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+      if (m0 + q < ns) {
+        if (r0 + lr < p.rows) { xv = xchunk(r0 + lr, c); }
+        if (oo + lr < p.o1) { wv = wchunk(oo + lr - p.o0, c); }
+      }
+${Array.from({ length: 8 }, (_, e) => `      xs[(q * 8u + ${e}u) * 16u + lr / 4u][lr % 4u] = xv[${e}];
+      ws[(q * 8u + ${e}u) * 16u + lr / 4u][lr % 4u] = wv[${e}];`).join('\n')}
+      workgroupBarrier();
+      for (var k = 0u; k < 32u; k++) {
+        let a = xs[k * 16u + ty];
+        let b = ws[k * 16u + tx];
+        pp[0] = fma(vec4<f32>(a.x), b, pp[0]);
+        pp[1] = fma(vec4<f32>(a.y), b, pp[1]);
+        pp[2] = fma(vec4<f32>(a.z), b, pp[2]);
+        pp[3] = fma(vec4<f32>(a.w), b, pp[3]);
+      }
+      workgroupBarrier();
+    }
+    acc[0] = acc[0] + pp[0];
+    acc[1] = acc[1] + pp[1];
+    acc[2] = acc[2] + pp[2];
+    acc[3] = acc[3] + pp[3];
+  }
+  for (var i = 0u; i < 4u; i++) {
+    let r = r0 + ty * 4u + i;
+    if (r >= p.rows) { break; }
+    for (var j = 0u; j < 4u; j++) {
+      let o = oo + tx * 4u + j;
+      if (o < p.o1) {
+        var v = acc[i][j];
+        if (p.bias != 0u) { v = v + bias[o]; }
+        out[r * p.outDim + o] = v;
+      }
+    }
+  }
+}`;
+}
+
+/**
+ * One thread per (row, output), the 32 slices in turn: the same canonical order as GEMV and GEMM, so
+ * the same bits, without workgroup memory or barriers. For software adapters (SwiftShader runs each
+ * barrier of a 256-thread workgroup in ~0.5 ms), where it is many times faster; never on a GPU.
+ */
+export function matmulSerialWgsl(wt: WType, vec: boolean): string {
+  let fmas = '';
+  for (let e = 0; e < 8; e++) fmas += `\n        pp = fma(wv[${e}], xv[${e}], pp);`;
+  return /* wgsl */ `${matmulHead(wt, vec)}
+${GRID}
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let n = p.o1 - p.o0;
+  let idx = wg_index(wg, nw) * 64u + li;
+  if (idx >= p.rows * n) { return; }
+  let r = idx / n;
+  let o = p.o0 + idx % n;
+  var acc = 0.0;
+  for (var s = 0u; s < 32u; s++) {
+    var pp = 0.0;
+    for (var c = s; c < p.chunks; c += 32u) {
+      let wv = wchunk(o - p.o0, c);
+      let xv = xchunk(r, c);${fmas}
+    }
+    acc = acc + pp;
+  }
+  if (p.bias != 0u) { acc = acc + bias[o]; }
+  out[r * p.outDim + o] = acc;
+}`;
+}
+
+// ---- RoPE, SwiGLU, add, gather ------------------------------------------------------------------
+
+export const ROPE = /* wgsl */ `
+struct P { rows: u32, half: u32, heads: u32, stride: u32, d: u32, pos: u32 }
+${P_HEAD}
+@group(0) @binding(1) var<storage, read> data: array<u32>;
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;
+@group(0) @binding(3) var<storage, read> cs: array<f32>;
+@group(0) @binding(4) var<storage, read> sn: array<f32>;
+${GRID}
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let idx = wg_index(wg, nw) * 256u + li;
+  let per = p.heads * p.half;
+  if (idx >= p.rows * per) { return; }
+  let r = idx / per;
+  let hd = (idx % per) / p.half;
+  let i = idx % p.half;
+  let co = data[p.pos + r] * p.half + i;
+  let c = cs[co];
+  let s = sn[co];
+  let b = r * p.stride + hd * p.d;
+  let x1 = x[b + i];
+  let x2 = x[b + i + p.half];
+  x[b + i] = x1 * c - x2 * s;
+  x[b + i + p.half] = x2 * c + x1 * s;
+}`;
+
+export const SWIGLU = /* wgsl */ `
+struct P { rows: u32, I: u32 }
+${P_HEAD}
+@group(0) @binding(1) var<storage, read> gu: array<f32>;
+@group(0) @binding(2) var<storage, read_write> act: array<f32>;
+${GRID}
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let idx = wg_index(wg, nw) * 256u + li;
+  if (idx >= p.rows * p.I) { return; }
+  let r = idx / p.I;
+  let i = idx % p.I;
+  let g = gu[r * 2u * p.I + i];
+  act[idx] = (g / (1.0 + exp(-g))) * gu[r * 2u * p.I + p.I + i];
+}`;
+
+/** x += y; `self`: y is x. */
+export function addWgsl(self: boolean): string {
+  return /* wgsl */ `
+struct P { n: u32 }
+${P_HEAD}
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+${self ? '' : '@group(0) @binding(2) var<storage, read> y: array<f32>;'}
+${GRID}
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let i = wg_index(wg, nw) * 256u + li;
+  if (i >= p.n) { return; }
+  x[i] = x[i] + ${self ? 'x' : 'y'}[i];
+}`;
+}
+
+export const GATHER = /* wgsl */ `
+struct P { n: u32, D: u32, rows: u32 }
+${P_HEAD}
+@group(0) @binding(1) var<storage, read> data: array<u32>;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> o: array<f32>;
+${GRID}
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let idx = wg_index(wg, nw) * 256u + li;
+  if (idx >= p.n * p.D) { return; }
+  let r = idx / p.D;
+  o[idx] = x[data[p.rows + r] * p.D + idx % p.D];
+}`;
+
+// ---- argmax -------------------------------------------------------------------------------------
+
+/** Index of each row's largest element (the lowest on ties; NaN never wins), as u32. */
+export const ARGMAX = /* wgsl */ `
+struct P { rows: u32, n: u32 }
+${P_HEAD}
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> ids: array<u32>;
+${GRID}
+var<workgroup> bv: array<f32, 256>;
+var<workgroup> bi: array<u32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let r = wg_index(wg, nw);
+  if (r >= p.rows) { return; }
+  var best = neg_inf();
+  var at = 0xffffffffu;
+  for (var i = li; i < p.n; i += 256u) {
+    let v = x[r * p.n + i];
+    if (v > best) { best = v; at = i; }
+  }
+  bv[li] = best;
+  bi[li] = at;
+  workgroupBarrier();
+  for (var k = 128u; k > 0u; k = k >> 1u) {
+    if (li < k) {
+      let v = bv[li + k];
+      let j = bi[li + k];
+      if (v > bv[li] || (v == bv[li] && j < bi[li])) { bv[li] = v; bi[li] = j; }
+    }
+    workgroupBarrier();
+  }
+  if (li == 0u) { ids[r] = select(bi[0], 0u, bi[0] == 0xffffffffu); }
+}`;
+
+// ---- random fill --------------------------------------------------------------------------------
+
+/**
+ * fillRandom (ops.ts randomFill is the same function in TypeScript): element i gets
+ * (Σ of four 22-bit uniforms − their mean) · c, exact in float32, so every back end fills a tensor with
+ * the same values; 16-bit tensors are rounded to nearest even.
+ */
+export function fillRandomWgsl(dtype: 'f32' | 'f16' | 'bf16'): string {
+  const body = dtype === 'f32'
+    ? `  if (idx >= p.n) { return; }
+  t[idx] = rnd(idx);`
+    : `  if (idx * 2u >= p.n) { return; }
+  let lo = ${dtype === 'f16' ? 'f32_to_f16' : 'f32_to_bf16'}(rnd(idx * 2u));
+  var hi = 0u;
+  if (idx * 2u + 1u < p.n) { hi = ${dtype === 'f16' ? 'f32_to_f16' : 'f32_to_bf16'}(rnd(idx * 2u + 1u)); }
+  t[idx] = lo | (hi << 16u);`;
+  return /* wgsl */ `
+struct P { n: u32, seed: u32, c: f32 }
+${P_HEAD}
+@group(0) @binding(1) var<storage, read_write> t: array<${dtype === 'f32' ? 'f32' : 'u32'}>;
+${CONVERT}
+${GRID}
+fn pcg(v: u32) -> u32 {
+  let s = v * 747796405u + 2891336453u;
+  let w = ((s >> ((s >> 28u) + 4u)) ^ s) * 277803737u;
+  return (w >> 22u) ^ w;
+}
+fn rnd(i: u32) -> f32 {
+  let u1 = pcg(i ^ pcg(p.seed));
+  let u2 = pcg(u1);
+  let u3 = pcg(u2);
+  let u4 = pcg(u3);
+  let s = (u1 >> 10u) + (u2 >> 10u) + (u3 >> 10u) + (u4 >> 10u);
+  return (f32(s) - 8388606.0) * p.c;
+}
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let idx = wg_index(wg, nw) * 256u + li;
+${body}
+}`;
+}
+
+// ---- 16-bit writes at odd element offsets --------------------------------------------------------
+
+/** Halves [off, off + n) of a u32-word tensor from host halves (the words beyond keep their other half). */
+export const SCATTER16 = /* wgsl */ `
+struct P { off: u32, n: u32, src: u32, w0: u32, words: u32 }
+${P_HEAD}
+@group(0) @binding(1) var<storage, read> data: array<u32>;
+@group(0) @binding(2) var<storage, read_write> t: array<u32>;
+${GRID}
+fn src_half(k: u32) -> u32 {
+  let w = data[p.src + (k >> 1u)];
+  return select(w & 0xffffu, w >> 16u, (k & 1u) != 0u);
+}
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let k = wg_index(wg, nw) * 256u + li;
+  if (k >= p.words) { return; }
+  let w = p.w0 + k;
+  var v = t[w];
+  let i0 = w * 2u;
+  if (i0 >= p.off && i0 < p.off + p.n) { v = (v & 0xffff0000u) | src_half(i0 - p.off); }
+  if (i0 + 1u >= p.off && i0 + 1u < p.off + p.n) { v = (v & 0xffffu) | (src_half(i0 + 1u - p.off) << 16u); }
+  t[w] = v;
+}`;

@@ -1,0 +1,91 @@
+/**
+ * Finding a WebGPU adapter and device: `navigator.gpu` in browsers and workers, Dawn's Node bindings in
+ * Node (node.ts, loaded only there). A software adapter (SwiftShader, a "fallback" adapter) runs the same
+ * kernels ~100× slower than a GPU: `auto` never picks it; `webgpu` takes whatever adapter there is.
+ */
+import { KiviError } from '../../util/errors.js';
+
+export interface WebGpuOptions {
+  /** Node: use SwiftShader (tests); also `KIVI_WEBGPU_ADAPTER=swiftshader`. */
+  swiftshader?: boolean;
+  /**
+   * Largest storage binding to use, in bytes (default: the device's). Tests lower it to exercise the
+   * paths that split weights and cache arenas over several bindings.
+   */
+  maxBindingBytes?: number;
+  /**
+   * Matmul as one thread per output (bit-identical to the GPU kernels, no barriers), for CPU
+   * implementations such as SwiftShader. Default: on software adapters only.
+   */
+  serialMatmul?: boolean;
+}
+
+export interface GpuDevice {
+  device: GPUDevice;
+  adapter: GPUAdapter;
+  /** A software or fallback adapter (SwiftShader, llvmpipe, WARP). */
+  fallback: boolean;
+  /** "NVIDIA: 580.159.04 (nvidia hopper)" */
+  name: string;
+}
+
+const inNode = () => typeof process !== 'undefined' && !!process.versions?.node && typeof (globalThis as { document?: unknown }).document === 'undefined';
+
+async function gpuObject(o: WebGpuOptions): Promise<GPU | null> {
+  const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
+  if (nav?.gpu) return nav.gpu;
+  if (inNode()) {
+    const { nodeGpu } = await import('./node.js');
+    return nodeGpu(o);
+  }
+  return null;
+}
+
+/** An adapter's info (older implementations lack adapter.info). */
+function infoOf(a: GPUAdapter): GPUAdapterInfo | Record<string, string | boolean | undefined> {
+  return (a as { info?: GPUAdapterInfo }).info ?? {};
+}
+
+export function isFallback(a: GPUAdapter): boolean {
+  const info = infoOf(a) as { isFallbackAdapter?: boolean; vendor?: string; architecture?: string; description?: string; device?: string };
+  if (info.isFallbackAdapter || (a as { isFallbackAdapter?: boolean }).isFallbackAdapter) return true;
+  const words = `${info.vendor ?? ''} ${info.architecture ?? ''} ${info.description ?? ''} ${info.device ?? ''}`;
+  return /swiftshader|llvmpipe|lavapipe|softpipe|microsoft basic render|warp/i.test(words);
+}
+
+export function adapterName(a: GPUAdapter): string {
+  const info = infoOf(a) as { vendor?: string; architecture?: string; description?: string };
+  const parts = [info.description, [info.vendor, info.architecture].filter(Boolean).join(' ')].filter((s) => s && s.trim());
+  return parts.length ? parts.join(', ') : 'unknown adapter';
+}
+
+/**
+ * The adapter WebGPU offers here, or null. `hardwareOnly` (what `auto` asks): null unless it is a real
+ * GPU. Never throws for a missing package or adapter when `quiet` (the `auto` probe).
+ */
+export async function findAdapter(o: WebGpuOptions, hardwareOnly: boolean): Promise<GPUAdapter | null> {
+  const gpu = await gpuObject(o);
+  if (!gpu) return null;
+  const a = await gpu.requestAdapter({ powerPreference: 'high-performance' });
+  if (!a || (hardwareOnly && isFallback(a))) return null;
+  return a;
+}
+
+/** The device on an adapter, with the limits the kernels need raised to what the adapter allows. */
+export async function openDevice(adapter: GPUAdapter): Promise<GpuDevice> {
+  const L = adapter.limits;
+  const requiredLimits: Record<string, number> = {};
+  for (const k of ['maxStorageBufferBindingSize', 'maxBufferSize', 'maxComputeWorkgroupStorageSize', 'maxStorageBuffersPerShaderStage',
+    'maxComputeInvocationsPerWorkgroup', 'maxComputeWorkgroupSizeX', 'maxComputeWorkgroupsPerDimension'] as const) {
+    requiredLimits[k] = L[k];
+  }
+  if (L.maxStorageBuffersPerShaderStage < 8) throw new KiviError('webgpu: the adapter allows fewer than 8 storage buffers per shader stage');
+  if (L.maxComputeInvocationsPerWorkgroup < 256) throw new KiviError('webgpu: the adapter allows fewer than 256 invocations per workgroup');
+  let device: GPUDevice;
+  try {
+    device = await adapter.requestDevice({ requiredLimits });
+  } catch (e) {
+    throw new KiviError(`webgpu: cannot open a device on ${adapterName(adapter)}: ${(e as Error).message}`);
+  }
+  return { device, adapter, fallback: isFallback(adapter), name: adapterName(adapter) };
+}

@@ -1,0 +1,254 @@
+/**
+ * A step plan (kernels/plan.ts) as the WebGPU kernels read it: one u32 table uploaded once per plan,
+ * holding GPU segment records (page handles resolved to arena slot and word offset, each segment's first
+ * token within its task or job), task records, the job tables, and per sub-step the work lists of each
+ * dispatch: attention items (a task's kv head and a run of its tokens: long tasks are split so that the
+ * GPU has enough workgroups), merge items, and job items (job, kv head).
+ */
+import {
+  JOB_DST, JOB_FAKE_CHANNEL, JOB_FAKE_TOKEN, JOB_KIND, JOB_QKEY, JOB_QVAL, JOB_SRC0, JOB_SRCN, JOB_STORE, JOB_WORDS,
+  SEG_BITS, SEG_CAP, SEG_F16, SEG_F32, SEG_G, SEG_KIND, SEG_KIVI_K, SEG_KIVI_V, SEG_N, SEG_PAGE, SEG_ROWS, SEG_SECTION,
+  SEG_T0, SEG_WORDS, TASK_K0, TASK_KN, TASK_ROW, TASK_TOKENS, TASK_V0, TASK_VN, TASK_WORDS,
+} from '../layout.js';
+import type { StepPlan } from '../plan.js';
+import type { AttnShape } from '../types.js';
+import { KiviError } from '../../util/errors.js';
+import { GSEG_WORDS, GTASK_WORDS, ITEM_WORDS, JOBITEM_WORDS, MERGE_WORDS, NO_PARTIAL, TILE } from './attention.js';
+import { pageSlot, pageWord } from './pool.js';
+
+/** Attention work items wanted per sub-step: enough workgroups to fill a large GPU. */
+const TARGET_ITEMS = 1024;
+
+export interface SubLists {
+  attn: number;
+  nAttn: number;
+  merge: number;
+  nMerge: number;
+  pre: number;
+  nPre: number;
+  post: number;
+  nPost: number;
+}
+
+export interface GpuPlan {
+  words: Uint32Array;
+  used: number;
+  tasks: number;
+  preJobs: number;
+  postJobs: number;
+  subs: SubLists[];
+  /** Partials (splits) of the whole plan. */
+  partials: number;
+}
+
+class Words {
+  a = new Uint32Array(4096);
+  n = 0;
+  ensure(k: number): void {
+    if (this.n + k > this.a.length) {
+      const b = new Uint32Array(Math.max(this.n + k, this.a.length * 2));
+      b.set(this.a.subarray(0, this.n));
+      this.a = b;
+    }
+  }
+}
+
+const w = new Words();
+
+/** Build the GPU tables of a plan (the returned words are valid until the next build). */
+export function buildPlan(plan: StepPlan, shape: AttnShape): GpuPlan {
+  const { numKvHeads: KV } = shape;
+  const sg = plan.segs;
+  w.n = 0;
+  // Segment records; `start` filled per list below.
+  const nSegs = plan.nSegs;
+  w.ensure(nSegs * GSEG_WORDS);
+  for (let i = 0; i < nSegs; i++) {
+    const o = i * SEG_WORDS;
+    const kind = sg[o + SEG_KIND]!, page = sg[o + SEG_PAGE]!;
+    const g = i * GSEG_WORDS;
+    const rows = kind === SEG_ROWS;
+    w.a[g] = kind | (sg[o + SEG_BITS]! << 8) | ((rows ? 0 : pageSlot(page)) << 16);
+    w.a[g + 1] = sg[o + SEG_N]!;
+    w.a[g + 2] = rows ? page : pageWord(page);
+    w.a[g + 3] = sg[o + SEG_T0]!;
+    w.a[g + 4] = sg[o + SEG_CAP]!;
+    w.a[g + 5] = sg[o + SEG_G]!;
+    w.a[g + 6] = sg[o + SEG_SECTION]! / 4;
+    w.a[g + 7] = 0;
+  }
+  w.n = nSegs * GSEG_WORDS;
+  const starts = (s0: number, n: number) => {
+    let t = 0;
+    for (let s = s0; s < s0 + n; s++) {
+      w.a[s * GSEG_WORDS + 7] = t;
+      t += sg[s * SEG_WORDS + SEG_N]!;
+    }
+  };
+
+  // Tasks.
+  const tasks = w.n;
+  w.ensure(plan.nTasks * GTASK_WORDS);
+  const tk = plan.tasks;
+  for (let i = 0; i < plan.nTasks; i++) {
+    const o = i * TASK_WORDS;
+    const k0 = tk[o + TASK_K0]!, kn = tk[o + TASK_KN]!, v0 = tk[o + TASK_V0]!, vn = tk[o + TASK_VN]!;
+    starts(k0, kn);
+    starts(v0, vn);
+    // KIVI key blocks come first, whole groups each, so key groups sit at multiples of G from token 0.
+    let kb = 0, kbits = 0, kG = 0;
+    for (let s = k0; s < k0 + kn; s++) {
+      const so = s * SEG_WORDS;
+      const kind = sg[so + SEG_KIND]!;
+      checkKind(kind, false);
+      if (kind !== SEG_KIVI_K) continue;
+      const G = sg[so + SEG_G]!, n = sg[so + SEG_N]!, b = sg[so + SEG_BITS]!;
+      if (kb !== w.a[s * GSEG_WORDS + 7] || sg[so + SEG_T0]! % G !== 0 || n % G !== 0 || (kG && (G !== kG || b !== kbits))) {
+        throw new Error('webgpu: KIVI key segments must come first in a task, whole groups of one spec');
+      }
+      kb += n;
+      kG = G;
+      kbits = b;
+    }
+    let vbits = 0, vG = 0;
+    for (let s = v0; s < v0 + vn; s++) {
+      const so = s * SEG_WORDS;
+      const kind = sg[so + SEG_KIND]!;
+      checkKind(kind, true);
+      if (kind !== SEG_KIVI_V) continue;
+      const G = sg[so + SEG_G]!, b = sg[so + SEG_BITS]!;
+      if (vG && (G !== vG || b !== vbits)) throw new Error('webgpu: a task\'s KIVI value segments must share one spec');
+      vG = G;
+      vbits = b;
+    }
+    const g = tasks + i * GTASK_WORDS;
+    w.a[g] = tk[o + TASK_ROW]!;
+    w.a[g + 1] = k0;
+    w.a[g + 2] = kn;
+    w.a[g + 3] = v0;
+    w.a[g + 4] = vn;
+    w.a[g + 5] = tk[o + TASK_TOKENS]!;
+    w.a[g + 6] = kb;
+    w.a[g + 7] = vbits | (vG << 8);
+  }
+  w.n = tasks + plan.nTasks * GTASK_WORDS;
+
+  // Job tables (as the plan has them; sources' starts within each job).
+  const jobTable = (jobs: Int32Array, n: number): number => {
+    const at = w.n;
+    w.ensure(n * JOB_WORDS);
+    for (let j = 0; j < n; j++) {
+      const o = j * JOB_WORDS;
+      const kind = jobs[o + JOB_KIND]!;
+      if (kind === JOB_FAKE_TOKEN || kind === JOB_FAKE_CHANNEL) {
+        throw new KiviError('simulated-quantization (fake) caches run on the CPU back ends only (ts, wasm), not on webgpu');
+      }
+      if (kind !== JOB_STORE && kind !== JOB_QKEY && kind !== JOB_QVAL) throw new Error(`webgpu: unknown cache job kind ${kind}`);
+      checkJob(plan, jobs, j);
+      starts(jobs[o + JOB_SRC0]!, jobs[o + JOB_SRCN]!);
+      for (let k = 0; k < JOB_WORDS; k++) w.a[at + o + k] = jobs[o + k]!;
+    }
+    w.n = at + n * JOB_WORDS;
+    return at;
+  };
+  const preJobs = jobTable(plan.pre, plan.nPre);
+  const postJobs = jobTable(plan.post, plan.nPost);
+
+  // Attention items of every sub-step, contiguous in sub-step order (so the sub-steps' attention can be
+  // one dispatch, see backend.ts), partials numbered across the plan; then merge items likewise.
+  let total = 0;
+  for (let i = 0; i < plan.nTasks; i++) total += tk[i * TASK_WORDS + TASK_TOKENS]! * KV;
+  const split = Math.max(2 * TILE, Math.ceil(total / TARGET_ITEMS / TILE) * TILE);
+  const subs: SubLists[] = [];
+  let partials = 0;
+  const merges: number[] = [];
+  const mergeAt: number[] = [];
+  for (let s = 0; s < plan.nSubs; s++) {
+    const r = plan.sub(s);
+    const t0 = r[0]!, nt = r[1]!;
+    const attn = w.n;
+    mergeAt.push(merges.length);
+    for (let i = t0; i < t0 + nt; i++) {
+      const o = i * TASK_WORDS;
+      const T = tk[o + TASK_TOKENS]!;
+      const pieces = Math.ceil(T / split);
+      const k0 = tk[o + TASK_K0]!, v0 = tk[o + TASK_V0]!;
+      for (let h = 0; h < KV; h++) {
+        let ks = k0, vs = v0;
+        const p0 = partials;
+        for (let q = 0; q < pieces; q++) {
+          const a = q * split, b = Math.min(T, a + split);
+          while (a >= w.a[ks * GSEG_WORDS + 7]! + w.a[ks * GSEG_WORDS + 1]!) ks++;
+          while (a >= w.a[vs * GSEG_WORDS + 7]! + w.a[vs * GSEG_WORDS + 1]!) vs++;
+          w.ensure(ITEM_WORDS);
+          const g = w.n;
+          w.a[g] = i;
+          w.a[g + 1] = h;
+          w.a[g + 2] = a;
+          w.a[g + 3] = b;
+          w.a[g + 4] = ks;
+          w.a[g + 5] = vs;
+          w.a[g + 6] = pieces === 1 ? NO_PARTIAL : partials++;
+          w.a[g + 7] = 0;
+          w.n += ITEM_WORDS;
+        }
+        if (pieces > 1) merges.push(i, h, p0, pieces);
+      }
+    }
+    subs.push({ attn, nAttn: (w.n - attn) / ITEM_WORDS, merge: 0, nMerge: 0, pre: 0, nPre: 0, post: 0, nPost: 0 });
+  }
+  const merge0 = w.n;
+  w.ensure(merges.length);
+  for (let k = 0; k < merges.length; k++) w.a[w.n++] = merges[k]!;
+  for (let s = 0; s < plan.nSubs; s++) {
+    const end = s + 1 < plan.nSubs ? mergeAt[s + 1]! : merges.length;
+    subs[s]!.merge = merge0 + mergeAt[s]!;
+    subs[s]!.nMerge = (end - mergeAt[s]!) / MERGE_WORDS;
+  }
+  // Job items per sub-step: (job, kv head).
+  const items = (j0: number, n: number): number => {
+    const at = w.n;
+    w.ensure(n * KV * JOBITEM_WORDS);
+    for (let j = j0; j < j0 + n; j++) {
+      for (let h = 0; h < KV; h++) {
+        w.a[w.n++] = j;
+        w.a[w.n++] = h;
+      }
+    }
+    return at;
+  };
+  for (let s = 0; s < plan.nSubs; s++) {
+    const r = plan.sub(s);
+    const sub = subs[s]!;
+    sub.pre = items(r[2]!, r[3]!);
+    sub.nPre = r[3]! * KV;
+    sub.post = items(r[4]!, r[5]!);
+    sub.nPost = r[5]! * KV;
+  }
+  return { words: w.a, used: w.n, tasks, preJobs, postJobs, subs, partials };
+}
+
+function checkKind(kind: number, values: boolean): void {
+  const ok = kind === SEG_ROWS || kind === SEG_F32 || kind === SEG_F16 || kind === (values ? SEG_KIVI_V : SEG_KIVI_K);
+  if (!ok) throw new Error(`webgpu: a ${values ? 'value' : 'key'} segment of kind ${kind}`);
+}
+
+function checkJob(plan: StepPlan, jobs: Int32Array, j: number): void {
+  const o = j * JOB_WORDS;
+  const kind = jobs[o + JOB_KIND]!;
+  const d = jobs[o + JOB_DST]! * SEG_WORDS;
+  const sg = plan.segs;
+  const dKind = sg[d + SEG_KIND]!;
+  let n = 0;
+  for (let s = jobs[o + JOB_SRC0]!, e = s + jobs[o + JOB_SRCN]!; s < e; s++) {
+    const k = sg[s * SEG_WORDS + SEG_KIND]!;
+    if (k !== SEG_ROWS && k !== SEG_F32 && k !== SEG_F16) throw new Error(`cache job ${j}: source of kind ${k}`);
+    n += sg[s * SEG_WORDS + SEG_N]!;
+  }
+  if (n !== sg[d + SEG_N]!) throw new Error(`cache job ${j}: ${n} source tokens for ${sg[d + SEG_N]} destination slots`);
+  if (kind === JOB_STORE && dKind !== SEG_F32 && dKind !== SEG_F16) throw new Error(`cache job ${j}: store into a page of kind ${dKind}`);
+  if (kind === JOB_QKEY && (dKind !== SEG_KIVI_K || sg[d + SEG_T0] !== 0 || sg[d + SEG_N] !== sg[d + SEG_CAP])) {
+    throw new Error(`cache job ${j}: a key block must be written whole`);
+  }
+  if (kind === JOB_QVAL && dKind !== SEG_KIVI_V) throw new Error(`cache job ${j}: values quantized into a page of kind ${dKind}`);
+}

@@ -1,0 +1,171 @@
+/**
+ * Cache pages on the GPU: per layer up to ARENAS buffers ("arena slots"), a page at the same offset of
+ * the same slot in every layer's buffer, holding that layer's [kv head][section]. A dispatch for one
+ * layer binds that layer's slots. A handle is slot << 27 | offset / 16 (offsets below 2 GiB); handle
+ * offsets start at 16, so no page is 0.
+ *
+ * Slots grow by doubling (a bigger buffer, the old contents copied on the GPU in command order) up to
+ * the device's largest storage binding, then the next slot opens. Freed pages are kept per size and
+ * reused (cleared first, in command order); caches return pages only after the step that used them
+ * has been issued (cache/types.ts endStep), and commands run in issue order, so a reused page is never
+ * written while an earlier command still reads it.
+ */
+import type { AttnShape, PagePool } from '../types.js';
+import { hostPageBytes } from '../host/memory.js';
+import { KiviError } from '../../util/errors.js';
+import { formatBytes } from '../../util/format.js';
+import type { Binding, GBuf, GpuCore } from './core.js';
+import { ARENAS } from './attention.js';
+
+const OFFSET_BITS = 27;
+const OFFSET_MASK = (1 << OFFSET_BITS) - 1;
+
+export const pageSlot = (page: number): number => page >>> OFFSET_BITS;
+/** The page's first u32 word in its slot's buffer. */
+export const pageWord = (page: number): number => (page & OFFSET_MASK) * 4;
+
+export class WebGpuPagePool implements PagePool {
+  /** The GPU runs no simulated-quantization jobs (cache/spec.ts refuses fake caches on this pool). */
+  readonly fakeJobs = false;
+  allocatedBytes = 0;
+  peakBytes = 0;
+  /** slots[s][layer]: the buffers. */
+  private readonly slots: GBuf[][] = [];
+  private readonly caps: number[] = [];
+  private readonly tops: number[] = [];
+  private readonly freeBySize = new Map<number, number[]>();
+  private readonly sizes = new Map<number, number>();
+  private readonly dummies: GBuf[];
+  private readonly usage: number;
+
+  /**
+   * @param maxSlotBytes largest buffer per slot (the device's largest storage binding).
+   */
+  constructor(readonly shape: AttnShape, private readonly core: GpuCore, private readonly maxSlotBytes: number, dummies: GBuf[]) {
+    this.dummies = dummies;
+    this.usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+  }
+
+  resetPeak(): void {
+    this.peakBytes = this.allocatedBytes;
+  }
+
+  /** Bytes a page takes, counted as the host back ends count them (so budgets agree across back ends). */
+  pageBytes(sectionBytes: number): number {
+    return hostPageBytes(this.shape, sectionBytes);
+  }
+
+  /** Bytes of one layer's part of a page. */
+  private stride(sectionBytes: number): number {
+    return this.shape.numKvHeads * sectionBytes;
+  }
+
+  alloc(sectionBytes: number): number {
+    if (sectionBytes <= 0 || sectionBytes % 16 !== 0) throw new Error(`page section of ${sectionBytes} bytes`);
+    const stride = this.stride(sectionBytes);
+    let page = this.freeBySize.get(stride)?.pop();
+    if (page !== undefined) {
+      const enc = this.core.commands();
+      const s = pageSlot(page), off = pageWord(page) * 4;
+      for (const b of this.slots[s]!) enc.clearBuffer(b.buf, off, stride);
+    } else {
+      page = this.bump(stride);
+    }
+    this.sizes.set(page, stride);
+    const bytes = this.pageBytes(sectionBytes);
+    this.allocatedBytes += bytes;
+    if (this.allocatedBytes > this.peakBytes) this.peakBytes = this.allocatedBytes;
+    return page;
+  }
+
+  private bump(stride: number): number {
+    if (stride > this.maxSlotBytes - 16) throw new KiviError(`webgpu: a cache page of ${stride} bytes per layer exceeds the largest GPU buffer binding`);
+    let s = this.slots.length - 1;
+    if (s < 0 || this.tops[s]! + stride > this.maxSlotBytes) {
+      if (this.slots.length === ARENAS) {
+        throw new KiviError(`webgpu: the KV cache needs more than ${ARENAS} × ${formatBytes(this.maxSlotBytes)} per layer of GPU buffers`);
+      }
+      s = this.slots.length;
+      this.slots.push([]);
+      this.caps.push(0);
+      this.tops.push(16);
+    }
+    const off = this.tops[s]!;
+    this.grow(s, off + stride);
+    this.tops[s] = off + stride;
+    return (s << OFFSET_BITS) | (off / 16);
+  }
+
+  /** Make slot s hold at least `bytes` in every layer. */
+  private grow(s: number, bytes: number): void {
+    if (bytes <= this.caps[s]!) return;
+    const cap = Math.min(this.maxSlotBytes, Math.max(bytes, this.caps[s]! * 2, 1 << 20));
+    const old = this.slots[s]!;
+    const next: GBuf[] = [];
+    for (let l = 0; l < this.shape.numLayers; l++) next.push(this.core.buffer(cap, this.usage, `kv arena ${s} layer ${l}`));
+    if (old.length) {
+      const enc = this.core.commands();
+      for (let l = 0; l < old.length; l++) enc.copyBufferToBuffer(old[l]!.buf, 0, next[l]!.buf, 0, this.tops[s]!);
+      for (const b of old) this.core.destroy(b);
+    }
+    this.slots[s] = next;
+    this.caps[s] = next[0]!.size;
+  }
+
+  free(page: number): void {
+    const stride = this.sizes.get(page);
+    if (stride === undefined) throw new Error(`WebGpuPagePool.free: page ${page} is not allocated`);
+    this.sizes.delete(page);
+    this.allocatedBytes -= this.pageBytes(stride / this.shape.numKvHeads);
+    const list = this.freeBySize.get(stride);
+    if (list) list.push(page);
+    else this.freeBySize.set(stride, [page]);
+  }
+
+  /** The storage bindings of layer `layer`'s slots (a small dummy where a slot is unused). */
+  bindings(layer: number): Binding[] {
+    const out: Binding[] = [];
+    for (let s = 0; s < ARENAS; s++) out.push({ b: s < this.slots.length ? this.slots[s]![layer]! : this.dummies[s]! });
+    return out;
+  }
+
+  /** Arena slots in use (at least 1: kernels are generated for this many bindings). */
+  get slotsInUse(): number {
+    return Math.max(1, this.slots.length);
+  }
+
+  /** Bytes of GPU buffers the pool holds (every layer and slot). */
+  get bufferBytes(): number {
+    return this.caps.reduce((a, c) => a + c, 0) * this.shape.numLayers;
+  }
+
+  async readPage(page: number, sectionBytes: number): Promise<Uint8Array> {
+    const stride = this.checkPage(page, sectionBytes);
+    const out = new Uint8Array(this.shape.numLayers * stride);
+    const s = pageSlot(page), off = pageWord(page) * 4;
+    for (let l = 0; l < this.shape.numLayers; l++) {
+      out.set(new Uint8Array(await this.core.readBytes(this.slots[s]![l]!, off, stride)), l * stride);
+    }
+    return out;
+  }
+
+  writePage(page: number, sectionBytes: number, bytes: Uint8Array): void {
+    const stride = this.checkPage(page, sectionBytes);
+    const n = this.shape.numLayers * stride;
+    if (bytes.byteLength !== n) throw new KiviError(`page of ${n} bytes written with ${bytes.byteLength}`);
+    const s = pageSlot(page), off = pageWord(page) * 4;
+    for (let l = 0; l < this.shape.numLayers; l++) this.core.write(this.slots[s]![l]!, off, bytes.subarray(l * stride, (l + 1) * stride));
+  }
+
+  private checkPage(page: number, sectionBytes: number): number {
+    const stride = this.sizes.get(page);
+    if (stride === undefined) throw new Error(`WebGpuPagePool: page ${page} is not allocated`);
+    if (stride !== this.stride(sectionBytes)) throw new Error(`WebGpuPagePool: page ${page} has sections of ${stride / this.shape.numKvHeads} bytes, not ${sectionBytes}`);
+    return stride;
+  }
+
+  dispose(): void {
+    for (const slot of this.slots) for (const b of slot) this.core.destroy(b);
+    this.slots.length = 0;
+  }
+}

@@ -1,0 +1,219 @@
+/**
+ * The WebGPU back end on SwiftShader (a Vulkan driver on the CPU; CI has no GPU): the op-table
+ * conformance suite against the TypeScript reference with the GPU's kernels, for every cache kind the
+ * GPU runs and every weight type; then what is the GPU's own: the software adapter's matmul giving the
+ * same bits, weights and cache arenas split over several bindings, bit-exact quantized pages, fake
+ * specs refused, the random fill.
+ */
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { ALL_SPECS, assertClose, backendConformance, randArray, rng, to16 } from './backend-conformance.js';
+import { TsBackend } from '../src/kernels/ts/backend.js';
+import { createCache, parseKvSpec } from '../src/cache/spec.js';
+import { CacheStepper } from '../src/cache/step.js';
+import { KiviError } from '../src/util/errors.js';
+import { reportMissing, swiftshaderBackend } from './webgpu-helpers.js';
+import type { WebGpuBackend } from '../src/kernels/webgpu/backend.js';
+import type { WebGpuOptions } from '../src/kernels/webgpu/device.js';
+
+const made: WebGpuBackend[] = [];
+async function gpu(o: Omit<WebGpuOptions, 'swiftshader'> = {}): Promise<WebGpuBackend> {
+  const b = await swiftshaderBackend(o);
+  made.push(b);
+  return b;
+}
+after(() => {
+  for (const b of made) b.dispose();
+});
+
+if (!reportMissing('kernels-webgpu')) {
+  // The kernels a GPU runs (SwiftShader would otherwise take the one-thread-per-output matmul).
+  // Quantized attention reads a code c as the float 1 + c·2^-b and takes the 1's away through the folded
+  // sums, which costs a few bits of float32 against the reference's double sums: measured up to ~2e-5
+  // of the output's largest element on this suite's outlier channels (float kernels: < 1e-5).
+  backendConformance('webgpu (SwiftShader)', () => gpu({ serialMatmul: false }), {
+    specs: ALL_SPECS.filter((s) => !s.startsWith('fake')),
+    weightTypes: ['f32', 'f16', 'bf16'],
+    kiviRelTol: 1e-4,
+  });
+}
+
+/** A random float tensor on a back end (weights in `dtype`). */
+function upload(b: { tensor: WebGpuBackend['tensor']; write: WebGpuBackend['write'] }, data: Float32Array, dtype: 'f32' | 'f16' | 'bf16' = 'f32') {
+  const t = b.tensor(dtype, data.length);
+  b.write(t, dtype === 'f32' ? data : to16(data, dtype));
+  return t;
+}
+
+if (!reportMissing('kernels-webgpu: own')) {
+  test('webgpu: the one-thread-per-output matmul gives the bits of GEMV and GEMM', async () => {
+    const b = await gpu({ serialMatmul: false });
+    const r = rng(11);
+    for (const wt of ['f32', 'bf16', 'f16'] as const) {
+      for (const [rows, inDim, outDim] of [[1, 301, 67], [5, 256, 130], [20, 256, 70], [9, 37, 5]] as const) {
+        const x = upload(b, randArray(rows * inDim, r)), w = upload(b, randArray(outDim * inDim, r), wt), bias = upload(b, randArray(outDim, r));
+        const out = b.tensor('f32', rows * outDim);
+        const res: Float32Array[] = [];
+        for (const serial of [false, true]) {
+          b.serialMatmul = serial;
+          b.matmul(out, x, w, rows, inDim, outDim, bias);
+          res.push(await b.read(out, 0, rows * outDim));
+        }
+        b.serialMatmul = false;
+        assert.deepEqual(res[1], res[0], `${wt} ${rows}×${inDim}→${outDim}`);
+        for (const t of [x, w, bias, out]) b.release(t);
+      }
+    }
+  });
+}
+
+if (!reportMissing('kernels-webgpu: bindings, pages, batches')) {
+  test('webgpu: weights and cache arenas larger than one binding are split over several, with the reference\'s results', async () => {
+    const b = await gpu({ maxBindingBytes: 64 * 1024, serialMatmul: false });
+    const ref = new TsBackend();
+    const r = rng(12);
+    // Matmul weights of 150 KiB (bf16) and 300 KiB (f32): three and five windows.
+    for (const wt of ['bf16', 'f32'] as const) {
+      for (const rows of [1, 12]) {
+        const inDim = 256, outDim = 300;
+        const xd = randArray(rows * inDim, r), wd = randArray(outDim * inDim, r);
+        const o = b.tensor('f32', rows * outDim), oRef = ref.tensor('f32', rows * outDim);
+        b.matmul(o, upload(b, xd), upload(b, wd, wt), rows, inDim, outDim);
+        ref.matmul(oRef, upload(ref, xd), upload(ref, wd, wt), rows, inDim, outDim);
+        const exp = await ref.read(oRef, 0, rows * outDim);
+        assertClose(await b.read(o, 0, rows * outDim), exp, () => 1e-5 * 16, `${wt} matmul over windows, ${rows} rows`);
+      }
+    }
+    // An embedding table of 94 KiB (bf16): rows from both windows.
+    const D = 96, V = 500;
+    const td = randArray(V * D, r);
+    const ids = Int32Array.from([0, 499, 250, 341, 1, 340]);
+    const e = b.tensor('f32', ids.length * D), eRef = ref.tensor('f32', ids.length * D);
+    b.embed(e, upload(b, td, 'bf16'), ids, D);
+    ref.embed(eRef, upload(ref, td, 'bf16'), ids, D);
+    assert.deepEqual(await b.read(e, 0, ids.length * D), await ref.read(eRef, 0, ids.length * D));
+    // Cache pages of 32 KiB per layer: one per 64 KiB arena slot, so four pages fill the four slots.
+    const shape = { numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 64 };
+    const qkvDim = 8 * 64;
+    const pools = [ref.createPagePool(shape), b.createPagePool(shape)] as const;
+    const st = [new CacheStepper(ref, pools[0]), new CacheStepper(b, pools[1])];
+    const caches = pools.map((p) => createCache(parseKvSpec('fp32'), p));
+    const rows = randArray(140 * qkvDim, r);
+    let at = 0;
+    for (const n of [70, 20, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]) {
+      const item = (i: number) => ({ cache: caches[i]!, rows: rows.subarray(at * qkvDim, (at + n) * qkvDim), n, mode: n > 1 ? 'prefill' as const : 'decode' as const });
+      const exp = (await st[0]!.step([item(0)]))!;
+      assertClose((await st[1]!.step([item(1)]))!, exp, () => 1e-5 * Math.max(...exp.map(Math.abs)), `fp32 at ${at}`);
+      at += n;
+    }
+    assert.equal(pools[1].slotsInUse, 4, 'four arena slots in use');
+    // A fifth page has nowhere to go: one clear line.
+    await assert.rejects(st[1]!.step([{ cache: caches[1]!, rows: rows.subarray(0, 40 * qkvDim), n: 40, mode: 'decode' }]),
+      (err: Error) => err instanceof KiviError && /the KV cache needs more than 4 × 64\.00 KiB per layer of GPU buffers/.test(err.message));
+    for (const c of caches) c.free();
+  });
+
+  test('webgpu: quantized pages hold the host back ends\' bytes exactly; writePage restores them', async () => {
+    const b = await gpu();
+    const ref = new TsBackend();
+    const shape = { numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 64 };
+    const qkvDim = 8 * 64;
+    const r = rng(13);
+    // Outlier channels, tiny values and a constant channel: scales of every magnitude, float16 subnormals, zero ranges.
+    const rows = randArray(120 * qkvDim, r).map((v, i) => (i % 64 === 5 ? v * 12 : i % 64 === 9 ? v * 1e-6 : i % 64 === 11 ? 0.5 : v));
+    for (const spec of ['kivi:k=2,v=2,g=16,r=16', 'kivi:k=4,v=2,g=16,r=32,residual=fp16', 'kivi:k=8,v=8,g=32,r=32', 'fp16']) {
+      const pools = [ref.createPagePool(shape), b.createPagePool(shape)] as const;
+      const st = [new CacheStepper(ref, pools[0]), new CacheStepper(b, pools[1])];
+      const caches = pools.map((p) => createCache(parseKvSpec(spec), p));
+      let at = 0;
+      for (const n of [40, 25, 1, 1, 1, 50]) {
+        for (const i of [0, 1]) await st[i]!.step([{ cache: caches[i]!, rows: rows.subarray(at * qkvDim, (at + n) * qkvDim), n, mode: n === 1 ? 'decode' : 'prefill' }], false);
+        at += n;
+      }
+      // Every page the caches hold, compared byte for byte (page lists are the caches' own bookkeeping).
+      const pagesOf = (c: object): [number, number][] => {
+        const o = c as Record<string, unknown>;
+        const out: [number, number][] = [];
+        if (spec === 'fp16') for (const rowsOf of ['k', 'v']) for (const p of (o[rowsOf] as { pages: number[]; sectionBytes: number }).pages) out.push([p, (o[rowsOf] as { sectionBytes: number }).sectionBytes]);
+        else {
+          for (const p of o.keyBlocks as number[]) out.push([p, o.keySection as number]);
+          for (const p of o.valuePages as number[]) out.push([p, o.valueSection as number]);
+          for (const res of ['keyResidual', 'valueResidual']) for (const p of (o[res] as { pages: number[] }).pages) out.push([p, (o[res] as { sectionBytes: number }).sectionBytes]);
+        }
+        return out;
+      };
+      const [pa, pb] = [pagesOf(caches[0]!), pagesOf(caches[1]!)];
+      assert.equal(pb.length, pa.length);
+      assert.ok(pa.length >= 4, `${spec}: ${pa.length} pages`);
+      for (let k = 0; k < pa.length; k++) {
+        const bytes = await pools[1].readPage(pb[k]![0], pb[k]![1]);
+        assert.deepEqual(bytes, await pools[0].readPage(pa[k]![0], pa[k]![1]), `${spec}: page ${k}`);
+        pools[1].writePage(pb[k]![0], pb[k]![1], new Uint8Array(bytes.length));
+        assert.ok((await pools[1].readPage(pb[k]![0], pb[k]![1])).every((x) => x === 0));
+        pools[1].writePage(pb[k]![0], pb[k]![1], bytes);
+        assert.deepEqual(await pools[1].readPage(pb[k]![0], pb[k]![1]), bytes);
+      }
+      for (const c of caches) c.free();
+      assert.equal(pools[1].allocatedBytes, 0);
+    }
+  });
+
+  test('webgpu: simulated-quantization (fake) caches are refused in one line', async () => {
+    const b = await gpu();
+    const pool = b.createPagePool({ numLayers: 1, numHeads: 2, numKvHeads: 1, headDim: 32 });
+    assert.throws(() => createCache(parseKvSpec('fake2-kC-vT'), pool), (e: Error) => e instanceof KiviError && !e.message.includes('\n') &&
+      /fake2-kC-vT: simulated-quantization \(fake\) caches run on the CPU back ends only \(--backend ts or wasm\), not on webgpu/.test(e.message));
+  });
+
+  test('webgpu: fillRandom gives the TypeScript back end\'s values bit for bit (mean 0, standard deviation as asked)', async () => {
+    const b = await gpu();
+    const ref = new TsBackend();
+    for (const dtype of ['f32', 'f16', 'bf16'] as const) {
+      const n = 20001;
+      const [t, tRef] = [b.tensor(dtype, n), ref.tensor(dtype, n)];
+      b.fillRandom(t, 77, 0.02);
+      ref.fillRandom(tRef, 77, 0.02);
+      // Widen both through an embedding row (exact) and compare.
+      const [o, oRef] = [b.tensor('f32', n), ref.tensor('f32', n)];
+      b.embed(o, t, Int32Array.of(0), n);
+      ref.embed(oRef, tRef, Int32Array.of(0), n);
+      const got = await b.read(o, 0, n);
+      assert.deepEqual(got, await ref.read(oRef, 0, n), dtype);
+      let s = 0, s2 = 0;
+      for (const v of got) {
+        s += v;
+        s2 += v * v;
+      }
+      assert.ok(Math.abs(s / n) < 0.001, `${dtype} mean ${s / n}`);
+      assert.ok(Math.abs(Math.sqrt(s2 / n) - 0.02) < 0.001, `${dtype} std ${Math.sqrt(s2 / n)}`);
+    }
+  });
+
+  test('webgpu: 64 sequences decode in a bounded number of dispatches; a decode chunk (one sub-step per token) matches the reference', async () => {
+    const b = await gpu();
+    const ref = new TsBackend();
+    const shape = { numLayers: 1, numHeads: 4, numKvHeads: 2, headDim: 64 };
+    const qkvDim = 8 * 64;
+    const r = rng(14);
+    const pools = [ref.createPagePool(shape), b.createPagePool(shape)] as const;
+    const st = [new CacheStepper(ref, pools[0]), new CacheStepper(b, pools[1])];
+    const specs = ['kivi:k=2,v=2,g=16,r=16', 'fp16'];
+    const S = 64;
+    const caches = pools.map((p) => Array.from({ length: S }, (_, i) => createCache(parseKvSpec(specs[i % 2]!), p)));
+    const rows = randArray(S * 24 * qkvDim, r);
+    const items = (i: number, from: number, n: number, mode: 'prefill' | 'decode') =>
+      caches[i]!.map((cache, s) => ({ cache, rows: rows.subarray((s * 24 + from) * qkvDim, (s * 24 + from + n) * qkvDim), n, mode }));
+    for (const i of [0, 1]) await st[i]!.step(items(i, 0, 19, 'prefill'), false);
+    // One decode token for all 64: the jobs, one attention dispatch, its merge at most.
+    const before = b.core.dispatched;
+    const exp1 = (await st[0]!.step(items(0, 19, 1, 'decode')))!;
+    const got1 = (await st[1]!.step(items(1, 19, 1, 'decode')))!;
+    assert.ok(b.core.dispatched - before <= 3, `${b.core.dispatched - before} dispatches for a step of ${S} sequences`);
+    assertClose(got1, exp1, () => 1e-4 * Math.max(...exp1.map(Math.abs)), 'one token each');
+    // Four tokens each through the caches (four sub-steps): the attention of all of them in one dispatch.
+    const exp = (await st[0]!.step(items(0, 20, 4, 'decode')))!;
+    const got = (await st[1]!.step(items(1, 20, 4, 'decode')))!;
+    assertClose(got, exp, () => 1e-4 * Math.max(...exp.map(Math.abs)), 'four tokens each, decoded');
+    for (const c of caches.flat()) c.free();
+  });
+}

@@ -77,7 +77,7 @@ export function nodeGpu(opts: { swiftshader?: boolean } = {}): Promise<GPU> {
     return gpu;
   }
   const missing = webgpuPackageMissing();
-  if (missing) throw new KiviError(`--backend webgpu needs ${missing}`);
+  if (missing) throw new KiviError(`--backend webgpu: ${missing}`);
   if (want) {
     useSwiftshader();
     swiftshader = true;

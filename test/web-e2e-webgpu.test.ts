@@ -2,8 +2,9 @@
  * The demo page on WebGPU in headless Chromium, whose WebGPU adapter here is SwiftShader (a Vulkan driver
  * on the CPU; CI has no GPU): `?backend=webgpu` loads the model onto the GPU in the page's worker, the
  * page says it runs on webgpu, and the text it generates with two caches side by side is the wasm back
- * end's in Node. Skipped, saying why, where /usr/bin/chromium is absent, except under CI=true, where a
- * missing browser fails (.ci/run installs it). Few tokens: SwiftShader is ~100× slower than a GPU.
+ * end's in Node; left to choose (auto), the page does not take the software adapter. Skipped, saying
+ * why, where /usr/bin/chromium is absent, except under CI=true, where a missing browser fails (.ci/run
+ * installs it). Few tokens: SwiftShader is ~100× slower than a GPU.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -70,6 +71,13 @@ test('the demo page generates on WebGPU (SwiftShader) in Chromium: the wasm back
       assert.equal(Number(await pane.$eval('.kv', (e) => (e as HTMLElement).dataset.bytes)), ref.kvBytes, `${kv} KV bytes`);
     }
     assert.deepEqual(problems, []);
+
+    // The same browser with the same SwiftShader adapter, the page left to choose (auto): not a software adapter.
+    await page.goto(server.url);
+    await page.waitForFunction(() => ['ready', 'error'].includes(document.body.dataset.state ?? ''), null, { timeout: 180_000 });
+    assert.equal(await page.getAttribute('body', 'data-state'), 'ready', (await page.textContent('#error')) ?? '');
+    assert.match((await page.textContent('#model-status'))!, /kernels: wasm \(\d+ threads?\)$/);
+    assert.equal(await page.evaluate(async () => !!(await navigator.gpu?.requestAdapter())), true, 'an adapter was there to refuse');
   } finally {
     wasm.dispose();
     await browser.close();

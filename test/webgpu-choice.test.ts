@@ -64,12 +64,15 @@ test('isFallback: software adapters (as Dawn in Node and Chromium report SwiftSh
 
 test('auto on a machine whose only WebGPU adapter is SwiftShader runs on the CPU; webgpu takes it', { timeout: 120_000 }, async (t) => {
   if (!needWebgpu(t)) return;
-  // webgpu first: it loads SwiftShader's Vulkan loader, so auto's probe below does reach the adapter.
+  // webgpu first: this process's WebGPU is then SwiftShader, with its Vulkan loader loaded, so auto's
+  // probe below finds the loader, opens the GPU object and is offered the SwiftShader adapter.
   const gpu = await createBackend({ backend: 'webgpu', webgpu: { swiftshader: true } });
   try {
     assert.equal(gpu.name, 'webgpu');
     assert.match(gpu.description, /software adapter: for tests, not for speed/);
-    const auto = await createBackend({ backend: 'auto', webgpu: { swiftshader: true } });
+    const { findAdapter } = await import('../src/kernels/webgpu/device.js');
+    assert.ok(isFallback((await findAdapter({}, false))!), 'the adapter auto is offered is SwiftShader');
+    const auto = await createBackend({ backend: 'auto' });
     try {
       assert.notEqual(auto.name, 'webgpu');
     } finally {

@@ -6,10 +6,12 @@ import * as path from 'node:path';
 import { runCli, MODEL } from './bench-helpers.js';
 
 test('bench generate: per-spec prefill/decode tokens/s and the cache a sequence ends with', async () => {
-  const r = await runCli(['bench', 'generate', '--model', MODEL, '--prompt', '64', '--gen', '8', '--repeats', '1', '--kv', 'fp32,fp16,kivi2', '--threads', '1', '--json']);
+  const r = await runCli(['bench', 'generate', '--model', MODEL, '--prompt', '64', '--gen', '8', '--repeats', '1', '--kv', 'fp32,fp16,kivi2',
+    '--weights', 'native', '--threads', '1', '--json']);
   assert.equal(r.code, 0, r.stderr);
-  const j = JSON.parse(r.stdout) as { results: { kv: string; prompt_tokens: number; generated: number; prefill_tokens_per_s: number; decode_tokens_per_s: number; kv_bytes: number }[] };
+  const j = JSON.parse(r.stdout) as { results: { weights: string; kv: string; prompt_tokens: number; generated: number; prefill_tokens_per_s: number; decode_tokens_per_s: number; kv_bytes: number }[] };
   assert.deepEqual(j.results.map((x) => x.kv), ['fp32', 'fp16', 'kivi2']);
+  assert.deepEqual(j.results.map((x) => x.weights), ['native', 'native', 'native']);
   // After 8 generated tokens the cache holds the prompt and the first 7 (the last is never fed back):
   // 71 tokens × 8 layers × 2 kv heads × 128 channels × (K and V).
   const T = 64 + 8 - 1;
@@ -37,4 +39,22 @@ test('bench generate: a prompt past the context, or a text too short, is one cle
   assert.equal(b.code, 1);
   assert.match(b.stderr.trim(), /^kivi: the text has \d+ tokens, fewer than --prompt 100$/);
   fs.rmSync(dir, { recursive: true });
+});
+
+test('bench generate: float32 and 16-bit weights side by side by default, same caches', async () => {
+  const r = await runCli(['bench', 'generate', '--model', MODEL, '--prompt', '32', '--gen', '4', '--repeats', '1', '--kv', 'fp32,kivi2',
+    '--threads', '1', '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  const j = JSON.parse(r.stdout) as { results: { weights: string; kv: string; kv_bytes: number; decode_tokens_per_s: number }[] };
+  assert.deepEqual(j.results.map((x) => `${x.weights}/${x.kv}`), ['f32/fp32', 'f32/kivi2', 'native/fp32', 'native/kivi2']);
+  assert.equal(j.results[0]!.kv_bytes, j.results[2]!.kv_bytes);
+  assert.equal(j.results[1]!.kv_bytes, j.results[3]!.kv_bytes);
+  for (const x of j.results) assert.ok(x.decode_tokens_per_s > 0 && Number.isFinite(x.decode_tokens_per_s));
+  const md = await runCli(['bench', 'generate', '--model', MODEL, '--prompt', '16', '--gen', '2', '--repeats', '1', '--kv', 'fp32', '--threads', '1']);
+  assert.equal(md.code, 0, md.stderr);
+  assert.match(md.stdout, /relative to fp32 with f32 weights/);
+  assert.match(md.stdout, /\| native \| fp32 \|/);
+  const bad = await runCli(['bench', 'generate', '--model', MODEL, '--weights', 'f32,f32']);
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /names a format twice/);
 });

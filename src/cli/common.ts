@@ -4,12 +4,14 @@ import { type CacheSpec, DEFAULT_KV, parseKvSpec, splitSpecList } from '../cache
 import { availableParallelism } from 'node:os';
 import { BACKENDS, type BackendChoice } from '../kernels/index.js';
 import { int } from './parse.js';
+import { WEIGHT_FORMATS, type WeightFormat } from '../model/weights.js';
 
 export interface CommonOpts {
   model: string;
   kv: CacheSpec;
   backend?: BackendChoice;
   threads?: number;
+  weights?: WeightFormat;
 }
 
 /** Specs are parsed here, at the edge, into the CacheSpec values everything else takes. */
@@ -48,4 +50,24 @@ export function backendOption(cmd: Command): Command {
 /** --threads N: threads for the wasm back end (the ts back end is single-threaded). */
 export function threadsOption(cmd: Command): Command {
   return cmd.option('--threads <n>', 'compute threads (wasm back end)', int(1, 256), availableParallelism());
+}
+
+/** --weights native|f32: keep the checkpoint's 16-bit matrices (default) or widen them to float32 at load. */
+export function weightsOption(cmd: Command): Command {
+  return cmd.addOption(new Option('--weights <how>', 'weight matrices as the checkpoint stores them (native: bf16/f16 stay 16-bit) or widened to f32')
+    .choices([...WEIGHT_FORMATS]).default('native'));
+}
+
+/** --weights f32,native: several ways of storing the weights, measured side by side. */
+export function weightsListOption(cmd: Command, dflt: WeightFormat[]): Command {
+  const parse = (s: string): WeightFormat[] => {
+    const list = s.split(',').map((x) => x.trim());
+    for (const w of list) {
+      if (!(WEIGHT_FORMATS as readonly string[]).includes(w)) throw new InvalidArgumentError(`"${w}" is not one of ${WEIGHT_FORMATS.join(', ')}`);
+    }
+    if (new Set(list).size !== list.length) throw new InvalidArgumentError(`"${s}" names a format twice`);
+    return list as WeightFormat[];
+  };
+  return cmd.addOption(new Option('--weights <list>', `weight storage, comma-separated, side by side (${WEIGHT_FORMATS.join(', ')})`)
+    .argParser(parse).default(dflt, dflt.join(',')));
 }

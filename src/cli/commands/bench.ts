@@ -1,18 +1,19 @@
 /** `kivi bench …`: performance benchmarks; each prints a Markdown table, or one JSON line with --json. */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { Command } from 'commander';
+import { type Command, InvalidArgumentError } from 'commander';
 import { createBackend, type Backend, type BackendChoice } from '../../kernels/index.js';
 import type { CacheSpec } from '../../cache/spec.js';
 import { bytes, int, intList, readTextFile } from '../parse.js';
-import { backendOption, kvListOption, kvOption, threadsOption } from '../common.js';
+import { backendOption, kvListOption, kvOption, threadsOption, weightsListOption } from '../common.js';
+import type { WeightFormat } from '../../model/weights.js';
 import { LazyProgress } from '../progress.js';
 import { KiviError } from '../../util/errors.js';
 import type { TopLevelSpec } from '../../studies/plot.js';
 import { type AttentionKernelResult, attentionChart, attentionKernelMarkdown, attentionMarkdown, runAttentionBench } from '../../studies/bench/attention.js';
 import { capacityMarkdown, runCapacity, type BudgetArg } from '../../studies/bench/capacity.js';
 import { runThroughput, throughputChart, throughputMarkdown } from '../../studies/bench/throughput.js';
-import { gemvMarkdown, runGemvBench } from '../../studies/bench/gemv.js';
+import { GEMV_WEIGHT_TYPES, type GemvWeightType, gemvMarkdown, runGemvBench } from '../../studies/bench/gemv.js';
 import { DEFAULT_REPEATS } from '../../studies/bench/measure.js';
 import { kvBytesMarkdown, runKvBytes } from '../../studies/bench/kvbytes.js';
 import { modelDims } from '../../studies/bench/capacity.js';
@@ -37,6 +38,14 @@ interface Shared {
 function budgetArg(s: string): BudgetArg {
   const t = s.trim();
   return t.startsWith('+') ? { headroom: bytes(t.slice(1)) } : bytes(t);
+}
+
+function gemvWeightTypes(s: string): GemvWeightType[] {
+  const list = s.split(',').map((x) => x.trim());
+  for (const t of list) {
+    if (!(GEMV_WEIGHT_TYPES as readonly string[]).includes(t)) throw new InvalidArgumentError(`"${t}" is not one of ${GEMV_WEIGHT_TYPES.join(', ')}`);
+  }
+  return list as GemvWeightType[];
 }
 
 function budgetList(s: string): BudgetArg[] {
@@ -180,20 +189,24 @@ export function register(program: Command): void {
     .option('--gen <n>', 'generated tokens (greedy, through EOS)', int(1), 256)
     .option('--repeats <n>', 'rounds over all specs (the median is reported)', int(1, 100), 3);
   kvListOption(gen, 'fp32,fp16,kivi2,kivi4');
+  weightsListOption(gen, ['f32', 'native']);
   sharedOptions(gen);
-  gen.action(async (o: Shared & { model: string; text?: string; prompt: number; gen: number; repeats: number; kv: CacheSpec[] }) => {
+  gen.action(async (o: Shared & { model: string; text?: string; prompt: number; gen: number; repeats: number; kv: CacheSpec[]; weights: WeightFormat[] }) => {
     const text = o.text === undefined ? undefined : readTextFile(o.text, '--text');
-    const model = await KiviModel.load(o.model, { backend: o.backend, threads: o.threads });
+    // The model once per weight format, each on its own back end, measured in turns.
+    const models: { weights: WeightFormat; model: KiviModel }[] = [];
     try {
+      for (const weights of o.weights) models.push({ weights, model: await KiviModel.load(o.model, { backend: o.backend, threads: o.threads, weights }) });
+      const model = models[0]!.model;
       const prompt = benchPrompt(model, o.prompt, text);
       const bar = new LazyProgress('bench generate');
-      const results = await runGenerateBench({ model, prompt, gen: o.gen, specs: o.kv.map((k) => k.name), repeats: o.repeats, onProgress: (d, t) => bar.update(d, t) });
+      const results = await runGenerateBench({ models, prompt, gen: o.gen, specs: o.kv.map((k) => k.name), repeats: o.repeats, onProgress: (d, t) => bar.update(d, t) });
       bar.stop();
       const name = path.basename(path.resolve(o.model));
       const what = `kivi generate on ${name} (${model.backend.name} ×${model.backend.threads})`;
       await report(o, { model: name, backend: model.backend.name, threads: model.backend.threads, results }, generateBenchMarkdown(results, what));
     } finally {
-      model.dispose();
+      for (const m of models) m.model.dispose();
     }
   });
 
@@ -289,13 +302,14 @@ export function register(program: Command): void {
     .option('--in <n>', 'input features', int(1), 4096)
     .option('--out <n>', 'output features', int(1), 8192)
     .option('--rows <list>', 'activation rows (1 = GEMV)', intList(1), [1, 4, 16])
+    .option('--weights <list>', `weight storage types, side by side (${GEMV_WEIGHT_TYPES.join(', ')})`, gemvWeightTypes, [...GEMV_WEIGHT_TYPES])
     .option('--bandwidth-bytes <bytes>', 'buffer the bandwidth probe reads (≫ last-level cache)', bytes, 512 * 2 ** 20);
   sharedOptions(gemv);
-  gemv.action(async (o: Shared & { in: number; out: number; rows: number[]; bandwidthBytes: number }) => {
+  gemv.action(async (o: Shared & { in: number; out: number; rows: number[]; weights: GemvWeightType[]; bandwidthBytes: number }) => {
     const backend = await backendFor(o);
     try {
       const r = await runGemvBench({
-        backend, inDim: o.in, outDim: o.out, rows: o.rows, threads: backend.threads, bandwidthBytes: o.bandwidthBytes,
+        backend, inDim: o.in, outDim: o.out, rows: o.rows, weights: o.weights, threads: backend.threads, bandwidthBytes: o.bandwidthBytes,
       });
       await report(o, r, gemvMarkdown(r));
     } finally {

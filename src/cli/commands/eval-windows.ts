@@ -8,6 +8,7 @@ import { textWindows } from '../../studies/eval/windows.js';
 import { checkWindows } from '../../studies/eval/nll.js';
 import { perplexityStudy, type PplStudy } from '../../studies/eval/ppl.js';
 import { LazyProgress } from '../progress.js';
+import type { WeightFormat } from '../../model/weights.js';
 
 export interface WindowOpts {
   model: string;
@@ -19,6 +20,7 @@ export interface WindowOpts {
   maxWindows?: number;
   backend?: BackendChoice;
   threads?: number;
+  weights?: WeightFormat;
 }
 
 /** `maxWindows`: a default for --max-windows (none: every whole window of the text). */
@@ -43,7 +45,7 @@ export function windowsFor(m: KiviModel, text: string, specs: CacheSpec[], o: Wi
 /** Streaming perplexity of every spec on the text's windows, with a progress bar. */
 export async function scoreText(o: WindowOpts, specs: CacheSpec[], label: string): Promise<PplStudy> {
   const text = readTextFile(o.text, '--text'); // before the model loads: a missing file fails fast
-  const m = await KiviModel.load(o.model, { backend: o.backend, threads: o.threads });
+  const m = await KiviModel.load(o.model, { backend: o.backend, threads: o.threads, weights: o.weights });
   const windows = windowsFor(m, text, specs, o);
   const bar = new LazyProgress(`${label} ×${specs.length} specs`);
   try {

@@ -68,11 +68,11 @@ export function checkFootprint(cfg: ModelConfig, backend: string, o: FootprintOp
     const alternative = fitsHost
       ? `the TypeScript back end (--backend ts) keeps them in ordinary memory${hostBytes !== undefined ? ` (this machine has ${GiB(hostBytes)})` : ''}, ` +
         'or a GPU with the memory (--backend webgpu)'
-      : `nor does this machine's memory (${GiB(hostBytes!)}); a GPU with the memory can (--backend webgpu)`;
+      : `nor does this machine's memory (${GiB(hostBytes!)}): use a smaller model, or a GPU with the memory (--backend webgpu)`;
     throw new KiviError(`${what}, ${limit}; ${alternative}`);
   }
   // The GPU holds its weights in device memory: the host's says nothing about them.
   if (backend !== 'webgpu' && hostBytes !== undefined && need >= hostBytes) {
-    throw new KiviError(`${what}, more than this machine's memory (${GiB(hostBytes)}); a GPU with the memory can (--backend webgpu)`);
+    throw new KiviError(`${what}, more than this machine's memory (${GiB(hostBytes)}); use a smaller model, or a GPU with the memory (--backend webgpu)`);
   }
 }

@@ -10,6 +10,23 @@ export interface CommonOpts {
   kv: CacheSpec;
   backend?: BackendChoice;
   threads?: number;
+  randomWeights?: number;
+}
+
+/** What every command that loads a model passes to KiviModel.load. */
+export interface LoadFlags {
+  backend?: BackendChoice;
+  threads?: number;
+  randomWeights?: number;
+}
+
+export function loadOptions(o: LoadFlags): LoadFlags {
+  return { backend: o.backend, threads: o.threads, randomWeights: o.randomWeights };
+}
+
+/** --random-weights SEED: config.json's shapes with seeded random weights made on the back end (no checkpoint needed). */
+export function randomWeightsOption(cmd: Command): Command {
+  return cmd.option('--random-weights <seed>', 'seeded random weights of config.json\'s shapes, made on the back end (benchmarks at paper scale; text is meaningless)', int(0, 2 ** 32 - 1));
 }
 
 /** Specs are parsed here, at the edge, into the CacheSpec values everything else takes. */

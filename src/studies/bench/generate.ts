@@ -7,7 +7,9 @@
 import type { KiviModel } from '../../api.js';
 import type { WeightFormat } from '../../model/weights.js';
 import { KiviError } from '../../util/errors.js';
-import { syntheticTokens } from './measure.js';
+import { now, syntheticKV, syntheticTokens } from './measure.js';
+import { CacheStepper, qkvRows } from '../../cache/step.js';
+import { parseKvSpec } from '../../cache/spec.js';
 import { median } from '../numbers.js';
 import { formatBytes, formatRatio, markdownTable } from './markdown.js';
 
@@ -74,18 +76,66 @@ export async function runGenerateBench(o: GenerateBenchOptions): Promise<Generat
   }));
 }
 
+/** Tokens of synthetic keys and values a --fill cache takes per storage step. */
+const FILL_CHUNK = 4096;
+
+/**
+ * Decode speed at long context without the prefill's quadratic cost: each spec's cache is filled with
+ * `context` tokens of synthetic keys and values through its own storage jobs (every layer; the same
+ * pages, quantization and residual a prefill leaves), then `gen` greedy decode steps run through the
+ * whole model. Decode work does not depend on the cached values, so this times what a real prompt of
+ * that length would give (prefill_tokens_per_s is 0: no prefill ran).
+ */
+export async function runFilledDecodeBench(o: Omit<GenerateBenchOptions, 'prompt'> & { context: number }): Promise<GenerateBenchResult[]> {
+  const first = o.models[0]!.model;
+  if (o.context + o.gen > first.config.maxPositions) {
+    throw new KiviError(`--fill ${o.context} + generated ${o.gen} tokens exceed the model's context of ${first.config.maxPositions}`);
+  }
+  const shape = first.transformer.pool.shape;
+  const chunk = Math.min(FILL_CHUNK, o.context);
+  const src = syntheticKV(chunk, shape.numKvHeads, shape.headDim, 5);
+  const rows = qkvRows(shape, chunk, null, src.k, src.v);
+  const variants = o.models.flatMap(({ weights, model }) => o.specs.map((kv) => ({ weights, model, kv })));
+  const runs = variants.map(() => [] as { decode: number; bytes: number }[]);
+  let done = 0;
+  for (let round = 0; round < o.repeats; round++) {
+    for (const [i, { model: m, kv }] of variants.entries()) {
+      const cache = m.newCache(parseKvSpec(kv));
+      const stepper = new CacheStepper(m.backend, m.transformer.pool);
+      try {
+        for (let t = 0; t < o.context; t += chunk) await stepper.fill(cache, rows, Math.min(chunk, o.context - t), chunk);
+        stepper.dispose();
+        let id = 3;
+        // One untimed step (kernels for this length compiled, scratch sized), then the timed ones.
+        id = (await m.forward([{ tokens: [id], cache, logits: 'argmax', mode: 'decode' }]))[0] as number;
+        const t0 = now();
+        for (let g = 1; g < o.gen; g++) id = (await m.forward([{ tokens: [id], cache, logits: 'argmax', mode: 'decode' }]))[0] as number;
+        runs[i]!.push({ decode: (o.gen - 1) / (now() - t0), bytes: cache.bytes() });
+      } finally {
+        stepper.dispose();
+        cache.free();
+      }
+      o.onProgress?.(++done, o.repeats * variants.length);
+    }
+  }
+  return variants.map(({ weights, kv }, i) => ({
+    weights, kv, prompt_tokens: o.context, generated: o.gen, prefill_tokens_per_s: 0,
+    decode_tokens_per_s: median(runs[i]!.map((r) => r.decode)), kv_bytes: runs[i]![0]!.bytes,
+  }));
+}
+
 /** One row per weight format and spec; speeds relative to the first row. */
 export function generateBenchMarkdown(results: readonly GenerateBenchResult[], what: string): string {
   const base = results[0]!;
   return (
-    `${what}: ${base.prompt_tokens}-token prompt, ${base.generated} generated (greedy); medians; in parentheses: ` +
-    `relative to ${base.kv} with ${base.weights} weights:\n\n` +
+    `${what}: ${base.prefill_tokens_per_s === 0 ? `caches filled with ${base.prompt_tokens} tokens of synthetic keys/values (no prefill)` : `${base.prompt_tokens}-token prompt`}, ` +
+    `${base.generated} generated (greedy); medians; in parentheses: relative to ${base.kv} with ${base.weights} weights:\n\n` +
     markdownTable(
       ['weights', 'kv', 'prefill tokens/s', 'decode tokens/s', 'cache after'],
       results.map((r) => [
         r.weights,
         r.kv,
-        `${r.prefill_tokens_per_s.toFixed(0)} (${formatRatio(r.prefill_tokens_per_s / base.prefill_tokens_per_s)})`,
+        r.prefill_tokens_per_s === 0 ? '–' : `${r.prefill_tokens_per_s.toFixed(0)} (${formatRatio(r.prefill_tokens_per_s / base.prefill_tokens_per_s)})`,
         `${r.decode_tokens_per_s.toFixed(1)} (${formatRatio(r.decode_tokens_per_s / base.decode_tokens_per_s)})`,
         formatBytes(r.kv_bytes),
       ]),

@@ -7,14 +7,14 @@
 set -u
 PHASE=${1:?phase: kernels, e2e, paper, long}
 OUT=${2:-${OUT:?}}
-source scripts/gpu/setup.sh >"$OUT/setup.txt" 2>&1
-cat "$OUT/setup.txt"
+source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
   local t=$1 name=$2; shift 2
-  echo "\$ kivi $*" | tee "$OUT/$name.cmd"
-  timeout "$t" node "$PWD/dist/src/cli/main.js" "$@" --save "$OUT/$name" >"$OUT/$name.log" 2>&1
+  echo "\$ kivi $*"
+  timeout "$t" node "$PWD/dist/src/cli/main.js" "$@" --save "$OUT/$name" >/tmp/$name.log 2>&1
   echo "exit $? after ${SECONDS}s"
-  tail -n 40 "$OUT/$name.md" 2>/dev/null || tail -n 5 "$OUT/$name.log"
+  rm -f "$OUT/$name.svg"
+  cat "$OUT/$name.md" 2>/dev/null || tail -n 8 /tmp/$name.log
 }
 C=models/configs
 case $PHASE in
@@ -27,8 +27,10 @@ case $PHASE in
     ;;
   e2e)
     # The bundled model's shapes, one sequence: webgpu beside wasm (the machine's CPU cores).
+    [ -n "${SKIP_28M_GENERATE:-}" ] || {
     run 90 generate-webgpu bench generate --backend webgpu --model $C/llama-28m-gqa --random-weights 1 --prompt 1024 --gen 128 --kv fp16,kivi2 --repeats 3
     run 90 generate-wasm bench generate --backend wasm --model $C/llama-28m-gqa --random-weights 1 --prompt 1024 --gen 128 --kv fp16,kivi2 --repeats 3
+    }
     # The bundled model's shapes, batches 1..64 (decode tokens/s at 1 and 64 sequences).
     run 200 throughput-28m bench throughput --backend webgpu --model $C/llama-28m-gqa --random-weights 1 --kv-budget 4GiB --max-batch 64 --kv fp16,kivi2
     # Llama-2-7B, one sequence: prefill and decode speed.
@@ -36,11 +38,13 @@ case $PHASE in
     ;;
   paper)
     # The paper's Figure 4 workload at Llama-2-7B shapes under one KV budget.
-    run 560 throughput-7b bench throughput --backend webgpu --model $C/llama-2-7b --random-weights 1 --kv-budget ${KV_BUDGET:-8GiB} --max-batch ${MAX_BATCH:-256} --join ${JOIN:-16} --kv fp16,kivi2,kivi:k=2,v=2,g=32,r=32
+    run ${PAPER_TIMEOUT:-560} throughput-7b bench throughput --backend webgpu --model $C/llama-2-7b --random-weights 1 --kv-budget ${KV_BUDGET:-4GiB} --max-batch ${MAX_BATCH:-256} --join ${JOIN:-16} --kv fp16,kivi2,kivi:k=2,v=2,g=32,r=32
     ;;
   long)
     # Llama-3-8B shapes, one sequence decoding after 32K..128K cached tokens (caches filled with synthetic
     # keys/values: the decode work of a prompt that long without its quadratic prefill).
-    run 280 long bench generate --backend webgpu --model $C/llama-3-8b --random-weights 1 --fill ${FILL:-32768} --gen 33 --kv fp16,kivi2 --repeats 1
+    for n in ${FILL:-32768 131072}; do
+      run 150 long-$n bench generate --backend webgpu --model $C/llama-3-8b --random-weights 1 --fill $n --gen 33 --kv fp16,kivi2 --repeats 1
+    done
     ;;
 esac

@@ -76,4 +76,10 @@ test('eval copy: bad options are one-line errors', () => {
   expectCliError(['eval', 'copy', '--model', MODEL_DIR, '--text', WIKITEXT, '--depth', '2040', '--n', '1'], /longer than the model's context of 2048/);
   expectCliError(['eval', 'copy', '--model', MODEL_DIR, '--text', WIKITEXT, '--words', '0'], /--words/);
   expectCliError(['eval', 'kld', '--model', MODEL_DIR, '--text', WIKITEXT, '--first-window', '999'], /first window 999 is outside the text's 384 whole windows/);
+  // Options only the TypeScript reference runs are refused elsewhere before any work, naming it.
+  expectCliError(['eval', 'kld', '--model', MODEL_DIR, '--text', WIKITEXT, '--backend', 'wasm', '--kv', 'kivi2,kivi2-hq'],
+    /kivi2-hq: rot=hadamard and vmeta=8 run on the TypeScript reference back end only \(--backend ts\)/);
+  expectCliError(['eval', 'copy', '--model', MODEL_DIR, '--text', WIKITEXT, '--backend', 'wasm', '--kv', 'kivi:k=2,v=2,rot=hadamard'],
+    /rot=hadamard run on the TypeScript reference back end only/);
+  expectCliError(['generate', '--model', MODEL_DIR, '--prompt', 'Hi', '--backend', 'wasm', '--kv', 'kivi2-hq'], /TypeScript reference back end only/);
 });

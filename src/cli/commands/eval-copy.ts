@@ -5,7 +5,7 @@ import { backendOption, kvListOption, threadsOption } from '../common.js';
 import type { BackendChoice } from '../../kernels/index.js';
 import { int, readTextFile } from '../parse.js';
 import { LazyProgress } from '../progress.js';
-import { type CacheSpec, validateSpec } from '../../cache/spec.js';
+import { type CacheSpec, checkSpecBackend, validateSpec } from '../../cache/spec.js';
 import { checkCopyOptions, CopyPrompter, copyStudy } from '../../studies/eval/copy.js';
 
 interface Opts {
@@ -38,7 +38,10 @@ export function register(ev: Command): void {
   cmd.action(async (o: Opts) => {
     const text = readTextFile(o.text, '--text'); // before the model loads: a missing file fails fast
     const m = await KiviModel.load(o.model, { backend: o.backend, threads: o.threads });
-    for (const s of o.kv) validateSpec(s, m.dims);
+    for (const s of o.kv) {
+      validateSpec(s, m.dims);
+      checkSpecBackend(s, m.transformer.pool);
+    }
     const prompter = new CopyPrompter(m.tokenizer, text);
     const opts = { n: o.n, words: o.words, seed: o.seed, depth: o.depth };
     checkCopyOptions(opts, m.config.maxPositions, prompter);

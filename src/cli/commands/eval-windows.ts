@@ -1,7 +1,7 @@
 /** Options and the run shared by the commands that score windows of a text (`eval ppl`, `eval table`, `eval kld`). */
 import type { Command } from 'commander';
 import { int, readTextFile } from '../parse.js';
-import { type CacheSpec, validateSpec } from '../../cache/spec.js';
+import { type CacheSpec, checkSpecBackend, validateSpec } from '../../cache/spec.js';
 import { KiviModel } from '../../api.js';
 import type { BackendChoice } from '../../kernels/index.js';
 import { textWindows } from '../../studies/eval/windows.js';
@@ -36,7 +36,10 @@ export function windowOptions(cmd: Command, maxWindows?: number): Command {
 
 /** Check specs against the loaded model, cut the text into windows, check them against the prefill and context. */
 export function windowsFor(m: KiviModel, text: string, specs: CacheSpec[], o: WindowOpts): number[][] {
-  for (const s of specs) validateSpec(s, m.dims);
+  for (const s of specs) {
+    validateSpec(s, m.dims);
+    checkSpecBackend(s, m.transformer.pool);
+  }
   const windows = textWindows(m.tokenizer, text, {
     window: o.window, context: m.config.maxPositions, maxWindows: o.maxWindows, first: o.firstWindow,
   });

@@ -1,7 +1,8 @@
 /** `eval kld` output: the JSON line and aligned text. */
 import type { KldStudy } from './kld.js';
 import type { TopLevelSpec } from '../plot.js';
-import { parseKvSpec } from '../../cache/spec.js';
+import { KIVI2_HQ, parseKvSpec } from '../../cache/spec.js';
+import { keyGroup, valueGroup, valueMeta8 } from '../../cache/kivi.js';
 
 export interface KldJson {
   results: { kv: string; kld: number; top1_agree: number; mean_nll: number; ppl: number; bits_per_element: number }[];
@@ -33,15 +34,21 @@ export function frontier<T extends { bits_per_element: number; kld: number }>(po
   return points.filter((p) => !points.some((o) => o !== p && o.bits_per_element <= p.bits_per_element && o.kld < p.kld));
 }
 
-/** A short name for a chart: `kivi:k=4,v=2,g=64` → `k4 v2 g64`; named specs as they are. */
+/** A short name for a chart: `kivi:k=4,v=2,g=64,rot=hadamard` → `k4 v2 g64 rot`; named specs as they are. */
 export function shortLabel(kv: string): string {
+  if (kv === 'kivi2-hq') return `kivi2-hq (${shortLabel(KIVI2_HQ)})`;
   if (!kv.startsWith('kivi:')) return kv;
   const spec = parseKvSpec(kv);
   if (spec.kind !== 'kivi') return kv;
+  const Gk = keyGroup(spec);
+  const Gv = valueGroup(spec);
   const parts = [`k${spec.kBits}`, `v${spec.vBits}`];
-  if (spec.groupSize !== 32) parts.push(`g${spec.groupSize}`);
+  if (Gk === Gv && Gk !== 32) parts.push(`g${Gk}`);
+  if (Gk !== Gv) parts.push(`gk${Gk}`, `gv${Gv}`);
   if (spec.residual !== 128) parts.push(`r${spec.residual}`);
   if (spec.residualDtype === 'fp32') parts.push('res32');
+  if (spec.keyRotation === 'hadamard') parts.push('rot');
+  if (valueMeta8(spec)) parts.push('vmeta8');
   return parts.join(' ');
 }
 

@@ -108,7 +108,7 @@ export async function kldStudy(model: LlamaModel, windows: number[][], specs: Ca
     const m = mean(nllW);
     return {
       kv: spec.name, kld: mean(kldW), top1_agree: agree[s]! / steps, mean_nll: m, ppl: Math.exp(m),
-      bits_per_element: bitsPerElement(spec), kld_windows: kldW, nll_windows: nllW,
+      bits_per_element: bitsPerElement(spec, model.dims.headDim), kld_windows: kldW, nll_windows: nllW,
     };
   });
   return { windows: windows.length, window: windows[0]!.length, prefill: P, results };

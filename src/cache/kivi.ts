@@ -89,7 +89,7 @@ export function validateKivi(o: KiviOptions, headDim: number): void {
     if (!Number.isInteger(G) || G <= 0) throw new KiviError(`KIVI group size must be a positive integer, got ${G}`);
   }
   if (!Number.isInteger(R) || R <= 0) throw new KiviError(`KIVI residual length must be a positive integer, got ${R}`);
-  if (R % Gk !== 0) throw new KiviError(`KIVI residual length R=${R} must be a multiple of the (key) group size G=${Gk}`);
+  if (R % Gk !== 0) throw new KiviError(`KIVI residual length R=${R} must be a multiple of the group size G=${Gk} (of keys)`);
   if (headDim % Gv !== 0) {
     throw new KiviError(`KIVI group size G=${Gv} must divide the model's head_dim ${headDim} (choose another --kv: a G that divides it, or fp16)`);
   }

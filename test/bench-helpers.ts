@@ -4,11 +4,15 @@ import { CLI, MODEL_DIR, ROOT } from './helpers.js';
 
 export const MODEL = MODEL_DIR;
 
-/** Float32 bytes of the bundled model's weights, from its shapes (tied embedding counted once). */
-export function bundledWeightsBytes(): number {
+/**
+ * Bytes of the bundled model's weights as loaded, from its shapes (tied embedding counted once): its bf16
+ * matrices in 2 bytes (native) or 4 (f32), norm weights in float32 either way.
+ */
+export function bundledWeightsBytes(weights: 'native' | 'f32' = 'native'): number {
   const [V, D, L, H, KV, d, I] = [8192, 512, 8, 4, 2, 128, 1408];
-  const perLayer = 2 * D + (H + 2 * KV) * d * D + D * H * d + 2 * I * D + D * I;
-  return 4 * (V * D + L * perLayer + D);
+  const matrices = V * D + L * ((H + 2 * KV) * d * D + D * H * d + 2 * I * D + D * I);
+  const norms = L * 2 * D + D;
+  return (weights === 'native' ? 2 : 4) * matrices + 4 * norms;
 }
 
 export function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {

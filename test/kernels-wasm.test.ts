@@ -8,7 +8,8 @@ import assert from 'node:assert/strict';
 import { createWasmBackend } from '../src/kernels/wasm/node.js';
 import type { WasmBackend, WasmTensor } from '../src/kernels/wasm/kernels.js';
 import { OP_ATTEND } from '../src/kernels/wasm/jobs.js';
-import { backendConformance, randArray, rng } from './backend-conformance.js';
+import { backendConformance, randArray, rng, to16 } from './backend-conformance.js';
+import { fromHalfBits } from '../src/quant/float16.js';
 
 const made: WasmBackend[] = [];
 async function wasm(threads: number): Promise<WasmBackend> {
@@ -24,7 +25,7 @@ after(() => {
 // attention weights to int16 for their integer dot products (the docs/KIVI.md §6 trick on CPUs). With the
 // suite's outlier channels (×12 in queries, keys and values alike) that moves quantized attention by
 // up to ~4% of the output's largest element (measured), against ~1e-6 for float kernels.
-backendConformance('wasm ×2', () => wasm(2), { kiviRelTol: 5e-2 });
+backendConformance('wasm ×2', () => wasm(2), { kiviRelTol: 5e-2, weightTypes: ['f32', 'bf16', 'f16'] });
 backendConformance('wasm ×1', () => wasm(1), { kiviRelTol: 5e-2, specs: ['fp16', 'kivi2'] });
 
 test('wasm: threads never change a bit (matmul)', async () => {
@@ -98,5 +99,83 @@ test('wasm: thousands of back-to-back parallel jobs of varying item counts: no l
     } else {
       for (let i = 0; i < outDim; i++) if (Number.isNaN(o[i]!)) assert.fail(`job ${job}: output ${i} not written`);
     }
+  }
+});
+
+/** Random 16-bit weights: bf16 or f16 patterns, with tiny values, f16 subnormals and signed zeros among them. */
+function rand16(dtype: 'bf16' | 'f16', n: number, r: () => number): Uint16Array {
+  const w = new Float32Array(n);
+  for (let i = 0; i < n; i++) w[i] = (r() * 2 - 1) * (r() < 0.1 ? 1e-6 : 0.5);
+  const bits = to16(w, dtype);
+  if (dtype === 'f16') for (let i = 0; i < n; i++) if (r() < 0.02) bits[i] = (r() < 0.5 ? 0x8000 : 0) | Math.floor(r() * 0x400);
+  return bits;
+}
+
+/** The exact float32 value of each 16-bit pattern. */
+function widen(bits: Uint16Array, dtype: 'bf16' | 'f16'): Float32Array {
+  const out = new Float32Array(bits.length);
+  const u = new Uint32Array(out.buffer);
+  for (let i = 0; i < bits.length; i++) {
+    if (dtype === 'f16') out[i] = fromHalfBits(bits[i]!);
+    else u[i] = bits[i]! << 16;
+  }
+  return out;
+}
+
+const MATMUL16_SHAPES = [
+  [1, 512, 96], [1, 7, 13], [1, 9, 17], [1, 12, 8], [1, 1030, 41], [1, 2048, 300], [2, 37, 19], [3, 64, 5],
+  [4, 130, 33], [5, 131, 34], [6, 66, 18], [7, 20, 9], [16, 9, 7], [17, 13, 22], [33, 130, 9], [64, 512, 1030], [70, 36, 9],
+  [1, 3, 2],
+] as const;
+
+test('wasm: 16-bit matmul (bf16, f16) is bit for bit the float32 matmul of the widened weights (GEMV, few rows, panels; 1 and 2 threads)', async () => {
+  const [W1, W2] = [await wasm(1), await wasm(2)];
+  const r = rng(21);
+  for (const dtype of ['bf16', 'f16'] as const) {
+    for (const [rows, inDim, outDim] of MATMUL16_SHAPES) {
+      for (const withBias of [false, true]) {
+        const what = `${dtype} ${rows}×${inDim}→${outDim}${withBias ? ' +bias' : ''}`;
+        const xd = randArray(rows * inDim, r), bits = rand16(dtype, outDim * inDim, r);
+        const bd = withBias ? randArray(outDim, r) : undefined;
+        const results: Float32Array[] = [];
+        for (const W of [W1, W2]) {
+          const x = W.tensor('f32', xd.length), w16 = W.tensor(dtype, bits.length), w32 = W.tensor('f32', bits.length);
+          const b = bd ? W.tensor('f32', outDim) : undefined;
+          W.write(x, xd);
+          W.write(w16, bits);
+          W.write(w32, widen(bits, dtype));
+          if (b) W.write(b, bd!);
+          const o16 = W.tensor('f32', rows * outDim), o32 = W.tensor('f32', rows * outDim);
+          W.matmul(o16, x, w16, rows, inDim, outDim, b);
+          W.matmul(o32, x, w32, rows, inDim, outDim, b);
+          const [v16, v32] = [await W.read(o16, 0, rows * outDim), await W.read(o32, 0, rows * outDim)];
+          assert.deepEqual(v16, v32, `${what} on ${W.threads} thread(s): 16-bit vs float32 weights`);
+          results.push(v16);
+          for (const t of [x, w16, w32, o16, o32, ...(b ? [b] : [])]) W.release(t);
+        }
+        assert.deepEqual(results[0], results[1], `${what}: 1 thread vs 2`);
+      }
+    }
+  }
+});
+
+test('wasm: every bf16 pattern and every finite f16 pattern converts exactly inside matmul', async () => {
+  // 65536 outputs of a 1-input matmul with x = 1: out[o] is weight o as float32.
+  const W = await wasm(1);
+  const all = Uint16Array.from({ length: 65536 }, (_, i) => i);
+  for (const dtype of ['bf16', 'f16'] as const) {
+    const x = W.tensor('f32', 1), w = W.tensor(dtype, 65536), o = W.tensor('f32', 65536);
+    W.write(x, new Float32Array([1]));
+    W.write(w, all);
+    W.matmul(o, x, w, 1, 1, 65536);
+    const got = await W.read(o, 0, 65536);
+    const want = widen(all, dtype);
+    for (let i = 0; i < 65536; i++) {
+      if (dtype === 'f16' && (i & 0x7c00) === 0x7c00) continue; // ±Inf/NaN f16 weights: the loader refuses them
+      if (Number.isNaN(want[i]!) && Number.isNaN(got[i]!)) continue;
+      // The sum starts at +0, so a −0 weight gives +0 (as a float32 −0 weight does).
+      if (got[i] !== want[i]) assert.fail(`${dtype} bits 0x${i.toString(16)}: ${got[i]} vs ${want[i]}`);
+    }
+    for (const t of [x, w, o]) W.release(t);
   }
 });

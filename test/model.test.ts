@@ -9,7 +9,12 @@ import * as path from 'node:path';
 import { KiviModel } from '../src/api.js';
 import { parseConfig } from '../src/model/config.js';
 import { ropeInvFreq } from '../src/model/rope.js';
-import { tmpDir } from './helpers.js';
+import * as fs from 'node:fs';
+import { MODEL_DIR, tmpDir } from './helpers.js';
+import { modelParameters, weightBytes, checkFootprint } from '../src/model/footprint.js';
+import { weightsBytes } from '../src/studies/bench/probe.js';
+import { KiviError } from '../src/util/errors.js';
+import type { WasmTensor } from '../src/kernels/wasm/kernels.js';
 import { writeTinyModel, type TinyConfig } from './fixtures.js';
 
 const tmp = tmpDir();
@@ -109,4 +114,77 @@ test('RoPE frequencies: θ^(−2i/d), llama3 keeps high frequencies and divides 
   }
   const lin = ropeInvFreq({ headDim: 128, ropeTheta: 10000, ropeScaling: { type: 'linear', factor: 4 } });
   assert.equal(lin[5], Math.fround(ropeInvFreq({ headDim: 128, ropeTheta: 10000, ropeScaling: { type: 'none' } })[5]! / 4));
+});
+
+test('16-bit weights (bf16, f16) stay 16-bit and give bit for bit the logits of weights: f32, on the wasm and ts back ends', async () => {
+  for (const dtype of ['BF16', 'F16', 'F32'] as const) {
+    const dir = path.join(tmp, `m${n++}`);
+    // 40 prefill rows (the batch path: float32 panels on wasm), then single-row decode steps (GEMV).
+    await writeTinyModel(dir, { dtype, hidden: 96, heads: 4, kvHeads: 2, headDim: 24, inter: 136, tie: false });
+    for (const backend of ['wasm', 'ts'] as const) {
+      const logits: Float32Array[][] = [];
+      for (const weights of ['native', 'f32'] as const) {
+        const m = await KiviModel.load(dir, { backend, threads: 2, weights, kv: 'fp32' });
+        const w = m.transformer.weights;
+        const want = weights === 'f32' || dtype === 'F32' ? 'f32' : dtype.toLowerCase();
+        for (const a of [w.embed, w.lmHead, w.layers[0]!.wqkv, w.layers[1]!.wgu, w.layers[1]!.wdown, w.layers[0]!.wo]) assert.equal(a.dtype, want);
+        const c = m.newCache();
+        const [prefill] = await m.forward([{ tokens: TOKENS, cache: c, logits: 'all' }]);
+        const [step] = await m.forward([{ tokens: [7], cache: c, logits: 'last' }]);
+        c.free();
+        m.dispose();
+        logits.push([prefill as Float32Array, step as Float32Array]);
+      }
+      for (let i = 0; i < 2; i++) assert.deepEqual(logits[0]![i], logits[1]![i], `${dtype} on ${backend}: ${i ? 'decode' : 'prefill'} logits differ`);
+    }
+  }
+});
+
+test('f16 weights holding ±Inf or NaN are refused in 16 bits with one line; weights: f32 loads them', async () => {
+  const dir = path.join(tmp, `m${n++}`);
+  await writeTinyModel(dir, { dtype: 'F16' });
+  const file = path.join(dir, 'model.safetensors');
+  const buf = fs.readFileSync(file);
+  const headerLen = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + headerLen).toString()) as Record<string, { data_offsets: [number, number] }>;
+  buf.writeUInt16LE(0x7c00, 8 + headerLen + header['model.layers.1.mlp.down_proj.weight']!.data_offsets[0] + 10);
+  fs.writeFileSync(file, buf);
+  await assert.rejects(KiviModel.load(dir, { backend: 'wasm', threads: 1, kv: 'fp32' }), (e: unknown) => e instanceof KiviError &&
+    /model\.safetensors: f16 tensor model\.layers\.1\.mlp\.down_proj\.weight holds ±Inf or NaN values, which 16-bit weights do not support \(--weights f32 loads them as float32\)$/.test(e.message));
+  const m = await KiviModel.load(dir, { backend: 'wasm', threads: 1, weights: 'f32', kv: 'fp32' });
+  assert.equal(((m.transformer.weights.layers[1]!.wdown as WasmTensor).data as Float32Array)[5], Infinity);
+  m.dispose();
+});
+
+test('footprint: the weight bytes of the bundled model as the loader allocates them, 16-bit and float32', async () => {
+  for (const [weights, dtype] of [['native', 'bf16'], ['f32', 'f32']] as const) {
+    const m = await KiviModel.load(MODEL_DIR, { backend: 'wasm', threads: 1, weights });
+    const p = modelParameters(m.config);
+    // 8192×512 tied embedding + 8 layers of (q,k,v,o: 512×(512+2·256+512)) + MLP (3×512×1408); norms 17×512.
+    assert.equal(p.matrix, 8192 * 512 + 8 * (512 * 1536 + 3 * 512 * 1408));
+    assert.equal(p.vector, 17 * 512);
+    assert.equal(m.transformer.weights.layers[0]!.wqkv.dtype, dtype);
+    assert.equal(weightBytes(m.config, dtype), weightsBytes(m.transformer.weights));
+    m.dispose();
+  }
+});
+
+test('footprint: wasm admits ~2B parameters in 16 bits and refuses more in one line naming a back end that can hold them', () => {
+  // Llama-shaped: hidden 2048, 22 layers, GQA 32/4 heads of 64; intermediate and vocab set the size.
+  const cfg = (layers: number) => parseConfig({
+    architectures: ['LlamaForCausalLM'], hidden_size: 2048, intermediate_size: 5632, num_attention_heads: 32, num_key_value_heads: 4,
+    num_hidden_layers: layers, vocab_size: 32000, max_position_embeddings: 2048, rms_norm_eps: 1e-5, tie_word_embeddings: false,
+  });
+  const params = (c: ReturnType<typeof parseConfig>) => { const p = modelParameters(c); return p.matrix + p.vector; };
+  const big = cfg(42); // ≈ 2.0B parameters
+  assert.ok(params(big) > 1.95e9 && params(big) < 2.05e9, String(params(big)));
+  checkFootprint(big, 'wasm', { matrices: 'bf16', hostBytes: 64 * 2 ** 30 });
+  // The same model in float32 does not fit; the line says the checkpoint's own type does.
+  assert.throws(() => checkFootprint(big, 'wasm', { matrices: 'f32', native: 'bf16', hostBytes: 64 * 2 ** 30 }), (e: unknown) =>
+    e instanceof KiviError && !e.message.includes('\n') && /more than the wasm back end can hold.*with the checkpoint's bf16 matrices \(--weights native\) they need 3\.\d\d GiB and fit$/.test(e.message));
+  const bigger = cfg(46); // ≈ 2.2B parameters
+  assert.ok(params(bigger) > 2.15e9, String(params(bigger)));
+  assert.throws(() => checkFootprint(bigger, 'wasm', { matrices: 'bf16', hostBytes: 64 * 2 ** 30 }), (e: unknown) =>
+    e instanceof KiviError && !e.message.includes('\n') && /^the model's weights need 4\.\d\d GiB \(2\.\d\dB parameters, matrices as bf16\), more than the wasm back end can hold .*the TypeScript back end \(--backend ts\) keeps them in ordinary memory/.test(e.message));
+  checkFootprint(bigger, 'ts', { matrices: 'bf16', hostBytes: 64 * 2 ** 30 });
 });

@@ -4,12 +4,52 @@ import { type CacheSpec, DEFAULT_KV, parseKvSpec, splitSpecList } from '../cache
 import { availableParallelism } from 'node:os';
 import { BACKENDS, type BackendChoice } from '../kernels/index.js';
 import { int } from './parse.js';
+import { WEIGHT_FORMATS, type WeightFormat } from '../model/weights.js';
 
 export interface CommonOpts {
   model: string;
   kv: CacheSpec;
   backend?: BackendChoice;
   threads?: number;
+  randomWeights?: number;
+  weights?: WeightFormat;
+}
+
+/** What every command that loads a model passes to KiviModel.load. */
+export interface LoadFlags {
+  backend?: BackendChoice;
+  threads?: number;
+  randomWeights?: number;
+  weights?: WeightFormat;
+}
+
+export function loadOptions(o: LoadFlags): LoadFlags {
+  return { backend: o.backend, threads: o.threads, randomWeights: o.randomWeights, weights: o.weights };
+}
+
+/** --random-weights SEED: config.json's shapes with seeded random weights made on the back end (no checkpoint needed). */
+export function randomWeightsOption(cmd: Command): Command {
+  return cmd.option('--random-weights <seed>', 'seeded random weights of config.json\'s shapes, made on the back end (benchmarks at paper scale; text is meaningless)', int(0, 2 ** 32 - 1));
+}
+
+/** --weights native|f32: keep the checkpoint's 16-bit matrices (default) or widen them to float32 at load. */
+export function weightsOption(cmd: Command): Command {
+  return cmd.addOption(new Option('--weights <how>', 'weight matrices as the checkpoint stores them (native: bf16/f16 stay 16-bit) or widened to f32')
+    .choices([...WEIGHT_FORMATS]).default('native'));
+}
+
+/** --weights f32,native: several ways of storing the weights, measured side by side. */
+export function weightsListOption(cmd: Command, dflt: WeightFormat[]): Command {
+  const parse = (s: string): WeightFormat[] => {
+    const list = s.split(',').map((x) => x.trim());
+    for (const w of list) {
+      if (!(WEIGHT_FORMATS as readonly string[]).includes(w)) throw new InvalidArgumentError(`"${w}" is not one of ${WEIGHT_FORMATS.join(', ')}`);
+    }
+    if (new Set(list).size !== list.length) throw new InvalidArgumentError(`"${s}" names a format twice`);
+    return list as WeightFormat[];
+  };
+  return cmd.addOption(new Option('--weights <list>', `weight storage, comma-separated, side by side (${WEIGHT_FORMATS.join(', ')})`)
+    .argParser(parse).default(dflt, dflt.join(',')));
 }
 
 /** Specs are parsed here, at the edge, into the CacheSpec values everything else takes. */

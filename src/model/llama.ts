@@ -71,6 +71,11 @@ class Workspace {
     this.act = b.tensor('f32', n * I);
     this.rows = n;
   }
+
+  release(): void {
+    if (this.rows > 0) for (const t of [this.x, this.xn, this.qkv, this.att, this.proj, this.gu, this.act]) this.backend.release(t);
+    this.rows = 0;
+  }
 }
 
 export class LlamaModel {
@@ -92,6 +97,16 @@ export class LlamaModel {
     this.pool = backend.createPagePool(this.dims);
     this.rope = new RopeTable(ropeInvFreq(config));
     this.ws = new Workspace(backend, config);
+  }
+
+  /** Give the activation buffers back (they grow to the largest step run; benchmarks measure each run's own). */
+  releaseScratch(): void {
+    this.ws.release();
+    if (this.logitRows > 0) {
+      this.backend.release(this.logitsX);
+      this.backend.release(this.logits);
+      this.logitRows = 0;
+    }
   }
 
   /**

@@ -5,7 +5,7 @@
  */
 import { KiviError } from '../util/errors.js';
 import { parseConfig, type ModelConfig } from './config.js';
-import { loadWeights, randomWeights, type LoadProgress, type WeightFormat } from './weights.js';
+import { checkpointMatrixType, indexTensors, matrixDType, randomWeights, readWeights, type LoadProgress, type WeightFormat } from './weights.js';
 import { LlamaModel } from './llama.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Backend } from '../kernels/types.js';
@@ -83,13 +83,28 @@ async function hostMemory(): Promise<number | undefined> {
 export async function loadModel(location: ModelLocation, backend: Backend, opts: LoadModelOptions = {}): Promise<LoadedModel> {
   const source = await openSource(location);
   const config = await readModelConfig(source);
+  const format = opts.weights ?? 'native';
+  const hostBytes = await hostMemory();
   // Before any weight is read: a model the back end cannot hold is one line, not a failure after minutes.
-  checkFootprint(config, backend.name, await hostMemory());
-  if (opts.randomWeights !== undefined) return loadRandom(source, config, backend, opts.randomWeights, opts.weights);
-  const tokenizer = await Tokenizer.load(source, config);
-  const weights = await loadWeights(source, config, backend, { format: opts.weights, onProgress: opts.onProgress });
-  const fingerprint = await sha256Hex(JSON.stringify(config) + '\n' + weights.identity);
-  return { dir: source.where, fingerprint, config, tokenizer, model: new LlamaModel(config, weights, backend) };
+  const footprint = (file: 'F32' | 'F16' | 'BF16') => checkFootprint(config, backend.name, {
+    matrices: matrixDType(backend, file, format),
+    native: format === 'f32' && file !== 'F32' ? matrixDType(backend, file, 'native') : undefined,
+    hostBytes,
+  });
+  if (opts.randomWeights !== undefined) {
+    footprint('BF16');
+    return loadRandom(source, config, backend, opts.randomWeights, format);
+  }
+  const index = await indexTensors(source);
+  try {
+    footprint(checkpointMatrixType(index));
+    const tokenizer = await Tokenizer.load(source, config);
+    const weights = await readWeights(index, config, backend, { format, onProgress: opts.onProgress });
+    const fingerprint = await sha256Hex(JSON.stringify(config) + '\n' + weights.identity);
+    return { dir: source.where, fingerprint, config, tokenizer, model: new LlamaModel(config, weights, backend) };
+  } finally {
+    await index.close();
+  }
 }
 
 /** SHA-256 of a string, hex (WebCrypto: Node and browsers alike). */

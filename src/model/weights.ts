@@ -40,7 +40,8 @@ export interface ModelWeights {
 }
 
 /** How matrices are stored: the checkpoint's own type ('native'), or widened to float32 ('f32'). */
-export type WeightFormat = 'native' | 'f32';
+export const WEIGHT_FORMATS = ['native', 'f32'] as const;
+export type WeightFormat = (typeof WEIGHT_FORMATS)[number];
 
 /** Loading progress: tensor bytes read so far and in all. */
 export type LoadProgress = (done: number, total: number) => void;
@@ -104,13 +105,14 @@ export interface WeightOptions {
   onProgress?: LoadProgress;
 }
 
-export async function loadWeights(source: ByteSource, cfg: ModelConfig, backend: Backend, opts: WeightOptions = {}): Promise<ModelWeights> {
-  const index = await indexTensors(source);
-  try {
-    return await readWeights(index, cfg, backend, opts);
-  } finally {
-    await index.close();
-  }
+/**
+ * The checkpoint type of the model's matrices (the type of the embedding, which every loader path
+ * reads), from the headers alone: what the footprint check needs before any weight is read.
+ */
+export function checkpointMatrixType(index: TensorIndex): FileDType {
+  const t = index.tensors.get('model.embed_tokens.weight');
+  if (!t) throw new KiviError('missing tensor model.embed_tokens.weight');
+  return t.dtype;
 }
 
 /** Every tensor the model reads, with the shape config.json implies, in loading order. */
@@ -167,7 +169,7 @@ export function checkTensors(tensors: Map<string, TensorInfo>, cfg: ModelConfig)
   }
 }
 
-async function readWeights(index: TensorIndex, cfg: ModelConfig, backend: Backend, opts: WeightOptions): Promise<ModelWeights> {
+export async function readWeights(index: TensorIndex, cfg: ModelConfig, backend: Backend, opts: WeightOptions): Promise<ModelWeights> {
   const { tensors, files } = index;
   const { hiddenSize: D, numHeads: H, numKvHeads: KV, headDim: d, intermediateSize: I, vocabSize: V } = cfg;
   const format = opts.format ?? 'native';
@@ -193,7 +195,12 @@ async function readWeights(index: TensorIndex, cfg: ModelConfig, backend: Backen
       const n = bytes.byteLength / (t.dtype === 'F32' ? 4 : 2);
       const same = (out.dtype === 'bf16' && t.dtype === 'BF16') || (out.dtype === 'f16' && t.dtype === 'F16');
       if (same) {
-        backend.write(out, new Uint16Array(bytes.buffer, bytes.byteOffset, n), at + first);
+        const bits = new Uint16Array(bytes.buffer, bytes.byteOffset, n);
+        // Kernels widen f16 weights for finite values only (wasm: assembly/matmul16.ts).
+        if (out.dtype === 'f16' && !allFiniteHalves(bits)) {
+          throw new KiviError(`${t.file}: f16 tensor ${t.name} holds ±Inf or NaN values, which 16-bit weights do not support (--weights f32 loads them as float32)`);
+        }
+        backend.write(out, bits, at + first);
         return;
       }
       toFloat32(bytes, t.dtype, f32);
@@ -262,6 +269,12 @@ async function readWeights(index: TensorIndex, cfg: ModelConfig, backend: Backen
   if (!cfg.tieWordEmbeddings || tensors.has('lm_head.weight')) lmHead = await matrix(['lm_head.weight', [V, D]]);
   opts.onProgress?.(total, total);
   return { identity: identity.join('\n'), embed, layers, norm, lmHead };
+}
+
+/** False when some f16 value has an all-ones exponent (±Inf, NaN). */
+function allFiniteHalves(bits: Uint16Array): boolean {
+  for (let i = 0; i < bits.length; i++) if ((bits[i]! & 0x7c00) === 0x7c00) return false;
+  return true;
 }
 
 function hex(b: Uint8Array): string {

@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { KiviModel } from '../../api.js';
-import { backendOption, threadsOption } from '../common.js';
+import { backendOption, threadsOption, loadOptions, randomWeightsOption, weightsOption } from '../common.js';
 import type { BackendChoice } from '../../kernels/index.js';
 import { float, int, readTextFile } from '../parse.js';
 import { LazyProgress } from '../progress.js';
@@ -37,9 +37,11 @@ export function register(program: Command): void {
     .option('--group-size <g>', 'quantization group size G', int(1), 32);
   backendOption(cmd);
   threadsOption(cmd);
+  randomWeightsOption(cmd);
+  weightsOption(cmd);
   cmd.action(async (o: Opts) => {
     const text = readTextFile(o.text, '--text');
-    const m = await KiviModel.load(o.model, { backend: o.backend, threads: o.threads });
+    const m = await KiviModel.load(o.model, loadOptions(o));
     checkTokens(o.tokens, m.config.maxPositions);
     if (m.config.headDim % o.groupSize !== 0) throw new KiviError(`--group-size ${o.groupSize} must divide head_dim ${m.config.headDim}`);
     const ids = m.encode(text).slice(0, o.tokens);

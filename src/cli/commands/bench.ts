@@ -1,23 +1,25 @@
 /** `kivi bench …`: performance benchmarks; each prints a Markdown table, or one JSON line with --json. */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { Command } from 'commander';
+import { type Command, InvalidArgumentError } from 'commander';
 import { createBackend, type Backend, type BackendChoice } from '../../kernels/index.js';
 import type { CacheSpec } from '../../cache/spec.js';
 import { bytes, int, intList, readTextFile } from '../parse.js';
-import { backendOption, kvListOption, kvOption, threadsOption } from '../common.js';
+import { backendOption, kvListOption, kvOption, loadOptions, randomWeightsOption, threadsOption, weightsListOption } from '../common.js';
+import type { WeightFormat } from '../../model/weights.js';
 import { LazyProgress } from '../progress.js';
 import { KiviError } from '../../util/errors.js';
 import type { TopLevelSpec } from '../../studies/plot.js';
 import { type AttentionKernelResult, attentionChart, attentionKernelMarkdown, attentionMarkdown, runAttentionBench } from '../../studies/bench/attention.js';
 import { capacityMarkdown, runCapacity, type BudgetArg } from '../../studies/bench/capacity.js';
 import { runThroughput, throughputChart, throughputMarkdown } from '../../studies/bench/throughput.js';
-import { gemvMarkdown, runGemvBench } from '../../studies/bench/gemv.js';
+import { gpuThroughputChart, gpuThroughputMarkdown, runGpuThroughput } from '../../studies/bench/throughput-gpu.js';
+import { GEMV_WEIGHT_TYPES, type GemvWeightType, gemvMarkdown, runGemvBench } from '../../studies/bench/gemv.js';
 import { DEFAULT_REPEATS } from '../../studies/bench/measure.js';
 import { kvBytesMarkdown, runKvBytes } from '../../studies/bench/kvbytes.js';
 import { modelDims } from '../../studies/bench/capacity.js';
 import { NAMED_SPECS } from '../../cache/spec.js';
-import { benchPrompt, generateBenchMarkdown, runGenerateBench } from '../../studies/bench/generate.js';
+import { benchPrompt, generateBenchMarkdown, runFilledDecodeBench, runGenerateBench } from '../../studies/bench/generate.js';
 import { KiviModel } from '../../api.js';
 import { measureCapacity, serveCapacityMarkdown, textPrompts } from '../../studies/serve/capacity.js';
 import { prefixBenchMarkdown, runPrefixBench } from '../../studies/bench/prefix.js';
@@ -29,6 +31,7 @@ const KIVI2_FP32_RESIDUAL = 'kivi:k=2,v=2,g=32,r=128,residual=fp32';
 interface Shared {
   backend?: BackendChoice;
   threads?: number;
+  randomWeights?: number;
   json?: boolean;
   save?: string;
 }
@@ -37,6 +40,14 @@ interface Shared {
 function budgetArg(s: string): BudgetArg {
   const t = s.trim();
   return t.startsWith('+') ? { headroom: bytes(t.slice(1)) } : bytes(t);
+}
+
+function gemvWeightTypes(s: string): GemvWeightType[] {
+  const list = s.split(',').map((x) => x.trim());
+  for (const t of list) {
+    if (!(GEMV_WEIGHT_TYPES as readonly string[]).includes(t)) throw new InvalidArgumentError(`"${t}" is not one of ${GEMV_WEIGHT_TYPES.join(', ')}`);
+  }
+  return list as GemvWeightType[];
 }
 
 function budgetList(s: string): BudgetArg[] {
@@ -149,17 +160,39 @@ export function register(program: Command): void {
   // --- throughput ---------------------------------------------------------------------------------
   const thr = bench
     .command('throughput')
-    .description('generated tokens/s with the largest batch each spec admits under a memory budget')
-    .requiredOption('--model <dir>', 'model directory')
-    .requiredOption('--budget <bytes>', 'memory budget(s), e.g. 512MiB or +16MiB (headroom above weights + measured overhead); comma-separated for a curve', budgetList)
+    .description('generated tokens/s with the largest batch each spec admits under a memory budget (CPU: --budget on RSS; webgpu: --kv-budget on GPU cache pages)')
+    .requiredOption('--model <dir>', 'model directory (with --random-weights, config.json alone will do)')
+    .option('--budget <bytes>', 'CPU back ends: memory budget(s), e.g. 512MiB or +16MiB (headroom above weights + measured overhead); comma-separated for a curve', budgetList)
+    .option('--kv-budget <bytes>', 'webgpu: bytes of cache pages every batch must fit (e.g. 24GiB); batches swept up to each spec\'s largest', bytes)
     .option('--prompt <n>', 'prompt tokens per sequence', int(1), 160)
     .option('--gen <n>', 'generated tokens per sequence', int(1), 338)
     .option('--max-batch <n>', 'run at most this many sequences at once (time cap; capped points are marked)', int(1), 64)
+    .option('--join <n>', 'webgpu: prompts joining the batch per step (bounds a step\'s prefill rows)', int(1), 32)
     .option('--repeats <n>', 'runs per point, in rounds over all points (the median-time run is reported)', int(1, 100), 1)
     .option('--svg <file>', 'also write the throughput-vs-batch-size and -vs-budget chart');
   kvListOption(thr, `fp16,kivi2,${KIVI2_FP32_RESIDUAL}`);
   sharedOptions(thr);
-  thr.action(async (o: Shared & { model: string; budget: BudgetArg[]; prompt: number; gen: number; maxBatch: number; repeats: number; kv: CacheSpec[]; svg?: string }) => {
+  randomWeightsOption(thr);
+  thr.action(async (o: Shared & { model: string; budget?: BudgetArg[]; kvBudget?: number; prompt: number; gen: number; maxBatch: number; join: number; repeats: number; kv: CacheSpec[]; svg?: string }) => {
+    if (o.backend === 'webgpu') {
+      if (o.kvBudget === undefined) throw new KiviError('bench throughput --backend webgpu needs --kv-budget (bytes of GPU cache pages)');
+      const model = await KiviModel.load(o.model, loadOptions(o));
+      try {
+        const bar = new LazyProgress('bench throughput');
+        const r = await runGpuThroughput({
+          model, kvBudget: o.kvBudget, prompt: o.prompt, gen: o.gen, specs: o.kv, maxBatch: o.maxBatch, joinPerStep: o.join,
+          onProgress: (d, t) => bar.update(d, t),
+        });
+        bar.stop();
+        await report(o, { model: path.basename(path.resolve(o.model)), random_weights: o.randomWeights ?? null, ...r }, gpuThroughputMarkdown(r),
+          gpuThroughputChart(r, `Throughput on ${r.device.replace(/^webgpu: /, '')}, prompt ${o.prompt} + ${o.gen} generated (${path.basename(path.resolve(o.model))})`));
+      } finally {
+        model.dispose();
+      }
+      return;
+    }
+    if (o.budget === undefined) throw new KiviError('bench throughput needs --budget (or, with --backend webgpu, --kv-budget)');
+    if (o.randomWeights !== undefined) throw new KiviError('bench throughput --random-weights runs on --backend webgpu (the CPU study measures processes that load the checkpoint)');
     const bar = new LazyProgress('bench throughput');
     const r = await runThroughput({
       model: o.model, budgets: o.budget, prompt: o.prompt, gen: o.gen, specs: o.kv.map((k) => k.name), maxBatch: o.maxBatch, repeats: o.repeats,
@@ -178,22 +211,32 @@ export function register(program: Command): void {
     .option('--text <file>', 'prompt from the start of this text (default: seeded synthetic token ids)')
     .option('--prompt <n>', 'prompt tokens', int(1), 1024)
     .option('--gen <n>', 'generated tokens (greedy, through EOS)', int(1), 256)
-    .option('--repeats <n>', 'rounds over all specs (the median is reported)', int(1, 100), 3);
+    .option('--repeats <n>', 'rounds over all specs (the median is reported)', int(1, 100), 3)
+    .option('--fill <n>', 'decode only, after caches filled with n tokens of synthetic keys/values (long context without the prefill\'s cost)', int(1));
   kvListOption(gen, 'fp32,fp16,kivi2,kivi4');
+  weightsListOption(gen, ['f32', 'native']);
   sharedOptions(gen);
-  gen.action(async (o: Shared & { model: string; text?: string; prompt: number; gen: number; repeats: number; kv: CacheSpec[] }) => {
+  randomWeightsOption(gen);
+  gen.action(async (o: Shared & { model: string; text?: string; prompt: number; gen: number; repeats: number; fill?: number; kv: CacheSpec[]; weights: WeightFormat[]; randomWeights?: number }) => {
+    if (o.fill !== undefined && o.gen < 2) throw new KiviError('--fill needs --gen 2 or more (the first step is untimed)');
     const text = o.text === undefined ? undefined : readTextFile(o.text, '--text');
-    const model = await KiviModel.load(o.model, { backend: o.backend, threads: o.threads });
+    // The model once per weight format, each on its own back end, measured in turns.
+    const models: { weights: WeightFormat; model: KiviModel }[] = [];
     try {
-      const prompt = benchPrompt(model, o.prompt, text);
+      for (const weights of o.weights) models.push({ weights, model: await KiviModel.load(o.model, loadOptions({ ...o, weights })) });
+      const model = models[0]!.model;
       const bar = new LazyProgress('bench generate');
-      const results = await runGenerateBench({ model, prompt, gen: o.gen, specs: o.kv.map((k) => k.name), repeats: o.repeats, onProgress: (d, t) => bar.update(d, t) });
+      const specs = o.kv.map((k) => k.name);
+      const onProgress = (d: number, t: number) => bar.update(d, t);
+      const results = o.fill !== undefined
+        ? await runFilledDecodeBench({ models, context: o.fill, gen: o.gen, specs, repeats: o.repeats, onProgress })
+        : await runGenerateBench({ models, prompt: benchPrompt(model, o.prompt, text), gen: o.gen, specs, repeats: o.repeats, onProgress });
       bar.stop();
       const name = path.basename(path.resolve(o.model));
       const what = `kivi generate on ${name} (${model.backend.name} ×${model.backend.threads})`;
       await report(o, { model: name, backend: model.backend.name, threads: model.backend.threads, results }, generateBenchMarkdown(results, what));
     } finally {
-      model.dispose();
+      for (const m of models) m.model.dispose();
     }
   });
 
@@ -209,10 +252,11 @@ export function register(program: Command): void {
     .option('--fp16-seqs <n>', 'the budget, in fp16 requests (fp16 fills it exactly)', int(1), 3);
   kvListOption(srv, `fp16,kivi2,${KIVI2_FP32_RESIDUAL}`);
   sharedOptions(srv);
+  randomWeightsOption(srv);
   srv.action(async (o: Shared & { model: string; text: string; prompt: number; gen: number; clients: number; fp16Seqs: number; kv: CacheSpec[] }) => {
     if (!o.kv.some((k) => k.name === 'fp16')) throw new KiviError('--kv must include fp16: the budget and the ratios are set by it');
     const text = readTextFile(o.text, '--text');
-    const model = await KiviModel.load(o.model, { backend: o.backend, threads: o.threads });
+    const model = await KiviModel.load(o.model, loadOptions(o));
     try {
       if (o.prompt + o.gen > model.config.maxPositions) {
         throw new KiviError(`--prompt ${o.prompt} + --gen ${o.gen} exceed the model's context of ${model.config.maxPositions}`);
@@ -246,7 +290,7 @@ export function register(program: Command): void {
   pfx.action(async (o: Shared & { model: string; text: string; system: number; conversations: number; turns: number; user: number; gen: number; block: number; replicas: number[]; prefixCache: number; prefixStore?: string; kv: CacheSpec }) => {
     if (o.prefixStore !== undefined) parseRedisUrl(o.prefixStore);
     const text = readTextFile(o.text, '--text');
-    const model = await KiviModel.load(o.model, { backend: o.backend, threads: o.threads });
+    const model = await KiviModel.load(o.model, loadOptions(o));
     try {
       const serveArgs = [...(o.backend ? ['--backend', o.backend] : []), ...(o.threads ? ['--threads', String(o.threads)] : [])];
       const bar = new LazyProgress('bench prefix');
@@ -290,13 +334,14 @@ export function register(program: Command): void {
     .option('--in <n>', 'input features', int(1), 4096)
     .option('--out <n>', 'output features', int(1), 8192)
     .option('--rows <list>', 'activation rows (1 = GEMV)', intList(1), [1, 4, 16])
+    .option('--weights <list>', `weight storage types, side by side (${GEMV_WEIGHT_TYPES.join(', ')})`, gemvWeightTypes, [...GEMV_WEIGHT_TYPES])
     .option('--bandwidth-bytes <bytes>', 'buffer the bandwidth probe reads (≫ last-level cache)', bytes, 512 * 2 ** 20);
   sharedOptions(gemv);
-  gemv.action(async (o: Shared & { in: number; out: number; rows: number[]; bandwidthBytes: number }) => {
+  gemv.action(async (o: Shared & { in: number; out: number; rows: number[]; weights: GemvWeightType[]; bandwidthBytes: number }) => {
     const backend = await backendFor(o);
     try {
       const r = await runGemvBench({
-        backend, inDim: o.in, outDim: o.out, rows: o.rows, threads: backend.threads, bandwidthBytes: o.bandwidthBytes,
+        backend, inDim: o.in, outDim: o.out, rows: o.rows, weights: o.weights, threads: backend.threads, bandwidthBytes: o.bandwidthBytes,
       });
       await report(o, r, gemvMarkdown(r));
     } finally {

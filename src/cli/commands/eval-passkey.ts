@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { KiviModel } from '../../api.js';
-import { backendOption, kvListOption, threadsOption } from '../common.js';
+import { backendOption, kvListOption, threadsOption, loadOptions, randomWeightsOption, weightsOption } from '../common.js';
 import type { BackendChoice } from '../../kernels/index.js';
 import { floatList, int, intList, readTextFile } from '../parse.js';
 import { LazyProgress } from '../progress.js';
@@ -42,9 +42,11 @@ export function register(ev: Command): void {
   kvListOption(cmd, 'fp32,kivi2,kivi4');
   backendOption(cmd);
   threadsOption(cmd);
+  randomWeightsOption(cmd);
+  weightsOption(cmd);
   cmd.action(async (o: Opts) => {
     const filler = o.filler === undefined ? DEFAULT_FILLER : readTextFile(o.filler, '--filler');
-    const m = await KiviModel.load(o.model, { backend: o.backend, threads: o.threads });
+    const m = await KiviModel.load(o.model, loadOptions(o));
     for (const s of o.kv) validateSpec(s, m.dims);
     const prompter = new PasskeyPrompter(m.tokenizer, filler);
     checkPasskeyLengths(o.lengths, m.config.maxPositions, prompter);

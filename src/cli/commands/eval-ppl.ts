@@ -1,6 +1,6 @@
 /** `kivi eval ppl`: streaming perplexity of several cache specs over windows of a text. */
 import type { Command } from 'commander';
-import { backendOption, kvListOption, threadsOption } from '../common.js';
+import { backendOption, kvListOption, threadsOption, loadOptions, randomWeightsOption, weightsOption } from '../common.js';
 import { int } from '../parse.js';
 import type { CacheSpec } from '../../cache/spec.js';
 import { pplJson, pplMarkdown, pplText } from '../../studies/eval/ppl-report.js';
@@ -22,6 +22,8 @@ export function register(ev: Command): void {
   cmd.option('--json', 'print one JSON line').option('--md', 'print a Markdown table');
   backendOption(cmd);
   threadsOption(cmd);
+  randomWeightsOption(cmd);
+  weightsOption(cmd);
   cmd.action(async (o: Opts) => {
     const study = await scoreText(o, o.kv, 'ppl');
     if (o.json) process.stdout.write(JSON.stringify(pplJson(study)) + '\n');

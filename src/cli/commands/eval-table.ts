@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import { backendOption, threadsOption } from '../common.js';
+import { backendOption, threadsOption, weightsOption } from '../common.js';
 import { TABLE_SPECS } from '../../studies/eval/table.js';
 import { parseKvSpec } from '../../cache/spec.js';
 import { tableJson, tableMarkdown } from '../../studies/eval/table-report.js';
@@ -24,6 +24,7 @@ export function register(ev: Command): void {
   cmd.option('--json', 'print one JSON line instead of Markdown').option('--out <dir>', 'also write table.md and table.json here');
   backendOption(cmd);
   threadsOption(cmd);
+  weightsOption(cmd);
   cmd.action(async (o: Opts) => {
     const study = await scoreText(o, TABLE_SPECS.map((s) => parseKvSpec(s)), 'table');
     const md = tableMarkdown(study);

@@ -1,6 +1,8 @@
 /** Options and the run shared by the commands that score windows of a text (`eval ppl`, `eval table`, `eval kld`). */
 import type { Command } from 'commander';
 import { int, readTextFile } from '../parse.js';
+import { loadOptions } from '../common.js';
+import type { WeightFormat } from '../../model/weights.js';
 import { type CacheSpec, checkSpecBackend, validateSpec } from '../../cache/spec.js';
 import { KiviModel } from '../../api.js';
 import type { BackendChoice } from '../../kernels/index.js';
@@ -20,6 +22,8 @@ export interface WindowOpts {
   firstWindow: number;
   backend?: BackendChoice;
   threads?: number;
+  randomWeights?: number;
+  weights?: WeightFormat;
 }
 
 /** `maxWindows`: a default for --max-windows (none: every whole window of the text). */
@@ -50,7 +54,7 @@ export function windowsFor(m: KiviModel, text: string, specs: CacheSpec[], o: Wi
 /** Streaming perplexity of every spec on the text's windows, with a progress bar. */
 export async function scoreText(o: WindowOpts, specs: CacheSpec[], label: string): Promise<PplStudy> {
   const text = readTextFile(o.text, '--text'); // before the model loads: a missing file fails fast
-  const m = await KiviModel.load(o.model, { backend: o.backend, threads: o.threads });
+  const m = await KiviModel.load(o.model, loadOptions(o));
   const windows = windowsFor(m, text, specs, o);
   const bar = new LazyProgress(`${label} ×${specs.length} specs`);
   try {

@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { KiviModel } from '../../api.js';
 import { int, readJsonFile } from '../parse.js';
 import { KiviError } from '../../util/errors.js';
-import { backendOption, kvOption, threadsOption, type CommonOpts } from '../common.js';
+import { backendOption, kvOption, threadsOption, type CommonOpts, loadOptions, randomWeightsOption, weightsOption } from '../common.js';
 import { checkWindows, streamingNll } from '../../studies/eval/nll.js';
 import { LazyProgress } from '../progress.js';
 import { register as registerPpl } from './eval-ppl.js';
@@ -30,13 +30,15 @@ export function register(program: Command): void {
   kvOption(nll);
   backendOption(nll);
   threadsOption(nll);
+  randomWeightsOption(nll);
+  weightsOption(nll);
   nll.action(async (o: NllOpts) => {
     const raw = readJsonFile(o.windows, '--windows');
     if (!Array.isArray(raw) || !raw.every((w) => Array.isArray(w) && w.every((t) => Number.isInteger(t) && t >= 0))) {
       throw new KiviError(`${o.windows}: expected a JSON array of token-id arrays`);
     }
     const windows = raw as number[][];
-    const m = await KiviModel.load(o.model, { kv: o.kv, backend: o.backend, threads: o.threads });
+    const m = await KiviModel.load(o.model, { kv: o.kv, ...loadOptions(o) });
     checkWindows(windows, o.prefill, m.config.maxPositions);
     const bar = new LazyProgress(`nll ${o.kv.name}`);
     const nlls = await streamingNll(m.transformer, windows, o.kv, { prefill: o.prefill, onProgress: (d, t) => bar.update(d, t) });

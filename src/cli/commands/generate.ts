@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { KiviModel } from '../../api.js';
 import { int, float, readJsonFile, tokenIdArray } from '../parse.js';
 import { KiviError } from '../../util/errors.js';
-import { backendOption, kvOption, threadsOption, type CommonOpts } from '../common.js';
+import { backendOption, kvOption, threadsOption, type CommonOpts, loadOptions, randomWeightsOption, weightsOption } from '../common.js';
 
 interface Opts extends CommonOpts {
   prompt?: string;
@@ -36,11 +36,13 @@ export function register(program: Command): void {
   kvOption(cmd);
   backendOption(cmd);
   threadsOption(cmd);
+  randomWeightsOption(cmd);
+  weightsOption(cmd);
   cmd.action(async (o: Opts) => {
     if ((o.prompt === undefined) === (o.promptIds === undefined)) {
       throw new KiviError('give exactly one of --prompt TEXT or --prompt-ids FILE');
     }
-    const m = await KiviModel.load(o.model, { kv: o.kv, backend: o.backend, threads: o.threads });
+    const m = await KiviModel.load(o.model, { kv: o.kv, ...loadOptions(o) });
     const ids = o.promptIds !== undefined ? tokenIdArray(readJsonFile(o.promptIds, '--prompt-ids'), o.promptIds) : m.encode(o.prompt!);
     const it = m.generate(ids, {
       maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed,

@@ -4,7 +4,7 @@ import { KiviModel } from '../../api.js';
 import { DEFAULT_PREFIX_BLOCK, KiviServer, checkPrefixOptions, type ServeOptions } from '../../server/app.js';
 import { formatBytes } from '../../server/scheduler.js';
 import { bytes, float, int } from '../parse.js';
-import { backendOption, kvOption, threadsOption, type CommonOpts } from '../common.js';
+import { backendOption, kvOption, threadsOption, type CommonOpts, loadOptions, randomWeightsOption, weightsOption } from '../common.js';
 
 interface Opts extends CommonOpts {
   kvBudget: number;
@@ -38,6 +38,8 @@ export function register(program: Command): void {
   kvOption(cmd);
   backendOption(cmd);
   threadsOption(cmd);
+  randomWeightsOption(cmd);
+  weightsOption(cmd);
   cmd.action(async (o: Opts) => {
     const opts: ServeOptions = {
       kv: o.kv, budgetBytes: o.kvBudget, maxQueue: o.maxQueue, host: o.host, port: o.port, timeoutSeconds: o.timeout,
@@ -45,7 +47,7 @@ export function register(program: Command): void {
       prefixTimeoutMs: o.prefixTimeout,
     };
     checkPrefixOptions(opts); // before the model loads: a bad flag fails fast
-    const model = await KiviModel.load(o.model, { kv: o.kv, backend: o.backend, threads: o.threads });
+    const model = await KiviModel.load(o.model, { kv: o.kv, ...loadOptions(o) });
     const server = await KiviServer.start(model, opts);
     const prefix = server.prefix ? `, prefix cache ${server.prefix.store.description}, blocks of ${server.prefix.opts.block}` : '';
     process.stderr.write(`kivi: serving "${server.modelName}" at ${server.url} (kv ${o.kv.name}, KV budget ${formatBytes(o.kvBudget)}, queue ${o.maxQueue}${prefix})\n`);

@@ -14,6 +14,10 @@ import type { KernelExports } from './exports.js';
 export const OP_STOP = 0;
 export const OP_MATMUL = 1;
 export const OP_ATTEND = 2;
+/** OP_MATMUL's weight kinds (its 9th argument; 16-bit kinds take panel scratch and its per-thread stride next). */
+export const W_F32 = 0;
+export const W_BF16 = 1;
+export const W_F16 = 2;
 
 // Control block (Int32Array indices).
 const EPOCH = 0, FINISHED = 1, OP = 2, COUNT = 3, ERROR = 4, SLEEPERS = 5, ARGS = 8;
@@ -58,9 +62,16 @@ function runItem(c: JobContext, i: number): void {
   const a = c.ctrl;
   const op = a[OP]!;
   if (op === OP_MATMUL) {
-    const outDim = a[ARGS + 5]!, chunk = a[ARGS + 7]!;
-    const o0 = i * chunk;
-    c.k.matmul(a[ARGS]!, a[ARGS + 1]!, a[ARGS + 2]!, a[ARGS + 3]!, a[ARGS + 4]!, outDim, a[ARGS + 6]!, o0, Math.min(outDim, o0 + chunk));
+    const outDim = a[ARGS + 5]!, chunk = a[ARGS + 7]!, kind = a[ARGS + 8]!;
+    const o0 = i * chunk, o1 = Math.min(outDim, o0 + chunk);
+    if (kind === W_F32) {
+      c.k.matmul(a[ARGS]!, a[ARGS + 1]!, a[ARGS + 2]!, a[ARGS + 3]!, a[ARGS + 4]!, outDim, a[ARGS + 6]!, o0, o1);
+    } else {
+      // 16-bit weights: this thread's panel scratch (0: none), scratch base + tid · stride.
+      const scratch = a[ARGS + 9]! === 0 ? 0 : a[ARGS + 9]! + c.tid * a[ARGS + 10]!;
+      const mm = kind === W_BF16 ? c.k.matmul_bf16 : c.k.matmul_f16;
+      mm(a[ARGS]!, a[ARGS + 1]!, a[ARGS + 2]!, a[ARGS + 3]!, a[ARGS + 4]!, outDim, a[ARGS + 6]!, o0, o1, scratch);
+    }
   } else if (op === OP_ATTEND) {
     c.k.attend_task(a[ARGS]!, a[ARGS + 1]!, i, a[ARGS + 2]!, a[ARGS + 3]!, a[ARGS + 4]!, a[ARGS + 5]!, a[ARGS + 6]!,
       a[ARGS + 7]!, a[ARGS + 8]! + c.tid * a[ARGS + 9]!);

@@ -13,7 +13,7 @@ import type { StepPlan } from '../plan.js';
 import { type HostPages, type PageViews, hostPageBytes } from '../host/memory.js';
 import { Allocator } from './allocator.js';
 import { type KernelExports, instantiate } from './exports.js';
-import { JobRunner, MAX_ITEMS, OP_ATTEND, OP_MATMUL, OP_STOP, newControl } from './jobs.js';
+import { JobRunner, MAX_ITEMS, OP_ATTEND, OP_MATMUL, OP_STOP, W_BF16, W_F16, W_F32, newControl } from './jobs.js';
 import { JobScratch, runJobs } from '../ts/jobs.js';
 import * as ops from '../ts/ops.js';
 import { KiviError } from '../../util/errors.js';
@@ -76,6 +76,9 @@ export class WasmBackend implements Backend {
   /** The plan's task and segment tables, copied into the memory once per plan. */
   private planCopy = { plan: null as StepPlan | null, epoch: -1, tasks: 0, segs: 0, tasksBytes: 0, segsBytes: 0 };
   private scratch = { ptr: 0, bytes: 0 };
+  /** Per-thread float32 panels of 16-bit weight rows for batch matmuls. */
+  private panels = { ptr: 0, bytes: 0 };
+  private readonly panelPerInput: number;
 
   private constructor(
     readonly memory: WebAssembly.Memory,
@@ -85,6 +88,7 @@ export class WasmBackend implements Backend {
   ) {
     this.buf = memory.buffer;
     this.heap = new Allocator(1024, (end) => this.ensureMemory(end + TAIL_PAD));
+    this.panelPerInput = k.matmul16_scratch_per_input();
   }
 
   get description(): string {
@@ -172,8 +176,8 @@ export class WasmBackend implements Backend {
     if (end > this.maxBytes) {
       throw new KiviError(`out of WebAssembly memory: ${Math.ceil(end / 2 ** 20)} MiB needed, the limit is ${this.maxBytes / 2 ** 20} MiB`);
     }
-    // Grow by at least 1/8 of the current size (and 16 MiB) so growth is rare.
-    const want = Math.min(this.maxBytes, Math.max(end, have + Math.max(have >> 3, 16 << 20)));
+    // Grow by at least 1/8 of the current size (and 16 MiB) so growth is rare (no `>>`: sizes pass 2 GiB).
+    const want = Math.min(this.maxBytes, Math.max(end, have + Math.max(Math.floor(have / 8), 16 << 20)));
     this.memory.grow(Math.ceil((want - have) / PAGE));
     this.buf = this.memory.buffer;
   }
@@ -190,8 +194,12 @@ export class WasmBackend implements Backend {
 
   // ---- ops ----------------------------------------------------------------------------------------
 
-  weightDType(): DType {
-    return 'f32';
+  /**
+   * Weights stay as the checkpoint stores them: 16-bit matrices are converted to float32 inside the
+   * matmul kernels (assembly/matmul16.ts), bit for bit the float32 matmul of their expansion.
+   */
+  weightDType(file: 'f32' | 'f16' | 'bf16'): DType {
+    return file;
   }
 
   embed(out: Tensor, table: Tensor, ids: Int32Array, D: number): void {
@@ -203,14 +211,21 @@ export class WasmBackend implements Backend {
   }
 
   matmul(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number, bias?: Tensor): void {
-    if (w.dtype !== 'f32') throw new Error(`wasm matmul: ${w.dtype} weights`);
+    const kind = w.dtype === 'f32' ? W_F32 : w.dtype === 'bf16' ? W_BF16 : w.dtype === 'f16' ? W_F16 : -1;
+    if (kind < 0) throw new Error(`wasm matmul: ${w.dtype} weights`);
     const po = T(out).addr, px = T(x).addr, pw = T(w).addr, pb = bias ? T(bias).addr : 0;
-    if (this.runner && rows * inDim * outDim >= PARALLEL_MACS && outDim >= 16 && this.runner.parallel) {
+    const parallel = this.runner !== null && rows * inDim * outDim >= PARALLEL_MACS && outDim >= 16 && this.runner.parallel;
+    // 16-bit weights and a batch: float32 panels in per-thread scratch (only batches of ≥ 16 rows use it).
+    const stride = kind !== W_F32 && rows >= 16 ? Math.ceil((this.panelPerInput * inDim) / 64) * 64 : 0;
+    const scratch = stride ? this.region(this.panels, stride * (parallel ? this.threads : 1)) : 0;
+    if (parallel) {
       // Items of ≥ 8 outputs, about 4 per thread so a late thread is covered by the others.
       const chunk = Math.max(8, Math.ceil(outDim / (this.threads * 4) / 8) * 8);
-      this.runner.run(OP_MATMUL, [po, px, pw, rows, inDim, outDim, pb, chunk], Math.ceil(outDim / chunk));
-    } else {
+      this.runner!.run(OP_MATMUL, [po, px, pw, rows, inDim, outDim, pb, chunk, kind, scratch, stride], Math.ceil(outDim / chunk));
+    } else if (kind === W_F32) {
       this.k.matmul(po, px, pw, rows, inDim, outDim, pb, 0, outDim);
+    } else {
+      (kind === W_BF16 ? this.k.matmul_bf16 : this.k.matmul_f16)(po, px, pw, rows, inDim, outDim, pb, 0, outDim, scratch);
     }
   }
 
@@ -342,7 +357,7 @@ export class WasmPagePool implements PagePool, HostPages {
     v.f32 = m.f32;
     v.u16 = m.u16;
     v.u32 = m.u32;
-    v.byteOffset = page;
+    v.byteOffset = page >>> 0; // plan records hold handles as int32: addresses past 2 GiB come back negative
     return v;
   }
 

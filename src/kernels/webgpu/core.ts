@@ -53,6 +53,9 @@ export class GpuCore {
   private dispatches = 0;
   /** Dispatches recorded since the device was opened (tests count a step's). */
   dispatched = 0;
+  /** Bytes of GPU buffers alive now and the most alive at once (weights, cache arenas, activations, staging). */
+  liveBytes = 0;
+  peakLiveBytes = 0;
   /** Commands recorded and not submitted. */
   private pending = false;
   // The args buffer and its host image for the batch being recorded.
@@ -106,6 +109,7 @@ export class GpuCore {
     } catch (e) {
       throw new KiviError(`webgpu: cannot allocate a buffer of ${bytes} bytes: ${(e as Error).message}`);
     }
+    this.count(bytes);
     return { buf, id: this.nextId++, size: bytes };
   }
 
@@ -118,6 +122,12 @@ export class GpuCore {
     }
     if (this.pending) this.destroyAfterSubmit.push(b.buf);
     else b.buf.destroy();
+    this.count(-b.size);
+  }
+
+  private count(bytes: number): void {
+    this.liveBytes += bytes;
+    if (this.liveBytes > this.peakLiveBytes) this.peakLiveBytes = this.liveBytes;
   }
 
   kernel(name: string, code: string, storage: ('read' | 'rw')[], data = false): Kernel {
@@ -287,8 +297,14 @@ export class GpuCore {
     const i = this.staging.findIndex((s) => s.size >= need);
     if (i >= 0) return this.staging.splice(i, 1)[0]!;
     // Keep a few; drop the smallest when there are many.
-    if (this.staging.length > 4) this.staging.shift()!.destroy();
-    return this.device.createBuffer({ size: Math.max(need, 4096), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    if (this.staging.length > 4) {
+      const old = this.staging.shift()!;
+      this.count(-old.size);
+      old.destroy();
+    }
+    const bytes = Math.max(need, 4096);
+    this.count(bytes);
+    return this.device.createBuffer({ size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
   }
 
   async sync(): Promise<void> {
@@ -298,7 +314,10 @@ export class GpuCore {
   }
 
   dispose(): void {
-    for (const s of this.staging) s.destroy();
+    for (const s of this.staging) {
+      this.count(-s.size);
+      s.destroy();
+    }
     this.staging.length = 0;
     this.groups.clear();
   }

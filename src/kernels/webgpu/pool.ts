@@ -134,6 +134,16 @@ export class WebGpuPagePool implements PagePool {
     return Math.max(1, this.slots.length);
   }
 
+  /** Give every arena back to the GPU; only when no page is allocated (between benchmark runs). */
+  trim(): void {
+    if (this.sizes.size > 0) return;
+    for (const slot of this.slots) for (const b of slot) this.core.destroy(b);
+    this.slots.length = 0;
+    this.caps.length = 0;
+    this.tops.length = 0;
+    this.freeBySize.clear();
+  }
+
   /** Bytes of GPU buffers the pool holds (every layer and slot). */
   get bufferBytes(): number {
     return this.caps.reduce((a, c) => a + c, 0) * this.shape.numLayers;

@@ -2,10 +2,12 @@
  * `bench gemv`: the linear layers' kernel (kernels.matmul) on a weight matrix much larger than the
  * last-level cache, against the machine's measured memory-bandwidth bound. With one activation row the
  * kernel must stream every weight once per call, so GB/s (weight bytes / time) is the figure of merit;
- * more rows reuse each weight and move the kernel toward compute-bound (GFLOP/s). The bound and the
- * kernel are timed in turns (medians).
+ * more rows reuse each weight and move the kernel toward compute-bound (GFLOP/s). Weights are float32,
+ * bf16 or f16 (the same values, rounded), side by side: 16-bit weights halve the bytes a GEMV must move.
+ * The bound and the kernels are timed in turns (medians).
  */
-import type { Backend } from '../../kernels/types.js';
+import { DTYPE_BYTES, type Backend, type Tensor } from '../../kernels/types.js';
+import { toHalfBits } from '../../quant/float16.js';
 import { Rng } from '../../engine/sampling.js';
 import { DEFAULT_REPEATS, type RepeatOptions, timeInterleavedAsync } from './measure.js';
 import { ReadBandwidthProbe, type BandwidthResult } from './bandwidth.js';
@@ -16,6 +18,8 @@ export interface GemvOptions {
   inDim: number;
   outDim: number;
   rows: number[];
+  /** Weight storage types, side by side (default f32, bf16, f16). */
+  weights?: GemvWeightType[];
   /** Threads of the bandwidth bound (the kernels' thread count). */
   threads: number;
   /** Bytes the bandwidth probe reads (default 512 MiB, 16× a 32 MiB L3). */
@@ -23,7 +27,12 @@ export interface GemvOptions {
   repeats?: RepeatOptions;
 }
 
+export type GemvWeightType = 'f32' | 'bf16' | 'f16';
+export const GEMV_WEIGHT_TYPES: readonly GemvWeightType[] = ['f32', 'bf16', 'f16'];
+
 export interface GemvResult {
+  /** How the weights are stored. */
+  weights: GemvWeightType;
   rows: number;
   in: number;
   out: number;
@@ -53,8 +62,9 @@ export async function runGemvBench(o: GemvOptions): Promise<GemvReport> {
     for (let i = 0; i < n; i++) a[i] = (rng.next() * 2 - 1) * scale;
     return a;
   };
-  const w = K.tensor('f32', inDim * outDim);
-  K.write(w, random(inDim * outDim, 1 / Math.sqrt(inDim)));
+  const dtypes = o.weights ?? GEMV_WEIGHT_TYPES;
+  const wf = random(inDim * outDim, 1 / Math.sqrt(inDim));
+  const ws = dtypes.map((t) => weightsAs(K, wf, t));
   const xs = o.rows.map((rows) => {
     const x = K.tensor('f32', rows * inDim);
     K.write(x, random(rows * inDim, 1));
@@ -67,10 +77,11 @@ export async function runGemvBench(o: GemvOptions): Promise<GemvReport> {
     probes.push(await ReadBandwidthProbe.start(bwBytes, o.threads));
     if (o.threads > 1) probes.push(await ReadBandwidthProbe.start(bwBytes, 1));
     // The bound and the kernel in turns, so that load from other processes falls on both alike.
+    const runs = dtypes.flatMap((_, d) => o.rows.map((rows, i) => ({ d, rows, i })));
     const times = await timeInterleavedAsync([
       ...probes.map((p) => async () => void p.sample()),
-      ...o.rows.map((rows, i) => async () => {
-        K.matmul(ys[i]!, xs[i]!, w, rows, inDim, outDim);
+      ...runs.map(({ d, rows, i }) => async () => {
+        K.matmul(ys[i]!, xs[i]!, ws[d]!, rows, inDim, outDim);
         await K.sync();
       }),
     ], repeats);
@@ -78,17 +89,34 @@ export async function runGemvBench(o: GemvOptions): Promise<GemvReport> {
       bytes: p.bytes, threads: p.threads, repeats: times[i]!.samples.length, gbps: p.bytes / times[i]!.seconds / 1e9,
     }));
     const bound = bw[0]!;
-    const results = o.rows.map((rows, i): GemvResult => {
-      const { seconds } = times[probes.length + i]!;
-      const bytes = 4 * (inDim * outDim + rows * (inDim + outDim));
+    const results = runs.map(({ d, rows }, j): GemvResult => {
+      const { seconds } = times[probes.length + j]!;
+      const bytes = DTYPE_BYTES[dtypes[d]!] * inDim * outDim + 4 * rows * (inDim + outDim);
       const gbps = bytes / seconds / 1e9;
-      return { rows, in: inDim, out: outDim, seconds, gflops: (2 * rows * inDim * outDim) / seconds / 1e9, gbps, of_bound: gbps / bound.gbps };
+      return {
+        weights: dtypes[d]!, rows, in: inDim, out: outDim, seconds, gflops: (2 * rows * inDim * outDim) / seconds / 1e9, gbps,
+        of_bound: gbps / bound.gbps,
+      };
     });
     return { backend: K.name, bound, bound_1_thread: bw[1] ?? null, results };
   } finally {
     for (const p of probes) await p.close();
-    for (const a of [w, ...xs, ...ys]) K.release(a);
+    for (const a of [...ws, ...xs, ...ys]) K.release(a);
   }
+}
+
+/** The float32 weights stored as `t` (16-bit: rounded to nearest, ties to even). */
+function weightsAs(K: Backend, w: Float32Array, t: GemvWeightType): Tensor {
+  const out = K.tensor(t, w.length);
+  if (t === 'f32') {
+    K.write(out, w);
+    return out;
+  }
+  const bits = new Uint16Array(w.length);
+  const u = new Uint32Array(w.buffer, w.byteOffset, w.length);
+  for (let i = 0; i < w.length; i++) bits[i] = t === 'f16' ? toHalfBits(w[i]!) : (u[i]! + 0x7fff + ((u[i]! >>> 16) & 1)) >>> 16;
+  K.write(out, bits);
+  return out;
 }
 
 export function gemvMarkdown(r: GemvReport): string {
@@ -97,8 +125,8 @@ export function gemvMarkdown(r: GemvReport): string {
     `Memory-bandwidth bound: ${b.gbps.toFixed(1)} GB/s reading ${formatBytes(b.bytes)} on ${b.threads} thread${b.threads > 1 ? 's' : ''}` +
     (r.bound_1_thread ? ` (${r.bound_1_thread.gbps.toFixed(1)} GB/s on 1 thread)` : '') + `; backend ${r.backend}.\n\n`;
   const rows = r.results.map((x) => [
-    x.rows, `${x.out}×${x.in}`, formatBytes(4 * x.in * x.out), formatSeconds(x.seconds), x.gflops.toFixed(2), x.gbps.toFixed(2),
-    `${(100 * x.of_bound).toFixed(1)}%`,
+    x.weights, x.rows, `${x.out}×${x.in}`, formatBytes(DTYPE_BYTES[x.weights] * x.in * x.out), formatSeconds(x.seconds), x.gflops.toFixed(2),
+    x.gbps.toFixed(2), `${(100 * x.of_bound).toFixed(1)}%`,
   ]);
-  return head + markdownTable(['rows', 'weight', 'weight bytes', 'time / call', 'GFLOP/s', 'GB/s', 'of bound'], rows);
+  return head + markdownTable(['weights', 'rows', 'weight', 'weight bytes', 'time / call', 'GFLOP/s', 'GB/s', 'of bound'], rows);
 }

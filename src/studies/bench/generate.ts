@@ -1,17 +1,21 @@
 /**
  * `bench generate`: what `kivi generate` achieves for one sequence — prefill tokens/s over the prompt and
- * decode tokens/s over the generated tokens — per cache spec, greedy, generating through EOS. The specs
- * run in turns, round after round, so load from other processes falls on all alike; each spec's median
- * round is reported.
+ * decode tokens/s over the generated tokens — per cache spec and per way of storing the weights (the
+ * checkpoint's 16-bit form, or float32), greedy, generating through EOS. The variants run in turns, round
+ * after round, so load from other processes falls on all alike; each variant's median round is reported.
  */
 import type { KiviModel } from '../../api.js';
+import type { WeightFormat } from '../../model/weights.js';
 import { KiviError } from '../../util/errors.js';
-import { syntheticTokens } from './measure.js';
+import { now, syntheticKV, syntheticTokens } from './measure.js';
+import { CacheStepper, qkvRows } from '../../cache/step.js';
+import { parseKvSpec } from '../../cache/spec.js';
 import { median } from '../numbers.js';
 import { formatBytes, formatRatio, markdownTable } from './markdown.js';
 
 export interface GenerateBenchOptions {
-  model: KiviModel;
+  /** The same model loaded once per weight format (one or more), measured side by side. */
+  models: { weights: WeightFormat; model: KiviModel }[];
   /** Prompt ids (BOS included as the caller wants). */
   prompt: number[];
   gen: number;
@@ -22,6 +26,8 @@ export interface GenerateBenchOptions {
 
 /** One spec's medians; the JSON output's `results` entries. */
 export interface GenerateBenchResult {
+  /** How the weight matrices were stored ('native': as the checkpoint has them; 'f32': widened). */
+  weights: WeightFormat;
   kv: string;
   prompt_tokens: number;
   generated: number;
@@ -43,22 +49,24 @@ export function benchPrompt(model: KiviModel, n: number, text?: string): number[
 }
 
 export async function runGenerateBench(o: GenerateBenchOptions): Promise<GenerateBenchResult[]> {
-  const max = o.model.config.maxPositions;
+  const max = o.models[0]!.model.config.maxPositions;
   if (o.prompt.length + o.gen > max) {
     throw new KiviError(`prompt ${o.prompt.length} + generated ${o.gen} tokens exceed the model's context of ${max}`);
   }
-  const runs = o.specs.map(() => [] as { prefill: number; decode: number; bytes: number }[]);
+  const variants = o.models.flatMap(({ weights, model }) => o.specs.map((kv) => ({ weights, model, kv })));
+  const runs = variants.map(() => [] as { prefill: number; decode: number; bytes: number }[]);
   let done = 0;
-  // One untimed short run per spec first: compiles the kernels' code paths and sizes the scratch buffers.
-  for (const kv of o.specs) await o.model.complete(o.prompt.slice(0, 16), { kv, maxTokens: 4, ignoreEos: true });
+  // One untimed short run per variant first: compiles the kernels' code paths and sizes the scratch buffers.
+  for (const { model, kv } of variants) await model.complete(o.prompt.slice(0, 16), { kv, maxTokens: 4, ignoreEos: true });
   for (let round = 0; round < o.repeats; round++) {
-    for (const [i, kv] of o.specs.entries()) {
-      const r = await o.model.complete(o.prompt, { kv, maxTokens: o.gen, ignoreEos: true });
+    for (const [i, { model, kv }] of variants.entries()) {
+      const r = await model.complete(o.prompt, { kv, maxTokens: o.gen, ignoreEos: true });
       runs[i]!.push({ prefill: r.promptTokens / r.prefillSeconds, decode: r.decodeSteps / r.decodeSeconds, bytes: r.kvBytes });
-      o.onProgress?.(++done, o.repeats * o.specs.length);
+      o.onProgress?.(++done, o.repeats * variants.length);
     }
   }
-  return o.specs.map((kv, i) => ({
+  return variants.map(({ weights, kv }, i) => ({
+    weights,
     kv,
     prompt_tokens: o.prompt.length,
     generated: o.gen,
@@ -68,16 +76,66 @@ export async function runGenerateBench(o: GenerateBenchOptions): Promise<Generat
   }));
 }
 
-/** One row per spec; speeds relative to the first spec. */
+/** Tokens of synthetic keys and values a --fill cache takes per storage step. */
+const FILL_CHUNK = 4096;
+
+/**
+ * Decode speed at long context without the prefill's quadratic cost: each spec's cache is filled with
+ * `context` tokens of synthetic keys and values through its own storage jobs (every layer; the same
+ * pages, quantization and residual a prefill leaves), then `gen` greedy decode steps run through the
+ * whole model. Decode work does not depend on the cached values, so this times what a real prompt of
+ * that length would give (prefill_tokens_per_s is 0: no prefill ran).
+ */
+export async function runFilledDecodeBench(o: Omit<GenerateBenchOptions, 'prompt'> & { context: number }): Promise<GenerateBenchResult[]> {
+  const first = o.models[0]!.model;
+  if (o.context + o.gen > first.config.maxPositions) {
+    throw new KiviError(`--fill ${o.context} + generated ${o.gen} tokens exceed the model's context of ${first.config.maxPositions}`);
+  }
+  const shape = first.transformer.pool.shape;
+  const chunk = Math.min(FILL_CHUNK, o.context);
+  const src = syntheticKV(chunk, shape.numKvHeads, shape.headDim, 5);
+  const rows = qkvRows(shape, chunk, null, src.k, src.v);
+  const variants = o.models.flatMap(({ weights, model }) => o.specs.map((kv) => ({ weights, model, kv })));
+  const runs = variants.map(() => [] as { decode: number; bytes: number }[]);
+  let done = 0;
+  for (let round = 0; round < o.repeats; round++) {
+    for (const [i, { model: m, kv }] of variants.entries()) {
+      const cache = m.newCache(parseKvSpec(kv));
+      const stepper = new CacheStepper(m.backend, m.transformer.pool);
+      try {
+        for (let t = 0; t < o.context; t += chunk) await stepper.fill(cache, rows, Math.min(chunk, o.context - t), chunk);
+        stepper.dispose();
+        let id = 3;
+        // One untimed step (kernels for this length compiled, scratch sized), then the timed ones.
+        id = (await m.forward([{ tokens: [id], cache, logits: 'argmax', mode: 'decode' }]))[0] as number;
+        const t0 = now();
+        for (let g = 1; g < o.gen; g++) id = (await m.forward([{ tokens: [id], cache, logits: 'argmax', mode: 'decode' }]))[0] as number;
+        runs[i]!.push({ decode: (o.gen - 1) / (now() - t0), bytes: cache.bytes() });
+      } finally {
+        stepper.dispose();
+        cache.free();
+      }
+      o.onProgress?.(++done, o.repeats * variants.length);
+    }
+  }
+  return variants.map(({ weights, kv }, i) => ({
+    weights, kv, prompt_tokens: o.context, generated: o.gen, prefill_tokens_per_s: 0,
+    decode_tokens_per_s: median(runs[i]!.map((r) => r.decode)), kv_bytes: runs[i]![0]!.bytes,
+  }));
+}
+
+/** One row per weight format and spec; speeds relative to the first row. */
 export function generateBenchMarkdown(results: readonly GenerateBenchResult[], what: string): string {
   const base = results[0]!;
   return (
-    `${what}: ${base.prompt_tokens}-token prompt, ${base.generated} generated (greedy); medians; in parentheses: relative to ${base.kv}:\n\n` +
+    `${what}: ${base.prefill_tokens_per_s === 0 ? `caches filled with ${base.prompt_tokens} tokens of synthetic keys/values (no prefill)` : `${base.prompt_tokens}-token prompt`}, ` +
+    `${base.generated} generated (greedy); medians; in parentheses: relative to ${base.kv} with ${base.weights} weights:\n\n` +
     markdownTable(
-      ['kv', 'prefill tokens/s', 'decode tokens/s', 'cache after'],
+      ['weights', 'kv', 'prefill tokens/s', 'decode tokens/s', 'cache after'],
       results.map((r) => [
+        r.weights,
         r.kv,
-        `${r.prefill_tokens_per_s.toFixed(0)} (${formatRatio(r.prefill_tokens_per_s / base.prefill_tokens_per_s)})`,
+        r.prefill_tokens_per_s === 0 ? '–' : `${r.prefill_tokens_per_s.toFixed(0)} (${formatRatio(r.prefill_tokens_per_s / base.prefill_tokens_per_s)})`,
         `${r.decode_tokens_per_s.toFixed(1)} (${formatRatio(r.decode_tokens_per_s / base.decode_tokens_per_s)})`,
         formatBytes(r.kv_bytes),
       ]),

@@ -42,46 +42,54 @@ export function matmul(out: usize, x: usize, w: usize, rows: i32, inDim: i32, ou
     return;
   }
   for (let r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
-    const r1 = min(rows, r0 + ROW_BLOCK);
-    let o = o0;
-    for (; o + 4 <= o1; o += 4) {
-      const w0 = w + <usize>o * rowB, w1 = w0 + rowB, w2 = w1 + rowB, w3 = w2 + rowB;
-      let r = r0;
-      for (; r + 2 <= r1; r += 2) {
-        const x0 = x + <usize>r * rowB, x1 = x0 + rowB;
-        let a00 = f32x4.splat(0), a01 = a00, a02 = a00, a03 = a00;
-        let a10 = a00, a11 = a00, a12 = a00, a13 = a00;
-        for (let i: usize = 0; i < vecEnd; i += 16) {
-          const u = v128.load(x0 + i), v = v128.load(x1 + i);
-          let q = v128.load(w0 + i);
-          a00 = f32x4.add(a00, f32x4.mul(u, q)); a10 = f32x4.add(a10, f32x4.mul(v, q));
-          q = v128.load(w1 + i);
-          a01 = f32x4.add(a01, f32x4.mul(u, q)); a11 = f32x4.add(a11, f32x4.mul(v, q));
-          q = v128.load(w2 + i);
-          a02 = f32x4.add(a02, f32x4.mul(u, q)); a12 = f32x4.add(a12, f32x4.mul(v, q));
-          q = v128.load(w3 + i);
-          a03 = f32x4.add(a03, f32x4.mul(u, q)); a13 = f32x4.add(a13, f32x4.mul(v, q));
-        }
-        const p0 = out + <usize>r * outB + (<usize>o << 2), p1 = p0 + outB;
-        store<f32>(p0, finish(a00, x0, w0, vecEnd, rowB, bias, o));
-        store<f32>(p0, finish(a01, x0, w1, vecEnd, rowB, bias, o + 1), 4);
-        store<f32>(p0, finish(a02, x0, w2, vecEnd, rowB, bias, o + 2), 8);
-        store<f32>(p0, finish(a03, x0, w3, vecEnd, rowB, bias, o + 3), 12);
-        store<f32>(p1, finish(a10, x1, w0, vecEnd, rowB, bias, o));
-        store<f32>(p1, finish(a11, x1, w1, vecEnd, rowB, bias, o + 1), 4);
-        store<f32>(p1, finish(a12, x1, w2, vecEnd, rowB, bias, o + 2), 8);
-        store<f32>(p1, finish(a13, x1, w3, vecEnd, rowB, bias, o + 3), 12);
+    tiles(out, x, w + <usize>o0 * rowB, r0, min(rows, r0 + ROW_BLOCK), rowB, outB, bias, o0, o1);
+  }
+}
+
+/**
+ * Outputs [o0, o1) of rows [r0, r1) in 2×4 tiles; wRow is the address of weight row o0 (rows rowB bytes
+ * apart). Also the 16-bit kernels' batch path, on weight rows they converted to float32 (matmul16.ts).
+ */
+export function tiles(out: usize, x: usize, wRow: usize, r0: i32, r1: i32, rowB: usize, outB: usize, bias: usize, o0: i32, o1: i32): void {
+  const vecEnd = rowB & ~15;
+  let o = o0;
+  for (; o + 4 <= o1; o += 4) {
+    const w0 = wRow + <usize>(o - o0) * rowB, w1 = w0 + rowB, w2 = w1 + rowB, w3 = w2 + rowB;
+    let r = r0;
+    for (; r + 2 <= r1; r += 2) {
+      const x0 = x + <usize>r * rowB, x1 = x0 + rowB;
+      let a00 = f32x4.splat(0), a01 = a00, a02 = a00, a03 = a00;
+      let a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+      for (let i: usize = 0; i < vecEnd; i += 16) {
+        const u = v128.load(x0 + i), v = v128.load(x1 + i);
+        let q = v128.load(w0 + i);
+        a00 = f32x4.add(a00, f32x4.mul(u, q)); a10 = f32x4.add(a10, f32x4.mul(v, q));
+        q = v128.load(w1 + i);
+        a01 = f32x4.add(a01, f32x4.mul(u, q)); a11 = f32x4.add(a11, f32x4.mul(v, q));
+        q = v128.load(w2 + i);
+        a02 = f32x4.add(a02, f32x4.mul(u, q)); a12 = f32x4.add(a12, f32x4.mul(v, q));
+        q = v128.load(w3 + i);
+        a03 = f32x4.add(a03, f32x4.mul(u, q)); a13 = f32x4.add(a13, f32x4.mul(v, q));
       }
-      for (; r < r1; r++) {
-        const x0 = x + <usize>r * rowB;
-        const p0 = out + <usize>r * outB + (<usize>o << 2);
-        for (let k = 0; k < 4; k++) dot1(p0 + (<usize>k << 2), x0, w0 + <usize>k * rowB, vecEnd, rowB, bias, o + k);
-      }
+      const p0 = out + <usize>r * outB + (<usize>o << 2), p1 = p0 + outB;
+      store<f32>(p0, finish(a00, x0, w0, vecEnd, rowB, bias, o));
+      store<f32>(p0, finish(a01, x0, w1, vecEnd, rowB, bias, o + 1), 4);
+      store<f32>(p0, finish(a02, x0, w2, vecEnd, rowB, bias, o + 2), 8);
+      store<f32>(p0, finish(a03, x0, w3, vecEnd, rowB, bias, o + 3), 12);
+      store<f32>(p1, finish(a10, x1, w0, vecEnd, rowB, bias, o));
+      store<f32>(p1, finish(a11, x1, w1, vecEnd, rowB, bias, o + 1), 4);
+      store<f32>(p1, finish(a12, x1, w2, vecEnd, rowB, bias, o + 2), 8);
+      store<f32>(p1, finish(a13, x1, w3, vecEnd, rowB, bias, o + 3), 12);
     }
-    for (; o < o1; o++) {
-      const wo = w + <usize>o * rowB;
-      for (let r = r0; r < r1; r++) dot1(out + <usize>r * outB + (<usize>o << 2), x + <usize>r * rowB, wo, vecEnd, rowB, bias, o);
+    for (; r < r1; r++) {
+      const x0 = x + <usize>r * rowB;
+      const p0 = out + <usize>r * outB + (<usize>o << 2);
+      for (let k = 0; k < 4; k++) dot1(p0 + (<usize>k << 2), x0, w0 + <usize>k * rowB, vecEnd, rowB, bias, o + k);
     }
+  }
+  for (; o < o1; o++) {
+    const wo = wRow + <usize>(o - o0) * rowB;
+    for (let r = r0; r < r1; r++) dot1(out + <usize>r * outB + (<usize>o << 2), x + <usize>r * rowB, wo, vecEnd, rowB, bias, o);
   }
 }
 

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The GPU measurements of the README and docs/perf/, in phases that each fit one device call (10 min):
+#   bash scripts/gpu/bench.sh PHASE [OUT]
+# Run on the GPU machine in the repository root with .gpu/ and dist/ carried (scripts/gpu/kit.sh builds
+# .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
+# Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
+set -u
+PHASE=${1:?phase: kernels, e2e, paper, long}
+OUT=${2:-${OUT:?}}
+source scripts/gpu/setup.sh 2>&1
+run() { # run SECONDS NAME kivi-args...
+  local t=$1 name=$2; shift 2
+  echo "\$ kivi $*"
+  timeout "$t" node "$PWD/dist/src/cli/main.js" "$@" --save "$OUT/$name" >/tmp/$name.log 2>&1
+  echo "exit $? after ${SECONDS}s"
+  rm -f "$OUT/$name.svg"
+  cat "$OUT/$name.md" 2>/dev/null || tail -n 8 /tmp/$name.log
+}
+C=models/configs
+case $PHASE in
+  kernels)
+    # Attention of one decode step over 4K..4M cached tokens beside a streaming read of the same GPU.
+    A="bench attention --backend webgpu --heads 8 --kv-heads 2 --kv fp16,kivi2,kivi4"
+    run 120 attention-small $A --context 4096,65536,262144
+    run 100 attention-1m $A --context 1048576
+    run 150 attention-4m $A --context 4194304
+    ;;
+  e2e)
+    # The bundled model's shapes, one sequence: webgpu beside wasm (the machine's CPU cores).
+    [ -n "${SKIP_28M_GENERATE:-}" ] || {
+    run 90 generate-webgpu bench generate --backend webgpu --model $C/llama-28m-gqa --random-weights 1 --prompt 1024 --gen 128 --kv fp16,kivi2 --repeats 3
+    run 90 generate-wasm bench generate --backend wasm --model $C/llama-28m-gqa --random-weights 1 --prompt 1024 --gen 128 --kv fp16,kivi2 --repeats 3
+    }
+    # The bundled model's shapes, batches 1..64 (decode tokens/s at 1 and 64 sequences).
+    run 200 throughput-28m bench throughput --backend webgpu --model $C/llama-28m-gqa --random-weights 1 --kv-budget 4GiB --max-batch 64 --kv fp16,kivi2
+    # Llama-2-7B, one sequence: prefill and decode speed.
+    run 200 generate-7b bench generate --backend webgpu --model $C/llama-2-7b --random-weights 1 --prompt 160 --gen 64 --kv fp16,kivi2 --repeats 1
+    ;;
+  paper)
+    # The paper's Figure 4 workload at Llama-2-7B shapes under one KV budget.
+    run ${PAPER_TIMEOUT:-560} throughput-7b bench throughput --backend webgpu --model $C/llama-2-7b --random-weights 1 --kv-budget ${KV_BUDGET:-4GiB} --max-batch ${MAX_BATCH:-256} --join ${JOIN:-16} --kv fp16,kivi2,kivi:k=2,v=2,g=32,r=32
+    ;;
+  long)
+    # Llama-3-8B shapes, one sequence decoding after 32K..128K cached tokens (caches filled with synthetic
+    # keys/values: the decode work of a prompt that long without its quadratic prefill).
+    for n in ${FILL:-32768 131072}; do
+      run 150 long-$n bench generate --backend webgpu --model $C/llama-3-8b --random-weights 1 --fill $n --gen 33 --kv fp16,kivi2 --repeats 1
+    done
+    ;;
+esac

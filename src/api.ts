@@ -10,7 +10,7 @@ import type { LoadProgress, WeightFormat } from './model/weights.js';
 import type { ModelConfig } from './model/config.js';
 import type { ForwardItem, ForwardOptions, ForwardResult, LlamaModel } from './model/llama.js';
 import type { Tokenizer } from './tokenizer/tokenizer.js';
-import { type CacheSpec, DEFAULT_KV, createCache, type KvOption, toCacheSpec, validateSpec } from './cache/spec.js';
+import { type CacheSpec, DEFAULT_KV, checkSpecBackend, createCache, type KvOption, toCacheSpec, validateSpec } from './cache/spec.js';
 import type { CacheDims, KvCache } from './cache/types.js';
 import { decodeCache, encodeCache, restoreCache, tokenHash } from './cache/file.js';
 import { chunkEnds, checkGrid } from './engine/chunks.js';
@@ -69,6 +69,7 @@ export class KiviModel {
     try {
       const m = await loadModel(location, backend, { onProgress: opts.onProgress, weights: opts.weights, randomWeights: opts.randomWeights });
       validateSpec(spec, m.model.dims);
+      checkSpecBackend(spec, m.model.pool);
       return new KiviModel(m.dir, m.fingerprint, m.config, m.tokenizer, m.model, backend, spec);
     } catch (e) {
       backend.dispose();

@@ -11,6 +11,7 @@ import type { AttnShape, PagePool } from '../kernels/types.js';
 import { StepPlan } from '../kernels/plan.js';
 import { endStep } from './types.js';
 import { packedWords } from '../quant/quantizer.js';
+import { keyGroup, valueGroup, valueMeta8 } from './kivi.js';
 
 /** Bytes one sequence's cache holds after T tokens (all layers). */
 export function cacheBytes(spec: SpecBody, dims: CacheDims, T: number): number {
@@ -25,14 +26,18 @@ export function cacheBytes(spec: SpecBody, dims: CacheDims, T: number): number {
         // Full-precision keys/values plus their dequantized shadows.
         return T * 4 * KV * d * 4;
       case 'kivi': {
-        const { residual: R, groupSize: G, kBits, vBits } = spec;
+        const { residual: R, kBits, vBits } = spec;
+        const Gk = keyGroup(spec);
+        const Gv = valueGroup(spec);
+        // vmeta=8: (u, v) bytes per group and float16 (lo, hi) per token instead of float16 scale/min per group.
+        const valueMeta = valueMeta8(spec) ? (d / Gv) * 2 + 4 : (d / Gv) * 4;
         const resBytes = spec.residualDtype === 'fp16' ? 2 : 4;
         const rk = T % R;
         const kq = T - rk;
         const rv = Math.min(T, R);
         const vq = T - rv;
-        const keyQ = kq * KV * packedWords(d, kBits) * 4 + (kq / G) * KV * d * 4;
-        const valQ = vq * KV * (packedWords(d, vBits) * 4 + (d / G) * 4);
+        const keyQ = kq * KV * packedWords(d, kBits) * 4 + (kq / Gk) * KV * d * 4;
+        const valQ = vq * KV * (packedWords(d, vBits) * 4 + valueMeta);
         return keyQ + valQ + (rk + rv) * KV * d * resBytes;
       }
     }
@@ -64,7 +69,7 @@ class CountingPool implements PagePool {
   }
   private next = 1;
   private readonly sizes = new Map<number, number>();
-  constructor(readonly shape: AttnShape, readonly pageBytes: (sectionBytes: number) => number) {}
+  constructor(readonly shape: AttnShape, readonly pageBytes: (sectionBytes: number) => number, readonly oracleJobs?: boolean) {}
   alloc(sectionBytes: number): number {
     const b = this.pageBytes(sectionBytes);
     this.sizes.set(this.next, b);
@@ -91,8 +96,10 @@ class CountingPool implements PagePool {
  * each, as engine/chunks.ts cuts them; the last is the prompt's length). `pool` supplies the shape and
  * each page's size in the pool.
  */
-export function peakAllocatedBytes(spec: CacheSpec, pool: Pick<PagePool, 'shape' | 'pageBytes'>, T: number, from: number | readonly number[] = 1): number {
-  const counter = new CountingPool(pool.shape, (b) => pool.pageBytes(b));
+export function peakAllocatedBytes(
+  spec: CacheSpec, pool: Pick<PagePool, 'shape' | 'pageBytes' | 'oracleJobs'>, T: number, from: number | readonly number[] = 1,
+): number {
+  const counter = new CountingPool(pool.shape, (b) => pool.pageBytes(b), pool.oracleJobs);
   const cache = createCache(spec, counter);
   const plan = new StepPlan('dry');
   let peak = 0;

@@ -12,10 +12,22 @@
  * quantized as one block (from its pages and the new rows), the values that leave the window of the
  * newest R are quantized one token each (from their pages, or straight from the new rows), and the rest
  * is stored in full precision.
+ *
+ * Options beyond the paper (issue 14; docs/results/hq/METHOD.md):
+ *  - gk=, gv=: key and value group sizes apart (every back end: the segments carry G);
+ *  - rot=hadamard: a pre-phase job rotates each new token's query and key heads in place by the orthonormal
+ *    Walsh–Hadamard transform (src/quant/hadamard.ts) before attention and storage, so every stored key is
+ *    rotated, q·k is unchanged, and outlier channels are spread before per-channel quantization;
+ *  - vmeta=8: value pages with 8-bit scale/minimum codes on a float16 per-token grid (SEG_KIVI_V8).
+ * The last two are records only the TypeScript reference runs (PagePool.oracleJobs); spec.ts refuses them
+ * on other back ends.
  */
 import type { PagePool } from '../kernels/types.js';
 import type { StepPlan } from '../kernels/plan.js';
-import { JOB_KEYS, JOB_QKEY, JOB_QVAL, JOB_VALUES, SEG_F16, SEG_F32, SEG_KIVI_K, SEG_KIVI_V, SEG_ROWS } from '../kernels/layout.js';
+import {
+  JOB_KEYS, JOB_QKEY, JOB_QVAL, JOB_ROTATE, JOB_VALUES, SEG_F16, SEG_F32, SEG_KIVI_K, SEG_KIVI_V, SEG_KIVI_V8, SEG_ROWS,
+} from '../kernels/layout.js';
+import { checkHadamardDim } from '../quant/hadamard.js';
 import { sectionBytes } from '../kernels/pages.js';
 import { type Bits, packedWords } from '../quant/quantizer.js';
 import { type CacheImage, ImageReader, type KvCache } from './types.js';
@@ -33,6 +45,21 @@ export interface KiviOptions {
   residual: number;
   /** Residual storage: float32 (the reference's) or float16 (the paper's, smaller). */
   residualDtype: 'fp32' | 'fp16';
+  /** Key group size (tokens) and value group size (channels) apart; default groupSize. */
+  keyGroupSize?: number;
+  valueGroupSize?: number;
+  /** Walsh–Hadamard rotation of keys and queries per head (TypeScript reference only). */
+  keyRotation?: 'hadamard';
+  /** Value scale/minimum bits: 16 (float16, KIVI's) or 8 (codes on a float16 per-token grid; TypeScript reference only). */
+  valueMetaBits?: 16 | 8;
+}
+
+export const keyGroup = (o: KiviOptions): number => o.keyGroupSize ?? o.groupSize;
+export const valueGroup = (o: KiviOptions): number => o.valueGroupSize ?? o.groupSize;
+export const valueMeta8 = (o: KiviOptions): boolean => o.valueMetaBits === 8;
+/** The options whose records only the TypeScript reference runs, by their spec keys. */
+export function oracleOnlyOptions(o: KiviOptions): string[] {
+  return [...(o.keyRotation === 'hadamard' ? ['rot=hadamard'] : []), ...(valueMeta8(o) ? ['vmeta=8'] : [])];
 }
 
 /** Quantized value tokens per page. */
@@ -45,24 +72,43 @@ export function residualPage(R: number): number {
   return a;
 }
 
+/** Refuse options whose records this pool's back end does not run (one line naming the one that does). */
+export function checkKiviBackend(spec: KiviOptions & { name: string }, pool: Pick<PagePool, 'oracleJobs'>): void {
+  const oracle = oracleOnlyOptions(spec);
+  if (oracle.length > 0 && pool.oracleJobs !== true) {
+    throw new KiviError(`${spec.name}: ${oracle.join(' and ')} run on the TypeScript reference back end only (--backend ts)`);
+  }
+}
+
 /** Check options against a model's head size; a clear error for anything the layout cannot hold. */
 export function validateKivi(o: KiviOptions, headDim: number): void {
-  const G = o.groupSize;
   const R = o.residual;
-  if (!Number.isInteger(G) || G <= 0) throw new KiviError(`KIVI group size must be a positive integer, got ${G}`);
-  if (!Number.isInteger(R) || R <= 0) throw new KiviError(`KIVI residual length must be a positive integer, got ${R}`);
-  if (R % G !== 0) throw new KiviError(`KIVI residual length R=${R} must be a multiple of the group size G=${G}`);
-  if (headDim % G !== 0) {
-    throw new KiviError(`KIVI group size G=${G} must divide the model's head_dim ${headDim} (choose another --kv: a G that divides it, or fp16)`);
+  const Gk = keyGroup(o);
+  const Gv = valueGroup(o);
+  for (const G of [o.groupSize, Gk, Gv]) {
+    if (!Number.isInteger(G) || G <= 0) throw new KiviError(`KIVI group size must be a positive integer, got ${G}`);
   }
-  for (const b of [o.kBits, o.vBits]) {
+  if (!Number.isInteger(R) || R <= 0) throw new KiviError(`KIVI residual length must be a positive integer, got ${R}`);
+  if (R % Gk !== 0) throw new KiviError(`KIVI residual length R=${R} must be a multiple of the group size G=${Gk} (of keys)`);
+  if (headDim % Gv !== 0) {
+    throw new KiviError(`KIVI group size G=${Gv} must divide the model's head_dim ${headDim} (choose another --kv: a G that divides it, or fp16)`);
+  }
+  for (const [b, G] of [[o.kBits, Gk], [o.vBits, Gv]] as const) {
     if (G % (32 / b) !== 0) throw new KiviError(`KIVI group size G=${G} must be a multiple of ${32 / b} (codes per 32-bit word at ${b} bits)`);
+  }
+  if (o.keyRotation !== undefined && o.keyRotation !== 'hadamard') throw new KiviError(`KIVI key rotation must be hadamard, got ${String(o.keyRotation)}`);
+  if (o.keyRotation === 'hadamard') checkHadamardDim(headDim);
+  if (o.valueMetaBits !== undefined && o.valueMetaBits !== 16 && o.valueMetaBits !== 8) {
+    throw new KiviError(`KIVI value metadata bits must be 16 or 8, got ${String(o.valueMetaBits)}`);
   }
 }
 
 export class KiviCache implements KvCache {
   private readonly R: number;
-  private readonly G: number;
+  private readonly Gk: number;
+  private readonly Gv: number;
+  private readonly valueKind: number;
+  private readonly rotate: boolean;
   private readonly kBits: Bits;
   private readonly vBits: Bits;
   private readonly keySection: number;
@@ -80,21 +126,24 @@ export class KiviCache implements KvCache {
   constructor(readonly spec: CacheSpec & { kind: 'kivi' }, readonly pool: PagePool) {
     const d = pool.shape.headDim;
     validateKivi(spec, d);
+    checkKiviBackend(spec, pool);
     this.R = spec.residual;
-    this.G = spec.groupSize;
+    this.Gk = keyGroup(spec);
+    this.Gv = valueGroup(spec);
     this.kBits = spec.kBits;
     this.vBits = spec.vBits;
-    this.keySection = sectionBytes(SEG_KIVI_K, this.R, d, this.kBits, this.G);
-    this.valueSection = sectionBytes(SEG_KIVI_V, VALUE_PAGE, d, this.vBits, this.G);
+    this.valueKind = valueMeta8(spec) ? SEG_KIVI_V8 : SEG_KIVI_V;
+    this.rotate = spec.keyRotation === 'hadamard';
+    this.keySection = sectionBytes(SEG_KIVI_K, this.R, d, this.kBits, this.Gk);
+    this.valueSection = sectionBytes(this.valueKind, VALUE_PAGE, d, this.vBits, this.Gv);
     const resKind = spec.residualDtype === 'fp16' ? SEG_F16 : SEG_F32;
     const P = residualPage(this.R);
     this.keyResidual = new PagedRows(pool, resKind, P, d);
     this.valueResidual = new PagedRows(pool, resKind, P, d);
-    // Content bytes per token and per (layer, kv head), for bytes().
-    const G = this.G;
+    // Content bytes per token and per (layer, kv head), for bytes(); vmeta=8: (u, v) per group, (lo, hi) per token.
     this.perToken = {
-      key: packedWords(d, this.kBits) * 4 + (d / G) * 4,
-      value: packedWords(d, this.vBits) * 4 + (d / G) * 4,
+      key: packedWords(d, this.kBits) * 4 + (d / this.Gk) * 4,
+      value: packedWords(d, this.vBits) * 4 + (valueMeta8(spec) ? (d / this.Gv) * 2 + 4 : (d / this.Gv) * 4),
       residual: d * (spec.residualDtype === 'fp16' ? 2 : 4),
     };
   }
@@ -105,14 +154,19 @@ export class KiviCache implements KvCache {
 
   plan(plan: StepPlan, row: number, n: number): void {
     const T0 = this.length;
-    const { R, G, kBits, vBits } = this;
+    const { R, Gk, Gv, kBits, vBits } = this;
+    if (this.rotate) {
+      // Before the attention reads them: the new rows' queries and keys, rotated in place.
+      plan.job('pre', JOB_ROTATE, JOB_KEYS);
+      plan.dst(SEG_ROWS, row, 0, n, 0, 0);
+    }
     for (let i = 0; i < n; i++) {
       plan.task(row + i, T0 + i + 1);
-      for (const b of this.keyBlocks) plan.key(SEG_KIVI_K, b, 0, R, R, this.keySection, kBits, G);
+      for (const b of this.keyBlocks) plan.key(SEG_KIVI_K, b, 0, R, R, this.keySection, kBits, Gk);
       this.keyResidual.segments(plan, false);
       plan.keyRows(row, i + 1);
       for (let t = 0; t < this.valueQuantized; t += VALUE_PAGE) {
-        plan.value(SEG_KIVI_V, this.valuePages[t / VALUE_PAGE]!, 0, Math.min(VALUE_PAGE, this.valueQuantized - t), VALUE_PAGE, this.valueSection, vBits, G);
+        plan.value(this.valueKind, this.valuePages[t / VALUE_PAGE]!, 0, Math.min(VALUE_PAGE, this.valueQuantized - t), VALUE_PAGE, this.valueSection, vBits, Gv);
       }
       this.valueResidual.segments(plan, true);
       plan.valueRows(row, i + 1);
@@ -134,7 +188,7 @@ export class KiviCache implements KvCache {
       plan.job('post', JOB_QKEY, JOB_KEYS);
       res.sources(plan, res.start, res.end);
       plan.src(SEG_ROWS, row + k, 0, need);
-      plan.dst(SEG_KIVI_K, block, 0, this.R, this.R, this.keySection, this.kBits, this.G);
+      plan.dst(SEG_KIVI_K, block, 0, this.R, this.R, this.keySection, this.kBits, this.Gk);
       this.keyBlocks.push(block);
       k += need;
       res.clearAt(plan, this.keyBlocks.length * this.R);
@@ -154,7 +208,7 @@ export class KiviCache implements KvCache {
       plan.job('post', JOB_QVAL, JOB_VALUES);
       if (t < T0) res.sources(plan, t, Math.min(end, T0));
       if (end > T0) plan.src(SEG_ROWS, row + Math.max(t, T0) - T0, 0, end - Math.max(t, T0));
-      plan.dst(SEG_KIVI_V, this.valuePages[pi]!, slot, end - t, VALUE_PAGE, this.valueSection, this.vBits, this.G);
+      plan.dst(this.valueKind, this.valuePages[pi]!, slot, end - t, VALUE_PAGE, this.valueSection, this.vBits, this.Gv);
       t = end;
     }
     this.valueQuantized = target;

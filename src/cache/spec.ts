@@ -9,7 +9,7 @@ import { KiviError } from '../util/errors.js';
 import type { PagePool } from '../kernels/types.js';
 import type { CacheDims, KvCache } from './types.js';
 import { DenseCache } from './dense.js';
-import { KiviCache, type KiviOptions, validateKivi } from './kivi.js';
+import { KiviCache, type KiviOptions, checkKiviBackend, validateKivi } from './kivi.js';
 import { FakeQuantCache, type FakeOptions, type Axis } from './fake.js';
 
 /** A cache spec as data: what the user asked for, parsed once at the edge (CLI, library, server). */
@@ -23,13 +23,13 @@ export type SpecBody =
 export type CacheSpec = SpecBody & { readonly name: string };
 
 export const NAMED_SPECS = [
-  'fp32', 'fp16', 'kivi2', 'kivi4', 'kivi2-r32', 'kivi2-g128',
+  'fp32', 'fp16', 'kivi2', 'kivi4', 'kivi2-hq', 'kivi2-r32', 'kivi2-g128',
   'fake4-kT-vT', 'fake2-kC-vT', 'fake2-kT-vC', 'fake2-kC-vC', 'fake2-kT-vT',
 ] as const;
 
 const VALID_FORMS =
   `valid forms: ${NAMED_SPECS.join(', ')}; kivi<b>[-r<R>][-g<G>] (b = 2, 4, 8); fake<b>-k<T|C>-v<T|C>; ` +
-  'kivi:k=2,v=4,g=32,r=128[,residual=fp32]; fake:bits=2,k=channel,v=token,g=32';
+  'kivi:k=2,v=4,g=32,r=128[,residual=fp32][,gk=G][,gv=G][,rot=hadamard][,vmeta=8]; fake:bits=2,k=channel,v=token,g=32';
 
 /** The cache every face uses unless told otherwise: KIVI is the product. */
 export const DEFAULT_KV = 'kivi2';
@@ -58,6 +58,33 @@ function kivi(kBits: Bits, vBits: Bits, groupSize = 32, residual = 128, residual
   return { kind: 'kivi', kBits, vBits, groupSize, residual, residualDtype };
 }
 
+/**
+ * `kivi2-hq` (issue 14): the best configuration measured at ≤ 3.5 bits per element on the bundled model
+ * (docs/results/hq/): 4-bit keys rotated by a Walsh–Hadamard transform, per channel in groups of all 128
+ * tokens of a block; 2-bit values per token in groups of 32 channels with 8-bit scale/min; R = 128.
+ * (4 + 32/128 + 2 + 16/32 + 32/128) / 2 = 3.5 bits per element. Its rotation and 8-bit metadata run on the
+ * TypeScript reference back end only (--backend ts).
+ */
+export const KIVI2_HQ = 'kivi:k=4,v=2,gk=128,gv=32,vmeta=8,rot=hadamard';
+
+/** The options beyond the paper (issue 14): group sizes apart, key rotation, 8-bit value metadata. */
+function kiviExtras(spec: string, kv: Map<string, string>): Partial<KiviOptions> {
+  const out: Partial<KiviOptions> = {};
+  if (kv.has('gk')) out.keyGroupSize = intOf(spec, 'gk', kv.get('gk'));
+  if (kv.has('gv')) out.valueGroupSize = intOf(spec, 'gv', kv.get('gv'));
+  const rot = kv.get('rot');
+  if (rot !== undefined) {
+    if (rot !== 'hadamard' && rot !== 'none') bad(spec, `rot must be hadamard or none, got "${rot}"`);
+    if (rot === 'hadamard') out.keyRotation = 'hadamard';
+  }
+  const vmeta = kv.get('vmeta');
+  if (vmeta !== undefined) {
+    if (vmeta !== '16' && vmeta !== '8') bad(spec, `vmeta must be 16 or 8, got "${vmeta}"`);
+    if (vmeta === '8') out.valueMetaBits = 8;
+  }
+  return out;
+}
+
 function parseKeyValues(spec: string, body: string, allowed: string[]): Map<string, string> {
   const m = new Map<string, string>();
   for (const part of body.split(',')) {
@@ -79,7 +106,7 @@ function axisOf(spec: string, s: string | undefined): Axis {
 /** Parse a cache spec string. */
 export function parseKvSpec(spec: string): CacheSpec {
   const s = spec.trim();
-  return { ...parseBody(spec, s), name: s };
+  return { ...parseBody(spec, s === 'kivi2-hq' ? KIVI2_HQ : s), name: s };
 }
 
 function parseBody(spec: string, s: string): SpecBody {
@@ -99,14 +126,15 @@ function parseBody(spec: string, s: string): SpecBody {
   m = /^fake(\d+)-k([TC])-v([TC])$/.exec(s);
   if (m) return { kind: 'fake', bits: bitsOf(spec, m[1]), keyAxis: axisOf(spec, m[2]), valueAxis: axisOf(spec, m[3]), groupSize: 32 };
   if (s.startsWith('kivi:')) {
-    const kv = parseKeyValues(spec, s.slice(5), ['k', 'v', 'g', 'r', 'residual']);
+    const kv = parseKeyValues(spec, s.slice(5), ['k', 'v', 'g', 'r', 'residual', 'gk', 'gv', 'rot', 'vmeta']);
     const res = kv.get('residual') ?? 'fp16';
     if (res !== 'fp32' && res !== 'fp16') bad(spec, `residual must be fp32 or fp16, got "${res}"`);
-    return kivi(
+    const base = kivi(
       bitsOf(spec, kv.get('k') ?? '2'), bitsOf(spec, kv.get('v') ?? '2'),
       kv.has('g') ? intOf(spec, 'g', kv.get('g')) : 32,
       kv.has('r') ? intOf(spec, 'r', kv.get('r')) : 128, res,
     );
+    return { ...base, ...kiviExtras(spec, kv) };
   }
   if (s.startsWith('fake:')) {
     const kv = parseKeyValues(spec, s.slice(5), ['bits', 'k', 'v', 'g']);
@@ -158,7 +186,14 @@ function checkBody(kv: SpecBody): SpecBody {
     case 'kivi':
       if (!isBits(kv.kBits) || !isBits(kv.vBits)) bad(where, 'kBits and vBits must be 2, 4 or 8');
       if (kv.residualDtype !== 'fp32' && kv.residualDtype !== 'fp16') bad(where, 'residualDtype must be fp32 or fp16');
-      return { kind: 'kivi', kBits: kv.kBits, vBits: kv.vBits, groupSize: kv.groupSize, residual: kv.residual, residualDtype: kv.residualDtype };
+      return {
+        kind: 'kivi', kBits: kv.kBits, vBits: kv.vBits, groupSize: kv.groupSize, residual: kv.residual, residualDtype: kv.residualDtype,
+        // The options beyond the paper only when given (validateKivi checks their values).
+        ...(kv.keyGroupSize !== undefined ? { keyGroupSize: kv.keyGroupSize } : {}),
+        ...(kv.valueGroupSize !== undefined ? { valueGroupSize: kv.valueGroupSize } : {}),
+        ...(kv.keyRotation !== undefined ? { keyRotation: kv.keyRotation } : {}),
+        ...(kv.valueMetaBits !== undefined ? { valueMetaBits: kv.valueMetaBits } : {}),
+      };
     case 'fake':
       if (!isBits(kv.bits)) bad(where, 'bits must be 2, 4 or 8');
       if (!['token', 'channel'].includes(kv.keyAxis) || !['token', 'channel'].includes(kv.valueAxis)) bad(where, 'axes must be token or channel');
@@ -176,7 +211,11 @@ export function formatKvSpec(spec: SpecBody): string {
       return spec.kind;
     case 'kivi':
       return `kivi:k=${spec.kBits},v=${spec.vBits},g=${spec.groupSize},r=${spec.residual}` +
-        (spec.residualDtype === 'fp32' ? ',residual=fp32' : '');
+        (spec.residualDtype === 'fp32' ? ',residual=fp32' : '') +
+        (spec.keyGroupSize !== undefined && spec.keyGroupSize !== spec.groupSize ? `,gk=${spec.keyGroupSize}` : '') +
+        (spec.valueGroupSize !== undefined && spec.valueGroupSize !== spec.groupSize ? `,gv=${spec.valueGroupSize}` : '') +
+        (spec.keyRotation === 'hadamard' ? ',rot=hadamard' : '') +
+        (spec.valueMetaBits === 8 ? ',vmeta=8' : '');
     case 'fake':
       return `fake:bits=${spec.bits},k=${spec.keyAxis},v=${spec.valueAxis},g=${spec.groupSize}`;
   }
@@ -194,6 +233,14 @@ export function validateSpec(spec: SpecBody, dims: CacheDims): void {
   }
 }
 
+/** Refuse, before any work, a spec the pool's back end cannot run (fake caches on the GPU, oracle-only KIVI options elsewhere). */
+export function checkSpecBackend(spec: CacheSpec, pool: PagePool): void {
+  if (spec.kind === 'kivi') checkKiviBackend(spec, pool);
+  if (spec.kind === 'fake' && pool.fakeJobs === false) {
+    throw new KiviError(`${spec.name}: simulated-quantization (fake) caches run on the CPU back ends only (--backend ts or wasm), not on webgpu`);
+  }
+}
+
 /** A fresh, empty cache for one sequence, its pages from `pool` (the spec checked against the pool's shape). */
 export function createCache(spec: CacheSpec, pool: PagePool): KvCache {
   switch (spec.kind) {
@@ -203,9 +250,7 @@ export function createCache(spec: CacheSpec, pool: PagePool): KvCache {
     case 'kivi':
       return new KiviCache(spec, pool);
     case 'fake':
-      if (pool.fakeJobs === false) {
-        throw new KiviError(`${spec.name}: simulated-quantization (fake) caches run on the CPU back ends only (--backend ts or wasm), not on webgpu`);
-      }
+      checkSpecBackend(spec, pool);
       return new FakeQuantCache(spec, pool);
   }
 }

@@ -56,14 +56,20 @@ export class CacheStepper {
       }
     }
     plan.validate();
-    let row = 0;
-    for (const it of items) {
-      this.backend.write(this.qkv!, it.rows.subarray(0, it.n * this.qkvDim), row * this.qkvDim);
-      row += it.n;
-    }
+    const write = () => {
+      let row = 0;
+      for (const it of items) {
+        this.backend.write(this.qkv!, it.rows.subarray(0, it.n * this.qkvDim), row * this.qkvDim);
+        row += it.n;
+      }
+    };
+    write();
     const B = this.backend;
     try {
       for (let l = 0; l < L; l++) {
+        // Pre-phase jobs may change the rows in place (a key rotation): each layer starts from the given rows, as
+        // each of the model's layers computes its own.
+        if (l > 0 && plan.nPre > 0) write();
         for (let s = 0; s < subs; s++) {
           B.cacheJobs(plan, s, 'pre', l, this.qkv!, this.pool);
           if (attend) B.attend(plan, s, l, this.qkv!, this.att!, this.pool);

@@ -31,6 +31,13 @@ export const SEG_KIVI_K = 3;
  * [cap][d·b/32] u32, then float16 scales [cap][d/G], then float16 minimums [cap][d/G].
  */
 export const SEG_KIVI_V = 4;
+/**
+ * KIVI value page with 8-bit metadata (`vmeta=8`; the TypeScript reference only). Per (layer, kv head):
+ * codes [cap][d·b/32] u32, then float16 (lo, hi) [cap][2] (each token's range), then bytes (u, v)
+ * [cap][d/G][2]: group g of token t has minimum lo + u·Δ and scale (v − u)·Δ / (2^b − 1), Δ = (hi − lo) / 255,
+ * decoded in float32 (src/quant/meta8.ts).
+ */
+export const SEG_KIVI_V8 = 5;
 
 /** Segment kind. */
 export const SEG_KIND = 0;
@@ -80,6 +87,13 @@ export const JOB_QVAL = 2;
 export const JOB_FAKE_TOKEN = 3;
 /** Write the quantize-dequantize of one group of ≤ G tokens, per channel, into float32 slots. */
 export const JOB_FAKE_CHANNEL = 4;
+
+/**
+ * Pre phase, the TypeScript reference only (`rot=hadamard`): rotate the query heads and the key heads of
+ * the destination's SEG_ROWS rows in place by the orthonormal Walsh–Hadamard transform (src/quant/hadamard.ts),
+ * so attention and the cache see rotated keys and queries and q·k is unchanged. No sources.
+ */
+export const JOB_ROTATE = 5;
 
 /** Job kind. */
 export const JOB_KIND = 0;

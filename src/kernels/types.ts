@@ -58,6 +58,11 @@ export interface PagePool {
   writePage(page: number, sectionBytes: number, bytes: Uint8Array): void;
   /** False where the back end cannot run simulated-quantization (fake) jobs: the GPU. */
   readonly fakeJobs?: boolean;
+  /**
+   * True where the back end runs the TypeScript reference's experimental records (JOB_ROTATE, SEG_KIVI_V8:
+   * the KIVI options rot=hadamard and vmeta=8): the ts back end only.
+   */
+  readonly oracleJobs?: boolean;
 }
 
 export interface Backend {

@@ -195,7 +195,7 @@ export class LlamaModel {
   /**
    * Fill a cache with the keys and values of T tokens given as each layer's qkv rows (as forward's
    * `capture` returns them; only the k and v parts are read), as a prefill of those tokens would: the
-   * cache's own storage jobs, without running attention.
+   * cache's own jobs (pre phase, e.g. a key rotation, then storage), without running attention.
    */
   async ingest(cache: KvCache, rows: Float32Array[], T: number): Promise<void> {
     const { numLayers: L, numHeads: H, numKvHeads: KV, headDim: d } = this.dims;
@@ -211,6 +211,7 @@ export class LlamaModel {
     try {
       for (let l = 0; l < L; l++) {
         this.backend.write(this.ws.qkv, rows[l]!.subarray(0, n));
+        this.backend.cacheJobs(plan, 0, 'pre', l, this.ws.qkv, this.pool);
         this.backend.cacheJobs(plan, 0, 'post', l, this.ws.qkv, this.pool);
       }
     } finally {

@@ -311,7 +311,8 @@ export function register(program: Command): void {
     .description("one sequence's cache bytes (all layers) per spec and context for a model's shapes, vs fp16 and fp32")
     .requiredOption('--model <dir>', 'model directory (its config.json gives layers, kv heads, head_dim)')
     .option('--context <list>', 'context lengths (may exceed the model context: caches are filled with synthetic K/V)', intList(2), [4096, 32768]);
-  kvListOption(kvb, [...NAMED_SPECS.filter((s) => s !== 'fp32' && s !== 'fp16'), KIVI2_FP32_RESIDUAL, 'kivi:k=4,v=4,g=32,r=128,residual=fp32', 'fp16', 'fp32'].join(','));
+  // kivi2-hq runs on --backend ts only: not in the default list.
+  kvListOption(kvb, [...NAMED_SPECS.filter((s) => s !== 'fp32' && s !== 'fp16' && s !== 'kivi2-hq'), KIVI2_FP32_RESIDUAL, 'kivi:k=4,v=4,g=32,r=128,residual=fp32', 'fp16', 'fp32'].join(','));
   sharedOptions(kvb);
   kvb.action(async (o: Shared & { model: string; context: number[]; kv: CacheSpec[] }) => {
     const { dims } = await modelDims(o.model);

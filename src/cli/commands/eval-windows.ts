@@ -1,9 +1,9 @@
-/** Options and the run shared by the commands that score windows of a text (`eval ppl`, `eval table`). */
+/** Options and the run shared by the commands that score windows of a text (`eval ppl`, `eval table`, `eval kld`). */
 import type { Command } from 'commander';
 import { int, readTextFile } from '../parse.js';
 import { loadOptions } from '../common.js';
 import type { WeightFormat } from '../../model/weights.js';
-import { type CacheSpec, validateSpec } from '../../cache/spec.js';
+import { type CacheSpec, checkSpecBackend, validateSpec } from '../../cache/spec.js';
 import { KiviModel } from '../../api.js';
 import type { BackendChoice } from '../../kernels/index.js';
 import { textWindows } from '../../studies/eval/windows.js';
@@ -19,6 +19,7 @@ export interface WindowOpts {
   /** eval ppl --prefill-chunk. */
   prefillChunk?: number;
   maxWindows?: number;
+  firstWindow: number;
   backend?: BackendChoice;
   threads?: number;
   randomWeights?: number;
@@ -33,13 +34,19 @@ export function windowOptions(cmd: Command, maxWindows?: number): Command {
     .requiredOption('--text <file>', 'text file to score (e.g. data/wikitext-2-raw-test.txt)')
     .option('--window <n>', 'tokens per window, BOS included', int(2), 1024)
     .option('--prefill <n>', 'tokens of each window prefilled exactly before decoding', int(1), 512)
-    .option('--max-windows <n>', maxHelp, int(1), maxWindows);
+    .option('--max-windows <n>', maxHelp, int(1), maxWindows)
+    .option('--first-window <n>', 'index of the first window scored (windows 0 and 1 are the golden ones)', int(0), 0);
 }
 
 /** Check specs against the loaded model, cut the text into windows, check them against the prefill and context. */
 export function windowsFor(m: KiviModel, text: string, specs: CacheSpec[], o: WindowOpts): number[][] {
-  for (const s of specs) validateSpec(s, m.dims);
-  const windows = textWindows(m.tokenizer, text, { window: o.window, context: m.config.maxPositions, maxWindows: o.maxWindows });
+  for (const s of specs) {
+    validateSpec(s, m.dims);
+    checkSpecBackend(s, m.transformer.pool);
+  }
+  const windows = textWindows(m.tokenizer, text, {
+    window: o.window, context: m.config.maxPositions, maxWindows: o.maxWindows, first: o.firstWindow,
+  });
   checkWindows(windows, o.prefill, m.config.maxPositions);
   return windows;
 }

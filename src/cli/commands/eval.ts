@@ -9,6 +9,8 @@ import { LazyProgress } from '../progress.js';
 import { register as registerPpl } from './eval-ppl.js';
 import { register as registerPasskey } from './eval-passkey.js';
 import { register as registerTable } from './eval-table.js';
+import { register as registerKld } from './eval-kld.js';
+import { register as registerCopy } from './eval-copy.js';
 
 interface NllOpts extends CommonOpts {
   windows: string;
@@ -17,7 +19,7 @@ interface NllOpts extends CommonOpts {
 }
 
 export function register(program: Command): void {
-  const ev = program.command('eval').description('quality evaluations (streaming NLL, perplexity, pass-key, tables)');
+  const ev = program.command('eval').description('quality evaluations (streaming NLL, perplexity, KL divergence, pass-key, copy task, tables)');
   const nll = ev
     .command('nll')
     .description('streaming NLL of token windows: prefill N tokens exactly, then teacher-forced decode through the cache')
@@ -52,4 +54,6 @@ export function register(program: Command): void {
   registerPpl(ev);
   registerPasskey(ev);
   registerTable(ev);
+  registerKld(ev);
+  registerCopy(ev);
 }

@@ -8,6 +8,8 @@ export interface PageViews {
   f32: Float32Array<ArrayBufferLike>;
   u16: Uint16Array<ArrayBufferLike>;
   u32: Uint32Array<ArrayBufferLike>;
+  /** Bytes (the TypeScript pool's pages: 8-bit metadata, SEG_KIVI_V8). */
+  u8?: Uint8Array<ArrayBufferLike>;
   /** Byte offset of the page in the views' buffer. */
   byteOffset: number;
 }

@@ -5,10 +5,11 @@
  * pages on their codes). Plain loops; the faster back ends are tested against this.
  */
 import {
-  SEG_F16, SEG_F32, SEG_G, SEG_KIVI_K, SEG_KIVI_V, SEG_BITS, SEG_CAP, SEG_KIND, SEG_N, SEG_PAGE, SEG_ROWS, SEG_SECTION, SEG_T0,
+  SEG_F16, SEG_F32, SEG_G, SEG_KIVI_K, SEG_KIVI_V, SEG_KIVI_V8, SEG_BITS, SEG_CAP, SEG_KIND, SEG_N, SEG_PAGE, SEG_ROWS, SEG_SECTION, SEG_T0,
   SEG_WORDS, TASK_K0, TASK_KN, TASK_ROW, TASK_TOKENS, TASK_V0, TASK_VN, TASK_WORDS,
 } from '../layout.js';
-import { kiviSection, wordsPerRow } from '../pages.js';
+import { kiviSection, kiviV8Section, wordsPerRow } from '../pages.js';
+import { meta8Min, meta8Scale } from '../../quant/meta8.js';
 import type { StepPlan } from '../plan.js';
 import type { AttnShape } from '../types.js';
 import type { HostPages } from '../host/memory.js';
@@ -105,6 +106,13 @@ export function attendTask(plan: StepPlan, i: number, layer: number, qkv: Float3
           const groups = d / G;
           accumKivi(att, oOff, s, pos, T, nq, v.u32, sec / 4 + first * wordsPerRow(d, bits), v.u16,
             (sec + vs.scalesAt) / 2 + first * groups, (sec + vs.minsAt) / 2 + first * groups, n, d, bits, G);
+        } else if (kind === SEG_KIVI_V8) {
+          const vs = kiviV8Section(cap, d, bits, G);
+          if (!v.u8) throw new Error('attention: 8-bit metadata pages need byte views');
+          accumKivi8(att, oOff, s, pos, T, nq, v.u32, sec / 4 + first * wordsPerRow(d, bits), v.u16,
+            (sec + vs.lohiAt) / 2 + 2 * first, v.u8, sec + vs.uvAt + first * 2 * (d / G), n, d, bits, G);
+        } else {
+          throw new Error(`attention: value segment of kind ${kind}`);
         }
       }
       pos += n;
@@ -204,6 +212,40 @@ export function accumKivi(out: Float32Array, oOff: number, p: Float32Array, pOff
       for (let g = 0, c = oo, w = co; g < groups; g++) {
         const ws = a * H16[params[sOff16 + go + g]!]!;
         const wm = a * H16[params[mOff16 + go + g]!]!;
+        for (let e = 0; e < wpg; e++, w++) {
+          const word = codes[w]!;
+          for (let k = 0; k < per; k++, c++) out[c] += ws * ((word >>> (bits * k)) & mask) + wm;
+        }
+      }
+    }
+  }
+}
+
+/**
+ * accumKivi for value pages with 8-bit metadata (SEG_KIVI_V8): each group's scale and minimum decoded in
+ * float32 from its token's float16 (lo, hi) at lohi[lOff + 2t] and its (u, v) at uv[uOff + t·2·(d/G) + 2g].
+ */
+export function accumKivi8(out: Float32Array, oOff: number, p: Float32Array, pOff: number, pStride: number, nq: number,
+  codes: Uint32Array, cOff: number, lohi: Uint16Array, lOff: number, uv: Uint8Array, uOff: number,
+  n: number, d: number, bits: number, G: number): void {
+  const per = 32 / bits;
+  const mask = (1 << bits) - 1;
+  const wpt = d / per;
+  const groups = d / G;
+  const wpg = G / per;
+  for (let j = 0; j < nq; j++) {
+    const oo = oOff + j * d;
+    const po = j * pStride + pOff;
+    for (let t = 0; t < n; t++) {
+      const a = p[po + t]!;
+      if (a === 0) continue;
+      const lo = lohi[lOff + 2 * t]!, hi = lohi[lOff + 2 * t + 1]!;
+      const co = cOff + t * wpt;
+      const go = uOff + t * 2 * groups;
+      for (let g = 0, c = oo, w = co; g < groups; g++) {
+        const u = uv[go + 2 * g]!, v = uv[go + 2 * g + 1]!;
+        const ws = a * meta8Scale(lo, hi, u, v, bits);
+        const wm = a * meta8Min(lo, hi, u);
         for (let e = 0; e < wpg; e++, w++) {
           const word = codes[w]!;
           for (let k = 0; k < per; k++, c++) out[c] += ws * ((word >>> (bits * k)) & mask) + wm;

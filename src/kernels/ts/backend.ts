@@ -49,6 +49,8 @@ export class TsPagePool implements PagePool, HostPages {
   private readonly freeIds: number[] = [];
   allocatedBytes = 0;
   peakBytes = 0;
+  /** The reference runs the experimental jobs and pages too (rotation, 8-bit value metadata). */
+  readonly oracleJobs = true;
 
   resetPeak(): void {
     this.peakBytes = this.allocatedBytes;
@@ -62,7 +64,7 @@ export class TsPagePool implements PagePool, HostPages {
 
   alloc(sectionBytes: number): number {
     const buf = new ArrayBuffer(this.pageBytes(sectionBytes));
-    const v: PageViews = { f32: new Float32Array(buf), u16: new Uint16Array(buf), u32: new Uint32Array(buf), byteOffset: 0 };
+    const v: PageViews = { f32: new Float32Array(buf), u16: new Uint16Array(buf), u32: new Uint32Array(buf), u8: new Uint8Array(buf), byteOffset: 0 };
     this.allocatedBytes += buf.byteLength;
     if (this.allocatedBytes > this.peakBytes) this.peakBytes = this.allocatedBytes;
     const id = this.freeIds.pop() ?? this.pages.length;

@@ -5,11 +5,13 @@
  * segments' tokens in order, for every kv head of one layer.
  */
 import {
-  JOB_BITS, JOB_DST, JOB_FAKE_CHANNEL, JOB_FAKE_TOKEN, JOB_HALF, JOB_KIND, JOB_QKEY, JOB_QVAL, JOB_SRC0, JOB_SRCN,
-  JOB_STORE, JOB_VALUES, JOB_WORDS, SEG_BITS, SEG_CAP, SEG_F16, SEG_F32, SEG_G, SEG_KIND, SEG_KIVI_K, SEG_KIVI_V, SEG_N,
-  SEG_PAGE, SEG_ROWS, SEG_SECTION, SEG_T0, SEG_WORDS,
+  JOB_BITS, JOB_DST, JOB_FAKE_CHANNEL, JOB_FAKE_TOKEN, JOB_HALF, JOB_KIND, JOB_QKEY, JOB_QVAL, JOB_ROTATE, JOB_SRC0, JOB_SRCN,
+  JOB_STORE, JOB_VALUES, JOB_WORDS, SEG_BITS, SEG_CAP, SEG_F16, SEG_F32, SEG_G, SEG_KIND, SEG_KIVI_K, SEG_KIVI_V, SEG_KIVI_V8,
+  SEG_N, SEG_PAGE, SEG_ROWS, SEG_SECTION, SEG_T0, SEG_WORDS,
 } from '../layout.js';
-import { kiviSection, wordsPerRow } from '../pages.js';
+import { kiviSection, kiviV8Section, wordsPerRow } from '../pages.js';
+import { fwht } from '../../quant/hadamard.js';
+import { quantizePerToken8Into } from '../../quant/meta8.js';
 import type { AttnShape } from '../types.js';
 import type { HostPages } from '../host/memory.js';
 import { fromHalfBits, toHalfBits } from '../../quant/float16.js';
@@ -43,11 +45,16 @@ export function runJob(jobs: Int32Array, j: number, segs: Int32Array, layer: num
   const o = j * JOB_WORDS;
   const kind = jobs[o + JOB_KIND]!;
   const dst = jobs[o + JOB_DST]! * SEG_WORDS;
+  if (kind === JOB_ROTATE) {
+    if (segs[dst + SEG_KIND] !== SEG_ROWS) throw new Error(`cache job ${j}: a rotation works on activation rows`);
+    rotateQueriesKeys(qkv, segs[dst + SEG_PAGE]!, segs[dst + SEG_N]!, shape);
+    return;
+  }
   const dKind = segs[dst + SEG_KIND]!, dN = segs[dst + SEG_N]!, dCap = segs[dst + SEG_CAP]!;
   const dT0 = segs[dst + SEG_T0]!, dBits = segs[dst + SEG_BITS]!, G = segs[dst + SEG_G]!;
   // Copy the views out: a pool may reuse one views object for every page (gather() asks for others).
   const dv = pages.views(segs[dst + SEG_PAGE]!);
-  const v = { f32: dv.f32, u16: dv.u16, u32: dv.u32, byteOffset: dv.byteOffset };
+  const v = { f32: dv.f32, u16: dv.u16, u32: dv.u32, u8: dv.u8, byteOffset: dv.byteOffset };
   const secBytes = segs[dst + SEG_SECTION]!;
   scratch.ensure(dN * d, dN * d);
   const x = scratch.x;
@@ -69,6 +76,13 @@ export function runJob(jobs: Int32Array, j: number, segs: Int32Array, layer: num
         break;
       }
       case JOB_QVAL: {
+        if (dKind === SEG_KIVI_V8) {
+          const vs = kiviV8Section(dCap, d, dBits, G);
+          if (!v.u8) throw new Error(`cache job ${j}: 8-bit metadata pages need byte views`);
+          quantizePerToken8Into(x, 0, dN, d, G, dBits as Bits, v.u32, sec / 4 + dT0 * wordsPerRow(d, dBits),
+            v.u16, (sec + vs.lohiAt) / 2 + 2 * dT0, v.u8, sec + vs.uvAt + dT0 * 2 * (d / G), scratch.codes);
+          break;
+        }
         if (dKind !== SEG_KIVI_V) throw new Error(`cache job ${j}: values quantized into a page of kind ${dKind}`);
         const vs = kiviSection(SEG_KIVI_V, dCap, d, dBits, G);
         quantizePerTokenInto(x, 0, dN, d, G, dBits as Bits, v.u32, sec / 4 + dT0 * wordsPerRow(d, dBits),
@@ -121,4 +135,11 @@ function gather(jobs: Int32Array, o: number, segs: Int32Array, layer: number, h:
     t += n;
   }
   return t;
+}
+
+/** Rows [r0, r0 + n) of a qkv activation: every query head and key head rotated in place (JOB_ROTATE). */
+function rotateQueriesKeys(qkv: Float32Array, r0: number, n: number, shape: AttnShape): void {
+  const { numHeads: H, numKvHeads: KV, headDim: d } = shape;
+  const qkvDim = (H + 2 * KV) * d;
+  for (let r = r0; r < r0 + n; r++) for (let h = 0; h < H + KV; h++) fwht(qkv, r * qkvDim + h * d, d);
 }

@@ -11,8 +11,10 @@ export interface WindowOptions {
   window: number;
   /** The model's context: a window may not be longer. */
   context: number;
-  /** Keep at most this many windows (from the start of the text). */
+  /** Keep at most this many windows (from window `first`). */
   maxWindows?: number;
+  /** Index of the first window kept (0 = the start of the text; windows 0 and 1 are the golden ones). */
+  first?: number;
 }
 
 export function checkWindowLength(window: number, context: number): void {
@@ -25,7 +27,12 @@ export function textWindows(tok: Tokenizer, text: string, o: WindowOptions): num
   const ids = tok.encode(text, { bos: false });
   const bos = tok.bosId === null ? [] : [tok.bosId];
   const slice = o.window - bos.length;
-  const count = Math.min(Math.floor(ids.length / slice), o.maxWindows ?? Infinity);
-  if (count < 1) throw new KiviError(`the text has ${ids.length} tokens, fewer than one window needs (${slice})`);
-  return Array.from({ length: count }, (_, i) => [...bos, ...ids.slice(i * slice, (i + 1) * slice)]);
+  const first = o.first ?? 0;
+  const whole = Math.floor(ids.length / slice);
+  if (whole < 1) throw new KiviError(`the text has ${ids.length} tokens, fewer than one window needs (${slice})`);
+  if (!Number.isInteger(first) || first < 0 || first >= whole) {
+    throw new KiviError(`first window ${first} is outside the text's ${whole} whole windows of ${o.window} tokens`);
+  }
+  const count = Math.min(whole - first, o.maxWindows ?? Infinity);
+  return Array.from({ length: count }, (_, i) => [...bos, ...ids.slice((first + i) * slice, (first + i + 1) * slice)]);
 }

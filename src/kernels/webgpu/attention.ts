@@ -2,11 +2,17 @@
  * WGSL of the cache work of a step plan, generated for one model shape (heads, kv heads, head size):
  *
  *  - attend: one workgroup per work item = (task, kv head, a run of the task's tokens). Tokens go in
- *    tiles of 128: every thread scores one token for all the kv head's query heads, the tile's maximum
- *    and the running sums are updated (online softmax, one pass), then the values are weighted, each
- *    thread owning CH channels of a stripe of the tile's tokens. A task too long for one workgroup is
- *    split over many (flash-decoding): each writes its partial maximum, sum and output, and `merge`
- *    combines them. All tasks and kv heads of a sub-step are one dispatch (plus one merge).
+ *    tiles of 128. Per tile: every thread resolves where its token's value lives (kept in workgroup
+ *    memory, so the value threads walk no segments); every thread scores its token for all the kv
+ *    head's query heads (a whole key row loaded before use); the tile's maximum per query head (a tree
+ *    in workgroup memory) updates the workgroup's one running maximum M, and each thread turns its
+ *    scores into weights exp(s − M) once; then the values are weighted, each thread owning CH channels
+ *    of a stripe of the tile's tokens, with no exponential and no segment walk per token; the tile's
+ *    run of KIVI value pages (or float16 pages) goes UNROLL tokens at a time, every load of the group
+ *    issued before its arithmetic, so several rows are in flight per thread. A task too long for one
+ *    workgroup is split over many (flash-decoding): each writes its partial maximum, sum and output, and
+ *    `merge` combines them (one workgroup per item and query head, threads over slices of the partials).
+ *    All tasks and kv heads of a sub-step are one dispatch (plus one merge).
  *  - KIVI keys are scored on their packed codes: the query is multiplied by the group's scales once per
  *    group and tile (in workgroup memory), q·k̂ = Σ_c (q_c·s_c)·code_c + Σ_c q_c·m_c. KIVI values are
  *    weighted on their codes: Σ_t p_t·(s_t·code + m_t) = Σ_t (p_t·s_t)·code + Σ_t p_t·m_t. Nothing is
@@ -178,7 +184,8 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number): strin
       return s;
     };
     const use = (x: string, tt: string) => {
-      let s = `          {\n            let sv = f16_to_f32(half_of(hs${x}, sh${x}));\n            let mv = f16_to_f32(half_of(hm${x}, mh${x}));\n`;
+      let s = `          {\n            let su = unpack2x16float(hs${x});\n            let mu = unpack2x16float(hm${x});\n` +
+        `            let sv = select(su.x, su.y, (sh${x} & 1u) != 0u);\n            let mv = select(mu.x, mu.y, (mh${x} & 1u) != 0u);\n`;
       s += J((j) => `            let p${j} = sc[${j * TILE}u + ${tt}];\n            l${j} += p${j};`) + '\n';
       for (let wi = 0; wi < words; wi++) s += `            let w${wi} = w${x}_${wi}${partial ? ` >> ((c0 % ${cpw}u) * ${bits}u)` : ''};\n`;
       for (let k = 0; k < CH; k++) s += `            let m${k} = ${magic(`w${Math.floor((k * bits) / 32)}`, bits, k % cpw)};\n`;
@@ -345,16 +352,18 @@ ${J((j) => `    var s${j} = neg_inf();`)}
           let hm = hs + (cap / kG) * D;
           var pq = 0.0;
           var pb = 0.0;
-          for (var k = 0u; k < 16u; k += 4u) {
-            let c = cb + k;
+          // Scales and minimums two halves a word (hs, hm even: D and cb are multiples of 16).
+${range(8).map((k) => `          let sw${k} = ldw(sl, (hs >> 1u) + ${k}u);\n          let mw${k} = ldw(sl, (hm >> 1u) + ${k}u);`).join('\n')}
+${range(4).map((k) => `          {
+            let c = cb + ${4 * k}u;
             let q4 = vec4<f32>(qs[j * D + c], qs[j * D + c + 1u], qs[j * D + c + 2u], qs[j * D + c + 3u]);
-            let s4 = vec4<f32>(ldh(sl, hs + k), ldh(sl, hs + k + 1u), ldh(sl, hs + k + 2u), ldh(sl, hs + k + 3u));
-            let m4 = vec4<f32>(ldh(sl, hm + k), ldh(sl, hm + k + 1u), ldh(sl, hm + k + 2u), ldh(sl, hm + k + 3u));
+            let s4 = vec4<f32>(unpack2x16float(sw${2 * k}), unpack2x16float(sw${2 * k + 1}));
+            let m4 = vec4<f32>(unpack2x16float(mw${2 * k}), unpack2x16float(mw${2 * k + 1}));
             let qv = q4 * s4;
             big[((slot * NQ + j) * D + c) / 4u] = qv;
             pq += (qv.x + qv.y) + (qv.z + qv.w);
             pb += dot(q4, m4);
-          }
+          }`).join('\n')}
           fp[idx * 2u] = pq;
           fp[idx * 2u + 1u] = pb;
         }

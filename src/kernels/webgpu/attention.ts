@@ -141,13 +141,20 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number): strin
       return s;
     };
     let body = '';
-    if (wpr % 4 === 0) {
+    if (wpr % 4 === 0 && wpr <= 8) {
       // The whole row first (independent loads in flight together), then the arithmetic.
       const n4 = wpr / 4;
       for (let wq = 0; wq < n4; wq++) body += `        let q4_${wq} = ld4(sl, (row >> 2u) + ${wq}u);\n`;
       for (let wq = 0; wq < n4; wq++) {
         for (let e = 0; e < 4; e++) body += `        { let wd = q4_${wq}[${e}];\n${perWord('wd', `${wq * 4 + e}u`)}        }\n`;
       }
+    } else if (wpr % 8 === 0) {
+      // Longer rows (4 and 8 bits) two vec4s at a time: the shader stays small.
+      body += `        for (var wq = 0u; wq < ${wpr / 4}u; wq += 2u) {\n          let q4_0 = ld4(sl, (row >> 2u) + wq);\n          let q4_1 = ld4(sl, (row >> 2u) + wq + 1u);\n`;
+      for (let x = 0; x < 2; x++) {
+        for (let e = 0; e < 4; e++) body += `          { let wd = q4_${x}[${e}];\n${perWord('wd', `(wq + ${x}u) * 4u + ${e}u`)}          }\n`;
+      }
+      body += '        }\n';
     } else {
       body += `        for (var wi = 0u; wi < ${wpr}u; wi++) {\n          let wd = ldw(sl, row + wi);\n${perWord('wd', 'wi')}        }\n`;
     }
@@ -170,7 +177,8 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number): strin
   };
 
   // The tile's tokens in KIVI value pages (a prefix of it), UNROLL tokens of a lane at a time: every
-  // load of the group is issued before any arithmetic, so several rows are in flight per thread.
+  // load of the group is issued before any arithmetic, so several rows are in flight per thread (2 and
+  // 4 bits; 8-bit values and the run's last tokens take the general loop, which keeps the shader small).
   const UNROLL = 4;
   const fastValues = (bits: number) => {
     const cpw = 32 / bits;
@@ -197,8 +205,8 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number): strin
     let s = `      if (vbits == ${bits}u) {\n        let wo = (c0 * ${bits}u) / 32u;\n`;
     s += `        for (; tt + ${UNROLL - 1}u * LANES < nq; tt += ${UNROLL}u * LANES) {\n`;
     s += xs.map((x) => one(`${x}`, `tt + ${x}u * LANES`)).join('') + xs.map((x) => use(`${x}`, `tt + ${x}u * LANES`)).join('');
-    s += `        }\n        for (; tt < nq; tt += LANES) {\n${one('0', 'tt')}${use('0', 'tt')}        }\n      }\n`;
-    return s;
+    // The last few tokens of the run go by the general loop below.
+    return s + '        }\n      }\n';
   };
 
   // The same for float16 value pages (threads of CH channels, CH % 8 == 0: whole vec4s).
@@ -216,8 +224,7 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number): strin
     const xs = range(UNROLL);
     let s = `        for (; tt + ${UNROLL - 1}u * LANES < nq; tt += ${UNROLL}u * LANES) {\n`;
     s += xs.map((x) => one(`${x}`, `tt + ${x}u * LANES`)).join('') + xs.map((x) => use(`${x}`, `tt + ${x}u * LANES`)).join('');
-    s += `        }\n        for (; tt < nq; tt += LANES) {\n${one('0', 'tt')}${use('0', 'tt')}        }\n`;
-    return s;
+    return s + '        }\n';
   };
 
   return /* wgsl */ `
@@ -476,7 +483,7 @@ ${range(CH).map((k) => `        a${j}_${k} *= al;`).join('\n')}
       var tt = u;
       let gq = c0 / vG;
       if (vk0 == ${SEG_KIVI_V}u && vG % ${CH}u == 0u) {
-${fastValues(2)}${fastValues(4)}${fastValues(8)}      }
+${fastValues(2)}${fastValues(4)}      }
 ${CH % 8 === 0 ? `      if (vk0 == ${SEG_F16}u) {
 ${fastF16()}      }
 ` : ''}      for (; tt < b - a; tt += LANES) {

@@ -217,3 +217,31 @@ if (!reportMissing('kernels-webgpu: bindings, pages, batches')) {
     for (const c of caches.flat()) c.free();
   });
 }
+
+if (!reportMissing('kernels-webgpu: long attention')) {
+  test('webgpu: 4 query heads per kv head of 128 over long caches (many tiles, split items, the merge) match the reference', async () => {
+    const b = await gpu();
+    const ref = new TsBackend();
+    const shape = { numLayers: 1, numHeads: 8, numKvHeads: 2, headDim: 128 };
+    const qkvDim = 12 * 128;
+    const r = rng(15);
+    // 9000 tokens: 71 items of one tile per kv head, so the merge runs its four-at-a-time loop and its tail.
+    const T = 9000;
+    const rows = randArray(T * qkvDim, r).map((v, i) => (i % 128 === 5 ? v * 12 : v));
+    const step = randArray(3 * qkvDim, r);
+    for (const spec of ['kivi2', 'kivi4', 'fp16', 'kivi:k=2,v=4,g=16,r=32', 'kivi:k=8,v=8,g=32,r=64']) {
+      const pools = [ref.createPagePool(shape), b.createPagePool(shape)] as const;
+      const st = [new CacheStepper(ref, pools[0]), new CacheStepper(b, pools[1])];
+      const caches = pools.map((p) => createCache(parseKvSpec(spec), p));
+      for (const i of [0, 1]) await st[i]!.fill(caches[i]!, rows, T, 1024);
+      for (let k = 0; k < 3; k++) {
+        const item = (i: number) => [{ cache: caches[i]!, rows: step.subarray(k * qkvDim, (k + 1) * qkvDim), n: 1, mode: 'decode' as const }];
+        const exp = (await st[0]!.step(item(0)))!;
+        const got = (await st[1]!.step(item(1)))!;
+        const tol = (spec === 'fp16' ? 1e-5 : 1e-4) * Math.max(...exp.map(Math.abs));
+        assertClose(got, exp, () => tol, `${spec}, decode step ${k} at ${T + k} tokens`);
+      }
+      for (const c of caches) c.free();
+    }
+  });
+}

@@ -222,3 +222,25 @@ test('invalid KIVI settings are clear errors', () => {
   assert.throws(() => make('kivi2-q7'), /valid forms/);
   assert.throws(() => make('fake3-kC-vT'), /bits must be 2, 4 or 8/);
 });
+
+test('fillCycled (rows sent once, storage jobs in chunks) leaves the cache fill() leaves: same pages, same attention', async () => {
+  const backend = new TsBackend();
+  const dims: CacheDims = { numLayers: 1, numHeads: 4, numKvHeads: 2, headDim: 32 };
+  const qkvDim = (4 + 2 * 2) * 32;
+  const n = 48, T = 200;
+  const rows = new Float32Array(n * qkvDim);
+  for (let i = 0; i < rows.length; i++) rows[i] = Math.sin(i * 0.37) * (i % 32 === 3 ? 9 : 1);
+  const step = new Float32Array(qkvDim).map((_, i) => Math.cos(i * 0.11));
+  const outs: Float32Array[] = [];
+  for (const cycled of [false, true]) {
+    const pool = backend.createPagePool(dims);
+    const stepper = new CacheStepper(backend, pool);
+    const cache = createCache(parseKvSpec('kivi:k=2,v=2,g=16,r=32'), pool);
+    if (cycled) await stepper.fillCycled(cache, rows, n, T);
+    else for (let t = 0; t < T; t += n) await stepper.fill(cache, rows, Math.min(n, T - t), n);
+    assert.equal(cache.length, T);
+    outs.push((await stepper.step([{ cache, rows: step, n: 1, mode: 'decode' }]))!);
+    cache.free();
+  }
+  assert.deepEqual(outs[1], outs[0]);
+});

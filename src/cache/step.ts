@@ -34,6 +34,11 @@ export class CacheStepper {
    * back ([N][H·d], items' rows in order); without, only the caches' storage jobs run (filling caches).
    */
   async step(items: StepItem[], attend = true): Promise<Float32Array | null> {
+    return this.run(items, attend, true);
+  }
+
+  /** step(), where `write` false means the items' rows are already in the stepper's qkv rows (fillCycled). */
+  private async run(items: StepItem[], attend: boolean, write: boolean): Promise<Float32Array | null> {
     const { numLayers: L, numHeads: H, headDim: d } = this.pool.shape;
     const plan = attend ? this.plan : this.jobsOnly;
     let N = 0;
@@ -56,20 +61,21 @@ export class CacheStepper {
       }
     }
     plan.validate();
-    const write = () => {
+    const writeRows = () => {
       let row = 0;
       for (const it of items) {
         this.backend.write(this.qkv!, it.rows.subarray(0, it.n * this.qkvDim), row * this.qkvDim);
         row += it.n;
       }
     };
-    write();
+    // Rows already on the back end (fillCycled) are rewritten anyway when pre-phase jobs change them in place.
+    if (write || plan.nPre > 0) writeRows();
     const B = this.backend;
     try {
       for (let l = 0; l < L; l++) {
         // Pre-phase jobs may change the rows in place (a key rotation): each layer starts from the given rows, as
         // each of the model's layers computes its own.
-        if (l > 0 && plan.nPre > 0) write();
+        if (l > 0 && plan.nPre > 0) writeRows();
         for (let s = 0; s < subs; s++) {
           B.cacheJobs(plan, s, 'pre', l, this.qkv!, this.pool);
           if (attend) B.attend(plan, s, l, this.qkv!, this.att!, this.pool);
@@ -87,6 +93,21 @@ export class CacheStepper {
     for (let t = 0; t < T; t += chunk) {
       const n = Math.min(chunk, T - t);
       await this.step([{ cache, rows: rows.subarray(t * this.qkvDim, (t + n) * this.qkvDim), n, mode: 'prefill' }], false);
+    }
+  }
+
+  /**
+   * Fill a cache with T tokens by cycling the n tokens of `rows` (for benchmarks: a cache's bytes do not
+   * depend on what it holds). The rows are written to the back end once; chunks of up to n tokens then
+   * run the storage jobs only, so a GPU fill of millions of tokens does not resend the same rows.
+   */
+  async fillCycled(cache: KvCache, rows: Float32Array, n: number, T: number): Promise<void> {
+    if (rows.length < n * this.qkvDim) throw new Error(`fillCycled: ${rows.length} floats hold fewer than ${n} rows`);
+    this.ensure(n);
+    this.backend.write(this.qkv!, rows.subarray(0, n * this.qkvDim), 0);
+    for (let t = 0; t < T; t += n) {
+      const m = Math.min(n, T - t);
+      await this.run([{ cache, rows: rows.subarray(0, m * this.qkvDim), n: m, mode: 'prefill' }], false, false);
     }
   }
 

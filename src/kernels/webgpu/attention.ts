@@ -2,11 +2,17 @@
  * WGSL of the cache work of a step plan, generated for one model shape (heads, kv heads, head size):
  *
  *  - attend: one workgroup per work item = (task, kv head, a run of the task's tokens). Tokens go in
- *    tiles of 128: every thread scores one token for all the kv head's query heads, the tile's maximum
- *    and the running sums are updated (online softmax, one pass), then the values are weighted, each
- *    thread owning CH channels of a stripe of the tile's tokens. A task too long for one workgroup is
- *    split over many (flash-decoding): each writes its partial maximum, sum and output, and `merge`
- *    combines them. All tasks and kv heads of a sub-step are one dispatch (plus one merge).
+ *    tiles of 128. Per tile: every thread resolves where its token's value lives (kept in workgroup
+ *    memory, so the value threads walk no segments); every thread scores its token for all the kv
+ *    head's query heads (a whole key row loaded before use); the tile's maximum per query head (a tree
+ *    in workgroup memory) updates the workgroup's one running maximum M, and each thread turns its
+ *    scores into weights exp(s − M) once; then the values are weighted, each thread owning CH channels
+ *    of a stripe of the tile's tokens, with no exponential and no segment walk per token; the tile's
+ *    run of KIVI value pages (or float16 pages) goes UNROLL tokens at a time, every load of the group
+ *    issued before its arithmetic, so several rows are in flight per thread. A task too long for one
+ *    workgroup is split over many (flash-decoding): each writes its partial maximum, sum and output, and
+ *    `merge` combines them (one workgroup per item and query head, threads over slices of the partials).
+ *    All tasks and kv heads of a sub-step are one dispatch (plus one merge).
  *  - KIVI keys are scored on their packed codes: the query is multiplied by the group's scales once per
  *    group and tile (in workgroup memory), q·k̂ = Σ_c (q_c·s_c)·code_c + Σ_c q_c·m_c. KIVI values are
  *    weighted on their codes: Σ_t p_t·(s_t·code + m_t) = Σ_t (p_t·s_t)·code + Σ_t p_t·m_t. Nothing is
@@ -49,8 +55,18 @@ export interface AttnGeometry {
   ch: number;
   /** Key groups whose folded query fits in workgroup memory at once. */
   slots: number;
-  /** Floats of the shared scratch. */
-  shared: number;
+}
+
+/** Floats of one partial (per query head: maximum, sum, two pad words, then D outputs: vec4-aligned). */
+export function partialFloats(shape: AttnShape): number {
+  return (shape.numHeads / shape.numKvHeads) * (shape.headDim + 4);
+}
+
+/** Workgroup bytes of the attention kernel with `s` folded key groups. */
+function attnBytes(nq: number, D: number, lanes: number, s: number): number {
+  const q = nq * D, sc = nq * TILE, fp = Math.max(s * nq * (D / 16) * 2, nq * 40), fs = s * nq * 2;
+  const big = Math.max(s * nq * D, lanes * D), ti = 4 * TILE;
+  return (q + sc + fp + fs + big + ti) * 4;
 }
 
 /** How the attention kernel is laid out for a shape, given the workgroup memory the device allows. */
@@ -59,17 +75,13 @@ export function attnGeometry(shape: AttnShape, workgroupBytes: number): AttnGeom
   const nq = H / KV;
   const ch = nq <= 2 ? 16 : nq <= 4 ? 8 : 4;
   const lanes = Math.floor(TILE / (D / ch));
-  const head = nq * D + nq * TILE;
-  const fold = (s: number) => s * nq * 2 + s * nq * (D / 16) * 2;
-  const fixed = (s: number) => Math.max(head + fold(s), lanes * nq * D);
-  // sh, fq (the folded queries) and ml (the value threads' maxima and sums).
-  const bytes = (s: number) => (fixed(s) + s * nq * D + lanes * nq) * 4;
-  let slots = 16;
-  while (slots > 1 && bytes(slots) > workgroupBytes) slots--;
-  if (bytes(slots) > workgroupBytes) {
+  // Four groups cover a tile at G = 32 (the paper's); more only costs occupancy.
+  let slots = 4;
+  while (slots > 1 && attnBytes(nq, D, lanes, slots) > workgroupBytes) slots--;
+  if (attnBytes(nq, D, lanes, slots) > workgroupBytes) {
     throw new Error(`webgpu: attention for ${nq} query heads per kv head of ${D} needs more workgroup memory than ${workgroupBytes} bytes`);
   }
-  return { nq, ch, slots, shared: fixed(slots) };
+  return { nq, ch, slots };
 }
 
 /** Declarations of the first `na` arena bindings (the layout always has ARENAS; unused ones stay unbound in the shader). */
@@ -102,14 +114,17 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number): strin
   const CHUNKS = D / CH;
   const LANES = Math.floor(TILE / CHUNKS);
   const D16 = D / 16;
-  const QOFF = 0, SCOFF = NQ * D, FBOFF = SCOFF + NQ * TILE, FPOFF = FBOFF + NS * NQ * 2;
+  const PS = D + 4;
+  const KU = (D / 8) % 4 === 0 ? 4 : 2;
+  const FPN = Math.max(NS * NQ * D16 * 2, NQ * 40);
+  const BIG = Math.max(NS * NQ * D, LANES * D) / 4;
   // Per-thread state lives in scalars (m0, a0_3, …), every index a constant: no private arrays, which
   // GPUs would put in local memory when indexed at run time.
   const range = (n: number) => Array.from({ length: n }, (_, i) => i);
   const J = (f: (j: number) => string, sep = '\n') => range(NQ).map(f).join(sep);
   const JK = (f: (j: number, k: number) => string) => range(NQ).flatMap((j) => range(CH).map((k) => f(j, k))).join('\n');
   const qvec = (j: number, c: string, o = 0) =>
-    `vec4<f32>(sh[${QOFF + j * D + o}u + ${c}], sh[${QOFF + j * D + o + 1}u + ${c}], sh[${QOFF + j * D + o + 2}u + ${c}], sh[${QOFF + j * D + o + 3}u + ${c}])`;
+    `vec4<f32>(qs[${j * D + o}u + ${c}], qs[${j * D + o + 1}u + ${c}], qs[${j * D + o + 2}u + ${c}], qs[${j * D + o + 3}u + ${c}])`;
 
   // Scores of one token against a KIVI key row of `bits` bits: S_j = Σ qs_jc·(1 + code·2^-b).
   const kiviScore = (bits: number) => {
@@ -120,15 +135,25 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number): strin
       for (let k = 0; k < cpw; k += 4) {
         s += `          { let c4 = fb + (${wi}) * ${cpw / 4}u + ${k / 4}u;\n`;
         for (let e = 0; e < 4; e++) s += `            let v${e} = ${magic(word, bits, k + e)};\n`;
-        s += J((j) => `            { let q = fq[c4 + ${j * (D / 4)}u]; S${j} = fma(q.x, v0, fma(q.y, v1, fma(q.z, v2, fma(q.w, v3, S${j})))); }`) + '\n';
+        s += J((j) => `            { let q = big[c4 + ${j * (D / 4)}u]; S${j} = fma(q.x, v0, fma(q.y, v1, fma(q.z, v2, fma(q.w, v3, S${j})))); }`) + '\n';
         s += '          }\n';
       }
       return s;
     };
     let body = '';
-    if (wpr % 4 === 0) {
-      body += `        for (var wq = 0u; wq < ${wpr / 4}u; wq++) {\n          let q4 = ld4(sl, (row >> 2u) + wq);\n`;
-      for (let e = 0; e < 4; e++) body += `          { let wd = q4[${e}];\n${perWord('wd', `wq * 4u + ${e}u`)}          }\n`;
+    if (wpr % 4 === 0 && wpr <= 8) {
+      // The whole row first (independent loads in flight together), then the arithmetic.
+      const n4 = wpr / 4;
+      for (let wq = 0; wq < n4; wq++) body += `        let q4_${wq} = ld4(sl, (row >> 2u) + ${wq}u);\n`;
+      for (let wq = 0; wq < n4; wq++) {
+        for (let e = 0; e < 4; e++) body += `        { let wd = q4_${wq}[${e}];\n${perWord('wd', `${wq * 4 + e}u`)}        }\n`;
+      }
+    } else if (wpr % 8 === 0) {
+      // Longer rows (4 and 8 bits) two vec4s at a time: the shader stays small.
+      body += `        for (var wq = 0u; wq < ${wpr / 4}u; wq += 2u) {\n          let q4_0 = ld4(sl, (row >> 2u) + wq);\n          let q4_1 = ld4(sl, (row >> 2u) + wq + 1u);\n`;
+      for (let x = 0; x < 2; x++) {
+        for (let e = 0; e < 4; e++) body += `          { let wd = q4_${x}[${e}];\n${perWord('wd', `(wq + ${x}u) * 4u + ${e}u`)}          }\n`;
+      }
       body += '        }\n';
     } else {
       body += `        for (var wi = 0u; wi < ${wpr}u; wi++) {\n          let wd = ldw(sl, row + wi);\n${perWord('wd', 'wi')}        }\n`;
@@ -139,8 +164,7 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number): strin
   // Value accumulation of one token from a KIVI value row of `bits` bits (the chunk in one group).
   const kiviValue = (bits: number) => {
     const cpw = 32 / bits;
-    const wpr = (D * bits) / 32;
-    let s = `            if (vb == ${bits}u) {\n              let row = vbase + vrow * ${wpr}u + (c0 * ${bits}u) / 32u;\n`;
+    let s = `            if (vbits == ${bits}u) {\n              let row = r0 + (c0 * ${bits}u) / 32u;\n`;
     const words = Math.max(1, (CH * bits) / 32);
     const partial = CH * bits < 32;
     for (let wi = 0; wi < words; wi++) {
@@ -150,6 +174,57 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number): strin
     s += J((j) => `              { let ws = p${j} * sv; W${j} += ws; B${j} += p${j} * mv;\n` +
       range(CH).map((k) => `                a${j}_${k} = fma(ws, m${k}, a${j}_${k});`).join('\n') + '\n              }') + '\n';
     return s + '            }\n';
+  };
+
+  // The tile's tokens in KIVI value pages (a prefix of it), UNROLL tokens of a lane at a time: every
+  // load of the group is issued before any arithmetic, so several rows are in flight per thread (2 and
+  // 4 bits; 8-bit values and the run's last tokens take the general loop, which keeps the shader small).
+  const UNROLL = 4;
+  const fastValues = (bits: number) => {
+    const cpw = 32 / bits;
+    const words = Math.max(1, (CH * bits) / 32);
+    const partial = CH * bits < 32;
+    const one = (x: string, tt: string) => {
+      let s = `          let i${x} = (${tt}) * 4u;\n          let sl${x} = ti[i${x}] >> 16u;\n`;
+      s += `          let sh${x} = ti[i${x} + 2u] + gq;\n          let mh${x} = ti[i${x} + 3u] + gq;\n`;
+      s += `          let hs${x} = ldw(sl${x}, sh${x} >> 1u);\n          let hm${x} = ldw(sl${x}, mh${x} >> 1u);\n`;
+      for (let wi = 0; wi < words; wi++) s += `          let w${x}_${wi} = ldw(sl${x}, ti[i${x} + 1u] + wo + ${wi}u);\n`;
+      return s;
+    };
+    const use = (x: string, tt: string) => {
+      let s = `          {\n            let su = unpack2x16float(hs${x});\n            let mu = unpack2x16float(hm${x});\n` +
+        `            let sv = select(su.x, su.y, (sh${x} & 1u) != 0u);\n            let mv = select(mu.x, mu.y, (mh${x} & 1u) != 0u);\n`;
+      s += J((j) => `            let p${j} = sc[${j * TILE}u + ${tt}];\n            l${j} += p${j};`) + '\n';
+      for (let wi = 0; wi < words; wi++) s += `            let w${wi} = w${x}_${wi}${partial ? ` >> ((c0 % ${cpw}u) * ${bits}u)` : ''};\n`;
+      for (let k = 0; k < CH; k++) s += `            let m${k} = ${magic(`w${Math.floor((k * bits) / 32)}`, bits, k % cpw)};\n`;
+      s += J((j) => `            { let ws = p${j} * sv; W${j} += ws; B${j} += p${j} * mv;\n` +
+        range(CH).map((k) => `              a${j}_${k} = fma(ws, m${k}, a${j}_${k});`).join('\n') + '\n            }') + '\n';
+      return s + '          }\n';
+    };
+    const xs = range(UNROLL);
+    let s = `      if (vbits == ${bits}u) {\n        let wo = (c0 * ${bits}u) / 32u;\n`;
+    s += `        for (; tt + ${UNROLL - 1}u * LANES < nq; tt += ${UNROLL}u * LANES) {\n`;
+    s += xs.map((x) => one(`${x}`, `tt + ${x}u * LANES`)).join('') + xs.map((x) => use(`${x}`, `tt + ${x}u * LANES`)).join('');
+    // The last few tokens of the run go by the general loop below.
+    return s + '        }\n      }\n';
+  };
+
+  // The same for float16 value pages (threads of CH channels, CH % 8 == 0: whole vec4s).
+  const fastF16 = () => {
+    const one = (x: string, tt: string) =>
+      `          let o${x} = (ti[(${tt}) * 4u + 1u] + c0 / 2u) / 4u;\n          let sl${x} = ti[(${tt}) * 4u] >> 16u;\n` +
+      range(CH / 8).map((k8) => `          let h${x}_${k8} = ld4(sl${x}, o${x} + ${k8}u);\n`).join('');
+    const use = (x: string, tt: string) => {
+      let s = '          {\n';
+      s += J((j) => `            let p${j} = sc[${j * TILE}u + ${tt}];\n            l${j} += p${j};`) + '\n';
+      s += range(CH / 2).map((k2) => `            let v${k2} = unpack2x16float(h${x}_${k2 >> 2}[${k2 & 3}]) * vinv;\n`).join('');
+      s += JK((j, k) => `            a${j}_${k} = fma(p${j}, v${k >> 1}[${k & 1}], a${j}_${k});`) + '\n';
+      return s + '          }\n';
+    };
+    const xs = range(UNROLL);
+    let s = `        for (; tt + ${UNROLL - 1}u * LANES < nq; tt += ${UNROLL}u * LANES) {\n`;
+    s += xs.map((x) => one(`${x}`, `tt + ${x}u * LANES`)).join('') + xs.map((x) => use(`${x}`, `tt + ${x}u * LANES`)).join('');
+    return s + '        }\n';
   };
 
   return /* wgsl */ `
@@ -171,9 +246,15 @@ struct P { items: u32, n: u32, tasks: u32 }
 ${arenaDecls('vec4<u32>', 'read', 5, na)}
 ${CONVERT}
 ${GRID}
-var<workgroup> sh: array<f32, ${g.shared}>;
-var<workgroup> fq: array<vec4<f32>, ${(NS * NQ * D) / 4}>;
-var<workgroup> ml: array<f32, ${LANES * NQ}>;
+// The query; the tile's scores, then its softmax weights (and at the end the lanes' sums); fold partials
+// (and the tile maximum's scratch); fold sums; the folded queries (and at the end the lanes' outputs);
+// per token of the tile, where its value lives (segment info word, row, scale and minimum halves).
+var<workgroup> qs: array<f32, ${NQ * D}>;
+var<workgroup> sc: array<f32, ${NQ * TILE}>;
+var<workgroup> fp: array<f32, ${FPN}>;
+var<workgroup> fs: array<f32, ${NS * NQ * 2}>;
+var<workgroup> big: array<vec4<f32>, ${BIG}>;
+var<workgroup> ti: array<u32, ${4 * TILE}>;
 
 ${arenaSwitch(na, 'ld4(s: u32, i: u32) -> vec4<u32>', (a) => `return ${a}[i];`)}
 // A word of a vec4 by selects (indexing a vector value at run time makes some compilers copy it to memory).
@@ -201,6 +282,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3
   let kb = plan[tk + 6u];
   let vinfo = plan[tk + 7u];
   let vbits = vinfo & 0xffu;
+  let vG = max(vinfo >> 8u, 1u);
   var kbits = 0u;
   var kG = 1u;
   if (kb > 0u) {
@@ -210,8 +292,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3
   let kmul = f32(1u << kbits);
   let vmul = f32(1u << vbits);
   let vinv = 1.0 / vmul;
-  for (var i = li; i < NQ * D; i += WG) { sh[${QOFF}u + i] = qf(qrow * QKVD + h * NQ * D + i); }
-${J((j) => `  var m${j} = neg_inf();\n  var l${j} = 0.0;\n  var W${j} = 0.0;\n  var B${j} = 0.0;\n  var p${j} = 0.0;`)}
+  for (var i = li; i < NQ * D; i += WG) { qs[i] = qf(qrow * QKVD + h * NQ * D + i); }
+  // The softmax maximum M of the tokens so far is one per query head for the whole workgroup.
+${J((j) => `  var M${j} = neg_inf();\n  var l${j} = 0.0;\n  var W${j} = 0.0;\n  var B${j} = 0.0;`)}
 ${JK((j, k) => `  var a${j}_${k} = 0.0;`)}
   let cw = li % CHUNKS;
   let u = li / CHUNKS;
@@ -222,6 +305,35 @@ ${JK((j, k) => `  var a${j}_${k} = 0.0;`)}
     loop { if (a < seg_end(kseg)) { break; } kseg += 1u; }
     loop { if (a < seg_end(vseg)) { break; } vseg += 1u; }
     let t = a + li;
+    // ---- where this thread's token keeps its value (read back by the value threads) ----
+    if (t < b) {
+      var vs = vseg;
+      loop { if (t < seg_end(vs)) { break; } vs += 1u; }
+      let info = sw(vs, 0u);
+      let kind = info & 0xffu;
+      let vrow = sw(vs, 3u) + t - sw(vs, 7u);
+      var r0 = 0u;
+      var r1 = 0u;
+      var r2 = 0u;
+      if (kind == ${SEG_KIVI_V}u) {
+        let cap = sw(vs, 4u);
+        let vbase = sw(vs, 2u) + h * sw(vs, 6u);
+        let wpr = D * ((info >> 8u) & 0xffu) / 32u;
+        r0 = vbase + vrow * wpr;
+        r1 = (vbase + cap * wpr) * 2u + vrow * (D / vG);
+        r2 = r1 + cap * (D / vG);
+      } else if (kind == ${SEG_F32}u) {
+        r0 = sw(vs, 2u) + h * sw(vs, 6u) + vrow * D;
+      } else if (kind == ${SEG_ROWS}u) {
+        r0 = (sw(vs, 2u) + t - sw(vs, 7u)) * QKVD + (${H + KV}u + h) * D;
+      } else {
+        r0 = sw(vs, 2u) + h * sw(vs, 6u) + vrow * ${D / 2}u;
+      }
+      ti[li * 4u] = info;
+      ti[li * 4u + 1u] = r0;
+      ti[li * 4u + 2u] = r1;
+      ti[li * 4u + 3u] = r2;
+    }
 ${J((j) => `    var s${j} = neg_inf();`)}
     // ---- KIVI keys, on their codes ----
     if (a < kb) {
@@ -247,29 +359,31 @@ ${J((j) => `    var s${j} = neg_inf();`)}
           let hm = hs + (cap / kG) * D;
           var pq = 0.0;
           var pb = 0.0;
-          for (var k = 0u; k < 16u; k += 4u) {
-            let c = cb + k;
-            let q4 = vec4<f32>(sh[${QOFF}u + j * D + c], sh[${QOFF + 1}u + j * D + c], sh[${QOFF + 2}u + j * D + c], sh[${QOFF + 3}u + j * D + c]);
-            let s4 = vec4<f32>(ldh(sl, hs + k), ldh(sl, hs + k + 1u), ldh(sl, hs + k + 2u), ldh(sl, hs + k + 3u));
-            let m4 = vec4<f32>(ldh(sl, hm + k), ldh(sl, hm + k + 1u), ldh(sl, hm + k + 2u), ldh(sl, hm + k + 3u));
-            let qs = q4 * s4;
-            fq[((slot * NQ + j) * D + c) / 4u] = qs;
-            pq += (qs.x + qs.y) + (qs.z + qs.w);
+          // Scales and minimums two halves a word (hs, hm even: D and cb are multiples of 16).
+${range(8).map((k) => `          let sw${k} = ldw(sl, (hs >> 1u) + ${k}u);\n          let mw${k} = ldw(sl, (hm >> 1u) + ${k}u);`).join('\n')}
+${range(4).map((k) => `          {
+            let c = cb + ${4 * k}u;
+            let q4 = vec4<f32>(qs[j * D + c], qs[j * D + c + 1u], qs[j * D + c + 2u], qs[j * D + c + 3u]);
+            let s4 = vec4<f32>(unpack2x16float(sw${2 * k}), unpack2x16float(sw${2 * k + 1}));
+            let m4 = vec4<f32>(unpack2x16float(mw${2 * k}), unpack2x16float(mw${2 * k + 1}));
+            let qv = q4 * s4;
+            big[((slot * NQ + j) * D + c) / 4u] = qv;
+            pq += (qv.x + qv.y) + (qv.z + qv.w);
             pb += dot(q4, m4);
-          }
-          sh[${FPOFF}u + idx * 2u] = pq;
-          sh[${FPOFF}u + idx * 2u + 1u] = pb;
+          }`).join('\n')}
+          fp[idx * 2u] = pq;
+          fp[idx * 2u + 1u] = pb;
         }
         workgroupBarrier();
         for (var idx = li; idx < nsl * NQ; idx += WG) {
           var sq = 0.0;
           var sb = 0.0;
           for (var k = 0u; k < D16; k++) {
-            sq += sh[${FPOFF}u + (idx * D16 + k) * 2u];
-            sb += sh[${FPOFF}u + (idx * D16 + k) * 2u + 1u];
+            sq += fp[(idx * D16 + k) * 2u];
+            sb += fp[(idx * D16 + k) * 2u + 1u];
           }
-          sh[${FBOFF}u + idx * 2u] = sq;
-          sh[${FBOFF}u + idx * 2u + 1u] = sb;
+          fs[idx * 2u] = sq;
+          fs[idx * 2u + 1u] = sb;
         }
         workgroupBarrier();
         let gg = t / kG;
@@ -284,7 +398,7 @@ ${J((j) => `    var s${j} = neg_inf();`)}
           let fb = slot * NQ * ${D / 4}u;
 ${J((j) => `          var S${j} = 0.0;`)}
 ${kiviScore(2)}${kiviScore(4)}${kiviScore(8)}
-${J((j) => `          s${j} = (kmul * (S${j} - sh[${FBOFF}u + (slot * NQ + ${j}u) * 2u]) + sh[${FBOFF}u + (slot * NQ + ${j}u) * 2u + 1u]) * SCALE;`)}
+${J((j) => `          s${j} = (kmul * (S${j} - fs[(slot * NQ + ${j}u) * 2u]) + fs[(slot * NQ + ${j}u) * 2u + 1u]) * SCALE;`)}
         }
         workgroupBarrier();
       }
@@ -312,157 +426,234 @@ ${J((j) => `          S${j} += dot(kv, ${qvec(j, 'c4 * 4u')});`)}
         }
       } else {
         let o4 = (sw(sg, 2u) + h * sw(sg, 6u) + r * ${D / 2}u) / 4u;
-        for (var c8 = 0u; c8 < ${D / 8}u; c8++) {
-          let w4 = ld4(sl, o4 + c8);
-          let k0 = vec4<f32>(unpack2x16float(w4.x), unpack2x16float(w4.y));
-          let k1 = vec4<f32>(unpack2x16float(w4.z), unpack2x16float(w4.w));
-${J((j) => `          S${j} += dot(k0, ${qvec(j, 'c8 * 8u')}) + dot(k1, ${qvec(j, 'c8 * 8u', 4)});`)}
+        // ${KU} row pieces loaded before use (several loads in flight per thread).
+        for (var c8 = 0u; c8 < ${D / 8}u; c8 += ${KU}u) {
+${range(KU).map((x) => `          let w4_${x} = ld4(sl, o4 + c8 + ${x}u);`).join('\n')}
+${range(KU).map((x) => `          {
+            let k0 = vec4<f32>(unpack2x16float(w4_${x}.x), unpack2x16float(w4_${x}.y));
+            let k1 = vec4<f32>(unpack2x16float(w4_${x}.z), unpack2x16float(w4_${x}.w));
+${J((j) => `            S${j} += dot(k0, ${qvec(j, `(c8 + ${x}u) * 8u`)}) + dot(k1, ${qvec(j, `(c8 + ${x}u) * 8u`, 4)});`)}
+          }`).join('\n')}
         }
       }
 ${J((j) => `      s${j} = S${j} * SCALE;`)}
     }
-${J((j) => `    sh[${SCOFF + j * TILE}u + li] = s${j};`)}
+    // ---- the tile's maximum (a tree in workgroup memory), the new running maximum, the weights ----
+${J((j) => `    sc[${j * TILE}u + li] = s${j};`)}
+    workgroupBarrier();
+    for (var idx = li; idx < NQ * 32u; idx += WG) {
+      let o = (idx / 32u) * WG + (idx % 32u) * 4u;
+      fp[idx] = max(max(sc[o], sc[o + 1u]), max(sc[o + 2u], sc[o + 3u]));
+    }
+    workgroupBarrier();
+    for (var idx = li; idx < NQ * 8u; idx += WG) {
+      let o = (idx / 8u) * 32u + (idx % 8u) * 4u;
+      fp[NQ * 32u + idx] = max(max(fp[o], fp[o + 1u]), max(fp[o + 2u], fp[o + 3u]));
+    }
+    workgroupBarrier();
+${J((j) => `    {
+      let o = NQ * 32u + ${j * 8}u;
+      let tm = max(max(max(fp[o], fp[o + 1u]), max(fp[o + 2u], fp[o + 3u])), max(max(fp[o + 4u], fp[o + 5u]), max(fp[o + 6u], fp[o + 7u])));
+      let mn = max(M${j}, tm);
+      if (mn > M${j}) {
+        let al = exp(M${j} - mn);
+        l${j} *= al;
+        W${j} *= al;
+        B${j} *= al;
+${range(CH).map((k) => `        a${j}_${k} *= al;`).join('\n')}
+        M${j} = mn;
+      }
+      sc[${j * TILE}u + li] = exp(s${j} - M${j});
+    }`)}
     workgroupBarrier();
     // ---- values: this thread's CH channels of tokens u, u + LANES, … of the tile ----
+    // The tile's first nq tokens lie in KIVI value pages (they come first in a task).
+    // The tile's first nq tokens lie in pages of one kind, vk0: KIVI values (quantized first in a task)
+    // or float16 pages; those go by the unrolled paths.
+    let vk0 = sw(vseg, 0u) & 0xffu;
+    var vq = a;
+    var sq = vseg;
+    loop {
+      if (vq >= b || (sw(sq, 0u) & 0xffu) != vk0) { break; }
+      vq = seg_end(sq);
+      sq += 1u;
+    }
+    let nq = min(vq, b) - a;
     if (u < LANES) {
-      var vs = vseg;
-      for (var tt = u; tt < b - a; tt += LANES) {
-        let t2 = a + tt;
-        loop { if (t2 < seg_end(vs)) { break; } vs += 1u; }
-        // Online softmax per value thread: its own running maximum and sum (lanes merge at the end).
-${J((j) => `        {
-          let sv = sh[${SCOFF + j * TILE}u + tt];
-          if (sv > m${j}) {
-            let al = exp(m${j} - sv);
-            m${j} = sv;
-            l${j} *= al;
-            W${j} *= al;
-            B${j} *= al;
-${range(CH).map((k) => `            a${j}_${k} *= al;`).join('\n')}
-          }
-          p${j} = exp(sv - m${j});
-          l${j} += p${j};
-        }`)}
-        let info = sw(vs, 0u);
+      var tt = u;
+      let gq = c0 / vG;
+      if (vk0 == ${SEG_KIVI_V}u && vG % ${CH}u == 0u) {
+${fastValues(2)}${fastValues(4)}      }
+${CH % 8 === 0 ? `      if (vk0 == ${SEG_F16}u) {
+${fastF16()}      }
+` : ''}      for (; tt < b - a; tt += LANES) {
+${J((j) => `        let p${j} = sc[${j * TILE}u + tt];\n        l${j} += p${j};`)}
+        let info = ti[tt * 4u];
+        let r0 = ti[tt * 4u + 1u];
         let kind = info & 0xffu;
         let sl = info >> 16u;
-        let vrow = sw(vs, 3u) + t2 - sw(vs, 7u);
         if (kind == ${SEG_KIVI_V}u) {
-          let vb = (info >> 8u) & 0xffu;
-          let G = sw(vs, 5u);
-          let cap = sw(vs, 4u);
-          let vbase = sw(vs, 2u) + h * sw(vs, 6u);
-          let wpr = D * vb / 32u;
-          let hs = (vbase + cap * wpr) * 2u + vrow * (D / G);
-          let hm = hs + cap * (D / G);
-          if (G % ${CH}u == 0u) {
-            let sv = ldh(sl, hs + c0 / G);
-            let mv = ldh(sl, hm + c0 / G);
+          if (vG % ${CH}u == 0u) {
+            let sv = ldh(sl, ti[tt * 4u + 2u] + c0 / vG);
+            let mv = ldh(sl, ti[tt * 4u + 3u] + c0 / vG);
 ${kiviValue(2)}${kiviValue(4)}${kiviValue(8)}
           } else {
             // Groups narrower than a thread's chunk (rare specs): dequantize channel by channel.
-            let mask = (1u << vb) - 1u;
-            let cpw = 32u / vb;
+            let hs = ti[tt * 4u + 2u];
+            let hm = ti[tt * 4u + 3u];
+            let mask = (1u << vbits) - 1u;
+            let cpw = 32u / vbits;
 ${range(CH).map((k) => `            {
               let c = c0 + ${k}u;
-              let v = (ldh(sl, hs + c / G) * f32((ldw(sl, vbase + vrow * wpr + c / cpw) >> ((c % cpw) * vb)) & mask) + ldh(sl, hm + c / G)) * vinv;
+              let v = (ldh(sl, hs + c / vG) * f32((ldw(sl, r0 + c / cpw) >> ((c % cpw) * vbits)) & mask) + ldh(sl, hm + c / vG)) * vinv;
 ${J((j) => `              a${j}_${k} = fma(p${j}, v, a${j}_${k});`)}
             }`).join('\n')}
           }
         } else if (kind == ${SEG_F32}u) {
-          let o4 = (sw(vs, 2u) + h * sw(vs, 6u) + vrow * D + c0) / 4u;
+          let o4 = (r0 + c0) / 4u;
 ${range(CH / 4).map((k4) => `          let v${k4} = bitcast<vec4<f32>>(ld4(sl, o4 + ${k4}u)) * vinv;`).join('\n')}
 ${JK((j, k) => `          a${j}_${k} = fma(p${j}, v${k >> 2}[${k & 3}], a${j}_${k});`)}
         } else if (kind == ${SEG_ROWS}u) {
-          let o4 = ((sw(vs, 2u) + t2 - sw(vs, 7u)) * QKVD + (${H + KV}u + h) * D + c0) / 4u;
+          let o4 = (r0 + c0) / 4u;
 ${range(CH / 4).map((k4) => `          let v${k4} = qkv[o4 + ${k4}u] * vinv;`).join('\n')}
 ${JK((j, k) => `          a${j}_${k} = fma(p${j}, v${k >> 2}[${k & 3}], a${j}_${k});`)}
         } else {
-          let ow = sw(vs, 2u) + h * sw(vs, 6u) + (vrow * D + c0) / 2u;
-${range(CH / 2).map((k2) => `          let v${k2} = unpack2x16float(ldw(sl, ow + ${k2}u)) * vinv;`).join('\n')}
+${CH % 8 === 0 ? `          let o4 = (r0 + c0 / 2u) / 4u;
+${range(CH / 8).map((k8) => `          let h${k8} = ld4(sl, o4 + ${k8}u);`).join('\n')}
+${range(CH / 2).map((k2) => `          let v${k2} = unpack2x16float(h${k2 >> 2}[${k2 & 3}]) * vinv;`).join('\n')}` : `          let ow = r0 + c0 / 2u;
+${range(CH / 2).map((k2) => `          let v${k2} = unpack2x16float(ldw(sl, ow + ${k2}u)) * vinv;`).join('\n')}`}
 ${JK((j, k) => `          a${j}_${k} = fma(p${j}, v${k >> 1}[${k & 1}], a${j}_${k});`)}
         }
       }
     }
     workgroupBarrier();
   }
-  // ---- merge the value threads' partial softmaxes, then the output (or this split's partial) ----
-  if (u < LANES && cw == 0u) {
-${J((j) => `    ml[u * NQ + ${j}u] = m${j};`)}
+  // ---- sum the value lanes, one query head at a time: the output (or this split's partial) ----
+${J((j) => `  if (u < LANES) {
+${range(CH / 4).map((k4) => `    big[(u * D + c0) / 4u + ${k4}u] = vec4<f32>(${range(4).map((e) => `vmul * (a${j}_${k4 * 4 + e} - W${j}) + B${j}`).join(', ')});`).join('\n')}
+    if (cw == 0u) { sc[u] = l${j}; }
   }
   workgroupBarrier();
-${J((j) => `  var M${j} = neg_inf();`)}
-  for (var uu = 0u; uu < LANES; uu++) {
-${J((j) => `    M${j} = max(M${j}, ml[uu * NQ + ${j}u]);`)}
-  }
-  workgroupBarrier();
-  if (u < LANES) {
-${J((j) => `    {
-      let e = exp(m${j} - M${j});
-${range(CH).map((k) => `      sh[(u * NQ + ${j}u) * D + c0 + ${k}u] = (vmul * (a${j}_${k} - W${j}) + B${j}) * e;`).join('\n')}
-      if (cw == 0u) { ml[u * NQ + ${j}u] = l${j} * e; }
-    }`)}
-  }
-  workgroupBarrier();
-  for (var idx = li; idx < NQ * D; idx += WG) {
-    let j = idx / D;
-    let c = idx % D;
+  for (var c = li; c < D; c += WG) {
     var o = 0.0;
     var L = 0.0;
     for (var uu = 0u; uu < LANES; uu++) {
-      o += sh[(uu * NQ + j) * D + c];
-      L += ml[uu * NQ + j];
+      o += big[(uu * D + c) / 4u][c % 4u];
+      L += sc[uu];
     }
     if (pidx == ${NO_PARTIAL}u) {
-      att[qrow * ${H * D}u + (h * NQ + j) * D + c] = o / L;
+      att[qrow * ${H * D}u + (h * NQ + ${j}u) * D + c] = o / L;
     } else {
-      let pb = pidx * ${NQ * (D + 2)}u + j * ${D + 2}u;
-      part[pb + 2u + c] = o;
+      let pb = pidx * ${NQ * PS}u + ${j * PS}u;
+      part[pb + 4u + c] = o;
       if (c == 0u) {
-        var mj = M0;
-${J((j) => (j === 0 ? '' : `        if (j == ${j}u) { mj = M${j}; }`))}
-        part[pb] = mj;
+        part[pb] = M${j};
         part[pb + 1u] = L;
       }
     }
   }
+  workgroupBarrier();`)}
 }`;
 }
 
-/** Combine the partials of the splits of each (task, kv head). */
+/** Threads of a merge workgroup. */
+const MERGE_WG = 256;
+
+/**
+ * Combine the partials of the splits of each (task, kv head): one workgroup per (merge item, query
+ * head); threads over (a slice of the partials, 8 channels), four partials' loads in flight at a time.
+ */
 export function mergeWgsl(shape: AttnShape): string {
   const { numHeads: H, numKvHeads: KV, headDim: D } = shape;
   const NQ = H / KV;
+  const PS = D + 4;
+  const QG = D / 8;
+  const RS = MERGE_WG / QG;
   return /* wgsl */ `
+const MT = ${MERGE_WG}u;
+const RS = ${RS}u;
 struct P { items: u32, n: u32, tasks: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> plan: array<u32>;
-@group(0) @binding(2) var<storage, read> part: array<f32>;
+@group(0) @binding(2) var<storage, read> part: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> att: array<f32>;
 ${GRID}
-@compute @workgroup_size(64)
+var<workgroup> red: array<f32, ${MERGE_WG + 16}>;
+var<workgroup> ob: array<vec4<f32>, ${(RS * D) / 4}>;
+var<workgroup> lb: array<f32, ${RS}>;
+
+// Partial s of the item as vec4s: (maximum, sum, 0, 0), then D outputs.
+fn pv(s: u32, j: u32, k: u32) -> vec4<f32> { return part[(s * ${NQ * PS}u + j * ${PS}u) / 4u + k]; }
+
+@compute @workgroup_size(${MERGE_WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let it = wg_index(wid, nw);
+  let wg = wg_index(wid, nw);
+  let it = wg / ${NQ}u;
+  let j = wg % ${NQ}u;
   if (it >= p.n) { return; }
   let ib = p.items + it * ${MERGE_WORDS}u;
   let row = plan[p.tasks + plan[ib] * ${GTASK_WORDS}u];
   let h = plan[ib + 1u];
   let p0 = plan[ib + 2u];
   let np = plan[ib + 3u];
-  for (var idx = li; idx < ${NQ * D}u; idx += 64u) {
-    let j = idx / ${D}u;
-    let c = idx % ${D}u;
-    var mx = neg_inf();
-    for (var s = 0u; s < np; s++) { mx = max(mx, part[(p0 + s) * ${NQ * (D + 2)}u + j * ${D + 2}u]); }
-    var L = 0.0;
+  var mx = neg_inf();
+  for (var s = li; s < np; s += MT) { mx = max(mx, pv(p0 + s, j, 0u).x); }
+  red[li] = mx;
+  workgroupBarrier();
+  if (li < 16u) {
+    var m = red[li * 16u];
+    for (var k = 1u; k < 16u; k++) { m = max(m, red[li * 16u + k]); }
+    red[MT + li] = m;
+  }
+  workgroupBarrier();
+  var M = red[MT];
+  for (var k = 1u; k < 16u; k++) { M = max(M, red[MT + k]); }
+  let r = li / ${QG}u;
+  let q = li % ${QG}u;
+  var L = 0.0;
+  var o0 = vec4<f32>(0.0);
+  var o1 = vec4<f32>(0.0);
+  var s = r;
+  for (; s + 3u * RS < np; s += 4u * RS) {
+    let ha = pv(p0 + s, j, 0u);
+    let hb = pv(p0 + s + RS, j, 0u);
+    let hc = pv(p0 + s + 2u * RS, j, 0u);
+    let hd = pv(p0 + s + 3u * RS, j, 0u);
+    let xa0 = pv(p0 + s, j, 1u + q * 2u);
+    let xa1 = pv(p0 + s, j, 2u + q * 2u);
+    let xb0 = pv(p0 + s + RS, j, 1u + q * 2u);
+    let xb1 = pv(p0 + s + RS, j, 2u + q * 2u);
+    let xc0 = pv(p0 + s + 2u * RS, j, 1u + q * 2u);
+    let xc1 = pv(p0 + s + 2u * RS, j, 2u + q * 2u);
+    let xd0 = pv(p0 + s + 3u * RS, j, 1u + q * 2u);
+    let xd1 = pv(p0 + s + 3u * RS, j, 2u + q * 2u);
+    let ea = exp(ha.x - M);
+    let eb = exp(hb.x - M);
+    let ec = exp(hc.x - M);
+    let ed = exp(hd.x - M);
+    L += (ha.y * ea + hb.y * eb) + (hc.y * ec + hd.y * ed);
+    o0 += (xa0 * ea + xb0 * eb) + (xc0 * ec + xd0 * ed);
+    o1 += (xa1 * ea + xb1 * eb) + (xc1 * ec + xd1 * ed);
+  }
+  for (; s < np; s += RS) {
+    let hx = pv(p0 + s, j, 0u);
+    let e = exp(hx.x - M);
+    L += hx.y * e;
+    o0 += pv(p0 + s, j, 1u + q * 2u) * e;
+    o1 += pv(p0 + s, j, 2u + q * 2u) * e;
+  }
+  ob[r * ${D / 4}u + q * 2u] = o0;
+  ob[r * ${D / 4}u + q * 2u + 1u] = o1;
+  if (q == 0u) { lb[r] = L; }
+  workgroupBarrier();
+  for (var c = li; c < ${D}u; c += MT) {
     var O = 0.0;
-    for (var s = 0u; s < np; s++) {
-      let b = (p0 + s) * ${NQ * (D + 2)}u + j * ${D + 2}u;
-      let e = exp(part[b] - mx);
-      L = fma(part[b + 1u], e, L);
-      O = fma(part[b + 2u + c], e, O);
+    var LL = 0.0;
+    for (var rr = 0u; rr < RS; rr++) {
+      O += ob[rr * ${D / 4}u + c / 4u][c % 4u];
+      LL += lb[rr];
     }
-    att[row * ${H * D}u + (h * ${NQ}u + j) * ${D}u + c] = O / L;
+    att[row * ${H * D}u + (h * ${NQ}u + j) * ${D}u + c] = O / LL;
   }
 }`;
 }

@@ -16,7 +16,7 @@ import {
   ARGMAX, GATHER, GEMM_TILE, GEMV_ROWS, ROPE, SCATTER16, SWIGLU, type WType, addWgsl, embedWgsl, fillRandomWgsl, gemmWgsl,
   gemvWgsl, matmulSerialWgsl, rmsnormWgsl,
 } from './dense.js';
-import { ARENAS, ITEM_WORDS, MERGE_WORDS, attendWgsl, attnGeometry, jobsWgsl, mergeWgsl, type AttnGeometry } from './attention.js';
+import { ARENAS, ITEM_WORDS, MERGE_WORDS, attendWgsl, attnGeometry, jobsWgsl, mergeWgsl, partialFloats, type AttnGeometry } from './attention.js';
 import { buildPlan, type GpuPlan } from './planbuf.js';
 import { WebGpuPagePool } from './pool.js';
 import { type GpuDevice, type WebGpuOptions, findAdapter, openDevice } from './device.js';
@@ -356,7 +356,7 @@ export class WebGpuBackend implements Backend {
     this.deferred = null;
     if (nAttn === 0) return;
     const { numHeads: H, numKvHeads: KV, headDim: D } = shape;
-    const partBytes = Math.max(16, gp.partials * (H / KV) * (D + 2) * 4);
+    const partBytes = Math.max(16, gp.partials * partialFloats(shape) * 4);
     if (!this.partials || this.partials.size < partBytes) {
       if (this.partials) this.core.destroy(this.partials);
       this.partials = this.core.buffer(Math.max(partBytes, (this.partials?.size ?? 0) * 2), GPUBufferUsage.STORAGE, 'partials');
@@ -368,7 +368,9 @@ export class WebGpuBackend implements Backend {
       (u, _f, at) => u.set([first.attn, nAttn, gp.tasks], at));
     if (nMerge > 0) {
       const m = this.shapeKernel('merge', shape, () => mergeWgsl(shape), ['read', 'read', 'rw']);
-      this.core.dispatch(m, [{ b: this.planBuf! }, { b: this.partials }, { b: f32(att).g }], nMerge, (u, _f, at) => u.set([first.merge, nMerge, gp.tasks], at));
+      // One merge workgroup per (item, query head).
+      this.core.dispatch(m, [{ b: this.planBuf! }, { b: this.partials }, { b: f32(att).g }], nMerge * (H / KV),
+        (u, _f, at) => u.set([first.merge, nMerge, gp.tasks], at));
     }
   }
 

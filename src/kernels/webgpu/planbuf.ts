@@ -16,8 +16,12 @@ import { KiviError } from '../../util/errors.js';
 import { GSEG_WORDS, GTASK_WORDS, ITEM_WORDS, JOBITEM_WORDS, MERGE_WORDS, NO_PARTIAL, TILE } from './attention.js';
 import { pageSlot, pageWord } from './pool.js';
 
-/** Attention work items wanted per sub-step: enough workgroups to fill a large GPU. */
-const TARGET_ITEMS = 1024;
+/**
+ * Attention work items wanted per plan: enough workgroups to fill a large GPU (an H200 holds about a
+ * thousand of these at once) while the partials stay few (the merge reads them from L2). Items are
+ * whole tiles of TILE tokens, at least one.
+ */
+const TARGET_ITEMS = 2048;
 
 export interface SubLists {
   attn: number;
@@ -158,7 +162,7 @@ export function buildPlan(plan: StepPlan, shape: AttnShape): GpuPlan {
   // one dispatch, see backend.ts), partials numbered across the plan; then merge items likewise.
   let total = 0;
   for (let i = 0; i < plan.nTasks; i++) total += tk[i * TASK_WORDS + TASK_TOKENS]! * KV;
-  const split = Math.max(2 * TILE, Math.ceil(total / TARGET_ITEMS / TILE) * TILE);
+  const split = Math.max(1, Math.ceil(total / TARGET_ITEMS / TILE)) * TILE;
   const subs: SubLists[] = [];
   let partials = 0;
   const merges: number[] = [];

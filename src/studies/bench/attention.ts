@@ -95,7 +95,7 @@ export async function runAttentionBench(o: AttentionBenchOptions): Promise<Atten
       try {
         const bytes: number[] = [];
         for (const [si, cache] of caches.entries()) {
-          for (let t = 0; t < T; t += FILL) await stepper.fill(cache, fill, Math.min(FILL, T - t), FILL);
+          await stepper.fillCycled(cache, fill, FILL, T);
           const exact = cacheBytes(o.specs[si]!, dims, T);
           if (cache.bytes() !== exact) throw new Error(`${o.specs[si]!.name} at ${T} tokens: bytes() = ${cache.bytes()} but cacheBytes() = ${exact}`);
           bytes.push(exact);

@@ -103,7 +103,7 @@ export async function runFilledDecodeBench(o: Omit<GenerateBenchOptions, 'prompt
       const cache = m.newCache(parseKvSpec(kv));
       const stepper = new CacheStepper(m.backend, m.transformer.pool);
       try {
-        for (let t = 0; t < o.context; t += chunk) await stepper.fill(cache, rows, Math.min(chunk, o.context - t), chunk);
+        await stepper.fillCycled(cache, rows, chunk, o.context);
         stepper.dispose();
         let id = 3;
         // One untimed step (kernels for this length compiled, scratch sized), then the timed ones.

@@ -7,7 +7,9 @@ import { parseArgs } from 'node:util';
 import { chromium } from 'playwright-core';
 import { WebServer } from '../dist/src/web/server.js';
 
-const { values: o } = parseArgs({ options: { rounds: { type: 'string', default: '2' }, tokens: { type: 'string', default: '128' }, long: { type: 'string', default: '1500' } } });
+const { values: o } = parseArgs({
+  options: { rounds: { type: 'string', default: '2' }, tokens: { type: 'string', default: '128' }, long: { type: 'string', default: '1500' } },
+});
 const SPECS = ['fp32', 'fp16', 'kivi2', 'kivi:k=2,v=2,g=32,r=128,residual=fp16'];
 const BACKENDS = ['wasm', 'ts'];
 const short = 'The history of the city';
@@ -29,7 +31,10 @@ for (const b of BACKENDS) {
 }
 const results = new Map();
 for (let r = 0; r < Number(o.rounds); r++) {
-  for (const [promptName, prompt, tokens] of [['short', short, Number(o.tokens)], ['long', long, 64]]) {
+  for (const [promptName, prompt, tokens] of [
+    ['short', short, Number(o.tokens)],
+    ['long', long, 64],
+  ]) {
     for (const spec of SPECS) {
       for (const b of BACKENDS) {
         const { page } = pages[b];
@@ -54,8 +59,8 @@ await browser.close();
 await server.close();
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 for (const b of BACKENDS) console.log(`- ${b}: ${pages[b].status}`);
-console.log('\n| prompt | cache | ' + BACKENDS.map((b) => `${b} tok/s`).join(' | ') + ' | wasm ÷ ts |');
-console.log('|---|---|' + BACKENDS.map(() => '---|').join('') + '---|');
+console.log(`\n| prompt | cache | ${BACKENDS.map((b) => `${b} tok/s`).join(' | ')} | wasm ÷ ts |`);
+console.log(`|---|---|${BACKENDS.map(() => '---|').join('')}---|`);
 for (const p of ['short', 'long']) {
   for (const spec of SPECS) {
     const v = BACKENDS.map((b) => median(results.get(`${p}|${spec}|${b}`).tps));

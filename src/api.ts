@@ -4,19 +4,20 @@
  *   const m = await KiviModel.load('models/llama-28m-gqa', { kv: 'kivi2' });
  *   for await (const c of m.generate('The pass key is', { maxTokens: 16 })) process.stdout.write(c.text);
  */
-import { createBackend, type BackendOptions, type Backend } from './kernels/index.js';
-import { loadModel, type ModelLocation } from './model/load.js';
-import type { LoadProgress, WeightFormat } from './model/weights.js';
+
+import { decodeCache, encodeCache, restoreCache, tokenHash } from './cache/file.js';
+import { type CacheSpec, checkSpecBackend, createCache, DEFAULT_KV, type KvOption, toCacheSpec, validateSpec } from './cache/spec.js';
+import type { CacheDims, KvCache } from './cache/types.js';
+import { BatchEngine } from './engine/batch.js';
+import { checkGrid, chunkEnds } from './engine/chunks.js';
+import type { GenerateChunk, GenerateOptions, GenerateResult } from './engine/generate.js';
+import { type Backend, type BackendOptions, createBackend } from './kernels/index.js';
 import type { ModelConfig } from './model/config.js';
 import type { ForwardItem, ForwardOptions, ForwardResult, LlamaModel } from './model/llama.js';
+import { loadModel, type ModelLocation } from './model/load.js';
+import type { LoadProgress, WeightFormat } from './model/weights.js';
 import type { Tokenizer } from './tokenizer/tokenizer.js';
-import { type CacheSpec, DEFAULT_KV, checkSpecBackend, createCache, type KvOption, toCacheSpec, validateSpec } from './cache/spec.js';
-import type { CacheDims, KvCache } from './cache/types.js';
-import { decodeCache, encodeCache, restoreCache, tokenHash } from './cache/file.js';
-import { chunkEnds, checkGrid } from './engine/chunks.js';
 import { KiviError } from './util/errors.js';
-import type { GenerateChunk, GenerateOptions, GenerateResult } from './engine/generate.js';
-import { BatchEngine } from './engine/batch.js';
 
 export interface LoadOptions extends BackendOptions {
   /** Default cache spec for generate(): 'kivi2' (default), 'kivi4', 'fp16', 'fp32', ... or a spec object. */
@@ -166,7 +167,7 @@ export class KiviModel {
       const img = await decodeCache(prefix, { model: this.fingerprint, spec: cache.spec, shape: this.dims });
       if (img.tokens === null) throw new KiviError('the prefix cache file does not say which tokens it holds: save it with saveCache(cache, tokens)');
       if (img.length >= ids.length) throw new KiviError(`the prefix holds ${img.length} tokens; the prompt of ${ids.length} must be longer`);
-      if (img.tokens !== await tokenHash(ids, img.length)) throw new KiviError(`the prompt does not begin with the ${img.length} tokens the prefix holds`);
+      if (img.tokens !== (await tokenHash(ids, img.length))) throw new KiviError(`the prompt does not begin with the ${img.length} tokens the prefix holds`);
       cache.restore(img);
     } catch (e) {
       cache.free();

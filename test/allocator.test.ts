@@ -1,6 +1,7 @@
 /** The WASM heap allocator: alignment, no overlap, reuse of freed blocks, coalescing, heap top returned. */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import fc from 'fast-check';
 import { ALIGN, Allocator } from '../src/kernels/wasm/allocator.js';
 

@@ -4,12 +4,13 @@
  * attention through real caches of every kind, prefill and decode, within a per-back-end bound for
  * quantized attention. Every back end's test file runs this suite on itself.
  */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
-import type { AttnShape, Backend, DType, HostArray, Tensor } from '../src/kernels/types.js';
-import { TsBackend } from '../src/kernels/ts/backend.js';
+import { test } from 'node:test';
 import { createCache, parseKvSpec } from '../src/cache/spec.js';
-import { CacheStepper, qkvRows } from '../src/cache/step.js';
+import { CacheStepper } from '../src/cache/step.js';
+import { TsBackend } from '../src/kernels/ts/backend.js';
+import type { AttnShape, Backend, DType, HostArray, Tensor } from '../src/kernels/types.js';
 import { toHalfBits } from '../src/quant/float16.js';
 
 const U = 2 ** -24;
@@ -72,8 +73,17 @@ export interface ConformanceOptions {
   weightTypes?: ('f32' | 'f16' | 'bf16')[];
 }
 
-export const ALL_SPECS = ['fp32', 'fp16', 'kivi2', 'kivi4', 'kivi:k=8,v=8,g=32,r=64', 'kivi:k=4,v=2,g=16,r=64,residual=fp16',
-  'kivi:k=2,v=2,g=32,r=32,residual=fp16', 'fake2-kC-vT', 'fake4-kT-vC'];
+export const ALL_SPECS = [
+  'fp32',
+  'fp16',
+  'kivi2',
+  'kivi4',
+  'kivi:k=8,v=8,g=32,r=64',
+  'kivi:k=4,v=2,g=16,r=64,residual=fp16',
+  'kivi:k=2,v=2,g=32,r=32,residual=fp16',
+  'fake2-kC-vT',
+  'fake4-kT-vC',
+];
 
 /** Register the suite for the back end `make` creates (one instance for the whole suite). */
 export function backendConformance(label: string, make: () => Promise<Backend>, o: ConformanceOptions = {}): void {
@@ -85,26 +95,41 @@ export function backendConformance(label: string, make: () => Promise<Backend>, 
     const b = await get();
     const r = rng(1);
     for (const wt of o.weightTypes ?? ['f32']) {
-      for (const [rows, inDim, outDim] of [[1, 512, 96], [2, 37, 19], [3, 64, 5], [5, 130, 33], [64, 512, 1030], [1, 7, 13]] as const) {
+      for (const [rows, inDim, outDim] of [
+        [1, 512, 96],
+        [2, 37, 19],
+        [3, 64, 5],
+        [5, 130, 33],
+        [64, 512, 1030],
+        [1, 7, 13],
+      ] as const) {
         for (const withBias of [false, true]) {
-          const xd = randArray(rows * inDim, r), wf = randArray(outDim * inDim, r);
+          const xd = randArray(rows * inDim, r),
+            wf = randArray(outDim * inDim, r);
           const wd = wt === 'f32' ? wf : to16(wf, wt);
           const [xa, xb] = both(ref, b, 'f32', xd);
           const [wa, wb] = both(ref, b, wt, wd);
           const bias = withBias ? both(ref, b, 'f32', randArray(outDim, r)) : undefined;
-          const oa = ref.tensor('f32', rows * outDim), ob = b.tensor('f32', rows * outDim);
+          const oa = ref.tensor('f32', rows * outDim),
+            ob = b.tensor('f32', rows * outDim);
           ref.matmul(oa, xa, wa, rows, inDim, outDim, bias?.[0]);
           b.matmul(ob, xb, wb, rows, inDim, outDim, bias?.[1]);
           const exp = await ref.read(oa, 0, rows * outDim);
           const got = await b.read(ob, 0, rows * outDim);
           const wv = await readWeights(ref, wa, outDim * inDim);
           const bv = bias ? await ref.read(bias[0], 0, outDim) : undefined;
-          assertClose(got, exp, (i) => {
-            const row = Math.floor(i / outDim), oo = i % outDim;
-            let s = bv ? Math.abs(bv[oo]!) : 0;
-            for (let j = 0; j < inDim; j++) s += Math.abs(xd[row * inDim + j]! * wv[oo * inDim + j]!);
-            return (inDim + 2) * U * s;
-          }, `${wt} matmul ${rows}×${inDim}→${outDim}`);
+          assertClose(
+            got,
+            exp,
+            (i) => {
+              const row = Math.floor(i / outDim),
+                oo = i % outDim;
+              let s = bv ? Math.abs(bv[oo]!) : 0;
+              for (let j = 0; j < inDim; j++) s += Math.abs(xd[row * inDim + j]! * wv[oo * inDim + j]!);
+              return (inDim + 2) * U * s;
+            },
+            `${wt} matmul ${rows}×${inDim}→${outDim}`,
+          );
           for (const t of [xb, wb, ob, ...(bias ? [bias[1]] : [])]) b.release(t);
         }
       }
@@ -114,7 +139,9 @@ export function backendConformance(label: string, make: () => Promise<Backend>, 
   test(`${label}: a matmul row gives the same bits alone and in any batch`, async () => {
     const b = await get();
     const r = rng(2);
-    const rows = 7, inDim = 301, outDim = 1030;
+    const rows = 7,
+      inDim = 301,
+      outDim = 1030;
     const x = randArray(rows * inDim, r);
     const [, w] = both(ref, b, 'f32', randArray(outDim * inDim, r));
     const all = b.tensor('f32', rows * outDim);
@@ -122,7 +149,8 @@ export function backendConformance(label: string, make: () => Promise<Backend>, 
     b.write(xt, x);
     b.matmul(all, xt, w, rows, inDim, outDim);
     const allv = await b.read(all, 0, rows * outDim);
-    const x1 = b.tensor('f32', inDim), one = b.tensor('f32', outDim);
+    const x1 = b.tensor('f32', inDim),
+      one = b.tensor('f32', outDim);
     for (let rr = 0; rr < rows; rr++) {
       b.write(x1, x.subarray(rr * inDim, (rr + 1) * inDim));
       b.matmul(one, x1, w, 1, inDim, outDim);
@@ -134,12 +162,15 @@ export function backendConformance(label: string, make: () => Promise<Backend>, 
   test(`${label}: embedding, RMSNorm, RoPE, SwiGLU, add, gather and argmax match the reference`, async () => {
     const b = await get();
     const r = rng(3);
-    const D = 96, rows = 5, V = 50;
+    const D = 96,
+      rows = 5,
+      V = 50;
     for (const wt of o.weightTypes ?? ['f32']) {
       const tf = randArray(V * D, r);
       const [ta, tb] = both(ref, b, wt, wt === 'f32' ? tf : to16(tf, wt));
       const ids = Int32Array.from([3, 0, 49, 3, 17]);
-      const ea = ref.tensor('f32', rows * D), eb = b.tensor('f32', rows * D);
+      const ea = ref.tensor('f32', rows * D),
+        eb = b.tensor('f32', rows * D);
       ref.embed(ea, ta, ids, D);
       b.embed(eb, tb, ids, D);
       assert.deepEqual(await b.read(eb, 0, rows * D), await ref.read(ea, 0, rows * D), `${wt} embedding`);
@@ -147,7 +178,8 @@ export function backendConformance(label: string, make: () => Promise<Backend>, 
     const xd = randArray(rows * D, r, 3);
     const [xa, xb] = both(ref, b, 'f32', xd);
     const [wa, wb] = both(ref, b, 'f32', randArray(D, r));
-    const na = ref.tensor('f32', rows * D), nb = b.tensor('f32', rows * D);
+    const na = ref.tensor('f32', rows * D),
+      nb = b.tensor('f32', rows * D);
     ref.rmsnorm(na, xa, wa, rows, D, 1e-5);
     b.rmsnorm(nb, xb, wb, rows, D, 1e-5);
     const nexp = await ref.read(na, 0, rows * D);
@@ -157,13 +189,16 @@ export function backendConformance(label: string, make: () => Promise<Backend>, 
     const qkvDim = (4 + 4) * 16;
     const [qa, qb] = both(ref, b, 'f32', randArray(rows * qkvDim, r));
     const pos = Int32Array.from([0, 1, 7, 100, 2047]);
-    const half = 8, P = 2048;
-    const cos = new Float32Array(P * half), sin = new Float32Array(P * half);
-    for (let p = 0; p < P; p++) for (let i = 0; i < half; i++) {
-      const a = Math.fround(p * Math.fround(1 / Math.pow(10000, (2 * i) / 16)));
-      cos[p * half + i] = Math.cos(a);
-      sin[p * half + i] = Math.sin(a);
-    }
+    const half = 8,
+      P = 2048;
+    const cos = new Float32Array(P * half),
+      sin = new Float32Array(P * half);
+    for (let p = 0; p < P; p++)
+      for (let i = 0; i < half; i++) {
+        const a = Math.fround(p * Math.fround(1 / 10000 ** ((2 * i) / 16)));
+        cos[p * half + i] = Math.cos(a);
+        sin[p * half + i] = Math.sin(a);
+      }
     const [ca, cb] = both(ref, b, 'f32', cos);
     const [sa, sb] = both(ref, b, 'f32', sin);
     ref.rope(qa, rows, pos, ca, sa, shape);
@@ -172,7 +207,8 @@ export function backendConformance(label: string, make: () => Promise<Backend>, 
 
     const I = 40;
     const [ga, gb] = both(ref, b, 'f32', randArray(rows * 2 * I, r, 4));
-    const aa = ref.tensor('f32', rows * I), ab = b.tensor('f32', rows * I);
+    const aa = ref.tensor('f32', rows * I),
+      ab = b.tensor('f32', rows * I);
     ref.swiglu(aa, ga, rows, I);
     b.swiglu(ab, gb, rows, I);
     const sexp = await ref.read(aa, 0, rows * I);
@@ -184,7 +220,8 @@ export function backendConformance(label: string, make: () => Promise<Backend>, 
     assert.deepEqual(await b.read(xb, 0, rows * D), await ref.read(xa, 0, rows * D), 'add');
 
     const sel = Int32Array.from([4, 0, 2]);
-    const oa = ref.tensor('f32', 3 * D), ob = b.tensor('f32', 3 * D);
+    const oa = ref.tensor('f32', 3 * D),
+      ob = b.tensor('f32', 3 * D);
     ref.gather(oa, xa, sel, D);
     b.gather(ob, xb, sel, D);
     assert.deepEqual(await b.read(ob, 0, 3 * D), await ref.read(oa, 0, 3 * D), 'gather');
@@ -219,13 +256,18 @@ export function backendConformance(label: string, make: () => Promise<Backend>, 
         // sums (~1e-5 of the output's largest element measured); quantized attention: the back end's bound.
         const tol = (out: Float32Array) => {
           const m = maxAbs(out);
-          const rel = spec.kind === 'kivi' ? o.kiviRelTol ?? 1e-4 : 1e-4;
+          const rel = spec.kind === 'kivi' ? (o.kiviRelTol ?? 1e-4) : 1e-4;
           return () => rel * m + 1e-6;
         };
         // A prefill (exact causal attention), a continued prefill chunk, then decode steps.
         let at = 0;
         for (const n of [70, 37, ...Array<number>(60).fill(1)]) {
-          const item = (i: number) => ({ cache: caches[i]!, rows: rows.subarray(at * qkvDim, (at + n) * qkvDim), n, mode: n === 1 ? 'decode' as const : 'prefill' as const });
+          const item = (i: number) => ({
+            cache: caches[i]!,
+            rows: rows.subarray(at * qkvDim, (at + n) * qkvDim),
+            n,
+            mode: n === 1 ? ('decode' as const) : ('prefill' as const),
+          });
           const exp = (await steppers[0]!.step([item(0)]))!;
           const got = (await steppers[1]!.step([item(1)]))!;
           assertClose(got, exp, tol(exp), `${name}: ${n === 1 ? 'decode' : 'prefill'} at ${at}`);

@@ -1,9 +1,9 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { TsBackend } from '../src/kernels/ts/backend.js';
-import { runAttentionBench } from '../src/studies/bench/attention.js';
+import { test } from 'node:test';
 import { cacheBytes } from '../src/cache/budget.js';
 import { parseKvSpec } from '../src/cache/spec.js';
+import { TsBackend } from '../src/kernels/ts/backend.js';
+import { runAttentionBench } from '../src/studies/bench/attention.js';
 import { runCli } from './bench-helpers.js';
 
 const FAST = { warmup: 1, minRepeats: 2, minSeconds: 0, maxRepeats: 2 };
@@ -12,9 +12,11 @@ const FULL_RES = 'kivi:k=2,v=2,g=32,r=128,residual=fp32';
 
 /** KIVI bytes for one layer written out by hand (docs/KIVI.md §5, §7), independent of cache/budget.ts. */
 function kiviBytes(T: number, kv: number, d: number, bits: number, G: number, R: number, resBytes: number): number {
-  const rk = T % R, kq = T - rk; // keys: whole blocks of R, the rest full precision (all of it while T < R)
-  const rv = Math.min(T, R), vq = T - rv; // values: a window of the newest R
-  const codes = (n: number) => n * kv * (d * bits) / 8;
+  const rk = T % R,
+    kq = T - rk; // keys: whole blocks of R, the rest full precision (all of it while T < R)
+  const rv = Math.min(T, R),
+    vq = T - rv; // values: a window of the newest R
+  const codes = (n: number) => (n * kv * (d * bits)) / 8;
   return codes(kq) + (kq / G) * kv * d * 4 + codes(vq) + vq * kv * (d / G) * 4 + (rk + rv) * kv * d * resBytes;
 }
 
@@ -25,8 +27,14 @@ test('bench attention: kv_bytes are the exact cache sizes, for every spec and co
   const r = await runAttentionBench({ contexts, specs: specs.map((s) => parseKvSpec(s)), heads: 4, kvHeads: 2, headDim: 64, backend, repeats: FAST });
   assert.equal(r.length, specs.length * contexts.length);
   // Sorted by context, specs in the order given.
-  assert.deepEqual(r.map((x) => x.context), [1, 1, 1, 1, 1, 129, 129, 129, 129, 129, 300, 300, 300, 300, 300]);
-  assert.deepEqual(r.slice(0, 5).map((x) => x.kv), specs);
+  assert.deepEqual(
+    r.map((x) => x.context),
+    [1, 1, 1, 1, 1, 129, 129, 129, 129, 129, 300, 300, 300, 300, 300],
+  );
+  assert.deepEqual(
+    r.slice(0, 5).map((x) => x.kv),
+    specs,
+  );
   const expected: Record<string, (T: number) => number> = {
     fp32: (T) => T * 2 * 2 * 64 * 4,
     fp16: (T) => T * 2 * 2 * 64 * 2,
@@ -54,15 +62,35 @@ test('cache bytes targets: kivi2 (float16 residual) ≥ 5× smaller than fp16 at
   assert.ok(ratio('kivi2', 1 << 22) < 16 / 3 && ratio('kivi2', 1 << 22) > 5.3);
 });
 
-test('bench attention CLI: --json prints one line of the issue\'s shape; bad input is one line', async () => {
-  const r = await runCli(['bench', 'attention', '--context', '64,256', '--kv', 'fp32,kivi:k=2,v=4,g=32,r=128', '--head-dim', '64',
-    '--repeats', '1', '--warmup', '0', '--json']);
+test("bench attention CLI: --json prints one line of the issue's shape; bad input is one line", async () => {
+  const r = await runCli([
+    'bench',
+    'attention',
+    '--context',
+    '64,256',
+    '--kv',
+    'fp32,kivi:k=2,v=4,g=32,r=128',
+    '--head-dim',
+    '64',
+    '--repeats',
+    '1',
+    '--warmup',
+    '0',
+    '--json',
+  ]);
   assert.equal(r.code, 0, r.stderr);
   const lines = r.stdout.trim().split('\n');
   assert.equal(lines.length, 1);
   const j = JSON.parse(lines[0]!);
-  assert.deepEqual(j.results.map((x: { kv: string; context: number }) => [x.kv, x.context]),
-    [['fp32', 64], ['kivi:k=2,v=4,g=32,r=128', 64], ['fp32', 256], ['kivi:k=2,v=4,g=32,r=128', 256]]);
+  assert.deepEqual(
+    j.results.map((x: { kv: string; context: number }) => [x.kv, x.context]),
+    [
+      ['fp32', 64],
+      ['kivi:k=2,v=4,g=32,r=128', 64],
+      ['fp32', 256],
+      ['kivi:k=2,v=4,g=32,r=128', 256],
+    ],
+  );
   assert.equal(j.results[2].kv_bytes, 256 * 2 * 2 * 64 * 4);
   const md = await runCli(['bench', 'attention', '--context', '64', '--kv', 'fp32,fp16', '--head-dim', '64', '--repeats', '1']);
   assert.equal(md.code, 0, md.stderr);
@@ -70,7 +98,12 @@ test('bench attention CLI: --json prints one line of the issue\'s shape; bad inp
   assert.match(md.stdout, /\| 64 \| [\d.]+ [µm]s \(1\.00×\) \| [\d.]+ [µm]s \([\d.]+×\) \|\n/);
   // Bytes per token: fp32 is 2 × 2 kv heads × 64 × 4 bytes, twice fp16.
   assert.match(md.stdout, /\| 64 \| 1024\.0 \(0\.50×\) \| 512\.0 \(1\.00×\) \|\n$/);
-  for (const bad of [['--heads', '3'], ['--kv', 'kivi3'], ['--context', '12,x'], ['--kv', 'kivi:g=48']]) {
+  for (const bad of [
+    ['--heads', '3'],
+    ['--kv', 'kivi3'],
+    ['--context', '12,x'],
+    ['--kv', 'kivi:g=48'],
+  ]) {
     const e = await runCli(['bench', 'attention', ...bad]);
     assert.equal(e.code, 1, bad.join(' '));
     assert.equal(e.stdout, '');

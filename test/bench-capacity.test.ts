@@ -1,10 +1,10 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { runCapacity, sequencesThatFit } from '../src/studies/bench/capacity.js';
+import { test } from 'node:test';
 import { cacheBytes, peakAllocatedBytes } from '../src/cache/budget.js';
-import { hostPageBytes } from '../src/kernels/host/memory.js';
 import { parseKvSpec } from '../src/cache/spec.js';
-import { MODEL, bundledWeightsBytes, runCli } from './bench-helpers.js';
+import { hostPageBytes } from '../src/kernels/host/memory.js';
+import { runCapacity, sequencesThatFit } from '../src/studies/bench/capacity.js';
+import { bundledWeightsBytes, MODEL, runCli } from './bench-helpers.js';
 
 const DIMS = { numLayers: 8, numHeads: 4, numKvHeads: 2, headDim: 128 };
 const MiB = 2 ** 20;
@@ -37,7 +37,10 @@ test('bench capacity: sequences = floor((budget − weights − overhead) / cach
     assert.ok(per >= data);
     // Resident memory grew by the bytes held, give or take the ~10 MiB by which two processes' base RSS
     // differ (worker threads' heaps, measured in separate children).
-    assert.ok(r.detail[i]!.rss - r.base_rss > r.detail[i]!.kv_bytes - 16 * MiB, `${x.kv}: RSS grew ${r.detail[i]!.rss - r.base_rss} for ${r.detail[i]!.kv_bytes}`);
+    assert.ok(
+      r.detail[i]!.rss - r.base_rss > r.detail[i]!.kv_bytes - 16 * MiB,
+      `${x.kv}: RSS grew ${r.detail[i]!.rss - r.base_rss} for ${r.detail[i]!.kv_bytes}`,
+    );
     assert.ok(x.peak_rss > r.weights_bytes + r.detail[i]!.kv_bytes, 'peak RSS covers weights and caches');
     seq[x.kv] = x.sequences;
   });
@@ -57,7 +60,13 @@ test('bench capacity CLI: JSON shape, a budget below the weights admits nothing,
   const j = JSON.parse(r.stdout);
   assert.deepEqual(Object.keys(j), ['budget', 'context', 'weights_bytes', 'overhead_bytes', 'results']);
   assert.equal(j.budget, 64 * MiB);
-  assert.deepEqual(j.results.map((x: { kv: string; sequences: number }) => [x.kv, x.sequences]), [['fp16', 0], ['kivi4', 0]]);
+  assert.deepEqual(
+    j.results.map((x: { kv: string; sequences: number }) => [x.kv, x.sequences]),
+    [
+      ['fp16', 0],
+      ['kivi4', 0],
+    ],
+  );
   assert.ok(j.results.every((x: { peak_rss: number }) => x.peak_rss > j.weights_bytes));
   assert.deepEqual(Object.keys(j.results[0]), ['kv', 'sequences', 'peak_rss', 'rss_per_sequence']);
   // No sequence fits: nothing to divide by.
@@ -69,6 +78,13 @@ test('bench capacity CLI: JSON shape, a budget below the weights admits nothing,
   ]) {
     const e = await runCli(['bench', 'capacity', ...bad]);
     assert.equal(e.code, 1, bad.join(' '));
-    assert.equal(e.stderr.trim().split('\n').filter((l) => !l.startsWith('(run with')).length, 1, e.stderr);
+    assert.equal(
+      e.stderr
+        .trim()
+        .split('\n')
+        .filter((l) => !l.startsWith('(run with')).length,
+      1,
+      e.stderr,
+    );
   }
 });

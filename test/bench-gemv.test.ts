@@ -1,8 +1,8 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import { TsBackend } from '../src/kernels/ts/backend.js';
-import { runGemvBench } from '../src/studies/bench/gemv.js';
 import { measureReadBandwidth } from '../src/studies/bench/bandwidth.js';
+import { runGemvBench } from '../src/studies/bench/gemv.js';
 import { runCli } from './bench-helpers.js';
 
 test('read bandwidth: whole pages split over threads; the workers exit', async () => {
@@ -13,11 +13,22 @@ test('read bandwidth: whole pages split over threads; the workers exit', async (
 });
 
 test('bench gemv: GFLOP/s and GB/s follow from the shape, the weight bytes and the median time', async () => {
-  const r = await runGemvBench({ backend: new TsBackend(), inDim: 96, outDim: 40, rows: [1, 3], weights: ['f32', 'bf16', 'f16'], threads: 1,
-    bandwidthBytes: 4 * 2 ** 20, repeats: { warmup: 1, minRepeats: 3, minSeconds: 0, maxRepeats: 3 } });
+  const r = await runGemvBench({
+    backend: new TsBackend(),
+    inDim: 96,
+    outDim: 40,
+    rows: [1, 3],
+    weights: ['f32', 'bf16', 'f16'],
+    threads: 1,
+    bandwidthBytes: 4 * 2 ** 20,
+    repeats: { warmup: 1, minRepeats: 3, minSeconds: 0, maxRepeats: 3 },
+  });
   assert.equal(r.backend, 'ts');
   assert.equal(r.bound_1_thread, null);
-  assert.deepEqual(r.results.map((x) => `${x.weights}×${x.rows}`), ['f32×1', 'f32×3', 'bf16×1', 'bf16×3', 'f16×1', 'f16×3']);
+  assert.deepEqual(
+    r.results.map((x) => `${x.weights}×${x.rows}`),
+    ['f32×1', 'f32×3', 'bf16×1', 'bf16×3', 'f16×1', 'f16×3'],
+  );
   for (const x of r.results) {
     const close = (a: number, b: number) => Math.abs(a - b) <= 1e-9 * Math.abs(b);
     const perWeight = x.weights === 'f32' ? 4 : 2;
@@ -33,7 +44,11 @@ test('bench gemv CLI: --json has the bound and the results', async () => {
   const j = JSON.parse(r.stdout);
   assert.ok(j.bound.gbps > 0);
   assert.deepEqual(Object.keys(j.results[0]), ['weights', 'rows', 'in', 'out', 'seconds', 'gflops', 'gbps', 'of_bound']);
-  assert.deepEqual(j.results.map((x: { weights: string }) => x.weights), ['f32', 'bf16', 'f16'], 'the three weight types side by side by default');
+  assert.deepEqual(
+    j.results.map((x: { weights: string }) => x.weights),
+    ['f32', 'bf16', 'f16'],
+    'the three weight types side by side by default',
+  );
   const bad = await runCli(['bench', 'gemv', '--weights', 'f32,int8']);
   assert.equal(bad.code, 1);
   assert.match(bad.stderr, /"int8" is not one of f32, bf16, f16/);

@@ -1,18 +1,51 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { runCli, MODEL } from './bench-helpers.js';
+import { test } from 'node:test';
+import { MODEL, runCli } from './bench-helpers.js';
 import { ROOT } from './helpers.js';
 
 test('bench generate: per-spec prefill/decode tokens/s and the cache a sequence ends with', async () => {
-  const r = await runCli(['bench', 'generate', '--model', MODEL, '--prompt', '64', '--gen', '8', '--repeats', '1', '--kv', 'fp32,fp16,kivi2',
-    '--weights', 'native', '--threads', '1', '--json']);
+  const r = await runCli([
+    'bench',
+    'generate',
+    '--model',
+    MODEL,
+    '--prompt',
+    '64',
+    '--gen',
+    '8',
+    '--repeats',
+    '1',
+    '--kv',
+    'fp32,fp16,kivi2',
+    '--weights',
+    'native',
+    '--threads',
+    '1',
+    '--json',
+  ]);
   assert.equal(r.code, 0, r.stderr);
-  const j = JSON.parse(r.stdout) as { results: { weights: string; kv: string; prompt_tokens: number; generated: number; prefill_tokens_per_s: number; decode_tokens_per_s: number; kv_bytes: number }[] };
-  assert.deepEqual(j.results.map((x) => x.kv), ['fp32', 'fp16', 'kivi2']);
-  assert.deepEqual(j.results.map((x) => x.weights), ['native', 'native', 'native']);
+  const j = JSON.parse(r.stdout) as {
+    results: {
+      weights: string;
+      kv: string;
+      prompt_tokens: number;
+      generated: number;
+      prefill_tokens_per_s: number;
+      decode_tokens_per_s: number;
+      kv_bytes: number;
+    }[];
+  };
+  assert.deepEqual(
+    j.results.map((x) => x.kv),
+    ['fp32', 'fp16', 'kivi2'],
+  );
+  assert.deepEqual(
+    j.results.map((x) => x.weights),
+    ['native', 'native', 'native'],
+  );
   // After 8 generated tokens the cache holds the prompt and the first 7 (the last is never fed back):
   // 71 tokens × 8 layers × 2 kv heads × 128 channels × (K and V).
   const T = 64 + 8 - 1;
@@ -43,11 +76,29 @@ test('bench generate: a prompt past the context, or a text too short, is one cle
 });
 
 test('bench generate: float32 and 16-bit weights side by side by default, same caches', async () => {
-  const r = await runCli(['bench', 'generate', '--model', MODEL, '--prompt', '32', '--gen', '4', '--repeats', '1', '--kv', 'fp32,kivi2',
-    '--threads', '1', '--json']);
+  const r = await runCli([
+    'bench',
+    'generate',
+    '--model',
+    MODEL,
+    '--prompt',
+    '32',
+    '--gen',
+    '4',
+    '--repeats',
+    '1',
+    '--kv',
+    'fp32,kivi2',
+    '--threads',
+    '1',
+    '--json',
+  ]);
   assert.equal(r.code, 0, r.stderr);
   const j = JSON.parse(r.stdout) as { results: { weights: string; kv: string; kv_bytes: number; decode_tokens_per_s: number }[] };
-  assert.deepEqual(j.results.map((x) => `${x.weights}/${x.kv}`), ['f32/fp32', 'f32/kivi2', 'native/fp32', 'native/kivi2']);
+  assert.deepEqual(
+    j.results.map((x) => `${x.weights}/${x.kv}`),
+    ['f32/fp32', 'f32/kivi2', 'native/fp32', 'native/kivi2'],
+  );
   assert.equal(j.results[0]!.kv_bytes, j.results[2]!.kv_bytes);
   assert.equal(j.results[1]!.kv_bytes, j.results[3]!.kv_bytes);
   for (const x of j.results) assert.ok(x.decode_tokens_per_s > 0 && Number.isFinite(x.decode_tokens_per_s));
@@ -66,9 +117,29 @@ test('bench generate --fill: decode after caches filled with synthetic keys/valu
   const dims = { numLayers: 8, numHeads: 4, numKvHeads: 2, headDim: 128 };
   // Random weights of the bundled model's shapes lift its 2048-position limit: 3000 cached tokens.
   const cfg = path.join(ROOT, 'models/configs/llama-28m-gqa');
-  const r = await runCli(['bench', 'generate', '--model', cfg, '--random-weights', '7', '--fill', '3000', '--gen', '5', '--repeats', '1', '--kv', 'fp16,kivi2,kivi4', '--threads', '1', '--json']);
+  const r = await runCli([
+    'bench',
+    'generate',
+    '--model',
+    cfg,
+    '--random-weights',
+    '7',
+    '--fill',
+    '3000',
+    '--gen',
+    '5',
+    '--repeats',
+    '1',
+    '--kv',
+    'fp16,kivi2,kivi4',
+    '--threads',
+    '1',
+    '--json',
+  ]);
   assert.equal(r.code, 0, r.stderr);
-  const j = JSON.parse(r.stdout) as { results: { kv: string; prompt_tokens: number; prefill_tokens_per_s: number; decode_tokens_per_s: number; kv_bytes: number }[] };
+  const j = JSON.parse(r.stdout) as {
+    results: { kv: string; prompt_tokens: number; prefill_tokens_per_s: number; decode_tokens_per_s: number; kv_bytes: number }[];
+  };
   for (const x of j.results) {
     assert.equal(x.prompt_tokens, 3000);
     assert.equal(x.prefill_tokens_per_s, 0, 'no prefill ran');

@@ -1,14 +1,16 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { runCli, MODEL } from './bench-helpers.js';
+import { test } from 'node:test';
+import { MODEL, runCli } from './bench-helpers.js';
 
 // The bundled model: 8 layers, 2 kv heads, head_dim 128.
 const [L, KV, D] = [8, 2, 128];
 
 /** KIVI bytes of the whole model written out by hand (docs/KIVI.md §5, §7), independent of cache/budget.ts. */
 function kiviBytes(T: number, bits: number, G: number, R: number, resBytes: number): number {
-  const rk = T % R, kq = T - rk;
-  const rv = Math.min(T, R), vq = T - rv;
+  const rk = T % R,
+    kq = T - rk;
+  const rv = Math.min(T, R),
+    vq = T - rv;
   const codes = (n: number) => (n * KV * D * bits) / 8;
   return L * (codes(kq) + (kq / G) * KV * D * 4 + codes(vq) + vq * KV * (D / G) * 4 + (rk + rv) * KV * D * resBytes);
 }
@@ -16,9 +18,24 @@ function kiviBytes(T: number, bits: number, G: number, R: number, resBytes: numb
 test('bench kv-bytes: whole-model cache bytes per spec match the KIVI layout, with ratios vs fp16/fp32', async () => {
   // The named presets keep the residual in float16; the reference's float32 residual is the general form.
   const full = 'kivi:k=2,v=2,g=32,r=128,residual=fp32';
-  const r = await runCli(['bench', 'kv-bytes', '--model', MODEL, '--context', '4096,1000', '--kv', `kivi2,kivi4,kivi2-r32,kivi2-g128,${full},fake2-kC-vT,fp16,fp32`, '--json', '--backend', 'ts']);
+  const r = await runCli([
+    'bench',
+    'kv-bytes',
+    '--model',
+    MODEL,
+    '--context',
+    '4096,1000',
+    '--kv',
+    `kivi2,kivi4,kivi2-r32,kivi2-g128,${full},fake2-kC-vT,fp16,fp32`,
+    '--json',
+    '--backend',
+    'ts',
+  ]);
   assert.equal(r.code, 0, r.stderr);
-  const j = JSON.parse(r.stdout) as { layers: number; results: { kv: string; context: number; kv_bytes: number; bytes_per_token: number; vs_fp16: number; vs_fp32: number }[] };
+  const j = JSON.parse(r.stdout) as {
+    layers: number;
+    results: { kv: string; context: number; kv_bytes: number; bytes_per_token: number; vs_fp16: number; vs_fp32: number }[];
+  };
   assert.equal(j.layers, L);
   const expected: Record<string, (T: number) => number> = {
     kivi2: (T) => kiviBytes(T, 2, 32, 128, 2),
@@ -32,7 +49,10 @@ test('bench kv-bytes: whole-model cache bytes per spec match the KIVI layout, wi
     fp32: (T) => T * L * 2 * KV * D * 4,
   };
   assert.equal(j.results.length, 16);
-  assert.deepEqual(j.results.map((x) => x.context), [...Array(8).fill(1000), ...Array(8).fill(4096)]);
+  assert.deepEqual(
+    j.results.map((x) => x.context),
+    [...Array(8).fill(1000), ...Array(8).fill(4096)],
+  );
   for (const x of j.results) {
     const want = expected[x.kv]!(x.context);
     assert.equal(x.kv_bytes, want, `${x.kv} at ${x.context}`);

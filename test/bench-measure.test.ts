@@ -1,20 +1,22 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import fc from 'fast-check';
-import { syntheticKV, timeRepeated, OUTLIER_EVERY } from '../src/studies/bench/measure.js';
-import { median } from '../src/studies/numbers.js';
 import { formatBytes, formatRatio, markdownTable } from '../src/studies/bench/markdown.js';
+import { OUTLIER_EVERY, syntheticKV, timeRepeated } from '../src/studies/bench/measure.js';
+import { median } from '../src/studies/numbers.js';
 
 test('median: middle element, or the mean of the two middle ones', () => {
   assert.equal(median([3, 1, 2]), 2);
   assert.equal(median([4, 1, 3, 2]), 2.5);
   assert.throws(() => median([]));
-  fc.assert(fc.property(fc.array(fc.double({ noNaN: true, min: -1e6, max: 1e6 }), { minLength: 1 }), (xs) => {
-    const m = median(xs);
-    const below = xs.filter((x) => x < m).length;
-    const above = xs.filter((x) => x > m).length;
-    return below <= xs.length / 2 && above <= xs.length / 2;
-  }));
+  fc.assert(
+    fc.property(fc.array(fc.double({ noNaN: true, min: -1e6, max: 1e6 }), { minLength: 1 }), (xs) => {
+      const m = median(xs);
+      const below = xs.filter((x) => x < m).length;
+      const above = xs.filter((x) => x > m).length;
+      return below <= xs.length / 2 && above <= xs.length / 2;
+    }),
+  );
 });
 
 test('timeRepeated: warm-up runs untimed, repeats bounded by min/max counts', () => {
@@ -28,7 +30,9 @@ test('timeRepeated: warm-up runs untimed, repeats bounded by min/max counts', ()
 });
 
 test('syntheticKV: seeded, with large-magnitude key channels fixed across tokens', () => {
-  const T = 256, kv = 2, d = 64;
+  const T = 256,
+    kv = 2,
+    d = 64;
   const a = syntheticKV(T, kv, d, 5);
   const b = syntheticKV(T, kv, d, 5);
   assert.deepEqual(a.k, b.k);
@@ -49,7 +53,13 @@ test('syntheticKV: seeded, with large-magnitude key channels fixed across tokens
 });
 
 test('markdown table and number formats', () => {
-  const t = markdownTable(['kv', 'bytes', 'ratio'], [['fp16', 1024, formatRatio(1)], ['kivi2', 205, formatRatio(5)]]);
+  const t = markdownTable(
+    ['kv', 'bytes', 'ratio'],
+    [
+      ['fp16', 1024, formatRatio(1)],
+      ['kivi2', 205, formatRatio(5)],
+    ],
+  );
   assert.equal(t, '| kv | bytes | ratio |\n|:---|---:|---:|\n| fp16 | 1024 | 1.00× |\n| kivi2 | 205 | 5.00× |\n');
   assert.equal(formatBytes(512), '512 B');
   assert.equal(formatBytes(1536), '1.50 KiB');

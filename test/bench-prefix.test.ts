@@ -3,18 +3,46 @@
  * every prompt token is either prefilled or reused, the configuration without a cache reuses nothing,
  * the one with a cache reuses the shared system prompt; cache-file bytes per token are the payload's.
  */
-import { test } from 'node:test';
-import assert from 'node:assert/strict';
-import { runCli, MODEL } from './bench-helpers.js';
-import { WIKITEXT } from './helpers.js';
-import type { PrefixBenchReport } from '../src/studies/bench/prefix.js';
 
-test('bench prefix --replicas 1: prefill + reused = prompt tokens; the cache reuses the system prompt\'s blocks; bytes per cached token', async () => {
-  const r = await runCli(['bench', 'prefix', '--model', MODEL, '--text', WIKITEXT, '--system', '140', '--conversations', '2', '--turns', '2',
-    '--user', '12', '--gen', '4', '--block', '64', '--replicas', '1', '--json']);
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import type { PrefixBenchReport } from '../src/studies/bench/prefix.js';
+import { MODEL, runCli } from './bench-helpers.js';
+import { WIKITEXT } from './helpers.js';
+
+test("bench prefix --replicas 1: prefill + reused = prompt tokens; the cache reuses the system prompt's blocks; bytes per cached token", async () => {
+  const r = await runCli([
+    'bench',
+    'prefix',
+    '--model',
+    MODEL,
+    '--text',
+    WIKITEXT,
+    '--system',
+    '140',
+    '--conversations',
+    '2',
+    '--turns',
+    '2',
+    '--user',
+    '12',
+    '--gen',
+    '4',
+    '--block',
+    '64',
+    '--replicas',
+    '1',
+    '--json',
+  ]);
   assert.equal(r.code, 0, r.stderr);
   const j = JSON.parse(r.stdout) as PrefixBenchReport;
-  assert.deepEqual(j.configs.map((c) => [c.name, c.replicas, c.store]), [['1 replica, no prefix cache', 1, 'none'], ['1 replica, in-process store', 1, 'in-process']]);
+  assert.deepEqual(
+    j.configs.map((c) => [c.name, c.replicas, c.store]),
+    [
+      ['1 replica, no prefix cache', 1, 'none'],
+      ['1 replica, in-process store', 1, 'in-process'],
+    ],
+  );
   for (const c of j.configs) {
     assert.equal(c.requests, 4);
     assert.equal(c.prefill_tokens + c.reused_tokens, c.prompt_tokens, c.name);

@@ -1,10 +1,10 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { joinPerStep, largestStepRows, runThroughput, throughputMarkdown, PREFILL_ROWS } from '../src/studies/bench/throughput.js';
+import { test } from 'node:test';
 import { peakAllocatedBytes } from '../src/cache/budget.js';
-import { hostPageBytes } from '../src/kernels/host/memory.js';
 import { parseKvSpec } from '../src/cache/spec.js';
-import { MODEL, bundledWeightsBytes, runCli } from './bench-helpers.js';
+import { hostPageBytes } from '../src/kernels/host/memory.js';
+import { joinPerStep, largestStepRows, PREFILL_ROWS, runThroughput, throughputMarkdown } from '../src/studies/bench/throughput.js';
+import { bundledWeightsBytes, MODEL, runCli } from './bench-helpers.js';
 
 const DIMS = { numLayers: 8, numHeads: 4, numKvHeads: 2, headDim: 128 };
 const MiB = 2 ** 20;
@@ -18,7 +18,9 @@ test('joinPerStep bounds the prefill rows of a step; largestStepRows adds the de
 });
 
 test('bench throughput: admitted batch from the budget, capped batch runs generate batch × gen tokens', async () => {
-  const prompt = 12, gen = 5, maxBatch = 3;
+  const prompt = 12,
+    gen = 5,
+    maxBatch = 3;
   const specs = ['fp16', 'kivi2'];
   // Budgets relative to weights (106 MiB) + overhead (~75–105 MiB): one that admits nothing, two that admit some.
   // The last one is headroom above whatever weights + overhead measure.

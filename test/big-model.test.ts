@@ -6,19 +6,20 @@
  * here independently from the file's values. Models the back end cannot hold fail with one line before
  * any weight is read.
  */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
+import { test } from 'node:test';
 import { KiviModel } from '../src/api.js';
-import { loadModel } from '../src/model/load.js';
-import { fsSource } from '../src/io/source-fs.js';
 import type { ByteSource } from '../src/io/source.js';
-import { modelParameters } from '../src/model/footprint.js';
+import { fsSource } from '../src/io/source-fs.js';
 import { createBackend } from '../src/kernels/index.js';
 import type { WasmBackend } from '../src/kernels/wasm/kernels.js';
+import { modelParameters } from '../src/model/footprint.js';
+import { loadModel } from '../src/model/load.js';
 import { KiviError } from '../src/util/errors.js';
+import { randomBf16, TINYLLAMA_SHAPED, writeBigModel } from './big-model.js';
 import { expectCliError, tmpDir } from './helpers.js';
-import { TINYLLAMA_SHAPED, randomBf16, writeBigModel } from './big-model.js';
 
 /** The filesystem source, counting the bytes read from model.safetensors. */
 function countingSource(dir: string): { source: ByteSource; read: () => number } {
@@ -31,7 +32,15 @@ function countingSource(dir: string): { source: ByteSource; read: () => number }
     open: async (name) => {
       const f = await fsrc.open(name);
       if (!f) return f;
-      return { where: f.where, size: f.size, close: () => f.close(), read: (dst, pos) => ((n += dst.length), f.read(dst, pos)) };
+      return {
+        where: f.where,
+        size: f.size,
+        close: () => f.close(),
+        read: (dst, pos) => {
+          n += dst.length;
+          return f.read(dst, pos);
+        },
+      };
     },
   };
   return { source, read: () => n };
@@ -45,8 +54,11 @@ function widen(bits: Uint16Array): Float32Array {
 }
 
 test('a 1.12B-parameter bf16 checkpoint loads in 16 bits on the default back end and generates the tokens its weights imply', async () => {
-  const s = TINYLLAMA_SHAPED, D = s.hidden, V = s.vocab;
-  const embed = randomBf16(V * D, 0.5, 11), norm = randomBf16(D, 2, 12);
+  const s = TINYLLAMA_SHAPED,
+    D = s.hidden,
+    V = s.vocab;
+  const embed = randomBf16(V * D, 0.5, 11),
+    norm = randomBf16(D, 2, 12);
   const dir = path.join(tmpDir('kivi-big-'), 'tinyllama-shaped');
   const written = writeBigModel(dir, s, { 'model.embed_tokens.weight': embed, 'model.norm.weight': norm });
   assert.ok(written.parameters >= 1.1e9, `${written.parameters} parameters`);
@@ -66,7 +78,8 @@ test('a 1.12B-parameter bf16 checkpoint loads in 16 bits on the default back end
     assert.equal(ids.length, 4);
 
     // Each token's logits: embed · (norm ∘ rmsnorm(embed[previous token])), in float64.
-    const E = widen(embed), g = widen(norm);
+    const E = widen(embed),
+      g = widen(norm);
     const context = [...prompt, ...ids];
     for (let j = 0; j < ids.length; j++) {
       const prev = context[prompt.length - 1 + j]!;
@@ -74,7 +87,8 @@ test('a 1.12B-parameter bf16 checkpoint loads in 16 bits on the default back end
       for (let i = 0; i < D; i++) ss += E[prev * D + i]! ** 2;
       const r = 1 / Math.sqrt(ss / D + 1e-5);
       const h = Float64Array.from({ length: D }, (_, i) => E[prev * D + i]! * r * g[i]!);
-      let best = -Infinity, scale = 0;
+      let best = -Infinity,
+        scale = 0;
       const logit = new Float64Array(V);
       for (let v = 0; v < V; v++) {
         let dot = 0;
@@ -102,16 +116,33 @@ test('a model the wasm back end cannot hold fails before any weight is read, in 
   const b = await createBackend({ backend: 'wasm', threads: 1 });
   try {
     const a = countingSource(fits);
-    await assert.rejects(loadModel(a.source, b, { weights: 'f32' }), (e: unknown) => e instanceof KiviError && !e.message.includes('\n') &&
-      /^the model's weights need 4\.\d\d GiB \(1\.12B parameters, matrices as float32\), more than the wasm back end can hold .*; with the checkpoint's bf16 matrices \(--weights native\) they need 2\.\d\d GiB and fit$/.test(e.message));
+    await assert.rejects(
+      loadModel(a.source, b, { weights: 'f32' }),
+      (e: unknown) =>
+        e instanceof KiviError &&
+        !e.message.includes('\n') &&
+        /^the model's weights need 4\.\d\d GiB \(1\.12B parameters, matrices as float32\), more than the wasm back end can hold .*; with the checkpoint's bf16 matrices \(--weights native\) they need 2\.\d\d GiB and fit$/.test(
+          e.message,
+        ),
+    );
     assert.ok(a.read() < 1 << 20, `${a.read()} bytes read before the error`);
     const c = countingSource(tooBig);
-    await assert.rejects(loadModel(c.source, b), (e: unknown) => e instanceof KiviError && !e.message.includes('\n') &&
-      /^the model's weights need 5\.\d\d GiB \(2\.\d\dB parameters, matrices as bf16\), more than the wasm back end can hold .*the TypeScript back end \(--backend ts\)/.test(e.message));
+    await assert.rejects(
+      loadModel(c.source, b),
+      (e: unknown) =>
+        e instanceof KiviError &&
+        !e.message.includes('\n') &&
+        /^the model's weights need 5\.\d\d GiB \(2\.\d\dB parameters, matrices as bf16\), more than the wasm back end can hold .*the TypeScript back end \(--backend ts\)/.test(
+          e.message,
+        ),
+    );
     assert.ok(c.read() < 1 << 20, `${c.read()} bytes read before the error`);
   } finally {
     b.dispose();
   }
   expectCliError(['generate', '--model', tooBig, '--prompt', 'x', '--backend', 'wasm'], /more than the wasm back end can hold .*--backend ts/);
-  expectCliError(['generate', '--model', fits, '--prompt', 'x', '--backend', 'wasm', '--weights', 'f32'], /\(--weights native\) they need 2\.\d\d GiB and fit$/);
+  expectCliError(
+    ['generate', '--model', fits, '--prompt', 'x', '--backend', 'wasm', '--weights', 'f32'],
+    /\(--weights native\) they need 2\.\d\d GiB and fit$/,
+  );
 });

@@ -24,7 +24,9 @@ export const TINYLLAMA_SHAPED: BigShape = { hidden: 2048, layers: 24, heads: 32,
 
 /** Every tensor of a Llama checkpoint of shape s, in file order. */
 export function bigTensors(s: BigShape): { name: string; shape: number[] }[] {
-  const D = s.hidden, d = D / s.heads, I = s.inter;
+  const D = s.hidden,
+    d = D / s.heads,
+    I = s.inter;
   const t = [{ name: 'model.embed_tokens.weight', shape: [s.vocab, D] }];
   for (let l = 0; l < s.layers; l++) {
     const p = `model.layers.${l}.`;
@@ -48,7 +50,8 @@ export function bigTensors(s: BigShape): { name: string; shape: number[] }[] {
 /** Seeded bf16 patterns of values uniform in ±scale (no rounding: the top half of a float32). */
 export function randomBf16(n: number, scale: number, seed: number): Uint16Array {
   const out = new Uint16Array(n);
-  const f = new Float32Array(1), u = new Uint32Array(f.buffer);
+  const f = new Float32Array(1),
+    u = new Uint32Array(f.buffer);
   let x = seed >>> 0;
   for (let i = 0; i < n; i++) {
     x = (Math.imul(x ^ (x >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0;
@@ -75,17 +78,33 @@ export interface WrittenModel {
 /** Write a sparse bf16 checkpoint of shape s into dir; `dense` gives the data of the tensors that have any. */
 export function writeBigModel(dir: string, s: BigShape, dense: Record<string, Uint16Array> = {}): WrittenModel {
   fs.mkdirSync(dir, { recursive: true });
-  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({
-    architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_size: s.hidden, intermediate_size: s.inter,
-    num_hidden_layers: s.layers, num_attention_heads: s.heads, num_key_value_heads: s.kvHeads, vocab_size: s.vocab,
-    max_position_embeddings: s.maxPositions, rms_norm_eps: 1e-5, rope_theta: 10000, tie_word_embeddings: s.tie,
-    bos_token_id: 1, eos_token_id: 2, hidden_act: 'silu', torch_dtype: 'bfloat16',
-  }));
+  fs.writeFileSync(
+    path.join(dir, 'config.json'),
+    JSON.stringify({
+      architectures: ['LlamaForCausalLM'],
+      model_type: 'llama',
+      hidden_size: s.hidden,
+      intermediate_size: s.inter,
+      num_hidden_layers: s.layers,
+      num_attention_heads: s.heads,
+      num_key_value_heads: s.kvHeads,
+      vocab_size: s.vocab,
+      max_position_embeddings: s.maxPositions,
+      rms_norm_eps: 1e-5,
+      rope_theta: 10000,
+      tie_word_embeddings: s.tie,
+      bos_token_id: 1,
+      eos_token_id: 2,
+      hidden_act: 'silu',
+      torch_dtype: 'bfloat16',
+    }),
+  );
   fs.writeFileSync(path.join(dir, 'tokenizer.json'), paddedTokenizer(s.vocab));
   fs.copyFileSync(path.join(MODEL_DIR, 'tokenizer_config.json'), path.join(dir, 'tokenizer_config.json'));
   const header: Record<string, unknown> = { __metadata__: { format: 'pt' } };
   const at = new Map<string, number>();
-  let off = 0, parameters = 0;
+  let off = 0,
+    parameters = 0;
   for (const t of bigTensors(s)) {
     const n = t.shape.reduce((a, b) => a * b, 1);
     if (dense[t.name] && dense[t.name]!.length !== n) throw new Error(`${t.name}: ${dense[t.name]!.length} values for ${n}`);
@@ -105,7 +124,7 @@ export function writeBigModel(dir: string, s: BigShape, dense: Record<string, Ui
     fs.writeSync(fd, head, 0, head.length, 0);
     for (const [name, data] of Object.entries(dense)) {
       const b = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-      for (let done = 0; done < b.length;) done += fs.writeSync(fd, b, done, b.length - done, head.length + at.get(name)! + done);
+      for (let done = 0; done < b.length; ) done += fs.writeSync(fd, b, done, b.length - done, head.length + at.get(name)! + done);
     }
     fs.ftruncateSync(fd, bytes);
   } finally {

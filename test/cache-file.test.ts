@@ -3,12 +3,13 @@
  * restored cache continues bit for bit as the original does; files of another model or spec, another
  * version or with corrupt bytes are refused with one line and leave nothing allocated.
  */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
-import { bundledModel, golden } from './helpers.js';
+import { test } from 'node:test';
 import type { KiviModel } from '../src/api.js';
 import type { KvCache } from '../src/cache/types.js';
 import { KiviError } from '../src/util/errors.js';
+import { bundledModel, golden } from './helpers.js';
 
 const G = golden();
 const PROMPT = G.windows[0]!.slice(0, 300);
@@ -47,7 +48,9 @@ for (const kv of ['fp16', 'kivi2', 'kivi4', 'kivi:k=2,v=2,g=32,r=128,residual=fp
     assert.deepEqual(await m.saveCache(b), file, 'saving the restored cache gives the same file');
     const la = await cont(m, a, 20);
     const lb = await cont(m, b, 20);
-    la.forEach((x, i) => assert.deepEqual(lb[i], x, `step ${i}`));
+    la.forEach((x, i) => {
+      assert.deepEqual(lb[i], x, `step ${i}`);
+    });
     a.free();
     b.free();
     assert.equal(m.transformer.pool.allocatedBytes, 0);
@@ -62,7 +65,9 @@ test('a continued prefill on an fp32 cache equals one prefill of the whole (exac
   await m.forward([{ tokens: PROMPT, cache: b, logits: 'none' }]);
   const [parts] = await m.forward([{ tokens: MORE, cache: b, logits: 'last', mode: 'prefill' }]);
   let diff = 0;
-  (whole as Float32Array).forEach((x, i) => (diff = Math.max(diff, Math.abs(x - (parts as Float32Array)[i]!))));
+  (whole as Float32Array).forEach((x, i) => {
+    diff = Math.max(diff, Math.abs(x - (parts as Float32Array)[i]!));
+  });
   assert.ok(diff < 1e-4, `max logit difference ${diff}`);
   assert.equal(b.length, PROMPT.length + MORE.length);
   a.free();

@@ -1,12 +1,13 @@
 /**
  * Bad input never crashes: each case gives one clear line on stderr and exit code 1, no stack trace.
  */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MODEL_DIR, expectCliError, kivi, tmpDir } from './helpers.js';
+import { test } from 'node:test';
 import { safetensorsBytes, writeTinyModel } from './fixtures.js';
+import { expectCliError, kivi, MODEL_DIR, tmpDir } from './helpers.js';
 
 const expectError = (args: string[], pattern: RegExp) => expectCliError(args, pattern);
 
@@ -15,7 +16,7 @@ const tmp = tmpDir();
 const gen = (model: string, ...rest: string[]) => ['generate', '--model', model, '--prompt', 'Hello', '--max-tokens', '2', '--kv', 'fp32', ...rest];
 
 /** A tiny valid model whose safetensors we then break in one way. */
-async function broken(name: string, mutate: (file: string, bytes: Buffer) => Buffer | void): Promise<string> {
+async function broken(name: string, mutate: (file: string, bytes: Buffer) => Buffer | undefined): Promise<string> {
   const dir = path.join(tmp, name);
   await writeTinyModel(dir, { vocab: 8192, hidden: 32, heads: 2, kvHeads: 1, headDim: 16, inter: 32, layers: 1 });
   const file = path.join(dir, 'model.safetensors');
@@ -56,22 +57,32 @@ test('malformed config.json, unsupported architecture, rope scaling', async () =
 
 test('truncated and malformed safetensors', async () => {
   expectError(gen(await broken('trunc', (_f, b) => b.subarray(0, 5))), /truncated safetensors/);
-  expectError(gen(await broken('hdrlen', (_f, b) => {
-    const c = Buffer.from(b);
-    c.writeBigUInt64LE(BigInt(b.length + 100), 0);
-    return c;
-  })), /header length \d+ runs past the end/);
-  expectError(gen(await broken('badjson', (_f, b) => {
-    const c = Buffer.from(b);
-    c.write('{"model.embed', 8, 'utf8');
-    c[8] = 0x5b; // '[' breaks the JSON
-    c[9] = 0x7b;
-    return c;
-  })), /malformed safetensors header \(bad JSON\)|not an object/);
+  expectError(
+    gen(
+      await broken('hdrlen', (_f, b) => {
+        const c = Buffer.from(b);
+        c.writeBigUInt64LE(BigInt(b.length + 100), 0);
+        return c;
+      }),
+    ),
+    /header length \d+ runs past the end/,
+  );
+  expectError(
+    gen(
+      await broken('badjson', (_f, b) => {
+        const c = Buffer.from(b);
+        c.write('{"model.embed', 8, 'utf8');
+        c[8] = 0x5b; // '[' breaks the JSON
+        c[9] = 0x7b;
+        return c;
+      }),
+    ),
+    /malformed safetensors header \(bad JSON\)|not an object/,
+  );
   // Re-serialize with tampered headers.
-  const retamper = (tamper: (h: Record<string, any>) => void) => (_f: string, b: Buffer) => {
+  const retamper = (tamper: (h: Record<string, Record<string, unknown>>) => void) => (_f: string, b: Buffer) => {
     const n = Number(b.readBigUInt64LE(0));
-    const header = JSON.parse(b.subarray(8, 8 + n).toString()) as Record<string, any>;
+    const header = JSON.parse(b.subarray(8, 8 + n).toString()) as Record<string, Record<string, unknown>>;
     const data = b.subarray(8 + n);
     tamper(header);
     let json = JSON.stringify(header);
@@ -80,18 +91,50 @@ test('truncated and malformed safetensors', async () => {
     len.writeBigUInt64LE(BigInt(json.length));
     return Buffer.concat([len, Buffer.from(json), data]);
   };
-  expectError(gen(await broken('offsets', retamper((h) => {
-    h['model.norm.weight'].data_offsets = [0, 1e9];
-  }))), /data \[0, 1000000000\) lies outside the file/);
-  expectError(gen(await broken('dtype', retamper((h) => {
-    h['model.norm.weight'].dtype = 'I8';
-  }))), /unsupported dtype "I8"/);
-  expectError(gen(await broken('shape', retamper((h) => {
-    h['model.norm.weight'].shape = [16];
-  }))), /does not match shape|config\.json implies/);
-  expectError(gen(await broken('missing', retamper((h) => {
-    delete h['model.norm.weight'];
-  }))), /missing tensor model\.norm\.weight/);
+  expectError(
+    gen(
+      await broken(
+        'offsets',
+        retamper((h) => {
+          h['model.norm.weight'].data_offsets = [0, 1e9];
+        }),
+      ),
+    ),
+    /data \[0, 1000000000\) lies outside the file/,
+  );
+  expectError(
+    gen(
+      await broken(
+        'dtype',
+        retamper((h) => {
+          h['model.norm.weight'].dtype = 'I8';
+        }),
+      ),
+    ),
+    /unsupported dtype "I8"/,
+  );
+  expectError(
+    gen(
+      await broken(
+        'shape',
+        retamper((h) => {
+          h['model.norm.weight'].shape = [16];
+        }),
+      ),
+    ),
+    /does not match shape|config\.json implies/,
+  );
+  expectError(
+    gen(
+      await broken(
+        'missing',
+        retamper((h) => {
+          delete h['model.norm.weight'];
+        }),
+      ),
+    ),
+    /missing tensor model\.norm\.weight/,
+  );
 });
 
 test('shapes that disagree with config.json', async () => {
@@ -120,7 +163,10 @@ test('prompt files and prompts too long for the context', () => {
   fs.writeFileSync(ids, JSON.stringify(Array.from({ length: 2049 }, (_, i) => 100 + (i % 50))));
   expectError(['generate', '--model', MODEL_DIR, '--prompt-ids', ids], /prompt of 2049 tokens is longer than the model's context of 2048/);
   fs.writeFileSync(ids, JSON.stringify(Array.from({ length: 2000 }, (_, i) => 100 + (i % 50))));
-  expectError(['generate', '--model', MODEL_DIR, '--prompt-ids', ids, '--max-tokens', '100'], /2000 tokens \+ 100 new tokens exceeds the model's context of 2048/);
+  expectError(
+    ['generate', '--model', MODEL_DIR, '--prompt-ids', ids, '--max-tokens', '100'],
+    /2000 tokens \+ 100 new tokens exceeds the model's context of 2048/,
+  );
   fs.writeFileSync(ids, '[1, 2, "three"]');
   expectError(['generate', '--model', MODEL_DIR, '--prompt-ids', ids], /expected a JSON array of token ids/);
   fs.writeFileSync(ids, '[1, 2');
@@ -151,11 +197,14 @@ test('safetensors writer in the fixture produces what the reader reads (F32, F16
   const f16 = new Uint16Array([0x0000, 0x3c00, 0xc100, 0x7bff, 0x0001, 0xae66]);
   const bf16 = new Uint16Array(Array.from(new Uint32Array(f32.buffer), (u) => u >>> 16));
   const file = path.join(tmp, 't.safetensors');
-  fs.writeFileSync(file, safetensorsBytes([
-    { name: 'a', dtype: 'F32', shape: [2, 3], data: new Uint8Array(f32.buffer) },
-    { name: 'b', dtype: 'F16', shape: [6], data: new Uint8Array(f16.buffer) },
-    { name: 'c', dtype: 'BF16', shape: [3, 2], data: new Uint8Array(bf16.buffer) },
-  ]));
+  fs.writeFileSync(
+    file,
+    safetensorsBytes([
+      { name: 'a', dtype: 'F32', shape: [2, 3], data: new Uint8Array(f32.buffer) },
+      { name: 'b', dtype: 'F16', shape: [6], data: new Uint8Array(f16.buffer) },
+      { name: 'c', dtype: 'BF16', shape: [3, 2], data: new Uint8Array(bf16.buffer) },
+    ]),
+  );
   const f = (await fsSource(tmp).open('t.safetensors'))!;
   const h = await readHeader(f, 't.safetensors');
   const out = new Float32Array(6);

@@ -103,9 +103,20 @@ export async function writeTinyModel(dir: string, c: TinyConfig = {}): Promise<{
   if (!(c.tie ?? true)) add('lm_head.weight', [V, D]);
   const config = {
     architectures: [c.architecture ?? 'LlamaForCausalLM'],
-    hidden_size: D, intermediate_size: I, num_hidden_layers: L, num_attention_heads: H, num_key_value_heads: KV,
-    head_dim: d, vocab_size: V, rms_norm_eps: 1e-6, rope_theta: 10000, max_position_embeddings: 512,
-    tie_word_embeddings: c.tie ?? true, bos_token_id: 1, eos_token_id: 2, hidden_act: 'silu',
+    hidden_size: D,
+    intermediate_size: I,
+    num_hidden_layers: L,
+    num_attention_heads: H,
+    num_key_value_heads: KV,
+    head_dim: d,
+    vocab_size: V,
+    rms_norm_eps: 1e-6,
+    rope_theta: 10000,
+    max_position_embeddings: 512,
+    tie_word_embeddings: c.tie ?? true,
+    bos_token_id: 1,
+    eos_token_id: 2,
+    hidden_act: 'silu',
     ...c.extra,
   };
   fs.mkdirSync(dir, { recursive: true });

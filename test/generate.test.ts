@@ -1,11 +1,12 @@
 /** Generation: sampling, stop strings, streaming, batching, cancellation, and the CLI's JSON contract. */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MODEL_DIR, bundledModel, golden, kivi, tmpDir } from './helpers.js';
+import { test } from 'node:test';
 import { Sampler } from '../src/engine/sampling.js';
 import { StopMatcher } from '../src/engine/stop.js';
+import { bundledModel, golden, kivi, MODEL_DIR, tmpDir } from './helpers.js';
 
 const PROMPT = 'The President of the United States said that';
 

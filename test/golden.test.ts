@@ -2,14 +2,15 @@
  * Agreement with the independent PyTorch float32 reference (data/reference): tokenizer ids,
  * streaming NLL for every cache config, greedy ids, and pass-key answers.
  */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
-import { bundledModel, golden, referenceKv, tokenizerGolden } from './helpers.js';
-import { snapshotWindows, streamingNll } from '../src/studies/eval/nll.js';
-import { snapshotPrefill, restorePrefill, type PrefixSnapshot } from '../src/engine/prefix.js';
-import { argmax } from '../src/engine/sampling.js';
+import { test } from 'node:test';
 import type { KiviModel } from '../src/api.js';
 import { parseKvSpec } from '../src/cache/spec.js';
+import { type PrefixSnapshot, restorePrefill, snapshotPrefill } from '../src/engine/prefix.js';
+import { argmax } from '../src/engine/sampling.js';
+import { snapshotWindows, streamingNll } from '../src/studies/eval/nll.js';
+import { bundledModel, golden, referenceKv, tokenizerGolden } from './helpers.js';
 
 const G = golden();
 const CONFIGS = Object.keys(G.nll);
@@ -38,7 +39,7 @@ test('golden windows are [BOS] + the WikiText test text encoded without BOS', as
 
 /** Greedy continuation of a restored prefix: n tokens, the first from the prefill's logits. */
 async function greedyFrom(m: KiviModel, prompt: number[], kv: string, n: number, snapshot?: PrefixSnapshot): Promise<number[]> {
-  const snap = snapshot ?? await snapshotPrefill(m.transformer, prompt);
+  const snap = snapshot ?? (await snapshotPrefill(m.transformer, prompt));
   const cache = m.newCache(kv);
   try {
     await restorePrefill(m.transformer, cache, snap);
@@ -59,7 +60,10 @@ async function greedyFrom(m: KiviModel, prompt: number[], kv: string, n: number,
  */
 function perturb(snaps: PrefixSnapshot[], seed: number): PrefixSnapshot[] {
   let s = seed;
-  const bit = () => ((s = (Math.imul(s, 1103515245) + 12345) | 0) >>> 16) & 1;
+  const bit = () => {
+    s = (Math.imul(s, 1103515245) + 12345) | 0;
+    return (s >>> 16) & 1;
+  };
   return snaps.map((sn) => ({
     ...sn,
     rows: sn.rows.map((a) => a.map((x) => x * (1 + (bit() ? 1 : -1) * 2 ** -23))),
@@ -107,8 +111,14 @@ test('streaming NLL of both golden windows matches the reference for every cache
       const vals = runs.map((r) => r[w]!);
       const span = Math.max(...vals) - Math.min(...vals);
       t.diagnostic(`${kv} window ${w}: off by ${(nll[w]! - ref[w]!).toFixed(5)}; rounding-level perturbations span ${span.toFixed(5)} (${fmt(vals)})`);
-      assert.ok(span > SENSITIVE, `${kv} window ${w}: ${nll[w]} vs reference ${ref[w]} (tolerance ${tol}), and the config is not rounding-sensitive (perturbation span ${span})`);
-      assert.ok(Math.abs(nll[w]! - ref[w]!) <= SENSITIVE_TOL, `${kv} window ${w}: ${nll[w]} vs reference ${ref[w]}: beyond the between-implementation spread ${SENSITIVE_TOL}`);
+      assert.ok(
+        span > SENSITIVE,
+        `${kv} window ${w}: ${nll[w]} vs reference ${ref[w]} (tolerance ${tol}), and the config is not rounding-sensitive (perturbation span ${span})`,
+      );
+      assert.ok(
+        Math.abs(nll[w]! - ref[w]!) <= SENSITIVE_TOL,
+        `${kv} window ${w}: ${nll[w]} vs reference ${ref[w]}: beyond the between-implementation spread ${SENSITIVE_TOL}`,
+      );
     }
   }
 });
@@ -128,7 +138,9 @@ test('the presets with their float16 residual stay within the golden tolerance',
     const ref = G.nll[kv]!;
     const nll = await streamingNll(m.transformer, G.windows, parseKvSpec(kv), { prefill: 512 }, snaps);
     const exact = await streamingNll(m.transformer, G.windows, parseKvSpec(referenceKv(kv)), { prefill: 512 }, snaps);
-    t.diagnostic(`${kv} (fp16 residual): ${fmt(nll)}; reference ${fmt(ref)}; Δ vs reference ${fmt(nll.map((v, w) => v - ref[w]!))}; Δ vs fp32 residual ${fmt(nll.map((v, w) => v - exact[w]!))}`);
+    t.diagnostic(
+      `${kv} (fp16 residual): ${fmt(nll)}; reference ${fmt(ref)}; Δ vs reference ${fmt(nll.map((v, w) => v - ref[w]!))}; Δ vs fp32 residual ${fmt(nll.map((v, w) => v - exact[w]!))}`,
+    );
     const tol = kv === 'kivi2-r32' ? SENSITIVE_TOL : 5e-3;
     for (const w of [0, 1]) assert.ok(Math.abs(nll[w]! - ref[w]!) <= tol, `${kv} window ${w}: ${nll[w]} vs reference ${ref[w]} (tolerance ${tol})`);
     // The residual's float16 rounding is a small perturbation of the float32 residual's result.

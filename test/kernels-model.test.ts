@@ -2,11 +2,12 @@
  * The WebAssembly back end end to end on the bundled model: golden streaming NLLs, and the promise that
  * threads and batching never change a result (bitwise logits, identical greedy ids).
  */
-import { test, before, after } from 'node:test';
+
 import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
 import { KiviModel } from '../src/api.js';
-import { streamingNll } from '../src/studies/eval/nll.js';
 import { parseKvSpec } from '../src/cache/spec.js';
+import { streamingNll } from '../src/studies/eval/nll.js';
 import { golden as loadGolden, referenceKv } from './helpers.js';
 
 const MODEL = 'models/llama-28m-gqa';
@@ -23,12 +24,17 @@ after(() => {
   m1.dispose();
 });
 
-for (const [kv, tol] of [['fp32', 2e-3], ['kivi2', 5e-3]] as const) {
+for (const [kv, tol] of [
+  ['fp32', 2e-3],
+  ['kivi2', 5e-3],
+] as const) {
   test(`wasm streaming NLL reproduces the golden ${kv} values (±${tol} nats)`, async () => {
     assert.equal(m2.backend.name, 'wasm');
     // The reference's arithmetic: a KIVI residual in float32.
     const nll = await streamingNll(m2.transformer, golden.windows, parseKvSpec(referenceKv(kv)), { prefill: 512 });
-    nll.forEach((v, i) => assert.ok(Math.abs(v - golden.nll[kv]![i]!) <= tol, `window ${i}: ${v} vs golden ${golden.nll[kv]![i]}`));
+    nll.forEach((v, i) => {
+      assert.ok(Math.abs(v - golden.nll[kv]![i]!) <= tol, `window ${i}: ${v} vs golden ${golden.nll[kv]![i]}`);
+    });
   });
 }
 
@@ -58,7 +64,9 @@ test('batching never changes results: greedy ids of concurrent sequences equal e
     const alone: number[][] = [];
     for (const p of prompts) alone.push((await m2.complete(p, opts)).ids);
     const together = await Promise.all(prompts.map((p) => m2.complete(p, opts)));
-    together.forEach((r, i) => assert.deepEqual(r.ids, alone[i], `${kv}: sequence ${i} batched vs alone`));
+    together.forEach((r, i) => {
+      assert.deepEqual(r.ids, alone[i], `${kv}: sequence ${i} batched vs alone`);
+    });
   }
 });
 

@@ -3,13 +3,14 @@
  * threads), and what is the wasm back end's own: memory growth and reuse, errors on helper threads,
  * the job protocol under load, and threads never changing a bit.
  */
-import { test, after } from 'node:test';
+
 import assert from 'node:assert/strict';
-import { createWasmBackend } from '../src/kernels/wasm/node.js';
-import type { WasmBackend, WasmTensor } from '../src/kernels/wasm/kernels.js';
+import { after, test } from 'node:test';
 import { OP_ATTEND } from '../src/kernels/wasm/jobs.js';
-import { backendConformance, randArray, rng, to16 } from './backend-conformance.js';
+import type { WasmBackend, WasmTensor } from '../src/kernels/wasm/kernels.js';
+import { createWasmBackend } from '../src/kernels/wasm/node.js';
 import { fromHalfBits } from '../src/quant/float16.js';
+import { backendConformance, randArray, rng, to16 } from './backend-conformance.js';
 
 const made: WasmBackend[] = [];
 async function wasm(threads: number): Promise<WasmBackend> {
@@ -31,8 +32,12 @@ backendConformance('wasm ×1', () => wasm(1), { kiviRelTol: 5e-2, specs: ['fp16'
 test('wasm: threads never change a bit (matmul)', async () => {
   const [W1, W2] = [await wasm(1), await wasm(2)];
   const r = rng(7);
-  const rows = 7, inDim = 301, outDim = 1030;
-  const x = randArray(rows * inDim, r), w = randArray(outDim * inDim, r), b = randArray(outDim, r);
+  const rows = 7,
+    inDim = 301,
+    outDim = 1030;
+  const x = randArray(rows * inDim, r),
+    w = randArray(outDim * inDim, r),
+    b = randArray(outDim, r);
   const outs: Float32Array[] = [];
   for (const W of [W1, W2]) {
     const [xt, wt, bt, ot] = [W.tensor('f32', x.length), W.tensor('f32', w.length), W.tensor('f32', b.length), W.tensor('f32', rows * outDim)];
@@ -70,7 +75,9 @@ test('wasm: a trap on any thread surfaces as an error, and the back end keeps wo
   const runner = (W as unknown as { runner: { run(op: number, args: number[], n: number): void } }).runner;
   assert.throws(() => runner.run(OP_ATTEND, [3 * 2 ** 30, 3 * 2 ** 30, 0, 0, 0, 4, 2, 64, 1024, 64], 8), /out of bounds|helper thread/);
   const r = rng(9);
-  const x = W.tensor('f32', 64), w = W.tensor('f32', 64 * 2048), o = W.tensor('f32', 2048);
+  const x = W.tensor('f32', 64),
+    w = W.tensor('f32', 64 * 2048),
+    o = W.tensor('f32', 2048);
   W.write(x, randArray(64, r));
   W.write(w, randArray(64 * 2048, r));
   W.matmul(o, x, w, 1, 64, 2048);
@@ -80,14 +87,20 @@ test('wasm: a trap on any thread surfaces as an error, and the back end keeps wo
 test('wasm: thousands of back-to-back parallel jobs of varying item counts: no lost or double-counted item', async () => {
   const [W, W1] = [await wasm(2), await wasm(1)];
   const r = rng(10);
-  const inDim = 256, maxOut = 1200;
-  const wd = randArray(maxOut * inDim, r), xd = randArray(inDim, r);
-  const w = W.tensor('f32', wd.length), x = W.tensor('f32', inDim), w1 = W1.tensor('f32', wd.length), x1 = W1.tensor('f32', inDim);
+  const inDim = 256,
+    maxOut = 1200;
+  const wd = randArray(maxOut * inDim, r),
+    xd = randArray(inDim, r);
+  const w = W.tensor('f32', wd.length),
+    x = W.tensor('f32', inDim),
+    w1 = W1.tensor('f32', wd.length),
+    x1 = W1.tensor('f32', inDim);
   W.write(w, wd);
   W.write(x, xd);
   W1.write(w1, wd);
   W1.write(x1, xd);
-  const out = W.tensor('f32', maxOut) as WasmTensor, ref = W1.tensor('f32', maxOut);
+  const out = W.tensor('f32', maxOut) as WasmTensor,
+    ref = W1.tensor('f32', maxOut);
   const o = out.data as Float32Array;
   for (let job = 0; job < 3000; job++) {
     const outDim = 512 + Math.floor(r() * (maxOut - 512)); // ≥ 131072 multiply-adds: split over threads
@@ -95,7 +108,7 @@ test('wasm: thousands of back-to-back parallel jobs of varying item counts: no l
     W.matmul(out, x, w, 1, inDim, outDim);
     if (job % 100 === 0) {
       W1.matmul(ref, x1, w1, 1, inDim, outDim);
-      assert.deepEqual(o.subarray(0, outDim), (await W1.read(ref, 0, outDim)), `job ${job}`);
+      assert.deepEqual(o.subarray(0, outDim), await W1.read(ref, 0, outDim), `job ${job}`);
     } else {
       for (let i = 0; i < outDim; i++) if (Number.isNaN(o[i]!)) assert.fail(`job ${job}: output ${i} not written`);
     }
@@ -123,8 +136,23 @@ function widen(bits: Uint16Array, dtype: 'bf16' | 'f16'): Float32Array {
 }
 
 const MATMUL16_SHAPES = [
-  [1, 512, 96], [1, 7, 13], [1, 9, 17], [1, 12, 8], [1, 1030, 41], [1, 2048, 300], [2, 37, 19], [3, 64, 5],
-  [4, 130, 33], [5, 131, 34], [6, 66, 18], [7, 20, 9], [16, 9, 7], [17, 13, 22], [33, 130, 9], [64, 512, 1030], [70, 36, 9],
+  [1, 512, 96],
+  [1, 7, 13],
+  [1, 9, 17],
+  [1, 12, 8],
+  [1, 1030, 41],
+  [1, 2048, 300],
+  [2, 37, 19],
+  [3, 64, 5],
+  [4, 130, 33],
+  [5, 131, 34],
+  [6, 66, 18],
+  [7, 20, 9],
+  [16, 9, 7],
+  [17, 13, 22],
+  [33, 130, 9],
+  [64, 512, 1030],
+  [70, 36, 9],
   [1, 3, 2],
 ] as const;
 
@@ -135,17 +163,21 @@ test('wasm: 16-bit matmul (bf16, f16) is bit for bit the float32 matmul of the w
     for (const [rows, inDim, outDim] of MATMUL16_SHAPES) {
       for (const withBias of [false, true]) {
         const what = `${dtype} ${rows}×${inDim}→${outDim}${withBias ? ' +bias' : ''}`;
-        const xd = randArray(rows * inDim, r), bits = rand16(dtype, outDim * inDim, r);
+        const xd = randArray(rows * inDim, r),
+          bits = rand16(dtype, outDim * inDim, r);
         const bd = withBias ? randArray(outDim, r) : undefined;
         const results: Float32Array[] = [];
         for (const W of [W1, W2]) {
-          const x = W.tensor('f32', xd.length), w16 = W.tensor(dtype, bits.length), w32 = W.tensor('f32', bits.length);
+          const x = W.tensor('f32', xd.length),
+            w16 = W.tensor(dtype, bits.length),
+            w32 = W.tensor('f32', bits.length);
           const b = bd ? W.tensor('f32', outDim) : undefined;
           W.write(x, xd);
           W.write(w16, bits);
           W.write(w32, widen(bits, dtype));
           if (b) W.write(b, bd!);
-          const o16 = W.tensor('f32', rows * outDim), o32 = W.tensor('f32', rows * outDim);
+          const o16 = W.tensor('f32', rows * outDim),
+            o32 = W.tensor('f32', rows * outDim);
           W.matmul(o16, x, w16, rows, inDim, outDim, b);
           W.matmul(o32, x, w32, rows, inDim, outDim, b);
           const [v16, v32] = [await W.read(o16, 0, rows * outDim), await W.read(o32, 0, rows * outDim)];
@@ -164,7 +196,9 @@ test('wasm: every bf16 pattern and every finite f16 pattern converts exactly ins
   const W = await wasm(1);
   const all = Uint16Array.from({ length: 65536 }, (_, i) => i);
   for (const dtype of ['bf16', 'f16'] as const) {
-    const x = W.tensor('f32', 1), w = W.tensor(dtype, 65536), o = W.tensor('f32', 65536);
+    const x = W.tensor('f32', 1),
+      w = W.tensor(dtype, 65536),
+      o = W.tensor('f32', 65536);
     W.write(x, new Float32Array([1]));
     W.write(w, all);
     W.matmul(o, x, w, 1, 1, 65536);

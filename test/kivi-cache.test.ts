@@ -2,17 +2,18 @@
  * The KIVI cache's streaming semantics (docs/KIVI.md §5) and its attention on packed codes (§6), checked
  * against an independent model: explicitly dequantized keys/values and plain float64 attention.
  */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
-import { createCache, parseKvSpec } from '../src/cache/spec.js';
-import type { CacheDims, KvCache } from '../src/cache/types.js';
-import { KiviCache, VALUE_PAGE } from '../src/cache/kivi.js';
+import { test } from 'node:test';
 import { cacheBytes } from '../src/cache/budget.js';
+import { type KiviCache, VALUE_PAGE } from '../src/cache/kivi.js';
+import { createCache, parseKvSpec } from '../src/cache/spec.js';
 import { CacheStepper, qkvRows } from '../src/cache/step.js';
-import { dequantize, quantizePerChannel, quantizePerToken, type Bits } from '../src/quant/quantizer.js';
-import { TsBackend } from '../src/kernels/ts/backend.js';
+import type { CacheDims, KvCache } from '../src/cache/types.js';
 import { createBackend } from '../src/kernels/index.js';
+import { TsBackend } from '../src/kernels/ts/backend.js';
 import type { Backend } from '../src/kernels/types.js';
+import { type Bits, dequantize, quantizePerChannel, quantizePerToken } from '../src/quant/quantizer.js';
 import { KiviError } from '../src/util/errors.js';
 
 function rng(seed: number): () => number {
@@ -42,8 +43,15 @@ function head(x: Float32Array, T: number, kv: number, d: number, h: number): Flo
 
 /** What attention must read: quantized prefix (per channel for K, per token for V) + full-precision rest. */
 function expectedAttention(
-  K: Float32Array, V: Float32Array, T: number, q: Float32Array, dims: CacheDims,
-  kq: number, vq: number, bits: Bits, G: number,
+  K: Float32Array,
+  V: Float32Array,
+  T: number,
+  q: Float32Array,
+  dims: CacheDims,
+  kq: number,
+  vq: number,
+  bits: Bits,
+  G: number,
 ): Float64Array {
   const { numHeads: H, numKvHeads: kv, headDim: d } = dims;
   const out = new Float64Array(H * d);
@@ -64,7 +72,7 @@ function expectedAttention(
         max = Math.max(max, s[t]!);
       }
       let sum = 0;
-      for (let t = 0; t < T; t++) sum += (s[t] = Math.exp(s[t]! - max));
+      for (let t = 0; t < T; t++) sum += s[t] = Math.exp(s[t]! - max);
       for (let t = 0; t < T; t++) for (let c = 0; c < d; c++) out[qh + c] += (s[t]! / sum) * vh[t * d + c]!;
     }
   }
@@ -93,7 +101,15 @@ async function backends(): Promise<Backend[]> {
 }
 
 /** A decode step's attention through the cache: the new token's q/k/v as one row. */
-async function decodeStep(stepper: CacheStepper, cache: KvCache, dims: CacheDims, q: Float32Array, K: Float32Array, V: Float32Array, t: number): Promise<Float32Array> {
+async function decodeStep(
+  stepper: CacheStepper,
+  cache: KvCache,
+  dims: CacheDims,
+  q: Float32Array,
+  K: Float32Array,
+  V: Float32Array,
+  t: number,
+): Promise<Float32Array> {
   const row = dims.numKvHeads * dims.headDim;
   const out = await stepper.step([{ cache, rows: qkvRows(dims, 1, q, K, V, t * row, t * row), n: 1, mode: 'decode' }]);
   return out!;
@@ -120,8 +136,11 @@ for (const [name, dims] of shapes) {
           await stepper.step([{ cache, rows: qkvRows(dims, P, null, K, V), n: P, mode: 'prefill' }], false);
           const l0 = cache.layout();
           const rk = P < R ? P : P % R;
-          assert.deepEqual(l0, { keyQuantized: P - rk, keyResidual: rk, valueQuantized: Math.max(0, P - R), valueResidual: Math.min(P, R) },
-            `prefill split at T=${P}`);
+          assert.deepEqual(
+            l0,
+            { keyQuantized: P - rk, keyResidual: rk, valueQuantized: Math.max(0, P - R), valueResidual: Math.min(P, R) },
+            `prefill split at T=${P}`,
+          );
           assert.equal(cache.bytes(), cacheBytes(spec, dims, P));
           let prevKq = l0.keyQuantized;
           for (let s = 0; s < steps; s++) {
@@ -159,7 +178,10 @@ for (const [name, dims] of shapes) {
 }
 
 test('float16 residual (the default): smaller, and attention stays within float16 rounding of the float32 residual', async () => {
-  assert.equal(parseKvSpec('kivi:k=2,v=2,g=32,r=64').kind === 'kivi' && (parseKvSpec('kivi:k=2,v=2,g=32,r=64') as { residualDtype: string }).residualDtype, 'fp16');
+  assert.equal(
+    parseKvSpec('kivi:k=2,v=2,g=32,r=64').kind === 'kivi' && (parseKvSpec('kivi:k=2,v=2,g=32,r=64') as { residualDtype: string }).residualDtype,
+    'fp16',
+  );
   const dims: CacheDims = { numLayers: 1, numHeads: 4, numKvHeads: 2, headDim: 64 };
   const { numKvHeads: kv, headDim: d, numHeads: H } = dims;
   const backend = new TsBackend();
@@ -227,7 +249,8 @@ test('fillCycled (rows sent once, storage jobs in chunks) leaves the cache fill(
   const backend = new TsBackend();
   const dims: CacheDims = { numLayers: 1, numHeads: 4, numKvHeads: 2, headDim: 32 };
   const qkvDim = (4 + 2 * 2) * 32;
-  const n = 48, T = 200;
+  const n = 48,
+    T = 200;
   const rows = new Float32Array(n * qkvDim);
   for (let i = 0; i < rows.length; i++) rows[i] = Math.sin(i * 0.37) * (i % 32 === 3 ? 9 : 1);
   const step = new Float32Array(qkvDim).map((_, i) => Math.cos(i * 0.11));

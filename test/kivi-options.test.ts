@@ -5,20 +5,21 @@
  * attention), its bytes against the budget formula and the bits per element, and the options the wasm and
  * WebGPU kernels do not read are refused there.
  */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
-import { createCache, formatKvSpec, parseKvSpec, KIVI2_HQ, type CacheSpec } from '../src/cache/spec.js';
-import type { CacheDims, KvCache } from '../src/cache/types.js';
-import { KiviCache } from '../src/cache/kivi.js';
-import { cacheBytes } from '../src/cache/budget.js';
+import { test } from 'node:test';
 import { bitsPerElement } from '../src/cache/bits.js';
+import { cacheBytes } from '../src/cache/budget.js';
+import type { KiviCache } from '../src/cache/kivi.js';
+import { type CacheSpec, createCache, formatKvSpec, KIVI2_HQ, parseKvSpec } from '../src/cache/spec.js';
 import { CacheStepper, qkvRows } from '../src/cache/step.js';
-import { dequantize, quantizePerChannel, quantizePerToken, type Bits } from '../src/quant/quantizer.js';
+import type { CacheDims, KvCache } from '../src/cache/types.js';
+import { createBackend } from '../src/kernels/index.js';
+import { TsBackend } from '../src/kernels/ts/backend.js';
+import { fromHalfBits } from '../src/quant/float16.js';
 import { fwht } from '../src/quant/hadamard.js';
 import { quantizePerToken8Into } from '../src/quant/meta8.js';
-import { fromHalfBits } from '../src/quant/float16.js';
-import { TsBackend } from '../src/kernels/ts/backend.js';
-import { createBackend } from '../src/kernels/index.js';
+import { type Bits, dequantize, quantizePerChannel, quantizePerToken } from '../src/quant/quantizer.js';
 
 function rng(seed: number): () => number {
   let s = seed >>> 0;
@@ -72,19 +73,26 @@ function dequantizeMeta8(x: Float32Array, T: number, d: number, G: number, bits:
     const delta = (fromHalfBits(lohi[2 * t + 1]!) - lo) / 255;
     for (let c = 0; c < d; c++) {
       const g = Math.floor(c / G);
-      const u = uv[t * 2 * (d / G) + 2 * g]!, v = uv[t * 2 * (d / G) + 2 * g + 1]!;
+      const u = uv[t * 2 * (d / G) + 2 * g]!,
+        v = uv[t * 2 * (d / G) + 2 * g + 1]!;
       const code = (codes[t * words + Math.floor(c / per)]! >>> (bits * (c % per))) & ((1 << bits) - 1);
-      out[t * d + c] = lo + u * delta + code * ((v - u) * delta) / ((1 << bits) - 1);
+      out[t * d + c] = lo + u * delta + (code * ((v - u) * delta)) / ((1 << bits) - 1);
     }
   }
   return out;
 }
 
-interface Opts { kBits: Bits; vBits: Bits; Gk: number; Gv: number; rot: boolean; vmeta8: boolean }
+interface Opts {
+  kBits: Bits;
+  vBits: Bits;
+  Gk: number;
+  Gv: number;
+  rot: boolean;
+  vmeta8: boolean;
+}
 
 /** What attention must read: (rotated) keys quantized per channel with Gk, values per token with Gv, rest exact. */
-function expectedAttention(K: Float32Array, V: Float32Array, T: number, q: Float32Array, dims: CacheDims,
-  kq: number, vq: number, o: Opts): Float64Array {
+function expectedAttention(K: Float32Array, V: Float32Array, T: number, q: Float32Array, dims: CacheDims, kq: number, vq: number, o: Opts): Float64Array {
   const { numHeads: H, numKvHeads: kv, headDim: d } = dims;
   const out = new Float64Array(H * d);
   const Hm = hadamardMatrix(d);
@@ -94,7 +102,10 @@ function expectedAttention(K: Float32Array, V: Float32Array, T: number, q: Float
     // The cache rotates with the fast transform; the explicit matrix check is a test of its own below.
     if (o.rot) for (let t = 0; t < T; t++) fwht(kh, t * d, d);
     if (kq > 0) kh.set(dequantize(quantizePerChannel(kh.subarray(0, kq * d), kq, d, o.Gk, o.kBits)));
-    if (vq > 0) vh.set(o.vmeta8 ? dequantizeMeta8(vh.subarray(0, vq * d), vq, d, o.Gv, o.vBits) : dequantize(quantizePerToken(vh.subarray(0, vq * d), vq, d, o.Gv, o.vBits)));
+    if (vq > 0)
+      vh.set(
+        o.vmeta8 ? dequantizeMeta8(vh.subarray(0, vq * d), vq, d, o.Gv, o.vBits) : dequantize(quantizePerToken(vh.subarray(0, vq * d), vq, d, o.Gv, o.vBits)),
+      );
     const nq = H / kv;
     for (let j = 0; j < nq; j++) {
       const qh = (h * nq + j) * d;
@@ -112,7 +123,7 @@ function expectedAttention(K: Float32Array, V: Float32Array, T: number, q: Float
         max = Math.max(max, s[t]!);
       }
       let sum = 0;
-      for (let t = 0; t < T; t++) sum += (s[t] = Math.exp(s[t]! - max));
+      for (let t = 0; t < T; t++) sum += s[t] = Math.exp(s[t]! - max);
       for (let t = 0; t < T; t++) for (let c = 0; c < d; c++) out[qh + c] += (s[t]! / sum) * vh[t * d + c]!;
     }
   }
@@ -129,7 +140,15 @@ function maxRelErr(a: Float32Array, b: Float64Array): number {
   return num / den;
 }
 
-async function decodeStep(stepper: CacheStepper, cache: KvCache, dims: CacheDims, q: Float32Array, K: Float32Array, V: Float32Array, t: number): Promise<Float32Array> {
+async function decodeStep(
+  stepper: CacheStepper,
+  cache: KvCache,
+  dims: CacheDims,
+  q: Float32Array,
+  K: Float32Array,
+  V: Float32Array,
+  t: number,
+): Promise<Float32Array> {
   const row = dims.numKvHeads * dims.headDim;
   return (await stepper.step([{ cache, rows: qkvRows(dims, 1, q, K, V, t * row, t * row), n: 1, mode: 'decode' }]))!;
 }
@@ -152,7 +171,8 @@ test('fwht is the orthonormal Sylvester Hadamard transform: equals the explicit 
   for (let i = 0; i < d; i++) assert.ok(Math.abs(back[i]! - x[i]!) < 1e-6);
   const fy = y.slice();
   fwht(fy, 0, d);
-  let a = 0, b = 0;
+  let a = 0,
+    b = 0;
   for (let i = 0; i < d; i++) {
     a += x[i]! * y[i]!;
     b += fx[i]! * fy[i]!;
@@ -161,17 +181,21 @@ test('fwht is the orthonormal Sylvester Hadamard transform: equals the explicit 
 });
 
 test('8-bit value metadata: every value within half a step of its group, steps at most (range + 2Δ)/(2^b − 1)', () => {
-  const d = 64, G = 16, T = 20;
+  const d = 64,
+    G = 16,
+    T = 20;
   const r = rng(2);
   for (const bits of [2, 4] as Bits[]) {
     const x = rows(T, 1, d, r, true);
     const y = dequantizeMeta8(x, T, d, G, bits);
     for (let t = 0; t < T; t++) {
-      let lo = Infinity, hi = -Infinity;
+      let lo = Infinity,
+        hi = -Infinity;
       for (let c = 0; c < d; c++) [lo, hi] = [Math.min(lo, x[t * d + c]!), Math.max(hi, x[t * d + c]!)];
       const delta = (hi - lo) / 255;
       for (let g = 0; g < d / G; g++) {
-        let gl = Infinity, gh = -Infinity;
+        let gl = Infinity,
+          gh = -Infinity;
         for (let c = g * G; c < (g + 1) * G; c++) [gl, gh] = [Math.min(gl, x[t * d + c]!), Math.max(gh, x[t * d + c]!)];
         const step = (gh - gl + 2 * delta) / ((1 << bits) - 1);
         for (let c = g * G; c < (g + 1) * G; c++) {
@@ -253,8 +277,13 @@ test('bits per element: kivi2 3, kivi4 5, kivi2-hq 3.5, and the bytes a cache ad
   const dims: CacheDims = { numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 128 };
   const d = dims.headDim;
   const cases: [string, number][] = [
-    ['kivi2', 3], ['kivi4', 5], ['kivi:k=4,v=2,g=64', 3.5], ['kivi:k=4,v=2,gk=128,gv=32', 3.625],
-    ['kivi:k=2,v=2,vmeta=8', 2.875], ['kivi2-hq', 3.5], ['kivi:k=2,v=2,rot=hadamard', 3],
+    ['kivi2', 3],
+    ['kivi4', 5],
+    ['kivi:k=4,v=2,g=64', 3.5],
+    ['kivi:k=4,v=2,gk=128,gv=32', 3.625],
+    ['kivi:k=2,v=2,vmeta=8', 2.875],
+    ['kivi2-hq', 3.5],
+    ['kivi:k=2,v=2,rot=hadamard', 3],
   ];
   for (const [s, bits] of cases) {
     const spec = parseKvSpec(s);

@@ -4,17 +4,18 @@
  * as the cold chunked run; admission reserves the chunked schedule exactly; the library continues a
  * saved prefix only for a prompt that begins with its tokens.
  */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
-import { bundledModel, golden } from './helpers.js';
+import { test } from 'node:test';
 import type { KiviModel } from '../src/api.js';
-import type { KvCache } from '../src/cache/types.js';
-import { parseKvSpec } from '../src/cache/spec.js';
 import { peakAllocatedBytes } from '../src/cache/budget.js';
-import { chunkEnds } from '../src/engine/chunks.js';
+import { parseKvSpec } from '../src/cache/spec.js';
+import type { KvCache } from '../src/cache/types.js';
 import type { Sequence } from '../src/engine/batch.js';
+import { chunkEnds } from '../src/engine/chunks.js';
 import { Scheduler } from '../src/server/scheduler.js';
 import { KiviError } from '../src/util/errors.js';
+import { bundledModel, golden } from './helpers.js';
 
 const G = golden();
 const PROMPT = G.windows[1]!.slice(0, 300);
@@ -69,7 +70,9 @@ for (const kv of ['fp16', 'kivi2', 'kivi4']) {
     const restored = await m.restoreCache(await m.saveCache(part), kv);
     part.free();
     const warmLogits = await run(m, restored, PROMPT, 12);
-    coldLogits.forEach((l, i) => assert.deepEqual(warmLogits[i], l, `logits row ${i}`));
+    coldLogits.forEach((l, i) => {
+      assert.deepEqual(warmLogits[i], l, `logits row ${i}`);
+    });
     assert.deepEqual(await m.saveCache(restored), await m.saveCache(cold), 'the same cache after the same tokens');
     cold.free();
     restored.free();
@@ -87,12 +90,17 @@ for (const kv of ['fp16', 'kivi2', 'kivi4']) {
     for (const k of [64, 256]) {
       const endImage: Uint8Array[] = [];
       const other = m.engine.add(G.windows[0]!.slice(0, 40), m.newCache(kv), { maxTokens: 30, ignoreEos: true });
-      const seq = m.engine.add(PROMPT, await m.restoreCache(images.get(k)!, kv), { maxTokens: 16, ignoreEos: true }, {
-        grids: [B],
-        afterChunk: async (s, length) => {
-          if (length === PROMPT.length) endImage.push(await m.saveCache(s.cache));
+      const seq = m.engine.add(
+        PROMPT,
+        await m.restoreCache(images.get(k)!, kv),
+        { maxTokens: 16, ignoreEos: true },
+        {
+          grids: [B],
+          afterChunk: async (s, length) => {
+            if (length === PROMPT.length) endImage.push(await m.saveCache(s.cache));
+          },
         },
-      });
+      );
       const [r] = await Promise.all([finish(seq), finish(other)]);
       assert.equal(r.reusedTokens, k);
       assert.deepEqual(r.ids, ref.ids, `restored at ${k}: same tokens`);
@@ -102,26 +110,35 @@ for (const kv of ['fp16', 'kivi2', 'kivi4']) {
   });
 }
 
-test('admission reserves the chunked schedule: a chunked request\'s pages peak at exactly its reservation; a restored one within it', async () => {
+test("admission reserves the chunked schedule: a chunked request's pages peak at exactly its reservation; a restored one within it", async () => {
   const m = await bundledModel();
   const pool = m.transformer.pool;
   for (const kv of ['kivi:k=2,v=2,g=32,r=32', 'fp16']) {
     const spec = parseKvSpec(kv);
     const s = new Scheduler(m.engine, { spec, pool, budgetBytes: 1 << 30, maxQueue: 4, newCache: () => m.newCache(kv), grids: [B] });
-    for (const [p, n] of [[200, 20], [64, 1]] as const) {
+    for (const [p, n] of [
+      [200, 20],
+      [64, 1],
+    ] as const) {
       const ids = PROMPT.slice(0, p);
       const need = s.reservation(p, n);
       assert.equal(need, peakAllocatedBytes(spec, pool, p + n - 1, chunkEnds(0, p, [B])));
       pool.resetPeak();
       const images: Uint8Array[] = [];
-      await finish(await s.submit(ids, { maxTokens: n, ignoreEos: true }, {
-        afterChunk: async (seq, length) => {
-          if (length === B) images.push(await m.saveCache(seq.cache));
-        },
-      }));
+      await finish(
+        await s.submit(
+          ids,
+          { maxTokens: n, ignoreEos: true },
+          {
+            afterChunk: async (seq, length) => {
+              if (length === B) images.push(await m.saveCache(seq.cache));
+            },
+          },
+        ),
+      );
       assert.equal(pool.peakBytes, need, `${kv} ${p}+${n}: page peak`);
       if (p > B) {
-        const image = (await m.restoreCache(images[0]!, kv));
+        const image = await m.restoreCache(images[0]!, kv);
         const img = await image.save();
         image.free();
         pool.resetPeak();

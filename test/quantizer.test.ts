@@ -1,12 +1,21 @@
 /** The quantizer's contract (docs/KIVI.md §3–4), checked as properties over random inputs. */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import fc from 'fast-check';
+import { f16round, fromHalfBits, toHalfBits } from '../src/quant/float16.js';
 import {
-  quantizeGroup, dequantizeCode, packCodes, unpackCodes, packedWords, quantizePerToken, quantizePerChannel,
-  dequantize, roundHalfEven, type Bits,
+  type Bits,
+  dequantize,
+  dequantizeCode,
+  packCodes,
+  packedWords,
+  quantizeGroup,
+  quantizePerChannel,
+  quantizePerToken,
+  roundHalfEven,
+  unpackCodes,
 } from '../src/quant/quantizer.js';
-import { toHalfBits, fromHalfBits, f16round } from '../src/quant/float16.js';
 import { KiviError } from '../src/util/errors.js';
 
 const f32 = fc.float({ min: -1000, max: 1000, noNaN: true, noDefaultInfinity: true });
@@ -28,53 +37,64 @@ test('float16: exact IEEE binary16 rounding at the edges', () => {
 
 test('float16: every half value round-trips, and rounding is to the nearest', () => {
   for (let h = 0; h < 0x7c00; h++) assert.equal(toHalfBits(fromHalfBits(h)), h);
-  fc.assert(fc.property(fc.float({ min: -60000, max: 60000, noNaN: true }), (x) => {
-    const r = f16round(x);
-    const h = toHalfBits(x) & 0x7fff;
-    const below = fromHalfBits(Math.max(0, h - 1)) * Math.sign(x || 1);
-    const above = fromHalfBits(h + 1) * Math.sign(x || 1);
-    return Math.abs(x - r) <= Math.abs(x - below) && Math.abs(x - r) <= Math.abs(x - above);
-  }), { numRuns: 5000 });
+  fc.assert(
+    fc.property(fc.float({ min: -60000, max: 60000, noNaN: true }), (x) => {
+      const r = f16round(x);
+      const h = toHalfBits(x) & 0x7fff;
+      const below = fromHalfBits(Math.max(0, h - 1)) * Math.sign(x || 1);
+      const above = fromHalfBits(h + 1) * Math.sign(x || 1);
+      return Math.abs(x - r) <= Math.abs(x - below) && Math.abs(x - r) <= Math.abs(x - above);
+    }),
+    { numRuns: 5000 },
+  );
 });
 
 test('roundHalfEven rounds ties to even', () => {
-  assert.deepEqual([0.5, 1.5, 2.5, 3.5, -0.5, 2.4999, 2.5001].map(roundHalfEven).map((x) => x + 0), [0, 2, 2, 4, 0, 2, 3]);
+  assert.deepEqual(
+    [0.5, 1.5, 2.5, 3.5, -0.5, 2.4999, 2.5001].map(roundHalfEven).map((x) => x + 0),
+    [0, 2, 2, 4, 0, 2, 3],
+  );
 });
 
 test('quantize → dequantize error is at most half a step (plus float16 rounding of scale/min)', () => {
-  fc.assert(fc.property(bitsArb, fc.array(f32, { minLength: 1, maxLength: 64 }), (bits, xs) => {
-    const x = Float32Array.from(xs);
-    const codes = new Uint8Array(x.length);
-    const sc = new Uint16Array(1);
-    const mn = new Uint16Array(1);
-    quantizeGroup(x, 0, 1, x.length, bits, codes, 0, 1, sc, mn, 0);
-    const s = fromHalfBits(sc[0]!);
-    const m = fromHalfBits(mn[0]!);
-    const lo = Math.min(...x);
-    const hi = Math.max(...x);
-    const maxCode = (1 << bits) - 1;
-    // The stored min/scale differ from the exact ones by float16 rounding, which can push the top
-    // of the range past the last code: that excess is the "+ float16 rounding" term.
-    const f16err = Math.abs(m - lo) + maxCode * Math.abs(s - (hi - lo) / maxCode);
-    for (let i = 0; i < x.length; i++) {
-      assert.ok(codes[i]! <= maxCode);
-      const err = Math.abs(dequantizeCode(codes[i]!, sc[0]!, mn[0]!) - x[i]!);
-      assert.ok(err <= s / 2 + f16err + 1e-4 * Math.max(1, Math.abs(x[i]!)), `err ${err} > ${s / 2} + ${f16err} (bits ${bits})`);
-    }
-  }), { numRuns: 2000 });
+  fc.assert(
+    fc.property(bitsArb, fc.array(f32, { minLength: 1, maxLength: 64 }), (bits, xs) => {
+      const x = Float32Array.from(xs);
+      const codes = new Uint8Array(x.length);
+      const sc = new Uint16Array(1);
+      const mn = new Uint16Array(1);
+      quantizeGroup(x, 0, 1, x.length, bits, codes, 0, 1, sc, mn, 0);
+      const s = fromHalfBits(sc[0]!);
+      const m = fromHalfBits(mn[0]!);
+      const lo = Math.min(...x);
+      const hi = Math.max(...x);
+      const maxCode = (1 << bits) - 1;
+      // The stored min/scale differ from the exact ones by float16 rounding, which can push the top
+      // of the range past the last code: that excess is the "+ float16 rounding" term.
+      const f16err = Math.abs(m - lo) + maxCode * Math.abs(s - (hi - lo) / maxCode);
+      for (let i = 0; i < x.length; i++) {
+        assert.ok(codes[i]! <= maxCode);
+        const err = Math.abs(dequantizeCode(codes[i]!, sc[0]!, mn[0]!) - x[i]!);
+        assert.ok(err <= s / 2 + f16err + 1e-4 * Math.max(1, Math.abs(x[i]!)), `err ${err} > ${s / 2} + ${f16err} (bits ${bits})`);
+      }
+    }),
+    { numRuns: 2000 },
+  );
 });
 
 test('a constant group has scale 0 and all-zero codes that dequantize to the value (to float16)', () => {
-  fc.assert(fc.property(bitsArb, f32, fc.integer({ min: 1, max: 40 }), (bits, v, n) => {
-    const x = new Float32Array(n).fill(v);
-    const codes = new Uint8Array(n).fill(7);
-    const sc = new Uint16Array(1);
-    const mn = new Uint16Array(1);
-    quantizeGroup(x, 0, 1, n, bits, codes, 0, 1, sc, mn, 0);
-    assert.equal(fromHalfBits(sc[0]!), 0);
-    assert.ok(codes.every((c) => c === 0));
-    assert.equal(dequantizeCode(0, sc[0]!, mn[0]!) + 0, Math.fround(f16round(v)) + 0);
-  }));
+  fc.assert(
+    fc.property(bitsArb, f32, fc.integer({ min: 1, max: 40 }), (bits, v, n) => {
+      const x = new Float32Array(n).fill(v);
+      const codes = new Uint8Array(n).fill(7);
+      const sc = new Uint16Array(1);
+      const mn = new Uint16Array(1);
+      quantizeGroup(x, 0, 1, n, bits, codes, 0, 1, sc, mn, 0);
+      assert.equal(fromHalfBits(sc[0]!), 0);
+      assert.ok(codes.every((c) => c === 0));
+      assert.equal(dequantizeCode(0, sc[0]!, mn[0]!) + 0, Math.fround(f16round(v)) + 0);
+    }),
+  );
 });
 
 test('NaN and ±Inf are rejected with a KiviError', () => {
@@ -86,22 +106,24 @@ test('NaN and ±Inf are rejected with a KiviError', () => {
 });
 
 test('pack/unpack round-trips for every width, little-endian within the word', () => {
-  fc.assert(fc.property(bitsArb, fc.integer({ min: 1, max: 200 }), fc.integer(), (bits, n, seed) => {
-    const codes = new Uint8Array(n);
-    let s = seed;
-    for (let i = 0; i < n; i++) {
-      s = (Math.imul(s, 1103515245) + 12345) | 0;
-      codes[i] = (s >>> 16) & ((1 << bits) - 1);
-    }
-    const words = new Uint32Array(packedWords(n, bits));
-    packCodes(codes, 0, n, bits, words, 0);
-    const back = new Uint8Array(n);
-    unpackCodes(words, 0, n, bits, back, 0);
-    assert.deepEqual(back, codes);
-    // Element j of a word sits at bits [b·j, b·j + b).
-    const per = 32 / bits;
-    for (let i = 0; i < n; i++) assert.equal((words[(i / per) | 0]! >>> (bits * (i % per))) & ((1 << bits) - 1), codes[i]);
-  }));
+  fc.assert(
+    fc.property(bitsArb, fc.integer({ min: 1, max: 200 }), fc.integer(), (bits, n, seed) => {
+      const codes = new Uint8Array(n);
+      let s = seed;
+      for (let i = 0; i < n; i++) {
+        s = (Math.imul(s, 1103515245) + 12345) | 0;
+        codes[i] = (s >>> 16) & ((1 << bits) - 1);
+      }
+      const words = new Uint32Array(packedWords(n, bits));
+      packCodes(codes, 0, n, bits, words, 0);
+      const back = new Uint8Array(n);
+      unpackCodes(words, 0, n, bits, back, 0);
+      assert.deepEqual(back, codes);
+      // Element j of a word sits at bits [b·j, b·j + b).
+      const per = 32 / bits;
+      for (let i = 0; i < n; i++) assert.equal((words[(i / per) | 0]! >>> (bits * (i % per))) & ((1 << bits) - 1), codes[i]);
+    }),
+  );
   // A concrete word: codes 1,2,3,0 at 2 bits → 0b00_11_10_01.
   const w = new Uint32Array(1);
   packCodes(Uint8Array.from([1, 2, 3, 0]), 0, 4, 2, w, 0);

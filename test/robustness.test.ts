@@ -3,23 +3,24 @@
  * back end, directories where files belong, odd request bodies, requests without a token limit, a
  * megabyte prompt, the defaults (kivi2 everywhere), and an install that Node 20 accepts.
  */
-import { after, before, describe, test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import { createRequire } from 'node:module';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { createRequire } from 'node:module';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { after, before, describe, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
-import * as kivi from '../src/index.js';
 import { KiviModel } from '../src/api.js';
 import { cacheBytes, peakAllocatedBytes } from '../src/cache/budget.js';
 import { parseKvSpec } from '../src/cache/spec.js';
+import * as kivi from '../src/index.js';
 import type { KiviServer } from '../src/server/app.js';
 import { FALLBACK_STOP } from '../src/server/chat.js';
-import { CLI, MODEL_DIR, ROOT, bundledModel, expectCliError, kivi as runKivi, tmpDir } from './helpers.js';
 import { writeTinyModel } from './fixtures.js';
+import { bundledModel, CLI, expectCliError, MODEL_DIR, ROOT, kivi as runKivi, tmpDir } from './helpers.js';
 import { MODEL_NAME, metric, postJson, startServer } from './server-helpers.js';
 
 const TINY = { vocab: 8192, hidden: 32, heads: 2, kvHeads: 1, headDim: 16, inter: 32, layers: 1 };
@@ -30,7 +31,7 @@ test('a closed stdout (| head -c 10) ends generate quietly; a full disk (> /dev/
   const err = path.join(tmpDir(), 'stderr');
   const piped = spawnSync('bash', ['-c', `set -o pipefail; ${cmd} 2>'${err}' | head -c 10`], { encoding: 'utf8' });
   assert.equal(piped.stdout.length, 10);
-  assert.equal(piped.status, 0, 'the pipeline\'s status (pipefail): kivi exits 0 when its reader goes away');
+  assert.equal(piped.status, 0, "the pipeline's status (pipefail): kivi exits 0 when its reader goes away");
   assert.equal(fs.readFileSync(err, 'utf8'), '', 'nothing on stderr: no EPIPE trace');
   const full = spawnSync('bash', ['-c', `${cmd} > /dev/full`], { encoding: 'utf8' });
   assert.equal(full.status, 1);
@@ -43,22 +44,40 @@ test('a model too big for the back end is refused from config.json and the check
   const cfg = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
   // About 1.14B parameters: 4.2 GiB of float32, past wasm's 4 GiB. The weights on disk are the tiny ones:
   // reading them would fail on the first shape, so the message proves nothing was read.
-  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({
-    ...cfg, hidden_size: 2048, intermediate_size: 8192, num_hidden_layers: 16, num_attention_heads: 16, num_key_value_heads: 16,
-    head_dim: 128, vocab_size: 32000,
-  }));
+  fs.writeFileSync(
+    path.join(dir, 'config.json'),
+    JSON.stringify({
+      ...cfg,
+      hidden_size: 2048,
+      intermediate_size: 8192,
+      num_hidden_layers: 16,
+      num_attention_heads: 16,
+      num_key_value_heads: 16,
+      head_dim: 128,
+      vocab_size: 32000,
+    }),
+  );
   const params = 32000 * 2048 + 16 * (2 * 2048 + 4 * 2048 * 2048 + 3 * 2048 * 8192) + 2048;
   const gib = ((params * 4) / 2 ** 30).toFixed(2);
   const r = runKivi(['generate', '--model', dir, '--prompt', 'x', '--backend', 'wasm', '--kv', 'fp32']);
   assert.equal(r.status, 1, r.stderr);
   const fitsHost = params * 4 < os.totalmem();
   assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
-  assert.match(r.stderr, new RegExp(`^kivi: the model's weights need ${gib} GiB \\(1\\.14B parameters, matrices as float32\\), more than the wasm back end can hold`));
+  assert.match(
+    r.stderr,
+    new RegExp(`^kivi: the model's weights need ${gib} GiB \\(1\\.14B parameters, matrices as float32\\), more than the wasm back end can hold`),
+  );
   assert.match(r.stderr, fitsHost ? /the TypeScript back end \(--backend ts\) keeps them in ordinary memory/ : /use a smaller model/);
   // Beyond any machine's memory, on either back end.
-  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...cfg, hidden_size: 1 << 20, intermediate_size: 1 << 24, num_hidden_layers: 4096, num_attention_heads: 8192, num_key_value_heads: 8192 }));
+  fs.writeFileSync(
+    path.join(dir, 'config.json'),
+    JSON.stringify({ ...cfg, hidden_size: 1 << 20, intermediate_size: 1 << 24, num_hidden_layers: 4096, num_attention_heads: 8192, num_key_value_heads: 8192 }),
+  );
   for (const backend of ['ts', 'wasm']) {
-    expectCliError(['generate', '--model', dir, '--prompt', 'x', '--backend', backend, '--kv', 'fp32'], /the model's weights need \d+\.\d+ GiB .*(more than this machine's memory|use a smaller model)/);
+    expectCliError(
+      ['generate', '--model', dir, '--prompt', 'x', '--backend', backend, '--kv', 'fp32'],
+      /the model's weights need \d+\.\d+ GiB .*(more than this machine's memory|use a smaller model)/,
+    );
   }
 });
 
@@ -73,7 +92,10 @@ test('directories where files belong, and other files that cannot be read, are o
     await writeTinyModel(dir, TINY);
     fs.rmSync(path.join(dir, f));
     fs.mkdirSync(path.join(dir, f));
-    expectCliError(['generate', '--model', dir, '--prompt', 'x', '--kv', 'fp32'], new RegExp(`${path.join(dir, f).replace(/[.]/g, '\\.')} is not a file \\(it is a directory\\)`));
+    expectCliError(
+      ['generate', '--model', dir, '--prompt', 'x', '--kv', 'fp32'],
+      new RegExp(`${path.join(dir, f).replace(/[.]/g, '\\.')} is not a file \\(it is a directory\\)`),
+    );
   }
 });
 
@@ -101,10 +123,13 @@ test('defaults: kivi2 is the cache of generate, eval nll and the library; serve 
 test('serve refuses a KV budget that cannot hold one sequence of one token', () => {
   expectCliError(['serve', '--model', MODEL_DIR, '--kv-budget', '0.5', '--port', '0'], /--kv-budget.*expected a whole number of bytes, got "0\.5"/);
   // kivi2, one token: a key and a value residual page of 32 float16 slots, 8 layers × 2 kv heads × 32 × 128 × 2 bytes each = 256 KiB.
-  expectCliError(['serve', '--model', MODEL_DIR, '--kv-budget', '262143', '--port', '0'], /the KV budget of 256\.0 KiB cannot hold even one sequence of one token \(kivi2 needs 256\.0 KiB of cache pages\)/);
+  expectCliError(
+    ['serve', '--model', MODEL_DIR, '--kv-budget', '262143', '--port', '0'],
+    /the KV budget of 256\.0 KiB cannot hold even one sequence of one token \(kivi2 needs 256\.0 KiB of cache pages\)/,
+  );
 });
 
-test('the Node entry exports urlSource (as the README\'s browser section shows)', () => {
+test("the Node entry exports urlSource (as the README's browser section shows)", () => {
   assert.equal(typeof kivi.urlSource, 'function');
   const s = kivi.urlSource('http://127.0.0.1:1/m', { headers: { authorization: 'x' } });
   assert.ok(s instanceof kivi.UrlSource);
@@ -113,7 +138,9 @@ test('the Node entry exports urlSource (as the README\'s browser section shows)'
 
 test('every installed package accepts Node 20 (npm ci warns of no engine)', () => {
   const semver = createRequire(import.meta.url)('semver') as { satisfies(v: string, range: string): boolean };
-  const lock = JSON.parse(fs.readFileSync(path.join(ROOT, 'package-lock.json'), 'utf8')) as { packages: Record<string, { engines?: unknown; version?: string }> };
+  const lock = JSON.parse(fs.readFileSync(path.join(ROOT, 'package-lock.json'), 'utf8')) as {
+    packages: Record<string, { engines?: unknown; version?: string }>;
+  };
   const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { engines: { node: string } };
   assert.equal(pkg.engines.node, '>=20');
   const refuse: string[] = [];
@@ -140,13 +167,25 @@ describe('kivi serve: odd bodies, unsent limits, seeds, a megabyte prompt', () =
     const json = { 'content-type': 'application/json' };
     const ok = JSON.stringify({ model: MODEL_NAME, prompt: 'hi', max_tokens: 1 });
     const cases: [string, Buffer | string, Record<string, string>, number, RegExp][] = [
-      ['invalid UTF-8', Buffer.concat([Buffer.from('{"model": "'), Buffer.from([0xff, 0xfe, 0xc3]), Buffer.from('", "prompt": "x"}')]), json, 400, /not valid UTF-8/],
+      [
+        'invalid UTF-8',
+        Buffer.concat([Buffer.from('{"model": "'), Buffer.from([0xff, 0xfe, 0xc3]), Buffer.from('", "prompt": "x"}')]),
+        json,
+        400,
+        /not valid UTF-8/,
+      ],
       ['gzip', gzipSync(ok), { ...json, 'content-encoding': 'gzip' }, 415, /Content-Encoding "gzip" is not supported/],
       ['UTF-16 with a BOM', Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from(ok, 'utf16le')]), json, 400, /not UTF-8 \(it looks like UTF-16\)/],
       ['UTF-16 without a BOM', Buffer.from(ok, 'utf16le'), json, 400, /not UTF-8 \(it looks like UTF-16\)/],
       ['charset=utf-16', Buffer.from(ok, 'utf16le'), { 'content-type': 'application/json; charset=utf-16' }, 415, /charset "utf-16" is not supported/],
       ['text/plain', ok, { 'content-type': 'text/plain' }, 415, /text\/plain/],
-      ['temperature 1e400', `{"model": "${MODEL_NAME}", "prompt": "x", "temperature": 1e400}`, json, 400, /^temperature: the number is out of range \(it must be finite\)$/],
+      [
+        'temperature 1e400',
+        `{"model": "${MODEL_NAME}", "prompt": "x", "temperature": 1e400}`,
+        json,
+        400,
+        /^temperature: the number is out of range \(it must be finite\)$/,
+      ],
       ['__proto__', `{"model": "${MODEL_NAME}", "prompt": "x", "__proto__": {"admin": true}}`, json, 400, /"__proto__" key, which is not a parameter/],
       ['empty', '', json, 400, /empty/],
       ['bad JSON', '{"model": ', json, 400, /not valid JSON/],
@@ -195,7 +234,8 @@ describe('kivi serve: a request without max_tokens gets what fits', () => {
   let server: KiviServer;
   let m: KiviModel;
   let promptIds: number[];
-  const content = 'Tell me about the river that runs through the old town, its bridges, its mills, and the people who live along its banks in spring and in autumn, and about the fish.';
+  const content =
+    'Tell me about the river that runs through the old town, its bridges, its mills, and the people who live along its banks in spring and in autumn, and about the fish.';
   const messages = [{ role: 'user', content }];
   /** Tokens generated until the cache fills its first fp16 page (64 tokens: prompt + N − 1 = 64). */
   let N: number;

@@ -3,24 +3,25 @@
  * model to another host, `kivi web` serving more than the model, chat templates that never end, and
  * sizes in config.json or safetensors headers that would allocate or alias memory.
  */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { test } from 'node:test';
 import { KiviModel } from '../src/api.js';
-import { loadModel } from '../src/model/load.js';
 import { urlSource } from '../src/io/source-url.js';
-import { TsBackend, f32 } from '../src/kernels/ts/backend.js';
-import { WebServer } from '../src/web/server.js';
+import { f32, TsBackend } from '../src/kernels/ts/backend.js';
+import { loadModel } from '../src/model/load.js';
 import { KiviServer } from '../src/server/app.js';
 import { ChatFormatter } from '../src/server/chat.js';
 import { TemplateFailed } from '../src/server/prompt-worker.js';
 import { KiviError } from '../src/util/errors.js';
-import { CLI, MODEL_DIR, bundledModel, expectCliError, tmpDir } from './helpers.js';
+import { WebServer } from '../src/web/server.js';
 import { safetensorsBytes, writeTinyModel } from './fixtures.js';
-import { serveDir } from './web-helpers.js';
+import { bundledModel, CLI, expectCliError, MODEL_DIR, tmpDir } from './helpers.js';
 import { postJson } from './server-helpers.js';
+import { serveDir } from './web-helpers.js';
 
 const TINY = { vocab: 8192, hidden: 32, heads: 2, kvHeads: 1, headDim: 16, inter: 32, layers: 1 };
 
@@ -51,12 +52,26 @@ test('shard names in model.safetensors.index.json must be plain file names insid
   const other = await serveDir(root);
   const served = await serveDir(root);
   try {
-    const bad = [`${other.url}secret.safetensors`, '../secret.safetensors', '/etc/passwd', '../../../../etc/passwd', 'sub/model.safetensors',
-      'sub\\model.safetensors', '', '..', '.', 'model\u0000.safetensors', 'https:evil.example/x', '//evil.example/x.safetensors'];
+    const bad = [
+      `${other.url}secret.safetensors`,
+      '../secret.safetensors',
+      '/etc/passwd',
+      '../../../../etc/passwd',
+      'sub/model.safetensors',
+      'sub\\model.safetensors',
+      '',
+      '..',
+      '.',
+      'model\u0000.safetensors',
+      'https:evil.example/x',
+      '//evil.example/x.safetensors',
+    ];
     for (const [i, shard] of bad.entries()) {
       const dir = path.join(root, `m${i}`);
       await shardedTiny(dir, shard);
-      const want = new RegExp(`model\\.safetensors\\.index\\.json: shard ${JSON.stringify(shard).replace(/[\\^$.*+?()[\]{}|/]/g, '\\$&')} is not a plain file name inside the model directory`);
+      const want = new RegExp(
+        `model\\.safetensors\\.index\\.json: shard ${JSON.stringify(shard).replace(/[\\^$.*+?()[\]{}|/]/g, '\\$&')} is not a plain file name inside the model directory`,
+      );
       assert.match(await loadError(dir), want, `disk: ${JSON.stringify(shard)}`);
       assert.match(await loadError(urlSource(`${served.url}m${i}/`, { headers: { authorization: 'Bearer secret' } })), want, `http: ${JSON.stringify(shard)}`);
     }
@@ -71,20 +86,23 @@ test('shard names in model.safetensors.index.json must be plain file names insid
     assert.equal(overHttp.fingerprint, fromDisk.fingerprint);
     assert.deepEqual(Array.from(f32(overHttp.model.weights.norm)), Array.from(f32(fromDisk.model.weights.norm)));
     // The CLI says the same in one line.
-    expectCliError(['generate', '--model', path.join(root, 'm3'), '--prompt', 'x', '--kv', 'fp32'], /shard "\.\.\/\.\.\/\.\.\/\.\.\/etc\/passwd" is not a plain file name/);
+    expectCliError(
+      ['generate', '--model', path.join(root, 'm3'), '--prompt', 'x', '--kv', 'fp32'],
+      /shard "\.\.\/\.\.\/\.\.\/\.\.\/etc\/passwd" is not a plain file name/,
+    );
   } finally {
     await other.close();
     await served.close();
   }
 });
 
-test('the URL loader sends the caller\'s headers to the model\'s origin only, redirects included', async () => {
+test("the URL loader sends the caller's headers to the model's origin only, redirects included", async () => {
   const root = tmpDir('kivi-redirect-');
   await writeTinyModel(path.join(root, 'm'), TINY);
   const cdn = await serveDir(root);
   // The model's host sends its weights elsewhere (as a hub sends them to a CDN), and a copy of the config on itself.
   const hub = await serveDir(root, 'ranges', {
-    redirect: (p) => p === '/m/model.safetensors' ? `${cdn.url}m/model.safetensors` : p === '/m/config.json' ? '/m/copy/config.json' : undefined,
+    redirect: (p) => (p === '/m/model.safetensors' ? `${cdn.url}m/model.safetensors` : p === '/m/config.json' ? '/m/copy/config.json' : undefined),
   });
   fs.mkdirSync(path.join(root, 'm/copy'));
   fs.copyFileSync(path.join(root, 'm/config.json'), path.join(root, 'm/copy/config.json'));
@@ -122,7 +140,7 @@ function hfCacheLayout(root: string, name: string): string {
   return snap;
 }
 
-test('kivi web serves the model\'s own files only, following links for those (a Hugging Face cache works), and names needing URL-encoding', async () => {
+test("kivi web serves the model's own files only, following links for those (a Hugging Face cache works), and names needing URL-encoding", async () => {
   const root = tmpDir('kivi-web-sec-');
   const name = 'my model #1 %41+é';
   const dir = hfCacheLayout(root, name);
@@ -143,8 +161,18 @@ test('kivi web serves the model\'s own files only, following links for those (a 
       assert.equal(r.status, 200, f);
       assert.ok(Buffer.from(await r.arrayBuffer()).equals(fs.readFileSync(path.join(MODEL_DIR, f))), f);
     }
-    for (const rel of ['.git/config', '.git%2Fconfig', 'notes.txt', 'etc/passwd', 'etc%2Fpasswd', 'passwd.json', '..%2F..%2F..%2Fblobs%2Fblob0',
-      '%2e%2e/%2e%2e/blobs/blob0', 'model-00005-of-00004.safetensors', '']) {
+    for (const rel of [
+      '.git/config',
+      '.git%2Fconfig',
+      'notes.txt',
+      'etc/passwd',
+      'etc%2Fpasswd',
+      'passwd.json',
+      '..%2F..%2F..%2Fblobs%2Fblob0',
+      '%2e%2e/%2e%2e/blobs/blob0',
+      'model-00005-of-00004.safetensors',
+      '',
+    ]) {
       const r = await get(rel);
       // 404 (not a model file) or 403 (the page's static server refuses dot files): never served.
       assert.ok(r.status === 404 || r.status === 403, `${rel}: ${r.status}`);
@@ -175,8 +203,10 @@ test('a chat template is bounded in time, output and memory; the server keeps se
   const m = await bundledModel();
   const slow = new ChatFormatter(m.tokenizer, ENDLESS, { renderDeadlineMs: 1000 });
   const t0 = Date.now();
-  await assert.rejects(slow.prompt([{ role: 'user', content: 'x' }]),
-    (e: unknown) => e instanceof TemplateFailed && e.status === 500 && /did not finish rendering within 1 s|ran out of memory/.test(e.message));
+  await assert.rejects(
+    slow.prompt([{ role: 'user', content: 'x' }]),
+    (e: unknown) => e instanceof TemplateFailed && e.status === 500 && /did not finish rendering within 1 s|ran out of memory/.test(e.message),
+  );
   assert.ok(Date.now() - t0 < 20_000, `took ${Date.now() - t0} ms`);
   // The thread is replaced: the next job runs there (a text long enough not to be tokenized inline).
   const long = 'Hello there. '.repeat(1000);
@@ -192,8 +222,10 @@ test('a chat template is bounded in time, output and memory; the server keeps se
   await first;
   await second;
   const big = new ChatFormatter(m.tokenizer, "{% for i in range(200) %}{{ messages[0]['content'] }}{% endfor %}", { maxRenderChars: 1000 });
-  await assert.rejects(big.prompt([{ role: 'user', content: 'abcdefghij' }]),
-    (e: unknown) => e instanceof TemplateFailed && /produced a prompt of 2000 characters, more than the limit of 1000/.test(e.message));
+  await assert.rejects(
+    big.prompt([{ role: 'user', content: 'abcdefghij' }]),
+    (e: unknown) => e instanceof TemplateFailed && /produced a prompt of 2000 characters, more than the limit of 1000/.test(e.message),
+  );
   await big.close();
 
   // Over HTTP: a JSON 500 naming the template, while other requests keep being served.
@@ -239,7 +271,8 @@ test('a chat template is bounded in time, output and memory; the server keeps se
       child.on('exit', () => reject(new Error(`serve exited: ${stderr}`)));
     });
     const pending = fetch(`${url}/v1/chat/completions`, {
-      method: 'POST', headers: { 'content-type': 'application/json' },
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ model: path.basename(dir), messages: [{ role: 'user', content: 'hi' }] }),
     }).catch(() => undefined);
     await new Promise((r) => setTimeout(r, 300));

@@ -1,13 +1,14 @@
 /** The OpenAI-compatible server through the official `openai` client: shapes, equality with the library, errors. */
-import { after, before, describe, test } from 'node:test';
+
 import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
 import type OpenAI from 'openai';
 import { APIError } from 'openai';
 import type { KiviModel } from '../src/api.js';
 import type { KiviServer } from '../src/server/app.js';
 import { FALLBACK_STOP } from '../src/server/chat.js';
 import { bundledModel } from './helpers.js';
-import { MODEL_NAME, client, metric, postJson, startServer, until } from './server-helpers.js';
+import { client, MODEL_NAME, metric, postJson, startServer, until } from './server-helpers.js';
 
 const KV = 'kivi:k=2,v=2,g=32,r=32';
 
@@ -23,7 +24,7 @@ describe('kivi serve: OpenAI API', () => {
   });
   after(() => server.close());
 
-  test('completion, not streamed, greedy: the library\'s text and usage', async () => {
+  test("completion, not streamed, greedy: the library's text and usage", async () => {
     const prompt = 'The history of the city begins';
     const r = await ai.completions.create({ model: MODEL_NAME, prompt, max_tokens: 40, temperature: 0 });
     const ref = await m.complete(prompt, { maxTokens: 40, kv: KV });
@@ -40,7 +41,14 @@ describe('kivi serve: OpenAI API', () => {
   test('completion, streamed: chunks join to the same text, then the finish chunk and usage', async () => {
     const prompt = [1, 450, 3681, 310, 278, 4272];
     const ref = await m.complete(prompt, { maxTokens: 12, kv: KV });
-    const stream = await ai.completions.create({ model: MODEL_NAME, prompt, max_tokens: 12, temperature: 0, stream: true, stream_options: { include_usage: true } });
+    const stream = await ai.completions.create({
+      model: MODEL_NAME,
+      prompt,
+      max_tokens: 12,
+      temperature: 0,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
     let text = '';
     const reasons: (string | null)[] = [];
     let u: OpenAI.CompletionUsage | undefined;
@@ -60,7 +68,8 @@ describe('kivi serve: OpenAI API', () => {
 
   test('raw stream ends with data: [DONE]', async () => {
     const r = await fetch(`${server.url}/v1/completions`, {
-      method: 'POST', headers: { 'content-type': 'application/json' },
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ model: MODEL_NAME, prompt: 'Hello', max_tokens: 3, stream: true }),
     });
     assert.equal(r.status, 200);
@@ -96,7 +105,7 @@ describe('kivi serve: OpenAI API', () => {
     assert.notEqual(ref.text, greedy.text);
   });
 
-  test('chat, not streamed and streamed: the plain-text transcript\'s greedy answer', async () => {
+  test("chat, not streamed and streamed: the plain-text transcript's greedy answer", async () => {
     const messages = [
       { role: 'system' as const, content: 'You are a historian.' },
       { role: 'user' as const, content: 'Tell me about the river.' },
@@ -129,8 +138,18 @@ describe('kivi serve: OpenAI API', () => {
   test('chat content given as text parts is the same as a string', async () => {
     const a = await ai.chat.completions.create({ model: MODEL_NAME, messages: [{ role: 'user', content: 'Name a river.' }], max_tokens: 6, temperature: 0 });
     const b = await ai.chat.completions.create({
-      model: MODEL_NAME, max_tokens: 6, temperature: 0,
-      messages: [{ role: 'user', content: [{ type: 'text', text: 'Name a ' }, { type: 'text', text: 'river.' }] }],
+      model: MODEL_NAME,
+      max_tokens: 6,
+      temperature: 0,
+      messages: [
+        {
+          role: 'user',
+          content: [
+            { type: 'text', text: 'Name a ' },
+            { type: 'text', text: 'river.' },
+          ],
+        },
+      ],
     });
     assert.equal(a.choices[0]!.message.content, b.choices[0]!.message.content);
     assert.equal(a.usage!.prompt_tokens, b.usage!.prompt_tokens);
@@ -138,7 +157,10 @@ describe('kivi serve: OpenAI API', () => {
 
   test('models and health', async () => {
     const list = await ai.models.list();
-    assert.deepEqual(list.data.map((x) => x.id), [MODEL_NAME]);
+    assert.deepEqual(
+      list.data.map((x) => x.id),
+      [MODEL_NAME],
+    );
     const one = await ai.models.retrieve(MODEL_NAME);
     assert.equal(one.id, MODEL_NAME);
     await assert.rejects(ai.models.retrieve('gpt-4'), (e: unknown) => e instanceof APIError && e.status === 404);
@@ -184,7 +206,12 @@ describe('kivi serve: OpenAI API', () => {
       ['/v1/completions', '{"model": ', 400, null],
       ['/v1/chat/completions', { model: MODEL_NAME, messages: [] }, 400, 'messages'],
       ['/v1/chat/completions', { model: MODEL_NAME, messages: [{ role: 'wizard', content: 'x' }] }, 400, 'messages.0.role'],
-      ['/v1/chat/completions', { model: MODEL_NAME, messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'x' } }] }] }, 400, 'messages.0.content'],
+      [
+        '/v1/chat/completions',
+        { model: MODEL_NAME, messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'x' } }] }] },
+        400,
+        'messages.0.content',
+      ],
       ['/v1/chat/completions', { model: MODEL_NAME, messages: [{ role: 'user', content: 'x' }], max_completion_tokens: -1 }, 400, 'max_completion_tokens'],
       ['/v1/chat/completions', { model: 'nope', messages: [{ role: 'user', content: 'x' }] }, 404, 'model'],
     ];
@@ -255,7 +282,8 @@ describe('kivi serve: per-request timeout', () => {
 
   test('a streamed request past its timeout ends with an error event and [DONE]', async () => {
     const r = await fetch(`${server.url}/v1/completions`, {
-      method: 'POST', headers: { 'content-type': 'application/json' },
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ model: MODEL_NAME, prompt: 'The', max_tokens: 1000, stream: true }),
     });
     const events = (await r.text()).split('\n\n').filter((e) => e !== '');

@@ -1,13 +1,13 @@
 /** The capacity study at a small scale: the server runs exactly as many sequences as the budget admits. */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { parseKvSpec } from '../src/cache/spec.js';
+import { test } from 'node:test';
 import { peakAllocatedBytes } from '../src/cache/budget.js';
+import { parseKvSpec } from '../src/cache/spec.js';
 import { measureCapacity, textPrompts } from '../src/studies/serve/capacity.js';
-import { WIKITEXT, bundledModel } from './helpers.js';
-import { runCli, MODEL } from './bench-helpers.js';
+import { MODEL, runCli } from './bench-helpers.js';
+import { bundledModel, WIKITEXT } from './helpers.js';
 
 test('running at once = floor(budget / reservation), the budget is never exceeded, every request completes', async () => {
   const m = await bundledModel();
@@ -33,12 +33,34 @@ test('running at once = floor(budget / reservation), the budget is never exceede
 });
 
 test('kivi bench serve: the study from the CLI, JSON rows as measured, one-line errors', async () => {
-  const r = await runCli(['bench', 'serve', '--model', MODEL, '--text', WIKITEXT,
-    '--prompt', '24', '--gen', '4', '--clients', '5', '--fp16-seqs', '2', '--kv', 'fp16,kivi:k=2,v=2,g=16,r=16,residual=fp16', '--threads', '1', '--json']);
+  const r = await runCli([
+    'bench',
+    'serve',
+    '--model',
+    MODEL,
+    '--text',
+    WIKITEXT,
+    '--prompt',
+    '24',
+    '--gen',
+    '4',
+    '--clients',
+    '5',
+    '--fp16-seqs',
+    '2',
+    '--kv',
+    'fp16,kivi:k=2,v=2,g=16,r=16,residual=fp16',
+    '--threads',
+    '1',
+    '--json',
+  ]);
   assert.equal(r.code, 0, r.stderr);
   const j = JSON.parse(r.stdout) as { budget: number; clients: number; rows: { kv: string; reservation: number; runningMax: number; completed: number }[] };
   assert.equal(j.clients, 5);
-  assert.deepEqual(j.rows.map((x) => x.kv), ['fp16', 'kivi:k=2,v=2,g=16,r=16,residual=fp16']);
+  assert.deepEqual(
+    j.rows.map((x) => x.kv),
+    ['fp16', 'kivi:k=2,v=2,g=16,r=16,residual=fp16'],
+  );
   assert.equal(j.budget, 2 * j.rows[0]!.reservation);
   for (const x of j.rows) {
     assert.equal(x.completed, 5);

@@ -1,13 +1,14 @@
 /** Chat prompts: a model's Jinja chat template, rendered for real; the plain-text fallback otherwise. */
-import { after, before, describe, test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { after, before, describe, test } from 'node:test';
 import { KiviModel } from '../src/api.js';
 import { KiviServer } from '../src/server/app.js';
 import { ChatFormatter, FALLBACK_STOP, findChatTemplate } from '../src/server/chat.js';
 import { KiviError } from '../src/util/errors.js';
-import { MODEL_DIR, bundledModel, tmpDir } from './helpers.js';
+import { bundledModel, MODEL_DIR, tmpDir } from './helpers.js';
 import { client } from './server-helpers.js';
 
 // ChatML, with the tokenizer's BOS written by the template (as Hugging Face templates do).
@@ -43,7 +44,10 @@ describe('chat prompts', () => {
     const m = await bundledModel();
     const f = new ChatFormatter(m.tokenizer, CHATML);
     assert.equal(f.kind, 'template');
-    const p = await f.prompt([{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Hi' }]);
+    const p = await f.prompt([
+      { role: 'system', content: 'Be brief.' },
+      { role: 'user', content: 'Hi' },
+    ]);
     const text = '<s><|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n';
     assert.deepEqual(p.ids, m.encode(text, { bos: false }));
     assert.equal(p.ids[0], 1);
@@ -51,7 +55,11 @@ describe('chat prompts', () => {
     assert.deepEqual(p.stop, []);
 
     const inst = new ChatFormatter(m.tokenizer, INST);
-    const q = await inst.prompt([{ role: 'user', content: 'Hi' }, { role: 'assistant', content: 'Yo' }, { role: 'user', content: 'Bye' }]);
+    const q = await inst.prompt([
+      { role: 'user', content: 'Hi' },
+      { role: 'assistant', content: 'Yo' },
+      { role: 'user', content: 'Bye' },
+    ]);
     assert.deepEqual(q.ids, m.encode('<s>[INST] Hi [/INST] Yo</s><s>[INST] Bye [/INST]', { bos: false }));
     assert.deepEqual(q.ids.filter((t) => t === 1).length, 2);
     await f.close();
@@ -61,16 +69,29 @@ describe('chat prompts', () => {
   test('a template that rejects the messages is a 400; one that does not parse fails at start-up', async () => {
     const m = await bundledModel();
     const inst = new ChatFormatter(m.tokenizer, INST);
-    await assert.rejects(inst.prompt([{ role: 'assistant', content: 'first' }]),
-      (e: unknown) => e instanceof KiviError && e.status === 400 && /roles must alternate/.test(e.message));
+    await assert.rejects(
+      inst.prompt([{ role: 'assistant', content: 'first' }]),
+      (e: unknown) => e instanceof KiviError && e.status === 400 && /roles must alternate/.test(e.message),
+    );
     await inst.close();
-    assert.throws(() => new ChatFormatter(m.tokenizer, '{% for x in %}'), (e: unknown) => e instanceof KiviError && /does not parse/.test(e.message));
+    assert.throws(
+      () => new ChatFormatter(m.tokenizer, '{% for x in %}'),
+      (e: unknown) => e instanceof KiviError && /does not parse/.test(e.message),
+    );
   });
 
   test('where a template is found: a string, the "default" of a named list, or chat_template.jinja', () => {
     const dir = tmpDir('kivi-chat-');
     assert.equal(findChatTemplate(dir, { chat_template: 'A' }), 'A');
-    assert.equal(findChatTemplate(dir, { chat_template: [{ name: 'tool_use', template: 'T' }, { name: 'default', template: 'D' }] }), 'D');
+    assert.equal(
+      findChatTemplate(dir, {
+        chat_template: [
+          { name: 'tool_use', template: 'T' },
+          { name: 'default', template: 'D' },
+        ],
+      }),
+      'D',
+    );
     assert.equal(findChatTemplate(dir, {}), undefined);
     fs.writeFileSync(path.join(dir, 'chat_template.jinja'), 'J');
     assert.equal(findChatTemplate(dir, {}), 'J');

@@ -1,8 +1,9 @@
 /** `kivi serve` as a process: starts, answers, shuts down cleanly on SIGTERM; bad flags are one line. */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { CLI, MODEL_DIR, expectCliError } from './helpers.js';
+import { test } from 'node:test';
+import { CLI, expectCliError, MODEL_DIR } from './helpers.js';
 import { startServer } from './server-helpers.js';
 
 const oneLineError = (args: string[], pattern: RegExp) => expectCliError(args, pattern, 60_000);
@@ -40,7 +41,8 @@ test('kivi serve: serves, then SIGTERM ends the running stream, frees everything
   });
   assert.equal((await fetch(`${url}/health`)).status, 200);
   const r = await fetch(`${url}/v1/completions`, {
-    method: 'POST', headers: { 'content-type': 'application/json' },
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ model: 'llama-28m-gqa', prompt: 'The', max_tokens: 1500, stream: true }),
   });
   const reader = r.body!.getReader();

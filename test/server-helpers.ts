@@ -35,6 +35,7 @@ export async function until(cond: () => Promise<boolean> | boolean, what: string
   }
 }
 
+// biome-ignore lint/suspicious/noExplicitAny: tests read the server's JSON answers field by field
 export async function postJson(server: KiviServer, route: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number; json: any }> {
   const r = await fetch(`${server.url}${route}`, {
     method: 'POST',

@@ -3,12 +3,13 @@
  * succeeds or gets a clean 429; each answer equals the same request run alone; some clients disconnect
  * mid-stream; afterwards no KV bytes are in use.
  */
-import { after, before, describe, test } from 'node:test';
+
 import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
 import type OpenAI from 'openai';
 import { APIError } from 'openai';
 import type { KiviServer } from '../src/server/app.js';
-import { MODEL_NAME, client, metric, metrics, startServer, until } from './server-helpers.js';
+import { client, MODEL_NAME, metric, metrics, startServer, until } from './server-helpers.js';
 
 // Residual and groups of 16 tokens: prompts of 8–20 tokens plus 8 new ones cross several quantization flushes.
 // A float32 residual: the sizes below (six requests running, eight waiting, then 429s) were set with it.
@@ -99,17 +100,19 @@ describe('kivi serve under load', () => {
     const before = await metrics(server);
 
     const CLIENTS = 32;
-    const outcomes = await Promise.all(Array.from({ length: CLIENTS }, async (_, c) => {
-      const mine: { t: number; o: Outcome }[] = [];
-      // Eight clients send a second request after the first: later arrivals find a busy server too.
-      for (let k = 0; k < (c < 8 ? 2 : 1); k++) {
-        const t = (c + k) % TEMPLATES.length;
-        // Every eighth client drops its stream after two chunks.
-        const o = await run(ai, TEMPLATES[t]!, c % 2 === 0, c % 8 === 7 && k === 0 ? 2 : undefined);
-        mine.push({ t, o });
-      }
-      return mine;
-    }));
+    const outcomes = await Promise.all(
+      Array.from({ length: CLIENTS }, async (_, c) => {
+        const mine: { t: number; o: Outcome }[] = [];
+        // Eight clients send a second request after the first: later arrivals find a busy server too.
+        for (let k = 0; k < (c < 8 ? 2 : 1); k++) {
+          const t = (c + k) % TEMPLATES.length;
+          // Every eighth client drops its stream after two chunks.
+          const o = await run(ai, TEMPLATES[t]!, c % 2 === 0, c % 8 === 7 && k === 0 ? 2 : undefined);
+          mine.push({ t, o });
+        }
+        return mine;
+      }),
+    );
     const all = outcomes.flat();
     assert.equal(all.length, 40);
     let ok = 0;
@@ -137,7 +140,8 @@ describe('kivi serve under load', () => {
     assert.ok(after.get('kivi_kv_bytes_used_max')! <= after.get('kivi_kv_bytes_allocated_max')!);
     assert.ok(after.get('kivi_kv_bytes_used_max')! > budget / 4);
     assert.ok(after.get('kivi_sequences_running_max')! >= 6);
-    const okCount = (ep: string) => (after.get(`kivi_requests_total{endpoint="${ep}",outcome="ok"}`) ?? 0) - (before.get(`kivi_requests_total{endpoint="${ep}",outcome="ok"}`) ?? 0);
+    const okCount = (ep: string) =>
+      (after.get(`kivi_requests_total{endpoint="${ep}",outcome="ok"}`) ?? 0) - (before.get(`kivi_requests_total{endpoint="${ep}",outcome="ok"}`) ?? 0);
     assert.equal(okCount('completions') + okCount('chat'), ok);
   });
 

@@ -7,17 +7,18 @@
  * prefills and counted errors, never a failed request; C starts while its Redis is down and uses it once
  * it comes up.
  */
-import { after, before, describe, test } from 'node:test';
+
 import assert from 'node:assert/strict';
-import * as fs from 'node:fs';
 import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import { after, before, describe, test } from 'node:test';
 import { Redis } from 'ioredis';
 import type { KiviModel } from '../src/api.js';
-import { parseMetrics } from '../src/server/metrics.js';
 import { tokenHash } from '../src/cache/file.js';
+import { parseMetrics } from '../src/server/metrics.js';
+import { freePort, type RedisServer, type Replica, startRedis, startReplica } from '../src/studies/bench/replicas.js';
 import { textWindows } from '../src/studies/eval/windows.js';
-import { freePort, startRedis, startReplica, type RedisServer, type Replica } from '../src/studies/bench/replicas.js';
-import { MODEL_DIR, WIKITEXT, bundledModel } from './helpers.js';
+import { bundledModel, MODEL_DIR, WIKITEXT } from './helpers.js';
 import { MODEL_NAME } from './server-helpers.js';
 
 const KV = 'kivi2';
@@ -48,9 +49,11 @@ async function waitFor(cond: () => Promise<boolean>, what: string, ms = 30_000):
 
 async function complete(r: Replica, prompt: number[]): Promise<{ text: string; cached: number }> {
   const res = await fetch(`${r.url}/v1/completions`, {
-    method: 'POST', headers: { 'content-type': 'application/json' },
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ model: MODEL_NAME, prompt, max_tokens: GEN, temperature: 0 }),
   });
+  // biome-ignore lint/suspicious/noExplicitAny: the answer's fields are read as the server sent them
   const j = (await res.json()) as any;
   assert.equal(res.status, 200, JSON.stringify(j));
   return { text: j.choices[0].text, cached: j.usage.prompt_tokens_details.cached_tokens };
@@ -98,7 +101,7 @@ describe('replicas sharing a prefix cache through Redis', { concurrency: false }
     await Promise.all([A, B2, C, redis, redis2].map((p) => p?.stop()));
   });
 
-  test('a second replica reuses the first one\'s prefix: lower time to first token, reuse in /metrics, the same greedy output', async (t) => {
+  test("a second replica reuses the first one's prefix: lower time to first token, reuse in /metrics, the same greedy output", async (t) => {
     if (noRedis(t)) return;
     const a = await complete(A!, q1);
     assert.equal(a.cached, 0);
@@ -176,7 +179,14 @@ describe('replicas sharing a prefix cache through Redis', { concurrency: false }
       const errors = [...x].filter(([k]) => k.startsWith('kivi_prefix_store_errors_total')).reduce((s, [, v]) => s + v, 0);
       assert.ok(errors >= 1, 'store errors counted');
     }
-    assert.equal(A!.stderr().slice(logged).match(/prefix store redis:\/\/127\.0\.0\.1:\d+: .*prefilling cold/g)?.length, 1, 'one log line');
+    assert.equal(
+      A!
+        .stderr()
+        .slice(logged)
+        .match(/prefix store redis:\/\/127\.0\.0\.1:\d+: .*prefilling cold/g)?.length,
+      1,
+      'one log line',
+    );
   });
 
   test('a replica started while its Redis is down serves cold, logs one line, and uses Redis once it is up', async (t) => {

@@ -4,14 +4,15 @@
  * corrupt or wrongly keyed entries dropped, metrics; the LRU store; a hanging or failing store costs a
  * bounded wait and a cold prefill, nothing more.
  */
-import { after, before, describe, test } from 'node:test';
+
 import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
 import type { KiviModel } from '../src/api.js';
-import type { KiviServer } from '../src/server/app.js';
-import { MemoryStore, type PrefixStore } from '../src/server/prefix-store.js';
-import { PrefixCache } from '../src/server/prefix-cache.js';
-import { parseKvSpec } from '../src/cache/spec.js';
 import { tokenHash } from '../src/cache/file.js';
+import { parseKvSpec } from '../src/cache/spec.js';
+import type { KiviServer } from '../src/server/app.js';
+import { PrefixCache } from '../src/server/prefix-cache.js';
+import { MemoryStore, type PrefixStore } from '../src/server/prefix-store.js';
 import { bundledModel, golden } from './helpers.js';
 import { MODEL_NAME, metrics, postJson, startServer } from './server-helpers.js';
 
@@ -54,7 +55,7 @@ describe('kivi serve --prefix-cache: the in-process prefix cache', () => {
   });
   after(() => server.close());
 
-  test('a second turn restores the first turn\'s blocks and prefills only the rest; output equals the chunked prefill without a store', async () => {
+  test("a second turn restores the first turn's blocks and prefills only the rest; output equals the chunked prefill without a store", async () => {
     const ref1 = await m.complete(TURN1, { kv: KV, prefillChunk: B, maxTokens: 12 });
     const ref2 = await m.complete(TURN2, { kv: KV, prefillChunk: B, maxTokens: 12 });
     // The library's runs share the engine: count the server's prefill tokens from here.
@@ -84,7 +85,7 @@ describe('kivi serve --prefix-cache: the in-process prefix cache', () => {
     assert.equal(x.get('kivi_kv_bytes_allocated'), 0);
   });
 
-  test('a corrupt entry, and a valid file under another prefix\'s key, are dropped and counted; the request prefills cold and stores the block again', async () => {
+  test("a corrupt entry, and a valid file under another prefix's key, are dropped and counted; the request prefills cold and stores the block again", async () => {
     const prefix = server.prefix!;
     const store = prefix.store;
     const { keys } = prefix.blocks(TURN2);
@@ -118,8 +119,13 @@ function brokenStore(kind: 'hang' | 'fail'): PrefixStore & { calls: number } {
     return kind === 'hang' ? new Promise<T>(() => {}) : Promise.reject(new Error('connection reset'));
   };
   const store = {
-    description: kind, up: true, calls: 0,
-    has: () => call<boolean[]>(), get: () => call<Uint8Array | null>(), set: () => call<void>(), delete: () => call<void>(),
+    description: kind,
+    up: true,
+    calls: 0,
+    has: () => call<boolean[]>(),
+    get: () => call<Uint8Array | null>(),
+    set: () => call<void>(),
+    delete: () => call<void>(),
     close: async () => {},
   };
   return store;
@@ -130,8 +136,15 @@ test('a store that hangs or fails: lookups end within the timeout as misses, wri
   for (const kind of ['hang', 'fail'] as const) {
     const store = brokenStore(kind);
     const pc = new PrefixCache({
-      store, block: B, grids: [B], model: m.fingerprint, spec: parseKvSpec(KV), shape: m.dims, backend: m.backend.name,
-      timeoutMs: 50, maxPendingBytes: 1,
+      store,
+      block: B,
+      grids: [B],
+      model: m.fingerprint,
+      spec: parseKvSpec(KV),
+      shape: m.dims,
+      backend: m.backend.name,
+      timeoutMs: 50,
+      maxPendingBytes: 1,
     });
     const t0 = performance.now();
     const found = await pc.lookup(TURN1);
@@ -142,7 +155,9 @@ test('a store that hangs or fails: lookups end within the timeout as misses, wri
     assert.equal(pc.errors.get({ op: 'lookup', reason: kind === 'hang' ? 'timeout' : 'error' }), 1);
     // The request runs cold; its blocks' writes are over the pending bound (1 byte) and skipped.
     const r = await m.engine.add(TURN1, m.newCache(KV), { maxTokens: 2 }, { grids: [B], afterChunk: pc.afterChunk(found) });
-    for await (const _ of r) { /* drain */ }
+    for await (const _ of r) {
+      /* drain */
+    }
     assert.equal(pc.writesSkipped, 4);
     assert.equal(pc.pending, 0);
     // Hashes in the keys are the token hashes cache files carry.

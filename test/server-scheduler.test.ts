@@ -1,9 +1,10 @@
 /** KV-budget admission on the real engine: exact reservations, the bounded queue, cancellation, shutdown. */
-import { describe, test } from 'node:test';
+
 import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
 import type { KiviModel } from '../src/api.js';
-import { parseKvSpec } from '../src/cache/spec.js';
 import { cacheBytes, peakAllocatedBytes, peakCacheBytes } from '../src/cache/budget.js';
+import { parseKvSpec } from '../src/cache/spec.js';
 import type { Sequence } from '../src/engine/batch.js';
 import { Scheduler } from '../src/server/scheduler.js';
 import { KiviError } from '../src/util/errors.js';
@@ -31,7 +32,12 @@ describe('scheduler: KV-budget admission', () => {
     const pool = m.transformer.pool;
     for (const kv of [KV, 'fp16']) {
       // Prompt/length pairs that cross KIVI key flushes (every 32 tokens) and peak on a flush tooth.
-      const reqs: [number, number][] = [[20, 30], [33, 15], [5, 40], [63, 3]];
+      const reqs: [number, number][] = [
+        [20, 30],
+        [33, 15],
+        [5, 40],
+        [63, 3],
+      ];
       const spec = parseKvSpec(kv);
       const need = reqs.map(([p, n]) => peakAllocatedBytes(spec, pool, p + n - 1, p));
       const ids = (p: number, i: number) => Array.from({ length: p }, (_, j) => 1 + ((j * 37 + i * 11) % 8000));
@@ -57,7 +63,9 @@ describe('scheduler: KV-budget admission', () => {
       const results = await Promise.all(seqs.map(finish));
       unhook();
       s.close();
-      results.forEach((r, j) => assert.equal(r.ids.length, reqs[order[j]!]![1]));
+      results.forEach((r, j) => {
+        assert.equal(r.ids.length, reqs[order[j]!]![1]);
+      });
       assert.ok(pool.peakBytes <= budget, `${kv}: pages peaked at ${pool.peakBytes} > ${budget}`);
       assert.equal(s.maxRunning, 2);
       assert.equal(s.usedBytes(), 0);
@@ -92,7 +100,11 @@ describe('scheduler: KV-budget admission', () => {
     assert.equal(cAdmitted, false);
     const [ra, rb, rc] = await Promise.all([finish(a), finish(b), c.then(finish)]);
     // Batching and queueing change nothing: each equals the same request alone.
-    for (const [r, k] of [[ra, 1], [rb, 2], [rc, 3]] as const) {
+    for (const [r, k] of [
+      [ra, 1],
+      [rb, 2],
+      [rc, 3],
+    ] as const) {
       const solo = await m.complete(ids(k), { maxTokens: 6, ignoreEos: true, kv: KV });
       assert.deepEqual(r.ids, solo.ids);
     }
@@ -104,7 +116,10 @@ describe('scheduler: KV-budget admission', () => {
   test('a request that could never fit the budget is refused at once; invalid ones reserve nothing', async () => {
     const m = await bundledModel();
     const s = scheduler(m, KV, 1024 * 1024, 4);
-    await assert.rejects(s.submit([1, 2, 3], { maxTokens: 1500 }), (e: unknown) => isStatus(400)(e) && /more than the server's whole budget/.test((e as Error).message));
+    await assert.rejects(
+      s.submit([1, 2, 3], { maxTokens: 1500 }),
+      (e: unknown) => isStatus(400)(e) && /more than the server's whole budget/.test((e as Error).message),
+    );
     await assert.rejects(s.submit([1, 2, 3], { maxTokens: 2047 }), KiviError);
     assert.equal(s.reservedBytes, 0);
     assert.equal(s.runningCount, 0);

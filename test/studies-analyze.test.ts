@@ -2,21 +2,22 @@
  * `analyze kv`: statistics on planted data are exact; the captured K/V/queries are the model's real
  * post-RoPE tensors; and on the bundled model the keys show outlier channels the values do not.
  */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MODEL_DIR, bundledModel, tmpDir } from './helpers.js';
-import { WIKITEXT, assertCharts, kiviOk } from './studies-helpers.js';
-import { fakeQuantize, magnitudeStats, quantErrors, relativeError } from '../src/studies/analysis/kv-stats.js';
-import { median } from '../src/studies/numbers.js';
-import { captureKv } from '../src/studies/analysis/capture.js';
-import { parseKvSpec, createCache } from '../src/cache/spec.js';
-import { rmsnorm } from '../src/kernels/ts/ops.js';
+import { test } from 'node:test';
+import { createCache, parseKvSpec } from '../src/cache/spec.js';
 import { TsBackend } from '../src/kernels/ts/backend.js';
+import { rmsnorm } from '../src/kernels/ts/ops.js';
 import type { Tensor } from '../src/kernels/types.js';
 import { RopeTable, ropeInvFreq } from '../src/model/rope.js';
+import { captureKv } from '../src/studies/analysis/capture.js';
 import type { KvAnalysis } from '../src/studies/analysis/kv.js';
+import { fakeQuantize, magnitudeStats, quantErrors, relativeError } from '../src/studies/analysis/kv-stats.js';
+import { median } from '../src/studies/numbers.js';
+import { bundledModel, MODEL_DIR, tmpDir } from './helpers.js';
+import { assertCharts, kiviOk, WIKITEXT } from './studies-helpers.js';
 
 test('magnitude statistics of a planted outlier channel', () => {
   const T = 4;
@@ -59,7 +60,7 @@ async function weightValues(t: Tensor, data: Float32Array | Uint16Array): Promis
   return ref.read(out, 0, t.length);
 }
 
-test('captured K/V/queries: a prefill\'s equal a token-by-token decode\'s, and layer-0 q and k are RoPE(W · rmsnorm(embedding))', async () => {
+test("captured K/V/queries: a prefill's equal a token-by-token decode's, and layer-0 q and k are RoPE(W · rmsnorm(embedding))", async () => {
   const m = await bundledModel();
   const ids = m.encode('The pass key is hidden somewhere in this short text, find it.');
   const T = ids.length;
@@ -93,7 +94,7 @@ test('captured K/V/queries: a prefill\'s equal a token-by-token decode\'s, and l
   const embed = await weightValues(w.embed, data(w.embed));
   const wqkv = await weightValues(w.layers[0]!.wqkv, data(w.layers[0]!.wqkv));
   const norm = data(w.layers[0]!.attnNorm) as Float32Array;
-  const bias = w.layers[0]!.bqkv ? data(w.layers[0]!.bqkv) as Float32Array : undefined;
+  const bias = w.layers[0]!.bqkv ? (data(w.layers[0]!.bqkv) as Float32Array) : undefined;
   const rope = new RopeTable(ropeInvFreq(cfg));
   const xn = new Float32Array(D);
   for (const t of [1, 5, T - 1]) {
@@ -111,11 +112,14 @@ test('captured K/V/queries: a prefill\'s equal a token-by-token decode\'s, and l
     }
   }
   // Unquantized, the attention-output error is zero; quantized at 2 bits it is not.
-  const errs = quantErrors(cap.layers[3]!, m.dims, T, 1, 32, [{ bits: 8, axis: 'token' }, { bits: 2, axis: 'channel' }]);
+  const errs = quantErrors(cap.layers[3]!, m.dims, T, 1, 32, [
+    { bits: 8, axis: 'token' },
+    { bits: 2, axis: 'channel' },
+  ]);
   assert.ok(errs[0]!.error.attnK < 0.02 && errs[1]!.error.attnK > 0.05, JSON.stringify(errs));
 });
 
-test('analyze kv on WikiText: key outlier channels, value none; per-channel grouping is the keys\' better axis; valid plots', () => {
+test("analyze kv on WikiText: key outlier channels, value none; per-channel grouping is the keys' better axis; valid plots", () => {
   const out = tmpDir();
   const stdout = kiviOk(['analyze', 'kv', '--model', MODEL_DIR, '--text', WIKITEXT, '--tokens', '256', '--out', out]);
   const a = JSON.parse(fs.readFileSync(path.join(out, 'kv-analysis.json'), 'utf8')) as KvAnalysis & { model: string };

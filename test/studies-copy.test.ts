@@ -3,14 +3,15 @@
  * command's exact rate and word accuracy equal a direct greedy check (one cache per prompt, no shared
  * prefill, no batching).
  */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import { MODEL_DIR, bundledModel, expectCliError } from './helpers.js';
-import { WIKITEXT, kiviOk } from './studies-helpers.js';
-import { COPY_CUE, COPY_FILLER_SEPARATOR, COPY_INSTRUCTION, CopyPrompter, copyVocabulary, scoreCopy } from '../src/studies/eval/copy.js';
+import { test } from 'node:test';
 import { createCache, parseKvSpec } from '../src/cache/spec.js';
 import { argmax } from '../src/engine/sampling.js';
+import { COPY_CUE, COPY_FILLER_SEPARATOR, COPY_INSTRUCTION, CopyPrompter, copyVocabulary, scoreCopy } from '../src/studies/eval/copy.js';
+import { bundledModel, expectCliError, MODEL_DIR } from './helpers.js';
+import { kiviOk, WIKITEXT } from './studies-helpers.js';
 
 const TEXT = fs.readFileSync(WIKITEXT, 'utf8');
 
@@ -42,12 +43,35 @@ test('eval copy --json: exact rate and word accuracy of fp32 equal a direct gree
   const n = 3;
   const words = 8;
   const seed = 5;
-  const out = kiviOk(['eval', 'copy', '--model', MODEL_DIR, '--text', WIKITEXT, '--n', String(n), '--words', String(words),
-    '--seed', String(seed), '--depth', '40', '--kv', 'fp32,kivi2', '--json']);
+  const out = kiviOk([
+    'eval',
+    'copy',
+    '--model',
+    MODEL_DIR,
+    '--text',
+    WIKITEXT,
+    '--n',
+    String(n),
+    '--words',
+    String(words),
+    '--seed',
+    String(seed),
+    '--depth',
+    '40',
+    '--kv',
+    'fp32,kivi2',
+    '--json',
+  ]);
   const j = JSON.parse(out) as { results: { kv: string; exact: number; word_accuracy: number; n: number }[] };
   assert.deepEqual(Object.keys(j), ['results']);
   for (const r of j.results) assert.deepEqual(Object.keys(r), ['kv', 'exact', 'word_accuracy', 'n']);
-  assert.deepEqual(j.results.map((r) => [r.kv, r.n]), [['fp32', n], ['kivi2', n]]);
+  assert.deepEqual(
+    j.results.map((r) => [r.kv, r.n]),
+    [
+      ['fp32', n],
+      ['kivi2', n],
+    ],
+  );
   // Direct: the whole prompt through a fresh cache, then greedy until a newline, EOS or the budget.
   const p = new CopyPrompter(m.tokenizer, TEXT);
   let exact = 0;
@@ -65,7 +89,9 @@ test('eval copy --json: exact rate and word accuracy of fp32 equal a direct gree
     cache.free();
     const got = m.decode(ids).split('\n')[0]!.trim().split(/\s+/);
     if (got.join(' ') === pr.words.join(' ')) exact++;
-    pr.words.forEach((w, i) => (correct += got[i] === w ? 1 : 0));
+    pr.words.forEach((w, i) => {
+      correct += got[i] === w ? 1 : 0;
+    });
   }
   assert.equal(j.results[0]!.exact, exact / n);
   assert.equal(j.results[0]!.word_accuracy, correct / (n * words));
@@ -75,11 +101,18 @@ test('eval copy --json: exact rate and word accuracy of fp32 equal a direct gree
 test('eval copy: bad options are one-line errors', () => {
   expectCliError(['eval', 'copy', '--model', MODEL_DIR, '--text', WIKITEXT, '--depth', '2040', '--n', '1'], /longer than the model's context of 2048/);
   expectCliError(['eval', 'copy', '--model', MODEL_DIR, '--text', WIKITEXT, '--words', '0'], /--words/);
-  expectCliError(['eval', 'kld', '--model', MODEL_DIR, '--text', WIKITEXT, '--first-window', '999'], /first window 999 is outside the text's 384 whole windows/);
+  expectCliError(
+    ['eval', 'kld', '--model', MODEL_DIR, '--text', WIKITEXT, '--first-window', '999'],
+    /first window 999 is outside the text's 384 whole windows/,
+  );
   // Options only the TypeScript reference runs are refused elsewhere before any work, naming it.
-  expectCliError(['eval', 'kld', '--model', MODEL_DIR, '--text', WIKITEXT, '--backend', 'wasm', '--kv', 'kivi2,kivi2-hq'],
-    /kivi2-hq: rot=hadamard and vmeta=8 run on the TypeScript reference back end only \(--backend ts\)/);
-  expectCliError(['eval', 'copy', '--model', MODEL_DIR, '--text', WIKITEXT, '--backend', 'wasm', '--kv', 'kivi:k=2,v=2,rot=hadamard'],
-    /rot=hadamard run on the TypeScript reference back end only/);
+  expectCliError(
+    ['eval', 'kld', '--model', MODEL_DIR, '--text', WIKITEXT, '--backend', 'wasm', '--kv', 'kivi2,kivi2-hq'],
+    /kivi2-hq: rot=hadamard and vmeta=8 run on the TypeScript reference back end only \(--backend ts\)/,
+  );
+  expectCliError(
+    ['eval', 'copy', '--model', MODEL_DIR, '--text', WIKITEXT, '--backend', 'wasm', '--kv', 'kivi:k=2,v=2,rot=hadamard'],
+    /rot=hadamard run on the TypeScript reference back end only/,
+  );
   expectCliError(['generate', '--model', MODEL_DIR, '--prompt', 'Hi', '--backend', 'wasm', '--kv', 'kivi2-hq'], /TypeScript reference back end only/);
 });

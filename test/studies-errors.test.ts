@@ -1,9 +1,9 @@
 /** The study commands fail with one clear line for a missing file, an unknown spec, and a too-long window. */
-import { test } from 'node:test';
-import assert from 'node:assert/strict';
+
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MODEL_DIR, expectCliError, kivi, tmpDir } from './helpers.js';
+import { test } from 'node:test';
+import { expectCliError, MODEL_DIR, tmpDir } from './helpers.js';
 import { WIKITEXT } from './studies-helpers.js';
 
 const expectError = (args: string[], pattern: RegExp) => expectCliError(args, pattern);

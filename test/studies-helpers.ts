@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { Resvg } from '@resvg/resvg-js';
-import { WIKITEXT, kivi } from './helpers.js';
+import { kivi, WIKITEXT } from './helpers.js';
 
 export { WIKITEXT };
 

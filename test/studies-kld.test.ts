@@ -3,20 +3,21 @@
  * an independent computation (each cache stepped on its own, one token per forward, plain float64
  * softmax), fp32 against itself gives exactly 0 and full agreement, and 2-bit diverges more than 4-bit.
  */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MODEL_DIR, bundledModel, tmpDir } from './helpers.js';
-import { WIKITEXT, assertCharts, kiviOk } from './studies-helpers.js';
-import { frontier } from '../src/studies/eval/kld-report.js';
-import { textWindows } from '../src/studies/eval/windows.js';
-import { kldStudy, klFromLogProbs, logSoftmax64 } from '../src/studies/eval/kld.js';
-import { streamingNll } from '../src/studies/eval/nll.js';
-import { createCache, parseKvSpec } from '../src/cache/spec.js';
-import type { KldJson } from '../src/studies/eval/kld-report.js';
+import { test } from 'node:test';
 import { KiviModel } from '../src/api.js';
+import { createCache, parseKvSpec } from '../src/cache/spec.js';
 import { restorePrefill, snapshotPrefill } from '../src/engine/prefix.js';
+import { kldStudy, klFromLogProbs, logSoftmax64 } from '../src/studies/eval/kld.js';
+import type { KldJson } from '../src/studies/eval/kld-report.js';
+import { frontier } from '../src/studies/eval/kld-report.js';
+import { streamingNll } from '../src/studies/eval/nll.js';
+import { textWindows } from '../src/studies/eval/windows.js';
+import { bundledModel, MODEL_DIR, tmpDir } from './helpers.js';
+import { assertCharts, kiviOk, WIKITEXT } from './studies-helpers.js';
 
 test('KL from log-probabilities: a hand-computed case, zero against itself, float64 with large logits', () => {
   const logits = new Float32Array([1, 2, 3, 0]);
@@ -30,7 +31,7 @@ test('KL from log-probabilities: a hand-computed case, zero against itself, floa
   const zp = p.reduce((a, b) => a + b);
   const zq = q.reduce((a, b) => a + b);
   let want = 0;
-  for (let i = 0; i < 4; i++) want += (p[i]! / zp) * Math.log((p[i]! / zp) / (q[i]! / zq));
+  for (let i = 0; i < 4; i++) want += (p[i]! / zp) * Math.log(p[i]! / zp / (q[i]! / zq));
   assert.ok(Math.abs(klFromLogProbs(lp, lq, 4) - want) < 1e-14, `${klFromLogProbs(lp, lq, 4)} vs ${want}`);
   assert.equal(klFromLogProbs(lp, lp, 4), 0);
   // Logits far from 0 and a near-certain distribution: no overflow, no negative KL.
@@ -43,9 +44,18 @@ test('KL from log-probabilities: a hand-computed case, zero against itself, floa
 });
 
 /** KL, agreement and NLL of `spec` against fp32, each cache decoded alone, token by token. */
-async function independentKld(windows: number[][], spec: string, P: number, m: KiviModel, restore = false): Promise<{ kld: number; agree: number; nll: number }> {
+async function independentKld(
+  windows: number[][],
+  spec: string,
+  P: number,
+  m: KiviModel,
+  restore = false,
+): Promise<{ kld: number; agree: number; nll: number }> {
   const V = m.config.vocabSize;
-  let kld = 0, agree = 0, nll = 0, n = 0;
+  let kld = 0,
+    agree = 0,
+    nll = 0,
+    n = 0;
   for (const w of windows) {
     const ref = createCache(parseKvSpec('fp32'), m.transformer.pool);
     const c = createCache(parseKvSpec(spec), m.transformer.pool);
@@ -85,7 +95,12 @@ test('kldStudy equals an independent token-by-token computation; fp32 vs itself 
   const windows = textWindows(m.tokenizer, fs.readFileSync(WIKITEXT, 'utf8'), { window: 48, context: 2048, maxWindows: 2, first: 5 });
   const P = 20;
   const specs = ['fp32', 'kivi:k=2,v=2,g=16,r=16'];
-  const st = await kldStudy(m.transformer, windows, specs.map((s) => parseKvSpec(s)), { prefill: P });
+  const st = await kldStudy(
+    m.transformer,
+    windows,
+    specs.map((s) => parseKvSpec(s)),
+    { prefill: P },
+  );
   assert.equal(st.results[0]!.kld, 0);
   assert.equal(st.results[0]!.top1_agree, 1);
   for (const [i, spec] of specs.entries()) {
@@ -111,7 +126,12 @@ test('on the TypeScript reference: rot=hadamard and vmeta=8 (kivi2-hq) through t
     const windows = textWindows(m.tokenizer, fs.readFileSync(WIKITEXT, 'utf8'), { window: 40, context: 2048, maxWindows: 1, first: 7 });
     const P = 12;
     const specs = ['kivi:k=2,v=2,g=16,r=16,rot=hadamard,vmeta=8', 'kivi:k=4,v=2,gk=16,gv=32,r=16,rot=hadamard,vmeta=8'];
-    const st = await kldStudy(m.transformer, windows, specs.map((s) => parseKvSpec(s)), { prefill: P });
+    const st = await kldStudy(
+      m.transformer,
+      windows,
+      specs.map((s) => parseKvSpec(s)),
+      { prefill: P },
+    );
     for (const [i, spec] of specs.entries()) {
       const want = await independentKld(windows, spec, P, m, true);
       const r = st.results[i]!;
@@ -129,28 +149,59 @@ test('on the TypeScript reference: rot=hadamard and vmeta=8 (kivi2-hq) through t
 
 test('eval kld --json on 2 windows: exact fields; fp32 0 and 1; KLD kivi2 > kivi4 > 0; bits per element', () => {
   const chart = path.join(tmpDir(), 'frontier');
-  const out = kiviOk(['eval', 'kld', '--model', MODEL_DIR, '--text', WIKITEXT, '--window', '400', '--prefill', '256',
-    '--max-windows', '2', '--first-window', '3', '--kv', 'fp32,kivi2,kivi4,fp16', '--json', '--chart', chart]);
+  const out = kiviOk([
+    'eval',
+    'kld',
+    '--model',
+    MODEL_DIR,
+    '--text',
+    WIKITEXT,
+    '--window',
+    '400',
+    '--prefill',
+    '256',
+    '--max-windows',
+    '2',
+    '--first-window',
+    '3',
+    '--kv',
+    'fp32,kivi2,kivi4,fp16',
+    '--json',
+    '--chart',
+    chart,
+  ]);
   assertCharts([`${chart}.svg`, `${chart}.png`], 1);
   assert.equal(out.trim().split('\n').length, 1);
   const j = JSON.parse(out) as KldJson;
   assert.deepEqual(Object.keys(j), ['results']);
   for (const r of j.results) assert.deepEqual(Object.keys(r), ['kv', 'kld', 'top1_agree', 'mean_nll', 'ppl', 'bits_per_element']);
   const [fp32, k2, k4, f16] = j.results;
-  assert.deepEqual(j.results.map((r) => r.kv), ['fp32', 'kivi2', 'kivi4', 'fp16']);
+  assert.deepEqual(
+    j.results.map((r) => r.kv),
+    ['fp32', 'kivi2', 'kivi4', 'fp16'],
+  );
   assert.deepEqual([fp32!.kld, fp32!.top1_agree], [0, 1]);
   assert.ok(k2!.kld > k4!.kld && k4!.kld > 0, `kivi2 ${k2!.kld}, kivi4 ${k4!.kld}`);
   assert.ok(f16!.kld < k4!.kld, `fp16 ${f16!.kld} below kivi4`);
   assert.ok(k2!.top1_agree < 1 && k2!.top1_agree > 0.5);
-  assert.deepEqual(j.results.map((r) => r.bits_per_element), [32, 3, 5, 16]);
+  assert.deepEqual(
+    j.results.map((r) => r.bits_per_element),
+    [32, 3, 5, 16],
+  );
   for (const r of j.results) assert.ok(Math.abs(r.ppl - Math.exp(r.mean_nll)) < 1e-9);
 });
 
 test('frontier: the points no other point beats with as few bits', () => {
   const pts = [
-    { kv: 'a', bits_per_element: 3, kld: 0.03 }, { kv: 'b', bits_per_element: 3, kld: 0.02 },
-    { kv: 'c', bits_per_element: 3.5, kld: 0.025 }, { kv: 'd', bits_per_element: 3.5, kld: 0.006 },
-    { kv: 'e', bits_per_element: 5, kld: 0.001 }, { kv: 'f', bits_per_element: 2.75, kld: 0.031 },
+    { kv: 'a', bits_per_element: 3, kld: 0.03 },
+    { kv: 'b', bits_per_element: 3, kld: 0.02 },
+    { kv: 'c', bits_per_element: 3.5, kld: 0.025 },
+    { kv: 'd', bits_per_element: 3.5, kld: 0.006 },
+    { kv: 'e', bits_per_element: 5, kld: 0.001 },
+    { kv: 'f', bits_per_element: 2.75, kld: 0.031 },
   ];
-  assert.deepEqual(frontier(pts).map((p) => p.kv), ['b', 'd', 'e', 'f']);
+  assert.deepEqual(
+    frontier(pts).map((p) => p.kv),
+    ['b', 'd', 'e', 'f'],
+  );
 });

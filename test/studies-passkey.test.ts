@@ -2,15 +2,16 @@
  * `eval passkey`: the prompt generator reproduces the golden prompts token for token, the batched answer
  * path reproduces the golden answers, and the command's counts, JSON and heat-maps are consistent.
  */
-import { parseKvSpec } from '../src/cache/spec.js';
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MODEL_DIR, bundledModel, golden, tmpDir } from './helpers.js';
-import { WIKITEXT, assertCharts, kiviOk } from './studies-helpers.js';
-import { DEFAULT_FILLER, HEADER, PasskeyPrompter, QUESTION } from '../src/studies/eval/passkey-prompt.js';
+import { test } from 'node:test';
+import { parseKvSpec } from '../src/cache/spec.js';
 import { answerIds, isCorrect, type PasskeyStudy } from '../src/studies/eval/passkey.js';
+import { DEFAULT_FILLER, HEADER, PasskeyPrompter, QUESTION } from '../src/studies/eval/passkey-prompt.js';
+import { bundledModel, golden, MODEL_DIR, tmpDir } from './helpers.js';
+import { assertCharts, kiviOk, WIKITEXT } from './studies-helpers.js';
 
 const G = golden();
 /** Where each golden prompt's filler starts in the WikiText tokens, and where its needle sits (found by search). */
@@ -56,19 +57,45 @@ test('pass-key answers: batched decoding of several specs gives the golden fp32 
   const m = await bundledModel();
   const g = G.passkey[1]!;
   const specs = ['fp32', 'kivi2', 'fake2-kT-vT'];
-  const ids = await answerIds(m.transformer, g.prompt, specs.map((s) => parseKvSpec(s)));
+  const ids = await answerIds(
+    m.transformer,
+    g.prompt,
+    specs.map((s) => parseKvSpec(s)),
+  );
   assert.deepEqual(ids[0], g.out.fp32);
-  specs.forEach((kv, j) => assert.ok(isCorrect(m.decode(ids[j]!), g.key), `${kv}: ${m.decode(ids[j]!)}`));
+  specs.forEach((kv, j) => {
+    assert.ok(isCorrect(m.decode(ids[j]!), g.key), `${kv}: ${m.decode(ids[j]!)}`);
+  });
   assert.equal(isCorrect(' 18271.', '18271'), true);
   assert.equal(isCorrect(' 1827', '18271'), false);
 });
 
 test('eval passkey: accuracy per cell and spec agrees with the answers; a valid heat-map per spec', () => {
   const out = tmpDir();
-  const stdout = kiviOk(['eval', 'passkey', '--model', MODEL_DIR, '--lengths', '128,200', '--depths', '0,1', '--n', '1',
-    '--kv', 'fp32,kivi:k=2,v=2,g=32,r=32', '--seed', '5', '--out', out, '--json']);
+  const stdout = kiviOk([
+    'eval',
+    'passkey',
+    '--model',
+    MODEL_DIR,
+    '--lengths',
+    '128,200',
+    '--depths',
+    '0,1',
+    '--n',
+    '1',
+    '--kv',
+    'fp32,kivi:k=2,v=2,g=32,r=32',
+    '--seed',
+    '5',
+    '--out',
+    out,
+    '--json',
+  ]);
   const j = JSON.parse(stdout) as PasskeyStudy & { files: string[] };
-  assert.deepEqual(j.results.map((r) => r.kv), ['fp32', 'kivi:k=2,v=2,g=32,r=32']);
+  assert.deepEqual(
+    j.results.map((r) => r.kv),
+    ['fp32', 'kivi:k=2,v=2,g=32,r=32'],
+  );
   assert.equal(j.trials.length, 4);
   for (const r of j.results) {
     assert.equal(r.cells.length, 4);
@@ -77,14 +104,24 @@ test('eval passkey: accuracy per cell and spec agrees with the answers; a valid 
       assert.equal(c.n, 1);
       assert.equal(c.correct, ts.filter((t) => isCorrect(t.answers[r.kv]!, t.key)).length);
     }
-    assert.equal(r.correct, r.cells.reduce((a, c) => a + c.correct, 0));
+    assert.equal(
+      r.correct,
+      r.cells.reduce((a, c) => a + c.correct, 0),
+    );
     assert.equal(r.accuracy, r.correct / 4);
   }
   // Measured: at these short lengths both caches find every key.
-  assert.deepEqual(j.results.map((r) => r.correct), [4, 4]);
+  assert.deepEqual(
+    j.results.map((r) => r.correct),
+    [4, 4],
+  );
   assert.deepEqual(JSON.parse(fs.readFileSync(path.join(out, 'passkey.json'), 'utf8')).results, j.results);
   assert.match(fs.readFileSync(path.join(out, 'passkey.md'), 'utf8'), /\| fp32 \| 4\/4 \| 100\.0% \|/);
   assertCharts(j.files, 2);
-  assert.deepEqual(j.files.map((f) => path.basename(f)).sort(),
-    ['passkey-fp32.png', 'passkey-fp32.svg', 'passkey-kivi_k_2_v_2_g_32_r_32.png', 'passkey-kivi_k_2_v_2_g_32_r_32.svg']);
+  assert.deepEqual(j.files.map((f) => path.basename(f)).sort(), [
+    'passkey-fp32.png',
+    'passkey-fp32.svg',
+    'passkey-kivi_k_2_v_2_g_32_r_32.png',
+    'passkey-kivi_k_2_v_2_g_32_r_32.svg',
+  ]);
 });

@@ -2,36 +2,75 @@
  * `eval table`: the spec set is the paper's, every row equals the streaming NLL computed directly, and the
  * generated reading follows the numbers (it flips when they flip).
  */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MODEL_DIR, bundledModel, tmpDir } from './helpers.js';
-import { WIKITEXT, kiviOk } from './studies-helpers.js';
-import { ABLATION, FAKE_ROWS, TABLE_SPECS, kivi2Name } from '../src/studies/eval/table.js';
-import { tableReading, type TableJson } from '../src/studies/eval/table-report.js';
-import { specNll, type PplStudy } from '../src/studies/eval/ppl.js';
-import { streamingNll } from '../src/studies/eval/nll.js';
-import { textWindows } from '../src/studies/eval/windows.js';
+import { test } from 'node:test';
 import { parseKvSpec } from '../src/cache/spec.js';
+import { streamingNll } from '../src/studies/eval/nll.js';
+import { type PplStudy, specNll } from '../src/studies/eval/ppl.js';
+import { ABLATION, FAKE_ROWS, kivi2Name, TABLE_SPECS } from '../src/studies/eval/table.js';
+import { type TableJson, tableReading } from '../src/studies/eval/table-report.js';
+import { textWindows } from '../src/studies/eval/windows.js';
+import { bundledModel, MODEL_DIR, tmpDir } from './helpers.js';
+import { kiviOk, WIKITEXT } from './studies-helpers.js';
 
 test('table specs: fp32, 8 simulated axis combinations, kivi2/kivi4, and the 6 valid G × R cells, each once', () => {
   assert.equal(TABLE_SPECS.length, 16);
   assert.equal(new Set(TABLE_SPECS).size, 16);
-  assert.deepEqual(FAKE_ROWS.map((r) => r.kv).sort(), ['fake2-kC-vC', 'fake2-kC-vT', 'fake2-kT-vC', 'fake2-kT-vT', 'fake4-kC-vC', 'fake4-kC-vT', 'fake4-kT-vC', 'fake4-kT-vT']);
-  assert.deepEqual(ABLATION.map((c) => [c.groupSize, c.residual]), [[32, 32], [32, 64], [32, 128], [64, 64], [64, 128], [128, 128]]);
+  assert.deepEqual(FAKE_ROWS.map((r) => r.kv).sort(), [
+    'fake2-kC-vC',
+    'fake2-kC-vT',
+    'fake2-kT-vC',
+    'fake2-kT-vT',
+    'fake4-kC-vC',
+    'fake4-kC-vT',
+    'fake4-kT-vC',
+    'fake4-kT-vT',
+  ]);
+  assert.deepEqual(
+    ABLATION.map((c) => [c.groupSize, c.residual]),
+    [
+      [32, 32],
+      [32, 64],
+      [32, 128],
+      [64, 64],
+      [64, 128],
+      [128, 128],
+    ],
+  );
   assert.equal(kivi2Name(32, 128), 'kivi2');
   assert.equal(kivi2Name(32, 32), 'kivi2-r32');
   assert.equal(kivi2Name(128, 128), 'kivi2-g128');
-  for (const c of ABLATION) assert.deepEqual(parseKvSpec(c.kv), { kind: 'kivi', kBits: 2, vBits: 2, groupSize: c.groupSize, residual: c.residual, residualDtype: 'fp16', name: c.kv });
+  for (const c of ABLATION)
+    assert.deepEqual(parseKvSpec(c.kv), { kind: 'kivi', kBits: 2, vBits: 2, groupSize: c.groupSize, residual: c.residual, residualDtype: 'fp16', name: c.kv });
 });
 
 test('eval table: every row is the streaming NLL of its spec, with its Markdown and JSON forms', async () => {
   const out = tmpDir();
-  const stdout = kiviOk(['eval', 'table', '--model', MODEL_DIR, '--text', WIKITEXT, '--window', '160', '--prefill', '128',
-    '--max-windows', '1', '--json', '--out', out]);
+  const stdout = kiviOk([
+    'eval',
+    'table',
+    '--model',
+    MODEL_DIR,
+    '--text',
+    WIKITEXT,
+    '--window',
+    '160',
+    '--prefill',
+    '128',
+    '--max-windows',
+    '1',
+    '--json',
+    '--out',
+    out,
+  ]);
   const j = JSON.parse(stdout) as TableJson;
-  assert.deepEqual(j.results.map((r) => r.kv), TABLE_SPECS);
+  assert.deepEqual(
+    j.results.map((r) => r.kv),
+    TABLE_SPECS,
+  );
   assert.deepEqual(JSON.parse(fs.readFileSync(path.join(out, 'table.json'), 'utf8')), j);
   const m = await bundledModel();
   const windows = textWindows(m.tokenizer, fs.readFileSync(WIKITEXT, 'utf8'), { window: 160, context: 2048, maxWindows: 1 });
@@ -63,8 +102,18 @@ function fakeStudy(ppl: Record<string, number>): PplStudy {
 
 test('table reading: names the axis that hurts keys most, and flips with the numbers', () => {
   const base = {
-    fp32: 100, 'fake4-kT-vT': 101, 'fake4-kT-vC': 101.5, 'fake4-kC-vT': 100.5, 'fake4-kC-vC': 101,
-    kivi4: 100.2, kivi2: 103, 'kivi2-r32': 106, 'kivi2-r64': 104, 'kivi2-g64': 105, 'kivi2-g64-r64': 107, 'kivi2-g128': 109,
+    fp32: 100,
+    'fake4-kT-vT': 101,
+    'fake4-kT-vC': 101.5,
+    'fake4-kC-vT': 100.5,
+    'fake4-kC-vC': 101,
+    kivi4: 100.2,
+    kivi2: 103,
+    'kivi2-r32': 106,
+    'kivi2-r64': 104,
+    'kivi2-g64': 105,
+    'kivi2-g64-r64': 107,
+    'kivi2-g128': 109,
   };
   const a = tableReading(fakeStudy({ ...base, 'fake2-kT-vT': 140, 'fake2-kT-vC': 130, 'fake2-kC-vT': 110, 'fake2-kC-vC': 120 }));
   assert.match(a, /quantizing keys per token costs \+35\.00 ppl on average \(over both value axes\) against \+15\.00 per channel/);

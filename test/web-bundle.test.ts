@@ -3,23 +3,25 @@
  * bundle itself (the very file a page loads) runs: here in a Node worker thread dressed as a Web
  * Worker, loading the model over HTTP and generating the same greedy ids as the library from disk.
  */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { test } from 'node:test';
 import { pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import * as esbuild from 'esbuild';
 import { browserOnly, buildWeb } from '../src/web/build.js';
-import { WebServer } from '../src/web/server.js';
 import type { FromWorker, ToWorker } from '../src/web/protocol.js';
+import { WebServer } from '../src/web/server.js';
 import { bundledModel, MODEL_DIR, tmpDir } from './helpers.js';
 
 const out = path.join(tmpDir('kivi-web-build-'), 'web');
 
 test('the page, library and worker bundles build into a clean folder, with no Node built-in in them', async () => {
   await buildWeb({ outdir: out });
-  for (const f of ['index.html', 'style.css', 'app.js', 'kivi.js', 'kivi-worker.js', 'browser-helper.js', 'kernels.wasm']) assert.ok(fs.statSync(path.join(out, f)).size > 0, f);
+  for (const f of ['index.html', 'style.css', 'app.js', 'kivi.js', 'kivi-worker.js', 'browser-helper.js', 'kernels.wasm'])
+    assert.ok(fs.statSync(path.join(out, f)).size > 0, f);
   const html = fs.readFileSync(path.join(out, 'index.html'), 'utf8');
   assert.match(html, /<script type="module" src="app.js"><\/script>/);
   for (const f of ['app.js', 'kivi.js', 'kivi-worker.js']) {
@@ -37,13 +39,26 @@ test('a browser module that imports a Node built-in fails the build with a clear
   const dir = tmpDir('kivi-web-bad-');
   fs.writeFileSync(path.join(dir, 'entry.ts'), "import * as fs from 'node:fs';\nexport const x = fs.existsSync('.');\n");
   await assert.rejects(
-    esbuild.build({ entryPoints: [path.join(dir, 'entry.ts')], bundle: true, write: false, platform: 'browser', format: 'esm', logLevel: 'silent', plugins: [browserOnly] }),
+    esbuild.build({
+      entryPoints: [path.join(dir, 'entry.ts')],
+      bundle: true,
+      write: false,
+      platform: 'browser',
+      format: 'esm',
+      logLevel: 'silent',
+      plugins: [browserOnly],
+    }),
     (e: { errors?: esbuild.Message[] }) => e.errors?.some((m) => /imports the Node built-in "node:fs": it cannot run in a browser/.test(m.text)) === true,
   );
 });
 
 /** Run the built worker script in a worker thread with the Web Worker globals it uses. */
-function startWebWorker(script: string): { send(m: ToWorker): void; next(pred: (m: FromWorker) => boolean): Promise<FromWorker>; all: FromWorker[]; stop(): Promise<number> } {
+function startWebWorker(script: string): {
+  send(m: ToWorker): void;
+  next(pred: (m: FromWorker) => boolean): Promise<FromWorker>;
+  all: FromWorker[];
+  stop(): Promise<number>;
+} {
   const shim = `
     const { parentPort, workerData } = require('node:worker_threads');
     globalThis.postMessage = (m) => parentPort.postMessage(m);
@@ -59,10 +74,11 @@ function startWebWorker(script: string): { send(m: ToWorker): void; next(pred: (
   });
   return {
     send: (m) => w.postMessage(m),
-    next: (pred) => new Promise((resolve, reject) => {
-      waiting.push({ pred, resolve });
-      w.once('error', reject);
-    }),
+    next: (pred) =>
+      new Promise((resolve, reject) => {
+        waiting.push({ pred, resolve });
+        w.once('error', reject);
+      }),
     all,
     stop: () => w.terminate(),
   };
@@ -103,7 +119,10 @@ test('the built worker script loads the model over HTTP and streams the same gre
       assert.equal(tokens.map((m) => (m.type === 'token' ? m.text : '')).join(''), ref.text);
       // Live bytes grow with the cache (one token per step, no key flush this short).
       const live = tokens.map((m) => (m.type === 'token' ? m.stats.kvBytes : 0));
-      assert.ok(live.every((b, j) => j === 0 || b > live[j - 1]!), `live bytes ${live}`);
+      assert.ok(
+        live.every((b, j) => j === 0 || b > live[j - 1]!),
+        `live bytes ${live}`,
+      );
     }
     // Cancel: a long generation stops at once with finish reason 'abort'.
     w.send({ type: 'generate', id: 3, prompt, options: { kv: 'kivi2', maxTokens: 500, ignoreEos: true } });

@@ -1,11 +1,12 @@
 /** `kivi web` as a process: serves the page, the model (with ranges) and models.json; one-line errors; SIGTERM exits 0. */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CLI, MODEL_DIR, expectCliError, tmpDir } from './helpers.js';
+import { test } from 'node:test';
 import { WebServer } from '../src/web/server.js';
+import { CLI, expectCliError, MODEL_DIR, tmpDir } from './helpers.js';
 
 const oneLineError = (args: string[], pattern: RegExp) => expectCliError(args, pattern, 60_000);
 
@@ -56,7 +57,7 @@ test('kivi web: serves the page, models.json and the model with Range, cross-ori
     const size = fs.statSync(path.join(MODEL_DIR, shard)).size;
     assert.equal(r.headers.get('content-range'), `bytes 100-163/${size}`);
     assert.deepEqual(Buffer.from(await r.arrayBuffer()), fs.readFileSync(path.join(MODEL_DIR, shard)).subarray(100, 164));
-    assert.equal((await fetch(new URL(models[0]!.url + 'nope.json', url))).status, 404);
+    assert.equal((await fetch(new URL(`${models[0]!.url}nope.json`, url))).status, 404);
   } finally {
     child.kill('SIGTERM');
   }

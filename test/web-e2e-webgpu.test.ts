@@ -6,11 +6,12 @@
  * why, where /usr/bin/chromium is absent, except under CI=true, where a missing browser fails (.ci/run
  * installs it). Few tokens: SwiftShader is ~100× slower than a GPU.
  */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import { WebServer } from '../src/web/server.js';
+import { test } from 'node:test';
 import { KiviModel } from '../src/api.js';
+import { WebServer } from '../src/web/server.js';
 import { MODEL_DIR } from './helpers.js';
 
 const CHROMIUM = process.env.KIVI_CHROMIUM ?? '/usr/bin/chromium';
@@ -27,10 +28,18 @@ function noChromium(t: { skip(message: string): void }): boolean {
  * Chromium offers SwiftShader as its (fallback) adapter; --use-webgpu-adapter=swiftshader asks for it
  * by name. (No --disable-gpu, which would remove WebGPU.)
  */
-const FLAGS = ['--headless', '--no-sandbox', '--enable-unsafe-webgpu', '--use-webgpu-adapter=swiftshader',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
+const FLAGS = [
+  '--headless',
+  '--no-sandbox',
+  '--enable-unsafe-webgpu',
+  '--use-webgpu-adapter=swiftshader',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+];
 
-test('the demo page generates on WebGPU (SwiftShader) in Chromium: the wasm back end\'s text, side by side', { timeout: 540_000 }, async (t) => {
+test("the demo page generates on WebGPU (SwiftShader) in Chromium: the wasm back end's text, side by side", { timeout: 540_000 }, async (t) => {
   if (noChromium(t)) return;
   const { chromium } = await import('playwright-core');
   const server = await WebServer.start({ modelDir: MODEL_DIR, port: 0 });

@@ -4,12 +4,13 @@
  * page loads the model into its worker, generates with two caches side by side, and shows the same text
  * and KV bytes as the library computes in Node.
  */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { WebServer } from '../src/web/server.js';
+import { test } from 'node:test';
 import { KiviModel } from '../src/api.js';
+import { WebServer } from '../src/web/server.js';
 import { bundledModel, MODEL_DIR, ROOT, tmpDir } from './helpers.js';
 import { serveDir } from './web-helpers.js';
 
@@ -23,7 +24,15 @@ function noChromium(t: { skip(message: string): void }): boolean {
   return true;
 }
 
-const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
+const FLAGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+];
 
 test('the demo page generates in Chromium: same text and KV bytes as the library, side by side', { timeout: 300_000 }, async (t) => {
   if (noChromium(t)) return;
@@ -83,15 +92,20 @@ test('the demo page generates in Chromium: same text and KV bytes as the library
     await page.screenshot({ path: path.join(tmpDir('kivi-e2e-'), 'page.png'), fullPage: true });
 
     // The library straight on the page's main thread, as the README shows: a relative URL, one thread.
-    const direct = await page.evaluate(async ([p, libUrl]) => {
-      const lib = (await import(libUrl!)) as typeof import('../src/web/lib.js');
-      const m = await lib.KiviModel.load('/models/llama-28m-gqa/', { kv: 'kivi2' });
-      const r = await m.complete(p, { maxTokens: 6 });
-      return { backend: m.backend.name, threads: m.backend.threads, text: r.text, kvBytes: r.kvBytes };
-    }, [prompt, '/kivi.js']);
+    const direct = await page.evaluate(
+      async ([p, libUrl]) => {
+        const lib = (await import(libUrl!)) as typeof import('../src/web/lib.js');
+        const m = await lib.KiviModel.load('/models/llama-28m-gqa/', { kv: 'kivi2' });
+        const r = await m.complete(p, { maxTokens: 6 });
+        return { backend: m.backend.name, threads: m.backend.threads, text: r.text, kvBytes: r.kvBytes };
+      },
+      [prompt, '/kivi.js'],
+    );
     const ref = await model.complete(prompt, { kv: 'kivi2', maxTokens: 6 });
     assert.deepEqual(direct, { backend: 'wasm', threads: 1, text: ref.text, kvBytes: ref.kvBytes });
-    t.diagnostic(`Chromium: model loaded in ${loadSeconds.toFixed(1)} s; ${maxTokens} tokens × 2 caches in ${genSeconds.toFixed(1)} s; ${speeds.join(', ')} (decode, batched; provisional)`);
+    t.diagnostic(
+      `Chromium: model loaded in ${loadSeconds.toFixed(1)} s; ${maxTokens} tokens × 2 caches in ${genSeconds.toFixed(1)} s; ${speeds.join(', ')} (decode, batched; provisional)`,
+    );
   } finally {
     await browser.close();
     await server.close();

@@ -1,11 +1,15 @@
 /** A small static file server for loader tests: Range support can be switched off or half-hidden. */
 import * as fs from 'node:fs';
 import * as http from 'node:http';
-import * as path from 'node:path';
 import type { AddressInfo } from 'node:net';
+import * as path from 'node:path';
 
 const TYPES: Record<string, string> = {
-  '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '.css': 'text/css', '.json': 'application/json', '.wasm': 'application/wasm',
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript',
+  '.css': 'text/css',
+  '.json': 'application/json',
+  '.wasm': 'application/wasm',
 };
 
 export type RangeMode = 'ranges' | 'no-ranges' | 'no-content-range';
@@ -76,9 +80,10 @@ export async function serveDir(root: string, mode: RangeMode = 'ranges', opts: {
   return {
     url: `http://127.0.0.1:${port}/`,
     log,
-    close: () => new Promise<void>((resolve) => {
-      server.closeAllConnections();
-      server.close(() => resolve());
-    }),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
   };
 }

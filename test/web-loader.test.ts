@@ -3,27 +3,32 @@
  * bit) as the filesystem loader, the same greedy ids, Range requests used where offered, whole files
  * where not, and the same one-line errors for malformed models.
  */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { test } from 'node:test';
 import { KiviModel } from '../src/api.js';
-import { loadModel } from '../src/model/load.js';
-import { TsBackend, type HostTensor } from '../src/kernels/ts/backend.js';
-import type { WasmTensor } from '../src/kernels/wasm/kernels.js';
+import { type HostTensor, TsBackend } from '../src/kernels/ts/backend.js';
 import type { Tensor } from '../src/kernels/types.js';
+import type { WasmTensor } from '../src/kernels/wasm/kernels.js';
+import { loadModel } from '../src/model/load.js';
+import type { ModelWeights } from '../src/model/weights.js';
 import { KiviError } from '../src/util/errors.js';
 import { WebServer } from '../src/web/server.js';
-import type { ModelWeights } from '../src/model/weights.js';
-import { bundledModel, MODEL_DIR, tmpDir } from './helpers.js';
 import { writeTinyModel } from './fixtures.js';
-import { serveDir, type RangeMode } from './web-helpers.js';
+import { bundledModel, MODEL_DIR, tmpDir } from './helpers.js';
+import { type RangeMode, serveDir } from './web-helpers.js';
 
 /** A host back end's tensor data (both host back ends keep it as a typed array). */
 const dataOf = (t: Tensor | undefined) => (t as HostTensor | WasmTensor | undefined)?.data;
 
-function weightArrays(w: ModelWeights): [string, ArrayBufferView & { length: number } | undefined][] {
-  const out: [string, ArrayBufferView & { length: number } | undefined][] = [['embed', dataOf(w.embed)], ['norm', dataOf(w.norm)], ['lmHead', dataOf(w.lmHead)]];
+function weightArrays(w: ModelWeights): [string, (ArrayBufferView & { length: number }) | undefined][] {
+  const out: [string, (ArrayBufferView & { length: number }) | undefined][] = [
+    ['embed', dataOf(w.embed)],
+    ['norm', dataOf(w.norm)],
+    ['lmHead', dataOf(w.lmHead)],
+  ];
   w.layers.forEach((l, i) => {
     for (const [k, v] of Object.entries(l)) out.push([`layers.${i}.${k}`, dataOf(v as Tensor | undefined)]);
   });
@@ -33,7 +38,10 @@ function weightArrays(w: ModelWeights): [string, ArrayBufferView & { length: num
 function assertSameWeights(a: ModelWeights, b: ModelWeights): void {
   const wa = weightArrays(a);
   const wb = weightArrays(b);
-  assert.deepEqual(wa.map(([k]) => k), wb.map(([k]) => k));
+  assert.deepEqual(
+    wa.map(([k]) => k),
+    wb.map(([k]) => k),
+  );
   for (let i = 0; i < wa.length; i++) {
     const [name, x] = wa[i]!;
     const y = wb[i]![1];
@@ -105,7 +113,10 @@ test('Range requests: only ranges of the safetensors file travel, each byte at m
   assertSameWeights(web.model.weights, disk.model.weights);
   const st = log.filter((r) => r.path.endsWith('.safetensors'));
   assert.ok(st.length > 5, `${st.length} requests`);
-  assert.ok(st.every((r) => r.method === 'GET' && r.range !== undefined && r.status === 206), JSON.stringify(st.slice(0, 3)));
+  assert.ok(
+    st.every((r) => r.method === 'GET' && r.range !== undefined && r.status === 206),
+    JSON.stringify(st.slice(0, 3)),
+  );
   const sent = st.reduce((a, r) => a + r.bytes, 0);
   assert.ok(sent <= size, `sent ${sent} bytes of a ${size}-byte file`);
   assert.ok(sent >= size - 64 * 1024, `sent ${sent} bytes of a ${size}-byte file`);
@@ -135,7 +146,13 @@ async function loadError(location: string, root: string, base: string): Promise<
   } catch (e) {
     assert.ok(e instanceof KiviError, `not a KiviError: ${(e as Error).stack}`);
     assert.ok(!e.message.includes('\n'), e.message);
-    return e.message.split(base).join('<root>/').split(root + path.sep).join('<root>/').split(root).join('<root>');
+    return e.message
+      .split(base)
+      .join('<root>/')
+      .split(root + path.sep)
+      .join('<root>/')
+      .split(root)
+      .join('<root>');
   }
   assert.fail(`${location} loaded`);
 }
@@ -145,10 +162,10 @@ test('malformed models give the same one-line errors over HTTP as from disk', as
   const served = await serveDir(root);
   const cases: [string, (dir: string) => void, RegExp][] = [];
   const st = (dir: string) => path.join(dir, 'model.safetensors');
-  const retamper = (tamper: (h: Record<string, any>) => void) => (dir: string) => {
+  const retamper = (tamper: (h: Record<string, Record<string, unknown>>) => void) => (dir: string) => {
     const b = fs.readFileSync(st(dir));
     const n = Number(b.readBigUInt64LE(0));
-    const header = JSON.parse(b.subarray(8, 8 + n).toString()) as Record<string, any>;
+    const header = JSON.parse(b.subarray(8, 8 + n).toString()) as Record<string, Record<string, unknown>>;
     tamper(header);
     const json = Buffer.from(JSON.stringify(header));
     const len = Buffer.alloc(8);
@@ -157,16 +174,24 @@ test('malformed models give the same one-line errors over HTTP as from disk', as
   };
   cases.push(['trunc', (d) => fs.writeFileSync(st(d), fs.readFileSync(st(d)).subarray(0, 5)), /truncated safetensors file \(5 bytes\)/]);
   cases.push(['empty', (d) => fs.writeFileSync(st(d), ''), /truncated safetensors file \(0 bytes\)/]);
-  cases.push(['hdrlen', (d) => {
-    const b = fs.readFileSync(st(d));
-    b.writeBigUInt64LE(BigInt(b.length + 100), 0);
-    fs.writeFileSync(st(d), b);
-  }, /header length \d+ runs past the end of the file/]);
-  cases.push(['badjson', (d) => {
-    const b = fs.readFileSync(st(d));
-    b[8] = 0x5b;
-    fs.writeFileSync(st(d), b);
-  }, /malformed safetensors header \(bad JSON\)/]);
+  cases.push([
+    'hdrlen',
+    (d) => {
+      const b = fs.readFileSync(st(d));
+      b.writeBigUInt64LE(BigInt(b.length + 100), 0);
+      fs.writeFileSync(st(d), b);
+    },
+    /header length \d+ runs past the end of the file/,
+  ]);
+  cases.push([
+    'badjson',
+    (d) => {
+      const b = fs.readFileSync(st(d));
+      b[8] = 0x5b;
+      fs.writeFileSync(st(d), b);
+    },
+    /malformed safetensors header \(bad JSON\)/,
+  ]);
   cases.push(['offsets', retamper((h) => (h['model.norm.weight'].data_offsets = [0, 1e9])), /data \[0, 1000000000\) lies outside the file/]);
   cases.push(['dtype', retamper((h) => (h['model.norm.weight'].dtype = 'I8')), /unsupported dtype "I8"/]);
   cases.push(['shape', retamper((h) => (h['model.norm.weight'].shape = [16])), /does not match shape/]);
@@ -176,8 +201,15 @@ test('malformed models give the same one-line errors over HTTP as from disk', as
   cases.push(['notok', (d) => fs.rmSync(path.join(d, 'tokenizer.json')), /missing <root>\/notok\/tokenizer\.json/]);
   cases.push(['nosafetensors', (d) => fs.rmSync(st(d)), /no model\.safetensors or model\.safetensors\.index\.json/]);
   cases.push(['badindex', (d) => fs.writeFileSync(path.join(d, 'model.safetensors.index.json'), '{'), /model\.safetensors\.index\.json: malformed JSON/]);
-  cases.push(['noshard', (d) => fs.writeFileSync(path.join(d, 'model.safetensors.index.json'), JSON.stringify({ weight_map: { 'model.norm.weight': 'model-00001-of-00002.safetensors' } })),
-    /missing shard <root>\/noshard\/model-00001-of-00002\.safetensors \(named in model\.safetensors\.index\.json\)/]);
+  cases.push([
+    'noshard',
+    (d) =>
+      fs.writeFileSync(
+        path.join(d, 'model.safetensors.index.json'),
+        JSON.stringify({ weight_map: { 'model.norm.weight': 'model-00001-of-00002.safetensors' } }),
+      ),
+    /missing shard <root>\/noshard\/model-00001-of-00002\.safetensors \(named in model\.safetensors\.index\.json\)/,
+  ]);
   try {
     for (const [name, breakIt, pattern] of cases) {
       const dir = path.join(root, name);
@@ -200,7 +232,13 @@ test('unreachable servers and bad URLs are one-line errors', async () => {
   const served = await serveDir(tmpDir());
   const url = served.url;
   await served.close();
-  await assert.rejects(loadModel(`${url}m/`, new TsBackend()), (e: unknown) => e instanceof KiviError && /^cannot fetch http:\/\/127\.0\.0\.1:\d+\/m\/config\.json: /.test(e.message));
+  await assert.rejects(
+    loadModel(`${url}m/`, new TsBackend()),
+    (e: unknown) => e instanceof KiviError && /^cannot fetch http:\/\/127\.0\.0\.1:\d+\/m\/config\.json: /.test(e.message),
+  );
   const { urlSource } = await import('../src/io/source-url.js');
-  assert.throws(() => urlSource('http://'), (e: unknown) => e instanceof KiviError && /bad model URL "http:\/\/"/.test(e.message));
+  assert.throws(
+    () => urlSource('http://'),
+    (e: unknown) => e instanceof KiviError && /bad model URL "http:\/\/"/.test(e.message),
+  );
 });

@@ -3,13 +3,14 @@
  * it; `auto` never picks a software adapter (the predicate on the adapters Dawn and Chromium report for
  * SwiftShader, and `auto` itself on SwiftShader).
  */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { isFallback } from '../src/kernels/webgpu/device.js';
+import { test } from 'node:test';
 import { createBackend } from '../src/kernels/index.js';
+import { isFallback } from '../src/kernels/webgpu/device.js';
 import { MODEL_DIR, ROOT, tmpDir } from './helpers.js';
 import { needWebgpu } from './webgpu-helpers.js';
 
@@ -35,8 +36,24 @@ test('--backend webgpu without the webgpu package: one line saying how to add it
     assert.equal(lines[0], 'kivi: --backend webgpu: the optional package "webgpu" is not installed (npm install webgpu@0.6.2)');
   }
   // The same copy runs `auto` quietly on the CPU.
-  const ok = spawnSync(process.execPath, [path.join(dir, 'dist/src/cli/main.js'), 'generate', '--model', MODEL_DIR, '--prompt', 'Hello',
-    '--max-tokens', '2', '--ignore-eos', '--json', '--kv', 'fp16'], { encoding: 'utf8', timeout: 60_000 });
+  const ok = spawnSync(
+    process.execPath,
+    [
+      path.join(dir, 'dist/src/cli/main.js'),
+      'generate',
+      '--model',
+      MODEL_DIR,
+      '--prompt',
+      'Hello',
+      '--max-tokens',
+      '2',
+      '--ignore-eos',
+      '--json',
+      '--kv',
+      'fp16',
+    ],
+    { encoding: 'utf8', timeout: 60_000 },
+  );
   assert.equal(ok.status, 0, ok.stderr);
   assert.equal(ok.stderr, '');
   assert.equal((JSON.parse(ok.stdout) as { ids: number[] }).ids.length, 2);
@@ -47,7 +64,18 @@ const adapter = (info: Record<string, unknown>, extra: Record<string, unknown> =
 
 test('isFallback: software adapters (as Dawn in Node and Chromium report SwiftShader, and others) are not GPUs', () => {
   // Dawn's Node bindings on SwiftShader (webgpu@0.6.2), and Chromium's --enable-unsafe-webgpu on a machine without a GPU.
-  assert.equal(isFallback(adapter({ vendor: 'google', architecture: 'swiftshader', device: 'swiftshader-device-subzero-', description: 'SwiftShader driver 5.0.0', isFallbackAdapter: true })), true);
+  assert.equal(
+    isFallback(
+      adapter({
+        vendor: 'google',
+        architecture: 'swiftshader',
+        device: 'swiftshader-device-subzero-',
+        description: 'SwiftShader driver 5.0.0',
+        isFallbackAdapter: true,
+      }),
+    ),
+    true,
+  );
   assert.equal(isFallback(adapter({ vendor: 'google', architecture: 'swiftshader', device: '', description: '', isFallbackAdapter: true })), true);
   // Named as software without the flag, or flagged without a name (older implementations: on the adapter).
   assert.equal(isFallback(adapter({ vendor: 'google', architecture: 'swiftshader' })), true);

@@ -3,8 +3,9 @@
  * end's, alone and batched with sequences that join the running batch at different steps. Short prompts
  * and a few dozen tokens: SwiftShader is ~100× slower than a GPU.
  */
-import { test, before, after } from 'node:test';
+
 import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
 import { KiviModel } from '../src/api.js';
 import { golden, MODEL_DIR } from './helpers.js';
 import { reportMissing } from './webgpu-helpers.js';
@@ -31,7 +32,7 @@ if (!reportMissing('webgpu-generate')) {
     wasm?.dispose();
   });
 
-  test('webgpu greedy ids equal the wasm back end\'s (fp16, kivi2 with a 32-token residual)', { timeout: 600_000 }, async () => {
+  test("webgpu greedy ids equal the wasm back end's (fp16, kivi2 with a 32-token residual)", { timeout: 600_000 }, async () => {
     assert.equal(gpu.backend.name, 'webgpu');
     assert.match(gpu.backend.description, /software adapter/);
     const prompt = W.slice(0, 34);
@@ -45,7 +46,9 @@ if (!reportMissing('webgpu-generate')) {
     }
   });
 
-  test('webgpu batched through the engine (kivi2 with a 32-token residual): sequences joining at different steps give the wasm ids of each alone', { timeout: 600_000 }, async () => {
+  test('webgpu batched through the engine (kivi2 with a 32-token residual): sequences joining at different steps give the wasm ids of each alone', {
+    timeout: 600_000,
+  }, async () => {
     const prompts = [W.slice(0, 34), W.slice(300, 320), W.slice(600, 612)];
     for (const kv of ['kivi2-r32']) {
       const opts = { maxTokens: 12, temperature: 0, ignoreEos: true, kv };
@@ -64,7 +67,9 @@ if (!reportMissing('webgpu-generate')) {
       }
       assert.equal(joined.length, 2, 'both later sequences joined while the first ran');
       const got = [r.value.ids, ...(await Promise.all(joined)).map((x) => x.ids)];
-      got.forEach((ids, i) => assert.deepEqual(ids, alone[i], `${kv}: sequence ${i} batched on webgpu vs alone on wasm`));
+      got.forEach((ids, i) => {
+        assert.deepEqual(ids, alone[i], `${kv}: sequence ${i} batched on webgpu vs alone on wasm`);
+      });
     }
   });
 }

@@ -3,11 +3,11 @@
  * `webgpu` package). Where either is missing the tests skip, saying why, except under CI=true, where
  * they must run: there a skip would hide a broken set-up, so they fail instead.
  */
-import { test, type TestContext } from 'node:test';
-import { swiftshaderMissing, webgpuPackageMissing } from '../src/kernels/webgpu/node.js';
-import type { WebGpuBackend } from '../src/kernels/webgpu/backend.js';
+import { type TestContext, test } from 'node:test';
 import { createBackend } from '../src/kernels/index.js';
+import type { WebGpuBackend } from '../src/kernels/webgpu/backend.js';
 import type { WebGpuOptions } from '../src/kernels/webgpu/device.js';
+import { swiftshaderMissing, webgpuPackageMissing } from '../src/kernels/webgpu/node.js';
 
 /** Why WebGPU on SwiftShader cannot run here, or null. */
 export function webgpuMissing(): string | null {

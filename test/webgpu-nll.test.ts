@@ -12,12 +12,13 @@
  * reference's per-window values (KIVI_WEBGPU_GOLDEN=hardware: on the machine's own GPU, where it takes
  * seconds).
  */
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { spawnSync } from 'node:child_process';
-import { CLI, MODEL_DIR, golden, tmpDir } from './helpers.js';
+import { test } from 'node:test';
+import { CLI, golden, MODEL_DIR, tmpDir } from './helpers.js';
 import { reportMissing } from './webgpu-helpers.js';
 
 const G = golden();
@@ -36,12 +37,18 @@ function evalNll(backend: 'webgpu' | 'wasm', windowsFile: string, prefill: numbe
 const fmt = (x: number[]) => x.map((v) => v.toFixed(5)).join(', ');
 
 if (!reportMissing('webgpu-nll')) {
-  test('eval nll --backend webgpu equals wasm within the golden tolerances (fp16, 2- and 4-bit KIVI quantizing at prefill and decode)', { timeout: 900_000 }, (t) => {
+  test('eval nll --backend webgpu equals wasm within the golden tolerances (fp16, 2- and 4-bit KIVI quantizing at prefill and decode)', {
+    timeout: 900_000,
+  }, (t) => {
     const dir = tmpDir('kivi-webgpu-nll-');
     const file = path.join(dir, 'windows.json');
     // 64 tokens of golden window 0: 40 prefilled, 23 decoded.
     fs.writeFileSync(file, JSON.stringify([G.windows[0]!.slice(0, 64)]));
-    for (const [kv, tol] of [['fp16', 2e-3], ['kivi:k=2,v=2,g=16,r=16', 5e-3], ['kivi:k=4,v=4,g=16,r=16', 5e-3]] as const) {
+    for (const [kv, tol] of [
+      ['fp16', 2e-3],
+      ['kivi:k=2,v=2,g=16,r=16', 5e-3],
+      ['kivi:k=4,v=4,g=16,r=16', 5e-3],
+    ] as const) {
       const gpu = evalNll('webgpu', file, 40, kv);
       const cpu = evalNll('wasm', file, 40, kv);
       t.diagnostic(`${kv}: webgpu ${fmt(gpu)}, wasm ${fmt(cpu)}`);
@@ -61,11 +68,17 @@ if (!reportMissing('webgpu-nll')) {
     const file = path.join(dir, 'windows.json');
     fs.writeFileSync(file, JSON.stringify(G.windows));
     // fp16 against the reference's float32 cache (the wasm back end's fp16 is within 4e-5 of it).
-    for (const [kv, ref, tol] of [['fp16', 'fp32', 2e-3], ['kivi2', 'kivi2', 5e-3], ['kivi4', 'kivi4', 5e-3]] as const) {
+    for (const [kv, ref, tol] of [
+      ['fp16', 'fp32', 2e-3],
+      ['kivi2', 'kivi2', 5e-3],
+      ['kivi4', 'kivi4', 5e-3],
+    ] as const) {
       const nll = evalNll('webgpu', file, 512, kv, full === 'hardware' ? '' : 'swiftshader');
       const want = G.nll[ref]!;
       t.diagnostic(`${kv}: ${fmt(nll)} (reference ${ref}: ${fmt(want)})`);
-      want.forEach((w, i) => assert.ok(Math.abs(nll[i]! - w) <= tol, `${kv} window ${i}: ${nll[i]} vs reference ${w} (tolerance ${tol})`));
+      want.forEach((w, i) => {
+        assert.ok(Math.abs(nll[i]! - w) <= tol, `${kv} window ${i}: ${nll[i]} vs reference ${w} (tolerance ${tol})`);
+      });
     }
   });
 }

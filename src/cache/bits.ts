@@ -3,8 +3,9 @@
  * full-precision parts that a sequence holds a bounded number of (KIVI's residual) not counted — the
  * asymptotic cost per token as the context grows (KIVI.md §7: b + 32/G with float16 scale and min).
  */
-import type { SpecBody } from './spec.js';
+
 import { keyGroup, valueGroup, valueMeta8 } from './kivi.js';
+import type { SpecBody } from './spec.js';
 
 /** `headDim`: needed for vmeta=8, whose (lo, hi) are per token of one head (32/d bits per element). */
 export function bitsPerElement(spec: SpecBody, headDim: number): number {

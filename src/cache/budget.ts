@@ -5,13 +5,14 @@
  * bytes() exactly. What a budget must bound is the pages held, which peakAllocatedBytes() gets by
  * running the cache's own page bookkeeping over the sequence's steps against a pool that only counts.
  */
-import type { CacheDims } from './types.js';
-import { type CacheSpec, type SpecBody, createCache } from './spec.js';
-import type { AttnShape, PagePool } from '../kernels/types.js';
+
 import { StepPlan } from '../kernels/plan.js';
-import { endStep } from './types.js';
+import type { AttnShape, PagePool } from '../kernels/types.js';
 import { packedWords } from '../quant/quantizer.js';
 import { keyGroup, valueGroup, valueMeta8 } from './kivi.js';
+import { type CacheSpec, createCache, type SpecBody } from './spec.js';
+import type { CacheDims } from './types.js';
+import { endStep } from './types.js';
 
 /** Bytes one sequence's cache holds after T tokens (all layers). */
 export function cacheBytes(spec: SpecBody, dims: CacheDims, T: number): number {
@@ -69,7 +70,11 @@ class CountingPool implements PagePool {
   }
   private next = 1;
   private readonly sizes = new Map<number, number>();
-  constructor(readonly shape: AttnShape, readonly pageBytes: (sectionBytes: number) => number, readonly oracleJobs?: boolean) {}
+  constructor(
+    readonly shape: AttnShape,
+    readonly pageBytes: (sectionBytes: number) => number,
+    readonly oracleJobs?: boolean,
+  ) {}
   alloc(sectionBytes: number): number {
     const b = this.pageBytes(sectionBytes);
     this.sizes.set(this.next, b);
@@ -97,7 +102,10 @@ class CountingPool implements PagePool {
  * each page's size in the pool.
  */
 export function peakAllocatedBytes(
-  spec: CacheSpec, pool: Pick<PagePool, 'shape' | 'pageBytes' | 'oracleJobs'>, T: number, from: number | readonly number[] = 1,
+  spec: CacheSpec,
+  pool: Pick<PagePool, 'shape' | 'pageBytes' | 'oracleJobs'>,
+  T: number,
+  from: number | readonly number[] = 1,
 ): number {
   const counter = new CountingPool(pool.shape, (b) => pool.pageBytes(b), pool.oracleJobs);
   const cache = createCache(spec, counter);

@@ -1,11 +1,12 @@
 /** Full-precision caches: `fp32` (what the reference computes with) and `fp16` (stores float16, computes in float32). */
-import type { PagePool } from '../kernels/types.js';
-import type { StepPlan } from '../kernels/plan.js';
+
 import { JOB_KEYS, JOB_VALUES, SEG_F16, SEG_F32 } from '../kernels/layout.js';
-import { type CacheImage, ImageReader, type KvCache } from './types.js';
-import type { CacheSpec } from './spec.js';
-import { PagedRows } from './paged.js';
+import type { StepPlan } from '../kernels/plan.js';
+import type { PagePool } from '../kernels/types.js';
 import { KiviError } from '../util/errors.js';
+import { PagedRows } from './paged.js';
+import type { CacheSpec } from './spec.js';
+import { type CacheImage, ImageReader, type KvCache } from './types.js';
 
 /** Tokens per page of a dense cache. */
 export const DENSE_PAGE = 64;
@@ -15,7 +16,10 @@ export class DenseCache implements KvCache {
   private readonly v: PagedRows;
   private readonly bytesPerToken: number;
 
-  constructor(readonly spec: CacheSpec & { kind: 'fp32' | 'fp16' }, readonly pool: PagePool) {
+  constructor(
+    readonly spec: CacheSpec & { kind: 'fp32' | 'fp16' },
+    readonly pool: PagePool,
+  ) {
     const { headDim: d, numLayers: L, numKvHeads: KV } = pool.shape;
     const kind = spec.kind === 'fp16' ? SEG_F16 : SEG_F32;
     this.k = new PagedRows(pool, kind, DENSE_PAGE, d);

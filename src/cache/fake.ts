@@ -13,14 +13,15 @@
  * attention reads the new token quantized too; a prefill or a longer chunk attends exactly (docs/KIVI.md §8:
  * prefill attention stays exact) and refreshes the shadows afterwards.
  */
-import type { PagePool } from '../kernels/types.js';
-import type { StepPlan } from '../kernels/plan.js';
+
 import { JOB_FAKE_CHANNEL, JOB_FAKE_TOKEN, JOB_KEYS, JOB_VALUES, SEG_F32, SEG_ROWS } from '../kernels/layout.js';
+import type { StepPlan } from '../kernels/plan.js';
+import type { PagePool } from '../kernels/types.js';
 import type { Bits } from '../quant/quantizer.js';
-import { type CacheImage, ImageReader, type KvCache } from './types.js';
 import { checkLength } from './dense.js';
-import type { CacheSpec } from './spec.js';
 import { PagedRows } from './paged.js';
+import type { CacheSpec } from './spec.js';
+import { type CacheImage, ImageReader, type KvCache } from './types.js';
 
 export type Axis = 'token' | 'channel';
 
@@ -38,7 +39,10 @@ export class FakeQuantCache implements KvCache {
   private readonly vq: PagedRows;
   private readonly bytesPerToken: number;
 
-  constructor(readonly spec: CacheSpec & { kind: 'fake' }, readonly pool: PagePool) {
+  constructor(
+    readonly spec: CacheSpec & { kind: 'fake' },
+    readonly pool: PagePool,
+  ) {
     const { headDim: d, numLayers: L, numKvHeads: KV } = pool.shape;
     const G = spec.groupSize;
     // A multiple of G, so every per-channel group lies within one page.
@@ -87,7 +91,7 @@ export class FakeQuantCache implements KvCache {
       shadow.reserve(n);
       if (axis === 'token') {
         // One job per destination page.
-        for (let t = T0; t < T0 + n;) {
+        for (let t = T0; t < T0 + n; ) {
           const end = Math.min(T0 + n, (Math.floor((t - shadow.base) / shadow.cap) + 1) * shadow.cap + shadow.base);
           plan.job(phase, JOB_FAKE_TOKEN, half, bits);
           plan.src(SEG_ROWS, row + t - T0, 0, end - t);

@@ -14,10 +14,11 @@
  * `tokens`, when the writer knew them, is the SHA-256 of the held tokens' ids (tokenHash), so a file can
  * be checked against the prompt it is meant to continue.
  */
-import type { CacheImage, KvCache } from './types.js';
-import { formatKvSpec, type CacheSpec } from './spec.js';
+
 import type { AttnShape } from '../kernels/types.js';
 import { KiviError } from '../util/errors.js';
+import { type CacheSpec, formatKvSpec } from './spec.js';
+import type { CacheImage, KvCache } from './types.js';
 
 export const CACHE_MAGIC = 'KIVICACH';
 export const CACHE_FORMAT_VERSION = 1;
@@ -84,8 +85,11 @@ export async function encodeCache(cache: KvCache, id: CacheFileIdentity): Promis
 export async function encodeImage(img: CacheImage, id: CacheFileIdentity): Promise<Uint8Array> {
   const s = id.shape;
   const header: Header = {
-    model: id.model, spec: formatKvSpec(id.spec),
-    shape: { numLayers: s.numLayers, numHeads: s.numHeads, numKvHeads: s.numKvHeads, headDim: s.headDim }, length: img.length, state: img.state,
+    model: id.model,
+    spec: formatKvSpec(id.spec),
+    shape: { numLayers: s.numLayers, numHeads: s.numHeads, numKvHeads: s.numKvHeads, headDim: s.headDim },
+    length: img.length,
+    state: img.state,
     pages: img.pages.map((p) => [p.section, p.bytes.byteLength]),
   };
   if (id.tokens !== undefined) header.tokens = id.tokens;
@@ -124,9 +128,17 @@ export async function decodeCache(bytes: Uint8Array, id: CacheFileIdentity): Pro
   } catch {
     return bad('corrupt header');
   }
-  if (typeof header !== 'object' || header === null || typeof header.model !== 'string' || typeof header.spec !== 'string' ||
-    !Array.isArray(header.pages) || !Array.isArray(header.state) || typeof header.sha256 !== 'string' || !Number.isSafeInteger(header.length) ||
-    (header.tokens !== undefined && typeof header.tokens !== 'string')) {
+  if (
+    typeof header !== 'object' ||
+    header === null ||
+    typeof header.model !== 'string' ||
+    typeof header.spec !== 'string' ||
+    !Array.isArray(header.pages) ||
+    !Array.isArray(header.state) ||
+    typeof header.sha256 !== 'string' ||
+    !Number.isSafeInteger(header.length) ||
+    (header.tokens !== undefined && typeof header.tokens !== 'string')
+  ) {
     bad('corrupt header');
   }
   if (header.model !== id.model) bad('it was saved by another model (fingerprints differ)');
@@ -134,7 +146,7 @@ export async function decodeCache(bytes: Uint8Array, id: CacheFileIdentity): Pro
   if (header.spec !== spec) bad(`it holds a "${header.spec}" cache, not "${spec}"`);
   const s = id.shape;
   if (JSON.stringify(header.shape) !== JSON.stringify({ numLayers: s.numLayers, numHeads: s.numHeads, numKvHeads: s.numKvHeads, headDim: s.headDim })) {
-    bad('its shape is not the model\'s');
+    bad("its shape is not the model's");
   }
   let o = 16 + hlen;
   const pages: CacheImage['pages'] = [];

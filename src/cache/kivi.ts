@@ -22,19 +22,18 @@
  * The last two are records only the TypeScript reference runs (PagePool.oracleJobs); spec.ts refuses them
  * on other back ends.
  */
-import type { PagePool } from '../kernels/types.js';
-import type { StepPlan } from '../kernels/plan.js';
-import {
-  JOB_KEYS, JOB_QKEY, JOB_QVAL, JOB_ROTATE, JOB_VALUES, SEG_F16, SEG_F32, SEG_KIVI_K, SEG_KIVI_V, SEG_KIVI_V8, SEG_ROWS,
-} from '../kernels/layout.js';
-import { checkHadamardDim } from '../quant/hadamard.js';
+
+import { JOB_KEYS, JOB_QKEY, JOB_QVAL, JOB_ROTATE, JOB_VALUES, SEG_F16, SEG_F32, SEG_KIVI_K, SEG_KIVI_V, SEG_KIVI_V8, SEG_ROWS } from '../kernels/layout.js';
 import { sectionBytes } from '../kernels/pages.js';
+import type { StepPlan } from '../kernels/plan.js';
+import type { PagePool } from '../kernels/types.js';
+import { checkHadamardDim } from '../quant/hadamard.js';
 import { type Bits, packedWords } from '../quant/quantizer.js';
-import { type CacheImage, ImageReader, type KvCache } from './types.js';
-import { checkLength } from './dense.js';
-import type { CacheSpec } from './spec.js';
-import { PagedRows } from './paged.js';
 import { KiviError } from '../util/errors.js';
+import { checkLength } from './dense.js';
+import { PagedRows } from './paged.js';
+import type { CacheSpec } from './spec.js';
+import { type CacheImage, ImageReader, type KvCache } from './types.js';
 
 export interface KiviOptions {
   kBits: Bits;
@@ -67,7 +66,8 @@ export const VALUE_PAGE = 64;
 
 /** Full-precision slots per residual page: divides R, so key blocks start on a page boundary. */
 export function residualPage(R: number): number {
-  let a = R, b = 32;
+  let a = R,
+    b = 32;
   while (b) [a, b] = [b, a % b];
   return a;
 }
@@ -93,7 +93,10 @@ export function validateKivi(o: KiviOptions, headDim: number): void {
   if (headDim % Gv !== 0) {
     throw new KiviError(`KIVI group size G=${Gv} must divide the model's head_dim ${headDim} (choose another --kv: a G that divides it, or fp16)`);
   }
-  for (const [b, G] of [[o.kBits, Gk], [o.vBits, Gv]] as const) {
+  for (const [b, G] of [
+    [o.kBits, Gk],
+    [o.vBits, Gv],
+  ] as const) {
     if (G % (32 / b) !== 0) throw new KiviError(`KIVI group size G=${G} must be a multiple of ${32 / b} (codes per 32-bit word at ${b} bits)`);
   }
   if (o.keyRotation !== undefined && o.keyRotation !== 'hadamard') throw new KiviError(`KIVI key rotation must be hadamard, got ${String(o.keyRotation)}`);
@@ -123,7 +126,10 @@ export class KiviCache implements KvCache {
   private valueQuantized = 0;
   private readonly valueResidual: PagedRows;
 
-  constructor(readonly spec: CacheSpec & { kind: 'kivi' }, readonly pool: PagePool) {
+  constructor(
+    readonly spec: CacheSpec & { kind: 'kivi' },
+    readonly pool: PagePool,
+  ) {
     const d = pool.shape.headDim;
     validateKivi(spec, d);
     checkKiviBackend(spec, pool);
@@ -166,7 +172,16 @@ export class KiviCache implements KvCache {
       this.keyResidual.segments(plan, false);
       plan.keyRows(row, i + 1);
       for (let t = 0; t < this.valueQuantized; t += VALUE_PAGE) {
-        plan.value(this.valueKind, this.valuePages[t / VALUE_PAGE]!, 0, Math.min(VALUE_PAGE, this.valueQuantized - t), VALUE_PAGE, this.valueSection, vBits, Gv);
+        plan.value(
+          this.valueKind,
+          this.valuePages[t / VALUE_PAGE]!,
+          0,
+          Math.min(VALUE_PAGE, this.valueQuantized - t),
+          VALUE_PAGE,
+          this.valueSection,
+          vBits,
+          Gv,
+        );
       }
       this.valueResidual.segments(plan, true);
       plan.valueRows(row, i + 1);
@@ -178,7 +193,7 @@ export class KiviCache implements KvCache {
   /** docs/KIVI.md §5.3: the key residual is quantized as one block each time it reaches R tokens. */
   private foldKeys(plan: StepPlan, row: number, n: number): void {
     const res = this.keyResidual;
-    for (let k = 0; k < n;) {
+    for (let k = 0; k < n; ) {
       const need = this.R - res.count;
       if (n - k < need) {
         res.store(plan, JOB_KEYS, row + k, n - k);
@@ -200,7 +215,7 @@ export class KiviCache implements KvCache {
     const T1 = T0 + n;
     const res = this.valueResidual;
     const target = Math.max(this.valueQuantized, T1 - this.R);
-    for (let t = this.valueQuantized; t < target;) {
+    for (let t = this.valueQuantized; t < target; ) {
       const pi = Math.floor(t / VALUE_PAGE);
       if (pi === this.valuePages.length) this.valuePages.push(this.pool.alloc(this.valueSection));
       const slot = t - pi * VALUE_PAGE;
@@ -226,9 +241,12 @@ export class KiviCache implements KvCache {
   }
 
   allocatedBytes(): number {
-    return this.keyBlocks.length * this.pool.pageBytes(this.keySection) +
+    return (
+      this.keyBlocks.length * this.pool.pageBytes(this.keySection) +
       this.valuePages.length * this.pool.pageBytes(this.valueSection) +
-      this.keyResidual.allocatedBytes() + this.valueResidual.allocatedBytes();
+      this.keyResidual.allocatedBytes() +
+      this.valueResidual.allocatedBytes()
+    );
   }
 
   free(): void {
@@ -276,8 +294,10 @@ export class KiviCache implements KvCache {
   /** Counts for tests and analysis: quantized and full-precision tokens of keys and values. */
   layout(): { keyQuantized: number; keyResidual: number; valueQuantized: number; valueResidual: number } {
     return {
-      keyQuantized: this.keyBlocks.length * this.R, keyResidual: this.keyResidual.count,
-      valueQuantized: this.valueQuantized, valueResidual: this.valueResidual.count,
+      keyQuantized: this.keyBlocks.length * this.R,
+      keyResidual: this.keyResidual.count,
+      valueQuantized: this.valueQuantized,
+      valueResidual: this.valueResidual.count,
     };
   }
 }

@@ -4,12 +4,13 @@
  * token this way; KIVI keeps its residuals this way, dropping pages from the front as their tokens are
  * quantized. Pages are taken as the first token lands in them, so memory follows the tokens held.
  */
-import type { PagePool } from '../kernels/types.js';
-import type { StepPlan } from '../kernels/plan.js';
+
 import { JOB_STORE, SEG_ROWS } from '../kernels/layout.js';
 import { sectionBytes } from '../kernels/pages.js';
-import type { CacheImage, ImageReader } from './types.js';
+import type { StepPlan } from '../kernels/plan.js';
+import type { PagePool } from '../kernels/types.js';
 import { KiviError } from '../util/errors.js';
+import type { CacheImage, ImageReader } from './types.js';
 
 export class PagedRows {
   readonly pages: number[] = [];
@@ -21,7 +22,12 @@ export class PagedRows {
   end = 0;
   readonly sectionBytes: number;
 
-  constructor(private readonly pool: PagePool, readonly kind: number, readonly cap: number, d: number) {
+  constructor(
+    private readonly pool: PagePool,
+    readonly kind: number,
+    readonly cap: number,
+    d: number,
+  ) {
     this.sectionBytes = sectionBytes(kind, cap, d);
   }
 
@@ -31,7 +37,7 @@ export class PagedRows {
 
   /** Add the held tokens [from, to) as key (or value) segments of the plan's open task. */
   segments(plan: StepPlan, values: boolean, from = this.start, to = this.end): void {
-    for (let t = from; t < to;) {
+    for (let t = from; t < to; ) {
       const i = Math.floor((t - this.base) / this.cap);
       const slot = t - this.base - i * this.cap;
       const n = Math.min(this.cap - slot, to - t);
@@ -43,7 +49,7 @@ export class PagedRows {
 
   /** Add the held tokens [from, to) as sources of the plan's open job. */
   sources(plan: StepPlan, from: number, to: number): void {
-    for (let t = from; t < to;) {
+    for (let t = from; t < to; ) {
       const i = Math.floor((t - this.base) / this.cap);
       const slot = t - this.base - i * this.cap;
       const n = Math.min(this.cap - slot, to - t);
@@ -55,7 +61,7 @@ export class PagedRows {
   /** Append n tokens from activation rows [row, row + n) with store jobs (post phase), taking pages as needed. */
   store(plan: StepPlan, half: number, row: number, n: number, phase: 'pre' | 'post' = 'post'): void {
     if (this.pages.length === 0) this.base = this.end - (this.end % this.cap);
-    for (let k = 0; k < n;) {
+    for (let k = 0; k < n; ) {
       const t = this.end;
       const i = Math.floor((t - this.base) / this.cap);
       const slot = t - this.base - i * this.cap;

@@ -3,28 +3,35 @@
  * to a factory of layer caches. A new storage format is a new spec kind and cache class, never a branch
  * in the model.
  */
+
+import type { PagePool } from '../kernels/types.js';
 import type { Bits } from '../quant/quantizer.js';
 import { isBits } from '../quant/quantizer.js';
 import { KiviError } from '../util/errors.js';
-import type { PagePool } from '../kernels/types.js';
-import type { CacheDims, KvCache } from './types.js';
 import { DenseCache } from './dense.js';
-import { KiviCache, type KiviOptions, checkKiviBackend, validateKivi } from './kivi.js';
-import { FakeQuantCache, type FakeOptions, type Axis } from './fake.js';
+import { type Axis, type FakeOptions, FakeQuantCache } from './fake.js';
+import { checkKiviBackend, KiviCache, type KiviOptions, validateKivi } from './kivi.js';
+import type { CacheDims, KvCache } from './types.js';
 
 /** A cache spec as data: what the user asked for, parsed once at the edge (CLI, library, server). */
-export type SpecBody =
-  | { kind: 'fp32' }
-  | { kind: 'fp16' }
-  | ({ kind: 'kivi' } & KiviOptions)
-  | ({ kind: 'fake' } & FakeOptions);
+export type SpecBody = { kind: 'fp32' } | { kind: 'fp16' } | ({ kind: 'kivi' } & KiviOptions) | ({ kind: 'fake' } & FakeOptions);
 
 /** A parsed spec with the name outputs show: the string the user gave, or the canonical form. */
 export type CacheSpec = SpecBody & { readonly name: string };
 
 export const NAMED_SPECS = [
-  'fp32', 'fp16', 'kivi2', 'kivi4', 'kivi2-hq', 'kivi2-r32', 'kivi2-g128',
-  'fake4-kT-vT', 'fake2-kC-vT', 'fake2-kT-vC', 'fake2-kC-vC', 'fake2-kT-vT',
+  'fp32',
+  'fp16',
+  'kivi2',
+  'kivi4',
+  'kivi2-hq',
+  'kivi2-r32',
+  'kivi2-g128',
+  'fake4-kT-vT',
+  'fake2-kC-vT',
+  'fake2-kT-vC',
+  'fake2-kC-vC',
+  'fake2-kT-vT',
 ] as const;
 
 const VALID_FORMS =
@@ -130,17 +137,21 @@ function parseBody(spec: string, s: string): SpecBody {
     const res = kv.get('residual') ?? 'fp16';
     if (res !== 'fp32' && res !== 'fp16') bad(spec, `residual must be fp32 or fp16, got "${res}"`);
     const base = kivi(
-      bitsOf(spec, kv.get('k') ?? '2'), bitsOf(spec, kv.get('v') ?? '2'),
+      bitsOf(spec, kv.get('k') ?? '2'),
+      bitsOf(spec, kv.get('v') ?? '2'),
       kv.has('g') ? intOf(spec, 'g', kv.get('g')) : 32,
-      kv.has('r') ? intOf(spec, 'r', kv.get('r')) : 128, res,
+      kv.has('r') ? intOf(spec, 'r', kv.get('r')) : 128,
+      res,
     );
     return { ...base, ...kiviExtras(spec, kv) };
   }
   if (s.startsWith('fake:')) {
     const kv = parseKeyValues(spec, s.slice(5), ['bits', 'k', 'v', 'g']);
     return {
-      kind: 'fake', bits: bitsOf(spec, kv.get('bits') ?? '2'),
-      keyAxis: axisOf(spec, kv.get('k') ?? 'channel'), valueAxis: axisOf(spec, kv.get('v') ?? 'token'),
+      kind: 'fake',
+      bits: bitsOf(spec, kv.get('bits') ?? '2'),
+      keyAxis: axisOf(spec, kv.get('k') ?? 'channel'),
+      valueAxis: axisOf(spec, kv.get('v') ?? 'token'),
       groupSize: kv.has('g') ? intOf(spec, 'g', kv.get('g')) : 32,
     };
   }
@@ -155,7 +166,7 @@ export function splitSpecList(list: string): string[] {
   const out: string[] = [];
   for (const part of list.split(',').map((p) => p.trim())) {
     if (part.includes('=') && !part.includes(':') && out.length > 0 && out[out.length - 1]!.includes(':')) {
-      out[out.length - 1] += ',' + part;
+      out[out.length - 1] += `,${part}`;
     } else {
       out.push(part);
     }
@@ -187,7 +198,12 @@ function checkBody(kv: SpecBody): SpecBody {
       if (!isBits(kv.kBits) || !isBits(kv.vBits)) bad(where, 'kBits and vBits must be 2, 4 or 8');
       if (kv.residualDtype !== 'fp32' && kv.residualDtype !== 'fp16') bad(where, 'residualDtype must be fp32 or fp16');
       return {
-        kind: 'kivi', kBits: kv.kBits, vBits: kv.vBits, groupSize: kv.groupSize, residual: kv.residual, residualDtype: kv.residualDtype,
+        kind: 'kivi',
+        kBits: kv.kBits,
+        vBits: kv.vBits,
+        groupSize: kv.groupSize,
+        residual: kv.residual,
+        residualDtype: kv.residualDtype,
         // The options beyond the paper only when given (validateKivi checks their values).
         ...(kv.keyGroupSize !== undefined ? { keyGroupSize: kv.keyGroupSize } : {}),
         ...(kv.valueGroupSize !== undefined ? { valueGroupSize: kv.valueGroupSize } : {}),
@@ -210,12 +226,14 @@ export function formatKvSpec(spec: SpecBody): string {
     case 'fp16':
       return spec.kind;
     case 'kivi':
-      return `kivi:k=${spec.kBits},v=${spec.vBits},g=${spec.groupSize},r=${spec.residual}` +
+      return (
+        `kivi:k=${spec.kBits},v=${spec.vBits},g=${spec.groupSize},r=${spec.residual}` +
         (spec.residualDtype === 'fp32' ? ',residual=fp32' : '') +
         (spec.keyGroupSize !== undefined && spec.keyGroupSize !== spec.groupSize ? `,gk=${spec.keyGroupSize}` : '') +
         (spec.valueGroupSize !== undefined && spec.valueGroupSize !== spec.groupSize ? `,gv=${spec.valueGroupSize}` : '') +
         (spec.keyRotation === 'hadamard' ? ',rot=hadamard' : '') +
-        (spec.valueMetaBits === 8 ? ',vmeta=8' : '');
+        (spec.valueMetaBits === 8 ? ',vmeta=8' : '')
+      );
     case 'fake':
       return `fake:bits=${spec.bits},k=${spec.keyAxis},v=${spec.valueAxis},g=${spec.groupSize}`;
   }

@@ -3,8 +3,9 @@
  * caches without a model: each item brings its new tokens' q/k/v rows ([n][(H + 2·KV)·d], after RoPE),
  * the same rows serve every layer, and the step runs exactly as the model runs it (model/llama.ts).
  */
-import type { Backend, PagePool, Tensor } from '../kernels/types.js';
+
 import { StepPlan } from '../kernels/plan.js';
+import type { Backend, PagePool, Tensor } from '../kernels/types.js';
 import { endStep, type KvCache } from './types.js';
 
 export interface StepItem {
@@ -24,7 +25,10 @@ export class CacheStepper {
   private att: Tensor | null = null;
   private readonly qkvDim: number;
 
-  constructor(readonly backend: Backend, readonly pool: PagePool) {
+  constructor(
+    readonly backend: Backend,
+    readonly pool: PagePool,
+  ) {
     const { numHeads: H, numKvHeads: KV, headDim: d } = pool.shape;
     this.qkvDim = (H + 2 * KV) * d;
   }
@@ -85,7 +89,9 @@ export class CacheStepper {
     } finally {
       endStep(plan, this.pool);
     }
-    return attend ? B.read(this.att!, 0, N * H * d) : (await B.sync(), null);
+    if (attend) return B.read(this.att!, 0, N * H * d);
+    await B.sync();
+    return null;
   }
 
   /** Fill a cache with T tokens of keys and values (rows as in step()), in prefill chunks of `chunk`, without attending. */
@@ -130,8 +136,15 @@ export class CacheStepper {
 }
 
 /** Synthetic qkv rows from separate q, k, v arrays ([n][H·d], [n][KV·d], [n][KV·d]); q may be null (zeros). */
-export function qkvRows(shape: { numHeads: number; numKvHeads: number; headDim: number }, n: number,
-  q: Float32Array | null, k: Float32Array, v: Float32Array, kOff = 0, vOff = 0): Float32Array {
+export function qkvRows(
+  shape: { numHeads: number; numKvHeads: number; headDim: number },
+  n: number,
+  q: Float32Array | null,
+  k: Float32Array,
+  v: Float32Array,
+  kOff = 0,
+  vOff = 0,
+): Float32Array {
   const { numHeads: H, numKvHeads: KV, headDim: d } = shape;
   const dim = (H + 2 * KV) * d;
   const out = new Float32Array(n * dim);

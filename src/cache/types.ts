@@ -14,10 +14,11 @@
  * through the cache's storage rules (docs/KIVI.md §5). A quantized cache's attention runs on its packed codes
  * (docs/KIVI.md §6): nothing is dequantized in bulk.
  */
-import type { AttnShape, PagePool } from '../kernels/types.js';
+
 import type { StepPlan } from '../kernels/plan.js';
-import type { CacheSpec } from './spec.js';
+import type { AttnShape, PagePool } from '../kernels/types.js';
 import { KiviError } from '../util/errors.js';
+import type { CacheSpec } from './spec.js';
 
 export type CacheDims = AttnShape;
 

@@ -2,12 +2,12 @@
 /** The `kivi` command line: a thin face over the library. */
 import { Command, CommanderError } from 'commander';
 import { KiviError } from '../util/errors.js';
-import { register as registerGenerate } from './commands/generate.js';
-import { register as registerEval } from './commands/eval.js';
-import { register as registerServe } from './commands/serve.js';
-import { register as registerWeb } from './commands/web.js';
 import { register as registerAnalyze } from './commands/analyze.js';
 import { register as registerBench } from './commands/bench.js';
+import { register as registerEval } from './commands/eval.js';
+import { register as registerGenerate } from './commands/generate.js';
+import { register as registerServe } from './commands/serve.js';
+import { register as registerWeb } from './commands/web.js';
 
 const program = new Command();
 program

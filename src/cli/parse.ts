@@ -48,7 +48,16 @@ export function bytes(s: string): number {
     throw new InvalidArgumentError(`expected a whole number of bytes, got "${s}"`);
   }
   const mult: Record<string, number> = {
-    '': 1, b: 1, kb: 1e3, kib: 1024, mb: 1e6, mib: 1024 ** 2, gb: 1e9, gib: 1024 ** 3, tb: 1e12, tib: 1024 ** 4,
+    '': 1,
+    b: 1,
+    kb: 1e3,
+    kib: 1024,
+    mb: 1e6,
+    mib: 1024 ** 2,
+    gb: 1e9,
+    gib: 1024 ** 3,
+    tb: 1e12,
+    tib: 1024 ** 4,
   };
   const n = Math.round(Number(m[1]) * mult[unit]!);
   if (n <= 0) throw new InvalidArgumentError(`size must be positive, got "${s}"`);

@@ -4,17 +4,23 @@ import cliProgress from 'cli-progress';
 export class LazyProgress {
   private bar?: cliProgress.SingleBar;
   private readonly t0 = Date.now();
-  constructor(private readonly label: string, private readonly enabled = process.stderr.isTTY === true) {}
+  constructor(
+    private readonly label: string,
+    private readonly enabled = process.stderr.isTTY === true,
+  ) {}
 
   update(done: number, total: number): void {
     if (!this.enabled) return;
     if (!this.bar) {
       if (Date.now() - this.t0 < 2000 || done >= total) return;
-      this.bar = new cliProgress.SingleBar({
-        format: `${this.label} [{bar}] {percentage}% | {value}/{total} | eta {eta_formatted}`,
-        stream: process.stderr,
-        hideCursor: true,
-      }, cliProgress.Presets.shades_classic);
+      this.bar = new cliProgress.SingleBar(
+        {
+          format: `${this.label} [{bar}] {percentage}% | {value}/{total} | eta {eta_formatted}`,
+          stream: process.stderr,
+          hideCursor: true,
+        },
+        cliProgress.Presets.shades_classic,
+      );
       this.bar.start(total, done);
     }
     this.bar.setTotal(total);

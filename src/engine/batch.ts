@@ -10,16 +10,17 @@
  * cache that already holds the first tokens of its prompt (restored from a cache file): only the rest is
  * prefilled, as a continued prefill.
  */
+
+import type { KvCache } from '../cache/types.js';
 import type { LlamaModel } from '../model/llama.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import { StreamDecoder } from '../tokenizer/tokenizer.js';
-import type { KvCache } from '../cache/types.js';
-import { Sampler, validateSampling } from './sampling.js';
-import { StopMatcher } from './stop.js';
 import { KiviError } from '../util/errors.js';
 import { nextMacrotask } from '../util/macrotask.js';
 import { checkGrid, nextChunkEnd } from './chunks.js';
 import type { FinishReason, GenerateChunk, GenerateOptions, GenerateResult } from './generate.js';
+import { Sampler, validateSampling } from './sampling.js';
+import { StopMatcher } from './stop.js';
 
 const now = () => performance.now() / 1000;
 
@@ -148,9 +149,15 @@ export class Sequence implements AsyncIterable<GenerateChunk> {
 
   result(): GenerateResult {
     return {
-      ids: this.ids, text: this.stops.fullText, promptTokens: this.promptIds.length, reusedTokens: this.reusedTokens,
-      finishReason: this.finishReason ?? 'abort', kvBytes: this.kvBytesAtEnd,
-      prefillSeconds: this.prefillSeconds, decodeSeconds: this.decodeSeconds, decodeSteps: this.decodeSteps,
+      ids: this.ids,
+      text: this.stops.fullText,
+      promptTokens: this.promptIds.length,
+      reusedTokens: this.reusedTokens,
+      finishReason: this.finishReason ?? 'abort',
+      kvBytes: this.kvBytesAtEnd,
+      prefillSeconds: this.prefillSeconds,
+      decodeSeconds: this.decodeSeconds,
+      decodeSteps: this.decodeSteps,
     };
   }
 
@@ -217,7 +224,11 @@ export class BatchEngine {
   busySeconds = 0;
   private readonly stepListeners: (() => void)[] = [];
 
-  constructor(readonly model: LlamaModel, readonly tokenizer: Tokenizer, readonly opts: BatchEngineOptions = {}) {}
+  constructor(
+    readonly model: LlamaModel,
+    readonly tokenizer: Tokenizer,
+    readonly opts: BatchEngineOptions = {},
+  ) {}
 
   /** Sequences in the batch or about to join it. */
   get size(): number {
@@ -291,7 +302,9 @@ export class BatchEngine {
       const end = ends[i]!;
       const whole = s.prefilled === 0 && end === s.promptIds.length;
       return {
-        tokens: whole ? s.promptIds : s.promptIds.slice(s.prefilled, end), cache: s.cache, mode: 'prefill' as const,
+        tokens: whole ? s.promptIds : s.promptIds.slice(s.prefilled, end),
+        cache: s.cache,
+        mode: 'prefill' as const,
         logits: end === s.promptIds.length ? logits : ('none' as const),
       };
     });

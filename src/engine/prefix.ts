@@ -3,9 +3,10 @@
  * produces are the same for every cache spec: studies that compare specs on one prompt compute the
  * prefill once, then fill each spec's cache from the saved K/V with the cache's own storage jobs.
  */
-import type { LlamaModel } from '../model/llama.js';
-import type { KvCache } from '../cache/types.js';
+
 import { createCache, parseKvSpec } from '../cache/spec.js';
+import type { KvCache } from '../cache/types.js';
+import type { LlamaModel } from '../model/llama.js';
 
 export interface PrefixSnapshot {
   tokens: number;

@@ -5,7 +5,11 @@ import { KiviError } from '../util/errors.js';
 import type { ByteSource, RandomAccess } from './source.js';
 
 class FsFile implements RandomAccess {
-  constructor(readonly where: string, private readonly handle: fs.promises.FileHandle, readonly size: number) {}
+  constructor(
+    readonly where: string,
+    private readonly handle: fs.promises.FileHandle,
+    readonly size: number,
+  ) {}
 
   async read(dst: Uint8Array, position: number): Promise<void> {
     let done = 0;

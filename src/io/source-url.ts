@@ -109,7 +109,10 @@ export class UrlSource implements ByteSource {
   private readonly origin: string;
   private readonly fetchFn: FetchLike;
 
-  constructor(base: string | URL, private readonly opts: UrlSourceOptions = {}) {
+  constructor(
+    base: string | URL,
+    private readonly opts: UrlSourceOptions = {},
+  ) {
     let url: URL;
     try {
       url = new URL(String(base));
@@ -167,7 +170,7 @@ export class UrlSource implements ByteSource {
   }
 
   httpError(url: string, res: Response): KiviError {
-    return new KiviError(`cannot open ${url}: HTTP ${res.status}${res.statusText ? ' ' + res.statusText : ''}`);
+    return new KiviError(`cannot open ${url}: HTTP ${res.status}${res.statusText ? ` ${res.statusText}` : ''}`);
   }
 
   private static missing(res: Response): boolean {

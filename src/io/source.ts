@@ -49,7 +49,13 @@ export async function readJson(source: ByteSource, name: string, opts: { require
  * another host.
  */
 export function isPlainFileName(name: string): boolean {
-  return name !== '' && name !== '.' && name !== '..' && !/[/\\\u0000-\u001f\u007f]/.test(name) && !/^[a-z][a-z0-9+.-]*:/i.test(name);
+  return (
+    name !== '' &&
+    name !== '.' &&
+    name !== '..' &&
+    ![...name].some((c) => c === '/' || c === '\\' || c.charCodeAt(0) < 0x20 || c.charCodeAt(0) === 0x7f) &&
+    !/^[a-z][a-z0-9+.-]*:/i.test(name)
+  );
 }
 
 /** True for an http(s) URL (or a URL object), as opposed to a filesystem path. */

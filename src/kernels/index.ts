@@ -1,7 +1,8 @@
 /** Choosing a compute back end by name. */
-import type { Backend, BackendName } from './types.js';
-import { TsBackend } from './ts/backend.js';
+
 import { KiviError } from '../util/errors.js';
+import { TsBackend } from './ts/backend.js';
+import type { Backend, BackendName } from './types.js';
 import type { WebGpuOptions } from './webgpu/device.js';
 
 export type { BackendName } from './types.js';

@@ -12,8 +12,30 @@
  * is written by one phase while an earlier one still reads it.
  */
 import {
-  JOB_DST, JOB_BITS, JOB_HALF, JOB_KIND, JOB_SRC0, JOB_SRCN, JOB_WORDS, SEG_BITS, SEG_CAP, SEG_G, SEG_KIND, SEG_N,
-  SEG_PAGE, SEG_ROWS, SEG_SECTION, SEG_T0, SEG_WORDS, TASK_K0, TASK_KN, TASK_ROW, TASK_TOKENS, TASK_V0, TASK_VN, TASK_WORDS,
+  JOB_BITS,
+  JOB_DST,
+  JOB_HALF,
+  JOB_KIND,
+  JOB_SRC0,
+  JOB_SRCN,
+  JOB_WORDS,
+  SEG_BITS,
+  SEG_CAP,
+  SEG_G,
+  SEG_KIND,
+  SEG_N,
+  SEG_PAGE,
+  SEG_ROWS,
+  SEG_SECTION,
+  SEG_T0,
+  SEG_WORDS,
+  TASK_K0,
+  TASK_KN,
+  TASK_ROW,
+  TASK_TOKENS,
+  TASK_V0,
+  TASK_VN,
+  TASK_WORDS,
 } from './layout.js';
 
 /** A run of tokens for a plan: where it is (a page or activation rows) and in what format. */
@@ -211,8 +233,16 @@ export class StepPlan {
   segment(i: number): SegmentSpec {
     const o = i * SEG_WORDS;
     const s = this.segs;
-    return { kind: s[o + SEG_KIND]!, n: s[o + SEG_N]!, page: s[o + SEG_PAGE]!, t0: s[o + SEG_T0]!, cap: s[o + SEG_CAP]!,
-      bits: s[o + SEG_BITS]!, G: s[o + SEG_G]!, section: s[o + SEG_SECTION]! };
+    return {
+      kind: s[o + SEG_KIND]!,
+      n: s[o + SEG_N]!,
+      page: s[o + SEG_PAGE]!,
+      t0: s[o + SEG_T0]!,
+      cap: s[o + SEG_CAP]!,
+      bits: s[o + SEG_BITS]!,
+      G: s[o + SEG_G]!,
+      section: s[o + SEG_SECTION]!,
+    };
   }
 
   private seg(kind: number, page: number, t0: number, n: number, cap: number, section: number, bits: number, G: number): void {
@@ -234,7 +264,8 @@ export class StepPlan {
     if (this.openTask < 0) return;
     const o = this.openTask * TASK_WORDS;
     const t = this.tasks;
-    let kt = 0, vt = 0;
+    let kt = 0,
+      vt = 0;
     for (let i = t[o + TASK_K0]!, e = i + t[o + TASK_KN]!; i < e; i++) kt += this.segs[i * SEG_WORDS + SEG_N]!;
     for (let i = t[o + TASK_V0]!, e = i + t[o + TASK_VN]!; i < e; i++) vt += this.segs[i * SEG_WORDS + SEG_N]!;
     if (kt !== t[o + TASK_TOKENS] || vt !== kt) {

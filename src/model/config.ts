@@ -77,9 +77,7 @@ export function parseConfig(cfg: Json): ModelConfig {
   const archs = cfg.architectures;
   const arch = Array.isArray(archs) ? (archs[0] as string) : undefined;
   if (!arch || !(SUPPORTED_ARCHITECTURES as readonly string[]).includes(arch)) {
-    throw new KiviError(
-      `unsupported architecture ${arch ? `"${arch}"` : '(none given)'}; supported: ${SUPPORTED_ARCHITECTURES.join(', ')}`,
-    );
+    throw new KiviError(`unsupported architecture ${arch ? `"${arch}"` : '(none given)'}; supported: ${SUPPORTED_ARCHITECTURES.join(', ')}`);
   }
   const act = cfg.hidden_act ?? 'silu';
   if (act !== 'silu') throw new KiviError(`config.json: unsupported hidden_act "${String(act)}" (only silu)`);
@@ -93,8 +91,7 @@ export function parseConfig(cfg: Json): ModelConfig {
   if (!Number.isInteger(headDim) || headDim % 2 !== 0) throw new KiviError(`config.json: head_dim ${headDim} must be an even integer`);
   // RoPE θ lives in rope_theta (older configs) or rope_parameters.rope_theta (transformers ≥ 5).
   const ropeParams = (cfg.rope_parameters ?? undefined) as Json | undefined;
-  const ropeTheta = num(cfg, 'rope_theta', { positive: true }) ??
-    (ropeParams ? num(ropeParams, 'rope_theta', { positive: true }) : undefined) ?? 10000;
+  const ropeTheta = num(cfg, 'rope_theta', { positive: true }) ?? (ropeParams ? num(ropeParams, 'rope_theta', { positive: true }) : undefined) ?? 10000;
   const ropeScaling = parseRopeScaling(cfg.rope_scaling ?? ropeParams);
   let maxPositions = num(cfg, 'max_position_embeddings', { int: true, positive: true }) ?? 2048;
   // Full attention only: a sliding window (Mistral v0.1) bounds the context we can serve faithfully.

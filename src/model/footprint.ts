@@ -4,8 +4,9 @@
  * end is refused before a byte of weights is read. Matrices take 2 or 4 bytes a parameter; norm weights
  * and biases are float32 everywhere.
  */
-import { KiviError } from '../util/errors.js';
+
 import { DTYPE_BYTES, type DType } from '../kernels/types.js';
+import { KiviError } from '../util/errors.js';
 import type { ModelConfig } from './config.js';
 
 export interface ModelParameters {
@@ -52,18 +53,21 @@ export interface FootprintOptions {
 export function checkFootprint(cfg: ModelConfig, backend: string, o: FootprintOptions): void {
   const p = modelParameters(cfg);
   const need = weightBytes(cfg, o.matrices);
-  const what = `the model's weights need ${GiB(need)} (${((p.matrix + p.vector) / 1e9).toFixed(2)}B parameters, ` +
-    `matrices as ${TYPE_NAMES[o.matrices] ?? o.matrices})`;
+  const what =
+    `the model's weights need ${GiB(need)} (${((p.matrix + p.vector) / 1e9).toFixed(2)}B parameters, ` + `matrices as ${TYPE_NAMES[o.matrices] ?? o.matrices})`;
   const { hostBytes } = o;
   // The TypeScript back end keeps the checkpoint's own types (16-bit matrices stay 16-bit).
   const tsNeed = weightBytes(cfg, o.native ?? o.matrices);
   const fitsHost = hostBytes === undefined || tsNeed < hostBytes;
   if (backend === 'wasm' && need + WASM_RUNTIME_RESERVE > WASM_MEMORY_BYTES) {
-    const limit = `more than the wasm back end can hold (${WASM_MEMORY_BYTES / 2 ** 20} MiB of WebAssembly memory, ` +
+    const limit =
+      `more than the wasm back end can hold (${WASM_MEMORY_BYTES / 2 ** 20} MiB of WebAssembly memory, ` +
       `${WASM_RUNTIME_RESERVE / 2 ** 20} MiB of it kept for activations and caches)`;
     if (o.native !== undefined && weightBytes(cfg, o.native) + WASM_RUNTIME_RESERVE <= WASM_MEMORY_BYTES) {
-      throw new KiviError(`${what}, ${limit}; with the checkpoint's ${TYPE_NAMES[o.native]} matrices (--weights native) ` +
-        `they need ${GiB(weightBytes(cfg, o.native))} and fit`);
+      throw new KiviError(
+        `${what}, ${limit}; with the checkpoint's ${TYPE_NAMES[o.native]} matrices (--weights native) ` +
+          `they need ${GiB(weightBytes(cfg, o.native))} and fit`,
+      );
     }
     const alternative = fitsHost
       ? `the TypeScript back end (--backend ts) keeps them in ordinary memory${hostBytes !== undefined ? ` (this machine has ${GiB(hostBytes)})` : ''}, ` +

@@ -10,14 +10,15 @@
  * cache and, exactly and causally, to itself; a 'decode' item's tokens go through the cache one after
  * the other, one sub-step each (teacher forcing and generation both need that).
  */
-import type { Backend, PagePool, Tensor } from '../kernels/types.js';
-import type { ModelConfig } from './config.js';
-import type { ModelWeights } from './weights.js';
-import { RopeTable, ropeInvFreq } from './rope.js';
+
 import type { CacheDims, KvCache } from '../cache/types.js';
 import { endStep } from '../cache/types.js';
 import { StepPlan } from '../kernels/plan.js';
+import type { Backend, PagePool, Tensor } from '../kernels/types.js';
 import { KiviError } from '../util/errors.js';
+import type { ModelConfig } from './config.js';
+import { RopeTable, ropeInvFreq } from './rope.js';
+import type { ModelWeights } from './weights.js';
 
 export interface ForwardItem {
   /** New tokens of this sequence. */
@@ -54,7 +55,10 @@ class Workspace {
   gu!: Tensor;
   act!: Tensor;
 
-  constructor(private readonly backend: Backend, private readonly cfg: ModelConfig) {}
+  constructor(
+    private readonly backend: Backend,
+    private readonly cfg: ModelConfig,
+  ) {}
 
   ensure(rows: number): void {
     if (rows <= this.rows) return;
@@ -92,7 +96,11 @@ export class LlamaModel {
   private logitsX!: Tensor;
   private logits!: Tensor;
 
-  constructor(readonly config: ModelConfig, readonly weights: ModelWeights, readonly backend: Backend) {
+  constructor(
+    readonly config: ModelConfig,
+    readonly weights: ModelWeights,
+    readonly backend: Backend,
+  ) {
     this.dims = { numLayers: config.numLayers, numHeads: config.numHeads, numKvHeads: config.numKvHeads, headDim: config.headDim };
     this.pool = backend.createPagePool(this.dims);
     this.rope = new RopeTable(ropeInvFreq(config));

@@ -3,15 +3,16 @@
  * directory in Node, a URL base anywhere). Browser-safe: the filesystem source is imported only when
  * a path is given.
  */
-import { KiviError } from '../util/errors.js';
-import { parseConfig, type ModelConfig } from './config.js';
-import { checkpointMatrixType, indexTensors, matrixDType, randomWeights, readWeights, type LoadProgress, type WeightFormat } from './weights.js';
-import { LlamaModel } from './llama.js';
-import { Tokenizer } from '../tokenizer/tokenizer.js';
-import type { Backend } from '../kernels/types.js';
-import { isUrl, readJson, type ByteSource } from '../io/source.js';
+
+import { type ByteSource, isUrl, readJson } from '../io/source.js';
 import { urlSource } from '../io/source-url.js';
+import type { Backend } from '../kernels/types.js';
+import { Tokenizer } from '../tokenizer/tokenizer.js';
+import { KiviError } from '../util/errors.js';
+import { type ModelConfig, parseConfig } from './config.js';
 import { checkFootprint } from './footprint.js';
+import { LlamaModel } from './llama.js';
+import { checkpointMatrixType, indexTensors, type LoadProgress, matrixDType, randomWeights, readWeights, type WeightFormat } from './weights.js';
 
 /** Where a model is: a directory path (Node), an http(s) URL base, or any ByteSource. */
 export type ModelLocation = string | URL | ByteSource;
@@ -86,11 +87,12 @@ export async function loadModel(location: ModelLocation, backend: Backend, opts:
   const format = opts.weights ?? 'native';
   const hostBytes = await hostMemory();
   // Before any weight is read: a model the back end cannot hold is one line, not a failure after minutes.
-  const footprint = (file: 'F32' | 'F16' | 'BF16') => checkFootprint(config, backend.name, {
-    matrices: matrixDType(backend, file, format),
-    native: format === 'f32' && file !== 'F32' ? matrixDType(backend, file, 'native') : undefined,
-    hostBytes,
-  });
+  const footprint = (file: 'F32' | 'F16' | 'BF16') =>
+    checkFootprint(config, backend.name, {
+      matrices: matrixDType(backend, file, format),
+      native: format === 'f32' && file !== 'F32' ? matrixDType(backend, file, 'native') : undefined,
+      hostBytes,
+    });
   if (opts.randomWeights !== undefined) {
     footprint('BF16');
     return loadRandom(source, config, backend, opts.randomWeights, format);
@@ -100,7 +102,7 @@ export async function loadModel(location: ModelLocation, backend: Backend, opts:
     footprint(checkpointMatrixType(index));
     const tokenizer = await Tokenizer.load(source, config);
     const weights = await readWeights(index, config, backend, { format, onProgress: opts.onProgress });
-    const fingerprint = await sha256Hex(JSON.stringify(config) + '\n' + weights.identity);
+    const fingerprint = await sha256Hex(`${JSON.stringify(config)}\n${weights.identity}`);
     return { dir: source.where, fingerprint, config, tokenizer, model: new LlamaModel(config, weights, backend) };
   } finally {
     await index.close();
@@ -124,6 +126,6 @@ async function loadRandom(source: ByteSource, config: ModelConfig, backend: Back
   // Random weights have no trained context length: positions are limited only by RoPE's tables (long-context benchmarks).
   config.maxPositions = Math.max(config.maxPositions, RANDOM_MAX_POSITIONS);
   const weights = randomWeights(config, backend, seed, format);
-  const fingerprint = await sha256Hex(JSON.stringify(config) + '\n' + weights.identity);
+  const fingerprint = await sha256Hex(`${JSON.stringify(config)}\n${weights.identity}`);
   return { dir: source.where, fingerprint, config, tokenizer, model: new LlamaModel(config, weights, backend) };
 }

@@ -11,7 +11,7 @@ export function ropeInvFreq(cfg: Pick<ModelConfig, 'headDim' | 'ropeTheta' | 'ro
   const d = cfg.headDim;
   const half = d / 2;
   const inv = new Float32Array(half);
-  for (let i = 0; i < half; i++) inv[i] = fr(1 / fr(Math.pow(cfg.ropeTheta, fr((2 * i) / d))));
+  for (let i = 0; i < half; i++) inv[i] = fr(1 / fr(cfg.ropeTheta ** fr((2 * i) / d)));
   const s = cfg.ropeScaling;
   if (s.type === 'linear') {
     for (let i = 0; i < half; i++) inv[i] = fr(inv[i]! / s.factor);

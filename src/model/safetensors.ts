@@ -4,9 +4,10 @@
  * time, so no file is ever held whole in memory. Reads go through a RandomAccess (source.ts), so the
  * same code reads a local file or a URL.
  */
-import { KiviError } from '../util/errors.js';
-import { fromHalfBits } from '../quant/float16.js';
+
 import type { RandomAccess } from '../io/source.js';
+import { fromHalfBits } from '../quant/float16.js';
+import { KiviError } from '../util/errors.js';
 
 export type DType = 'F32' | 'F16' | 'BF16';
 const DTYPE_BYTES: Record<DType, number> = { F32: 4, F16: 2, BF16: 2 };
@@ -84,7 +85,9 @@ export function parseHeader(headerBuf: Uint8Array, size: number, where: string, 
   for (let i = 1; i < byStart.length; i++) {
     const [a, b] = [byStart[i - 1]!, byStart[i]!];
     if (b.begin < a.end) {
-      throw new KiviError(`${where}: tensors "${a.name}" and "${b.name}" overlap (data [${a.begin - dataStart}, ${a.end - dataStart}) and [${b.begin - dataStart}, ${b.end - dataStart}))`);
+      throw new KiviError(
+        `${where}: tensors "${a.name}" and "${b.name}" overlap (data [${a.begin - dataStart}, ${a.end - dataStart}) and [${b.begin - dataStart}, ${b.end - dataStart}))`,
+      );
     }
   }
   return out;
@@ -97,8 +100,7 @@ const CHUNK = 1 << 20;
  * Read a tensor's raw bytes in pieces of at most CHUNK elements: `take(bytes, firstElement)` gets each
  * piece (little-endian element bytes, as in the file). No tensor is ever held whole.
  */
-export async function readTensorChunks(f: RandomAccess, info: TensorInfo,
-  take: (bytes: Uint8Array, firstElement: number) => void): Promise<void> {
+export async function readTensorChunks(f: RandomAccess, info: TensorInfo, take: (bytes: Uint8Array, firstElement: number) => void): Promise<void> {
   const size = DTYPE_BYTES[info.dtype];
   const n = info.shape.reduce((a, b) => a * b, 1);
   const buf = new Uint8Array(Math.min(n, CHUNK) * size);

@@ -5,12 +5,13 @@
  * costs 2 bytes per weight in memory and per decode step; vectors (norms, biases) are float32. q/k/v and
  * gate/up projections are concatenated so each layer runs two input matmuls instead of five.
  */
-import { KiviError } from '../util/errors.js';
+
+import { type ByteSource, isPlainFileName, type RandomAccess, readJson } from '../io/source.js';
 import type { Backend, DType, Tensor } from '../kernels/types.js';
-import type { ModelConfig } from './config.js';
-import { readHeader, readTensorChunks, toFloat32, type DType as FileDType, type TensorInfo } from './safetensors.js';
-import { isPlainFileName, readJson, type ByteSource, type RandomAccess } from '../io/source.js';
 import { toHalfBits } from '../quant/float16.js';
+import { KiviError } from '../util/errors.js';
+import type { ModelConfig } from './config.js';
+import { type DType as FileDType, readHeader, readTensorChunks, type TensorInfo, toFloat32 } from './safetensors.js';
 
 export interface LayerWeights {
   attnNorm: Tensor;
@@ -175,7 +176,7 @@ export async function readWeights(index: TensorIndex, cfg: ModelConfig, backend:
   const format = opts.format ?? 'native';
   checkTensors(tensors, cfg);
 
-  const info = (name: string, shape: number[]): TensorInfo => {
+  const info = (name: string, _shape: number[]): TensorInfo => {
     const t = tensors.get(name);
     // checkTensors has seen every name and shape the loader asks for.
     if (!t) throw new Error(`readWeights: ${name} was not checked`);
@@ -198,7 +199,9 @@ export async function readWeights(index: TensorIndex, cfg: ModelConfig, backend:
         const bits = new Uint16Array(bytes.buffer, bytes.byteOffset, n);
         // Kernels widen f16 weights for finite values only (wasm: assembly/matmul16.ts).
         if (out.dtype === 'f16' && !allFiniteHalves(bits)) {
-          throw new KiviError(`${t.file}: f16 tensor ${t.name} holds ±Inf or NaN values, which 16-bit weights do not support (--weights f32 loads them as float32)`);
+          throw new KiviError(
+            `${t.file}: f16 tensor ${t.name} holds ±Inf or NaN values, which 16-bit weights do not support (--weights f32 loads them as float32)`,
+          );
         }
         backend.write(out, bits, at + first);
         return;
@@ -217,7 +220,10 @@ export async function readWeights(index: TensorIndex, cfg: ModelConfig, backend:
   /** A matrix (kept 16-bit where the checkpoint is), or several stacked along the first axis. */
   const matrix = async (...parts: [string, number[]][]): Promise<Tensor> => {
     const infos = parts.map(([name, shape]) => info(name, shape));
-    const out = backend.tensor(matrixDType(backend, infos[0]!.dtype, format), parts.reduce((a, [, s]) => a + count(s), 0));
+    const out = backend.tensor(
+      matrixDType(backend, infos[0]!.dtype, format),
+      parts.reduce((a, [, s]) => a + count(s), 0),
+    );
     let at = 0;
     for (let i = 0; i < parts.length; i++) {
       await read(infos[i]!, out, at);
@@ -227,7 +233,10 @@ export async function readWeights(index: TensorIndex, cfg: ModelConfig, backend:
   };
   /** A vector (norm weights, biases), float32; several stacked. */
   const vector = async (...parts: [string, number[]][]): Promise<Tensor> => {
-    const out = backend.tensor('f32', parts.reduce((a, [, s]) => a + count(s), 0));
+    const out = backend.tensor(
+      'f32',
+      parts.reduce((a, [, s]) => a + count(s), 0),
+    );
     let at = 0;
     for (const [name, shape] of parts) {
       await read(info(name, shape), out, at);
@@ -249,18 +258,11 @@ export async function readWeights(index: TensorIndex, cfg: ModelConfig, backend:
       ),
       wo: await matrix([`${p}self_attn.o_proj.weight`, [D, H * d]]),
       mlpNorm: await vector([`${p}post_attention_layernorm.weight`, [D]]),
-      wgu: await matrix(
-        [`${p}mlp.gate_proj.weight`, [I, D]],
-        [`${p}mlp.up_proj.weight`, [I, D]],
-      ),
+      wgu: await matrix([`${p}mlp.gate_proj.weight`, [I, D]], [`${p}mlp.up_proj.weight`, [I, D]]),
       wdown: await matrix([`${p}mlp.down_proj.weight`, [D, I]]),
     };
     if (cfg.attentionBias) {
-      layer.bqkv = await vector(
-        [`${p}self_attn.q_proj.bias`, [H * d]],
-        [`${p}self_attn.k_proj.bias`, [KV * d]],
-        [`${p}self_attn.v_proj.bias`, [KV * d]],
-      );
+      layer.bqkv = await vector([`${p}self_attn.q_proj.bias`, [H * d]], [`${p}self_attn.k_proj.bias`, [KV * d]], [`${p}self_attn.v_proj.bias`, [KV * d]]);
     }
     layers.push(layer);
   }

@@ -12,9 +12,10 @@
  * code is clipped; the price is a range widened by < Δ at each end. Bits per element of metadata:
  * 16/G + 32/d, against 32/G for float16 scale and minimum.
  */
-import { type Bits, packCodes, roundHalfEven } from './quantizer.js';
-import { fromHalfBits, toHalfBits } from './float16.js';
+
 import { KiviError } from '../util/errors.js';
+import { fromHalfBits, toHalfBits } from './float16.js';
+import { type Bits, packCodes, roundHalfEven } from './quantizer.js';
 
 const fr = Math.fround;
 
@@ -39,8 +40,18 @@ export function meta8Scale(loBits: number, hiBits: number, u: number, v: number,
  * at uv[uvAt + t·2·(d/G) + 2g].
  */
 export function quantizePerToken8Into(
-  x: Float32Array, xStart: number, tokens: number, d: number, G: number, bits: Bits,
-  codesOut: Uint32Array, codesStart: number, lohi: Uint16Array, lohiAt: number, uv: Uint8Array, uvAt: number,
+  x: Float32Array,
+  xStart: number,
+  tokens: number,
+  d: number,
+  G: number,
+  bits: Bits,
+  codesOut: Uint32Array,
+  codesStart: number,
+  lohi: Uint16Array,
+  lohiAt: number,
+  uv: Uint8Array,
+  uvAt: number,
   scratch: Uint8Array,
 ): void {
   const groups = d / G;
@@ -52,7 +63,7 @@ export function quantizePerToken8Into(
     let hi = -Infinity;
     for (let c = 0; c < d; c++) {
       const v = x[x0 + c]!;
-      if (v !== v || v === Infinity || v === -Infinity) throw new KiviError(`cannot quantize a non-finite value (${v})`);
+      if (!Number.isFinite(v)) throw new KiviError(`cannot quantize a non-finite value (${v})`);
       if (v < lo) lo = v;
       if (v > hi) hi = v;
     }
@@ -89,7 +100,7 @@ export function quantizePerToken8Into(
           continue;
         }
         const c = roundHalfEven(fr(fr(x[g0 + i]! - m) / s));
-        scratch[g * G + i] = c < 0 ? 0 : c > maxCode ? maxCode : c;
+        scratch[g * G + i] = c < 0 ? 0 : Math.min(c, maxCode);
       }
     }
     packCodes(scratch, 0, d, bits, codesOut, codesStart + t * words);

@@ -6,8 +6,9 @@
  * clamped to [0, 2^b − 1]; a group whose float16 scale is 0 gets all-zero codes. Arithmetic is float32
  * (Math.fround after each operation), as in the reference.
  */
-import { fromHalfBits, toHalfBits } from './float16.js';
+
 import { KiviError } from '../util/errors.js';
+import { fromHalfBits, toHalfBits } from './float16.js';
 
 export type Bits = 2 | 4 | 8;
 export const SUPPORTED_BITS: readonly Bits[] = [2, 4, 8];
@@ -29,15 +30,23 @@ export function roundHalfEven(v: number): number {
  * and the float16 bits of scale and minimum to params[paramIndex] and params2[paramIndex].
  */
 export function quantizeGroup(
-  x: Float32Array, start: number, stride: number, n: number, bits: Bits,
-  codes: Uint8Array, codeStart: number, codeStride: number,
-  scales: Uint16Array, mins: Uint16Array, paramIndex: number,
+  x: Float32Array,
+  start: number,
+  stride: number,
+  n: number,
+  bits: Bits,
+  codes: Uint8Array,
+  codeStart: number,
+  codeStride: number,
+  scales: Uint16Array,
+  mins: Uint16Array,
+  paramIndex: number,
 ): void {
   let lo = Infinity;
   let hi = -Infinity;
   for (let i = 0, p = start; i < n; i++, p += stride) {
     const v = x[p]!;
-    if (v !== v || v === Infinity || v === -Infinity) {
+    if (!Number.isFinite(v)) {
       throw new KiviError(`cannot quantize a non-finite value (${v})`);
     }
     if (v < lo) lo = v;
@@ -59,7 +68,7 @@ export function quantizeGroup(
       continue;
     }
     const c = roundHalfEven(fr(fr(x[p]! - m) / s));
-    codes[q] = c < 0 ? 0 : c > maxCode ? maxCode : c;
+    codes[q] = c < 0 ? 0 : Math.min(c, maxCode);
   }
 }
 
@@ -74,8 +83,16 @@ export function dequantizeCode(code: number, scaleBits: number, minBits: number)
  * one-element scratch arrays that receive the group's float16 parameters.
  */
 export function fakeQuantizeGroup(
-  x: Float32Array, start: number, stride: number, n: number, bits: Bits,
-  out: Float32Array, outStart: number, codes: Uint8Array, scale: Uint16Array, min: Uint16Array,
+  x: Float32Array,
+  start: number,
+  stride: number,
+  n: number,
+  bits: Bits,
+  out: Float32Array,
+  outStart: number,
+  codes: Uint8Array,
+  scale: Uint16Array,
+  min: Uint16Array,
 ): void {
   quantizeGroup(x, start, stride, n, bits, codes, 0, 1, scale, min, 0);
   for (let i = 0, q = outStart; i < n; i++, q += stride) out[q] = dequantizeCode(codes[i]!, scale[0]!, min[0]!);
@@ -90,9 +107,7 @@ export function packedWords(n: number, bits: Bits): number {
  * Pack n codes, 32/b per 32-bit word, little-endian within the word: element j of the run occupies bits
  * [b·j, b·j + b) of its word.
  */
-export function packCodes(
-  codes: Uint8Array, codeStart: number, n: number, bits: Bits, out: Uint32Array, outStart: number,
-): void {
+export function packCodes(codes: Uint8Array, codeStart: number, n: number, bits: Bits, out: Uint32Array, outStart: number): void {
   const per = 32 / bits;
   const words = packedWords(n, bits);
   for (let w = 0; w < words; w++) {
@@ -105,9 +120,7 @@ export function packCodes(
 }
 
 /** Inverse of packCodes. */
-export function unpackCodes(
-  words: Uint32Array, wordStart: number, n: number, bits: Bits, out: Uint8Array, outStart: number,
-): void {
+export function unpackCodes(words: Uint32Array, wordStart: number, n: number, bits: Bits, out: Uint8Array, outStart: number): void {
   const per = 32 / bits;
   const mask = (1 << bits) - 1;
   for (let i = 0; i < n; i++) {
@@ -135,16 +148,24 @@ export interface QuantizedBlock {
  * Scales/mins are written at [t·(dim/G) + g].
  */
 export function quantizePerTokenInto(
-  x: Float32Array, xStart: number, tokens: number, dim: number, G: number, bits: Bits,
-  codesOut: Uint32Array, codesStart: number, scales: Uint16Array, mins: Uint16Array, paramStart: number,
+  x: Float32Array,
+  xStart: number,
+  tokens: number,
+  dim: number,
+  G: number,
+  bits: Bits,
+  codesOut: Uint32Array,
+  codesStart: number,
+  scales: Uint16Array,
+  mins: Uint16Array,
+  paramStart: number,
   scratch: Uint8Array,
 ): void {
   const groups = dim / G;
   const wordsPerToken = packedWords(dim, bits);
   for (let t = 0; t < tokens; t++) {
     for (let g = 0; g < groups; g++) {
-      quantizeGroup(x, xStart + t * dim + g * G, 1, G, bits, scratch, g * G, 1, scales, mins,
-        paramStart + t * groups + g);
+      quantizeGroup(x, xStart + t * dim + g * G, 1, G, bits, scratch, g * G, 1, scales, mins, paramStart + t * groups + g);
     }
     packCodes(scratch, 0, dim, bits, codesOut, codesStart + t * wordsPerToken);
   }
@@ -155,16 +176,24 @@ export function quantizePerTokenInto(
  * (KIVI's keys). Scales/mins are written at [(t/G)·dim + c]; codes are still packed per token.
  */
 export function quantizePerChannelInto(
-  x: Float32Array, xStart: number, tokens: number, dim: number, G: number, bits: Bits,
-  codesOut: Uint32Array, codesStart: number, scales: Uint16Array, mins: Uint16Array, paramStart: number,
+  x: Float32Array,
+  xStart: number,
+  tokens: number,
+  dim: number,
+  G: number,
+  bits: Bits,
+  codesOut: Uint32Array,
+  codesStart: number,
+  scales: Uint16Array,
+  mins: Uint16Array,
+  paramStart: number,
   scratch: Uint8Array,
 ): void {
   const wordsPerToken = packedWords(dim, bits);
   for (let g0 = 0; g0 < tokens; g0 += G) {
     const n = Math.min(G, tokens - g0);
     for (let c = 0; c < dim; c++) {
-      quantizeGroup(x, xStart + g0 * dim + c, dim, n, bits, scratch, c, dim, scales, mins,
-        paramStart + (g0 / G) * dim + c);
+      quantizeGroup(x, xStart + g0 * dim + c, dim, n, bits, scratch, c, dim, scales, mins, paramStart + (g0 / G) * dim + c);
     }
     for (let t = 0; t < n; t++) {
       packCodes(scratch, t * dim, dim, bits, codesOut, codesStart + (g0 + t) * wordsPerToken);

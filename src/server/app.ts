@@ -10,20 +10,20 @@
 import * as path from 'node:path';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import type { KiviModel } from '../api.js';
-import { formatKvSpec, toCacheSpec, validateSpec, type KvOption } from '../cache/spec.js';
 import { peakAllocatedBytes } from '../cache/budget.js';
+import { type KvOption, toCacheSpec, validateSpec } from '../cache/spec.js';
+import { checkGrid } from '../engine/chunks.js';
 import { KiviError } from '../util/errors.js';
-import { Scheduler, formatBytes } from './scheduler.js';
 import { ChatFormatter, findChatTemplate } from './chat.js';
-import { ServerStats } from './stats.js';
-import { RequestError } from './schemas.js';
-import { errorBody } from './openai.js';
-import { type GenerationContext, checkModelName, handleGeneration } from './generation.js';
+import { checkModelName, type GenerationContext, handleGeneration } from './generation.js';
 import type { Registry } from './metrics.js';
+import { errorBody } from './openai.js';
 import { PrefixCache } from './prefix-cache.js';
 import { MemoryStore, type PrefixStore } from './prefix-store.js';
-import { RedisStore, parseRedisUrl } from './redis-store.js';
-import { checkGrid } from '../engine/chunks.js';
+import { parseRedisUrl, RedisStore } from './redis-store.js';
+import { formatBytes, Scheduler } from './scheduler.js';
+import { RequestError } from './schemas.js';
+import { ServerStats } from './stats.js';
 
 export interface ServeOptions {
   /** Cache spec of every sequence (default kivi2). */
@@ -82,7 +82,9 @@ export class KiviServer {
     // A budget that cannot hold one sequence of one token would refuse every request.
     const least = peakAllocatedBytes(spec, model.transformer.pool, 1);
     if (!(budgetBytes >= least)) {
-      throw new KiviError(`the KV budget of ${formatBytes(budgetBytes)} cannot hold even one sequence of one token (${spec.name} needs ${formatBytes(least)} of cache pages)`);
+      throw new KiviError(
+        `the KV budget of ${formatBytes(budgetBytes)} cannot hold even one sequence of one token (${spec.name} needs ${formatBytes(least)} of cache pages)`,
+      );
     }
     const grids: number[] = [];
     if (opts.prefillChunk !== undefined) grids.push(checkGrid(opts.prefillChunk, 'the prefill chunk'));
@@ -93,16 +95,28 @@ export class KiviServer {
     const chat = new ChatFormatter(model.tokenizer, template);
     // Last of the checks: the scheduler hooks into the engine, and close() unhooks it.
     const scheduler = new Scheduler(model.engine, {
-      spec, pool: model.transformer.pool, budgetBytes, maxQueue: opts.maxQueue ?? 64,
-      newCache: () => model.newCache(spec), grids,
+      spec,
+      pool: model.transformer.pool,
+      budgetBytes,
+      maxQueue: opts.maxQueue ?? 64,
+      newCache: () => model.newCache(spec),
+      grids,
     });
     const modelName = opts.modelName ?? path.basename(path.resolve(model.dir));
     const stats = new ServerStats();
-    const prefix = prefixStore && new PrefixCache({
-      store: prefixStore(), block: opts.prefixBlock ?? DEFAULT_PREFIX_BLOCK, grids,
-      model: model.fingerprint, spec, shape: model.dims, backend: model.backend.name,
-      timeoutMs: opts.prefixTimeoutMs ?? 500, maxPendingBytes: opts.prefixPendingBytes ?? 64 * 1024 ** 2,
-    });
+    const prefix =
+      prefixStore &&
+      new PrefixCache({
+        store: prefixStore(),
+        block: opts.prefixBlock ?? DEFAULT_PREFIX_BLOCK,
+        grids,
+        model: model.fingerprint,
+        spec,
+        shape: model.dims,
+        backend: model.backend.name,
+        timeoutMs: opts.prefixTimeoutMs ?? 500,
+        maxPendingBytes: opts.prefixPendingBytes ?? 64 * 1024 ** 2,
+      });
     const ctx: GenerationContext = { model, modelName, scheduler, stats, chat, timeoutMs: timeoutSeconds * 1000, prefix };
     const app = Fastify({ logger: false, bodyLimit: opts.bodyLimit ?? 1024 * 1024 });
     jsonBodies(app);
@@ -158,12 +172,12 @@ export function checkPrefixOptions(opts: ServeOptions): void {
  * client connects as soon as it is made), or null for no prefix cache.
  */
 function prefixStoreFor(opts: ServeOptions): (() => PrefixStore) | null {
-  const log = opts.log ?? ((line: string) => process.stderr.write(line + '\n'));
+  const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const timeoutMs = opts.prefixTimeoutMs ?? 500;
   if (!(Number.isFinite(timeoutMs) && timeoutMs > 0)) throw new KiviError(`the prefix store timeout must be positive, got ${timeoutMs}`);
   if (opts.prefixStore !== undefined) {
     if (opts.prefixCacheBytes !== undefined) {
-      throw new KiviError('--prefix-cache sizes the in-process prefix store; with --prefix-store the Redis server\'s maxmemory bounds it: give one of them');
+      throw new KiviError("--prefix-cache sizes the in-process prefix store; with --prefix-store the Redis server's maxmemory bounds it: give one of them");
     }
     parseRedisUrl(opts.prefixStore);
     const url = opts.prefixStore;

@@ -66,7 +66,11 @@ export class ChatFormatter {
   private readonly hasTemplate: boolean;
   private readonly worker: PromptWorker;
 
-  constructor(private readonly tokenizer: Tokenizer, templateText: string | undefined, opts: PromptWorkerOptions = {}) {
+  constructor(
+    private readonly tokenizer: Tokenizer,
+    templateText: string | undefined,
+    opts: PromptWorkerOptions = {},
+  ) {
     if (templateText !== undefined) {
       // Parsing is bounded by the template's length; only rendering runs the template's loops.
       try {
@@ -92,7 +96,7 @@ export class ChatFormatter {
   /** Render messages and encode them as the prompt of the assistant's next turn. */
   async prompt(messages: ChatMessage[]): Promise<ChatPrompt> {
     if (!this.hasTemplate) {
-      const text = messages.map((m) => `${ROLE_LABEL[m.role] ?? m.role}: ${m.content}\n`).join('') + 'Assistant:';
+      const text = `${messages.map((m) => `${ROLE_LABEL[m.role] ?? m.role}: ${m.content}\n`).join('')}Assistant:`;
       return { ids: await this.encode(text), stop: [FALLBACK_STOP] };
     }
     const cfg = this.tokenizer.config;

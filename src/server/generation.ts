@@ -7,16 +7,16 @@
 import type { ServerResponse } from 'node:http';
 import type { FastifyReply } from 'fastify';
 import type { KiviModel } from '../api.js';
-import { type Sequence, checkContext } from '../engine/batch.js';
+import { checkContext, type Sequence } from '../engine/batch.js';
 import type { GenerateOptions, GenerateResult } from '../engine/generate.js';
-import { type Scheduler, formatBytes } from './scheduler.js';
-import type { ChatFormatter } from './chat.js';
-import type { ServerStats, Timing } from './stats.js';
-import { ChatRequest, CompletionRequest, RequestError, messageText, parseBody, singlePrompt } from './schemas.js';
-import { type Endpoint, ResponseId, errorBody, usage } from './openai.js';
 import { KiviError } from '../util/errors.js';
+import type { ChatFormatter } from './chat.js';
+import { type Endpoint, errorBody, ResponseId, usage } from './openai.js';
 import type { PrefixCache } from './prefix-cache.js';
 import type { Start } from './scheduler.js';
+import { formatBytes, type Scheduler } from './scheduler.js';
+import { ChatRequest, CompletionRequest, messageText, parseBody, RequestError, singlePrompt } from './schemas.js';
+import type { ServerStats, Timing } from './stats.js';
 
 export interface GenerationContext {
   model: KiviModel;
@@ -76,7 +76,13 @@ function checkVocabulary(ctx: GenerationContext, ids: number[], promptParam: str
  * fits: the context and the server's whole KV budget. It then ends with finish_reason "length" when it
  * reaches that; no error quotes a limit the client did not send.
  */
-function tokenLimit(ctx: GenerationContext, ids: number[], sent: { value: number | null | undefined; param: string }, promptParam: string, dflt?: number): number {
+function tokenLimit(
+  ctx: GenerationContext,
+  ids: number[],
+  sent: { value: number | null | undefined; param: string },
+  promptParam: string,
+  dflt?: number,
+): number {
   const C = ctx.model.config.maxPositions;
   if (ids.length === 0) throw new RequestError('empty prompt', 400, promptParam);
   if (sent.value !== null && sent.value !== undefined) {
@@ -90,14 +96,23 @@ function tokenLimit(ctx: GenerationContext, ids: number[], sent: { value: number
   }
   const room = C - ids.length;
   if (room < 1) {
-    throw new RequestError(`the prompt is ${ids.length} tokens, which leaves no room to generate in the model's context of ${C}`, 400, promptParam, 'context_length_exceeded');
+    throw new RequestError(
+      `the prompt is ${ids.length} tokens, which leaves no room to generate in the model's context of ${C}`,
+      400,
+      promptParam,
+      'context_length_exceeded',
+    );
   }
   const want = Math.min(dflt ?? room, room);
   const { scheduler } = ctx;
   const budget = scheduler.opts.budgetBytes;
   if (scheduler.reservation(ids.length, 1) > budget) {
-    throw new RequestError(`a prompt of ${ids.length} tokens needs ${formatBytes(scheduler.reservation(ids.length, 1))} of KV cache, ` +
-      `more than the server's whole budget of ${formatBytes(budget)}; shorten the prompt`, 400, promptParam);
+    throw new RequestError(
+      `a prompt of ${ids.length} tokens needs ${formatBytes(scheduler.reservation(ids.length, 1))} of KV cache, ` +
+        `more than the server's whole budget of ${formatBytes(budget)}; shorten the prompt`,
+      400,
+      promptParam,
+    );
   }
   // The reservation grows with the limit: the largest limit whose reservation fits the budget.
   let lo = 1;
@@ -109,7 +124,6 @@ function tokenLimit(ctx: GenerationContext, ids: number[], sent: { value: number
   }
   return lo;
 }
-
 
 function sampling(b: CompletionRequest | ChatRequest): Omit<GenerateOptions, 'maxTokens' | 'stop'> {
   // OpenAI's defaults: temperature 1, top_p 1.
@@ -126,8 +140,10 @@ async function completionJob(ctx: GenerationContext, raw: unknown): Promise<Job>
   // OpenAI's default for completions is 16 tokens.
   const maxTokens = tokenLimit(ctx, ids, { value: b.max_tokens, param: 'max_tokens' }, 'prompt', 16);
   return {
-    ids, opts: { ...sampling(b), maxTokens, stop: stopList(b.stop) },
-    stream: b.stream ?? false, includeUsage: b.stream_options?.include_usage ?? false,
+    ids,
+    opts: { ...sampling(b), maxTokens, stop: stopList(b.stop) },
+    stream: b.stream ?? false,
+    includeUsage: b.stream_options?.include_usage ?? false,
   };
 }
 
@@ -138,13 +154,16 @@ async function chatJob(ctx: GenerationContext, raw: unknown): Promise<Job> {
   const ids = prompt.ids;
   checkVocabulary(ctx, ids, 'messages');
   // Without a limit a chat answer may run to the end of the context (OpenAI's behaviour), as far as the budget allows.
-  const sent = b.max_completion_tokens !== null && b.max_completion_tokens !== undefined
-    ? { value: b.max_completion_tokens, param: 'max_completion_tokens' }
-    : { value: b.max_tokens, param: 'max_tokens' };
+  const sent =
+    b.max_completion_tokens !== null && b.max_completion_tokens !== undefined
+      ? { value: b.max_completion_tokens, param: 'max_completion_tokens' }
+      : { value: b.max_tokens, param: 'max_tokens' };
   const maxTokens = tokenLimit(ctx, ids, sent, 'messages');
   return {
-    ids, opts: { ...sampling(b), maxTokens, stop: [...stopList(b.stop), ...prompt.stop] },
-    stream: b.stream ?? false, includeUsage: b.stream_options?.include_usage ?? false,
+    ids,
+    opts: { ...sampling(b), maxTokens, stop: [...stopList(b.stop), ...prompt.stop] },
+    stream: b.stream ?? false,
+    includeUsage: b.stream_options?.include_usage ?? false,
   };
 }
 
@@ -238,7 +257,13 @@ function mark(timing: Timing): void {
 
 /** Server-sent events: one `data:` line per chunk, then the finish chunk, optional usage, `data: [DONE]`. */
 async function streamEvents(
-  ctx: GenerationContext, job: Job, seq: Sequence, id: ResponseId, signal: AbortSignal, timing: Timing, res: ServerResponse,
+  ctx: GenerationContext,
+  job: Job,
+  seq: Sequence,
+  id: ResponseId,
+  signal: AbortSignal,
+  timing: Timing,
+  res: ServerResponse,
 ): Promise<Outcome> {
   const send = (obj: object | string) => {
     if (!res.destroyed) res.write(`data: ${typeof obj === 'string' ? obj : JSON.stringify(obj)}\n\n`);

@@ -77,7 +77,9 @@ export class Registry {
 
   private simple(name: string, help: string, type: 'gauge' | 'counter', read: () => number | Sample[]): void {
     this.families.push({
-      name, help, type,
+      name,
+      help,
+      type,
       samples: () => {
         const v = read();
         return typeof v === 'number' ? [{ suffix: '', value: v }] : v.map((s) => ({ suffix: '', ...s }));
@@ -87,7 +89,9 @@ export class Registry {
 
   histogram(name: string, help: string, h: Histogram): void {
     this.families.push({
-      name, help, type: 'histogram',
+      name,
+      help,
+      type: 'histogram',
       samples: () => [
         ...h.buckets().map((b) => ({ suffix: '_bucket', labels: { le: num(b.le) }, value: b.count })),
         { suffix: '_bucket', labels: { le: '+Inf' }, value: h.count },

@@ -38,7 +38,10 @@ export function errorBody(status: number, message: string, param: string | null 
 export class ResponseId {
   readonly id: string;
   readonly created = Math.floor(Date.now() / 1000);
-  constructor(readonly endpoint: Endpoint, readonly model: string) {
+  constructor(
+    readonly endpoint: Endpoint,
+    readonly model: string,
+  ) {
     this.id = `${endpoint === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomUUID().replaceAll('-', '')}`;
   }
 
@@ -47,13 +50,19 @@ export class ResponseId {
     const { id, created, model } = this;
     if (this.endpoint === 'chat') {
       return {
-        id, object: 'chat.completion', created, model,
+        id,
+        object: 'chat.completion',
+        created,
+        model,
         choices: [{ index: 0, message: { role: 'assistant', content: text }, logprobs: null, finish_reason: finishReason(reason) }],
         usage: u,
       };
     }
     return {
-      id, object: 'text_completion', created, model,
+      id,
+      object: 'text_completion',
+      created,
+      model,
       choices: [{ index: 0, text, logprobs: null, finish_reason: finishReason(reason) }],
       usage: u,
     };

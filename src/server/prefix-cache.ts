@@ -13,11 +13,11 @@
  * The engine's only wait is reading the cache's pages (cache.save()) after a block's chunk.
  */
 import { createHash } from 'node:crypto';
-import { formatKvSpec, type CacheSpec } from '../cache/spec.js';
-import type { AttnShape } from '../kernels/types.js';
+import { CACHE_FORMAT_VERSION, type DecodedCache, decodeCache, encodeImage, tokenBytes } from '../cache/file.js';
+import { type CacheSpec, formatKvSpec } from '../cache/spec.js';
 import type { CacheImage } from '../cache/types.js';
-import { CACHE_FORMAT_VERSION, decodeCache, encodeImage, tokenBytes, type DecodedCache } from '../cache/file.js';
 import type { Sequence } from '../engine/batch.js';
+import type { AttnShape } from '../kernels/types.js';
 import { Counter, Histogram, type Registry } from './metrics.js';
 import { MemoryStore, type PrefixStore } from './prefix-store.js';
 
@@ -220,7 +220,11 @@ export class PrefixCache {
     } catch (e) {
       this.failed('set', e);
     } finally {
-      if (sent) sent.then(() => this.release(key, held), () => this.release(key, held));
+      if (sent)
+        sent.then(
+          () => this.release(key, held),
+          () => this.release(key, held),
+        );
       else this.release(key, held);
     }
   }
@@ -255,13 +259,16 @@ export class PrefixCache {
         else timer = setTimeout(tick, Math.min(TICK_MS, limit - waited));
       };
       timer = setTimeout(tick, Math.min(TICK_MS, limit));
-      p.then((v) => {
-        clearTimeout(timer);
-        resolve(v);
-      }, (e) => {
-        clearTimeout(timer);
-        reject(e);
-      });
+      p.then(
+        (v) => {
+          clearTimeout(timer);
+          resolve(v);
+        },
+        (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      );
     });
   }
 
@@ -273,15 +280,25 @@ export class PrefixCache {
   register(reg: Registry): void {
     const store = this.opts.store;
     reg.counter('kivi_prefix_hits_total', 'Requests that restored a stored prefix of their prompt.', () => this.hits);
-    reg.counter('kivi_prefix_misses_total', 'Requests with a whole block before their last token that found none stored (or could not fetch it).', () => this.misses);
+    reg.counter(
+      'kivi_prefix_misses_total',
+      'Requests with a whole block before their last token that found none stored (or could not fetch it).',
+      () => this.misses,
+    );
     reg.counter('kivi_prefix_tokens_reused_total', 'Prompt tokens restored from the store instead of prefilled.', () => this.tokensReused);
     reg.counter('kivi_prefix_bytes_fetched_total', 'Bytes of cache files fetched for hits.', () => this.bytesFetched);
     reg.counter('kivi_prefix_bytes_stored_total', 'Bytes of cache files written to the store.', () => this.bytesStored);
     reg.counter('kivi_prefix_entries_stored_total', 'Cache files written to the store.', () => this.entriesStored);
     reg.counter('kivi_prefix_tokens_stored_total', 'Tokens held by the cache files written (a prefix of n blocks counts n·B).', () => this.tokensStored);
-    reg.counter('kivi_prefix_corrupt_dropped_total', 'Stored entries that failed their checks (checksum, model, spec, tokens) and were deleted.', () => this.corruptDropped);
+    reg.counter(
+      'kivi_prefix_corrupt_dropped_total',
+      'Stored entries that failed their checks (checksum, model, spec, tokens) and were deleted.',
+      () => this.corruptDropped,
+    );
     reg.counter('kivi_prefix_writes_skipped_total', 'Blocks not stored because the writes in flight were at their bound.', () => this.writesSkipped);
-    reg.counter('kivi_prefix_store_errors_total', 'Store calls that failed, by operation and reason (timeout, unavailable, error).', () => this.errors.samples());
+    reg.counter('kivi_prefix_store_errors_total', 'Store calls that failed, by operation and reason (timeout, unavailable, error).', () =>
+      this.errors.samples(),
+    );
     reg.gauge('kivi_prefix_store_up', 'Whether the prefix store is reachable (1) or not (0).', () => (store.up ? 1 : 0));
     reg.gauge('kivi_prefix_write_bytes_pending', 'Bytes of prefix writes in flight.', () => this.pendingBytes);
     if (store instanceof MemoryStore) {
@@ -289,7 +306,11 @@ export class PrefixCache {
       reg.gauge('kivi_prefix_store_entries', 'Entries held by the in-process prefix store.', () => store.size);
       reg.counter('kivi_prefix_store_evictions_total', 'Entries the in-process store evicted (least recently used first).', () => store.evictions);
     }
-    reg.histogram('kivi_prefix_lookup_seconds', 'A lookup\'s time with the store (which blocks it holds; for a hit, the fetch and checks too).', this.lookupSeconds);
-    reg.histogram('kivi_prefix_fetch_seconds', 'A hit\'s fetch and checks (transfer, checksum).', this.fetchSeconds);
+    reg.histogram(
+      'kivi_prefix_lookup_seconds',
+      "A lookup's time with the store (which blocks it holds; for a hit, the fetch and checks too).",
+      this.lookupSeconds,
+    );
+    reg.histogram('kivi_prefix_fetch_seconds', "A hit's fetch and checks (transfer, checksum).", this.fetchSeconds);
   }
 }

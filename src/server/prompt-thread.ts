@@ -18,10 +18,7 @@ export type PromptJob =
   | { id: number; type: 'render'; context: Record<string, unknown> }
   | { id: number; type: 'encode'; text: string; bos: boolean | undefined };
 
-export type PromptReply =
-  | { id: number; text: string }
-  | { id: number; ids: Uint32Array }
-  | { id: number; error: 'template' | 'too-large'; message: string };
+export type PromptReply = { id: number; text: string } | { id: number; ids: Uint32Array } | { id: number; error: 'template' | 'too-large'; message: string };
 
 const data = workerData as PromptThreadData;
 const tokenizer = Tokenizer.fromSource(data.tokenizer);

@@ -5,8 +5,8 @@
  * is answered with an error, the thread is replaced, and the jobs behind it go on in the new one.
  */
 import { Worker } from 'node:worker_threads';
-import { KiviError } from '../util/errors.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
+import { KiviError } from '../util/errors.js';
 import type { PromptJob, PromptReply, PromptThreadData } from './prompt-thread.js';
 import { RequestError } from './schemas.js';
 
@@ -106,7 +106,8 @@ export class PromptWorker {
     const w = new Worker(new URL('./prompt-thread.js', import.meta.url), {
       workerData: this.data,
       resourceLimits: { maxOldGenerationSizeMb: this.heapMiB, maxYoungGenerationSizeMb: 64 },
-      stdout: true, stderr: true,
+      stdout: true,
+      stderr: true,
     });
     // The thread never keeps the process alive (SIGTERM, the end of a test).
     w.unref();
@@ -131,7 +132,10 @@ export class PromptWorker {
     this.worker.postMessage(p.job);
     // Tokenizing is bounded by the request body; only the untrusted template gets a deadline.
     if (p.job.type === 'render') {
-      this.timer = setTimeout(() => this.kill(new TemplateFailed(`the model's chat template did not finish rendering within ${this.deadlineMs / 1000} s`)), this.deadlineMs);
+      this.timer = setTimeout(
+        () => this.kill(new TemplateFailed(`the model's chat template did not finish rendering within ${this.deadlineMs / 1000} s`)),
+        this.deadlineMs,
+      );
     }
   }
 
@@ -160,11 +164,12 @@ export class PromptWorker {
   private fail(w: Worker, e: Error): void {
     if (w !== this.worker) return;
     const code = (e as NodeJS.ErrnoException).code;
-    const err = code === 'ERR_WORKER_OUT_OF_MEMORY'
-      ? new TemplateFailed(`the model's chat template ran out of memory (the prompt thread's limit is ${this.heapMiB} MiB)`)
-      : this.current?.job.type === 'render'
-        ? new TemplateFailed(`the model's chat template failed: ${e.message}`)
-        : e;
+    const err =
+      code === 'ERR_WORKER_OUT_OF_MEMORY'
+        ? new TemplateFailed(`the model's chat template ran out of memory (the prompt thread's limit is ${this.heapMiB} MiB)`)
+        : this.current?.job.type === 'render'
+          ? new TemplateFailed(`the model's chat template failed: ${e.message}`)
+          : e;
     this.kill(err);
   }
 }

@@ -32,7 +32,8 @@ export function parseRedisUrl(url: string): { url: string; description: string }
   }
   if (u.protocol !== 'redis:' && u.protocol !== 'rediss:') throw new KiviError(`--prefix-store must be a redis:// or rediss:// URL, got "${url}"`);
   if (u.hostname === '') throw new KiviError(`--prefix-store "${url}" names no host`);
-  if (u.pathname !== '' && u.pathname !== '/' && !/^\/\d+$/.test(u.pathname)) throw new KiviError(`--prefix-store "${url}": the path must be a database number`);
+  if (u.pathname !== '' && u.pathname !== '/' && !/^\/\d+$/.test(u.pathname))
+    throw new KiviError(`--prefix-store "${url}": the path must be a database number`);
   return { url, description: `${u.protocol}//${u.host}${u.pathname === '/' ? '' : u.pathname}` };
 }
 
@@ -45,7 +46,7 @@ export class RedisStore implements PrefixStore {
   constructor(url: string, opts: RedisStoreOptions) {
     const parsed = parseRedisUrl(url);
     this.description = parsed.description;
-    const log = opts.log ?? ((line: string) => process.stderr.write(line + '\n'));
+    const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
     this.client = new Redis(parsed.url, {
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,

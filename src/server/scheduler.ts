@@ -15,14 +15,14 @@
  *
  * Policy only: the engine (engine/batch.ts) knows nothing about budgets.
  */
-import type { BatchEngine, Sequence } from '../engine/batch.js';
-import type { GenerateOptions } from '../engine/generate.js';
+
+import { peakAllocatedBytes } from '../cache/budget.js';
 import type { CacheSpec } from '../cache/spec.js';
 import type { CacheImage, KvCache } from '../cache/types.js';
-import type { PrefillPlan } from '../engine/batch.js';
+import type { BatchEngine, PrefillPlan, Sequence } from '../engine/batch.js';
 import { chunkEnds } from '../engine/chunks.js';
+import type { GenerateOptions } from '../engine/generate.js';
 import type { PagePool } from '../kernels/types.js';
-import { peakAllocatedBytes } from '../cache/budget.js';
 import { KiviError } from '../util/errors.js';
 import { formatBytes as formatBytesIn } from '../util/format.js';
 
@@ -78,7 +78,10 @@ export class Scheduler {
   private readonly unhook: () => void;
   private endedInStep = 0;
 
-  constructor(private readonly engine: BatchEngine, readonly opts: SchedulerOptions) {
+  constructor(
+    private readonly engine: BatchEngine,
+    readonly opts: SchedulerOptions,
+  ) {
     if (!(opts.budgetBytes > 0)) throw new KiviError(`the KV budget must be positive, got ${opts.budgetBytes}`);
     if (!(Number.isInteger(opts.maxQueue) && opts.maxQueue >= 0)) throw new KiviError(`the queue bound must be an integer ≥ 0, got ${opts.maxQueue}`);
     this.unhook = engine.onStep(() => {
@@ -143,15 +146,20 @@ export class Scheduler {
     const maxTokens = opts.maxTokens ?? 128;
     const bytes = this.reservation(promptIds.length, maxTokens);
     if (bytes > this.opts.budgetBytes) {
-      return Promise.reject(new KiviError(
-        `a prompt of ${promptIds.length} tokens with max_tokens ${maxTokens} needs up to ${formatBytes(bytes)} of KV cache, ` +
-        `more than the server's whole budget of ${formatBytes(this.opts.budgetBytes)}; lower max_tokens or shorten the prompt`, 400));
+      return Promise.reject(
+        new KiviError(
+          `a prompt of ${promptIds.length} tokens with max_tokens ${maxTokens} needs up to ${formatBytes(bytes)} of KV cache, ` +
+            `more than the server's whole budget of ${formatBytes(this.opts.budgetBytes)}; lower max_tokens or shorten the prompt`,
+          400,
+        ),
+      );
     }
     if (this.queue.length === 0 && this.fits(bytes)) return Promise.resolve(this.start(promptIds, opts, bytes, start));
     if (this.queue.length >= this.opts.maxQueue) {
       this.rejected++;
-      return Promise.reject(new KiviError(
-        `server busy: the KV cache budget is in use and ${this.queue.length} requests are already waiting; retry later`, 429));
+      return Promise.reject(
+        new KiviError(`server busy: the KV cache budget is in use and ${this.queue.length} requests are already waiting; retry later`, 429),
+      );
     }
     if (opts.signal?.aborted) return Promise.reject(opts.signal.reason);
     return new Promise<Sequence>((resolve, reject) => {

@@ -8,7 +8,12 @@ import { KiviError } from '../util/errors.js';
 
 /** A request error in the OpenAI shape, with the parameter it concerns. */
 export class RequestError extends KiviError {
-  constructor(message: string, status: number, readonly param: string | null = null, readonly code: string | null = null) {
+  constructor(
+    message: string,
+    status: number,
+    readonly param: string | null = null,
+    readonly code: string | null = null,
+  ) {
     super(message, status);
   }
 }
@@ -27,7 +32,12 @@ const sampling = {
   /** Extension (llama.cpp, vLLM): sample from the k most likely tokens; 0 = all. */
   top_k: z.number().int().min(0).nullish(),
   /** 32-bit, as on the command line: larger seeds are refused, not silently reduced. */
-  seed: z.number().int({ error: SEED_RANGE }).min(0, { error: SEED_RANGE }).max(2 ** 32 - 1, { error: SEED_RANGE }).nullish(),
+  seed: z
+    .number()
+    .int({ error: SEED_RANGE })
+    .min(0, { error: SEED_RANGE })
+    .max(2 ** 32 - 1, { error: SEED_RANGE })
+    .nullish(),
   stop: stop.nullish(),
   stream: z.boolean().nullish(),
   stream_options: z.strictObject({ include_usage: z.boolean().optional() }).nullish(),
@@ -76,9 +86,10 @@ export function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
   }
   const param = issue.path.length > 0 ? issue.path.map(String).join('.') : null;
   // JSON numbers beyond float64 (1e400) parse as ±Infinity, which zod reports as "expected number, received number".
-  const message = issue.code === 'invalid_type' && (issue as { received?: unknown }).received === 'Infinity'
-    ? 'the number is out of range (it must be finite)'
-    : issue.message;
+  const message =
+    issue.code === 'invalid_type' && (issue as { received?: unknown }).received === 'Infinity'
+      ? 'the number is out of range (it must be finite)'
+      : issue.message;
   throw new RequestError(param ? `${param}: ${message}` : message, 400, param);
 }
 

@@ -1,8 +1,8 @@
 /** What the server counts, and its /metrics page: scheduler and engine state read at scrape time. */
 import type { BatchEngine } from '../engine/batch.js';
 import type { GenerateResult } from '../engine/generate.js';
-import type { Scheduler } from './scheduler.js';
 import { Counter, Histogram, Registry } from './metrics.js';
+import type { Scheduler } from './scheduler.js';
 
 /** performance.now() (ms) at a request's arrival, first token and latest token; 0 = not yet. */
 export interface Timing {
@@ -34,9 +34,15 @@ export class ServerStats {
     reg.gauge('kivi_sequences_running_max', 'Most sequences running at once since the server started.', () => scheduler.maxRunning);
     reg.gauge('kivi_kv_bytes_used', 'KV cache bytes held by running sequences (codes, scales, minimums, residual).', () => scheduler.usedBytes());
     reg.gauge('kivi_kv_bytes_used_max', 'Most KV cache bytes in use at the end of any engine step since the server started.', () => scheduler.maxUsedBytes);
-    reg.gauge('kivi_kv_bytes_reserved', 'KV cache bytes reserved by running sequences (each one\'s peak).', () => scheduler.reservedBytes);
-    reg.gauge('kivi_kv_bytes_allocated', 'Cache pages held by running sequences (at least the bytes used; what the budget bounds).', () => scheduler.allocatedBytes());
-    reg.gauge('kivi_kv_bytes_allocated_max', 'Most cache page bytes held at once, within steps included, since the server started.', () => scheduler.opts.pool.peakBytes);
+    reg.gauge('kivi_kv_bytes_reserved', "KV cache bytes reserved by running sequences (each one's peak).", () => scheduler.reservedBytes);
+    reg.gauge('kivi_kv_bytes_allocated', 'Cache pages held by running sequences (at least the bytes used; what the budget bounds).', () =>
+      scheduler.allocatedBytes(),
+    );
+    reg.gauge(
+      'kivi_kv_bytes_allocated_max',
+      'Most cache page bytes held at once, within steps included, since the server started.',
+      () => scheduler.opts.pool.peakBytes,
+    );
     reg.gauge('kivi_kv_bytes_budget', 'KV cache budget (--kv-budget).', () => scheduler.opts.budgetBytes);
     reg.counter('kivi_requests_total', 'Generation requests by endpoint and outcome.', () => this.requests.samples());
     reg.counter('kivi_queue_rejections_total', 'Requests refused with 429 because the queue was full.', () => scheduler.rejected);
@@ -47,7 +53,7 @@ export class ServerStats {
     reg.counter('kivi_engine_steps_total', 'Forward passes run by the engine.', () => engine.steps);
     reg.counter('kivi_engine_busy_seconds_total', 'Seconds spent in forward passes.', () => engine.busySeconds);
     reg.histogram('kivi_time_to_first_token_seconds', 'From request arrival to its first token (queueing included).', this.ttft);
-    reg.histogram('kivi_time_per_output_token_seconds', 'Mean time between a request\'s tokens after the first.', this.tpot);
+    reg.histogram('kivi_time_per_output_token_seconds', "Mean time between a request's tokens after the first.", this.tpot);
     return reg;
   }
 }

@@ -3,8 +3,8 @@
  * the model's configs say, and an incremental decoder for streaming text.
  */
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
+import { type ByteSource, readJson } from '../io/source.js';
 import { KiviError } from '../util/errors.js';
-import { readJson, type ByteSource } from '../io/source.js';
 
 async function readObject(source: ByteSource, name: string, required: boolean): Promise<Record<string, unknown> | undefined> {
   const v = await readJson(source, name, { required });
@@ -32,12 +32,15 @@ function checkTokenizerJson(tj: Record<string, unknown>): void {
   if (typeof model !== 'object' || model === null || Array.isArray(model)) throw new KiviError('tokenizer.json: "model" must be an object');
   const type = model.type;
   if (typeof type !== 'string' || !MODEL_TYPES.includes(type)) {
-    throw new KiviError(`tokenizer.json: unsupported tokenizer model type ${type === undefined ? '(none given)' : JSON.stringify(type)} (supported: ${MODEL_TYPES.join(', ')})`);
+    throw new KiviError(
+      `tokenizer.json: unsupported tokenizer model type ${type === undefined ? '(none given)' : JSON.stringify(type)} (supported: ${MODEL_TYPES.join(', ')})`,
+    );
   }
   const vocab = model.vocab;
-  const vocabOk = type === 'Unigram'
-    ? Array.isArray(vocab) && vocab.every((e) => Array.isArray(e) && typeof e[0] === 'string' && typeof e[1] === 'number')
-    : typeof vocab === 'object' && vocab !== null && !Array.isArray(vocab) && Object.values(vocab).every((id) => Number.isInteger(id) && (id as number) >= 0);
+  const vocabOk =
+    type === 'Unigram'
+      ? Array.isArray(vocab) && vocab.every((e) => Array.isArray(e) && typeof e[0] === 'string' && typeof e[1] === 'number')
+      : typeof vocab === 'object' && vocab !== null && !Array.isArray(vocab) && Object.values(vocab).every((id) => Number.isInteger(id) && (id as number) >= 0);
   if (!vocabOk) {
     throw new KiviError(`tokenizer.json: model.vocab must be ${type === 'Unigram' ? 'an array of [token, score] pairs' : 'an object of token → id'}`);
   }
@@ -45,7 +48,8 @@ function checkTokenizerJson(tj: Record<string, unknown>): void {
     const merges = model.merges;
     if (!Array.isArray(merges)) throw new KiviError('tokenizer.json: model.merges must be an array');
     const i = merges.findIndex((m) => !(typeof m === 'string' ? m.includes(' ') : Array.isArray(m) && m.length === 2 && m.every((x) => typeof x === 'string')));
-    if (i >= 0) throw new KiviError(`tokenizer.json: model.merges[${i}] must be a string "a b" or a pair of strings, got ${JSON.stringify(merges[i])?.slice(0, 40)}`);
+    if (i >= 0)
+      throw new KiviError(`tokenizer.json: model.merges[${i}] must be a string "a b" or a pair of strings, got ${JSON.stringify(merges[i])?.slice(0, 40)}`);
   }
 }
 
@@ -104,9 +108,25 @@ export class Tokenizer {
     const vocab: Record<string, number> = {};
     for (let i = 0; i < vocabSize; i++) vocab[`<t${i}>`] = i;
     const tj = {
-      version: '1.0', truncation: null, padding: null, added_tokens: [], normalizer: null, pre_tokenizer: null,
-      post_processor: null, decoder: null,
-      model: { type: 'BPE', vocab, merges: [], unk_token: '<t0>', dropout: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false },
+      version: '1.0',
+      truncation: null,
+      padding: null,
+      added_tokens: [],
+      normalizer: null,
+      pre_tokenizer: null,
+      post_processor: null,
+      decoder: null,
+      model: {
+        type: 'BPE',
+        vocab,
+        merges: [],
+        unk_token: '<t0>',
+        dropout: null,
+        continuing_subword_prefix: null,
+        end_of_word_suffix: null,
+        fuse_unk: false,
+        byte_fallback: false,
+      },
     };
     return new Tokenizer(tj, {}, modelConfig);
   }

@@ -3,7 +3,10 @@
  * one line and exits 1; the server maps it to a 4xx. Anything else is a bug and keeps its stack.
  */
 export class KiviError extends Error {
-  constructor(message: string, readonly status = 400) {
+  constructor(
+    message: string,
+    readonly status = 400,
+  ) {
     super(message);
     this.name = 'KiviError';
   }

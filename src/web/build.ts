@@ -16,7 +16,7 @@ import * as esbuild from 'esbuild';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 
 /** Modules only ever imported lazily, and only in Node. */
-const NODE_ONLY = /[\/](io[\/]source-fs|model[\/]host-node|kernels[\/](wasm|webgpu)[\/]node)\.js$/;
+const NODE_ONLY = /[/](io[/]source-fs|model[/]host-node|kernels[/](wasm|webgpu)[/]node)\.js$/;
 
 export const browserOnly: esbuild.Plugin = {
   name: 'browser-only',

@@ -5,8 +5,9 @@
  *   const w = await KiviWorker.load(new URL('/models/llama-28m-gqa/', location.href));
  *   for await (const c of w.generate('Once upon a time', { kv: 'kivi2', maxTokens: 32 })) out.append(c.text);
  */
-import { KiviError } from '../util/errors.js';
+
 import type { BackendChoice } from '../kernels/index.js';
+import { KiviError } from '../util/errors.js';
 import type { FromWorker, ModelInfo, RunResult, RunStats, ToWorker, WorkerGenerateOptions } from './protocol.js';
 
 export interface WorkerChunk {
@@ -34,7 +35,10 @@ export class KiviWorker {
   private nextId = 1;
   private readonly listeners = new Map<number, Listener>();
 
-  private constructor(private readonly worker: Worker, readonly info: ModelInfo) {
+  private constructor(
+    private readonly worker: Worker,
+    readonly info: ModelInfo,
+  ) {
     worker.addEventListener('message', (e: MessageEvent<FromWorker>) => {
       const m = e.data;
       if ('id' in m && m.id !== undefined) this.listeners.get(m.id)?.event(m);
@@ -68,7 +72,12 @@ export class KiviWorker {
       };
       worker.addEventListener('message', onMessage);
       worker.addEventListener('error', onError);
-      worker.postMessage({ type: 'load', url: new URL(String(url), globalThis.location?.href).href, backend: opts.backend, threads: opts.threads } satisfies ToWorker);
+      worker.postMessage({
+        type: 'load',
+        url: new URL(String(url), globalThis.location?.href).href,
+        backend: opts.backend,
+        threads: opts.threads,
+      } satisfies ToWorker);
     });
   }
 

@@ -13,16 +13,22 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import Fastify, { type FastifyInstance } from 'fastify';
 import fastifyStatic from '@fastify/static';
-import { KiviError } from '../util/errors.js';
+import Fastify, { type FastifyInstance } from 'fastify';
 import { readModelConfig } from '../model/load.js';
 import { shardNames } from '../model/weights.js';
+import { KiviError } from '../util/errors.js';
 
 /** The files a model directory may contribute, besides the shards its index names. */
 export const MODEL_FILES = [
-  'config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
-  'chat_template.jinja', 'model.safetensors', 'model.safetensors.index.json',
+  'config.json',
+  'generation_config.json',
+  'tokenizer.json',
+  'tokenizer_config.json',
+  'special_tokens_map.json',
+  'chat_template.jinja',
+  'model.safetensors',
+  'model.safetensors.index.json',
 ];
 
 /** The model's own files that exist in `dir` (links followed): what the server may send. */
@@ -54,7 +60,11 @@ export interface WebServerOptions {
 }
 
 export class WebServer {
-  private constructor(readonly app: FastifyInstance, readonly url: string, readonly modelName: string) {}
+  private constructor(
+    readonly app: FastifyInstance,
+    readonly url: string,
+    readonly modelName: string,
+  ) {}
 
   /** The model's URL base on this server. */
   get modelUrl(): string {
@@ -104,7 +114,7 @@ export class WebServer {
       if (err.code === 'EACCES') throw new KiviError(`no permission to listen on port ${o.port}`);
       throw e;
     }
-    return new WebServer(app, url.endsWith('/') ? url : url + '/', modelName);
+    return new WebServer(app, url.endsWith('/') ? url : `${url}/`, modelName);
   }
 
   close(): Promise<void> {

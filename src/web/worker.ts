@@ -4,9 +4,9 @@
  * (the engine batches them), so a side-by-side comparison of two caches costs one pass per step.
  */
 import { KiviModel } from '../api.js';
-import { KiviError } from '../util/errors.js';
 import type { Sequence } from '../engine/batch.js';
 import type { BackendChoice } from '../kernels/index.js';
+import { KiviError } from '../util/errors.js';
 import type { FromWorker, RunStats, ToWorker, WorkerGenerateOptions } from './protocol.js';
 
 interface Scope {
@@ -37,10 +37,20 @@ async function load(url: string, backend: BackendChoice | undefined, threads: nu
   post({
     type: 'loaded',
     info: {
-      url: model.dir, name, numLayers: c.numLayers, hiddenSize: c.hiddenSize, numHeads: c.numHeads, numKvHeads: c.numKvHeads,
-      headDim: c.headDim, vocabSize: c.vocabSize, maxPositions: c.maxPositions, backend: model.backend.name,
-      device: model.backend.description, threads: model.backend.threads,
-      weightBytes, loadSeconds: (performance.now() - t0) / 1000,
+      url: model.dir,
+      name,
+      numLayers: c.numLayers,
+      hiddenSize: c.hiddenSize,
+      numHeads: c.numHeads,
+      numKvHeads: c.numKvHeads,
+      headDim: c.headDim,
+      vocabSize: c.vocabSize,
+      maxPositions: c.maxPositions,
+      backend: model.backend.name,
+      device: model.backend.description,
+      threads: model.backend.threads,
+      weightBytes,
+      loadSeconds: (performance.now() - t0) / 1000,
     },
   });
 }
@@ -49,7 +59,13 @@ function generate(id: number, prompt: string | number[], o: WorkerGenerateOption
   if (!model) throw new KiviError('no model loaded');
   const ids = typeof prompt === 'string' ? model.encode(prompt) : prompt;
   const seq = model.engine.add(ids, model.newCache(o.kv ?? model.kv), {
-    maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed, stop: o.stop, ignoreEos: o.ignoreEos,
+    maxTokens: o.maxTokens,
+    temperature: o.temperature,
+    topK: o.topK,
+    topP: o.topP,
+    seed: o.seed,
+    stop: o.stop,
+    ignoreEos: o.ignoreEos,
   });
   running.set(id, seq);
   const t0 = performance.now();
@@ -58,7 +74,9 @@ function generate(id: number, prompt: string | number[], o: WorkerGenerateOption
     const now = performance.now();
     const tokens = seq.ids.length;
     return {
-      tokens, promptTokens: ids.length, cacheTokens: seq.done ? ids.length + Math.max(0, tokens - 1) : seq.cache.length,
+      tokens,
+      promptTokens: ids.length,
+      cacheTokens: seq.done ? ids.length + Math.max(0, tokens - 1) : seq.cache.length,
       kvBytes: seq.done ? seq.kvBytesAtEnd : seq.kvBytes(),
       firstTokenSeconds: tFirst ? (tFirst - t0) / 1000 : (now - t0) / 1000,
       tokensPerSecond: tokens > 1 && now > tFirst ? ((tokens - 1) * 1000) / (now - tFirst) : 0,
@@ -70,7 +88,11 @@ function generate(id: number, prompt: string | number[], o: WorkerGenerateOption
       for (;;) {
         const r = await it.next();
         if (r.done) {
-          post({ type: 'done', id, result: { ...stats(), text: r.value.text, ids: r.value.ids, finishReason: r.value.finishReason, seconds: (performance.now() - t0) / 1000 } });
+          post({
+            type: 'done',
+            id,
+            result: { ...stats(), text: r.value.text, ids: r.value.ids, finishReason: r.value.finishReason, seconds: (performance.now() - t0) / 1000 },
+          });
           return;
         }
         if (!tFirst && r.value.token !== null) tFirst = performance.now();

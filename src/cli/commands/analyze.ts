@@ -3,15 +3,15 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { KiviModel } from '../../api.js';
-import { backendOption, threadsOption, loadOptions, randomWeightsOption, weightsOption } from '../common.js';
 import type { BackendChoice } from '../../kernels/index.js';
-import { float, int, readTextFile } from '../parse.js';
-import { LazyProgress } from '../progress.js';
 import { analyzeKv, checkTokens } from '../../studies/analysis/kv.js';
-import { kvJson, kvMarkdown, kvReading } from '../../studies/analysis/kv-report.js';
 import { channelMagnitudeChart, magnitudeHeatmap, quantErrorChart, spreadChart } from '../../studies/analysis/kv-plots.js';
+import { kvJson, kvMarkdown, kvReading } from '../../studies/analysis/kv-report.js';
 import { writeChart } from '../../studies/plot.js';
 import { KiviError } from '../../util/errors.js';
+import { backendOption, loadOptions, randomWeightsOption, threadsOption, weightsOption } from '../common.js';
+import { float, int, readTextFile } from '../parse.js';
+import { LazyProgress } from '../progress.js';
 
 interface Opts {
   model: string;
@@ -25,7 +25,7 @@ interface Opts {
 }
 
 export function register(program: Command): void {
-  const an = program.command('analyze').description('analyses of a model\'s real KV cache');
+  const an = program.command('analyze').description("analyses of a model's real KV cache");
   const cmd = an
     .command('kv')
     .description('per-channel / per-token magnitude, outlier channels, and per-token vs per-channel quantization error of real K/V')
@@ -48,12 +48,15 @@ export function register(program: Command): void {
     if (ids.length < o.tokens) throw new KiviError(`${o.text} has only ${ids.length} tokens, fewer than --tokens ${o.tokens}`);
     const bar = new LazyProgress('analyze kv');
     const { analysis, captured } = await analyzeKv(m.transformer, ids, {
-      groupSize: o.groupSize, outlierRatio: o.outlierRatio, bits: [2, 4], onProgress: (d, t) => bar.update(d, t),
+      groupSize: o.groupSize,
+      outlierRatio: o.outlierRatio,
+      bits: [2, 4],
+      onProgress: (d, t) => bar.update(d, t),
     });
     bar.stop();
     fs.mkdirSync(o.out, { recursive: true });
     const files: string[] = [];
-    const chart = async (spec: Parameters<typeof writeChart>[0], name: string) => files.push(...await writeChart(spec, path.join(o.out, name)));
+    const chart = async (spec: Parameters<typeof writeChart>[0], name: string) => files.push(...(await writeChart(spec, path.join(o.out, name))));
     for (let l = 0; l < captured.layers.length; l++) await chart(magnitudeHeatmap(captured, l), `kv-magnitude-layer${l}`);
     await chart(channelMagnitudeChart(analysis), 'kv-channel-magnitude');
     await chart(spreadChart(analysis), 'kv-channel-spread');
@@ -61,8 +64,15 @@ export function register(program: Command): void {
     const meta = { model: o.model, text: o.text };
     const jsonFile = path.join(o.out, 'kv-analysis.json');
     const mdFile = path.join(o.out, 'kv-analysis.md');
-    fs.writeFileSync(jsonFile, JSON.stringify(kvJson(analysis, meta)) + '\n');
-    fs.writeFileSync(mdFile, kvMarkdown(analysis, meta, files.map((f) => path.basename(f))));
+    fs.writeFileSync(jsonFile, `${JSON.stringify(kvJson(analysis, meta))}\n`);
+    fs.writeFileSync(
+      mdFile,
+      kvMarkdown(
+        analysis,
+        meta,
+        files.map((f) => path.basename(f)),
+      ),
+    );
     process.stdout.write(`${kvReading(analysis)}\n\nwrote ${[jsonFile, mdFile, ...files].join(', ')}\n`);
   });
 }

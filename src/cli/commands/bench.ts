@@ -2,28 +2,27 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { type Command, InvalidArgumentError } from 'commander';
-import { createBackend, type Backend, type BackendChoice } from '../../kernels/index.js';
+import { KiviModel } from '../../api.js';
 import type { CacheSpec } from '../../cache/spec.js';
-import { bytes, int, intList, readTextFile } from '../parse.js';
-import { backendOption, kvListOption, kvOption, loadOptions, randomWeightsOption, threadsOption, weightsListOption } from '../common.js';
+import { NAMED_SPECS } from '../../cache/spec.js';
+import { type Backend, type BackendChoice, createBackend } from '../../kernels/index.js';
 import type { WeightFormat } from '../../model/weights.js';
-import { LazyProgress } from '../progress.js';
-import { KiviError } from '../../util/errors.js';
-import type { TopLevelSpec } from '../../studies/plot.js';
+import { parseRedisUrl } from '../../server/redis-store.js';
 import { type AttentionKernelResult, attentionChart, attentionKernelMarkdown, attentionMarkdown, runAttentionBench } from '../../studies/bench/attention.js';
-import { capacityMarkdown, runCapacity, type BudgetArg } from '../../studies/bench/capacity.js';
+import { type BudgetArg, capacityMarkdown, modelDims, runCapacity } from '../../studies/bench/capacity.js';
+import { GEMV_WEIGHT_TYPES, type GemvWeightType, gemvMarkdown, runGemvBench } from '../../studies/bench/gemv.js';
+import { benchPrompt, generateBenchMarkdown, runFilledDecodeBench, runGenerateBench } from '../../studies/bench/generate.js';
+import { kvBytesMarkdown, runKvBytes } from '../../studies/bench/kvbytes.js';
+import { DEFAULT_REPEATS } from '../../studies/bench/measure.js';
+import { prefixBenchMarkdown, runPrefixBench } from '../../studies/bench/prefix.js';
 import { runThroughput, throughputChart, throughputMarkdown } from '../../studies/bench/throughput.js';
 import { gpuThroughputChart, gpuThroughputMarkdown, runGpuThroughput } from '../../studies/bench/throughput-gpu.js';
-import { GEMV_WEIGHT_TYPES, type GemvWeightType, gemvMarkdown, runGemvBench } from '../../studies/bench/gemv.js';
-import { DEFAULT_REPEATS } from '../../studies/bench/measure.js';
-import { kvBytesMarkdown, runKvBytes } from '../../studies/bench/kvbytes.js';
-import { modelDims } from '../../studies/bench/capacity.js';
-import { NAMED_SPECS } from '../../cache/spec.js';
-import { benchPrompt, generateBenchMarkdown, runFilledDecodeBench, runGenerateBench } from '../../studies/bench/generate.js';
-import { KiviModel } from '../../api.js';
+import type { TopLevelSpec } from '../../studies/plot.js';
 import { measureCapacity, serveCapacityMarkdown, textPrompts } from '../../studies/serve/capacity.js';
-import { prefixBenchMarkdown, runPrefixBench } from '../../studies/bench/prefix.js';
-import { parseRedisUrl } from '../../server/redis-store.js';
+import { KiviError } from '../../util/errors.js';
+import { backendOption, kvListOption, kvOption, loadOptions, randomWeightsOption, threadsOption, weightsListOption } from '../common.js';
+import { bytes, int, intList, readTextFile } from '../parse.js';
+import { LazyProgress } from '../progress.js';
 
 /** KIVI-2 with the reference's float32 residual, beside the named `kivi2` (float16 residual, the paper's). */
 const KIVI2_FP32_RESIDUAL = 'kivi:k=2,v=2,g=32,r=128,residual=fp32';
@@ -68,7 +67,7 @@ async function backendFor(o: Shared): Promise<Backend> {
 
 /** Print the JSON line or the Markdown; --save writes both to files; the chart goes to --svg and/or --save. */
 async function report(o: Shared & { svg?: string }, json: unknown, markdown: string, chart?: TopLevelSpec): Promise<void> {
-  process.stdout.write(o.json ? JSON.stringify(json) + '\n' : markdown);
+  process.stdout.write(o.json ? `${JSON.stringify(json)}\n` : markdown);
   const written: string[] = [];
   const write = async (file: string, what: () => Promise<unknown> | unknown) => {
     try {
@@ -80,7 +79,7 @@ async function report(o: Shared & { svg?: string }, json: unknown, markdown: str
     written.push(file);
   };
   if (o.save) {
-    await write(`${o.save}.json`, () => fs.writeFileSync(`${o.save}.json`, JSON.stringify(json) + '\n'));
+    await write(`${o.save}.json`, () => fs.writeFileSync(`${o.save}.json`, `${JSON.stringify(json)}\n`));
     await write(`${o.save}.md`, () => fs.writeFileSync(`${o.save}.md`, markdown));
   }
   if (chart && (o.svg || o.save)) {
@@ -109,33 +108,48 @@ export function register(program: Command): void {
     .option('--svg <file>', 'also write a chart (time and bytes per token vs context)');
   kvListOption(att, `fp32,fp16,kivi2,kivi4,${KIVI2_FP32_RESIDUAL}`);
   sharedOptions(att);
-  att.action(async (o: Shared & { context: number[]; heads: number; kvHeads: number; headDim: number; repeats: number; warmup: number; kv: CacheSpec[]; svg?: string }) => {
-    const backend = await backendFor(o);
-    try {
-      const bar = new LazyProgress('bench attention');
-      const repeats = { ...DEFAULT_REPEATS, minRepeats: o.repeats, warmup: o.warmup, maxRepeats: Math.max(o.repeats, DEFAULT_REPEATS.maxRepeats) };
-      // On a GPU: the attention kernel alone too, beside a streaming read of the same GPU.
-      const kernel = backend.name === 'webgpu' ? { results: [] as AttentionKernelResult[] } : undefined;
-      const results = await runAttentionBench({
-        contexts: o.context, specs: o.kv, heads: o.heads, kvHeads: o.kvHeads, headDim: o.headDim, backend, repeats, kernel,
-        onProgress: (d, t) => bar.update(d, t),
-      });
-      bar.stop();
-      const threads = backend.threads;
-      let gpu: object | undefined;
-      let markdown = attentionMarkdown(results);
-      if (kernel) {
-        const { streamingRead } = await import('../../kernels/webgpu/probe.js');
-        const probe = await streamingRead(backend as import('../../kernels/webgpu/backend.js').WebGpuBackend);
-        gpu = { device: backend.description, read_probe: probe, attention: kernel.results.map((r) => ({ ...r, of_probe: r.gbps / probe.gbps })) };
-        markdown += attentionKernelMarkdown(kernel.results, probe);
+  att.action(
+    async (
+      o: Shared & { context: number[]; heads: number; kvHeads: number; headDim: number; repeats: number; warmup: number; kv: CacheSpec[]; svg?: string },
+    ) => {
+      const backend = await backendFor(o);
+      try {
+        const bar = new LazyProgress('bench attention');
+        const repeats = { ...DEFAULT_REPEATS, minRepeats: o.repeats, warmup: o.warmup, maxRepeats: Math.max(o.repeats, DEFAULT_REPEATS.maxRepeats) };
+        // On a GPU: the attention kernel alone too, beside a streaming read of the same GPU.
+        const kernel = backend.name === 'webgpu' ? { results: [] as AttentionKernelResult[] } : undefined;
+        const results = await runAttentionBench({
+          contexts: o.context,
+          specs: o.kv,
+          heads: o.heads,
+          kvHeads: o.kvHeads,
+          headDim: o.headDim,
+          backend,
+          repeats,
+          kernel,
+          onProgress: (d, t) => bar.update(d, t),
+        });
+        bar.stop();
+        const threads = backend.threads;
+        let gpu: object | undefined;
+        let markdown = attentionMarkdown(results);
+        if (kernel) {
+          const { streamingRead } = await import('../../kernels/webgpu/probe.js');
+          const probe = await streamingRead(backend as import('../../kernels/webgpu/backend.js').WebGpuBackend);
+          gpu = { device: backend.description, read_probe: probe, attention: kernel.results.map((r) => ({ ...r, of_probe: r.gbps / probe.gbps })) };
+          markdown += attentionKernelMarkdown(kernel.results, probe);
+        }
+        await report(
+          o,
+          { backend: backend.name, threads, heads: o.heads, kv_heads: o.kvHeads, head_dim: o.headDim, results, ...(gpu ? { gpu } : {}) },
+          markdown,
+          attentionChart(results, `Decode attention, one layer (${o.heads} heads, ${o.kvHeads} kv heads, d=${o.headDim}), ${backend.description}`),
+        );
+      } finally {
+        backend.dispose();
       }
-      await report(o, { backend: backend.name, threads, heads: o.heads, kv_heads: o.kvHeads, head_dim: o.headDim, results, ...(gpu ? { gpu } : {}) }, markdown,
-        attentionChart(results, `Decode attention, one layer (${o.heads} heads, ${o.kvHeads} kv heads, d=${o.headDim}), ${backend.description}`));
-    } finally {
-      backend.dispose();
-    }
-  });
+    },
+  );
 
   // --- capacity -----------------------------------------------------------------------------------
   const cap = bench
@@ -149,7 +163,12 @@ export function register(program: Command): void {
   cap.action(async (o: Shared & { model: string; budget: BudgetArg; context: number; kv: CacheSpec[] }) => {
     const bar = new LazyProgress('bench capacity');
     const r = await runCapacity({
-      model: o.model, budget: o.budget, context: o.context, specs: o.kv, backend: o.backend, threads: o.threads,
+      model: o.model,
+      budget: o.budget,
+      context: o.context,
+      specs: o.kv,
+      backend: o.backend,
+      threads: o.threads,
       onProgress: (d, t) => bar.update(d, t),
     });
     bar.stop();
@@ -160,48 +179,95 @@ export function register(program: Command): void {
   // --- throughput ---------------------------------------------------------------------------------
   const thr = bench
     .command('throughput')
-    .description('generated tokens/s with the largest batch each spec admits under a memory budget (CPU: --budget on RSS; webgpu: --kv-budget on GPU cache pages)')
+    .description(
+      'generated tokens/s with the largest batch each spec admits under a memory budget (CPU: --budget on RSS; webgpu: --kv-budget on GPU cache pages)',
+    )
     .requiredOption('--model <dir>', 'model directory (with --random-weights, config.json alone will do)')
-    .option('--budget <bytes>', 'CPU back ends: memory budget(s), e.g. 512MiB or +16MiB (headroom above weights + measured overhead); comma-separated for a curve', budgetList)
-    .option('--kv-budget <bytes>', 'webgpu: bytes of cache pages every batch must fit (e.g. 24GiB); batches swept up to each spec\'s largest', bytes)
+    .option(
+      '--budget <bytes>',
+      'CPU back ends: memory budget(s), e.g. 512MiB or +16MiB (headroom above weights + measured overhead); comma-separated for a curve',
+      budgetList,
+    )
+    .option('--kv-budget <bytes>', "webgpu: bytes of cache pages every batch must fit (e.g. 24GiB); batches swept up to each spec's largest", bytes)
     .option('--prompt <n>', 'prompt tokens per sequence', int(1), 160)
     .option('--gen <n>', 'generated tokens per sequence', int(1), 338)
     .option('--max-batch <n>', 'run at most this many sequences at once (time cap; capped points are marked)', int(1), 64)
-    .option('--join <n>', 'webgpu: prompts joining the batch per step (bounds a step\'s prefill rows)', int(1), 32)
+    .option('--join <n>', "webgpu: prompts joining the batch per step (bounds a step's prefill rows)", int(1), 32)
     .option('--repeats <n>', 'runs per point, in rounds over all points (the median-time run is reported)', int(1, 100), 1)
     .option('--svg <file>', 'also write the throughput-vs-batch-size and -vs-budget chart');
   kvListOption(thr, `fp16,kivi2,${KIVI2_FP32_RESIDUAL}`);
   sharedOptions(thr);
   randomWeightsOption(thr);
-  thr.action(async (o: Shared & { model: string; budget?: BudgetArg[]; kvBudget?: number; prompt: number; gen: number; maxBatch: number; join: number; repeats: number; kv: CacheSpec[]; svg?: string }) => {
-    if (o.backend === 'webgpu') {
-      if (o.kvBudget === undefined) throw new KiviError('bench throughput --backend webgpu needs --kv-budget (bytes of GPU cache pages)');
-      const model = await KiviModel.load(o.model, loadOptions(o));
-      try {
-        const bar = new LazyProgress('bench throughput');
-        const r = await runGpuThroughput({
-          model, kvBudget: o.kvBudget, prompt: o.prompt, gen: o.gen, specs: o.kv, maxBatch: o.maxBatch, joinPerStep: o.join,
-          onProgress: (d, t) => bar.update(d, t),
-        });
-        bar.stop();
-        await report(o, { model: path.basename(path.resolve(o.model)), random_weights: o.randomWeights ?? null, ...r }, gpuThroughputMarkdown(r),
-          gpuThroughputChart(r, `Throughput on ${r.device.replace(/^webgpu: /, '')}, prompt ${o.prompt} + ${o.gen} generated (${path.basename(path.resolve(o.model))})`));
-      } finally {
-        model.dispose();
+  thr.action(
+    async (
+      o: Shared & {
+        model: string;
+        budget?: BudgetArg[];
+        kvBudget?: number;
+        prompt: number;
+        gen: number;
+        maxBatch: number;
+        join: number;
+        repeats: number;
+        kv: CacheSpec[];
+        svg?: string;
+      },
+    ) => {
+      if (o.backend === 'webgpu') {
+        if (o.kvBudget === undefined) throw new KiviError('bench throughput --backend webgpu needs --kv-budget (bytes of GPU cache pages)');
+        const model = await KiviModel.load(o.model, loadOptions(o));
+        try {
+          const bar = new LazyProgress('bench throughput');
+          const r = await runGpuThroughput({
+            model,
+            kvBudget: o.kvBudget,
+            prompt: o.prompt,
+            gen: o.gen,
+            specs: o.kv,
+            maxBatch: o.maxBatch,
+            joinPerStep: o.join,
+            onProgress: (d, t) => bar.update(d, t),
+          });
+          bar.stop();
+          await report(
+            o,
+            { model: path.basename(path.resolve(o.model)), random_weights: o.randomWeights ?? null, ...r },
+            gpuThroughputMarkdown(r),
+            gpuThroughputChart(
+              r,
+              `Throughput on ${r.device.replace(/^webgpu: /, '')}, prompt ${o.prompt} + ${o.gen} generated (${path.basename(path.resolve(o.model))})`,
+            ),
+          );
+        } finally {
+          model.dispose();
+        }
+        return;
       }
-      return;
-    }
-    if (o.budget === undefined) throw new KiviError('bench throughput needs --budget (or, with --backend webgpu, --kv-budget)');
-    if (o.randomWeights !== undefined) throw new KiviError('bench throughput --random-weights runs on --backend webgpu (the CPU study measures processes that load the checkpoint)');
-    const bar = new LazyProgress('bench throughput');
-    const r = await runThroughput({
-      model: o.model, budgets: o.budget, prompt: o.prompt, gen: o.gen, specs: o.kv.map((k) => k.name), maxBatch: o.maxBatch, repeats: o.repeats,
-      backend: o.backend, threads: o.threads, onProgress: (d, t) => bar.update(d, t),
-    });
-    bar.stop();
-    await report(o, r, throughputMarkdown(r),
-      throughputChart(r, `Throughput, prompt ${o.prompt} + ${o.gen} generated (${path.basename(path.resolve(o.model))})`));
-  });
+      if (o.budget === undefined) throw new KiviError('bench throughput needs --budget (or, with --backend webgpu, --kv-budget)');
+      if (o.randomWeights !== undefined)
+        throw new KiviError('bench throughput --random-weights runs on --backend webgpu (the CPU study measures processes that load the checkpoint)');
+      const bar = new LazyProgress('bench throughput');
+      const r = await runThroughput({
+        model: o.model,
+        budgets: o.budget,
+        prompt: o.prompt,
+        gen: o.gen,
+        specs: o.kv.map((k) => k.name),
+        maxBatch: o.maxBatch,
+        repeats: o.repeats,
+        backend: o.backend,
+        threads: o.threads,
+        onProgress: (d, t) => bar.update(d, t),
+      });
+      bar.stop();
+      await report(
+        o,
+        r,
+        throughputMarkdown(r),
+        throughputChart(r, `Throughput, prompt ${o.prompt} + ${o.gen} generated (${path.basename(path.resolve(o.model))})`),
+      );
+    },
+  );
 
   // --- generate -----------------------------------------------------------------------------------
   const gen = bench
@@ -212,33 +278,48 @@ export function register(program: Command): void {
     .option('--prompt <n>', 'prompt tokens', int(1), 1024)
     .option('--gen <n>', 'generated tokens (greedy, through EOS)', int(1), 256)
     .option('--repeats <n>', 'rounds over all specs (the median is reported)', int(1, 100), 3)
-    .option('--fill <n>', 'decode only, after caches filled with n tokens of synthetic keys/values (long context without the prefill\'s cost)', int(1));
+    .option('--fill <n>', "decode only, after caches filled with n tokens of synthetic keys/values (long context without the prefill's cost)", int(1));
   kvListOption(gen, 'fp32,fp16,kivi2,kivi4');
   weightsListOption(gen, ['f32', 'native']);
   sharedOptions(gen);
   randomWeightsOption(gen);
-  gen.action(async (o: Shared & { model: string; text?: string; prompt: number; gen: number; repeats: number; fill?: number; kv: CacheSpec[]; weights: WeightFormat[]; randomWeights?: number }) => {
-    if (o.fill !== undefined && o.gen < 2) throw new KiviError('--fill needs --gen 2 or more (the first step is untimed)');
-    const text = o.text === undefined ? undefined : readTextFile(o.text, '--text');
-    // The model once per weight format, each on its own back end, measured in turns.
-    const models: { weights: WeightFormat; model: KiviModel }[] = [];
-    try {
-      for (const weights of o.weights) models.push({ weights, model: await KiviModel.load(o.model, loadOptions({ ...o, weights })) });
-      const model = models[0]!.model;
-      const bar = new LazyProgress('bench generate');
-      const specs = o.kv.map((k) => k.name);
-      const onProgress = (d: number, t: number) => bar.update(d, t);
-      const results = o.fill !== undefined
-        ? await runFilledDecodeBench({ models, context: o.fill, gen: o.gen, specs, repeats: o.repeats, onProgress })
-        : await runGenerateBench({ models, prompt: benchPrompt(model, o.prompt, text), gen: o.gen, specs, repeats: o.repeats, onProgress });
-      bar.stop();
-      const name = path.basename(path.resolve(o.model));
-      const what = `kivi generate on ${name} (${model.backend.name} ×${model.backend.threads})`;
-      await report(o, { model: name, backend: model.backend.name, threads: model.backend.threads, results }, generateBenchMarkdown(results, what));
-    } finally {
-      for (const m of models) m.model.dispose();
-    }
-  });
+  gen.action(
+    async (
+      o: Shared & {
+        model: string;
+        text?: string;
+        prompt: number;
+        gen: number;
+        repeats: number;
+        fill?: number;
+        kv: CacheSpec[];
+        weights: WeightFormat[];
+        randomWeights?: number;
+      },
+    ) => {
+      if (o.fill !== undefined && o.gen < 2) throw new KiviError('--fill needs --gen 2 or more (the first step is untimed)');
+      const text = o.text === undefined ? undefined : readTextFile(o.text, '--text');
+      // The model once per weight format, each on its own back end, measured in turns.
+      const models: { weights: WeightFormat; model: KiviModel }[] = [];
+      try {
+        for (const weights of o.weights) models.push({ weights, model: await KiviModel.load(o.model, loadOptions({ ...o, weights })) });
+        const model = models[0]!.model;
+        const bar = new LazyProgress('bench generate');
+        const specs = o.kv.map((k) => k.name);
+        const onProgress = (d: number, t: number) => bar.update(d, t);
+        const results =
+          o.fill !== undefined
+            ? await runFilledDecodeBench({ models, context: o.fill, gen: o.gen, specs, repeats: o.repeats, onProgress })
+            : await runGenerateBench({ models, prompt: benchPrompt(model, o.prompt, text), gen: o.gen, specs, repeats: o.repeats, onProgress });
+        bar.stop();
+        const name = path.basename(path.resolve(o.model));
+        const what = `kivi generate on ${name} (${model.backend.name} ×${model.backend.threads})`;
+        await report(o, { model: name, backend: model.backend.name, threads: model.backend.threads, results }, generateBenchMarkdown(results, what));
+      } finally {
+        for (const m of models) m.model.dispose();
+      }
+    },
+  );
 
   // --- serve ---------------------------------------------------------------------------------------
   const srv = bench
@@ -273,7 +354,9 @@ export function register(program: Command): void {
   // --- prefix -------------------------------------------------------------------------------------
   const pfx = bench
     .command('prefix')
-    .description('multi-turn chats over a shared system prompt against 1 and 2 kivi serve replicas, with and without the prefix cache: time to first token, prefill tokens, store bytes')
+    .description(
+      'multi-turn chats over a shared system prompt against 1 and 2 kivi serve replicas, with and without the prefix cache: time to first token, prefill tokens, store bytes',
+    )
     .requiredOption('--model <dir>', 'model directory')
     .requiredOption('--text <file>', 'text the system prompt and user messages are cut from')
     .option('--system <n>', 'shared system prompt tokens', int(2), 1500)
@@ -283,27 +366,57 @@ export function register(program: Command): void {
     .option('--gen <n>', 'tokens per answer (greedy)', int(1), 32)
     .option('--block <n>', 'prefix-cache block (kivi serve --prefix-block)', int(1), 256)
     .option('--replicas <list>', 'replica counts to run', intList(1), [1, 2])
-    .option('--prefix-cache <size>', 'each replica\'s in-process store', bytes, 512 * 1024 ** 2)
+    .option('--prefix-cache <size>', "each replica's in-process store", bytes, 512 * 1024 ** 2)
     .option('--prefix-store <url>', 'also run 2 replicas sharing this Redis (redis://HOST:PORT; entries are left to its eviction)');
   kvOption(pfx);
   sharedOptions(pfx);
-  pfx.action(async (o: Shared & { model: string; text: string; system: number; conversations: number; turns: number; user: number; gen: number; block: number; replicas: number[]; prefixCache: number; prefixStore?: string; kv: CacheSpec }) => {
-    if (o.prefixStore !== undefined) parseRedisUrl(o.prefixStore);
-    const text = readTextFile(o.text, '--text');
-    const model = await KiviModel.load(o.model, loadOptions(o));
-    try {
-      const serveArgs = [...(o.backend ? ['--backend', o.backend] : []), ...(o.threads ? ['--threads', String(o.threads)] : [])];
-      const bar = new LazyProgress('bench prefix');
-      const r = await runPrefixBench({
-        model, modelDir: o.model, text, kv: o.kv.name, system: o.system, conversations: o.conversations, turns: o.turns, user: o.user,
-        gen: o.gen, block: o.block, replicas: o.replicas, cacheBytes: o.prefixCache, store: o.prefixStore, serveArgs, onProgress: (d, t) => bar.update(d, t),
-      });
-      bar.stop();
-      await report(o, { model: path.basename(path.resolve(o.model)), ...r }, prefixBenchMarkdown(r));
-    } finally {
-      model.dispose();
-    }
-  });
+  pfx.action(
+    async (
+      o: Shared & {
+        model: string;
+        text: string;
+        system: number;
+        conversations: number;
+        turns: number;
+        user: number;
+        gen: number;
+        block: number;
+        replicas: number[];
+        prefixCache: number;
+        prefixStore?: string;
+        kv: CacheSpec;
+      },
+    ) => {
+      if (o.prefixStore !== undefined) parseRedisUrl(o.prefixStore);
+      const text = readTextFile(o.text, '--text');
+      const model = await KiviModel.load(o.model, loadOptions(o));
+      try {
+        const serveArgs = [...(o.backend ? ['--backend', o.backend] : []), ...(o.threads ? ['--threads', String(o.threads)] : [])];
+        const bar = new LazyProgress('bench prefix');
+        const r = await runPrefixBench({
+          model,
+          modelDir: o.model,
+          text,
+          kv: o.kv.name,
+          system: o.system,
+          conversations: o.conversations,
+          turns: o.turns,
+          user: o.user,
+          gen: o.gen,
+          block: o.block,
+          replicas: o.replicas,
+          cacheBytes: o.prefixCache,
+          store: o.prefixStore,
+          serveArgs,
+          onProgress: (d, t) => bar.update(d, t),
+        });
+        bar.stop();
+        await report(o, { model: path.basename(path.resolve(o.model)), ...r }, prefixBenchMarkdown(r));
+      } finally {
+        model.dispose();
+      }
+    },
+  );
 
   // --- kv-bytes -----------------------------------------------------------------------------------
   const kvb = bench
@@ -312,7 +425,16 @@ export function register(program: Command): void {
     .requiredOption('--model <dir>', 'model directory (its config.json gives layers, kv heads, head_dim)')
     .option('--context <list>', 'context lengths (may exceed the model context: caches are filled with synthetic K/V)', intList(2), [4096, 32768]);
   // kivi2-hq runs on --backend ts only: not in the default list.
-  kvListOption(kvb, [...NAMED_SPECS.filter((s) => s !== 'fp32' && s !== 'fp16' && s !== 'kivi2-hq'), KIVI2_FP32_RESIDUAL, 'kivi:k=4,v=4,g=32,r=128,residual=fp32', 'fp16', 'fp32'].join(','));
+  kvListOption(
+    kvb,
+    [
+      ...NAMED_SPECS.filter((s) => s !== 'fp32' && s !== 'fp16' && s !== 'kivi2-hq'),
+      KIVI2_FP32_RESIDUAL,
+      'kivi:k=4,v=4,g=32,r=128,residual=fp32',
+      'fp16',
+      'fp32',
+    ].join(','),
+  );
   sharedOptions(kvb);
   kvb.action(async (o: Shared & { model: string; context: number[]; kv: CacheSpec[] }) => {
     const { dims } = await modelDims(o.model);
@@ -321,7 +443,11 @@ export function register(program: Command): void {
       const bar = new LazyProgress('bench kv-bytes');
       const results = await runKvBytes({ dims, contexts: o.context, specs: o.kv, backend, onProgress: (d, t) => bar.update(d, t) });
       bar.stop();
-      await report(o, { model: path.basename(path.resolve(o.model)), layers: dims.numLayers, kv_heads: dims.numKvHeads, head_dim: dims.headDim, results }, kvBytesMarkdown(results, dims));
+      await report(
+        o,
+        { model: path.basename(path.resolve(o.model)), layers: dims.numLayers, kv_heads: dims.numKvHeads, head_dim: dims.headDim, results },
+        kvBytesMarkdown(results, dims),
+      );
     } finally {
       backend.dispose();
     }
@@ -341,7 +467,13 @@ export function register(program: Command): void {
     const backend = await backendFor(o);
     try {
       const r = await runGemvBench({
-        backend, inDim: o.in, outDim: o.out, rows: o.rows, weights: o.weights, threads: backend.threads, bandwidthBytes: o.bandwidthBytes,
+        backend,
+        inDim: o.in,
+        outDim: o.out,
+        rows: o.rows,
+        weights: o.weights,
+        threads: backend.threads,
+        bandwidthBytes: o.bandwidthBytes,
       });
       await report(o, r, gemvMarkdown(r));
     } finally {
@@ -349,4 +481,3 @@ export function register(program: Command): void {
     }
   });
 }
-

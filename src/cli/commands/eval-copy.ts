@@ -1,12 +1,12 @@
 /** `kivi eval copy`: the copy task (copy a list of random words shown a moment before), per cache spec. */
 import type { Command } from 'commander';
 import { KiviModel } from '../../api.js';
-import { backendOption, kvListOption, threadsOption } from '../common.js';
+import { type CacheSpec, checkSpecBackend, validateSpec } from '../../cache/spec.js';
 import type { BackendChoice } from '../../kernels/index.js';
+import { CopyPrompter, checkCopyOptions, copyStudy } from '../../studies/eval/copy.js';
+import { backendOption, kvListOption, threadsOption } from '../common.js';
 import { int, readTextFile } from '../parse.js';
 import { LazyProgress } from '../progress.js';
-import { type CacheSpec, checkSpecBackend, validateSpec } from '../../cache/spec.js';
-import { checkCopyOptions, CopyPrompter, copyStudy } from '../../studies/eval/copy.js';
 
 interface Opts {
   model: string;
@@ -46,18 +46,20 @@ export function register(ev: Command): void {
     const opts = { n: o.n, words: o.words, seed: o.seed, depth: o.depth };
     checkCopyOptions(opts, m.config.maxPositions, prompter);
     const bar = new LazyProgress(`copy ×${o.kv.length} specs`);
-    let study;
+    let study: Awaited<ReturnType<typeof copyStudy>>;
     try {
       study = await copyStudy(m.transformer, m.tokenizer, prompter, o.kv, { ...opts, onProgress: (d, t) => bar.update(d, t) });
     } finally {
       bar.stop();
     }
     if (o.json) {
-      process.stdout.write(JSON.stringify({ results: study.results }) + '\n');
+      process.stdout.write(`${JSON.stringify({ results: study.results })}\n`);
       return;
     }
     const w = Math.max(8, ...o.kv.map((k) => k.name.length));
-    const lines = study.results.map((r) => `${r.kv.padEnd(w)}  exact ${(r.exact * 100).toFixed(1).padStart(5)}%  words ${(r.word_accuracy * 100).toFixed(1).padStart(5)}%`);
+    const lines = study.results.map(
+      (r) => `${r.kv.padEnd(w)}  exact ${(r.exact * 100).toFixed(1).padStart(5)}%  words ${(r.word_accuracy * 100).toFixed(1).padStart(5)}%`,
+    );
     process.stdout.write(`${lines.join('\n')}\n${o.n} prompts of ${o.words} words, depth ${o.depth} tokens, seed ${o.seed}, greedy\n`);
   });
 }

@@ -1,14 +1,14 @@
 /** Options and the run shared by the commands that score windows of a text (`eval ppl`, `eval table`, `eval kld`). */
 import type { Command } from 'commander';
-import { int, readTextFile } from '../parse.js';
-import { loadOptions } from '../common.js';
-import type { WeightFormat } from '../../model/weights.js';
-import { type CacheSpec, checkSpecBackend, validateSpec } from '../../cache/spec.js';
 import { KiviModel } from '../../api.js';
+import { type CacheSpec, checkSpecBackend, validateSpec } from '../../cache/spec.js';
 import type { BackendChoice } from '../../kernels/index.js';
-import { textWindows } from '../../studies/eval/windows.js';
+import type { WeightFormat } from '../../model/weights.js';
 import { checkWindows } from '../../studies/eval/nll.js';
-import { perplexityStudy, type PplStudy } from '../../studies/eval/ppl.js';
+import { type PplStudy, perplexityStudy } from '../../studies/eval/ppl.js';
+import { textWindows } from '../../studies/eval/windows.js';
+import { loadOptions } from '../common.js';
+import { int, readTextFile } from '../parse.js';
 import { LazyProgress } from '../progress.js';
 
 export interface WindowOpts {
@@ -28,7 +28,8 @@ export interface WindowOpts {
 
 /** `maxWindows`: a default for --max-windows (none: every whole window of the text). */
 export function windowOptions(cmd: Command, maxWindows?: number): Command {
-  const maxHelp = maxWindows === undefined ? 'score at most the first N windows (default: every whole window of the text)' : 'score at most the first N windows';
+  const maxHelp =
+    maxWindows === undefined ? 'score at most the first N windows (default: every whole window of the text)' : 'score at most the first N windows';
   return cmd
     .requiredOption('--model <dir>', 'model directory')
     .requiredOption('--text <file>', 'text file to score (e.g. data/wikitext-2-raw-test.txt)')
@@ -45,7 +46,10 @@ export function windowsFor(m: KiviModel, text: string, specs: CacheSpec[], o: Wi
     checkSpecBackend(s, m.transformer.pool);
   }
   const windows = textWindows(m.tokenizer, text, {
-    window: o.window, context: m.config.maxPositions, maxWindows: o.maxWindows, first: o.firstWindow,
+    window: o.window,
+    context: m.config.maxPositions,
+    maxWindows: o.maxWindows,
+    first: o.firstWindow,
   });
   checkWindows(windows, o.prefill, m.config.maxPositions);
   return windows;

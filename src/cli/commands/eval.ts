@@ -1,16 +1,16 @@
 /** `kivi eval …`: quality studies on the command line. */
 import type { Command } from 'commander';
 import { KiviModel } from '../../api.js';
-import { int, readJsonFile } from '../parse.js';
-import { KiviError } from '../../util/errors.js';
-import { backendOption, kvOption, threadsOption, type CommonOpts, loadOptions, randomWeightsOption, weightsOption } from '../common.js';
 import { checkWindows, streamingNll } from '../../studies/eval/nll.js';
+import { KiviError } from '../../util/errors.js';
+import { backendOption, type CommonOpts, kvOption, loadOptions, randomWeightsOption, threadsOption, weightsOption } from '../common.js';
+import { int, readJsonFile } from '../parse.js';
 import { LazyProgress } from '../progress.js';
-import { register as registerPpl } from './eval-ppl.js';
-import { register as registerPasskey } from './eval-passkey.js';
-import { register as registerTable } from './eval-table.js';
-import { register as registerKld } from './eval-kld.js';
 import { register as registerCopy } from './eval-copy.js';
+import { register as registerKld } from './eval-kld.js';
+import { register as registerPasskey } from './eval-passkey.js';
+import { register as registerPpl } from './eval-ppl.js';
+import { register as registerTable } from './eval-table.js';
 
 interface NllOpts extends CommonOpts {
   windows: string;
@@ -45,9 +45,11 @@ export function register(program: Command): void {
     bar.stop();
     const mean = nlls.reduce((a, b) => a + b, 0) / nlls.length;
     if (o.json) {
-      process.stdout.write(JSON.stringify({ kv: o.kv.name, prefill: o.prefill, nll: nlls, mean_nll: mean, ppl: Math.exp(mean) }) + '\n');
+      process.stdout.write(`${JSON.stringify({ kv: o.kv.name, prefill: o.prefill, nll: nlls, mean_nll: mean, ppl: Math.exp(mean) })}\n`);
     } else {
-      nlls.forEach((n, i) => process.stdout.write(`window ${i}: nll ${n.toFixed(4)}  ppl ${Math.exp(n).toFixed(2)}\n`));
+      nlls.forEach((n, i) => {
+        process.stdout.write(`window ${i}: nll ${n.toFixed(4)}  ppl ${Math.exp(n).toFixed(2)}\n`);
+      });
       process.stdout.write(`mean nll ${mean.toFixed(4)}  ppl ${Math.exp(mean).toFixed(2)}  (kv ${o.kv.name}, prefill ${o.prefill})\n`);
     }
   });

@@ -1,9 +1,9 @@
 /** `kivi generate`: stream a completion, or print one JSON line with --json. */
 import type { Command } from 'commander';
 import { KiviModel } from '../../api.js';
-import { int, float, readJsonFile, tokenIdArray } from '../parse.js';
 import { KiviError } from '../../util/errors.js';
-import { backendOption, kvOption, threadsOption, type CommonOpts, loadOptions, randomWeightsOption, weightsOption } from '../common.js';
+import { backendOption, type CommonOpts, kvOption, loadOptions, randomWeightsOption, threadsOption, weightsOption } from '../common.js';
+import { float, int, readJsonFile, tokenIdArray } from '../parse.js';
 
 interface Opts extends CommonOpts {
   prompt?: string;
@@ -45,8 +45,13 @@ export function register(program: Command): void {
     const m = await KiviModel.load(o.model, { kv: o.kv, ...loadOptions(o) });
     const ids = o.promptIds !== undefined ? tokenIdArray(readJsonFile(o.promptIds, '--prompt-ids'), o.promptIds) : m.encode(o.prompt!);
     const it = m.generate(ids, {
-      maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed,
-      stop: o.stop, ignoreEos: o.ignoreEos,
+      maxTokens: o.maxTokens,
+      temperature: o.temperature,
+      topK: o.topK,
+      topP: o.topP,
+      seed: o.seed,
+      stop: o.stop,
+      ignoreEos: o.ignoreEos,
     });
     let r = await it.next();
     while (!r.done) {
@@ -55,16 +60,18 @@ export function register(program: Command): void {
     }
     const res = r.value;
     if (o.json) {
-      process.stdout.write(JSON.stringify({
-        ids: res.ids,
-        text: res.text,
-        prompt_tokens: res.promptTokens,
-        kv: o.kv.name,
-        kv_bytes: res.kvBytes,
-        prefill_tokens_per_s: res.promptTokens / res.prefillSeconds,
-        decode_tokens_per_s: res.decodeSteps > 0 ? res.decodeSteps / res.decodeSeconds : 0,
-        finish_reason: res.finishReason,
-      }) + '\n');
+      process.stdout.write(
+        `${JSON.stringify({
+          ids: res.ids,
+          text: res.text,
+          prompt_tokens: res.promptTokens,
+          kv: o.kv.name,
+          kv_bytes: res.kvBytes,
+          prefill_tokens_per_s: res.promptTokens / res.prefillSeconds,
+          decode_tokens_per_s: res.decodeSteps > 0 ? res.decodeSteps / res.decodeSeconds : 0,
+          finish_reason: res.finishReason,
+        })}\n`,
+      );
     } else {
       process.stdout.write('\n');
     }

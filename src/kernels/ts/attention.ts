@@ -4,16 +4,37 @@
  * their codes), one softmax over all of them, then the weighted sum of the value segments (KIVI value
  * pages on their codes). Plain loops; the faster back ends are tested against this.
  */
+
+import { halfTable } from '../../quant/float16.js';
+import { meta8Min, meta8Scale } from '../../quant/meta8.js';
+import type { HostPages } from '../host/memory.js';
 import {
-  SEG_F16, SEG_F32, SEG_G, SEG_KIVI_K, SEG_KIVI_V, SEG_KIVI_V8, SEG_BITS, SEG_CAP, SEG_KIND, SEG_N, SEG_PAGE, SEG_ROWS, SEG_SECTION, SEG_T0,
-  SEG_WORDS, TASK_K0, TASK_KN, TASK_ROW, TASK_TOKENS, TASK_V0, TASK_VN, TASK_WORDS,
+  SEG_BITS,
+  SEG_CAP,
+  SEG_F16,
+  SEG_F32,
+  SEG_G,
+  SEG_KIND,
+  SEG_KIVI_K,
+  SEG_KIVI_V,
+  SEG_KIVI_V8,
+  SEG_N,
+  SEG_PAGE,
+  SEG_ROWS,
+  SEG_SECTION,
+  SEG_T0,
+  SEG_WORDS,
+  TASK_K0,
+  TASK_KN,
+  TASK_ROW,
+  TASK_TOKENS,
+  TASK_V0,
+  TASK_VN,
+  TASK_WORDS,
 } from '../layout.js';
 import { kiviSection, kiviV8Section, wordsPerRow } from '../pages.js';
-import { meta8Min, meta8Scale } from '../../quant/meta8.js';
 import type { StepPlan } from '../plan.js';
 import type { AttnShape } from '../types.js';
-import type { HostPages } from '../host/memory.js';
-import { halfTable } from '../../quant/float16.js';
 import { softmaxInPlace } from './softmax.js';
 
 const H16 = halfTable();
@@ -29,20 +50,39 @@ export class AttnScratch {
 }
 
 /** Run the attention tasks [t0, t0 + n) of a plan on layer `layer`. */
-export function attendTasks(plan: StepPlan, t0: number, n: number, layer: number, qkv: Float32Array, att: Float32Array,
-  shape: AttnShape, pages: HostPages, scratch: AttnScratch): void {
+export function attendTasks(
+  plan: StepPlan,
+  t0: number,
+  n: number,
+  layer: number,
+  qkv: Float32Array,
+  att: Float32Array,
+  shape: AttnShape,
+  pages: HostPages,
+  scratch: AttnScratch,
+): void {
   for (let i = t0; i < t0 + n; i++) attendTask(plan, i, layer, qkv, att, shape, pages, scratch);
 }
 
-export function attendTask(plan: StepPlan, i: number, layer: number, qkv: Float32Array, att: Float32Array,
-  shape: AttnShape, pages: HostPages, scratch: AttnScratch): void {
+export function attendTask(
+  plan: StepPlan,
+  i: number,
+  layer: number,
+  qkv: Float32Array,
+  att: Float32Array,
+  shape: AttnShape,
+  pages: HostPages,
+  scratch: AttnScratch,
+): void {
   const { numHeads: H, numKvHeads: KV, headDim: d } = shape;
   const nq = H / KV;
   const qkvDim = (H + 2 * KV) * d;
   const scale = 1 / Math.sqrt(d);
-  const t = plan.tasks, sg = plan.segs;
+  const t = plan.tasks,
+    sg = plan.segs;
   const o = i * TASK_WORDS;
-  const row = t[o + TASK_ROW]!, T = t[o + TASK_TOKENS]!;
+  const row = t[o + TASK_ROW]!,
+    T = t[o + TASK_TOKENS]!;
   scratch.ensure(nq * T, d);
   const s = scratch.scores;
   for (let h = 0; h < KV; h++) {
@@ -50,14 +90,17 @@ export function attendTask(plan: StepPlan, i: number, layer: number, qkv: Float3
     let pos = 0;
     for (let k = t[o + TASK_K0]!, end = k + t[o + TASK_KN]!; k < end; k++) {
       const so = k * SEG_WORDS;
-      const kind = sg[so + SEG_KIND]!, n = sg[so + SEG_N]!;
+      const kind = sg[so + SEG_KIND]!,
+        n = sg[so + SEG_N]!;
       if (kind === SEG_ROWS) {
         const r0 = sg[so + SEG_PAGE]!;
         for (let j = 0; j < nq; j++) {
           for (let x = 0; x < n; x++) s[j * T + pos + x] = dot(qkv, qOff + j * d, qkv, (r0 + x) * qkvDim + (H + h) * d, d) * scale;
         }
       } else {
-        const cap = sg[so + SEG_CAP]!, bits = sg[so + SEG_BITS]!, G = sg[so + SEG_G]!;
+        const cap = sg[so + SEG_CAP]!,
+          bits = sg[so + SEG_BITS]!,
+          G = sg[so + SEG_G]!;
         const v = pages.views(sg[so + SEG_PAGE]!);
         const sec = v.byteOffset + (layer * KV + h) * sg[so + SEG_SECTION]!;
         const first = sg[so + SEG_T0]!;
@@ -82,14 +125,17 @@ export function attendTask(plan: StepPlan, i: number, layer: number, qkv: Float3
     pos = 0;
     for (let k = t[o + TASK_V0]!, end = k + t[o + TASK_VN]!; k < end; k++) {
       const so = k * SEG_WORDS;
-      const kind = sg[so + SEG_KIND]!, n = sg[so + SEG_N]!;
+      const kind = sg[so + SEG_KIND]!,
+        n = sg[so + SEG_N]!;
       if (kind === SEG_ROWS) {
         const r0 = sg[so + SEG_PAGE]!;
         for (let j = 0; j < nq; j++) {
           for (let x = 0; x < n; x++) axpy(att, oOff + j * d, s[j * T + pos + x]!, qkv, (r0 + x) * qkvDim + (H + KV + h) * d, d);
         }
       } else {
-        const cap = sg[so + SEG_CAP]!, bits = sg[so + SEG_BITS]!, G = sg[so + SEG_G]!;
+        const cap = sg[so + SEG_CAP]!,
+          bits = sg[so + SEG_BITS]!,
+          G = sg[so + SEG_G]!;
         const v = pages.views(sg[so + SEG_PAGE]!);
         const sec = v.byteOffset + (layer * KV + h) * sg[so + SEG_SECTION]!;
         const first = sg[so + SEG_T0]!;
@@ -104,13 +150,44 @@ export function attendTask(plan: StepPlan, i: number, layer: number, qkv: Float3
         } else if (kind === SEG_KIVI_V) {
           const vs = kiviSection(SEG_KIVI_V, cap, d, bits, G);
           const groups = d / G;
-          accumKivi(att, oOff, s, pos, T, nq, v.u32, sec / 4 + first * wordsPerRow(d, bits), v.u16,
-            (sec + vs.scalesAt) / 2 + first * groups, (sec + vs.minsAt) / 2 + first * groups, n, d, bits, G);
+          accumKivi(
+            att,
+            oOff,
+            s,
+            pos,
+            T,
+            nq,
+            v.u32,
+            sec / 4 + first * wordsPerRow(d, bits),
+            v.u16,
+            (sec + vs.scalesAt) / 2 + first * groups,
+            (sec + vs.minsAt) / 2 + first * groups,
+            n,
+            d,
+            bits,
+            G,
+          );
         } else if (kind === SEG_KIVI_V8) {
           const vs = kiviV8Section(cap, d, bits, G);
           if (!v.u8) throw new Error('attention: 8-bit metadata pages need byte views');
-          accumKivi8(att, oOff, s, pos, T, nq, v.u32, sec / 4 + first * wordsPerRow(d, bits), v.u16,
-            (sec + vs.lohiAt) / 2 + 2 * first, v.u8, sec + vs.uvAt + first * 2 * (d / G), n, d, bits, G);
+          accumKivi8(
+            att,
+            oOff,
+            s,
+            pos,
+            T,
+            nq,
+            v.u32,
+            sec / 4 + first * wordsPerRow(d, bits),
+            v.u16,
+            (sec + vs.lohiAt) / 2 + 2 * first,
+            v.u8,
+            sec + vs.uvAt + first * 2 * (d / G),
+            n,
+            d,
+            bits,
+            G,
+          );
         } else {
           throw new Error(`attention: value segment of kind ${kind}`);
         }
@@ -121,7 +198,10 @@ export function attendTask(plan: StepPlan, i: number, layer: number, qkv: Float3
 }
 
 function dot(a: Float32Array, ao: number, b: Float32Array, bo: number, n: number): number {
-  let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  let s0 = 0,
+    s1 = 0,
+    s2 = 0,
+    s3 = 0;
   let i = 0;
   for (; i + 3 < n; i += 4) {
     s0 += a[ao + i]! * b[bo + i]!;
@@ -134,7 +214,8 @@ function dot(a: Float32Array, ao: number, b: Float32Array, bo: number, n: number
 }
 
 function dotHalf(a: Float32Array, ao: number, b: Uint16Array, bo: number, n: number): number {
-  let s0 = 0, s1 = 0;
+  let s0 = 0,
+    s1 = 0;
   let i = 0;
   for (; i + 1 < n; i += 2) {
     s0 += a[ao + i]! * H16[b[bo + i]!]!;
@@ -159,9 +240,25 @@ function axpyHalf(out: Float32Array, oo: number, a: number, x: Uint16Array, xo: 
  * scale/min [n/G][d] from sOff/mOff. q·k̂_t = Σ_c (q_c·s_c)·code_tc + Σ_c q_c·m_c: the scales fold into
  * the query once per group (docs/KIVI.md §6).
  */
-export function scoresKivi(s: Float32Array, sOff: number, sStride: number, q: Float32Array, qOff: number, nq: number,
-  codes: Uint32Array, cOff: number, params: Uint16Array, sOff16: number, mOff16: number,
-  n: number, d: number, bits: number, G: number, scale: number, qs: Float32Array): void {
+export function scoresKivi(
+  s: Float32Array,
+  sOff: number,
+  sStride: number,
+  q: Float32Array,
+  qOff: number,
+  nq: number,
+  codes: Uint32Array,
+  cOff: number,
+  params: Uint16Array,
+  sOff16: number,
+  mOff16: number,
+  n: number,
+  d: number,
+  bits: number,
+  G: number,
+  scale: number,
+  qs: Float32Array,
+): void {
   const per = 32 / bits;
   const mask = (1 << bits) - 1;
   const wpt = d / per;
@@ -193,9 +290,23 @@ export function scoresKivi(s: Float32Array, sOff: number, sStride: number, q: Fl
  * Accumulate attention-weighted KIVI values: n tokens, codes [n][d·b/32] from cOff, float16 scale/min
  * [n][d/G] from sOff/mOff. Σ_t a_t·(s_tg·code + m_tg): the weight folds into the scale and minimum.
  */
-export function accumKivi(out: Float32Array, oOff: number, p: Float32Array, pOff: number, pStride: number, nq: number,
-  codes: Uint32Array, cOff: number, params: Uint16Array, sOff16: number, mOff16: number,
-  n: number, d: number, bits: number, G: number): void {
+export function accumKivi(
+  out: Float32Array,
+  oOff: number,
+  p: Float32Array,
+  pOff: number,
+  pStride: number,
+  nq: number,
+  codes: Uint32Array,
+  cOff: number,
+  params: Uint16Array,
+  sOff16: number,
+  mOff16: number,
+  n: number,
+  d: number,
+  bits: number,
+  G: number,
+): void {
   const per = 32 / bits;
   const mask = (1 << bits) - 1;
   const wpt = d / per;
@@ -225,9 +336,24 @@ export function accumKivi(out: Float32Array, oOff: number, p: Float32Array, pOff
  * accumKivi for value pages with 8-bit metadata (SEG_KIVI_V8): each group's scale and minimum decoded in
  * float32 from its token's float16 (lo, hi) at lohi[lOff + 2t] and its (u, v) at uv[uOff + t·2·(d/G) + 2g].
  */
-export function accumKivi8(out: Float32Array, oOff: number, p: Float32Array, pOff: number, pStride: number, nq: number,
-  codes: Uint32Array, cOff: number, lohi: Uint16Array, lOff: number, uv: Uint8Array, uOff: number,
-  n: number, d: number, bits: number, G: number): void {
+export function accumKivi8(
+  out: Float32Array,
+  oOff: number,
+  p: Float32Array,
+  pOff: number,
+  pStride: number,
+  nq: number,
+  codes: Uint32Array,
+  cOff: number,
+  lohi: Uint16Array,
+  lOff: number,
+  uv: Uint8Array,
+  uOff: number,
+  n: number,
+  d: number,
+  bits: number,
+  G: number,
+): void {
   const per = 32 / bits;
   const mask = (1 << bits) - 1;
   const wpt = d / per;
@@ -239,11 +365,13 @@ export function accumKivi8(out: Float32Array, oOff: number, p: Float32Array, pOf
     for (let t = 0; t < n; t++) {
       const a = p[po + t]!;
       if (a === 0) continue;
-      const lo = lohi[lOff + 2 * t]!, hi = lohi[lOff + 2 * t + 1]!;
+      const lo = lohi[lOff + 2 * t]!,
+        hi = lohi[lOff + 2 * t + 1]!;
       const co = cOff + t * wpt;
       const go = uOff + t * 2 * groups;
       for (let g = 0, c = oo, w = co; g < groups; g++) {
-        const u = uv[go + 2 * g]!, v = uv[go + 2 * g + 1]!;
+        const u = uv[go + 2 * g]!,
+          v = uv[go + 2 * g + 1]!;
         const ws = a * meta8Scale(lo, hi, u, v, bits);
         const wm = a * meta8Min(lo, hi, u);
         for (let e = 0; e < wpg; e++, w++) {

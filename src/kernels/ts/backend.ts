@@ -2,18 +2,22 @@
  * The pure-TypeScript back end: the readable reference every faster back end is tested against, and the
  * fallback where WebAssembly is unavailable. Tensors are plain typed arrays; every op runs when issued.
  */
+
+import { KiviError } from '../../util/errors.js';
+import { type HostPages, hostPageBytes, type PageViews } from '../host/memory.js';
+import type { StepPlan } from '../plan.js';
 import type { AttnShape, Backend, DType, HostArray, PagePool, Tensor } from '../types.js';
 import { DTYPE_BYTES } from '../types.js';
-import type { StepPlan } from '../plan.js';
-import { type HostPages, type PageViews, hostPageBytes } from '../host/memory.js';
 import { AttnScratch, attendTasks } from './attention.js';
 import { JobScratch, runJobs } from './jobs.js';
 import * as ops from './ops.js';
-import { KiviError } from '../../util/errors.js';
 
 /** A tensor of a host back end: its data as a typed array (16-bit types as their bit patterns). */
 export class HostTensor implements Tensor {
-  constructor(readonly dtype: DType, readonly data: Float32Array | Uint16Array | Uint32Array | Int32Array) {}
+  constructor(
+    readonly dtype: DType,
+    readonly data: Float32Array | Uint16Array | Uint32Array | Int32Array,
+  ) {}
   get length(): number {
     return this.data.length;
   }
@@ -21,11 +25,15 @@ export class HostTensor implements Tensor {
 
 export function newHostArray(dtype: DType, n: number): HostTensor['data'] {
   switch (dtype) {
-    case 'f32': return new Float32Array(n);
+    case 'f32':
+      return new Float32Array(n);
     case 'f16':
-    case 'bf16': return new Uint16Array(n);
-    case 'u32': return new Uint32Array(n);
-    case 'i32': return new Int32Array(n);
+    case 'bf16':
+      return new Uint16Array(n);
+    case 'u32':
+      return new Uint32Array(n);
+    case 'i32':
+      return new Int32Array(n);
   }
 }
 
@@ -120,7 +128,9 @@ export class TsBackend implements Backend {
     return f32(t).slice(offset, offset + length);
   }
 
-  release(): void { /* garbage collected */ }
+  release(): void {
+    /* garbage collected */
+  }
 
   createPagePool(shape: AttnShape): TsPagePool {
     return new TsPagePool(shape);
@@ -170,7 +180,9 @@ export class TsBackend implements Backend {
     attendTasks(plan, r[0]!, r[1]!, layer, f32(qkv), f32(att), pool.shape, pool as TsPagePool, this.attnScratch);
   }
 
-  async sync(): Promise<void> { /* ops run as they are issued */ }
+  async sync(): Promise<void> {
+    /* ops run as they are issued */
+  }
 
   async argmax(x: Tensor, rows: number, n: number): Promise<Int32Array> {
     return ops.argmax(f32(x), rows, n);
@@ -181,5 +193,7 @@ export class TsBackend implements Backend {
     ops.randomFill(d, wt, seed, scale);
   }
 
-  dispose(): void { /* nothing held */ }
+  dispose(): void {
+    /* nothing held */
+  }
 }

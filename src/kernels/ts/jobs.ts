@@ -4,18 +4,45 @@
  * src/quant, bit for bit), and the simulated quantization of the fake caches. Each job reads its source
  * segments' tokens in order, for every kv head of one layer.
  */
-import {
-  JOB_BITS, JOB_DST, JOB_FAKE_CHANNEL, JOB_FAKE_TOKEN, JOB_HALF, JOB_KIND, JOB_QKEY, JOB_QVAL, JOB_ROTATE, JOB_SRC0, JOB_SRCN,
-  JOB_STORE, JOB_VALUES, JOB_WORDS, SEG_BITS, SEG_CAP, SEG_F16, SEG_F32, SEG_G, SEG_KIND, SEG_KIVI_K, SEG_KIVI_V, SEG_KIVI_V8,
-  SEG_N, SEG_PAGE, SEG_ROWS, SEG_SECTION, SEG_T0, SEG_WORDS,
-} from '../layout.js';
-import { kiviSection, kiviV8Section, wordsPerRow } from '../pages.js';
+
+import { fromHalfBits, toHalfBits } from '../../quant/float16.js';
 import { fwht } from '../../quant/hadamard.js';
 import { quantizePerToken8Into } from '../../quant/meta8.js';
-import type { AttnShape } from '../types.js';
-import type { HostPages } from '../host/memory.js';
-import { fromHalfBits, toHalfBits } from '../../quant/float16.js';
 import { type Bits, fakeQuantizeGroup, quantizePerChannelInto, quantizePerTokenInto } from '../../quant/quantizer.js';
+import type { HostPages } from '../host/memory.js';
+import {
+  JOB_BITS,
+  JOB_DST,
+  JOB_FAKE_CHANNEL,
+  JOB_FAKE_TOKEN,
+  JOB_HALF,
+  JOB_KIND,
+  JOB_QKEY,
+  JOB_QVAL,
+  JOB_ROTATE,
+  JOB_SRC0,
+  JOB_SRCN,
+  JOB_STORE,
+  JOB_VALUES,
+  JOB_WORDS,
+  SEG_BITS,
+  SEG_CAP,
+  SEG_F16,
+  SEG_F32,
+  SEG_G,
+  SEG_KIND,
+  SEG_KIVI_K,
+  SEG_KIVI_V,
+  SEG_KIVI_V8,
+  SEG_N,
+  SEG_PAGE,
+  SEG_ROWS,
+  SEG_SECTION,
+  SEG_T0,
+  SEG_WORDS,
+} from '../layout.js';
+import { kiviSection, kiviV8Section, wordsPerRow } from '../pages.js';
+import type { AttnShape } from '../types.js';
 
 /** Scratch for gathering a job's input rows. */
 export class JobScratch {
@@ -34,13 +61,30 @@ export class JobScratch {
 }
 
 /** Run jobs [j0, j0 + n) of a job table (plan.pre or plan.post) on layer `layer`. */
-export function runJobs(jobs: Int32Array, j0: number, n: number, segs: Int32Array, layer: number, qkv: Float32Array,
-  shape: AttnShape, pages: HostPages, scratch: JobScratch): void {
+export function runJobs(
+  jobs: Int32Array,
+  j0: number,
+  n: number,
+  segs: Int32Array,
+  layer: number,
+  qkv: Float32Array,
+  shape: AttnShape,
+  pages: HostPages,
+  scratch: JobScratch,
+): void {
   for (let j = j0; j < j0 + n; j++) runJob(jobs, j, segs, layer, qkv, shape, pages, scratch);
 }
 
-export function runJob(jobs: Int32Array, j: number, segs: Int32Array, layer: number, qkv: Float32Array,
-  shape: AttnShape, pages: HostPages, scratch: JobScratch): void {
+export function runJob(
+  jobs: Int32Array,
+  j: number,
+  segs: Int32Array,
+  layer: number,
+  qkv: Float32Array,
+  shape: AttnShape,
+  pages: HostPages,
+  scratch: JobScratch,
+): void {
   const { numKvHeads: KV, headDim: d } = shape;
   const o = j * JOB_WORDS;
   const kind = jobs[o + JOB_KIND]!;
@@ -50,8 +94,12 @@ export function runJob(jobs: Int32Array, j: number, segs: Int32Array, layer: num
     rotateQueriesKeys(qkv, segs[dst + SEG_PAGE]!, segs[dst + SEG_N]!, shape);
     return;
   }
-  const dKind = segs[dst + SEG_KIND]!, dN = segs[dst + SEG_N]!, dCap = segs[dst + SEG_CAP]!;
-  const dT0 = segs[dst + SEG_T0]!, dBits = segs[dst + SEG_BITS]!, G = segs[dst + SEG_G]!;
+  const dKind = segs[dst + SEG_KIND]!,
+    dN = segs[dst + SEG_N]!,
+    dCap = segs[dst + SEG_CAP]!;
+  const dT0 = segs[dst + SEG_T0]!,
+    dBits = segs[dst + SEG_BITS]!,
+    G = segs[dst + SEG_G]!;
   // Copy the views out: a pool may reuse one views object for every page (gather() asks for others).
   const dv = pages.views(segs[dst + SEG_PAGE]!);
   const v = { f32: dv.f32, u16: dv.u16, u32: dv.u32, u8: dv.u8, byteOffset: dv.byteOffset };
@@ -71,22 +119,59 @@ export function runJob(jobs: Int32Array, j: number, segs: Int32Array, layer: num
       case JOB_QKEY: {
         if (dKind !== SEG_KIVI_K || dT0 !== 0 || dN !== dCap) throw new Error(`cache job ${j}: a key block must be written whole`);
         const ks = kiviSection(SEG_KIVI_K, dCap, d, dBits, G);
-        quantizePerChannelInto(x, 0, dN, d, G, dBits as Bits, v.u32, sec / 4,
-          v.u16.subarray((sec + ks.scalesAt) / 2), v.u16.subarray((sec + ks.minsAt) / 2), 0, scratch.codes);
+        quantizePerChannelInto(
+          x,
+          0,
+          dN,
+          d,
+          G,
+          dBits as Bits,
+          v.u32,
+          sec / 4,
+          v.u16.subarray((sec + ks.scalesAt) / 2),
+          v.u16.subarray((sec + ks.minsAt) / 2),
+          0,
+          scratch.codes,
+        );
         break;
       }
       case JOB_QVAL: {
         if (dKind === SEG_KIVI_V8) {
           const vs = kiviV8Section(dCap, d, dBits, G);
           if (!v.u8) throw new Error(`cache job ${j}: 8-bit metadata pages need byte views`);
-          quantizePerToken8Into(x, 0, dN, d, G, dBits as Bits, v.u32, sec / 4 + dT0 * wordsPerRow(d, dBits),
-            v.u16, (sec + vs.lohiAt) / 2 + 2 * dT0, v.u8, sec + vs.uvAt + dT0 * 2 * (d / G), scratch.codes);
+          quantizePerToken8Into(
+            x,
+            0,
+            dN,
+            d,
+            G,
+            dBits as Bits,
+            v.u32,
+            sec / 4 + dT0 * wordsPerRow(d, dBits),
+            v.u16,
+            (sec + vs.lohiAt) / 2 + 2 * dT0,
+            v.u8,
+            sec + vs.uvAt + dT0 * 2 * (d / G),
+            scratch.codes,
+          );
           break;
         }
         if (dKind !== SEG_KIVI_V) throw new Error(`cache job ${j}: values quantized into a page of kind ${dKind}`);
         const vs = kiviSection(SEG_KIVI_V, dCap, d, dBits, G);
-        quantizePerTokenInto(x, 0, dN, d, G, dBits as Bits, v.u32, sec / 4 + dT0 * wordsPerRow(d, dBits),
-          v.u16.subarray((sec + vs.scalesAt) / 2), v.u16.subarray((sec + vs.minsAt) / 2), dT0 * (d / G), scratch.codes);
+        quantizePerTokenInto(
+          x,
+          0,
+          dN,
+          d,
+          G,
+          dBits as Bits,
+          v.u32,
+          sec / 4 + dT0 * wordsPerRow(d, dBits),
+          v.u16.subarray((sec + vs.scalesAt) / 2),
+          v.u16.subarray((sec + vs.minsAt) / 2),
+          dT0 * (d / G),
+          scratch.codes,
+        );
         break;
       }
       case JOB_FAKE_TOKEN: {
@@ -112,15 +197,25 @@ export function runJob(jobs: Int32Array, j: number, segs: Int32Array, layer: num
 }
 
 /** Copy the job's source tokens of kv head h, in order, into x as float32 rows [t][d]; returns the count. */
-function gather(jobs: Int32Array, o: number, segs: Int32Array, layer: number, h: number, qkv: Float32Array,
-  shape: AttnShape, pages: HostPages, x: Float32Array): number {
+function gather(
+  jobs: Int32Array,
+  o: number,
+  segs: Int32Array,
+  layer: number,
+  h: number,
+  qkv: Float32Array,
+  shape: AttnShape,
+  pages: HostPages,
+  x: Float32Array,
+): number {
   const { numHeads: H, numKvHeads: KV, headDim: d } = shape;
   const qkvDim = (H + 2 * KV) * d;
   const part = (jobs[o + JOB_HALF] === JOB_VALUES ? H + KV : H) + h;
   let t = 0;
   for (let k = jobs[o + JOB_SRC0]!, end = k + jobs[o + JOB_SRCN]!; k < end; k++) {
     const so = k * SEG_WORDS;
-    const kind = segs[so + SEG_KIND]!, n = segs[so + SEG_N]!;
+    const kind = segs[so + SEG_KIND]!,
+      n = segs[so + SEG_N]!;
     if (kind === SEG_ROWS) {
       const r0 = segs[so + SEG_PAGE]!;
       for (let i = 0; i < n; i++) x.set(qkv.subarray((r0 + i) * qkvDim + part * d, (r0 + i) * qkvDim + (part + 1) * d), (t + i) * d);

@@ -26,7 +26,10 @@ function table(t: WeightType): Float32Array | undefined {
 }
 
 export function dot(a: Float32Array, ao: number, b: Float32Array, bo: number, n: number): number {
-  let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  let s0 = 0,
+    s1 = 0,
+    s2 = 0,
+    s3 = 0;
   let i = 0;
   for (; i + 3 < n; i += 4) {
     s0 += a[ao + i]! * b[bo + i]!;
@@ -40,7 +43,10 @@ export function dot(a: Float32Array, ao: number, b: Float32Array, bo: number, n:
 
 /** Dot product with 16-bit weights read through their float32 table. */
 function dot16(a: Float32Array, ao: number, b: Uint16Array, bo: number, n: number, tab: Float32Array): number {
-  let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  let s0 = 0,
+    s1 = 0,
+    s2 = 0,
+    s3 = 0;
   let i = 0;
   for (; i + 3 < n; i += 4) {
     s0 += a[ao + i]! * tab[b[bo + i]!]!;
@@ -53,8 +59,18 @@ function dot16(a: Float32Array, ao: number, b: Uint16Array, bo: number, n: numbe
 }
 
 /** out[r·outDim + o] = Σ_i x[r·inDim + i]·w[o·inDim + i] (+ bias[o]); each weight row read once per call. */
-export function matmul(out: Float32Array, x: Float32Array, w: WeightArray, wt: WeightType, rows: number, inDim: number,
-  outDim: number, bias?: Float32Array, o0 = 0, o1 = outDim): void {
+export function matmul(
+  out: Float32Array,
+  x: Float32Array,
+  w: WeightArray,
+  wt: WeightType,
+  rows: number,
+  inDim: number,
+  outDim: number,
+  bias?: Float32Array,
+  o0 = 0,
+  o1 = outDim,
+): void {
   const tab = table(wt);
   for (let o = o0; o < o1; o++) {
     const wo = o * inDim;
@@ -98,8 +114,16 @@ export function rmsnorm(out: Float32Array, x: Float32Array, w: WeightArray, wt: 
  * Rotate-half rotary embedding in place on the first `heads` head vectors of each row (q heads then k
  * heads, which are adjacent in a qkv row): pairs (i, i + d/2) by angle positions[r]·inv_freq_i.
  */
-export function rope(x: Float32Array, rows: number, rowStride: number, heads: number, d: number, positions: Int32Array,
-  cos: Float32Array, sin: Float32Array): void {
+export function rope(
+  x: Float32Array,
+  rows: number,
+  rowStride: number,
+  heads: number,
+  d: number,
+  positions: Int32Array,
+  cos: Float32Array,
+  sin: Float32Array,
+): void {
   const half = d / 2;
   for (let r = 0; r < rows; r++) {
     const co = positions[r]! * half;

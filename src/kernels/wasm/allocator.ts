@@ -30,7 +30,10 @@ export class Allocator {
    * @param base first usable byte offset (rounded up to ALIGN)
    * @param grow called with a byte end the memory must reach; throws if it cannot
    */
-  constructor(base: number, private readonly grow: (end: number) => void) {
+  constructor(
+    base: number,
+    private readonly grow: (end: number) => void,
+  ) {
     this.top = Math.ceil(base / ALIGN) * ALIGN;
     this.highWater = this.top;
   }

@@ -4,8 +4,9 @@
  * (COOP/COEP headers, as `kivi web` sends); helper threads need the caller to be a worker (the main
  * thread may not block in Atomics.wait), so on a page's main thread it runs single-threaded.
  */
-import { WasmBackend, type HelperFactory } from './kernels.js';
+
 import { KiviError } from '../../util/errors.js';
+import { type HelperFactory, WasmBackend } from './kernels.js';
 
 let compiled: Promise<WebAssembly.Module> | undefined;
 
@@ -59,7 +60,7 @@ export async function createWasmBackend(threads = defaultThreads()): Promise<Was
     throw new Error('shared WebAssembly memory needs a cross-origin isolated page (COOP/COEP headers)');
   }
   if (threads > 1 && onMainThread()) {
-    throw new KiviError('the wasm back end runs one thread on a page\'s main thread; use more threads inside a Web Worker');
+    throw new KiviError("the wasm back end runs one thread on a page's main thread; use more threads inside a Web Worker");
   }
   return WasmBackend.create({ module: await kernelModule(), threads, helpers: startWorkers });
 }

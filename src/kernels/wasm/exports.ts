@@ -9,15 +9,39 @@ export interface KernelExports {
   scores_f16(s: number, sStride: number, q: number, nq: number, k: number, kRow: number, n: number, d: number, scale: number): void;
   accum_f32(out: number, p: number, pStride: number, nq: number, v: number, vRow: number, n: number, d: number): void;
   accum_f16(out: number, p: number, pStride: number, nq: number, v: number, vRow: number, n: number, d: number): void;
-  scores_kivi(s: number, sStride: number, q: number, nq: number, codes: number, scales: number, mins: number,
-    n: number, d: number, bits: number, G: number, scale: number, work: number): void;
-  accum_kivi(out: number, p: number, pStride: number, nq: number, codes: number, scales: number, mins: number,
-    n: number, d: number, bits: number, G: number, work: number): void;
+  scores_kivi(
+    s: number,
+    sStride: number,
+    q: number,
+    nq: number,
+    codes: number,
+    scales: number,
+    mins: number,
+    n: number,
+    d: number,
+    bits: number,
+    G: number,
+    scale: number,
+    work: number,
+  ): void;
+  accum_kivi(
+    out: number,
+    p: number,
+    pStride: number,
+    nq: number,
+    codes: number,
+    scales: number,
+    mins: number,
+    n: number,
+    d: number,
+    bits: number,
+    G: number,
+    work: number,
+  ): void;
   kivi_work_bytes(d: number, nq: number): number;
   softmax(row: number, n: number): void;
   swiglu(act: number, gu: number, rows: number, I: number): void;
-  attend_task(tasks: number, segs: number, i: number, layer: number, qkv: number, att: number,
-    H: number, KV: number, d: number, scratch: number): void;
+  attend_task(tasks: number, segs: number, i: number, layer: number, qkv: number, att: number, H: number, KV: number, d: number, scratch: number): void;
   task_scratch_bytes(nq: number, T: number, d: number): number;
 }
 

@@ -20,7 +20,13 @@ export const W_BF16 = 1;
 export const W_F16 = 2;
 
 // Control block (Int32Array indices).
-const EPOCH = 0, FINISHED = 1, OP = 2, COUNT = 3, ERROR = 4, SLEEPERS = 5, ARGS = 8;
+const EPOCH = 0,
+  FINISHED = 1,
+  OP = 2,
+  COUNT = 3,
+  ERROR = 4,
+  SLEEPERS = 5,
+  ARGS = 8;
 export const CTRL_INTS = 24;
 
 // The claim word: epoch (24 bits) | item count (20 bits) | next item (20 bits).
@@ -62,8 +68,11 @@ function runItem(c: JobContext, i: number): void {
   const a = c.ctrl;
   const op = a[OP]!;
   if (op === OP_MATMUL) {
-    const outDim = a[ARGS + 5]!, chunk = a[ARGS + 7]!, kind = a[ARGS + 8]!;
-    const o0 = i * chunk, o1 = Math.min(outDim, o0 + chunk);
+    const outDim = a[ARGS + 5]!,
+      chunk = a[ARGS + 7]!,
+      kind = a[ARGS + 8]!;
+    const o0 = i * chunk,
+      o1 = Math.min(outDim, o0 + chunk);
     if (kind === W_F32) {
       c.k.matmul(a[ARGS]!, a[ARGS + 1]!, a[ARGS + 2]!, a[ARGS + 3]!, a[ARGS + 4]!, outDim, a[ARGS + 6]!, o0, o1);
     } else {
@@ -73,8 +82,18 @@ function runItem(c: JobContext, i: number): void {
       mm(a[ARGS]!, a[ARGS + 1]!, a[ARGS + 2]!, a[ARGS + 3]!, a[ARGS + 4]!, outDim, a[ARGS + 6]!, o0, o1, scratch);
     }
   } else if (op === OP_ATTEND) {
-    c.k.attend_task(a[ARGS]!, a[ARGS + 1]!, i, a[ARGS + 2]!, a[ARGS + 3]!, a[ARGS + 4]!, a[ARGS + 5]!, a[ARGS + 6]!,
-      a[ARGS + 7]!, a[ARGS + 8]! + c.tid * a[ARGS + 9]!);
+    c.k.attend_task(
+      a[ARGS]!,
+      a[ARGS + 1]!,
+      i,
+      a[ARGS + 2]!,
+      a[ARGS + 3]!,
+      a[ARGS + 4]!,
+      a[ARGS + 5]!,
+      a[ARGS + 6]!,
+      a[ARGS + 7]!,
+      a[ARGS + 8]! + c.tid * a[ARGS + 9]!,
+    );
   }
 }
 
@@ -111,6 +130,7 @@ export function helperLoop(c: JobContext): void {
     if (e === seen) {
       const until = performance.now() + SPIN_MS;
       let spins = 0;
+      // biome-ignore lint/suspicious/noAssignInExpressions: the spin reads the epoch once per test
       while ((e = Atomics.load(ctrl, EPOCH)) === seen) {
         if ((++spins & 255) !== 0 || performance.now() < until) continue;
         Atomics.add(ctrl, SLEEPERS, 1);
@@ -151,7 +171,8 @@ export class JobRunner {
     ctrl[COUNT] = count;
     ctrl[ERROR] = 0;
     Atomics.store(ctrl, FINISHED, 0);
-    const e = (this.epoch = (this.epoch + 1) >>> 0);
+    this.epoch = (this.epoch + 1) >>> 0;
+    const e = this.epoch;
     Atomics.store(next, 0, (BigInt(e & 0xffffff) << EPOCH_SHIFT) | (BigInt(count) << COUNT_SHIFT));
     Atomics.store(ctrl, EPOCH, e | 0);
     if (Atomics.load(ctrl, SLEEPERS) > 0) Atomics.notify(ctrl, EPOCH);

@@ -7,16 +7,17 @@
  * jobs) run in TypeScript on views of the same memory. No Node APIs here: the Node loader (node.ts)
  * supplies the module and the threads.
  */
-import type { AttnShape, Backend, DType, HostArray, PagePool, Tensor } from '../types.js';
-import { DTYPE_BYTES } from '../types.js';
+
+import { KiviError } from '../../util/errors.js';
+import { type HostPages, hostPageBytes, type PageViews } from '../host/memory.js';
 import type { StepPlan } from '../plan.js';
-import { type HostPages, type PageViews, hostPageBytes } from '../host/memory.js';
-import { Allocator } from './allocator.js';
-import { type KernelExports, instantiate } from './exports.js';
-import { JobRunner, MAX_ITEMS, OP_ATTEND, OP_MATMUL, OP_STOP, W_BF16, W_F16, W_F32, newControl } from './jobs.js';
 import { JobScratch, runJobs } from '../ts/jobs.js';
 import * as ops from '../ts/ops.js';
-import { KiviError } from '../../util/errors.js';
+import type { AttnShape, Backend, DType, HostArray, PagePool, Tensor } from '../types.js';
+import { DTYPE_BYTES } from '../types.js';
+import { Allocator } from './allocator.js';
+import { instantiate, type KernelExports } from './exports.js';
+import { JobRunner, MAX_ITEMS, newControl, OP_ATTEND, OP_MATMUL, OP_STOP, W_BF16, W_F16, W_F32 } from './jobs.js';
 
 const PAGE = 65536;
 /** Bytes kept readable past the heap top: kernels load whole 16-byte vectors at the end of a row. */
@@ -48,17 +49,25 @@ export interface WasmBackendOptions {
 
 /** A tensor in the linear memory: its address and a view of it (views of shared memory stay valid as it grows). */
 export class WasmTensor implements Tensor {
-  constructor(readonly dtype: DType, readonly length: number, readonly addr: number,
-    readonly data: Float32Array | Uint16Array | Uint32Array | Int32Array) {}
+  constructor(
+    readonly dtype: DType,
+    readonly length: number,
+    readonly addr: number,
+    readonly data: Float32Array | Uint16Array | Uint32Array | Int32Array,
+  ) {}
 }
 
 function viewOf(buf: ArrayBufferLike, dtype: DType, addr: number, n: number): WasmTensor['data'] {
   switch (dtype) {
-    case 'f32': return new Float32Array(buf, addr, n);
+    case 'f32':
+      return new Float32Array(buf, addr, n);
     case 'f16':
-    case 'bf16': return new Uint16Array(buf, addr, n);
-    case 'u32': return new Uint32Array(buf, addr, n);
-    case 'i32': return new Int32Array(buf, addr, n);
+    case 'bf16':
+      return new Uint16Array(buf, addr, n);
+    case 'u32':
+      return new Uint32Array(buf, addr, n);
+    case 'i32':
+      return new Int32Array(buf, addr, n);
   }
 }
 
@@ -153,8 +162,10 @@ export class WasmBackend implements Backend {
     return this.views;
   }
   private views = {
-    buf: null as ArrayBufferLike | null, f32: new Float32Array(0) as Float32Array<ArrayBufferLike>,
-    u16: new Uint16Array(0) as Uint16Array<ArrayBufferLike>, u32: new Uint32Array(0) as Uint32Array<ArrayBufferLike>,
+    buf: null as ArrayBufferLike | null,
+    f32: new Float32Array(0) as Float32Array<ArrayBufferLike>,
+    u16: new Uint16Array(0) as Uint16Array<ArrayBufferLike>,
+    u32: new Uint32Array(0) as Uint32Array<ArrayBufferLike>,
   };
 
   allocPage(bytes: number): number {
@@ -213,7 +224,10 @@ export class WasmBackend implements Backend {
   matmul(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number, bias?: Tensor): void {
     const kind = w.dtype === 'f32' ? W_F32 : w.dtype === 'bf16' ? W_BF16 : w.dtype === 'f16' ? W_F16 : -1;
     if (kind < 0) throw new Error(`wasm matmul: ${w.dtype} weights`);
-    const po = T(out).addr, px = T(x).addr, pw = T(w).addr, pb = bias ? T(bias).addr : 0;
+    const po = T(out).addr,
+      px = T(x).addr,
+      pw = T(w).addr,
+      pb = bias ? T(bias).addr : 0;
     const parallel = this.runner !== null && rows * inDim * outDim >= PARALLEL_MACS && outDim >= 16 && this.runner.parallel;
     // 16-bit weights and a batch: float32 panels in per-thread scratch (only batches of ≥ 16 rows use it).
     const stride = kind !== W_F32 && rows >= 16 ? Math.ceil((this.panelPerInput * inDim) / 64) * 64 : 0;
@@ -255,7 +269,8 @@ export class WasmBackend implements Backend {
 
   attend(plan: StepPlan, sub: number, layer: number, qkv: Tensor, att: Tensor, pool: PagePool): void {
     const r = plan.sub(sub);
-    const t0 = r[0]!, nt = r[1]!;
+    const t0 = r[0]!,
+      nt = r[1]!;
     if (nt === 0) return;
     const { tasks, segs } = this.copyPlan(plan);
     const { numHeads: H, numKvHeads: KV, headDim: d } = pool.shape;
@@ -265,8 +280,7 @@ export class WasmBackend implements Backend {
     const taskBase = tasks + t0 * 4 * 8;
     if (parallel) {
       for (let i0 = 0; i0 < nt; i0 += MAX_ITEMS) {
-        this.runner!.run(OP_ATTEND, [taskBase + i0 * 32, segs, layer, T(qkv).addr, T(att).addr, H, KV, d, scratch, stride],
-          Math.min(MAX_ITEMS, nt - i0));
+        this.runner!.run(OP_ATTEND, [taskBase + i0 * 32, segs, layer, T(qkv).addr, T(att).addr, H, KV, d, scratch, stride], Math.min(MAX_ITEMS, nt - i0));
       }
     } else {
       for (let i = 0; i < nt; i++) this.k.attend_task(taskBase, segs, i, layer, T(qkv).addr, T(att).addr, H, KV, d, scratch);
@@ -277,7 +291,8 @@ export class WasmBackend implements Backend {
   private copyPlan(plan: StepPlan): { tasks: number; segs: number } {
     const c = this.planCopy;
     if (c.plan !== plan || c.epoch !== plan.epoch) {
-      const tb = plan.nTasks * 32, sb = plan.nSegs * 32;
+      const tb = plan.nTasks * 32,
+        sb = plan.nSegs * 32;
       if (c.tasksBytes < tb) {
         if (c.tasks) this.heap.free(c.tasks);
         c.tasksBytes = Math.max(tb, c.tasksBytes * 2, 1024);
@@ -296,7 +311,9 @@ export class WasmBackend implements Backend {
     return c;
   }
 
-  async sync(): Promise<void> { /* ops run as they are issued */ }
+  async sync(): Promise<void> {
+    /* ops run as they are issued */
+  }
 
   async argmax(x: Tensor, rows: number, n: number): Promise<Int32Array> {
     return ops.argmax(F(x), rows, n);
@@ -328,7 +345,10 @@ export class WasmPagePool implements PagePool, HostPages {
   private readonly sizes = new Map<number, number>();
   private readonly v: PageViews = { f32: new Float32Array(0), u16: new Uint16Array(0), u32: new Uint32Array(0), byteOffset: 0 };
 
-  constructor(readonly shape: AttnShape, private readonly b: WasmBackend) {}
+  constructor(
+    readonly shape: AttnShape,
+    private readonly b: WasmBackend,
+  ) {}
 
   pageBytes(sectionBytes: number): number {
     return hostPageBytes(this.shape, sectionBytes);

@@ -2,7 +2,7 @@
 import { readFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
-import { WasmBackend, type HelperFactory } from './kernels.js';
+import { type HelperFactory, WasmBackend } from './kernels.js';
 
 let compiled: Promise<WebAssembly.Module> | undefined;
 

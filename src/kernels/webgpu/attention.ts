@@ -26,11 +26,9 @@
  * Records come from one storage buffer per plan (planbuf.ts); pages live in up to ARENAS buffers per
  * layer (pool.ts), selected by the slot in each segment record.
  */
-import {
-  JOB_QKEY, JOB_QVAL, JOB_STORE, JOB_VALUES, SEG_F16, SEG_F32, SEG_KIVI_K, SEG_KIVI_V, SEG_ROWS,
-} from '../layout.js';
+import { JOB_QKEY, JOB_QVAL, JOB_STORE, JOB_VALUES, SEG_F16, SEG_F32, SEG_KIVI_V, SEG_ROWS } from '../layout.js';
 import type { AttnShape } from '../types.js';
-import { CONVERT, DIVIDE, GRID, f32lit } from './wgsl.js';
+import { CONVERT, DIVIDE, f32lit, GRID } from './wgsl.js';
 
 /** Arena buffers (bindings) per layer. */
 export const ARENAS = 4;
@@ -64,8 +62,12 @@ export function partialFloats(shape: AttnShape): number {
 
 /** Workgroup bytes of the attention kernel with `s` folded key groups. */
 function attnBytes(nq: number, D: number, lanes: number, s: number): number {
-  const q = nq * D, sc = nq * TILE, fp = Math.max(s * nq * (D / 16) * 2, nq * 40), fs = s * nq * 2;
-  const big = Math.max(s * nq * D, lanes * D), ti = 4 * TILE;
+  const q = nq * D,
+    sc = nq * TILE,
+    fp = Math.max(s * nq * (D / 16) * 2, nq * 40),
+    fs = s * nq * 2;
+  const big = Math.max(s * nq * D, lanes * D),
+    ti = 4 * TILE;
   return (q + sc + fp + fs + big + ti) * 4;
 }
 
@@ -122,7 +124,10 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number): strin
   // GPUs would put in local memory when indexed at run time.
   const range = (n: number) => Array.from({ length: n }, (_, i) => i);
   const J = (f: (j: number) => string, sep = '\n') => range(NQ).map(f).join(sep);
-  const JK = (f: (j: number, k: number) => string) => range(NQ).flatMap((j) => range(CH).map((k) => f(j, k))).join('\n');
+  const JK = (f: (j: number, k: number) => string) =>
+    range(NQ)
+      .flatMap((j) => range(CH).map((k) => f(j, k)))
+      .join('\n');
   const qvec = (j: number, c: string, o = 0) =>
     `vec4<f32>(qs[${j * D + o}u + ${c}], qs[${j * D + o + 1}u + ${c}], qs[${j * D + o + 2}u + ${c}], qs[${j * D + o + 3}u + ${c}])`;
 
@@ -135,7 +140,7 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number): strin
       for (let k = 0; k < cpw; k += 4) {
         s += `          { let c4 = fb + (${wi}) * ${cpw / 4}u + ${k / 4}u;\n`;
         for (let e = 0; e < 4; e++) s += `            let v${e} = ${magic(word, bits, k + e)};\n`;
-        s += J((j) => `            { let q = big[c4 + ${j * (D / 4)}u]; S${j} = fma(q.x, v0, fma(q.y, v1, fma(q.z, v2, fma(q.w, v3, S${j})))); }`) + '\n';
+        s += `${J((j) => `            { let q = big[c4 + ${j * (D / 4)}u]; S${j} = fma(q.x, v0, fma(q.y, v1, fma(q.z, v2, fma(q.w, v3, S${j})))); }`)}\n`;
         s += '          }\n';
       }
       return s;
@@ -171,9 +176,15 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number): strin
       s += `              let w${wi} = ldw(sl, row + ${wi}u)${partial ? ` >> ((c0 % ${cpw}u) * ${bits}u)` : ''};\n`;
     }
     for (let k = 0; k < CH; k++) s += `              let m${k} = ${magic(`w${Math.floor((k * bits) / 32)}`, bits, k % cpw)};\n`;
-    s += J((j) => `              { let ws = p${j} * sv; W${j} += ws; B${j} += p${j} * mv;\n` +
-      range(CH).map((k) => `                a${j}_${k} = fma(ws, m${k}, a${j}_${k});`).join('\n') + '\n              }') + '\n';
-    return s + '            }\n';
+    s += `${J(
+      (j) =>
+        `              { let ws = p${j} * sv; W${j} += ws; B${j} += p${j} * mv;\n` +
+        range(CH)
+          .map((k) => `                a${j}_${k} = fma(ws, m${k}, a${j}_${k});`)
+          .join('\n') +
+        '\n              }',
+    )}\n`;
+    return `${s}            }\n`;
   };
 
   // The tile's tokens in KIVI value pages (a prefix of it), UNROLL tokens of a lane at a time: every
@@ -192,39 +203,50 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number): strin
       return s;
     };
     const use = (x: string, tt: string) => {
-      let s = `          {\n            let su = unpack2x16float(hs${x});\n            let mu = unpack2x16float(hm${x});\n` +
+      let s =
+        `          {\n            let su = unpack2x16float(hs${x});\n            let mu = unpack2x16float(hm${x});\n` +
         `            let sv = select(su.x, su.y, (sh${x} & 1u) != 0u);\n            let mv = select(mu.x, mu.y, (mh${x} & 1u) != 0u);\n`;
-      s += J((j) => `            let p${j} = sc[${j * TILE}u + ${tt}];\n            l${j} += p${j};`) + '\n';
+      s += `${J((j) => `            let p${j} = sc[${j * TILE}u + ${tt}];\n            l${j} += p${j};`)}\n`;
       for (let wi = 0; wi < words; wi++) s += `            let w${wi} = w${x}_${wi}${partial ? ` >> ((c0 % ${cpw}u) * ${bits}u)` : ''};\n`;
       for (let k = 0; k < CH; k++) s += `            let m${k} = ${magic(`w${Math.floor((k * bits) / 32)}`, bits, k % cpw)};\n`;
-      s += J((j) => `            { let ws = p${j} * sv; W${j} += ws; B${j} += p${j} * mv;\n` +
-        range(CH).map((k) => `              a${j}_${k} = fma(ws, m${k}, a${j}_${k});`).join('\n') + '\n            }') + '\n';
-      return s + '          }\n';
+      s += `${J(
+        (j) =>
+          `            { let ws = p${j} * sv; W${j} += ws; B${j} += p${j} * mv;\n` +
+          range(CH)
+            .map((k) => `              a${j}_${k} = fma(ws, m${k}, a${j}_${k});`)
+            .join('\n') +
+          '\n            }',
+      )}\n`;
+      return `${s}          }\n`;
     };
     const xs = range(UNROLL);
     let s = `      if (vbits == ${bits}u) {\n        let wo = (c0 * ${bits}u) / 32u;\n`;
     s += `        for (; tt + ${UNROLL - 1}u * LANES < nq; tt += ${UNROLL}u * LANES) {\n`;
     s += xs.map((x) => one(`${x}`, `tt + ${x}u * LANES`)).join('') + xs.map((x) => use(`${x}`, `tt + ${x}u * LANES`)).join('');
     // The last few tokens of the run go by the general loop below.
-    return s + '        }\n      }\n';
+    return `${s}        }\n      }\n`;
   };
 
   // The same for float16 value pages (threads of CH channels, CH % 8 == 0: whole vec4s).
   const fastF16 = () => {
     const one = (x: string, tt: string) =>
       `          let o${x} = (ti[(${tt}) * 4u + 1u] + c0 / 2u) / 4u;\n          let sl${x} = ti[(${tt}) * 4u] >> 16u;\n` +
-      range(CH / 8).map((k8) => `          let h${x}_${k8} = ld4(sl${x}, o${x} + ${k8}u);\n`).join('');
+      range(CH / 8)
+        .map((k8) => `          let h${x}_${k8} = ld4(sl${x}, o${x} + ${k8}u);\n`)
+        .join('');
     const use = (x: string, tt: string) => {
       let s = '          {\n';
-      s += J((j) => `            let p${j} = sc[${j * TILE}u + ${tt}];\n            l${j} += p${j};`) + '\n';
-      s += range(CH / 2).map((k2) => `            let v${k2} = unpack2x16float(h${x}_${k2 >> 2}[${k2 & 3}]) * vinv;\n`).join('');
-      s += JK((j, k) => `            a${j}_${k} = fma(p${j}, v${k >> 1}[${k & 1}], a${j}_${k});`) + '\n';
-      return s + '          }\n';
+      s += `${J((j) => `            let p${j} = sc[${j * TILE}u + ${tt}];\n            l${j} += p${j};`)}\n`;
+      s += range(CH / 2)
+        .map((k2) => `            let v${k2} = unpack2x16float(h${x}_${k2 >> 2}[${k2 & 3}]) * vinv;\n`)
+        .join('');
+      s += `${JK((j, k) => `            a${j}_${k} = fma(p${j}, v${k >> 1}[${k & 1}], a${j}_${k});`)}\n`;
+      return `${s}          }\n`;
     };
     const xs = range(UNROLL);
     let s = `        for (; tt + ${UNROLL - 1}u * LANES < nq; tt += ${UNROLL}u * LANES) {\n`;
     s += xs.map((x) => one(`${x}`, `tt + ${x}u * LANES`)).join('') + xs.map((x) => use(`${x}`, `tt + ${x}u * LANES`)).join('');
-    return s + '        }\n';
+    return `${s}        }\n`;
   };
 
   return /* wgsl */ `
@@ -360,8 +382,12 @@ ${J((j) => `    var s${j} = neg_inf();`)}
           var pq = 0.0;
           var pb = 0.0;
           // Scales and minimums two halves a word (hs, hm even: D and cb are multiples of 16).
-${range(8).map((k) => `          let sw${k} = ldw(sl, (hs >> 1u) + ${k}u);\n          let mw${k} = ldw(sl, (hm >> 1u) + ${k}u);`).join('\n')}
-${range(4).map((k) => `          {
+${range(8)
+  .map((k) => `          let sw${k} = ldw(sl, (hs >> 1u) + ${k}u);\n          let mw${k} = ldw(sl, (hm >> 1u) + ${k}u);`)
+  .join('\n')}
+${range(4)
+  .map(
+    (k) => `          {
             let c = cb + ${4 * k}u;
             let q4 = vec4<f32>(qs[j * D + c], qs[j * D + c + 1u], qs[j * D + c + 2u], qs[j * D + c + 3u]);
             let s4 = vec4<f32>(unpack2x16float(sw${2 * k}), unpack2x16float(sw${2 * k + 1}));
@@ -370,7 +396,9 @@ ${range(4).map((k) => `          {
             big[((slot * NQ + j) * D + c) / 4u] = qv;
             pq += (qv.x + qv.y) + (qv.z + qv.w);
             pb += dot(q4, m4);
-          }`).join('\n')}
+          }`,
+  )
+  .join('\n')}
           fp[idx * 2u] = pq;
           fp[idx * 2u + 1u] = pb;
         }
@@ -428,12 +456,18 @@ ${J((j) => `          S${j} += dot(kv, ${qvec(j, 'c4 * 4u')});`)}
         let o4 = (sw(sg, 2u) + h * sw(sg, 6u) + r * ${D / 2}u) / 4u;
         // ${KU} row pieces loaded before use (several loads in flight per thread).
         for (var c8 = 0u; c8 < ${D / 8}u; c8 += ${KU}u) {
-${range(KU).map((x) => `          let w4_${x} = ld4(sl, o4 + c8 + ${x}u);`).join('\n')}
-${range(KU).map((x) => `          {
+${range(KU)
+  .map((x) => `          let w4_${x} = ld4(sl, o4 + c8 + ${x}u);`)
+  .join('\n')}
+${range(KU)
+  .map(
+    (x) => `          {
             let k0 = vec4<f32>(unpack2x16float(w4_${x}.x), unpack2x16float(w4_${x}.y));
             let k1 = vec4<f32>(unpack2x16float(w4_${x}.z), unpack2x16float(w4_${x}.w));
 ${J((j) => `            S${j} += dot(k0, ${qvec(j, `(c8 + ${x}u) * 8u`)}) + dot(k1, ${qvec(j, `(c8 + ${x}u) * 8u`, 4)});`)}
-          }`).join('\n')}
+          }`,
+  )
+  .join('\n')}
         }
       }
 ${J((j) => `      s${j} = S${j} * SCALE;`)}
@@ -451,7 +485,8 @@ ${J((j) => `    sc[${j * TILE}u + li] = s${j};`)}
       fp[NQ * 32u + idx] = max(max(fp[o], fp[o + 1u]), max(fp[o + 2u], fp[o + 3u]));
     }
     workgroupBarrier();
-${J((j) => `    {
+${J(
+  (j) => `    {
       let o = NQ * 32u + ${j * 8}u;
       let tm = max(max(max(fp[o], fp[o + 1u]), max(fp[o + 2u], fp[o + 3u])), max(max(fp[o + 4u], fp[o + 5u]), max(fp[o + 6u], fp[o + 7u])));
       let mn = max(M${j}, tm);
@@ -460,11 +495,14 @@ ${J((j) => `    {
         l${j} *= al;
         W${j} *= al;
         B${j} *= al;
-${range(CH).map((k) => `        a${j}_${k} *= al;`).join('\n')}
+${range(CH)
+  .map((k) => `        a${j}_${k} *= al;`)
+  .join('\n')}
         M${j} = mn;
       }
       sc[${j * TILE}u + li] = exp(s${j} - M${j});
-    }`)}
+    }`,
+)}
     workgroupBarrier();
     // ---- values: this thread's CH channels of tokens u, u + LANES, … of the tile ----
     // The tile's first nq tokens lie in KIVI value pages (they come first in a task).
@@ -484,9 +522,13 @@ ${range(CH).map((k) => `        a${j}_${k} *= al;`).join('\n')}
       let gq = c0 / vG;
       if (vk0 == ${SEG_KIVI_V}u && vG % ${CH}u == 0u) {
 ${fastValues(2)}${fastValues(4)}      }
-${CH % 8 === 0 ? `      if (vk0 == ${SEG_F16}u) {
+${
+  CH % 8 === 0
+    ? `      if (vk0 == ${SEG_F16}u) {
 ${fastF16()}      }
-` : ''}      for (; tt < b - a; tt += LANES) {
+`
+    : ''
+}      for (; tt < b - a; tt += LANES) {
 ${J((j) => `        let p${j} = sc[${j * TILE}u + tt];\n        l${j} += p${j};`)}
         let info = ti[tt * 4u];
         let r0 = ti[tt * 4u + 1u];
@@ -503,25 +545,43 @@ ${kiviValue(2)}${kiviValue(4)}${kiviValue(8)}
             let hm = ti[tt * 4u + 3u];
             let mask = (1u << vbits) - 1u;
             let cpw = 32u / vbits;
-${range(CH).map((k) => `            {
+${range(CH)
+  .map(
+    (k) => `            {
               let c = c0 + ${k}u;
               let v = (ldh(sl, hs + c / vG) * f32((ldw(sl, r0 + c / cpw) >> ((c % cpw) * vbits)) & mask) + ldh(sl, hm + c / vG)) * vinv;
 ${J((j) => `              a${j}_${k} = fma(p${j}, v, a${j}_${k});`)}
-            }`).join('\n')}
+            }`,
+  )
+  .join('\n')}
           }
         } else if (kind == ${SEG_F32}u) {
           let o4 = (r0 + c0) / 4u;
-${range(CH / 4).map((k4) => `          let v${k4} = bitcast<vec4<f32>>(ld4(sl, o4 + ${k4}u)) * vinv;`).join('\n')}
+${range(CH / 4)
+  .map((k4) => `          let v${k4} = bitcast<vec4<f32>>(ld4(sl, o4 + ${k4}u)) * vinv;`)
+  .join('\n')}
 ${JK((j, k) => `          a${j}_${k} = fma(p${j}, v${k >> 2}[${k & 3}], a${j}_${k});`)}
         } else if (kind == ${SEG_ROWS}u) {
           let o4 = (r0 + c0) / 4u;
-${range(CH / 4).map((k4) => `          let v${k4} = qkv[o4 + ${k4}u] * vinv;`).join('\n')}
+${range(CH / 4)
+  .map((k4) => `          let v${k4} = qkv[o4 + ${k4}u] * vinv;`)
+  .join('\n')}
 ${JK((j, k) => `          a${j}_${k} = fma(p${j}, v${k >> 2}[${k & 3}], a${j}_${k});`)}
         } else {
-${CH % 8 === 0 ? `          let o4 = (r0 + c0 / 2u) / 4u;
-${range(CH / 8).map((k8) => `          let h${k8} = ld4(sl, o4 + ${k8}u);`).join('\n')}
-${range(CH / 2).map((k2) => `          let v${k2} = unpack2x16float(h${k2 >> 2}[${k2 & 3}]) * vinv;`).join('\n')}` : `          let ow = r0 + c0 / 2u;
-${range(CH / 2).map((k2) => `          let v${k2} = unpack2x16float(ldw(sl, ow + ${k2}u)) * vinv;`).join('\n')}`}
+${
+  CH % 8 === 0
+    ? `          let o4 = (r0 + c0 / 2u) / 4u;
+${range(CH / 8)
+  .map((k8) => `          let h${k8} = ld4(sl, o4 + ${k8}u);`)
+  .join('\n')}
+${range(CH / 2)
+  .map((k2) => `          let v${k2} = unpack2x16float(h${k2 >> 2}[${k2 & 3}]) * vinv;`)
+  .join('\n')}`
+    : `          let ow = r0 + c0 / 2u;
+${range(CH / 2)
+  .map((k2) => `          let v${k2} = unpack2x16float(ldw(sl, ow + ${k2}u)) * vinv;`)
+  .join('\n')}`
+}
 ${JK((j, k) => `          a${j}_${k} = fma(p${j}, v${k >> 1}[${k & 1}], a${j}_${k});`)}
         }
       }
@@ -529,8 +589,16 @@ ${JK((j, k) => `          a${j}_${k} = fma(p${j}, v${k >> 1}[${k & 1}], a${j}_${
     workgroupBarrier();
   }
   // ---- sum the value lanes, one query head at a time: the output (or this split's partial) ----
-${J((j) => `  if (u < LANES) {
-${range(CH / 4).map((k4) => `    big[(u * D + c0) / 4u + ${k4}u] = vec4<f32>(${range(4).map((e) => `vmul * (a${j}_${k4 * 4 + e} - W${j}) + B${j}`).join(', ')});`).join('\n')}
+${J(
+  (j) => `  if (u < LANES) {
+${range(CH / 4)
+  .map(
+    (k4) =>
+      `    big[(u * D + c0) / 4u + ${k4}u] = vec4<f32>(${range(4)
+        .map((e) => `vmul * (a${j}_${k4 * 4 + e} - W${j}) + B${j}`)
+        .join(', ')});`,
+  )
+  .join('\n')}
     if (cw == 0u) { sc[u] = l${j}; }
   }
   workgroupBarrier();
@@ -552,7 +620,8 @@ ${range(CH / 4).map((k4) => `    big[(u * D + c0) / 4u + ${k4}u] = vec4<f32>(${r
       }
     }
   }
-  workgroupBarrier();`)}
+  workgroupBarrier();`,
+)}
 }`;
 }
 

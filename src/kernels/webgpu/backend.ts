@@ -7,24 +7,42 @@
  * 2 bytes a weight. Cache pages live in per-layer arenas (pool.ts); the cache work of each sub-step
  * and layer is a few dispatches for all sequences (attention.ts, planbuf.ts).
  */
+
+import { KiviError } from '../../util/errors.js';
+import type { StepPlan } from '../plan.js';
+import { randomScale } from '../ts/ops.js';
 import type { AttnShape, Backend, DType, HostArray, PagePool, Tensor } from '../types.js';
 import { DTYPE_BYTES } from '../types.js';
-import type { StepPlan } from '../plan.js';
-import { KiviError } from '../../util/errors.js';
+import { ARENAS, type AttnGeometry, attendWgsl, attnGeometry, ITEM_WORDS, jobsWgsl, MERGE_WORDS, mergeWgsl, partialFloats } from './attention.js';
 import { type Binding, type GBuf, GpuCore, type Kernel } from './core.js';
 import {
-  ARGMAX, GATHER, GEMM_TILE, GEMV_ROWS, ROPE, SCATTER16, SWIGLU, type WType, addWgsl, embedWgsl, fillRandomWgsl, gemmWgsl,
-  gemvWgsl, matmulSerialWgsl, rmsnormWgsl,
+  ARGMAX,
+  addWgsl,
+  embedWgsl,
+  fillRandomWgsl,
+  GATHER,
+  GEMM_TILE,
+  GEMV_ROWS,
+  gemmWgsl,
+  gemvWgsl,
+  matmulSerialWgsl,
+  ROPE,
+  rmsnormWgsl,
+  SCATTER16,
+  SWIGLU,
+  type WType,
 } from './dense.js';
-import { ARENAS, ITEM_WORDS, MERGE_WORDS, attendWgsl, attnGeometry, jobsWgsl, mergeWgsl, partialFloats, type AttnGeometry } from './attention.js';
+import { findAdapter, type GpuDevice, openDevice, type WebGpuOptions } from './device.js';
 import { buildPlan, type GpuPlan } from './planbuf.js';
 import { WebGpuPagePool } from './pool.js';
-import { type GpuDevice, type WebGpuOptions, findAdapter, openDevice } from './device.js';
-import { randomScale } from '../ts/ops.js';
 
 /** A tensor in a GPU buffer (16-bit types as u32 words, element i in half i & 1). */
 export class GpuTensor implements Tensor {
-  constructor(readonly dtype: DType, readonly length: number, readonly g: GBuf) {}
+  constructor(
+    readonly dtype: DType,
+    readonly length: number,
+    readonly g: GBuf,
+  ) {}
 }
 
 const T = (t: Tensor): GpuTensor => {
@@ -76,7 +94,10 @@ export class WebGpuBackend implements Backend {
   private deferred: { qkv: Tensor; att: Tensor; layer: number } | null = null;
   private disposed = false;
 
-  private constructor(private readonly dev: GpuDevice, o: WebGpuOptions) {
+  private constructor(
+    private readonly dev: GpuDevice,
+    o: WebGpuOptions,
+  ) {
     this.core = new GpuCore(dev.device);
     const L = dev.device.limits;
     const most = Math.min(L.maxStorageBufferBindingSize, L.maxBufferSize, o.maxBindingBytes ?? Infinity, 2 ** 31 - 256);
@@ -127,16 +148,26 @@ export class WebGpuBackend implements Backend {
     const lead = offset & 1;
     const body = (data.length - lead) & ~1;
     if (body > 0) this.core.write(g.g, (offset + lead) * 2, data.subarray(lead, lead + body));
-    for (const [from, n] of [[0, lead], [lead + body, data.length - lead - body]] as const) {
+    for (const [from, n] of [
+      [0, lead],
+      [lead + body, data.length - lead - body],
+    ] as const) {
       if (n === 0) continue;
       const words = new Uint32Array(Math.ceil(n / 2));
       new Uint16Array(words.buffer).set(data.subarray(from, from + n) as Uint16Array);
       const off = offset + from;
-      const w0 = off >> 1, w1 = (off + n - 1) >> 1;
+      const w0 = off >> 1,
+        w1 = (off + n - 1) >> 1;
       const k = this.kernel('scatter16', () => [SCATTER16, ['rw'], true]);
-      this.core.dispatch(k, [{ b: g.g }], Math.ceil((w1 - w0 + 1) / 256), (u, _f, at, d) => {
-        u.set([off, n, d[0]!, w0, w1 - w0 + 1], at);
-      }, [words]);
+      this.core.dispatch(
+        k,
+        [{ b: g.g }],
+        Math.ceil((w1 - w0 + 1) / 256),
+        (u, _f, at, d) => {
+          u.set([off, n, d[0]!, w0, w1 - w0 + 1], at);
+        },
+        [words],
+      );
     }
   }
 
@@ -181,7 +212,7 @@ export class WebGpuBackend implements Backend {
     const eb = DTYPE_BYTES[dtype];
     const rowBytes = rowElems * eb;
     const out: Window[] = [];
-    for (let r = 0; r < rows;) {
+    for (let r = 0; r < rows; ) {
       const start = r * rowBytes;
       const off = Math.floor(start / 256) * 256;
       const n = Math.min(rows - r, Math.floor((this.maxBinding - (start - off)) / rowBytes));
@@ -197,13 +228,20 @@ export class WebGpuBackend implements Backend {
 
   embed(out: Tensor, table: Tensor, ids: Int32Array, D: number): void {
     const wt = wtype(table);
-    const o = f32(out), tb = T(table);
+    const o = f32(out),
+      tb = T(table);
     if (ids.length === 0) return;
     const k = this.kernel(`embed:${wt}`, () => [embedWgsl(wt), ['read', 'rw'], true]);
     for (const w of this.windows(tb.g, table.length / D, D, wt)) {
-      this.core.dispatch(k, [{ b: tb.g, offset: w.offset, size: w.size }, { b: o.g }], Math.ceil((ids.length * D) / 256), (u, _f, at, d) => {
-        u.set([ids.length, D, d[0]!, w.row0, w.row1, w.base], at);
-      }, [ids]);
+      this.core.dispatch(
+        k,
+        [{ b: tb.g, offset: w.offset, size: w.size }, { b: o.g }],
+        Math.ceil((ids.length * D) / 256),
+        (u, _f, at, d) => {
+          u.set([ids.length, D, d[0]!, w.row0, w.row1, w.base], at);
+        },
+        [ids],
+      );
     }
   }
 
@@ -237,7 +275,8 @@ export class WebGpuBackend implements Backend {
       if (kind === 'serial') this.core.dispatch(k, b, Math.ceil((rows * n) / 64), params);
       else if (kind === 'gemv') this.core.dispatch(k, b, Math.ceil(n / 8), params);
       else {
-        const gx = Math.ceil(n / GEMM_TILE), gy = Math.ceil(rows / GEMM_TILE);
+        const gx = Math.ceil(n / GEMM_TILE),
+          gy = Math.ceil(rows / GEMM_TILE);
         if (gx > 65535 || gy > 65535) throw new KiviError(`webgpu matmul: ${rows} × ${outDim} is too large for one dispatch`);
         this.core.dispatch(k, b, gx * gy, params, [], [gx, gy]);
       }
@@ -248,9 +287,15 @@ export class WebGpuBackend implements Backend {
     const { numHeads: H, numKvHeads: KV, headDim: d } = shape;
     const k = this.kernel('rope', () => [ROPE, ['rw', 'read', 'read'], true]);
     const heads = H + KV;
-    this.core.dispatch(k, [{ b: f32(qkv).g }, { b: f32(cos).g }, { b: f32(sin).g }], Math.ceil((rows * heads * (d / 2)) / 256), (u, _f, at, dd) => {
-      u.set([rows, d / 2, heads, (H + 2 * KV) * d, d, dd[0]!], at);
-    }, [positions.subarray(0, rows)]);
+    this.core.dispatch(
+      k,
+      [{ b: f32(qkv).g }, { b: f32(cos).g }, { b: f32(sin).g }],
+      Math.ceil((rows * heads * (d / 2)) / 256),
+      (u, _f, at, dd) => {
+        u.set([rows, d / 2, heads, (H + 2 * KV) * d, d, dd[0]!], at);
+      },
+      [positions.subarray(0, rows)],
+    );
   }
 
   swiglu(act: Tensor, gu: Tensor, rows: number, I: number): void {
@@ -270,9 +315,15 @@ export class WebGpuBackend implements Backend {
     if (out === x) throw new Error('webgpu gather: out must differ from x');
     if (rows.length === 0) return;
     const k = this.kernel('gather', () => [GATHER, ['read', 'rw'], true]);
-    this.core.dispatch(k, [{ b: f32(x).g }, { b: f32(out).g }], Math.ceil((rows.length * D) / 256), (u, _f, at, d) => {
-      u.set([rows.length, D, d[0]!], at);
-    }, [rows]);
+    this.core.dispatch(
+      k,
+      [{ b: f32(x).g }, { b: f32(out).g }],
+      Math.ceil((rows.length * D) / 256),
+      (u, _f, at, d) => {
+        u.set([rows.length, D, d[0]!], at);
+      },
+      [rows],
+    );
   }
 
   async argmax(x: Tensor, rows: number, n: number): Promise<Int32Array> {
@@ -350,12 +401,13 @@ export class WebGpuBackend implements Backend {
       return;
     }
     const gp = this.upload(plan, shape);
-    const first = gp.subs[batch ? 0 : sub]!, last = gp.subs[sub]!;
+    const first = gp.subs[batch ? 0 : sub]!,
+      last = gp.subs[sub]!;
     const nAttn = (last.attn - first.attn) / ITEM_WORDS + last.nAttn;
     const nMerge = (last.merge - first.merge) / MERGE_WORDS + last.nMerge;
     this.deferred = null;
     if (nAttn === 0) return;
-    const { numHeads: H, numKvHeads: KV, headDim: D } = shape;
+    const { numHeads: H, numKvHeads: KV } = shape;
     const partBytes = Math.max(16, gp.partials * partialFloats(shape) * 4);
     if (!this.partials || this.partials.size < partBytes) {
       if (this.partials) this.core.destroy(this.partials);
@@ -364,13 +416,15 @@ export class WebGpuBackend implements Backend {
     const g = this.geometry(shape);
     const na = p.slotsInUse;
     const k = this.shapeKernel(`attend${na}`, shape, () => attendWgsl(shape, g, na), ['read', 'read', 'rw', 'rw', ...Array<'read'>(ARENAS).fill('read')]);
-    this.core.dispatch(k, [{ b: this.planBuf! }, { b: f32(qkv).g }, { b: f32(att).g }, { b: this.partials }, ...p.bindings(layer)], nAttn,
-      (u, _f, at) => u.set([first.attn, nAttn, gp.tasks], at));
+    this.core.dispatch(k, [{ b: this.planBuf! }, { b: f32(qkv).g }, { b: f32(att).g }, { b: this.partials }, ...p.bindings(layer)], nAttn, (u, _f, at) =>
+      u.set([first.attn, nAttn, gp.tasks], at),
+    );
     if (nMerge > 0) {
       const m = this.shapeKernel('merge', shape, () => mergeWgsl(shape), ['read', 'read', 'rw']);
       // One merge workgroup per (item, query head).
-      this.core.dispatch(m, [{ b: this.planBuf! }, { b: this.partials }, { b: f32(att).g }], nMerge * (H / KV),
-        (u, _f, at) => u.set([first.merge, nMerge, gp.tasks], at));
+      this.core.dispatch(m, [{ b: this.planBuf! }, { b: this.partials }, { b: f32(att).g }], nMerge * (H / KV), (u, _f, at) =>
+        u.set([first.merge, nMerge, gp.tasks], at),
+      );
     }
   }
 
@@ -387,7 +441,9 @@ export class WebGpuBackend implements Backend {
     this.disposed = true;
     try {
       this.core.flush();
-    } catch { /* the device may be lost already */ }
+    } catch {
+      /* the device may be lost already */
+    }
     for (const p of this.pools) p.dispose();
     this.core.dispose();
     this.dev.device.destroy();

@@ -142,7 +142,11 @@ export class GpuCore {
       entries.push({ binding: i++, visibility: GPUShaderStage.COMPUTE, buffer: { type: s === 'read' ? 'read-only-storage' : 'storage' } });
     }
     const layout = d.createBindGroupLayout({ entries, label: name });
-    const pipeline = d.createComputePipeline({ layout: d.createPipelineLayout({ bindGroupLayouts: [layout] }), compute: { module, entryPoint: 'main' }, label: name });
+    const pipeline = d.createComputePipeline({
+      layout: d.createPipelineLayout({ bindGroupLayouts: [layout] }),
+      compute: { module, entryPoint: 'main' },
+      label: name,
+    });
     if (typeof process !== 'undefined' && process.env?.KIVI_WEBGPU_DEBUG) {
       void module.getCompilationInfo().then((info) => {
         for (const m of info.messages) if (m.type === 'error') this.firstError ??= `${name}: ${m.lineNum}:${m.linePos} ${m.message}`;
@@ -187,8 +191,14 @@ export class GpuCore {
    * host arrays in `data` are copied into this batch's args, and their first words (kernels read them
    * through the data binding) are passed as `dataAt`. `xy` gives the grid explicitly (2D kernels).
    */
-  dispatch(k: Kernel, bindings: Binding[], count: number,
-    params: (u: Uint32Array, f: Float32Array, at: number, dataAt: number[]) => void, data: HostData[] = [], xy?: [number, number]): void {
+  dispatch(
+    k: Kernel,
+    bindings: Binding[],
+    count: number,
+    params: (u: Uint32Array, f: Float32Array, at: number, dataAt: number[]) => void,
+    data: HostData[] = [],
+    xy?: [number, number],
+  ): void {
     if (count <= 0) return;
     if (this.dispatches >= BATCH_DISPATCHES) this.flush();
     let words = PARAM_WORDS;

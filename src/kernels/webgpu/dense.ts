@@ -239,8 +239,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         if (r0 + lr < p.rows) { xv = xchunk(r0 + lr, c); }
         if (oo + lr < p.o1) { wv = wchunk(oo + lr - p.o0, c); }
       }
-${Array.from({ length: 8 }, (_, e) => `      xs[(q * 8u + ${e}u) * 16u + lr / 4u][lr % 4u] = xv[${e}];
-      ws[(q * 8u + ${e}u) * 16u + lr / 4u][lr % 4u] = wv[${e}];`).join('\n')}
+${Array.from(
+  { length: 8 },
+  (_, e) => `      xs[(q * 8u + ${e}u) * 16u + lr / 4u][lr % 4u] = xv[${e}];
+      ws[(q * 8u + ${e}u) * 16u + lr / 4u][lr % 4u] = wv[${e}];`,
+).join('\n')}
       workgroupBarrier();
       for (var k = 0u; k < 32u; k++) {
         let a = xs[k * 16u + ty];
@@ -421,10 +424,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
  * the same values; 16-bit tensors are rounded to nearest even.
  */
 export function fillRandomWgsl(dtype: 'f32' | 'f16' | 'bf16'): string {
-  const body = dtype === 'f32'
-    ? `  if (idx >= p.n) { return; }
+  const body =
+    dtype === 'f32'
+      ? `  if (idx >= p.n) { return; }
   t[idx] = rnd(idx);`
-    : `  if (idx * 2u >= p.n) { return; }
+      : `  if (idx * 2u >= p.n) { return; }
   let lo = ${dtype === 'f16' ? 'f32_to_f16' : 'f32_to_bf16'}(rnd(idx * 2u));
   var hi = 0u;
   if (idx * 2u + 1u < p.n) { hi = ${dtype === 'f16' ? 'f32_to_f16' : 'f32_to_bf16'}(rnd(idx * 2u + 1u)); }

@@ -55,7 +55,7 @@ export function isFallback(a: GPUAdapter): boolean {
 
 export function adapterName(a: GPUAdapter): string {
   const info = infoOf(a) as { vendor?: string; architecture?: string; description?: string };
-  const parts = [info.description, [info.vendor, info.architecture].filter(Boolean).join(' ')].filter((s) => s && s.trim());
+  const parts = [info.description, [info.vendor, info.architecture].filter(Boolean).join(' ')].filter((s) => s?.trim());
   return parts.length ? parts.join(', ') : 'unknown adapter';
 }
 
@@ -75,8 +75,15 @@ export async function findAdapter(o: WebGpuOptions, hardwareOnly: boolean): Prom
 export async function openDevice(adapter: GPUAdapter): Promise<GpuDevice> {
   const L = adapter.limits;
   const requiredLimits: Record<string, number> = {};
-  for (const k of ['maxStorageBufferBindingSize', 'maxBufferSize', 'maxComputeWorkgroupStorageSize', 'maxStorageBuffersPerShaderStage',
-    'maxComputeInvocationsPerWorkgroup', 'maxComputeWorkgroupSizeX', 'maxComputeWorkgroupsPerDimension'] as const) {
+  for (const k of [
+    'maxStorageBufferBindingSize',
+    'maxBufferSize',
+    'maxComputeWorkgroupStorageSize',
+    'maxStorageBuffersPerShaderStage',
+    'maxComputeInvocationsPerWorkgroup',
+    'maxComputeWorkgroupSizeX',
+    'maxComputeWorkgroupsPerDimension',
+  ] as const) {
     requiredLimits[k] = L[k];
   }
   if (L.maxStorageBuffersPerShaderStage < 8) throw new KiviError('webgpu: the adapter allows fewer than 8 storage buffers per shader stage');

@@ -5,14 +5,43 @@
  * dispatch: attention items (a task's kv head and a run of its tokens: long tasks are split so that the
  * GPU has enough workgroups), merge items, and job items (job, kv head).
  */
+
+import { KiviError } from '../../util/errors.js';
 import {
-  JOB_DST, JOB_FAKE_CHANNEL, JOB_FAKE_TOKEN, JOB_KIND, JOB_QKEY, JOB_QVAL, JOB_SRC0, JOB_SRCN, JOB_STORE, JOB_WORDS,
-  SEG_BITS, SEG_CAP, SEG_F16, SEG_F32, SEG_G, SEG_KIND, SEG_KIVI_K, SEG_KIVI_V, SEG_N, SEG_PAGE, SEG_ROWS, SEG_SECTION,
-  SEG_T0, SEG_WORDS, TASK_K0, TASK_KN, TASK_ROW, TASK_TOKENS, TASK_V0, TASK_VN, TASK_WORDS,
+  JOB_DST,
+  JOB_FAKE_CHANNEL,
+  JOB_FAKE_TOKEN,
+  JOB_KIND,
+  JOB_QKEY,
+  JOB_QVAL,
+  JOB_SRC0,
+  JOB_SRCN,
+  JOB_STORE,
+  JOB_WORDS,
+  SEG_BITS,
+  SEG_CAP,
+  SEG_F16,
+  SEG_F32,
+  SEG_G,
+  SEG_KIND,
+  SEG_KIVI_K,
+  SEG_KIVI_V,
+  SEG_N,
+  SEG_PAGE,
+  SEG_ROWS,
+  SEG_SECTION,
+  SEG_T0,
+  SEG_WORDS,
+  TASK_K0,
+  TASK_KN,
+  TASK_ROW,
+  TASK_TOKENS,
+  TASK_V0,
+  TASK_VN,
+  TASK_WORDS,
 } from '../layout.js';
 import type { StepPlan } from '../plan.js';
 import type { AttnShape } from '../types.js';
-import { KiviError } from '../../util/errors.js';
 import { GSEG_WORDS, GTASK_WORDS, ITEM_WORDS, JOBITEM_WORDS, MERGE_WORDS, NO_PARTIAL, TILE } from './attention.js';
 import { pageSlot, pageWord } from './pool.js';
 
@@ -69,7 +98,8 @@ export function buildPlan(plan: StepPlan, shape: AttnShape): GpuPlan {
   w.ensure(nSegs * GSEG_WORDS);
   for (let i = 0; i < nSegs; i++) {
     const o = i * SEG_WORDS;
-    const kind = sg[o + SEG_KIND]!, page = sg[o + SEG_PAGE]!;
+    const kind = sg[o + SEG_KIND]!,
+      page = sg[o + SEG_PAGE]!;
     const g = i * GSEG_WORDS;
     const rows = kind === SEG_ROWS;
     w.a[g] = kind | (sg[o + SEG_BITS]! << 8) | ((rows ? 0 : pageSlot(page)) << 16);
@@ -96,17 +126,24 @@ export function buildPlan(plan: StepPlan, shape: AttnShape): GpuPlan {
   const tk = plan.tasks;
   for (let i = 0; i < plan.nTasks; i++) {
     const o = i * TASK_WORDS;
-    const k0 = tk[o + TASK_K0]!, kn = tk[o + TASK_KN]!, v0 = tk[o + TASK_V0]!, vn = tk[o + TASK_VN]!;
+    const k0 = tk[o + TASK_K0]!,
+      kn = tk[o + TASK_KN]!,
+      v0 = tk[o + TASK_V0]!,
+      vn = tk[o + TASK_VN]!;
     starts(k0, kn);
     starts(v0, vn);
     // KIVI key blocks come first, whole groups each, so key groups sit at multiples of G from token 0.
-    let kb = 0, kbits = 0, kG = 0;
+    let kb = 0,
+      kbits = 0,
+      kG = 0;
     for (let s = k0; s < k0 + kn; s++) {
       const so = s * SEG_WORDS;
       const kind = sg[so + SEG_KIND]!;
       checkKind(kind, false);
       if (kind !== SEG_KIVI_K) continue;
-      const G = sg[so + SEG_G]!, n = sg[so + SEG_N]!, b = sg[so + SEG_BITS]!;
+      const G = sg[so + SEG_G]!,
+        n = sg[so + SEG_N]!,
+        b = sg[so + SEG_BITS]!;
       if (kb !== w.a[s * GSEG_WORDS + 7] || sg[so + SEG_T0]! % G !== 0 || n % G !== 0 || (kG && (G !== kG || b !== kbits))) {
         throw new Error('webgpu: KIVI key segments must come first in a task, whole groups of one spec');
       }
@@ -114,14 +151,16 @@ export function buildPlan(plan: StepPlan, shape: AttnShape): GpuPlan {
       kG = G;
       kbits = b;
     }
-    let vbits = 0, vG = 0;
+    let vbits = 0,
+      vG = 0;
     for (let s = v0; s < v0 + vn; s++) {
       const so = s * SEG_WORDS;
       const kind = sg[so + SEG_KIND]!;
       checkKind(kind, true);
       if (kind !== SEG_KIVI_V) continue;
-      const G = sg[so + SEG_G]!, b = sg[so + SEG_BITS]!;
-      if (vG && (G !== vG || b !== vbits)) throw new Error('webgpu: a task\'s KIVI value segments must share one spec');
+      const G = sg[so + SEG_G]!,
+        b = sg[so + SEG_BITS]!;
+      if (vG && (G !== vG || b !== vbits)) throw new Error("webgpu: a task's KIVI value segments must share one spec");
       vG = G;
       vbits = b;
     }
@@ -169,19 +208,23 @@ export function buildPlan(plan: StepPlan, shape: AttnShape): GpuPlan {
   const mergeAt: number[] = [];
   for (let s = 0; s < plan.nSubs; s++) {
     const r = plan.sub(s);
-    const t0 = r[0]!, nt = r[1]!;
+    const t0 = r[0]!,
+      nt = r[1]!;
     const attn = w.n;
     mergeAt.push(merges.length);
     for (let i = t0; i < t0 + nt; i++) {
       const o = i * TASK_WORDS;
       const T = tk[o + TASK_TOKENS]!;
       const pieces = Math.ceil(T / split);
-      const k0 = tk[o + TASK_K0]!, v0 = tk[o + TASK_V0]!;
+      const k0 = tk[o + TASK_K0]!,
+        v0 = tk[o + TASK_V0]!;
       for (let h = 0; h < KV; h++) {
-        let ks = k0, vs = v0;
+        let ks = k0,
+          vs = v0;
         const p0 = partials;
         for (let q = 0; q < pieces; q++) {
-          const a = q * split, b = Math.min(T, a + split);
+          const a = q * split,
+            b = Math.min(T, a + split);
           while (a >= w.a[ks * GSEG_WORDS + 7]! + w.a[ks * GSEG_WORDS + 1]!) ks++;
           while (a >= w.a[vs * GSEG_WORDS + 7]! + w.a[vs * GSEG_WORDS + 1]!) vs++;
           w.ensure(ITEM_WORDS);

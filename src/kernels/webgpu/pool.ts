@@ -10,12 +10,13 @@
  * has been issued (cache/types.ts endStep), and commands run in issue order, so a reused page is never
  * written while an earlier command still reads it.
  */
-import type { AttnShape, PagePool } from '../types.js';
-import { hostPageBytes } from '../host/memory.js';
+
 import { KiviError } from '../../util/errors.js';
 import { formatBytes } from '../../util/format.js';
-import type { Binding, GBuf, GpuCore } from './core.js';
+import { hostPageBytes } from '../host/memory.js';
+import type { AttnShape, PagePool } from '../types.js';
 import { ARENAS } from './attention.js';
+import type { Binding, GBuf, GpuCore } from './core.js';
 
 const OFFSET_BITS = 27;
 const OFFSET_MASK = (1 << OFFSET_BITS) - 1;
@@ -41,7 +42,12 @@ export class WebGpuPagePool implements PagePool {
   /**
    * @param maxSlotBytes largest buffer per slot (the device's largest storage binding).
    */
-  constructor(readonly shape: AttnShape, private readonly core: GpuCore, private readonly maxSlotBytes: number, dummies: GBuf[]) {
+  constructor(
+    readonly shape: AttnShape,
+    private readonly core: GpuCore,
+    private readonly maxSlotBytes: number,
+    dummies: GBuf[],
+  ) {
     this.dummies = dummies;
     this.usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
   }
@@ -66,7 +72,8 @@ export class WebGpuPagePool implements PagePool {
     let page = this.freeBySize.get(stride)?.pop();
     if (page !== undefined) {
       const enc = this.core.commands();
-      const s = pageSlot(page), off = pageWord(page) * 4;
+      const s = pageSlot(page),
+        off = pageWord(page) * 4;
       for (const b of this.slots[s]!) enc.clearBuffer(b.buf, off, stride);
     } else {
       page = this.bump(stride);
@@ -152,7 +159,8 @@ export class WebGpuPagePool implements PagePool {
   async readPage(page: number, sectionBytes: number): Promise<Uint8Array> {
     const stride = this.checkPage(page, sectionBytes);
     const out = new Uint8Array(this.shape.numLayers * stride);
-    const s = pageSlot(page), off = pageWord(page) * 4;
+    const s = pageSlot(page),
+      off = pageWord(page) * 4;
     for (let l = 0; l < this.shape.numLayers; l++) {
       out.set(new Uint8Array(await this.core.readBytes(this.slots[s]![l]!, off, stride)), l * stride);
     }
@@ -163,14 +171,16 @@ export class WebGpuPagePool implements PagePool {
     const stride = this.checkPage(page, sectionBytes);
     const n = this.shape.numLayers * stride;
     if (bytes.byteLength !== n) throw new KiviError(`page of ${n} bytes written with ${bytes.byteLength}`);
-    const s = pageSlot(page), off = pageWord(page) * 4;
+    const s = pageSlot(page),
+      off = pageWord(page) * 4;
     for (let l = 0; l < this.shape.numLayers; l++) this.core.write(this.slots[s]![l]!, off, bytes.subarray(l * stride, (l + 1) * stride));
   }
 
   private checkPage(page: number, sectionBytes: number): number {
     const stride = this.sizes.get(page);
     if (stride === undefined) throw new Error(`WebGpuPagePool: page ${page} is not allocated`);
-    if (stride !== this.stride(sectionBytes)) throw new Error(`WebGpuPagePool: page ${page} has sections of ${stride / this.shape.numKvHeads} bytes, not ${sectionBytes}`);
+    if (stride !== this.stride(sectionBytes))
+      throw new Error(`WebGpuPagePool: page ${page} has sections of ${stride / this.shape.numKvHeads} bytes, not ${sectionBytes}`);
     return stride;
   }
 

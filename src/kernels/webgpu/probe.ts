@@ -4,8 +4,9 @@
  * completion. What "close to the bandwidth limit" means for the kernels on this GPU, measured in the
  * same run as they are.
  */
-import type { GpuTensor, WebGpuBackend } from './backend.js';
+
 import { median } from '../../studies/numbers.js';
+import type { GpuTensor, WebGpuBackend } from './backend.js';
 
 const WG = 256;
 /** Workgroups of the probe: a few waves on the largest GPUs. */
@@ -37,7 +38,12 @@ export interface ReadBandwidth {
  * Read `bytes` (default: 1 GiB or the largest binding; 64 MiB on a software adapter) `passes` times per
  * round; the median round.
  */
-export async function streamingRead(b: WebGpuBackend, bytes = Math.min(b.fallback ? 64 << 20 : 1 << 30, b.maxBinding), passes = 20, rounds = 7): Promise<ReadBandwidth> {
+export async function streamingRead(
+  b: WebGpuBackend,
+  bytes = Math.min(b.fallback ? 64 << 20 : 1 << 30, b.maxBinding),
+  passes = 20,
+  rounds = 7,
+): Promise<ReadBandwidth> {
   const core = b.core;
   const n = Math.floor(bytes / 16);
   const src = b.tensor('f32', n * 4);
@@ -45,9 +51,10 @@ export async function streamingRead(b: WebGpuBackend, bytes = Math.min(b.fallbac
   try {
     b.fillRandom(src, 1, 1);
     const k = core.kernel('probe', PROBE, ['read', 'rw']);
-    const pass = () => core.dispatch(k, [{ b: (src as GpuTensor).g }, { b: (out as GpuTensor).g }], GROUPS, (u, _f, at) => {
-      u[at] = n;
-    });
+    const pass = () =>
+      core.dispatch(k, [{ b: (src as GpuTensor).g }, { b: (out as GpuTensor).g }], GROUPS, (u, _f, at) => {
+        u[at] = n;
+      });
     pass();
     await core.sync();
     const times: number[] = [];

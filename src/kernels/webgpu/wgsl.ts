@@ -134,5 +134,5 @@ export function grid(count: number): [number, number] {
 export function f32lit(x: number): string {
   if (!Number.isFinite(x)) throw new Error(`f32lit: ${x}`);
   const s = String(Math.fround(x));
-  return /[.eE]/.test(s) ? s : s + '.0';
+  return /[.eE]/.test(s) ? s : `${s}.0`;
 }

@@ -3,9 +3,10 @@
  * whose attention is the model's own), with the forward's capture of every layer's q/k/v after RoPE.
  * Queries are kept for tokens 1..T−1 (the ones that attend to earlier tokens).
  */
-import type { LlamaModel } from '../../model/llama.js';
+
 import { createCache, parseKvSpec } from '../../cache/spec.js';
 import type { CacheDims } from '../../cache/types.js';
+import type { LlamaModel } from '../../model/llama.js';
 
 /** One layer's tensors, head-major: k, v [kvHead][T][d]; q [T−1][numHeads·d] for tokens 1..T−1. */
 export interface LayerKv {

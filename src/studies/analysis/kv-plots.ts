@@ -7,7 +7,13 @@ const SCHEMA = 'https://vega.github.io/schema/vega-lite/v6.json';
 const TENSOR = { k: 'Key cache', v: 'Value cache' } as const;
 
 /** Rows {head, token (bin start), channel, magnitude}: max |x| over each bin of `bin` tokens. */
-function binnedMagnitude(x: Float32Array, kvHeads: number, T: number, d: number, bin: number): { head: number; token: number; channel: number; magnitude: number }[] {
+function binnedMagnitude(
+  x: Float32Array,
+  kvHeads: number,
+  T: number,
+  d: number,
+  bin: number,
+): { head: number; token: number; channel: number; magnitude: number }[] {
   const rows: { head: number; token: number; channel: number; magnitude: number }[] = [];
   for (let h = 0; h < kvHeads; h++) {
     for (let t0 = 0; t0 < T; t0 += bin) {
@@ -65,10 +71,17 @@ function binTicks(T: number, bin: number): number[] {
 
 /** Max |x| per channel for every layer and kv head, keys against values. */
 export function channelMagnitudeChart(a: KvAnalysis): TopLevelSpec {
-  const values = a.heads.flatMap((h) => (['k', 'v'] as const).flatMap((w) =>
-    (w === 'k' ? h.key : h.value).channelMagnitude.map((m, c) => ({
-      layer: h.layer, head: h.kvHead, tensor: TENSOR[w], channel: c, magnitude: Number(m.toPrecision(4)),
-    }))));
+  const values = a.heads.flatMap((h) =>
+    (['k', 'v'] as const).flatMap((w) =>
+      (w === 'k' ? h.key : h.value).channelMagnitude.map((m, c) => ({
+        layer: h.layer,
+        head: h.kvHead,
+        tensor: TENSOR[w],
+        channel: c,
+        magnitude: Number(m.toPrecision(4)),
+      })),
+    ),
+  );
   return {
     $schema: SCHEMA,
     title: { text: 'Per-channel magnitude (max |x| over tokens)', subtitle: `${a.tokens} tokens; rows: layer, columns: kv head` },
@@ -113,13 +126,20 @@ export function spreadChart(a: KvAnalysis): TopLevelSpec {
           shape: { field: 'head', type: 'nominal', title: 'kv head' },
         },
       },
-      { data: { values: [{ y: a.outlierRatio }] }, mark: { type: 'rule', strokeDash: [4, 4], color: 'gray' }, encoding: { y: { field: 'y', type: 'quantitative' } } },
+      {
+        data: { values: [{ y: a.outlierRatio }] },
+        mark: { type: 'rule', strokeDash: [4, 4], color: 'gray' },
+        encoding: { y: { field: 'y', type: 'quantitative' } },
+      },
     ],
   } as TopLevelSpec;
 }
 
 const QUANTITY = {
-  k: 'K', v: 'V', attnK: 'attention output, K quantized', attnV: 'attention output, V quantized',
+  k: 'K',
+  v: 'V',
+  attnK: 'attention output, K quantized',
+  attnV: 'attention output, V quantized',
 } as const;
 
 /** Relative error of per-token vs per-channel grouping, per layer (mean over kv heads). */

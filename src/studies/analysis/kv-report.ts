@@ -1,8 +1,8 @@
 /** `analyze kv` output: compact JSON and a Markdown summary with a reading generated from the numbers. */
 import type { Bits } from '../../quant/quantizer.js';
+import { markdownTable } from '../markdown.js';
 import type { KvAnalysis } from './kv.js';
 import type { Axis } from './kv-stats.js';
-import { markdownTable } from '../markdown.js';
 
 const round = (x: number) => Number(x.toPrecision(5));
 
@@ -56,8 +56,14 @@ export function kvMarkdown(a: KvAnalysis, meta: { model: string; text: string },
   const spread = markdownTable(
     ['layer', 'kv head', 'K channel spread', 'K outlier channels', 'V channel spread', 'V outlier channels', 'K token spread', 'V token spread'],
     a.heads.map((h) => [
-      h.layer, h.kvHead, f2(h.key.channelSpread), h.key.outlierChannels.join(', ') || '—',
-      f2(h.value.channelSpread), h.value.outlierChannels.join(', ') || '—', f2(h.key.tokenSpread), f2(h.value.tokenSpread),
+      h.layer,
+      h.kvHead,
+      f2(h.key.channelSpread),
+      h.key.outlierChannels.join(', ') || '—',
+      f2(h.value.channelSpread),
+      h.value.outlierChannels.join(', ') || '—',
+      f2(h.key.tokenSpread),
+      f2(h.value.tokenSpread),
     ]),
   );
   const bitsList = [...new Set(a.summary.errors.map((e) => e.bits))];
@@ -70,13 +76,26 @@ export function kvMarkdown(a: KvAnalysis, meta: { model: string; text: string },
     });
     const [mt, mc] = [errorOf(a, bits, 'token'), errorOf(a, bits, 'channel')];
     rows.push(['mean', '', f3(mt.k), f3(mc.k), f3(mt.v), f3(mc.v), f3(mt.attnK), f3(mc.attnK), f3(mt.attnV), f3(mc.attnV)]);
-    return `### ${bits}-bit\n\n` + markdownTable(
-      ['layer', 'kv head', 'K per-token', 'K per-channel', 'V per-token', 'V per-channel',
-        'attn (K quant.) per-token', 'attn (K quant.) per-channel', 'attn (V quant.) per-token', 'attn (V quant.) per-channel'],
-      rows,
+    return (
+      `### ${bits}-bit\n\n` +
+      markdownTable(
+        [
+          'layer',
+          'kv head',
+          'K per-token',
+          'K per-channel',
+          'V per-token',
+          'V per-channel',
+          'attn (K quant.) per-token',
+          'attn (K quant.) per-channel',
+          'attn (V quant.) per-token',
+          'attn (V quant.) per-channel',
+        ],
+        rows,
+      )
     );
   });
-  return [
+  return `${[
     `# K/V cache analysis`,
     `Model \`${meta.model}\`, the first ${a.tokens} tokens of \`${meta.text}\` (BOS included); post-RoPE keys and values as cached, in float32.`,
     kvReading(a),
@@ -90,5 +109,5 @@ export function kvMarkdown(a: KvAnalysis, meta: { model: string; text: string },
     ...errorTables,
     `## Plots`,
     files.map((f) => `- ${f}`).join('\n'),
-  ].join('\n\n') + '\n';
+  ].join('\n\n')}\n`;
 }

@@ -3,12 +3,11 @@
  * are outliers, and how much error per-token vs per-channel grouping causes in K, V and the attention
  * output.
  */
-import {
-  type Bits, dequantize, quantizePerChannel, quantizePerToken,
-} from '../../quant/quantizer.js';
+
 import type { CacheDims } from '../../cache/types.js';
-import type { LayerKv } from './capture.js';
+import { type Bits, dequantize, quantizePerChannel, quantizePerToken } from '../../quant/quantizer.js';
 import { median } from '../numbers.js';
+import type { LayerKv } from './capture.js';
 
 export type Axis = 'token' | 'channel';
 
@@ -37,7 +36,11 @@ export function magnitudeStats(x: Float32Array, T: number, d: number, outlierRat
     }
   }
   const medC = median(channel);
-  const outliers = channel.map((m, c) => [m, c] as const).filter(([m]) => m > outlierRatio * medC).sort((a, b) => b[0] - a[0]).map(([, c]) => c);
+  const outliers = channel
+    .map((m, c) => [m, c] as const)
+    .filter(([m]) => m > outlierRatio * medC)
+    .sort((a, b) => b[0] - a[0])
+    .map(([, c]) => c);
   return {
     channelMagnitude: channel,
     tokenMagnitude: token,
@@ -94,8 +97,10 @@ export function quantErrors(layer: LayerKv, dims: CacheDims, T: number, h: numbe
     bits: c.bits,
     axis: c.axis,
     error: {
-      k: relativeError(Ks[i]!, K), v: relativeError(Vs[i]!, V),
-      attnK: relativeError(out.withK[i]!, out.exact), attnV: relativeError(out.withV[i]!, out.exact),
+      k: relativeError(Ks[i]!, K),
+      v: relativeError(Vs[i]!, V),
+      attnK: relativeError(out.withK[i]!, out.exact),
+      attnV: relativeError(out.withV[i]!, out.exact),
     },
   }));
 }
@@ -105,7 +110,14 @@ export function quantErrors(layer: LayerKv, dims: CacheDims, T: number, h: numbe
  * each quantized V (exact K, so the exact probabilities are reused).
  */
 function causalOutputs(
-  q: Float32Array, dims: CacheDims, T: number, h: number, K: Float32Array, V: Float32Array, Ks: Float32Array[], Vs: Float32Array[],
+  q: Float32Array,
+  dims: CacheDims,
+  T: number,
+  h: number,
+  K: Float32Array,
+  V: Float32Array,
+  Ks: Float32Array[],
+  Vs: Float32Array[],
 ): { exact: Float32Array; withK: Float32Array[]; withV: Float32Array[] } {
   const { numHeads: H, numKvHeads: KV, headDim: d } = dims;
   const nq = H / KV;
@@ -121,7 +133,9 @@ function causalOutputs(
       const oo = ((t - 1) * nq + j) * d;
       probabilities(q, qo, K, t + 1, d, scale, p);
       accumulate(p, t + 1, V, d, exact, oo);
-      Vs.forEach((Vq, i) => accumulate(p, t + 1, Vq, d, withV[i]!, oo));
+      Vs.forEach((Vq, i) => {
+        accumulate(p, t + 1, Vq, d, withV[i]!, oo);
+      });
       Ks.forEach((Kq, i) => {
         probabilities(q, qo, Kq, t + 1, d, scale, p);
         accumulate(p, t + 1, V, d, withK[i]!, oo);

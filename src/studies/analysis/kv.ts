@@ -6,9 +6,9 @@
 import type { LlamaModel } from '../../model/llama.js';
 import type { Bits } from '../../quant/quantizer.js';
 import { KiviError } from '../../util/errors.js';
-import { captureKv, type CapturedKv } from './capture.js';
-import { type Axis, type HeadErrors, magnitudeStats, type MagnitudeStats, quantErrors } from './kv-stats.js';
 import { mean } from '../numbers.js';
+import { type CapturedKv, captureKv } from './capture.js';
+import { type Axis, type HeadErrors, type MagnitudeStats, magnitudeStats, quantErrors } from './kv-stats.js';
 
 export interface KvAnalysisOptions {
   /** Quantization group size (KIVI's G). */
@@ -92,9 +92,12 @@ function summarize(heads: HeadAnalysis[], configs: { bits: Bits; axis: Axis }[])
     headsKeySpreadAbove: heads.filter((h) => h.key.channelSpread > h.value.channelSpread).length,
     heads: heads.length,
     errors: configs.map(({ bits, axis }, i) => ({
-      bits, axis,
-      k: avg((h) => h.errors[i]!.error.k), v: avg((h) => h.errors[i]!.error.v),
-      attnK: avg((h) => h.errors[i]!.error.attnK), attnV: avg((h) => h.errors[i]!.error.attnV),
+      bits,
+      axis,
+      k: avg((h) => h.errors[i]!.error.k),
+      v: avg((h) => h.errors[i]!.error.v),
+      attnK: avg((h) => h.errors[i]!.error.attnK),
+      attnV: avg((h) => h.errors[i]!.error.attnV),
     })),
   };
 }

@@ -5,18 +5,18 @@
  * after warm-up, the specs in turns (median per spec).
  * No model is involved, so contexts may exceed any model's max positions.
  */
-import type { Backend, PagePool } from '../../kernels/types.js';
-import type { KvCache } from '../../cache/types.js';
-import type { CacheDims } from '../../cache/types.js';
+
+import { cacheBytes } from '../../cache/budget.js';
 import { type CacheSpec, createCache, validateSpec } from '../../cache/spec.js';
 import { CacheStepper, qkvRows } from '../../cache/step.js';
+import type { CacheDims, KvCache } from '../../cache/types.js';
 import { endStep } from '../../cache/types.js';
 import { StepPlan } from '../../kernels/plan.js';
-import { cacheBytes } from '../../cache/budget.js';
+import type { Backend, PagePool } from '../../kernels/types.js';
 import { KiviError } from '../../util/errors.js';
-import { DEFAULT_REPEATS, Gaussian, type RepeatOptions, syntheticKV, timeInterleavedAsync } from './measure.js';
-import { formatBytes, formatRatio, formatSeconds, markdownTable } from './markdown.js';
 import type { TopLevelSpec } from '../plot.js';
+import { formatBytes, formatRatio, formatSeconds, markdownTable } from './markdown.js';
+import { DEFAULT_REPEATS, Gaussian, type RepeatOptions, syntheticKV, timeInterleavedAsync } from './measure.js';
 
 export interface AttentionBenchOptions {
   contexts: number[];
@@ -108,10 +108,14 @@ export async function runAttentionBench(o: AttentionBenchOptions): Promise<Atten
           };
         });
         const times = await timeInterleavedAsync(steps, o.repeats ?? DEFAULT_REPEATS);
-        o.specs.forEach((spec, si) => results.push({ kv: spec.name, context: T, seconds: times[si]!.seconds, kv_bytes: bytes[si]! }));
+        o.specs.forEach((spec, si) => {
+          results.push({ kv: spec.name, context: T, seconds: times[si]!.seconds, kv_bytes: bytes[si]! });
+        });
         if (o.kernel) {
           const att = await attendAlone(backend, pool, caches, stepRows.subarray(0, rowLen), o.kernel.replays ?? 20, o.repeats ?? DEFAULT_REPEATS);
-          o.specs.forEach((spec, si) => o.kernel!.results.push({ kv: spec.name, context: T, seconds: att[si]!, gbps: bytes[si]! / att[si]! / 1e9 }));
+          o.specs.forEach((spec, si) => {
+            o.kernel!.results.push({ kv: spec.name, context: T, seconds: att[si]!, gbps: bytes[si]! / att[si]! / 1e9 });
+          });
         }
       } finally {
         for (const c of caches) c.free();
@@ -169,13 +173,18 @@ export function attentionKernelMarkdown(results: AttentionKernelResult[], probe:
   const gb = (x: number) => (x >= 100 ? x.toFixed(0) : x.toPrecision(2));
   const specs = [...new Set(results.map((r) => r.kv))];
   const contexts = [...new Set(results.map((r) => r.context))];
-  const rows = contexts.map((T) => [T, ...specs.map((kv) => {
-    const r = results.find((x) => x.kv === kv && x.context === T);
-    return r ? `${formatSeconds(r.seconds)}, ${gb(r.gbps)} GB/s (${((100 * r.gbps) / probe.gbps).toFixed(0)}%)` : '–';
-  })]);
-  return `\nAttention kernel alone on the GPU (a decode step's attend, replayed): time, cache bytes read per second, ` +
+  const rows = contexts.map((T) => [
+    T,
+    ...specs.map((kv) => {
+      const r = results.find((x) => x.kv === kv && x.context === T);
+      return r ? `${formatSeconds(r.seconds)}, ${gb(r.gbps)} GB/s (${((100 * r.gbps) / probe.gbps).toFixed(0)}%)` : '–';
+    }),
+  ]);
+  return (
+    `\nAttention kernel alone on the GPU (a decode step's attend, replayed): time, cache bytes read per second, ` +
     `and its share of a streaming read of ${formatBytes(probe.bytes)} on the same GPU (${gb(probe.gbps)} GB/s):\n\n` +
-    markdownTable(['context', ...specs], rows);
+    markdownTable(['context', ...specs], rows)
+  );
 }
 
 /**
@@ -187,10 +196,16 @@ export function attentionMarkdown(results: AttentionResult[]): string {
   const contexts = [...new Set(results.map((r) => r.context))];
   const at = (kv: string, T: number) => results.find((r) => r.kv === kv && r.context === T);
   const pivot = (cell: (r: AttentionResult) => string) =>
-    markdownTable(['context', ...specs], contexts.map((T) => [T, ...specs.map((kv) => {
-      const r = at(kv, T);
-      return r ? cell(r) : '–';
-    })]));
+    markdownTable(
+      ['context', ...specs],
+      contexts.map((T) => [
+        T,
+        ...specs.map((kv) => {
+          const r = at(kv, T);
+          return r ? cell(r) : '–';
+        }),
+      ]),
+    );
   const ratio = (base: string, r: AttentionResult, f: (b: AttentionResult, r: AttentionResult) => number) => {
     const b = at(base, r.context);
     return b ? ` (${formatRatio(f(b, r))})` : '';
@@ -214,12 +229,14 @@ export function attentionChart(results: AttentionResult[], title: string): TopLe
     data: { values },
     hconcat: [
       {
-        width: 320, height: 240,
+        width: 320,
+        height: 240,
         mark: { type: 'line', point: true },
         encoding: { x, y: { field: 'ms', type: 'quantitative', scale: { type: 'log' }, title: 'decode attention per step (ms)' }, color },
       },
       {
-        width: 320, height: 240,
+        width: 320,
+        height: 240,
         mark: { type: 'line', point: true },
         encoding: { x, y: { field: 'bytesPerToken', type: 'quantitative', scale: { type: 'log' }, title: 'cache bytes per token (one layer)' }, color },
       },

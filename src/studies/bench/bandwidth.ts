@@ -4,8 +4,8 @@
  * process can do) on `threads` threads at once, each on its own slice. GB = 1e9 bytes.
  */
 import { Worker } from 'node:worker_threads';
-import { now } from './measure.js';
 import { median } from '../numbers.js';
+import { now } from './measure.js';
 
 export interface BandwidthResult {
   /** Bytes read per sample. */
@@ -38,7 +38,8 @@ export class ReadBandwidthProbe {
     try {
       for (let i = 1; i < threads; i++) {
         const w = new Worker(new URL('./bandwidth-worker.js', import.meta.url), {
-          workerData: { sab, ctrlSab, start: i * part, end: (i + 1) * part }, execArgv: [],
+          workerData: { sab, ctrlSab, start: i * part, end: (i + 1) * part },
+          execArgv: [],
         });
         workers.push(w);
         await new Promise<void>((resolve, reject) => {

@@ -11,14 +11,15 @@
  * from the cache's own page bookkeeping). Caches are filled with synthetic K/V through their storage
  * jobs, so N may exceed the model's context (no forward pass runs over them).
  */
-import { readModelConfig } from '../../model/load.js';
-import type { CacheDims } from '../../cache/types.js';
-import { type CacheSpec, validateSpec } from '../../cache/spec.js';
+
 import { cacheBytes, peakAllocatedBytes } from '../../cache/budget.js';
+import { type CacheSpec, validateSpec } from '../../cache/spec.js';
+import type { CacheDims } from '../../cache/types.js';
 import { hostPageBytes } from '../../kernels/host/memory.js';
 import type { BackendChoice } from '../../kernels/index.js';
-import { spawnProbe, type AllocateResult, type OverheadResult } from './probe.js';
+import { readModelConfig } from '../../model/load.js';
 import { formatBytes, formatRatio, markdownTable } from './markdown.js';
+import { type AllocateResult, type OverheadResult, spawnProbe } from './probe.js';
 
 export interface ProbeEnv {
   model: string;
@@ -74,7 +75,11 @@ export const CAPACITY_WARM_TOKENS = 16;
 
 export async function modelDims(model: string): Promise<{ dims: CacheDims; maxPositions: number; vocab: number }> {
   const c = await readModelConfig(model);
-  return { dims: { numLayers: c.numLayers, numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim }, maxPositions: c.maxPositions, vocab: c.vocabSize };
+  return {
+    dims: { numLayers: c.numLayers, numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim },
+    maxPositions: c.maxPositions,
+    vocab: c.vocabSize,
+  };
 }
 
 /** Sequences that fit: floor((budget − weights − overhead) / perSequence), never negative. */
@@ -103,15 +108,23 @@ export async function runCapacity(o: CapacityOptions): Promise<CapacityReport> {
     const sequences = sequencesThatFit(budget, weights, overhead, per);
     const r = await spawnProbe<AllocateResult>({ task: 'allocate', ...env, kv, sequences, context: o.context });
     if (r.kv_bytes !== sequences * data || r.allocated_bytes !== sequences * per) {
-      throw new Error(`${kv}: the child held ${r.kv_bytes} cache bytes in ${r.allocated_bytes} of pages, expected ${sequences} × ${data} in ${sequences} × ${per}`);
+      throw new Error(
+        `${kv}: the child held ${r.kv_bytes} cache bytes in ${r.allocated_bytes} of pages, expected ${sequences} × ${data} in ${sequences} × ${per}`,
+      );
     }
     results.push({ kv, sequences, peak_rss: r.peak_rss, rss_per_sequence: sequences > 0 ? (r.rss - base.rss) / sequences : null });
     detail.push({ kv, per_sequence_bytes: per, per_sequence_data_bytes: data, kv_bytes: r.kv_bytes, allocated_bytes: r.allocated_bytes, rss: r.rss });
     o.onProgress?.(i + 2, total);
   }
   return {
-    budget, context: o.context, model_context: maxPositions, weights_bytes: weights, overhead_bytes: overhead,
-    base_rss: base.rss, results, detail,
+    budget,
+    context: o.context,
+    model_context: maxPositions,
+    weights_bytes: weights,
+    overhead_bytes: overhead,
+    base_rss: base.rss,
+    results,
+    detail,
   };
 }
 
@@ -127,20 +140,31 @@ export function capacityMarkdown(r: CapacityReport): string {
     const d = r.detail[i]!;
     const measured = measuredPerSequence(r, i);
     return [
-      x.kv, formatBytes(d.per_sequence_bytes), x.sequences,
+      x.kv,
+      formatBytes(d.per_sequence_bytes),
+      x.sequences,
       fp16 && fp16.sequences > 0 ? formatRatio(x.sequences / fp16.sequences) : '–',
-      formatBytes(d.allocated_bytes), formatBytes(x.peak_rss), `${((100 * x.peak_rss) / r.budget).toFixed(1)}%`,
-      Number.isFinite(measured) ? formatBytes(measured) : '–', formatRatio(fp16Measured / measured),
+      formatBytes(d.allocated_bytes),
+      formatBytes(x.peak_rss),
+      `${((100 * x.peak_rss) / r.budget).toFixed(1)}%`,
+      Number.isFinite(measured) ? formatBytes(measured) : '–',
+      formatRatio(fp16Measured / measured),
     ];
   });
   const head =
     `Budget ${formatBytes(r.budget)} = weights ${formatBytes(r.weights_bytes)} + measured overhead ${formatBytes(r.overhead_bytes)} ` +
     `+ caches; sequences of ${r.context} tokens` +
-    (r.context > r.model_context ? ` (beyond the model's context of ${r.model_context}: caches filled with synthetic K/V)` : '') + '.' +
+    (r.context > r.model_context ? ` (beyond the model's context of ${r.model_context}: caches filled with synthetic K/V)` : '') +
+    '.' +
     (r.budget < r.weights_bytes + r.overhead_bytes ? ' The budget does not even cover weights + overhead.' : '') +
-    ' "RSS / sequence": resident memory after GC with the caches minus without them (' + formatBytes(r.base_rss) +
+    ' "RSS / sequence": resident memory after GC with the caches minus without them (' +
+    formatBytes(r.base_rss) +
     '), per sequence.\n\n';
-  return head + markdownTable(
-    ['kv', 'pages / sequence', 'sequences', 'vs fp16', 'cache pages held', 'peak RSS', 'peak RSS / budget', 'RSS / sequence', 'fp16 ÷ this'], rows,
+  return (
+    head +
+    markdownTable(
+      ['kv', 'pages / sequence', 'sequences', 'vs fp16', 'cache pages held', 'peak RSS', 'peak RSS / budget', 'RSS / sequence', 'fp16 ÷ this'],
+      rows,
+    )
   );
 }

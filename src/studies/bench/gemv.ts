@@ -6,12 +6,13 @@
  * bf16 or f16 (the same values, rounded), side by side: 16-bit weights halve the bytes a GEMV must move.
  * The bound and the kernels are timed in turns (medians).
  */
-import { DTYPE_BYTES, type Backend, type Tensor } from '../../kernels/types.js';
-import { toHalfBits } from '../../quant/float16.js';
+
 import { Rng } from '../../engine/sampling.js';
-import { DEFAULT_REPEATS, type RepeatOptions, timeInterleavedAsync } from './measure.js';
-import { ReadBandwidthProbe, type BandwidthResult } from './bandwidth.js';
+import { type Backend, DTYPE_BYTES, type Tensor } from '../../kernels/types.js';
+import { toHalfBits } from '../../quant/float16.js';
+import { type BandwidthResult, ReadBandwidthProbe } from './bandwidth.js';
 import { formatBytes, formatSeconds, markdownTable } from './markdown.js';
+import { DEFAULT_REPEATS, type RepeatOptions, timeInterleavedAsync } from './measure.js';
 
 export interface GemvOptions {
   backend: Backend;
@@ -78,23 +79,37 @@ export async function runGemvBench(o: GemvOptions): Promise<GemvReport> {
     if (o.threads > 1) probes.push(await ReadBandwidthProbe.start(bwBytes, 1));
     // The bound and the kernel in turns, so that load from other processes falls on both alike.
     const runs = dtypes.flatMap((_, d) => o.rows.map((rows, i) => ({ d, rows, i })));
-    const times = await timeInterleavedAsync([
-      ...probes.map((p) => async () => void p.sample()),
-      ...runs.map(({ d, rows, i }) => async () => {
-        K.matmul(ys[i]!, xs[i]!, ws[d]!, rows, inDim, outDim);
-        await K.sync();
+    const times = await timeInterleavedAsync(
+      [
+        ...probes.map((p) => async () => void p.sample()),
+        ...runs.map(({ d, rows, i }) => async () => {
+          K.matmul(ys[i]!, xs[i]!, ws[d]!, rows, inDim, outDim);
+          await K.sync();
+        }),
+      ],
+      repeats,
+    );
+    const bw = probes.map(
+      (p, i): BandwidthResult => ({
+        bytes: p.bytes,
+        threads: p.threads,
+        repeats: times[i]!.samples.length,
+        gbps: p.bytes / times[i]!.seconds / 1e9,
       }),
-    ], repeats);
-    const bw = probes.map((p, i): BandwidthResult => ({
-      bytes: p.bytes, threads: p.threads, repeats: times[i]!.samples.length, gbps: p.bytes / times[i]!.seconds / 1e9,
-    }));
+    );
     const bound = bw[0]!;
     const results = runs.map(({ d, rows }, j): GemvResult => {
       const { seconds } = times[probes.length + j]!;
       const bytes = DTYPE_BYTES[dtypes[d]!] * inDim * outDim + 4 * rows * (inDim + outDim);
       const gbps = bytes / seconds / 1e9;
       return {
-        weights: dtypes[d]!, rows, in: inDim, out: outDim, seconds, gflops: (2 * rows * inDim * outDim) / seconds / 1e9, gbps,
+        weights: dtypes[d]!,
+        rows,
+        in: inDim,
+        out: outDim,
+        seconds,
+        gflops: (2 * rows * inDim * outDim) / seconds / 1e9,
+        gbps,
         of_bound: gbps / bound.gbps,
       };
     });
@@ -123,10 +138,17 @@ export function gemvMarkdown(r: GemvReport): string {
   const b = r.bound;
   const head =
     `Memory-bandwidth bound: ${b.gbps.toFixed(1)} GB/s reading ${formatBytes(b.bytes)} on ${b.threads} thread${b.threads > 1 ? 's' : ''}` +
-    (r.bound_1_thread ? ` (${r.bound_1_thread.gbps.toFixed(1)} GB/s on 1 thread)` : '') + `; backend ${r.backend}.\n\n`;
+    (r.bound_1_thread ? ` (${r.bound_1_thread.gbps.toFixed(1)} GB/s on 1 thread)` : '') +
+    `; backend ${r.backend}.\n\n`;
   const rows = r.results.map((x) => [
-    x.weights, x.rows, `${x.out}×${x.in}`, formatBytes(DTYPE_BYTES[x.weights] * x.in * x.out), formatSeconds(x.seconds), x.gflops.toFixed(2),
-    x.gbps.toFixed(2), `${(100 * x.of_bound).toFixed(1)}%`,
+    x.weights,
+    x.rows,
+    `${x.out}×${x.in}`,
+    formatBytes(DTYPE_BYTES[x.weights] * x.in * x.out),
+    formatSeconds(x.seconds),
+    x.gflops.toFixed(2),
+    x.gbps.toFixed(2),
+    `${(100 * x.of_bound).toFixed(1)}%`,
   ]);
   return head + markdownTable(['weights', 'rows', 'weight', 'weight bytes', 'time / call', 'GFLOP/s', 'GB/s', 'of bound'], rows);
 }

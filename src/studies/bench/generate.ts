@@ -5,13 +5,13 @@
  * after round, so load from other processes falls on all alike; each variant's median round is reported.
  */
 import type { KiviModel } from '../../api.js';
+import { parseKvSpec } from '../../cache/spec.js';
+import { CacheStepper, qkvRows } from '../../cache/step.js';
 import type { WeightFormat } from '../../model/weights.js';
 import { KiviError } from '../../util/errors.js';
-import { now, syntheticKV, syntheticTokens } from './measure.js';
-import { CacheStepper, qkvRows } from '../../cache/step.js';
-import { parseKvSpec } from '../../cache/spec.js';
 import { median } from '../numbers.js';
 import { formatBytes, formatRatio, markdownTable } from './markdown.js';
+import { now, syntheticKV, syntheticTokens } from './measure.js';
 
 export interface GenerateBenchOptions {
   /** The same model loaded once per weight format (one or more), measured side by side. */
@@ -119,8 +119,13 @@ export async function runFilledDecodeBench(o: Omit<GenerateBenchOptions, 'prompt
     }
   }
   return variants.map(({ weights, kv }, i) => ({
-    weights, kv, prompt_tokens: o.context, generated: o.gen, prefill_tokens_per_s: 0,
-    decode_tokens_per_s: median(runs[i]!.map((r) => r.decode)), kv_bytes: runs[i]![0]!.bytes,
+    weights,
+    kv,
+    prompt_tokens: o.context,
+    generated: o.gen,
+    prefill_tokens_per_s: 0,
+    decode_tokens_per_s: median(runs[i]!.map((r) => r.decode)),
+    kv_bytes: runs[i]![0]!.bytes,
   }));
 }
 

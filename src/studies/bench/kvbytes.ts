@@ -5,14 +5,15 @@
  * is generating — and asked for its bytes(), which must equal the exact formula of cache/budget.ts.
  * No forward pass is run, so contexts may exceed the model's max positions.
  */
-import type { Backend } from '../../kernels/types.js';
-import type { CacheDims } from '../../cache/types.js';
+
+import { cacheBytes } from '../../cache/budget.js';
 import { type CacheSpec, createCache, parseKvSpec, validateSpec } from '../../cache/spec.js';
 import { CacheStepper, qkvRows } from '../../cache/step.js';
-import { cacheBytes } from '../../cache/budget.js';
+import type { CacheDims } from '../../cache/types.js';
+import type { Backend } from '../../kernels/types.js';
 import { KiviError } from '../../util/errors.js';
-import { Gaussian, syntheticKV } from './measure.js';
 import { formatBytes, formatRatio, markdownTable } from './markdown.js';
+import { Gaussian, syntheticKV } from './measure.js';
 
 export interface KvBytesOptions {
   dims: CacheDims;

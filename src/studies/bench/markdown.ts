@@ -6,7 +6,11 @@ export type Cell = string | number;
 /** A GitHub-flavoured Markdown table whose numeric columns (every cell starts with a number: "4.12×", "1.50 KiB") are right-aligned. */
 export function markdownTable(headers: readonly string[], rows: readonly (readonly Cell[])[]): string {
   const numeric = headers.map((_, j) => rows.length > 0 && rows.every((r) => /^-?\d/.test(String(r[j]))));
-  return studyTable([...headers], rows.map((r) => [...r]), numeric) + '\n';
+  return `${studyTable(
+    [...headers],
+    rows.map((r) => [...r]),
+    numeric,
+  )}\n`;
 }
 
 export { formatBytes } from '../../util/format.js';

@@ -43,7 +43,10 @@ export function timeInterleaved(fns: readonly (() => void)[], o: RepeatOptions =
 }
 
 /** timeInterleaved for functions whose work ends when their promise resolves (a GPU's, say). */
-export async function timeInterleavedAsync(fns: readonly (() => Promise<void>)[], o: RepeatOptions = DEFAULT_REPEATS): Promise<{ seconds: number; samples: number[] }[]> {
+export async function timeInterleavedAsync(
+  fns: readonly (() => Promise<void>)[],
+  o: RepeatOptions = DEFAULT_REPEATS,
+): Promise<{ seconds: number; samples: number[] }[]> {
   for (let i = 0; i < o.warmup; i++) for (const fn of fns) await fn();
   const samples = fns.map((): number[] => []);
   let total = 0;
@@ -116,7 +119,7 @@ export function syntheticKV(T: number, kvHeads: number, d: number, seed: number)
   const k = new Float32Array(T * row);
   const v = new Float32Array(T * row);
   const bias = new Float32Array(row);
-  for (let c = 0; c < row; c++) bias[c] = c % d % OUTLIER_EVERY === 3 ? OUTLIER_SCALE * (1 + g.next() * 0.1) : 0;
+  for (let c = 0; c < row; c++) bias[c] = (c % d) % OUTLIER_EVERY === 3 ? OUTLIER_SCALE * (1 + g.next() * 0.1) : 0;
   for (let t = 0, i = 0; t < T; t++) {
     for (let c = 0; c < row; c++, i++) {
       const outlier = bias[c]! !== 0;

@@ -20,7 +20,7 @@ import { KiviError } from '../../util/errors.js';
 import { textWindows } from '../eval/windows.js';
 import { mean, quantile } from '../numbers.js';
 import { formatBytes, formatRatio, markdownTable } from './markdown.js';
-import { startReplica, type Replica } from './replicas.js';
+import { type Replica, startReplica } from './replicas.js';
 
 export interface PrefixBenchOptions {
   model: KiviModel;
@@ -92,7 +92,9 @@ function workload(o: PrefixBenchOptions): Workload {
   const { model } = o;
   const last = o.system + o.turns * (o.user + o.gen) + 8;
   if (last > model.config.maxPositions) {
-    throw new KiviError(`--system ${o.system} + ${o.turns} turns × (--user ${o.user} + --gen ${o.gen}) exceed the model's context of ${model.config.maxPositions}`);
+    throw new KiviError(
+      `--system ${o.system} + ${o.turns} turns × (--user ${o.user} + --gen ${o.gen}) exceed the model's context of ${model.config.maxPositions}`,
+    );
   }
   const need = o.system + o.conversations * o.turns * o.user;
   const w = textWindows(model.tokenizer, o.text, { window: Math.min(need + 1, 1 << 30), context: Infinity, maxWindows: 1 })[0]!;
@@ -100,10 +102,12 @@ function workload(o: PrefixBenchOptions): Workload {
   const nonce = Array.from({ length: 4 }, () => 3 + randomInt(model.config.vocabSize - 3));
   const system = [w[0]!, ...nonce, ...w.slice(1, o.system - nonce.length)];
   let at = o.system;
-  const users = Array.from({ length: o.conversations }, () => Array.from({ length: o.turns }, () => {
-    at += o.user;
-    return w.slice(at - o.user, at);
-  }));
+  const users = Array.from({ length: o.conversations }, () =>
+    Array.from({ length: o.turns }, () => {
+      at += o.user;
+      return w.slice(at - o.user, at);
+    }),
+  );
   return { system, users };
 }
 
@@ -111,7 +115,8 @@ function workload(o: PrefixBenchOptions): Workload {
 async function ask(url: string, modelName: string, prompt: number[], gen: number): Promise<{ ttft: number; text: string }> {
   const t0 = performance.now();
   const r = await fetch(`${url}/v1/completions`, {
-    method: 'POST', headers: { 'content-type': 'application/json' },
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ model: modelName, prompt, max_tokens: gen, temperature: 0, stream: true }),
   });
   if (r.status !== 200 || !r.body) throw new KiviError(`bench prefix: HTTP ${r.status}: ${await r.text()}`);
@@ -121,8 +126,7 @@ async function ask(url: string, modelName: string, prompt: number[], gen: number
   const dec = new TextDecoder();
   for await (const chunk of r.body as unknown as AsyncIterable<Uint8Array>) {
     buf += dec.decode(chunk, { stream: true });
-    let i: number;
-    while ((i = buf.indexOf('\n\n')) >= 0) {
+    for (let i = buf.indexOf('\n\n'); i >= 0; i = buf.indexOf('\n\n')) {
       const ev = buf.slice(0, i);
       buf = buf.slice(i + 2);
       if (!ev.startsWith('data: ') || ev === 'data: [DONE]') continue;
@@ -140,8 +144,18 @@ async function metricsOf(r: Replica): Promise<Map<string, number>> {
   return parseMetrics(await (await fetch(`${r.url}/metrics`)).text());
 }
 
-async function runConfig(o: PrefixBenchOptions, w: Workload, name: string, replicas: number, store: PrefixConfigResult['store'], progress: () => void): Promise<PrefixConfigResult> {
-  const storeArgs = store === 'none' ? [] : ['--prefix-block', String(o.block), ...(store === 'redis' ? ['--prefix-store', o.store!] : ['--prefix-cache', String(o.cacheBytes)])];
+async function runConfig(
+  o: PrefixBenchOptions,
+  w: Workload,
+  name: string,
+  replicas: number,
+  store: PrefixConfigResult['store'],
+  progress: () => void,
+): Promise<PrefixConfigResult> {
+  const storeArgs =
+    store === 'none'
+      ? []
+      : ['--prefix-block', String(o.block), ...(store === 'redis' ? ['--prefix-store', o.store!] : ['--prefix-cache', String(o.cacheBytes)])];
   const args = ['--model', o.modelDir, '--kv', o.kv, ...storeArgs, ...o.serveArgs];
   const rs = await Promise.all(Array.from({ length: replicas }, () => startReplica(args)));
   try {
@@ -149,26 +163,38 @@ async function runConfig(o: PrefixBenchOptions, w: Workload, name: string, repli
     const ttfts: number[] = [];
     let promptTokens = 0;
     const t0 = performance.now();
-    await Promise.all(w.users.map(async (turns, c) => {
-      let history = [...w.system];
-      for (const [t, user] of turns.entries()) {
-        const prompt = [...history, ...user];
-        const r = await ask(rs[(c + t) % replicas]!.url, modelName, prompt, o.gen);
-        ttfts.push(r.ttft);
-        promptTokens += prompt.length;
-        history = [...prompt, ...o.model.encode(r.text, { bos: false })];
-        progress();
-      }
-    }));
+    await Promise.all(
+      w.users.map(async (turns, c) => {
+        let history = [...w.system];
+        for (const [t, user] of turns.entries()) {
+          const prompt = [...history, ...user];
+          const r = await ask(rs[(c + t) % replicas]!.url, modelName, prompt, o.gen);
+          ttfts.push(r.ttft);
+          promptTokens += prompt.length;
+          history = [...prompt, ...o.model.encode(r.text, { bos: false })];
+          progress();
+        }
+      }),
+    );
     const seconds = (performance.now() - t0) / 1000;
     const ms = await Promise.all(rs.map(metricsOf));
     const sum = (k: string) => ms.reduce((a, m) => a + (m.get(k) ?? 0), 0);
     return {
-      name, replicas, store, requests: ttfts.length,
-      ttft_p50: quantile(ttfts, 0.5), ttft_p95: quantile(ttfts, 0.95), ttft_mean: mean(ttfts),
-      prompt_tokens: promptTokens, prefill_tokens: sum('kivi_prefill_tokens_total'), reused_tokens: sum('kivi_prefix_tokens_reused_total'),
-      hits: sum('kivi_prefix_hits_total'), misses: sum('kivi_prefix_misses_total'),
-      bytes_stored: sum('kivi_prefix_bytes_stored_total'), bytes_fetched: sum('kivi_prefix_bytes_fetched_total'), seconds,
+      name,
+      replicas,
+      store,
+      requests: ttfts.length,
+      ttft_p50: quantile(ttfts, 0.5),
+      ttft_p95: quantile(ttfts, 0.95),
+      ttft_mean: mean(ttfts),
+      prompt_tokens: promptTokens,
+      prefill_tokens: sum('kivi_prefill_tokens_total'),
+      reused_tokens: sum('kivi_prefix_tokens_reused_total'),
+      hits: sum('kivi_prefix_hits_total'),
+      misses: sum('kivi_prefix_misses_total'),
+      bytes_stored: sum('kivi_prefix_bytes_stored_total'),
+      bytes_fetched: sum('kivi_prefix_bytes_fetched_total'),
+      seconds,
     };
   } finally {
     await Promise.all(rs.map((r) => r.stop()));
@@ -207,16 +233,27 @@ export async function runPrefixBench(o: PrefixBenchOptions): Promise<PrefixBench
   const bytes: BytesPerToken[] = [];
   for (const kv of kvs) bytes.push(await bytesPerToken(o, w.system, kv));
   return {
-    kv: o.kv, block: o.block, system: o.system, conversations: o.conversations, turns: o.turns, user: o.user, gen: o.gen,
-    configs, bytes_per_token: bytes,
+    kv: o.kv,
+    block: o.block,
+    system: o.system,
+    conversations: o.conversations,
+    turns: o.turns,
+    user: o.user,
+    gen: o.gen,
+    configs,
+    bytes_per_token: bytes,
   };
 }
 
 export function prefixBenchMarkdown(r: PrefixBenchReport): string {
   const base = (replicas: number) => r.configs.find((c) => c.replicas === replicas && c.store === 'none');
   const rows = r.configs.map((c) => [
-    c.name, `${(c.ttft_p50 * 1000).toFixed(0)} ms`, `${(c.ttft_p95 * 1000).toFixed(0)} ms`,
-    c.prefill_tokens, `${((100 * c.prefill_tokens) / c.prompt_tokens).toFixed(1)}%`, c.reused_tokens,
+    c.name,
+    `${(c.ttft_p50 * 1000).toFixed(0)} ms`,
+    `${(c.ttft_p95 * 1000).toFixed(0)} ms`,
+    c.prefill_tokens,
+    `${((100 * c.prefill_tokens) / c.prompt_tokens).toFixed(1)}%`,
+    c.reused_tokens,
     c.store === 'none' ? '–' : `${c.hits}/${c.hits + c.misses}`,
     c.store === 'none' ? '–' : formatBytes(c.bytes_stored),
     base(c.replicas) && c.ttft_p50 > 0 ? formatRatio(base(c.replicas)!.ttft_p50 / c.ttft_p50) : '–',
@@ -224,12 +261,19 @@ export function prefixBenchMarkdown(r: PrefixBenchReport): string {
   ]);
   const fp16 = r.bytes_per_token.find((b) => b.kv === 'fp16');
   const bytes = r.bytes_per_token.map((b) => [
-    b.kv, b.tokens, formatBytes(b.file_bytes), b.bytes_per_token.toFixed(0), fp16 ? formatRatio(fp16.bytes_per_token / b.bytes_per_token) : '–',
+    b.kv,
+    b.tokens,
+    formatBytes(b.file_bytes),
+    b.bytes_per_token.toFixed(0),
+    fp16 ? formatRatio(fp16.bytes_per_token / b.bytes_per_token) : '–',
   ]);
   return (
     `${r.conversations} chats × ${r.turns} turns over a shared ${r.system}-token system prompt (user messages of ${r.user} tokens, ` +
     `${r.gen}-token greedy answers), kv ${r.kv}, blocks of ${r.block}; turn t of chat c on replica (c + t) mod R.\n\n` +
-    markdownTable(['configuration', 'TTFT p50', 'TTFT p95', 'prefill tokens', 'of prompt tokens', 'reused tokens', 'hits', 'stored', 'p50 speed-up', 'wall'], rows) +
+    markdownTable(
+      ['configuration', 'TTFT p50', 'TTFT p95', 'prefill tokens', 'of prompt tokens', 'reused tokens', 'hits', 'stored', 'p50 speed-up', 'wall'],
+      rows,
+    ) +
     `\nCache files of a ${r.bytes_per_token[0]?.tokens}-token prefix (what the store keeps per entry):\n\n` +
     markdownTable(['kv', 'tokens', 'file', 'bytes per token', 'vs fp16'], bytes)
   );

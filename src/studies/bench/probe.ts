@@ -5,15 +5,15 @@
  */
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { createBackend, type BackendChoice } from '../../kernels/index.js';
-import { DTYPE_BYTES, type Tensor } from '../../kernels/types.js';
-import { loadModel, type LoadedModel } from '../../model/load.js';
-import type { ModelWeights } from '../../model/weights.js';
 import { createCache, parseKvSpec } from '../../cache/spec.js';
-import type { KvCache } from '../../cache/types.js';
 import { CacheStepper, qkvRows } from '../../cache/step.js';
+import type { KvCache } from '../../cache/types.js';
 import { BatchEngine, type Sequence } from '../../engine/batch.js';
 import type { GenerateResult } from '../../engine/generate.js';
+import { type BackendChoice, createBackend } from '../../kernels/index.js';
+import { DTYPE_BYTES, type Tensor } from '../../kernels/types.js';
+import { type LoadedModel, loadModel } from '../../model/load.js';
+import type { ModelWeights } from '../../model/weights.js';
 import { KiviError } from '../../util/errors.js';
 import { now, peakRssBytes, settledRssBytes, syntheticKV, syntheticTokens } from './measure.js';
 
@@ -25,8 +25,15 @@ interface ProbeBase {
   warmTokens: number;
 }
 
-export interface OverheadTask extends ProbeBase { task: 'overhead' }
-export interface AllocateTask extends ProbeBase { task: 'allocate'; kv: string; sequences: number; context: number }
+export interface OverheadTask extends ProbeBase {
+  task: 'overhead';
+}
+export interface AllocateTask extends ProbeBase {
+  task: 'allocate';
+  kv: string;
+  sequences: number;
+  context: number;
+}
 export interface GenerateTask extends ProbeBase {
   task: 'generate';
   kv: string;
@@ -39,8 +46,20 @@ export interface GenerateTask extends ProbeBase {
 }
 export type ProbeTask = OverheadTask | AllocateTask | GenerateTask;
 
-export interface OverheadResult { weights_bytes: number; rss: number; overhead_bytes: number; peak_rss: number }
-export interface AllocateResult { weights_bytes: number; sequences: number; kv_bytes: number; allocated_bytes: number; rss: number; peak_rss: number }
+export interface OverheadResult {
+  weights_bytes: number;
+  rss: number;
+  overhead_bytes: number;
+  peak_rss: number;
+}
+export interface AllocateResult {
+  weights_bytes: number;
+  sequences: number;
+  kv_bytes: number;
+  allocated_bytes: number;
+  rss: number;
+  peak_rss: number;
+}
 export interface GenerateProbeResult {
   batch: number;
   generated_tokens: number;
@@ -124,7 +143,14 @@ async function allocate(m: LoadedModel, t: AllocateTask): Promise<AllocateResult
     }
     stepper.dispose();
     const rss = settledRssBytes();
-    return { weights_bytes: weightsBytes(m.model.weights), sequences: t.sequences, kv_bytes: kvBytes, allocated_bytes: allocated, rss, peak_rss: peakRssBytes() };
+    return {
+      weights_bytes: weightsBytes(m.model.weights),
+      sequences: t.sequences,
+      kv_bytes: kvBytes,
+      allocated_bytes: allocated,
+      rss,
+      peak_rss: peakRssBytes(),
+    };
   } finally {
     for (const c of caches) c.free();
   }

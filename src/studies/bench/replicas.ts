@@ -3,7 +3,7 @@
  * replica is `kivi serve --port 0` (its URL read from its start-up line), each Redis a `redis-server`
  * on a free loopback port without persistence. Everything started here is stopped by its own handle.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -110,10 +110,24 @@ export function redisCommand(port: number, args: string[], ms = 1000): Promise<s
 /** redis-server on a loopback port (a free one by default), no RDB or AOF, LRU eviction at `maxmemory`. */
 export async function startRedis(opts: { port?: number; maxmemory?: string } = {}): Promise<RedisServer> {
   const port = opts.port ?? (await freePort());
-  const child = spawn('redis-server', [
-    '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
-    '--maxmemory', opts.maxmemory ?? '512mb', '--maxmemory-policy', 'allkeys-lru',
-  ], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(
+    'redis-server',
+    [
+      '--port',
+      String(port),
+      '--bind',
+      '127.0.0.1',
+      '--save',
+      '',
+      '--appendonly',
+      'no',
+      '--maxmemory',
+      opts.maxmemory ?? '512mb',
+      '--maxmemory-policy',
+      'allkeys-lru',
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
   let err = '';
   child.stderr!.on('data', (d) => (err += d));
   const failed = new Promise<never>((_, reject) => {
@@ -131,7 +145,9 @@ export async function startRedis(opts: { port?: number; maxmemory?: string } = {
     await new Promise((r) => setTimeout(r, 50));
   }
   return {
-    port, url: `redis://127.0.0.1:${port}`, child,
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    child,
     pause: () => child.kill('SIGSTOP'),
     resume: () => child.kill('SIGCONT'),
     kill: () => stopChild(child, 'SIGKILL'),

@@ -16,19 +16,19 @@
  *   - buffers peak = every GPU buffer alive at once (cache arenas grow ahead of the pages in them).
  */
 import type { KiviModel } from '../../api.js';
-import type { CacheSpec } from '../../cache/spec.js';
 import { peakAllocatedBytes } from '../../cache/budget.js';
+import type { CacheSpec } from '../../cache/spec.js';
 import { createCache } from '../../cache/spec.js';
 import type { Sequence } from '../../engine/batch.js';
-import type { GenerateResult } from '../../engine/generate.js';
 import { BatchEngine } from '../../engine/batch.js';
+import type { GenerateResult } from '../../engine/generate.js';
 import type { WebGpuBackend } from '../../kernels/webgpu/backend.js';
 import type { WebGpuPagePool } from '../../kernels/webgpu/pool.js';
 import { KiviError } from '../../util/errors.js';
+import type { TopLevelSpec } from '../plot.js';
+import { formatBytes, formatRatio, markdownTable } from './markdown.js';
 import { now, syntheticTokens } from './measure.js';
 import { weightsBytes } from './probe.js';
-import { formatBytes, formatRatio, markdownTable } from './markdown.js';
-import type { TopLevelSpec } from '../plot.js';
 
 export interface GpuThroughputOptions {
   model: KiviModel;
@@ -107,13 +107,22 @@ export async function runGpuThroughput(o: GpuThroughputOptions): Promise<GpuThro
     o.onProgress?.(out.length, todo.length);
   }
   return {
-    device: backend.description, prompt: o.prompt, gen: o.gen, kv_budget: o.kvBudget, max_batch: o.maxBatch, weights_bytes: W,
-    specs: specs.map(({ kv, bytes_per_sequence, admitted }) => ({ kv, bytes_per_sequence, admitted })), points: out,
+    device: backend.description,
+    prompt: o.prompt,
+    gen: o.gen,
+    kv_budget: o.kvBudget,
+    max_batch: o.maxBatch,
+    weights_bytes: W,
+    specs: specs.map(({ kv, bytes_per_sequence, admitted }) => ({ kv, bytes_per_sequence, admitted })),
+    points: out,
   };
 }
 
 async function runPoint(
-  m: KiviModel, backend: WebGpuBackend, pool: WebGpuPagePool, p: { spec: CacheSpec; batch: number },
+  m: KiviModel,
+  backend: WebGpuBackend,
+  pool: WebGpuPagePool,
+  p: { spec: CacheSpec; batch: number },
   o: Pick<GpuThroughputOptions, 'prompt' | 'gen' | 'joinPerStep' | 'seed'>,
 ): Promise<GpuThroughputPoint> {
   // Each run from the weights alone: activation buffers and cache arenas of earlier runs given back.
@@ -162,9 +171,14 @@ async function runPoint(
     full.sort((a, b) => a - b);
     const step = full.length > 0 ? full[full.length >> 1]! : null;
     return {
-      kv: p.spec.name, batch: p.batch, tokens_per_second: generated / seconds,
-      decode_step_seconds: step, decode_tokens_per_second: step === null ? null : p.batch / step,
-      seconds, generated_tokens: generated, peak_kv_bytes: pool.peakBytes,
+      kv: p.spec.name,
+      batch: p.batch,
+      tokens_per_second: generated / seconds,
+      decode_step_seconds: step,
+      decode_tokens_per_second: step === null ? null : p.batch / step,
+      seconds,
+      generated_tokens: generated,
+      peak_kv_bytes: pool.peakBytes,
       peak_allocated_bytes: peakOther + pool.peakBytes,
       peak_buffer_bytes: core.peakLiveBytes,
     };
@@ -188,11 +202,15 @@ export function gpuThroughputMarkdown(r: GpuThroughputReport): string {
   const rows = r.points.map((x) => {
     const f = fp16At(x.batch);
     return [
-      x.kv, x.batch, x.tokens_per_second.toFixed(1),
+      x.kv,
+      x.batch,
+      x.tokens_per_second.toFixed(1),
       x.decode_step_seconds === null ? '–' : (x.decode_step_seconds * 1000).toFixed(2),
       x.decode_tokens_per_second === null ? '–' : x.decode_tokens_per_second.toFixed(0),
       f && f !== x && f.decode_step_seconds && x.decode_step_seconds ? formatRatio(x.decode_step_seconds / f.decode_step_seconds) : '–',
-      formatBytes(x.peak_kv_bytes), formatBytes(x.peak_allocated_bytes), formatBytes(x.peak_buffer_bytes),
+      formatBytes(x.peak_kv_bytes),
+      formatBytes(x.peak_allocated_bytes),
+      formatBytes(x.peak_buffer_bytes),
     ];
   });
   const best = (kv: string) => {
@@ -200,11 +218,14 @@ export function gpuThroughputMarkdown(r: GpuThroughputReport): string {
     return r.points.find((x) => x.kv === kv && x.batch === Math.min(s.admitted, r.max_batch));
   };
   const summary = r.specs.map((s) => {
-    const b = best(s.kv), f = fp16Max ? best('fp16') : undefined;
+    const b = best(s.kv),
+      f = fp16Max ? best('fp16') : undefined;
     const atFp16Batch = fp16Max ? r.points.find((x) => x.kv === s.kv && x.batch === Math.min(fp16Max.admitted, r.max_batch)) : undefined;
     const fp16Point = fp16Max ? fp16At(Math.min(fp16Max.admitted, r.max_batch)) : undefined;
     return [
-      s.kv, formatBytes(s.bytes_per_sequence), s.admitted,
+      s.kv,
+      formatBytes(s.bytes_per_sequence),
+      s.admitted,
       fp16Max && fp16Max.admitted > 0 ? formatRatio(s.admitted / fp16Max.admitted) : '–',
       b ? b.tokens_per_second.toFixed(1) : '–',
       b && f && f.tokens_per_second > 0 ? formatRatio(b.tokens_per_second / f.tokens_per_second) : '–',
@@ -214,9 +235,25 @@ export function gpuThroughputMarkdown(r: GpuThroughputReport): string {
   return (
     `${r.device}; prompt ${r.prompt} + ${r.gen} generated tokens per sequence; KV budget ${formatBytes(r.kv_budget)}; ` +
     `weights ${formatBytes(r.weights_bytes)}; batches capped at ${r.max_batch}.\n\n` +
-    markdownTable(['kv', 'cache bytes / sequence (peak)', 'largest batch', 'vs fp16', 'tokens/s at it', 'vs fp16 at its own', 'peak memory at fp16\'s batch: fp16 ÷ this'], summary) +
+    markdownTable(
+      ['kv', 'cache bytes / sequence (peak)', 'largest batch', 'vs fp16', 'tokens/s at it', 'vs fp16 at its own', "peak memory at fp16's batch: fp16 ÷ this"],
+      summary,
+    ) +
     '\n\n' +
-    markdownTable(['kv', 'batch', 'tokens/s (end to end)', 'decode step ms (full batch)', 'decode tokens/s', 'step time vs fp16, same batch', 'peak KV', 'peak allocated', 'peak GPU buffers'], rows)
+    markdownTable(
+      [
+        'kv',
+        'batch',
+        'tokens/s (end to end)',
+        'decode step ms (full batch)',
+        'decode tokens/s',
+        'step time vs fp16, same batch',
+        'peak KV',
+        'peak allocated',
+        'peak GPU buffers',
+      ],
+      rows,
+    )
   );
 }
 
@@ -232,7 +269,8 @@ export function gpuThroughputChart(r: GpuThroughputReport, title: string): TopLe
     data: { values },
     facet: { column: { field: 'what', type: 'nominal', title: null } },
     spec: {
-      width: 320, height: 240,
+      width: 320,
+      height: 240,
       mark: { type: 'line', point: true },
       encoding: {
         x: { field: 'batch', type: 'quantitative', title: 'batch size (sequences)', scale: { type: 'log', base: 2 } },

@@ -12,15 +12,16 @@
  * run are capped at --max-batch to keep the command's time reasonable; a capped point under-reports what
  * the budget admits. With --repeats, points run in rounds and the median-time run is reported.
  */
-import type { CacheDims } from '../../cache/types.js';
-import { parseKvSpec, validateSpec } from '../../cache/spec.js';
+
 import { peakAllocatedBytes } from '../../cache/budget.js';
+import { parseKvSpec, validateSpec } from '../../cache/spec.js';
+import type { CacheDims } from '../../cache/types.js';
 import { hostPageBytes } from '../../kernels/host/memory.js';
 import { KiviError } from '../../util/errors.js';
-import { spawnProbe, type GenerateProbeResult, type OverheadResult } from './probe.js';
-import { modelDims, resolveBudget, sequencesThatFit, type BudgetArg, type ProbeEnv } from './capacity.js';
-import { formatBytes, formatRatio, markdownTable } from './markdown.js';
 import type { TopLevelSpec } from '../plot.js';
+import { type BudgetArg, modelDims, type ProbeEnv, resolveBudget, sequencesThatFit } from './capacity.js';
+import { formatBytes, formatRatio, markdownTable } from './markdown.js';
+import { type GenerateProbeResult, type OverheadResult, spawnProbe } from './probe.js';
 
 /** Most prompt rows prefilled in one step. */
 export const PREFILL_ROWS = 512;
@@ -97,10 +98,12 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRep
   const O = base.overhead_bytes;
 
   const budgets = o.budgets.map((b) => resolveBudget(b, W, O));
-  const plan = budgets.flatMap((budget) => o.specs.map((kv) => {
-    const admitted = admittedBatch(budget, W, O, kv, dims, o.prompt, o.gen);
-    return { kv, budget, admitted, batch: Math.min(admitted, o.maxBatch) };
-  }));
+  const plan = budgets.flatMap((budget) =>
+    o.specs.map((kv) => {
+      const admitted = admittedBatch(budget, W, O, kv, dims, o.prompt, o.gen);
+      return { kv, budget, admitted, batch: Math.min(admitted, o.maxBatch) };
+    }),
+  );
   // A (spec, batch) point does the same work whatever budget admitted it: run each once per round,
   // every point in turn, so that load from other processes falls on all points alike.
   const key = (kv: string, b: number) => `${kv}\u0000${b}`;
@@ -112,10 +115,19 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRep
   for (let round = 0; round < repeats; round++) {
     for (const k of todo) {
       const [kv, b] = k.split('\u0000') as [string, string];
-      runs.get(k)!.push(await spawnProbe<GenerateProbeResult>({
-        task: 'generate', ...env, warmTokens: GENERATE_WARM_TOKENS, kv, batch: Number(b), prompt: o.prompt, gen: o.gen,
-        joinPerStep: join, seed: o.seed ?? 1000,
-      }));
+      runs.get(k)!.push(
+        await spawnProbe<GenerateProbeResult>({
+          task: 'generate',
+          ...env,
+          warmTokens: GENERATE_WARM_TOKENS,
+          kv,
+          batch: Number(b),
+          prompt: o.prompt,
+          gen: o.gen,
+          joinPerStep: join,
+          seed: o.seed ?? 1000,
+        }),
+      );
       o.onProgress?.(++done, todo.length * repeats);
     }
   }
@@ -125,8 +137,11 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRep
     const r = [...rs].sort((a, b) => a.seconds - b.seconds)[rs.length >> 1];
     return {
       ...p,
-      tokens_per_second: r?.tokens_per_second ?? 0, generated_tokens: r?.generated_tokens ?? 0,
-      seconds: r?.seconds ?? 0, peak_rss: r ? Math.max(...rs.map((x) => x.peak_rss)) : null, runs: rs.length,
+      tokens_per_second: r?.tokens_per_second ?? 0,
+      generated_tokens: r?.generated_tokens ?? 0,
+      seconds: r?.seconds ?? 0,
+      peak_rss: r ? Math.max(...rs.map((x) => x.peak_rss)) : null,
+      runs: rs.length,
     };
   });
   return { prompt: o.prompt, gen: o.gen, max_batch: o.maxBatch, weights_bytes: W, overhead_bytes: O, results };
@@ -136,7 +151,11 @@ export function throughputMarkdown(r: ThroughputReport): string {
   const rows = r.results.map((x) => {
     const fp16 = r.results.find((y) => y.kv === 'fp16' && y.budget === x.budget);
     return [
-      formatBytes(x.budget), formatBytes(x.budget - r.weights_bytes - r.overhead_bytes), x.kv, x.admitted, x.batch + (x.batch < x.admitted ? ' (capped)' : ''),
+      formatBytes(x.budget),
+      formatBytes(x.budget - r.weights_bytes - r.overhead_bytes),
+      x.kv,
+      x.admitted,
+      x.batch + (x.batch < x.admitted ? ' (capped)' : ''),
       x.tokens_per_second.toFixed(1),
       fp16 && fp16.tokens_per_second > 0 ? formatRatio(x.tokens_per_second / fp16.tokens_per_second) : '–',
       x.peak_rss === null ? '–' : formatBytes(x.peak_rss),
@@ -163,12 +182,16 @@ export function throughputChart(r: ThroughputReport, title: string): TopLevelSpe
     title,
     hconcat: [
       {
-        width: 320, height: 240, data: { values: byBatch },
+        width: 320,
+        height: 240,
+        data: { values: byBatch },
         mark: { type: 'line', point: true },
         encoding: { x: { field: 'batch', type: 'quantitative', title: 'batch size (sequences)', axis: { format: 'd', tickMinStep: 1 } }, y, color },
       },
       {
-        width: 320, height: 240, data: { values: byBudget },
+        width: 320,
+        height: 240,
+        data: { values: byBudget },
         mark: { type: 'line', point: true },
         encoding: { x: { field: 'budgetMiB', type: 'quantitative', title: 'memory budget (MiB, weights included)' }, y, color },
       },

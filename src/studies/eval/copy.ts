@@ -16,12 +16,13 @@
  * A prompt's prefill is exact whatever the cache, so it runs once (fp32) and is restored into every
  * spec's cache; all specs of a batch of prompts then decode together, one batched forward per token.
  */
-import type { LlamaModel } from '../../model/llama.js';
-import type { Tokenizer } from '../../tokenizer/tokenizer.js';
+
 import { type CacheSpec, createCache } from '../../cache/spec.js';
 import type { KvCache } from '../../cache/types.js';
 import { restorePrefill, snapshotPrefill } from '../../engine/prefix.js';
 import { argmax, Rng } from '../../engine/sampling.js';
+import type { LlamaModel } from '../../model/llama.js';
+import type { Tokenizer } from '../../tokenizer/tokenizer.js';
 import { KiviError } from '../../util/errors.js';
 
 export const COPY_INSTRUCTION = 'Copy the following words exactly.\n';
@@ -59,7 +60,10 @@ export class CopyPrompter {
   /** The text's tokens, encoded on first use (only --depth needs them). */
   private tokens?: number[];
 
-  constructor(private readonly tok: Tokenizer, private readonly source: string) {
+  constructor(
+    private readonly tok: Tokenizer,
+    private readonly source: string,
+  ) {
     this.vocabulary = copyVocabulary(source);
     this.bos = tok.bosId === null ? [] : [tok.bosId];
   }
@@ -177,7 +181,7 @@ export async function copyAnswers(model: LlamaModel, tok: Tokenizer, prompts: Co
     };
     for (let i = 0; i < out.length; i++) active[i] = !done(i);
     for (;;) {
-      const items = caches.flatMap((cache, i) => (active[i] ? [i] : []));
+      const items = caches.flatMap((_cache, i) => (active[i] ? [i] : []));
       if (items.length === 0) break;
       const next = await model.forward(items.map((i) => ({ tokens: [out[i]!.at(-1)!], cache: caches[i]!, logits: 'argmax' as const })));
       items.forEach((i, j) => {
@@ -195,7 +199,9 @@ export function checkCopyOptions(o: CopyOptions, context: number, prompter: Copy
   if (!Number.isInteger(o.words) || o.words < 1) throw new KiviError(`--words must be an integer ≥ 1, got ${o.words}`);
   const least = prompter.minTokens(o.words, o.depth);
   if (least > context) {
-    throw new KiviError(`a copy prompt of ${o.words} words at depth ${o.depth} and its answer need at least ${least} tokens, longer than the model's context of ${context}`);
+    throw new KiviError(
+      `a copy prompt of ${o.words} words at depth ${o.depth} and its answer need at least ${least} tokens, longer than the model's context of ${context}`,
+    );
   }
   // The longest prompt of this run plus its answer must fit the context.
   for (let t = 0; t < o.n; t++) {
@@ -215,7 +221,9 @@ export async function copyStudy(model: LlamaModel, tok: Tokenizer, prompter: Cop
     const answers = await copyAnswers(model, tok, prompts, specs);
     prompts.forEach((p, i) => {
       const a: Record<string, string> = {};
-      specs.forEach((spec, s) => (a[spec.name] = answers[i]![s]!));
+      specs.forEach((spec, s) => {
+        a[spec.name] = answers[i]![s]!;
+      });
       trials.push({ trial: t0 + i, words: p.words, answers: a });
     });
     o.onProgress?.(trials.length, o.n);

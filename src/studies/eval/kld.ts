@@ -5,12 +5,13 @@
  * agrees with fp32's, and the NLL of the true next token. Perplexity averages a cache's failures away;
  * KL divergence and top-1 agreement show every step on which the distribution moved.
  */
-import type { LlamaModel } from '../../model/llama.js';
-import { type CacheSpec, parseKvSpec } from '../../cache/spec.js';
+
 import { bitsPerElement } from '../../cache/bits.js';
+import { type CacheSpec, parseKvSpec } from '../../cache/spec.js';
 import { argmax } from '../../engine/sampling.js';
-import { checkWindows, snapshotWindows, teacherForce } from './nll.js';
+import type { LlamaModel } from '../../model/llama.js';
 import { mean } from '../numbers.js';
+import { checkWindows, snapshotWindows, teacherForce } from './nll.js';
 
 export interface KldOptions {
   prefill: number;
@@ -83,23 +84,32 @@ export async function kldStudy(model: LlamaModel, windows: number[][], specs: Ca
     done += group.length * P;
     const base = done;
     // Spec 0 is the fp32 reference; specs 1..S are the ones compared with it.
-    await teacherForce(model, group, [parseKvSpec('fp32'), ...specs], {
-      prefill: P, chunk: opts.chunk ?? 16, onProgress: (d) => opts.onProgress?.(base + d, total),
-    }, (j, p0, p1, logits) => {
-      const w = group[j]!;
-      const wi = b + j;
-      for (let p = p0; p < p1; p++) {
-        const off = (p - p0) * V;
-        logSoftmax64(logits[0]!, off, V, lp);
-        const top = argmax(logits[0]!, off, V);
-        for (let s = 0; s < S; s++) {
-          logSoftmax64(logits[s + 1]!, off, V, lq);
-          kl[s]![wi] += klFromLogProbs(lp, lq, V);
-          nll[s]![wi] -= lq[w[p + 1]!]!;
-          if (argmax(logits[s + 1]!, off, V) === top) agree[s]++;
+    await teacherForce(
+      model,
+      group,
+      [parseKvSpec('fp32'), ...specs],
+      {
+        prefill: P,
+        chunk: opts.chunk ?? 16,
+        onProgress: (d) => opts.onProgress?.(base + d, total),
+      },
+      (j, p0, p1, logits) => {
+        const w = group[j]!;
+        const wi = b + j;
+        for (let p = p0; p < p1; p++) {
+          const off = (p - p0) * V;
+          logSoftmax64(logits[0]!, off, V, lp);
+          const top = argmax(logits[0]!, off, V);
+          for (let s = 0; s < S; s++) {
+            logSoftmax64(logits[s + 1]!, off, V, lq);
+            kl[s]![wi] += klFromLogProbs(lp, lq, V);
+            nll[s]![wi] -= lq[w[p + 1]!]!;
+            if (argmax(logits[s + 1]!, off, V) === top) agree[s]++;
+          }
         }
-      }
-    }, snaps);
+      },
+      snaps,
+    );
     done = base + group.reduce((a, w) => a + (w.length - 1 - P), 0) * (S + 1);
   }
   const results = specs.map((spec, s): SpecKld => {
@@ -107,8 +117,14 @@ export async function kldStudy(model: LlamaModel, windows: number[][], specs: Ca
     const nllW = nll[s]!.map((x, wi) => x / (windows[wi]!.length - 1 - P));
     const m = mean(nllW);
     return {
-      kv: spec.name, kld: mean(kldW), top1_agree: agree[s]! / steps, mean_nll: m, ppl: Math.exp(m),
-      bits_per_element: bitsPerElement(spec, model.dims.headDim), kld_windows: kldW, nll_windows: nllW,
+      kv: spec.name,
+      kld: mean(kldW),
+      top1_agree: agree[s]! / steps,
+      mean_nll: m,
+      ppl: Math.exp(m),
+      bits_per_element: bitsPerElement(spec, model.dims.headDim),
+      kld_windows: kldW,
+      nll_windows: nllW,
     };
   });
   return { windows: windows.length, window: windows[0]!.length, prefill: P, results };

@@ -3,13 +3,14 @@
  * token at a time through the cache (teacher forcing); the score is the mean NLL of the predictions made
  * by decode steps. Windows of equal length run as one batch; several specs can run in lockstep.
  */
-import type { LlamaModel } from '../../model/llama.js';
+
 import { type CacheSpec, createCache } from '../../cache/spec.js';
-import { restorePrefill, snapshotPrefill, type PrefixSnapshot } from '../../engine/prefix.js';
-import { logProb } from '../../engine/sampling.js';
-import { KiviError } from '../../util/errors.js';
-import { chunkEnds } from '../../engine/chunks.js';
 import type { KvCache } from '../../cache/types.js';
+import { chunkEnds } from '../../engine/chunks.js';
+import { type PrefixSnapshot, restorePrefill, snapshotPrefill } from '../../engine/prefix.js';
+import { logProb } from '../../engine/sampling.js';
+import type { LlamaModel } from '../../model/llama.js';
+import { KiviError } from '../../util/errors.js';
 
 export interface NllOptions {
   prefill: number;
@@ -47,13 +48,20 @@ export type ChunkVisitor = (window: number, p0: number, p1: number, logits: Floa
  * predictions of the same step together.
  */
 export async function teacherForce(
-  model: LlamaModel, windows: number[][], specs: CacheSpec[], opts: NllOptions, visit: ChunkVisitor, snapshots?: PrefixSnapshot[],
+  model: LlamaModel,
+  windows: number[][],
+  specs: CacheSpec[],
+  opts: NllOptions,
+  visit: ChunkVisitor,
+  snapshots?: PrefixSnapshot[],
 ): Promise<void> {
   const P = opts.prefill;
   checkWindows(windows, P, model.config.maxPositions);
   // Group windows by length: each group decodes in lockstep as one batch.
   const byLen = new Map<number, number[]>();
-  windows.forEach((w, i) => byLen.set(w.length, [...(byLen.get(w.length) ?? []), i]));
+  windows.forEach((w, i) => {
+    byLen.set(w.length, [...(byLen.get(w.length) ?? []), i]);
+  });
   const S = specs.length;
   const total = windows.reduce((a, w) => a + (w.length - 1 - P), 0) * S;
   let done = 0;
@@ -79,10 +87,17 @@ export async function teacherForce(
       // Decode tokens P .. len−2; the step fed token p predicts token p+1.
       for (let p0 = P; p0 < len - 1; p0 += chunk) {
         const p1 = Math.min(len - 1, p0 + chunk);
-        const logits = await model.forward(caches.map((cache, i) => ({
-          tokens: windows[idx[Math.floor(i / S)]!]!.slice(p0, p1), cache, logits: 'all' as const, mode: 'decode' as const,
-        })));
-        idx.forEach((wi, j) => visit(wi, p0, p1, logits.slice(j * S, (j + 1) * S) as Float32Array[]));
+        const logits = await model.forward(
+          caches.map((cache, i) => ({
+            tokens: windows[idx[Math.floor(i / S)]!]!.slice(p0, p1),
+            cache,
+            logits: 'all' as const,
+            mode: 'decode' as const,
+          })),
+        );
+        idx.forEach((wi, j) => {
+          visit(wi, p0, p1, logits.slice(j * S, (j + 1) * S) as Float32Array[]);
+        });
         done += (p1 - p0) * idx.length * S;
         opts.onProgress?.(done, total);
       }
@@ -93,18 +108,23 @@ export async function teacherForce(
 }
 
 /** Mean NLL per window for one cache spec. `snapshots` (one per window) skip recomputing the prefill. */
-export async function streamingNll(
-  model: LlamaModel, windows: number[][], spec: CacheSpec, opts: NllOptions, snapshots?: PrefixSnapshot[],
-): Promise<number[]> {
+export async function streamingNll(model: LlamaModel, windows: number[][], spec: CacheSpec, opts: NllOptions, snapshots?: PrefixSnapshot[]): Promise<number[]> {
   const P = opts.prefill;
   const V = model.config.vocabSize;
   const sums = new Array<number>(windows.length).fill(0);
-  await teacherForce(model, windows, [spec], opts, (wi, p0, p1, [logits]) => {
-    const w = windows[wi]!;
-    let s = 0;
-    for (let p = p0; p < p1; p++) s -= logProb(logits!, (p - p0) * V, V, w[p + 1]!);
-    sums[wi] = sums[wi]! + s;
-  }, snapshots);
+  await teacherForce(
+    model,
+    windows,
+    [spec],
+    opts,
+    (wi, p0, p1, [logits]) => {
+      const w = windows[wi]!;
+      let s = 0;
+      for (let p = p0; p < p1; p++) s -= logProb(logits!, (p - p0) * V, V, w[p + 1]!);
+      sums[wi] = sums[wi]! + s;
+    },
+    snapshots,
+  );
   return sums.map((s, wi) => s / (windows[wi]!.length - 1 - P));
 }
 

@@ -8,8 +8,9 @@
  * token boundaries; the needle goes at token p = round(depth · F), so depth 0 is right after the header
  * and 1 right before the question. F is whatever makes the prompt exactly `length` tokens.
  */
-import type { Tokenizer } from '../../tokenizer/tokenizer.js';
+
 import { Rng } from '../../engine/sampling.js';
+import type { Tokenizer } from '../../tokenizer/tokenizer.js';
 import { KiviError } from '../../util/errors.js';
 
 export const HEADER = 'There is an important piece of information hidden inside a lot of irrelevant text. Find it and memorize it.\n';
@@ -36,7 +37,10 @@ export class PasskeyPrompter {
   private readonly filler: number[];
   private readonly bos: number[];
 
-  constructor(private readonly tok: Tokenizer, fillerText: string) {
+  constructor(
+    private readonly tok: Tokenizer,
+    fillerText: string,
+  ) {
     this.header = tok.encode(HEADER, { bos: false });
     this.question = tok.encode(QUESTION, { bos: false });
     this.filler = tok.encode(fillerText, { bos: false });
@@ -66,10 +70,7 @@ export class PasskeyPrompter {
     const n = this.filler.length;
     const slice = Array.from({ length: F }, (_, i) => this.filler[(offset + i) % n]!);
     const p = Math.round(depth * F);
-    const ids = [
-      ...this.bos, ...this.header, ...slice.slice(0, p),
-      ...this.tok.encode(needle(key), { bos: false }), ...slice.slice(p), ...this.question,
-    ];
+    const ids = [...this.bos, ...this.header, ...slice.slice(0, p), ...this.tok.encode(needle(key), { bos: false }), ...slice.slice(p), ...this.question];
     return { ids, key, offset, needleAt: p };
   }
 

@@ -1,7 +1,8 @@
 /** `eval passkey` output: a heat-map per spec (depth × length, like the paper's needle figures) and Markdown. */
+
+import { markdownTable } from '../markdown.js';
 import type { TopLevelSpec } from '../plot.js';
 import type { PasskeySpecResult, PasskeyStudy } from './passkey.js';
-import { markdownTable } from '../markdown.js';
 
 export function passkeyHeatmap(r: PasskeySpecResult, s: PasskeyStudy): TopLevelSpec {
   const values = r.cells.map((c) => ({ ...c, label: `${c.correct}/${c.n}` }));
@@ -9,8 +10,10 @@ export function passkeyHeatmap(r: PasskeySpecResult, s: PasskeyStudy): TopLevelS
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
     title: {
       text: `Pass-key retrieval, kv ${r.kv}`,
-      subtitle: [`${r.correct}/${r.n} correct (${(100 * r.accuracy).toFixed(0)}%), ${s.n} trial(s) per cell, seed ${s.seed}`,
-        'depth 0 = right after the instruction, 1 = right before the question'],
+      subtitle: [
+        `${r.correct}/${r.n} correct (${(100 * r.accuracy).toFixed(0)}%), ${s.n} trial(s) per cell, seed ${s.seed}`,
+        'depth 0 = right after the instruction, 1 = right before the question',
+      ],
     },
     data: { values },
     width: Math.max(160, 70 * s.lengths.length),
@@ -46,14 +49,20 @@ export function specFileName(kv: string): string {
 
 export function passkeyMarkdown(s: PasskeyStudy): string {
   const parts = [
-    markdownTable(['kv cache', 'correct', 'accuracy'], s.results.map((r) => [r.kv, `${r.correct}/${r.n}`, `${(100 * r.accuracy).toFixed(1)}%`])),
+    markdownTable(
+      ['kv cache', 'correct', 'accuracy'],
+      s.results.map((r) => [r.kv, `${r.correct}/${r.n}`, `${(100 * r.accuracy).toFixed(1)}%`]),
+    ),
   ];
   for (const r of s.results) {
-    const rows = s.depths.map((d) => [String(d), ...s.lengths.map((L) => {
-      const c = r.cells.find((x) => x.length === L && x.depth === d)!;
-      return `${c.correct}/${c.n}`;
-    })]);
+    const rows = s.depths.map((d) => [
+      String(d),
+      ...s.lengths.map((L) => {
+        const c = r.cells.find((x) => x.length === L && x.depth === d)!;
+        return `${c.correct}/${c.n}`;
+      }),
+    ]);
     parts.push(`**${r.kv}** (rows: needle depth, columns: prompt length)\n\n${markdownTable(['depth', ...s.lengths.map(String)], rows)}`);
   }
-  return parts.join('\n\n') + '\n';
+  return `${parts.join('\n\n')}\n`;
 }

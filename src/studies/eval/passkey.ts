@@ -5,12 +5,13 @@
  * A prompt's prefill is exact whatever the cache, so it runs once (fp32) and is restored into every
  * spec's cache; the specs then decode together, one batched forward per token.
  */
-import type { LlamaModel } from '../../model/llama.js';
-import type { Tokenizer } from '../../tokenizer/tokenizer.js';
+
 import { type CacheSpec, createCache } from '../../cache/spec.js';
+import type { KvCache } from '../../cache/types.js';
 import { restorePrefill, snapshotPrefill } from '../../engine/prefix.js';
 import { argmax } from '../../engine/sampling.js';
-import type { KvCache } from '../../cache/types.js';
+import type { LlamaModel } from '../../model/llama.js';
+import type { Tokenizer } from '../../tokenizer/tokenizer.js';
 import { KiviError } from '../../util/errors.js';
 import type { PasskeyPrompter } from './passkey-prompt.js';
 
@@ -75,7 +76,9 @@ export async function answerIds(model: LlamaModel, prompt: number[], specs: Cach
     const out = specs.map(() => [first]);
     for (let s = 1; s < ANSWER_TOKENS; s++) {
       const ids = await model.forward(caches.map((cache, j) => ({ tokens: [out[j]!.at(-1)!], cache, logits: 'argmax' as const })));
-      out.forEach((o, j) => o.push(ids[j] as number));
+      out.forEach((o, j) => {
+        o.push(ids[j] as number);
+      });
     }
     return out;
   } finally {
@@ -93,9 +96,7 @@ export function checkPasskeyLengths(lengths: number[], context: number, prompter
   }
 }
 
-export async function passkeyStudy(
-  model: LlamaModel, tok: Tokenizer, prompter: PasskeyPrompter, specs: CacheSpec[], o: PasskeyOptions,
-): Promise<PasskeyStudy> {
+export async function passkeyStudy(model: LlamaModel, tok: Tokenizer, prompter: PasskeyPrompter, specs: CacheSpec[], o: PasskeyOptions): Promise<PasskeyStudy> {
   checkPasskeyLengths(o.lengths, model.config.maxPositions, prompter);
   const trials: PasskeyTrial[] = [];
   const total = o.lengths.reduce((a, L) => a + L, 0) * o.depths.length * o.n;
@@ -106,7 +107,9 @@ export async function passkeyStudy(
         const p = prompter.sample(length, depth, trial, o.seed);
         const ids = await answerIds(model, p.ids, specs);
         const answers: Record<string, string> = {};
-        specs.forEach((spec, j) => (answers[spec.name] = tok.decode(ids[j]!)));
+        specs.forEach((spec, j) => {
+          answers[spec.name] = tok.decode(ids[j]!);
+        });
         trials.push({ length, depth, trial, key: p.key, answers });
         done += length;
         o.onProgress?.(done, total);

@@ -1,6 +1,7 @@
 /** `eval ppl` output: the JSON line, a Markdown table, and plain text. */
-import { baselineOf, type PplStudy, type SpecNll } from './ppl.js';
+
 import { markdownTable, signed } from '../markdown.js';
+import { baselineOf, type PplStudy, type SpecNll } from './ppl.js';
 
 export interface SpecRow extends SpecNll {
   delta_nll: number;
@@ -44,9 +45,11 @@ const HEADERS = ['kv cache', 'mean NLL', 'ppl', 'Δ NLL', 'Δ ppl'];
 function caption(s: PplStudy): string {
   const tf = s.teacherForced;
   const chunks = (s.prefillChunk ?? null) === null ? '' : ` (in chunks of ${s.prefillChunk}, each continuing the cache)`;
-  return `${s.windows} window(s) of ${s.window} tokens, prefill ${s.prefill}${chunks}, ${s.window - 1 - s.prefill} decode predictions each; ` +
+  return (
+    `${s.windows} window(s) of ${s.window} tokens, prefill ${s.prefill}${chunks}, ${s.window - 1 - s.prefill} decode predictions each; ` +
     `Δ vs ${baselineOf(s).kv}. Teacher-forced fp32 over all ${s.window - 1} predictions of each window: ` +
-    `NLL ${tf.mean_nll_all.toFixed(4)}, ppl ${tf.ppl_all.toFixed(2)}.`;
+    `NLL ${tf.mean_nll_all.toFixed(4)}, ppl ${tf.ppl_all.toFixed(2)}.`
+  );
 }
 
 export function pplMarkdown(s: PplStudy): string {

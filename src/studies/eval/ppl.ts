@@ -6,12 +6,13 @@
  * its first `prefill` tokens' K/V are the prefill every spec restores (a prefill is exact whatever the
  * cache, so it is computed once per window, not once per spec). Windows run in batches to bound memory.
  */
-import type { LlamaModel } from '../../model/llama.js';
+
 import { type CacheSpec, createCache, parseKvSpec } from '../../cache/spec.js';
 import type { PrefixSnapshot } from '../../engine/prefix.js';
 import { logProb } from '../../engine/sampling.js';
-import { checkWindows, streamingNll } from './nll.js';
+import type { LlamaModel } from '../../model/llama.js';
 import { mean } from '../numbers.js';
+import { checkWindows, streamingNll } from './nll.js';
 
 export interface PplOptions {
   prefill: number;
@@ -93,8 +94,16 @@ export async function perplexityStudy(model: LlamaModel, windows: number[][], sp
     }
     for (const [i, spec] of specs.entries()) {
       const base = done;
-      const r = await streamingNll(model, group, spec, { prefill: P, prefillChunk: opts.prefillChunk, onProgress: (d) => opts.onProgress?.(base + d, total) }, snaps);
-      r.forEach((x, j) => (nll[i]![b + j] = x));
+      const r = await streamingNll(
+        model,
+        group,
+        spec,
+        { prefill: P, prefillChunk: opts.prefillChunk, onProgress: (d) => opts.onProgress?.(base + d, total) },
+        snaps,
+      );
+      r.forEach((x, j) => {
+        nll[i]![b + j] = x;
+      });
       done = base + group.reduce((a, w) => a + (w.length - 1 - P), 0);
     }
   }

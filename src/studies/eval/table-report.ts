@@ -1,9 +1,10 @@
 /** `eval table` output: the Markdown table, the G × R ablation grid, JSON, and a reading generated from the numbers. */
-import { baselineOf, type PplStudy, type SpecNll } from './ppl.js';
-import { pplJson, type PplJson } from './ppl-report.js';
-import { ABLATION, ABLATION_G, ABLATION_R, FAKE_ROWS, TABLE_BITS, kivi2Name, type AxisCode } from './table.js';
+
 import { markdownTable, signed } from '../markdown.js';
 import { mean } from '../numbers.js';
+import { baselineOf, type PplStudy, type SpecNll } from './ppl.js';
+import { type PplJson, pplJson } from './ppl-report.js';
+import { ABLATION, ABLATION_G, ABLATION_R, type AxisCode, FAKE_ROWS, kivi2Name, TABLE_BITS } from './table.js';
 
 const AXIS = { T: 'per-token', C: 'per-channel' } as const;
 
@@ -32,26 +33,36 @@ export function tableMarkdown(s: PplStudy): string {
     line('kivi4', '4', AXIS.C, AXIS.T, 'R = 128'),
     line('kivi2', '2', AXIS.C, AXIS.T, 'R = 128'),
   ];
-  const main = markdownTable(['kv cache', 'bits', 'keys', 'values', 'full-precision residual', 'mean NLL', 'ppl', 'Δ ppl'], rows,
-    [false, true, false, false, false, true, true, true]);
+  const main = markdownTable(['kv cache', 'bits', 'keys', 'values', 'full-precision residual', 'mean NLL', 'ppl', 'Δ ppl'], rows, [
+    false,
+    true,
+    false,
+    false,
+    false,
+    true,
+    true,
+    true,
+  ]);
   const grid = markdownTable(
     ['G \\ R', ...ABLATION_R.map(String)],
-    ABLATION_G.map((G) => [String(G), ...ABLATION_R.map((R) => {
-      if (R % G !== 0) return '—';
-      const kv = kivi2Name(G, R);
-      return `${rowOf(s, kv).ppl.toFixed(2)} (${fmtD(dppl(s, kv))})`;
-    })]),
+    ABLATION_G.map((G) => [
+      String(G),
+      ...ABLATION_R.map((R) => {
+        if (R % G !== 0) return '—';
+        const kv = kivi2Name(G, R);
+        return `${rowOf(s, kv).ppl.toFixed(2)} (${fmtD(dppl(s, kv))})`;
+      }),
+    ]),
   );
-  return [
+  return `${[
     `**Perplexity by KV cache** — streaming protocol (docs/KIVI.md §9): ${s.windows} window(s) of ${s.window} tokens, ` +
       `prefill ${s.prefill}, then ${s.window - 1 - s.prefill} decode predictions per window; Δ vs ${base.kv}. ` +
       `Simulated (\`fake\`) caches quantize every cached token, the current one included, with groups of 32.`,
     main,
-    `**KIVI-2 ablation** — perplexity (Δ vs ${base.kv}) by group size G (rows) and full-precision residual R (columns); ` +
-      `— where R is not a multiple of G.`,
+    `**KIVI-2 ablation** — perplexity (Δ vs ${base.kv}) by group size G (rows) and full-precision residual R (columns); — where R is not a multiple of G.`,
     grid,
     tableReading(s),
-  ].join('\n\n') + '\n';
+  ].join('\n\n')}\n`;
 }
 
 /** Mean Δppl of the 2-bit simulated rows with the given key (or value) axis. */
@@ -76,7 +87,9 @@ export function tableReading(s: PplStudy): string {
   const highMax = Math.max(...FAKE_ROWS.filter((f) => f.bits === high).map((f) => dppl(s, f.kv)));
   const kiviFake = `fake${low}-kC-vT`;
   const recovered = 1 - dppl(s, 'kivi2') / dppl(s, kiviFake);
-  const gEffect = ABLATION_G.filter((G) => 128 % G === 0).map((G) => `G = ${G}: ${fmtD(dppl(s, kivi2Name(G, 128)))}`).join(', ');
+  const gEffect = ABLATION_G.filter((G) => 128 % G === 0)
+    .map((G) => `G = ${G}: ${fmtD(dppl(s, kivi2Name(G, 128)))}`)
+    .join(', ');
   const rEffect = ABLATION_R.map((R) => `R = ${R}: ${fmtD(dppl(s, kivi2Name(32, R)))}`).join(', ');
   const keyWorse = kT > kC ? 'per-token' : 'per-channel';
   return [
@@ -87,9 +100,8 @@ export function tableReading(s: PplStudy): string {
     `KIVI's combination simulated without a residual (${kiviFake}) costs ${fmtD(dppl(s, kiviFake))}.`,
     `At ${high} bits every combination stays within ${fmtD(highMax)}.`,
     `The real KIVI caches, which keep the newest tokens in full precision, cost ${fmtD(dppl(s, 'kivi2'))} ppl (kivi2, ${signed((100 * dppl(s, 'kivi2')) / base.ppl, 1)}% over ${base.kv}'s ${base.ppl.toFixed(2)})`,
-    `and ${fmtD(dppl(s, 'kivi4'))} (kivi4)` + (dppl(s, kiviFake) > 0
-      ? `: against ${kiviFake}, the residual ${recovered >= 0 ? 'recovers' : 'adds'} ${pct(Math.abs(recovered))} of the loss.`
-      : '.'),
+    `and ${fmtD(dppl(s, 'kivi4'))} (kivi4)` +
+      (dppl(s, kiviFake) > 0 ? `: against ${kiviFake}, the residual ${recovered >= 0 ? 'recovers' : 'adds'} ${pct(Math.abs(recovered))} of the loss.` : '.'),
     `In the ablation, group size at R = 128 gives ${gEffect}; residual length at G = 32 gives ${rEffect}.`,
     `Simulated 2-bit caches are chaotic at the level of a few hundredths of a nat per window (a last-bit change in K/V flips`,
     `rounding boundaries), so with ${s.windows} window(s) read gaps of that size as ties.`,

@@ -23,7 +23,8 @@ export const ABLATION_G = [32, 64, 128];
 export const ABLATION_R = [32, 64, 128];
 
 export const FAKE_ROWS: FakeRow[] = TABLE_BITS.flatMap((bits) =>
-  (['T', 'C'] as const).flatMap((key) => (['T', 'C'] as const).map((value) => ({ kv: `fake${bits}-k${key}-v${value}`, bits, key, value }))));
+  (['T', 'C'] as const).flatMap((key) => (['T', 'C'] as const).map((value) => ({ kv: `fake${bits}-k${key}-v${value}`, bits, key, value }))),
+);
 
 /** KIVI-2 spec name for (G, R): the defaults (G = 32, R = 128) are left out, so kivi2, kivi2-r32 and kivi2-g128 keep their golden names. */
 export function kivi2Name(G: number, R: number): string {
@@ -32,7 +33,8 @@ export function kivi2Name(G: number, R: number): string {
 
 /** The ablation's valid cells (R must be a multiple of G). */
 export const ABLATION: AblationCell[] = ABLATION_G.flatMap((groupSize) =>
-  ABLATION_R.filter((residual) => residual % groupSize === 0).map((residual) => ({ kv: kivi2Name(groupSize, residual), groupSize, residual })));
+  ABLATION_R.filter((residual) => residual % groupSize === 0).map((residual) => ({ kv: kivi2Name(groupSize, residual), groupSize, residual })),
+);
 
 /** Every spec the table needs, each once. */
 export const TABLE_SPECS: string[] = [...new Set(['fp32', ...FAKE_ROWS.map((r) => r.kv), 'kivi4', 'kivi2', ...ABLATION.map((c) => c.kv)])];

@@ -11,8 +11,8 @@
  *     [--kv fp16,kivi2,kivi:k=2,v=2,g=32,r=128,residual=fp32]
  */
 import type { KiviModel } from '../../api.js';
-import { parseKvSpec } from '../../cache/spec.js';
 import { cacheBytes, peakAllocatedBytes } from '../../cache/budget.js';
+import { parseKvSpec } from '../../cache/spec.js';
 import { KiviServer } from '../../server/app.js';
 import { parseMetrics } from '../../server/metrics.js';
 import { formatBytes } from '../../server/scheduler.js';
@@ -62,20 +62,27 @@ export async function measureCapacity(model: KiviModel, o: CapacityOptions): Pro
     const server = await KiviServer.start(model, { kv, budgetBytes: budget, maxQueue: o.clients, port: 0 });
     const t0 = performance.now();
     try {
-      const done = await Promise.all(o.prompts.slice(0, o.clients).map(async (prompt) => {
-        const r = await fetch(`${server.url}/v1/completions`, {
-          method: 'POST', headers: { 'content-type': 'application/json' },
-          body: JSON.stringify({ model: server.modelName, prompt, max_tokens: o.gen, temperature: 0 }),
-        });
-        if (r.status !== 200) throw new Error(`${kv}: HTTP ${r.status}: ${await r.text()}`);
-        return 1;
-      }));
+      const done = await Promise.all(
+        o.prompts.slice(0, o.clients).map(async (prompt) => {
+          const r = await fetch(`${server.url}/v1/completions`, {
+            method: 'POST',
+            headers: { 'content-type': 'application/json' },
+            body: JSON.stringify({ model: server.modelName, prompt, max_tokens: o.gen, temperature: 0 }),
+          });
+          if (r.status !== 200) throw new Error(`${kv}: HTTP ${r.status}: ${await r.text()}`);
+          return 1;
+        }),
+      );
       const m = parseMetrics(await (await fetch(`${server.url}/metrics`)).text());
       if (m.get('kivi_kv_bytes_used') !== 0) throw new Error(`${kv}: KV bytes still in use after the load`);
       rows.push({
-        kv, reservation: reserve(kv), bytesRatio: reserve('fp16') / reserve(kv),
-        runningMax: m.get('kivi_sequences_running_max')!, kvPagesMax: m.get('kivi_kv_bytes_allocated_max')!,
-        completed: done.length, seconds: (performance.now() - t0) / 1000,
+        kv,
+        reservation: reserve(kv),
+        bytesRatio: reserve('fp16') / reserve(kv),
+        runningMax: m.get('kivi_sequences_running_max')!,
+        kvPagesMax: m.get('kivi_kv_bytes_allocated_max')!,
+        completed: done.length,
+        seconds: (performance.now() - t0) / 1000,
       });
     } finally {
       await server.close();
@@ -93,8 +100,10 @@ export function capacityTable(budget: number, rows: CapacityRow[]): string {
   ];
   for (const r of rows) {
     const vs = fp16 ? `${(r.runningMax / fp16.runningMax).toFixed(2)}×` : '–';
-    lines.push(`| ${r.kv} | ${formatBytes(r.reservation)} | ${r.bytesRatio.toFixed(2)}× | ${r.runningMax} | ${vs} | ` +
-      `${formatBytes(r.kvPagesMax)} of ${formatBytes(budget)} | ${r.completed} | ${r.seconds.toFixed(0)} |`);
+    lines.push(
+      `| ${r.kv} | ${formatBytes(r.reservation)} | ${r.bytesRatio.toFixed(2)}× | ${r.runningMax} | ${vs} | ` +
+        `${formatBytes(r.kvPagesMax)} of ${formatBytes(budget)} | ${r.completed} | ${r.seconds.toFixed(0)} |`,
+    );
   }
   return lines.join('\n');
 }
@@ -103,16 +112,27 @@ export function capacityTable(budget: number, rows: CapacityRow[]): string {
 export function ratioTable(model: KiviModel, specs: string[], lengths: number[]): string {
   const dims = model.dims;
   const fp16 = parseKvSpec('fp16');
-  const head = ['| tokens | ' + specs.join(' | ') + ' |', '|---|' + specs.map(() => '---|').join('')];
-  const rows = lengths.map((T) => `| ${T} | ` + specs.map((kv) =>
-    (cacheBytes(fp16, dims, T) / cacheBytes(parseKvSpec(kv), dims, T)).toFixed(2) + '×').join(' | ') + ' |');
+  const head = [`| tokens | ${specs.join(' | ')} |`, `|---|${specs.map(() => '---|').join('')}`];
+  const rows = lengths.map(
+    (T) => `| ${T} | ${specs.map((kv) => `${(cacheBytes(fp16, dims, T) / cacheBytes(parseKvSpec(kv), dims, T)).toFixed(2)}×`).join(' | ')} |`,
+  );
   return [...head, ...rows].join('\n');
 }
 
 /** The whole report: the measured table and the exact byte ratios by length. */
-export function serveCapacityMarkdown(model: KiviModel, o: { prompt: number; gen: number; clients: number; fp16Seqs: number; specs: string[] },
-  budget: number, rows: CapacityRow[]): string {
-  return `${o.clients} clients, prompts of ${o.prompt} tokens, max_tokens ${o.gen}, --kv-budget ${budget} bytes ` +
+export function serveCapacityMarkdown(
+  model: KiviModel,
+  o: { prompt: number; gen: number; clients: number; fp16Seqs: number; specs: string[] },
+  budget: number,
+  rows: CapacityRow[],
+): string {
+  return (
+    `${o.clients} clients, prompts of ${o.prompt} tokens, max_tokens ${o.gen}, --kv-budget ${budget} bytes ` +
     `(${o.fp16Seqs} fp16 requests)\n\n${capacityTable(budget, rows)}\n\nBytes of one sequence's cache, fp16 ÷ spec, by length:\n\n` +
-    `${ratioTable(model, o.specs, [128, 512, 1024, 1536, 1920, 1935, 2047].filter((T) => T <= model.config.maxPositions))}\n`;
+    `${ratioTable(
+      model,
+      o.specs,
+      [128, 512, 1024, 1536, 1920, 1935, 2047].filter((T) => T <= model.config.maxPositions),
+    )}\n`
+  );
 }

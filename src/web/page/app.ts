@@ -2,12 +2,13 @@
  * The demo page: load the model into a worker, generate with one cache or two side by side, and show
  * live KV-cache bytes and speed. The page only draws; every forward pass runs in the worker.
  */
-import { KiviWorker } from '../client.js';
-import type { ModelInfo, RunResult, RunStats } from '../protocol.js';
-import type { BackendChoice } from '../../kernels/index.js';
+
 import { cacheBytes } from '../../cache/budget.js';
 import { parseKvSpec } from '../../cache/spec.js';
+import type { BackendChoice } from '../../kernels/index.js';
 import { formatBytes } from '../../util/format.js';
+import { KiviWorker } from '../client.js';
+import type { ModelInfo, RunResult, RunStats } from '../protocol.js';
 
 /** The caches on offer: label → spec string. */
 const CACHES: [string, string][] = [
@@ -21,13 +22,24 @@ const labelOf = (spec: string) => CACHES.find(([, s]) => s === spec)?.[0] ?? spe
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 const el = {
-  status: $('model-status'), progress: $<HTMLProgressElement>('load-progress'), error: $('error'),
-  form: $<HTMLFormElement>('controls'), prompt: $<HTMLTextAreaElement>('prompt'),
-  kvA: $<HTMLSelectElement>('kv-a'), kvB: $<HTMLSelectElement>('kv-b'), compare: $<HTMLInputElement>('compare'),
-  maxTokens: $<HTMLInputElement>('max-tokens'), temperature: $<HTMLInputElement>('temperature'), seed: $<HTMLInputElement>('seed'),
-  run: $<HTMLButtonElement>('run'), stop: $<HTMLButtonElement>('stop'),
-  runs: $('runs'), summary: $('summary'), template: $<HTMLTemplateElement>('run-template'),
-  projHead: $('projection-head'), projBody: $('projection-body'),
+  status: $('model-status'),
+  progress: $<HTMLProgressElement>('load-progress'),
+  error: $('error'),
+  form: $<HTMLFormElement>('controls'),
+  prompt: $<HTMLTextAreaElement>('prompt'),
+  kvA: $<HTMLSelectElement>('kv-a'),
+  kvB: $<HTMLSelectElement>('kv-b'),
+  compare: $<HTMLInputElement>('compare'),
+  maxTokens: $<HTMLInputElement>('max-tokens'),
+  temperature: $<HTMLInputElement>('temperature'),
+  seed: $<HTMLInputElement>('seed'),
+  run: $<HTMLButtonElement>('run'),
+  stop: $<HTMLButtonElement>('stop'),
+  runs: $('runs'),
+  summary: $('summary'),
+  template: $<HTMLTemplateElement>('run-template'),
+  projHead: $('projection-head'),
+  projBody: $('projection-body'),
 };
 
 function showError(message: string): void {
@@ -51,7 +63,10 @@ class RunView {
   result: RunResult | null = null;
   private readonly q = (c: string) => this.root.querySelector(`.${c}`) as HTMLElement;
 
-  constructor(readonly spec: string, prompt: string) {
+  constructor(
+    readonly spec: string,
+    prompt: string,
+  ) {
     this.root = (el.template.content.firstElementChild as HTMLElement).cloneNode(true) as HTMLElement;
     this.q('spec').textContent = labelOf(spec);
     this.q('spec').title = spec;
@@ -117,10 +132,12 @@ function drawAll(views: RunView[]): void {
   const T = Math.max(sa.cacheTokens, sb.cacheTokens);
   const ratio = sa.kvBytes > 0 && sb.kvBytes > 0 ? sa.kvBytes / sb.kvBytes : 1;
   const cmp = ratio <= 1 ? `${(1 / ratio).toFixed(2)}× less than` : `${ratio.toFixed(2)}× more than`;
-  let line = `At ${T} cached tokens, ${labelOf(a.spec)} holds ${formatBytes(sa.kvBytes)} of KV cache, ` +
-    `${cmp} ${labelOf(b.spec)} (${formatBytes(sb.kvBytes)}).`;
+  let line =
+    `At ${T} cached tokens, ${labelOf(a.spec)} holds ${formatBytes(sa.kvBytes)} of KV cache, ` + `${cmp} ${labelOf(b.spec)} (${formatBytes(sb.kvBytes)}).`;
   const n = Math.min(a.ids.length, b.ids.length);
-  if (agree !== null && n > 0) line += agree >= n ? ` The outputs agree on all ${n} tokens so far.` : ` The outputs agree on the first ${agree} tokens (highlighted from where they differ).`;
+  if (agree !== null && n > 0)
+    line +=
+      agree >= n ? ` The outputs agree on all ${n} tokens so far.` : ` The outputs agree on the first ${agree} tokens (highlighted from where they differ).`;
   if ([a, b].some((v) => v.spec.startsWith('kivi')) && T < 256) {
     line += ' (KIVI keeps the newest tokens in full precision, so it pays off on longer contexts: see the table.)';
   }
@@ -133,16 +150,18 @@ function drawProjection(info: ModelInfo): void {
   const lengths = [128, 512, 1024, info.maxPositions].filter((t, i, all) => t <= info.maxPositions && all.indexOf(t) === i);
   el.projHead.replaceChildren(...['cache', ...lengths.map((t) => `${t} tokens`)].map((t) => Object.assign(document.createElement('th'), { textContent: t })));
   const fp16 = parseKvSpec('fp16');
-  el.projBody.replaceChildren(...CACHES.map(([label, spec]) => {
-    const tr = document.createElement('tr');
-    tr.append(Object.assign(document.createElement('td'), { textContent: label, title: spec }));
-    for (const t of lengths) {
-      const b = cacheBytes(parseKvSpec(spec), dims, t);
-      const x = cacheBytes(fp16, dims, t) / b;
-      tr.append(Object.assign(document.createElement('td'), { textContent: `${formatBytes(b)} (${x.toFixed(2)}× fp16)` }));
-    }
-    return tr;
-  }));
+  el.projBody.replaceChildren(
+    ...CACHES.map(([label, spec]) => {
+      const tr = document.createElement('tr');
+      tr.append(Object.assign(document.createElement('td'), { textContent: label, title: spec }));
+      for (const t of lengths) {
+        const b = cacheBytes(parseKvSpec(spec), dims, t);
+        const x = cacheBytes(fp16, dims, t) / b;
+        tr.append(Object.assign(document.createElement('td'), { textContent: `${formatBytes(b)} (${x.toFixed(2)}× fp16)` }));
+      }
+      return tr;
+    }),
+  );
 }
 
 let worker: KiviWorker | undefined;
@@ -153,7 +172,9 @@ async function run(): Promise<void> {
   el.error.hidden = true;
   const specs = el.compare.checked ? [el.kvA.value, el.kvB.value] : [el.kvA.value];
   const options = {
-    maxTokens: Number(el.maxTokens.value), temperature: Number(el.temperature.value), seed: Number(el.seed.value),
+    maxTokens: Number(el.maxTokens.value),
+    temperature: Number(el.temperature.value),
+    seed: Number(el.seed.value),
   };
   el.runs.replaceChildren();
   el.summary.textContent = '';
@@ -161,6 +182,7 @@ async function run(): Promise<void> {
   abort = new AbortController();
   el.run.disabled = true;
   el.stop.disabled = false;
+  // biome-ignore lint/correctness/noUnusedVariables: read by ||= (one animation frame pending at most)
   let frame = 0;
   const redraw = () => {
     frame ||= requestAnimationFrame(() => {
@@ -170,18 +192,20 @@ async function run(): Promise<void> {
   };
   try {
     // Both generations go to the worker at once: its engine batches them, one forward pass per step.
-    await Promise.all(views.map(async (v) => {
-      const it = worker!.generate(el.prompt.value, { ...options, kv: v.spec, signal: abort!.signal });
-      for (;;) {
-        const r = await it.next();
-        if (r.done) {
-          v.result = r.value;
-          break;
+    await Promise.all(
+      views.map(async (v) => {
+        const it = worker!.generate(el.prompt.value, { ...options, kv: v.spec, signal: abort!.signal });
+        for (;;) {
+          const r = await it.next();
+          if (r.done) {
+            v.result = r.value;
+            break;
+          }
+          v.push(r.value.token, r.value.text, r.value.stats);
+          redraw();
         }
-        v.push(r.value.token, r.value.text, r.value.stats);
-        redraw();
-      }
-    }));
+      }),
+    );
   } catch (e) {
     abort.abort();
     showError((e as Error).message);
@@ -237,7 +261,8 @@ async function start(): Promise<void> {
     });
     const i = worker.info;
     el.progress.hidden = true;
-    el.status.textContent = `${i.name}: ${i.numLayers} layers, hidden ${i.hiddenSize}, ${i.numHeads} query / ${i.numKvHeads} KV heads of ${i.headDim}, ` +
+    el.status.textContent =
+      `${i.name}: ${i.numLayers} layers, hidden ${i.hiddenSize}, ${i.numHeads} query / ${i.numKvHeads} KV heads of ${i.headDim}, ` +
       `context ${i.maxPositions} · ${formatBytes(i.weightBytes)} of weights loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s · kernels: ${kernelsLabel(i)}`;
     drawProjection(i);
     el.run.disabled = false;

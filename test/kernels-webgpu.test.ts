@@ -222,7 +222,7 @@ if (!reportMissing('kernels-webgpu: bindings, pages, batches')) {
     }
   });
 
-  test('webgpu: 64 sequences decode in a bounded number of dispatches; a decode chunk (one sub-step per token) matches the reference', async () => {
+  test('webgpu: 16 sequences decode in a bounded number of dispatches; a decode chunk (one sub-step per token) matches the reference', async () => {
     const b = await gpu();
     const ref = new TsBackend();
     const shape = { numLayers: 1, numHeads: 4, numKvHeads: 2, headDim: 64 };
@@ -231,22 +231,23 @@ if (!reportMissing('kernels-webgpu: bindings, pages, batches')) {
     const pools = [ref.createPagePool(shape), b.createPagePool(shape)] as const;
     const st = [new CacheStepper(ref, pools[0]), new CacheStepper(b, pools[1])];
     const specs = ['kivi:k=2,v=2,g=16,r=16', 'fp16'];
-    const S = 64;
+    // 16, not more: on SwiftShader a 64-sequence version took 8 minutes (the dispatch bound does not depend on it).
+    const S = 16;
     const caches = pools.map((p) => Array.from({ length: S }, (_, i) => createCache(parseKvSpec(specs[i % 2]!), p)));
     const rows = randArray(S * 24 * qkvDim, r);
     const items = (i: number, from: number, n: number, mode: 'prefill' | 'decode') =>
       caches[i]!.map((cache, s) => ({ cache, rows: rows.subarray((s * 24 + from) * qkvDim, (s * 24 + from + n) * qkvDim), n, mode }));
     for (const i of [0, 1]) await st[i]!.step(items(i, 0, 19, 'prefill'), false);
-    // One decode token for all 64: the jobs, one attention dispatch, its merge at most.
+    // One decode token for all of them: the jobs, one attention dispatch, its merge at most.
     const before = b.core.dispatched;
     const exp1 = (await st[0]!.step(items(0, 19, 1, 'decode')))!;
     const got1 = (await st[1]!.step(items(1, 19, 1, 'decode')))!;
     assert.ok(b.core.dispatched - before <= 3, `${b.core.dispatched - before} dispatches for a step of ${S} sequences`);
     assertClose(got1, exp1, () => 1e-4 * Math.max(...exp1.map(Math.abs)), 'one token each');
-    // Four tokens each through the caches (four sub-steps): the attention of all of them in one dispatch.
-    const exp = (await st[0]!.step(items(0, 20, 4, 'decode')))!;
-    const got = (await st[1]!.step(items(1, 20, 4, 'decode')))!;
-    assertClose(got, exp, () => 1e-4 * Math.max(...exp.map(Math.abs)), 'four tokens each, decoded');
+    // Two tokens each through the caches (two sub-steps): the attention of all of them in one dispatch.
+    const exp = (await st[0]!.step(items(0, 20, 2, 'decode')))!;
+    const got = (await st[1]!.step(items(1, 20, 2, 'decode')))!;
+    assertClose(got, exp, () => 1e-4 * Math.max(...exp.map(Math.abs)), 'two tokens each, decoded');
     for (const c of caches.flat()) c.free();
   });
 }

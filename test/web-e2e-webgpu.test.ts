@@ -8,20 +8,11 @@
  */
 
 import assert from 'node:assert/strict';
-import * as fs from 'node:fs';
 import { test } from 'node:test';
 import { KiviModel } from '../src/api.js';
 import { WebServer } from '../src/web/server.js';
 import { MODEL_DIR } from './helpers.js';
-
-const CHROMIUM = process.env.KIVI_CHROMIUM ?? '/usr/bin/chromium';
-function noChromium(t: { skip(message: string): void }): boolean {
-  if (fs.existsSync(CHROMIUM)) return false;
-  const why = `no Chromium at ${CHROMIUM} (apt-get install chromium, or set KIVI_CHROMIUM)`;
-  if (process.env.CI === 'true') assert.fail(`${why}; under CI=true the browser tests must run (.ci/run installs it)`);
-  t.skip(why);
-  return true;
-}
+import { CHROMIUM, noChromium } from './web-helpers.js';
 
 /*
  * WebGPU without a GPU: --enable-unsafe-webgpu exposes navigator.gpu on Linux, and with no GPU driver

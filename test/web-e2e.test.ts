@@ -6,23 +6,12 @@
  */
 
 import assert from 'node:assert/strict';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { KiviModel } from '../src/api.js';
 import { WebServer } from '../src/web/server.js';
 import { bundledModel, MODEL_DIR, ROOT, tmpDir } from './helpers.js';
-import { serveDir } from './web-helpers.js';
-
-const CHROMIUM = process.env.KIVI_CHROMIUM ?? '/usr/bin/chromium';
-/** Under CI a missing browser is a failure, not a skip: otherwise CI would never run these tests. */
-function noChromium(t: { skip(message: string): void }): boolean {
-  if (fs.existsSync(CHROMIUM)) return false;
-  const why = `no Chromium at ${CHROMIUM} (apt-get install chromium, or set KIVI_CHROMIUM)`;
-  if (process.env.CI === 'true') assert.fail(`${why}; under CI=true the browser tests must run (.ci/run installs it)`);
-  t.skip(why);
-  return true;
-}
+import { CHROMIUM, noChromium, serveDir } from './web-helpers.js';
 
 const FLAGS = [
   '--headless',

@@ -1,8 +1,21 @@
 /** A small static file server for loader tests: Range support can be switched off or half-hidden. */
+import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import * as path from 'node:path';
+
+/** The Chromium the browser tests drive (Debian's package; KIVI_CHROMIUM to use another). */
+export const CHROMIUM = process.env.KIVI_CHROMIUM ?? '/usr/bin/chromium';
+
+/** Under CI a missing browser is a failure, not a skip: otherwise CI would never run these tests. */
+export function noChromium(t: { skip(message: string): void }): boolean {
+  if (fs.existsSync(CHROMIUM)) return false;
+  const why = `no Chromium at ${CHROMIUM} (apt-get install chromium, or set KIVI_CHROMIUM)`;
+  if (process.env.CI === 'true') assert.fail(`${why}; under CI=true the browser tests must run (.ci/run installs it)`);
+  t.skip(why);
+  return true;
+}
 
 const TYPES: Record<string, string> = {
   '.html': 'text/html; charset=utf-8',

@@ -221,6 +221,15 @@ test('a chat template is bounded in time, output and memory; the server keeps se
   await busy.close();
   await first;
   await second;
+  // One huge allocation past the heap limit ends the prompt process alone, never the server (V8 aborts
+  // the whole process when that happens in a worker thread): a 500 naming memory, and the next job runs.
+  const hungry = new ChatFormatter(m.tokenizer, '{% set r = range(100000000) %}{{ r | length }}', { renderDeadlineMs: 60_000, heapMiB: 64 });
+  await assert.rejects(
+    hungry.prompt([{ role: 'user', content: 'x' }]),
+    (e: unknown) => e instanceof TemplateFailed && e.status === 500 && /ran out of memory \(the prompt process's limit is 64 MiB\)/.test(e.message),
+  );
+  assert.deepEqual(await hungry.encode(long), m.encode(long));
+  await hungry.close();
   const big = new ChatFormatter(m.tokenizer, "{% for i in range(200) %}{{ messages[0]['content'] }}{% endfor %}", { maxRenderChars: 1000 });
   await assert.rejects(
     big.prompt([{ role: 'user', content: 'abcdefghij' }]),

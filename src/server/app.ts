@@ -91,7 +91,7 @@ export class KiviServer {
     const prefixStore = prefixStoreFor(opts);
     if (prefixStore) grids.push(checkGrid(opts.prefixBlock ?? DEFAULT_PREFIX_BLOCK, 'the prefix block'));
     const template = findChatTemplate(model.dir, model.tokenizer.config);
-    // Checks the template parses; starts the prompt thread, which close() stops.
+    // Checks the template parses; starts the prompt process, which close() stops.
     const chat = new ChatFormatter(model.tokenizer, template);
     // Last of the checks: the scheduler hooks into the engine, and close() unhooks it.
     const scheduler = new Scheduler(model.engine, {

@@ -16,7 +16,7 @@
  * ending with `Assistant:`; it is encoded with the tokenizer's usual BOS, and generation also stops at
  * "\nUser:" so the model does not write the user's next turn.
  *
- * Rendering and tokenizing run in a worker thread (prompt-worker.ts): a template is untrusted code, and a
+ * Rendering and tokenizing run in a child process (prompt-worker.ts): a template is untrusted code, and a
  * megabyte of text takes a second to tokenize, neither of which may stall the streams being served.
  */
 import * as fs from 'node:fs';
@@ -42,7 +42,7 @@ export const FALLBACK_STOP = '\nUser:';
 
 /**
  * Texts up to this many characters are tokenized on the calling thread: a few milliseconds at most, less
- * than a round trip through the prompt thread costs a busy server. Longer ones go to the thread.
+ * than a round trip through the prompt process costs a busy server. Longer ones go to the process.
  */
 export const INLINE_TOKENIZE_CHARS = 4096;
 
@@ -111,7 +111,7 @@ export class ChatFormatter {
     return { ids: await this.encode(text, false), stop: [] };
   }
 
-  /** Stop the prompt thread. */
+  /** Stop the prompt process. */
   close(): Promise<void> {
     return this.worker.close();
   }

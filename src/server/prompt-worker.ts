@@ -1,13 +1,15 @@
 /**
- * Prompt work off the event loop: one worker thread (prompt-thread.ts) renders chat templates and
+ * Prompt work off the event loop: one child process (prompt-process.ts) renders chat templates and
  * tokenizes, one job at a time in arrival order. A model's chat template is untrusted input: each render
- * gets a deadline, its output a size bound and the thread a heap limit; a render that breaks any of them
- * is answered with an error, the thread is replaced, and the jobs behind it go on in the new one.
+ * gets a deadline, its output a size bound and the process a heap limit; a render that breaks any of them
+ * is answered with an error, the process is replaced, and the jobs behind it go on in the new one.
  */
-import { Worker } from 'node:worker_threads';
+import { type ChildProcess, fork } from 'node:child_process';
+import type { Socket } from 'node:net';
+import { fileURLToPath } from 'node:url';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import { KiviError } from '../util/errors.js';
-import type { PromptJob, PromptReply, PromptThreadData } from './prompt-thread.js';
+import type { PromptInit, PromptJob, PromptProcessData, PromptReply } from './prompt-process.js';
 import { RequestError } from './schemas.js';
 
 export interface PromptWorkerOptions {
@@ -15,9 +17,9 @@ export interface PromptWorkerOptions {
   renderDeadlineMs?: number;
   /** Longest rendered prompt in characters (default 8 Mi). */
   maxRenderChars?: number;
-  /** Heap limit of the thread in MiB (default 512): a template that allocates without end stops there. */
+  /** Heap limit of the prompt process in MiB (default 512): a template that allocates without end stops there. */
   heapMiB?: number;
-  /** Most jobs waiting for the thread (default 64); more are refused with a 429. */
+  /** Most jobs waiting for the prompt process (default 64); more are refused with a 429. */
   maxWaiting?: number;
 }
 
@@ -44,14 +46,14 @@ interface Pending {
 }
 
 export class PromptWorker {
-  private worker: Worker | null = null;
+  private worker: ChildProcess | null = null;
   private readonly queue: Pending[] = [];
   private current: Pending | null = null;
   private timer: ReturnType<typeof setTimeout> | null = null;
   private nextId = 1;
   private closed = false;
   private readonly deadlineMs: number;
-  private readonly data: PromptThreadData;
+  private readonly data: PromptProcessData;
   private readonly heapMiB: number;
   private readonly maxWaiting: number;
 
@@ -75,11 +77,11 @@ export class PromptWorker {
   /** Text → token ids (BOS as the tokenizer config says unless `bos` is given). */
   async encode(text: string, bos?: boolean): Promise<number[]> {
     const r = await this.run({ type: 'encode', text, bos });
-    if (!('ids' in r)) throw new Error('prompt thread: encode answered without ids');
+    if (!('ids' in r)) throw new Error('prompt process: encode answered without ids');
     return Array.from(r.ids);
   }
 
-  /** Stop the thread; waiting jobs fail with a 503. */
+  /** Stop the process; waiting jobs fail with a 503. */
   async close(): Promise<void> {
     this.closed = true;
     for (const p of this.queue.splice(0)) p.reject(new KiviError('the server is shutting down', 503));
@@ -88,7 +90,7 @@ export class PromptWorker {
     if (this.timer) clearTimeout(this.timer);
     const w = this.worker;
     this.worker = null;
-    await w?.terminate();
+    if (w) await stop(w);
   }
 
   private run(body: JobBody): Promise<PromptReply> {
@@ -102,15 +104,20 @@ export class PromptWorker {
     });
   }
 
-  private spawn(): Worker {
-    const w = new Worker(new URL('./prompt-thread.js', import.meta.url), {
-      workerData: this.data,
-      resourceLimits: { maxOldGenerationSizeMb: this.heapMiB, maxYoungGenerationSizeMb: 64 },
-      stdout: true,
-      stderr: true,
+  private spawn(): ChildProcess {
+    const w = fork(fileURLToPath(new URL('./prompt-process.js', import.meta.url)), [], {
+      execArgv: [`--max-old-space-size=${this.heapMiB}`, '--max-semi-space-size=16'],
+      // Typed arrays (token ids) cross as such; stderr is read to tell an out-of-memory abort from a crash.
+      serialization: 'advanced',
+      stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
     });
-    // The thread never keeps the process alive (SIGTERM, the end of a test).
-    w.unref();
+    let stderr = '';
+    w.stderr?.setEncoding('utf8');
+    w.stderr?.on('data', (d: string) => {
+      if (stderr.length < 4096) stderr += d;
+    });
+    // An idle child never keeps the server alive (SIGTERM, the end of a test); it exits when the server does.
+    hold(w, false);
     w.on('message', (r: PromptReply) => {
       const p = this.current;
       if (!p || p.job.id !== r.id) return;
@@ -118,18 +125,24 @@ export class PromptWorker {
       p.resolve(r);
     });
     w.on('error', (e: Error) => this.fail(w, e));
-    w.on('exit', (code) => this.fail(w, new Error(`prompt thread exited with code ${code}`)));
+    w.on('exit', (code, signal) => {
+      const oom = /heap limit|out of memory/i.test(stderr);
+      this.fail(w, oom ? new OutOfMemory() : new Error(`prompt process exited with ${signal ?? `code ${code}`}`));
+    });
+    w.send({ type: 'init', data: this.data } satisfies PromptInit);
     return w;
   }
 
-  /** Start the next job if the thread is idle. */
+  /** Start the next job if the process is idle. */
   private pump(): void {
     if (this.current || this.closed) return;
     const p = this.queue.shift();
     if (!p) return;
     this.current = p;
     this.worker ??= this.spawn();
-    this.worker.postMessage(p.job);
+    // A job in flight keeps the event loop alive until its answer comes.
+    hold(this.worker, true);
+    this.worker.send(p.job);
     // Tokenizing is bounded by the request body; only the untrusted template gets a deadline.
     if (p.job.type === 'render') {
       this.timer = setTimeout(
@@ -140,13 +153,14 @@ export class PromptWorker {
   }
 
   private finish(): void {
+    if (this.worker) hold(this.worker, false);
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
     this.current = null;
     queueMicrotask(() => this.pump());
   }
 
-  /** The current job failed with the thread: answer it, replace the thread, go on with the queue. */
+  /** The current job failed with the process: answer it, replace the process, go on with the queue. */
   private kill(err: unknown): void {
     const p = this.current;
     const w = this.worker;
@@ -155,21 +169,44 @@ export class PromptWorker {
       w.removeAllListeners('exit');
       w.removeAllListeners('error');
       w.removeAllListeners('message');
-      void w.terminate();
+      void stop(w);
     }
     this.finish();
     p?.reject(err);
   }
 
-  private fail(w: Worker, e: Error): void {
+  private fail(w: ChildProcess, e: Error): void {
     if (w !== this.worker) return;
-    const code = (e as NodeJS.ErrnoException).code;
     const err =
-      code === 'ERR_WORKER_OUT_OF_MEMORY'
-        ? new TemplateFailed(`the model's chat template ran out of memory (the prompt thread's limit is ${this.heapMiB} MiB)`)
+      e instanceof OutOfMemory
+        ? new TemplateFailed(`the model's chat template ran out of memory (the prompt process's limit is ${this.heapMiB} MiB)`)
         : this.current?.job.type === 'render'
           ? new TemplateFailed(`the model's chat template failed: ${e.message}`)
           : e;
     this.kill(err);
   }
+}
+
+class OutOfMemory extends Error {}
+
+function hold(w: ChildProcess, on: boolean): void {
+  if (on) {
+    w.ref();
+    w.channel?.ref();
+    (w.stderr as Socket | null)?.ref();
+  } else {
+    w.unref();
+    w.channel?.unref();
+    (w.stderr as Socket | null)?.unref();
+  }
+}
+
+/** Kill a prompt process and wait for it to be gone (a render in a tight loop never reads a polite request). */
+function stop(w: ChildProcess): Promise<void> {
+  if (w.exitCode !== null || w.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    w.ref();
+    w.once('exit', () => resolve());
+    w.kill('SIGKILL');
+  });
 }

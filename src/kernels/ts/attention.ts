@@ -287,6 +287,54 @@ export function scoresKivi(
 }
 
 /**
+ * Per-token value metadata: writes token t's per-group scale and minimum (float32) into scale/min. The
+ * value formats differ only here (float16 scale/min, or 8-bit metadata).
+ */
+type ValueMeta = (t: number, scale: Float32Array, min: Float32Array) => void;
+
+/** Σ_t a_t·(s_tg·code + m_tg) over n tokens of codes [n][d·b/32] from cOff; the weight folds into s and m. */
+function accumCodes(
+  out: Float32Array,
+  oOff: number,
+  p: Float32Array,
+  pOff: number,
+  pStride: number,
+  nq: number,
+  codes: Uint32Array,
+  cOff: number,
+  n: number,
+  d: number,
+  bits: number,
+  G: number,
+  meta: ValueMeta,
+): void {
+  const per = 32 / bits;
+  const mask = (1 << bits) - 1;
+  const wpt = d / per;
+  const groups = d / G;
+  const wpg = G / per;
+  const scale = new Float32Array(groups);
+  const min = new Float32Array(groups);
+  for (let j = 0; j < nq; j++) {
+    const oo = oOff + j * d;
+    const po = j * pStride + pOff;
+    for (let t = 0; t < n; t++) {
+      const a = p[po + t]!;
+      if (a === 0) continue;
+      meta(t, scale, min);
+      for (let g = 0, c = oo, w = cOff + t * wpt; g < groups; g++) {
+        const ws = a * scale[g]!;
+        const wm = a * min[g]!;
+        for (let e = 0; e < wpg; e++, w++) {
+          const word = codes[w]!;
+          for (let k = 0; k < per; k++, c++) out[c] += ws * ((word >>> (bits * k)) & mask) + wm;
+        }
+      }
+    }
+  }
+}
+
+/**
  * Accumulate attention-weighted KIVI values: n tokens, codes [n][d·b/32] from cOff, float16 scale/min
  * [n][d/G] from sOff/mOff. Σ_t a_t·(s_tg·code + m_tg): the weight folds into the scale and minimum.
  */
@@ -307,29 +355,13 @@ export function accumKivi(
   bits: number,
   G: number,
 ): void {
-  const per = 32 / bits;
-  const mask = (1 << bits) - 1;
-  const wpt = d / per;
   const groups = d / G;
-  const wpg = G / per;
-  for (let j = 0; j < nq; j++) {
-    const oo = oOff + j * d;
-    const po = j * pStride + pOff;
-    for (let t = 0; t < n; t++) {
-      const a = p[po + t]!;
-      if (a === 0) continue;
-      const co = cOff + t * wpt;
-      const go = t * groups;
-      for (let g = 0, c = oo, w = co; g < groups; g++) {
-        const ws = a * H16[params[sOff16 + go + g]!]!;
-        const wm = a * H16[params[mOff16 + go + g]!]!;
-        for (let e = 0; e < wpg; e++, w++) {
-          const word = codes[w]!;
-          for (let k = 0; k < per; k++, c++) out[c] += ws * ((word >>> (bits * k)) & mask) + wm;
-        }
-      }
+  accumCodes(out, oOff, p, pOff, pStride, nq, codes, cOff, n, d, bits, G, (t, scale, min) => {
+    for (let g = 0, go = t * groups; g < groups; g++) {
+      scale[g] = H16[params[sOff16 + go + g]!]!;
+      min[g] = H16[params[mOff16 + go + g]!]!;
     }
-  }
+  });
 }
 
 /**
@@ -354,31 +386,14 @@ export function accumKivi8(
   bits: number,
   G: number,
 ): void {
-  const per = 32 / bits;
-  const mask = (1 << bits) - 1;
-  const wpt = d / per;
   const groups = d / G;
-  const wpg = G / per;
-  for (let j = 0; j < nq; j++) {
-    const oo = oOff + j * d;
-    const po = j * pStride + pOff;
-    for (let t = 0; t < n; t++) {
-      const a = p[po + t]!;
-      if (a === 0) continue;
-      const lo = lohi[lOff + 2 * t]!,
-        hi = lohi[lOff + 2 * t + 1]!;
-      const co = cOff + t * wpt;
-      const go = uOff + t * 2 * groups;
-      for (let g = 0, c = oo, w = co; g < groups; g++) {
-        const u = uv[go + 2 * g]!,
-          v = uv[go + 2 * g + 1]!;
-        const ws = a * meta8Scale(lo, hi, u, v, bits);
-        const wm = a * meta8Min(lo, hi, u);
-        for (let e = 0; e < wpg; e++, w++) {
-          const word = codes[w]!;
-          for (let k = 0; k < per; k++, c++) out[c] += ws * ((word >>> (bits * k)) & mask) + wm;
-        }
-      }
+  accumCodes(out, oOff, p, pOff, pStride, nq, codes, cOff, n, d, bits, G, (t, scale, min) => {
+    const lo = lohi[lOff + 2 * t]!;
+    const hi = lohi[lOff + 2 * t + 1]!;
+    for (let g = 0, go = uOff + t * 2 * groups; g < groups; g++) {
+      const u = uv[go + 2 * g]!;
+      scale[g] = meta8Scale(lo, hi, u, uv[go + 2 * g + 1]!, bits);
+      min[g] = meta8Min(lo, hi, u);
     }
-  }
+  });
 }

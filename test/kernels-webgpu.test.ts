@@ -46,16 +46,31 @@ function upload(b: { tensor: WebGpuBackend['tensor']; write: WebGpuBackend['writ
   return t;
 }
 
+/** A 16-bit tensor from its bits. */
+function upload16(b: { tensor: WebGpuBackend['tensor']; write: WebGpuBackend['write'] }, bits: Uint16Array) {
+  const t = b.tensor('f16', bits.length);
+  b.write(t, bits);
+  return t;
+}
+
 if (!reportMissing('kernels-webgpu: own')) {
-  test('webgpu: the one-thread-per-output matmul gives the bits of GEMV and GEMM', async () => {
+  test('webgpu: the one-thread-per-output matmul gives the bits of GEMV and GEMM (1 to 100 rows, odd widths)', async () => {
     const b = await gpu({ serialMatmul: false });
     const r = rng(11);
     for (const wt of ['f32', 'bf16', 'f16'] as const) {
+      // Every GEMV shape (1, 2, 4, 8 rows; blocks of 8 past that), rows past a block's end, GEMM past 64.
       for (const [rows, inDim, outDim] of [
         [1, 301, 67],
+        [2, 264, 33],
         [5, 256, 130],
-        [20, 256, 70],
+        [8, 264, 67],
         [9, 37, 5],
+        [16, 256, 70],
+        [20, 256, 70],
+        [33, 301, 19],
+        [64, 264, 17],
+        [65, 256, 70],
+        [100, 37, 67],
       ] as const) {
         const x = upload(b, randArray(rows * inDim, r)),
           w = upload(b, randArray(outDim * inDim, r), wt),
@@ -71,6 +86,48 @@ if (!reportMissing('kernels-webgpu: own')) {
         assert.deepEqual(res[1], res[0], `${wt} ${rows}×${inDim}→${outDim}`);
         for (const t of [x, w, bias, out]) b.release(t);
       }
+    }
+  });
+
+  test('webgpu: GEMV and GEMM with float16 weights match the reference at every row count the dispatch tells apart', async () => {
+    const b = await gpu({ serialMatmul: false });
+    const ref = new TsBackend();
+    const r = rng(16);
+    // 1–8 rows: one block; 9–64: blocks of 8 (a partial last block at 9 and 33); 100: the tiled GEMM.
+    for (const [rows, inDim, outDim] of [
+      [1, 264, 67],
+      [8, 301, 33],
+      [9, 264, 70],
+      [16, 256, 17],
+      [33, 301, 67],
+      [64, 264, 33],
+      [100, 256, 67],
+    ] as const) {
+      const xd = randArray(rows * inDim, r),
+        wd = to16(randArray(outDim * inDim, r), 'f16'),
+        bd = randArray(outDim, r);
+      const o = b.tensor('f32', rows * outDim),
+        oRef = ref.tensor('f32', rows * outDim);
+      b.matmul(o, upload(b, xd), upload16(b, wd), rows, inDim, outDim, upload(b, bd));
+      const wRef = upload16(ref, wd);
+      ref.matmul(oRef, upload(ref, xd), wRef, rows, inDim, outDim, upload(ref, bd));
+      // Widened weights, read back through an embedding of the whole matrix as one row.
+      const wide = ref.tensor('f32', outDim * inDim);
+      ref.embed(wide, wRef, Int32Array.of(0), outDim * inDim);
+      const wv = await ref.read(wide, 0, outDim * inDim);
+      const exp = await ref.read(oRef, 0, rows * outDim);
+      assertClose(
+        await b.read(o, 0, rows * outDim),
+        exp,
+        (i) => {
+          const row = Math.floor(i / outDim),
+            oo = i % outDim;
+          let s = Math.abs(bd[oo]!);
+          for (let j = 0; j < inDim; j++) s += Math.abs(xd[row * inDim + j]! * wv[oo * inDim + j]!);
+          return (inDim + 2) * 2 ** -24 * s;
+        },
+        `f16 matmul ${rows}×${inDim}→${outDim}`,
+      );
     }
   });
 }

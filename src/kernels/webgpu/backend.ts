@@ -24,6 +24,7 @@ import {
   GEMM_TILE,
   GEMV_ROWS,
   gemmWgsl,
+  gemvShape,
   gemvWgsl,
   matmulSerialWgsl,
   ROPE,
@@ -59,6 +60,9 @@ function f32(t: Tensor): GpuTensor {
   if (t.dtype !== 'f32') throw new Error(`webgpu: expected a float32 tensor, got ${t.dtype}`);
   return T(t);
 }
+
+/** Storage bindings of every matmul kernel: x, weights, bias, out. */
+const MATMUL_BINDINGS: ('read' | 'rw')[] = ['read', 'read', 'read', 'rw'];
 
 /** A window of rows of a buffer larger than one binding. */
 interface Window {
@@ -260,26 +264,43 @@ export class WebGpuBackend implements Backend {
   matmul(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number, bias?: Tensor): void {
     const wt = wtype(w);
     if (out === x) throw new Error('webgpu matmul: out must differ from x');
+    if (rows === 0) return;
     const vec = inDim % 8 === 0;
-    const kind = this.serialMatmul ? 'serial' : rows <= GEMV_ROWS ? 'gemv' : 'gemm';
-    const code = { serial: matmulSerialWgsl, gemv: gemvWgsl, gemm: gemmWgsl }[kind];
-    const k = this.kernel(`${kind}:${wt}:${vec}`, () => [code(wt, vec), ['read', 'read', 'read', 'rw']]);
     const wg = T(w).g;
     const chunks = Math.ceil(inDim / 8);
-    for (const win of this.windows(wg, outDim, inDim, wt)) {
-      const n = win.row1 - win.row0;
-      const b: Binding[] = [{ b: f32(x).g }, { b: wg, offset: win.offset, size: win.size }, { b: bias ? f32(bias).g : this.dummy }, { b: f32(out).g }];
-      const params = (u: Uint32Array, _f: Float32Array, at: number) => {
-        u.set([rows, inDim, outDim, win.row0, win.row1, win.base, chunks, bias ? 1 : 0], at);
-      };
-      if (kind === 'serial') this.core.dispatch(k, b, Math.ceil((rows * n) / 64), params);
-      else if (kind === 'gemv') this.core.dispatch(k, b, Math.ceil(n / 8), params);
-      else {
+    // The kernel and, per window of n outputs, its grid of workgroups and its number of row blocks.
+    let k: Kernel;
+    let grid: (n: number) => { count: number; blocks: number; xy?: [number, number] };
+    if (this.serialMatmul) {
+      k = this.kernel(`serial:${wt}:${vec}`, () => [matmulSerialWgsl(wt, vec), MATMUL_BINDINGS]);
+      grid = (n) => ({ count: Math.ceil((rows * n) / 64), blocks: 1 });
+    } else if (rows <= GEMV_ROWS) {
+      const sh = gemvShape(rows);
+      k = this.kernel(`gemv:${wt}:${vec}:${sh.R}:${sh.OT}:${sh.U}:${sh.G}`, () => [gemvWgsl(wt, vec, sh), MATMUL_BINDINGS]);
+      const blocks = Math.ceil(rows / sh.R);
+      grid = (n) => ({ count: Math.ceil(n / (sh.G * sh.OT)) * blocks, blocks });
+    } else {
+      k = this.kernel(`gemm:${wt}:${vec}`, () => [gemmWgsl(wt, vec), MATMUL_BINDINGS]);
+      grid = (n) => {
         const gx = Math.ceil(n / GEMM_TILE),
           gy = Math.ceil(rows / GEMM_TILE);
         if (gx > 65535 || gy > 65535) throw new KiviError(`webgpu matmul: ${rows} × ${outDim} is too large for one dispatch`);
-        this.core.dispatch(k, b, gx * gy, params, [], [gx, gy]);
-      }
+        return { count: gx * gy, blocks: 1, xy: [gx, gy] };
+      };
+    }
+    for (const win of this.windows(wg, outDim, inDim, wt)) {
+      const b: Binding[] = [{ b: f32(x).g }, { b: wg, offset: win.offset, size: win.size }, { b: bias ? f32(bias).g : this.dummy }, { b: f32(out).g }];
+      const { count, blocks, xy } = grid(win.row1 - win.row0);
+      this.core.dispatch(
+        k,
+        b,
+        count,
+        (u, _f, at) => {
+          u.set([rows, inDim, outDim, win.row0, win.row1, win.base, chunks, bias ? 1 : 0, blocks], at);
+        },
+        [],
+        xy,
+      );
     }
   }
 

@@ -6,8 +6,12 @@
  * Matmul sums each dot product in one canonical order whatever the number of rows, so a row's result
  * does not depend on the batch (and GEMV and GEMM agree bit for bit): the inner dimension is cut into
  * chunks of 8; slice s (of 32) holds chunks s, s + 32, s + 64, …; each slice is summed with fma in
- * ascending order from 0, and the 32 slice sums are added in order, then the bias. GEMV gives a slice to
- * each of 32 lanes (coalesced: the lanes read 32 consecutive chunks); GEMM walks the slices in turn.
+ * ascending order from 0, and the 32 slice sums are added in order, then the bias. GEMV (up to 64 rows)
+ * gives a slice to each of 32 lanes (coalesced: the lanes read 32 consecutive chunks) and applies each
+ * weight chunk to a block of rows held in registers; GEMM (prefill) walks the slices in turn.
+ *
+ * Weights stay 16-bit words widened with unpack2x16float (exact); all arithmetic is float32, so no
+ * `shader-f16` is needed (float16 sums would break the agreement with the reference).
  */
 import { CONVERT, GRID } from './wgsl.js';
 
@@ -15,8 +19,8 @@ export type WType = 'f32' | 'f16' | 'bf16';
 
 /** Chunks of 8 and slices of 32: the canonical summation order (see above). */
 export const SLICES = 32;
-/** Rows up to which matmul runs as a GEMV (one pass over the weights, every row at once). */
-export const GEMV_ROWS = 8;
+/** Rows up to which matmul runs as a GEMV (weights read once per block of rows; see GemvShape). */
+export const GEMV_ROWS = 64;
 /** GEMM tile: 64 rows × 64 outputs per workgroup of 16 × 16 threads. */
 export const GEMM_TILE = 64;
 
@@ -162,7 +166,7 @@ fn xchunk(r: u32, c: u32) -> array<f32, 8> {
   return v;
 }`;
   return /* wgsl */ `
-struct P { rows: u32, inDim: u32, outDim: u32, o0: u32, o1: u32, wbase: u32, chunks: u32, bias: u32 }
+struct P { rows: u32, inDim: u32, outDim: u32, o0: u32, o1: u32, wbase: u32, chunks: u32, bias: u32, blocks: u32 }
 ${P_HEAD}
 ${xDecl}
 ${weightDecl(2, wt, vec)}
@@ -174,43 +178,106 @@ ${xchunk}
 `;
 }
 
-/** GEMV: 8 outputs per workgroup, 32 lanes (one slice each) per output; every row (≤ 8) at once. */
-export function gemvWgsl(wt: WType, vec: boolean): string {
-  const R = GEMV_ROWS;
-  let rowsAcc = '';
-  let rowsRed = '';
-  for (let r = 0; r < R; r++) {
-    // Constant indices only: a let array indexed at run time is copied to memory on some compilers.
-    let fmas = '';
-    for (let e = 0; e < 8; e++) fmas += `\n        acc${r} = fma(wv[${e}], xv[${e}], acc${r});`;
-    rowsAcc += `
-      if (${r}u < p.rows) {
-        let xv = xchunk(${r}u, c);${fmas}
-      }`;
-    rowsRed += `  red[(g * ${R}u + ${r}u) * 32u + s] = acc${r};\n`;
+/**
+ * The shape of a GEMV dispatch: each workgroup takes `G × OT` consecutive outputs and a block of `R`
+ * rows; its G warps of 32 lanes give lane s slice s, so a warp reads each of its OT weight rows in
+ * consecutive 16-byte chunks (one coalesced 512-byte read per row and step) and applies every chunk to
+ * all R rows from registers: the weights are read once per block of rows. `U` chunks per lane are loaded
+ * before they are used (more bytes in flight for one row). Blocks of rows are the fastest-varying
+ * workgroup index, so the workgroups that share weight rows run together and the second reads them
+ * from the L2 cache.
+ */
+export interface GemvShape {
+  /** Rows per workgroup (a block; rows past the last are computed on the last row and not written). */
+  R: number;
+  /** Outputs per thread. */
+  OT: number;
+  /** Chunks per lane loaded at once. */
+  U: number;
+  /** Warps (of 32 lanes) per workgroup. */
+  G: number;
+}
+
+/**
+ * The GEMV shape for `rows` rows (≤ GEMV_ROWS): enough workgroups for a large GPU (≥ 512 for 4096
+ * outputs), at most 32 accumulators a thread. The weight bytes dominate up to ~16 rows; past that the
+ * float32 multiply-adds do (16 rows × 2 flops a weight at ~67 Tflop/s ≈ 4 TB/s of float16 weights).
+ */
+export function gemvShape(rows: number): GemvShape {
+  if (rows <= 1) return { R: 1, OT: 1, U: 4, G: 8 };
+  if (rows <= 2) return { R: 2, OT: 1, U: 4, G: 8 };
+  if (rows <= 4) return { R: 4, OT: 2, U: 2, G: 4 };
+  if (rows <= 8) return { R: 8, OT: 2, U: 2, G: 4 };
+  return { R: 8, OT: 4, U: 1, G: 4 };
+}
+
+/** GEMV over blocks of rows (see GemvShape); each output's 32 slice sums are added in order at the end. */
+export function gemvWgsl(wt: WType, vec: boolean, sh: GemvShape): string {
+  const { R, OT, U, G } = sh;
+  const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+  // One step of U chunks per lane: the weights of every output, then each row's x chunk applied to all.
+  // Constant indices only: a let array indexed at run time is copied to memory on some compilers.
+  const step = (u: number) => {
+    let code = '';
+    for (const k of range(u)) for (const j of range(OT)) code += `\n      let w${k}_${j} = wchunk(o${j}, c + ${32 * k}u);`;
+    for (const k of range(u))
+      for (const r of range(R)) {
+        code += `\n      {\n        let xv = xchunk(x${r}, c + ${32 * k}u);`;
+        for (const j of range(OT)) for (let e = 0; e < 8; e++) code += `\n        a${j}_${r} = fma(w${k}_${j}[${e}], xv[${e}], a${j}_${r});`;
+        code += '\n      }';
+      }
+    return code;
+  };
+  const loops =
+    U > 1
+      ? `  for (; c + ${32 * (U - 1)}u < p.chunks; c += ${32 * U}u) {${step(U)}
   }
+  for (; c < p.chunks; c += 32u) {${step(1)}
+  }`
+      : `  for (; c < p.chunks; c += 32u) {${step(1)}
+  }`;
+  const reduce = range(OT)
+    .map(
+      (j) => `${range(R)
+        .map((r) => `  red[(g * ${R}u + ${r}u) * 33u + s] = a${j}_${r};`)
+        .join('\n')}
+  workgroupBarrier();
+  if (li < ${G * R}u) {
+    let o = ob + (li / ${R}u) * ${OT}u + ${j}u;
+    let row = r0 + li % ${R}u;
+    if (o < n && row < p.rows) {
+      var sum = 0.0;
+      for (var k = 0u; k < 32u; k++) { sum = sum + red[li * 33u + k]; }
+      if (p.bias != 0u) { sum = sum + bias[p.o0 + o]; }
+      out[row * p.outDim + p.o0 + o] = sum;
+    }
+  }${j < OT - 1 ? '\n  workgroupBarrier();' : ''}`,
+    )
+    .join('\n');
   return /* wgsl */ `${matmulHead(wt, vec)}
 ${GRID}
-var<workgroup> red: array<f32, ${8 * R * 32}>;
-@compute @workgroup_size(256)
+// Slice sums of one output for every row and warp; rows 33 floats apart (no bank conflicts when summed).
+var<workgroup> red: array<f32, ${G * R * 33}>;
+@compute @workgroup_size(${G * 32})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let id = wg_index(wg, nw);
+  let r0 = (id % p.blocks) * ${R}u;
+  let ob = (id / p.blocks) * ${G * OT}u;
   let g = li / 32u;
   let s = li % 32u;
-  let o = p.o0 + wg_index(wg, nw) * 8u + g;
-${Array.from({ length: R }, (_, r) => `  var acc${r} = 0.0;`).join('\n')}
-  if (o < p.o1) {
-    for (var c = s; c < p.chunks; c += 32u) {
-      let wv = wchunk(o - p.o0, c);${rowsAcc}
-    }
-  }
-${rowsRed}  workgroupBarrier();
-  if (o < p.o1 && s < p.rows) {
-    var sum = 0.0;
-    let b = (g * ${R}u + s) * 32u;
-    for (var k = 0u; k < 32u; k++) { sum = sum + red[b + k]; }
-    if (p.bias != 0u) { sum = sum + bias[o]; }
-    out[s * p.outDim + o] = sum;
-  }
+  let n = p.o1 - p.o0;
+${range(OT)
+  .map((j) => `  let o${j} = min(ob + g * ${OT}u + ${j}u, n - 1u);`)
+  .join('\n')}
+${range(R)
+  .map((r) => `  let x${r} = min(r0 + ${r}u, p.rows - 1u);`)
+  .join('\n')}
+${range(OT)
+  .flatMap((j) => range(R).map((r) => `  var a${j}_${r} = 0.0;`))
+  .join('\n')}
+  var c = s;
+${loops}
+${reduce}
 }`;
 }
 

@@ -41,28 +41,41 @@ function weightAt(wt: WType, e: string): string {
   return `${conv}(half_of(w[(${e}) >> 1u], ${e}))`;
 }
 
-// ---- embedding ----------------------------------------------------------------------------------
-
-export function embedWgsl(wt: WType): string {
+/**
+ * A kernel of one thread per element: parameter fields `params`, storage declarations `decls` (and any
+ * functions), and `body` run for each `idx` below `bound` (workgroups of 256 on a grid of any size).
+ */
+function perElement(params: string, decls: string, bound: string, body: string): string {
   return /* wgsl */ `
-struct P { n: u32, D: u32, ids: u32, row0: u32, row1: u32, base: u32 }
+struct P { ${params} }
 ${P_HEAD}
-@group(0) @binding(1) var<storage, read> data: array<u32>;
-${weightDecl(2, wt, false)}
-@group(0) @binding(3) var<storage, read_write> o: array<f32>;
-${CONVERT}
+${decls}
 ${GRID}
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let idx = wg_index(wg, nw) * 256u + li;
-  if (idx >= p.n * p.D) { return; }
-  let r = idx / p.D;
+  if (idx >= ${bound}) { return; }
+${body}
+}`;
+}
+
+// ---- embedding ----------------------------------------------------------------------------------
+
+export function embedWgsl(wt: WType): string {
+  return perElement(
+    'n: u32, D: u32, ids: u32, row0: u32, row1: u32, base: u32',
+    `@group(0) @binding(1) var<storage, read> data: array<u32>;
+${weightDecl(2, wt, false)}
+@group(0) @binding(3) var<storage, read_write> o: array<f32>;
+${CONVERT}`,
+    'p.n * p.D',
+    `  let r = idx / p.D;
   let i = idx % p.D;
   let id = data[p.ids + r];
   if (id < p.row0 || id >= p.row1) { return; }
   let e = p.base + (id - p.row0) * p.D + i;
-  o[idx] = ${weightAt(wt, 'e')};
-}`;
+  o[idx] = ${weightAt(wt, 'e')};`,
+  );
 }
 
 // ---- RMSNorm ------------------------------------------------------------------------------------
@@ -375,19 +388,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
 
 // ---- RoPE, SwiGLU, add, gather ------------------------------------------------------------------
 
-export const ROPE = /* wgsl */ `
-struct P { rows: u32, half: u32, heads: u32, stride: u32, d: u32, pos: u32 }
-${P_HEAD}
-@group(0) @binding(1) var<storage, read> data: array<u32>;
+export const ROPE = perElement(
+  'rows: u32, half: u32, heads: u32, stride: u32, d: u32, pos: u32',
+  `@group(0) @binding(1) var<storage, read> data: array<u32>;
 @group(0) @binding(2) var<storage, read_write> x: array<f32>;
 @group(0) @binding(3) var<storage, read> cs: array<f32>;
-@group(0) @binding(4) var<storage, read> sn: array<f32>;
-${GRID}
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let idx = wg_index(wg, nw) * 256u + li;
-  let per = p.heads * p.half;
-  if (idx >= p.rows * per) { return; }
+@group(0) @binding(4) var<storage, read> sn: array<f32>;`,
+  'p.rows * p.heads * p.half',
+  `  let per = p.heads * p.half;
   let r = idx / per;
   let hd = (idx % per) / p.half;
   let i = idx % p.half;
@@ -398,55 +406,40 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
   let x1 = x[b + i];
   let x2 = x[b + i + p.half];
   x[b + i] = x1 * c - x2 * s;
-  x[b + i + p.half] = x2 * c + x1 * s;
-}`;
+  x[b + i + p.half] = x2 * c + x1 * s;`,
+);
 
-export const SWIGLU = /* wgsl */ `
-struct P { rows: u32, I: u32 }
-${P_HEAD}
-@group(0) @binding(1) var<storage, read> gu: array<f32>;
-@group(0) @binding(2) var<storage, read_write> act: array<f32>;
-${GRID}
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let idx = wg_index(wg, nw) * 256u + li;
-  if (idx >= p.rows * p.I) { return; }
-  let r = idx / p.I;
+export const SWIGLU = perElement(
+  'rows: u32, I: u32',
+  `@group(0) @binding(1) var<storage, read> gu: array<f32>;
+@group(0) @binding(2) var<storage, read_write> act: array<f32>;`,
+  'p.rows * p.I',
+  `  let r = idx / p.I;
   let i = idx % p.I;
   let g = gu[r * 2u * p.I + i];
-  act[idx] = (g / (1.0 + exp(-g))) * gu[r * 2u * p.I + p.I + i];
-}`;
+  act[idx] = (g / (1.0 + exp(-g))) * gu[r * 2u * p.I + p.I + i];`,
+);
 
 /** x += y; `self`: y is x. */
 export function addWgsl(self: boolean): string {
-  return /* wgsl */ `
-struct P { n: u32 }
-${P_HEAD}
-@group(0) @binding(1) var<storage, read_write> x: array<f32>;
-${self ? '' : '@group(0) @binding(2) var<storage, read> y: array<f32>;'}
-${GRID}
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let i = wg_index(wg, nw) * 256u + li;
-  if (i >= p.n) { return; }
-  x[i] = x[i] + ${self ? 'x' : 'y'}[i];
-}`;
+  return perElement(
+    'n: u32',
+    `@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+${self ? '' : '@group(0) @binding(2) var<storage, read> y: array<f32>;'}`,
+    'p.n',
+    `  x[idx] = x[idx] + ${self ? 'x' : 'y'}[idx];`,
+  );
 }
 
-export const GATHER = /* wgsl */ `
-struct P { n: u32, D: u32, rows: u32 }
-${P_HEAD}
-@group(0) @binding(1) var<storage, read> data: array<u32>;
+export const GATHER = perElement(
+  'n: u32, D: u32, rows: u32',
+  `@group(0) @binding(1) var<storage, read> data: array<u32>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
-@group(0) @binding(3) var<storage, read_write> o: array<f32>;
-${GRID}
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let idx = wg_index(wg, nw) * 256u + li;
-  if (idx >= p.n * p.D) { return; }
-  let r = idx / p.D;
-  o[idx] = x[data[p.rows + r] * p.D + idx % p.D];
-}`;
+@group(0) @binding(3) var<storage, read_write> o: array<f32>;`,
+  'p.n * p.D',
+  `  let r = idx / p.D;
+  o[idx] = x[data[p.rows + r] * p.D + idx % p.D];`,
+);
 
 // ---- argmax -------------------------------------------------------------------------------------
 
@@ -491,21 +484,19 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
  * the same values; 16-bit tensors are rounded to nearest even.
  */
 export function fillRandomWgsl(dtype: 'f32' | 'f16' | 'bf16'): string {
+  const to16 = dtype === 'f16' ? 'f32_to_f16' : 'f32_to_bf16';
+  // One element a thread (f32), or a word of two.
   const body =
     dtype === 'f32'
-      ? `  if (idx >= p.n) { return; }
-  t[idx] = rnd(idx);`
-      : `  if (idx * 2u >= p.n) { return; }
-  let lo = ${dtype === 'f16' ? 'f32_to_f16' : 'f32_to_bf16'}(rnd(idx * 2u));
+      ? '  t[idx] = rnd(idx);'
+      : `  let lo = ${to16}(rnd(idx * 2u));
   var hi = 0u;
-  if (idx * 2u + 1u < p.n) { hi = ${dtype === 'f16' ? 'f32_to_f16' : 'f32_to_bf16'}(rnd(idx * 2u + 1u)); }
+  if (idx * 2u + 1u < p.n) { hi = ${to16}(rnd(idx * 2u + 1u)); }
   t[idx] = lo | (hi << 16u);`;
-  return /* wgsl */ `
-struct P { n: u32, seed: u32, c: f32 }
-${P_HEAD}
-@group(0) @binding(1) var<storage, read_write> t: array<${dtype === 'f32' ? 'f32' : 'u32'}>;
+  return perElement(
+    'n: u32, seed: u32, c: f32',
+    `@group(0) @binding(1) var<storage, read_write> t: array<${dtype === 'f32' ? 'f32' : 'u32'}>;
 ${CONVERT}
-${GRID}
 fn pcg(v: u32) -> u32 {
   let s = v * 747796405u + 2891336453u;
   let w = ((s >> ((s >> 28u) + 4u)) ^ s) * 277803737u;
@@ -518,35 +509,28 @@ fn rnd(i: u32) -> f32 {
   let u4 = pcg(u3);
   let s = (u1 >> 10u) + (u2 >> 10u) + (u3 >> 10u) + (u4 >> 10u);
   return (f32(s) - 8388606.0) * p.c;
-}
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let idx = wg_index(wg, nw) * 256u + li;
-${body}
-}`;
+}`,
+    dtype === 'f32' ? 'p.n' : '(p.n + 1u) / 2u',
+    body,
+  );
 }
 
 // ---- 16-bit writes at odd element offsets --------------------------------------------------------
 
 /** Halves [off, off + n) of a u32-word tensor from host halves (the words beyond keep their other half). */
-export const SCATTER16 = /* wgsl */ `
-struct P { off: u32, n: u32, src: u32, w0: u32, words: u32 }
-${P_HEAD}
-@group(0) @binding(1) var<storage, read> data: array<u32>;
+export const SCATTER16 = perElement(
+  'off: u32, n: u32, src: u32, w0: u32, words: u32',
+  `@group(0) @binding(1) var<storage, read> data: array<u32>;
 @group(0) @binding(2) var<storage, read_write> t: array<u32>;
-${GRID}
 fn src_half(k: u32) -> u32 {
   let w = data[p.src + (k >> 1u)];
   return select(w & 0xffffu, w >> 16u, (k & 1u) != 0u);
-}
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let k = wg_index(wg, nw) * 256u + li;
-  if (k >= p.words) { return; }
-  let w = p.w0 + k;
+}`,
+  'p.words',
+  `  let w = p.w0 + idx;
   var v = t[w];
   let i0 = w * 2u;
   if (i0 >= p.off && i0 < p.off + p.n) { v = (v & 0xffff0000u) | src_half(i0 - p.off); }
   if (i0 + 1u >= p.off && i0 + 1u < p.off + p.n) { v = (v & 0xffffu) | (src_half(i0 + 1u - p.off) << 16u); }
-  t[w] = v;
-}`;
+  t[w] = v;`,
+);

@@ -22,11 +22,13 @@ import {
   fillRandomWgsl,
   GATHER,
   GEMM_TILE,
-  GEMV_ROWS,
+  GEMV_TABLE,
+  type GemvTable,
   gemmWgsl,
   gemvShape,
   gemvWgsl,
   matmulSerialWgsl,
+  parseGemvTable,
   ROPE,
   rmsnormWgsl,
   SCATTER16,
@@ -85,6 +87,8 @@ export class WebGpuBackend implements Backend {
   readonly fallback: boolean;
   /** Matmul one thread per output (software adapters; the same bits as GEMV/GEMM; tests switch it). */
   serialMatmul: boolean;
+  /** GEMV shapes by number of rows; more rows than its last entry take the tiled GEMM. */
+  readonly gemvTable: GemvTable;
   private readonly kernels = new Map<string, Kernel>();
   private readonly geometries = new Map<string, AttnGeometry>();
   private readonly dummies: GBuf[];
@@ -101,6 +105,7 @@ export class WebGpuBackend implements Backend {
   private constructor(
     private readonly dev: GpuDevice,
     o: WebGpuOptions,
+    gemvTable: GemvTable,
   ) {
     this.core = new GpuCore(dev.device);
     const L = dev.device.limits;
@@ -108,6 +113,7 @@ export class WebGpuBackend implements Backend {
     this.maxBinding = Math.floor(most / 256) * 256;
     this.fallback = dev.fallback;
     this.serialMatmul = o.serialMatmul ?? dev.fallback;
+    this.gemvTable = gemvTable;
     this.description = `webgpu: ${dev.name}${dev.fallback ? ' (software adapter: for tests, not for speed)' : ''}`;
     const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
     this.dummies = Array.from({ length: ARENAS }, () => this.core.buffer(16, usage, 'unused arena'));
@@ -116,9 +122,11 @@ export class WebGpuBackend implements Backend {
 
   /** Open the WebGPU device (any adapter, software ones included: `auto` decides elsewhere). */
   static async create(o: WebGpuOptions = {}): Promise<WebGpuBackend> {
+    const env = typeof process !== 'undefined' ? process.env?.KIVI_WEBGPU_GEMV : undefined;
+    const table = parseGemvTable(o.gemvTable ?? env ?? GEMV_TABLE);
     const adapter = await findAdapter(o, false);
     if (!adapter) throw new KiviError('--backend webgpu: no WebGPU adapter here (no GPU driver found by WebGPU)');
-    return new WebGpuBackend(await openDevice(adapter), o);
+    return new WebGpuBackend(await openDevice(adapter), o, table);
   }
 
   private kernel(key: string, make: () => [string, ('read' | 'rw')[], boolean?]): Kernel {
@@ -270,37 +278,27 @@ export class WebGpuBackend implements Backend {
     const chunks = Math.ceil(inDim / 8);
     // The kernel and, per window of n outputs, its grid of workgroups and its number of row blocks.
     let k: Kernel;
-    let grid: (n: number) => { count: number; blocks: number; xy?: [number, number] };
+    const sh = this.serialMatmul ? null : gemvShape(this.gemvTable, rows);
+    let grid: (n: number) => { count: number; blocks: number };
     if (this.serialMatmul) {
       k = this.kernel(`serial:${wt}:${vec}`, () => [matmulSerialWgsl(wt, vec), MATMUL_BINDINGS]);
       grid = (n) => ({ count: Math.ceil((rows * n) / 64), blocks: 1 });
-    } else if (rows <= GEMV_ROWS) {
-      const sh = gemvShape(rows);
+    } else if (sh) {
       k = this.kernel(`gemv:${wt}:${vec}:${sh.R}:${sh.OT}:${sh.U}:${sh.G}`, () => [gemvWgsl(wt, vec, sh), MATMUL_BINDINGS]);
-      const blocks = Math.ceil(rows / sh.R);
-      grid = (n) => ({ count: Math.ceil(n / (sh.G * sh.OT)) * blocks, blocks });
+      const { R, G, OT } = sh;
+      const blocks = Math.ceil(rows / R);
+      grid = (n) => ({ count: Math.ceil(n / (G * OT)) * blocks, blocks });
     } else {
       k = this.kernel(`gemm:${wt}:${vec}`, () => [gemmWgsl(wt, vec), MATMUL_BINDINGS]);
-      grid = (n) => {
-        const gx = Math.ceil(n / GEMM_TILE),
-          gy = Math.ceil(rows / GEMM_TILE);
-        if (gx > 65535 || gy > 65535) throw new KiviError(`webgpu matmul: ${rows} × ${outDim} is too large for one dispatch`);
-        return { count: gx * gy, blocks: 1, xy: [gx, gy] };
-      };
+      const blocks = Math.ceil(rows / GEMM_TILE);
+      grid = (n) => ({ count: Math.ceil(n / GEMM_TILE) * blocks, blocks });
     }
     for (const win of this.windows(wg, outDim, inDim, wt)) {
       const b: Binding[] = [{ b: f32(x).g }, { b: wg, offset: win.offset, size: win.size }, { b: bias ? f32(bias).g : this.dummy }, { b: f32(out).g }];
-      const { count, blocks, xy } = grid(win.row1 - win.row0);
-      this.core.dispatch(
-        k,
-        b,
-        count,
-        (u, _f, at) => {
-          u.set([rows, inDim, outDim, win.row0, win.row1, win.base, chunks, bias ? 1 : 0, blocks], at);
-        },
-        [],
-        xy,
-      );
+      const { count, blocks } = grid(win.row1 - win.row0);
+      this.core.dispatch(k, b, count, (u, _f, at) => {
+        u.set([rows, inDim, outDim, win.row0, win.row1, win.base, chunks, bias ? 1 : 0, blocks], at);
+      });
     }
   }
 

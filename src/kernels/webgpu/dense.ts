@@ -13,14 +13,13 @@
  * Weights stay 16-bit words widened with unpack2x16float (exact); all arithmetic is float32, so no
  * `shader-f16` is needed (float16 sums would break the agreement with the reference).
  */
+import { KiviError } from '../../util/errors.js';
 import { CONVERT, GRID } from './wgsl.js';
 
 export type WType = 'f32' | 'f16' | 'bf16';
 
 /** Chunks of 8 and slices of 32: the canonical summation order (see above). */
 export const SLICES = 32;
-/** Rows up to which matmul runs as a GEMV (weights read once per block of rows; see GemvShape). */
-export const GEMV_ROWS = 64;
 /** GEMM tile: 64 rows × 64 outputs per workgroup of 16 × 16 threads. */
 export const GEMM_TILE = 64;
 
@@ -211,17 +210,45 @@ export interface GemvShape {
   G: number;
 }
 
+/** GEMV shapes by number of rows: entry i serves rows up to maxRows[i]; past the last, the tiled GEMM. */
+export interface GemvTable {
+  maxRows: number[];
+  shapes: GemvShape[];
+}
+
 /**
- * The GEMV shape for `rows` rows (≤ GEMV_ROWS): enough workgroups for a large GPU (≥ 512 for 4096
- * outputs), at most 32 accumulators a thread. The weight bytes dominate up to ~16 rows; past that the
- * float32 multiply-adds do (16 rows × 2 flops a weight at ~67 Tflop/s ≈ 4 TB/s of float16 weights).
+ * The default table: enough workgroups for a large GPU (≥ 512 for 4096 outputs at every row count), at
+ * most 32 accumulators a thread. The weight bytes dominate up to ~16 rows; past that the float32
+ * multiply-adds do (16 rows × 2 flops a weight at ~67 Tflop/s ≈ 4 TB/s of float16 weights).
  */
-export function gemvShape(rows: number): GemvShape {
-  if (rows <= 1) return { R: 1, OT: 1, U: 4, G: 8 };
-  if (rows <= 2) return { R: 2, OT: 1, U: 4, G: 8 };
-  if (rows <= 4) return { R: 4, OT: 2, U: 2, G: 4 };
-  if (rows <= 8) return { R: 8, OT: 2, U: 2, G: 4 };
-  return { R: 8, OT: 4, U: 1, G: 4 };
+export const GEMV_TABLE = '1:1,1,4,8;2:2,1,4,8;4:4,2,2,4;8:8,2,2,4;64:8,4,1,4';
+
+/**
+ * A table from its text, `maxRows:R,OT,U,G;…` with maxRows ascending (KIVI_WEBGPU_GEMV, for tuning on
+ * a GPU). Limits: R ≤ 32, OT ≤ 8, R × OT ≤ 64 accumulators, U ≤ 8, G ≤ 8 warps, G × R ≤ 64 (the
+ * reduction's workgroup memory).
+ */
+export function parseGemvTable(text: string): GemvTable {
+  const t: GemvTable = { maxRows: [], shapes: [] };
+  const bad = (why: string) => new KiviError(`KIVI_WEBGPU_GEMV "${text}": ${why} (want maxRows:R,OT,U,G;… e.g. ${GEMV_TABLE})`);
+  for (const entry of text.split(';')) {
+    const m = /^\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*$/.exec(entry);
+    if (!m) throw bad(`"${entry}" is not maxRows:R,OT,U,G`);
+    const [maxRows, R, OT, U, G] = m.slice(1).map(Number) as [number, number, number, number, number];
+    if (maxRows < 1 || maxRows <= (t.maxRows.at(-1) ?? 0)) throw bad('maxRows must rise from 1');
+    if (R < 1 || R > 32 || OT < 1 || OT > 8 || R * OT > 64 || U < 1 || U > 8 || G < 1 || G > 8 || G * R > 64) {
+      throw bad(`${R},${OT},${U},${G} is out of range (R ≤ 32, OT ≤ 8, R·OT ≤ 64, U ≤ 8, G ≤ 8, G·R ≤ 64)`);
+    }
+    t.maxRows.push(maxRows);
+    t.shapes.push({ R, OT, U, G });
+  }
+  return t;
+}
+
+/** The GEMV shape for `rows` rows, or null past the table (the GEMM's rows). */
+export function gemvShape(table: GemvTable, rows: number): GemvShape | null {
+  const i = table.maxRows.findIndex((m) => rows <= m);
+  return i < 0 ? null : table.shapes[i]!;
 }
 
 /** GEMV over blocks of rows (see GemvShape); each output's 32 slice sums are added in order at the end. */
@@ -294,17 +321,23 @@ ${reduce}
 }`;
 }
 
-/** GEMM: a 64 × 64 tile of (rows, outputs) per workgroup, 4 × 4 per thread, slice by slice. */
+/**
+ * GEMM: a 64 × 64 tile of (rows, outputs) per workgroup, 4 × 4 per thread, slice by slice. Row tiles are
+ * the fastest-varying workgroup index (p.blocks of them), so the tiles that share weight rows run
+ * together and the weights come from memory once.
+ */
 export function gemmWgsl(wt: WType, vec: boolean): string {
   return /* wgsl */ `${matmulHead(wt, vec)}
+${GRID}
 var<workgroup> xs: array<vec4<f32>, 512>;
 var<workgroup> ws: array<vec4<f32>, 512>;
 @compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let id = wg_index(wg, nw);
   let tx = li % 16u;
   let ty = li / 16u;
-  let r0 = wg.y * 64u;
-  let oo = p.o0 + wg.x * 64u;
+  let r0 = (id % p.blocks) * 64u;
+  let oo = p.o0 + (id / p.blocks) * 64u;
   let lr = li / 4u;
   let q = li % 4u;
   var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));

@@ -58,7 +58,7 @@ if (!reportMissing('kernels-webgpu: own')) {
     const b = await gpu({ serialMatmul: false });
     const r = rng(11);
     for (const wt of ['f32', 'bf16', 'f16'] as const) {
-      // Every GEMV shape (1, 2, 4, 8 rows; blocks of 8 past that), rows past a block's end, GEMM past 64.
+      // Every GEMV shape (1, 2, 4, 8, 16 rows; blocks of 16 past that), rows past a block's end, GEMM past 64.
       for (const [rows, inDim, outDim] of [
         [1, 301, 67],
         [2, 264, 33],
@@ -124,7 +124,7 @@ if (!reportMissing('kernels-webgpu: own')) {
     const b = await gpu({ serialMatmul: false });
     const ref = new TsBackend();
     const r = rng(16);
-    // 1–8 rows: one block; 9–64: blocks of 8 (a partial last block at 9 and 33); 100: the tiled GEMM.
+    // 1–16 rows: one block (a partial one at 9); 17–64: blocks of 16 (a partial last one at 33); 100: the tiled GEMM.
     for (const [rows, inDim, outDim] of [
       [1, 264, 67],
       [8, 301, 33],

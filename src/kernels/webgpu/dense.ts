@@ -217,11 +217,14 @@ export interface GemvTable {
 }
 
 /**
- * The default table: enough workgroups for a large GPU (≥ 512 for 4096 outputs at every row count), at
- * most 32 accumulators a thread. The weight bytes dominate up to ~16 rows; past that the float32
- * multiply-adds do (16 rows × 2 flops a weight at ~67 Tflop/s ≈ 4 TB/s of float16 weights).
+ * The default table, for a large GPU (an H200: per SM and clock ~18 B from memory, ~27 B from L2, 128 B
+ * from L1, 128 float32 multiply-adds). Per weight byte a shape costs 2·rows/OT bytes of x from L1 and
+ * rows/R weight re-reads from L2 (one per block); rows/2 multiply-adds. One row: one output a thread
+ * and 4 chunks in flight (many warps, many bytes in flight); 8 and 16 rows: 4 outputs a thread
+ * (x from L1 at 1–2 bytes a weight byte), one block (weights read once). Past 16 rows the multiply-adds
+ * bound it (16 rows × 2 flops a weight at ~67 Tflop/s ≈ 4 TB/s of float16 weights), blocks of 16.
  */
-export const GEMV_TABLE = '1:1,1,4,8;2:2,1,4,8;4:4,2,2,4;8:8,2,2,4;64:8,4,1,4';
+export const GEMV_TABLE = '1:1,1,4,8;2:2,1,4,8;4:4,2,2,4;8:8,4,1,4;64:16,4,1,4';
 
 /**
  * A table from its text, `maxRows:R,OT,U,G;…` with maxRows ascending (KIVI_WEBGPU_GEMV, for tuning on

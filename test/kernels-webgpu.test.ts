@@ -168,9 +168,9 @@ if (!reportMissing('kernels-webgpu: bindings, pages, batches')) {
     const b = await gpu({ maxBindingBytes: 64 * 1024, serialMatmul: false });
     const ref = new TsBackend();
     const r = rng(12);
-    // Matmul weights of 150 KiB (bf16) and 300 KiB (f32): three and five windows.
+    // Matmul weights of 150 KiB (bf16) and 300 KiB (f32): three and five windows; GEMV and GEMM.
     for (const wt of ['bf16', 'f32'] as const) {
-      for (const rows of [1, 12]) {
+      for (const rows of [1, 12, 70]) {
         const inDim = 256,
           outDim = 300;
         const xd = randArray(rows * inDim, r),

@@ -325,15 +325,32 @@ ${reduce}
 }
 
 /**
- * GEMM: a 64 × 64 tile of (rows, outputs) per workgroup, 4 × 4 per thread, slice by slice. Row tiles are
- * the fastest-varying workgroup index (p.blocks of them), so the tiles that share weight rows run
- * together and the weights come from memory once.
+ * GEMM: a 64 × 64 tile of (rows, outputs) per workgroup, 4 × 4 per thread, slice by slice, 4 chunks of a
+ * slice a step. Each step's chunks are loaded into registers while the step before is computed from
+ * workgroup memory (the load's latency hides behind 512 multiply-adds a thread). Row tiles are the
+ * fastest-varying workgroup index (p.blocks of them), so the tiles that share weight rows run together
+ * and the weights come from memory once.
  */
 export function gemmWgsl(wt: WType, vec: boolean): string {
+  const zero8 = 'array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)';
+  const zero4 = 'array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0))';
   return /* wgsl */ `${matmulHead(wt, vec)}
 ${GRID}
 var<workgroup> xs: array<vec4<f32>, 512>;
 var<workgroup> ws: array<vec4<f32>, 512>;
+// Chunks in slice s.
+fn slice_chunks(s: u32) -> u32 {
+  return select(0u, (p.chunks - s + 31u) / 32u, s < p.chunks);
+}
+// Chunk m of slice s of row r (zeros past the slice or the rows), and of weight row o (absolute).
+fn load_x(r: u32, s: u32, m: u32) -> array<f32, 8> {
+  if (m < slice_chunks(s) && r < p.rows) { return xchunk(r, s + 32u * m); }
+  return ${zero8};
+}
+fn load_w(o: u32, s: u32, m: u32) -> array<f32, 8> {
+  if (m < slice_chunks(s) && o < p.o1) { return wchunk(o - p.o0, s + 32u * m); }
+  return ${zero8};
+}
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let id = wg_index(wg, nw);
@@ -341,40 +358,52 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
   let ty = li / 16u;
   let r0 = (id % p.blocks) * 64u;
   let oo = p.o0 + (id / p.blocks) * 64u;
-  let lr = li / 4u;
-  let q = li % 4u;
-  var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-  for (var s = 0u; s < 32u; s++) {
-    var pp = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    let ns = select(0u, (p.chunks - s + 31u) / 32u, s < p.chunks);
-    for (var m0 = 0u; m0 < ns; m0 += 4u) {
-      let c = s + 32u * (m0 + q);
-      var xv = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-      var wv = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-      if (m0 + q < ns) {
-        if (r0 + lr < p.rows) { xv = xchunk(r0 + lr, c); }
-        if (oo + lr < p.o1) { wv = wchunk(oo + lr - p.o0, c); }
-      }
+  // The thread loads chunk m0 + q of row/output lr (a warp: 32 consecutive rows, conflict-free stores).
+  let lr = li % 64u;
+  let q = li / 64u;
+  var acc = ${zero4};
+  var pp = ${zero4};
+  var s = 0u;
+  var m0 = 0u;
+  var xv = load_x(r0 + lr, s, m0 + q);
+  var wv = load_w(oo + lr, s, m0 + q);
+  loop {
 ${Array.from(
   { length: 8 },
-  (_, e) => `      xs[(q * 8u + ${e}u) * 16u + lr / 4u][lr % 4u] = xv[${e}];
-      ws[(q * 8u + ${e}u) * 16u + lr / 4u][lr % 4u] = wv[${e}];`,
+  (_, e) => `    xs[(q * 8u + ${e}u) * 16u + lr / 4u][lr % 4u] = xv[${e}];
+    ws[(q * 8u + ${e}u) * 16u + lr / 4u][lr % 4u] = wv[${e}];`,
 ).join('\n')}
-      workgroupBarrier();
-      for (var k = 0u; k < 32u; k++) {
-        let a = xs[k * 16u + ty];
-        let b = ws[k * 16u + tx];
-        pp[0] = fma(vec4<f32>(a.x), b, pp[0]);
-        pp[1] = fma(vec4<f32>(a.y), b, pp[1]);
-        pp[2] = fma(vec4<f32>(a.z), b, pp[2]);
-        pp[3] = fma(vec4<f32>(a.w), b, pp[3]);
-      }
-      workgroupBarrier();
+    workgroupBarrier();
+    // The next step: the slice's next 4 chunks, or the next slice (a slice without chunks takes one empty step).
+    var sn = s;
+    var mn = m0 + 4u;
+    if (mn >= slice_chunks(s)) {
+      sn = s + 1u;
+      mn = 0u;
     }
-    acc[0] = acc[0] + pp[0];
-    acc[1] = acc[1] + pp[1];
-    acc[2] = acc[2] + pp[2];
-    acc[3] = acc[3] + pp[3];
+    if (sn < 32u) {
+      xv = load_x(r0 + lr, sn, mn + q);
+      wv = load_w(oo + lr, sn, mn + q);
+    }
+    for (var k = 0u; k < 32u; k++) {
+      let a = xs[k * 16u + ty];
+      let b = ws[k * 16u + tx];
+      pp[0] = fma(vec4<f32>(a.x), b, pp[0]);
+      pp[1] = fma(vec4<f32>(a.y), b, pp[1]);
+      pp[2] = fma(vec4<f32>(a.z), b, pp[2]);
+      pp[3] = fma(vec4<f32>(a.w), b, pp[3]);
+    }
+    workgroupBarrier();
+    if (sn != s) {
+      acc[0] = acc[0] + pp[0];
+      acc[1] = acc[1] + pp[1];
+      acc[2] = acc[2] + pp[2];
+      acc[3] = acc[3] + pp[3];
+      pp = ${zero4};
+    }
+    s = sn;
+    m0 = mn;
+    if (s >= 32u) { break; }
   }
   for (var i = 0u; i < 4u; i++) {
     let r = r0 + ty * 4u + i;

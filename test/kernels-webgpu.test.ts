@@ -90,12 +90,14 @@ if (!reportMissing('kernels-webgpu: own')) {
   });
 
   test('webgpu: any GEMV table (KIVI_WEBGPU_GEMV) gives the same bits; a bad one is refused in one line', async () => {
-    // Odd shapes: 3 outputs a thread, 3 chunks in flight, blocks of 2 and of 16 rows, 2 warps; GEMM past 40.
-    const b = await gpu({ serialMatmul: false, gemvTable: '3:2,3,3,2;40:16,2,1,2' });
+    // Odd shapes: 3 outputs a thread, 3 chunks in flight, blocks of 2 and of 16 rows, 2 warps, x staged in
+    // workgroup memory (to 20 rows) or not; GEMM past 40.
+    const b = await gpu({ serialMatmul: false, gemvTable: '3:2,3,3,2,x;20:16,2,1,2,x;40:16,2,1,2' });
     const r = rng(17);
     for (const [rows, inDim, outDim] of [
       [3, 301, 37],
       [17, 264, 20],
+      [33, 264, 20],
       [41, 256, 9],
     ] as const) {
       const x = upload(b, randArray(rows * inDim, r)),
@@ -112,9 +114,10 @@ if (!reportMissing('kernels-webgpu: own')) {
       assert.deepEqual(res[1], res[0], `${rows}×${inDim}→${outDim}`);
     }
     for (const [table, why] of [
-      ['8:8,2,2', /"8:8,2,2" is not maxRows:R,OT,U,G/],
+      ['8:8,2,2', /"8:8,2,2" is not maxRows:R,OT,U,G\[,x\]/],
       ['8:8,2,2,4;4:4,1,1,1', /maxRows must rise from 1/],
       ['8:8,9,1,4', /8,9,1,4 is out of range/],
+      ['8:32,2,1,2,x', /32,2,1,2 is out of range/],
     ] as const) {
       await assert.rejects(gpu({ gemvTable: table }), (e: Error) => e instanceof KiviError && !e.message.includes('\n') && why.test(e.message));
     }

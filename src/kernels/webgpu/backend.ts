@@ -284,7 +284,7 @@ export class WebGpuBackend implements Backend {
       k = this.kernel(`serial:${wt}:${vec}`, () => [matmulSerialWgsl(wt, vec), MATMUL_BINDINGS]);
       grid = (n) => ({ count: Math.ceil((rows * n) / 64), blocks: 1 });
     } else if (sh) {
-      k = this.kernel(`gemv:${wt}:${vec}:${sh.R}:${sh.OT}:${sh.U}:${sh.G}`, () => [gemvWgsl(wt, vec, sh), MATMUL_BINDINGS]);
+      k = this.kernel(`gemv:${wt}:${vec}:${sh.R}:${sh.OT}:${sh.U}:${sh.G}:${sh.X}`, () => [gemvWgsl(wt, vec, sh), MATMUL_BINDINGS]);
       const { R, G, OT } = sh;
       const blocks = Math.ceil(rows / R);
       grid = (n) => ({ count: Math.ceil(n / (G * OT)) * blocks, blocks });

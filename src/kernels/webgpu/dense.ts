@@ -208,6 +208,11 @@ export interface GemvShape {
   U: number;
   /** Warps (of 32 lanes) per workgroup. */
   G: number;
+  /**
+   * Stage x in workgroup memory, 32 chunks of every row of the block at a time (U is then 1): x comes
+   * from L2 once per workgroup instead of once per warp where L1 does not keep it.
+   */
+  X: boolean;
 }
 
 /** GEMV shapes by number of rows: entry i serves rows up to maxRows[i]; past the last, the tiled GEMM. */
@@ -233,18 +238,20 @@ export const GEMV_TABLE = '1:1,1,4,8;2:2,1,4,8;4:4,2,2,4;8:8,4,2,4;64:16,4,1,4';
  * reduction's workgroup memory).
  */
 export function parseGemvTable(text: string): GemvTable {
+  // A 5th field "x": x staged in workgroup memory (GemvShape.X; R ≤ 16).
   const t: GemvTable = { maxRows: [], shapes: [] };
-  const bad = (why: string) => new KiviError(`KIVI_WEBGPU_GEMV "${text}": ${why} (want maxRows:R,OT,U,G;… e.g. ${GEMV_TABLE})`);
+  const bad = (why: string) => new KiviError(`KIVI_WEBGPU_GEMV "${text}": ${why} (want maxRows:R,OT,U,G[,x];… e.g. ${GEMV_TABLE})`);
   for (const entry of text.split(';')) {
-    const m = /^\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*$/.exec(entry);
-    if (!m) throw bad(`"${entry}" is not maxRows:R,OT,U,G`);
-    const [maxRows, R, OT, U, G] = m.slice(1).map(Number) as [number, number, number, number, number];
+    const m = /^\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*(,\s*x\s*)?$/.exec(entry);
+    if (!m) throw bad(`"${entry}" is not maxRows:R,OT,U,G[,x]`);
+    const [maxRows, R, OT, U, G] = m.slice(1, 6).map(Number) as [number, number, number, number, number];
+    const X = m[6] !== undefined;
     if (maxRows < 1 || maxRows <= (t.maxRows.at(-1) ?? 0)) throw bad('maxRows must rise from 1');
-    if (R < 1 || R > 32 || OT < 1 || OT > 8 || R * OT > 64 || U < 1 || U > 8 || G < 1 || G > 8 || G * R > 64) {
-      throw bad(`${R},${OT},${U},${G} is out of range (R ≤ 32, OT ≤ 8, R·OT ≤ 64, U ≤ 8, G ≤ 8, G·R ≤ 64)`);
+    if (R < 1 || R > (X ? 16 : 32) || OT < 1 || OT > 8 || R * OT > 64 || U < 1 || U > 8 || G < 1 || G > 8 || G * R > 64) {
+      throw bad(`${R},${OT},${U},${G} is out of range (R ≤ 32, ≤ 16 with x, OT ≤ 8, R·OT ≤ 64, U ≤ 8, G ≤ 8, G·R ≤ 64)`);
     }
     t.maxRows.push(maxRows);
-    t.shapes.push({ R, OT, U, G });
+    t.shapes.push({ R, OT, U: X ? 1 : U, G, X });
   }
   return t;
 }
@@ -298,10 +305,48 @@ export function gemvWgsl(wt: WType, vec: boolean, sh: GemvShape): string {
   }${j < OT - 1 ? '\n  workgroupBarrier();' : ''}`,
     )
     .join('\n');
+  // x staged: tile t holds chunks [32t, 32t + 32) of the block's rows, the halves of a chunk in two
+  // planes (lane s reads 16 consecutive bytes of each: no bank conflicts); red then shares its memory.
+  const staged = `  let tiles = (p.chunks + 31u) / 32u;
+  for (var t = 0u; t < tiles; t++) {
+    for (var i = li; i < ${R * 32}u; i += ${G * 32}u) {
+      let cx = t * 32u + i % 32u;
+      var v = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+      if (cx < p.chunks) { v = xchunk(min(r0 + i / 32u, p.rows - 1u), cx); }
+      xs[i] = vec4<f32>(v[0], v[1], v[2], v[3]);
+      xs[${R * 32}u + i] = vec4<f32>(v[4], v[5], v[6], v[7]);
+    }
+    workgroupBarrier();
+    let c = t * 32u + s;
+    if (c < p.chunks) {${range(OT)
+      .map((j) => `\n      let w0_${j} = wchunk(o${j}, c);`)
+      .join('')}${range(R)
+      .map(
+        (r) => `
+      {
+        let lo = xs[${r * 32}u + s];
+        let hi = xs[${R * 32 + r * 32}u + s];
+        let xv = array<f32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w);${range(OT)
+          .map((j) =>
+            range(8)
+              .map((e) => `\n        a${j}_${r} = fma(w0_${j}[${e}], xv[${e}], a${j}_${r});`)
+              .join(''),
+          )
+          .join('')}
+      }`,
+      )
+      .join('')}
+    }
+    workgroupBarrier();
+  }`;
+  const redDecl = sh.X
+    ? `var<workgroup> xs: array<vec4<f32>, ${Math.max(R * 64, Math.ceil((G * R * 33) / 4))}>;`
+    : `var<workgroup> red: array<f32, ${G * R * 33}>;`;
+  const redCode = sh.X ? reduce.replace(/red\[([^\]]+)\]/g, (_, i: string) => `xs[(${i}) >> 2u][(${i}) & 3u]`) : reduce;
   return /* wgsl */ `${matmulHead(wt, vec)}
 ${GRID}
 // Slice sums of one output for every row and warp; rows 33 floats apart (no bank conflicts when summed).
-var<workgroup> red: array<f32, ${G * R * 33}>;
+${redDecl}
 @compute @workgroup_size(${G * 32})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let id = wg_index(wg, nw);
@@ -319,9 +364,8 @@ ${range(R)
 ${range(OT)
   .flatMap((j) => range(R).map((r) => `  var a${j}_${r} = 0.0;`))
   .join('\n')}
-  var c = s;
-${loops}
-${reduce}
+${sh.X ? staged : `  var c = s;\n${loops}`}
+${redCode}
 }`;
 }
 

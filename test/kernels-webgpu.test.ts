@@ -53,6 +53,23 @@ function upload16(b: { tensor: WebGpuBackend['tensor']; write: WebGpuBackend['wr
   return t;
 }
 
+/** A random matmul with bias gives the same bits through the GPU kernels (GEMV/GEMM) as through the serial one. */
+async function assertSerialBits(b: WebGpuBackend, rows: number, inDim: number, outDim: number, wt: 'f32' | 'f16' | 'bf16', r: () => number) {
+  const x = upload(b, randArray(rows * inDim, r)),
+    w = upload(b, randArray(outDim * inDim, r), wt),
+    bias = upload(b, randArray(outDim, r));
+  const out = b.tensor('f32', rows * outDim);
+  const res: Float32Array[] = [];
+  for (const serial of [false, true]) {
+    b.serialMatmul = serial;
+    b.matmul(out, x, w, rows, inDim, outDim, bias);
+    res.push(await b.read(out, 0, rows * outDim));
+  }
+  b.serialMatmul = false;
+  assert.deepEqual(res[1], res[0], `${wt} ${rows}×${inDim}→${outDim}`);
+  for (const t of [x, w, bias, out]) b.release(t);
+}
+
 if (!reportMissing('kernels-webgpu: own')) {
   test('webgpu: the one-thread-per-output matmul gives the bits of GEMV and GEMM (1 to 100 rows, odd widths)', async () => {
     const b = await gpu({ serialMatmul: false });
@@ -72,19 +89,7 @@ if (!reportMissing('kernels-webgpu: own')) {
         [65, 256, 70],
         [100, 37, 67],
       ] as const) {
-        const x = upload(b, randArray(rows * inDim, r)),
-          w = upload(b, randArray(outDim * inDim, r), wt),
-          bias = upload(b, randArray(outDim, r));
-        const out = b.tensor('f32', rows * outDim);
-        const res: Float32Array[] = [];
-        for (const serial of [false, true]) {
-          b.serialMatmul = serial;
-          b.matmul(out, x, w, rows, inDim, outDim, bias);
-          res.push(await b.read(out, 0, rows * outDim));
-        }
-        b.serialMatmul = false;
-        assert.deepEqual(res[1], res[0], `${wt} ${rows}×${inDim}→${outDim}`);
-        for (const t of [x, w, bias, out]) b.release(t);
+        await assertSerialBits(b, rows, inDim, outDim, wt, r);
       }
     }
   });
@@ -100,18 +105,7 @@ if (!reportMissing('kernels-webgpu: own')) {
       [33, 264, 20],
       [41, 256, 9],
     ] as const) {
-      const x = upload(b, randArray(rows * inDim, r)),
-        w = upload(b, randArray(outDim * inDim, r), 'f16'),
-        bias = upload(b, randArray(outDim, r));
-      const out = b.tensor('f32', rows * outDim);
-      const res: Float32Array[] = [];
-      for (const serial of [false, true]) {
-        b.serialMatmul = serial;
-        b.matmul(out, x, w, rows, inDim, outDim, bias);
-        res.push(await b.read(out, 0, rows * outDim));
-      }
-      b.serialMatmul = false;
-      assert.deepEqual(res[1], res[0], `${rows}×${inDim}→${outDim}`);
+      await assertSerialBits(b, rows, inDim, outDim, 'f16', r);
     }
     for (const [table, why] of [
       ['8:8,2,2', /"8:8,2,2" is not maxRows:R,OT,U,G\[,x\]/],

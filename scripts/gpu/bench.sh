@@ -30,6 +30,8 @@ case $PHASE in
     # at every row count the dispatch tells apart, beside a streaming read; then alternative GEMV tables
     # (KIVI_WEBGPU_GEMV) on the down projection: blocks of 8 rows past 8 and GEMV instead of GEMM up to
     # 512 rows; x staged in workgroup memory from 5 rows.
+    echo "\$ node scripts/gpu/matmul-check.mjs"
+    timeout 120 node scripts/gpu/matmul-check.mjs 2>&1 | tee "$OUT/matmul-check.txt"
     M="bench gemv --backend webgpu --weights f16 --rows 1,2,4,8,9,16,33,64,65,160,512"
     run 120 gemv-down $M --in 11008 --out 4096
     run 120 gemv-gu $M --in 4096 --out 22016

@@ -2,8 +2,9 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { TsBackend } from '../src/kernels/ts/backend.js';
 import { measureReadBandwidth } from '../src/studies/bench/bandwidth.js';
-import { runGemvBench } from '../src/studies/bench/gemv.js';
+import { gemvMarkdown, runGemvBench } from '../src/studies/bench/gemv.js';
 import { runCli } from './bench-helpers.js';
+import { needWebgpu, swiftshaderBackend } from './webgpu-helpers.js';
 
 test('read bandwidth: whole pages split over threads; the workers exit', async () => {
   const b = await measureReadBandwidth(8 * 2 ** 20 + 123, 2, 3);
@@ -52,4 +53,36 @@ test('bench gemv CLI: --json has the bound and the results', async () => {
   const bad = await runCli(['bench', 'gemv', '--weights', 'f32,int8']);
   assert.equal(bad.code, 1);
   assert.match(bad.stderr, /"int8" is not one of f32, bf16, f16/);
+});
+
+test('bench gemv on webgpu: the bound is a streaming read of the GPU; a sample is several calls in one submission', async (t) => {
+  if (!needWebgpu(t)) return;
+  const backend = await swiftshaderBackend({ serialMatmul: false });
+  try {
+    const r = await runGemvBench({
+      backend,
+      inDim: 64,
+      outDim: 40,
+      rows: [1, 9],
+      weights: ['f16'],
+      threads: 0,
+      bandwidthBytes: 2 ** 20,
+      repeats: { warmup: 1, minRepeats: 2, minSeconds: 0, maxRepeats: 2 },
+    });
+    assert.equal(r.backend, 'webgpu');
+    assert.equal(r.bound.threads, 0);
+    assert.equal(r.bound.bytes, 2 ** 20);
+    assert.ok(r.bound.gbps > 0);
+    assert.match(gemvMarkdown(r), /reading 1\.00 MiB on the GPU \(a streaming read\)/);
+    assert.deepEqual(
+      r.results.map((x) => x.rows),
+      [1, 9],
+    );
+    for (const x of r.results) {
+      assert.ok(x.seconds > 0);
+      assert.ok(Math.abs(x.gflops - (2 * x.rows * 64 * 40) / x.seconds / 1e9) <= 1e-9 * x.gflops);
+    }
+  } finally {
+    backend.dispose();
+  }
 });

@@ -46,31 +46,116 @@ function upload(b: { tensor: WebGpuBackend['tensor']; write: WebGpuBackend['writ
   return t;
 }
 
+/** A 16-bit tensor from its bits. */
+function upload16(b: { tensor: WebGpuBackend['tensor']; write: WebGpuBackend['write'] }, bits: Uint16Array) {
+  const t = b.tensor('f16', bits.length);
+  b.write(t, bits);
+  return t;
+}
+
+/** A random matmul with bias gives the same bits through the GPU kernels (GEMV/GEMM) as through the serial one. */
+async function assertSerialBits(b: WebGpuBackend, rows: number, inDim: number, outDim: number, wt: 'f32' | 'f16' | 'bf16', r: () => number) {
+  const x = upload(b, randArray(rows * inDim, r)),
+    w = upload(b, randArray(outDim * inDim, r), wt),
+    bias = upload(b, randArray(outDim, r));
+  const out = b.tensor('f32', rows * outDim);
+  const res: Float32Array[] = [];
+  for (const serial of [false, true]) {
+    b.serialMatmul = serial;
+    b.matmul(out, x, w, rows, inDim, outDim, bias);
+    res.push(await b.read(out, 0, rows * outDim));
+  }
+  b.serialMatmul = false;
+  assert.deepEqual(res[1], res[0], `${wt} ${rows}×${inDim}→${outDim}`);
+  for (const t of [x, w, bias, out]) b.release(t);
+}
+
 if (!reportMissing('kernels-webgpu: own')) {
-  test('webgpu: the one-thread-per-output matmul gives the bits of GEMV and GEMM', async () => {
+  test('webgpu: the one-thread-per-output matmul gives the bits of GEMV and GEMM (1 to 100 rows, odd widths)', async () => {
     const b = await gpu({ serialMatmul: false });
     const r = rng(11);
     for (const wt of ['f32', 'bf16', 'f16'] as const) {
+      // Every GEMV shape (1, 2, 4, 8, 16 rows; blocks of 16 past that), rows past a block's end, GEMM past 64.
       for (const [rows, inDim, outDim] of [
         [1, 301, 67],
+        [2, 264, 33],
         [5, 256, 130],
-        [20, 256, 70],
+        [8, 264, 67],
         [9, 37, 5],
+        [16, 256, 70],
+        [20, 256, 70],
+        [33, 301, 19],
+        [64, 264, 17],
+        [65, 256, 70],
+        [100, 37, 67],
       ] as const) {
-        const x = upload(b, randArray(rows * inDim, r)),
-          w = upload(b, randArray(outDim * inDim, r), wt),
-          bias = upload(b, randArray(outDim, r));
-        const out = b.tensor('f32', rows * outDim);
-        const res: Float32Array[] = [];
-        for (const serial of [false, true]) {
-          b.serialMatmul = serial;
-          b.matmul(out, x, w, rows, inDim, outDim, bias);
-          res.push(await b.read(out, 0, rows * outDim));
-        }
-        b.serialMatmul = false;
-        assert.deepEqual(res[1], res[0], `${wt} ${rows}×${inDim}→${outDim}`);
-        for (const t of [x, w, bias, out]) b.release(t);
+        await assertSerialBits(b, rows, inDim, outDim, wt, r);
       }
+    }
+  });
+
+  test('webgpu: any GEMV table (KIVI_WEBGPU_GEMV) gives the same bits; a bad one is refused in one line', async () => {
+    // Odd shapes: 3 outputs a thread, 3 chunks in flight, blocks of 2 and of 16 rows, 2 warps, x staged in
+    // workgroup memory (to 20 rows) or not; GEMM past 40.
+    const b = await gpu({ serialMatmul: false, gemvTable: '3:2,3,3,2,x;20:16,2,1,2,x;40:16,2,1,2' });
+    const r = rng(17);
+    for (const [rows, inDim, outDim] of [
+      [3, 301, 37],
+      [17, 264, 20],
+      [33, 264, 20],
+      [41, 256, 9],
+    ] as const) {
+      await assertSerialBits(b, rows, inDim, outDim, 'f16', r);
+    }
+    for (const [table, why] of [
+      ['8:8,2,2', /"8:8,2,2" is not maxRows:R,OT,U,G\[,x\]/],
+      ['8:8,2,2,4;4:4,1,1,1', /maxRows must rise from 1/],
+      ['8:8,9,1,4', /8,9,1,4 is out of range/],
+      ['8:32,2,1,2,x', /32,2,1,2 is out of range/],
+    ] as const) {
+      await assert.rejects(gpu({ gemvTable: table }), (e: Error) => e instanceof KiviError && !e.message.includes('\n') && why.test(e.message));
+    }
+  });
+
+  test('webgpu: GEMV and GEMM with float16 weights match the reference at every row count the dispatch tells apart', async () => {
+    const b = await gpu({ serialMatmul: false });
+    const ref = new TsBackend();
+    const r = rng(16);
+    // 1–16 rows: one block (a partial one at 9); 17–64: blocks of 16 (a partial last one at 33); 100: the tiled GEMM.
+    for (const [rows, inDim, outDim] of [
+      [1, 264, 67],
+      [8, 301, 33],
+      [9, 264, 70],
+      [16, 256, 17],
+      [33, 301, 67],
+      [64, 264, 33],
+      [100, 256, 67],
+    ] as const) {
+      const xd = randArray(rows * inDim, r),
+        wd = to16(randArray(outDim * inDim, r), 'f16'),
+        bd = randArray(outDim, r);
+      const o = b.tensor('f32', rows * outDim),
+        oRef = ref.tensor('f32', rows * outDim);
+      b.matmul(o, upload(b, xd), upload16(b, wd), rows, inDim, outDim, upload(b, bd));
+      const wRef = upload16(ref, wd);
+      ref.matmul(oRef, upload(ref, xd), wRef, rows, inDim, outDim, upload(ref, bd));
+      // Widened weights, read back through an embedding of the whole matrix as one row.
+      const wide = ref.tensor('f32', outDim * inDim);
+      ref.embed(wide, wRef, Int32Array.of(0), outDim * inDim);
+      const wv = await ref.read(wide, 0, outDim * inDim);
+      const exp = await ref.read(oRef, 0, rows * outDim);
+      assertClose(
+        await b.read(o, 0, rows * outDim),
+        exp,
+        (i) => {
+          const row = Math.floor(i / outDim),
+            oo = i % outDim;
+          let s = Math.abs(bd[oo]!);
+          for (let j = 0; j < inDim; j++) s += Math.abs(xd[row * inDim + j]! * wv[oo * inDim + j]!);
+          return (inDim + 2) * 2 ** -24 * s;
+        },
+        `f16 matmul ${rows}×${inDim}→${outDim}`,
+      );
     }
   });
 }
@@ -80,9 +165,9 @@ if (!reportMissing('kernels-webgpu: bindings, pages, batches')) {
     const b = await gpu({ maxBindingBytes: 64 * 1024, serialMatmul: false });
     const ref = new TsBackend();
     const r = rng(12);
-    // Matmul weights of 150 KiB (bf16) and 300 KiB (f32): three and five windows.
+    // Matmul weights of 150 KiB (bf16) and 300 KiB (f32): three and five windows; GEMV and GEMM.
     for (const wt of ['bf16', 'f32'] as const) {
-      for (const rows of [1, 12]) {
+      for (const rows of [1, 12, 70]) {
         const inDim = 256,
           outDim = 300;
         const xd = randArray(rows * inDim, r),

@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: kernels, e2e, paper, long}
+PHASE=${1:?phase: kernels, matmul, e2e, paper, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -24,6 +24,22 @@ case $PHASE in
     run 120 attention-small $A --context 4096,65536,262144
     run 100 attention-1m $A --context 1048576
     run 150 attention-4m $A --context 4194304
+    ;;
+  matmul)
+    # The linear layers alone at Llama-2-7B shapes (down 11008→4096, gate/up 4096→22016), float16 weights,
+    # at every row count the dispatch tells apart, beside a streaming read; then alternative GEMV tables
+    # (KIVI_WEBGPU_GEMV) on the down projection: blocks of 8 rows past 8 and GEMV instead of GEMM up to
+    # 512 rows; x staged in workgroup memory from 5 rows.
+    echo "\$ node scripts/gpu/matmul-check.mjs"
+    timeout 120 node scripts/gpu/matmul-check.mjs 2>&1 | tee "$OUT/matmul-check.txt"
+    M="bench gemv --backend webgpu --weights f16 --rows 1,2,4,8,9,16,33,64,65,160,512"
+    run 120 gemv-down $M --in 11008 --out 4096
+    run 120 gemv-gu $M --in 4096 --out 22016
+    export KIVI_WEBGPU_GEMV=${GEMV_ALT:-1:1,1,4,8;2:2,1,4,8;4:4,2,2,4;8:8,2,2,4;64:8,4,1,4;512:16,4,1,4}
+    run 120 gemv-down-alt $M --in 11008 --out 4096
+    export KIVI_WEBGPU_GEMV=${GEMV_ALT2:-1:1,1,4,8;2:2,1,4,8;4:4,2,2,4;8:8,4,1,4,x;64:16,4,1,4,x;512:16,4,1,4,x}
+    run 120 gemv-down-staged $M --in 11008 --out 4096
+    unset KIVI_WEBGPU_GEMV
     ;;
   e2e)
     # The bundled model's shapes, one sequence: webgpu beside wasm (the machine's CPU cores).

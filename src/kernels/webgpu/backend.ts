@@ -22,10 +22,13 @@ import {
   fillRandomWgsl,
   GATHER,
   GEMM_TILE,
-  GEMV_ROWS,
+  GEMV_TABLE,
+  type GemvTable,
   gemmWgsl,
+  gemvShape,
   gemvWgsl,
   matmulSerialWgsl,
+  parseGemvTable,
   ROPE,
   rmsnormWgsl,
   SCATTER16,
@@ -60,6 +63,9 @@ function f32(t: Tensor): GpuTensor {
   return T(t);
 }
 
+/** Storage bindings of every matmul kernel: x, weights, bias, out. */
+const MATMUL_BINDINGS: ('read' | 'rw')[] = ['read', 'read', 'read', 'rw'];
+
 /** A window of rows of a buffer larger than one binding. */
 interface Window {
   row0: number;
@@ -81,6 +87,8 @@ export class WebGpuBackend implements Backend {
   readonly fallback: boolean;
   /** Matmul one thread per output (software adapters; the same bits as GEMV/GEMM; tests switch it). */
   serialMatmul: boolean;
+  /** GEMV shapes by number of rows; more rows than its last entry take the tiled GEMM. */
+  readonly gemvTable: GemvTable;
   private readonly kernels = new Map<string, Kernel>();
   private readonly geometries = new Map<string, AttnGeometry>();
   private readonly dummies: GBuf[];
@@ -97,6 +105,7 @@ export class WebGpuBackend implements Backend {
   private constructor(
     private readonly dev: GpuDevice,
     o: WebGpuOptions,
+    gemvTable: GemvTable,
   ) {
     this.core = new GpuCore(dev.device);
     const L = dev.device.limits;
@@ -104,6 +113,7 @@ export class WebGpuBackend implements Backend {
     this.maxBinding = Math.floor(most / 256) * 256;
     this.fallback = dev.fallback;
     this.serialMatmul = o.serialMatmul ?? dev.fallback;
+    this.gemvTable = gemvTable;
     this.description = `webgpu: ${dev.name}${dev.fallback ? ' (software adapter: for tests, not for speed)' : ''}`;
     const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
     this.dummies = Array.from({ length: ARENAS }, () => this.core.buffer(16, usage, 'unused arena'));
@@ -112,9 +122,11 @@ export class WebGpuBackend implements Backend {
 
   /** Open the WebGPU device (any adapter, software ones included: `auto` decides elsewhere). */
   static async create(o: WebGpuOptions = {}): Promise<WebGpuBackend> {
+    const env = typeof process !== 'undefined' ? process.env?.KIVI_WEBGPU_GEMV : undefined;
+    const table = parseGemvTable(o.gemvTable ?? env ?? GEMV_TABLE);
     const adapter = await findAdapter(o, false);
     if (!adapter) throw new KiviError('--backend webgpu: no WebGPU adapter here (no GPU driver found by WebGPU)');
-    return new WebGpuBackend(await openDevice(adapter), o);
+    return new WebGpuBackend(await openDevice(adapter), o, table);
   }
 
   private kernel(key: string, make: () => [string, ('read' | 'rw')[], boolean?]): Kernel {
@@ -260,26 +272,33 @@ export class WebGpuBackend implements Backend {
   matmul(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number, bias?: Tensor): void {
     const wt = wtype(w);
     if (out === x) throw new Error('webgpu matmul: out must differ from x');
+    if (rows === 0) return;
     const vec = inDim % 8 === 0;
-    const kind = this.serialMatmul ? 'serial' : rows <= GEMV_ROWS ? 'gemv' : 'gemm';
-    const code = { serial: matmulSerialWgsl, gemv: gemvWgsl, gemm: gemmWgsl }[kind];
-    const k = this.kernel(`${kind}:${wt}:${vec}`, () => [code(wt, vec), ['read', 'read', 'read', 'rw']]);
     const wg = T(w).g;
     const chunks = Math.ceil(inDim / 8);
+    // The kernel and, per window of n outputs, its grid of workgroups and its number of row blocks.
+    let k: Kernel;
+    const sh = this.serialMatmul ? null : gemvShape(this.gemvTable, rows);
+    let grid: (n: number) => { count: number; blocks: number };
+    if (this.serialMatmul) {
+      k = this.kernel(`serial:${wt}:${vec}`, () => [matmulSerialWgsl(wt, vec), MATMUL_BINDINGS]);
+      grid = (n) => ({ count: Math.ceil((rows * n) / 64), blocks: 1 });
+    } else if (sh) {
+      k = this.kernel(`gemv:${wt}:${vec}:${sh.R}:${sh.OT}:${sh.U}:${sh.G}:${sh.X}`, () => [gemvWgsl(wt, vec, sh), MATMUL_BINDINGS]);
+      const { R, G, OT } = sh;
+      const blocks = Math.ceil(rows / R);
+      grid = (n) => ({ count: Math.ceil(n / (G * OT)) * blocks, blocks });
+    } else {
+      k = this.kernel(`gemm:${wt}:${vec}`, () => [gemmWgsl(wt, vec), MATMUL_BINDINGS]);
+      const blocks = Math.ceil(rows / GEMM_TILE);
+      grid = (n) => ({ count: Math.ceil(n / GEMM_TILE) * blocks, blocks });
+    }
     for (const win of this.windows(wg, outDim, inDim, wt)) {
-      const n = win.row1 - win.row0;
       const b: Binding[] = [{ b: f32(x).g }, { b: wg, offset: win.offset, size: win.size }, { b: bias ? f32(bias).g : this.dummy }, { b: f32(out).g }];
-      const params = (u: Uint32Array, _f: Float32Array, at: number) => {
-        u.set([rows, inDim, outDim, win.row0, win.row1, win.base, chunks, bias ? 1 : 0], at);
-      };
-      if (kind === 'serial') this.core.dispatch(k, b, Math.ceil((rows * n) / 64), params);
-      else if (kind === 'gemv') this.core.dispatch(k, b, Math.ceil(n / 8), params);
-      else {
-        const gx = Math.ceil(n / GEMM_TILE),
-          gy = Math.ceil(rows / GEMM_TILE);
-        if (gx > 65535 || gy > 65535) throw new KiviError(`webgpu matmul: ${rows} × ${outDim} is too large for one dispatch`);
-        this.core.dispatch(k, b, gx * gy, params, [], [gx, gy]);
-      }
+      const { count, blocks } = grid(win.row1 - win.row0);
+      this.core.dispatch(k, b, count, (u, _f, at) => {
+        u.set([rows, inDim, outDim, win.row0, win.row1, win.base, chunks, bias ? 1 : 0, blocks], at);
+      });
     }
   }
 

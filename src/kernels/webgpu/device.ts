@@ -18,6 +18,8 @@ export interface WebGpuOptions {
    * implementations such as SwiftShader. Default: on software adapters only.
    */
   serialMatmul?: boolean;
+  /** GEMV shapes by rows (dense.ts parseGemvTable; default GEMV_TABLE); also `KIVI_WEBGPU_GEMV`. */
+  gemvTable?: string;
 }
 
 export interface GpuDevice {

@@ -4,7 +4,9 @@
  * kernel must stream every weight once per call, so GB/s (weight bytes / time) is the figure of merit;
  * more rows reuse each weight and move the kernel toward compute-bound (GFLOP/s). Weights are float32,
  * bf16 or f16 (the same values, rounded), side by side: 16-bit weights halve the bytes a GEMV must move.
- * The bound and the kernels are timed in turns (medians).
+ * The bound and the kernels are timed in turns (medians). On a GPU (webgpu) the bound is a streaming read
+ * of the same GPU, and each sample is CALLS_PER_GPU_SAMPLE calls in one submission (a single call of a
+ * few microseconds would time the host's round trip, not the kernel).
  */
 
 import { Rng } from '../../engine/sampling.js';
@@ -27,6 +29,9 @@ export interface GemvOptions {
   bandwidthBytes?: number;
   repeats?: RepeatOptions;
 }
+
+/** Matmul calls per timed sample on a GPU (their time divided by this). */
+export const CALLS_PER_GPU_SAMPLE = 20;
 
 export type GemvWeightType = 'f32' | 'bf16' | 'f16';
 export const GEMV_WEIGHT_TYPES: readonly GemvWeightType[] = ['f32', 'bf16', 'f16'];
@@ -75,6 +80,7 @@ export async function runGemvBench(o: GemvOptions): Promise<GemvReport> {
   const probes: ReadBandwidthProbe[] = [];
   try {
     const bwBytes = o.bandwidthBytes ?? 512 * 2 ** 20;
+    if (K.name === 'webgpu') return await gpuRuns(o, K, ws, xs, ys, bwBytes);
     probes.push(await ReadBandwidthProbe.start(bwBytes, o.threads));
     if (o.threads > 1) probes.push(await ReadBandwidthProbe.start(bwBytes, 1));
     // The bound and the kernel in turns, so that load from other processes falls on both alike.
@@ -98,26 +104,41 @@ export async function runGemvBench(o: GemvOptions): Promise<GemvReport> {
       }),
     );
     const bound = bw[0]!;
-    const results = runs.map(({ d, rows }, j): GemvResult => {
-      const { seconds } = times[probes.length + j]!;
-      const bytes = DTYPE_BYTES[dtypes[d]!] * inDim * outDim + 4 * rows * (inDim + outDim);
-      const gbps = bytes / seconds / 1e9;
-      return {
-        weights: dtypes[d]!,
-        rows,
-        in: inDim,
-        out: outDim,
-        seconds,
-        gflops: (2 * rows * inDim * outDim) / seconds / 1e9,
-        gbps,
-        of_bound: gbps / bound.gbps,
-      };
-    });
+    const results = runs.map(({ d, rows }, j) => result(o, dtypes[d]!, rows, times[probes.length + j]!.seconds, bound));
     return { backend: K.name, bound, bound_1_thread: bw[1] ?? null, results };
   } finally {
     for (const p of probes) await p.close();
     for (const a of [...ws, ...xs, ...ys]) K.release(a);
   }
+}
+
+/** The GPU's runs: its streaming-read probe, then each shape's calls in one submission a sample. */
+async function gpuRuns(o: GemvOptions, K: Backend, ws: Tensor[], xs: Tensor[], ys: Tensor[], bwBytes: number): Promise<GemvReport> {
+  const { streamingRead } = await import('../../kernels/webgpu/probe.js');
+  const gpu = K as import('../../kernels/webgpu/backend.js').WebGpuBackend;
+  const probe = await streamingRead(gpu, Math.min(bwBytes, gpu.maxBinding));
+  const bound: BandwidthResult = { bytes: probe.bytes, threads: 0, repeats: 7, gbps: probe.gbps };
+  const dtypes = o.weights ?? GEMV_WEIGHT_TYPES;
+  const runs = dtypes.flatMap((_, d) => o.rows.map((rows, i) => ({ d, rows, i })));
+  const times = await timeInterleavedAsync(
+    runs.map(({ d, rows, i }) => async () => {
+      for (let c = 0; c < CALLS_PER_GPU_SAMPLE; c++) K.matmul(ys[i]!, xs[i]!, ws[d]!, rows, o.inDim, o.outDim);
+      await K.sync();
+    }),
+    o.repeats ?? DEFAULT_REPEATS,
+  );
+  return {
+    backend: K.name,
+    bound,
+    bound_1_thread: null,
+    results: runs.map(({ d, rows }, j) => result(o, dtypes[d]!, rows, times[j]!.seconds / CALLS_PER_GPU_SAMPLE, bound)),
+  };
+}
+
+function result(o: GemvOptions, weights: GemvWeightType, rows: number, seconds: number, bound: BandwidthResult): GemvResult {
+  const bytes = DTYPE_BYTES[weights] * o.inDim * o.outDim + 4 * rows * (o.inDim + o.outDim);
+  const gbps = bytes / seconds / 1e9;
+  return { weights, rows, in: o.inDim, out: o.outDim, seconds, gflops: (2 * rows * o.inDim * o.outDim) / seconds / 1e9, gbps, of_bound: gbps / bound.gbps };
 }
 
 /** The float32 weights stored as `t` (16-bit: rounded to nearest, ties to even). */
@@ -136,8 +157,9 @@ function weightsAs(K: Backend, w: Float32Array, t: GemvWeightType): Tensor {
 
 export function gemvMarkdown(r: GemvReport): string {
   const b = r.bound;
+  const on = b.threads === 0 ? 'on the GPU (a streaming read)' : `on ${b.threads} thread${b.threads > 1 ? 's' : ''}`;
   const head =
-    `Memory-bandwidth bound: ${b.gbps.toFixed(1)} GB/s reading ${formatBytes(b.bytes)} on ${b.threads} thread${b.threads > 1 ? 's' : ''}` +
+    `Memory-bandwidth bound: ${b.gbps.toFixed(1)} GB/s reading ${formatBytes(b.bytes)} ${on}` +
     (r.bound_1_thread ? ` (${r.bound_1_thread.gbps.toFixed(1)} GB/s on 1 thread)` : '') +
     `; backend ${r.backend}.\n\n`;
   const rows = r.results.map((x) => [

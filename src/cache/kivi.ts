@@ -166,7 +166,8 @@ export class KiviCache implements KvCache {
       plan.job('pre', JOB_ROTATE, JOB_KEYS);
       plan.dst(SEG_ROWS, row, 0, n, 0, 0);
     }
-    for (let i = 0; i < n; i++) {
+    // A plan without tasks (filling) skips the per-token page lists: O(n × pages) otherwise.
+    for (let i = 0; plan.takesTasks && i < n; i++) {
       plan.task(row + i, T0 + i + 1);
       for (const b of this.keyBlocks) plan.key(SEG_KIVI_K, b, 0, R, R, this.keySection, kBits, Gk);
       this.keyResidual.segments(plan, false);

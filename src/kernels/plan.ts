@@ -77,6 +77,11 @@ export class StepPlan {
   private readonly dry: boolean;
   private readonly noTasks: boolean;
 
+  /** False where task() and its segments are ignored ('jobs', 'dry'): caches skip listing their pages then. */
+  get takesTasks(): boolean {
+    return !this.noTasks;
+  }
+
   /**
    * @param mode 'full': every record; 'jobs': the cache jobs only (filling caches without attending);
    *   'dry': nothing but the freed pages (page bookkeeping for budgets).

@@ -77,7 +77,7 @@ if (!reportMissing('kernels-webgpu: own')) {
 
 if (!reportMissing('kernels-webgpu: bindings, pages, batches')) {
   test("webgpu: weights and cache arenas larger than one binding are split over several, with the reference's results", async () => {
-    const b = await gpu({ maxBindingBytes: 64 * 1024, serialMatmul: false });
+    const b = await gpu({ maxBindingBytes: 64 * 1024, maxArenas: 4, serialMatmul: false });
     const ref = new TsBackend();
     const r = rng(12);
     // Matmul weights of 150 KiB (bf16) and 300 KiB (f32): three and five windows.

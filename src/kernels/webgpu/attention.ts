@@ -23,15 +23,26 @@
  *    block per channel, quantize value tokens per token (bit-exact with quant/quantizer.ts: exact float16
  *    rounding and a correctly rounded division; see wgsl.ts).
  *
- * Records come from one storage buffer per plan (planbuf.ts); pages live in up to ARENAS buffers per
+ * Records come from one storage buffer per plan (planbuf.ts); pages live in up to arenaCount() buffers per
  * layer (pool.ts), selected by the slot in each segment record.
  */
 import { JOB_QKEY, JOB_QVAL, JOB_STORE, JOB_VALUES, SEG_F16, SEG_F32, SEG_KIVI_V, SEG_ROWS } from '../layout.js';
 import type { AttnShape } from '../types.js';
 import { CONVERT, DIVIDE, f32lit, GRID } from './wgsl.js';
 
-/** Arena buffers (bindings) per layer. */
-export const ARENAS = 4;
+/** Most arena buffers (bindings) per layer: a slot is 4 bits of a page handle (pool.ts). */
+export const MAX_ARENAS = 16;
+/** Storage bindings of the attention kernel besides its arenas (plan, qkv, att, partials). */
+const FIXED_STORAGE = 4;
+
+/**
+ * Arena bindings per layer on a device allowing `maxStorageBuffers` storage buffers per shader stage:
+ * as many as the attention kernel can bind (4 × 2 GiB on the WebGPU minimum of 8; 16 × 2 GiB where the
+ * device allows 20, so one layer of a 4M-token float16 cache fits), at most `cap`.
+ */
+export function arenaCount(maxStorageBuffers: number, cap = MAX_ARENAS): number {
+  return Math.max(1, Math.min(cap, MAX_ARENAS, maxStorageBuffers - FIXED_STORAGE));
+}
 /** Threads per attention workgroup = tokens per tile. */
 export const TILE = 128;
 /** Words per GPU segment record: kind | bits << 8 | slot << 16, n, base word (or first row), t0, cap, G, section words, start. */
@@ -86,7 +97,7 @@ export function attnGeometry(shape: AttnShape, workgroupBytes: number): AttnGeom
   return { nq, ch, slots };
 }
 
-/** Declarations of the first `na` arena bindings (the layout always has ARENAS; unused ones stay unbound in the shader). */
+/** Declarations of the first `na` arena bindings (the layout always has all the device's; unused ones stay unbound in the shader). */
 function arenaDecls(ty: string, access: 'read' | 'read_write', first: number, na: number): string {
   let s = '';
   for (let i = 0; i < na; i++) s += `@group(0) @binding(${first + i}) var<storage, ${access}> a${i}: array<${ty}>;\n`;

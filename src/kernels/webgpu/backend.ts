@@ -13,7 +13,7 @@ import type { StepPlan } from '../plan.js';
 import { randomScale } from '../ts/ops.js';
 import type { AttnShape, Backend, DType, HostArray, PagePool, Tensor } from '../types.js';
 import { DTYPE_BYTES } from '../types.js';
-import { ARENAS, type AttnGeometry, attendWgsl, attnGeometry, ITEM_WORDS, jobsWgsl, MERGE_WORDS, mergeWgsl, partialFloats } from './attention.js';
+import { type AttnGeometry, arenaCount, attendWgsl, attnGeometry, ITEM_WORDS, jobsWgsl, MERGE_WORDS, mergeWgsl, partialFloats } from './attention.js';
 import { type Binding, type GBuf, GpuCore, type Kernel } from './core.js';
 import {
   ARGMAX,
@@ -84,6 +84,8 @@ export class WebGpuBackend implements Backend {
   private readonly kernels = new Map<string, Kernel>();
   private readonly geometries = new Map<string, AttnGeometry>();
   private readonly dummies: GBuf[];
+  /** Arena bindings per layer (cache pages). */
+  private readonly arenas: number;
   private readonly dummy: GBuf;
   private readonly pools: WebGpuPagePool[] = [];
   private planBuf: GBuf | null = null;
@@ -106,7 +108,8 @@ export class WebGpuBackend implements Backend {
     this.serialMatmul = o.serialMatmul ?? dev.fallback;
     this.description = `webgpu: ${dev.name}${dev.fallback ? ' (software adapter: for tests, not for speed)' : ''}`;
     const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
-    this.dummies = Array.from({ length: ARENAS }, () => this.core.buffer(16, usage, 'unused arena'));
+    this.arenas = arenaCount(L.maxStorageBuffersPerShaderStage, o.maxArenas);
+    this.dummies = Array.from({ length: this.arenas }, () => this.core.buffer(16, usage, 'unused arena'));
     this.dummy = this.core.buffer(16, usage, 'no bias');
   }
 
@@ -376,7 +379,7 @@ export class WebGpuBackend implements Backend {
     const s = gp.subs[sub]!;
     const n = phase === 'pre' ? s.nPre : s.nPost;
     const na = p.slotsInUse;
-    const k = this.shapeKernel(`jobs${na}`, pool.shape, () => jobsWgsl(pool.shape, na), ['read', 'read', ...Array<'rw'>(ARENAS).fill('rw')]);
+    const k = this.shapeKernel(`jobs${na}`, pool.shape, () => jobsWgsl(pool.shape, na), ['read', 'read', ...Array<'rw'>(this.arenas).fill('rw')]);
     const items = phase === 'pre' ? s.pre : s.post;
     const jobs = phase === 'pre' ? gp.preJobs : gp.postJobs;
     this.core.dispatch(k, [{ b: this.planBuf! }, { b: f32(qkv).g }, ...p.bindings(layer)], n, (u, _f, at) => u.set([items, n, jobs], at));
@@ -415,7 +418,7 @@ export class WebGpuBackend implements Backend {
     }
     const g = this.geometry(shape);
     const na = p.slotsInUse;
-    const k = this.shapeKernel(`attend${na}`, shape, () => attendWgsl(shape, g, na), ['read', 'read', 'rw', 'rw', ...Array<'read'>(ARENAS).fill('read')]);
+    const k = this.shapeKernel(`attend${na}`, shape, () => attendWgsl(shape, g, na), ['read', 'read', 'rw', 'rw', ...Array<'read'>(this.arenas).fill('read')]);
     this.core.dispatch(k, [{ b: this.planBuf! }, { b: f32(qkv).g }, { b: f32(att).g }, { b: this.partials }, ...p.bindings(layer)], nAttn, (u, _f, at) =>
       u.set([first.attn, nAttn, gp.tasks], at),
     );

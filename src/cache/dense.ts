@@ -22,8 +22,8 @@ export class DenseCache implements KvCache {
   ) {
     const { headDim: d, numLayers: L, numKvHeads: KV } = pool.shape;
     const kind = spec.kind === 'fp16' ? SEG_F16 : SEG_F32;
-    this.k = new PagedRows(pool, kind, DENSE_PAGE, d);
-    this.v = new PagedRows(pool, kind, DENSE_PAGE, d);
+    this.k = new PagedRows(pool, kind, DENSE_PAGE, d, true);
+    this.v = new PagedRows(pool, kind, DENSE_PAGE, d, true);
     this.bytesPerToken = 2 * L * KV * d * (spec.kind === 'fp16' ? 2 : 4);
   }
 

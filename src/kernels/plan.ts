@@ -92,6 +92,7 @@ export class StepPlan {
   pageRuns = false;
   /** The page lists that run segments name (SEG_PAGE indexes this). */
   readonly lists: PageList[] = [];
+  private readonly listAt = new Map<PageList, number>();
   /** Pages to return to their pool once the plan has run. */
   readonly freed: number[] = [];
   /** Largest number of tokens any task attends (sizes back ends' scratch). */
@@ -125,6 +126,7 @@ export class StepPlan {
     this.nSegs = this.nTasks = this.nPre = this.nPost = this.nSubs = 0;
     this.freed.length = 0;
     this.lists.length = 0;
+    this.listAt.clear();
     this.maxTokens = 0;
     this.openTask = -1;
     this.openJob = null;
@@ -203,10 +205,12 @@ export class StepPlan {
   }
 
   private listIndex(list: PageList): number {
-    // Few lists per plan (two per sequence): the newest first.
-    for (let i = this.lists.length - 1; i >= 0; i--) if (this.lists[i] === list) return i;
-    this.lists.push(list);
-    return this.lists.length - 1;
+    let i = this.listAt.get(list);
+    if (i === undefined) {
+      i = this.lists.push(list) - 1;
+      this.listAt.set(list, i);
+    }
+    return i;
   }
 
   /** Rows [row, row + n) of the step's activations as a key or value segment. */

@@ -162,7 +162,7 @@ if (!reportMissing('kernels-webgpu: own')) {
 
 if (!reportMissing('kernels-webgpu: bindings, pages, batches')) {
   test("webgpu: weights and cache arenas larger than one binding are split over several, with the reference's results", async () => {
-    const b = await gpu({ maxBindingBytes: 64 * 1024, serialMatmul: false });
+    const b = await gpu({ maxBindingBytes: 64 * 1024, maxArenas: 4, serialMatmul: false });
     const ref = new TsBackend();
     const r = rng(12);
     // Matmul weights of 150 KiB (bf16) and 300 KiB (f32): three and five windows; GEMV and GEMM.
@@ -361,6 +361,36 @@ if (!reportMissing('kernels-webgpu: long attention')) {
         assertClose(got, exp, () => tol, `${spec}, decode step ${k} at ${T + k} tokens`);
       }
       for (const c of caches) c.free();
+    }
+  });
+
+  test("webgpu: page lists kept on the GPU grow past their table's region while decoding and match the reference; a freed cache's region is reused", async () => {
+    const b = await gpu();
+    const ref = new TsBackend();
+    const shape = { numLayers: 1, numHeads: 4, numKvHeads: 2, headDim: 64 };
+    const qkvDim = 8 * 64;
+    const r = rng(16);
+    // A region first holds 64 pages (pagetables.ts): fp16 pages of 64 tokens reach a 65th at token 4096,
+    // KIVI value pages (64 quantized tokens, R = 128 kept) at token 4097 + 128; decoding crosses both.
+    for (const [spec, T] of [
+      ['fp16', 4094],
+      ['kivi2', 4222],
+      ['fp16', 100],
+    ] as const) {
+      const rows = randArray((T + 4) * qkvDim, r);
+      const pools = [ref.createPagePool(shape), b.createPagePool(shape)] as const;
+      const st = [new CacheStepper(ref, pools[0]), new CacheStepper(b, pools[1])];
+      const caches = pools.map((p) => createCache(parseKvSpec(spec), p));
+      for (const i of [0, 1]) await st[i]!.fill(caches[i]!, rows, T, 2048);
+      for (let k = 0; k < 4; k++) {
+        const item = (i: number) => [{ cache: caches[i]!, rows: rows.subarray((T + k) * qkvDim, (T + k + 1) * qkvDim), n: 1, mode: 'decode' as const }];
+        const exp = (await st[0]!.step(item(0)))!;
+        const got = (await st[1]!.step(item(1)))!;
+        const tol = (spec === 'fp16' ? 1e-5 : 1e-4) * Math.max(...exp.map(Math.abs));
+        assertClose(got, exp, () => tol, `${spec}, decode step ${k} at ${T + k} tokens`);
+      }
+      for (const c of caches) c.free();
+      assert.equal((b as unknown as { tables: { lists: number } }).tables.lists, 0, `${spec}: freed caches hold no page table`);
     }
   });
 }

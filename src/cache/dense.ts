@@ -22,8 +22,8 @@ export class DenseCache implements KvCache {
   ) {
     const { headDim: d, numLayers: L, numKvHeads: KV } = pool.shape;
     const kind = spec.kind === 'fp16' ? SEG_F16 : SEG_F32;
-    this.k = new PagedRows(pool, kind, DENSE_PAGE, d);
-    this.v = new PagedRows(pool, kind, DENSE_PAGE, d);
+    this.k = new PagedRows(pool, kind, DENSE_PAGE, d, true);
+    this.v = new PagedRows(pool, kind, DENSE_PAGE, d, true);
     this.bytesPerToken = 2 * L * KV * d * (spec.kind === 'fp16' ? 2 : 4);
   }
 
@@ -33,7 +33,8 @@ export class DenseCache implements KvCache {
 
   plan(plan: StepPlan, row: number, n: number): void {
     const T0 = this.length;
-    for (let i = 0; i < n; i++) {
+    // A plan without tasks (filling) skips the per-token page lists: O(n × pages) otherwise.
+    for (let i = 0; plan.takesTasks && i < n; i++) {
       plan.task(row + i, T0 + i + 1);
       this.k.segments(plan, false);
       plan.keyRows(row, i + 1);

@@ -67,7 +67,7 @@ export class FakeQuantCache implements KvCache {
       this.kq.segments(plan, false);
       this.vq.segments(plan, true);
     } else {
-      for (let i = 0; i < n; i++) {
+      for (let i = 0; plan.takesTasks && i < n; i++) {
         plan.task(row + i, T0 + i + 1);
         this.kq.segments(plan, false, 0, T0);
         plan.keyRows(row, i + 1);

@@ -25,7 +25,7 @@
 
 import { JOB_KEYS, JOB_QKEY, JOB_QVAL, JOB_ROTATE, JOB_VALUES, SEG_F16, SEG_F32, SEG_KIVI_K, SEG_KIVI_V, SEG_KIVI_V8, SEG_ROWS } from '../kernels/layout.js';
 import { sectionBytes } from '../kernels/pages.js';
-import type { StepPlan } from '../kernels/plan.js';
+import { PageList, type StepPlan } from '../kernels/plan.js';
 import type { PagePool } from '../kernels/types.js';
 import { checkHadamardDim } from '../quant/hadamard.js';
 import { type Bits, packedWords } from '../quant/quantizer.js';
@@ -118,11 +118,13 @@ export class KiviCache implements KvCache {
   private readonly valueSection: number;
   private readonly perToken: { key: number; value: number; residual: number };
 
-  /** Key blocks of R tokens each, oldest first. */
-  private readonly keyBlocks: number[] = [];
+  /** Key blocks of R tokens each, oldest first (appended only, until free()). */
+  private readonly keyList = new PageList();
+  private readonly keyBlocks = this.keyList.pages;
   private readonly keyResidual: PagedRows;
-  /** Value pages of VALUE_PAGE quantized tokens; tokens [0, valueQuantized) are quantized. */
-  private readonly valuePages: number[] = [];
+  /** Value pages of VALUE_PAGE quantized tokens; tokens [0, valueQuantized) are quantized (appended only, until free()). */
+  private readonly valueList = new PageList();
+  private readonly valuePages = this.valueList.pages;
   private valueQuantized = 0;
   private readonly valueResidual: PagedRows;
 
@@ -166,12 +168,15 @@ export class KiviCache implements KvCache {
       plan.job('pre', JOB_ROTATE, JOB_KEYS);
       plan.dst(SEG_ROWS, row, 0, n, 0, 0);
     }
-    for (let i = 0; i < n; i++) {
+    // A plan without tasks (filling) skips the per-token page lists: O(n × pages) otherwise.
+    for (let i = 0; plan.takesTasks && i < n; i++) {
       plan.task(row + i, T0 + i + 1);
-      for (const b of this.keyBlocks) plan.key(SEG_KIVI_K, b, 0, R, R, this.keySection, kBits, Gk);
+      if (plan.pageRuns) plan.keyRun(SEG_KIVI_K, this.keyList, 0, this.keyBlocks.length * R, R, this.keySection, kBits, Gk);
+      else for (const b of this.keyBlocks) plan.key(SEG_KIVI_K, b, 0, R, R, this.keySection, kBits, Gk);
       this.keyResidual.segments(plan, false);
       plan.keyRows(row, i + 1);
-      for (let t = 0; t < this.valueQuantized; t += VALUE_PAGE) {
+      if (plan.pageRuns) plan.valueRun(this.valueKind, this.valueList, 0, this.valueQuantized, VALUE_PAGE, this.valueSection, vBits, Gv);
+      for (let t = 0; !plan.pageRuns && t < this.valueQuantized; t += VALUE_PAGE) {
         plan.value(
           this.valueKind,
           this.valuePages[t / VALUE_PAGE]!,
@@ -254,6 +259,8 @@ export class KiviCache implements KvCache {
     for (const p of this.valuePages) this.pool.free(p);
     this.keyBlocks.length = 0;
     this.valuePages.length = 0;
+    this.keyList.reset();
+    this.valueList.reset();
     this.valueQuantized = 0;
     this.keyResidual.clearAt(null, 0);
     this.valueResidual.clearAt(null, 0);

@@ -7,13 +7,14 @@
 
 import { JOB_STORE, SEG_ROWS } from '../kernels/layout.js';
 import { sectionBytes } from '../kernels/pages.js';
-import type { StepPlan } from '../kernels/plan.js';
+import { PageList, type StepPlan } from '../kernels/plan.js';
 import type { PagePool } from '../kernels/types.js';
 import { KiviError } from '../util/errors.js';
 import type { CacheImage, ImageReader } from './types.js';
 
 export class PagedRows {
-  readonly pages: number[] = [];
+  private readonly list = new PageList();
+  readonly pages = this.list.pages;
   /** Token index of slot 0 of pages[0] (a multiple of cap). */
   base = 0;
   /** First token held (tokens before it were dropped). */
@@ -27,6 +28,11 @@ export class PagedRows {
     readonly kind: number,
     readonly cap: number,
     d: number,
+    /**
+     * Listed as one page run where the back end takes them: only for runs that drop no tokens while a
+     * plan is built (dense caches; a KIVI residual drops tokens as it folds them, after its tasks).
+     */
+    private readonly runs = false,
   ) {
     this.sectionBytes = sectionBytes(kind, cap, d);
   }
@@ -37,6 +43,11 @@ export class PagedRows {
 
   /** Add the held tokens [from, to) as key (or value) segments of the plan's open task. */
   segments(plan: StepPlan, values: boolean, from = this.start, to = this.end): void {
+    if (this.runs && plan.pageRuns) {
+      if (values) plan.valueRun(this.kind, this.list, from - this.base, to - from, this.cap, this.sectionBytes);
+      else plan.keyRun(this.kind, this.list, from - this.base, to - from, this.cap, this.sectionBytes);
+      return;
+    }
     for (let t = from; t < to; ) {
       const i = Math.floor((t - this.base) / this.cap);
       const slot = t - this.base - i * this.cap;
@@ -96,6 +107,7 @@ export class PagedRows {
     while (this.pages.length > 0 && this.base + this.cap <= this.start) {
       this.release(plan, this.pages.shift()!);
       this.base += this.cap;
+      this.list.reset();
     }
     if (this.count === 0) this.clearAt(plan, this.end);
   }
@@ -104,6 +116,7 @@ export class PagedRows {
   clearAt(plan: StepPlan | null, at: number): void {
     for (const p of this.pages) this.release(plan, p);
     this.pages.length = 0;
+    this.list.reset();
     this.base = at - (at % this.cap);
     this.start = this.end = at;
   }

@@ -31,6 +31,7 @@ export class CacheStepper {
   ) {
     const { numHeads: H, numKvHeads: KV, headDim: d } = pool.shape;
     this.qkvDim = (H + 2 * KV) * d;
+    this.plan.pageRuns = backend.pageRuns === true;
   }
 
   /**

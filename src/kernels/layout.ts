@@ -41,6 +41,12 @@ export const SEG_KIVI_V8 = 5;
 
 /** Segment kind. */
 export const SEG_KIND = 0;
+/**
+ * Flag OR'ed into SEG_KIND: a run of a page list (StepPlan.keyRun/valueRun: SEG_PAGE indexes
+ * StepPlan.lists, SEG_T0 is the first token within the list's pages). Only back ends that set
+ * Backend.pageRuns ever see it.
+ */
+export const SEG_RUN = 1 << 16;
 /** Tokens in the segment. */
 export const SEG_N = 1;
 /** The back end's handle of the page (SEG_ROWS: the first activation row). */

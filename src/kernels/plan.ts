@@ -26,6 +26,7 @@ import {
   SEG_N,
   SEG_PAGE,
   SEG_ROWS,
+  SEG_RUN,
   SEG_SECTION,
   SEG_T0,
   SEG_WORDS,
@@ -37,6 +38,24 @@ import {
   TASK_VN,
   TASK_WORDS,
 } from './layout.js';
+
+/**
+ * A cache's pages that only grow at the end until reset(): a back end that takes page runs keeps a
+ * copy on its device and sends only the pages added since, so planning a step costs O(pages added),
+ * not O(pages held).
+ */
+export class PageList {
+  readonly pages: number[] = [];
+  /** Set by a back end holding a copy; called once at the next reset(). */
+  onReset: (() => void) | null = null;
+
+  /** Entries other than at the end changed (cleared, dropped): a device copy is stale. */
+  reset(): void {
+    const f = this.onReset;
+    this.onReset = null;
+    f?.();
+  }
+}
 
 /** A run of tokens for a plan: where it is (a page or activation rows) and in what format. */
 export interface SegmentSpec {
@@ -66,6 +85,14 @@ export class StepPlan {
   nPost = 0;
   subs: Int32Array = new Int32Array(SUB_WORDS * 4);
   nSubs = 0;
+  /**
+   * Caches may add whole page lists as one segment (keyRun, valueRun) instead of a segment per page:
+   * set by the plan's user where its back end takes them (Backend.pageRuns).
+   */
+  pageRuns = false;
+  /** The page lists that run segments name (SEG_PAGE indexes this). */
+  readonly lists: PageList[] = [];
+  private readonly listAt = new Map<PageList, number>();
   /** Pages to return to their pool once the plan has run. */
   readonly freed: number[] = [];
   /** Largest number of tokens any task attends (sizes back ends' scratch). */
@@ -76,6 +103,11 @@ export class StepPlan {
 
   private readonly dry: boolean;
   private readonly noTasks: boolean;
+
+  /** False where task() and its segments are ignored ('jobs', 'dry'): caches skip listing their pages then. */
+  get takesTasks(): boolean {
+    return !this.noTasks;
+  }
 
   /**
    * @param mode 'full': every record; 'jobs': the cache jobs only (filling caches without attending);
@@ -93,6 +125,8 @@ export class StepPlan {
     this.epoch++;
     this.nSegs = this.nTasks = this.nPre = this.nPost = this.nSubs = 0;
     this.freed.length = 0;
+    this.lists.length = 0;
+    this.listAt.clear();
     this.maxTokens = 0;
     this.openTask = -1;
     this.openJob = null;
@@ -153,6 +187,30 @@ export class StepPlan {
     }
     this.seg(kind, page, t0, n, cap, section, bits, G);
     this.tasks[o + TASK_VN]++;
+  }
+
+  /**
+   * Tokens [t0, t0 + n) of a page list of `cap` tokens a page, as one key segment (pageRuns only).
+   * The list may only grow at its end until the plan has run.
+   */
+  keyRun(kind: number, list: PageList, t0: number, n: number, cap: number, section: number, bits = 0, G = 0): void {
+    if (!this.pageRuns) throw new Error('StepPlan: a page run in a plan without pageRuns');
+    this.key(kind | SEG_RUN, this.listIndex(list), t0, n, cap, section, bits, G);
+  }
+
+  /** Tokens of a page list as one value segment (see keyRun). */
+  valueRun(kind: number, list: PageList, t0: number, n: number, cap: number, section: number, bits = 0, G = 0): void {
+    if (!this.pageRuns) throw new Error('StepPlan: a page run in a plan without pageRuns');
+    this.value(kind | SEG_RUN, this.listIndex(list), t0, n, cap, section, bits, G);
+  }
+
+  private listIndex(list: PageList): number {
+    let i = this.listAt.get(list);
+    if (i === undefined) {
+      i = this.lists.push(list) - 1;
+      this.listAt.set(list, i);
+    }
+    return i;
   }
 
   /** Rows [row, row + n) of the step's activations as a key or value segment. */

@@ -69,6 +69,8 @@ export interface Backend {
   readonly name: BackendName;
   /** Threads the back end computes on (1 for the TypeScript reference; 0 where the GPU computes). */
   readonly threads: number;
+  /** Takes page-run segments (StepPlan.pageRuns: a cache's page lists kept on the device). */
+  readonly pageRuns?: boolean;
   /** What computes, in words ("wasm SIMD, 2 threads", "webgpu: NVIDIA H200"). */
   readonly description: string;
 

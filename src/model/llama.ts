@@ -103,6 +103,7 @@ export class LlamaModel {
   ) {
     this.dims = { numLayers: config.numLayers, numHeads: config.numHeads, numKvHeads: config.numKvHeads, headDim: config.headDim };
     this.pool = backend.createPagePool(this.dims);
+    this.plan.pageRuns = backend.pageRuns === true;
     this.rope = new RopeTable(ropeInvFreq(config));
     this.ws = new Workspace(backend, config);
   }

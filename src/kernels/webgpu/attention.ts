@@ -23,15 +23,29 @@
  *    block per channel, quantize value tokens per token (bit-exact with quant/quantizer.ts: exact float16
  *    rounding and a correctly rounded division; see wgsl.ts).
  *
- * Records come from one storage buffer per plan (planbuf.ts); pages live in up to ARENAS buffers per
+ * Records come from one storage buffer per plan (planbuf.ts); pages live in up to arenaCount() buffers per
  * layer (pool.ts), selected by the slot in each segment record.
  */
 import { JOB_QKEY, JOB_QVAL, JOB_STORE, JOB_VALUES, SEG_F16, SEG_F32, SEG_KIVI_V, SEG_ROWS } from '../layout.js';
 import type { AttnShape } from '../types.js';
 import { CONVERT, DIVIDE, f32lit, GRID } from './wgsl.js';
 
-/** Arena buffers (bindings) per layer. */
-export const ARENAS = 4;
+/** GSEG_RUN (planbuf.ts) in WGSL. */
+const GSEG_RUN_HEX = '0x80000000';
+
+/** Most arena buffers (bindings) per layer: a slot is 4 bits of a page handle (pool.ts). */
+export const MAX_ARENAS = 16;
+/** Storage bindings of the attention kernel besides its arenas (plan, qkv, att, partials). */
+const FIXED_STORAGE = 4;
+
+/**
+ * Arena bindings per layer on a device allowing `maxStorageBuffers` storage buffers per shader stage:
+ * as many as the attention kernel can bind (4 × 2 GiB on the WebGPU minimum of 8; 16 × 2 GiB where the
+ * device allows 20, so one layer of a 4M-token float16 cache fits), at most `cap`.
+ */
+export function arenaCount(maxStorageBuffers: number, cap = MAX_ARENAS): number {
+  return Math.max(1, Math.min(cap, MAX_ARENAS, maxStorageBuffers - FIXED_STORAGE));
+}
 /** Threads per attention workgroup = tokens per tile. */
 export const TILE = 128;
 /** Words per GPU segment record: kind | bits << 8 | slot << 16, n, base word (or first row), t0, cap, G, section words, start. */
@@ -86,7 +100,7 @@ export function attnGeometry(shape: AttnShape, workgroupBytes: number): AttnGeom
   return { nq, ch, slots };
 }
 
-/** Declarations of the first `na` arena bindings (the layout always has ARENAS; unused ones stay unbound in the shader). */
+/** Declarations of the first `na` arena bindings (the layout always has all the device's; unused ones stay unbound in the shader). */
 function arenaDecls(ty: string, access: 'read' | 'read_write', first: number, na: number): string {
   let s = '';
   for (let i = 0; i < na; i++) s += `@group(0) @binding(${first + i}) var<storage, ${access}> a${i}: array<${ty}>;\n`;
@@ -163,7 +177,7 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number): strin
     } else {
       body += `        for (var wi = 0u; wi < ${wpr}u; wi++) {\n          let wd = ldw(sl, row + wi);\n${perWord('wd', 'wi')}        }\n`;
     }
-    return `      if (kbits == ${bits}u) {\n        let row = kb0 + (st0 + t - kst) * ${wpr}u;\n${body}      }\n`;
+    return `      if (kbits == ${bits}u) {\n        let row = kb0 + krow * ${wpr}u;\n${body}      }\n`;
   };
 
   // Value accumulation of one token from a KIVI value row of `bits` bits (the chunk in one group).
@@ -286,6 +300,17 @@ fn ldh(s: u32, hi: u32) -> f32 { return f16_to_f32(half_of(ldw(s, hi >> 1u), hi)
 fn qf(i: u32) -> f32 { return qkv[i >> 2u][i & 3u]; }
 fn sw(s: u32, k: u32) -> u32 { return plan[s * ${GSEG_WORDS}u + k]; }
 fn seg_end(s: u32) -> u32 { return sw(s, 7u) + sw(s, 1u); }
+// Where token t (of the task) of segment s lives: (arena slot, first word of its page, its slot in the
+// page). A page run (pagetables.ts) looks its page up in the run's table, kept in the plan buffer.
+fn seg_at(s: u32, t: u32) -> vec3<u32> {
+  let info = sw(s, 0u);
+  let r = sw(s, 3u) + t - sw(s, 7u);
+  if ((info & ${GSEG_RUN_HEX}u) == 0u) { return vec3<u32>(info >> 16u, sw(s, 2u), r); }
+  let cap = sw(s, 4u);
+  let pi = r / cap;
+  let pg = plan[sw(s, 2u) + pi];
+  return vec3<u32>(pg >> 27u, (pg & 0x7ffffffu) * 4u, r - pi * cap);
+}
 
 @compute @workgroup_size(${TILE})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -331,25 +356,27 @@ ${JK((j, k) => `  var a${j}_${k} = 0.0;`)}
     if (t < b) {
       var vs = vseg;
       loop { if (t < seg_end(vs)) { break; } vs += 1u; }
-      let info = sw(vs, 0u);
+      let pg = seg_at(vs, t);
+      // The record's kind and bits with the page's slot (runs resolved).
+      let info = (sw(vs, 0u) & 0xffffu) | (pg.x << 16u);
       let kind = info & 0xffu;
-      let vrow = sw(vs, 3u) + t - sw(vs, 7u);
+      let vrow = pg.z;
       var r0 = 0u;
       var r1 = 0u;
       var r2 = 0u;
       if (kind == ${SEG_KIVI_V}u) {
         let cap = sw(vs, 4u);
-        let vbase = sw(vs, 2u) + h * sw(vs, 6u);
+        let vbase = pg.y + h * sw(vs, 6u);
         let wpr = D * ((info >> 8u) & 0xffu) / 32u;
         r0 = vbase + vrow * wpr;
         r1 = (vbase + cap * wpr) * 2u + vrow * (D / vG);
         r2 = r1 + cap * (D / vG);
       } else if (kind == ${SEG_F32}u) {
-        r0 = sw(vs, 2u) + h * sw(vs, 6u) + vrow * D;
+        r0 = pg.y + h * sw(vs, 6u) + vrow * D;
       } else if (kind == ${SEG_ROWS}u) {
         r0 = (sw(vs, 2u) + t - sw(vs, 7u)) * QKVD + (${H + KV}u + h) * D;
       } else {
-        r0 = sw(vs, 2u) + h * sw(vs, 6u) + vrow * ${D / 2}u;
+        r0 = pg.y + h * sw(vs, 6u) + vrow * ${D / 2}u;
       }
       ti[li * 4u] = info;
       ti[li * 4u + 1u] = r0;
@@ -372,11 +399,12 @@ ${J((j) => `    var s${j} = neg_inf();`)}
           var sg = kseg;
           loop { if (tok < seg_end(sg)) { break; } sg += 1u; }
           let info = sw(sg, 0u);
-          let sl = info >> 16u;
+          let pg = seg_at(sg, tok);
+          let sl = pg.x;
           let wpr = D * ((info >> 8u) & 0xffu) / 32u;
           let cap = sw(sg, 4u);
-          let base = sw(sg, 2u) + h * sw(sg, 6u);
-          let gi = (sw(sg, 3u) + tok - sw(sg, 7u)) / kG;
+          let base = pg.y + h * sw(sg, 6u);
+          let gi = pg.z / kG;
           let hs = (base + cap * wpr) * 2u + gi * D + cb;
           let hm = hs + (cap / kG) * D;
           var pq = 0.0;
@@ -419,10 +447,10 @@ ${range(4)
           let slot = gg - g0 - ps;
           var sg = kseg;
           loop { if (t < seg_end(sg)) { break; } sg += 1u; }
-          let sl = sw(sg, 0u) >> 16u;
-          let kb0 = sw(sg, 2u) + h * sw(sg, 6u);
-          let st0 = sw(sg, 3u);
-          let kst = sw(sg, 7u);
+          let pg = seg_at(sg, t);
+          let sl = pg.x;
+          let kb0 = pg.y + h * sw(sg, 6u);
+          let krow = pg.z;
           let fb = slot * NQ * ${D / 4}u;
 ${J((j) => `          var S${j} = 0.0;`)}
 ${kiviScore(2)}${kiviScore(4)}${kiviScore(8)}
@@ -437,8 +465,9 @@ ${J((j) => `          s${j} = (kmul * (S${j} - fs[(slot * NQ + ${j}u) * 2u]) + f
       loop { if (t < seg_end(sg)) { break; } sg += 1u; }
       let info = sw(sg, 0u);
       let kind = info & 0xffu;
-      let sl = info >> 16u;
-      let r = sw(sg, 3u) + t - sw(sg, 7u);
+      let pg = seg_at(sg, t);
+      let sl = pg.x;
+      let r = pg.z;
 ${J((j) => `      var S${j} = 0.0;`)}
       if (kind == ${SEG_ROWS}u) {
         let o4 = ((sw(sg, 2u) + t - sw(sg, 7u)) * QKVD + (${H}u + h) * D) / 4u;
@@ -447,13 +476,13 @@ ${J((j) => `      var S${j} = 0.0;`)}
 ${J((j) => `          S${j} += dot(kv, ${qvec(j, 'c4 * 4u')});`)}
         }
       } else if (kind == ${SEG_F32}u) {
-        let o4 = (sw(sg, 2u) + h * sw(sg, 6u) + r * D) / 4u;
+        let o4 = (pg.y + h * sw(sg, 6u) + r * D) / 4u;
         for (var c4 = 0u; c4 < ${D / 4}u; c4++) {
           let kv = bitcast<vec4<f32>>(ld4(sl, o4 + c4));
 ${J((j) => `          S${j} += dot(kv, ${qvec(j, 'c4 * 4u')});`)}
         }
       } else {
-        let o4 = (sw(sg, 2u) + h * sw(sg, 6u) + r * ${D / 2}u) / 4u;
+        let o4 = (pg.y + h * sw(sg, 6u) + r * ${D / 2}u) / 4u;
         // ${KU} row pieces loaded before use (several loads in flight per thread).
         for (var c8 = 0u; c8 < ${D / 8}u; c8 += ${KU}u) {
 ${range(KU)

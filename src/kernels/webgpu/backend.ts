@@ -13,7 +13,7 @@ import type { StepPlan } from '../plan.js';
 import { randomScale } from '../ts/ops.js';
 import type { AttnShape, Backend, DType, HostArray, PagePool, Tensor } from '../types.js';
 import { DTYPE_BYTES } from '../types.js';
-import { ARENAS, type AttnGeometry, attendWgsl, attnGeometry, ITEM_WORDS, jobsWgsl, MERGE_WORDS, mergeWgsl, partialFloats } from './attention.js';
+import { type AttnGeometry, arenaCount, attendWgsl, attnGeometry, ITEM_WORDS, jobsWgsl, MERGE_WORDS, mergeWgsl, partialFloats } from './attention.js';
 import { type Binding, type GBuf, GpuCore, type Kernel } from './core.js';
 import {
   ARGMAX,
@@ -36,6 +36,7 @@ import {
   type WType,
 } from './dense.js';
 import { findAdapter, type GpuDevice, openDevice, type WebGpuOptions } from './device.js';
+import { PageTables } from './pagetables.js';
 import { buildPlan, type GpuPlan } from './planbuf.js';
 import { WebGpuPagePool } from './pool.js';
 
@@ -92,9 +93,17 @@ export class WebGpuBackend implements Backend {
   private readonly kernels = new Map<string, Kernel>();
   private readonly geometries = new Map<string, AttnGeometry>();
   private readonly dummies: GBuf[];
+  /** Arena bindings per layer (cache pages). */
+  private readonly arenas: number;
   private readonly dummy: GBuf;
   private readonly pools: WebGpuPagePool[] = [];
   private planBuf: GBuf | null = null;
+  /** Words of the plan buffer for a step's records; the page tables' words behind them. */
+  private planWords = 0;
+  private tableWords = 0;
+  /** Caches' page lists on the GPU: a decode step sends the pages added, not every page's record. */
+  readonly pageRuns = true;
+  private readonly tables: PageTables;
   private planOf: { plan: StepPlan | null; epoch: number; gp: GpuPlan | null } = { plan: null, epoch: -1, gp: null };
   private partials: GBuf | null = null;
   private ids: GBuf | null = null;
@@ -116,8 +125,10 @@ export class WebGpuBackend implements Backend {
     this.gemvTable = gemvTable;
     this.description = `webgpu: ${dev.name}${dev.fallback ? ' (software adapter: for tests, not for speed)' : ''}`;
     const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
-    this.dummies = Array.from({ length: ARENAS }, () => this.core.buffer(16, usage, 'unused arena'));
+    this.arenas = arenaCount(L.maxStorageBuffersPerShaderStage, o.maxArenas);
+    this.dummies = Array.from({ length: this.arenas }, () => this.core.buffer(16, usage, 'unused arena'));
     this.dummy = this.core.buffer(16, usage, 'no bias');
+    this.tables = new PageTables();
   }
 
   /** Open the WebGPU device (any adapter, software ones included: `auto` decides elsewhere). */
@@ -370,17 +381,33 @@ export class WebGpuBackend implements Backend {
 
   // ---- cache work ---------------------------------------------------------------------------------
 
-  /** The plan's GPU tables, built and uploaded once per plan. */
+  /**
+   * The plan's GPU tables, built and uploaded once per plan. The plan buffer holds the step's records in
+   * words [0, planWords) and the page tables (pagetables.ts) behind them, sent as pages are added; when
+   * either outgrows its part, a bigger buffer takes the tables by a copy on the GPU.
+   */
   private upload(plan: StepPlan, shape: AttnShape): GpuPlan {
     const c = this.planOf;
     if (c.plan === plan && c.epoch === plan.epoch && c.gp) return c.gp;
-    const gp = buildPlan(plan, shape);
-    const bytes = gp.used * 4;
-    if (!this.planBuf || this.planBuf.size < bytes) {
-      if (this.planBuf) this.core.destroy(this.planBuf);
-      this.planBuf = this.core.buffer(Math.max(bytes, (this.planBuf?.size ?? 0) * 2, 1 << 16), GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST, 'plan');
+    const gp = buildPlan(plan, shape, this.tables);
+    const tw = this.tables.top;
+    if (!this.planBuf || gp.used > this.planWords || tw > this.tableWords) {
+      const S = Math.max(gp.used, gp.used > this.planWords ? this.planWords * 2 : this.planWords, 1 << 14);
+      const T = Math.max(tw, tw > this.tableWords ? this.tableWords * 2 : this.tableWords, 1 << 12);
+      const next = this.core.buffer((S + T) * 4, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC, 'plan');
+      if (this.planBuf) {
+        if (this.tableWords > 0) this.core.commands().copyBufferToBuffer(this.planBuf.buf, this.planWords * 4, next.buf, S * 4, this.tableWords * 4);
+        this.core.destroy(this.planBuf);
+      }
+      this.planBuf = next;
+      this.planWords = S;
+      this.tableWords = T;
     }
-    if (bytes > 0) this.core.write(this.planBuf, 0, gp.words.subarray(0, gp.used));
+    for (const k of gp.runWords) gp.words[k]! += this.planWords;
+    if (gp.used > 0) this.core.write(this.planBuf, 0, gp.words.subarray(0, gp.used));
+    const buf = this.planBuf,
+      base = this.planWords;
+    this.tables.flush((word, data) => this.core.write(buf, (base + word) * 4, data));
     c.plan = plan;
     c.epoch = plan.epoch;
     c.gp = gp;
@@ -395,7 +422,7 @@ export class WebGpuBackend implements Backend {
     const s = gp.subs[sub]!;
     const n = phase === 'pre' ? s.nPre : s.nPost;
     const na = p.slotsInUse;
-    const k = this.shapeKernel(`jobs${na}`, pool.shape, () => jobsWgsl(pool.shape, na), ['read', 'read', ...Array<'rw'>(ARENAS).fill('rw')]);
+    const k = this.shapeKernel(`jobs${na}`, pool.shape, () => jobsWgsl(pool.shape, na), ['read', 'read', ...Array<'rw'>(this.arenas).fill('rw')]);
     const items = phase === 'pre' ? s.pre : s.post;
     const jobs = phase === 'pre' ? gp.preJobs : gp.postJobs;
     this.core.dispatch(k, [{ b: this.planBuf! }, { b: f32(qkv).g }, ...p.bindings(layer)], n, (u, _f, at) => u.set([items, n, jobs], at));
@@ -434,10 +461,9 @@ export class WebGpuBackend implements Backend {
     }
     const g = this.geometry(shape);
     const na = p.slotsInUse;
-    const k = this.shapeKernel(`attend${na}`, shape, () => attendWgsl(shape, g, na), ['read', 'read', 'rw', 'rw', ...Array<'read'>(ARENAS).fill('read')]);
-    this.core.dispatch(k, [{ b: this.planBuf! }, { b: f32(qkv).g }, { b: f32(att).g }, { b: this.partials }, ...p.bindings(layer)], nAttn, (u, _f, at) =>
-      u.set([first.attn, nAttn, gp.tasks], at),
-    );
+    const k = this.shapeKernel(`attend${na}`, shape, () => attendWgsl(shape, g, na), ['read', 'read', 'rw', 'rw', ...Array<'read'>(this.arenas).fill('read')]);
+    const bind = [{ b: this.planBuf! }, { b: f32(qkv).g }, { b: f32(att).g }, { b: this.partials }, ...p.bindings(layer)];
+    this.core.dispatch(k, bind, nAttn, (u, _f, at) => u.set([first.attn, nAttn, gp.tasks], at));
     if (nMerge > 0) {
       const m = this.shapeKernel('merge', shape, () => mergeWgsl(shape), ['read', 'read', 'rw']);
       // One merge workgroup per (item, query head).
@@ -464,6 +490,7 @@ export class WebGpuBackend implements Backend {
       /* the device may be lost already */
     }
     for (const p of this.pools) p.dispose();
+    this.tables.dispose();
     this.core.dispose();
     this.dev.device.destroy();
   }

@@ -13,6 +13,8 @@ export interface WebGpuOptions {
    * paths that split weights and cache arenas over several bindings.
    */
   maxBindingBytes?: number;
+  /** Most arena buffers per layer for cache pages (default: what the device's storage-buffer limit allows, ≤ 16). */
+  maxArenas?: number;
   /**
    * Matmul as one thread per output (bit-identical to the GPU kernels, no barriers), for CPU
    * implementations such as SwiftShader. Default: on software adapters only.

@@ -1,7 +1,7 @@
 /**
  * A step plan (kernels/plan.ts) as the WebGPU kernels read it: one u32 table uploaded once per plan,
- * holding GPU segment records (page handles resolved to arena slot and word offset, each segment's first
- * token within its task or job), task records, the job tables, and per sub-step the work lists of each
+ * holding GPU segment records (page handles resolved to arena slot and word offset, or page runs
+ * resolved to their page table's place in pagetables.ts; each segment's first token within its task or job), task records, the job tables, and per sub-step the work lists of each
  * dispatch: attention items (a task's kv head and a run of its tokens: long tasks are split so that the
  * GPU has enough workgroups), merge items, and job items (job, kv head).
  */
@@ -29,6 +29,7 @@ import {
   SEG_N,
   SEG_PAGE,
   SEG_ROWS,
+  SEG_RUN,
   SEG_SECTION,
   SEG_T0,
   SEG_WORDS,
@@ -43,14 +44,25 @@ import {
 import type { StepPlan } from '../plan.js';
 import type { AttnShape } from '../types.js';
 import { GSEG_WORDS, GTASK_WORDS, ITEM_WORDS, JOBITEM_WORDS, MERGE_WORDS, NO_PARTIAL, TILE } from './attention.js';
+import type { PageTables } from './pagetables.js';
 import { pageSlot, pageWord } from './pool.js';
+
+/** Word 0 of a GPU segment record that is a page run (its word 2: the plan buffer's word where its page table starts). */
+export const GSEG_RUN = 0x80000000;
 
 /**
  * Attention work items wanted per plan: enough workgroups to fill a large GPU (an H200 holds about a
  * thousand of these at once) while the partials stay few (the merge reads them from L2). Items are
  * whole tiles of TILE tokens, at least one.
  */
-const TARGET_ITEMS = 2048;
+const TARGET_ITEMS = targetItems();
+
+/** KIVI_WEBGPU_ATTN_ITEMS (Node) overrides the 2048, for sweeping the split on a GPU in one session. */
+function targetItems(): number {
+  const v = typeof process !== 'undefined' ? process.env?.KIVI_WEBGPU_ATTN_ITEMS : undefined;
+  const n = v ? Number(v) : Number.NaN;
+  return Number.isInteger(n) && n >= 1 && n <= 1 << 20 ? n : 2048;
+}
 
 export interface SubLists {
   attn: number;
@@ -72,6 +84,8 @@ export interface GpuPlan {
   subs: SubLists[];
   /** Partials (splits) of the whole plan. */
   partials: number;
+  /** Words holding a page run's table offset within the table space (the uploader adds where that space starts). */
+  runWords: number[];
 }
 
 class Words {
@@ -87,12 +101,14 @@ class Words {
 }
 
 const w = new Words();
+const runWords: number[] = [];
 
 /** Build the GPU tables of a plan (the returned words are valid until the next build). */
-export function buildPlan(plan: StepPlan, shape: AttnShape): GpuPlan {
+export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables | null = null): GpuPlan {
   const { numKvHeads: KV } = shape;
   const sg = plan.segs;
   w.n = 0;
+  runWords.length = 0;
   // Segment records; `start` filled per list below.
   const nSegs = plan.nSegs;
   w.ensure(nSegs * GSEG_WORDS);
@@ -102,9 +118,16 @@ export function buildPlan(plan: StepPlan, shape: AttnShape): GpuPlan {
       page = sg[o + SEG_PAGE]!;
     const g = i * GSEG_WORDS;
     const rows = kind === SEG_ROWS;
-    w.a[g] = kind | (sg[o + SEG_BITS]! << 8) | ((rows ? 0 : pageSlot(page)) << 16);
+    if (kind & SEG_RUN) {
+      if (!tables) throw new Error('webgpu: a page run without page tables');
+      w.a[g] = (kind & ~SEG_RUN) | (sg[o + SEG_BITS]! << 8) | GSEG_RUN;
+      w.a[g + 2] = tables.offset(plan.lists[page]!);
+      runWords.push(g + 2);
+    } else {
+      w.a[g] = kind | (sg[o + SEG_BITS]! << 8) | ((rows ? 0 : pageSlot(page)) << 16);
+      w.a[g + 2] = rows ? page : pageWord(page);
+    }
     w.a[g + 1] = sg[o + SEG_N]!;
-    w.a[g + 2] = rows ? page : pageWord(page);
     w.a[g + 3] = sg[o + SEG_T0]!;
     w.a[g + 4] = sg[o + SEG_CAP]!;
     w.a[g + 5] = sg[o + SEG_G]!;
@@ -138,7 +161,7 @@ export function buildPlan(plan: StepPlan, shape: AttnShape): GpuPlan {
       kG = 0;
     for (let s = k0; s < k0 + kn; s++) {
       const so = s * SEG_WORDS;
-      const kind = sg[so + SEG_KIND]!;
+      const kind = sg[so + SEG_KIND]! & ~SEG_RUN;
       checkKind(kind, false);
       if (kind !== SEG_KIVI_K) continue;
       const G = sg[so + SEG_G]!,
@@ -155,7 +178,7 @@ export function buildPlan(plan: StepPlan, shape: AttnShape): GpuPlan {
       vG = 0;
     for (let s = v0; s < v0 + vn; s++) {
       const so = s * SEG_WORDS;
-      const kind = sg[so + SEG_KIND]!;
+      const kind = sg[so + SEG_KIND]! & ~SEG_RUN;
       checkKind(kind, true);
       if (kind !== SEG_KIVI_V) continue;
       const G = sg[so + SEG_G]!,
@@ -272,7 +295,7 @@ export function buildPlan(plan: StepPlan, shape: AttnShape): GpuPlan {
     sub.post = items(r[4]!, r[5]!);
     sub.nPost = r[5]! * KV;
   }
-  return { words: w.a, used: w.n, tasks, preJobs, postJobs, subs, partials };
+  return { words: w.a, used: w.n, tasks, preJobs, postJobs, subs, partials, runWords };
 }
 
 function checkKind(kind: number, values: boolean): void {
@@ -286,6 +309,7 @@ function checkJob(plan: StepPlan, jobs: Int32Array, j: number): void {
   const d = jobs[o + JOB_DST]! * SEG_WORDS;
   const sg = plan.segs;
   const dKind = sg[d + SEG_KIND]!;
+  if (dKind & SEG_RUN) throw new Error(`cache job ${j}: a page run as destination`);
   let n = 0;
   for (let s = jobs[o + JOB_SRC0]!, e = s + jobs[o + JOB_SRCN]!; s < e; s++) {
     const k = sg[s * SEG_WORDS + SEG_KIND]!;

@@ -1,5 +1,5 @@
 /**
- * Cache pages on the GPU: per layer up to ARENAS buffers ("arena slots"), a page at the same offset of
+ * Cache pages on the GPU: per layer up to `arenas` buffers (as many as the kernels can bind) ("arena slots"), a page at the same offset of
  * the same slot in every layer's buffer, holding that layer's [kv head][section]. A dispatch for one
  * layer binds that layer's slots. A handle is slot << 27 | offset / 16 (offsets below 2 GiB); handle
  * offsets start at 16, so no page is 0.
@@ -15,7 +15,6 @@ import { KiviError } from '../../util/errors.js';
 import { formatBytes } from '../../util/format.js';
 import { hostPageBytes } from '../host/memory.js';
 import type { AttnShape, PagePool } from '../types.js';
-import { ARENAS } from './attention.js';
 import type { Binding, GBuf, GpuCore } from './core.js';
 
 const OFFSET_BITS = 27;
@@ -37,6 +36,8 @@ export class WebGpuPagePool implements PagePool {
   private readonly freeBySize = new Map<number, number[]>();
   private readonly sizes = new Map<number, number>();
   private readonly dummies: GBuf[];
+  /** Arena slots per layer (one dummy binding each). */
+  private readonly arenas: number;
   private readonly usage: number;
 
   /**
@@ -49,6 +50,7 @@ export class WebGpuPagePool implements PagePool {
     dummies: GBuf[],
   ) {
     this.dummies = dummies;
+    this.arenas = dummies.length;
     this.usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
   }
 
@@ -89,8 +91,8 @@ export class WebGpuPagePool implements PagePool {
     if (stride > this.maxSlotBytes - 16) throw new KiviError(`webgpu: a cache page of ${stride} bytes per layer exceeds the largest GPU buffer binding`);
     let s = this.slots.length - 1;
     if (s < 0 || this.tops[s]! + stride > this.maxSlotBytes) {
-      if (this.slots.length === ARENAS) {
-        throw new KiviError(`webgpu: the KV cache needs more than ${ARENAS} × ${formatBytes(this.maxSlotBytes)} per layer of GPU buffers`);
+      if (this.slots.length === this.arenas) {
+        throw new KiviError(`webgpu: the KV cache needs more than ${this.arenas} × ${formatBytes(this.maxSlotBytes)} per layer of GPU buffers`);
       }
       s = this.slots.length;
       this.slots.push([]);
@@ -132,7 +134,7 @@ export class WebGpuPagePool implements PagePool {
   /** The storage bindings of layer `layer`'s slots (a small dummy where a slot is unused). */
   bindings(layer: number): Binding[] {
     const out: Binding[] = [];
-    for (let s = 0; s < ARENAS; s++) out.push({ b: s < this.slots.length ? this.slots[s]![layer]! : this.dummies[s]! });
+    for (let s = 0; s < this.arenas; s++) out.push({ b: s < this.slots.length ? this.slots[s]![layer]! : this.dummies[s]! });
     return out;
   }
 

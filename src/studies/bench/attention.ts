@@ -137,7 +137,11 @@ async function attendAlone(backend: Backend, pool: PagePool, caches: KvCache[], 
   const { numHeads: H, headDim: d } = pool.shape;
   const qkv = backend.tensor('f32', row.length);
   const att = backend.tensor('f32', H * d);
-  const plans = caches.map(() => new StepPlan());
+  const plans = caches.map(() => {
+    const p = new StepPlan();
+    p.pageRuns = backend.pageRuns === true;
+    return p;
+  });
   try {
     backend.write(qkv, row);
     caches.forEach((c, i) => {
@@ -177,12 +181,16 @@ export function attentionKernelMarkdown(results: AttentionKernelResult[], probe:
     T,
     ...specs.map((kv) => {
       const r = results.find((x) => x.kv === kv && x.context === T);
-      return r ? `${formatSeconds(r.seconds)}, ${gb(r.gbps)} GB/s (${((100 * r.gbps) / probe.gbps).toFixed(0)}%)` : '–';
+      const f = results.find((x) => x.kv === 'fp16' && x.context === T);
+      if (!r) return '–';
+      const vs = f && kv !== 'fp16' ? `, ${formatRatio(f.seconds / r.seconds)} fp16's speed` : '';
+      return `${formatSeconds(r.seconds)}, ${gb(r.gbps)} GB/s (${((100 * r.gbps) / probe.gbps).toFixed(0)}%)${vs}`;
     }),
   ]);
   return (
     `\nAttention kernel alone on the GPU (a decode step's attend, replayed): time, cache bytes read per second, ` +
-    `and its share of a streaming read of ${formatBytes(probe.bytes)} on the same GPU (${gb(probe.gbps)} GB/s):\n\n` +
+    `its share of a streaming read of ${formatBytes(probe.bytes)} on the same GPU (${gb(probe.gbps)} GB/s), ` +
+    `and its speed relative to fp16's kernel:\n\n` +
     markdownTable(['context', ...specs], rows)
   );
 }

@@ -222,15 +222,13 @@ export interface GemvTable {
 }
 
 /**
- * The default table, for a large GPU (an H200: per SM and clock ~18 B from memory, ~27 B from L2, 128 B
- * from L1, 128 float32 multiply-adds; ~15 KB in flight per SM to cover memory latency). Per weight byte
- * a shape costs 2·rows/OT bytes of x from L1, rows/R weight reads from L2 (one per block) and rows/2
- * multiply-adds; a lane has U·OT 16-byte loads in flight. One row: one output a thread, 4 chunks in
- * flight (31 warps an SM for 4096 outputs); 5–8 rows: 4 outputs a thread, 2 chunks each (x at 4 bytes
- * a weight byte); 9–16: one block of 16 (weights read once). Past 16 rows the multiply-adds bound it
- * (16 rows × 2 flops a weight at ~67 Tflop/s ≈ 4 TB/s of float16 weights); blocks of 16.
+ * The default table, chosen on an NVIDIA H200 from `bench gemv` at Llama-2-7B's down projection (11008 → 4096,
+ * float16) over five candidate tables (docs/perf/webgpu-h200.md): one row, one output a thread and 4 chunks
+ * in flight (45 µs, about the streaming bound); 5–8 rows two blocks of 4 (75 µs; one block of 8 took 113 µs:
+ * 32 accumulators a thread and fewer workgroups); 9–64 rows blocks of 8 with 4 outputs a thread (91 µs at 16
+ * rows, 253 µs at 64, where float32 multiply-adds bound it; blocks of 16 took 160 and 340 µs: register spills).
  */
-export const GEMV_TABLE = '1:1,1,4,8;2:2,1,4,8;4:4,2,2,4;8:8,4,2,4;64:16,4,1,4';
+export const GEMV_TABLE = '1:1,1,4,8;2:2,1,4,8;4:4,2,2,4;8:4,2,2,4;64:8,4,1,4';
 
 /**
  * A table from its text, `maxRows:R,OT,U,G;…` with maxRows ascending (KIVI_WEBGPU_GEMV, for tuning on

@@ -155,6 +155,9 @@ const MATMUL16_SHAPES = [
   [33, 130, 9],
   [64, 512, 1030],
   [70, 36, 9],
+  // Prefill-sized batches: 128-row panel blocks, the last one of 14 rows (the few-rows path) or of 44.
+  [270, 33, 21],
+  [300, 20, 10],
   [1, 3, 2],
 ] as const;
 

@@ -60,6 +60,43 @@ export function pack_rows(dst: usize, qkv: usize, r0: i32, n: i32, H: i32, KV: i
 }
 
 /**
+ * out[j·d + c] += Σ_t p[j·pStride + t]·v[t·d + c] for the nq heads of one query row over n packed value
+ * rows: accum_f32's arithmetic (per channel, tokens in order, mul then add), without its prefetch sweep
+ * (a packed tile is contiguous and already in L1 for every row but the block's first).
+ */
+function accumPacked(out: usize, p: usize, pStride: i32, nq: i32, v: usize, n: i32, d: i32): void {
+  const dB = <usize>d << 2;
+  const pB = <usize>pStride << 2;
+  if ((d & 15) != 0 || (nq & 1) != 0) {
+    accum_f32(out, p, pStride, nq, v, <i32>dB, n, d);
+    return;
+  }
+  for (let j = 0; j < nq; j += 2) {
+    const o0 = out + <usize>j * dB, o1 = o0 + dB;
+    const p0 = p + <usize>j * pB, p1 = p0 + pB;
+    for (let c: usize = 0; c < dB; c += 64) {
+      let a0 = v128.load(o0 + c), a1 = v128.load(o0 + c, 16), a2 = v128.load(o0 + c, 32), a3 = v128.load(o0 + c, 48);
+      let b0 = v128.load(o1 + c), b1 = v128.load(o1 + c, 16), b2 = v128.load(o1 + c, 32), b3 = v128.load(o1 + c, 48);
+      let vt = v + c;
+      const pe = p0 + (<usize>n << 2);
+      for (let pt = p0, qt = p1; pt < pe; pt += 4, qt += 4, vt += dB) {
+        const x = v128.load32_splat(pt), y = v128.load32_splat(qt);
+        let e = v128.load(vt);
+        a0 = f32x4.add(a0, f32x4.mul(x, e)); b0 = f32x4.add(b0, f32x4.mul(y, e));
+        e = v128.load(vt, 16);
+        a1 = f32x4.add(a1, f32x4.mul(x, e)); b1 = f32x4.add(b1, f32x4.mul(y, e));
+        e = v128.load(vt, 32);
+        a2 = f32x4.add(a2, f32x4.mul(x, e)); b2 = f32x4.add(b2, f32x4.mul(y, e));
+        e = v128.load(vt, 48);
+        a3 = f32x4.add(a3, f32x4.mul(x, e)); b3 = f32x4.add(b3, f32x4.mul(y, e));
+      }
+      v128.store(o0 + c, a0); v128.store(o0 + c, a1, 16); v128.store(o0 + c, a2, 32); v128.store(o0 + c, a3, 48);
+      v128.store(o1 + c, b0); v128.store(o1 + c, b1, 16); v128.store(o1 + c, b2, 32); v128.store(o1 + c, b3, 48);
+    }
+  }
+}
+
+/**
  * Item i of a prefill attend: items holds (first task, count) pairs; count 0 runs that task alone
  * (attend_task), otherwise tasks [i0, i0 + count) run as a block. A block's tasks (checked by the host)
  * have consecutive rows, the same cache segments, and as last key and last value segment the chunk's
@@ -167,7 +204,7 @@ export function prefill_item(items: usize, i: i32, tasks: usize, segs: usize, la
         if (nr <= tb) continue;
         const te = min(tb + TILE, nr);
         const out = att + <usize>(row0 + r) * <usize>(H * dB) + <usize>(h * nq) * <usize>dB;
-        accum_f32(out, s + <usize>r * sRow + (<usize>(cacheT + tb) << 2), stride, nq, vp + <usize>tb * <usize>dB, dB, te - tb, d);
+        accumPacked(out, s + <usize>r * sRow + (<usize>(cacheT + tb) << 2), stride, nq, vp + <usize>tb * <usize>dB, te - tb, d);
       }
     }
   }

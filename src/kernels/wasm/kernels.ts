@@ -18,7 +18,7 @@ import { DTYPE_BYTES } from '../types.js';
 import { Allocator } from './allocator.js';
 import { instantiate, type KernelExports } from './exports.js';
 import { JobRunner, MAX_ITEMS, newControl, OP_ATTEND, OP_MATMUL, OP_PREFILL, OP_STOP, W_BF16, W_F16, W_F32 } from './jobs.js';
-import { PREFILL_BLOCK, type PrefillItems, PrefillPlanner } from './prefill.js';
+import { type PrefillItems, PrefillPlanner } from './prefill.js';
 
 const PAGE = 65536;
 /** Bytes kept readable past the heap top: kernels load whole 16-byte vectors at the end of a row. */
@@ -282,7 +282,7 @@ export class WasmBackend implements Backend {
     const { tasks, segs } = this.copyPlan(plan);
     const { numHeads: H, numKvHeads: KV, headDim: d } = pool.shape;
     if (this.prefillBlocks) {
-      const pf = this.prefill.items(plan, sub, t0, nt);
+      const pf = this.prefill.items(plan, sub, t0, nt, H / KV);
       if (pf.blocked > 0) {
         this.attendPrefill(pf, tasks, segs, plan.maxTokens, layer, T(qkv).addr, T(att).addr, H, KV, d);
         return;
@@ -322,7 +322,7 @@ export class WasmBackend implements Backend {
     new Int32Array(this.buf, items, pf.nItems * 2).set(pf.items.subarray(0, pf.nItems * 2));
     const packed = this.region(this.packed, pf.np * KV * 2 * d * 4);
     this.k.pack_rows(packed, qkv, pf.p0, pf.np, H, KV, d);
-    const need = Math.max(this.k.task_scratch_bytes(nq, maxTokens, d), this.k.prefill_scratch_bytes(PREFILL_BLOCK, nq, maxTokens, d));
+    const need = Math.max(this.k.task_scratch_bytes(nq, maxTokens, d), this.k.prefill_scratch_bytes(pf.blockRows, nq, maxTokens, d));
     const stride = Math.ceil(need / 64) * 64;
     const parallel = this.runner !== null && pf.nItems > 1 && this.runner.parallel;
     const scratch = this.region(this.scratch, stride * (parallel ? this.threads : 1));

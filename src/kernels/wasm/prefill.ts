@@ -7,13 +7,22 @@
 import { SEG_KIND, SEG_N, SEG_PAGE, SEG_ROWS, SEG_WORDS, TASK_K0, TASK_KN, TASK_ROW, TASK_V0, TASK_VN, TASK_WORDS } from '../layout.js';
 import type { StepPlan } from '../plan.js';
 
-/** Query rows per block: their scores (16 rows × nq heads × T tokens) and a key tile stay in cache. */
+/** Most query rows per block: a key tile read once serves them all from L1. */
 export const PREFILL_BLOCK = 16;
+/** Bytes of scores a block may hold (rows × query heads per kv head × tokens × 4): fewer rows at long contexts. */
+const BLOCK_SCORE_BYTES = 1 << 21;
+
+/** Query rows per block for tasks attending up to maxTokens tokens with nq query heads per kv head (≥ 2). */
+export function prefillBlockRows(nq: number, maxTokens: number): number {
+  return Math.max(2, Math.min(PREFILL_BLOCK, Math.floor(BLOCK_SCORE_BYTES / (nq * (maxTokens + 4) * 4))));
+}
 
 export interface PrefillItems {
   /** (first task, count) pairs; count 0: a task run alone. */
   items: Int32Array;
   nItems: number;
+  /** Most query rows in one block. */
+  blockRows: number;
   /** Tasks in blocks (0: nothing to gain, run the tasks as usual). */
   blocked: number;
   /** Activation rows the blocks read keys and values from: [p0, p0 + np). */
@@ -56,16 +65,18 @@ function sameCacheSegs(tasks: Int32Array, segs: Int32Array, a: number, b: number
 
 export class PrefillPlanner {
   private key = { plan: null as StepPlan | null, epoch: -1, sub: -1 };
-  private out: PrefillItems = { items: new Int32Array(256), nItems: 0, blocked: 0, p0: 0, np: 0 };
+  private out: PrefillItems = { items: new Int32Array(256), nItems: 0, blockRows: PREFILL_BLOCK, blocked: 0, p0: 0, np: 0 };
 
-  /** The items of tasks [t0, t0 + nt) of `plan` (sub-step `sub`). */
-  items(plan: StepPlan, sub: number, t0: number, nt: number): PrefillItems {
+  /** The items of tasks [t0, t0 + nt) of `plan` (sub-step `sub`), for nq query heads per kv head. */
+  items(plan: StepPlan, sub: number, t0: number, nt: number, nq: number): PrefillItems {
     const k = this.key;
     if (k.plan === plan && k.epoch === plan.epoch && k.sub === sub) return this.out;
     k.plan = plan;
     k.epoch = plan.epoch;
     k.sub = sub;
     const out = this.out;
+    const maxRows = prefillBlockRows(nq, plan.maxTokens);
+    out.blockRows = maxRows;
     if (out.items.length < nt * 2) out.items = new Int32Array(Math.max(nt * 2, out.items.length * 2));
     const { tasks, segs } = plan;
     const items = out.items;
@@ -102,7 +113,7 @@ export class PrefillPlanner {
         continue;
       }
       const row = tasks[o + TASK_ROW]!;
-      const joins = b0 >= 0 && bn < PREFILL_BLOCK && r0 === br0 && row === bRow + 1 && sameCacheSegs(tasks, segs, b0 * TASK_WORDS, o);
+      const joins = b0 >= 0 && bn < maxRows && r0 === br0 && row === bRow + 1 && sameCacheSegs(tasks, segs, b0 * TASK_WORDS, o);
       if (!joins) {
         close();
         b0 = i;

@@ -155,3 +155,23 @@ test('bench generate --fill: decode after caches filled with synthetic keys/valu
   assert.equal(b.code, 1);
   assert.equal(b.stderr.trim(), 'kivi: --fill needs --gen 2 or more (the first step is untimed)');
 });
+
+test('bench generate --prefill-attention: blocks and one row at a time side by side (wasm), same caches; elsewhere one clear line', async () => {
+  const args = ['bench', 'generate', '--model', MODEL, '--prompt', '48', '--gen', '3', '--repeats', '1', '--kv', 'fp16,kivi2', '--weights', 'native'];
+  const r = await runCli([...args, '--prefill-attention', 'rows,blocks', '--backend', 'wasm', '--threads', '1', '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  const j = JSON.parse(r.stdout) as { results: { kv: string; prefill_attention: string; kv_bytes: number; prefill_tokens_per_s: number }[] };
+  assert.deepEqual(
+    j.results.map((x) => `${x.kv}/${x.prefill_attention}`),
+    ['fp16/rows', 'fp16/blocks', 'kivi2/rows', 'kivi2/blocks'],
+  );
+  assert.equal(j.results[0]!.kv_bytes, j.results[1]!.kv_bytes);
+  assert.equal(j.results[2]!.kv_bytes, j.results[3]!.kv_bytes);
+  for (const x of j.results) assert.ok(x.prefill_tokens_per_s > 0 && Number.isFinite(x.prefill_tokens_per_s));
+  const ts = await runCli([...args, '--prefill-attention', 'blocks', '--backend', 'ts']);
+  assert.equal(ts.code, 1);
+  assert.equal(ts.stderr.trim(), 'kivi: --prefill-attention applies to the wasm back end');
+  const bad = await runCli([...args, '--prefill-attention', 'tiles']);
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /"tiles" is not one of blocks, rows/);
+});

@@ -6,11 +6,13 @@
 
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
+import { createCache, parseKvSpec } from '../src/cache/spec.js';
+import { CacheStepper } from '../src/cache/step.js';
 import { OP_ATTEND } from '../src/kernels/wasm/jobs.js';
 import type { WasmBackend, WasmTensor } from '../src/kernels/wasm/kernels.js';
 import { createWasmBackend } from '../src/kernels/wasm/node.js';
 import { fromHalfBits } from '../src/quant/float16.js';
-import { backendConformance, randArray, rng, to16 } from './backend-conformance.js';
+import { ALL_SPECS, backendConformance, randArray, rng, to16 } from './backend-conformance.js';
 
 const made: WasmBackend[] = [];
 async function wasm(threads: number): Promise<WasmBackend> {
@@ -153,6 +155,9 @@ const MATMUL16_SHAPES = [
   [33, 130, 9],
   [64, 512, 1030],
   [70, 36, 9],
+  // Prefill-sized batches: 128-row panel blocks, the last one of 14 rows (the few-rows path) or of 44.
+  [270, 33, 21],
+  [300, 20, 10],
   [1, 3, 2],
 ] as const;
 
@@ -211,5 +216,42 @@ test('wasm: every bf16 pattern and every finite f16 pattern converts exactly ins
       if (got[i] !== want[i]) assert.fail(`${dtype} bits 0x${i.toString(16)}: ${got[i]} vs ${want[i]}`);
     }
     for (const t of [x, w, o]) W.release(t);
+  }
+});
+
+test('wasm: prefill blocks give bit for bit the one-task-at-a-time attention (every cache kind, two sequences per step, chunks over a cache, 1 and 2 threads)', async () => {
+  const shape = { numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 64 };
+  const { numHeads: H, numKvHeads: KV, headDim: d } = shape;
+  const qkvDim = (H + 2 * KV) * d;
+  const perTask = await wasm(1);
+  perTask.prefillBlocks = false;
+  for (const threads of [1, 2]) {
+    const blocks = await wasm(threads);
+    const pools = [perTask.createPagePool(shape), blocks.createPagePool(shape)] as const;
+    const steppers = pools.map((p, i) => new CacheStepper(i === 0 ? perTask : blocks, p));
+    const r = rng(11);
+    for (const name of ALL_SPECS) {
+      const spec = parseKvSpec(name);
+      // Two sequences each: chunks of 70 and 45 rows in one step (two blocks runs), then 37 and 1 (a chunk
+      // over the cache next to a decoded token), then a chunk of 100 and of 17.
+      const caches = pools.map((p) => [createCache(spec, p), createCache(spec, p)]);
+      for (const [na, nb] of [
+        [70, 45],
+        [37, 1],
+        [100, 17],
+      ] as const) {
+        const rows = [randArray(na * qkvDim, r, 3), randArray(nb * qkvDim, r, 3)];
+        const items = (i: number) => [
+          { cache: caches[i]![0]!, rows: rows[0]!, n: na, mode: 'prefill' as const },
+          { cache: caches[i]![1]!, rows: rows[1]!, n: nb, mode: nb === 1 ? ('decode' as const) : ('prefill' as const) },
+        ];
+        const exp = (await steppers[0]!.step(items(0)))!;
+        const got = (await steppers[1]!.step(items(1)))!;
+        assert.ok(exp.some((v) => v !== 0));
+        assert.deepEqual(got, exp, `${name}, ${threads} threads: chunks of ${na} and ${nb}`);
+      }
+      for (const c of caches.flat()) c.free();
+    }
+    for (const s of steppers) s.dispose();
   }
 });

@@ -11,7 +11,14 @@ import { parseRedisUrl } from '../../server/redis-store.js';
 import { type AttentionKernelResult, attentionChart, attentionKernelMarkdown, attentionMarkdown, runAttentionBench } from '../../studies/bench/attention.js';
 import { type BudgetArg, capacityMarkdown, modelDims, runCapacity } from '../../studies/bench/capacity.js';
 import { GEMV_WEIGHT_TYPES, type GemvWeightType, gemvMarkdown, runGemvBench } from '../../studies/bench/gemv.js';
-import { benchPrompt, generateBenchMarkdown, runFilledDecodeBench, runGenerateBench } from '../../studies/bench/generate.js';
+import {
+  benchPrompt,
+  generateBenchMarkdown,
+  PREFILL_ATTENTION,
+  type PrefillAttention,
+  runFilledDecodeBench,
+  runGenerateBench,
+} from '../../studies/bench/generate.js';
 import { kvBytesMarkdown, runKvBytes } from '../../studies/bench/kvbytes.js';
 import { DEFAULT_REPEATS } from '../../studies/bench/measure.js';
 import { prefixBenchMarkdown, runPrefixBench } from '../../studies/bench/prefix.js';
@@ -270,6 +277,14 @@ export function register(program: Command): void {
   );
 
   // --- generate -----------------------------------------------------------------------------------
+  const prefillAttentionList = (s: string): PrefillAttention[] => {
+    const list = s.split(',').map((x) => x.trim());
+    for (const m of list) {
+      if (!(PREFILL_ATTENTION as readonly string[]).includes(m)) throw new InvalidArgumentError(`"${m}" is not one of ${PREFILL_ATTENTION.join(', ')}`);
+    }
+    if (new Set(list).size !== list.length) throw new InvalidArgumentError(`"${s}" names a way twice`);
+    return list as PrefillAttention[];
+  };
   const gen = bench
     .command('generate')
     .description('prefill and decode tokens/s of one sequence (what kivi generate reports), per spec, median of rounds')
@@ -278,7 +293,12 @@ export function register(program: Command): void {
     .option('--prompt <n>', 'prompt tokens', int(1), 1024)
     .option('--gen <n>', 'generated tokens (greedy, through EOS)', int(1), 256)
     .option('--repeats <n>', 'rounds over all specs (the median is reported)', int(1, 100), 3)
-    .option('--fill <n>', "decode only, after caches filled with n tokens of synthetic keys/values (long context without the prefill's cost)", int(1));
+    .option('--fill <n>', "decode only, after caches filled with n tokens of synthetic keys/values (long context without the prefill's cost)", int(1))
+    .option(
+      '--prefill-attention <list>',
+      "wasm: the prompt's attention side by side, comma-separated: blocks (query rows in blocks, the default) and/or rows (one at a time)",
+      prefillAttentionList,
+    );
   kvListOption(gen, 'fp32,fp16,kivi2,kivi4');
   weightsListOption(gen, ['f32', 'native']);
   sharedOptions(gen);
@@ -295,9 +315,11 @@ export function register(program: Command): void {
         kv: CacheSpec[];
         weights: WeightFormat[];
         randomWeights?: number;
+        prefillAttention?: PrefillAttention[];
       },
     ) => {
       if (o.fill !== undefined && o.gen < 2) throw new KiviError('--fill needs --gen 2 or more (the first step is untimed)');
+      if (o.fill !== undefined && o.prefillAttention) throw new KiviError('--prefill-attention measures a prefill: not with --fill');
       const text = o.text === undefined ? undefined : readTextFile(o.text, '--text');
       // The model once per weight format, each on its own back end, measured in turns.
       const models: { weights: WeightFormat; model: KiviModel }[] = [];
@@ -310,7 +332,15 @@ export function register(program: Command): void {
         const results =
           o.fill !== undefined
             ? await runFilledDecodeBench({ models, context: o.fill, gen: o.gen, specs, repeats: o.repeats, onProgress })
-            : await runGenerateBench({ models, prompt: benchPrompt(model, o.prompt, text), gen: o.gen, specs, repeats: o.repeats, onProgress });
+            : await runGenerateBench({
+                models,
+                prompt: benchPrompt(model, o.prompt, text),
+                gen: o.gen,
+                specs,
+                repeats: o.repeats,
+                prefillAttention: o.prefillAttention,
+                onProgress,
+              });
         bar.stop();
         const name = path.basename(path.resolve(o.model));
         const what = `kivi generate on ${name} (${model.backend.name} ×${model.backend.threads})`;

@@ -43,6 +43,25 @@ export interface KernelExports {
   swiglu(act: number, gu: number, rows: number, I: number): void;
   attend_task(tasks: number, segs: number, i: number, layer: number, qkv: number, att: number, H: number, KV: number, d: number, scratch: number): void;
   task_scratch_bytes(nq: number, T: number, d: number): number;
+  pack_rows(dst: number, qkv: number, r0: number, n: number, H: number, KV: number, d: number): void;
+  /** Item i of the (first task, count) pairs at `items` (assembly/prefill.ts). */
+  prefill_item(
+    items: number,
+    i: number,
+    tasks: number,
+    segs: number,
+    layer: number,
+    qkv: number,
+    att: number,
+    H: number,
+    KV: number,
+    d: number,
+    packed: number,
+    p0: number,
+    np: number,
+    scratch: number,
+  ): void;
+  prefill_scratch_bytes(rows: number, nq: number, T: number, d: number): number;
 }
 
 /** Instantiate the module on a memory (synchronous: the module is already compiled). */

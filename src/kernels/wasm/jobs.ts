@@ -14,6 +14,8 @@ import type { KernelExports } from './exports.js';
 export const OP_STOP = 0;
 export const OP_MATMUL = 1;
 export const OP_ATTEND = 2;
+/** Items of a prefill attend (assembly/prefill.ts): single tasks and blocks of a chunk's query rows. */
+export const OP_PREFILL = 3;
 /** OP_MATMUL's weight kinds (its 9th argument; 16-bit kinds take panel scratch and its per-thread stride next). */
 export const W_F32 = 0;
 export const W_BF16 = 1;
@@ -93,6 +95,23 @@ function runItem(c: JobContext, i: number): void {
       a[ARGS + 6]!,
       a[ARGS + 7]!,
       a[ARGS + 8]! + c.tid * a[ARGS + 9]!,
+    );
+  } else if (op === OP_PREFILL) {
+    c.k.prefill_item(
+      a[ARGS]!,
+      i,
+      a[ARGS + 1]!,
+      a[ARGS + 2]!,
+      a[ARGS + 3]!,
+      a[ARGS + 4]!,
+      a[ARGS + 5]!,
+      a[ARGS + 6]!,
+      a[ARGS + 7]!,
+      a[ARGS + 8]!,
+      a[ARGS + 9]!,
+      a[ARGS + 10]!,
+      a[ARGS + 11]!,
+      a[ARGS + 12]! + c.tid * a[ARGS + 13]!,
     );
   }
 }

@@ -17,7 +17,8 @@ import type { AttnShape, Backend, DType, HostArray, PagePool, Tensor } from '../
 import { DTYPE_BYTES } from '../types.js';
 import { Allocator } from './allocator.js';
 import { instantiate, type KernelExports } from './exports.js';
-import { JobRunner, MAX_ITEMS, newControl, OP_ATTEND, OP_MATMUL, OP_STOP, W_BF16, W_F16, W_F32 } from './jobs.js';
+import { JobRunner, MAX_ITEMS, newControl, OP_ATTEND, OP_MATMUL, OP_PREFILL, OP_STOP, W_BF16, W_F16, W_F32 } from './jobs.js';
+import { type PrefillItems, PrefillPlanner } from './prefill.js';
 
 const PAGE = 65536;
 /** Bytes kept readable past the heap top: kernels load whole 16-byte vectors at the end of a row. */
@@ -85,6 +86,12 @@ export class WasmBackend implements Backend {
   /** The plan's task and segment tables, copied into the memory once per plan. */
   private planCopy = { plan: null as StepPlan | null, epoch: -1, tasks: 0, segs: 0, tasksBytes: 0, segsBytes: 0 };
   private scratch = { ptr: 0, bytes: 0 };
+  /** Prefill blocks of the plan's tasks, their item table, and the chunk's keys and values packed per kv head. */
+  private readonly prefill = new PrefillPlanner();
+  /** False: a prefill chunk's query rows attend one task at a time, as decoded tokens do (same bits; tests and benchmarks compare). */
+  prefillBlocks = true;
+  private prefillItems = { ptr: 0, bytes: 0 };
+  private packed = { ptr: 0, bytes: 0 };
   /** Per-thread float32 panels of 16-bit weight rows for batch matmuls. */
   private panels = { ptr: 0, bytes: 0 };
   private readonly panelPerInput: number;
@@ -274,6 +281,13 @@ export class WasmBackend implements Backend {
     if (nt === 0) return;
     const { tasks, segs } = this.copyPlan(plan);
     const { numHeads: H, numKvHeads: KV, headDim: d } = pool.shape;
+    if (this.prefillBlocks) {
+      const pf = this.prefill.items(plan, sub, t0, nt, H / KV);
+      if (pf.blocked > 0) {
+        this.attendPrefill(pf, tasks, segs, plan.maxTokens, layer, T(qkv).addr, T(att).addr, H, KV, d);
+        return;
+      }
+    }
     const stride = Math.ceil(this.k.task_scratch_bytes(H / KV, plan.maxTokens, d) / 64) * 64;
     const parallel = this.runner !== null && nt > 1 && this.runner.parallel;
     const scratch = this.region(this.scratch, stride * (parallel ? this.threads : 1));
@@ -284,6 +298,41 @@ export class WasmBackend implements Backend {
       }
     } else {
       for (let i = 0; i < nt; i++) this.k.attend_task(taskBase, segs, i, layer, T(qkv).addr, T(att).addr, H, KV, d, scratch);
+    }
+  }
+
+  /**
+   * A prefill chunk's tasks in blocks of query rows (assembly/prefill.ts), bit for bit attend_task's
+   * results: the chunk's keys and values packed per kv head first, then the items over the threads.
+   */
+  private attendPrefill(
+    pf: PrefillItems,
+    tasks: number,
+    segs: number,
+    maxTokens: number,
+    layer: number,
+    qkv: number,
+    att: number,
+    H: number,
+    KV: number,
+    d: number,
+  ): void {
+    const nq = H / KV;
+    const items = this.region(this.prefillItems, pf.nItems * 8);
+    new Int32Array(this.buf, items, pf.nItems * 2).set(pf.items.subarray(0, pf.nItems * 2));
+    const packed = this.region(this.packed, pf.np * KV * 2 * d * 4);
+    this.k.pack_rows(packed, qkv, pf.p0, pf.np, H, KV, d);
+    const need = Math.max(this.k.task_scratch_bytes(nq, maxTokens, d), this.k.prefill_scratch_bytes(pf.blockRows, nq, maxTokens, d));
+    const stride = Math.ceil(need / 64) * 64;
+    const parallel = this.runner !== null && pf.nItems > 1 && this.runner.parallel;
+    const scratch = this.region(this.scratch, stride * (parallel ? this.threads : 1));
+    if (parallel) {
+      const args = [tasks, segs, layer, qkv, att, H, KV, d, packed, pf.p0, pf.np, scratch, stride];
+      for (let i0 = 0; i0 < pf.nItems; i0 += MAX_ITEMS) {
+        this.runner!.run(OP_PREFILL, [items + i0 * 8, ...args], Math.min(MAX_ITEMS, pf.nItems - i0));
+      }
+    } else {
+      for (let i = 0; i < pf.nItems; i++) this.k.prefill_item(items, i, tasks, segs, layer, qkv, att, H, KV, d, packed, pf.p0, pf.np, scratch);
     }
   }
 

@@ -7,6 +7,7 @@
 import type { KiviModel } from '../../api.js';
 import { parseKvSpec } from '../../cache/spec.js';
 import { CacheStepper, qkvRows } from '../../cache/step.js';
+import { WasmBackend } from '../../kernels/wasm/kernels.js';
 import type { WeightFormat } from '../../model/weights.js';
 import { KiviError } from '../../util/errors.js';
 import { median } from '../numbers.js';
@@ -21,8 +22,16 @@ export interface GenerateBenchOptions {
   gen: number;
   specs: string[];
   repeats: number;
+  /**
+   * wasm only: how a prompt chunk's attention runs, side by side — 'blocks' (query rows in blocks over the
+   * chunk's packed keys and values, the default) or 'rows' (one query row at a time, as decoded tokens).
+   */
+  prefillAttention?: PrefillAttention[];
   onProgress?: (done: number, total: number) => void;
 }
+
+export type PrefillAttention = 'blocks' | 'rows';
+export const PREFILL_ATTENTION: readonly PrefillAttention[] = ['blocks', 'rows'];
 
 /** One spec's medians; the JSON output's `results` entries. */
 export interface GenerateBenchResult {
@@ -35,6 +44,8 @@ export interface GenerateBenchResult {
   decode_tokens_per_s: number;
   /** Cache bytes after the last step. */
   kv_bytes: number;
+  /** With --prefill-attention: how the prompt's attention ran. */
+  prefill_attention?: PrefillAttention;
 }
 
 /** The first n tokens of a text (BOS first), or seeded synthetic ids when there is no text. */
@@ -53,19 +64,31 @@ export async function runGenerateBench(o: GenerateBenchOptions): Promise<Generat
   if (o.prompt.length + o.gen > max) {
     throw new KiviError(`prompt ${o.prompt.length} + generated ${o.gen} tokens exceed the model's context of ${max}`);
   }
-  const variants = o.models.flatMap(({ weights, model }) => o.specs.map((kv) => ({ weights, model, kv })));
+  const modes = o.prefillAttention ?? [undefined];
+  for (const { model } of o.models) {
+    if (o.prefillAttention && !(model.backend instanceof WasmBackend)) throw new KiviError('--prefill-attention applies to the wasm back end');
+  }
+  const variants = o.models.flatMap(({ weights, model }) => o.specs.flatMap((kv) => modes.map((mode) => ({ weights, model, kv, mode }))));
   const runs = variants.map(() => [] as { prefill: number; decode: number; bytes: number }[]);
   let done = 0;
+  const use = (model: KiviModel, mode: PrefillAttention | undefined) => {
+    if (mode) (model.backend as WasmBackend).prefillBlocks = mode === 'blocks';
+  };
   // One untimed short run per variant first: compiles the kernels' code paths and sizes the scratch buffers.
-  for (const { model, kv } of variants) await model.complete(o.prompt.slice(0, 16), { kv, maxTokens: 4, ignoreEos: true });
+  for (const { model, kv, mode } of variants) {
+    use(model, mode);
+    await model.complete(o.prompt.slice(0, 16), { kv, maxTokens: 4, ignoreEos: true });
+  }
   for (let round = 0; round < o.repeats; round++) {
-    for (const [i, { model, kv }] of variants.entries()) {
+    for (const [i, { model, kv, mode }] of variants.entries()) {
+      use(model, mode);
       const r = await model.complete(o.prompt, { kv, maxTokens: o.gen, ignoreEos: true });
       runs[i]!.push({ prefill: r.promptTokens / r.prefillSeconds, decode: r.decodeSteps / r.decodeSeconds, bytes: r.kvBytes });
       o.onProgress?.(++done, o.repeats * variants.length);
     }
   }
-  return variants.map(({ weights, kv }, i) => ({
+  for (const { model } of o.models) use(model, o.prefillAttention ? 'blocks' : undefined);
+  return variants.map(({ weights, kv, mode }, i) => ({
     weights,
     kv,
     prompt_tokens: o.prompt.length,
@@ -73,6 +96,7 @@ export async function runGenerateBench(o: GenerateBenchOptions): Promise<Generat
     prefill_tokens_per_s: median(runs[i]!.map((r) => r.prefill)),
     decode_tokens_per_s: median(runs[i]!.map((r) => r.decode)),
     kv_bytes: runs[i]![0]!.bytes,
+    ...(mode ? { prefill_attention: mode } : {}),
   }));
 }
 
@@ -136,10 +160,11 @@ export function generateBenchMarkdown(results: readonly GenerateBenchResult[], w
     `${what}: ${base.prefill_tokens_per_s === 0 ? `caches filled with ${base.prompt_tokens} tokens of synthetic keys/values (no prefill)` : `${base.prompt_tokens}-token prompt`}, ` +
     `${base.generated} generated (greedy); medians; in parentheses: relative to ${base.kv} with ${base.weights} weights:\n\n` +
     markdownTable(
-      ['weights', 'kv', 'prefill tokens/s', 'decode tokens/s', 'cache after'],
+      ['weights', 'kv', ...(base.prefill_attention ? ['prefill attention'] : []), 'prefill tokens/s', 'decode tokens/s', 'cache after'],
       results.map((r) => [
         r.weights,
         r.kv,
+        ...(base.prefill_attention ? [r.prefill_attention ?? ''] : []),
         r.prefill_tokens_per_s === 0 ? '–' : `${r.prefill_tokens_per_s.toFixed(0)} (${formatRatio(r.prefill_tokens_per_s / base.prefill_tokens_per_s)})`,
         `${r.decode_tokens_per_s.toFixed(1)} (${formatRatio(r.decode_tokens_per_s / base.decode_tokens_per_s)})`,
         formatBytes(r.kv_bytes),

@@ -17,12 +17,17 @@
  * few rows (decode batches): 4 rows × 2 outputs, then 2 × 4, then 1 × 8, each converted weight vector
  * serving every row of its tile, over blocks of 16 outputs whose weights stay in L2 for all the rows.
  * Many rows (prefill), given per-thread scratch: 4 weight rows at a time converted to a float32 panel once
- * per block of 64 rows, then matmul.ts's own float32 tiles — float32 speed, conversion cost amortized.
+ * per block of 64 rows (128 in batches that large), then matmul.ts's own float32 tiles — float32 speed, conversion cost amortized.
  */
 import { hsum } from './common';
 import { tiles } from './matmul';
 
 const ROW_BLOCK = 64;
+/**
+ * Rows per block of the panel path: each panel is converted once per block, and the block's activations
+ * (128 rows: 256 KiB at 512 inputs, 704 KiB at 1408) stream from L2 for every panel either way.
+ */
+const PANEL_ROW_BLOCK = 128;
 /** Batches of at least this many rows (per block) convert weights to float32 panels, given scratch. */
 const PANEL_ROWS = 16;
 /** Weight rows per converted panel (matmul.ts's tiles take 4 outputs at a time). */
@@ -94,8 +99,9 @@ const F16_KEEP_HIGH: i32 = 0x8fff;
     gemvImpl(out, x, w, vec8, vecEnd, inDim, wB, bias, o0, o1, f16);
     return;
   }
-  for (let r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
-    const r1 = min(rows, r0 + ROW_BLOCK);
+  const block = scratch != 0 && rows >= PANEL_ROW_BLOCK ? PANEL_ROW_BLOCK : ROW_BLOCK;
+  for (let r0 = 0; r0 < rows; r0 += block) {
+    const r1 = min(rows, r0 + block);
     if (scratch != 0 && r1 - r0 >= PANEL_ROWS) {
       // Many rows: convert PANEL weight rows to float32 once, run matmul.ts's float32 tiles on them.
       for (let o = o0; o < o1; o += PANEL) {

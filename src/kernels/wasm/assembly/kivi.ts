@@ -17,7 +17,7 @@
  * by their weights (two heads share the unpacking), and the minimum term is one float sum per group.
  * The rounding moves an output by at most Σ_t α_g/2·code_tc.
  */
-import { finiteHalves4, positiveHalves4, hmax, hsum, roundToInt, roundToIntScalar, zero16 } from './common';
+import { finiteHalves4, positiveHalves4, hmax, hsum, roundToInt, roundToIntScalar, touch, zero16 } from './common';
 
 const QMAX: f32 = 32767;
 /** Tokens per value chunk: keeps Σ |w|·code within int32 at 8 bits (256·32767·255 < 2^31). */
@@ -226,6 +226,62 @@ export function kivi_work_bytes(d: i32, nq: i32): i32 {
   }
 }
 
+/**
+ * Scores of G tokens (one group) for two heads, two tokens per step: each unit's codes are unpacked once
+ * for both heads (the issue of a kv head's query heads sharing every key group). Two tokens × two heads
+ * is 4 accumulators, the unit's two code vectors, two unpacked planes and both heads' query plane: 10
+ * live vectors, within the 16 registers. Each step's sums are reduced to [A_t, A_t+1, B_t, B_t+1] and
+ * stored as scores right away.
+ */
+@inline function groupScores2<B>(sA: usize, sB: usize, cg: usize, tokB: usize, G: i32, units: i32,
+  qA: usize, qB: usize, mulAB: v128, addAB: v128): void {
+  const bits = BITS<B>();
+  const unitB = <usize>(256 / bits);
+  const mask: i32 = (1 << bits) - 1;
+  const M = i16x8.splat(<i16>mask);
+  for (let t = 0, c = cg; t < G; t += 2, c += tokB << 1) {
+    let a0 = i32x4.splat(0), a1 = a0, b0 = a0, b1 = a0;
+    for (let u = 0, off: usize = 0, qa = qA, qb = qB; u < units; u++, off += 16, qa += unitB, qb += unitB) {
+      const V0 = v128.load(c + off), V1 = v128.load(c + tokB + off);
+      let y0 = v128.and(V0, M), y1 = v128.and(V1, M);
+      let x = v128.load(qa), z = v128.load(qb);
+      a0 = dotw(y0, x, a0); a1 = dotw(y1, x, a1); b0 = dotw(y0, z, b0); b1 = dotw(y1, z, b1);
+      if (bits == 2) {
+        y0 = i16x8.shr_u(V0, 2); y1 = i16x8.shr_u(V1, 2); x = v128.load(qa, 16); z = v128.load(qb, 16);
+        a0 = dotw(y0, x, a0); a1 = dotw(y1, x, a1); b0 = dotw(y0, z, b0); b1 = dotw(y1, z, b1);
+        y0 = i16x8.shr_u(V0, 4); y1 = i16x8.shr_u(V1, 4); x = v128.load(qa, 32); z = v128.load(qb, 32);
+        a0 = dotw(y0, x, a0); a1 = dotw(y1, x, a1); b0 = dotw(y0, z, b0); b1 = dotw(y1, z, b1);
+        y0 = i16x8.shr_u(V0, 6); y1 = i16x8.shr_u(V1, 6); x = v128.load(qa, 48); z = v128.load(qb, 48);
+        a0 = dotw(y0, x, a0); a1 = dotw(y1, x, a1); b0 = dotw(y0, z, b0); b1 = dotw(y1, z, b1);
+        y0 = i16x8.shr_u(V0, 8); y1 = i16x8.shr_u(V1, 8); x = v128.load(qa, 64); z = v128.load(qb, 64);
+        a0 = dotw(y0, x, a0); a1 = dotw(y1, x, a1); b0 = dotw(y0, z, b0); b1 = dotw(y1, z, b1);
+        y0 = i16x8.shr_u(V0, 10); y1 = i16x8.shr_u(V1, 10); x = v128.load(qa, 80); z = v128.load(qb, 80);
+        a0 = dotw(y0, x, a0); a1 = dotw(y1, x, a1); b0 = dotw(y0, z, b0); b1 = dotw(y1, z, b1);
+        y0 = i16x8.shr_u(V0, 12); y1 = i16x8.shr_u(V1, 12); x = v128.load(qa, 96); z = v128.load(qb, 96);
+        a0 = dotw(y0, x, a0); a1 = dotw(y1, x, a1); b0 = dotw(y0, z, b0); b1 = dotw(y1, z, b1);
+        y0 = i16x8.shr_u(V0, 14); y1 = i16x8.shr_u(V1, 14); x = v128.load(qa, 112); z = v128.load(qb, 112);
+        a0 = dotw(y0, x, a0); a1 = dotw(y1, x, a1); b0 = dotw(y0, z, b0); b1 = dotw(y1, z, b1);
+      } else if (bits == 4) {
+        y0 = plane(V0, 4, 15); y1 = plane(V1, 4, 15); x = v128.load(qa, 16); z = v128.load(qb, 16);
+        a0 = dotw(y0, x, a0); a1 = dotw(y1, x, a1); b0 = dotw(y0, z, b0); b1 = dotw(y1, z, b1);
+        y0 = plane(V0, 8, 15); y1 = plane(V1, 8, 15); x = v128.load(qa, 32); z = v128.load(qb, 32);
+        a0 = dotw(y0, x, a0); a1 = dotw(y1, x, a1); b0 = dotw(y0, z, b0); b1 = dotw(y1, z, b1);
+        y0 = i16x8.shr_u(V0, 12); y1 = i16x8.shr_u(V1, 12); x = v128.load(qa, 48); z = v128.load(qb, 48);
+        a0 = dotw(y0, x, a0); a1 = dotw(y1, x, a1); b0 = dotw(y0, z, b0); b1 = dotw(y1, z, b1);
+      } else {
+        y0 = i16x8.shr_u(V0, 8); y1 = i16x8.shr_u(V1, 8); x = v128.load(qa, 16); z = v128.load(qb, 16);
+        a0 = dotw(y0, x, a0); a1 = dotw(y1, x, a1); b0 = dotw(y0, z, b0); b1 = dotw(y1, z, b1);
+      }
+    }
+    // pack: [t lo, t hi, t+1 lo, t+1 hi] per head → [A_t, A_t+1, B_t, B_t+1].
+    const pa = pack(a0, a1), pb = pack(b0, b1);
+    const sums = i32x4.add(v128.shuffle<i32>(pa, pb, 0, 2, 4, 6), v128.shuffle<i32>(pa, pb, 1, 3, 5, 7));
+    const r = f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(sums), mulAB), addAB);
+    v128.store64_lane(sA + (<usize>t << 2), r, 0);
+    v128.store64_lane(sB + (<usize>t << 2), r, 1);
+  }
+}
+
 function scoresKivi<B>(s: usize, sStride: i32, q: usize, nq: i32, codes: usize, scales: usize, mins: usize,
   n: i32, d: i32, G: i32, scale: f32, work: usize): void {
   const bits = BITS<B>();
@@ -244,6 +300,9 @@ function scoresKivi<B>(s: usize, sStride: i32, q: usize, nq: i32, codes: usize, 
   const units = dPad * bits / 128;
   const sB = <usize>sStride << 2;
   const sc = f32x4.splat(scale);
+  touch(codes, <usize>n * tokB);
+  touch(scales, <usize>(n / G) * dB >> 1);
+  touch(mins, <usize>(n / G) * dB >> 1);
   for (let g0 = 0; g0 < n; g0 += G) {
     const pOff = <usize>(g0 / G) * dB >> 1; // float16 [n/G][d]
     for (let j = 0; j < nq; j += 2) {
@@ -255,7 +314,15 @@ function scoresKivi<B>(s: usize, sStride: i32, q: usize, nq: i32, codes: usize, 
     for (let j = 0; j < nq; j++) quantizeQuery<B>(qs + <usize>j * padB, tmp, dPad, qi + <usize>j * qiB, alpha + (<usize>j << 2));
     const cg = codes + <usize>g0 * tokB;
     const sg = s + (<usize>g0 << 2);
-    for (let j = 0; j < nq; j++) {
+    let j = 0;
+    for (; j + 2 <= nq; j += 2) {
+      // [α_A, α_A, α_B, α_B]·scale and the same of the biases: score = Σ·α·scale + bias·scale.
+      const al = v128.shuffle<f32>(v128.load32_splat(alpha + (<usize>j << 2)), v128.load32_splat(alpha + (<usize>j << 2) + 4), 0, 1, 4, 5);
+      const bi = v128.shuffle<f32>(v128.load32_splat(bias + (<usize>j << 2)), v128.load32_splat(bias + (<usize>j << 2) + 4), 0, 1, 4, 5);
+      groupScores2<B>(sg + <usize>j * sB, sg + <usize>(j + 1) * sB, cg, tokB, G, units, qi + <usize>j * qiB, qi + <usize>(j + 1) * qiB,
+        f32x4.mul(al, sc), f32x4.mul(bi, sc));
+    }
+    if (j < nq) {
       groupScores1<B>(sg + <usize>j * sB, cg, tokB, G, units, qi + <usize>j * qiB,
         v128.load32_splat(alpha + (<usize>j << 2)), v128.load32_splat(bias + (<usize>j << 2)), sc, part);
     }
@@ -580,6 +647,9 @@ function accumKivi<B>(out: usize, p: usize, pStride: i32, nq: i32, codes: usize,
   for (let t0 = 0; t0 < n; t0 += VCHUNK) {
     const m = min(VCHUNK, n - t0);
     const pOff = <usize>t0 * (<usize>ng << 1);
+    touch(codes + <usize>t0 * tokB, <usize>m * tokB);
+    touch(scales + pOff, <usize>m * (<usize>ng << 1));
+    touch(mins + pOff, <usize>m * (<usize>ng << 1));
     convertParams(scales + pOff, mins + pOff, m * ng, ng, sf, mf, smax);
     const cb = codes + <usize>t0 * tokB;
     for (let j = 0; j < nq; j += 2) {

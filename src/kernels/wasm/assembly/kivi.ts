@@ -59,7 +59,7 @@ export function kivi_work_bytes(d: i32, nq: i32): i32 {
   const scoresB = nq * dPad * 4 + nq * dPad * 2 + 2 * 16 * ((nq + 3) >> 2) + dPad * 2 + d * 16 + 64;
   const ng = d >> 2;
   const valuesB = 2 * VCHUNK * ng * 4 + 2 * ((VCHUNK >> 1) * ng * 4 + 3 * (ng * 4 + 16)) + 2 * (ng * 4 + 16) + 16 * 4;
-  return <i32>align16(max(scoresB, valuesB));
+  return <i32>align16(max(scoresB, valuesB)) + 16; // + accum_kivi's one-segment list
 }
 
 // ---- scores -------------------------------------------------------------------------------------
@@ -344,17 +344,16 @@ export function scores_kivi(s: usize, sStride: i32, q: usize, nq: i32, codes: us
 
 /**
  * One chunk's float16 scales and minimums (n = m·ng of each, token-major) → float32 at sf/mf, shared by
- * every head, and the largest scale of each group over the chunk at smax. One flat pass: with ng a
- * multiple of 4, every vector of 4 lies in one token.
+ * every head, and the largest scale of each group at smax (raised, not reset: one call per segment of a
+ * chunk). One flat pass: with ng a multiple of 4, every vector of 4 lies in one token.
  */
 function convertParams(scales: usize, mins: usize, n: i32, ng: i32, sf: usize, mf: usize, smax: usize): void {
   const ngB = <usize>ng << 2;
-  zero16(smax, (ngB + 15) & ~15);
   const nB = <usize>n << 2;
   let i: usize = 0;
   if ((ng & 3) == 0) {
     if (ng == 4) {
-      let sm = f32x4.splat(0);
+      let sm = v128.load(smax);
       for (; i + 32 <= nB; i += 32) {
         const h = v128.load(scales + (i >> 1)), k = v128.load(mins + (i >> 1));
         const s0 = positiveHalves4(i32x4.extend_low_i16x8_u(h)), s1 = positiveHalves4(i32x4.extend_high_i16x8_u(h));
@@ -480,16 +479,19 @@ function prepareWeights(p: usize, sf: usize, mf: usize, smax: usize, m: i32, ng:
  * order. U = bool: the half unit lies in one group (one weight per pair); otherwise one group per lane,
  * from the lane→group table at lanesG.
  */
-@inline function halfUnit<B, U>(out: usize, d: i32, G: i32, cb: usize, tokB: usize, m: i32, h: i32, wi: usize, ngB: usize,
+@inline function halfUnit<B, U>(out: usize, d: i32, G: i32, list: usize, nseg: i32, tokB: usize, h: i32, wi: usize, ngB: usize,
   lanesG: usize, alpha: usize, mt: usize): void {
   const bits = BITS<B>();
   const cpl = 16 / bits;
   const c0 = h * 4 * cpl;
   const g0 = <usize>(c0 / G) << 2;
-  const pairs = (m + 1) >> 1;
   let a0 = i32x4.splat(0), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
   const tok2 = tokB << 1;
-  let A = cb + (<usize>h << 3), wp = wi;
+  let wp = wi;
+  for (let e = 0; e < nseg; e++) {
+  const m = load<i32>(list + (<usize>e << 4), 12);
+  const pairs = (m + 1) >> 1;
+  let A = <usize>load<u32>(list + (<usize>e << 4)) + (<usize>h << 3);
   let pr = 0;
   for (; pr + 2 <= pairs; pr += 2, A += tok2 << 1, wp += ngB << 1) {
     // Tokens A, B (pair pr) and C, D (pair pr + 1); D may be past the end: its weight is 0, read C.
@@ -518,6 +520,7 @@ function prepareWeights(p: usize, sf: usize, mf: usize, smax: usize, m: i32, ng:
   if (pr < pairs) {
     const X = pairLanes(A, 2 * pr + 1 < m ? A + tokB : A);
     const W = pairWeights<U>(wp, g0, lanesG);
+    wp += ngB;
     if (bits == 2) {
       a0 = dotw(v128.and(X, i16x8.splat(3)), W, a0);
       a1 = dotw(plane(X, 2, 3), W, a1);
@@ -536,6 +539,7 @@ function prepareWeights(p: usize, sf: usize, mf: usize, smax: usize, m: i32, ng:
       a0 = dotw(v128.and(X, i16x8.splat(255)), W, a0);
       a1 = dotw(i16x8.shr_u(X, 8), W, a1);
     }
+  }
   }
   // Plane s, lane k holds channel c0 + k·cpl + s: transpose to channel order, 4 channels per vector
   // (4 consecutive channels share a group: G is a multiple of 2·cpl ≥ 4).
@@ -589,16 +593,19 @@ function prepareWeights(p: usize, sf: usize, mf: usize, smax: usize, m: i32, ng:
  * codes are unpacked once for both heads. 4 planes × 2 heads is as many accumulators as fit in
  * registers; 2-bit codes take two passes (planes 0–3, then 4–7).
  */
-@inline function halfUnit2<B, U>(oA: usize, oB: usize, d: i32, G: i32, cb: usize, tokB: usize, m: i32, h: i32,
+@inline function halfUnit2<B, U>(oA: usize, oB: usize, d: i32, G: i32, list: usize, nseg: i32, tokB: usize, h: i32,
   wA: usize, wB: usize, ngB: usize, lanesG: usize, alA: usize, alB: usize, mtA: usize, mtB: usize, s0: i32): void {
   const bits = BITS<B>();
   const cpl = 16 / bits;
   const c0 = h * 4 * cpl;
   const g0 = <usize>(c0 / G) << 2;
-  const pairs = (m + 1) >> 1;
   let a0 = i32x4.splat(0), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-  let A = cb + (<usize>h << 3), pa = wA, pb = wB;
+  let pa = wA, pb = wB;
   const tok2 = tokB << 1;
+  for (let e = 0; e < nseg; e++) {
+  const m = load<i32>(list + (<usize>e << 4), 12);
+  const pairs = (m + 1) >> 1;
+  let A = <usize>load<u32>(list + (<usize>e << 4)) + (<usize>h << 3);
   for (let pr = 0; pr < pairs; pr++, A += tok2, pa += ngB, pb += ngB) {
     const X = pairLanes(A, 2 * pr + 1 < m ? A + tokB : A);
     const WA = pairWeights<U>(pa, g0, lanesG), WB = pairWeights<U>(pb, g0, lanesG);
@@ -613,6 +620,7 @@ function prepareWeights(p: usize, sf: usize, mf: usize, smax: usize, m: i32, ng:
       a3 = dotw(y, WA, a3); b3 = dotw(y, WB, b3);
     }
   }
+  }
   if (bits != 8) {
     finish4(oA, d, G, c0, cpl, alA, mtA, a0, a1, a2, a3, s0);
     finish4(oB, d, G, c0, cpl, alB, mtB, b0, b1, b2, b3, s0);
@@ -624,8 +632,14 @@ function prepareWeights(p: usize, sf: usize, mf: usize, smax: usize, m: i32, ng:
   }
 }
 
-function accumKivi<B>(out: usize, p: usize, pStride: i32, nq: i32, codes: usize, scales: usize, mins: usize,
-  n: i32, d: i32, G: i32, work: usize): void {
+/**
+ * One chunk of m ≤ VCHUNK tokens from a list of nseg segments (list: [codes, scales, mins, n] as 32-bit
+ * words per segment, in token order; every segment but the last has an even n, so pairs of tokens never
+ * straddle two segments): their weights are p[j·pStride + 0 .. m) in the same order. Value pages hold 64
+ * tokens: one call over the pages of a whole chunk spreads its fixed work (weights, the transposes at the
+ * end of each half unit) over up to VCHUNK tokens.
+ */
+function accumChunk<B>(out: usize, p: usize, pStride: i32, nq: i32, list: usize, nseg: i32, m: i32, d: i32, G: i32, work: usize): void {
   const bits = BITS<B>();
   const ng = d / G;
   const ngB = <usize>ng << 2;
@@ -644,34 +658,41 @@ function accumKivi<B>(out: usize, p: usize, pStride: i32, nq: i32, codes: usize,
   const wiA = hA, alA = wiA + align16(<usize>(VCHUNK >> 1) * ngB), ivA = alA + align16(ngB), mtA = ivA + align16(ngB);
   const wiB = hB, alB = wiB + align16(<usize>(VCHUNK >> 1) * ngB), ivB = alB + align16(ngB), mtB = ivB + align16(ngB);
   const uniform = G % hChan == 0;
-  for (let t0 = 0; t0 < n; t0 += VCHUNK) {
-    const m = min(VCHUNK, n - t0);
-    const pOff = <usize>t0 * (<usize>ng << 1);
-    touch(codes + <usize>t0 * tokB, <usize>m * tokB);
-    touch(scales + pOff, <usize>m * (<usize>ng << 1));
-    touch(mins + pOff, <usize>m * (<usize>ng << 1));
-    convertParams(scales + pOff, mins + pOff, m * ng, ng, sf, mf, smax);
-    const cb = codes + <usize>t0 * tokB;
-    for (let j = 0; j < nq; j += 2) {
-      const two = j + 1 < nq;
-      const oA = out + <usize>j * dB, oB = two ? oA + dB : oA;
-      prepareWeights(p + ((<usize>j * <usize>pStride + <usize>t0) << 2), sf, mf, smax, m, ng, wiA, alA, ivA, mtA);
-      if (two) prepareWeights(p + ((<usize>(j + 1) * <usize>pStride + <usize>t0) << 2), sf, mf, smax, m, ng, wiB, alB, ivB, mtB);
-      for (let h = 0; h < halves; h++) {
-        if (!uniform) for (let k = 0; k < 4; k++) store<i32>(lanesG + (<usize>k << 2), min(ng - 1, (h * hChan + k * cpl) / G) << 2);
-        if (!two) {
-          if (uniform) halfUnit<B, bool>(oA, d, G, cb, tokB, m, h, wiA, ngB, lanesG, alA, mtA);
-          else halfUnit<B, i32>(oA, d, G, cb, tokB, m, h, wiA, ngB, lanesG, alA, mtA);
-        } else if (uniform) {
-          halfUnit2<B, bool>(oA, oB, d, G, cb, tokB, m, h, wiA, wiB, ngB, lanesG, alA, alB, mtA, mtB, 0);
-          if (bits == 2) halfUnit2<B, bool>(oA, oB, d, G, cb, tokB, m, h, wiA, wiB, ngB, lanesG, alA, alB, mtA, mtB, 4);
-        } else {
-          halfUnit2<B, i32>(oA, oB, d, G, cb, tokB, m, h, wiA, wiB, ngB, lanesG, alA, alB, mtA, mtB, 0);
-          if (bits == 2) halfUnit2<B, i32>(oA, oB, d, G, cb, tokB, m, h, wiA, wiB, ngB, lanesG, alA, alB, mtA, mtB, 4);
-        }
+  zero16(smax, (ngB + 15) & ~15);
+  for (let e = 0, off: usize = 0; e < nseg; e++) {
+    const le = list + (<usize>e << 4);
+    const codes = <usize>load<u32>(le), scales = <usize>load<u32>(le, 4), mins = <usize>load<u32>(le, 8), n = load<i32>(le, 12);
+    touch(codes, <usize>n * tokB);
+    touch(scales, <usize>n * (<usize>ng << 1));
+    touch(mins, <usize>n * (<usize>ng << 1));
+    convertParams(scales, mins, n * ng, ng, sf + off, mf + off, smax);
+    off += <usize>n * ngB;
+  }
+  for (let j = 0; j < nq; j += 2) {
+    const two = j + 1 < nq;
+    const oA = out + <usize>j * dB, oB = two ? oA + dB : oA;
+    prepareWeights(p + ((<usize>j * <usize>pStride) << 2), sf, mf, smax, m, ng, wiA, alA, ivA, mtA);
+    if (two) prepareWeights(p + ((<usize>(j + 1) * <usize>pStride) << 2), sf, mf, smax, m, ng, wiB, alB, ivB, mtB);
+    for (let h = 0; h < halves; h++) {
+      if (!uniform) for (let k = 0; k < 4; k++) store<i32>(lanesG + (<usize>k << 2), min(ng - 1, (h * hChan + k * cpl) / G) << 2);
+      if (!two) {
+        if (uniform) halfUnit<B, bool>(oA, d, G, list, nseg, tokB, h, wiA, ngB, lanesG, alA, mtA);
+        else halfUnit<B, i32>(oA, d, G, list, nseg, tokB, h, wiA, ngB, lanesG, alA, mtA);
+      } else if (uniform) {
+        halfUnit2<B, bool>(oA, oB, d, G, list, nseg, tokB, h, wiA, wiB, ngB, lanesG, alA, alB, mtA, mtB, 0);
+        if (bits == 2) halfUnit2<B, bool>(oA, oB, d, G, list, nseg, tokB, h, wiA, wiB, ngB, lanesG, alA, alB, mtA, mtB, 4);
+      } else {
+        halfUnit2<B, i32>(oA, oB, d, G, list, nseg, tokB, h, wiA, wiB, ngB, lanesG, alA, alB, mtA, mtB, 0);
+        if (bits == 2) halfUnit2<B, i32>(oA, oB, d, G, list, nseg, tokB, h, wiA, wiB, ngB, lanesG, alA, alB, mtA, mtB, 4);
       }
     }
   }
+}
+
+@inline function accumList(out: usize, p: usize, pStride: i32, nq: i32, list: usize, nseg: i32, m: i32, d: i32, bits: i32, G: i32, work: usize): void {
+  if (bits == 2) accumChunk<u8>(out, p, pStride, nq, list, nseg, m, d, G, work);
+  else if (bits == 4) accumChunk<u16>(out, p, pStride, nq, list, nseg, m, d, G, work);
+  else accumChunk<u32>(out, p, pStride, nq, list, nseg, m, d, G, work);
 }
 
 /**
@@ -680,7 +701,24 @@ function accumKivi<B>(out: usize, p: usize, pStride: i32, nq: i32, codes: usize,
  */
 export function accum_kivi(out: usize, p: usize, pStride: i32, nq: i32, codes: usize, scales: usize, mins: usize,
   n: i32, d: i32, bits: i32, G: i32, work: usize): void {
-  if (bits == 2) accumKivi<u8>(out, p, pStride, nq, codes, scales, mins, n, d, G, work);
-  else if (bits == 4) accumKivi<u16>(out, p, pStride, nq, codes, scales, mins, n, d, G, work);
-  else accumKivi<u32>(out, p, pStride, nq, codes, scales, mins, n, d, G, work);
+  const list = work + <usize>kivi_work_bytes(d, nq) - 16; // one segment: the last 16 bytes of the work area
+  const tokB = <usize>(d * bits >> 5) << 2;
+  const pB = <usize>((d / G) << 1);
+  for (let t0 = 0; t0 < n; t0 += VCHUNK) {
+    const m = min(VCHUNK, n - t0);
+    store<u32>(list, <u32>(codes + <usize>t0 * tokB));
+    store<u32>(list, <u32>(scales + <usize>t0 * pB), 4);
+    store<u32>(list, <u32>(mins + <usize>t0 * pB), 8);
+    store<i32>(list, m, 12);
+    accumList(out, p + (<usize>t0 << 2), pStride, nq, list, 1, m, d, bits, G, work);
+  }
+}
+
+/**
+ * accum_kivi over one chunk given as a list of nseg value segments (see accumChunk) holding m ≤ 256
+ * tokens in all, their weights at p[j·pStride + 0 .. m).
+ */
+export function accum_kivi_list(out: usize, p: usize, pStride: i32, nq: i32, list: usize, nseg: i32, m: i32,
+  d: i32, bits: i32, G: i32, work: usize): void {
+  accumList(out, p, pStride, nq, list, nseg, m, d, bits, G, work);
 }

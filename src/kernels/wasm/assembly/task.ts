@@ -12,7 +12,7 @@ import {
   SEG_WORDS, TASK_K0, TASK_KN, TASK_ROW, TASK_TOKENS, TASK_V0, TASK_WORDS,
 } from '../../layout';
 import { scores_f32, scores_f16, accum_f32, accum_f16 } from './dense';
-import { scores_kivi, accum_kivi, kivi_work_bytes } from './kivi';
+import { scores_kivi, accum_kivi_list, kivi_work_bytes } from './kivi';
 import { online_softmax_chunk } from './softmax';
 import { zero16 } from './common';
 
@@ -22,6 +22,10 @@ import { zero16 } from './common';
  * tokens as it can take, and nq·256 scores stay in L1.
  */
 const CHUNK = 256;
+/** Value pages one accum_kivi_list call takes at most (a chunk spans 4–5 pages of 64 tokens). */
+const MAX_LIST = 16;
+/** Tokens one accum_kivi_list call takes at most (assembly/kivi.ts VCHUNK). */
+const VCHUNK = 256;
 
 @inline function word(p: usize, i: i32): i32 {
   return load<i32>(p + (<usize>i << 2));
@@ -32,12 +36,12 @@ const CHUNK = 256;
 }
 
 /**
- * Bytes of scratch one task needs: the running maximum and sum per query head, the scores of nq heads
- * over one chunk (rows of min(T, …) tokens: a chunk never holds more than T tokens), then the KIVI
- * kernels' work area.
+ * Bytes of scratch one task needs: the running maximum and sum per query head, the list of a chunk's
+ * value pages, the scores of nq heads over one chunk (rows of T tokens: a chunk never holds more), then
+ * the KIVI kernels' work area.
  */
 export function task_scratch_bytes(nq: i32, T: i32, d: i32): i32 {
-  return 2 * ((nq * 4 + 15) & ~15) + ((nq * T * 4 + 15) & ~15) + kivi_work_bytes(d, nq);
+  return 2 * ((nq * 4 + 15) & ~15) + MAX_LIST * 16 + ((nq * T * 4 + 15) & ~15) + kivi_work_bytes(d, nq);
 }
 
 /** Run task i of the table at `tasks` (segments at `segs`) on layer `layer`; qkv/att are the step's activations. */
@@ -49,7 +53,8 @@ export function attend_task(tasks: usize, segs: usize, i: i32, layer: i32, qkv: 
   const row = word(tp, TASK_ROW), T = word(tp, TASK_TOKENS);
   const scale: f32 = 1 / Mathf.sqrt(<f32>d);
   const runMax = scratch, runSum = runMax + align16(<usize>nq << 2);
-  const s = runSum + align16(<usize>nq << 2); // scores [nq][T] (only a chunk's worth of each row is used)
+  const list = runSum + align16(<usize>nq << 2);
+  const s = list + MAX_LIST * 16; // scores [nq][T] (only a chunk's worth of each row is used)
   const work = s + align16(<usize>(nq * T) << 2);
   const dB = d * 4;
   const k0 = word(tp, TASK_K0), kEnd = k0 + word(tp, TASK_KN);
@@ -101,12 +106,21 @@ export function attend_task(tasks: usize, segs: usize, i: i32, layer: i32, qkv: 
         }
       }
       online_softmax_chunk(s, T, nq, m, runMax, runSum, out, d);
-      // The chunk's values, from as many value segments as cover it.
+      // The chunk's values, from as many value segments as cover it; consecutive KIVI value pages go to
+      // the kernel as one list (pending: nList pages from chunk token listAt, tokens listN in all).
+      let nList = 0, listAt = 0, listN = 0, listBits = 0, listG = 0;
       for (let done = 0; done < m; ) {
         const sp = segs + <usize>(v * SEG_WORDS) * 4;
         const kind = word(sp, SEG_KIND), n = word(sp, SEG_N);
         const take = min(n - vOff, m - done);
         const po = s + (<usize>done << 2);
+        const isKivi = kind != SEG_ROWS && kind != SEG_F32 && kind != SEG_F16;
+        const bits = word(sp, SEG_BITS), G = word(sp, SEG_G);
+        // The pending list ends before a segment of another kind or layout.
+        if (nList > 0 && (!isKivi || bits != listBits || G != listG)) {
+          accum_kivi_list(out, s + (<usize>listAt << 2), T, nq, list, nList, listN, d, listBits, listG, work);
+          nList = 0;
+        }
         if (kind == SEG_ROWS) {
           accum_f32(out, po, T, nq, qkv + <usize>(word(sp, SEG_PAGE) + vOff) * qkvRow + <usize>(H + KV + h) * dB, qkvRow, take, d);
         } else {
@@ -116,11 +130,32 @@ export function attend_task(tasks: usize, segs: usize, i: i32, layer: i32, qkv: 
           else if (kind == SEG_F16) accum_f16(out, po, T, nq, sec + <usize>(t0 * (dB >> 1)), dB >> 1, take, d);
           else {
             // A value page: codes [cap][d·b/32], float16 scales then minimums [cap][d/G]; from slot t0.
-            const bits = word(sp, SEG_BITS), G = word(sp, SEG_G), cap = word(sp, SEG_CAP);
+            const cap = word(sp, SEG_CAP);
             const scales = sec + <usize>(cap * d * bits / 8);
             const mins = scales + <usize>(cap * (d / G) * 2);
-            const pt = <usize>(t0 * (d / G) * 2);
-            accum_kivi(out, po, T, nq, sec + <usize>(t0 * d * bits / 8), scales + pt, mins + pt, take, d, bits, G, work);
+            for (let a = 0; a < take; ) {
+              // ... and when full (pages or VCHUNK tokens), or after an odd count (pairs never straddle pages).
+              if (nList > 0 && (nList == MAX_LIST || listN == VCHUNK || (listN & 1) != 0)) {
+                accum_kivi_list(out, s + (<usize>listAt << 2), T, nq, list, nList, listN, d, listBits, listG, work);
+                nList = 0;
+              }
+              if (nList == 0) {
+                listAt = done + a;
+                listN = 0;
+                listBits = bits;
+                listG = G;
+              }
+              const piece = min(take - a, VCHUNK - listN);
+              const pt = <usize>((t0 + a) * (d / G) * 2);
+              const le = list + (<usize>nList << 4);
+              store<u32>(le, <u32>(sec + <usize>((t0 + a) * d * bits / 8)));
+              store<u32>(le, <u32>(scales + pt), 4);
+              store<u32>(le, <u32>(mins + pt), 8);
+              store<i32>(le, piece, 12);
+              nList++;
+              listN += piece;
+              a += piece;
+            }
           }
         }
         done += take;
@@ -130,6 +165,7 @@ export function attend_task(tasks: usize, segs: usize, i: i32, layer: i32, qkv: 
           vOff = 0;
         }
       }
+      if (nList > 0) accum_kivi_list(out, s + (<usize>listAt << 2), T, nq, list, nList, listN, d, listBits, listG, work);
     }
     for (let j = 0; j < nq; j++) {
       const o = out + <usize>(j * dB);

@@ -88,7 +88,7 @@ export function attend_task(tasks: usize, segs: usize, i: i32, layer: i32, qkv: 
             // A key block: codes [cap][d·b/32], float16 scales then minimums [cap/G][d]; whole groups only.
             const bits = word(sp, SEG_BITS), G = word(sp, SEG_G), cap = word(sp, SEG_CAP);
             take = take / G * G;
-            if (take == 0) {
+            if (take == 0 && n > kOff) {
               if (m > 0) break; // the next group does not fit: it starts the next chunk
               take = G;
             }

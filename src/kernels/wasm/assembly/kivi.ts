@@ -7,15 +7,17 @@
  *
  * Scores (keys quantized per channel in groups of G tokens): q·k̂_t = Σ_c (q_c·s_c)·code_tc + Σ_c q_c·m_c.
  * Per group and head, qs = q ⊙ s is quantized to int16 with one scale α = max|qs|/qmax and permuted to
- * the planes' channel order; then each token is integer dots and adds (one head at a time, two tokens
- * per step), and score = (α·Σ + Σ_c q_c·m_c)·scale. The rounding moves a score by at most
+ * the planes' channel order; then each token is integer dots and adds (two heads and two tokens per
+ * step, each unit's codes unpacked once for both heads), and score = (α·Σ + Σ_c q_c·m_c)·scale. The rounding moves a score by at most
  * α/2·Σ_c code_tc (times scale).
  *
  * Values (quantized per token in groups of G channels): Σ_t a_t·v̂_tc = Σ_t (a_t·s_tg)·code_tc + Σ_t a_t·m_tg.
  * The weights w_tg = a_t·s_tg are quantized to int16 per group over ≤ 256 tokens with
  * α_g = max|a|·max s_g/32767, two tokens' codes are interleaved lane by lane so one dot multiplies both
  * by their weights (two heads share the unpacking), and the minimum term is one float sum per group.
- * The rounding moves an output by at most Σ_t α_g/2·code_tc.
+ * The rounding moves an output by at most Σ_t α_g/2·code_tc. A chunk may span several value pages
+ * (accum_kivi_list): the attention task hands over a fused chunk's pages at once.
+ * Every call first reads one word per line of its codes and scales/minimums (common.ts touch).
  */
 import { finiteHalves4, positiveHalves4, hmax, hsum, roundToInt, roundToIntScalar, touch, zero16 } from './common';
 
@@ -171,10 +173,9 @@ export function kivi_work_bytes(d: i32, nq: i32): i32 {
 }
 
 /**
- * Scores of G tokens (one group) for one head, two tokens per step. One head at a time keeps the
- * unit's query planes (8 vectors at 2 bits) and both tokens' codes in registers: sharing the unpacking
- * between two heads doubles the live vectors and V8 then spills. Each token's sums go to `part`, then
- * 4 tokens at a time are reduced, scaled and stored.
+ * Scores of G tokens (one group) for one head (the last of an odd number of query heads; pairs take
+ * groupScores2), two tokens per step. Each token's sums go to `part`, then 4 tokens at a time are
+ * reduced, scaled and stored.
  */
 @inline function groupScores1<B>(s0: usize, cg: usize, tokB: usize, G: i32, units: i32,
   q0: usize, al0: v128, bi0: v128, sc: v128, part: usize): void {

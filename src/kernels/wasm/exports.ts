@@ -38,6 +38,20 @@ export interface KernelExports {
     G: number,
     work: number,
   ): void;
+  /** accum_kivi over one chunk of ≤ 256 tokens given as a list of value segments ([codes, scales, mins, n] words each). */
+  accum_kivi_list(
+    out: number,
+    p: number,
+    pStride: number,
+    nq: number,
+    list: number,
+    nseg: number,
+    m: number,
+    d: number,
+    bits: number,
+    G: number,
+    work: number,
+  ): void;
   kivi_work_bytes(d: number, nq: number): number;
   softmax(row: number, n: number): void;
   swiglu(act: number, gu: number, rows: number, I: number): void;

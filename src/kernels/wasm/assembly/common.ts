@@ -53,3 +53,17 @@ const ROUNDER_BITS = 0x4b400000;
   const z = i32x4.splat(0);
   for (let e = p + bytes; p < e; p += 16) v128.store(p, z);
 }
+
+/** Keeps the sweeps' loads alive (an optimizer may drop loads whose result is unused). */
+let touchSink: i32 = 0;
+
+/**
+ * Read one word per 64-byte line of [p, p + bytes): the misses of a short run of cache pages (a KIVI
+ * section is a few KiB) then overlap instead of each waiting for the kernel's loop to reach it (the
+ * hardware prefetcher restarts at every page boundary).
+ */
+@inline export function touch(p: usize, bytes: usize): void {
+  let acc: i32 = 0;
+  for (let a = p, e = p + bytes; a < e; a += 64) acc |= load<i32>(a);
+  touchSink |= acc;
+}

@@ -2,7 +2,7 @@
 export { matmul } from './matmul';
 export { matmul_bf16, matmul_f16, matmul16_scratch_per_input } from './matmul16';
 export { scores_f32, scores_f16, accum_f32, accum_f16 } from './dense';
-export { scores_kivi, accum_kivi, kivi_work_bytes } from './kivi';
+export { scores_kivi, accum_kivi, accum_kivi_list, kivi_work_bytes } from './kivi';
 export { softmax, swiglu } from './softmax';
 export { attend_task, task_scratch_bytes } from './task';
 export { pack_rows, prefill_item, prefill_scratch_bytes } from './prefill';

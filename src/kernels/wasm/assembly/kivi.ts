@@ -7,17 +7,19 @@
  *
  * Scores (keys quantized per channel in groups of G tokens): q·k̂_t = Σ_c (q_c·s_c)·code_tc + Σ_c q_c·m_c.
  * Per group and head, qs = q ⊙ s is quantized to int16 with one scale α = max|qs|/qmax and permuted to
- * the planes' channel order; then each token is integer dots and adds (one head at a time, two tokens
- * per step), and score = (α·Σ + Σ_c q_c·m_c)·scale. The rounding moves a score by at most
+ * the planes' channel order; then each token is integer dots and adds (two heads and two tokens per
+ * step, each unit's codes unpacked once for both heads), and score = (α·Σ + Σ_c q_c·m_c)·scale. The rounding moves a score by at most
  * α/2·Σ_c code_tc (times scale).
  *
  * Values (quantized per token in groups of G channels): Σ_t a_t·v̂_tc = Σ_t (a_t·s_tg)·code_tc + Σ_t a_t·m_tg.
  * The weights w_tg = a_t·s_tg are quantized to int16 per group over ≤ 256 tokens with
  * α_g = max|a|·max s_g/32767, two tokens' codes are interleaved lane by lane so one dot multiplies both
  * by their weights (two heads share the unpacking), and the minimum term is one float sum per group.
- * The rounding moves an output by at most Σ_t α_g/2·code_tc.
+ * The rounding moves an output by at most Σ_t α_g/2·code_tc. A chunk may span several value pages
+ * (accum_kivi_list): the attention task hands over a fused chunk's pages at once.
+ * Every call first reads one word per line of its codes and scales/minimums (common.ts touch).
  */
-import { finiteHalves4, positiveHalves4, hmax, hsum, roundToInt, roundToIntScalar, zero16 } from './common';
+import { finiteHalves4, positiveHalves4, hmax, hsum, roundToInt, roundToIntScalar, touch, zero16 } from './common';
 
 const QMAX: f32 = 32767;
 /** Tokens per value chunk: keeps Σ |w|·code within int32 at 8 bits (256·32767·255 < 2^31). */
@@ -59,7 +61,7 @@ export function kivi_work_bytes(d: i32, nq: i32): i32 {
   const scoresB = nq * dPad * 4 + nq * dPad * 2 + 2 * 16 * ((nq + 3) >> 2) + dPad * 2 + d * 16 + 64;
   const ng = d >> 2;
   const valuesB = 2 * VCHUNK * ng * 4 + 2 * ((VCHUNK >> 1) * ng * 4 + 3 * (ng * 4 + 16)) + 2 * (ng * 4 + 16) + 16 * 4;
-  return <i32>align16(max(scoresB, valuesB));
+  return <i32>align16(max(scoresB, valuesB)) + 16; // + accum_kivi's one-segment list
 }
 
 // ---- scores -------------------------------------------------------------------------------------
@@ -171,10 +173,9 @@ export function kivi_work_bytes(d: i32, nq: i32): i32 {
 }
 
 /**
- * Scores of G tokens (one group) for one head, two tokens per step. One head at a time keeps the
- * unit's query planes (8 vectors at 2 bits) and both tokens' codes in registers: sharing the unpacking
- * between two heads doubles the live vectors and V8 then spills. Each token's sums go to `part`, then
- * 4 tokens at a time are reduced, scaled and stored.
+ * Scores of G tokens (one group) for one head (the last of an odd number of query heads; pairs take
+ * groupScores2), two tokens per step. Each token's sums go to `part`, then 4 tokens at a time are
+ * reduced, scaled and stored.
  */
 @inline function groupScores1<B>(s0: usize, cg: usize, tokB: usize, G: i32, units: i32,
   q0: usize, al0: v128, bi0: v128, sc: v128, part: usize): void {
@@ -226,6 +227,62 @@ export function kivi_work_bytes(d: i32, nq: i32): i32 {
   }
 }
 
+/**
+ * Scores of G tokens (one group) for two heads, two tokens per step: each unit's codes are unpacked once
+ * for both heads (the issue of a kv head's query heads sharing every key group). Two tokens × two heads
+ * is 4 accumulators, the unit's two code vectors, two unpacked planes and both heads' query plane: 10
+ * live vectors, within the 16 registers. Each step's sums are reduced to [A_t, A_t+1, B_t, B_t+1] and
+ * stored as scores right away.
+ */
+@inline function groupScores2<B>(sA: usize, sB: usize, cg: usize, tokB: usize, G: i32, units: i32,
+  qA: usize, qB: usize, mulAB: v128, addAB: v128): void {
+  const bits = BITS<B>();
+  const unitB = <usize>(256 / bits);
+  const mask: i32 = (1 << bits) - 1;
+  const M = i16x8.splat(<i16>mask);
+  for (let t = 0, c = cg; t < G; t += 2, c += tokB << 1) {
+    let a0 = i32x4.splat(0), a1 = a0, b0 = a0, b1 = a0;
+    for (let u = 0, off: usize = 0, qa = qA, qb = qB; u < units; u++, off += 16, qa += unitB, qb += unitB) {
+      const V0 = v128.load(c + off), V1 = v128.load(c + tokB + off);
+      let y0 = v128.and(V0, M), y1 = v128.and(V1, M);
+      let x = v128.load(qa), z = v128.load(qb);
+      a0 = dotw(y0, x, a0); a1 = dotw(y1, x, a1); b0 = dotw(y0, z, b0); b1 = dotw(y1, z, b1);
+      if (bits == 2) {
+        y0 = i16x8.shr_u(V0, 2); y1 = i16x8.shr_u(V1, 2); x = v128.load(qa, 16); z = v128.load(qb, 16);
+        a0 = dotw(y0, x, a0); a1 = dotw(y1, x, a1); b0 = dotw(y0, z, b0); b1 = dotw(y1, z, b1);
+        y0 = i16x8.shr_u(V0, 4); y1 = i16x8.shr_u(V1, 4); x = v128.load(qa, 32); z = v128.load(qb, 32);
+        a0 = dotw(y0, x, a0); a1 = dotw(y1, x, a1); b0 = dotw(y0, z, b0); b1 = dotw(y1, z, b1);
+        y0 = i16x8.shr_u(V0, 6); y1 = i16x8.shr_u(V1, 6); x = v128.load(qa, 48); z = v128.load(qb, 48);
+        a0 = dotw(y0, x, a0); a1 = dotw(y1, x, a1); b0 = dotw(y0, z, b0); b1 = dotw(y1, z, b1);
+        y0 = i16x8.shr_u(V0, 8); y1 = i16x8.shr_u(V1, 8); x = v128.load(qa, 64); z = v128.load(qb, 64);
+        a0 = dotw(y0, x, a0); a1 = dotw(y1, x, a1); b0 = dotw(y0, z, b0); b1 = dotw(y1, z, b1);
+        y0 = i16x8.shr_u(V0, 10); y1 = i16x8.shr_u(V1, 10); x = v128.load(qa, 80); z = v128.load(qb, 80);
+        a0 = dotw(y0, x, a0); a1 = dotw(y1, x, a1); b0 = dotw(y0, z, b0); b1 = dotw(y1, z, b1);
+        y0 = i16x8.shr_u(V0, 12); y1 = i16x8.shr_u(V1, 12); x = v128.load(qa, 96); z = v128.load(qb, 96);
+        a0 = dotw(y0, x, a0); a1 = dotw(y1, x, a1); b0 = dotw(y0, z, b0); b1 = dotw(y1, z, b1);
+        y0 = i16x8.shr_u(V0, 14); y1 = i16x8.shr_u(V1, 14); x = v128.load(qa, 112); z = v128.load(qb, 112);
+        a0 = dotw(y0, x, a0); a1 = dotw(y1, x, a1); b0 = dotw(y0, z, b0); b1 = dotw(y1, z, b1);
+      } else if (bits == 4) {
+        y0 = plane(V0, 4, 15); y1 = plane(V1, 4, 15); x = v128.load(qa, 16); z = v128.load(qb, 16);
+        a0 = dotw(y0, x, a0); a1 = dotw(y1, x, a1); b0 = dotw(y0, z, b0); b1 = dotw(y1, z, b1);
+        y0 = plane(V0, 8, 15); y1 = plane(V1, 8, 15); x = v128.load(qa, 32); z = v128.load(qb, 32);
+        a0 = dotw(y0, x, a0); a1 = dotw(y1, x, a1); b0 = dotw(y0, z, b0); b1 = dotw(y1, z, b1);
+        y0 = i16x8.shr_u(V0, 12); y1 = i16x8.shr_u(V1, 12); x = v128.load(qa, 48); z = v128.load(qb, 48);
+        a0 = dotw(y0, x, a0); a1 = dotw(y1, x, a1); b0 = dotw(y0, z, b0); b1 = dotw(y1, z, b1);
+      } else {
+        y0 = i16x8.shr_u(V0, 8); y1 = i16x8.shr_u(V1, 8); x = v128.load(qa, 16); z = v128.load(qb, 16);
+        a0 = dotw(y0, x, a0); a1 = dotw(y1, x, a1); b0 = dotw(y0, z, b0); b1 = dotw(y1, z, b1);
+      }
+    }
+    // pack: [t lo, t hi, t+1 lo, t+1 hi] per head → [A_t, A_t+1, B_t, B_t+1].
+    const pa = pack(a0, a1), pb = pack(b0, b1);
+    const sums = i32x4.add(v128.shuffle<i32>(pa, pb, 0, 2, 4, 6), v128.shuffle<i32>(pa, pb, 1, 3, 5, 7));
+    const r = f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(sums), mulAB), addAB);
+    v128.store64_lane(sA + (<usize>t << 2), r, 0);
+    v128.store64_lane(sB + (<usize>t << 2), r, 1);
+  }
+}
+
 function scoresKivi<B>(s: usize, sStride: i32, q: usize, nq: i32, codes: usize, scales: usize, mins: usize,
   n: i32, d: i32, G: i32, scale: f32, work: usize): void {
   const bits = BITS<B>();
@@ -244,6 +301,9 @@ function scoresKivi<B>(s: usize, sStride: i32, q: usize, nq: i32, codes: usize, 
   const units = dPad * bits / 128;
   const sB = <usize>sStride << 2;
   const sc = f32x4.splat(scale);
+  touch(codes, <usize>n * tokB);
+  touch(scales, <usize>(n / G) * dB >> 1);
+  touch(mins, <usize>(n / G) * dB >> 1);
   for (let g0 = 0; g0 < n; g0 += G) {
     const pOff = <usize>(g0 / G) * dB >> 1; // float16 [n/G][d]
     for (let j = 0; j < nq; j += 2) {
@@ -255,7 +315,15 @@ function scoresKivi<B>(s: usize, sStride: i32, q: usize, nq: i32, codes: usize, 
     for (let j = 0; j < nq; j++) quantizeQuery<B>(qs + <usize>j * padB, tmp, dPad, qi + <usize>j * qiB, alpha + (<usize>j << 2));
     const cg = codes + <usize>g0 * tokB;
     const sg = s + (<usize>g0 << 2);
-    for (let j = 0; j < nq; j++) {
+    let j = 0;
+    for (; j + 2 <= nq; j += 2) {
+      // [α_A, α_A, α_B, α_B]·scale and the same of the biases: score = Σ·α·scale + bias·scale.
+      const al = v128.shuffle<f32>(v128.load32_splat(alpha + (<usize>j << 2)), v128.load32_splat(alpha + (<usize>j << 2) + 4), 0, 1, 4, 5);
+      const bi = v128.shuffle<f32>(v128.load32_splat(bias + (<usize>j << 2)), v128.load32_splat(bias + (<usize>j << 2) + 4), 0, 1, 4, 5);
+      groupScores2<B>(sg + <usize>j * sB, sg + <usize>(j + 1) * sB, cg, tokB, G, units, qi + <usize>j * qiB, qi + <usize>(j + 1) * qiB,
+        f32x4.mul(al, sc), f32x4.mul(bi, sc));
+    }
+    if (j < nq) {
       groupScores1<B>(sg + <usize>j * sB, cg, tokB, G, units, qi + <usize>j * qiB,
         v128.load32_splat(alpha + (<usize>j << 2)), v128.load32_splat(bias + (<usize>j << 2)), sc, part);
     }
@@ -277,17 +345,16 @@ export function scores_kivi(s: usize, sStride: i32, q: usize, nq: i32, codes: us
 
 /**
  * One chunk's float16 scales and minimums (n = m·ng of each, token-major) → float32 at sf/mf, shared by
- * every head, and the largest scale of each group over the chunk at smax. One flat pass: with ng a
- * multiple of 4, every vector of 4 lies in one token.
+ * every head, and the largest scale of each group at smax (raised, not reset: one call per segment of a
+ * chunk). One flat pass: with ng a multiple of 4, every vector of 4 lies in one token.
  */
 function convertParams(scales: usize, mins: usize, n: i32, ng: i32, sf: usize, mf: usize, smax: usize): void {
   const ngB = <usize>ng << 2;
-  zero16(smax, (ngB + 15) & ~15);
   const nB = <usize>n << 2;
   let i: usize = 0;
   if ((ng & 3) == 0) {
     if (ng == 4) {
-      let sm = f32x4.splat(0);
+      let sm = v128.load(smax);
       for (; i + 32 <= nB; i += 32) {
         const h = v128.load(scales + (i >> 1)), k = v128.load(mins + (i >> 1));
         const s0 = positiveHalves4(i32x4.extend_low_i16x8_u(h)), s1 = positiveHalves4(i32x4.extend_high_i16x8_u(h));
@@ -413,16 +480,19 @@ function prepareWeights(p: usize, sf: usize, mf: usize, smax: usize, m: i32, ng:
  * order. U = bool: the half unit lies in one group (one weight per pair); otherwise one group per lane,
  * from the lane→group table at lanesG.
  */
-@inline function halfUnit<B, U>(out: usize, d: i32, G: i32, cb: usize, tokB: usize, m: i32, h: i32, wi: usize, ngB: usize,
+@inline function halfUnit<B, U>(out: usize, d: i32, G: i32, list: usize, nseg: i32, tokB: usize, h: i32, wi: usize, ngB: usize,
   lanesG: usize, alpha: usize, mt: usize): void {
   const bits = BITS<B>();
   const cpl = 16 / bits;
   const c0 = h * 4 * cpl;
   const g0 = <usize>(c0 / G) << 2;
-  const pairs = (m + 1) >> 1;
   let a0 = i32x4.splat(0), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
   const tok2 = tokB << 1;
-  let A = cb + (<usize>h << 3), wp = wi;
+  let wp = wi;
+  for (let e = 0; e < nseg; e++) {
+  const m = load<i32>(list + (<usize>e << 4), 12);
+  const pairs = (m + 1) >> 1;
+  let A = <usize>load<u32>(list + (<usize>e << 4)) + (<usize>h << 3);
   let pr = 0;
   for (; pr + 2 <= pairs; pr += 2, A += tok2 << 1, wp += ngB << 1) {
     // Tokens A, B (pair pr) and C, D (pair pr + 1); D may be past the end: its weight is 0, read C.
@@ -451,6 +521,7 @@ function prepareWeights(p: usize, sf: usize, mf: usize, smax: usize, m: i32, ng:
   if (pr < pairs) {
     const X = pairLanes(A, 2 * pr + 1 < m ? A + tokB : A);
     const W = pairWeights<U>(wp, g0, lanesG);
+    wp += ngB;
     if (bits == 2) {
       a0 = dotw(v128.and(X, i16x8.splat(3)), W, a0);
       a1 = dotw(plane(X, 2, 3), W, a1);
@@ -469,6 +540,7 @@ function prepareWeights(p: usize, sf: usize, mf: usize, smax: usize, m: i32, ng:
       a0 = dotw(v128.and(X, i16x8.splat(255)), W, a0);
       a1 = dotw(i16x8.shr_u(X, 8), W, a1);
     }
+  }
   }
   // Plane s, lane k holds channel c0 + k·cpl + s: transpose to channel order, 4 channels per vector
   // (4 consecutive channels share a group: G is a multiple of 2·cpl ≥ 4).
@@ -522,16 +594,19 @@ function prepareWeights(p: usize, sf: usize, mf: usize, smax: usize, m: i32, ng:
  * codes are unpacked once for both heads. 4 planes × 2 heads is as many accumulators as fit in
  * registers; 2-bit codes take two passes (planes 0–3, then 4–7).
  */
-@inline function halfUnit2<B, U>(oA: usize, oB: usize, d: i32, G: i32, cb: usize, tokB: usize, m: i32, h: i32,
+@inline function halfUnit2<B, U>(oA: usize, oB: usize, d: i32, G: i32, list: usize, nseg: i32, tokB: usize, h: i32,
   wA: usize, wB: usize, ngB: usize, lanesG: usize, alA: usize, alB: usize, mtA: usize, mtB: usize, s0: i32): void {
   const bits = BITS<B>();
   const cpl = 16 / bits;
   const c0 = h * 4 * cpl;
   const g0 = <usize>(c0 / G) << 2;
-  const pairs = (m + 1) >> 1;
   let a0 = i32x4.splat(0), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-  let A = cb + (<usize>h << 3), pa = wA, pb = wB;
+  let pa = wA, pb = wB;
   const tok2 = tokB << 1;
+  for (let e = 0; e < nseg; e++) {
+  const m = load<i32>(list + (<usize>e << 4), 12);
+  const pairs = (m + 1) >> 1;
+  let A = <usize>load<u32>(list + (<usize>e << 4)) + (<usize>h << 3);
   for (let pr = 0; pr < pairs; pr++, A += tok2, pa += ngB, pb += ngB) {
     const X = pairLanes(A, 2 * pr + 1 < m ? A + tokB : A);
     const WA = pairWeights<U>(pa, g0, lanesG), WB = pairWeights<U>(pb, g0, lanesG);
@@ -546,6 +621,7 @@ function prepareWeights(p: usize, sf: usize, mf: usize, smax: usize, m: i32, ng:
       a3 = dotw(y, WA, a3); b3 = dotw(y, WB, b3);
     }
   }
+  }
   if (bits != 8) {
     finish4(oA, d, G, c0, cpl, alA, mtA, a0, a1, a2, a3, s0);
     finish4(oB, d, G, c0, cpl, alB, mtB, b0, b1, b2, b3, s0);
@@ -557,8 +633,14 @@ function prepareWeights(p: usize, sf: usize, mf: usize, smax: usize, m: i32, ng:
   }
 }
 
-function accumKivi<B>(out: usize, p: usize, pStride: i32, nq: i32, codes: usize, scales: usize, mins: usize,
-  n: i32, d: i32, G: i32, work: usize): void {
+/**
+ * One chunk of m ≤ VCHUNK tokens from a list of nseg segments (list: [codes, scales, mins, n] as 32-bit
+ * words per segment, in token order; every segment but the last has an even n, so pairs of tokens never
+ * straddle two segments): their weights are p[j·pStride + 0 .. m) in the same order. Value pages hold 64
+ * tokens: one call over the pages of a whole chunk spreads its fixed work (weights, the transposes at the
+ * end of each half unit) over up to VCHUNK tokens.
+ */
+function accumChunk<B>(out: usize, p: usize, pStride: i32, nq: i32, list: usize, nseg: i32, m: i32, d: i32, G: i32, work: usize): void {
   const bits = BITS<B>();
   const ng = d / G;
   const ngB = <usize>ng << 2;
@@ -577,31 +659,41 @@ function accumKivi<B>(out: usize, p: usize, pStride: i32, nq: i32, codes: usize,
   const wiA = hA, alA = wiA + align16(<usize>(VCHUNK >> 1) * ngB), ivA = alA + align16(ngB), mtA = ivA + align16(ngB);
   const wiB = hB, alB = wiB + align16(<usize>(VCHUNK >> 1) * ngB), ivB = alB + align16(ngB), mtB = ivB + align16(ngB);
   const uniform = G % hChan == 0;
-  for (let t0 = 0; t0 < n; t0 += VCHUNK) {
-    const m = min(VCHUNK, n - t0);
-    const pOff = <usize>t0 * (<usize>ng << 1);
-    convertParams(scales + pOff, mins + pOff, m * ng, ng, sf, mf, smax);
-    const cb = codes + <usize>t0 * tokB;
-    for (let j = 0; j < nq; j += 2) {
-      const two = j + 1 < nq;
-      const oA = out + <usize>j * dB, oB = two ? oA + dB : oA;
-      prepareWeights(p + ((<usize>j * <usize>pStride + <usize>t0) << 2), sf, mf, smax, m, ng, wiA, alA, ivA, mtA);
-      if (two) prepareWeights(p + ((<usize>(j + 1) * <usize>pStride + <usize>t0) << 2), sf, mf, smax, m, ng, wiB, alB, ivB, mtB);
-      for (let h = 0; h < halves; h++) {
-        if (!uniform) for (let k = 0; k < 4; k++) store<i32>(lanesG + (<usize>k << 2), min(ng - 1, (h * hChan + k * cpl) / G) << 2);
-        if (!two) {
-          if (uniform) halfUnit<B, bool>(oA, d, G, cb, tokB, m, h, wiA, ngB, lanesG, alA, mtA);
-          else halfUnit<B, i32>(oA, d, G, cb, tokB, m, h, wiA, ngB, lanesG, alA, mtA);
-        } else if (uniform) {
-          halfUnit2<B, bool>(oA, oB, d, G, cb, tokB, m, h, wiA, wiB, ngB, lanesG, alA, alB, mtA, mtB, 0);
-          if (bits == 2) halfUnit2<B, bool>(oA, oB, d, G, cb, tokB, m, h, wiA, wiB, ngB, lanesG, alA, alB, mtA, mtB, 4);
-        } else {
-          halfUnit2<B, i32>(oA, oB, d, G, cb, tokB, m, h, wiA, wiB, ngB, lanesG, alA, alB, mtA, mtB, 0);
-          if (bits == 2) halfUnit2<B, i32>(oA, oB, d, G, cb, tokB, m, h, wiA, wiB, ngB, lanesG, alA, alB, mtA, mtB, 4);
-        }
+  zero16(smax, (ngB + 15) & ~15);
+  for (let e = 0, off: usize = 0; e < nseg; e++) {
+    const le = list + (<usize>e << 4);
+    const codes = <usize>load<u32>(le), scales = <usize>load<u32>(le, 4), mins = <usize>load<u32>(le, 8), n = load<i32>(le, 12);
+    touch(codes, <usize>n * tokB);
+    touch(scales, <usize>n * (<usize>ng << 1));
+    touch(mins, <usize>n * (<usize>ng << 1));
+    convertParams(scales, mins, n * ng, ng, sf + off, mf + off, smax);
+    off += <usize>n * ngB;
+  }
+  for (let j = 0; j < nq; j += 2) {
+    const two = j + 1 < nq;
+    const oA = out + <usize>j * dB, oB = two ? oA + dB : oA;
+    prepareWeights(p + ((<usize>j * <usize>pStride) << 2), sf, mf, smax, m, ng, wiA, alA, ivA, mtA);
+    if (two) prepareWeights(p + ((<usize>(j + 1) * <usize>pStride) << 2), sf, mf, smax, m, ng, wiB, alB, ivB, mtB);
+    for (let h = 0; h < halves; h++) {
+      if (!uniform) for (let k = 0; k < 4; k++) store<i32>(lanesG + (<usize>k << 2), min(ng - 1, (h * hChan + k * cpl) / G) << 2);
+      if (!two) {
+        if (uniform) halfUnit<B, bool>(oA, d, G, list, nseg, tokB, h, wiA, ngB, lanesG, alA, mtA);
+        else halfUnit<B, i32>(oA, d, G, list, nseg, tokB, h, wiA, ngB, lanesG, alA, mtA);
+      } else if (uniform) {
+        halfUnit2<B, bool>(oA, oB, d, G, list, nseg, tokB, h, wiA, wiB, ngB, lanesG, alA, alB, mtA, mtB, 0);
+        if (bits == 2) halfUnit2<B, bool>(oA, oB, d, G, list, nseg, tokB, h, wiA, wiB, ngB, lanesG, alA, alB, mtA, mtB, 4);
+      } else {
+        halfUnit2<B, i32>(oA, oB, d, G, list, nseg, tokB, h, wiA, wiB, ngB, lanesG, alA, alB, mtA, mtB, 0);
+        if (bits == 2) halfUnit2<B, i32>(oA, oB, d, G, list, nseg, tokB, h, wiA, wiB, ngB, lanesG, alA, alB, mtA, mtB, 4);
       }
     }
   }
+}
+
+@inline function accumList(out: usize, p: usize, pStride: i32, nq: i32, list: usize, nseg: i32, m: i32, d: i32, bits: i32, G: i32, work: usize): void {
+  if (bits == 2) accumChunk<u8>(out, p, pStride, nq, list, nseg, m, d, G, work);
+  else if (bits == 4) accumChunk<u16>(out, p, pStride, nq, list, nseg, m, d, G, work);
+  else accumChunk<u32>(out, p, pStride, nq, list, nseg, m, d, G, work);
 }
 
 /**
@@ -610,7 +702,24 @@ function accumKivi<B>(out: usize, p: usize, pStride: i32, nq: i32, codes: usize,
  */
 export function accum_kivi(out: usize, p: usize, pStride: i32, nq: i32, codes: usize, scales: usize, mins: usize,
   n: i32, d: i32, bits: i32, G: i32, work: usize): void {
-  if (bits == 2) accumKivi<u8>(out, p, pStride, nq, codes, scales, mins, n, d, G, work);
-  else if (bits == 4) accumKivi<u16>(out, p, pStride, nq, codes, scales, mins, n, d, G, work);
-  else accumKivi<u32>(out, p, pStride, nq, codes, scales, mins, n, d, G, work);
+  const list = work + <usize>kivi_work_bytes(d, nq) - 16; // one segment: the last 16 bytes of the work area
+  const tokB = <usize>(d * bits >> 5) << 2;
+  const pB = <usize>((d / G) << 1);
+  for (let t0 = 0; t0 < n; t0 += VCHUNK) {
+    const m = min(VCHUNK, n - t0);
+    store<u32>(list, <u32>(codes + <usize>t0 * tokB));
+    store<u32>(list, <u32>(scales + <usize>t0 * pB), 4);
+    store<u32>(list, <u32>(mins + <usize>t0 * pB), 8);
+    store<i32>(list, m, 12);
+    accumList(out, p + (<usize>t0 << 2), pStride, nq, list, 1, m, d, bits, G, work);
+  }
+}
+
+/**
+ * accum_kivi over one chunk given as a list of nseg value segments (see accumChunk) holding m ≤ 256
+ * tokens in all, their weights at p[j·pStride + 0 .. m).
+ */
+export function accum_kivi_list(out: usize, p: usize, pStride: i32, nq: i32, list: usize, nseg: i32, m: i32,
+  d: i32, bits: i32, G: i32, work: usize): void {
+  accumList(out, p, pStride, nq, list, nseg, m, d, bits, G, work);
 }

@@ -69,3 +69,53 @@ export function swiglu(act: usize, gu: usize, rows: i32, I: i32): void {
     }
   }
 }
+
+/**
+ * Online softmax over one chunk of scores (rows j·sStride, m of them per query head): with M_j the
+ * running maximum and L_j the running sum (at runMax/runSum), a chunk that raises the maximum rescales
+ * L_j and the head's output so far (out[j·d …], d floats) by e^(M_old − M_new); the scores become
+ * e^(s − M_j) in place and their sum is added to L_j. The weights stay unnormalized (the caller divides
+ * the output by L_j at the end), so a weight is at most 1 and the largest of a chunk is its own e^0
+ * only when the chunk holds the maximum so far.
+ */
+export function online_softmax_chunk(s: usize, sStride: i32, nq: i32, m: i32, runMax: usize, runSum: usize, out: usize, d: i32): void {
+  for (let j = 0; j < nq; j++) {
+    const row = s + (<usize>(j * sStride) << 2);
+    const end = row + (<usize>m << 2);
+    const vecEnd = row + ((<usize>m << 2) & ~15);
+    let mv = f32x4.splat(-Infinity);
+    let p = row;
+    for (; p < vecEnd; p += 16) mv = f32x4.pmax(mv, v128.load(p));
+    let mx = hmax(mv);
+    for (; p < end; p += 4) mx = max(mx, load<f32>(p));
+    const mp = runMax + (<usize>j << 2), lp = runSum + (<usize>j << 2);
+    let M = load<f32>(mp), L = load<f32>(lp);
+    if (mx > M) {
+      if (M != -Infinity) {
+        const f = exp1(M - mx);
+        L *= f;
+        const fv = f32x4.splat(f);
+        const o = out + (<usize>(j * d) << 2), oEnd = o + (<usize>d << 2), oVec = o + ((<usize>d << 2) & ~15);
+        let c = o;
+        for (; c < oVec; c += 16) v128.store(c, f32x4.mul(v128.load(c), fv));
+        for (; c < oEnd; c += 4) store<f32>(c, load<f32>(c) * f);
+      }
+      M = mx;
+      store<f32>(mp, M);
+    }
+    const mm = f32x4.splat(M);
+    let sv = f32x4.splat(0);
+    for (p = row; p < vecEnd; p += 16) {
+      const e = exp4(f32x4.sub(v128.load(p), mm));
+      v128.store(p, e);
+      sv = f32x4.add(sv, e);
+    }
+    let sum = hsum(sv);
+    for (; p < end; p += 4) {
+      const e = exp1(load<f32>(p) - M);
+      store<f32>(p, e);
+      sum += e;
+    }
+    store<f32>(lp, L + sum);
+  }
+}

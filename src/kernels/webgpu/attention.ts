@@ -311,10 +311,17 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number): strin
       } else {
         r0 = pg.y + h * sw(vs, 6u) + vrow * ${D / 2}u;
       }
-      ti[li * 4u] = info;
+${
+  OWN
+    ? `      wi0 = info;
+      wi1 = r0;
+      wi2 = r1;
+      wi3 = r2;`
+    : `      ti[li * 4u] = info;
       ti[li * 4u + 1u] = r0;
       ti[li * 4u + 2u] = r1;
-      ti[li * 4u + 3u] = r2;
+      ti[li * 4u + 3u] = r2;`
+}
     }
 `;
 
@@ -407,7 +414,7 @@ ${JK((j, k) => `  var a${j}_${k} = 0.0;`)}
     loop { if (a < seg_end(kseg)) { break; } kseg += 1u; }
     loop { if (a < seg_end(vseg)) { break; } vseg += 1u; }
     let t = a + li;
-${OWN ? '' : where}${J((j) => `    var s${j} = neg_inf();`)}
+${OWN ? '    // v2: looked up now (the loads overlap the keys), stored after the scores barrier.\n    var wi0 = 0u;\n    var wi1 = 0u;\n    var wi2 = 0u;\n    var wi3 = 0u;\n' : ''}${where}${J((j) => `    var s${j} = neg_inf();`)}
     // ---- KIVI keys, on their codes ----
     if (a < kb) {
       let g0 = a / kG;
@@ -434,9 +441,31 @@ ${OWN ? '' : where}${J((j) => `    var s${j} = neg_inf();`)}
           var pq = 0.0;
           var pb = 0.0;
           // Scales and minimums two halves a word (hs, hm even: D and cb are multiples of 16).
+${
+  OWN
+    ? // v2: four vec4 loads where the words are vec4-aligned (the usual page layout), not sixteen.
+      `          let hw = hs >> 1u;
+          let mw = hm >> 1u;
 ${range(8)
-  .map((k) => `          let sw${k} = ldw(sl, (hs >> 1u) + ${k}u);\n          let mw${k} = ldw(sl, (hm >> 1u) + ${k}u);`)
+  .map((k) => `          var sw${k} = 0u;\n          var mw${k} = 0u;`)
   .join('\n')}
+          if (((hw | mw) & 3u) == 0u) {
+            let s4a = ld4(sl, hw >> 2u);
+            let s4b = ld4(sl, (hw >> 2u) + 1u);
+            let m4a = ld4(sl, mw >> 2u);
+            let m4b = ld4(sl, (mw >> 2u) + 1u);
+${range(8)
+  .map((k) => `            sw${k} = ${k < 4 ? 's4a' : 's4b'}[${k & 3}];\n            mw${k} = ${k < 4 ? 'm4a' : 'm4b'}[${k & 3}];`)
+  .join('\n')}
+          } else {
+${range(8)
+  .map((k) => `            sw${k} = ldw(sl, hw + ${k}u);\n            mw${k} = ldw(sl, mw + ${k}u);`)
+  .join('\n')}
+          }`
+    : range(8)
+        .map((k) => `          let sw${k} = ldw(sl, (hs >> 1u) + ${k}u);\n          let mw${k} = ldw(sl, (hm >> 1u) + ${k}u);`)
+        .join('\n')
+}
 ${range(4)
   .map(
     (k) => `          {
@@ -548,7 +577,13 @@ ${
     // lane: no tree, one barrier), the weights of this thread's token ----
 ${J((j) => `    sc[${j * TILE}u + li] = s${j};`)}
     workgroupBarrier();
-${where}${J(
+    if (t < b) {
+      ti[li * 4u] = wi0;
+      ti[li * 4u + 1u] = wi1;
+      ti[li * 4u + 2u] = wi2;
+      ti[li * 4u + 3u] = wi3;
+    }
+${J(
   (j) => `    {
       var tm = neg_inf();
       for (var k = 0u; k < CHUNKS; k++) { tm = max(tm, sc[${j * TILE}u + u * CHUNKS + k]); }

@@ -13,12 +13,6 @@
  *    workgroup is split over many (flash-decoding): each writes its partial maximum, sum and output, and
  *    `merge` combines them (one workgroup per item and query head, threads over slices of the partials).
  *    All tasks and kv heads of a sub-step are one dispatch (plus one merge).
- *    v2 (the default; KIVI_WEBGPU_ATTN=v1 selects the above): each value lane owns a contiguous run of
- *    the tile's tokens (the ones its own threads scored) and keeps its own running maximum, so a tile
- *    needs three barriers (folded keys ready, scores ready, weights ready) instead of eight: no maximum
- *    tree, no separate reduction of the folded sums (each scoring thread adds its group's partials), no
- *    barrier at the tile's end (what the next tile overwrites is read before barriers it must pass). The
- *    lanes' outputs are rescaled to the largest lane maximum once, at the end of the item.
  *  - KIVI keys are scored on their packed codes: the query is multiplied by the group's scales once per
  *    group and tile (in workgroup memory), q·k̂ = Σ_c (q_c·s_c)·code_c + Σ_c q_c·m_c. KIVI values are
  *    weighted on their codes: Σ_t p_t·(s_t·code + m_t) = Σ_t (p_t·s_t)·code + Σ_t p_t·m_t. Nothing is
@@ -73,17 +67,6 @@ export interface AttnGeometry {
   ch: number;
   /** Key groups whose folded query fits in workgroup memory at once. */
   slots: number;
-  /**
-   * Lanes own contiguous runs of a tile's tokens, each with its own running maximum (three barriers a
-   * tile instead of eight; see attendWgsl). False: the first kernel (KIVI_WEBGPU_ATTN=v1), kept to compare.
-   */
-  own: boolean;
-}
-
-/** KIVI_WEBGPU_ATTN=v1 (Node) selects the first attention kernel (one running maximum per workgroup). */
-function attnVersion(): string {
-  const v = typeof process !== 'undefined' ? process.env?.KIVI_WEBGPU_ATTN : undefined;
-  return v === 'v1' ? 'v1' : 'v2';
 }
 
 /** Floats of one partial (per query head: maximum, sum, two pad words, then D outputs: vec4-aligned). */
@@ -92,9 +75,9 @@ export function partialFloats(shape: AttnShape): number {
 }
 
 /** Workgroup bytes of the attention kernel with `s` folded key groups. */
-function attnBytes(nq: number, D: number, lanes: number, s: number, own: boolean): number {
+function attnBytes(nq: number, D: number, lanes: number, s: number): number {
   const q = nq * D,
-    sc = nq * TILE * (own ? 2 : 1),
+    sc = nq * TILE,
     fp = Math.max(s * nq * (D / 16) * 2, nq * 40),
     fs = s * nq * 2;
   const big = Math.max(s * nq * D, lanes * D),
@@ -108,14 +91,13 @@ export function attnGeometry(shape: AttnShape, workgroupBytes: number): AttnGeom
   const nq = H / KV;
   const ch = nq <= 2 ? 16 : nq <= 4 ? 8 : 4;
   const lanes = Math.floor(TILE / (D / ch));
-  const own = attnVersion() !== 'v1' && TILE % (D / ch) === 0;
   // Four groups cover a tile at G = 32 (the paper's); more only costs occupancy.
   let slots = 4;
-  while (slots > 1 && attnBytes(nq, D, lanes, slots, own) > workgroupBytes) slots--;
-  if (attnBytes(nq, D, lanes, slots, own) > workgroupBytes) {
+  while (slots > 1 && attnBytes(nq, D, lanes, slots) > workgroupBytes) slots--;
+  if (attnBytes(nq, D, lanes, slots) > workgroupBytes) {
     throw new Error(`webgpu: attention for ${nq} query heads per kv head of ${D} needs more workgroup memory than ${workgroupBytes} bytes`);
   }
-  return { nq, ch, slots, own };
+  return { nq, ch, slots };
 }
 
 /** Declarations of the first `na` arena bindings (the layout always has all the device's; unused ones stay unbound in the shader). */
@@ -143,11 +125,7 @@ function magic(word: string, bits: number, k: number): string {
 
 export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number): string {
   const { numHeads: H, numKvHeads: KV, headDim: D } = shape;
-  const { nq: NQ, ch: CH, slots: NS, own: OWN } = g;
-  // v2 (OWN): lane u owns tokens [u·CHUNKS, (u + 1)·CHUNKS) of a tile (the ones its own threads scored),
-  // walked one by one; v1: tokens u, u + LANES, …. Weights live in sp (v2) or over the scores in sc (v1).
-  const TSTEP = OWN ? '1u' : 'LANES';
-  const WA = OWN ? 'sp' : 'sc';
+  const { nq: NQ, ch: CH, slots: NS } = g;
   const QKVD = (H + 2 * KV) * D;
   const CHUNKS = D / CH;
   const LANES = Math.floor(TILE / CHUNKS);
@@ -242,7 +220,7 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number): strin
       let s =
         `          {\n            let su = unpack2x16float(hs${x});\n            let mu = unpack2x16float(hm${x});\n` +
         `            let sv = select(su.x, su.y, (sh${x} & 1u) != 0u);\n            let mv = select(mu.x, mu.y, (mh${x} & 1u) != 0u);\n`;
-      s += `${J((j) => `            let p${j} = ${WA}[${j * TILE}u + ${tt}];\n            l${j} += p${j};`)}\n`;
+      s += `${J((j) => `            let p${j} = sc[${j * TILE}u + ${tt}];\n            l${j} += p${j};`)}\n`;
       for (let wi = 0; wi < words; wi++) s += `            let w${wi} = w${x}_${wi}${partial ? ` >> ((c0 % ${cpw}u) * ${bits}u)` : ''};\n`;
       for (let k = 0; k < CH; k++) s += `            let m${k} = ${magic(`w${Math.floor((k * bits) / 32)}`, bits, k % cpw)};\n`;
       s += `${J(
@@ -257,8 +235,8 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number): strin
     };
     const xs = range(UNROLL);
     let s = `      if (vbits == ${bits}u) {\n        let wo = (c0 * ${bits}u) / 32u;\n`;
-    s += `        for (; tt + ${UNROLL - 1}u * ${TSTEP} < fend; tt += ${UNROLL}u * ${TSTEP}) {\n`;
-    s += xs.map((x) => one(`${x}`, `tt + ${x}u * ${TSTEP}`)).join('') + xs.map((x) => use(`${x}`, `tt + ${x}u * ${TSTEP}`)).join('');
+    s += `        for (; tt + ${UNROLL - 1}u * LANES < nq; tt += ${UNROLL}u * LANES) {\n`;
+    s += xs.map((x) => one(`${x}`, `tt + ${x}u * LANES`)).join('') + xs.map((x) => use(`${x}`, `tt + ${x}u * LANES`)).join('');
     // The last few tokens of the run go by the general loop below.
     return `${s}        }\n      }\n`;
   };
@@ -272,7 +250,7 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number): strin
         .join('');
     const use = (x: string, tt: string) => {
       let s = '          {\n';
-      s += `${J((j) => `            let p${j} = ${WA}[${j * TILE}u + ${tt}];\n            l${j} += p${j};`)}\n`;
+      s += `${J((j) => `            let p${j} = sc[${j * TILE}u + ${tt}];\n            l${j} += p${j};`)}\n`;
       s += range(CH / 2)
         .map((k2) => `            let v${k2} = unpack2x16float(h${x}_${k2 >> 2}[${k2 & 3}]) * vinv;\n`)
         .join('');
@@ -280,50 +258,10 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number): strin
       return `${s}          }\n`;
     };
     const xs = range(UNROLL);
-    let s = `        for (; tt + ${UNROLL - 1}u * ${TSTEP} < fend; tt += ${UNROLL}u * ${TSTEP}) {\n`;
-    s += xs.map((x) => one(`${x}`, `tt + ${x}u * ${TSTEP}`)).join('') + xs.map((x) => use(`${x}`, `tt + ${x}u * ${TSTEP}`)).join('');
+    let s = `        for (; tt + ${UNROLL - 1}u * LANES < nq; tt += ${UNROLL}u * LANES) {\n`;
+    s += xs.map((x) => one(`${x}`, `tt + ${x}u * LANES`)).join('') + xs.map((x) => use(`${x}`, `tt + ${x}u * LANES`)).join('');
     return `${s}        }\n`;
   };
-
-  const where = `    // ---- where this thread's token keeps its value (read back by the value threads) ----
-    if (t < b) {
-      var vs = vseg;
-      loop { if (t < seg_end(vs)) { break; } vs += 1u; }
-      let pg = seg_at(vs, t);
-      // The record's kind and bits with the page's slot (runs resolved).
-      let info = (sw(vs, 0u) & 0xffffu) | (pg.x << 16u);
-      let kind = info & 0xffu;
-      let vrow = pg.z;
-      var r0 = 0u;
-      var r1 = 0u;
-      var r2 = 0u;
-      if (kind == ${SEG_KIVI_V}u) {
-        let cap = sw(vs, 4u);
-        let vbase = pg.y + h * sw(vs, 6u);
-        let wpr = D * ((info >> 8u) & 0xffu) / 32u;
-        r0 = vbase + vrow * wpr;
-        r1 = (vbase + cap * wpr) * 2u + vrow * (D / vG);
-        r2 = r1 + cap * (D / vG);
-      } else if (kind == ${SEG_F32}u) {
-        r0 = pg.y + h * sw(vs, 6u) + vrow * D;
-      } else if (kind == ${SEG_ROWS}u) {
-        r0 = (sw(vs, 2u) + t - sw(vs, 7u)) * QKVD + (${H + KV}u + h) * D;
-      } else {
-        r0 = pg.y + h * sw(vs, 6u) + vrow * ${D / 2}u;
-      }
-${
-  OWN
-    ? `      wi0 = info;
-      wi1 = r0;
-      wi2 = r1;
-      wi3 = r2;`
-    : `      ti[li * 4u] = info;
-      ti[li * 4u + 1u] = r0;
-      ti[li * 4u + 2u] = r1;
-      ti[li * 4u + 3u] = r2;`
-}
-    }
-`;
 
   return /* wgsl */ `
 const WG = ${TILE}u;
@@ -349,7 +287,7 @@ ${GRID}
 // per token of the tile, where its value lives (segment info word, row, scale and minimum halves).
 var<workgroup> qs: array<f32, ${NQ * D}>;
 var<workgroup> sc: array<f32, ${NQ * TILE}>;
-${OWN ? `var<workgroup> sp: array<f32, ${NQ * TILE}>;\n` : ''}var<workgroup> fp: array<f32, ${FPN}>;
+var<workgroup> fp: array<f32, ${FPN}>;
 var<workgroup> fs: array<f32, ${NS * NQ * 2}>;
 var<workgroup> big: array<vec4<f32>, ${BIG}>;
 var<workgroup> ti: array<u32, ${4 * TILE}>;
@@ -414,7 +352,38 @@ ${JK((j, k) => `  var a${j}_${k} = 0.0;`)}
     loop { if (a < seg_end(kseg)) { break; } kseg += 1u; }
     loop { if (a < seg_end(vseg)) { break; } vseg += 1u; }
     let t = a + li;
-${OWN ? '    // v2: looked up now (the loads overlap the keys), stored after the scores barrier.\n    var wi0 = 0u;\n    var wi1 = 0u;\n    var wi2 = 0u;\n    var wi3 = 0u;\n' : ''}${where}${J((j) => `    var s${j} = neg_inf();`)}
+    // ---- where this thread's token keeps its value (read back by the value threads) ----
+    if (t < b) {
+      var vs = vseg;
+      loop { if (t < seg_end(vs)) { break; } vs += 1u; }
+      let pg = seg_at(vs, t);
+      // The record's kind and bits with the page's slot (runs resolved).
+      let info = (sw(vs, 0u) & 0xffffu) | (pg.x << 16u);
+      let kind = info & 0xffu;
+      let vrow = pg.z;
+      var r0 = 0u;
+      var r1 = 0u;
+      var r2 = 0u;
+      if (kind == ${SEG_KIVI_V}u) {
+        let cap = sw(vs, 4u);
+        let vbase = pg.y + h * sw(vs, 6u);
+        let wpr = D * ((info >> 8u) & 0xffu) / 32u;
+        r0 = vbase + vrow * wpr;
+        r1 = (vbase + cap * wpr) * 2u + vrow * (D / vG);
+        r2 = r1 + cap * (D / vG);
+      } else if (kind == ${SEG_F32}u) {
+        r0 = pg.y + h * sw(vs, 6u) + vrow * D;
+      } else if (kind == ${SEG_ROWS}u) {
+        r0 = (sw(vs, 2u) + t - sw(vs, 7u)) * QKVD + (${H + KV}u + h) * D;
+      } else {
+        r0 = pg.y + h * sw(vs, 6u) + vrow * ${D / 2}u;
+      }
+      ti[li * 4u] = info;
+      ti[li * 4u + 1u] = r0;
+      ti[li * 4u + 2u] = r1;
+      ti[li * 4u + 3u] = r2;
+    }
+${J((j) => `    var s${j} = neg_inf();`)}
     // ---- KIVI keys, on their codes ----
     if (a < kb) {
       let g0 = a / kG;
@@ -441,31 +410,9 @@ ${OWN ? '    // v2: looked up now (the loads overlap the keys), stored after the
           var pq = 0.0;
           var pb = 0.0;
           // Scales and minimums two halves a word (hs, hm even: D and cb are multiples of 16).
-${
-  OWN
-    ? // v2: four vec4 loads where the words are vec4-aligned (the usual page layout), not sixteen.
-      `          let hw = hs >> 1u;
-          let mw = hm >> 1u;
 ${range(8)
-  .map((k) => `          var sw${k} = 0u;\n          var mw${k} = 0u;`)
+  .map((k) => `          let sw${k} = ldw(sl, (hs >> 1u) + ${k}u);\n          let mw${k} = ldw(sl, (hm >> 1u) + ${k}u);`)
   .join('\n')}
-          if (((hw | mw) & 3u) == 0u) {
-            let s4a = ld4(sl, hw >> 2u);
-            let s4b = ld4(sl, (hw >> 2u) + 1u);
-            let m4a = ld4(sl, mw >> 2u);
-            let m4b = ld4(sl, (mw >> 2u) + 1u);
-${range(8)
-  .map((k) => `            sw${k} = ${k < 4 ? 's4a' : 's4b'}[${k & 3}];\n            mw${k} = ${k < 4 ? 'm4a' : 'm4b'}[${k & 3}];`)
-  .join('\n')}
-          } else {
-${range(8)
-  .map((k) => `            sw${k} = ldw(sl, hw + ${k}u);\n            mw${k} = ldw(sl, mw + ${k}u);`)
-  .join('\n')}
-          }`
-    : range(8)
-        .map((k) => `          let sw${k} = ldw(sl, (hs >> 1u) + ${k}u);\n          let mw${k} = ldw(sl, (hm >> 1u) + ${k}u);`)
-        .join('\n')
-}
 ${range(4)
   .map(
     (k) => `          {
@@ -484,10 +431,7 @@ ${range(4)
           fp[idx * 2u + 1u] = pb;
         }
         workgroupBarrier();
-${
-  OWN
-    ? ''
-    : `        for (var idx = li; idx < nsl * NQ; idx += WG) {
+        for (var idx = li; idx < nsl * NQ; idx += WG) {
           var sq = 0.0;
           var sb = 0.0;
           for (var k = 0u; k < D16; k++) {
@@ -498,8 +442,7 @@ ${
           fs[idx * 2u + 1u] = sb;
         }
         workgroupBarrier();
-`
-}        let gg = t / kG;
+        let gg = t / kG;
         if (t < b && t < kb && gg >= g0 + ps && gg < g0 + ps + nsl) {
           let slot = gg - g0 - ps;
           var sg = kseg;
@@ -511,22 +454,9 @@ ${
           let fb = slot * NQ * ${D / 4}u;
 ${J((j) => `          var S${j} = 0.0;`)}
 ${kiviScore(2)}${kiviScore(4)}${kiviScore(8)}
-${
-  OWN
-    ? // The folded sums straight from the partials (the order v1's reduction adds them in).
-      J(
-        (j) => `          var fq${j} = 0.0;
-          var fm${j} = 0.0;
-          for (var k = 0u; k < D16; k++) {
-            fq${j} += fp[((slot * NQ + ${j}u) * D16 + k) * 2u];
-            fm${j} += fp[((slot * NQ + ${j}u) * D16 + k) * 2u + 1u];
-          }
-          s${j} = (kmul * (S${j} - fq${j}) + fm${j}) * SCALE;`,
-      )
-    : J((j) => `          s${j} = (kmul * (S${j} - fs[(slot * NQ + ${j}u) * 2u]) + fs[(slot * NQ + ${j}u) * 2u + 1u]) * SCALE;`)
-}
+${J((j) => `          s${j} = (kmul * (S${j} - fs[(slot * NQ + ${j}u) * 2u]) + fs[(slot * NQ + ${j}u) * 2u + 1u]) * SCALE;`)}
         }
-        ${OWN ? '// Only before another fold: the next tile folds after two more barriers.\n        if (ps + NS < ng) { workgroupBarrier(); }' : 'workgroupBarrier();'}
+        workgroupBarrier();
       }
     }
     // ---- full-precision keys: float32/float16 pages and the step's own rows ----
@@ -571,39 +501,7 @@ ${J((j) => `            S${j} += dot(k0, ${qvec(j, `(c8 + ${x}u) * 8u`)}) + dot(
       }
 ${J((j) => `      s${j} = S${j} * SCALE;`)}
     }
-${
-  OWN
-    ? `    // ---- the scores, seen by all; each lane's maximum over its own tokens, its running maximum (one per
-    // lane: no tree, one barrier), the weights of this thread's token ----
-${J((j) => `    sc[${j * TILE}u + li] = s${j};`)}
-    workgroupBarrier();
-    if (t < b) {
-      ti[li * 4u] = wi0;
-      ti[li * 4u + 1u] = wi1;
-      ti[li * 4u + 2u] = wi2;
-      ti[li * 4u + 3u] = wi3;
-    }
-${J(
-  (j) => `    {
-      var tm = neg_inf();
-      for (var k = 0u; k < CHUNKS; k++) { tm = max(tm, sc[${j * TILE}u + u * CHUNKS + k]); }
-      let mn = max(M${j}, tm);
-      if (mn > M${j}) {
-        let al = exp(M${j} - mn);
-        l${j} *= al;
-        W${j} *= al;
-        B${j} *= al;
-${range(CH)
-  .map((k) => `        a${j}_${k} *= al;`)
-  .join('\n')}
-        M${j} = mn;
-      }
-      sp[${j * TILE}u + li] = exp(s${j} - M${j});
-    }`,
-)}
-    workgroupBarrier();
-`
-    : `    // ---- the tile's maximum (a tree in workgroup memory), the new running maximum, the weights ----
+    // ---- the tile's maximum (a tree in workgroup memory), the new running maximum, the weights ----
 ${J((j) => `    sc[${j * TILE}u + li] = s${j};`)}
     workgroupBarrier();
     for (var idx = li; idx < NQ * 32u; idx += WG) {
@@ -635,8 +533,7 @@ ${range(CH)
     }`,
 )}
     workgroupBarrier();
-`
-}    // ---- values: this thread's CH channels of tokens u, u + LANES, … of the tile ----
+    // ---- values: this thread's CH channels of tokens u, u + LANES, … of the tile ----
     // The tile's first nq tokens lie in KIVI value pages (they come first in a task).
     // The tile's first nq tokens lie in pages of one kind, vk0: KIVI values (quantized first in a task)
     // or float16 pages; those go by the unrolled paths.
@@ -650,9 +547,7 @@ ${range(CH)
     }
     let nq = min(vq, b) - a;
     if (u < LANES) {
-      var tt = ${OWN ? 'u * CHUNKS' : 'u'};
-      let tend = ${OWN ? 'min((u + 1u) * CHUNKS, b - a)' : 'b - a'};
-      let fend = min(nq, tend);
+      var tt = u;
       let gq = c0 / vG;
       if (vk0 == ${SEG_KIVI_V}u && vG % ${CH}u == 0u) {
 ${fastValues(2)}${fastValues(4)}      }
@@ -662,8 +557,8 @@ ${
 ${fastF16()}      }
 `
     : ''
-}      for (; tt < tend; tt += ${TSTEP}) {
-${J((j) => `        let p${j} = ${WA}[${j * TILE}u + tt];\n        l${j} += p${j};`)}
+}      for (; tt < b - a; tt += LANES) {
+${J((j) => `        let p${j} = sc[${j * TILE}u + tt];\n        l${j} += p${j};`)}
         let info = ti[tt * 4u];
         let r0 = ti[tt * 4u + 1u];
         let kind = info & 0xffu;
@@ -720,7 +615,7 @@ ${JK((j, k) => `          a${j}_${k} = fma(p${j}, v${k >> 1}[${k & 1}], a${j}_${
         }
       }
     }
-    ${OWN ? '// No barrier: the next tile writes what this one reads only after its own barriers.' : 'workgroupBarrier();'}
+    workgroupBarrier();
   }
   // ---- sum the value lanes, one query head at a time: the output (or this split's partial) ----
 ${J(
@@ -733,34 +628,23 @@ ${range(CH / 4)
         .join(', ')});`,
   )
   .join('\n')}
-    if (cw == 0u) { sc[u] = l${j};${OWN ? ` sc[LANES + u] = M${j};` : ''} }
+    if (cw == 0u) { sc[u] = l${j}; }
   }
   workgroupBarrier();
   for (var c = li; c < D; c += WG) {
     var o = 0.0;
     var L = 0.0;
-${
-  OWN
-    ? `    // Lanes kept their own maxima: rescale each to the largest (a lane without tokens weighs 0).
-    var mx = neg_inf();
-    for (var uu = 0u; uu < LANES; uu++) { mx = max(mx, sc[LANES + uu]); }
     for (var uu = 0u; uu < LANES; uu++) {
-      let e = select(0.0, exp(sc[LANES + uu] - mx), sc[LANES + uu] > neg_inf());
-      o += big[(uu * D + c) / 4u][c % 4u] * e;
-      L += sc[uu] * e;
-    }`
-    : `    for (var uu = 0u; uu < LANES; uu++) {
       o += big[(uu * D + c) / 4u][c % 4u];
       L += sc[uu];
-    }`
-}
+    }
     if (pidx == ${NO_PARTIAL}u) {
       att[qrow * ${H * D}u + (h * NQ + ${j}u) * D + c] = o / L;
     } else {
       let pb = pidx * ${NQ * PS}u + ${j * PS}u;
       part[pb + 4u + c] = o;
       if (c == 0u) {
-        part[pb] = ${OWN ? 'mx' : `M${j}`};
+        part[pb] = M${j};
         part[pb + 1u] = L;
       }
     }

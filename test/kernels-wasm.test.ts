@@ -219,7 +219,7 @@ test('wasm: every bf16 pattern and every finite f16 pattern converts exactly ins
   }
 });
 
-test('wasm: prefill blocks give bit for bit the one-task-at-a-time attention (every cache kind, two sequences per step, chunks over a cache, 1 and 2 threads)', async () => {
+test('wasm: prefill blocks match the one-task-at-a-time attention up to float32 summation order (every cache kind, two sequences per step, chunks over a cache, 1 and 2 threads)', async () => {
   const shape = { numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 64 };
   const { numHeads: H, numKvHeads: KV, headDim: d } = shape;
   const qkvDim = (H + 2 * KV) * d;
@@ -248,7 +248,13 @@ test('wasm: prefill blocks give bit for bit the one-task-at-a-time attention (ev
         const exp = (await steppers[0]!.step(items(0)))!;
         const got = (await steppers[1]!.step(items(1)))!;
         assert.ok(exp.some((v) => v !== 0));
-        assert.deepEqual(got, exp, `${name}, ${threads} threads: chunks of ${na} and ${nb}`);
+        // The per-task path is the fused online-softmax pass; blocks sum the same terms in another order.
+        let scale = 0;
+        for (const v of exp) scale = Math.max(scale, Math.abs(v));
+        let worst = 0;
+        for (let i = 0; i < exp.length; i++) worst = Math.max(worst, Math.abs(got[i]! - exp[i]!));
+        assert.equal(got.length, exp.length);
+        assert.ok(worst <= 2e-6 * scale, `${name}, ${threads} threads: chunks of ${na} and ${nb}: error ${worst} of ${scale}`);
       }
       for (const c of caches.flat()) c.free();
     }

@@ -43,6 +43,8 @@ export interface KernelExports {
   swiglu(act: number, gu: number, rows: number, I: number): void;
   attend_task(tasks: number, segs: number, i: number, layer: number, qkv: number, att: number, H: number, KV: number, d: number, scratch: number): void;
   task_scratch_bytes(nq: number, T: number, d: number): number;
+  /** JOB_ROTATE: Walsh–Hadamard transform in place of `heads` heads of d floats in each of `rows` rows `stride` floats apart. */
+  fwht_rows(x: number, rows: number, heads: number, stride: number, d: number, scale: number): void;
 }
 
 /** Instantiate the module on a memory (synchronous: the module is already compiled). */

@@ -5,3 +5,4 @@ export { scores_f32, scores_f16, accum_f32, accum_f16 } from './dense';
 export { scores_kivi, accum_kivi, kivi_work_bytes } from './kivi';
 export { softmax, swiglu } from './softmax';
 export { attend_task, task_scratch_bytes } from './task';
+export { fwht_rows } from './hadamard';

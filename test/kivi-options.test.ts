@@ -281,6 +281,8 @@ test('bits per element: kivi2 3, kivi4 5, kivi2-hq 3.5, and the bytes a cache ad
     ['kivi4', 5],
     ['kivi:k=4,v=2,g=64', 3.5],
     ['kivi:k=4,v=2,gk=128,gv=32', 3.625],
+    ['kivi:k=4,v=2,gk=128,gv=64,rot=hadamard', 3.375],
+    ['kivi:k=4,v=2,gk=128,gv=32,vmeta=8,rot=hadamard', 3.5],
     ['kivi:k=2,v=2,vmeta=8', 2.875],
     ['kivi2-hq', 3.5],
     ['kivi:k=2,v=2,rot=hadamard', 3],
@@ -298,7 +300,7 @@ test('the spec grammar: options parse, print canonically and round-trip; kivi2-h
   const hq = parseKvSpec('kivi2-hq') as CacheSpec & { kind: 'kivi' };
   assert.equal(hq.name, 'kivi2-hq');
   assert.deepEqual({ ...hq, name: '' }, { ...parseKvSpec(KIVI2_HQ), name: '' });
-  assert.equal(formatKvSpec(hq), 'kivi:k=4,v=2,g=32,r=128,gk=128,rot=hadamard,vmeta=8');
+  assert.equal(formatKvSpec(hq), 'kivi:k=4,v=2,g=64,r=128,rot=hadamard');
   for (const s of ['kivi:k=4,v=2,gk=128,gv=16,rot=hadamard,vmeta=8', 'kivi:k=2,v=2,rot=none,vmeta=16']) {
     const a = parseKvSpec(s);
     assert.deepEqual({ ...parseKvSpec(formatKvSpec(a)), name: '' }, { ...a, name: '' }, s);
@@ -319,5 +321,5 @@ test('vmeta=8 is refused off the TypeScript reference, naming it; gk/gv and rot 
   for (const s of ['kivi:k=2,v=2,vmeta=8', 'kivi:k=4,v=2,gk=128,gv=32,vmeta=8,rot=hadamard']) {
     assert.throws(() => createCache(parseKvSpec(s), pool), /vmeta=8 runs on the TypeScript reference back end only \(--backend ts\)/, s);
   }
-  for (const s of ['kivi:k=4,v=2,gk=64,gv=16', 'kivi:k=2,v=2,rot=hadamard']) createCache(parseKvSpec(s), pool).free();
+  for (const s of ['kivi2-hq', 'kivi:k=4,v=2,gk=64,gv=16', 'kivi:k=2,v=2,rot=hadamard']) createCache(parseKvSpec(s), pool).free();
 });

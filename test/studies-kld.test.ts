@@ -116,7 +116,7 @@ test('kldStudy equals an independent token-by-token computation; fp32 vs itself 
   assert.ok(Math.abs(st.results[1]!.mean_nll - (nll[0]! + nll[1]!) / 2) < 1e-9);
 });
 
-test('on the TypeScript reference: rot=hadamard and vmeta=8 (kivi2-hq) through the model equal the independent computation', async () => {
+test('on the TypeScript reference: rot=hadamard and vmeta=8 through the model equal the independent computation', async () => {
   // kldStudy restores each window's fp32 prefill into the caches (model.ingest, which must rotate the keys as
   // a forward prefill does); so does the independent computation here. A forward prefill through a rotated
   // cache computes q·k on rotated vectors, equal up to float32 rounding, so later layers' keys differ in their

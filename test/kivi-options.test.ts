@@ -219,9 +219,9 @@ for (const [s, o] of OPTION_SPECS) {
     const dims: CacheDims = { numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 64 };
     const { numKvHeads: kv, headDim: d, numHeads: H } = dims;
     const spec = parseKvSpec(s);
-    // gk/gv alone run on every back end; the other options on the TypeScript reference only.
+    // gk/gv and rot run on every back end; vmeta=8 on the TypeScript reference only.
     const dflt = await createBackend();
-    const backends = !o.rot && !o.vmeta8 && dflt.name !== 'ts' ? [new TsBackend(), dflt] : [new TsBackend()];
+    const backends = !o.vmeta8 && dflt.name !== 'ts' ? [new TsBackend(), dflt] : [new TsBackend()];
     for (const backend of backends) {
       const pool = backend.createPagePool(dims);
       const stepper = new CacheStepper(backend, pool);
@@ -281,6 +281,8 @@ test('bits per element: kivi2 3, kivi4 5, kivi2-hq 3.5, and the bytes a cache ad
     ['kivi4', 5],
     ['kivi:k=4,v=2,g=64', 3.5],
     ['kivi:k=4,v=2,gk=128,gv=32', 3.625],
+    ['kivi:k=4,v=2,gk=128,gv=64,rot=hadamard', 3.375],
+    ['kivi:k=4,v=2,gk=128,gv=32,vmeta=8,rot=hadamard', 3.5],
     ['kivi:k=2,v=2,vmeta=8', 2.875],
     ['kivi2-hq', 3.5],
     ['kivi:k=2,v=2,rot=hadamard', 3],
@@ -298,7 +300,7 @@ test('the spec grammar: options parse, print canonically and round-trip; kivi2-h
   const hq = parseKvSpec('kivi2-hq') as CacheSpec & { kind: 'kivi' };
   assert.equal(hq.name, 'kivi2-hq');
   assert.deepEqual({ ...hq, name: '' }, { ...parseKvSpec(KIVI2_HQ), name: '' });
-  assert.equal(formatKvSpec(hq), 'kivi:k=4,v=2,g=32,r=128,gk=128,rot=hadamard,vmeta=8');
+  assert.equal(formatKvSpec(hq), 'kivi:k=4,v=2,g=64,r=128,rot=hadamard');
   for (const s of ['kivi:k=4,v=2,gk=128,gv=16,rot=hadamard,vmeta=8', 'kivi:k=2,v=2,rot=none,vmeta=16']) {
     const a = parseKvSpec(s);
     assert.deepEqual({ ...parseKvSpec(formatKvSpec(a)), name: '' }, { ...a, name: '' }, s);
@@ -311,13 +313,13 @@ test('the spec grammar: options parse, print canonically and round-trip; kivi2-h
   assert.throws(() => createCache(parseKvSpec('kivi:k=2,v=2,gk=24,r=96'), pool), /multiple of 16/);
 });
 
-test('rot and vmeta=8 are refused off the TypeScript reference, naming it; gk/gv are not', async () => {
+test('vmeta=8 is refused off the TypeScript reference, naming it; gk/gv and rot are not', async () => {
   const dims: CacheDims = { numLayers: 1, numHeads: 2, numKvHeads: 1, headDim: 64 };
   const dflt = await createBackend();
   if (dflt.name === 'ts') return; // no other back end loads here
   const pool = dflt.createPagePool(dims);
-  for (const s of ['kivi2-hq', 'kivi:k=2,v=2,rot=hadamard', 'kivi:k=2,v=2,vmeta=8']) {
-    assert.throws(() => createCache(parseKvSpec(s), pool), /run on the TypeScript reference back end only \(--backend ts\)/, s);
+  for (const s of ['kivi:k=2,v=2,vmeta=8', 'kivi:k=4,v=2,gk=128,gv=32,vmeta=8,rot=hadamard']) {
+    assert.throws(() => createCache(parseKvSpec(s), pool), /vmeta=8 runs on the TypeScript reference back end only \(--backend ts\)/, s);
   }
-  createCache(parseKvSpec('kivi:k=4,v=2,gk=64,gv=16'), pool).free();
+  for (const s of ['kivi2-hq', 'kivi:k=4,v=2,gk=64,gv=16', 'kivi:k=2,v=2,rot=hadamard']) createCache(parseKvSpec(s), pool).free();
 });

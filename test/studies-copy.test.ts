@@ -107,12 +107,11 @@ test('eval copy: bad options are one-line errors', () => {
   );
   // Options only the TypeScript reference runs are refused elsewhere before any work, naming it.
   expectCliError(
-    ['eval', 'kld', '--model', MODEL_DIR, '--text', WIKITEXT, '--backend', 'wasm', '--kv', 'kivi2,kivi2-hq'],
-    /kivi2-hq: rot=hadamard and vmeta=8 run on the TypeScript reference back end only \(--backend ts\)/,
+    ['eval', 'kld', '--model', MODEL_DIR, '--text', WIKITEXT, '--backend', 'wasm', '--kv', 'kivi2,kivi:k=4,v=2,gk=128,gv=32,vmeta=8,rot=hadamard'],
+    /kivi:k=4,v=2,gk=128,gv=32,vmeta=8,rot=hadamard: vmeta=8 runs on the TypeScript reference back end only \(--backend ts\)/,
   );
   expectCliError(
-    ['eval', 'copy', '--model', MODEL_DIR, '--text', WIKITEXT, '--backend', 'wasm', '--kv', 'kivi:k=2,v=2,rot=hadamard'],
-    /rot=hadamard run on the TypeScript reference back end only/,
+    ['generate', '--model', MODEL_DIR, '--prompt', 'Hi', '--backend', 'wasm', '--kv', 'kivi:k=2,v=2,vmeta=8'],
+    /TypeScript reference back end only/,
   );
-  expectCliError(['generate', '--model', MODEL_DIR, '--prompt', 'Hi', '--backend', 'wasm', '--kv', 'kivi2-hq'], /TypeScript reference back end only/);
 });

@@ -17,10 +17,10 @@
  *  - gk=, gv=: key and value group sizes apart (every back end: the segments carry G);
  *  - rot=hadamard: a pre-phase job rotates each new token's query and key heads in place by the orthonormal
  *    Walsh–Hadamard transform (src/quant/hadamard.ts) before attention and storage, so every stored key is
- *    rotated, q·k is unchanged, and outlier channels are spread before per-channel quantization;
- *  - vmeta=8: value pages with 8-bit scale/minimum codes on a float16 per-token grid (SEG_KIVI_V8).
- * The last two are records only the TypeScript reference runs (PagePool.oracleJobs); spec.ts refuses them
- * on other back ends.
+ *    rotated, q·k is unchanged, and outlier channels are spread before per-channel quantization (every back
+ *    end runs JOB_ROTATE);
+ *  - vmeta=8: value pages with 8-bit scale/minimum codes on a float16 per-token grid (SEG_KIVI_V8), records
+ *    only the TypeScript reference runs (PagePool.oracleJobs); spec.ts refuses them on other back ends.
  */
 
 import { JOB_KEYS, JOB_QKEY, JOB_QVAL, JOB_ROTATE, JOB_VALUES, SEG_F16, SEG_F32, SEG_KIVI_K, SEG_KIVI_V, SEG_KIVI_V8, SEG_ROWS } from '../kernels/layout.js';
@@ -47,7 +47,7 @@ export interface KiviOptions {
   /** Key group size (tokens) and value group size (channels) apart; default groupSize. */
   keyGroupSize?: number;
   valueGroupSize?: number;
-  /** Walsh–Hadamard rotation of keys and queries per head (TypeScript reference only). */
+  /** Walsh–Hadamard rotation of keys and queries per head. */
   keyRotation?: 'hadamard';
   /** Value scale/minimum bits: 16 (float16, KIVI's) or 8 (codes on a float16 per-token grid; TypeScript reference only). */
   valueMetaBits?: 16 | 8;
@@ -58,7 +58,7 @@ export const valueGroup = (o: KiviOptions): number => o.valueGroupSize ?? o.grou
 export const valueMeta8 = (o: KiviOptions): boolean => o.valueMetaBits === 8;
 /** The options whose records only the TypeScript reference runs, by their spec keys. */
 export function oracleOnlyOptions(o: KiviOptions): string[] {
-  return [...(o.keyRotation === 'hadamard' ? ['rot=hadamard'] : []), ...(valueMeta8(o) ? ['vmeta=8'] : [])];
+  return valueMeta8(o) ? ['vmeta=8'] : [];
 }
 
 /** Quantized value tokens per page. */
@@ -76,7 +76,7 @@ export function residualPage(R: number): number {
 export function checkKiviBackend(spec: KiviOptions & { name: string }, pool: Pick<PagePool, 'oracleJobs'>): void {
   const oracle = oracleOnlyOptions(spec);
   if (oracle.length > 0 && pool.oracleJobs !== true) {
-    throw new KiviError(`${spec.name}: ${oracle.join(' and ')} run on the TypeScript reference back end only (--backend ts)`);
+    throw new KiviError(`${spec.name}: ${oracle.join(' and ')} ${oracle.length > 1 ? 'run' : 'runs'} on the TypeScript reference back end only (--backend ts)`);
   }
 }
 

@@ -95,7 +95,7 @@ export const JOB_FAKE_TOKEN = 3;
 export const JOB_FAKE_CHANNEL = 4;
 
 /**
- * Pre phase, the TypeScript reference only (`rot=hadamard`): rotate the query heads and the key heads of
+ * Pre phase (`rot=hadamard`, every back end): rotate the query heads and the key heads of
  * the destination's SEG_ROWS rows in place by the orthonormal Walsh–Hadamard transform (src/quant/hadamard.ts),
  * so attention and the cache see rotated keys and queries and q·k is unchanged. No sources.
  */

@@ -59,8 +59,8 @@ export interface PagePool {
   /** False where the back end cannot run simulated-quantization (fake) jobs: the GPU. */
   readonly fakeJobs?: boolean;
   /**
-   * True where the back end runs the TypeScript reference's experimental records (JOB_ROTATE, SEG_KIVI_V8:
-   * the KIVI options rot=hadamard and vmeta=8): the ts back end only.
+   * True where the back end runs the TypeScript reference's experimental records (SEG_KIVI_V8: the KIVI
+   * option vmeta=8): the ts back end only. (JOB_ROTATE, rot=hadamard, runs on every back end.)
    */
   readonly oracleJobs?: boolean;
 }

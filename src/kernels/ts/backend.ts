@@ -57,7 +57,7 @@ export class TsPagePool implements PagePool, HostPages {
   private readonly freeIds: number[] = [];
   allocatedBytes = 0;
   peakBytes = 0;
-  /** The reference runs the experimental jobs and pages too (rotation, 8-bit value metadata). */
+  /** The reference runs the experimental pages too (8-bit value metadata). */
   readonly oracleJobs = true;
 
   resetPeak(): void {

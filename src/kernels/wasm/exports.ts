@@ -76,6 +76,8 @@ export interface KernelExports {
     scratch: number,
   ): void;
   prefill_scratch_bytes(rows: number, nq: number, T: number, d: number): number;
+  /** JOB_ROTATE: Walsh–Hadamard transform in place of `heads` heads of d floats in each of `rows` rows `stride` floats apart. */
+  fwht_rows(x: number, rows: number, heads: number, stride: number, d: number, scale: number): void;
 }
 
 /** Instantiate the module on a memory (synchronous: the module is already compiled). */

@@ -10,8 +10,9 @@
 
 import { KiviError } from '../../util/errors.js';
 import { type HostPages, hostPageBytes, type PageViews } from '../host/memory.js';
+import { JOB_DST, JOB_KIND, JOB_ROTATE, JOB_WORDS, SEG_KIND, SEG_N, SEG_PAGE, SEG_ROWS, SEG_WORDS } from '../layout.js';
 import type { StepPlan } from '../plan.js';
-import { JobScratch, runJobs } from '../ts/jobs.js';
+import { JobScratch, runJob } from '../ts/jobs.js';
 import * as ops from '../ts/ops.js';
 import type { AttnShape, Backend, DType, HostArray, PagePool, Tensor } from '../types.js';
 import { DTYPE_BYTES } from '../types.js';
@@ -271,7 +272,21 @@ export class WasmBackend implements Backend {
     const r = plan.sub(sub);
     const [j0, n] = phase === 'pre' ? [r[2]!, r[3]!] : [r[4]!, r[5]!];
     if (n === 0) return;
-    runJobs(phase === 'pre' ? plan.pre : plan.post, j0, n, plan.segs, layer, F(qkv), pool.shape, pool as WasmPagePool, this.jobScratch);
+    const jobs = phase === 'pre' ? plan.pre : plan.post;
+    for (let j = j0; j < j0 + n; j++) {
+      if (jobs[j * JOB_WORDS + JOB_KIND] === JOB_ROTATE) this.rotateRows(plan, j, qkv, pool.shape);
+      else runJob(jobs, j, plan.segs, layer, F(qkv), pool.shape, pool as WasmPagePool, this.jobScratch);
+    }
+  }
+
+  /** JOB_ROTATE j: every query and key head of its rows, by the SIMD kernel (assembly/hadamard.ts). */
+  private rotateRows(plan: StepPlan, j: number, qkv: Tensor, shape: AttnShape): void {
+    const { numHeads: H, numKvHeads: KV, headDim: d } = shape;
+    const dst = plan.pre[j * JOB_WORDS + JOB_DST]! * SEG_WORDS;
+    if (plan.segs[dst + SEG_KIND] !== SEG_ROWS) throw new Error(`wasm cache job ${j}: a rotation works on activation rows`);
+    const stride = (H + 2 * KV) * d;
+    const r0 = plan.segs[dst + SEG_PAGE]!;
+    this.k.fwht_rows(T(qkv).addr + r0 * stride * 4, plan.segs[dst + SEG_N]!, H + KV, stride, d, Math.fround(1 / Math.sqrt(d)));
   }
 
   attend(plan: StepPlan, sub: number, layer: number, qkv: Tensor, att: Tensor, pool: PagePool): void {

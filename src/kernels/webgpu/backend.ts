@@ -9,6 +9,7 @@
  */
 
 import { KiviError } from '../../util/errors.js';
+import { JOB_DST, JOB_KIND, JOB_ROTATE, JOB_WORDS, SEG_KIND, SEG_N, SEG_PAGE, SEG_ROWS, SEG_WORDS } from '../layout.js';
 import type { StepPlan } from '../plan.js';
 import { randomScale } from '../ts/ops.js';
 import type { AttnShape, Backend, DType, HostArray, PagePool, Tensor } from '../types.js';
@@ -39,6 +40,7 @@ import { findAdapter, type GpuDevice, openDevice, type WebGpuOptions } from './d
 import { PageTables } from './pagetables.js';
 import { buildPlan, type GpuPlan } from './planbuf.js';
 import { WebGpuPagePool } from './pool.js';
+import { rotateWgsl } from './rotate.js';
 
 /** A tensor in a GPU buffer (16-bit types as u32 words, element i in half i & 1). */
 export class GpuTensor implements Tensor {
@@ -75,6 +77,25 @@ interface Window {
   size: number | undefined;
   /** Element offset of row0 within the window. */
   base: number;
+}
+
+/** The plan as the GPU's job tables see it: no pre-phase jobs (rotateRows runs those). */
+function withoutPreJobs(plan: StepPlan): StepPlan {
+  return new Proxy(plan, {
+    get(target, key) {
+      if (key === 'nPre') return 0;
+      if (key === 'sub') {
+        return (s: number) => {
+          const r = target.sub(s).slice();
+          r[2] = 0;
+          r[3] = 0;
+          return r;
+        };
+      }
+      const v = Reflect.get(target, key, target) as unknown;
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
 }
 
 export class WebGpuBackend implements Backend {
@@ -389,7 +410,8 @@ export class WebGpuBackend implements Backend {
   private upload(plan: StepPlan, shape: AttnShape): GpuPlan {
     const c = this.planOf;
     if (c.plan === plan && c.epoch === plan.epoch && c.gp) return c.gp;
-    const gp = buildPlan(plan, shape, this.tables);
+    // The GPU's pre jobs are rotations only (fake caches are refused here), run by rotateRows, not the job tables.
+    const gp = buildPlan(plan.nPre === 0 ? plan : withoutPreJobs(plan), shape, this.tables);
     const tw = this.tables.top;
     if (!this.planBuf || gp.used > this.planWords || tw > this.tableWords) {
       const S = Math.max(gp.used, gp.used > this.planWords ? this.planWords * 2 : this.planWords, 1 << 14);
@@ -417,15 +439,39 @@ export class WebGpuBackend implements Backend {
   cacheJobs(plan: StepPlan, sub: number, phase: 'pre' | 'post', layer: number, qkv: Tensor, pool: PagePool): void {
     const r = plan.sub(sub);
     if ((phase === 'pre' ? r[3]! : r[5]!) === 0) return;
+    // Pre jobs on the GPU are rotations (fake caches are refused here), run before the step's attention.
+    if (phase === 'pre') {
+      const rotations = this.rotateRows(plan, r[2]!, r[3]!, qkv, pool.shape);
+      if (rotations !== r[3]!) throw new Error('webgpu: pre-phase cache jobs other than rotations');
+      return;
+    }
     const p = pool as WebGpuPagePool;
     const gp = this.upload(plan, pool.shape);
     const s = gp.subs[sub]!;
-    const n = phase === 'pre' ? s.nPre : s.nPost;
+    const n = s.nPost;
     const na = p.slotsInUse;
     const k = this.shapeKernel(`jobs${na}`, pool.shape, () => jobsWgsl(pool.shape, na), ['read', 'read', ...Array<'rw'>(this.arenas).fill('rw')]);
-    const items = phase === 'pre' ? s.pre : s.post;
-    const jobs = phase === 'pre' ? gp.preJobs : gp.postJobs;
-    this.core.dispatch(k, [{ b: this.planBuf! }, { b: f32(qkv).g }, ...p.bindings(layer)], n, (u, _f, at) => u.set([items, n, jobs], at));
+    this.core.dispatch(k, [{ b: this.planBuf! }, { b: f32(qkv).g }, ...p.bindings(layer)], n, (u, _f, at) => u.set([s.post, n, gp.postJobs], at));
+  }
+
+  /** Run the JOB_ROTATE jobs among pre jobs [j0, j0 + n) (rotate.ts); returns how many there were. */
+  private rotateRows(plan: StepPlan, j0: number, n: number, qkv: Tensor, shape: AttnShape): number {
+    const { numHeads: H, numKvHeads: KV, headDim: d } = shape;
+    let rotations = 0;
+    for (let j = j0; j < j0 + n; j++) {
+      if (plan.pre[j * JOB_WORDS + JOB_KIND] !== JOB_ROTATE) continue;
+      rotations++;
+      const dst = plan.pre[j * JOB_WORDS + JOB_DST]! * SEG_WORDS;
+      if (plan.segs[dst + SEG_KIND] !== SEG_ROWS) throw new Error(`webgpu cache job ${j}: a rotation works on activation rows`);
+      const r0 = plan.segs[dst + SEG_PAGE]!,
+        rows = plan.segs[dst + SEG_N]!;
+      const k = this.kernel(`rotate:${d}`, () => [rotateWgsl(d), ['rw']]);
+      this.core.dispatch(k, [{ b: f32(qkv).g }], rows * (H + KV), (u, f, at) => {
+        u.set([r0, rows, H + KV, (H + 2 * KV) * d], at);
+        f[at + 4] = Math.fround(1 / Math.sqrt(d));
+      });
+    }
+    return rotations;
   }
 
   /**

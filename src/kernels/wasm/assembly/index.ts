@@ -6,3 +6,4 @@ export { scores_kivi, accum_kivi, accum_kivi_list, kivi_work_bytes } from './kiv
 export { softmax, swiglu } from './softmax';
 export { attend_task, task_scratch_bytes } from './task';
 export { pack_rows, prefill_item, prefill_scratch_bytes } from './prefill';
+export { fwht_rows } from './hadamard';

@@ -15,7 +15,7 @@ import { DTYPE_BYTES, type Tensor } from '../../kernels/types.js';
 import { type LoadedModel, loadModel } from '../../model/load.js';
 import type { ModelWeights } from '../../model/weights.js';
 import { KiviError } from '../../util/errors.js';
-import { now, peakRssBytes, settledRssBytes, syntheticKV, syntheticTokens } from './measure.js';
+import { fillYoungGeneration, now, peakRssBytes, settledRssBytes, syntheticKV, syntheticTokens } from './measure.js';
 
 interface ProbeBase {
   model: string;
@@ -95,6 +95,7 @@ async function loadReady(t: ProbeBase): Promise<LoadedModel> {
       cache.free();
     }
   }
+  fillYoungGeneration();
   return m;
 }
 

@@ -19,7 +19,7 @@ import { hostPageBytes } from '../../kernels/host/memory.js';
 import type { BackendChoice } from '../../kernels/index.js';
 import { readModelConfig } from '../../model/load.js';
 import { formatBytes, formatRatio, markdownTable } from './markdown.js';
-import { type AllocateResult, type OverheadResult, spawnProbe } from './probe.js';
+import { type AllocateResult, FILL_WINDOW, type OverheadResult, spawnProbe } from './probe.js';
 
 export interface ProbeEnv {
   model: string;
@@ -70,8 +70,12 @@ export interface CapacityReport {
   detail: { kv: string; per_sequence_bytes: number; per_sequence_data_bytes: number; kv_bytes: number; allocated_bytes: number; rss: number }[];
 }
 
-/** Tokens of the warm-up forward pass that makes a model "ready" for capacity purposes. */
-export const CAPACITY_WARM_TOKENS = 16;
+/**
+ * Tokens of the warm-up forward pass that makes a model "ready" for capacity purposes: one prefill chunk
+ * of the size the caches are filled in, so the activation scratch such a chunk needs is sized once and
+ * counted in the overhead (as in a server that has prefilled a chunk), not found later in the peak.
+ */
+export const CAPACITY_WARM_TOKENS = FILL_WINDOW;
 
 export async function modelDims(model: string): Promise<{ dims: CacheDims; maxPositions: number; vocab: number }> {
   const c = await readModelConfig(model);
@@ -94,7 +98,7 @@ export async function runCapacity(o: CapacityOptions): Promise<CapacityReport> {
   const pool = { shape: dims, pageBytes: (b: number) => hostPageBytes(dims, b) };
   const env = { model: o.model, backend: o.backend, threads: o.threads, warmTokens: CAPACITY_WARM_TOKENS };
   const total = specs.length + 1;
-  const base = await spawnProbe<OverheadResult>({ task: 'overhead', ...env });
+  const base = await spawnProbe<OverheadResult>({ task: 'overhead', ...env, fillTool: true });
   o.onProgress?.(1, total);
   const weights = base.weights_bytes;
   const overhead = base.overhead_bytes;

@@ -87,13 +87,18 @@ export function fillYoungGeneration(): number {
   return sink;
 }
 
+/** A full garbage collection, where the process allows one (--expose-gc); false where it does not. */
+export function collectGarbage(): boolean {
+  const g = (globalThis as { gc?: () => void }).gc;
+  if (!g) return false;
+  g();
+  g();
+  return true;
+}
+
 /** Resident memory now, after a full garbage collection where the process allows one (--expose-gc). */
 export function settledRssBytes(): number {
-  const g = (globalThis as { gc?: () => void }).gc;
-  if (g) {
-    g();
-    g();
-  }
+  collectGarbage();
   return process.memoryUsage().rss;
 }
 

@@ -18,7 +18,7 @@ import { DTYPE_BYTES } from '../types.js';
 import { Allocator } from './allocator.js';
 import { instantiate, type KernelExports } from './exports.js';
 import { JobRunner, MAX_ITEMS, newControl, OP_ATTEND, OP_MATMUL, OP_STOP, W_BF16, W_F16, W_F32 } from './jobs.js';
-import { SlabPages } from './slabs.js';
+import { pageSlabBytes, SlabPages } from './slabs.js';
 
 const PAGE = 65536;
 /** Bytes kept readable past the heap top: kernels load whole 16-byte vectors at the end of a row. */
@@ -336,9 +336,6 @@ export class WasmBackend implements Backend {
   }
 }
 
-/** Smallest slab of pages; a slab also holds at least 4 float32 pages of 64 tokens (the largest dense page). */
-const MIN_SLAB = 4 << 20;
-
 /** Pages as blocks of the linear memory, in slabs (slabs.ts); a handle is the page's address. */
 export class WasmPagePool implements PagePool, HostPages {
   allocatedBytes = 0;
@@ -357,8 +354,7 @@ export class WasmPagePool implements PagePool, HostPages {
     private readonly b: WasmBackend,
   ) {
     const heap = b.heap;
-    const slab = Math.max(MIN_SLAB, 4 * hostPageBytes(shape, 64 * shape.headDim * 4));
-    this.slabs = new SlabPages(slab, {
+    this.slabs = new SlabPages(pageSlabBytes(shape), {
       alloc: (n) => heap.alloc(n),
       free: (addr) => b.freeBlock(addr),
       get lastDirty() {

@@ -8,6 +8,14 @@
  * allocator: the heap is passed in.
  */
 
+/** Smallest slab of pages. */
+const MIN_SLAB = 4 << 20;
+
+/** Slab bytes of a model's page pool: at least 4 MiB, and at least 4 float32 pages of 64 tokens (the largest dense page). */
+export function pageSlabBytes(shape: { numLayers: number; numKvHeads: number; headDim: number }): number {
+  return Math.max(MIN_SLAB, 4 * Math.ceil((shape.numLayers * shape.numKvHeads * 64 * shape.headDim * 4) / 64) * 64);
+}
+
 /** What a slab pool needs from the heap: blocks of bytes, and how much of the last one may hold old data. */
 export interface SlabHeap {
   alloc(bytes: number): number;

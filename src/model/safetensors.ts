@@ -96,14 +96,25 @@ export function parseHeader(headerBuf: Uint8Array, size: number, where: string, 
 /** Elements read per request: bounds the temporary buffer, whatever the tensor's size. */
 const CHUNK = 1 << 20;
 
+/** Bytes of the largest piece readTensorChunks reads at once: a `scratch` of this size serves every tensor. */
+export const CHUNK_BYTES = CHUNK * 4;
+
 /**
  * Read a tensor's raw bytes in pieces of at most CHUNK elements: `take(bytes, firstElement)` gets each
- * piece (little-endian element bytes, as in the file). No tensor is ever held whole.
+ * piece (little-endian element bytes, as in the file). No tensor is ever held whole. A loader reading
+ * many tensors passes one `scratch` for all of them: a fresh buffer per tensor leaves megabytes of freed
+ * blocks in the C heap that it may never give back.
  */
-export async function readTensorChunks(f: RandomAccess, info: TensorInfo, take: (bytes: Uint8Array, firstElement: number) => void): Promise<void> {
+export async function readTensorChunks(
+  f: RandomAccess,
+  info: TensorInfo,
+  take: (bytes: Uint8Array, firstElement: number) => void,
+  scratch?: Uint8Array,
+): Promise<void> {
   const size = DTYPE_BYTES[info.dtype];
   const n = info.shape.reduce((a, b) => a * b, 1);
-  const buf = new Uint8Array(Math.min(n, CHUNK) * size);
+  const want = Math.min(n, CHUNK) * size;
+  const buf = scratch && scratch.byteLength >= want ? scratch : new Uint8Array(want);
   for (let i0 = 0; i0 < n; i0 += CHUNK) {
     const m = Math.min(CHUNK, n - i0);
     const piece = buf.subarray(0, m * size);

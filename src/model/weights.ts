@@ -11,7 +11,7 @@ import type { Backend, DType, Tensor } from '../kernels/types.js';
 import { toHalfBits } from '../quant/float16.js';
 import { KiviError } from '../util/errors.js';
 import type { ModelConfig } from './config.js';
-import { type DType as FileDType, readHeader, readTensorChunks, type TensorInfo, toFloat32 } from './safetensors.js';
+import { CHUNK_BYTES, type DType as FileDType, readHeader, readTensorChunks, type TensorInfo, toFloat32 } from './safetensors.js';
 
 export interface LayerWeights {
   attnNorm: Tensor;
@@ -188,31 +188,37 @@ export async function readWeights(index: TensorIndex, cfg: ModelConfig, backend:
   let done = 0;
   const f32 = new Float32Array(1 << 20);
   const u16 = new Uint16Array(1 << 20);
+  const chunk = new Uint8Array(CHUNK_BYTES);
   /** Read tensor t into `out` from element `at`, converting from the file's dtype to the tensor's. */
   const identity: string[] = [];
   const read = async (t: TensorInfo, out: Tensor, at: number) => {
-    await readTensorChunks(files.get(t.file)!, t, (bytes, first) => {
-      if (first === 0) identity.push(`${t.name}:${t.dtype}:${t.shape.join('x')}:${hex(bytes.subarray(0, 4096))}`);
-      const n = bytes.byteLength / (t.dtype === 'F32' ? 4 : 2);
-      const same = (out.dtype === 'bf16' && t.dtype === 'BF16') || (out.dtype === 'f16' && t.dtype === 'F16');
-      if (same) {
-        const bits = new Uint16Array(bytes.buffer, bytes.byteOffset, n);
-        // Kernels widen f16 weights for finite values only (wasm: assembly/matmul16.ts).
-        if (out.dtype === 'f16' && !allFiniteHalves(bits)) {
-          throw new KiviError(
-            `${t.file}: f16 tensor ${t.name} holds ±Inf or NaN values, which 16-bit weights do not support (--weights f32 loads them as float32)`,
-          );
+    await readTensorChunks(
+      files.get(t.file)!,
+      t,
+      (bytes, first) => {
+        if (first === 0) identity.push(`${t.name}:${t.dtype}:${t.shape.join('x')}:${hex(bytes.subarray(0, 4096))}`);
+        const n = bytes.byteLength / (t.dtype === 'F32' ? 4 : 2);
+        const same = (out.dtype === 'bf16' && t.dtype === 'BF16') || (out.dtype === 'f16' && t.dtype === 'F16');
+        if (same) {
+          const bits = new Uint16Array(bytes.buffer, bytes.byteOffset, n);
+          // Kernels widen f16 weights for finite values only (wasm: assembly/matmul16.ts).
+          if (out.dtype === 'f16' && !allFiniteHalves(bits)) {
+            throw new KiviError(
+              `${t.file}: f16 tensor ${t.name} holds ±Inf or NaN values, which 16-bit weights do not support (--weights f32 loads them as float32)`,
+            );
+          }
+          backend.write(out, bits, at + first);
+          return;
         }
-        backend.write(out, bits, at + first);
-        return;
-      }
-      toFloat32(bytes, t.dtype, f32);
-      if (out.dtype === 'f32') backend.write(out, f32.subarray(0, n), at + first);
-      else if (out.dtype === 'f16') {
-        for (let i = 0; i < n; i++) u16[i] = toHalfBits(f32[i]!);
-        backend.write(out, u16.subarray(0, n), at + first);
-      } else throw new Error(`cannot store ${t.dtype} weights as ${out.dtype}`);
-    });
+        toFloat32(bytes, t.dtype, f32);
+        if (out.dtype === 'f32') backend.write(out, f32.subarray(0, n), at + first);
+        else if (out.dtype === 'f16') {
+          for (let i = 0; i < n; i++) u16[i] = toHalfBits(f32[i]!);
+          backend.write(out, u16.subarray(0, n), at + first);
+        } else throw new Error(`cannot store ${t.dtype} weights as ${out.dtype}`);
+      },
+      chunk,
+    );
     done += t.end - t.begin;
     opts.onProgress?.(Math.min(done, total), total);
   };

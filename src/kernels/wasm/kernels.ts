@@ -20,6 +20,7 @@ import { Allocator } from './allocator.js';
 import { instantiate, type KernelExports } from './exports.js';
 import { JobRunner, MAX_ITEMS, newControl, OP_ATTEND, OP_MATMUL, OP_PREFILL, OP_STOP, W_BF16, W_F16, W_F32 } from './jobs.js';
 import { type PrefillItems, PrefillPlanner } from './prefill.js';
+import { pageSlabBytes, SlabPages } from './slabs.js';
 
 const PAGE = 65536;
 /** Bytes kept readable past the heap top: kernels load whole 16-byte vectors at the end of a row. */
@@ -176,8 +177,9 @@ export class WasmBackend implements Backend {
     u32: new Uint32Array(0) as Uint32Array<ArrayBufferLike>,
   };
 
-  allocPage(bytes: number): number {
-    return this.allocZeroed(bytes);
+  /** Zero `bytes` bytes at `addr`. */
+  zero(addr: number, bytes: number): void {
+    if (bytes > 0) new Uint8Array(this.buf, addr, bytes).fill(0);
   }
 
   freeBlock(addr: number): void {
@@ -398,7 +400,7 @@ export class WasmBackend implements Backend {
   }
 }
 
-/** Pages as blocks of the linear memory; a handle is the page's address. */
+/** Pages as blocks of the linear memory, in slabs (slabs.ts); a handle is the page's address. */
 export class WasmPagePool implements PagePool, HostPages {
   allocatedBytes = 0;
   peakBytes = 0;
@@ -409,18 +411,35 @@ export class WasmPagePool implements PagePool, HostPages {
   private readonly sizes = new Map<number, number>();
   private readonly v: PageViews = { f32: new Float32Array(0), u16: new Uint16Array(0), u32: new Uint32Array(0), byteOffset: 0 };
 
+  private readonly slabs: SlabPages;
+
   constructor(
     readonly shape: AttnShape,
     private readonly b: WasmBackend,
-  ) {}
+  ) {
+    const heap = b.heap;
+    this.slabs = new SlabPages(pageSlabBytes(shape), {
+      alloc: (n) => heap.alloc(n),
+      free: (addr) => b.freeBlock(addr),
+      get lastDirty() {
+        return heap.lastDirty;
+      },
+    });
+  }
 
   pageBytes(sectionBytes: number): number {
     return hostPageBytes(this.shape, sectionBytes);
   }
 
+  /** Bytes of memory the pool's slabs and large pages occupy (held pages, free pages and empty slabs). */
+  reservedBytes(): number {
+    return this.slabs.reservedBytes();
+  }
+
   alloc(sectionBytes: number): number {
     const bytes = this.pageBytes(sectionBytes);
-    const p = this.b.allocPage(bytes);
+    const p = this.slabs.alloc(bytes);
+    this.b.zero(p, this.slabs.lastDirty);
     this.sizes.set(p, bytes);
     this.allocatedBytes += bytes;
     if (this.allocatedBytes > this.peakBytes) this.peakBytes = this.allocatedBytes;
@@ -432,7 +451,7 @@ export class WasmPagePool implements PagePool, HostPages {
     if (bytes === undefined) throw new Error(`WasmPagePool.free: page ${page} is not allocated`);
     this.sizes.delete(page);
     this.allocatedBytes -= bytes;
-    this.b.freeBlock(page);
+    this.slabs.free(page);
   }
 
   views(page: number): PageViews {

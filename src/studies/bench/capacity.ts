@@ -3,9 +3,11 @@
  * the measured runtime overhead and the caches — then allocate exactly that many, in a child process,
  * and report its peak RSS.
  *
- *   overhead  = RSS of a process with the model loaded and ready (after a warm-up forward pass and a
- *               full GC) − the weights' bytes; measured in a child, not guessed
- *   sequences = floor((budget − weights − overhead) / pages(spec, N))
+ *   overhead  = RSS of a process with the model loaded and ready (a warm-up prefill of one fill chunk,
+ *               the young generation at its working size, the loader's garbage collected, the fill tool
+ *               in memory: probe.ts) − the weights' bytes; measured in a child, not guessed
+ *   slack     = one page slab per page size the spec uses (slabSlack)
+ *   sequences = floor((budget − weights − overhead − slack) / pages(spec, N))
  *
  * where pages(spec, N) is what one sequence of N tokens holds in pages (what a KV budget counts; exact,
  * from the cache's own page bookkeeping). Caches are filled with synthetic K/V through their storage
@@ -17,9 +19,10 @@ import { type CacheSpec, validateSpec } from '../../cache/spec.js';
 import type { CacheDims } from '../../cache/types.js';
 import { hostPageBytes } from '../../kernels/host/memory.js';
 import type { BackendChoice } from '../../kernels/index.js';
+import { pageSlabBytes } from '../../kernels/wasm/slabs.js';
 import { readModelConfig } from '../../model/load.js';
 import { formatBytes, formatRatio, markdownTable } from './markdown.js';
-import { type AllocateResult, type OverheadResult, spawnProbe } from './probe.js';
+import { type AllocateResult, FILL_WINDOW, type OverheadResult, spawnProbe } from './probe.js';
 
 export interface ProbeEnv {
   model: string;
@@ -70,8 +73,12 @@ export interface CapacityReport {
   detail: { kv: string; per_sequence_bytes: number; per_sequence_data_bytes: number; kv_bytes: number; allocated_bytes: number; rss: number }[];
 }
 
-/** Tokens of the warm-up forward pass that makes a model "ready" for capacity purposes. */
-export const CAPACITY_WARM_TOKENS = 16;
+/**
+ * Tokens of the warm-up forward pass that makes a model "ready" for capacity purposes: one prefill chunk
+ * of the size the caches are filled in, so the activation scratch such a chunk needs is sized once and
+ * counted in the overhead (as in a server that has prefilled a chunk), not found later in the peak.
+ */
+export const CAPACITY_WARM_TOKENS = FILL_WINDOW;
 
 export async function modelDims(model: string): Promise<{ dims: CacheDims; maxPositions: number; vocab: number }> {
   const c = await readModelConfig(model);
@@ -80,6 +87,15 @@ export async function modelDims(model: string): Promise<{ dims: CacheDims; maxPo
     maxPositions: c.maxPositions,
     vocab: c.vocabSize,
   };
+}
+
+/**
+ * Memory the page pool may hold beyond its pages: pages come from slabs of one page size each
+ * (kernels/wasm/slabs.ts), and the slab of each size that is being filled may be partly unused. Fixed, not
+ * per sequence: admission counts it with the overhead.
+ */
+export function slabSlack(dims: CacheDims, pageSizes: number): number {
+  return pageSizes * pageSlabBytes(dims);
 }
 
 /** Sequences that fit: floor((budget − weights − overhead) / perSequence), never negative. */
@@ -94,7 +110,7 @@ export async function runCapacity(o: CapacityOptions): Promise<CapacityReport> {
   const pool = { shape: dims, pageBytes: (b: number) => hostPageBytes(dims, b) };
   const env = { model: o.model, backend: o.backend, threads: o.threads, warmTokens: CAPACITY_WARM_TOKENS };
   const total = specs.length + 1;
-  const base = await spawnProbe<OverheadResult>({ task: 'overhead', ...env });
+  const base = await spawnProbe<OverheadResult>({ task: 'overhead', ...env, fillTool: true });
   o.onProgress?.(1, total);
   const weights = base.weights_bytes;
   const overhead = base.overhead_bytes;
@@ -103,9 +119,17 @@ export async function runCapacity(o: CapacityOptions): Promise<CapacityReport> {
   const detail: CapacityReport['detail'] = [];
   for (let i = 0; i < specs.length; i++) {
     const kv = specs[i]!.name;
-    const per = peakAllocatedBytes(specs[i]!, pool, o.context, o.context);
+    const sizes = new Set<number>();
+    const counted = {
+      shape: dims,
+      pageBytes: (b: number) => {
+        sizes.add(b);
+        return pool.pageBytes(b);
+      },
+    };
+    const per = peakAllocatedBytes(specs[i]!, counted, o.context, o.context);
     const data = cacheBytes(specs[i]!, dims, o.context);
-    const sequences = sequencesThatFit(budget, weights, overhead, per);
+    const sequences = sequencesThatFit(budget, weights, overhead + slabSlack(dims, sizes.size), per);
     const r = await spawnProbe<AllocateResult>({ task: 'allocate', ...env, kv, sequences, context: o.context });
     if (r.kv_bytes !== sequences * data || r.allocated_bytes !== sequences * per) {
       throw new Error(
@@ -153,7 +177,7 @@ export function capacityMarkdown(r: CapacityReport): string {
   });
   const head =
     `Budget ${formatBytes(r.budget)} = weights ${formatBytes(r.weights_bytes)} + measured overhead ${formatBytes(r.overhead_bytes)} ` +
-    `+ caches; sequences of ${r.context} tokens` +
+    `+ one page slab per page size + caches; sequences of ${r.context} tokens` +
     (r.context > r.model_context ? ` (beyond the model's context of ${r.model_context}: caches filled with synthetic K/V)` : '') +
     '.' +
     (r.budget < r.weights_bytes + r.overhead_bytes ? ' The budget does not even cover weights + overhead.' : '') +

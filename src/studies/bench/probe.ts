@@ -15,7 +15,7 @@ import { DTYPE_BYTES, type Tensor } from '../../kernels/types.js';
 import { type LoadedModel, loadModel } from '../../model/load.js';
 import type { ModelWeights } from '../../model/weights.js';
 import { KiviError } from '../../util/errors.js';
-import { now, peakRssBytes, settledRssBytes, syntheticKV, syntheticTokens } from './measure.js';
+import { collectGarbage, fillYoungGeneration, now, peakRssBytes, settledRssBytes, syntheticKV, syntheticTokens } from './measure.js';
 
 interface ProbeBase {
   model: string;
@@ -27,6 +27,8 @@ interface ProbeBase {
 
 export interface OverheadTask extends ProbeBase {
   task: 'overhead';
+  /** Also hold what the allocate task fills caches with (capacity: the base its RSS per sequence is measured from). */
+  fillTool?: boolean;
 }
 export interface AllocateTask extends ProbeBase {
   task: 'allocate';
@@ -95,6 +97,11 @@ async function loadReady(t: ProbeBase): Promise<LoadedModel> {
       cache.free();
     }
   }
+  // Ready: the young generation at its working size, and the loader's garbage (the parsed tokenizer JSON,
+  // read buffers: ~13 MiB in the old generation) collected, as a serving process's first major GC does.
+  // Left in place, it would sit in the peak of whatever the probe does next.
+  fillYoungGeneration();
+  collectGarbage();
   return m;
 }
 
@@ -102,8 +109,10 @@ export async function runProbe(t: ProbeTask): Promise<OverheadResult | AllocateR
   const m = await loadReady(t);
   switch (t.task) {
     case 'overhead': {
+      const tool = t.fillTool ? await fillTool(m) : null;
       const w = weightsBytes(m.model.weights);
       const rss = settledRssBytes();
+      tool?.stepper.dispose();
       return { weights_bytes: w, rss, overhead_bytes: rss - w, peak_rss: peakRssBytes() };
     }
     case 'allocate':
@@ -113,8 +122,27 @@ export async function runProbe(t: ProbeTask): Promise<OverheadResult | AllocateR
   }
 }
 
-/** Synthetic tokens a cache fill cycles through (its source stays small whatever the context). */
-const FILL_WINDOW = 256;
+/** Synthetic tokens a cache fill cycles through (its source stays small whatever the context), and its chunk. */
+export const FILL_WINDOW = 256;
+
+/**
+ * What a cache fill needs: FILL_WINDOW rows of synthetic K/V and a stepper whose activation rows have
+ * run one chunk (on a throwaway float32 cache). Both capacity children hold it, so that the RSS with the
+ * caches minus the RSS without them is the caches alone.
+ */
+async function fillTool(m: LoadedModel): Promise<{ rows: Float32Array; stepper: CacheStepper }> {
+  const dims = m.model.dims;
+  const src = syntheticKV(FILL_WINDOW, dims.numKvHeads, dims.headDim, 11);
+  const rows = qkvRows(dims, FILL_WINDOW, null, src.k, src.v);
+  const stepper = new CacheStepper(m.model.backend, m.model.pool);
+  const scrap = createCache(parseKvSpec('fp32'), m.model.pool);
+  try {
+    await stepper.fill(scrap, rows, FILL_WINDOW);
+  } finally {
+    scrap.free();
+  }
+  return { rows, stepper };
+}
 
 /**
  * Allocate `sequences` caches, each filled to `context` tokens of synthetic K/V (no model context limit),
@@ -123,10 +151,7 @@ const FILL_WINDOW = 256;
  * tokens, not `context`, so it does not inflate the peak RSS.
  */
 async function allocate(m: LoadedModel, t: AllocateTask): Promise<AllocateResult> {
-  const dims = m.model.dims;
-  const src = syntheticKV(FILL_WINDOW, dims.numKvHeads, dims.headDim, 11);
-  const rows = qkvRows(dims, FILL_WINDOW, null, src.k, src.v);
-  const stepper = new CacheStepper(m.model.backend, m.model.pool);
+  const { rows, stepper } = await fillTool(m);
   const spec = parseKvSpec(t.kv);
   const caches: KvCache[] = [];
   try {

@@ -454,7 +454,7 @@ export function register(program: Command): void {
     .description("one sequence's cache bytes (all layers) per spec and context for a model's shapes, vs fp16 and fp32")
     .requiredOption('--model <dir>', 'model directory (its config.json gives layers, kv heads, head_dim)')
     .option('--context <list>', 'context lengths (may exceed the model context: caches are filled with synthetic K/V)', intList(2), [4096, 32768]);
-  // kivi2-hq runs on --backend ts only: not in the default list.
+  // The default list holds the paper's presets and their fp32-residual twins; kivi2-hq is asked for by name.
   kvListOption(
     kvb,
     [

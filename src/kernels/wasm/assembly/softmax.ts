@@ -24,7 +24,8 @@ import { hmax, hsum, roundToInt } from './common';
   return f32x4.extract_lane(exp4(f32x4.splat(x)), 0);
 }
 
-export function softmax(row: usize, n: i32): void {
+/** The largest of n floats at row. */
+@inline function rowMax(row: usize, n: i32): f32 {
   const end = row + (<usize>n << 2);
   const vecEnd = row + ((<usize>n << 2) & ~15);
   let mv = f32x4.splat(-Infinity);
@@ -32,9 +33,17 @@ export function softmax(row: usize, n: i32): void {
   for (; p < vecEnd; p += 16) mv = f32x4.pmax(mv, v128.load(p));
   let m = hmax(mv);
   for (; p < end; p += 4) m = max(m, load<f32>(p));
+  return m;
+}
+
+/** Replace each of n floats x at row by e^(x − m) in place; returns their sum. */
+@inline function expInPlace(row: usize, n: i32, m: f32): f32 {
+  const end = row + (<usize>n << 2);
+  const vecEnd = row + ((<usize>n << 2) & ~15);
   const mm = f32x4.splat(m);
   let sv = f32x4.splat(0);
-  for (p = row; p < vecEnd; p += 16) {
+  let p = row;
+  for (; p < vecEnd; p += 16) {
     const e = exp4(f32x4.sub(v128.load(p), mm));
     v128.store(p, e);
     sv = f32x4.add(sv, e);
@@ -45,9 +54,17 @@ export function softmax(row: usize, n: i32): void {
     store<f32>(p, e);
     sum += e;
   }
+  return sum;
+}
+
+export function softmax(row: usize, n: i32): void {
+  const end = row + (<usize>n << 2);
+  const vecEnd = row + ((<usize>n << 2) & ~15);
+  const sum = expInPlace(row, n, rowMax(row, n));
   const inv: f32 = 1 / sum;
   const iv = f32x4.splat(inv);
-  for (p = row; p < vecEnd; p += 16) v128.store(p, f32x4.mul(v128.load(p), iv));
+  let p = row;
+  for (; p < vecEnd; p += 16) v128.store(p, f32x4.mul(v128.load(p), iv));
   for (; p < end; p += 4) store<f32>(p, load<f32>(p) * inv);
 }
 
@@ -81,13 +98,7 @@ export function swiglu(act: usize, gu: usize, rows: i32, I: i32): void {
 export function online_softmax_chunk(s: usize, sStride: i32, nq: i32, m: i32, runMax: usize, runSum: usize, out: usize, d: i32): void {
   for (let j = 0; j < nq; j++) {
     const row = s + (<usize>(j * sStride) << 2);
-    const end = row + (<usize>m << 2);
-    const vecEnd = row + ((<usize>m << 2) & ~15);
-    let mv = f32x4.splat(-Infinity);
-    let p = row;
-    for (; p < vecEnd; p += 16) mv = f32x4.pmax(mv, v128.load(p));
-    let mx = hmax(mv);
-    for (; p < end; p += 4) mx = max(mx, load<f32>(p));
+    const mx = rowMax(row, m);
     const mp = runMax + (<usize>j << 2), lp = runSum + (<usize>j << 2);
     let M = load<f32>(mp), L = load<f32>(lp);
     if (mx > M) {
@@ -103,19 +114,7 @@ export function online_softmax_chunk(s: usize, sStride: i32, nq: i32, m: i32, ru
       M = mx;
       store<f32>(mp, M);
     }
-    const mm = f32x4.splat(M);
-    let sv = f32x4.splat(0);
-    for (p = row; p < vecEnd; p += 16) {
-      const e = exp4(f32x4.sub(v128.load(p), mm));
-      v128.store(p, e);
-      sv = f32x4.add(sv, e);
-    }
-    let sum = hsum(sv);
-    for (; p < end; p += 4) {
-      const e = exp1(load<f32>(p) - M);
-      store<f32>(p, e);
-      sum += e;
-    }
+    const sum = expInPlace(row, m, M);
     store<f32>(lp, L + sum);
   }
 }

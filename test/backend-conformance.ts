@@ -81,6 +81,8 @@ export const ALL_SPECS = [
   'kivi:k=8,v=8,g=32,r=64',
   'kivi:k=4,v=2,g=16,r=64,residual=fp16',
   'kivi:k=2,v=2,g=32,r=32,residual=fp16',
+  // Sink tokens (issue 14): full-precision rows listed between the residual and the step's own rows.
+  'kivi:k=2,v=2,g=16,r=32,sink=5',
   'fake2-kC-vT',
   'fake4-kT-vC',
 ];

@@ -348,7 +348,7 @@ if (!reportMissing('kernels-webgpu: long attention')) {
     const T = 9000;
     const rows = randArray(T * qkvDim, r).map((v, i) => (i % 128 === 5 ? v * 12 : v));
     const step = randArray(3 * qkvDim, r);
-    for (const spec of ['kivi2', 'kivi4', 'fp16', 'kivi:k=2,v=4,g=16,r=32', 'kivi:k=8,v=8,g=32,r=64']) {
+    for (const spec of ['kivi2', 'kivi4', 'fp16', 'kivi:k=2,v=4,g=16,r=32', 'kivi:k=8,v=8,g=32,r=64', 'kivi:k=4,v=2,g=64,rot=hadamard,sink=4']) {
       const pools = [ref.createPagePool(shape), b.createPagePool(shape)] as const;
       const st = [new CacheStepper(ref, pools[0]), new CacheStepper(b, pools[1])];
       const caches = pools.map((p) => createCache(parseKvSpec(spec), p));

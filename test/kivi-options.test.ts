@@ -1,6 +1,7 @@
 /**
  * KIVI options beyond the paper (issue 14): key and value group sizes apart (gk, gv), the Walsh–Hadamard
- * rotation of keys and queries (rot=hadamard) and 8-bit value metadata (vmeta=8). The cache's attention on
+ * rotation of keys and queries (rot=hadamard), sink tokens kept in full precision (sink=S) and 8-bit value
+ * metadata (vmeta=8). The cache's attention on
  * its pages is checked against an independent model (keys and values dequantized explicitly, plain float64
  * attention), its bytes against the budget formula and the bits per element, and the options the wasm and
  * WebGPU kernels do not read are refused there.
@@ -9,7 +10,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { bitsPerElement } from '../src/cache/bits.js';
-import { cacheBytes } from '../src/cache/budget.js';
+import { cacheBytes, peakCacheBytes } from '../src/cache/budget.js';
 import type { KiviCache } from '../src/cache/kivi.js';
 import { type CacheSpec, createCache, formatKvSpec, KIVI2_HQ, parseKvSpec } from '../src/cache/spec.js';
 import { CacheStepper, qkvRows } from '../src/cache/step.js';
@@ -89,6 +90,8 @@ interface Opts {
   Gv: number;
   rot: boolean;
   vmeta8: boolean;
+  /** Sink tokens: [0, sink) exact, the quantized stream from token `sink`. */
+  sink?: number;
 }
 
 /** What attention must read: (rotated) keys quantized per channel with Gk, values per token with Gv, rest exact. */
@@ -101,11 +104,12 @@ function expectedAttention(K: Float32Array, V: Float32Array, T: number, q: Float
     const vh = head(V, T, kv, d, h);
     // The cache rotates with the fast transform; the explicit matrix check is a test of its own below.
     if (o.rot) for (let t = 0; t < T; t++) fwht(kh, t * d, d);
-    if (kq > 0) kh.set(dequantize(quantizePerChannel(kh.subarray(0, kq * d), kq, d, o.Gk, o.kBits)));
-    if (vq > 0)
-      vh.set(
-        o.vmeta8 ? dequantizeMeta8(vh.subarray(0, vq * d), vq, d, o.Gv, o.vBits) : dequantize(quantizePerToken(vh.subarray(0, vq * d), vq, d, o.Gv, o.vBits)),
-      );
+    const S = o.sink ?? 0;
+    if (kq > 0) kh.set(dequantize(quantizePerChannel(kh.subarray(S * d, (S + kq) * d), kq, d, o.Gk, o.kBits)), S * d);
+    if (vq > 0) {
+      const vs = vh.subarray(S * d, (S + vq) * d);
+      vh.set(o.vmeta8 ? dequantizeMeta8(vs, vq, d, o.Gv, o.vBits) : dequantize(quantizePerToken(vs, vq, d, o.Gv, o.vBits)), S * d);
+    }
     const nq = H / kv;
     for (let j = 0; j < nq; j++) {
       const qh = (h * nq + j) * d;
@@ -212,6 +216,10 @@ const OPTION_SPECS: [string, Opts][] = [
   ['kivi:k=2,v=2,g=16,r=32,residual=fp32,rot=hadamard', { kBits: 2, vBits: 2, Gk: 16, Gv: 16, rot: true, vmeta8: false }],
   ['kivi:k=2,v=4,g=16,r=32,residual=fp32,vmeta=8', { kBits: 2, vBits: 4, Gk: 16, Gv: 16, rot: false, vmeta8: true }],
   ['kivi:k=4,v=2,gk=32,gv=16,r=32,residual=fp32,vmeta=8,rot=hadamard', { kBits: 4, vBits: 2, Gk: 32, Gv: 16, rot: true, vmeta8: true }],
+  // Sinks that a prefill fills, overfills or leaves part empty (P = 5, 40, 64), over one and two pages.
+  ['kivi:k=2,v=2,g=16,r=32,residual=fp32,sink=4', { kBits: 2, vBits: 2, Gk: 16, Gv: 16, rot: false, vmeta8: false, sink: 4 }],
+  ['kivi:k=4,v=2,gk=32,gv=16,r=32,residual=fp32,rot=hadamard,sink=37', { kBits: 4, vBits: 2, Gk: 32, Gv: 16, rot: true, vmeta8: false, sink: 37 }],
+  ['kivi:k=2,v=4,g=16,r=32,residual=fp32,vmeta=8,sink=70', { kBits: 2, vBits: 4, Gk: 16, Gv: 16, rot: false, vmeta8: true, sink: 70 }],
 ];
 
 for (const [s, o] of OPTION_SPECS) {
@@ -243,7 +251,9 @@ for (const [s, o] of OPTION_SPECS) {
           const tol = backend.name === 'wasm' ? 2e-3 : 2e-4;
           const err = maxRelErr(out, exp);
           assert.ok(err < tol, `${backend.name} P=${P} T=${T}: attention error ${err}`);
-          assert.equal(cache.layout().keyResidual, T % R);
+          const S = o.sink ?? 0;
+          assert.equal(cache.layout().sink, Math.min(T, S));
+          assert.equal(cache.layout().keyResidual, Math.max(0, T - S) % R);
           assert.equal(cache.bytes(), cacheBytes(spec, dims, T), `bytes at T=${T}`);
         }
         cache.free();
@@ -286,6 +296,8 @@ test('bits per element: kivi2 3, kivi4 5, kivi2-hq 3.5, and the bytes a cache ad
     ['kivi:k=2,v=2,vmeta=8', 2.875],
     ['kivi2-hq', 3.5],
     ['kivi:k=2,v=2,rot=hadamard', 3],
+    // Sink tokens are a bounded full-precision part, like the residual: not counted.
+    ['kivi:k=2,v=2,sink=32', 3],
   ];
   for (const [s, bits] of cases) {
     const spec = parseKvSpec(s);
@@ -296,18 +308,44 @@ test('bits per element: kivi2 3, kivi4 5, kivi2-hq 3.5, and the bytes a cache ad
   }
 });
 
+test('peakCacheBytes is the largest cacheBytes over [from, T], with and without sink tokens', () => {
+  const dims: CacheDims = { numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 64 };
+  for (const s of ['kivi:k=2,v=2,r=32', 'kivi:k=2,v=2,r=32,sink=4', 'kivi:k=4,v=2,g=16,r=32,sink=37', 'kivi:k=2,v=2,r=128,sink=200']) {
+    const spec = parseKvSpec(s);
+    for (const from of [1, 3, 40, 90]) {
+      for (let T = from; T < 300; T += 7) {
+        let want = 0;
+        for (let t = from; t <= T; t++) want = Math.max(want, cacheBytes(spec, dims, t));
+        assert.equal(peakCacheBytes(spec, dims, T, from), want, `${s} from ${from} to ${T}`);
+      }
+    }
+  }
+});
+
+const pool0 = () => new TsBackend().createPagePool({ numLayers: 1, numHeads: 2, numKvHeads: 1, headDim: 64 });
+
 test('the spec grammar: options parse, print canonically and round-trip; kivi2-hq is its preset; bad values are clear', () => {
   const hq = parseKvSpec('kivi2-hq') as CacheSpec & { kind: 'kivi' };
   assert.equal(hq.name, 'kivi2-hq');
   assert.deepEqual({ ...hq, name: '' }, { ...parseKvSpec(KIVI2_HQ), name: '' });
   assert.equal(formatKvSpec(hq), 'kivi:k=4,v=2,g=64,r=128,rot=hadamard');
-  for (const s of ['kivi:k=4,v=2,gk=128,gv=16,rot=hadamard,vmeta=8', 'kivi:k=2,v=2,rot=none,vmeta=16']) {
+  for (const s of [
+    'kivi:k=4,v=2,gk=128,gv=16,rot=hadamard,vmeta=8',
+    'kivi:k=2,v=2,rot=none,vmeta=16',
+    'kivi:k=4,v=2,g=64,rot=hadamard,sink=4',
+    'kivi:k=2,v=2,sink=0',
+  ]) {
     const a = parseKvSpec(s);
     assert.deepEqual({ ...parseKvSpec(formatKvSpec(a)), name: '' }, { ...a, name: '' }, s);
   }
   assert.throws(() => parseKvSpec('kivi:k=2,v=2,rot=fourier'), /rot must be hadamard or none/);
   assert.throws(() => parseKvSpec('kivi:k=2,v=2,vmeta=4'), /vmeta must be 16 or 8/);
   assert.throws(() => parseKvSpec('kivi:k=2,v=2,gk=0'), /gk must be a positive integer/);
+  assert.equal(formatKvSpec(parseKvSpec('kivi:k=2,v=2,sink=8')), 'kivi:k=2,v=2,g=32,r=128,sink=8');
+  assert.equal(formatKvSpec(parseKvSpec('kivi:k=2,v=2,sink=0')), 'kivi:k=2,v=2,g=32,r=128');
+  assert.throws(() => parseKvSpec('kivi:k=2,v=2,sink=-1'), /sink must be a whole number of tokens/);
+  assert.throws(() => parseKvSpec('kivi:k=2,v=2,sink=four'), /sink must be a whole number of tokens/);
+  assert.throws(() => createCache(parseKvSpec('kivi:k=2,v=2,sink=5000'), pool0()), /sink must be a whole number of tokens from 0 to 4096/);
   const pool = new TsBackend().createPagePool({ numLayers: 1, numHeads: 2, numKvHeads: 1, headDim: 96 });
   assert.throws(() => createCache(parseKvSpec('kivi:k=2,v=2,rot=hadamard'), pool), /needs head_dim to be a power of two, got 96/);
   assert.throws(() => createCache(parseKvSpec('kivi:k=2,v=2,gk=24,r=96'), pool), /multiple of 16/);

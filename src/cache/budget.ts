@@ -1,7 +1,8 @@
 /**
  * Cache bytes as a function of length, without a back end: what admission control and capacity
  * planning need. Between decode steps a cache's contents depend only on how many tokens it holds (KIVI:
- * the key residual holds T mod R tokens, the value residual min(T, R)), so cacheBytes() matches
+ * min(T, S) sink tokens, and of the T' = T − S after them the key residual holds T' mod R tokens, the
+ * value residual min(T', R)), so cacheBytes() matches
  * bytes() exactly. What a budget must bound is the pages held, which peakAllocatedBytes() gets by
  * running the cache's own page bookkeeping over the sequence's steps against a pool that only counts.
  */
@@ -9,7 +10,7 @@
 import { StepPlan } from '../kernels/plan.js';
 import type { AttnShape, PagePool } from '../kernels/types.js';
 import { packedWords } from '../quant/quantizer.js';
-import { keyGroup, valueGroup, valueMeta8 } from './kivi.js';
+import { keyGroup, sinkTokens, valueGroup, valueMeta8 } from './kivi.js';
 import { type CacheSpec, createCache, type SpecBody } from './spec.js';
 import type { CacheDims } from './types.js';
 import { endStep } from './types.js';
@@ -33,13 +34,15 @@ export function cacheBytes(spec: SpecBody, dims: CacheDims, T: number): number {
         // vmeta=8: (u, v) bytes per group and float16 (lo, hi) per token instead of float16 scale/min per group.
         const valueMeta = valueMeta8(spec) ? (d / Gv) * 2 + 4 : (d / Gv) * 4;
         const resBytes = spec.residualDtype === 'fp16' ? 2 : 4;
-        const rk = T % R;
-        const kq = T - rk;
-        const rv = Math.min(T, R);
-        const vq = T - rv;
+        const sink = Math.min(T, sinkTokens(spec));
+        const Ts = T - sink;
+        const rk = Ts % R;
+        const kq = Ts - rk;
+        const rv = Math.min(Ts, R);
+        const vq = Ts - rv;
         const keyQ = kq * KV * packedWords(d, kBits) * 4 + (kq / Gk) * KV * d * 4;
         const valQ = vq * KV * (packedWords(d, vBits) * 4 + valueMeta);
-        return keyQ + valQ + (rk + rv) * KV * d * resBytes;
+        return keyQ + valQ + (rk + rv + 2 * sink) * KV * d * resBytes;
       }
     }
   })();
@@ -49,14 +52,15 @@ export function cacheBytes(spec: SpecBody, dims: CacheDims, T: number): number {
 /**
  * The most bytes the cache holds at any length in [from, T] — a sequence prefilled with `from` tokens
  * and decoded to T. KIVI's bytes rise with length except for a drop at each key flush, so the peak is at
- * T, at `from`, or at the last length before a flush (T' ≡ R−1 mod R) in the range; teeth grow with length.
+ * T, at `from`, or at the last length before a flush (T − S ≡ R−1 mod R) in the range; teeth grow with length.
  */
 export function peakCacheBytes(spec: SpecBody, dims: CacheDims, T: number, from = 1): number {
   let peak = Math.max(cacheBytes(spec, dims, T), cacheBytes(spec, dims, Math.min(from, T)));
   if (spec.kind === 'kivi') {
     const R = spec.residual;
-    const tooth = T - ((T + 1) % R);
-    if (tooth >= from) peak = Math.max(peak, cacheBytes(spec, dims, tooth));
+    const S = sinkTokens(spec);
+    const tooth = T - ((T - S + 1) % R);
+    if (T >= S && tooth >= from) peak = Math.max(peak, cacheBytes(spec, dims, tooth));
   }
   return peak;
 }

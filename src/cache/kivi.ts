@@ -19,6 +19,11 @@
  *    Walsh–Hadamard transform (src/quant/hadamard.ts) before attention and storage, so every stored key is
  *    rotated, q·k is unchanged, and outlier channels are spread before per-channel quantization (every back
  *    end runs JOB_ROTATE);
+ *  - sink=S: the first S tokens' keys and values stay in full precision (the residual's dtype), outside the
+ *    quantized groups (attention sinks: the tokens every head leans on). The quantized stream starts at
+ *    token S, so its groups, blocks and residual rules are KIVI's, shifted by S. In a task the sink's rows
+ *    come after the residuals and before the step's own rows, for keys and values alike (their orders must
+ *    agree token by token; softmax does not care which comes first), so every back end runs it unchanged;
  *  - vmeta=8: value pages with 8-bit scale/minimum codes on a float16 per-token grid (SEG_KIVI_V8), records
  *    only the TypeScript reference runs (PagePool.oracleJobs); spec.ts refuses them on other back ends.
  */
@@ -49,6 +54,8 @@ export interface KiviOptions {
   valueGroupSize?: number;
   /** Walsh–Hadamard rotation of keys and queries per head. */
   keyRotation?: 'hadamard';
+  /** Tokens at the start kept in full precision, outside the quantized groups (0: none). */
+  sink?: number;
   /** Value scale/minimum bits: 16 (float16, KIVI's) or 8 (codes on a float16 per-token grid; TypeScript reference only). */
   valueMetaBits?: 16 | 8;
 }
@@ -56,6 +63,11 @@ export interface KiviOptions {
 export const keyGroup = (o: KiviOptions): number => o.keyGroupSize ?? o.groupSize;
 export const valueGroup = (o: KiviOptions): number => o.valueGroupSize ?? o.groupSize;
 export const valueMeta8 = (o: KiviOptions): boolean => o.valueMetaBits === 8;
+export const sinkTokens = (o: KiviOptions): number => o.sink ?? 0;
+/** Most sink tokens a spec may ask for (a sink is for the first few tokens; past this it is an fp16 cache). */
+export const MAX_SINK = 4096;
+/** Full-precision slots per sink page. */
+const sinkPage = (S: number): number => Math.min(S, 64);
 /** The options whose records only the TypeScript reference runs, by their spec keys. */
 export function oracleOnlyOptions(o: KiviOptions): string[] {
   return valueMeta8(o) ? ['vmeta=8'] : [];
@@ -101,6 +113,9 @@ export function validateKivi(o: KiviOptions, headDim: number): void {
   }
   if (o.keyRotation !== undefined && o.keyRotation !== 'hadamard') throw new KiviError(`KIVI key rotation must be hadamard, got ${String(o.keyRotation)}`);
   if (o.keyRotation === 'hadamard') checkHadamardDim(headDim);
+  if (o.sink !== undefined && (!Number.isInteger(o.sink) || o.sink < 0 || o.sink > MAX_SINK)) {
+    throw new KiviError(`KIVI sink must be a whole number of tokens from 0 to ${MAX_SINK}, got ${String(o.sink)}`);
+  }
   if (o.valueMetaBits !== undefined && o.valueMetaBits !== 16 && o.valueMetaBits !== 8) {
     throw new KiviError(`KIVI value metadata bits must be 16 or 8, got ${String(o.valueMetaBits)}`);
   }
@@ -108,6 +123,8 @@ export function validateKivi(o: KiviOptions, headDim: number): void {
 
 export class KiviCache implements KvCache {
   private readonly R: number;
+  /** Sink tokens asked for (S); the quantized stream's token t is the sequence's token S + t. */
+  private readonly S: number;
   private readonly Gk: number;
   private readonly Gv: number;
   private readonly valueKind: number;
@@ -127,6 +144,9 @@ export class KiviCache implements KvCache {
   private readonly valuePages = this.valueList.pages;
   private valueQuantized = 0;
   private readonly valueResidual: PagedRows;
+  /** The first S tokens' keys and values in full precision (never dropped until free()). */
+  private readonly sinkKeys: PagedRows | null;
+  private readonly sinkValues: PagedRows | null;
 
   constructor(
     readonly spec: CacheSpec & { kind: 'kivi' },
@@ -148,6 +168,9 @@ export class KiviCache implements KvCache {
     const P = residualPage(this.R);
     this.keyResidual = new PagedRows(pool, resKind, P, d);
     this.valueResidual = new PagedRows(pool, resKind, P, d);
+    this.S = sinkTokens(spec);
+    this.sinkKeys = this.S > 0 ? new PagedRows(pool, resKind, sinkPage(this.S), d) : null;
+    this.sinkValues = this.S > 0 ? new PagedRows(pool, resKind, sinkPage(this.S), d) : null;
     // Content bytes per token and per (layer, kv head), for bytes(); vmeta=8: (u, v) per group, (lo, hi) per token.
     this.perToken = {
       key: packedWords(d, this.kBits) * 4 + (d / this.Gk) * 4,
@@ -156,13 +179,18 @@ export class KiviCache implements KvCache {
     };
   }
 
+  /** Sink tokens held. */
+  private get sinkCount(): number {
+    return this.sinkKeys?.count ?? 0;
+  }
+
   get length(): number {
-    return this.keyBlocks.length * this.R + this.keyResidual.count;
+    return this.sinkCount + this.keyBlocks.length * this.R + this.keyResidual.count;
   }
 
   plan(plan: StepPlan, row: number, n: number): void {
     const T0 = this.length;
-    const { R, Gk, Gv, kBits, vBits } = this;
+    const { R, Gk, Gv, kBits, vBits, sinkKeys, sinkValues } = this;
     if (this.rotate) {
       // Before the attention reads them: the new rows' queries and keys, rotated in place.
       plan.job('pre', JOB_ROTATE, JOB_KEYS);
@@ -174,6 +202,7 @@ export class KiviCache implements KvCache {
       if (plan.pageRuns) plan.keyRun(SEG_KIVI_K, this.keyList, 0, this.keyBlocks.length * R, R, this.keySection, kBits, Gk);
       else for (const b of this.keyBlocks) plan.key(SEG_KIVI_K, b, 0, R, R, this.keySection, kBits, Gk);
       this.keyResidual.segments(plan, false);
+      sinkKeys?.segments(plan, false);
       plan.keyRows(row, i + 1);
       if (plan.pageRuns) plan.valueRun(this.valueKind, this.valueList, 0, this.valueQuantized, VALUE_PAGE, this.valueSection, vBits, Gv);
       for (let t = 0; !plan.pageRuns && t < this.valueQuantized; t += VALUE_PAGE) {
@@ -189,10 +218,19 @@ export class KiviCache implements KvCache {
         );
       }
       this.valueResidual.segments(plan, true);
+      sinkValues?.segments(plan, true);
       plan.valueRows(row, i + 1);
     }
-    this.foldKeys(plan, row, n);
-    this.foldValues(plan, row, n, T0);
+    // The first S tokens go to the sink; the rest fold into the quantized stream (its own token count).
+    const toSink = Math.min(n, this.S - this.sinkCount);
+    if (toSink > 0) {
+      sinkKeys!.store(plan, JOB_KEYS, row, toSink);
+      sinkValues!.store(plan, JOB_VALUES, row, toSink);
+    }
+    if (n > toSink) {
+      this.foldKeys(plan, row + toSink, n - toSink);
+      this.foldValues(plan, row + toSink, n - toSink, T0 + toSink - this.S);
+    }
   }
 
   /** docs/KIVI.md §5.3: the key residual is quantized as one block each time it reaches R tokens. */
@@ -215,7 +253,7 @@ export class KiviCache implements KvCache {
     }
   }
 
-  /** docs/KIVI.md §5.4: values outside the window of the newest R tokens are quantized, oldest first. */
+  /** docs/KIVI.md §5.4: values outside the window of the newest R tokens are quantized, oldest first (T0: the stream's tokens before the step). */
   private foldValues(plan: StepPlan, row: number, n: number, T0: number): void {
     const T1 = T0 + n;
     const res = this.valueResidual;
@@ -242,7 +280,8 @@ export class KiviCache implements KvCache {
     const { numLayers: L, numKvHeads: KV } = this.pool.shape;
     const p = this.perToken;
     const kq = this.keyBlocks.length * this.R;
-    return L * KV * (kq * p.key + this.valueQuantized * p.value + (this.keyResidual.count + this.valueResidual.count) * p.residual);
+    const full = this.keyResidual.count + this.valueResidual.count + 2 * this.sinkCount;
+    return L * KV * (kq * p.key + this.valueQuantized * p.value + full * p.residual);
   }
 
   allocatedBytes(): number {
@@ -250,7 +289,9 @@ export class KiviCache implements KvCache {
       this.keyBlocks.length * this.pool.pageBytes(this.keySection) +
       this.valuePages.length * this.pool.pageBytes(this.valueSection) +
       this.keyResidual.allocatedBytes() +
-      this.valueResidual.allocatedBytes()
+      this.valueResidual.allocatedBytes() +
+      (this.sinkKeys?.allocatedBytes() ?? 0) +
+      (this.sinkValues?.allocatedBytes() ?? 0)
     );
   }
 
@@ -264,6 +305,8 @@ export class KiviCache implements KvCache {
     this.valueQuantized = 0;
     this.keyResidual.clearAt(null, 0);
     this.valueResidual.clearAt(null, 0);
+    this.sinkKeys?.clearAt(null, 0);
+    this.sinkValues?.clearAt(null, 0);
   }
 
   async save(): Promise<CacheImage> {
@@ -272,6 +315,8 @@ export class KiviCache implements KvCache {
     for (const p of this.valuePages) img.pages.push({ section: this.valueSection, bytes: await this.pool.readPage(p, this.valueSection) });
     await this.keyResidual.save(img);
     await this.valueResidual.save(img);
+    await this.sinkKeys?.save(img);
+    await this.sinkValues?.save(img);
     return img;
   }
 
@@ -290,17 +335,26 @@ export class KiviCache implements KvCache {
     this.valueQuantized = vq;
     this.keyResidual.restore(r);
     this.valueResidual.restore(r);
+    this.sinkKeys?.restore(r);
+    this.sinkValues?.restore(r);
     r.done();
-    // The residuals sit where the quantized parts end.
-    if (this.keyResidual.start !== blocks * this.R || this.valueResidual.start !== vq || this.valueResidual.end !== this.length) {
+    // The residuals sit where the quantized parts end; the sink is full before the stream starts.
+    const stream = this.length - this.sinkCount;
+    if (this.keyResidual.start !== blocks * this.R || this.valueResidual.start !== vq || this.valueResidual.end !== stream) {
       throw new KiviError('corrupt cache image: residuals do not follow the quantized tokens');
+    }
+    const sk = this.sinkKeys,
+      sv = this.sinkValues;
+    if (sk && sv && (sk.start !== 0 || sv.start !== 0 || sv.end !== sk.end || (stream > 0 && sk.count !== this.S) || sk.count > this.S)) {
+      throw new KiviError('corrupt cache image: sink tokens do not match the spec');
     }
     checkLength(this, image);
   }
 
   /** Counts for tests and analysis: quantized and full-precision tokens of keys and values. */
-  layout(): { keyQuantized: number; keyResidual: number; valueQuantized: number; valueResidual: number } {
+  layout(): { sink: number; keyQuantized: number; keyResidual: number; valueQuantized: number; valueResidual: number } {
     return {
+      sink: this.sinkCount,
       keyQuantized: this.keyBlocks.length * this.R,
       keyResidual: this.keyResidual.count,
       valueQuantized: this.valueQuantized,

@@ -36,7 +36,7 @@ export const NAMED_SPECS = [
 
 const VALID_FORMS =
   `valid forms: ${NAMED_SPECS.join(', ')}; kivi<b>[-r<R>][-g<G>] (b = 2, 4, 8); fake<b>-k<T|C>-v<T|C>; ` +
-  'kivi:k=2,v=4,g=32,r=128[,residual=fp32][,gk=G][,gv=G][,rot=hadamard][,vmeta=8]; fake:bits=2,k=channel,v=token,g=32';
+  'kivi:k=2,v=4,g=32,r=128[,residual=fp32][,gk=G][,gv=G][,rot=hadamard][,sink=S][,vmeta=8]; fake:bits=2,k=channel,v=token,g=32';
 
 /** The cache every face uses unless told otherwise: KIVI is the product. */
 export const DEFAULT_KV = 'kivi2';
@@ -74,7 +74,7 @@ function kivi(kBits: Bits, vBits: Bits, groupSize = 32, residual = 128, residual
  */
 export const KIVI2_HQ = 'kivi:k=4,v=2,g=64,rot=hadamard';
 
-/** The options beyond the paper (issue 14): group sizes apart, key rotation, 8-bit value metadata. */
+/** The options beyond the paper (issue 14): group sizes apart, key rotation, sink tokens, 8-bit value metadata. */
 function kiviExtras(spec: string, kv: Map<string, string>): Partial<KiviOptions> {
   const out: Partial<KiviOptions> = {};
   if (kv.has('gk')) out.keyGroupSize = intOf(spec, 'gk', kv.get('gk'));
@@ -83,6 +83,11 @@ function kiviExtras(spec: string, kv: Map<string, string>): Partial<KiviOptions>
   if (rot !== undefined) {
     if (rot !== 'hadamard' && rot !== 'none') bad(spec, `rot must be hadamard or none, got "${rot}"`);
     if (rot === 'hadamard') out.keyRotation = 'hadamard';
+  }
+  const sink = kv.get('sink');
+  if (sink !== undefined) {
+    if (!/^\d+$/.test(sink)) bad(spec, `sink must be a whole number of tokens, got "${sink}"`);
+    if (Number(sink) > 0) out.sink = Number(sink);
   }
   const vmeta = kv.get('vmeta');
   if (vmeta !== undefined) {
@@ -133,7 +138,7 @@ function parseBody(spec: string, s: string): SpecBody {
   m = /^fake(\d+)-k([TC])-v([TC])$/.exec(s);
   if (m) return { kind: 'fake', bits: bitsOf(spec, m[1]), keyAxis: axisOf(spec, m[2]), valueAxis: axisOf(spec, m[3]), groupSize: 32 };
   if (s.startsWith('kivi:')) {
-    const kv = parseKeyValues(spec, s.slice(5), ['k', 'v', 'g', 'r', 'residual', 'gk', 'gv', 'rot', 'vmeta']);
+    const kv = parseKeyValues(spec, s.slice(5), ['k', 'v', 'g', 'r', 'residual', 'gk', 'gv', 'rot', 'sink', 'vmeta']);
     const res = kv.get('residual') ?? 'fp16';
     if (res !== 'fp32' && res !== 'fp16') bad(spec, `residual must be fp32 or fp16, got "${res}"`);
     const base = kivi(
@@ -208,6 +213,7 @@ function checkBody(kv: SpecBody): SpecBody {
         ...(kv.keyGroupSize !== undefined ? { keyGroupSize: kv.keyGroupSize } : {}),
         ...(kv.valueGroupSize !== undefined ? { valueGroupSize: kv.valueGroupSize } : {}),
         ...(kv.keyRotation !== undefined ? { keyRotation: kv.keyRotation } : {}),
+        ...(kv.sink !== undefined && kv.sink !== 0 ? { sink: kv.sink } : {}),
         ...(kv.valueMetaBits !== undefined ? { valueMetaBits: kv.valueMetaBits } : {}),
       };
     case 'fake':
@@ -232,6 +238,7 @@ export function formatKvSpec(spec: SpecBody): string {
         (spec.keyGroupSize !== undefined && spec.keyGroupSize !== spec.groupSize ? `,gk=${spec.keyGroupSize}` : '') +
         (spec.valueGroupSize !== undefined && spec.valueGroupSize !== spec.groupSize ? `,gv=${spec.valueGroupSize}` : '') +
         (spec.keyRotation === 'hadamard' ? ',rot=hadamard' : '') +
+        (spec.sink ? `,sink=${spec.sink}` : '') +
         (spec.valueMetaBits === 8 ? ',vmeta=8' : '')
       );
     case 'fake':

@@ -54,6 +54,7 @@ export function shortLabel(kv: string): string {
   if (spec.residual !== 128) parts.push(`r${spec.residual}`);
   if (spec.residualDtype === 'fp32') parts.push('res32');
   if (spec.keyRotation === 'hadamard') parts.push('rot');
+  if (spec.sink) parts.push(`sink${spec.sink}`);
   if (valueMeta8(spec)) parts.push('vmeta8');
   return parts.join(' ');
 }

@@ -18,18 +18,22 @@ SPECS+=,kivi:k=4,v=2,gk=128,gv=32,vmeta=8,kivi:k=4,v=2,gk=128,gv=32,rot=hadamard
 # ≤ 3.5 bits without vmeta=8 (runs on every back end).
 SPECS2=fp32,kivi2,kivi:k=4,v=2,gk=128,gv=64,rot=hadamard,kivi:k=4,v=2,g=64,rot=hadamard,kivi:k=4,v=2,gk=128,gv=128,rot=hadamard
 SPECS_WASM=fp32,kivi2,kivi4,kivi:k=4,v=2,gk=128,gv=64,rot=hadamard,kivi:k=4,v=2,g=64,rot=hadamard,kivi:k=4,v=2,gk=128,gv=64,kivi:k=4,v=2,g=64
-COPY=(fp32 kivi2-hq kivi2 kivi4 kivi:k=4,v=2,gk=128,gv=64,rot=hadamard)
+# Sink tokens alone and with the other options (wasm).
+SPECS_SINK=fp32,kivi2,kivi:k=2,v=2,sink=4,kivi:k=2,v=2,sink=16,kivi:k=2,v=2,rot=hadamard,sink=4,kivi2-hq,kivi:k=4,v=2,g=64,rot=hadamard,sink=4
+SPECS_SINK+=,kivi:k=4,v=2,g=64,rot=hadamard,sink=16,kivi4,kivi:k=4,v=4,sink=4
+COPY=(fp32 kivi2-hq kivi2 kivi4 kivi:k=4,v=2,gk=128,gv=64,rot=hadamard kivi:k=2,v=2,sink=4 kivi:k=4,v=2,g=64,rot=hadamard,sink=4)
 run() {
   local name=$1; shift
   echo "+ kivi $*" >&2
   { echo "\$ kivi $*"; echo "# started $(date -u +%FT%TZ) (loaded 2-core machine; timings not meaningful), commit $(git rev-parse --short HEAD)"
     node dist/src/cli/main.js "$@"; echo "# finished $(date -u +%FT%TZ)"; } >> "$OUT/runs/$name.txt"
 }
-ALL="${*:-kld-golden-2 kld-golden-wasm copy-d0 copy-d1024}"
+ALL="${*:-kld-golden-2 kld-golden-wasm kld-golden-sink copy-d0 copy-d1024}"
 for name in $ALL; do
   case $name in
     kld-golden) run "$name" eval kld "${W[@]}" --backend ts --max-windows 2 --json --kv "$SPECS" ;;
     kld-golden-2) run "$name" eval kld "${W[@]}" --backend ts --max-windows 2 --json --kv "$SPECS2" ;;
+    kld-golden-sink) run "$name" eval kld "${W[@]}" --backend wasm --threads 1 --max-windows 2 --json --kv "$SPECS_SINK" ;;
     kld-golden-wasm) run "$name" eval kld "${W[@]}" --backend wasm --threads 1 --max-windows 2 --json --kv "$SPECS_WASM" ;;
     copy-d0 | copy-d1024)
       for kv in "${COPY[@]}"; do

@@ -1,6 +1,7 @@
 /**
  * The KIVI cache's streaming semantics (docs/KIVI.md §5) and its attention on packed codes (§6), checked
- * against an independent model: explicitly dequantized keys/values and plain float64 attention.
+ * against an independent model (test/kivi-reference.ts): explicitly dequantized keys/values and plain float64
+ * attention.
  */
 
 import assert from 'node:assert/strict';
@@ -9,20 +10,13 @@ import { cacheBytes } from '../src/cache/budget.js';
 import { type KiviCache, VALUE_PAGE } from '../src/cache/kivi.js';
 import { createCache, parseKvSpec } from '../src/cache/spec.js';
 import { CacheStepper, qkvRows } from '../src/cache/step.js';
-import type { CacheDims, KvCache } from '../src/cache/types.js';
+import type { CacheDims } from '../src/cache/types.js';
 import { createBackend } from '../src/kernels/index.js';
 import { TsBackend } from '../src/kernels/ts/backend.js';
 import type { Backend } from '../src/kernels/types.js';
-import { type Bits, dequantize, quantizePerChannel, quantizePerToken } from '../src/quant/quantizer.js';
+import type { Bits } from '../src/quant/quantizer.js';
 import { KiviError } from '../src/util/errors.js';
-
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s ^ (s >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0;
-    return s / 4294967296;
-  };
-}
+import { decodeStep, expectedAttention, maxRelErr, rng } from './kivi-reference.js';
 
 /** Random token rows [T][kv·d] with a few outlier key channels, like real models. */
 function rows(T: number, kv: number, d: number, r: () => number, outliers = false): Float32Array {
@@ -34,61 +28,6 @@ function rows(T: number, kv: number, d: number, r: () => number, outliers = fals
   return x;
 }
 
-/** [T][kv·d] → head h as [T][d]. */
-function head(x: Float32Array, T: number, kv: number, d: number, h: number): Float32Array {
-  const out = new Float32Array(T * d);
-  for (let t = 0; t < T; t++) out.set(x.subarray(t * kv * d + h * d, t * kv * d + (h + 1) * d), t * d);
-  return out;
-}
-
-/** What attention must read: quantized prefix (per channel for K, per token for V) + full-precision rest. */
-function expectedAttention(
-  K: Float32Array,
-  V: Float32Array,
-  T: number,
-  q: Float32Array,
-  dims: CacheDims,
-  kq: number,
-  vq: number,
-  bits: Bits,
-  G: number,
-): Float64Array {
-  const { numHeads: H, numKvHeads: kv, headDim: d } = dims;
-  const out = new Float64Array(H * d);
-  for (let h = 0; h < kv; h++) {
-    const kh = head(K, T, kv, d, h);
-    const vh = head(V, T, kv, d, h);
-    if (kq > 0) kh.set(dequantize(quantizePerChannel(kh.subarray(0, kq * d), kq, d, G, bits)));
-    if (vq > 0) vh.set(dequantize(quantizePerToken(vh.subarray(0, vq * d), vq, d, G, bits)));
-    const nq = H / kv;
-    for (let j = 0; j < nq; j++) {
-      const qh = (h * nq + j) * d;
-      const s = new Float64Array(T);
-      let max = -Infinity;
-      for (let t = 0; t < T; t++) {
-        let acc = 0;
-        for (let c = 0; c < d; c++) acc += q[qh + c]! * kh[t * d + c]!;
-        s[t] = acc / Math.sqrt(d);
-        max = Math.max(max, s[t]!);
-      }
-      let sum = 0;
-      for (let t = 0; t < T; t++) sum += s[t] = Math.exp(s[t]! - max);
-      for (let t = 0; t < T; t++) for (let c = 0; c < d; c++) out[qh + c] += (s[t]! / sum) * vh[t * d + c]!;
-    }
-  }
-  return out;
-}
-
-function maxRelErr(a: Float32Array, b: Float64Array): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num = Math.max(num, Math.abs(a[i]! - b[i]!));
-    den = Math.max(den, Math.abs(b[i]!));
-  }
-  return num / den;
-}
-
 const shapes: [string, CacheDims][] = [
   ['MHA', { numLayers: 1, numHeads: 2, numKvHeads: 2, headDim: 64 }],
   ['GQA', { numLayers: 1, numHeads: 4, numKvHeads: 2, headDim: 64 }],
@@ -98,21 +37,6 @@ const shapes: [string, CacheDims][] = [
 async function backends(): Promise<Backend[]> {
   const dflt = await createBackend();
   return dflt.name === 'ts' ? [new TsBackend()] : [new TsBackend(), dflt];
-}
-
-/** A decode step's attention through the cache: the new token's q/k/v as one row. */
-async function decodeStep(
-  stepper: CacheStepper,
-  cache: KvCache,
-  dims: CacheDims,
-  q: Float32Array,
-  K: Float32Array,
-  V: Float32Array,
-  t: number,
-): Promise<Float32Array> {
-  const row = dims.numKvHeads * dims.headDim;
-  const out = await stepper.step([{ cache, rows: qkvRows(dims, 1, q, K, V, t * row, t * row), n: 1, mode: 'decode' }]);
-  return out!;
 }
 
 for (const [name, dims] of shapes) {
@@ -138,7 +62,7 @@ for (const [name, dims] of shapes) {
           const rk = P < R ? P : P % R;
           assert.deepEqual(
             l0,
-            { keyQuantized: P - rk, keyResidual: rk, valueQuantized: Math.max(0, P - R), valueResidual: Math.min(P, R) },
+            { sink: 0, keyQuantized: P - rk, keyResidual: rk, valueQuantized: Math.max(0, P - R), valueResidual: Math.min(P, R) },
             `prefill split at T=${P}`,
           );
           assert.equal(cache.bytes(), cacheBytes(spec, dims, P));
@@ -149,7 +73,14 @@ for (const [name, dims] of shapes) {
             // Attention reads the state before this step's token is folded in, plus the token itself.
             const before = cache.layout();
             const out = await decodeStep(stepper, cache, dims, q, K, V, T - 1);
-            const exp = expectedAttention(K, V, T, q, dims, before.keyQuantized, before.valueQuantized, bits, G);
+            const exp = expectedAttention(K, V, T, q, dims, before.keyQuantized, before.valueQuantized, {
+              kBits: bits,
+              vBits: bits,
+              Gk: G,
+              Gv: G,
+              rot: false,
+              vmeta8: false,
+            });
             const err = maxRelErr(out, exp);
             // The wasm back end rounds the scaled query and the attention weights to int16 for its integer
             // dot products (the docs/KIVI.md §6 trick on CPUs; exact bounds in test/kernels-wasm.test.ts): on these

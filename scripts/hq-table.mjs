@@ -21,7 +21,8 @@ function runs(name) {
   for (const l of fs.readFileSync(f, 'utf8').split('\n')) {
     if (l.startsWith('$ ')) cmd = l.slice(2);
     else if (l.startsWith('{') && cmd) {
-      const rows = JSON.parse(l).results.map((r) => (FORMER_LOGS.has(name) && r.kv === 'kivi2-hq' ? { ...r, kv: FORMER_HQ } : r));
+      // One row per configuration: the preset's name means the spec it stood for when the run was made.
+      const rows = JSON.parse(l).results.map((r) => (r.kv === 'kivi2-hq' ? { ...r, kv: FORMER_LOGS.has(name) ? FORMER_HQ : KIVI2_HQ } : r));
       out.push({ name, cmd, rows });
       cmd = null;
     }
@@ -40,6 +41,8 @@ if (golden.size === 0) throw new Error(`${RUNS}/kld-golden.txt has no results`);
 const wasm = merged(['kld-golden-wasm', 'kld-golden-sink']);
 const copies = [
   ['copy-d0', 'depth 0'],
+  ['copy-d512', 'depth 512'],
+  ['copy-d512-n256', 'depth 512, n = 256'],
   ['copy-d1024', 'depth 1024'],
 ].map(([n, label]) => [merged([n]), label]);
 const sign = (x, d) => (Number(Math.abs(x).toFixed(d)) === 0 ? (0).toFixed(d) : (x < 0 ? '−' : '+') + Math.abs(x).toFixed(d));
@@ -84,7 +87,7 @@ process.stdout.write(
     .join('|')}|\n${rows.join('\n')}\n\n`,
 );
 process.stdout.write('Commands (logs in runs/; each JSON line there comes from the command above it):\n\n');
-for (const n of ['kld-golden', 'kld-golden-2', 'kld-golden-wasm', 'kld-golden-sink', 'copy-d0', 'copy-d1024']) {
+for (const n of ['kld-golden', 'kld-golden-2', 'kld-golden-wasm', 'kld-golden-sink', 'copy-d0', 'copy-d512', 'copy-d512-n256', 'copy-d1024']) {
   for (const r of runs(n)) process.stdout.write(`- \`${n}\`: \`${r.cmd}\`\n`);
 }
 

@@ -28,13 +28,22 @@ run() {
   { echo "\$ kivi $*"; echo "# started $(date -u +%FT%TZ) (loaded 2-core machine; timings not meaningful), commit $(git rev-parse --short HEAD)"
     node dist/src/cli/main.js "$@"; echo "# finished $(date -u +%FT%TZ)"; } >> "$OUT/runs/$name.txt"
 }
-ALL="${*:-kld-golden-2 kld-golden-wasm kld-golden-sink copy-d0 copy-d1024}"
+ALL="${*:-kld-golden-2 kld-golden-wasm kld-golden-sink copy-d0 copy-d512 copy-d512-n256 copy-d1024}"
 for name in $ALL; do
   case $name in
     kld-golden) run "$name" eval kld "${W[@]}" --backend ts --max-windows 2 --json --kv "$SPECS" ;;
     kld-golden-2) run "$name" eval kld "${W[@]}" --backend ts --max-windows 2 --json --kv "$SPECS2" ;;
     kld-golden-sink) run "$name" eval kld "${W[@]}" --backend wasm --threads 1 --max-windows 2 --json --kv "$SPECS_SINK" ;;
     kld-golden-wasm) run "$name" eval kld "${W[@]}" --backend wasm --threads 1 --max-windows 2 --json --kv "$SPECS_WASM" ;;
+    copy-d512)
+      for kv in fp32 kivi2-hq kivi2 kivi4 kivi:k=2,v=2,sink=4; do
+        run "$name" eval copy "${W[@]}" --backend wasm --threads 1 --n 64 --seed 0 --depth 512 --json --kv "$kv"
+      done ;;
+    copy-d512-n256)
+      # The depth where fp32 still copies some lists: n = 256 so that a difference of a few lists means something.
+      for kv in fp32 kivi2-hq kivi:k=4,v=2,g=64,rot=hadamard,sink=4 kivi4; do
+        run "$name" eval copy "${W[@]}" --backend wasm --threads 1 --n 256 --seed 0 --depth 512 --json --kv "$kv"
+      done ;;
     copy-d0 | copy-d1024)
       for kv in "${COPY[@]}"; do
         run "$name" eval copy "${W[@]}" --backend wasm --threads 1 --n 64 --seed 0 --depth "${name#copy-d}" --json --kv "$kv"

@@ -307,6 +307,13 @@ fn seg_at(s: u32, t: u32) -> vec3<u32> {
   let pg = plan[sw(s, 2u) + pi];
   return vec3<u32>(pg >> 27u, (pg & 0x7ffffffu) * 4u, r - pi * cap);
 }
+// The page pi of segment s (a page run's table entry, or the segment's one page): (arena slot, first word).
+fn page(s: u32, pi: u32) -> vec2<u32> {
+  let info = sw(s, 0u);
+  if ((info & 0x80000000u) == 0u) { return vec2<u32>((info >> 16u) & 0x7fffu, sw(s, 2u)); }
+  let pg = plan[sw(s, 2u) + pi];
+  return vec2<u32>(pg >> 27u, (pg & 0x7ffffffu) * 4u);
+}
 // Floats as u32 in the same order (for the atomic maximum), and back.
 fn ord(x: f32) -> u32 {
   let b = bitcast<u32>(x);
@@ -455,8 +462,21 @@ ${slowValue()}      }
     }
     workgroupBarrier();
   }
-  // ---- per query head: the value lanes' sums and the threads' softmax sums: the output or a partial ----
+  // ---- the threads' softmax sums (all heads at once), then per query head the value lanes' sums: the
+  // output or a partial ----
   workgroupBarrier();
+${range(NQ4)
+  .map(
+    (jj) =>
+      `  pw[li * ${NQ4}u + ${jj}u] = vec4<f32>(${range(4)
+        .map((e) => (jj * 4 + e < NQ ? `l${jj * 4 + e}` : '0.0'))
+        .join(', ')});`,
+  )
+  .join('\n')}
+  workgroupBarrier();
+${range(NQ4)
+  .map((jj) => `  var L${jj} = vec4<f32>(0.0);\n  for (var u = 0u; u < WG; u++) { L${jj} += pw[u * ${NQ4}u + ${jj}u]; }`)
+  .join('\n')}
 ${J(
   (j) => `  {
 ${range(CW / 4)
@@ -467,13 +487,11 @@ ${range(CW / 4)
         .join(', ')});`,
   )
   .join('\n')}
-    pw[li] = vec4<f32>(l${j}, 0.0, 0.0, 0.0);
     workgroupBarrier();
     for (var c = li; c < D; c += WG) {
       var o = 0.0;
       for (var u = 0u; u < LANES; u++) { o += qsf[(u * D + c) / 4u][c % 4u]; }
-      var L = 0.0;
-      for (var u = 0u; u < WG; u++) { L += pw[u].x; }
+      let L = L${j >> 2}${comp(j)};
       if (pidx == ${NO_PARTIAL}u) {
         att[qrow * ${H * D}u + (h * NQ + ${j}u) * D + c] = o / L;
       } else {
@@ -513,15 +531,19 @@ ${range(CW)
   function fastLoop(): string {
     const NKWv = NKW;
     const cpwv = 32 / VB;
-    const keyLoads = (dst: string, tok: string, ind: string) =>
-      `${ind}{\n${ind}  let pg = seg_at(kseg, ${tok});\n${ind}  let row = pg.y + h * ksec + pg.z * ${NKWv}u;\n${range(NKWv)
+    // A token's key row from its slot x within page kpi onwards (x < 4·kcap: at most a few steps).
+    const keyLoads = (dst: string, x: string, ind: string) =>
+      `${ind}{\n${ind}  var x = ${x};\n${ind}  var pi = kpi;\n${ind}  loop { if (x < kcap) { break; } x -= kcap; pi += 1u; }\n` +
+      `${ind}  let pg = page(kseg, pi);\n${ind}  let row = pg.y + h * ksec + x * ${NKWv}u;\n${range(NKWv)
         .map((w) => `${ind}  ${dst}${w} = lda(pg.x, row + ${w}u);`)
         .join('\n')}\n${ind}}\n`;
-    const foldLoads = (tile0: string, ind: string) =>
-      `${ind}if (li < ${2 * NCH}u) {\n${ind}  let nt0 = ${tile0};\n${ind}  let bnd = ((koff + nt0) / kG + 1u) * kG - koff;\n` +
-      `${ind}  let rep = select(nt0, min(bnd, min(nt0 + WG, fe) - 1u), li >= ${NCH}u);\n` +
-      `${ind}  let pg = seg_at(kseg, rep);\n${ind}  let base = pg.y + h * ksec;\n` +
-      `${ind}  let hs = (base + kcap * ${NKWv}u) * 2u + (pg.z / kG) * D + (li % ${NCH}u) * 16u;\n${ind}  let hm = hs + (kcap / kG) * D;\n` +
+    // Scales and minimums of a tile's key groups (fold threads: slot 0 = the group of the tile's first
+    // token at (pi, gi), slot 1 = the next group, where the tile reaches it), 16 channels a thread.
+    const foldLoads = (pi: string, gi: string, ind: string) =>
+      `${ind}if (li < ${2 * NCH}u) {\n${ind}  var fpi = ${pi};\n${ind}  var fgi = ${gi};\n` +
+      `${ind}  if (li >= ${NCH}u) {\n${ind}    fgi += 1u;\n${ind}    if (fgi * kG >= kcap) { fgi = 0u; fpi += 1u; }\n${ind}  }\n` +
+      `${ind}  let pg = page(kseg, fpi);\n${ind}  let base = pg.y + h * ksec;\n` +
+      `${ind}  let hs = (base + kcap * ${NKWv}u) * 2u + fgi * D + (li % ${NCH}u) * 16u;\n${ind}  let hm = hs + (kcap / kG) * D;\n` +
       range(8)
         .map((k) => `${ind}  fs${k} = lda(pg.x, (hs >> 1u) + ${k}u);\n${ind}  fm${k} = lda(pg.x, (hm >> 1u) + ${k}u);`)
         .join('\n') +
@@ -531,9 +553,17 @@ ${range(CW)
     let ksec = sw(kseg, 6u);
     let kcap = sw(kseg, 4u);
     let kG = sw(kseg, 5u);
-    let koff = sw(kseg, 3u) - sw(kseg, 7u);
     let vsec = sw(vseg, 6u);
     let vcap = sw(vseg, 4u);
+    // Where the tile's first token sits, kept by steps of 64 tokens (no division per tile): key page kpi,
+    // group kgi within it, position kgr within the group; value page vpi, slot vrem.
+    let rk = sw(kseg, 3u) + ta - sw(kseg, 7u);
+    var kpi = rk / kcap;
+    var kgi = (rk % kcap) / kG;
+    var kgr = rk % kG;
+    let rv = sw(vseg, 3u) + ta - sw(vseg, 7u);
+    var vpi = rv / vcap;
+    var vrem = rv % vcap;
     let ngv = D / vG;
     // This value thread's group, and where its channels sit in their code word.
     let vg = c0 / vG;
@@ -546,7 +576,7 @@ ${range(8)
   .map((k) => `    var fs${k} = 0u;\n    var fm${k} = 0u;`)
   .join('\n')}
     // Prologue: the first tile's key rows and folded query.
-${keyLoads('kc', 'min(ta + li, fe - 1u)', '    ')}${foldLoads('ta', '    ')}    if (li < ${2 * NCH}u) {
+${keyLoads('kc', 'kgi * kG + kgr + min(li, fe - 1u - ta)', '    ')}${foldLoads('kpi', 'kgi', '    ')}    if (li < ${2 * NCH}u) {
       let nb = 0u;
       let sl = li / ${NCH}u;
       let ch = li % ${NCH}u;
@@ -558,8 +588,18 @@ ${fold()}    }
       let n = min(WG, fe - t0);
       let t = t0 + li;
       let more = t0 + WG < fe;
+      // The next tile's place (uniform).
+      var nkpi = kpi;
+      var nkgi = kgi;
+      var nkgr = kgr + WG;
+      loop {
+        if (nkgr < kG) { break; }
+        nkgr -= kG;
+        nkgi += 1u;
+        if (nkgi * kG >= kcap) { nkgi = 0u; nkpi += 1u; }
+      }
       // ---- A: issue this tile's value loads and the next tile's key loads, then score ----
-      let pv = seg_at(vseg, t0);
+      let pv = vec3<u32>(page(vseg, vpi), vrem);
       let vbase = pv.y + h * vsec;
       let vs0 = (vbase + vcap * ${(D * VB) / 32}u) * 2u + (pv.z + li) * ngv;
       let vm0 = vs0 + vcap * ngv;
@@ -571,8 +611,9 @@ ${range(TPT)
   .map((i) => `      let vc${i} = lda(pv.x, vbase + (pv.z + lane + ${i * LANES}u) * ${(D * VB) / 32}u + vw);`)
   .join('\n')}
       if (more) {
-${keyLoads('kn', 'min(t + WG, fe - 1u)', '        ')}${foldLoads('t0 + WG', '        ')}      }
-      let bnd = ((koff + t0) / kG + 1u) * kG - koff;
+${keyLoads('kn', 'kgi * kG + kgr + min(li + WG, fe - 1u - t0)', '        ')}${foldLoads('nkpi', 'nkgi', '        ')}      }
+      // Tokens from bnd on are in the tile's second key group (fold slot 1).
+      let bnd = t0 + kG - kgr;
       let slot = select(0u, 1u, t >= bnd);
       let qb = (buf * 2u + slot) * NQ * ${D / 4}u;
 ${J((j) => `      var S${j} = 0.0;`)}
@@ -620,6 +661,11 @@ ${range(NKWv)
   .map((w) => `      kc${w} = kn${w};`)
   .join('\n')}
       buf ^= 1u;
+      kpi = nkpi;
+      kgi = nkgi;
+      kgr = nkgr;
+      vrem += WG;
+      if (vrem >= vcap) { vrem = 0u; vpi += 1u; }
     }
   }`;
   }

@@ -379,10 +379,11 @@ ${J((j) => `      var S${j} = 0.0;`)}
         let row = base + pg.z * wpr;
         let hs = (base + cap * wpr) * 2u + (pg.z / G) * D;
         let hm = hs + (cap / G) * D;
-        for (var c = 0u; c < D; c++) {
-          let code = (lda(sl, row + c / cpw) >> ((c % cpw) * bits)) & mask;
-          let k = ldh(sl, hs + c) * f32(code) + ldh(sl, hm + c);
-${J((j) => `          S${j} = fma(qh[${j * (D / 4)}u + c / 4u][c % 4u], k, S${j});`)}
+        // Two channels a step: one word of scales, one of minimums (hs, hm are even).
+        for (var c = 0u; c < D; c += 2u) {
+          let wd = lda(sl, row + c / cpw) >> ((c % cpw) * bits);
+          let k = unpack2x16float(lda(sl, (hs + c) >> 1u)) * vec2<f32>(f32(wd & mask), f32((wd >> bits) & mask)) + unpack2x16float(lda(sl, (hm + c) >> 1u));
+${J((j) => `          { let q = qh[${j * (D / 4)}u + c / 4u]; S${j} += dot(select(q.xy, q.zw, (c & 2u) != 0u), k); }`)}
         }
       } else if (kind == ${SEG_ROWS}u) {
         let o4 = ((sw(sg, 2u) + t - sw(sg, 7u)) * QKVD + (${H}u + h) * D) / 4u;

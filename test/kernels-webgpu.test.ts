@@ -396,10 +396,10 @@ if (!reportMissing('kernels-webgpu: long attention')) {
 }
 
 if (!reportMissing('kernels-webgpu: attention v3')) {
-  /** Run `f` with KIVI_WEBGPU_ATTN=v3 (the v3 attention kernel, attention3.ts), restoring the variable after. */
-  const withV3 = async (f: () => Promise<void>) => {
+  /** Run `f` with KIVI_WEBGPU_ATTN=v3 (the v3 attention kernel, attention3.ts) or v3np, restoring the variable after. */
+  const withV3 = async (f: () => Promise<void>, mode: 'v3' | 'v3np' = 'v3') => {
     const before = process.env.KIVI_WEBGPU_ATTN;
-    process.env.KIVI_WEBGPU_ATTN = 'v3';
+    process.env.KIVI_WEBGPU_ATTN = mode;
     try {
       await f();
     } finally {
@@ -468,6 +468,13 @@ if (!reportMissing('kernels-webgpu: attention v3')) {
       await v3Decode({ numLayers: 1, numHeads: 4, numKvHeads: 4, headDim: 64 }, ['kivi2', 'kivi:k=4,v=4,gk=32,gv=32,r=64'], 1500, 2, 21);
       await v3Decode({ numLayers: 1, numHeads: 4, numKvHeads: 2, headDim: 256 }, ['kivi:k=2,v=2,gk=96,gv=128,r=96', 'kivi4'], 1500, 2, 22);
     });
+  });
+
+  test('webgpu v3np (key rows loaded at their own tile, not the tile before) matches the reference', async () => {
+    await withV3(async () => {
+      const kernels = await v3Decode({ numLayers: 1, numHeads: 8, numKvHeads: 2, headDim: 128 }, ['kivi2', 'kivi:k=4,v=2,gk=96,gv=64,r=96'], 1500, 2, 25);
+      assert.deepEqual(kernels.sort(), ['attend3np:1:1:8:2:128', 'attend3np:3:1:8:2:128']);
+    }, 'v3np');
   });
 
   test('webgpu v3: several sequences of different caches in one plan (one pipeline per variant), a decode chunk of two tokens each, match the reference', async () => {

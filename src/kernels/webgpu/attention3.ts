@@ -137,7 +137,11 @@ function decode(w: string, v: string, bits: number, n: number, ind: string): { c
   return { code, f };
 }
 
-export function attend3Wgsl(shape: AttnShape, na: number, variant: number): string {
+/**
+ * @param prefetch load each tile's key rows during the tile before (more registers in flight), or at the
+ * start of its own tile (`KIVI_WEBGPU_ATTN=v3np`: fewer registers; an A/B for the GPU to decide).
+ */
+export function attend3Wgsl(shape: AttnShape, na: number, variant: number, prefetch = true): string {
   const { numHeads: H, numKvHeads: KV, headDim: D } = shape;
   const NQ = H / KV;
   const NQ4 = Math.ceil(NQ / 4);
@@ -571,13 +575,13 @@ ${range(CW)
     let vw = c0 / ${cpwv}u;
     let vsh = (c0 % ${cpwv}u) * ${VB}u;
 ${range(NKWv)
-  .map((w) => `    var kc${w} = 0u;\n    var kn${w} = 0u;`)
+  .map((w) => `    var kc${w} = 0u;${prefetch ? `\n    var kn${w} = 0u;` : ''}`)
   .join('\n')}
 ${range(8)
   .map((k) => `    var fs${k} = 0u;\n    var fm${k} = 0u;`)
   .join('\n')}
     // Prologue: the first tile's key rows and folded query.
-${keyLoads('kc', 'kgi * kG + kgr + min(li, fe - 1u - ta)', '    ')}${foldLoads('kpi', 'kgi', '    ')}    if (li < ${2 * NCH}u) {
+${prefetch ? keyLoads('kc', 'kgi * kG + kgr + min(li, fe - 1u - ta)', '    ') : ''}${foldLoads('kpi', 'kgi', '    ')}    if (li < ${2 * NCH}u) {
       let nb = 0u;
       let sl = li / ${NCH}u;
       let ch = li % ${NCH}u;
@@ -600,7 +604,7 @@ ${fold()}    }
         if (nkgi * kG >= kcap) { nkgi = 0u; nkpi += 1u; }
       }
       // ---- A: issue this tile's value loads and the next tile's key loads, then score ----
-      let pv = vec3<u32>(page(vseg, vpi), vrem);
+${prefetch ? '' : keyLoads('kc', 'kgi * kG + kgr + min(li, fe - 1u - t0)', '      ')}      let pv = vec3<u32>(page(vseg, vpi), vrem);
       let vbase = pv.y + h * vsec;
       let vs0 = (vbase + vcap * ${(D * VB) / 32}u) * 2u + (pv.z + li) * ngv;
       let vm0 = vs0 + vcap * ngv;
@@ -612,7 +616,7 @@ ${range(TPT)
   .map((i) => `      let vc${i} = lda(pv.x, vbase + (pv.z + lane + ${i * LANES}u) * ${(D * VB) / 32}u + vw);`)
   .join('\n')}
       if (more) {
-${keyLoads('kn', 'kgi * kG + kgr + min(li + WG, fe - 1u - t0)', '        ')}${foldLoads('nkpi', 'nkgi', '        ')}      }
+${prefetch ? keyLoads('kn', 'kgi * kG + kgr + min(li + WG, fe - 1u - t0)', '        ') : ''}${foldLoads('nkpi', 'nkgi', '        ')}      }
       // Tokens from bnd on are in the tile's second key group (fold slot 1).
       let bnd = t0 + kG - kgr;
       let slot = select(0u, 1u, t >= bnd);
@@ -658,7 +662,7 @@ ${fold()}      }
       workgroupBarrier();
       // ---- C: values ----
 ${fastValues()}
-${range(NKWv)
+${range(prefetch ? NKWv : 0)
   .map((w) => `      kc${w} = kn${w};`)
   .join('\n')}
       buf ^= 1u;

@@ -512,11 +512,13 @@ export class WebGpuBackend implements Backend {
     const bind = [{ b: this.planBuf! }, { b: f32(qkv).g }, { b: f32(att).g }, { b: this.partials }, ...p.bindings(layer)];
     // v3 where some task takes its fast path (a plan of float caches only keeps the first kernel, so one
     // run of `kivi bench attention` compares v3's KIVI caches with v1's fp16).
-    if (this.attnV3(shape) && gp.variants !== 1) {
+    const v3 = this.attnV3(shape);
+    if (v3 && gp.variants !== 1) {
       // One pipeline per variant among the plan's items (usually one); each skips the others' items.
+      const pf = v3 === 'v3';
       for (let v = 0; v < 5; v++) {
         if (!(gp.variants & (1 << v))) continue;
-        const k = this.shapeKernel(`attend3:${v}:${na}`, shape, () => attend3Wgsl(shape, na, v), storage);
+        const k = this.shapeKernel(`attend3${pf ? '' : 'np'}:${v}:${na}`, shape, () => attend3Wgsl(shape, na, v, pf), storage);
         this.core.dispatch(k, bind, nAttn, (u, _f, at) => u.set([first.attn, nAttn, gp.tasks], at));
       }
     } else {
@@ -533,12 +535,14 @@ export class WebGpuBackend implements Backend {
   }
 
   /**
-   * Whether attention runs the v3 kernel (attention3.ts): KIVI_WEBGPU_ATTN=v3 (Node), where its workgroup
-   * memory fits the device; the first kernel (attention.ts) otherwise, the default.
+   * Whether attention runs the v3 kernel (attention3.ts): KIVI_WEBGPU_ATTN=v3 (Node; v3np: without the key
+   * rows' prefetch), where its workgroup memory fits the device; the first kernel (attention.ts)
+   * otherwise, the default.
    */
-  private attnV3(shape: AttnShape): boolean {
+  private attnV3(shape: AttnShape): 'v3' | 'v3np' | null {
     const env = typeof process !== 'undefined' ? process.env?.KIVI_WEBGPU_ATTN : undefined;
-    return env === 'v3' && attn3Fits(shape, this.dev.device.limits.maxComputeWorkgroupStorageSize);
+    if (env !== 'v3' && env !== 'v3np') return null;
+    return attn3Fits(shape, this.dev.device.limits.maxComputeWorkgroupStorageSize) ? env : null;
   }
 
   private shapeKernel(name: string, shape: AttnShape, code: () => string, storage: ('read' | 'rw')[]): Kernel {

@@ -394,3 +394,144 @@ if (!reportMissing('kernels-webgpu: long attention')) {
     }
   });
 }
+
+if (!reportMissing('kernels-webgpu: attention v3')) {
+  /** Run `f` with KIVI_WEBGPU_ATTN=v3 (the v3 attention kernel, attention3.ts) or v3np, restoring the variable after. */
+  const withV3 = async (f: () => Promise<void>, mode: 'v3' | 'v3np' = 'v3') => {
+    const before = process.env.KIVI_WEBGPU_ATTN;
+    process.env.KIVI_WEBGPU_ATTN = mode;
+    try {
+      await f();
+    } finally {
+      if (before === undefined) delete process.env.KIVI_WEBGPU_ATTN;
+      else process.env.KIVI_WEBGPU_ATTN = before;
+    }
+  };
+  /** The attention pipelines a back end has built (v1: attend…, v3: attend3:<variant>:…). */
+  const attnKernels = (b: WebGpuBackend) => [...(b as unknown as { kernels: Map<string, unknown> }).kernels.keys()].filter((k) => k.startsWith('attend'));
+
+  /** Decode `steps` tokens after filling T, one sequence per spec, v3 against the reference; returns the kernels built. */
+  const v3Decode = async (
+    shape: { numLayers: number; numHeads: number; numKvHeads: number; headDim: number },
+    specs: string[],
+    T: number,
+    steps: number,
+    seed: number,
+  ) => {
+    const b = await gpu();
+    const ref = new TsBackend();
+    const qkvDim = (shape.numHeads + 2 * shape.numKvHeads) * shape.headDim;
+    const r = rng(seed);
+    // An outlier channel, as real keys have (per-channel quantization's reason to be).
+    const rows = randArray(T * qkvDim, r).map((v, i) => (i % shape.headDim === 5 ? v * 12 : v));
+    const step = randArray(steps * qkvDim, r);
+    for (const spec of specs) {
+      const pools = [ref.createPagePool(shape), b.createPagePool(shape)] as const;
+      const st = [new CacheStepper(ref, pools[0]), new CacheStepper(b, pools[1])];
+      const caches = pools.map((p) => createCache(parseKvSpec(spec), p));
+      for (const i of [0, 1]) await st[i]!.fill(caches[i]!, rows, T, 1024);
+      for (let k = 0; k < steps; k++) {
+        const item = (i: number) => [{ cache: caches[i]!, rows: step.subarray(k * qkvDim, (k + 1) * qkvDim), n: 1, mode: 'decode' as const }];
+        const exp = (await st[0]!.step(item(0)))!;
+        const got = (await st[1]!.step(item(1)))!;
+        const tol = (spec === 'fp16' ? 1e-5 : 1e-4) * Math.max(...exp.map(Math.abs));
+        assertClose(got, exp, () => tol, `v3 ${shape.numHeads}/${shape.numKvHeads}×${shape.headDim} ${spec}, decode step ${k} at ${T + k} tokens`);
+      }
+      for (const c of caches) c.free();
+    }
+    return attnKernels(b);
+  };
+
+  test('webgpu v3: 4 query heads per kv head of 128 over long caches (fast tiles, partial tiles, the general tail, split items, the merge) match the reference', async () => {
+    await withV3(async () => {
+      // 9000 tokens: 71 items of 128 tokens per kv head. Specs: the fast path at 2 and 4 bits both ways, key
+      // groups of 64 and of 96 (R = 96: key blocks straddle tiles), 2 value groups a token, a float32
+      // residual; and caches with no fast path (g = 16, 8 bits, fp16: the first kernel runs their plans).
+      const specs = [
+        'kivi2',
+        'kivi4',
+        'kivi:k=2,v=4,gk=64,gv=32,r=128',
+        'kivi:k=4,v=2,gk=96,gv=64,r=96,residual=fp32',
+        'kivi:k=2,v=4,g=16,r=32',
+        'kivi:k=8,v=8,g=32,r=64',
+        'fp16',
+      ];
+      const kernels = await v3Decode({ numLayers: 1, numHeads: 8, numKvHeads: 2, headDim: 128 }, specs, 9000, 2, 15);
+      // Every fast variant ran (k2v2, k2v4, k4v2, k4v4); plans of caches that have no fast path (g = 16,
+      // 8 bits, fp16) keep the first kernel.
+      assert.deepEqual(kernels.sort(), ['attend1:8:2:128', 'attend3:1:1:8:2:128', 'attend3:2:1:8:2:128', 'attend3:3:1:8:2:128', 'attend3:4:1:8:2:128']);
+    });
+  });
+
+  test('webgpu v3: MHA and 2 query heads per kv head (head sizes 64 and 256) match the reference', async () => {
+    await withV3(async () => {
+      await v3Decode({ numLayers: 1, numHeads: 4, numKvHeads: 4, headDim: 64 }, ['kivi2', 'kivi:k=4,v=4,gk=32,gv=32,r=64'], 1500, 2, 21);
+      await v3Decode({ numLayers: 1, numHeads: 4, numKvHeads: 2, headDim: 256 }, ['kivi:k=2,v=2,gk=96,gv=128,r=96', 'kivi4'], 1500, 2, 22);
+    });
+  });
+
+  test('webgpu v3np (key rows loaded at their own tile, not the tile before) matches the reference', async () => {
+    await withV3(async () => {
+      const kernels = await v3Decode({ numLayers: 1, numHeads: 8, numKvHeads: 2, headDim: 128 }, ['kivi2', 'kivi:k=4,v=2,gk=96,gv=64,r=96'], 1500, 2, 25);
+      assert.deepEqual(kernels.sort(), ['attend3np:1:1:8:2:128', 'attend3np:3:1:8:2:128']);
+    }, 'v3np');
+  });
+
+  test('webgpu v3: several sequences of different caches in one plan (one pipeline per variant), a decode chunk of two tokens each, match the reference', async () => {
+    await withV3(async () => {
+      const b = await gpu();
+      const ref = new TsBackend();
+      const shape = { numLayers: 1, numHeads: 8, numKvHeads: 2, headDim: 64 };
+      const qkvDim = 12 * 64;
+      const r = rng(23);
+      // With caches of no fast path (fp16, g = 16, 8 bits) beside: v3's general path (variant 0) runs them.
+      const specs = ['kivi2', 'kivi4', 'fp16', 'kivi:k=2,v=4,g=32,r=64', 'kivi:k=2,v=4,g=16,r=32', 'kivi:k=8,v=8,g=32,r=64'];
+      const S = 6;
+      const pools = [ref.createPagePool(shape), b.createPagePool(shape)] as const;
+      const st = [new CacheStepper(ref, pools[0]), new CacheStepper(b, pools[1])];
+      const caches = pools.map((p) => Array.from({ length: S }, (_, i) => createCache(parseKvSpec(specs[i % specs.length]!), p)));
+      // Prompts of different lengths (whole key blocks, partial tiles, short residual-only caches).
+      const lens = [300, 517, 260, 700, 90, 400];
+      const rows = randArray(S * 720 * qkvDim, r);
+      const items = (i: number, from: (s: number) => number, n: number, mode: 'prefill' | 'decode') =>
+        caches[i]!.map((cache, s) => ({ cache, rows: rows.subarray((s * 720 + from(s)) * qkvDim, (s * 720 + from(s) + n) * qkvDim), n, mode }));
+      for (let s = 0; s < S; s++) {
+        for (const i of [0, 1]) await st[i]!.fill(caches[i]![s]!, rows.subarray(s * 720 * qkvDim), lens[s]!, 256);
+      }
+      for (let k = 0; k < 2; k++) {
+        const exp = (await st[0]!.step(items(0, (s) => lens[s]! + 2 * k, 2, 'decode')))!;
+        const got = (await st[1]!.step(items(1, (s) => lens[s]! + 2 * k, 2, 'decode')))!;
+        assertClose(got, exp, () => 1e-4 * Math.max(...exp.map(Math.abs)), `two tokens each, chunk ${k}`);
+      }
+      for (const c of caches.flat()) c.free();
+      assert.deepEqual(
+        attnKernels(b)
+          .map((k) => k.split(':')[1])
+          .sort(),
+        ['0', '1', '2', '4'],
+      );
+    });
+  });
+
+  test('webgpu: the first attention kernel stays the default (KIVI_WEBGPU_ATTN unset)', async () => {
+    const before = process.env.KIVI_WEBGPU_ATTN;
+    delete process.env.KIVI_WEBGPU_ATTN;
+    try {
+      const b = await gpu();
+      const ref = new TsBackend();
+      const shape = { numLayers: 1, numHeads: 4, numKvHeads: 2, headDim: 64 };
+      const pools = [ref.createPagePool(shape), b.createPagePool(shape)] as const;
+      const st = [new CacheStepper(ref, pools[0]), new CacheStepper(b, pools[1])];
+      const caches = pools.map((p) => createCache(parseKvSpec('kivi2'), p));
+      const rows = randArray(201 * 8 * 64, rng(24));
+      for (const i of [0, 1]) await st[i]!.fill(caches[i]!, rows, 200, 256);
+      const item = (i: number) => [{ cache: caches[i]!, rows: rows.subarray(200 * 512), n: 1, mode: 'decode' as const }];
+      const exp = (await st[0]!.step(item(0)))!;
+      assertClose((await st[1]!.step(item(1)))!, exp, () => 1e-4 * Math.max(...exp.map(Math.abs)), 'v1');
+      assert.deepEqual(attnKernels(b), ['attend1:4:2:64']);
+      for (const c of caches) c.free();
+    } finally {
+      if (before !== undefined) process.env.KIVI_WEBGPU_ATTN = before;
+    }
+  });
+}

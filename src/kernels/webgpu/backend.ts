@@ -15,7 +15,6 @@ import { randomScale } from '../ts/ops.js';
 import type { AttnShape, Backend, DType, HostArray, PagePool, Tensor } from '../types.js';
 import { DTYPE_BYTES } from '../types.js';
 import { type AttnGeometry, arenaCount, attendWgsl, attnGeometry, ITEM_WORDS, jobsWgsl, MERGE_WORDS, mergeWgsl, partialFloats } from './attention.js';
-import { attend3Wgsl, attn3Fits } from './attention3.js';
 import { type Binding, type GBuf, GpuCore, type Kernel } from './core.js';
 import {
   ARGMAX,
@@ -508,23 +507,9 @@ export class WebGpuBackend implements Backend {
     }
     const g = this.geometry(shape);
     const na = p.slotsInUse;
-    const storage: ('read' | 'rw')[] = ['read', 'read', 'rw', 'rw', ...Array<'read'>(this.arenas).fill('read')];
+    const k = this.shapeKernel(`attend${na}`, shape, () => attendWgsl(shape, g, na), ['read', 'read', 'rw', 'rw', ...Array<'read'>(this.arenas).fill('read')]);
     const bind = [{ b: this.planBuf! }, { b: f32(qkv).g }, { b: f32(att).g }, { b: this.partials }, ...p.bindings(layer)];
-    // v3 where some task takes its fast path (a plan of float caches only keeps the first kernel, so one
-    // run of `kivi bench attention` compares v3's KIVI caches with v1's fp16).
-    const v3 = this.attnV3(shape);
-    if (v3 && gp.variants !== 1) {
-      // One pipeline per variant among the plan's items (usually one); each skips the others' items.
-      const pf = v3 === 'v3';
-      for (let v = 0; v < 5; v++) {
-        if (!(gp.variants & (1 << v))) continue;
-        const k = this.shapeKernel(`attend3${pf ? '' : 'np'}:${v}:${na}`, shape, () => attend3Wgsl(shape, na, v, pf), storage);
-        this.core.dispatch(k, bind, nAttn, (u, _f, at) => u.set([first.attn, nAttn, gp.tasks], at));
-      }
-    } else {
-      const k = this.shapeKernel(`attend${na}`, shape, () => attendWgsl(shape, g, na), storage);
-      this.core.dispatch(k, bind, nAttn, (u, _f, at) => u.set([first.attn, nAttn, gp.tasks], at));
-    }
+    this.core.dispatch(k, bind, nAttn, (u, _f, at) => u.set([first.attn, nAttn, gp.tasks], at));
     if (nMerge > 0) {
       const m = this.shapeKernel('merge', shape, () => mergeWgsl(shape), ['read', 'read', 'rw']);
       // One merge workgroup per (item, query head).
@@ -532,17 +517,6 @@ export class WebGpuBackend implements Backend {
         u.set([first.merge, nMerge, gp.tasks], at),
       );
     }
-  }
-
-  /**
-   * Whether attention runs the v3 kernel (attention3.ts): KIVI_WEBGPU_ATTN=v3 (Node; v3np: without the key
-   * rows' prefetch), where its workgroup memory fits the device; the first kernel (attention.ts)
-   * otherwise, the default.
-   */
-  private attnV3(shape: AttnShape): 'v3' | 'v3np' | null {
-    const env = typeof process !== 'undefined' ? process.env?.KIVI_WEBGPU_ATTN : undefined;
-    if (env !== 'v3' && env !== 'v3np') return null;
-    return attn3Fits(shape, this.dev.device.limits.maxComputeWorkgroupStorageSize) ? env : null;
   }
 
   private shapeKernel(name: string, shape: AttnShape, code: () => string, storage: ('read' | 'rw')[]): Kernel {

@@ -44,7 +44,6 @@ import {
 import type { StepPlan } from '../plan.js';
 import type { AttnShape } from '../types.js';
 import { GSEG_WORDS, GTASK_WORDS, ITEM_WORDS, JOBITEM_WORDS, MERGE_WORDS, NO_PARTIAL, TILE } from './attention.js';
-import { V3_FAST_MASK, V3_VARIANT_SHIFT, v3Variant, WG3 } from './attention3.js';
 import type { PageTables } from './pagetables.js';
 import { pageSlot, pageWord } from './pool.js';
 
@@ -87,8 +86,6 @@ export interface GpuPlan {
   partials: number;
   /** Words holding a page run's table offset within the table space (the uploader adds where that space starts). */
   runWords: number[];
-  /** Bit v set when some attention item is of v3 variant v (attention3.ts; item word 7). */
-  variants: number;
 }
 
 class Words {
@@ -105,7 +102,6 @@ class Words {
 
 const w = new Words();
 const runWords: number[] = [];
-let taskVariant = new Uint8Array(64);
 
 /** Build the GPU tables of a plan (the returned words are valid until the next build). */
 export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables | null = null): GpuPlan {
@@ -151,7 +147,6 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
   const tasks = w.n;
   w.ensure(plan.nTasks * GTASK_WORDS);
   const tk = plan.tasks;
-  if (taskVariant.length < plan.nTasks) taskVariant = new Uint8Array(Math.max(plan.nTasks, taskVariant.length * 2));
   for (let i = 0; i < plan.nTasks; i++) {
     const o = i * TASK_WORDS;
     const k0 = tk[o + TASK_K0]!,
@@ -201,7 +196,6 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
     w.a[g + 5] = tk[o + TASK_TOKENS]!;
     w.a[g + 6] = kb;
     w.a[g + 7] = vbits | (vG << 8);
-    taskVariant[i] = kb > 0 ? v3Variant(shape, kbits, kG, vbits, vG) : 0;
   }
   w.n = tasks + plan.nTasks * GTASK_WORDS;
 
@@ -233,7 +227,6 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
   const split = Math.max(1, Math.ceil(total / TARGET_ITEMS / TILE)) * TILE;
   const subs: SubLists[] = [];
   let partials = 0;
-  let variants = 0;
   const merges: number[] = [];
   const mergeAt: number[] = [];
   for (let s = 0; s < plan.nSubs; s++) {
@@ -266,8 +259,7 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
           w.a[g + 4] = ks;
           w.a[g + 5] = vs;
           w.a[g + 6] = pieces === 1 ? NO_PARTIAL : partials++;
-          w.a[g + 7] = fastWord(taskVariant[i]!, ks, vs, a, b);
-          variants |= 1 << taskVariant[i]!;
+          w.a[g + 7] = 0;
           w.n += ITEM_WORDS;
         }
         if (pieces > 1) merges.push(i, h, p0, pieces);
@@ -303,24 +295,7 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
     sub.post = items(r[4]!, r[5]!);
     sub.nPost = r[5]! * KV;
   }
-  return { words: w.a, used: w.n, tasks, preJobs, postJobs, subs, partials, runWords, variants };
-}
-
-/**
- * Item word 7 for the v3 kernel: the task's variant and how many of the item's tokens [a, b) take its
- * fast path: those in the item's first key segment (a KIVI key segment whose groups start at multiples
- * of 32 tokens) and its first value segment (a KIVI value segment whose pages hold whole, aligned tiles
- * of 64 tokens, WG3). Items start at multiples of TILE, so fast tiles never straddle a value page.
- */
-function fastWord(variant: number, ks: number, vs: number, a: number, b: number): number {
-  const word = variant << V3_VARIANT_SHIFT;
-  if (variant === 0) return word >>> 0;
-  const k = ks * GSEG_WORDS,
-    v = vs * GSEG_WORDS;
-  if ((w.a[k]! & 0xff) !== SEG_KIVI_K || (w.a[v]! & 0xff) !== SEG_KIVI_V) return word >>> 0;
-  if ((w.a[k + 3]! - w.a[k + 7]!) % 32 !== 0 || (w.a[v + 3]! - w.a[v + 7]!) % WG3 !== 0 || w.a[v + 4]! % WG3 !== 0) return word >>> 0;
-  const end = Math.min(b, w.a[k + 7]! + w.a[k + 1]!, w.a[v + 7]! + w.a[v + 1]!);
-  return (word | Math.min(Math.max(0, end - a), V3_FAST_MASK)) >>> 0;
+  return { words: w.a, used: w.n, tasks, preJobs, postJobs, subs, partials, runWords };
 }
 
 function checkKind(kind: number, values: boolean): void {

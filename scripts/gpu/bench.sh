@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: kernels, matmul, e2e, paper, long}
+PHASE=${1:?phase: kernels, attn-items, matmul, e2e, paper, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -24,6 +24,17 @@ case $PHASE in
     run 120 attention-small $A --context 4096,65536,262144
     run 100 attention-1m $A --context 1048576
     run 150 attention-4m $A --context 4194304
+    ;;
+  attn-items)
+    # The attention kernel checked against the reference on this GPU (sink and rotated specs included), then
+    # the flash-decoding split swept at 1M and 4M cached tokens (KIVI_WEBGPU_ATTN_ITEMS; 2048 is the default).
+    echo "\$ node scripts/gpu/attn-check.mjs"
+    T=20000 SPECS=${CHECK_SPECS:-kivi:k=2,v=2,sink=4,kivi:k=4,v=2,g=64,rot=hadamard,sink=16,kivi2-hq} timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee "$OUT/attn-check.txt"
+    for it in ${ITEMS:-2048 4096 8192 16384}; do
+      export KIVI_WEBGPU_ATTN_ITEMS=$it
+      run 150 attention-items-$it bench attention --backend webgpu --heads 8 --kv-heads 2 --kv fp16,kivi2 --context 1048576,4194304
+    done
+    unset KIVI_WEBGPU_ATTN_ITEMS
     ;;
   matmul)
     # The linear layers alone at Llama-2-7B shapes (down 11008→4096, gate/up 4096→22016), float16 weights,

@@ -219,6 +219,78 @@ test('wasm: every bf16 pattern and every finite f16 pattern converts exactly ins
   }
 });
 
+/** qkv rows of T tokens: outlier channels, tiny and large values, and groups of zeros of either sign. */
+function jobRows(T: number, qkvDim: number, d: number, r: () => number): Float32Array {
+  const rows = new Float32Array(T * qkvDim);
+  for (let t = 0; t < T; t++) {
+    for (let i = 0; i < qkvDim; i++) {
+      const c = i % d;
+      let v = (r() * 2 - 1) * (c === 5 ? 12 : 1);
+      if (c === 7) v = 0; // a key channel / value group with float16 scale 0
+      if (c === 9) v = t % 3 === 0 ? -0 : 0; // a zero minimum whose sign depends on the order
+      if (c >= 40 && c < 48) v *= 1e-6; // float16-subnormal scales
+      if (t % 17 === 3 && c < 32) v = (t & 1 ? -0 : 0) * v; // whole value groups of zeros
+      if (t % 23 === 5 && c === 11) v = 3e4; // large
+      rows[t * qkvDim + i] = v;
+    }
+  }
+  return rows;
+}
+
+test('wasm: cache jobs (store, key blocks, value pages) write the reference pages byte for byte, and fail as it does', async () => {
+  const { TsBackend } = await import('../src/kernels/ts/backend.js');
+  const ref = new TsBackend();
+  const shape = { numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 64 };
+  const { numHeads: H, numKvHeads: KV, headDim: d } = shape;
+  const qkvDim = (H + 2 * KV) * d;
+  const specs = [...ALL_SPECS, 'kivi:k=4,v=2,gk=64,gv=16,r=128,rot=hadamard', 'kivi:k=2,v=4,g=32,r=128,residual=fp32', 'kivi:k=4,v=4,g=8,r=16'];
+  for (const threads of [1, 2]) {
+    const W = await wasm(threads);
+    const pools = [ref.createPagePool(shape), W.createPagePool(shape)] as const;
+    const steppers = pools.map((p, i) => new CacheStepper(i === 0 ? ref : W, p));
+    const rows = jobRows(300, qkvDim, d, rng(31));
+    for (const name of specs) {
+      const spec = parseKvSpec(name);
+      const caches = pools.map((p) => createCache(spec, p));
+      let at = 0;
+      // A prefill, a chunk continuing it, then decode steps (keys quantized from the residual pages).
+      for (const n of [150, 37, ...Array<number>(70).fill(1)]) {
+        for (const [i, st] of steppers.entries()) {
+          await st.step([{ cache: caches[i]!, rows: rows.subarray(at * qkvDim, (at + n) * qkvDim), n, mode: n === 1 ? 'decode' : 'prefill' }]);
+        }
+        at += n;
+        if (n > 1 || at % 10 === 0) {
+          const [a, b] = [await caches[0]!.save(), await caches[1]!.save()];
+          assert.deepEqual(b.state, a.state, `${name} at ${at}`);
+          assert.equal(b.pages.length, a.pages.length, `${name} at ${at}: pages`);
+          for (let p = 0; p < a.pages.length; p++) assert.deepEqual(b.pages[p]!.bytes, a.pages[p]!.bytes, `${name} at ${at}: page ${p} (${threads} thread(s))`);
+        }
+      }
+      for (const c of caches) c.free();
+    }
+    // A non-finite key in a quantized block, and a value range past float16: the reference's errors.
+    for (const [what, at, i] of [
+      ['non-finite', 2, H * d + 3],
+      ['past float16', 40, (H + KV) * d + 1],
+    ] as const) {
+      const bad = rows.slice(0, 250 * qkvDim);
+      bad[at * qkvDim + i] = what === 'non-finite' ? Infinity : 3e5;
+      const msgs: string[] = [];
+      for (const [k, st] of steppers.entries()) {
+        const cache = createCache(parseKvSpec('kivi2'), pools[k]);
+        await assert.rejects(st.step([{ cache, rows: bad, n: 250 }]), (e: Error) => {
+          msgs.push(e.message);
+          return true;
+        });
+        cache.free();
+      }
+      assert.equal(msgs[1], msgs[0], what);
+      assert.match(msgs[0]!, what === 'non-finite' ? /non-finite/ : /float16/);
+    }
+    for (const s of steppers) s.dispose();
+  }
+});
+
 test('wasm: prefill blocks match the one-task-at-a-time attention up to float32 summation order (every cache kind, two sequences per step, chunks over a cache, 1 and 2 threads)', async () => {
   const shape = { numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 64 };
   const { numHeads: H, numKvHeads: KV, headDim: d } = shape;

@@ -78,6 +78,25 @@ export interface KernelExports {
   prefill_scratch_bytes(rows: number, nq: number, T: number, d: number): number;
   /** JOB_ROTATE: Walsh–Hadamard transform in place of `heads` heads of d floats in each of `rows` rows `stride` floats apart. */
   fwht_rows(x: number, rows: number, heads: number, stride: number, d: number, scale: number): void;
+  /**
+   * JOB_STORE, JOB_QKEY and JOB_QVAL of a plan (assembly/jobs.ts), bit for bit the reference: 0 when done,
+   * 1 when the caller must run the reference on the job instead (it then throws, or does what only it does).
+   */
+  cache_job(
+    kind: number,
+    half: number,
+    src0: number,
+    srcN: number,
+    dst: number,
+    segs: number,
+    layer: number,
+    qkv: number,
+    H: number,
+    KV: number,
+    d: number,
+    scratch: number,
+  ): number;
+  cache_job_scratch_bytes(n: number, d: number): number;
 }
 
 /** Instantiate the module on a memory (synchronous: the module is already compiled). */

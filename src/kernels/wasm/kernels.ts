@@ -3,14 +3,15 @@
  * a free-list allocator, so kernels take plain addresses, plan records name pages by their address, and
  * helper threads (which instantiate the same module on the same memory) see the same data. Matmul
  * outputs and attention tasks are split over the threads; each output element is computed identically
- * wherever it runs, so the thread count never changes a result. Light ops (norms, RoPE, the cache
- * jobs) run in TypeScript on views of the same memory. No Node APIs here: the Node loader (node.ts)
+ * wherever it runs, so the thread count never changes a result. The cache jobs that store and quantize
+ * tokens run in the module too (assembly/jobs.ts); light ops (norms, RoPE) and the rarer cache jobs run
+ * in TypeScript on views of the same memory. No Node APIs here: the Node loader (node.ts)
  * supplies the module and the threads.
  */
 
 import { KiviError } from '../../util/errors.js';
 import { type HostPages, hostPageBytes, type PageViews } from '../host/memory.js';
-import { JOB_DST, JOB_KIND, JOB_ROTATE, JOB_WORDS, SEG_KIND, SEG_N, SEG_PAGE, SEG_ROWS, SEG_WORDS } from '../layout.js';
+import { JOB_DST, JOB_HALF, JOB_KIND, JOB_ROTATE, JOB_SRC0, JOB_SRCN, JOB_WORDS, SEG_KIND, SEG_N, SEG_PAGE, SEG_ROWS, SEG_WORDS } from '../layout.js';
 import type { StepPlan } from '../plan.js';
 import { JobScratch, runJob } from '../ts/jobs.js';
 import * as ops from '../ts/ops.js';
@@ -88,6 +89,7 @@ export class WasmBackend implements Backend {
   /** The plan's task and segment tables, copied into the memory once per plan. */
   private planCopy = { plan: null as StepPlan | null, epoch: -1, tasks: 0, segs: 0, tasksBytes: 0, segsBytes: 0 };
   private scratch = { ptr: 0, bytes: 0 };
+  private jobRegion = { ptr: 0, bytes: 0 };
   /** Prefill blocks of the plan's tasks, their item table, and the chunk's keys and values packed per kv head. */
   private readonly prefill = new PrefillPlanner();
   /** False: a prefill chunk's query rows attend one task at a time, as decoded tokens do (same bits; tests and benchmarks compare). */
@@ -275,9 +277,20 @@ export class WasmBackend implements Backend {
     const [j0, n] = phase === 'pre' ? [r[2]!, r[3]!] : [r[4]!, r[5]!];
     if (n === 0) return;
     const jobs = phase === 'pre' ? plan.pre : plan.post;
+    const { numHeads: H, numKvHeads: KV, headDim: d } = pool.shape;
+    const { segs } = this.copyPlan(plan);
     for (let j = j0; j < j0 + n; j++) {
-      if (jobs[j * JOB_WORDS + JOB_KIND] === JOB_ROTATE) this.rotateRows(plan, j, qkv, pool.shape);
-      else runJob(jobs, j, plan.segs, layer, F(qkv), pool.shape, pool as WasmPagePool, this.jobScratch);
+      const o = j * JOB_WORDS;
+      const kind = jobs[o + JOB_KIND]!;
+      if (kind === JOB_ROTATE) {
+        this.rotateRows(plan, j, qkv, pool.shape);
+        continue;
+      }
+      const dst = jobs[o + JOB_DST]!;
+      const scratch = this.region(this.jobRegion, this.k.cache_job_scratch_bytes(Math.max(0, plan.segs[dst * SEG_WORDS + SEG_N]!), d));
+      const r = this.k.cache_job(kind, jobs[o + JOB_HALF]!, jobs[o + JOB_SRC0]!, jobs[o + JOB_SRCN]!, dst, segs, layer, T(qkv).addr, H, KV, d, scratch);
+      // 1: the reference's job (what only it does, or an error it reports).
+      if (r !== 0) runJob(jobs, j, plan.segs, layer, F(qkv), pool.shape, pool as WasmPagePool, this.jobScratch);
     }
   }
 

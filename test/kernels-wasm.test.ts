@@ -219,6 +219,62 @@ test('wasm: every bf16 pattern and every finite f16 pattern converts exactly ins
   }
 });
 
+test('wasm: RMSNorm (f32, bf16, f16 weights), RoPE and add are bit for bit the reference, and SwiGLU the same on any thread count (1 row and 300)', async () => {
+  const { TsBackend } = await import('../src/kernels/ts/backend.js');
+  const ref = new TsBackend();
+  const [W1, W2] = [await wasm(1), await wasm(2)];
+  const r = rng(41);
+  const shape = { numLayers: 1, numHeads: 4, numKvHeads: 2, headDim: 64 };
+  const D = 132;
+  const stride = (4 + 2 * 2) * 64;
+  for (const rows of [1, 300]) {
+    const x = randArray(rows * D, r, 3);
+    x[5] = 1e-30; // tiny and large values: float64 sums and products
+    x[7] = 3e4;
+    const y = randArray(rows * D, r);
+    const q = randArray(rows * stride, r, 2);
+    const positions = Int32Array.from({ length: rows }, (_, i) => (i * 7) % 400);
+    const cos = randArray(400 * 32, r),
+      sin = randArray(400 * 32, r);
+    const gu = randArray(rows * 2 * D, r, 4);
+    const norms = [randArray(D, r, 2), randArray(D, r, 2), randArray(D, r, 2)];
+    const outs: Float32Array[][] = [];
+    for (const B of [ref, W1, W2]) {
+      const got: Float32Array[] = [];
+      const put = (data: Float32Array | Uint16Array, dtype: 'f32' | 'bf16' | 'f16' = 'f32') => {
+        const t = B.tensor(dtype, data.length);
+        B.write(t, data);
+        return t;
+      };
+      for (const [k, dtype] of (['f32', 'bf16', 'f16'] as const).entries()) {
+        const wf = norms[k]!;
+        const w = dtype === 'f32' ? put(wf) : put(to16(wf, dtype), dtype);
+        const [xt, ot] = [put(x), B.tensor('f32', rows * D)];
+        B.rmsnorm(ot, xt, w, rows, D, 1e-5);
+        got.push(await B.read(ot, 0, rows * D));
+        B.rmsnorm(xt, xt, w, rows, D, 1e-6); // in place, as the output head runs it
+        got.push(await B.read(xt, 0, rows * D));
+      }
+      const qt = put(q);
+      B.rope(qt, rows, positions, put(cos), put(sin), shape);
+      got.push(await B.read(qt, 0, rows * stride));
+      const [xt, yt] = [put(x), put(y)];
+      B.add(xt, yt, rows * D - 3);
+      got.push(await B.read(xt, 0, rows * D));
+      const at = B.tensor('f32', rows * D);
+      B.swiglu(at, put(gu), rows, D);
+      got.push(await B.read(at, 0, rows * D));
+      outs.push(got);
+    }
+    const swi = outs[0]!.length - 1;
+    for (let i = 0; i < swi; i++) {
+      assert.deepEqual(outs[1]![i], outs[0]![i], `${rows} row(s), op ${i}: 1 thread vs reference`);
+      assert.deepEqual(outs[2]![i], outs[0]![i], `${rows} row(s), op ${i}: 2 threads vs reference`);
+    }
+    assert.deepEqual(outs[2]![swi], outs[1]![swi], `${rows} row(s): swiglu on 2 threads vs 1`);
+  }
+});
+
 /** qkv rows of T tokens: outlier channels, tiny and large values, and groups of zeros of either sign. */
 function jobRows(T: number, qkvDim: number, d: number, r: () => number): Float32Array {
   const rows = new Float32Array(T * qkvDim);

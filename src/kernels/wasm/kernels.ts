@@ -19,7 +19,24 @@ import type { AttnShape, Backend, DType, HostArray, PagePool, Tensor } from '../
 import { DTYPE_BYTES } from '../types.js';
 import { Allocator } from './allocator.js';
 import { instantiate, type KernelExports } from './exports.js';
-import { JobRunner, MAX_ITEMS, newControl, OP_ATTEND, OP_MATMUL, OP_PREFILL, OP_STOP, W_BF16, W_F16, W_F32 } from './jobs.js';
+import {
+  f64ToWords,
+  JobRunner,
+  MAX_ITEMS,
+  newControl,
+  OP_ATTEND,
+  OP_MATMUL,
+  OP_PREFILL,
+  OP_ROWS,
+  OP_STOP,
+  ROWS_ADD,
+  ROWS_RMSNORM,
+  ROWS_ROPE,
+  ROWS_SWIGLU,
+  W_BF16,
+  W_F16,
+  W_F32,
+} from './jobs.js';
 import { type PrefillItems, PrefillPlanner } from './prefill.js';
 import { pageSlabBytes, SlabPages } from './slabs.js';
 
@@ -28,6 +45,8 @@ const PAGE = 65536;
 const TAIL_PAD = 64;
 /** Smallest matmul (multiply-adds) worth splitting over threads. */
 const PARALLEL_MACS = 1 << 17;
+/** Fewest rows a light per-row op (norm, RoPE, SwiGLU) is split over threads for (a prefill's, not a decode step's). */
+const PARALLEL_ROWS = 64;
 
 /** What helper threads need; each instantiates `module` on `memory` and runs helperLoop. */
 export interface HelperInit {
@@ -90,6 +109,7 @@ export class WasmBackend implements Backend {
   private planCopy = { plan: null as StepPlan | null, epoch: -1, tasks: 0, segs: 0, tasksBytes: 0, segsBytes: 0 };
   private scratch = { ptr: 0, bytes: 0 };
   private jobRegion = { ptr: 0, bytes: 0 };
+  private positions = { ptr: 0, bytes: 0 };
   /** Prefill blocks of the plan's tasks, their item table, and the chunk's keys and values packed per kv head. */
   private readonly prefill = new PrefillPlanner();
   /** False: a prefill chunk's query rows attend one task at a time, as decoded tokens do (same bits; tests and benchmarks compare). */
@@ -229,8 +249,22 @@ export class WasmBackend implements Backend {
     ops.embed(F(out), T(table).data as ops.WeightArray, table.dtype as ops.WeightType, ids, D);
   }
 
+  /** Rows per item when a light op of `rows` rows is split over the threads; 0: run it on this thread. */
+  private rowChunk(rows: number): number {
+    if (this.runner === null || rows < PARALLEL_ROWS || !this.runner.parallel) return 0;
+    return Math.ceil(rows / (2 * this.threads));
+  }
+
   rmsnorm(out: Tensor, x: Tensor, w: Tensor, rows: number, D: number, eps: number): void {
-    ops.rmsnorm(F(out), F(x), T(w).data as ops.WeightArray, w.dtype as ops.WeightType, rows, D, eps);
+    const kind = w.dtype === 'f32' ? 0 : w.dtype === 'bf16' ? 1 : w.dtype === 'f16' ? 2 : -1;
+    if (kind < 0) throw new Error(`wasm rmsnorm: ${w.dtype} weights`);
+    const chunk = this.rowChunk(rows);
+    if (chunk > 0) {
+      const [lo, hi] = f64ToWords(eps);
+      this.runner!.run(OP_ROWS, [ROWS_RMSNORM, T(out).addr, T(x).addr, T(w).addr, kind, rows, D, chunk, lo, hi], Math.ceil(rows / chunk));
+    } else {
+      this.k.rmsnorm_rows(T(out).addr, T(x).addr, T(w).addr, kind, 0, rows, D, eps);
+    }
   }
 
   matmul(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number, bias?: Tensor): void {
@@ -257,15 +291,30 @@ export class WasmBackend implements Backend {
 
   rope(qkv: Tensor, rows: number, positions: Int32Array, cos: Tensor, sin: Tensor, shape: AttnShape): void {
     const { numHeads: H, numKvHeads: KV, headDim: d } = shape;
-    ops.rope(F(qkv), rows, (H + 2 * KV) * d, H + KV, d, positions, F(cos), F(sin));
+    const pos = this.region(this.positions, rows * 4);
+    new Int32Array(this.buf, pos, rows).set(positions.subarray(0, rows));
+    const [px, pc, ps] = [T(qkv).addr, T(cos).addr, T(sin).addr];
+    const stride = (H + 2 * KV) * d;
+    const chunk = this.rowChunk(rows);
+    if (chunk > 0) this.runner!.run(OP_ROWS, [ROWS_ROPE, px, rows, stride, H + KV, d, pos, pc, ps, chunk], Math.ceil(rows / chunk));
+    else this.k.rope_rows(px, 0, rows, stride, H + KV, d, pos, pc, ps);
   }
 
   swiglu(act: Tensor, gu: Tensor, rows: number, I: number): void {
-    this.k.swiglu(T(act).addr, T(gu).addr, rows, I);
+    const chunk = this.rowChunk(rows);
+    if (chunk > 0) this.runner!.run(OP_ROWS, [ROWS_SWIGLU, T(act).addr, T(gu).addr, rows, I, chunk], Math.ceil(rows / chunk));
+    else this.k.swiglu(T(act).addr, T(gu).addr, rows, I);
   }
 
   add(x: Tensor, y: Tensor, n: number): void {
-    ops.add(F(x), F(y), n);
+    // Split like a light op of n / 512 rows, in pieces of whole vectors.
+    const rows = this.rowChunk(Math.floor(n / 512));
+    if (rows > 0) {
+      const chunk = Math.ceil(n / (2 * this.threads) / 16) * 16;
+      this.runner!.run(OP_ROWS, [ROWS_ADD, T(x).addr, T(y).addr, n, chunk], Math.ceil(n / chunk));
+    } else {
+      this.k.add_range(T(x).addr, T(y).addr, 0, n);
+    }
   }
 
   gather(out: Tensor, x: Tensor, rows: Int32Array, D: number): void {

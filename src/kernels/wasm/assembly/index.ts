@@ -8,3 +8,4 @@ export { attend_task, task_scratch_bytes } from './task';
 export { pack_rows, prefill_item, prefill_scratch_bytes } from './prefill';
 export { fwht_rows } from './hadamard';
 export { cache_job, cache_job_scratch_bytes } from './jobs';
+export { rmsnorm_rows, rope_rows, add_range } from './rows';

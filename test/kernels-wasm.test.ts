@@ -158,6 +158,10 @@ const MATMUL16_SHAPES = [
   // Prefill-sized batches: 128-row panel blocks, the last one of 14 rows (the few-rows path) or of 44.
   [270, 33, 21],
   [300, 20, 10],
+  // Panels over several blocks of 512 inputs (accumulators kept between blocks), with tails of 3, 2, 1 inputs.
+  [17, 2051, 6],
+  [40, 1030, 13],
+  [131, 1301, 9],
   [1, 3, 2],
 ] as const;
 

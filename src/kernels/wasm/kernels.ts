@@ -4,8 +4,9 @@
  * helper threads (which instantiate the same module on the same memory) see the same data. Matmul
  * outputs and attention tasks are split over the threads; each output element is computed identically
  * wherever it runs, so the thread count never changes a result. The cache jobs that store and quantize
- * tokens run in the module too (assembly/jobs.ts); light ops (norms, RoPE) and the rarer cache jobs run
- * in TypeScript on views of the same memory. No Node APIs here: the Node loader (node.ts)
+ * tokens (assembly/jobs.ts) and RMSNorm, RoPE and add (assembly/rows.ts) run in the module too, bit for
+ * bit the TypeScript reference; the embedding, gather, argmax and the rarer cache jobs run in TypeScript
+ * on views of the same memory. No Node APIs here: the Node loader (node.ts)
  * supplies the module and the threads.
  */
 
@@ -118,7 +119,7 @@ export class WasmBackend implements Backend {
   private packed = { ptr: 0, bytes: 0 };
   /** Per-thread float32 panels of 16-bit weight rows for batch matmuls. */
   private panels = { ptr: 0, bytes: 0 };
-  private readonly panelPerInput: number;
+  private readonly panelBytes: number;
 
   private constructor(
     readonly memory: WebAssembly.Memory,
@@ -128,7 +129,7 @@ export class WasmBackend implements Backend {
   ) {
     this.buf = memory.buffer;
     this.heap = new Allocator(1024, (end) => this.ensureMemory(end + TAIL_PAD));
-    this.panelPerInput = k.matmul16_scratch_per_input();
+    this.panelBytes = Math.ceil(k.matmul16_scratch_bytes() / 64) * 64;
   }
 
   get description(): string {
@@ -276,7 +277,7 @@ export class WasmBackend implements Backend {
       pb = bias ? T(bias).addr : 0;
     const parallel = this.runner !== null && rows * inDim * outDim >= PARALLEL_MACS && outDim >= 16 && this.runner.parallel;
     // 16-bit weights and a batch: float32 panels in per-thread scratch (only batches of ≥ 16 rows use it).
-    const stride = kind !== W_F32 && rows >= 16 ? Math.ceil((this.panelPerInput * inDim) / 64) * 64 : 0;
+    const stride = kind !== W_F32 && rows >= 16 ? this.panelBytes : 0;
     const scratch = stride ? this.region(this.panels, stride * (parallel ? this.threads : 1)) : 0;
     if (parallel) {
       // Items of ≥ 8 outputs, about 4 per thread so a late thread is covered by the others.

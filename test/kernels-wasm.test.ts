@@ -158,6 +158,10 @@ const MATMUL16_SHAPES = [
   // Prefill-sized batches: 128-row panel blocks, the last one of 14 rows (the few-rows path) or of 44.
   [270, 33, 21],
   [300, 20, 10],
+  // Panels over several blocks of 512 inputs (accumulators kept between blocks), with tails of 3, 2, 1 inputs.
+  [17, 2051, 6],
+  [40, 1030, 13],
+  [131, 1301, 9],
   [1, 3, 2],
 ] as const;
 
@@ -216,6 +220,134 @@ test('wasm: every bf16 pattern and every finite f16 pattern converts exactly ins
       if (got[i] !== want[i]) assert.fail(`${dtype} bits 0x${i.toString(16)}: ${got[i]} vs ${want[i]}`);
     }
     for (const t of [x, w, o]) W.release(t);
+  }
+});
+
+test('wasm: RMSNorm (f32, bf16, f16 weights), RoPE and add are bit for bit the reference, and SwiGLU the same on any thread count (1 row and 300)', async () => {
+  const { TsBackend } = await import('../src/kernels/ts/backend.js');
+  const ref = new TsBackend();
+  const [W1, W2] = [await wasm(1), await wasm(2)];
+  const r = rng(41);
+  const shape = { numLayers: 1, numHeads: 4, numKvHeads: 2, headDim: 64 };
+  const D = 132;
+  const stride = (4 + 2 * 2) * 64;
+  for (const rows of [1, 300]) {
+    const x = randArray(rows * D, r, 3);
+    x[5] = 1e-30; // tiny and large values: float64 sums and products
+    x[7] = 3e4;
+    const y = randArray(rows * D, r);
+    const q = randArray(rows * stride, r, 2);
+    const positions = Int32Array.from({ length: rows }, (_, i) => (i * 7) % 400);
+    const cos = randArray(400 * 32, r),
+      sin = randArray(400 * 32, r);
+    const gu = randArray(rows * 2 * D, r, 4);
+    const norms = [randArray(D, r, 2), randArray(D, r, 2), randArray(D, r, 2)];
+    const outs: Float32Array[][] = [];
+    for (const B of [ref, W1, W2]) {
+      const got: Float32Array[] = [];
+      const put = (data: Float32Array | Uint16Array, dtype: 'f32' | 'bf16' | 'f16' = 'f32') => {
+        const t = B.tensor(dtype, data.length);
+        B.write(t, data);
+        return t;
+      };
+      for (const [k, dtype] of (['f32', 'bf16', 'f16'] as const).entries()) {
+        const wf = norms[k]!;
+        const w = dtype === 'f32' ? put(wf) : put(to16(wf, dtype), dtype);
+        const [xt, ot] = [put(x), B.tensor('f32', rows * D)];
+        B.rmsnorm(ot, xt, w, rows, D, 1e-5);
+        got.push(await B.read(ot, 0, rows * D));
+        B.rmsnorm(xt, xt, w, rows, D, 1e-6); // in place, as the output head runs it
+        got.push(await B.read(xt, 0, rows * D));
+      }
+      const qt = put(q);
+      B.rope(qt, rows, positions, put(cos), put(sin), shape);
+      got.push(await B.read(qt, 0, rows * stride));
+      const [xt, yt] = [put(x), put(y)];
+      B.add(xt, yt, rows * D - 3);
+      got.push(await B.read(xt, 0, rows * D));
+      const at = B.tensor('f32', rows * D);
+      B.swiglu(at, put(gu), rows, D);
+      got.push(await B.read(at, 0, rows * D));
+      outs.push(got);
+    }
+    const swi = outs[0]!.length - 1;
+    for (let i = 0; i < swi; i++) {
+      assert.deepEqual(outs[1]![i], outs[0]![i], `${rows} row(s), op ${i}: 1 thread vs reference`);
+      assert.deepEqual(outs[2]![i], outs[0]![i], `${rows} row(s), op ${i}: 2 threads vs reference`);
+    }
+    assert.deepEqual(outs[2]![swi], outs[1]![swi], `${rows} row(s): swiglu on 2 threads vs 1`);
+  }
+});
+
+/** qkv rows of T tokens: outlier channels, tiny and large values, and groups of zeros of either sign. */
+function jobRows(T: number, qkvDim: number, d: number, r: () => number): Float32Array {
+  const rows = new Float32Array(T * qkvDim);
+  for (let t = 0; t < T; t++) {
+    for (let i = 0; i < qkvDim; i++) {
+      const c = i % d;
+      let v = (r() * 2 - 1) * (c === 5 ? 12 : 1);
+      if (c === 7) v = 0; // a key channel / value group with float16 scale 0
+      if (c === 9) v = t % 3 === 0 ? -0 : 0; // a zero minimum whose sign depends on the order
+      if (c >= 40 && c < 48) v *= 1e-6; // float16-subnormal scales
+      if (t % 17 === 3 && c < 32) v = (t & 1 ? -0 : 0) * v; // whole value groups of zeros
+      if (t % 23 === 5 && c === 11) v = 3e4; // large
+      rows[t * qkvDim + i] = v;
+    }
+  }
+  return rows;
+}
+
+test('wasm: cache jobs (store, key blocks, value pages) write the reference pages byte for byte, and fail as it does', async () => {
+  const { TsBackend } = await import('../src/kernels/ts/backend.js');
+  const ref = new TsBackend();
+  const shape = { numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 64 };
+  const { numHeads: H, numKvHeads: KV, headDim: d } = shape;
+  const qkvDim = (H + 2 * KV) * d;
+  const specs = [...ALL_SPECS, 'kivi:k=4,v=2,gk=64,gv=16,r=128,rot=hadamard', 'kivi:k=2,v=4,g=32,r=128,residual=fp32', 'kivi:k=4,v=4,g=8,r=16'];
+  for (const threads of [1, 2]) {
+    const W = await wasm(threads);
+    const pools = [ref.createPagePool(shape), W.createPagePool(shape)] as const;
+    const steppers = pools.map((p, i) => new CacheStepper(i === 0 ? ref : W, p));
+    const rows = jobRows(300, qkvDim, d, rng(31));
+    for (const name of specs) {
+      const spec = parseKvSpec(name);
+      const caches = pools.map((p) => createCache(spec, p));
+      let at = 0;
+      // A prefill, a chunk continuing it, then decode steps (keys quantized from the residual pages).
+      for (const n of [150, 37, ...Array<number>(70).fill(1)]) {
+        for (const [i, st] of steppers.entries()) {
+          await st.step([{ cache: caches[i]!, rows: rows.subarray(at * qkvDim, (at + n) * qkvDim), n, mode: n === 1 ? 'decode' : 'prefill' }]);
+        }
+        at += n;
+        if (n > 1 || at % 10 === 0) {
+          const [a, b] = [await caches[0]!.save(), await caches[1]!.save()];
+          assert.deepEqual(b.state, a.state, `${name} at ${at}`);
+          assert.equal(b.pages.length, a.pages.length, `${name} at ${at}: pages`);
+          for (let p = 0; p < a.pages.length; p++) assert.deepEqual(b.pages[p]!.bytes, a.pages[p]!.bytes, `${name} at ${at}: page ${p} (${threads} thread(s))`);
+        }
+      }
+      for (const c of caches) c.free();
+    }
+    // A non-finite key in a quantized block, and a value range past float16: the reference's errors.
+    for (const [what, at, i] of [
+      ['non-finite', 2, H * d + 3],
+      ['past float16', 40, (H + KV) * d + 1],
+    ] as const) {
+      const bad = rows.slice(0, 250 * qkvDim);
+      bad[at * qkvDim + i] = what === 'non-finite' ? Infinity : 3e5;
+      const msgs: string[] = [];
+      for (const [k, st] of steppers.entries()) {
+        const cache = createCache(parseKvSpec('kivi2'), pools[k]);
+        await assert.rejects(st.step([{ cache, rows: bad, n: 250 }]), (e: Error) => {
+          msgs.push(e.message);
+          return true;
+        });
+        cache.free();
+      }
+      assert.equal(msgs[1], msgs[0], what);
+      assert.match(msgs[0]!, what === 'non-finite' ? /non-finite/ : /float16/);
+    }
+    for (const s of steppers) s.dispose();
   }
 });
 

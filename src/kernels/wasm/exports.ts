@@ -1,10 +1,10 @@
 /** The kernel module's exports (assembly/index.ts); pointers are byte offsets into the shared memory. */
 export interface KernelExports {
   matmul(out: number, x: number, w: number, rows: number, inDim: number, outDim: number, bias: number, o0: number, o1: number): void;
-  /** `scratch`: 0, or matmul16_scratch_per_input()·inDim bytes of this thread's own (batches then run on float32 panels). */
+  /** `scratch`: 0, or matmul16_scratch_bytes() bytes of this thread's own (batches then run on float32 panels). */
   matmul_bf16(out: number, x: number, w: number, rows: number, inDim: number, outDim: number, bias: number, o0: number, o1: number, scratch: number): void;
   matmul_f16(out: number, x: number, w: number, rows: number, inDim: number, outDim: number, bias: number, o0: number, o1: number, scratch: number): void;
-  matmul16_scratch_per_input(): number;
+  matmul16_scratch_bytes(): number;
   scores_f32(s: number, sStride: number, q: number, nq: number, k: number, kRow: number, n: number, d: number, scale: number): void;
   scores_f16(s: number, sStride: number, q: number, nq: number, k: number, kRow: number, n: number, d: number, scale: number): void;
   accum_f32(out: number, p: number, pStride: number, nq: number, v: number, vRow: number, n: number, d: number): void;
@@ -78,6 +78,31 @@ export interface KernelExports {
   prefill_scratch_bytes(rows: number, nq: number, T: number, d: number): number;
   /** JOB_ROTATE: Walsh–Hadamard transform in place of `heads` heads of d floats in each of `rows` rows `stride` floats apart. */
   fwht_rows(x: number, rows: number, heads: number, stride: number, d: number, scale: number): void;
+  /**
+   * JOB_STORE, JOB_QKEY and JOB_QVAL of a plan (assembly/jobs.ts), bit for bit the reference: 0 when done,
+   * 1 when the caller must run the reference on the job instead (it then throws, or does what only it does).
+   */
+  cache_job(
+    kind: number,
+    half: number,
+    src0: number,
+    srcN: number,
+    dst: number,
+    segs: number,
+    layer: number,
+    qkv: number,
+    H: number,
+    KV: number,
+    d: number,
+    scratch: number,
+  ): number;
+  cache_job_scratch_bytes(n: number, d: number): number;
+  /** ops.rmsnorm bit for bit on rows [r0, r1) (assembly/rows.ts); wKind 0 f32, 1 bf16, 2 f16. */
+  rmsnorm_rows(out: number, x: number, w: number, wKind: number, r0: number, r1: number, D: number, eps: number): void;
+  /** ops.rope bit for bit on rows [r0, r1); positions: i32 per row. */
+  rope_rows(x: number, r0: number, r1: number, rowStride: number, heads: number, d: number, positions: number, cos: number, sin: number): void;
+  /** x[i] += y[i] for i in [i0, i1). */
+  add_range(x: number, y: number, i0: number, i1: number): void;
 }
 
 /** Instantiate the module on a memory (synchronous: the module is already compiled). */

@@ -16,6 +16,12 @@ export const OP_MATMUL = 1;
 export const OP_ATTEND = 2;
 /** Items of a prefill attend (assembly/prefill.ts): single tasks and blocks of a chunk's query rows. */
 export const OP_PREFILL = 3;
+/** Light per-row ops split over row ranges (assembly/rows.ts, swiglu): the sub-op is the first argument. */
+export const OP_ROWS = 4;
+export const ROWS_RMSNORM = 0;
+export const ROWS_ROPE = 1;
+export const ROWS_ADD = 2;
+export const ROWS_SWIGLU = 3;
 /** OP_MATMUL's weight kinds (its 9th argument; 16-bit kinds take panel scratch and its per-thread stride next). */
 export const W_F32 = 0;
 export const W_BF16 = 1;
@@ -66,9 +72,58 @@ export function newControl(): { ctrl: SharedArrayBuffer; next: SharedArrayBuffer
   return { ctrl: new SharedArrayBuffer(CTRL_INTS * 4), next: new SharedArrayBuffer(8) };
 }
 
+// A float64 argument travels as two int32 words.
+const f64Arg = new Float64Array(1);
+const f64Words = new Int32Array(f64Arg.buffer);
+/** The two int32 words of a float64 job argument. */
+export function f64ToWords(v: number): [number, number] {
+  f64Arg[0] = v;
+  return [f64Words[0]!, f64Words[1]!];
+}
+
+/** Item i of an OP_ROWS job: rows (elements for ROWS_ADD) [i·chunk, (i + 1)·chunk) of the op. */
+function runRows(c: JobContext, i: number): void {
+  const a = c.ctrl;
+  const k = c.k;
+  switch (a[ARGS]!) {
+    case ROWS_RMSNORM: {
+      const rows = a[ARGS + 5]!,
+        chunk = a[ARGS + 7]!;
+      f64Words[0] = a[ARGS + 8]!;
+      f64Words[1] = a[ARGS + 9]!;
+      k.rmsnorm_rows(a[ARGS + 1]!, a[ARGS + 2]!, a[ARGS + 3]!, a[ARGS + 4]!, i * chunk, Math.min(rows, (i + 1) * chunk), a[ARGS + 6]!, f64Arg[0]!);
+      break;
+    }
+    case ROWS_ROPE: {
+      const rows = a[ARGS + 2]!,
+        chunk = a[ARGS + 9]!;
+      k.rope_rows(a[ARGS + 1]!, i * chunk, Math.min(rows, (i + 1) * chunk), a[ARGS + 3]!, a[ARGS + 4]!, a[ARGS + 5]!, a[ARGS + 6]!, a[ARGS + 7]!, a[ARGS + 8]!);
+      break;
+    }
+    case ROWS_ADD: {
+      const n = a[ARGS + 3]!,
+        chunk = a[ARGS + 4]!;
+      k.add_range(a[ARGS + 1]!, a[ARGS + 2]!, i * chunk, Math.min(n, (i + 1) * chunk));
+      break;
+    }
+    case ROWS_SWIGLU: {
+      const rows = a[ARGS + 3]!,
+        I = a[ARGS + 4]!,
+        chunk = a[ARGS + 5]!;
+      const r0 = i * chunk;
+      k.swiglu(a[ARGS + 1]! + r0 * I * 4, a[ARGS + 2]! + r0 * 2 * I * 4, Math.min(rows, r0 + chunk) - r0, I);
+      break;
+    }
+  }
+}
+
 function runItem(c: JobContext, i: number): void {
   const a = c.ctrl;
   const op = a[OP]!;
+  if (op === OP_ROWS) {
+    runRows(c, i);
+    return;
+  }
   if (op === OP_MATMUL) {
     const outDim = a[ARGS + 5]!,
       chunk = a[ARGS + 7]!,

@@ -3,14 +3,16 @@
  * a free-list allocator, so kernels take plain addresses, plan records name pages by their address, and
  * helper threads (which instantiate the same module on the same memory) see the same data. Matmul
  * outputs and attention tasks are split over the threads; each output element is computed identically
- * wherever it runs, so the thread count never changes a result. Light ops (norms, RoPE, the cache
- * jobs) run in TypeScript on views of the same memory. No Node APIs here: the Node loader (node.ts)
+ * wherever it runs, so the thread count never changes a result. The cache jobs that store and quantize
+ * tokens (assembly/jobs.ts) and RMSNorm, RoPE and add (assembly/rows.ts) run in the module too, bit for
+ * bit the TypeScript reference; the embedding, gather, argmax and the rarer cache jobs run in TypeScript
+ * on views of the same memory. No Node APIs here: the Node loader (node.ts)
  * supplies the module and the threads.
  */
 
 import { KiviError } from '../../util/errors.js';
 import { type HostPages, hostPageBytes, type PageViews } from '../host/memory.js';
-import { JOB_DST, JOB_KIND, JOB_ROTATE, JOB_WORDS, SEG_KIND, SEG_N, SEG_PAGE, SEG_ROWS, SEG_WORDS } from '../layout.js';
+import { JOB_DST, JOB_HALF, JOB_KIND, JOB_ROTATE, JOB_SRC0, JOB_SRCN, JOB_WORDS, SEG_KIND, SEG_N, SEG_PAGE, SEG_ROWS, SEG_WORDS } from '../layout.js';
 import type { StepPlan } from '../plan.js';
 import { JobScratch, runJob } from '../ts/jobs.js';
 import * as ops from '../ts/ops.js';
@@ -18,7 +20,24 @@ import type { AttnShape, Backend, DType, HostArray, PagePool, Tensor } from '../
 import { DTYPE_BYTES } from '../types.js';
 import { Allocator } from './allocator.js';
 import { instantiate, type KernelExports } from './exports.js';
-import { JobRunner, MAX_ITEMS, newControl, OP_ATTEND, OP_MATMUL, OP_PREFILL, OP_STOP, W_BF16, W_F16, W_F32 } from './jobs.js';
+import {
+  f64ToWords,
+  JobRunner,
+  MAX_ITEMS,
+  newControl,
+  OP_ATTEND,
+  OP_MATMUL,
+  OP_PREFILL,
+  OP_ROWS,
+  OP_STOP,
+  ROWS_ADD,
+  ROWS_RMSNORM,
+  ROWS_ROPE,
+  ROWS_SWIGLU,
+  W_BF16,
+  W_F16,
+  W_F32,
+} from './jobs.js';
 import { type PrefillItems, PrefillPlanner } from './prefill.js';
 import { pageSlabBytes, SlabPages } from './slabs.js';
 
@@ -27,6 +46,8 @@ const PAGE = 65536;
 const TAIL_PAD = 64;
 /** Smallest matmul (multiply-adds) worth splitting over threads. */
 const PARALLEL_MACS = 1 << 17;
+/** Fewest rows a light per-row op (norm, RoPE, SwiGLU) is split over threads for (a prefill's, not a decode step's). */
+const PARALLEL_ROWS = 64;
 
 /** What helper threads need; each instantiates `module` on `memory` and runs helperLoop. */
 export interface HelperInit {
@@ -88,6 +109,8 @@ export class WasmBackend implements Backend {
   /** The plan's task and segment tables, copied into the memory once per plan. */
   private planCopy = { plan: null as StepPlan | null, epoch: -1, tasks: 0, segs: 0, tasksBytes: 0, segsBytes: 0 };
   private scratch = { ptr: 0, bytes: 0 };
+  private jobRegion = { ptr: 0, bytes: 0 };
+  private positions = { ptr: 0, bytes: 0 };
   /** Prefill blocks of the plan's tasks, their item table, and the chunk's keys and values packed per kv head. */
   private readonly prefill = new PrefillPlanner();
   /** False: a prefill chunk's query rows attend one task at a time, as decoded tokens do (same bits; tests and benchmarks compare). */
@@ -96,7 +119,7 @@ export class WasmBackend implements Backend {
   private packed = { ptr: 0, bytes: 0 };
   /** Per-thread float32 panels of 16-bit weight rows for batch matmuls. */
   private panels = { ptr: 0, bytes: 0 };
-  private readonly panelPerInput: number;
+  private readonly panelBytes: number;
 
   private constructor(
     readonly memory: WebAssembly.Memory,
@@ -106,7 +129,7 @@ export class WasmBackend implements Backend {
   ) {
     this.buf = memory.buffer;
     this.heap = new Allocator(1024, (end) => this.ensureMemory(end + TAIL_PAD));
-    this.panelPerInput = k.matmul16_scratch_per_input();
+    this.panelBytes = Math.ceil(k.matmul16_scratch_bytes() / 64) * 64;
   }
 
   get description(): string {
@@ -227,8 +250,22 @@ export class WasmBackend implements Backend {
     ops.embed(F(out), T(table).data as ops.WeightArray, table.dtype as ops.WeightType, ids, D);
   }
 
+  /** Rows per item when a light op of `rows` rows is split over the threads; 0: run it on this thread. */
+  private rowChunk(rows: number): number {
+    if (this.runner === null || rows < PARALLEL_ROWS || !this.runner.parallel) return 0;
+    return Math.ceil(rows / (2 * this.threads));
+  }
+
   rmsnorm(out: Tensor, x: Tensor, w: Tensor, rows: number, D: number, eps: number): void {
-    ops.rmsnorm(F(out), F(x), T(w).data as ops.WeightArray, w.dtype as ops.WeightType, rows, D, eps);
+    const kind = w.dtype === 'f32' ? 0 : w.dtype === 'bf16' ? 1 : w.dtype === 'f16' ? 2 : -1;
+    if (kind < 0) throw new Error(`wasm rmsnorm: ${w.dtype} weights`);
+    const chunk = this.rowChunk(rows);
+    if (chunk > 0) {
+      const [lo, hi] = f64ToWords(eps);
+      this.runner!.run(OP_ROWS, [ROWS_RMSNORM, T(out).addr, T(x).addr, T(w).addr, kind, rows, D, chunk, lo, hi], Math.ceil(rows / chunk));
+    } else {
+      this.k.rmsnorm_rows(T(out).addr, T(x).addr, T(w).addr, kind, 0, rows, D, eps);
+    }
   }
 
   matmul(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number, bias?: Tensor): void {
@@ -240,7 +277,7 @@ export class WasmBackend implements Backend {
       pb = bias ? T(bias).addr : 0;
     const parallel = this.runner !== null && rows * inDim * outDim >= PARALLEL_MACS && outDim >= 16 && this.runner.parallel;
     // 16-bit weights and a batch: float32 panels in per-thread scratch (only batches of ≥ 16 rows use it).
-    const stride = kind !== W_F32 && rows >= 16 ? Math.ceil((this.panelPerInput * inDim) / 64) * 64 : 0;
+    const stride = kind !== W_F32 && rows >= 16 ? this.panelBytes : 0;
     const scratch = stride ? this.region(this.panels, stride * (parallel ? this.threads : 1)) : 0;
     if (parallel) {
       // Items of ≥ 8 outputs, about 4 per thread so a late thread is covered by the others.
@@ -255,15 +292,30 @@ export class WasmBackend implements Backend {
 
   rope(qkv: Tensor, rows: number, positions: Int32Array, cos: Tensor, sin: Tensor, shape: AttnShape): void {
     const { numHeads: H, numKvHeads: KV, headDim: d } = shape;
-    ops.rope(F(qkv), rows, (H + 2 * KV) * d, H + KV, d, positions, F(cos), F(sin));
+    const pos = this.region(this.positions, rows * 4);
+    new Int32Array(this.buf, pos, rows).set(positions.subarray(0, rows));
+    const [px, pc, ps] = [T(qkv).addr, T(cos).addr, T(sin).addr];
+    const stride = (H + 2 * KV) * d;
+    const chunk = this.rowChunk(rows);
+    if (chunk > 0) this.runner!.run(OP_ROWS, [ROWS_ROPE, px, rows, stride, H + KV, d, pos, pc, ps, chunk], Math.ceil(rows / chunk));
+    else this.k.rope_rows(px, 0, rows, stride, H + KV, d, pos, pc, ps);
   }
 
   swiglu(act: Tensor, gu: Tensor, rows: number, I: number): void {
-    this.k.swiglu(T(act).addr, T(gu).addr, rows, I);
+    const chunk = this.rowChunk(rows);
+    if (chunk > 0) this.runner!.run(OP_ROWS, [ROWS_SWIGLU, T(act).addr, T(gu).addr, rows, I, chunk], Math.ceil(rows / chunk));
+    else this.k.swiglu(T(act).addr, T(gu).addr, rows, I);
   }
 
   add(x: Tensor, y: Tensor, n: number): void {
-    ops.add(F(x), F(y), n);
+    // Split like a light op of n / 512 rows, in pieces of whole vectors.
+    const rows = this.rowChunk(Math.floor(n / 512));
+    if (rows > 0) {
+      const chunk = Math.ceil(n / (2 * this.threads) / 16) * 16;
+      this.runner!.run(OP_ROWS, [ROWS_ADD, T(x).addr, T(y).addr, n, chunk], Math.ceil(n / chunk));
+    } else {
+      this.k.add_range(T(x).addr, T(y).addr, 0, n);
+    }
   }
 
   gather(out: Tensor, x: Tensor, rows: Int32Array, D: number): void {
@@ -275,9 +327,20 @@ export class WasmBackend implements Backend {
     const [j0, n] = phase === 'pre' ? [r[2]!, r[3]!] : [r[4]!, r[5]!];
     if (n === 0) return;
     const jobs = phase === 'pre' ? plan.pre : plan.post;
+    const { numHeads: H, numKvHeads: KV, headDim: d } = pool.shape;
+    const { segs } = this.copyPlan(plan);
     for (let j = j0; j < j0 + n; j++) {
-      if (jobs[j * JOB_WORDS + JOB_KIND] === JOB_ROTATE) this.rotateRows(plan, j, qkv, pool.shape);
-      else runJob(jobs, j, plan.segs, layer, F(qkv), pool.shape, pool as WasmPagePool, this.jobScratch);
+      const o = j * JOB_WORDS;
+      const kind = jobs[o + JOB_KIND]!;
+      if (kind === JOB_ROTATE) {
+        this.rotateRows(plan, j, qkv, pool.shape);
+        continue;
+      }
+      const dst = jobs[o + JOB_DST]!;
+      const scratch = this.region(this.jobRegion, this.k.cache_job_scratch_bytes(Math.max(0, plan.segs[dst * SEG_WORDS + SEG_N]!), d));
+      const r = this.k.cache_job(kind, jobs[o + JOB_HALF]!, jobs[o + JOB_SRC0]!, jobs[o + JOB_SRCN]!, dst, segs, layer, T(qkv).addr, H, KV, d, scratch);
+      // 1: the reference's job (what only it does, or an error it reports).
+      if (r !== 0) runJob(jobs, j, plan.segs, layer, F(qkv), pool.shape, pool as WasmPagePool, this.jobScratch);
     }
   }
 

@@ -93,6 +93,54 @@ export function tiles(out: usize, x: usize, wRow: usize, r0: i32, r1: i32, rowB:
   }
 }
 
+/**
+ * tiles() on one panel of 4 outputs (o..o+3, weight rows wStride bytes apart from wRow) over the inputs
+ * in bytes [k0, k1) only, for row pairs [r0, r1): each pair's 8 accumulators start at zero (k0 == 0) or
+ * from acc (128 bytes per pair), and are saved back to acc, or, when `last`, finished as tiles() finishes
+ * them (the tail inputs from k1 = vecEnd on, then the bias). Each lane adds the same products in the same
+ * order as in tiles(), so splitting the inputs into blocks never changes a bit. The 16-bit kernels run it
+ * on float32 panels of a block of inputs, which then stay in L1 (matmul16.ts).
+ */
+export function tilesK(out: usize, x: usize, wRow: usize, wStride: usize, r0: i32, r1: i32, rowB: usize, outB: usize,
+  bias: usize, o: i32, k0: usize, k1: usize, last: bool, acc: usize): void {
+  const w0 = wRow, w1 = w0 + wStride, w2 = w1 + wStride, w3 = w2 + wStride;
+  for (let r = r0; r + 2 <= r1; r += 2) {
+    const x0 = x + <usize>r * rowB, x1 = x0 + rowB;
+    const ap = acc + (<usize>(r - r0) << 6);
+    let a00 = f32x4.splat(0), a01 = a00, a02 = a00, a03 = a00;
+    let a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+    if (k0 != 0) {
+      a00 = v128.load(ap); a01 = v128.load(ap, 16); a02 = v128.load(ap, 32); a03 = v128.load(ap, 48);
+      a10 = v128.load(ap, 64); a11 = v128.load(ap, 80); a12 = v128.load(ap, 96); a13 = v128.load(ap, 112);
+    }
+    for (let i = k0; i < k1; i += 16) {
+      const u = v128.load(x0 + i), v = v128.load(x1 + i);
+      let q = v128.load(w0 + i);
+      a00 = f32x4.add(a00, f32x4.mul(u, q)); a10 = f32x4.add(a10, f32x4.mul(v, q));
+      q = v128.load(w1 + i);
+      a01 = f32x4.add(a01, f32x4.mul(u, q)); a11 = f32x4.add(a11, f32x4.mul(v, q));
+      q = v128.load(w2 + i);
+      a02 = f32x4.add(a02, f32x4.mul(u, q)); a12 = f32x4.add(a12, f32x4.mul(v, q));
+      q = v128.load(w3 + i);
+      a03 = f32x4.add(a03, f32x4.mul(u, q)); a13 = f32x4.add(a13, f32x4.mul(v, q));
+    }
+    if (last) {
+      const p0 = out + <usize>r * outB + (<usize>o << 2), p1 = p0 + outB;
+      store<f32>(p0, finish(a00, x0, w0, k1, rowB, bias, o));
+      store<f32>(p0, finish(a01, x0, w1, k1, rowB, bias, o + 1), 4);
+      store<f32>(p0, finish(a02, x0, w2, k1, rowB, bias, o + 2), 8);
+      store<f32>(p0, finish(a03, x0, w3, k1, rowB, bias, o + 3), 12);
+      store<f32>(p1, finish(a10, x1, w0, k1, rowB, bias, o));
+      store<f32>(p1, finish(a11, x1, w1, k1, rowB, bias, o + 1), 4);
+      store<f32>(p1, finish(a12, x1, w2, k1, rowB, bias, o + 2), 8);
+      store<f32>(p1, finish(a13, x1, w3, k1, rowB, bias, o + 3), 12);
+    } else {
+      v128.store(ap, a00); v128.store(ap, a01, 16); v128.store(ap, a02, 32); v128.store(ap, a03, 48);
+      v128.store(ap, a10, 64); v128.store(ap, a11, 80); v128.store(ap, a12, 96); v128.store(ap, a13, 112);
+    }
+  }
+}
+
 /** One row: 8 outputs at a time, the activation row loaded once per step for all 8. */
 function gemv(out: usize, x: usize, w: usize, rowB: usize, vecEnd: usize, bias: usize, o0: i32, o1: i32): void {
   let o = o0;

@@ -17,10 +17,13 @@
  * few rows (decode batches): 4 rows × 2 outputs, then 2 × 4, then 1 × 8, each converted weight vector
  * serving every row of its tile, over blocks of 16 outputs whose weights stay in L2 for all the rows.
  * Many rows (prefill), given per-thread scratch: 4 weight rows at a time converted to a float32 panel once
- * per block of 64 rows (128 in batches that large), then matmul.ts's own float32 tiles — float32 speed, conversion cost amortized.
+ * per block of 64 rows (128 in batches that large), then matmul.ts's own float32 tiles — float32 speed,
+ * conversion cost amortized. The panel holds KC inputs at a time (8 KiB), not whole rows (64 KiB at 4096
+ * inputs, which spilled to L2 and ran 16-row batches 1.3× slower than float32 weights); the tiles keep
+ * their accumulators in the scratch between blocks of inputs (matmul.ts tilesK: the same sums).
  */
 import { hsum } from './common';
-import { tiles } from './matmul';
+import { tilesK } from './matmul';
 
 const ROW_BLOCK = 64;
 /**
@@ -32,6 +35,12 @@ const PANEL_ROW_BLOCK = 128;
 const PANEL_ROWS = 16;
 /** Weight rows per converted panel (matmul.ts's tiles take 4 outputs at a time). */
 const PANEL = 4;
+/** Inputs per block of a panel (a multiple of 4): 4 × KC float32 stay in L1 beside the rows' inputs. */
+const KC = 512;
+/** Bytes of one panel row: a block of inputs, and after the last block the ≤ 3 tail inputs. */
+const PANEL_STRIDE: usize = (KC + 4) * 4;
+/** The tiles' accumulators between blocks of inputs: 128 bytes per row pair of a row block. */
+const ACC_BYTES: usize = (PANEL_ROW_BLOCK / 2) * 128;
 /** Outputs per block of the few-rows path: 16 weight rows stay in L2 while 4, 2 and 1-row tiles pass. */
 const O_BLOCK = 16;
 // 2^112: from the re-biased exponent of an f16 value shifted into float32's fields back to its own.
@@ -103,11 +112,32 @@ const F16_KEEP_HIGH: i32 = 0x8fff;
   for (let r0 = 0; r0 < rows; r0 += block) {
     const r1 = min(rows, r0 + block);
     if (scratch != 0 && r1 - r0 >= PANEL_ROWS) {
-      // Many rows: convert PANEL weight rows to float32 once, run matmul.ts's float32 tiles on them.
-      for (let o = o0; o < o1; o += PANEL) {
-        const n = min(PANEL, o1 - o);
-        expand(scratch, w + <usize>o * wB, n * inDim, f16);
-        tiles(out, x, scratch, r0, r1, xB, outB, bias, o, o + n);
+      // Many rows: PANEL weight rows converted to float32 a block of KC inputs at a time, matmul.ts's
+      // float32 tiles on each block for every row pair; the odd last row and the last < PANEL outputs
+      // one element at a time (the same sums).
+      const acc = scratch + <usize>PANEL * PANEL_STRIDE;
+      const rp = r0 + ((r1 - r0) & ~1);
+      let o = o0;
+      for (; o + PANEL <= o1; o += PANEL) {
+        const wo = w + <usize>o * wB;
+        let k = 0;
+        do {
+          const ke = min(vecEnd, k + KC);
+          const last = ke == vecEnd;
+          const n = (last ? inDim : ke) - k;
+          for (let j = 0; j < PANEL; j++) expand(scratch + <usize>j * PANEL_STRIDE, wo + <usize>j * wB + (<usize>k << 1), n, f16);
+          // The panel's input i sits at (scratch − 4k) + 4i: tilesK reads only inputs [k, ke) and the tail.
+          tilesK(out, x, scratch - (<usize>k << 2), PANEL_STRIDE, r0, rp, xB, outB, bias, o, <usize>k << 2, <usize>ke << 2, last, acc);
+          k = ke;
+        } while (k < vecEnd);
+        if (rp < r1) {
+          const xr = x + <usize>rp * xB, pr = out + <usize>rp * outB;
+          for (let j = 0; j < PANEL; j++) dot1(pr + (<usize>(o + j) << 2), xr, wo + <usize>j * wB, vec8, vecEnd, inDim, bias, o + j, f16);
+        }
+      }
+      for (; o < o1; o++) {
+        const wo = w + <usize>o * wB;
+        for (let r = r0; r < r1; r++) dot1(out + <usize>r * outB + (<usize>o << 2), x + <usize>r * xB, wo, vec8, vecEnd, inDim, bias, o, f16);
       }
       continue;
     }
@@ -317,7 +347,7 @@ const F16_KEEP_HIGH: i32 = 0x8fff;
 }
 
 /**
- * `scratch`: 0, or PANEL_BYTES_PER_INPUT·inDim bytes this call may overwrite (one per thread), which lets
+ * `scratch`: 0, or matmul16_scratch_bytes() bytes this call may overwrite (one per thread), which lets
  * batches of many rows run on converted panels at float32 speed.
  */
 export function matmul_bf16(out: usize, x: usize, w: usize, rows: i32, inDim: i32, outDim: i32, bias: usize, o0: i32, o1: i32, scratch: usize): void {
@@ -328,7 +358,7 @@ export function matmul_f16(out: usize, x: usize, w: usize, rows: i32, inDim: i32
   matmulImpl(out, x, w, rows, inDim, outDim, bias, o0, o1, scratch, true);
 }
 
-/** Scratch bytes per input feature that matmul_bf16/f16 use for panels. */
-export function matmul16_scratch_per_input(): i32 {
-  return PANEL * 4;
+/** Scratch bytes matmul_bf16/f16 use for panels and accumulators (whatever the shape). */
+export function matmul16_scratch_bytes(): i32 {
+  return <i32>(<usize>PANEL * PANEL_STRIDE + ACC_BYTES);
 }

@@ -54,34 +54,12 @@ export function tiles(out: usize, x: usize, wRow: usize, r0: i32, r1: i32, rowB:
   const vecEnd = rowB & ~15;
   let o = o0;
   for (; o + 4 <= o1; o += 4) {
-    const w0 = wRow + <usize>(o - o0) * rowB, w1 = w0 + rowB, w2 = w1 + rowB, w3 = w2 + rowB;
-    let r = r0;
-    for (; r + 2 <= r1; r += 2) {
-      const x0 = x + <usize>r * rowB, x1 = x0 + rowB;
-      let a00 = f32x4.splat(0), a01 = a00, a02 = a00, a03 = a00;
-      let a10 = a00, a11 = a00, a12 = a00, a13 = a00;
-      for (let i: usize = 0; i < vecEnd; i += 16) {
-        const u = v128.load(x0 + i), v = v128.load(x1 + i);
-        let q = v128.load(w0 + i);
-        a00 = f32x4.add(a00, f32x4.mul(u, q)); a10 = f32x4.add(a10, f32x4.mul(v, q));
-        q = v128.load(w1 + i);
-        a01 = f32x4.add(a01, f32x4.mul(u, q)); a11 = f32x4.add(a11, f32x4.mul(v, q));
-        q = v128.load(w2 + i);
-        a02 = f32x4.add(a02, f32x4.mul(u, q)); a12 = f32x4.add(a12, f32x4.mul(v, q));
-        q = v128.load(w3 + i);
-        a03 = f32x4.add(a03, f32x4.mul(u, q)); a13 = f32x4.add(a13, f32x4.mul(v, q));
-      }
-      const p0 = out + <usize>r * outB + (<usize>o << 2), p1 = p0 + outB;
-      store<f32>(p0, finish(a00, x0, w0, vecEnd, rowB, bias, o));
-      store<f32>(p0, finish(a01, x0, w1, vecEnd, rowB, bias, o + 1), 4);
-      store<f32>(p0, finish(a02, x0, w2, vecEnd, rowB, bias, o + 2), 8);
-      store<f32>(p0, finish(a03, x0, w3, vecEnd, rowB, bias, o + 3), 12);
-      store<f32>(p1, finish(a10, x1, w0, vecEnd, rowB, bias, o));
-      store<f32>(p1, finish(a11, x1, w1, vecEnd, rowB, bias, o + 1), 4);
-      store<f32>(p1, finish(a12, x1, w2, vecEnd, rowB, bias, o + 2), 8);
-      store<f32>(p1, finish(a13, x1, w3, vecEnd, rowB, bias, o + 3), 12);
-    }
-    for (; r < r1; r++) {
+    const w0 = wRow + <usize>(o - o0) * rowB;
+    // Row pairs: the panel over all inputs at once (no partial sums kept).
+    tilesK(out, x, w0, rowB, r0, r1, rowB, outB, bias, o, 0, vecEnd, true, 0);
+    // An odd last row: one output at a time.
+    if ((r1 - r0) & 1) {
+      const r = r1 - 1;
       const x0 = x + <usize>r * rowB;
       const p0 = out + <usize>r * outB + (<usize>o << 2);
       for (let k = 0; k < 4; k++) dot1(p0 + (<usize>k << 2), x0, w0 + <usize>k * rowB, vecEnd, rowB, bias, o + k);
@@ -99,7 +77,8 @@ export function tiles(out: usize, x: usize, wRow: usize, r0: i32, r1: i32, rowB:
  * from acc (128 bytes per pair), and are saved back to acc, or, when `last`, finished as tiles() finishes
  * them (the tail inputs from k1 = vecEnd on, then the bias). Each lane adds the same products in the same
  * order as in tiles(), so splitting the inputs into blocks never changes a bit. The 16-bit kernels run it
- * on float32 panels of a block of inputs, which then stay in L1 (matmul16.ts).
+ * on float32 panels of a block of inputs, which then stay in L1 (matmul16.ts); tiles() runs it over all
+ * inputs at once.
  */
 export function tilesK(out: usize, x: usize, wRow: usize, wStride: usize, r0: i32, r1: i32, rowB: usize, outB: usize,
   bias: usize, o: i32, k0: usize, k1: usize, last: bool, acc: usize): void {

@@ -35,7 +35,7 @@ function argmaxOf(a: Float32Array): number {
   return b;
 }
 
-for (const kv of ['fp16', 'kivi2', 'kivi4', 'kivi:k=2,v=2,g=32,r=128,residual=fp32', 'fp32', 'fake2-kC-vT']) {
+for (const kv of ['fp16', 'kivi2', 'kivi4', 'kivi:k=2,v=2,g=32,r=128,residual=fp32', 'kivi:k=4,v=2,g=64,rot=hadamard,sink=4', 'fp32', 'fake2-kC-vT']) {
   test(`${kv}: a cache saved after a prefill and restored continues exactly as the original`, async () => {
     const m = await bundledModel();
     const a = m.newCache(kv);

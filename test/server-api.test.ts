@@ -284,7 +284,8 @@ describe('kivi serve: per-request timeout', () => {
     const r = await fetch(`${server.url}/v1/completions`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ model: MODEL_NAME, prompt: 'The', max_tokens: 1000, stream: true }),
+      // Greedy, as above: a sampled continuation may end (EOS) before the timeout on a fast machine.
+      body: JSON.stringify({ model: MODEL_NAME, prompt: 'The', max_tokens: 1000, temperature: 0, stream: true }),
     });
     const events = (await r.text()).split('\n\n').filter((e) => e !== '');
     assert.equal(events.at(-1), 'data: [DONE]');

@@ -97,7 +97,7 @@ export interface KernelExports {
     scratch: number,
   ): number;
   cache_job_scratch_bytes(n: number, d: number): number;
-  /** ops.rmsnorm bit for bit on rows [r0, r1) (assembly/rows.ts); wKind 0 f32, 1 bf16, 2 f16. */
+  /** ops.rmsnorm bit for bit on rows [r0, r1) (assembly/rows.ts); wKind: W_F32, W_BF16 or W_F16 (jobs.ts). */
   rmsnorm_rows(out: number, x: number, w: number, wKind: number, r0: number, r1: number, D: number, eps: number): void;
   /** ops.rope bit for bit on rows [r0, r1); positions: i32 per row. */
   rope_rows(x: number, r0: number, r1: number, rowStride: number, heads: number, d: number, positions: number, cos: number, sin: number): void;

@@ -49,6 +49,14 @@ const PARALLEL_MACS = 1 << 17;
 /** Fewest rows a light per-row op (norm, RoPE, SwiGLU) is split over threads for (a prefill's, not a decode step's). */
 const PARALLEL_ROWS = 64;
 
+/** The kernels' code for a weight tensor's type (W_F32, W_BF16, W_F16: matmul's and rmsnorm_rows's). */
+function weightKind(w: Tensor, op: string): number {
+  if (w.dtype === 'f32') return W_F32;
+  if (w.dtype === 'bf16') return W_BF16;
+  if (w.dtype === 'f16') return W_F16;
+  throw new Error(`wasm ${op}: ${w.dtype} weights`);
+}
+
 /** What helper threads need; each instantiates `module` on `memory` and runs helperLoop. */
 export interface HelperInit {
   module: WebAssembly.Module;
@@ -257,8 +265,7 @@ export class WasmBackend implements Backend {
   }
 
   rmsnorm(out: Tensor, x: Tensor, w: Tensor, rows: number, D: number, eps: number): void {
-    const kind = w.dtype === 'f32' ? 0 : w.dtype === 'bf16' ? 1 : w.dtype === 'f16' ? 2 : -1;
-    if (kind < 0) throw new Error(`wasm rmsnorm: ${w.dtype} weights`);
+    const kind = weightKind(w, 'rmsnorm');
     const chunk = this.rowChunk(rows);
     if (chunk > 0) {
       const [lo, hi] = f64ToWords(eps);
@@ -269,8 +276,7 @@ export class WasmBackend implements Backend {
   }
 
   matmul(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number, bias?: Tensor): void {
-    const kind = w.dtype === 'f32' ? W_F32 : w.dtype === 'bf16' ? W_BF16 : w.dtype === 'f16' ? W_F16 : -1;
-    if (kind < 0) throw new Error(`wasm matmul: ${w.dtype} weights`);
+    const kind = weightKind(w, 'matmul');
     const po = T(out).addr,
       px = T(x).addr,
       pw = T(w).addr,

@@ -24,6 +24,11 @@ const HALF_TO_FLOAT: f32 = 5.192296858534828e33;
   return v128.or(f32x4.mul(mag, f32x4.splat(HALF_TO_FLOAT)), v128.and(v, i32x4.splat(0x80000000)));
 }
 
+/** One float16 value (its bits, sign-extended or not) → float32, finiteHalves4's conversion on one lane. */
+@inline export function finiteHalf(h: i32): f32 {
+  return f32x4.extract_lane(finiteHalves4(i32x4.splat(<i32>(<i16>h))), 0);
+}
+
 /** Four non-negative float16 values (zero-extended into i32 lanes) → float32, exact when finite. */
 @inline export function positiveHalves4(v: v128): v128 {
   return f32x4.mul(i32x4.shl(v, 13), f32x4.splat(HALF_TO_FLOAT));

@@ -11,7 +11,7 @@
  * Accumulation: out[j·d + c] += Σ_t p[j·pStride + t]·v[t·d + c], in token order, for blocks of tokens
  * small enough to stay in L1 while 16 channels × 2 heads of the output live in registers.
  */
-import { hsum, hsum4, finiteHalves4 } from './common';
+import { finiteHalf, finiteHalves4, hsum, hsum4 } from './common';
 
 const TOKEN_BLOCK = 64;
 
@@ -19,7 +19,7 @@ const TOKEN_BLOCK = 64;
 let sink: i32 = 0;
 
 @inline function halfScalar(p: usize): f32 {
-  return f32x4.extract_lane(finiteHalves4(i32x4.splat(<i32>load<i16>(p))), 0);
+  return finiteHalf(<i32>load<i16>(p));
 }
 
 // ---- scores -------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import {
   JOB_QKEY, JOB_QVAL, JOB_STORE, JOB_VALUES, SEG_BITS, SEG_CAP, SEG_F16, SEG_F32, SEG_G, SEG_KIND,
   SEG_KIVI_K, SEG_KIVI_V, SEG_N, SEG_PAGE, SEG_ROWS, SEG_SECTION, SEG_T0, SEG_WORDS,
 } from '../../layout';
-import { finiteHalves4 } from './common';
+import { finiteHalf, finiteHalves4 } from './common';
 
 const JOB_DONE = 0;
 const JOB_REFERENCE = 1;
@@ -47,11 +47,6 @@ export function toHalf(x: f32): u32 {
   const rem = mant & 0x1fff;
   if (rem > 0x1000 || (rem == 0x1000 && (h & 1) != 0)) h++;
   return sign | h;
-}
-
-/** binary16 bits (finite) → float32, exact. */
-@inline function fromHalf(h: u32): f32 {
-  return f32x4.extract_lane(finiteHalves4(i32x4.splat(<i32>(<i16>h))), 0);
 }
 
 /** Bytes of scratch cache_job needs for a destination of n tokens of d channels. */
@@ -145,7 +140,7 @@ function gather(src0: i32, srcN: i32, segs: usize, layer: i32, h: i32, qkv: usiz
         for (; i < m; i++) {
           const b = <u32>load<u16>(src + (i << 1));
           if ((b & 0x7c00) == 0x7c00) return -1;
-          store<f32>(dst + (i << 2), fromHalf(b));
+          store<f32>(dst + (i << 2), finiteHalf(<i32>b));
         }
         if (v128.any_true(inf)) return -1;
       } else {
@@ -209,9 +204,9 @@ function gather(src0: i32, srcN: i32, segs: usize, layer: i32, h: i32, qkv: usiz
     if ((sb & 0x7c00) == 0x7c00 || (mb & 0x7c00) == 0x7c00) bad = true;
     store<u16>(scales + (<usize>l << 1), <u16>sb);
     store<u16>(mins + (<usize>l << 1), <u16>mb);
-    const sf = fromHalf(sb);
+    const sf = finiteHalf(<i32>sb);
     store<f32>(sv + (<usize>l << 2), sf);
-    store<f32>(mv + (<usize>l << 2), fromHalf(mb));
+    store<f32>(mv + (<usize>l << 2), finiteHalf(<i32>mb));
     store<i32>(zv + (<usize>l << 2), sf != 0 ? -1 : 0);
   }
   return bad;
@@ -293,8 +288,8 @@ function quantValues(x: usize, n: i32, d: i32, G: i32, bits: i32, codes: usize, 
       const pi = <usize>(t * groups + g) << 1;
       store<u16>(scales + pi, <u16>sb);
       store<u16>(mins + pi, <u16>mb);
-      const sf = fromHalf(sb);
-      const s = f32x4.splat(sf), m = f32x4.splat(fromHalf(mb)), z = i32x4.splat(sf != 0 ? -1 : 0);
+      const sf = finiteHalf(<i32>sb);
+      const s = f32x4.splat(sf), m = f32x4.splat(finiteHalf(<i32>mb)), z = i32x4.splat(sf != 0 ? -1 : 0);
       for (let c: usize = 0; c < gB; c += 16) v128.store(cv + <usize>g * gB + c, codes4(v128.load(gp + c), s, m, z, mc));
     }
     pack(cv, d, bits, codes + <usize>t * wpr);

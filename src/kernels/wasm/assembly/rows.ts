@@ -4,16 +4,15 @@
  * float64, then float32(w · float32(x · inv)); RoPE's x1·c − x2·s in float64 rounded once to float32;
  * add in float32. Over a range of rows (or elements), so threads can share one call.
  */
-import { finiteHalves4 } from './common';
+import { finiteHalf, finiteHalves4 } from './common';
 
 /** Norm weights: float32, or bfloat16/float16 bits widened exactly. */
 @inline function weight(w: usize, i: usize, kind: i32): f32 {
   if (kind == 0) return load<f32>(w + (i << 2));
   const h = <u32>load<u16>(w + (i << 1));
   if (kind == 1) return reinterpret<f32>(h << 16);
-  // float16 (finite: the loader rejects ±Inf/NaN weights): the magnitude bits moved into place, × 2^112.
-  const mag = reinterpret<f32>((h & 0x7fff) << 13) * reinterpret<f32>(<u32>0x77800000);
-  return (h & 0x8000) != 0 ? -mag : mag;
+  // float16 (finite: the loader rejects ±Inf/NaN weights).
+  return finiteHalf(<i32>h);
 }
 
 /** Weights i..i+3 as float32. */

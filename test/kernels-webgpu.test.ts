@@ -229,7 +229,7 @@ if (!reportMissing('kernels-webgpu: bindings, pages, batches')) {
     const r = rng(13);
     // Outlier channels, tiny values and a constant channel: scales of every magnitude, float16 subnormals, zero ranges.
     const rows = randArray(120 * qkvDim, r).map((v, i) => (i % 64 === 5 ? v * 12 : i % 64 === 9 ? v * 1e-6 : i % 64 === 11 ? 0.5 : v));
-    for (const spec of ['kivi:k=2,v=2,g=16,r=16', 'kivi:k=4,v=2,g=16,r=32,residual=fp16', 'kivi:k=8,v=8,g=32,r=32', 'fp16']) {
+    for (const spec of ['kivi:k=2,v=2,g=16,r=16', 'kivi:k=4,v=2,g=16,r=32,residual=fp16', 'kivi:k=8,v=8,g=32,r=32', 'kivi:k=2,v=4,g=64,r=64', 'fp16']) {
       const pools = [ref.createPagePool(shape), b.createPagePool(shape)] as const;
       const st = [new CacheStepper(ref, pools[0]), new CacheStepper(b, pools[1])];
       const caches = pools.map((p) => createCache(parseKvSpec(spec), p));

@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: kernels, attn-items, matmul, e2e, paper, long}
+PHASE=${1:?phase: kernels, mha, attn-items, matmul, e2e, paper, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -17,6 +17,7 @@ run() { # run SECONDS NAME kivi-args...
   cat "$OUT/$name.md" 2>/dev/null || tail -n 8 /tmp/$name.log
 }
 C=models/configs
+A_MHA="bench attention --backend webgpu --heads 32 --kv-heads 32 --kv fp16,kivi2,kivi4"
 case $PHASE in
   kernels)
     # Attention of one decode step over 4K..4M cached tokens beside a streaming read of the same GPU.
@@ -24,6 +25,12 @@ case $PHASE in
     run 120 attention-small $A --context 4096,65536,262144
     run 100 attention-1m $A --context 1048576
     run 150 attention-4m $A --context 4194304
+    ;;
+  mha)
+    # The same kernels at Llama-2-7B's attention shape (32 heads, each its own kv head, d = 128): a KIVI
+    # code then feeds one multiply-add per query head instead of four (GQA 4:1 above).
+    run 150 attention-mha $A_MHA --context 65536,262144
+    run 240 attention-mha-1m $A_MHA --context 1048576
     ;;
   attn-items)
     # The attention kernel checked against the reference on this GPU (sink and rotated specs included), then

@@ -756,13 +756,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3
 }`;
 }
 
-/** The cache jobs of one phase: store, quantize key blocks, quantize value tokens. */
+/** Values (or codes) staged in workgroup memory by a quantization job per pass. */
+const JOB_BUF = 1024;
+/** Per-(token, group) parameters a value job keeps per pass. */
+const JOB_PARAMS = 256;
+
+/**
+ * The cache jobs of one phase: store, quantize key blocks, quantize value tokens. One workgroup per
+ * (job, kv head), all its threads on one job: the source values are read in passes of a few tokens by
+ * every thread at once (one load each) and staged in workgroup memory, so the minimum, maximum and codes
+ * of a group are found without a chain of dependent loads per thread (a job is latency, not bytes: it
+ * runs once per layer and step beside attention).
+ */
 export function jobsWgsl(shape: AttnShape, na: number): string {
   const { numHeads: H, numKvHeads: KV, headDim: D } = shape;
   const QKVD = (H + 2 * KV) * D;
+  if (D > JOB_PARAMS) throw new Error(`webgpu: cache jobs for a head size of ${D} (at most ${JOB_PARAMS})`);
   return /* wgsl */ `
 const D = ${D}u;
 const WG = 128u;
+const TB = ${Math.max(1, Math.floor(JOB_BUF / D))}u;
 struct P { items: u32, n: u32, jobs: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> plan: array<u32>;
@@ -771,8 +784,12 @@ ${arenaDecls('u32', 'read_write', 3, na)}
 ${CONVERT}
 ${DIVIDE}
 ${GRID}
-var<workgroup> gs: array<f32, ${D}>;
-var<workgroup> gm: array<f32, ${D}>;
+// A pass's source values (float bits) or codes; per channel (keys) or per token group (values) the
+// scale and minimum as floats and as float16 halves (scale | minimum << 16).
+var<workgroup> buf: array<u32, ${JOB_BUF}>;
+var<workgroup> ps: array<f32, ${JOB_PARAMS}>;
+var<workgroup> pm: array<f32, ${JOB_PARAMS}>;
+var<workgroup> ph: array<u32, ${JOB_PARAMS}>;
 
 ${arenaSwitch(na, 'lda(s: u32, i: u32) -> u32', (a) => `return ${a}[i];`)}
 ${arenaSwitch(na, 'sta(s: u32, i: u32, v: u32)', (a) => `${a}[i] = v;`)}
@@ -798,18 +815,9 @@ fn src(s0: u32, sn: u32, part: u32, h: u32, i: u32, c: u32) -> f32 {
   return f16_to_f32(half_of(lda(sl, base + e / 2u), e));
 }
 
-// Quantize channels [c, c + n) (stride 1) of token i, or tokens [i, i + n) of channel c (per channel):
-// returns (scale bits, min bits) as quant/quantizer.ts quantizeGroup computes them.
-fn params(s0: u32, sn: u32, part: u32, h: u32, i: u32, c: u32, n: u32, perToken: bool, maxc: f32) -> vec2<u32> {
-  var lo = pos_inf();
-  var hi = neg_inf();
-  for (var k = 0u; k < n; k++) {
-    var v: f32;
-    if (perToken) { v = src(s0, sn, part, h, i, c + k); } else { v = src(s0, sn, part, h, i + k, c); }
-    lo = min(lo, v);
-    hi = max(hi, v);
-  }
-  return vec2<u32>(f32_to_f16(div_rn(hi - lo, maxc)), f32_to_f16(lo));
+// A group's (scale, minimum) as float16 bits, as quant/quantizer.ts quantizeGroup computes them.
+fn params(lo: f32, hi: f32, maxc: f32) -> u32 {
+  return f32_to_f16(div_rn(hi - lo, maxc)) | (f32_to_f16(lo) << 16u);
 }
 
 fn code(v: f32, s: f32, m: f32, maxc: f32) -> u32 {
@@ -860,70 +868,121 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3
   let wpr = D / cpw;
   let sbase = (dbase + cap * wpr) * 2u;
   if (kind == ${JOB_QKEY}u) {
+    // Per channel over each group of G tokens: the range from passes of TB tokens, then the codes.
     let mbase = sbase + (cap / G) * D;
     for (var g = 0u; g < cap / G; g++) {
-      for (var cp = li; cp < D / 2u; cp += WG) {
-        let a = params(s0, sn, part, h, g * G, cp * 2u, G, false, maxc);
-        let b = params(s0, sn, part, h, g * G, cp * 2u + 1u, G, false, maxc);
-        sta(dsl, (sbase + g * D + cp * 2u) / 2u, a.x | (b.x << 16u));
-        sta(dsl, (mbase + g * D + cp * 2u) / 2u, a.y | (b.y << 16u));
-        gs[cp * 2u] = f16_to_f32(a.x);
-        gm[cp * 2u] = f16_to_f32(a.y);
-        gs[cp * 2u + 1u] = f16_to_f32(b.x);
-        gm[cp * 2u + 1u] = f16_to_f32(b.y);
-      }
-      workgroupBarrier();
-      for (var idx = li; idx < G * wpr; idx += WG) {
-        let i = g * G + idx / wpr;
-        let wi = idx % wpr;
-        var word = 0u;
-        for (var k = 0u; k < cpw; k++) {
-          let c = wi * cpw + k;
-          word = word | (code(src(s0, sn, part, h, i, c), gs[c], gm[c], maxc) << (k * dbits));
+      var lo = pos_inf();
+      var hi = neg_inf();
+      for (var i0 = 0u; i0 < G; i0 += TB) {
+        let nt = min(TB, G - i0);
+        for (var idx = li; idx < nt * D; idx += WG) { buf[idx] = bitcast<u32>(src(s0, sn, part, h, g * G + i0 + idx / D, idx % D)); }
+        workgroupBarrier();
+        if (li < D) {
+          for (var k = 0u; k < nt; k++) {
+            let v = bitcast<f32>(buf[k * D + li]);
+            lo = min(lo, v);
+            hi = max(hi, v);
+          }
         }
-        sta(dsl, dbase + i * wpr + wi, word);
+        workgroupBarrier();
+      }
+      for (var c = li; c < D; c += WG) {
+        // Threads past the first WG channels (D > WG) find their channel's range here.
+        if (c >= WG) {
+          lo = pos_inf();
+          hi = neg_inf();
+          for (var k = 0u; k < G; k++) {
+            let v = src(s0, sn, part, h, g * G + k, c);
+            lo = min(lo, v);
+            hi = max(hi, v);
+          }
+        }
+        let pr = params(lo, hi, maxc);
+        ph[c] = pr;
+        ps[c] = f16_to_f32(pr & 0xffffu);
+        pm[c] = f16_to_f32(pr >> 16u);
       }
       workgroupBarrier();
+      for (var cp = li; cp < D / 2u; cp += WG) {
+        let a = ph[cp * 2u];
+        let b = ph[cp * 2u + 1u];
+        sta(dsl, (sbase + g * D + cp * 2u) / 2u, (a & 0xffffu) | (b << 16u));
+        sta(dsl, (mbase + g * D + cp * 2u) / 2u, (a >> 16u) | (b & 0xffff0000u));
+      }
+      for (var i0 = 0u; i0 < G; i0 += TB) {
+        let nt = min(TB, G - i0);
+        for (var idx = li; idx < nt * D; idx += WG) {
+          let c = idx % D;
+          buf[idx] = code(src(s0, sn, part, h, g * G + i0 + idx / D, c), ps[c], pm[c], maxc);
+        }
+        workgroupBarrier();
+        for (var idx = li; idx < nt * wpr; idx += WG) {
+          let tk = idx / wpr;
+          let o = tk * D + (idx % wpr) * cpw;
+          var word = 0u;
+          for (var k = 0u; k < cpw; k++) { word = word | (buf[o + k] << (k * dbits)); }
+          sta(dsl, dbase + (g * G + i0 + tk) * wpr + idx % wpr, word);
+        }
+        workgroupBarrier();
+      }
     }
     return;
   }
   if (kind == ${JOB_QVAL}u) {
-    // Parameters [slot][group], one thread per u32 word of each array (a word may hold a neighbour's half).
+    // Per token and group of G channels, in passes of tokens: the values staged, one thread per group
+    // finds its range, one thread per code word packs it. Parameters are halves [slot][group], two a
+    // word; a word shared with a token outside the pass keeps that half.
     let gpt = D / G;
-    let p0 = dt0 * gpt;
-    let p1 = (dt0 + dn) * gpt;
+    let tb = max(1u, min(TB, ${JOB_PARAMS}u / gpt));
     let mbase = sbase + cap * gpt;
-    for (var arr = 0u; arr < 2u; arr++) {
-      let hb = select(sbase, mbase, arr == 1u);
-      let w0 = (hb + p0) / 2u;
-      let w1 = (hb + p1 - 1u) / 2u;
-      for (var wq = w0 + li; wq <= w1; wq += WG) {
-        var word = lda(dsl, wq);
-        for (var hf = 0u; hf < 2u; hf++) {
-          let hx = wq * 2u + hf;
-          if (hx >= hb + p0 && hx < hb + p1) {
-            let pi = hx - hb;
-            let i = pi / gpt - dt0;
-            let g = pi % gpt;
-            let pr = params(s0, sn, part, h, i, g * G, G, true, maxc);
-            let v = select(pr.x, pr.y, arr == 1u);
-            word = select((word & 0xffffu) | (v << 16u), (word & 0xffff0000u) | v, hf == 0u);
-            if (arr == 0u) {
-              let sv = f16_to_f32(pr.x);
-              let mv = f16_to_f32(pr.y);
-              for (var wi = 0u; wi < G / cpw; wi++) {
-                var cw = 0u;
-                for (var k = 0u; k < cpw; k++) {
-                  let c = g * G + wi * cpw + k;
-                  cw = cw | (code(src(s0, sn, part, h, i, c), sv, mv, maxc) << (k * dbits));
-                }
-                sta(dsl, dbase + (dt0 + i) * wpr + (g * G) / cpw + wi, cw);
-              }
+    for (var i0 = 0u; i0 < dn; i0 += tb) {
+      let nt = min(tb, dn - i0);
+      for (var idx = li; idx < nt * D; idx += WG) { buf[idx] = bitcast<u32>(src(s0, sn, part, h, i0 + idx / D, idx % D)); }
+      workgroupBarrier();
+      for (var q = li; q < nt * gpt; q += WG) {
+        let o = (q / gpt) * D + (q % gpt) * G;
+        var lo = pos_inf();
+        var hi = neg_inf();
+        for (var k = 0u; k < G; k++) {
+          let v = bitcast<f32>(buf[o + k]);
+          lo = min(lo, v);
+          hi = max(hi, v);
+        }
+        let pr = params(lo, hi, maxc);
+        ph[q] = pr;
+        ps[q] = f16_to_f32(pr & 0xffffu);
+        pm[q] = f16_to_f32(pr >> 16u);
+      }
+      workgroupBarrier();
+      for (var idx = li; idx < nt * wpr; idx += WG) {
+        let tk = idx / wpr;
+        let c0 = (idx % wpr) * cpw;
+        var word = 0u;
+        for (var k = 0u; k < cpw; k++) {
+          let q = tk * gpt + (c0 + k) / G;
+          word = word | (code(bitcast<f32>(buf[tk * D + c0 + k]), ps[q], pm[q], maxc) << (k * dbits));
+        }
+        sta(dsl, dbase + (dt0 + i0 + tk) * wpr + idx % wpr, word);
+      }
+      for (var arr = 0u; arr < 2u; arr++) {
+        let h0 = select(sbase, mbase, arr == 1u) + (dt0 + i0) * gpt;
+        let h1 = h0 + nt * gpt;
+        for (var wq = h0 / 2u + li; wq <= (h1 - 1u) / 2u; wq += WG) {
+          var word = 0u;
+          if (wq * 2u < h0 || wq * 2u + 1u >= h1) { word = lda(dsl, wq); }
+          for (var hf = 0u; hf < 2u; hf++) {
+            let hx = wq * 2u + hf;
+            if (hx >= h0 && hx < h1) {
+              let v = (ph[hx - h0] >> (arr * 16u)) & 0xffffu;
+              word = select((word & 0xffffu) | (v << 16u), (word & 0xffff0000u) | v, hf == 0u);
             }
           }
+          sta(dsl, wq, word);
         }
-        sta(dsl, wq, word);
       }
+      // The next pass may read back a word this one wrote (a half of its first token's parameters).
+      storageBarrier();
+      workgroupBarrier();
     }
   }
 }`;

@@ -75,7 +75,7 @@ if (!reportMissing('kernels-webgpu: own')) {
     const b = await gpu({ serialMatmul: false });
     const r = rng(11);
     for (const wt of ['f32', 'bf16', 'f16'] as const) {
-      // Every GEMV shape (1, 2, 4, 8, 16 rows; blocks of 16 past that), rows past a block's end, GEMM past 64.
+      // Every GEMV shape (1, 2, 4 rows; blocks of 4 to 8 rows; blocks of 8 to 512), rows past a block's end, GEMM past 512.
       for (const [rows, inDim, outDim] of [
         [1, 301, 67],
         [2, 264, 33],
@@ -88,6 +88,7 @@ if (!reportMissing('kernels-webgpu: own')) {
         [64, 264, 17],
         [65, 256, 70],
         [100, 37, 67],
+        [513, 37, 9],
       ] as const) {
         await assertSerialBits(b, rows, inDim, outDim, wt, r);
       }
@@ -121,7 +122,7 @@ if (!reportMissing('kernels-webgpu: own')) {
     const b = await gpu({ serialMatmul: false });
     const ref = new TsBackend();
     const r = rng(16);
-    // 1–16 rows: one block (a partial one at 9); 17–64: blocks of 16 (a partial last one at 33); 100: the tiled GEMM.
+    // 1–8 rows: one or two blocks; 9–512: blocks of 8 (a partial last one at 33 and 100); 520: the tiled GEMM.
     for (const [rows, inDim, outDim] of [
       [1, 264, 67],
       [8, 301, 33],
@@ -130,6 +131,7 @@ if (!reportMissing('kernels-webgpu: own')) {
       [33, 301, 67],
       [64, 264, 33],
       [100, 256, 67],
+      [520, 64, 17],
     ] as const) {
       const xd = randArray(rows * inDim, r),
         wd = to16(randArray(outDim * inDim, r), 'f16'),
@@ -167,7 +169,7 @@ if (!reportMissing('kernels-webgpu: bindings, pages, batches')) {
     const r = rng(12);
     // Matmul weights of 150 KiB (bf16) and 300 KiB (f32): three and five windows; GEMV and GEMM.
     for (const wt of ['bf16', 'f32'] as const) {
-      for (const rows of [1, 12, 70]) {
+      for (const rows of [1, 12, 70, 530]) {
         const inDim = 256,
           outDim = 300;
         const xd = randArray(rows * inDim, r),

@@ -1,6 +1,6 @@
 // On the GPU machine (after `npm run build` here and `source scripts/gpu/setup.sh` there):
 //   node scripts/gpu/matmul-check.mjs          (ROWS=1,9,65 for fewer row counts)
-// The GPU's matmul kernels (GEMV up to 64 rows, tiled GEMM past) against the one-thread-per-output
+// The GPU's matmul kernels (GEMV up to 512 rows by default, tiled GEMM past) against the one-thread-per-output
 // kernel, which sums in the same canonical order: the same bits are required, at every row count the
 // dispatch tells apart, float16 weights, Llama-2-7B's widths (4096 in; 11008 in, odd out). And the
 // largest error against a float64 sum of the same float16 weights, relative to Σ|x·w|. Exit 1 on any
@@ -27,7 +27,7 @@ for (const [inDim, outDim] of process.env.SMALL
   const w = b.tensor('f16', wBits.length);
   b.write(w, wBits);
   const wf = Float64Array.from(wBits, fromHalfBits);
-  for (const rows of (process.env.ROWS ?? '1,2,3,4,5,8,9,16,17,33,64,65,160').split(',').map(Number)) {
+  for (const rows of (process.env.ROWS ?? '1,2,3,4,5,8,9,16,17,33,64,65,160,513').split(',').map(Number)) {
     const xd = Float32Array.from({ length: rows * inDim }, rnd);
     const x = b.tensor('f32', xd.length);
     b.write(x, xd);

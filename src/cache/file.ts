@@ -21,7 +21,7 @@ import { type CacheSpec, formatKvSpec } from './spec.js';
 import type { CacheImage, KvCache } from './types.js';
 
 export const CACHE_MAGIC = 'KIVICACH';
-export const CACHE_FORMAT_VERSION = 1;
+export const CACHE_FORMAT_VERSION = 2;
 /** Largest header accepted (a cache of millions of pages still has a header far below this). */
 const MAX_HEADER = 64 << 20;
 

@@ -76,10 +76,16 @@ export function oracleOnlyOptions(o: KiviOptions): string[] {
 /** Quantized value tokens per page. */
 export const VALUE_PAGE = 64;
 
-/** Full-precision slots per residual page: divides R, so key blocks start on a page boundary. */
+/**
+ * Full-precision slots per residual page: divides R, so key blocks start on a page boundary. Small,
+ * because the value residual is a window sliding over its pages: R tokens span up to R/P + 1 pages, so
+ * a page of P slots leaves up to P slots idle per layer and kv head (Llama-2-7B shapes, `kivi:k=2,v=2,
+ * g=32,r=32` at 498 tokens: 62.5 MiB of pages with 8 slots, 70.5 MiB with 32); more pages cost a little
+ * bookkeeping per step and more page records for attention.
+ */
 export function residualPage(R: number): number {
   let a = R,
-    b = 32;
+    b = 8;
   while (b) [a, b] = [b, a % b];
   return a;
 }

@@ -6,9 +6,9 @@
  * Matmul sums each dot product in one canonical order whatever the number of rows, so a row's result
  * does not depend on the batch (and GEMV and GEMM agree bit for bit): the inner dimension is cut into
  * chunks of 8; slice s (of 32) holds chunks s, s + 32, s + 64, …; each slice is summed with fma in
- * ascending order from 0, and the 32 slice sums are added in order, then the bias. GEMV (up to 64 rows)
+ * ascending order from 0, and the 32 slice sums are added in order, then the bias. GEMV (up to 512 rows by default)
  * gives a slice to each of 32 lanes (coalesced: the lanes read 32 consecutive chunks) and applies each
- * weight chunk to a block of rows held in registers; GEMM (prefill) walks the slices in turn.
+ * weight chunk to a block of rows held in registers; GEMM (prefill chunks past that) walks the slices in turn.
  *
  * Weights stay 16-bit words widened with unpack2x16float (exact); all arithmetic is float32, so no
  * `shader-f16` is needed (float16 sums would break the agreement with the reference).
@@ -225,10 +225,12 @@ export interface GemvTable {
  * The default table, chosen on an NVIDIA H200 from `bench gemv` at Llama-2-7B's down projection (11008 → 4096,
  * float16) over five candidate tables (docs/perf/webgpu-h200.md): one row, one output a thread and 4 chunks
  * in flight (45 µs, about the streaming bound); 5–8 rows two blocks of 4 (75 µs; one block of 8 took 113 µs:
- * 32 accumulators a thread and fewer workgroups); 9–64 rows blocks of 8 with 4 outputs a thread (91 µs at 16
+ * 32 accumulators a thread and fewer workgroups); 9–512 rows blocks of 8 with 4 outputs a thread (91 µs at 16
  * rows, 253 µs at 64, where float32 multiply-adds bound it; blocks of 16 took 160 and 340 µs: register spills).
+ * Past 64 rows the blocks still beat the tiled GEMM: 287 vs 698 µs at 65 rows, 474 vs 722 at 128, 0.90 vs
+ * 1.06 ms at 256, 1.76 vs 2.78 ms at 512 (docs/perf/h200/gemv-down-gemm65.md, gemv-down-gemv512.md), so the GEMM serves prefill past 512.
  */
-export const GEMV_TABLE = '1:1,1,4,8;2:2,1,4,8;4:4,2,2,4;8:4,2,2,4;64:8,4,1,4';
+export const GEMV_TABLE = '1:1,1,4,8;2:2,1,4,8;4:4,2,2,4;8:4,2,2,4;512:8,4,1,4';
 
 /**
  * A table from its text, `maxRows:R,OT,U,G;…` with maxRows ascending (KIVI_WEBGPU_GEMV, for tuning on

@@ -122,10 +122,10 @@ test('defaults: kivi2 is the cache of generate, eval nll and the library; serve 
 
 test('serve refuses a KV budget that cannot hold one sequence of one token', () => {
   expectCliError(['serve', '--model', MODEL_DIR, '--kv-budget', '0.5', '--port', '0'], /--kv-budget.*expected a whole number of bytes, got "0\.5"/);
-  // kivi2, one token: a key and a value residual page of 32 float16 slots, 8 layers × 2 kv heads × 32 × 128 × 2 bytes each = 256 KiB.
+  // kivi2, one token: a key and a value residual page of 8 float16 slots, 8 layers × 2 kv heads × 8 × 128 × 2 bytes each = 64 KiB.
   expectCliError(
-    ['serve', '--model', MODEL_DIR, '--kv-budget', '262143', '--port', '0'],
-    /the KV budget of 256\.0 KiB cannot hold even one sequence of one token \(kivi2 needs 256\.0 KiB of cache pages\)/,
+    ['serve', '--model', MODEL_DIR, '--kv-budget', '65535', '--port', '0'],
+    /the KV budget of 64\.0 KiB cannot hold even one sequence of one token \(kivi2 needs 64\.0 KiB of cache pages\)/,
   );
 });
 

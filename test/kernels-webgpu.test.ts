@@ -226,50 +226,60 @@ if (!reportMissing('kernels-webgpu: bindings, pages, batches')) {
   test("webgpu: quantized pages hold the host back ends' bytes exactly; writePage restores them", async () => {
     const b = await gpu();
     const ref = new TsBackend();
-    const shape = { numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 64 };
-    const qkvDim = 8 * 64;
     const r = rng(13);
-    // Outlier channels, tiny values and a constant channel: scales of every magnitude, float16 subnormals, zero ranges.
-    const rows = randArray(120 * qkvDim, r).map((v, i) => (i % 64 === 5 ? v * 12 : i % 64 === 9 ? v * 1e-6 : i % 64 === 11 ? 0.5 : v));
-    for (const spec of ['kivi:k=2,v=2,g=16,r=16', 'kivi:k=4,v=2,g=16,r=32,residual=fp16', 'kivi:k=8,v=8,g=32,r=32', 'kivi:k=2,v=4,g=64,r=64', 'fp16']) {
-      const pools = [ref.createPagePool(shape), b.createPagePool(shape)] as const;
-      const st = [new CacheStepper(ref, pools[0]), new CacheStepper(b, pools[1])];
-      const caches = pools.map((p) => createCache(parseKvSpec(spec), p));
-      let at = 0;
-      for (const n of [40, 25, 1, 1, 1, 50]) {
-        for (const i of [0, 1])
-          await st[i]!.step([{ cache: caches[i]!, rows: rows.subarray(at * qkvDim, (at + n) * qkvDim), n, mode: n === 1 ? 'decode' : 'prefill' }], false);
-        at += n;
-      }
-      // Every page the caches hold, compared byte for byte (page lists are the caches' own bookkeeping).
-      const pagesOf = (c: object): [number, number][] => {
-        const o = c as Record<string, unknown>;
-        const out: [number, number][] = [];
-        if (spec === 'fp16')
-          for (const rowsOf of ['k', 'v'])
-            for (const p of (o[rowsOf] as { pages: number[]; sectionBytes: number }).pages) out.push([p, (o[rowsOf] as { sectionBytes: number }).sectionBytes]);
-        else {
-          for (const p of o.keyBlocks as number[]) out.push([p, o.keySection as number]);
-          for (const p of o.valuePages as number[]) out.push([p, o.valueSection as number]);
-          for (const res of ['keyResidual', 'valueResidual'])
-            for (const p of (o[res] as { pages: number[] }).pages) out.push([p, (o[res] as { sectionBytes: number }).sectionBytes]);
+    // Heads of 64, and of 256 (more channels than a job's 128 threads: each keeps two channels' ranges).
+    const cases = [
+      [
+        { numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 64 },
+        ['kivi:k=2,v=2,g=16,r=16', 'kivi:k=4,v=2,g=16,r=32,residual=fp16', 'kivi:k=8,v=8,g=32,r=32', 'kivi:k=2,v=4,g=64,r=64', 'fp16'],
+      ],
+      [{ numLayers: 1, numHeads: 2, numKvHeads: 1, headDim: 256 }, ['kivi:k=2,v=2,g=32,r=32', 'kivi:k=4,v=4,g=64,r=64,residual=fp16']],
+    ] as const;
+    for (const [shape, specs] of cases)
+      for (const spec of specs) {
+        const qkvDim = (shape.numHeads + 2 * shape.numKvHeads) * shape.headDim;
+        const d = shape.headDim;
+        // Outlier channels, tiny values and a constant channel: scales of every magnitude, float16 subnormals, zero ranges.
+        const rows = randArray(120 * qkvDim, r).map((v, i) => (i % d === 5 ? v * 12 : i % d === 9 ? v * 1e-6 : i % d === 11 ? 0.5 : v));
+        const pools = [ref.createPagePool(shape), b.createPagePool(shape)] as const;
+        const st = [new CacheStepper(ref, pools[0]), new CacheStepper(b, pools[1])];
+        const caches = pools.map((p) => createCache(parseKvSpec(spec), p));
+        let at = 0;
+        for (const n of [40, 25, 1, 1, 1, 50]) {
+          for (const i of [0, 1])
+            await st[i]!.step([{ cache: caches[i]!, rows: rows.subarray(at * qkvDim, (at + n) * qkvDim), n, mode: n === 1 ? 'decode' : 'prefill' }], false);
+          at += n;
         }
-        return out;
-      };
-      const [pa, pb] = [pagesOf(caches[0]!), pagesOf(caches[1]!)];
-      assert.equal(pb.length, pa.length);
-      assert.ok(pa.length >= 4, `${spec}: ${pa.length} pages`);
-      for (let k = 0; k < pa.length; k++) {
-        const bytes = await pools[1].readPage(pb[k]![0], pb[k]![1]);
-        assert.deepEqual(bytes, await pools[0].readPage(pa[k]![0], pa[k]![1]), `${spec}: page ${k}`);
-        pools[1].writePage(pb[k]![0], pb[k]![1], new Uint8Array(bytes.length));
-        assert.ok((await pools[1].readPage(pb[k]![0], pb[k]![1])).every((x) => x === 0));
-        pools[1].writePage(pb[k]![0], pb[k]![1], bytes);
-        assert.deepEqual(await pools[1].readPage(pb[k]![0], pb[k]![1]), bytes);
+        // Every page the caches hold, compared byte for byte (page lists are the caches' own bookkeeping).
+        const pagesOf = (c: object): [number, number][] => {
+          const o = c as Record<string, unknown>;
+          const out: [number, number][] = [];
+          if (spec === 'fp16')
+            for (const rowsOf of ['k', 'v'])
+              for (const p of (o[rowsOf] as { pages: number[]; sectionBytes: number }).pages)
+                out.push([p, (o[rowsOf] as { sectionBytes: number }).sectionBytes]);
+          else {
+            for (const p of o.keyBlocks as number[]) out.push([p, o.keySection as number]);
+            for (const p of o.valuePages as number[]) out.push([p, o.valueSection as number]);
+            for (const res of ['keyResidual', 'valueResidual'])
+              for (const p of (o[res] as { pages: number[] }).pages) out.push([p, (o[res] as { sectionBytes: number }).sectionBytes]);
+          }
+          return out;
+        };
+        const [pa, pb] = [pagesOf(caches[0]!), pagesOf(caches[1]!)];
+        assert.equal(pb.length, pa.length);
+        assert.ok(pa.length >= 4, `${spec}: ${pa.length} pages`);
+        for (let k = 0; k < pa.length; k++) {
+          const bytes = await pools[1].readPage(pb[k]![0], pb[k]![1]);
+          assert.deepEqual(bytes, await pools[0].readPage(pa[k]![0], pa[k]![1]), `${spec}: page ${k}`);
+          pools[1].writePage(pb[k]![0], pb[k]![1], new Uint8Array(bytes.length));
+          assert.ok((await pools[1].readPage(pb[k]![0], pb[k]![1])).every((x) => x === 0));
+          pools[1].writePage(pb[k]![0], pb[k]![1], bytes);
+          assert.deepEqual(await pools[1].readPage(pb[k]![0], pb[k]![1]), bytes);
+        }
+        for (const c of caches) c.free();
+        assert.equal(pools[1].allocatedBytes, 0);
       }
-      for (const c of caches) c.free();
-      assert.equal(pools[1].allocatedBytes, 0);
-    }
   });
 
   test('webgpu: simulated-quantization (fake) caches are refused in one line', async () => {

@@ -48,9 +48,10 @@ export const MAX_ITEMS = 0xfffff;
  * How long an idle helper polls for the next job before it sleeps. Polling saves the wake-up (tens of
  * µs) between back-to-back jobs but burns a core. A decode step is ~40 jobs a few tens of µs apart:
  * sleeping at once, the caller ran 60–64% of the items itself (the helper still waking up), and 2-thread
- * decode of the bundled model (kivi2, 1024-token prompt) was slower than with 100 µs of polling in 5 of 6
- * paired runs on an otherwise idle 2-core VM (mean +12%; 2026-12-02). On the same VM under load, in the
- * first round, sleeping at once measured best; a helper descheduled mid-job is caught by STALLS_TO_SOLO.
+ * decode of the bundled model (kivi2) was slower than with 100 µs of polling in 8 of 8 paired runs at a
+ * 1900-token prompt (medians 165 vs 195 tokens/s) and 5 of 6 at 1024 on an otherwise idle 2-core VM
+ * (2026-12-02). On the same VM under load, in the first round, sleeping at once measured best; a helper
+ * descheduled mid-job is caught by STALLS_TO_SOLO.
  */
 const SPIN_MS = 0.1;
 /** A job that makes no progress for this long means a helper died. */

@@ -771,7 +771,8 @@ const JOB_PARAMS = 256;
 export function jobsWgsl(shape: AttnShape, na: number): string {
   const { numHeads: H, numKvHeads: KV, headDim: D } = shape;
   const QKVD = (H + 2 * KV) * D;
-  if (D > JOB_PARAMS) throw new Error(`webgpu: cache jobs for a head size of ${D} (at most ${JOB_PARAMS})`);
+  // A key job's thread keeps the ranges of two channels, a value job's parameters fit JOB_PARAMS.
+  if (D > Math.min(JOB_PARAMS, 2 * 128)) throw new Error(`webgpu: cache jobs for a head size of ${D} (at most ${JOB_PARAMS})`);
   return /* wgsl */ `
 const D = ${D}u;
 const WG = 128u;
@@ -871,33 +872,31 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3
     // Per channel over each group of G tokens: the range from passes of TB tokens, then the codes.
     let mbase = sbase + (cap / G) * D;
     for (var g = 0u; g < cap / G; g++) {
-      var lo = pos_inf();
-      var hi = neg_inf();
+      // Thread li keeps the range of channel li and (D > WG) of channel li + WG: D ≤ 2·WG.
+      var lo0 = pos_inf();
+      var hi0 = neg_inf();
+      var lo1 = pos_inf();
+      var hi1 = neg_inf();
       for (var i0 = 0u; i0 < G; i0 += TB) {
         let nt = min(TB, G - i0);
         for (var idx = li; idx < nt * D; idx += WG) { buf[idx] = bitcast<u32>(src(s0, sn, part, h, g * G + i0 + idx / D, idx % D)); }
         workgroupBarrier();
-        if (li < D) {
-          for (var k = 0u; k < nt; k++) {
+        for (var k = 0u; k < nt; k++) {
+          if (li < D) {
             let v = bitcast<f32>(buf[k * D + li]);
-            lo = min(lo, v);
-            hi = max(hi, v);
+            lo0 = min(lo0, v);
+            hi0 = max(hi0, v);
+          }
+          if (li + WG < D) {
+            let v = bitcast<f32>(buf[k * D + li + WG]);
+            lo1 = min(lo1, v);
+            hi1 = max(hi1, v);
           }
         }
         workgroupBarrier();
       }
       for (var c = li; c < D; c += WG) {
-        // Threads past the first WG channels (D > WG) find their channel's range here.
-        if (c >= WG) {
-          lo = pos_inf();
-          hi = neg_inf();
-          for (var k = 0u; k < G; k++) {
-            let v = src(s0, sn, part, h, g * G + k, c);
-            lo = min(lo, v);
-            hi = max(hi, v);
-          }
-        }
-        let pr = params(lo, hi, maxc);
+        let pr = params(select(lo0, lo1, c >= WG), select(hi0, hi1, c >= WG), maxc);
         ph[c] = pr;
         ps[c] = f16_to_f32(pr & 0xffffu);
         pm[c] = f16_to_f32(pr >> 16u);

@@ -760,6 +760,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3
 const JOB_BUF = 1024;
 /** Per-(token, group) parameters a value job keeps per pass. */
 const JOB_PARAMS = 256;
+/** Threads of a job's workgroup. */
+const JOB_WG = 128;
 
 /**
  * The cache jobs of one phase: store, quantize key blocks, quantize value tokens. One workgroup per
@@ -772,10 +774,11 @@ export function jobsWgsl(shape: AttnShape, na: number): string {
   const { numHeads: H, numKvHeads: KV, headDim: D } = shape;
   const QKVD = (H + 2 * KV) * D;
   // A key job's thread keeps the ranges of two channels, a value job's parameters fit JOB_PARAMS.
-  if (D > Math.min(JOB_PARAMS, 2 * 128)) throw new Error(`webgpu: cache jobs for a head size of ${D} (at most ${JOB_PARAMS})`);
+  const most = Math.min(JOB_PARAMS, 2 * JOB_WG);
+  if (D > most) throw new Error(`webgpu: cache jobs for a head size of ${D} (at most ${most})`);
   return /* wgsl */ `
 const D = ${D}u;
-const WG = 128u;
+const WG = ${JOB_WG}u;
 const TB = ${Math.max(1, Math.floor(JOB_BUF / D))}u;
 struct P { items: u32, n: u32, jobs: u32 }
 @group(0) @binding(0) var<uniform> p: P;
@@ -826,7 +829,7 @@ fn code(v: f32, s: f32, m: f32, maxc: f32) -> u32 {
   return u32(clamp(rhe(div_rn(v - m, s)), 0.0, maxc));
 }
 
-@compute @workgroup_size(128)
+@compute @workgroup_size(${JOB_WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let it = wg_index(wid, nw);
   if (it >= p.n) { return; }
@@ -908,6 +911,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3
         sta(dsl, (sbase + g * D + cp * 2u) / 2u, (a & 0xffffu) | (b << 16u));
         sta(dsl, (mbase + g * D + cp * 2u) / 2u, (a >> 16u) | (b & 0xffff0000u));
       }
+      // The group's values again, now as codes (the whole group would not fit workgroup memory at once).
       for (var i0 = 0u; i0 < G; i0 += TB) {
         let nt = min(TB, G - i0);
         for (var idx = li; idx < nt * D; idx += WG) {

@@ -11,6 +11,7 @@ import { after, test } from 'node:test';
 import { createCache, parseKvSpec } from '../src/cache/spec.js';
 import { CacheStepper } from '../src/cache/step.js';
 import { TsBackend } from '../src/kernels/ts/backend.js';
+import { parseAttnVariant } from '../src/kernels/webgpu/attention.js';
 import type { WebGpuBackend } from '../src/kernels/webgpu/backend.js';
 import type { WebGpuOptions } from '../src/kernels/webgpu/device.js';
 import { KiviError } from '../src/util/errors.js';
@@ -223,6 +224,33 @@ if (!reportMissing('kernels-webgpu: bindings, pages, batches')) {
     for (const c of caches) c.free();
   });
 
+  test('webgpu: a step whose pages all lie in one arena slot past the first reads it as the only binding, with the reference results', async () => {
+    const b = await gpu({ maxBindingBytes: 64 * 1024, maxArenas: 4, serialMatmul: false });
+    const ref = new TsBackend();
+    const r = rng(21);
+    const shape = { numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 64 };
+    const qkvDim = 8 * 64;
+    const pools = [ref.createPagePool(shape), b.createPagePool(shape)] as const;
+    const st = [new CacheStepper(ref, pools[0]), new CacheStepper(b, pools[1])];
+    // A float32 cache of 8 tokens: a key page filling the first 64 KiB slot, a value page in the second.
+    // The KIVI cache made after it goes where new pages go, the last slot: all its pages in slot 1.
+    const filler = createCache(parseKvSpec('fp32'), pools[1]);
+    await st[1]!.fill(filler, randArray(8 * qkvDim, r), 8, 8);
+    const caches = pools.map((p) => createCache(parseKvSpec('kivi:k=2,v=2,g=16,r=16'), p));
+    const rows = randArray(60 * qkvDim, r);
+    for (const i of [0, 1]) await st[i]!.fill(caches[i]!, rows, 50, 50);
+    for (let k = 50; k < 60; k++) {
+      const item = (i: number) => [{ cache: caches[i]!, rows: rows.subarray(k * qkvDim, (k + 1) * qkvDim), n: 1, mode: 'decode' as const }];
+      const exp = (await st[0]!.step(item(0)))!;
+      assertClose((await st[1]!.step(item(1)))!, exp, () => 1e-4 * Math.max(...exp.map(Math.abs)), `kivi at ${k} tokens`);
+    }
+    assert.equal(pools[1].slotsInUse, 2, 'two arena slots in use');
+    // Two slots in use, yet attention ran on the one-binding kernel (a two-slot one takes minutes to build here).
+    const kernels = [...(b as unknown as { kernels: Map<string, unknown> }).kernels.keys()].filter((k) => k.startsWith('attend'));
+    assert.deepEqual(kernels, ['attend1:4:2:64']);
+    for (const c of [...caches, filler]) c.free();
+  });
+
   test("webgpu: quantized pages hold the host back ends' bytes exactly; writePage restores them", async () => {
     const b = await gpu();
     const ref = new TsBackend();
@@ -366,14 +394,19 @@ if (!reportMissing('kernels-webgpu: long attention')) {
       const caches = pools.map((p) => createCache(parseKvSpec(spec), p));
       for (const i of [0, 1]) await st[i]!.fill(caches[i]!, rows, T, 1024);
       for (let k = 0; k < 3; k++) {
+        // The last step by a tuning variant of the kernel (scripts/gpu/attn-ablate.mjs): 1 value token in
+        // flight a lane and 4 channels a thread must give the reference's outputs too.
+        b.attnVariant = k === 2 ? 'u1,ch4' : '';
         const item = (i: number) => [{ cache: caches[i]!, rows: step.subarray(k * qkvDim, (k + 1) * qkvDim), n: 1, mode: 'decode' as const }];
         const exp = (await st[0]!.step(item(0)))!;
         const got = (await st[1]!.step(item(1)))!;
         const tol = (spec === 'fp16' ? 1e-5 : 1e-4) * Math.max(...exp.map(Math.abs));
-        assertClose(got, exp, () => tol, `${spec}, decode step ${k} at ${T + k} tokens`);
+        assertClose(got, exp, () => tol, `${spec}, decode step ${k} at ${T + k} tokens${b.attnVariant ? ` (variant ${b.attnVariant})` : ''}`);
       }
+      b.attnVariant = '';
       for (const c of caches) c.free();
     }
+    assert.throws(() => parseAttnVariant('u2,fast'), /unknown part "fast"/);
   });
 
   test("webgpu: page lists kept on the GPU grow past their table's region while decoding and match the reference; a freed cache's region is reused", async () => {

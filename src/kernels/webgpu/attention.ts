@@ -86,10 +86,10 @@ function attnBytes(nq: number, D: number, lanes: number, s: number): number {
 }
 
 /** How the attention kernel is laid out for a shape, given the workgroup memory the device allows. */
-export function attnGeometry(shape: AttnShape, workgroupBytes: number): AttnGeometry {
+export function attnGeometry(shape: AttnShape, workgroupBytes: number, chOverride = 0): AttnGeometry {
   const { numHeads: H, numKvHeads: KV, headDim: D } = shape;
   const nq = H / KV;
-  const ch = nq <= 2 ? 16 : nq <= 4 ? 8 : 4;
+  const ch = chOverride || (nq <= 2 ? 16 : nq <= 4 ? 8 : 4);
   const lanes = Math.floor(TILE / (D / ch));
   // Four groups cover a tile at G = 32 (the paper's); more only costs occupancy.
   let slots = 4;
@@ -123,7 +123,39 @@ function magic(word: string, bits: number, k: number): string {
   return `bitcast<f32>(0x3f800000u | (${moved} & 0x${mask.toString(16)}u))`;
 }
 
-export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number): string {
+/**
+ * A diagnostic build of the attention kernel, for timing its parts on a GPU without a profiler
+ * (scripts/gpu/attn-ablate.mjs; the backend's `attnVariant`, empty outside that script): `skip` leaves
+ * parts out (`ti`: value addresses, `fold`: the query folded per key group, `keys`: KIVI key rows
+ * scored, `max`: the tile maximum's tree, `values`: the value phase; in the KIVI value loop `vscale`:
+ * scale and minimum loads, `vcodes`: code loads, `unpack`: codes read as floats), and then results are wrong;
+ * `unroll` (value tokens a lane loads before their arithmetic) and `ch` (value channels a thread owns)
+ * override the defaults, and results stay right.
+ */
+export interface AttnVariant {
+  skip: ReadonlySet<string>;
+  unroll: number;
+  ch: number;
+}
+
+export const ATTN_PARTS = ['ti', 'fold', 'keys', 'max', 'values', 'vscale', 'vcodes', 'unpack'] as const;
+
+/** A variant from its text: a comma list of ATTN_PARTS, `uN` and `chN` (e.g. "u2,ch8"). */
+export function parseAttnVariant(text: string): AttnVariant {
+  const skip = new Set<string>();
+  let unroll = 0,
+    ch = 0;
+  for (const w of text.split(',').filter(Boolean)) {
+    if ((ATTN_PARTS as readonly string[]).includes(w)) skip.add(w);
+    else if (/^u[1-8]$/.test(w)) unroll = Number(w.slice(1));
+    else if (/^ch(4|8|16)$/.test(w)) ch = Number(w.slice(2));
+    else throw new Error(`attention variant "${text}": unknown part "${w}"`);
+  }
+  return { skip, unroll, ch };
+}
+
+export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, variant: AttnVariant = parseAttnVariant('')): string {
+  const off = (part: string) => (variant.skip.has(part) ? 'false && ' : '');
   const { numHeads: H, numKvHeads: KV, headDim: D } = shape;
   const { nq: NQ, ch: CH, slots: NS } = g;
   const QKVD = (H + 2 * KV) * D;
@@ -204,7 +236,7 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number): strin
   // The tile's tokens in KIVI value pages (a prefix of it), UNROLL tokens of a lane at a time: every
   // load of the group is issued before any arithmetic, so several rows are in flight per thread (2 and
   // 4 bits; 8-bit values and the run's last tokens take the general loop, which keeps the shader small).
-  const UNROLL = 4;
+  const UNROLL = variant.unroll || 4;
   const fastValues = (bits: number) => {
     const cpw = 32 / bits;
     const words = Math.max(1, (CH * bits) / 32);
@@ -212,8 +244,14 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number): strin
     const one = (x: string, tt: string) => {
       let s = `          let i${x} = (${tt}) * 4u;\n          let sl${x} = ti[i${x}] >> 16u;\n`;
       s += `          let sh${x} = ti[i${x} + 2u] + gq;\n          let mh${x} = ti[i${x} + 3u] + gq;\n`;
-      s += `          let hs${x} = ldw(sl${x}, sh${x} >> 1u);\n          let hm${x} = ldw(sl${x}, mh${x} >> 1u);\n`;
-      for (let wi = 0; wi < words; wi++) s += `          let w${x}_${wi} = ldw(sl${x}, ti[i${x} + 1u] + wo + ${wi}u);\n`;
+      s += variant.skip.has('vscale')
+        ? `          let hs${x} = sh${x} | 0x3c003c00u;\n          let hm${x} = mh${x} | 0x3c003c00u;\n`
+        : `          let hs${x} = ldw(sl${x}, sh${x} >> 1u);\n          let hm${x} = ldw(sl${x}, mh${x} >> 1u);\n`;
+      for (let wi = 0; wi < words; wi++) {
+        s += variant.skip.has('vcodes')
+          ? `          let w${x}_${wi} = ti[i${x} + 1u] + ${wi}u;\n`
+          : `          let w${x}_${wi} = ldw(sl${x}, ti[i${x} + 1u] + wo + ${wi}u);\n`;
+      }
       return s;
     };
     const use = (x: string, tt: string) => {
@@ -222,7 +260,10 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number): strin
         `            let sv = select(su.x, su.y, (sh${x} & 1u) != 0u);\n            let mv = select(mu.x, mu.y, (mh${x} & 1u) != 0u);\n`;
       s += `${J((j) => `            let p${j} = sc[${j * TILE}u + ${tt}];\n            l${j} += p${j};`)}\n`;
       for (let wi = 0; wi < words; wi++) s += `            let w${wi} = w${x}_${wi}${partial ? ` >> ((c0 % ${cpw}u) * ${bits}u)` : ''};\n`;
-      for (let k = 0; k < CH; k++) s += `            let m${k} = ${magic(`w${Math.floor((k * bits) / 32)}`, bits, k % cpw)};\n`;
+      for (let k = 0; k < CH; k++) {
+        const w = `w${Math.floor((k * bits) / 32)}`;
+        s += `            let m${k} = ${variant.skip.has('unpack') ? `bitcast<f32>(${w} + ${k}u)` : magic(w, bits, k % cpw)};\n`;
+      }
       s += `${J(
         (j) =>
           `            { let ws = p${j} * sv; W${j} += ws; B${j} += p${j} * mv;\n` +
@@ -353,7 +394,7 @@ ${JK((j, k) => `  var a${j}_${k} = 0.0;`)}
     loop { if (a < seg_end(vseg)) { break; } vseg += 1u; }
     let t = a + li;
     // ---- where this thread's token keeps its value (read back by the value threads) ----
-    if (t < b) {
+    if (${off('ti')}t < b) {
       var vs = vseg;
       loop { if (t < seg_end(vs)) { break; } vs += 1u; }
       let pg = seg_at(vs, t);
@@ -391,7 +432,7 @@ ${J((j) => `    var s${j} = neg_inf();`)}
       for (var ps = 0u; ps < ng; ps += NS) {
         let nsl = min(NS, ng - ps);
         // Fold the query with each group's scales; partial Σ qs and Σ q·m per 16 channels.
-        for (var idx = li; idx < nsl * NQ * D16; idx += WG) {
+        for (var idx = li; ${off('fold')}idx < nsl * NQ * D16; idx += WG) {
           let slot = idx / (NQ * D16);
           let j = (idx / D16) % NQ;
           let cb = (idx % D16) * 16u;
@@ -409,10 +450,24 @@ ${J((j) => `    var s${j} = neg_inf();`)}
           let hm = hs + (cap / kG) * D;
           var pq = 0.0;
           var pb = 0.0;
-          // Scales and minimums two halves a word (hs, hm even: D and cb are multiples of 16).
+          // Scales and minimums of 16 channels, two halves a word (hs, hm even): two vec4 loads each where
+          // they start a vec4 (the usual case), else word by word.
 ${range(8)
-  .map((k) => `          let sw${k} = ldw(sl, (hs >> 1u) + ${k}u);\n          let mw${k} = ldw(sl, (hm >> 1u) + ${k}u);`)
+  .map((k) => `          var sw${k} = 0u;\n          var mw${k} = 0u;`)
   .join('\n')}
+          if ((((hs | hm) >> 1u) & 3u) == 0u) {
+            let sa = ld4(sl, hs >> 3u);
+            let sb = ld4(sl, (hs >> 3u) + 1u);
+            let ma = ld4(sl, hm >> 3u);
+            let mb = ld4(sl, (hm >> 3u) + 1u);
+${range(8)
+  .map((k) => `            sw${k} = s${k < 4 ? 'a' : 'b'}.${'xyzw'[k % 4]};\n            mw${k} = m${k < 4 ? 'a' : 'b'}.${'xyzw'[k % 4]};`)
+  .join('\n')}
+          } else {
+${range(8)
+  .map((k) => `            sw${k} = ldw(sl, (hs >> 1u) + ${k}u);\n            mw${k} = ldw(sl, (hm >> 1u) + ${k}u);`)
+  .join('\n')}
+          }
 ${range(4)
   .map(
     (k) => `          {
@@ -431,7 +486,7 @@ ${range(4)
           fp[idx * 2u + 1u] = pb;
         }
         workgroupBarrier();
-        for (var idx = li; idx < nsl * NQ; idx += WG) {
+        for (var idx = li; ${off('fold')}idx < nsl * NQ; idx += WG) {
           var sq = 0.0;
           var sb = 0.0;
           for (var k = 0u; k < D16; k++) {
@@ -443,7 +498,7 @@ ${range(4)
         }
         workgroupBarrier();
         let gg = t / kG;
-        if (t < b && t < kb && gg >= g0 + ps && gg < g0 + ps + nsl) {
+        if (${off('keys')}t < b && t < kb && gg >= g0 + ps && gg < g0 + ps + nsl) {
           let slot = gg - g0 - ps;
           var sg = kseg;
           loop { if (t < seg_end(sg)) { break; } sg += 1u; }
@@ -504,12 +559,12 @@ ${J((j) => `      s${j} = S${j} * SCALE;`)}
     // ---- the tile's maximum (a tree in workgroup memory), the new running maximum, the weights ----
 ${J((j) => `    sc[${j * TILE}u + li] = s${j};`)}
     workgroupBarrier();
-    for (var idx = li; idx < NQ * 32u; idx += WG) {
+    for (var idx = li; ${off('max')}idx < NQ * 32u; idx += WG) {
       let o = (idx / 32u) * WG + (idx % 32u) * 4u;
       fp[idx] = max(max(sc[o], sc[o + 1u]), max(sc[o + 2u], sc[o + 3u]));
     }
     workgroupBarrier();
-    for (var idx = li; idx < NQ * 8u; idx += WG) {
+    for (var idx = li; ${off('max')}idx < NQ * 8u; idx += WG) {
       let o = (idx / 8u) * 32u + (idx % 8u) * 4u;
       fp[NQ * 32u + idx] = max(max(fp[o], fp[o + 1u]), max(fp[o + 2u], fp[o + 3u]));
     }
@@ -546,7 +601,7 @@ ${range(CH)
       sq += 1u;
     }
     let nq = min(vq, b) - a;
-    if (u < LANES) {
+    if (${off('values')}u < LANES) {
       var tt = u;
       let gq = c0 / vG;
       if (vk0 == ${SEG_KIVI_V}u && vG % ${CH}u == 0u) {

@@ -14,7 +14,18 @@ import type { StepPlan } from '../plan.js';
 import { randomScale } from '../ts/ops.js';
 import type { AttnShape, Backend, DType, HostArray, PagePool, Tensor } from '../types.js';
 import { DTYPE_BYTES } from '../types.js';
-import { type AttnGeometry, arenaCount, attendWgsl, attnGeometry, ITEM_WORDS, jobsWgsl, MERGE_WORDS, mergeWgsl, partialFloats } from './attention.js';
+import {
+  type AttnGeometry,
+  arenaCount,
+  attendWgsl,
+  attnGeometry,
+  ITEM_WORDS,
+  jobsWgsl,
+  MERGE_WORDS,
+  mergeWgsl,
+  parseAttnVariant,
+  partialFloats,
+} from './attention.js';
 import { type Binding, type GBuf, GpuCore, type Kernel } from './core.js';
 import {
   ARGMAX,
@@ -112,6 +123,8 @@ export class WebGpuBackend implements Backend {
   /** GEMV shapes by number of rows; more rows than its last entry take the tiled GEMM. */
   readonly gemvTable: GemvTable;
   private readonly kernels = new Map<string, Kernel>();
+  /** Diagnostic only: an attention kernel variant (attention.ts parseAttnVariant; scripts/gpu/attn-ablate.mjs). */
+  attnVariant = '';
   private readonly geometries = new Map<string, AttnGeometry>();
   private readonly dummies: GBuf[];
   /** Arena bindings per layer (cache pages). */
@@ -505,10 +518,25 @@ export class WebGpuBackend implements Backend {
       if (this.partials) this.core.destroy(this.partials);
       this.partials = this.core.buffer(Math.max(partBytes, (this.partials?.size ?? 0) * 2), GPUBufferUsage.STORAGE, 'partials');
     }
-    const g = this.geometry(shape);
-    const na = p.slotsInUse;
-    const k = this.shapeKernel(`attend${na}`, shape, () => attendWgsl(shape, g, na), ['read', 'read', 'rw', 'rw', ...Array<'read'>(this.arenas).fill('read')]);
-    const bind = [{ b: this.planBuf! }, { b: f32(qkv).g }, { b: f32(att).g }, { b: this.partials }, ...p.bindings(layer)];
+    const v = this.attnVariant;
+    const variant = parseAttnVariant(v);
+    const g = variant.ch ? attnGeometry(shape, this.dev.device.limits.maxComputeWorkgroupStorageSize, variant.ch) : this.geometry(shape);
+    // Pages in one arena slot (the usual case): that slot's buffer goes first and the kernel reads one
+    // binding; a kernel for several slots picks one per load (a switch that costs KIVI attention up to
+    // 2× on the H200: docs/perf/webgpu-h200.md).
+    const single = (gp.slots & (gp.slots - 1)) === 0;
+    const na = single ? 1 : p.slotsInUse;
+    const arenas = p.bindings(layer);
+    const only = single && gp.slots ? 31 - Math.clz32(gp.slots) : 0;
+    [arenas[0], arenas[only]] = [arenas[only]!, arenas[0]!];
+    const k = this.shapeKernel(`attend${na}${v ? `-${v}` : ''}`, shape, () => attendWgsl(shape, g, na, variant), [
+      'read',
+      'read',
+      'rw',
+      'rw',
+      ...Array<'read'>(this.arenas).fill('read'),
+    ]);
+    const bind = [{ b: this.planBuf! }, { b: f32(qkv).g }, { b: f32(att).g }, { b: this.partials }, ...arenas];
     this.core.dispatch(k, bind, nAttn, (u, _f, at) => u.set([first.attn, nAttn, gp.tasks], at));
     if (nMerge > 0) {
       const m = this.shapeKernel('merge', shape, () => mergeWgsl(shape), ['read', 'read', 'rw']);

@@ -61,7 +61,9 @@ for (const spec of specs) {
         mx = Math.max(mx, Math.abs(ref[i]));
         err = Math.max(err, Math.abs(ref[i] - out[i]));
       }
-      check = err / mx <= 1e-5 ? ' (same)' : ` (DIFFERS: ${(err / mx).toExponential(1)})`;
+      // attn-check.mjs's bounds: summation order moves KIVI outputs by up to ~5e-5 of the largest.
+      const bound = spec === 'fp16' ? 1e-5 : 1e-4;
+      check = ` (${err / mx <= bound ? 'same' : 'DIFFERS'}: error ${(err / mx).toExponential(1)})`;
     }
     line.push(`${v || 'full'}: ${(median(times.slice(2)) * 1000).toFixed(1)} µs${check}`);
   }

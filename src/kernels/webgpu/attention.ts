@@ -115,6 +115,16 @@ function arenaSwitch(na: number, sig: string, body: (a: string) => string): stri
   return `fn ${sig} {\n  switch s {\n${cases}    default: { ${body('a0')} }\n  }\n}`;
 }
 
+/**
+ * ld4 without branches: every arena is loaded, at index i in slot s and at 0 in the others (one cached
+ * word), and the load of slot s selected.
+ */
+function arenaSelect(na: number): string {
+  let body = '  var r = a0[select(0u, i, s == 0u)];\n';
+  for (let k = 1; k < na; k++) body += `  r = select(r, a${k}[select(0u, i, s == ${k}u)], s == ${k}u);\n`;
+  return `fn ld4(s: u32, i: u32) -> vec4<u32> {\n${body}  return r;\n}`;
+}
+
 /** The value of a b-bit code at position k of a word, as the float 1 + code·2^-b. */
 function magic(word: string, bits: number, k: number): string {
   const sh = 23 - bits - bits * k;
@@ -134,6 +144,8 @@ function magic(word: string, bits: number, k: number): string {
  */
 export interface AttnVariant {
   skip: ReadonlySet<string>;
+  /** Loads from several arenas by selects instead of a switch. */
+  sel: boolean;
   unroll: number;
   ch: number;
 }
@@ -144,14 +156,16 @@ export const ATTN_PARTS = ['ti', 'fold', 'keys', 'max', 'values', 'vscale', 'vco
 export function parseAttnVariant(text: string): AttnVariant {
   const skip = new Set<string>();
   let unroll = 0,
-    ch = 0;
+    ch = 0,
+    sel = false;
   for (const w of text.split(',').filter(Boolean)) {
     if ((ATTN_PARTS as readonly string[]).includes(w)) skip.add(w);
+    else if (w === 'sel') sel = true;
     else if (/^u[1-8]$/.test(w)) unroll = Number(w.slice(1));
     else if (/^ch(4|8|16)$/.test(w)) ch = Number(w.slice(2));
     else throw new Error(`attention variant "${text}": unknown part "${w}"`);
   }
-  return { skip, unroll, ch };
+  return { skip, unroll, ch, sel };
 }
 
 export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, variant: AttnVariant = parseAttnVariant('')): string {
@@ -333,7 +347,7 @@ var<workgroup> fs: array<f32, ${NS * NQ * 2}>;
 var<workgroup> big: array<vec4<f32>, ${BIG}>;
 var<workgroup> ti: array<u32, ${4 * TILE}>;
 
-${arenaSwitch(na, 'ld4(s: u32, i: u32) -> vec4<u32>', (a) => `return ${a}[i];`)}
+${variant.sel && na > 1 ? arenaSelect(na) : arenaSwitch(na, 'ld4(s: u32, i: u32) -> vec4<u32>', (a) => `return ${a}[i];`)}
 // A word of a vec4 by selects (indexing a vector value at run time makes some compilers copy it to memory).
 fn pick(v: vec4<u32>, k: u32) -> u32 { return select(select(v.x, v.y, k == 1u), select(v.z, v.w, k == 3u), k >= 2u); }
 fn ldw(s: u32, i: u32) -> u32 { return pick(ld4(s, i >> 2u), i & 3u); }

@@ -30,9 +30,18 @@ const qkv = b.tensor('f32', rowLen);
 const att = b.tensor('f32', shape.numHeads * shape.headDim);
 b.write(qkv, row);
 const median = (xs) => [...xs].sort((x, y) => x - y)[xs.length >> 1];
-for (const spec of specs) {
-  const cache = createCache(parseKvSpec(spec), pool);
-  await stepper.fillCycled(cache, fill, FILL, T);
+// KEEP=1: every spec's cache is filled first, in SPECS order, and all stay in the pool while each is timed.
+const kept = [];
+if (env.KEEP === '1') {
+  for (const spec of specs) {
+    const c = createCache(parseKvSpec(spec), pool);
+    await stepper.fillCycled(c, fill, FILL, T);
+    kept.push(c);
+  }
+}
+for (const [si, spec] of specs.entries()) {
+  const cache = kept[si] ?? createCache(parseKvSpec(spec), pool);
+  if (!kept[si]) await stepper.fillCycled(cache, fill, FILL, T);
   const plan = new StepPlan();
   plan.pageRuns = b.pageRuns === true;
   plan.clear();

@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: kernels, mha, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: kernels, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -31,6 +31,16 @@ case $PHASE in
     # code then feeds one multiply-add per query head instead of four (GQA 4:1 above).
     # (1M tokens at this shape is refused: fp16's 16 GiB of pages per layer exceed 12 bindings of 2 GiB.)
     run 150 attention-mha $A_MHA --context 65536,262144
+    ;;
+  ablate)
+    # Where the attention kernel's time goes (no profiler through WebGPU): parts left out, value-loop tuning,
+    # loads by select instead of switch; then each spec alone and both kept in one pool (KEEP=1), each order.
+    A="node scripts/gpu/attn-ablate.mjs"
+    timeout 150 $A 2>&1 | tee "$OUT/ablate-gqa-1m.txt"
+    HEADS=32 KV=32 T=262144 timeout 150 $A 2>&1 | tee "$OUT/ablate-mha-256k.txt"
+    HEADS=32 KV=32 T=262144 SPECS=kivi2 VARIANTS=,vscale,vcodes,unpack,values,ti timeout 100 $A 2>&1 | tee "$OUT/parts-mha-256k.txt"
+    HEADS=32 KV=32 T=1048576 SPECS=kivi2 VARIANTS=,sel,values timeout 120 $A 2>&1 | tee "$OUT/sel-mha-1m-kivi2.txt"
+    for S in kivi2,fp16 fp16,kivi2; do KEEP=1 HEADS=32 KV=32 T=262144 SPECS=$S VARIANTS= timeout 100 $A 2>&1 | tee -a "$OUT/keep-mha-256k.txt"; done
     ;;
   attn-items)
     # The attention kernel checked against the reference on this GPU (sink and rotated specs included), then

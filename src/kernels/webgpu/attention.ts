@@ -168,7 +168,10 @@ export function parseAttnVariant(text: string): AttnVariant {
   return { skip, unroll, ch, sel };
 }
 
-export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, variant: AttnVariant = parseAttnVariant('')): string {
+/** The kernel on `main`: nothing left out, the default unroll and channels. */
+export const DEFAULT_VARIANT: AttnVariant = { skip: new Set(), unroll: 0, ch: 0, sel: false };
+
+export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, variant: AttnVariant = DEFAULT_VARIANT): string {
   const off = (part: string) => (variant.skip.has(part) ? 'false && ' : '');
   const { numHeads: H, numKvHeads: KV, headDim: D } = shape;
   const { nq: NQ, ch: CH, slots: NS } = g;

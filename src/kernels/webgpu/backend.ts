@@ -19,6 +19,7 @@ import {
   arenaCount,
   attendWgsl,
   attnGeometry,
+  DEFAULT_VARIANT,
   ITEM_WORDS,
   jobsWgsl,
   MERGE_WORDS,
@@ -519,16 +520,9 @@ export class WebGpuBackend implements Backend {
       this.partials = this.core.buffer(Math.max(partBytes, (this.partials?.size ?? 0) * 2), GPUBufferUsage.STORAGE, 'partials');
     }
     const v = this.attnVariant;
-    const variant = parseAttnVariant(v);
+    const variant = v ? parseAttnVariant(v) : DEFAULT_VARIANT;
     const g = variant.ch ? attnGeometry(shape, this.dev.device.limits.maxComputeWorkgroupStorageSize, variant.ch) : this.geometry(shape);
-    // Pages in one arena slot (the usual case): that slot's buffer goes first and the kernel reads one
-    // binding; a kernel for several slots picks one per load (a switch that costs KIVI attention up to
-    // 2× on the H200: docs/perf/webgpu-h200.md).
-    const single = (gp.slots & (gp.slots - 1)) === 0;
-    const na = single ? 1 : p.slotsInUse;
-    const arenas = p.bindings(layer);
-    const only = single && gp.slots ? 31 - Math.clz32(gp.slots) : 0;
-    [arenas[0], arenas[only]] = [arenas[only]!, arenas[0]!];
+    const na = p.slotsInUse;
     const k = this.shapeKernel(`attend${na}${v ? `-${v}` : ''}`, shape, () => attendWgsl(shape, g, na, variant), [
       'read',
       'read',
@@ -536,7 +530,7 @@ export class WebGpuBackend implements Backend {
       'rw',
       ...Array<'read'>(this.arenas).fill('read'),
     ]);
-    const bind = [{ b: this.planBuf! }, { b: f32(qkv).g }, { b: f32(att).g }, { b: this.partials }, ...arenas];
+    const bind = [{ b: this.planBuf! }, { b: f32(qkv).g }, { b: f32(att).g }, { b: this.partials }, ...p.bindings(layer)];
     this.core.dispatch(k, bind, nAttn, (u, _f, at) => u.set([first.attn, nAttn, gp.tasks], at));
     if (nMerge > 0) {
       const m = this.shapeKernel('merge', shape, () => mergeWgsl(shape), ['read', 'read', 'rw']);

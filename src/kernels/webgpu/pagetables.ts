@@ -8,7 +8,6 @@
  */
 
 import type { PageList } from '../plan.js';
-import { pageSlot } from './pool.js';
 
 interface Region {
   /** First word in the table space. */
@@ -17,8 +16,6 @@ interface Region {
   cap: number;
   /** Pages of the list written into the region so far (sent, or pending in `dirty`). */
   sent: number;
-  /** Arena slots (pool.ts) of those pages, a bit each. */
-  slots: number;
 }
 
 const MIN_REGION = 64;
@@ -49,7 +46,7 @@ export class PageTables {
     if (!r) {
       let cap = MIN_REGION;
       while (cap < n) cap *= 2;
-      r = { at: this.alloc(cap), cap, sent: 0, slots: 0 };
+      r = { at: this.alloc(cap), cap, sent: 0 };
       this.regions.set(list, r);
       const reg = r;
       list.onReset = () => {
@@ -59,15 +56,9 @@ export class PageTables {
     }
     if (n > r.sent) {
       this.dirty.push([list, r, r.sent]);
-      for (let i = r.sent; i < n; i++) r.slots |= 1 << pageSlot(list.pages[i]!);
       r.sent = n;
     }
     return r.at;
-  }
-
-  /** The arena slots of the list's pages, a bit each (after offset()). */
-  slots(list: PageList): number {
-    return this.regions.get(list)?.slots ?? 0;
   }
 
   /** Send the pages added since the last flush: write(word in the table space, handles). */

@@ -86,8 +86,6 @@ export interface GpuPlan {
   partials: number;
   /** Words holding a page run's table offset within the table space (the uploader adds where that space starts). */
   runWords: number[];
-  /** The arena slots (pool.ts) of every page the plan names, a bit each. */
-  slots: number;
 }
 
 class Words {
@@ -113,7 +111,6 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
   runWords.length = 0;
   // Segment records; `start` filled per list below.
   const nSegs = plan.nSegs;
-  let slots = 0;
   w.ensure(nSegs * GSEG_WORDS);
   for (let i = 0; i < nSegs; i++) {
     const o = i * SEG_WORDS;
@@ -125,11 +122,9 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
       if (!tables) throw new Error('webgpu: a page run without page tables');
       w.a[g] = (kind & ~SEG_RUN) | (sg[o + SEG_BITS]! << 8) | GSEG_RUN;
       w.a[g + 2] = tables.offset(plan.lists[page]!);
-      slots |= tables.slots(plan.lists[page]!);
       runWords.push(g + 2);
     } else {
       w.a[g] = kind | (sg[o + SEG_BITS]! << 8) | ((rows ? 0 : pageSlot(page)) << 16);
-      if (!rows) slots |= 1 << pageSlot(page);
       w.a[g + 2] = rows ? page : pageWord(page);
     }
     w.a[g + 1] = sg[o + SEG_N]!;
@@ -300,7 +295,7 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
     sub.post = items(r[4]!, r[5]!);
     sub.nPost = r[5]! * KV;
   }
-  return { words: w.a, used: w.n, tasks, preJobs, postJobs, subs, partials, runWords, slots };
+  return { words: w.a, used: w.n, tasks, preJobs, postJobs, subs, partials, runWords };
 }
 
 function checkKind(kind: number, values: boolean): void {

@@ -2,13 +2,15 @@
 //   node scripts/gpu/attn-ablate.mjs     (HEADS=8 KV=2 D=128 T=1048576 SPECS=fp16,kivi2 REPLAYS=20)
 // What each part of the decode attention kernel costs, on a GPU whose WebGPU gives no profiler: the cache is
 // filled once per spec, one decode step is planned, then attend is replayed with parts of the kernel left
-// out (backend.attnSkip; see ATTN_PARTS in src/kernels/webgpu/attention.ts). The outputs of a variant with
-// parts left out are wrong: this times, it checks nothing (scripts/gpu/attn-check.mjs checks).
+// out or tuned (backend.attnVariant; see parseAttnVariant in src/kernels/webgpu/attention.ts). The outputs of
+// a variant with parts left out are wrong and only timed; a tuning variant's outputs are compared with the
+// default kernel's (scripts/gpu/attn-check.mjs checks the default against the reference).
 import { createCache, parseKvSpec, splitSpecList } from '../../dist/src/cache/spec.js';
 import { CacheStepper, qkvRows } from '../../dist/src/cache/step.js';
 import { endStep } from '../../dist/src/cache/types.js';
 import { createBackend } from '../../dist/src/kernels/index.js';
 import { StepPlan } from '../../dist/src/kernels/plan.js';
+import { ATTN_PARTS } from '../../dist/src/kernels/webgpu/attention.js';
 import { syntheticKV } from '../../dist/src/studies/bench/measure.js';
 
 const env = process.env;
@@ -63,7 +65,7 @@ for (const [si, spec] of specs.entries()) {
     const out = await b.read(att, 0, shape.numHeads * shape.headDim);
     let check = '';
     if (!v) ref = out;
-    else if (ref && !v.split(',').some((w) => ['ti', 'fold', 'keys', 'max', 'values', 'vscale', 'vcodes', 'unpack'].includes(w))) {
+    else if (ref && !v.split(',').some((w) => ATTN_PARTS.includes(w))) {
       let mx = 0,
         err = 0;
       for (let i = 0; i < out.length; i++) {

@@ -152,7 +152,7 @@ export interface AttnVariant {
 
 export const ATTN_PARTS = ['ti', 'fold', 'keys', 'max', 'values', 'vscale', 'vcodes', 'unpack'] as const;
 
-/** A variant from its text: a comma list of ATTN_PARTS, `uN` and `chN` (e.g. "u2,ch8"). */
+/** A variant from its text: a comma list of ATTN_PARTS, `uN`, `chN` and `sel` (e.g. "u2,ch8"). */
 export function parseAttnVariant(text: string): AttnVariant {
   const skip = new Set<string>();
   let unroll = 0,

@@ -11,7 +11,7 @@ import { after, test } from 'node:test';
 import { createCache, parseKvSpec } from '../src/cache/spec.js';
 import { CacheStepper } from '../src/cache/step.js';
 import { TsBackend } from '../src/kernels/ts/backend.js';
-import { parseAttnVariant } from '../src/kernels/webgpu/attention.js';
+import { attendWgsl, attnGeometry, parseAttnVariant } from '../src/kernels/webgpu/attention.js';
 import type { WebGpuBackend } from '../src/kernels/webgpu/backend.js';
 import type { WebGpuOptions } from '../src/kernels/webgpu/device.js';
 import { KiviError } from '../src/util/errors.js';
@@ -380,6 +380,37 @@ if (!reportMissing('kernels-webgpu: long attention')) {
       for (const c of caches) c.free();
     }
     assert.throws(() => parseAttnVariant('u2,fast'), /unknown part "fast"/);
+    assert.equal(parseAttnVariant('na3,u2').na, 3);
+    assert.throws(() => parseAttnVariant('na17'), /unknown part "na17"/);
+  });
+
+  test('webgpu: the attention kernel built for 2-4 arena bindings is valid WGSL, with one direct copy of the hot loops per arena', async () => {
+    // SwiftShader cannot compile these builds into pipelines within CI's memory (scripts/gpu/attn-check.mjs
+    // with BIND checks their results on a GPU), but Dawn's WGSL front end validates them in a second.
+    const b = await gpu();
+    const dev = b.core.device;
+    for (const shape of [
+      { numLayers: 1, numHeads: 8, numKvHeads: 2, headDim: 128 },
+      { numLayers: 1, numHeads: 4, numKvHeads: 4, headDim: 64 },
+    ]) {
+      const g = attnGeometry(shape, dev.limits.maxComputeWorkgroupStorageSize);
+      for (const na of [1, 2, 4]) {
+        const code = attendWgsl(shape, g, na);
+        const module = dev.createShaderModule({ code });
+        const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === 'error');
+        assert.deepEqual(
+          errors.map((m) => `${m.lineNum}: ${m.message}`),
+          [],
+          `${na} arena(s), ${shape.numHeads}/${shape.numKvHeads} heads`,
+        );
+        // Per arena k: the key codes, the key scales and the value codes load from a<k> directly.
+        for (let k = 0; k < na && na > 1; k++) {
+          const direct = code.split(`ld4_${k}(`).length - 1 + code.split(`ldw_${k}(`).length - 1;
+          assert.ok(direct >= 10, `${na} arenas: ${direct} direct loads from arena ${k}`);
+        }
+        if (na === 1) assert.ok(!code.includes('ld4_0(') && !code.includes('mixed'), 'one arena: no per-tile switch');
+      }
+    }
   });
 
   test("webgpu: page lists kept on the GPU grow past their table's region while decoding and match the reference; a freed cache's region is reused", async () => {

@@ -40,13 +40,18 @@ case $PHASE in
     HEADS=32 KV=32 T=262144 timeout 150 $A 2>&1 | tee "$OUT/ablate-mha-256k.txt"
     HEADS=32 KV=32 T=262144 SPECS=kivi2 VARIANTS=,vscale,vcodes,unpack,values,ti timeout 100 $A 2>&1 | tee "$OUT/parts-mha-256k.txt"
     HEADS=32 KV=32 T=1048576 SPECS=kivi2 VARIANTS=,sel,values timeout 120 $A 2>&1 | tee "$OUT/sel-mha-1m-kivi2.txt"
-    for S in kivi2,fp16 fp16,kivi2; do KEEP=1 HEADS=32 KV=32 T=262144 SPECS=$S VARIANTS= timeout 100 $A 2>&1 | tee -a "$OUT/keep-mha-256k.txt"; done
+    for S in kivi2,fp16 fp16,kivi2; do KEEP=1 HEADS=32 KV=32 T=262144 SPECS=$S VARIANTS=,na4 timeout 100 $A 2>&1 | tee -a "$OUT/keep-mha-256k.txt"; done
+    # The kernel built for 1-4 arena bindings (unused ones bound to dummies), the cache in arena 0.
+    HEADS=32 KV=32 T=262144 SPECS=kivi2 VARIANTS=,na2,na3,na4 timeout 120 $A 2>&1 | tee "$OUT/na-mha-256k.txt"
+    SPECS=kivi2 VARIANTS=,na2,na3,na4 timeout 120 $A 2>&1 | tee "$OUT/na-gqa-1m.txt"
     ;;
   attn-items)
     # The attention kernel checked against the reference on this GPU (sink and rotated specs included), then
     # the flash-decoding split swept at 1M and 4M cached tokens (KIVI_WEBGPU_ATTN_ITEMS; 2048 is the default).
     echo "\$ node scripts/gpu/attn-check.mjs"
     T=20000 SPECS=${CHECK_SPECS:-kivi:k=2,v=2,sink=4,kivi:k=4,v=2,g=64,rot=hadamard,sink=16,kivi2-hq} timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee "$OUT/attn-check.txt"
+    # Each cache spread over 2-3 arenas of 1 MiB: tiles in one arena (loads from it directly) and across two.
+    BIND=1048576 ARENAS=4 T=9000 SPECS=kivi2,kivi4,kivi:k=2,v=4,g=16,r=32,kivi:k=4,v=2,gk=96,gv=64,r=96,residual=fp32 timeout 120 node scripts/gpu/attn-check.mjs 2>&1 | tee "$OUT/attn-check-arenas.txt"
     for it in ${ITEMS:-2048 4096 8192 16384}; do
       export KIVI_WEBGPU_ATTN_ITEMS=$it
       run 150 attention-items-$it bench attention --backend webgpu --heads 8 --kv-heads 2 --kv fp16,kivi2 --context 1048576,4194304

@@ -125,6 +125,32 @@ function arenaSelect(na: number): string {
   return `fn ld4(s: u32, i: u32) -> vec4<u32> {\n${body}  return r;\n}`;
 }
 
+/**
+ * Loads from arena k alone (ld4_k, ldw_k, ldh_k): what the hot loops use when a tile's pages all lie in
+ * one arena. Measured on an H200: a per-load switch over 3–4 arenas made the 2-bit kernel about twice
+ * as slow (loads behind branches are not issued together), while one switch around the loop costs nothing.
+ */
+function arenaDirect(na: number): string {
+  let s = '';
+  for (let k = 0; k < na; k++) {
+    s += `fn ld4_${k}(i: u32) -> vec4<u32> { return a${k}[i]; }\n`;
+    s += `fn ldw_${k}(i: u32) -> u32 { return pick(ld4_${k}(i >> 2u), i & 3u); }\n`;
+    s += `fn ldh_${k}(hi: u32) -> f32 { return f16_to_f32(half_of(ldw_${k}(hi >> 1u), hi)); }\n`;
+  }
+  return s;
+}
+
+/**
+ * A block of kernel code whose arena loads (ld4/ldw/ldh of a slot variable) go to arena `us` directly,
+ * one copy per arena, or through the per-load switch (the default case) when the tile mixes arenas.
+ */
+function unswitched(na: number, block: string): string {
+  if (na === 1) return block;
+  let cases = '';
+  for (let k = 0; k < na; k++) cases += `case ${k}u: {\n${block.replace(/\b(ld4|ldw|ldh)\(sl\w*, /g, `$1_${k}(`)}}\n`;
+  return `switch us {\n${cases}default: {\n${block}}\n}\n`;
+}
+
 /** The value of a b-bit code at position k of a word, as the float 1 + code·2^-b. */
 function magic(word: string, bits: number, k: number): string {
   const sh = 23 - bits - bits * k;
@@ -140,7 +166,8 @@ function magic(word: string, bits: number, k: number): string {
  * scored, `max`: the tile maximum's tree, `values`: the value phase; in the KIVI value loop `vscale`:
  * scale and minimum loads, `vcodes`: code loads, `unpack`: codes read as floats), and then results are wrong;
  * `unroll` (value tokens a lane loads before their arithmetic) and `ch` (value channels a thread owns)
- * override the defaults, and results stay right.
+ * override the defaults, `na` builds the kernel for at least that many arena bindings (the unused ones
+ * bound to dummies), and results stay right.
  */
 export interface AttnVariant {
   skip: ReadonlySet<string>;
@@ -148,28 +175,32 @@ export interface AttnVariant {
   sel: boolean;
   unroll: number;
   ch: number;
+  /** Arena bindings the kernel is built for, at least (0: the pool's slots in use). */
+  na: number;
 }
 
 export const ATTN_PARTS = ['ti', 'fold', 'keys', 'max', 'values', 'vscale', 'vcodes', 'unpack'] as const;
 
-/** A variant from its text: a comma list of ATTN_PARTS, `uN`, `chN` and `sel` (e.g. "u2,ch8"). */
+/** A variant from its text: a comma list of ATTN_PARTS, `uN`, `chN`, `naN` and `sel` (e.g. "u2,ch8"). */
 export function parseAttnVariant(text: string): AttnVariant {
   const skip = new Set<string>();
   let unroll = 0,
     ch = 0,
+    na = 0,
     sel = false;
   for (const w of text.split(',').filter(Boolean)) {
     if ((ATTN_PARTS as readonly string[]).includes(w)) skip.add(w);
     else if (w === 'sel') sel = true;
     else if (/^u[1-8]$/.test(w)) unroll = Number(w.slice(1));
     else if (/^ch(4|8|16)$/.test(w)) ch = Number(w.slice(2));
+    else if (/^na([1-9]|1[0-6])$/.test(w)) na = Number(w.slice(2));
     else throw new Error(`attention variant "${text}": unknown part "${w}"`);
   }
-  return { skip, unroll, ch, sel };
+  return { skip, unroll, ch, sel, na };
 }
 
 /** The kernel on `main`: nothing left out, the default unroll and channels. */
-export const DEFAULT_VARIANT: AttnVariant = { skip: new Set(), unroll: 0, ch: 0, sel: false };
+export const DEFAULT_VARIANT: AttnVariant = { skip: new Set(), unroll: 0, ch: 0, sel: false, na: 0 };
 
 export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, variant: AttnVariant = DEFAULT_VARIANT): string {
   const off = (part: string) => (variant.skip.has(part) ? 'false && ' : '');
@@ -321,6 +352,26 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, varian
     return `${s}        }\n`;
   };
 
+  // Several arenas bound: the arena every load of this tile goes to (us), or na when the tile's pages lie
+  // in more than one (then the loads take the per-load switch). Checked against the first token's value
+  // page: each thread compares its token's value page and KIVI key page.
+  const tileArena = `    var us = ${na}u;
+    {
+      let first = seg_at(vseg, a).x;
+      if (t < b) {
+        var vs = vseg;
+        loop { if (t < seg_end(vs)) { break; } vs += 1u; }
+        var other = seg_at(vs, t).x != first;
+        if (t < kb) {
+          var sg = kseg;
+          loop { if (t < seg_end(sg)) { break; } sg += 1u; }
+          other = other || seg_at(sg, t).x != first;
+        }
+        if (other) { mixed = a + 1u; }
+      }
+      if (workgroupUniformLoad(&mixed) != a + 1u && first < ${na}u) { us = first; }
+    }
+`;
   return /* wgsl */ `
 const WG = ${TILE}u;
 const D = ${D}u;
@@ -349,8 +400,10 @@ var<workgroup> fp: array<f32, ${FPN}>;
 var<workgroup> fs: array<f32, ${NS * NQ * 2}>;
 var<workgroup> big: array<vec4<f32>, ${BIG}>;
 var<workgroup> ti: array<u32, ${4 * TILE}>;
+${na > 1 ? '// a + 1 while tile a loads from more than one arena.\nvar<workgroup> mixed: u32;' : ''}
 
 ${variant.sel && na > 1 ? arenaSelect(na) : arenaSwitch(na, 'ld4(s: u32, i: u32) -> vec4<u32>', (a) => `return ${a}[i];`)}
+${na > 1 ? arenaDirect(na) : ''}
 // A word of a vec4 by selects (indexing a vector value at run time makes some compilers copy it to memory).
 fn pick(v: vec4<u32>, k: u32) -> u32 { return select(select(v.x, v.y, k == 1u), select(v.z, v.w, k == 3u), k >= 2u); }
 fn ldw(s: u32, i: u32) -> u32 { return pick(ld4(s, i >> 2u), i & 3u); }
@@ -441,7 +494,7 @@ ${JK((j, k) => `  var a${j}_${k} = 0.0;`)}
       ti[li * 4u + 2u] = r1;
       ti[li * 4u + 3u] = r2;
     }
-${J((j) => `    var s${j} = neg_inf();`)}
+${na > 1 ? tileArena : ''}${J((j) => `    var s${j} = neg_inf();`)}
     // ---- KIVI keys, on their codes ----
     if (a < kb) {
       let g0 = a / kG;
@@ -472,7 +525,9 @@ ${J((j) => `    var s${j} = neg_inf();`)}
 ${range(8)
   .map((k) => `          var sw${k} = 0u;\n          var mw${k} = 0u;`)
   .join('\n')}
-          if ((((hs | hm) >> 1u) & 3u) == 0u) {
+${unswitched(
+  na,
+  `          if ((((hs | hm) >> 1u) & 3u) == 0u) {
             let sa = ld4(sl, hs >> 3u);
             let sb = ld4(sl, (hs >> 3u) + 1u);
             let ma = ld4(sl, hm >> 3u);
@@ -485,7 +540,8 @@ ${range(8)
   .map((k) => `            sw${k} = ldw(sl, (hs >> 1u) + ${k}u);\n            mw${k} = ldw(sl, (hm >> 1u) + ${k}u);`)
   .join('\n')}
           }
-${range(4)
+`,
+)}${range(4)
   .map(
     (k) => `          {
             let c = cb + ${4 * k}u;
@@ -525,7 +581,7 @@ ${range(4)
           let krow = pg.z;
           let fb = slot * NQ * ${D / 4}u;
 ${J((j) => `          var S${j} = 0.0;`)}
-${kiviScore(2)}${kiviScore(4)}${kiviScore(8)}
+${unswitched(na, kiviScore(2) + kiviScore(4) + kiviScore(8))}
 ${J((j) => `          s${j} = (kmul * (S${j} - fs[(slot * NQ + ${j}u) * 2u]) + fs[(slot * NQ + ${j}u) * 2u + 1u]) * SCALE;`)}
         }
         workgroupBarrier();
@@ -622,7 +678,7 @@ ${range(CH)
       var tt = u;
       let gq = c0 / vG;
       if (vk0 == ${SEG_KIVI_V}u && vG % ${CH}u == 0u) {
-${fastValues(2)}${fastValues(4)}      }
+${unswitched(na, fastValues(2) + fastValues(4))}      }
 ${
   CH % 8 === 0
     ? `      if (vk0 == ${SEG_F16}u) {

@@ -8,7 +8,7 @@
  *   await server.close();
  */
 import * as path from 'node:path';
-import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import type { FastifyError, FastifyInstance } from 'fastify';
 import type { KiviModel } from '../api.js';
 import { peakAllocatedBytes } from '../cache/budget.js';
 import { type KvOption, toCacheSpec, validateSpec } from '../cache/spec.js';
@@ -19,7 +19,7 @@ import { checkModelName, type GenerationContext, handleGeneration } from './gene
 import type { Registry } from './metrics.js';
 import { errorBody } from './openai.js';
 import { PrefixCache } from './prefix-cache.js';
-import { MemoryStore, type PrefixStore } from './prefix-store.js';
+import { DEFAULT_PREFIX_BLOCK, MemoryStore, type PrefixStore } from './prefix-store.js';
 import { parseRedisUrl, RedisStore } from './redis-store.js';
 import { formatBytes, Scheduler } from './scheduler.js';
 import { RequestError } from './schemas.js';
@@ -57,7 +57,7 @@ export interface ServeOptions {
   log?: (line: string) => void;
 }
 
-export const DEFAULT_PREFIX_BLOCK = 256;
+export { DEFAULT_PREFIX_BLOCK } from './prefix-store.js';
 
 export class KiviServer {
   private closing: Promise<void> | null = null;
@@ -107,7 +107,7 @@ export class KiviServer {
     const prefix =
       prefixStore &&
       new PrefixCache({
-        store: prefixStore(),
+        store: await prefixStore(),
         block: opts.prefixBlock ?? DEFAULT_PREFIX_BLOCK,
         grids,
         model: model.fingerprint,
@@ -118,6 +118,8 @@ export class KiviServer {
         maxPendingBytes: opts.prefixPendingBytes ?? 64 * 1024 ** 2,
       });
     const ctx: GenerationContext = { model, modelName, scheduler, stats, chat, timeoutMs: timeoutSeconds * 1000, prefix };
+    // Fastify loads here, not at import: CLI commands that never serve skip its start-up cost.
+    const { default: Fastify } = await import('fastify');
     const app = Fastify({ logger: false, bodyLimit: opts.bodyLimit ?? 1024 * 1024 });
     jsonBodies(app);
     const registry = stats.registry(scheduler, model.engine);
@@ -171,7 +173,7 @@ export function checkPrefixOptions(opts: ServeOptions): void {
  * The prefix store the options ask for, checked now and made later (after the other checks: a Redis
  * client connects as soon as it is made), or null for no prefix cache.
  */
-function prefixStoreFor(opts: ServeOptions): (() => PrefixStore) | null {
+function prefixStoreFor(opts: ServeOptions): (() => Promise<PrefixStore>) | null {
   const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const timeoutMs = opts.prefixTimeoutMs ?? 500;
   if (!(Number.isFinite(timeoutMs) && timeoutMs > 0)) throw new KiviError(`the prefix store timeout must be positive, got ${timeoutMs}`);
@@ -181,12 +183,12 @@ function prefixStoreFor(opts: ServeOptions): (() => PrefixStore) | null {
     }
     parseRedisUrl(opts.prefixStore);
     const url = opts.prefixStore;
-    return () => new RedisStore(url, { timeoutMs, log });
+    return () => RedisStore.open(url, { timeoutMs, log });
   }
   if (opts.prefixCacheBytes !== undefined) {
     const n = opts.prefixCacheBytes;
     if (!(Number.isSafeInteger(n) && n > 0)) throw new KiviError(`the prefix cache size must be a positive number of bytes, got ${n}`);
-    return () => new MemoryStore(n);
+    return async () => new MemoryStore(n);
   }
   if (opts.prefixBlock !== undefined) throw new KiviError('--prefix-block needs a prefix cache: give --prefix-cache SIZE or --prefix-store redis://HOST:PORT');
   return null;

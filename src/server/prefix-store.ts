@@ -5,6 +5,9 @@
  */
 import { formatBytes } from '../util/format.js';
 
+/** Tokens per prefix-cache block unless --prefix-block says otherwise. */
+export const DEFAULT_PREFIX_BLOCK = 256;
+
 export interface PrefixStore {
   /** For logs: "memory (512 MiB)", "redis://127.0.0.1:6379". */
   readonly description: string;

@@ -12,7 +12,7 @@
  * blocked the event loop, before the reply waiting in the socket is read, and would fail commands (and
  * drop the connection) that Redis had answered in time.
  */
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { KiviError } from '../util/errors.js';
 import type { PrefixStore } from './prefix-store.js';
 
@@ -43,11 +43,17 @@ export class RedisStore implements PrefixStore {
   /** A failure was logged and no reconnection since. */
   private down = false;
 
-  constructor(url: string, opts: RedisStoreOptions) {
+  /** A store on the Redis server at `url`; ioredis loads here, so only a server that names a store pays for it. */
+  static async open(url: string, opts: RedisStoreOptions): Promise<RedisStore> {
+    const { Redis } = await import('ioredis');
+    return new RedisStore(Redis, url, opts);
+  }
+
+  private constructor(RedisClient: typeof Redis, url: string, opts: RedisStoreOptions) {
     const parsed = parseRedisUrl(url);
     this.description = parsed.description;
     const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
-    this.client = new Redis(parsed.url, {
+    this.client = new RedisClient(parsed.url, {
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
       autoResendUnfulfilledCommands: false,

@@ -13,8 +13,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import fastifyStatic from '@fastify/static';
-import Fastify, { type FastifyInstance } from 'fastify';
+import type { FastifyInstance } from 'fastify';
 import { readModelConfig } from '../model/load.js';
 import { shardNames } from '../model/weights.js';
 import { KiviError } from '../util/errors.js';
@@ -83,6 +82,8 @@ export class WebServer {
     const modelName = path.basename(modelDir);
     const files = servedModelFiles(modelDir);
 
+    // Loaded here, not at import: CLI commands that serve no page skip their start-up cost.
+    const [{ default: Fastify }, { default: fastifyStatic }] = await Promise.all([import('fastify'), import('@fastify/static')]);
     // Folder names may be long; route parameters are checked against the model's name and files below.
     const app = Fastify({ logger: false, routerOptions: { maxParamLength: 4096 } });
     app.addHook('onSend', async (_req, reply) => {

@@ -25,7 +25,6 @@ import { prefixBenchMarkdown, runPrefixBench } from '../../studies/bench/prefix.
 import { runThroughput, throughputChart, throughputMarkdown } from '../../studies/bench/throughput.js';
 import { gpuThroughputChart, gpuThroughputMarkdown, runGpuThroughput } from '../../studies/bench/throughput-gpu.js';
 import type { TopLevelSpec } from '../../studies/plot.js';
-import { measureCapacity, serveCapacityMarkdown, textPrompts } from '../../studies/serve/capacity.js';
 import { KiviError } from '../../util/errors.js';
 import { backendOption, kvListOption, kvOption, loadOptions, randomWeightsOption, threadsOption, weightsListOption } from '../common.js';
 import { bytes, int, intList, readTextFile } from '../parse.js';
@@ -367,6 +366,8 @@ export function register(program: Command): void {
   srv.action(async (o: Shared & { model: string; text: string; prompt: number; gen: number; clients: number; fp16Seqs: number; kv: CacheSpec[] }) => {
     if (!o.kv.some((k) => k.name === 'fp16')) throw new KiviError('--kv must include fp16: the budget and the ratios are set by it');
     const text = readTextFile(o.text, '--text');
+    // The server's modules load only for this bench.
+    const { measureCapacity, serveCapacityMarkdown, textPrompts } = await import('../../studies/serve/capacity.js');
     const model = await KiviModel.load(o.model, loadOptions(o));
     try {
       if (o.prompt + o.gen > model.config.maxPositions) {

@@ -1,7 +1,8 @@
 /** `kivi serve`: the OpenAI-compatible HTTP server until SIGINT/SIGTERM. */
 import { type Command, Option } from 'commander';
 import { KiviModel } from '../../api.js';
-import { checkPrefixOptions, DEFAULT_PREFIX_BLOCK, KiviServer, type ServeOptions } from '../../server/app.js';
+import type { ServeOptions } from '../../server/app.js';
+import { DEFAULT_PREFIX_BLOCK } from '../../server/prefix-store.js';
 import { formatBytes } from '../../server/scheduler.js';
 import { backendOption, type CommonOpts, kvOption, loadOptions, randomWeightsOption, threadsOption, weightsOption } from '../common.js';
 import { bytes, float, int } from '../parse.js';
@@ -60,6 +61,8 @@ export function register(program: Command): void {
       prefixBlock: o.prefixBlock,
       prefixTimeoutMs: o.prefixTimeout,
     };
+    // The server's modules (Fastify, schemas, chat templates) load only for this command.
+    const { checkPrefixOptions, KiviServer } = await import('../../server/app.js');
     checkPrefixOptions(opts); // before the model loads: a bad flag fails fast
     const model = await KiviModel.load(o.model, { kv: o.kv, ...loadOptions(o) });
     const server = await KiviServer.start(model, opts);

@@ -381,6 +381,7 @@ if (!reportMissing('kernels-webgpu: long attention')) {
     }
     assert.throws(() => parseAttnVariant('u2,fast'), /unknown part "fast"/);
     assert.equal(parseAttnVariant('na3,u2').na, 3);
+    assert.deepEqual(parseAttnVariant('b2,b4').bits, [2, 4]);
     assert.throws(() => parseAttnVariant('na17'), /unknown part "na17"/);
   });
 

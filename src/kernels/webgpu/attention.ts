@@ -177,6 +177,8 @@ export interface AttnVariant {
   ch: number;
   /** Arena bindings the kernel is built for, at least (0: the pool's slots in use). */
   na: number;
+  /** KIVI code widths the kernel has paths for (empty: 2, 4 and 8); other widths are not computed. */
+  bits: readonly number[];
 }
 
 export const ATTN_PARTS = ['ti', 'fold', 'keys', 'max', 'values', 'vscale', 'vcodes', 'unpack'] as const;
@@ -188,19 +190,21 @@ export function parseAttnVariant(text: string): AttnVariant {
     ch = 0,
     na = 0,
     sel = false;
+  const bits: number[] = [];
   for (const w of text.split(',').filter(Boolean)) {
     if ((ATTN_PARTS as readonly string[]).includes(w)) skip.add(w);
     else if (w === 'sel') sel = true;
     else if (/^u[1-8]$/.test(w)) unroll = Number(w.slice(1));
     else if (/^ch(4|8|16)$/.test(w)) ch = Number(w.slice(2));
     else if (/^na([1-9]|1[0-6])$/.test(w)) na = Number(w.slice(2));
+    else if (/^b(2|4|8)$/.test(w)) bits.push(Number(w.slice(1)));
     else throw new Error(`attention variant "${text}": unknown part "${w}"`);
   }
-  return { skip, unroll, ch, sel, na };
+  return { skip, unroll, ch, sel, na, bits };
 }
 
 /** The kernel on `main`: nothing left out, the default unroll and channels. */
-export const DEFAULT_VARIANT: AttnVariant = { skip: new Set(), unroll: 0, ch: 0, sel: false, na: 0 };
+export const DEFAULT_VARIANT: AttnVariant = { skip: new Set(), unroll: 0, ch: 0, sel: false, na: 0, bits: [] };
 
 export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, variant: AttnVariant = DEFAULT_VARIANT): string {
   const off = (part: string) => (variant.skip.has(part) ? 'false && ' : '');
@@ -226,7 +230,9 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, varian
     `vec4<f32>(qs[${j * D + o}u + ${c}], qs[${j * D + o + 1}u + ${c}], qs[${j * D + o + 2}u + ${c}], qs[${j * D + o + 3}u + ${c}])`;
 
   // Scores of one token against a KIVI key row of `bits` bits: S_j = Σ qs_jc·(1 + code·2^-b).
+  const hasBits = (bits: number) => variant.bits.length === 0 || variant.bits.includes(bits);
   const kiviScore = (bits: number) => {
+    if (!hasBits(bits)) return '';
     const cpw = 32 / bits;
     const wpr = (D * bits) / 32;
     const perWord = (word: string, wi: string) => {
@@ -262,6 +268,7 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, varian
 
   // Value accumulation of one token from a KIVI value row of `bits` bits (the chunk in one group).
   const kiviValue = (bits: number) => {
+    if (!hasBits(bits)) return '';
     const cpw = 32 / bits;
     let s = `            if (vbits == ${bits}u) {\n              let row = r0 + (c0 * ${bits}u) / 32u;\n`;
     const words = Math.max(1, (CH * bits) / 32);
@@ -286,6 +293,7 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, varian
   // 4 bits; 8-bit values and the run's last tokens take the general loop, which keeps the shader small).
   const UNROLL = variant.unroll || 4;
   const fastValues = (bits: number) => {
+    if (!hasBits(bits)) return '';
     const cpw = 32 / bits;
     const words = Math.max(1, (CH * bits) / 32);
     const partial = CH * bits < 32;
@@ -581,7 +589,7 @@ ${range(8)
           let krow = pg.z;
           let fb = slot * NQ * ${D / 4}u;
 ${J((j) => `          var S${j} = 0.0;`)}
-${unswitched(na, kiviScore(2) + kiviScore(4) + kiviScore(8))}
+${unswitched(na, [2, 4, 8].map(kiviScore).join(''))}
 ${J((j) => `          s${j} = (kmul * (S${j} - fs[(slot * NQ + ${j}u) * 2u]) + fs[(slot * NQ + ${j}u) * 2u + 1u]) * SCALE;`)}
         }
         workgroupBarrier();
@@ -678,7 +686,7 @@ ${range(CH)
       var tt = u;
       let gq = c0 / vG;
       if (vk0 == ${SEG_KIVI_V}u && vG % ${CH}u == 0u) {
-${unswitched(na, fastValues(2) + fastValues(4))}      }
+${unswitched(na, [2, 4].map(fastValues).join(''))}      }
 ${
   CH % 8 === 0
     ? `      if (vk0 == ${SEG_F16}u) {
@@ -695,7 +703,7 @@ ${J((j) => `        let p${j} = sc[${j * TILE}u + tt];\n        l${j} += p${j};`
           if (vG % ${CH}u == 0u) {
             let sv = ldh(sl, ti[tt * 4u + 2u] + c0 / vG);
             let mv = ldh(sl, ti[tt * 4u + 3u] + c0 / vG);
-${kiviValue(2)}${kiviValue(4)}${kiviValue(8)}
+${[2, 4, 8].map(kiviValue).join('')}
           } else {
             // Groups narrower than a thread's chunk (rare specs): dequantize channel by channel.
             let hs = ti[tt * 4u + 2u];

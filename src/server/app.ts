@@ -57,8 +57,6 @@ export interface ServeOptions {
   log?: (line: string) => void;
 }
 
-export { DEFAULT_PREFIX_BLOCK } from './prefix-store.js';
-
 export class KiviServer {
   private closing: Promise<void> | null = null;
 

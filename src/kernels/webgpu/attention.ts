@@ -183,7 +183,7 @@ export interface AttnVariant {
 
 export const ATTN_PARTS = ['ti', 'fold', 'keys', 'max', 'values', 'vscale', 'vcodes', 'unpack'] as const;
 
-/** A variant from its text: a comma list of ATTN_PARTS, `uN`, `chN`, `naN` and `sel` (e.g. "u2,ch8"). */
+/** A variant from its text: a comma list of ATTN_PARTS, `uN`, `chN`, `naN`, `bN` and `sel` (e.g. "u2,ch8"). */
 export function parseAttnVariant(text: string): AttnVariant {
   const skip = new Set<string>();
   let unroll = 0,
@@ -362,14 +362,12 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, varian
 
   // Several arenas bound: the arena every load of this tile goes to (us), or na when the tile's pages lie
   // in more than one (then the loads take the per-load switch). Checked against the first token's value
-  // page: each thread compares its token's value page and KIVI key page.
+  // page: each thread compares its token's value page (its ti entry, just written) and KIVI key page.
   const tileArena = `    var us = ${na}u;
     {
       let first = seg_at(vseg, a).x;
       if (t < b) {
-        var vs = vseg;
-        loop { if (t < seg_end(vs)) { break; } vs += 1u; }
-        var other = seg_at(vs, t).x != first;
+        var other = (ti[li * 4u] >> 16u) != first;
         if (t < kb) {
           var sg = kseg;
           loop { if (t < seg_end(sg)) { break; } sg += 1u; }

@@ -88,6 +88,12 @@ export interface Backend {
    * checkpoint's own; the loader converts when they differ).
    */
   weightDType?(file: 'f32' | 'f16' | 'bf16'): DType;
+  /**
+   * A weight matrix [rows][cols] that only matmul (as `w`, inDim = cols) and embed (as the table) read,
+   * laid out as this back end's kernels read it best; write() and fillRandom() take its elements in
+   * row-major order all the same. Without it, matrices are plain tensors.
+   */
+  matrix?(dtype: DType, rows: number, cols: number): Tensor;
   /** A page pool for caches of a model of this shape. */
   createPagePool(shape: AttnShape): PagePool;
 

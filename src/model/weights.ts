@@ -140,6 +140,11 @@ export function expectedTensors(cfg: ModelConfig, has: (name: string) => boolean
   return out;
 }
 
+/** A weight matrix [rows][cols] in the back end's own layout for matrices, where it has one. */
+function newMatrix(backend: Backend, dtype: DType, rows: number, cols: number): Tensor {
+  return backend.matrix ? backend.matrix(dtype, rows, cols) : backend.tensor(dtype, rows * cols);
+}
+
 /** The dtype a matrix of a checkpoint dtype is kept in. */
 export function matrixDType(backend: Backend, file: FileDType, format: WeightFormat): DType {
   if (format === 'f32' || file === 'F32') return backend.weightDType?.('f32') ?? 'f32';
@@ -226,9 +231,11 @@ export async function readWeights(index: TensorIndex, cfg: ModelConfig, backend:
   /** A matrix (kept 16-bit where the checkpoint is), or several stacked along the first axis. */
   const matrix = async (...parts: [string, number[]][]): Promise<Tensor> => {
     const infos = parts.map(([name, shape]) => info(name, shape));
-    const out = backend.tensor(
+    const out = newMatrix(
+      backend,
       matrixDType(backend, infos[0]!.dtype, format),
-      parts.reduce((a, [, s]) => a + count(s), 0),
+      parts.reduce((a, [, s]) => a + s[0]!, 0),
+      parts[0]![1][1]!,
     );
     let at = 0;
     for (let i = 0; i < parts.length; i++) {
@@ -306,7 +313,7 @@ export function randomWeights(cfg: ModelConfig, backend: Backend, seed: number, 
   const dtype = matrixDType(backend, 'BF16', format);
   let n = 0;
   const matrix = (rows: number, cols: number): Tensor => {
-    const t = backend.tensor(dtype, rows * cols);
+    const t = newMatrix(backend, dtype, rows, cols);
     fill(t, (seed * 1009 + n++) >>> 0, RANDOM_WEIGHT_STD);
     return t;
   };

@@ -193,15 +193,15 @@ export function randomScale(scale: number): number {
 /**
  * Fill with normal-ish values (a centred sum of four uniforms: Irwin–Hall, variance scale²): element i
  * depends only on (seed, i), and every step is exact in float32, so all back ends fill alike. 16-bit
- * types get the value rounded to nearest even.
+ * types get the value rounded to nearest even. data[i] gets element first + i's value.
  */
-export function randomFill(data: Float32Array | Uint16Array, dtype: 'f32' | 'f16' | 'bf16', seed: number, scale: number): void {
+export function randomFill(data: Float32Array | Uint16Array, dtype: 'f32' | 'f16' | 'bf16', seed: number, scale: number, first = 0): void {
   const c = randomScale(scale);
   const hs = pcg(seed >>> 0);
   const f = new Float32Array(1);
   const u = new Uint32Array(f.buffer);
   for (let i = 0; i < data.length; i++) {
-    const u1 = pcg((i ^ hs) >>> 0);
+    const u1 = pcg(((first + i) ^ hs) >>> 0);
     const u2 = pcg(u1);
     const u3 = pcg(u2);
     const u4 = pcg(u3);

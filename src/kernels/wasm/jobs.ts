@@ -22,7 +22,7 @@ export const ROWS_RMSNORM = 0;
 export const ROWS_ROPE = 1;
 export const ROWS_ADD = 2;
 export const ROWS_SWIGLU = 3;
-/** OP_MATMUL's weight kinds (its 9th argument; 16-bit kinds take panel scratch and its per-thread stride next). */
+/** OP_MATMUL's weight kinds (its 9th argument; 16-bit kinds take panel scratch, its per-thread stride and the tiled rows next). */
 export const W_F32 = 0;
 export const W_BF16 = 1;
 export const W_F16 = 2;
@@ -140,7 +140,7 @@ function runItem(c: JobContext, i: number): void {
       // 16-bit weights: this thread's panel scratch (0: none), scratch base + tid · stride.
       const scratch = a[ARGS + 9]! === 0 ? 0 : a[ARGS + 9]! + c.tid * a[ARGS + 10]!;
       const mm = kind === W_BF16 ? c.k.matmul_bf16 : c.k.matmul_f16;
-      mm(a[ARGS]!, a[ARGS + 1]!, a[ARGS + 2]!, a[ARGS + 3]!, a[ARGS + 4]!, outDim, a[ARGS + 6]!, o0, o1, scratch);
+      mm(a[ARGS]!, a[ARGS + 1]!, a[ARGS + 2]!, a[ARGS + 3]!, a[ARGS + 4]!, outDim, a[ARGS + 6]!, o0, o1, scratch, a[ARGS + 11]!);
     }
   } else if (op === OP_ATTEND) {
     c.k.attend_task(

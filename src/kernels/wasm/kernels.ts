@@ -40,6 +40,7 @@ import {
 } from './jobs.js';
 import { type PrefillItems, PrefillPlanner } from './prefill.js';
 import { pageSlabBytes, SlabPages } from './slabs.js';
+import { readRow, scatterTiled, TILE_ROWS, tiledRows } from './tiles.js';
 
 const PAGE = 65536;
 /** Bytes kept readable past the heap top: kernels load whole 16-byte vectors at the end of a row. */
@@ -86,6 +87,9 @@ export class WasmTensor implements Tensor {
     readonly length: number,
     readonly addr: number,
     readonly data: Float32Array | Uint16Array | Uint32Array | Int32Array,
+    /** A weight matrix's row length, where its first `tiled` rows are stored in tiles (tiles.ts). */
+    readonly cols = 0,
+    readonly tiled = 0,
   ) {}
 }
 
@@ -176,10 +180,19 @@ export class WasmBackend implements Backend {
     return new WasmTensor(dtype, length, addr, viewOf(this.buf, dtype, addr, length));
   }
 
+  /** 16-bit matrices keep their whole 8-row tiles packed for the GEMV (tiles.ts); others are plain tensors. */
+  matrix(dtype: DType, rows: number, cols: number): Tensor {
+    const t = T(this.tensor(dtype, rows * cols));
+    const tiled = dtype === 'bf16' || dtype === 'f16' ? tiledRows(rows, cols) : 0;
+    return tiled > 0 ? new WasmTensor(dtype, t.length, t.addr, t.data, cols, tiled) : t;
+  }
+
   write(t: Tensor, data: HostArray, offset = 0): void {
-    const dst = T(t).data;
+    const { data: dst, tiled, cols } = T(t);
     if (dst.BYTES_PER_ELEMENT !== data.BYTES_PER_ELEMENT) throw new Error(`write: ${data.constructor.name} into a ${t.dtype} tensor`);
-    (dst as Uint32Array).set(data as Uint32Array, offset);
+    if (offset < 0 || offset + data.length > dst.length) throw new Error(`write: elements [${offset}, ${offset + data.length}) of ${dst.length}`);
+    if (tiled > 0) scatterTiled(dst as Uint16Array, data as Uint16Array, offset, cols, tiled);
+    else (dst as Uint32Array).set(data as Uint32Array, offset);
   }
 
   async read(t: Tensor, offset: number, length: number): Promise<Float32Array> {
@@ -255,8 +268,21 @@ export class WasmBackend implements Backend {
   }
 
   embed(out: Tensor, table: Tensor, ids: Int32Array, D: number): void {
-    ops.embed(F(out), T(table).data as ops.WeightArray, table.dtype as ops.WeightType, ids, D);
+    const t = T(table);
+    if (t.tiled === 0) {
+      ops.embed(F(out), t.data as ops.WeightArray, table.dtype as ops.WeightType, ids, D);
+      return;
+    }
+    // A tiled table: each id's row gathered row-major into scratch, then embedded from there.
+    const s = this.embedScratch;
+    if (s.rows.length < ids.length * D) {
+      s.rows = new Uint16Array(ids.length * D);
+      s.ids = Int32Array.from({ length: ids.length }, (_, i) => i);
+    }
+    for (let r = 0; r < ids.length; r++) readRow(t.data as Uint16Array, ids[r]!, D, t.tiled, s.rows, r * D);
+    ops.embed(F(out), s.rows, table.dtype as ops.WeightType, s.ids.subarray(0, ids.length), D);
   }
+  private embedScratch = { rows: new Uint16Array(0), ids: new Int32Array(0) };
 
   /** Rows per item when a light op of `rows` rows is split over the threads; 0: run it on this thread. */
   private rowChunk(rows: number): number {
@@ -277,6 +303,8 @@ export class WasmBackend implements Backend {
 
   matmul(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number, bias?: Tensor): void {
     const kind = weightKind(w, 'matmul');
+    const { tiled, cols } = T(w);
+    if (tiled > 0 && cols !== inDim) throw new Error(`matmul: a matrix of rows of ${cols} used with ${inDim} inputs`);
     const po = T(out).addr,
       px = T(x).addr,
       pw = T(w).addr,
@@ -286,13 +314,13 @@ export class WasmBackend implements Backend {
     const stride = kind !== W_F32 && rows >= 16 ? this.panelBytes : 0;
     const scratch = stride ? this.region(this.panels, stride * (parallel ? this.threads : 1)) : 0;
     if (parallel) {
-      // Items of ≥ 8 outputs, about 4 per thread so a late thread is covered by the others.
-      const chunk = Math.max(8, Math.ceil(outDim / (this.threads * 4) / 8) * 8);
-      this.runner!.run(OP_MATMUL, [po, px, pw, rows, inDim, outDim, pb, chunk, kind, scratch, stride], Math.ceil(outDim / chunk));
+      // Items of ≥ 8 outputs (whole tiles), about 4 per thread so a late thread is covered by the others.
+      const chunk = Math.max(TILE_ROWS, Math.ceil(outDim / (this.threads * 4) / TILE_ROWS) * TILE_ROWS);
+      this.runner!.run(OP_MATMUL, [po, px, pw, rows, inDim, outDim, pb, chunk, kind, scratch, stride, tiled], Math.ceil(outDim / chunk));
     } else if (kind === W_F32) {
       this.k.matmul(po, px, pw, rows, inDim, outDim, pb, 0, outDim);
     } else {
-      (kind === W_BF16 ? this.k.matmul_bf16 : this.k.matmul_f16)(po, px, pw, rows, inDim, outDim, pb, 0, outDim, scratch);
+      (kind === W_BF16 ? this.k.matmul_bf16 : this.k.matmul_f16)(po, px, pw, rows, inDim, outDim, pb, 0, outDim, scratch, tiled);
     }
   }
 
@@ -456,7 +484,17 @@ export class WasmBackend implements Backend {
 
   fillRandom(t: Tensor, seed: number, scale: number): void {
     if (t.dtype !== 'f32' && t.dtype !== 'f16' && t.dtype !== 'bf16') throw new Error(`fillRandom: a ${t.dtype} tensor`);
-    ops.randomFill(T(t).data as Float32Array | Uint16Array, t.dtype, seed, scale);
+    if (T(t).tiled === 0) {
+      ops.randomFill(T(t).data as Float32Array | Uint16Array, t.dtype, seed, scale);
+      return;
+    }
+    // A tiled matrix: the same values by row-major index, generated a chunk at a time and scattered.
+    const chunk = new Uint16Array(Math.min(t.length, 1 << 20));
+    for (let first = 0; first < t.length; first += chunk.length) {
+      const part = chunk.subarray(0, Math.min(chunk.length, t.length - first));
+      ops.randomFill(part, t.dtype, seed, scale, first);
+      this.write(t, part, first);
+    }
   }
 
   dispose(): void {

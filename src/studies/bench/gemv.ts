@@ -70,7 +70,7 @@ export async function runGemvBench(o: GemvOptions): Promise<GemvReport> {
   };
   const dtypes = o.weights ?? GEMV_WEIGHT_TYPES;
   const wf = random(inDim * outDim, 1 / Math.sqrt(inDim));
-  const ws = dtypes.map((t) => weightsAs(K, wf, t));
+  const ws = dtypes.map((t) => weightsAs(K, wf, t, inDim));
   const xs = o.rows.map((rows) => {
     const x = K.tensor('f32', rows * inDim);
     K.write(x, random(rows * inDim, 1));
@@ -141,9 +141,9 @@ function result(o: GemvOptions, weights: GemvWeightType, rows: number, seconds: 
   return { weights, rows, in: o.inDim, out: o.outDim, seconds, gflops: (2 * rows * o.inDim * o.outDim) / seconds / 1e9, gbps, of_bound: gbps / bound.gbps };
 }
 
-/** The float32 weights stored as `t` (16-bit: rounded to nearest, ties to even). */
-function weightsAs(K: Backend, w: Float32Array, t: GemvWeightType): Tensor {
-  const out = K.tensor(t, w.length);
+/** The float32 weights stored as `t` (16-bit: rounded to nearest, ties to even), laid out as a model's are. */
+function weightsAs(K: Backend, w: Float32Array, t: GemvWeightType, inDim: number): Tensor {
+  const out = K.matrix ? K.matrix(t, w.length / inDim, inDim) : K.tensor(t, w.length);
   if (t === 'f32') {
     K.write(out, w);
     return out;

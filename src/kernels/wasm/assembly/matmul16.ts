@@ -21,6 +21,12 @@
  * conversion cost amortized. The panel holds KC inputs at a time (8 KiB), not whole rows (64 KiB at 4096
  * inputs, which spilled to L2 and ran 16-row batches 1.3× slower than float32 weights); the tiles keep
  * their accumulators in the scratch between blocks of inputs (matmul.ts tilesK: the same sums).
+ *
+ * Layout (../tiles.ts): weight rows [0, tiled) may be stored in tiles of 8 rows, input-block-major (per 8
+ * inputs, the tile's 8 rows' 16 bytes side by side), so the GEMV's 8-row tile reads one sequential stream
+ * instead of 8 strided ones; rows from `tiled` on are row-major, at the address they would have anyway.
+ * Each kernel is compiled twice (the `packed` flag, a constant) and only the addresses differ: row o's 8
+ * inputs from i sit at rowAt(o) + (i << shift), the same values in the same sums.
  */
 import { hsum } from './common';
 import { tilesK } from './matmul';
@@ -47,6 +53,19 @@ const O_BLOCK = 16;
 const F16_SCALE: f32 = 5.192296858534828e33;
 const F16_KEEP: i32 = 0x8fffe000;
 const F16_KEEP_HIGH: i32 = 0x8fff;
+
+/** Rows of a tile of the packed layout (../tiles.ts TILE_ROWS). */
+const TILE: i32 = 8;
+
+/** Row o's first 8 inputs: row-major, or in its tile (inDim a multiple of 8 there). */
+@inline function rowAt(w: usize, o: i32, wB: usize, packed: bool): usize {
+  return packed ? w + <usize>(o >> 3) * (wB << 3) + (<usize>(o & 7) << 4) : w + <usize>o * wB;
+}
+
+/** Byte offset of input i (a multiple of 8) from rowAt: 2 bytes an input, or 128 bytes per 8 in a tile. */
+@inline function inAt(i: i32, packed: bool): usize {
+  return <usize>i << (packed ? 4 : 1);
+}
 
 // f16: the low and high 16 bits of each float32 (h << 13 with the sign kept at bit 31), built in 16-bit lanes.
 @inline function f16Low(v: v128): v128 {
@@ -87,11 +106,11 @@ const F16_KEEP_HIGH: i32 = 0x8fff;
 }
 
 /** One output element (the reference for every tile). */
-@inline function dot1(out: usize, x: usize, w: usize, vec8: i32, vecEnd: i32, inDim: i32, bias: usize, o: i32, f16: bool): void {
+@inline function dot1(out: usize, x: usize, w: usize, vec8: i32, vecEnd: i32, inDim: i32, bias: usize, o: i32, f16: bool, packed: bool): void {
   let a = f32x4.splat(0);
   let i = 0;
   for (; i < vec8; i += 8) {
-    const v = v128.load(w + (<usize>i << 1));
+    const v = v128.load(w + inAt(i, packed));
     const xp = x + (<usize>i << 2);
     a = f32x4.add(a, f32x4.mul(v128.load(xp), lo(v, f16)));
     a = f32x4.add(a, f32x4.mul(v128.load(xp, 16), hi(v, f16)));
@@ -100,12 +119,20 @@ const F16_KEEP_HIGH: i32 = 0x8fff;
   store<f32>(out, finish(a, x, w, vecEnd, inDim, bias, o, f16));
 }
 
-@inline function matmulImpl(out: usize, x: usize, w: usize, rows: i32, inDim: i32, outDim: i32, bias: usize, o0: i32, o1: i32, scratch: usize, f16: bool): void {
+@inline function matmulImpl(out: usize, x: usize, w: usize, rows: i32, inDim: i32, outDim: i32, bias: usize, o0: i32, o1: i32, scratch: usize, tiled: i32, f16: bool): void {
+  // Packed rows [o0, tiled) first (tiled > 0 only where inDim is a multiple of 8), then row-major rows.
+  const split = min(o1, max(o0, tiled));
+  if (o0 < split) rangeImpl(out, x, w, rows, inDim, outDim, bias, o0, split, scratch, f16, true);
+  if (split < o1) rangeImpl(out, x, w, rows, inDim, outDim, bias, split, o1, scratch, f16, false);
+}
+
+/** Outputs [o0, o1), all in one layout. */
+@inline function rangeImpl(out: usize, x: usize, w: usize, rows: i32, inDim: i32, outDim: i32, bias: usize, o0: i32, o1: i32, scratch: usize, f16: bool, packed: bool): void {
   const vecEnd = inDim & ~3;  // inputs covered by vectors of 4
   const vec8 = inDim & ~7;    // ... of which in full 16-byte weight loads
   const xB = <usize>inDim << 2, wB = <usize>inDim << 1, outB = <usize>outDim << 2;
   if (rows == 1) {
-    gemvImpl(out, x, w, vec8, vecEnd, inDim, wB, bias, o0, o1, f16);
+    gemvImpl(out, x, w, vec8, vecEnd, inDim, wB, bias, o0, o1, f16, packed);
     return;
   }
   const block = scratch != 0 && rows >= PANEL_ROW_BLOCK ? PANEL_ROW_BLOCK : ROW_BLOCK;
@@ -119,25 +146,24 @@ const F16_KEEP_HIGH: i32 = 0x8fff;
       const rp = r0 + ((r1 - r0) & ~1);
       let o = o0;
       for (; o + PANEL <= o1; o += PANEL) {
-        const wo = w + <usize>o * wB;
         let k = 0;
         do {
           const ke = min(vecEnd, k + KC);
           const last = ke == vecEnd;
           const n = (last ? inDim : ke) - k;
-          for (let j = 0; j < PANEL; j++) expand(scratch + <usize>j * PANEL_STRIDE, wo + <usize>j * wB + (<usize>k << 1), n, f16);
+          for (let j = 0; j < PANEL; j++) expand(scratch + <usize>j * PANEL_STRIDE, rowAt(w, o + j, wB, packed) + inAt(k, packed), n, f16, packed);
           // The panel's input i sits at (scratch − 4k) + 4i: tilesK reads only inputs [k, ke) and the tail.
           tilesK(out, x, scratch - (<usize>k << 2), PANEL_STRIDE, r0, rp, xB, outB, bias, o, <usize>k << 2, <usize>ke << 2, last, acc);
           k = ke;
         } while (k < vecEnd);
         if (rp < r1) {
           const xr = x + <usize>rp * xB, pr = out + <usize>rp * outB;
-          for (let j = 0; j < PANEL; j++) dot1(pr + (<usize>(o + j) << 2), xr, wo + <usize>j * wB, vec8, vecEnd, inDim, bias, o + j, f16);
+          for (let j = 0; j < PANEL; j++) dot1(pr + (<usize>(o + j) << 2), xr, rowAt(w, o + j, wB, packed), vec8, vecEnd, inDim, bias, o + j, f16, packed);
         }
       }
       for (; o < o1; o++) {
-        const wo = w + <usize>o * wB;
-        for (let r = r0; r < r1; r++) dot1(out + <usize>r * outB + (<usize>o << 2), x + <usize>r * xB, wo, vec8, vecEnd, inDim, bias, o, f16);
+        const wo = rowAt(w, o, wB, packed);
+        for (let r = r0; r < r1; r++) dot1(out + <usize>r * outB + (<usize>o << 2), x + <usize>r * xB, wo, vec8, vecEnd, inDim, bias, o, f16, packed);
       }
       continue;
     }
@@ -146,22 +172,22 @@ const F16_KEEP_HIGH: i32 = 0x8fff;
     for (let ob = o0; ob < o1; ob += O_BLOCK) {
       const ob1 = min(o1, ob + O_BLOCK);
       let r = r0;
-      for (; r + 4 <= r1; r += 4) quadRows(out, x, w, r, ob, ob1, vec8, vecEnd, inDim, xB, wB, outB, bias, f16);
+      for (; r + 4 <= r1; r += 4) quadRows(out, x, w, r, ob, ob1, vec8, vecEnd, inDim, xB, wB, outB, bias, f16, packed);
       if (r + 2 <= r1) {
-        pairRows(out, x, w, r, ob, ob1, vec8, vecEnd, inDim, xB, wB, outB, bias, f16);
+        pairRows(out, x, w, r, ob, ob1, vec8, vecEnd, inDim, xB, wB, outB, bias, f16, packed);
         r += 2;
       }
-      if (r < r1) gemvImpl(out + <usize>r * outB, x + <usize>r * xB, w, vec8, vecEnd, inDim, wB, bias, ob, ob1, f16);
+      if (r < r1) gemvImpl(out + <usize>r * outB, x + <usize>r * xB, w, vec8, vecEnd, inDim, wB, bias, ob, ob1, f16, packed);
     }
   }
 }
 
-/** n 16-bit values at w → float32 at dst. */
-@inline function expand(dst: usize, w: usize, n: i32, f16: bool): void {
+/** n 16-bit values of one row from w (its input k's address) → float32 at dst. */
+@inline function expand(dst: usize, w: usize, n: i32, f16: bool, packed: bool): void {
   const n8 = n & ~7;
   let i = 0;
   for (; i < n8; i += 8) {
-    const v = v128.load(w + (<usize>i << 1));
+    const v = v128.load(w + inAt(i, packed));
     v128.store(dst + (<usize>i << 2), lo(v, f16));
     v128.store(dst + (<usize>i << 2), hi(v, f16), 16);
   }
@@ -170,17 +196,17 @@ const F16_KEEP_HIGH: i32 = 0x8fff;
 
 /** Rows r..r+3, outputs [ob, ob1): 4 rows × 2 outputs per tile. */
 @inline function quadRows(out: usize, x: usize, w: usize, r: i32, ob: i32, ob1: i32, vec8: i32, vecEnd: i32, inDim: i32,
-  xB: usize, wB: usize, outB: usize, bias: usize, f16: bool): void {
+  xB: usize, wB: usize, outB: usize, bias: usize, f16: bool, packed: bool): void {
   const x0 = x + <usize>r * xB, x1 = x0 + xB, x2 = x1 + xB, x3 = x2 + xB;
   const p0 = out + <usize>r * outB, p1 = p0 + outB, p2 = p1 + outB, p3 = p2 + outB;
   let o = ob;
   for (; o + 2 <= ob1; o += 2) {
-    const w0 = w + <usize>o * wB, w1 = w0 + wB;
+    const w0 = rowAt(w, o, wB, packed), w1 = rowAt(w, o + 1, wB, packed);
     let a0 = f32x4.splat(0), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
     let i = 0;
     for (; i < vec8; i += 8) {
       const xo = <usize>i << 2;
-      const v = v128.load(w0 + (<usize>i << 1)), u = v128.load(w1 + (<usize>i << 1));
+      const v = v128.load(w0 + inAt(i, packed)), u = v128.load(w1 + inAt(i, packed));
       let p = lo(v, f16), q = lo(u, f16);
       let e = v128.load(x0 + xo);
       a0 = f32x4.add(a0, f32x4.mul(e, p)); b0 = f32x4.add(b0, f32x4.mul(e, q));
@@ -223,26 +249,26 @@ const F16_KEEP_HIGH: i32 = 0x8fff;
     store<f32>(p3 + c, finish(b3, x3, w1, vecEnd, inDim, bias, o + 1, f16), 4);
   }
   if (o < ob1) {
-    const wo = w + <usize>o * wB, c = <usize>o << 2;
-    dot1(p0 + c, x0, wo, vec8, vecEnd, inDim, bias, o, f16);
-    dot1(p1 + c, x1, wo, vec8, vecEnd, inDim, bias, o, f16);
-    dot1(p2 + c, x2, wo, vec8, vecEnd, inDim, bias, o, f16);
-    dot1(p3 + c, x3, wo, vec8, vecEnd, inDim, bias, o, f16);
+    const wo = rowAt(w, o, wB, packed), c = <usize>o << 2;
+    dot1(p0 + c, x0, wo, vec8, vecEnd, inDim, bias, o, f16, packed);
+    dot1(p1 + c, x1, wo, vec8, vecEnd, inDim, bias, o, f16, packed);
+    dot1(p2 + c, x2, wo, vec8, vecEnd, inDim, bias, o, f16, packed);
+    dot1(p3 + c, x3, wo, vec8, vecEnd, inDim, bias, o, f16, packed);
   }
 }
 
 /** Rows r, r+1, outputs [ob, ob1): 2 rows × 4 outputs per tile. */
 @inline function pairRows(out: usize, x: usize, w: usize, r: i32, ob: i32, ob1: i32, vec8: i32, vecEnd: i32, inDim: i32,
-  xB: usize, wB: usize, outB: usize, bias: usize, f16: bool): void {
+  xB: usize, wB: usize, outB: usize, bias: usize, f16: bool, packed: bool): void {
   const x0 = x + <usize>r * xB, x1 = x0 + xB;
   const p0 = out + <usize>r * outB, p1 = p0 + outB;
   let o = ob;
   for (; o + 4 <= ob1; o += 4) {
-    const w0 = w + <usize>o * wB, w1 = w0 + wB, w2 = w1 + wB, w3 = w2 + wB;
+    const w0 = rowAt(w, o, wB, packed), w1 = rowAt(w, o + 1, wB, packed), w2 = rowAt(w, o + 2, wB, packed), w3 = rowAt(w, o + 3, wB, packed);
     let a0 = f32x4.splat(0), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
     let i = 0;
     for (; i < vec8; i += 8) {
-      const xo = <usize>i << 2, wo = <usize>i << 1;
+      const xo = <usize>i << 2, wo = inAt(i, packed);
       const u = v128.load(x0 + xo), v = v128.load(x1 + xo), uh = v128.load(x0 + xo, 16), vh = v128.load(x1 + xo, 16);
       let k = v128.load(w0 + wo);
       let q = lo(k, f16);
@@ -288,35 +314,39 @@ const F16_KEEP_HIGH: i32 = 0x8fff;
     store<f32>(p1 + c, finish(b3, x1, w3, vecEnd, inDim, bias, o + 3, f16), 12);
   }
   for (; o < ob1; o++) {
-    const wo = w + <usize>o * wB, c = <usize>o << 2;
-    dot1(p0 + c, x0, wo, vec8, vecEnd, inDim, bias, o, f16);
-    dot1(p1 + c, x1, wo, vec8, vecEnd, inDim, bias, o, f16);
+    const wo = rowAt(w, o, wB, packed), c = <usize>o << 2;
+    dot1(p0 + c, x0, wo, vec8, vecEnd, inDim, bias, o, f16, packed);
+    dot1(p1 + c, x1, wo, vec8, vecEnd, inDim, bias, o, f16, packed);
   }
 }
 
 /** One row: 8 outputs at a time, each activation vector loaded once per step for all 8 weight rows. */
-@inline function gemvImpl(out: usize, x: usize, w: usize, vec8: i32, vecEnd: i32, inDim: i32, wB: usize, bias: usize, o0: i32, o1: i32, f16: bool): void {
+@inline function gemvImpl(out: usize, x: usize, w: usize, vec8: i32, vecEnd: i32, inDim: i32, wB: usize, bias: usize, o0: i32, o1: i32, f16: bool, packed: bool): void {
   let o = o0;
+  // Packed: whole tiles only (threads' ranges start on a tile; a range that does not, starts row by row).
+  if (packed) for (; o < o1 && (o & (TILE - 1)) != 0; o++) dot1(out + (<usize>o << 2), x, rowAt(w, o, wB, true), vec8, vecEnd, inDim, bias, o, f16, true);
+  // The next row of the 8: wB bytes on, or 16 within a tile (where 8 inputs of all 8 rows take 128 bytes).
+  const step: usize = packed ? 16 : wB;
   for (; o + 8 <= o1; o += 8) {
-    const w0 = w + <usize>o * wB;
+    const w0 = rowAt(w, o, wB, packed);
     let a0 = f32x4.splat(0), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
     let i = 0;
     for (; i < vec8; i += 8) {
       const xl = v128.load(x + (<usize>i << 2)), xh = v128.load(x + (<usize>i << 2), 16);
-      let p = w0 + (<usize>i << 1);
-      let v = v128.load(p); p += wB;
+      let p = w0 + inAt(i, packed);
+      let v = v128.load(p); p += step;
       a0 = f32x4.add(f32x4.add(a0, f32x4.mul(xl, lo(v, f16))), f32x4.mul(xh, hi(v, f16)));
-      v = v128.load(p); p += wB;
+      v = v128.load(p); p += step;
       a1 = f32x4.add(f32x4.add(a1, f32x4.mul(xl, lo(v, f16))), f32x4.mul(xh, hi(v, f16)));
-      v = v128.load(p); p += wB;
+      v = v128.load(p); p += step;
       a2 = f32x4.add(f32x4.add(a2, f32x4.mul(xl, lo(v, f16))), f32x4.mul(xh, hi(v, f16)));
-      v = v128.load(p); p += wB;
+      v = v128.load(p); p += step;
       a3 = f32x4.add(f32x4.add(a3, f32x4.mul(xl, lo(v, f16))), f32x4.mul(xh, hi(v, f16)));
-      v = v128.load(p); p += wB;
+      v = v128.load(p); p += step;
       a4 = f32x4.add(f32x4.add(a4, f32x4.mul(xl, lo(v, f16))), f32x4.mul(xh, hi(v, f16)));
-      v = v128.load(p); p += wB;
+      v = v128.load(p); p += step;
       a5 = f32x4.add(f32x4.add(a5, f32x4.mul(xl, lo(v, f16))), f32x4.mul(xh, hi(v, f16)));
-      v = v128.load(p); p += wB;
+      v = v128.load(p); p += step;
       a6 = f32x4.add(f32x4.add(a6, f32x4.mul(xl, lo(v, f16))), f32x4.mul(xh, hi(v, f16)));
       v = v128.load(p);
       a7 = f32x4.add(f32x4.add(a7, f32x4.mul(xl, lo(v, f16))), f32x4.mul(xh, hi(v, f16)));
@@ -343,19 +373,19 @@ const F16_KEEP_HIGH: i32 = 0x8fff;
     store<f32>(q, finish(a6, x, w0 + 6 * wB, vecEnd, inDim, bias, o + 6, f16), 24);
     store<f32>(q, finish(a7, x, w0 + 7 * wB, vecEnd, inDim, bias, o + 7, f16), 28);
   }
-  for (; o < o1; o++) dot1(out + (<usize>o << 2), x, w + <usize>o * wB, vec8, vecEnd, inDim, bias, o, f16);
+  for (; o < o1; o++) dot1(out + (<usize>o << 2), x, rowAt(w, o, wB, packed), vec8, vecEnd, inDim, bias, o, f16, packed);
 }
 
 /**
  * `scratch`: 0, or matmul16_scratch_bytes() bytes this call may overwrite (one per thread), which lets
  * batches of many rows run on converted panels at float32 speed.
  */
-export function matmul_bf16(out: usize, x: usize, w: usize, rows: i32, inDim: i32, outDim: i32, bias: usize, o0: i32, o1: i32, scratch: usize): void {
-  matmulImpl(out, x, w, rows, inDim, outDim, bias, o0, o1, scratch, false);
+export function matmul_bf16(out: usize, x: usize, w: usize, rows: i32, inDim: i32, outDim: i32, bias: usize, o0: i32, o1: i32, scratch: usize, tiled: i32): void {
+  matmulImpl(out, x, w, rows, inDim, outDim, bias, o0, o1, scratch, tiled, false);
 }
 
-export function matmul_f16(out: usize, x: usize, w: usize, rows: i32, inDim: i32, outDim: i32, bias: usize, o0: i32, o1: i32, scratch: usize): void {
-  matmulImpl(out, x, w, rows, inDim, outDim, bias, o0, o1, scratch, true);
+export function matmul_f16(out: usize, x: usize, w: usize, rows: i32, inDim: i32, outDim: i32, bias: usize, o0: i32, o1: i32, scratch: usize, tiled: i32): void {
+  matmulImpl(out, x, w, rows, inDim, outDim, bias, o0, o1, scratch, tiled, true);
 }
 
 /** Scratch bytes matmul_bf16/f16 use for panels and accumulators (whatever the shape). */

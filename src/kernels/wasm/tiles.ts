@@ -33,6 +33,10 @@ export function scatterTiled(dst: Uint16Array, src: Uint16Array, offset: number,
   if (plainFrom < n) dst.set(src.subarray(plainFrom), offset + plainFrom);
   let r = Math.floor(offset / cols),
     c = offset - r * cols;
+  // Whole 8-input pieces move as four 32-bit words where both sides are 4-byte aligned (the usual case).
+  const words = src.byteOffset % 4 === 0 && dst.byteOffset % 4 === 0 && offset % 2 === 0;
+  const s32 = words ? new Uint32Array(src.buffer, src.byteOffset, src.length >> 1) : null;
+  const d32 = words ? new Uint32Array(dst.buffer, dst.byteOffset, dst.length >> 1) : null;
   for (let j = 0; j < plainFrom; ) {
     // One row's run of 8-input pieces (the first and last may be partial).
     const base = (r - (r % TILE_ROWS)) * cols + (r % TILE_ROWS) * BLOCK;
@@ -41,7 +45,16 @@ export function scatterTiled(dst: Uint16Array, src: Uint16Array, offset: number,
       const b = c - (c % BLOCK);
       const take = Math.min(end, b + BLOCK) - c;
       const at = base + b * TILE_ROWS + (c - b);
-      for (let k = 0; k < take; k++) dst[at + k] = src[j + k]!;
+      if (take === BLOCK && s32 !== null && d32 !== null) {
+        const sw = j >> 1,
+          dw = at >> 1;
+        d32[dw] = s32[sw]!;
+        d32[dw + 1] = s32[sw + 1]!;
+        d32[dw + 2] = s32[sw + 2]!;
+        d32[dw + 3] = s32[sw + 3]!;
+      } else {
+        for (let k = 0; k < take; k++) dst[at + k] = src[j + k]!;
+      }
       j += take;
       c += take;
     }

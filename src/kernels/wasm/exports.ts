@@ -1,7 +1,6 @@
 /** The kernel module's exports (assembly/index.ts); pointers are byte offsets into the shared memory. */
 export interface KernelExports {
-  /** `tiled`: rows of w stored in 8-row tiles (tiles.ts; 0: row-major). */
-  matmul(out: number, x: number, w: number, rows: number, inDim: number, outDim: number, bias: number, o0: number, o1: number, tiled: number): void;
+  matmul(out: number, x: number, w: number, rows: number, inDim: number, outDim: number, bias: number, o0: number, o1: number): void;
   /**
    * `scratch`: 0, or matmul16_scratch_bytes() bytes of this thread's own (batches then run on float32 panels).
    * `tiled`: rows of w stored in 8-row tiles (tiles.ts; 0: row-major).

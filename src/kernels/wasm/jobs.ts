@@ -135,7 +135,7 @@ function runItem(c: JobContext, i: number): void {
     const o0 = i * chunk,
       o1 = Math.min(outDim, o0 + chunk);
     if (kind === W_F32) {
-      c.k.matmul(a[ARGS]!, a[ARGS + 1]!, a[ARGS + 2]!, a[ARGS + 3]!, a[ARGS + 4]!, outDim, a[ARGS + 6]!, o0, o1, a[ARGS + 11]!);
+      c.k.matmul(a[ARGS]!, a[ARGS + 1]!, a[ARGS + 2]!, a[ARGS + 3]!, a[ARGS + 4]!, outDim, a[ARGS + 6]!, o0, o1);
     } else {
       // 16-bit weights: this thread's panel scratch (0: none), scratch base + tid · stride.
       const scratch = a[ARGS + 9]! === 0 ? 0 : a[ARGS + 9]! + c.tid * a[ARGS + 10]!;

@@ -108,11 +108,6 @@ function viewOf(buf: ArrayBufferLike, dtype: DType, addr: number, n: number): Wa
 }
 
 const T = (t: Tensor) => t as WasmTensor;
-/** A weight array's bits (float32 as 32-bit words: copies keep every NaN payload). */
-function bitsOf(a: HostArray | WasmTensor['data']): Uint16Array | Uint32Array {
-  if (a instanceof Uint16Array || a instanceof Uint32Array) return a;
-  return new Uint32Array(a.buffer, a.byteOffset, a.length);
-}
 const F = (t: Tensor) => (t as WasmTensor).data as Float32Array;
 
 export class WasmBackend implements Backend {
@@ -185,10 +180,10 @@ export class WasmBackend implements Backend {
     return new WasmTensor(dtype, length, addr, viewOf(this.buf, dtype, addr, length));
   }
 
-  /** Matrices keep their whole 8-row tiles packed for the GEMV (tiles.ts). */
+  /** 16-bit matrices keep their whole 8-row tiles packed for the GEMV (tiles.ts); others are plain tensors. */
   matrix(dtype: DType, rows: number, cols: number): Tensor {
     const t = T(this.tensor(dtype, rows * cols));
-    const tiled = dtype === 'f32' || dtype === 'bf16' || dtype === 'f16' ? tiledRows(rows, cols, DTYPE_BYTES[dtype]) : 0;
+    const tiled = dtype === 'bf16' || dtype === 'f16' ? tiledRows(rows, cols) : 0;
     return tiled > 0 ? new WasmTensor(dtype, t.length, t.addr, t.data, cols, tiled) : t;
   }
 
@@ -196,7 +191,7 @@ export class WasmBackend implements Backend {
     const { data: dst, tiled, cols } = T(t);
     if (dst.BYTES_PER_ELEMENT !== data.BYTES_PER_ELEMENT) throw new Error(`write: ${data.constructor.name} into a ${t.dtype} tensor`);
     if (offset < 0 || offset + data.length > dst.length) throw new Error(`write: elements [${offset}, ${offset + data.length}) of ${dst.length}`);
-    if (tiled > 0) scatterTiled(bitsOf(dst), bitsOf(data), offset, cols, tiled);
+    if (tiled > 0) scatterTiled(dst as Uint16Array, data as Uint16Array, offset, cols, tiled);
     else (dst as Uint32Array).set(data as Uint32Array, offset);
   }
 
@@ -278,19 +273,16 @@ export class WasmBackend implements Backend {
       ops.embed(F(out), t.data as ops.WeightArray, table.dtype as ops.WeightType, ids, D);
       return;
     }
-    // A tiled table: each id's row gathered row-major into scratch (as bits), then embedded from there.
+    // A tiled table: each id's row gathered row-major into scratch, then embedded from there.
     const s = this.embedScratch;
-    const n = ids.length * D;
-    if (s.rows.byteLength < n * 4) {
-      s.rows = new Uint32Array(n);
+    if (s.rows.length < ids.length * D) {
+      s.rows = new Uint16Array(ids.length * D);
       s.ids = Int32Array.from({ length: ids.length }, (_, i) => i);
     }
-    const rows = t.dtype === 'f32' ? s.rows : new Uint16Array(s.rows.buffer, 0, n);
-    for (let r = 0; r < ids.length; r++) readRow(bitsOf(t.data), ids[r]!, D, t.tiled, rows, r * D);
-    const tab = t.dtype === 'f32' ? new Float32Array(s.rows.buffer, 0, n) : (rows as Uint16Array);
-    ops.embed(F(out), tab, table.dtype as ops.WeightType, s.ids.subarray(0, ids.length), D);
+    for (let r = 0; r < ids.length; r++) readRow(t.data as Uint16Array, ids[r]!, D, t.tiled, s.rows, r * D);
+    ops.embed(F(out), s.rows, table.dtype as ops.WeightType, s.ids.subarray(0, ids.length), D);
   }
-  private embedScratch = { rows: new Uint32Array(0), ids: new Int32Array(0) };
+  private embedScratch = { rows: new Uint16Array(0), ids: new Int32Array(0) };
 
   /** Rows per item when a light op of `rows` rows is split over the threads; 0: run it on this thread. */
   private rowChunk(rows: number): number {
@@ -326,7 +318,7 @@ export class WasmBackend implements Backend {
       const chunk = Math.max(TILE_ROWS, Math.ceil(outDim / (this.threads * 4) / TILE_ROWS) * TILE_ROWS);
       this.runner!.run(OP_MATMUL, [po, px, pw, rows, inDim, outDim, pb, chunk, kind, scratch, stride, tiled], Math.ceil(outDim / chunk));
     } else if (kind === W_F32) {
-      this.k.matmul(po, px, pw, rows, inDim, outDim, pb, 0, outDim, tiled);
+      this.k.matmul(po, px, pw, rows, inDim, outDim, pb, 0, outDim);
     } else {
       (kind === W_BF16 ? this.k.matmul_bf16 : this.k.matmul_f16)(po, px, pw, rows, inDim, outDim, pb, 0, outDim, scratch, tiled);
     }
@@ -497,8 +489,7 @@ export class WasmBackend implements Backend {
       return;
     }
     // A tiled matrix: the same values by row-major index, generated a chunk at a time and scattered.
-    const n = Math.min(t.length, 1 << 20);
-    const chunk = t.dtype === 'f32' ? new Float32Array(n) : new Uint16Array(n);
+    const chunk = new Uint16Array(Math.min(t.length, 1 << 20));
     for (let first = 0; first < t.length; first += chunk.length) {
       const part = chunk.subarray(0, Math.min(chunk.length, t.length - first));
       ops.randomFill(part, t.dtype, seed, scale, first);

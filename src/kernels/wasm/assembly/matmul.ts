@@ -8,24 +8,10 @@
  *
  * Tiles: 2 rows × 4 outputs (8 accumulators) for batches; 1 row × 8 outputs for single rows (GEMV).
  * Rows are taken in blocks so the activations stay in L2 while a 4-output weight slab is in L1.
- *
- * Layout (../tiles.ts): weight rows [0, tiled) may be stored in tiles of 8 rows, per 4 inputs the 8 rows'
- * 16 bytes side by side (inDim a multiple of 4 there), so the GEMV reads one sequential stream; each
- * kernel is compiled for both layouts (`packed`, a constant), with the same sums in the same order.
  */
 import { hsum } from './common';
 
 const ROW_BLOCK = 64;
-
-/** Row o's first inputs: row-major, or in its 8-row tile. */
-@inline function rowAt(w: usize, o: i32, rowB: usize, packed: bool): usize {
-  return packed ? w + <usize>(o >> 3) * (rowB << 3) + (<usize>(o & 7) << 4) : w + <usize>o * rowB;
-}
-
-/** Offset from rowAt of the input at byte i of a row (i a multiple of 16): 8 rows' 16 bytes per 4 inputs in a tile. */
-@inline function inAt(i: usize, packed: bool): usize {
-  return packed ? i << 3 : i;
-}
 
 @inline function tail(x: usize, w: usize, from: usize, end: usize): f32 {
   let s: f32 = 0;
@@ -40,65 +26,48 @@ const ROW_BLOCK = 64;
   return s;
 }
 
-/** One output element (the reference for every tile); w is rowAt's address (the tail only row-major). */
-@inline function dot1(out: usize, x: usize, w: usize, vecEnd: usize, end: usize, bias: usize, o: i32, packed: bool): void {
+/** One output element (the reference for every tile). */
+function dot1(out: usize, x: usize, w: usize, vecEnd: usize, end: usize, bias: usize, o: i32): void {
   let a = f32x4.splat(0);
-  for (let i: usize = 0; i < vecEnd; i += 16) a = f32x4.add(a, f32x4.mul(v128.load(x + i), v128.load(w + inAt(i, packed))));
+  for (let i: usize = 0; i < vecEnd; i += 16) a = f32x4.add(a, f32x4.mul(v128.load(x + i), v128.load(w + i)));
   store<f32>(out, finish(a, x, w, vecEnd, end, bias, o));
 }
 
-/** `tiled`: rows of w stored in 8-row tiles (../tiles.ts; 0: row-major). */
-export function matmul(out: usize, x: usize, w: usize, rows: i32, inDim: i32, outDim: i32, bias: usize, o0: i32, o1: i32, tiled: i32): void {
-  const split = min(o1, max(o0, tiled));
-  if (o0 < split) matmulRange(out, x, w, rows, inDim, outDim, bias, o0, split, true);
-  if (split < o1) matmulRange(out, x, w, rows, inDim, outDim, bias, split, o1, false);
-}
-
-@inline function matmulRange(out: usize, x: usize, w: usize, rows: i32, inDim: i32, outDim: i32, bias: usize, o0: i32, o1: i32, packed: bool): void {
+export function matmul(out: usize, x: usize, w: usize, rows: i32, inDim: i32, outDim: i32, bias: usize, o0: i32, o1: i32): void {
   const rowB = <usize>inDim << 2;
   const vecEnd = rowB & ~15;
   const outB = <usize>outDim << 2;
   if (rows == 1) {
-    gemv(out, x, w, rowB, vecEnd, bias, o0, o1, packed);
+    gemv(out, x, w, rowB, vecEnd, bias, o0, o1);
     return;
   }
   for (let r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
-    if (packed) tilesImpl(out, x, w, r0, min(rows, r0 + ROW_BLOCK), rowB, outB, bias, o0, o1, true);
-    else tilesImpl(out, x, w + <usize>o0 * rowB, r0, min(rows, r0 + ROW_BLOCK), rowB, outB, bias, o0, o1, false);
+    tiles(out, x, w + <usize>o0 * rowB, r0, min(rows, r0 + ROW_BLOCK), rowB, outB, bias, o0, o1);
   }
 }
 
 /**
- * Outputs [o0, o1) of rows [r0, r1) in 2×4 tiles. Row-major: wRow is the address of weight row o0 (rows
- * rowB bytes apart); packed: the matrix's address (rows found by rowAt).
+ * Outputs [o0, o1) of rows [r0, r1) in 2×4 tiles; wRow is the address of weight row o0 (rows rowB bytes
+ * apart). Also the 16-bit kernels' batch path, on weight rows they converted to float32 (matmul16.ts).
  */
-@inline function tilesImpl(out: usize, x: usize, wRow: usize, r0: i32, r1: i32, rowB: usize, outB: usize, bias: usize, o0: i32, o1: i32, packed: bool): void {
+export function tiles(out: usize, x: usize, wRow: usize, r0: i32, r1: i32, rowB: usize, outB: usize, bias: usize, o0: i32, o1: i32): void {
   const vecEnd = rowB & ~15;
   let o = o0;
-  // Packed: 4-row panels within a tile (a range that does not start on one starts row by row).
-  if (packed) {
-    for (; o < o1 && (o & 3) != 0; o++) {
-      const wo = rowAt(wRow, o, rowB, true);
-      for (let r = r0; r < r1; r++) dot1(out + <usize>r * outB + (<usize>o << 2), x + <usize>r * rowB, wo, vecEnd, rowB, bias, o, true);
-    }
-  }
   for (; o + 4 <= o1; o += 4) {
-    // 4 rows of one tile (o0 and tiles start on multiples of 4) are 16 bytes apart.
-    const w0 = packed ? rowAt(wRow, o, rowB, true) : wRow + <usize>(o - o0) * rowB;
-    const ws: usize = packed ? 16 : rowB;
+    const w0 = wRow + <usize>(o - o0) * rowB;
     // Row pairs: the panel over all inputs at once (no partial sums kept).
-    tilesKImpl(out, x, w0, ws, r0, r1, rowB, outB, bias, o, 0, vecEnd, true, 0, packed);
+    tilesK(out, x, w0, rowB, r0, r1, rowB, outB, bias, o, 0, vecEnd, true, 0);
     // An odd last row: one output at a time.
     if ((r1 - r0) & 1) {
       const r = r1 - 1;
       const x0 = x + <usize>r * rowB;
       const p0 = out + <usize>r * outB + (<usize>o << 2);
-      for (let k = 0; k < 4; k++) dot1(p0 + (<usize>k << 2), x0, w0 + <usize>k * ws, vecEnd, rowB, bias, o + k, packed);
+      for (let k = 0; k < 4; k++) dot1(p0 + (<usize>k << 2), x0, w0 + <usize>k * rowB, vecEnd, rowB, bias, o + k);
     }
   }
   for (; o < o1; o++) {
-    const wo = packed ? rowAt(wRow, o, rowB, true) : wRow + <usize>(o - o0) * rowB;
-    for (let r = r0; r < r1; r++) dot1(out + <usize>r * outB + (<usize>o << 2), x + <usize>r * rowB, wo, vecEnd, rowB, bias, o, packed);
+    const wo = wRow + <usize>(o - o0) * rowB;
+    for (let r = r0; r < r1; r++) dot1(out + <usize>r * outB + (<usize>o << 2), x + <usize>r * rowB, wo, vecEnd, rowB, bias, o);
   }
 }
 
@@ -113,11 +82,6 @@ export function matmul(out: usize, x: usize, w: usize, rows: i32, inDim: i32, ou
  */
 export function tilesK(out: usize, x: usize, wRow: usize, wStride: usize, r0: i32, r1: i32, rowB: usize, outB: usize,
   bias: usize, o: i32, k0: usize, k1: usize, last: bool, acc: usize): void {
-  tilesKImpl(out, x, wRow, wStride, r0, r1, rowB, outB, bias, o, k0, k1, last, acc, false);
-}
-
-@inline function tilesKImpl(out: usize, x: usize, wRow: usize, wStride: usize, r0: i32, r1: i32, rowB: usize, outB: usize,
-  bias: usize, o: i32, k0: usize, k1: usize, last: bool, acc: usize, packed: bool): void {
   const w0 = wRow, w1 = w0 + wStride, w2 = w1 + wStride, w3 = w2 + wStride;
   for (let r = r0; r + 2 <= r1; r += 2) {
     const x0 = x + <usize>r * rowB, x1 = x0 + rowB;
@@ -130,14 +94,13 @@ export function tilesK(out: usize, x: usize, wRow: usize, wStride: usize, r0: i3
     }
     for (let i = k0; i < k1; i += 16) {
       const u = v128.load(x0 + i), v = v128.load(x1 + i);
-      const wi = inAt(i, packed);
-      let q = v128.load(w0 + wi);
+      let q = v128.load(w0 + i);
       a00 = f32x4.add(a00, f32x4.mul(u, q)); a10 = f32x4.add(a10, f32x4.mul(v, q));
-      q = v128.load(w1 + wi);
+      q = v128.load(w1 + i);
       a01 = f32x4.add(a01, f32x4.mul(u, q)); a11 = f32x4.add(a11, f32x4.mul(v, q));
-      q = v128.load(w2 + wi);
+      q = v128.load(w2 + i);
       a02 = f32x4.add(a02, f32x4.mul(u, q)); a12 = f32x4.add(a12, f32x4.mul(v, q));
-      q = v128.load(w3 + wi);
+      q = v128.load(w3 + i);
       a03 = f32x4.add(a03, f32x4.mul(u, q)); a13 = f32x4.add(a13, f32x4.mul(v, q));
     }
     if (last) {
@@ -158,28 +121,23 @@ export function tilesK(out: usize, x: usize, wRow: usize, wStride: usize, r0: i3
 }
 
 /** One row: 8 outputs at a time, the activation row loaded once per step for all 8. */
-@inline function gemv(out: usize, x: usize, w: usize, rowB: usize, vecEnd: usize, bias: usize, o0: i32, o1: i32, packed: bool): void {
+function gemv(out: usize, x: usize, w: usize, rowB: usize, vecEnd: usize, bias: usize, o0: i32, o1: i32): void {
   let o = o0;
-  // Packed: whole tiles only (threads' ranges start on a tile; a range that does not, starts row by row).
-  if (packed) for (; o < o1 && (o & 7) != 0; o++) dot1(out + (<usize>o << 2), x, rowAt(w, o, rowB, true), vecEnd, rowB, bias, o, true);
-  // The next row of the 8: rowB bytes on, or 16 within a tile.
-  const step: usize = packed ? 16 : rowB;
   for (; o + 8 <= o1; o += 8) {
-    const w0 = rowAt(w, o, rowB, packed);
+    const w0 = w + <usize>o * rowB;
     let a0 = f32x4.splat(0), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
     for (let i: usize = 0; i < vecEnd; i += 16) {
       const u = v128.load(x + i);
-      let p = w0 + inAt(i, packed);
-      a0 = f32x4.add(a0, f32x4.mul(u, v128.load(p))); p += step;
-      a1 = f32x4.add(a1, f32x4.mul(u, v128.load(p))); p += step;
-      a2 = f32x4.add(a2, f32x4.mul(u, v128.load(p))); p += step;
-      a3 = f32x4.add(a3, f32x4.mul(u, v128.load(p))); p += step;
-      a4 = f32x4.add(a4, f32x4.mul(u, v128.load(p))); p += step;
-      a5 = f32x4.add(a5, f32x4.mul(u, v128.load(p))); p += step;
-      a6 = f32x4.add(a6, f32x4.mul(u, v128.load(p))); p += step;
+      let p = w0 + i;
+      a0 = f32x4.add(a0, f32x4.mul(u, v128.load(p))); p += rowB;
+      a1 = f32x4.add(a1, f32x4.mul(u, v128.load(p))); p += rowB;
+      a2 = f32x4.add(a2, f32x4.mul(u, v128.load(p))); p += rowB;
+      a3 = f32x4.add(a3, f32x4.mul(u, v128.load(p))); p += rowB;
+      a4 = f32x4.add(a4, f32x4.mul(u, v128.load(p))); p += rowB;
+      a5 = f32x4.add(a5, f32x4.mul(u, v128.load(p))); p += rowB;
+      a6 = f32x4.add(a6, f32x4.mul(u, v128.load(p))); p += rowB;
       a7 = f32x4.add(a7, f32x4.mul(u, v128.load(p)));
     }
-    // The tails (row-major only: packed rows have no tail inputs).
     const q = out + (<usize>o << 2);
     store<f32>(q, finish(a0, x, w0, vecEnd, rowB, bias, o));
     store<f32>(q, finish(a1, x, w0 + rowB, vecEnd, rowB, bias, o + 1), 4);
@@ -190,7 +148,7 @@ export function tilesK(out: usize, x: usize, wRow: usize, wStride: usize, r0: i3
     store<f32>(q, finish(a6, x, w0 + 6 * rowB, vecEnd, rowB, bias, o + 6), 24);
     store<f32>(q, finish(a7, x, w0 + 7 * rowB, vecEnd, rowB, bias, o + 7), 28);
   }
-  for (; o < o1; o++) dot1(out + (<usize>o << 2), x, rowAt(w, o, rowB, packed), vecEnd, rowB, bias, o, packed);
+  for (; o < o1; o++) dot1(out + (<usize>o << 2), x, w + <usize>o * rowB, vecEnd, rowB, bias, o);
 }
 
 /** Sum of a buffer, 64 bytes per step: the read-bandwidth probe for the GEMV bound. */

@@ -26,7 +26,12 @@
  * inputs, the tile's 8 rows' 16 bytes side by side), so the GEMV's 8-row tile reads one sequential stream
  * instead of 8 strided ones; rows from `tiled` on are row-major, at the address they would have anyway.
  * Each kernel is compiled twice (the `packed` flag, a constant) and only the addresses differ: row o's 8
- * inputs from i sit at rowAt(o) + (i << shift), the same values in the same sums.
+ * inputs from i sit at rowAt(o) + (i << shift), the same values in the same sums. Packed tiles change the
+ * tiles of the batch paths so that each pass reads whole 128-byte blocks: a few rows run one GEMV per row
+ * over each block of outputs (L2 serves all but the first), and the panel path converts a whole tile, KC/2
+ * inputs at a time, into two 4-row panels. Measured (bench gemv, 8192×4096 bf16, 1 thread): 1 row 1.28×
+ * faster, 2–8 rows 1.0–1.1×, 16 and 32 rows 8–14% slower (about 4 ms more a pass that we could not
+ * explain or remove), 64 rows and more within 1–4%.
  */
 import { hsum } from './common';
 import { tilesK } from './matmul';
@@ -45,7 +50,7 @@ const PANEL = 4;
 const KC = 512;
 /** Bytes of one panel row: a block of inputs, and after the last block the ≤ 3 tail inputs. */
 const PANEL_STRIDE: usize = (KC + 4) * 4;
-/** The tiles' accumulators between blocks of inputs: 128 bytes per row pair of a row block. */
+/** The tiles' accumulators between blocks of inputs: 128 bytes per row pair of a row block (one set per panel of a tile). */
 const ACC_BYTES: usize = (PANEL_ROW_BLOCK / 2) * 128;
 /** Outputs per block of the few-rows path: 16 weight rows stay in L2 while 4, 2 and 1-row tiles pass. */
 const O_BLOCK = 16;
@@ -142,23 +147,35 @@ const TILE: i32 = 8;
       // Many rows: PANEL weight rows converted to float32 a block of KC inputs at a time, matmul.ts's
       // float32 tiles on each block for every row pair; the odd last row and the last < PANEL outputs
       // one element at a time (the same sums).
-      const acc = scratch + <usize>PANEL * PANEL_STRIDE;
+      // Packed: a whole tile (2 panels) per pass, its 128-byte blocks read in order.
+      const pr: i32 = packed ? TILE : PANEL;
+      const acc = scratch + <usize>TILE * PANEL_STRIDE;
       const rp = r0 + ((r1 - r0) & ~1);
       let o = o0;
-      for (; o + PANEL <= o1; o += PANEL) {
+      if (packed) for (; o < o1 && (o & (TILE - 1)) != 0; o++) {
+        const wo = rowAt(w, o, wB, true);
+        for (let r = r0; r < r1; r++) dot1(out + <usize>r * outB + (<usize>o << 2), x + <usize>r * xB, wo, vec8, vecEnd, inDim, bias, o, f16, true);
+      }
+      // The tile's 8 panel rows hold half as many inputs at a time: the same 8 KiB beside the rows' inputs in L1.
+      const kc: i32 = packed ? KC / 2 : KC;
+      for (; o + pr <= o1; o += pr) {
         let k = 0;
         do {
-          const ke = min(vecEnd, k + KC);
+          const ke = min(vecEnd, k + kc);
           const last = ke == vecEnd;
           const n = (last ? inDim : ke) - k;
-          for (let j = 0; j < PANEL; j++) expand(scratch + <usize>j * PANEL_STRIDE, rowAt(w, o + j, wB, packed) + inAt(k, packed), n, f16, packed);
+          if (packed) expandTile(scratch, rowAt(w, o, wB, true) + inAt(k, true), n, f16);
+          else for (let j = 0; j < PANEL; j++) expand(scratch + <usize>j * PANEL_STRIDE, rowAt(w, o + j, wB, false) + inAt(k, false), n, f16, false);
           // The panel's input i sits at (scratch − 4k) + 4i: tilesK reads only inputs [k, ke) and the tail.
-          tilesK(out, x, scratch - (<usize>k << 2), PANEL_STRIDE, r0, rp, xB, outB, bias, o, <usize>k << 2, <usize>ke << 2, last, acc);
+          for (let p = 0; p < pr; p += PANEL) {
+            const panel = scratch + <usize>p * PANEL_STRIDE - (<usize>k << 2);
+            tilesK(out, x, panel, PANEL_STRIDE, r0, rp, xB, outB, bias, o + p, <usize>k << 2, <usize>ke << 2, last, acc + <usize>(p / PANEL) * ACC_BYTES);
+          }
           k = ke;
         } while (k < vecEnd);
         if (rp < r1) {
-          const xr = x + <usize>rp * xB, pr = out + <usize>rp * outB;
-          for (let j = 0; j < PANEL; j++) dot1(pr + (<usize>(o + j) << 2), xr, rowAt(w, o + j, wB, packed), vec8, vecEnd, inDim, bias, o + j, f16, packed);
+          const xr = x + <usize>rp * xB, po = out + <usize>rp * outB;
+          for (let j = 0; j < pr; j++) dot1(po + (<usize>(o + j) << 2), xr, rowAt(w, o + j, wB, packed), vec8, vecEnd, inDim, bias, o + j, f16, packed);
         }
       }
       for (; o < o1; o++) {
@@ -168,9 +185,15 @@ const TILE: i32 = 8;
       continue;
     }
     // A few rows: convert in registers, each converted weight vector serving 4, 2 or 1 rows, over
-    // blocks of O_BLOCK outputs whose weights stay in L2 for all rows of the block.
+    // blocks of O_BLOCK outputs whose weights stay in L2 for all rows of the block. Packed: each row's
+    // GEMV over the block's whole tiles (4 rows × 2 outputs would read a quarter of each block's 128 bytes
+    // per pass, strided: 1.3× slower at 4 rows).
     for (let ob = o0; ob < o1; ob += O_BLOCK) {
       const ob1 = min(o1, ob + O_BLOCK);
+      if (packed) {
+        for (let r = r0; r < r1; r++) gemvImpl(out + <usize>r * outB, x + <usize>r * xB, w, vec8, vecEnd, inDim, wB, bias, ob, ob1, f16, true);
+        continue;
+      }
       let r = r0;
       for (; r + 4 <= r1; r += 4) quadRows(out, x, w, r, ob, ob1, vec8, vecEnd, inDim, xB, wB, outB, bias, f16, packed);
       if (r + 2 <= r1) {
@@ -178,6 +201,18 @@ const TILE: i32 = 8;
         r += 2;
       }
       if (r < r1) gemvImpl(out + <usize>r * outB, x + <usize>r * xB, w, vec8, vecEnd, inDim, wB, bias, ob, ob1, f16, packed);
+    }
+  }
+}
+
+/** n inputs (a multiple of 8) of a tile's 8 rows from w (input k's address in the tile) → 8 panel rows at dst. */
+@inline function expandTile(dst: usize, w: usize, n: i32, f16: bool): void {
+  for (let i = 0; i < n; i += 8) {
+    const src = w + (<usize>i << 4), d = dst + (<usize>i << 2);
+    for (let j: usize = 0; j < <usize>TILE; j++) {
+      const v = v128.load(src + (j << 4));
+      v128.store(d + j * PANEL_STRIDE, lo(v, f16));
+      v128.store(d + j * PANEL_STRIDE, hi(v, f16), 16);
     }
   }
 }
@@ -390,5 +425,5 @@ export function matmul_f16(out: usize, x: usize, w: usize, rows: i32, inDim: i32
 
 /** Scratch bytes matmul_bf16/f16 use for panels and accumulators (whatever the shape). */
 export function matmul16_scratch_bytes(): i32 {
-  return <i32>(<usize>PANEL * PANEL_STRIDE + ACC_BYTES);
+  return <i32>(<usize>TILE * PANEL_STRIDE + <usize>(TILE / PANEL) * ACC_BYTES);
 }

@@ -11,6 +11,7 @@ import { createCache, parseKvSpec } from '../src/cache/spec.js';
 import { TsBackend } from '../src/kernels/ts/backend.js';
 import { rmsnorm } from '../src/kernels/ts/ops.js';
 import type { Tensor } from '../src/kernels/types.js';
+import { untiled } from '../src/kernels/wasm/tiles.js';
 import { RopeTable, ropeInvFreq } from '../src/model/rope.js';
 import { captureKv } from '../src/studies/analysis/capture.js';
 import type { KvAnalysis } from '../src/studies/analysis/kv.js';
@@ -90,7 +91,11 @@ test("captured K/V/queries: a prefill's equal a token-by-token decode's, and lay
   const cfg = m.config;
   const w = m.transformer.weights;
   const D = cfg.hiddenSize;
-  const data = (t: Tensor) => (t as unknown as { data: Float32Array | Uint16Array }).data;
+  // The weights' values in row-major order, whatever layout the back end keeps matrices in (wasm: tiles).
+  const data = (t: Tensor) => {
+    const w = t as unknown as { data: Float32Array | Uint16Array; cols?: number; tiled?: number };
+    return w.tiled ? untiled(w.data as Uint16Array, w.cols!, w.tiled) : w.data;
+  };
   const embed = await weightValues(w.embed, data(w.embed));
   const wqkv = await weightValues(w.layers[0]!.wqkv, data(w.layers[0]!.wqkv));
   const norm = data(w.layers[0]!.attnNorm) as Float32Array;

@@ -77,3 +77,10 @@ export function readRow(src: Uint16Array, r: number, cols: number, tiled: number
     for (let k = 0; k < BLOCK; k++) dst[dstOffset + b + k] = src[at + k]!;
   }
 }
+
+/** A row-major copy of a matrix with `tiled` packed rows (for readers outside the kernels: tests, tools). */
+export function untiled(src: Uint16Array, cols: number, tiled: number): Uint16Array {
+  const out = src.slice();
+  for (let r = 0; r < tiled; r++) readRow(src, r, cols, tiled, out, r * cols);
+  return out;
+}

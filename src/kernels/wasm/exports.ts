@@ -1,36 +1,27 @@
+/**
+ * A 16-bit-weight matmul (assembly/matmul16.ts). `scratch`: 0, or matmul16_scratch_bytes() bytes of this
+ * thread's own (batches then run on float32 panels). `tiled`: rows of w stored in 8-row tiles (tiles.ts;
+ * 0: row-major).
+ */
+type Matmul16 = (
+  out: number,
+  x: number,
+  w: number,
+  rows: number,
+  inDim: number,
+  outDim: number,
+  bias: number,
+  o0: number,
+  o1: number,
+  scratch: number,
+  tiled: number,
+) => void;
+
 /** The kernel module's exports (assembly/index.ts); pointers are byte offsets into the shared memory. */
 export interface KernelExports {
   matmul(out: number, x: number, w: number, rows: number, inDim: number, outDim: number, bias: number, o0: number, o1: number): void;
-  /**
-   * `scratch`: 0, or matmul16_scratch_bytes() bytes of this thread's own (batches then run on float32 panels).
-   * `tiled`: rows of w stored in 8-row tiles (tiles.ts; 0: row-major).
-   */
-  matmul_bf16(
-    out: number,
-    x: number,
-    w: number,
-    rows: number,
-    inDim: number,
-    outDim: number,
-    bias: number,
-    o0: number,
-    o1: number,
-    scratch: number,
-    tiled: number,
-  ): void;
-  matmul_f16(
-    out: number,
-    x: number,
-    w: number,
-    rows: number,
-    inDim: number,
-    outDim: number,
-    bias: number,
-    o0: number,
-    o1: number,
-    scratch: number,
-    tiled: number,
-  ): void;
+  matmul_bf16: Matmul16;
+  matmul_f16: Matmul16;
   matmul16_scratch_bytes(): number;
   scores_f32(s: number, sStride: number, q: number, nq: number, k: number, kRow: number, n: number, d: number, scale: number): void;
   scores_f16(s: number, sStride: number, q: number, nq: number, k: number, kRow: number, n: number, d: number, scale: number): void;

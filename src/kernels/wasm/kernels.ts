@@ -275,7 +275,7 @@ export class WasmBackend implements Backend {
     }
     // A tiled table: each id's row gathered row-major into scratch, then embedded from there.
     const s = this.embedScratch;
-    if (s.rows.length < ids.length * D) {
+    if (s.rows.length < ids.length * D || s.ids.length < ids.length) {
       s.rows = new Uint16Array(ids.length * D);
       s.ids = Int32Array.from({ length: ids.length }, (_, i) => i);
     }

@@ -3,7 +3,8 @@
  * stored input-block-major. For every 8 inputs (16 bytes of a row) the tile's 8 rows sit side by side, 128
  * bytes, so the GEMV kernel (assembly/matmul16.ts), which sums 8 rows at a time, reads one sequential
  * stream instead of 8 strided ones. The hardware prefetcher follows one stream much better: on a 2-core
- * AMD EPYC VM a bf16 GEMV over 32 MiB went from about 10 to about 20 GB/s (`kivi bench gemv`; docs/perf).
+ * AMD EPYC VM, `kivi bench gemv` over 64 MiB of bf16 went from 14.8–15.2 to 17.5–18.1 GB/s
+ * (docs/perf/weights-tiled.md).
  *
  * Only whole tiles are packed, and only where cols is a multiple of 8. A tile occupies exactly the bytes
  * its rows would row-major, so rows from `tiled` on keep their row-major addresses. Callers write and fill
@@ -17,12 +18,6 @@ const BLOCK = 8;
 /** Rows a [rows][cols] 16-bit matrix keeps in tiles (0: row-major throughout). */
 export function tiledRows(rows: number, cols: number): number {
   return cols % BLOCK === 0 ? rows - (rows % TILE_ROWS) : 0;
-}
-
-/** Where element (r, c) of a [·][cols] matrix with `tiled` packed rows is stored (element index). */
-export function tiledIndex(r: number, c: number, cols: number, tiled: number): number {
-  if (r >= tiled) return r * cols + c;
-  return (r - (r % TILE_ROWS)) * cols + (c - (c % BLOCK)) * TILE_ROWS + (r % TILE_ROWS) * BLOCK + (c % BLOCK);
 }
 
 /** dst ← src, src being elements [offset, offset + src.length) of the matrix in row-major order. */

@@ -195,12 +195,12 @@ const TILE: i32 = 8;
         continue;
       }
       let r = r0;
-      for (; r + 4 <= r1; r += 4) quadRows(out, x, w, r, ob, ob1, vec8, vecEnd, inDim, xB, wB, outB, bias, f16, packed);
+      for (; r + 4 <= r1; r += 4) quadRows(out, x, w, r, ob, ob1, vec8, vecEnd, inDim, xB, wB, outB, bias, f16);
       if (r + 2 <= r1) {
-        pairRows(out, x, w, r, ob, ob1, vec8, vecEnd, inDim, xB, wB, outB, bias, f16, packed);
+        pairRows(out, x, w, r, ob, ob1, vec8, vecEnd, inDim, xB, wB, outB, bias, f16);
         r += 2;
       }
-      if (r < r1) gemvImpl(out + <usize>r * outB, x + <usize>r * xB, w, vec8, vecEnd, inDim, wB, bias, ob, ob1, f16, packed);
+      if (r < r1) gemvImpl(out + <usize>r * outB, x + <usize>r * xB, w, vec8, vecEnd, inDim, wB, bias, ob, ob1, f16, false);
     }
   }
 }
@@ -229,19 +229,19 @@ const TILE: i32 = 8;
   for (; i < n; i++) store<f32>(dst + (<usize>i << 2), one(w + (<usize>i << 1), f16));
 }
 
-/** Rows r..r+3, outputs [ob, ob1): 4 rows × 2 outputs per tile. */
+/** Rows r..r+3, outputs [ob, ob1) of a row-major matrix: 4 rows × 2 outputs per tile. */
 @inline function quadRows(out: usize, x: usize, w: usize, r: i32, ob: i32, ob1: i32, vec8: i32, vecEnd: i32, inDim: i32,
-  xB: usize, wB: usize, outB: usize, bias: usize, f16: bool, packed: bool): void {
+  xB: usize, wB: usize, outB: usize, bias: usize, f16: bool): void {
   const x0 = x + <usize>r * xB, x1 = x0 + xB, x2 = x1 + xB, x3 = x2 + xB;
   const p0 = out + <usize>r * outB, p1 = p0 + outB, p2 = p1 + outB, p3 = p2 + outB;
   let o = ob;
   for (; o + 2 <= ob1; o += 2) {
-    const w0 = rowAt(w, o, wB, packed), w1 = rowAt(w, o + 1, wB, packed);
+    const w0 = w + <usize>o * wB, w1 = w + <usize>(o + 1) * wB;
     let a0 = f32x4.splat(0), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
     let i = 0;
     for (; i < vec8; i += 8) {
       const xo = <usize>i << 2;
-      const v = v128.load(w0 + inAt(i, packed)), u = v128.load(w1 + inAt(i, packed));
+      const v = v128.load(w0 + (<usize>i << 1)), u = v128.load(w1 + (<usize>i << 1));
       let p = lo(v, f16), q = lo(u, f16);
       let e = v128.load(x0 + xo);
       a0 = f32x4.add(a0, f32x4.mul(e, p)); b0 = f32x4.add(b0, f32x4.mul(e, q));
@@ -284,26 +284,26 @@ const TILE: i32 = 8;
     store<f32>(p3 + c, finish(b3, x3, w1, vecEnd, inDim, bias, o + 1, f16), 4);
   }
   if (o < ob1) {
-    const wo = rowAt(w, o, wB, packed), c = <usize>o << 2;
-    dot1(p0 + c, x0, wo, vec8, vecEnd, inDim, bias, o, f16, packed);
-    dot1(p1 + c, x1, wo, vec8, vecEnd, inDim, bias, o, f16, packed);
-    dot1(p2 + c, x2, wo, vec8, vecEnd, inDim, bias, o, f16, packed);
-    dot1(p3 + c, x3, wo, vec8, vecEnd, inDim, bias, o, f16, packed);
+    const wo = w + <usize>o * wB, c = <usize>o << 2;
+    dot1(p0 + c, x0, wo, vec8, vecEnd, inDim, bias, o, f16, false);
+    dot1(p1 + c, x1, wo, vec8, vecEnd, inDim, bias, o, f16, false);
+    dot1(p2 + c, x2, wo, vec8, vecEnd, inDim, bias, o, f16, false);
+    dot1(p3 + c, x3, wo, vec8, vecEnd, inDim, bias, o, f16, false);
   }
 }
 
-/** Rows r, r+1, outputs [ob, ob1): 2 rows × 4 outputs per tile. */
+/** Rows r, r+1, outputs [ob, ob1) of a row-major matrix: 2 rows × 4 outputs per tile. */
 @inline function pairRows(out: usize, x: usize, w: usize, r: i32, ob: i32, ob1: i32, vec8: i32, vecEnd: i32, inDim: i32,
-  xB: usize, wB: usize, outB: usize, bias: usize, f16: bool, packed: bool): void {
+  xB: usize, wB: usize, outB: usize, bias: usize, f16: bool): void {
   const x0 = x + <usize>r * xB, x1 = x0 + xB;
   const p0 = out + <usize>r * outB, p1 = p0 + outB;
   let o = ob;
   for (; o + 4 <= ob1; o += 4) {
-    const w0 = rowAt(w, o, wB, packed), w1 = rowAt(w, o + 1, wB, packed), w2 = rowAt(w, o + 2, wB, packed), w3 = rowAt(w, o + 3, wB, packed);
+    const w0 = w + <usize>o * wB, w1 = w + <usize>(o + 1) * wB, w2 = w + <usize>(o + 2) * wB, w3 = w + <usize>(o + 3) * wB;
     let a0 = f32x4.splat(0), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
     let i = 0;
     for (; i < vec8; i += 8) {
-      const xo = <usize>i << 2, wo = inAt(i, packed);
+      const xo = <usize>i << 2, wo = (<usize>i << 1);
       const u = v128.load(x0 + xo), v = v128.load(x1 + xo), uh = v128.load(x0 + xo, 16), vh = v128.load(x1 + xo, 16);
       let k = v128.load(w0 + wo);
       let q = lo(k, f16);
@@ -349,9 +349,9 @@ const TILE: i32 = 8;
     store<f32>(p1 + c, finish(b3, x1, w3, vecEnd, inDim, bias, o + 3, f16), 12);
   }
   for (; o < ob1; o++) {
-    const wo = rowAt(w, o, wB, packed), c = <usize>o << 2;
-    dot1(p0 + c, x0, wo, vec8, vecEnd, inDim, bias, o, f16, packed);
-    dot1(p1 + c, x1, wo, vec8, vecEnd, inDim, bias, o, f16, packed);
+    const wo = w + <usize>o * wB, c = <usize>o << 2;
+    dot1(p0 + c, x0, wo, vec8, vecEnd, inDim, bias, o, f16, false);
+    dot1(p1 + c, x1, wo, vec8, vecEnd, inDim, bias, o, f16, false);
   }
 }
 

@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: kernels, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: kernels, tiles, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -25,6 +25,14 @@ case $PHASE in
     run 120 attention-small $A --context 4096,65536,262144
     run 100 attention-1m $A --context 1048576
     run 150 attention-4m $A --context 4194304
+    ;;
+  tiles)
+    # The attention tile (threads per workgroup = tokens per tile; KIVI_WEBGPU_TILE) at 64, 128 (the
+    # default) and 256, at 4:1 and 1M tokens, then at 32 kv heads and 262K; then a correctness check at 256.
+    for t in 128 256 64; do export KIVI_WEBGPU_TILE=$t; run 120 attention-tile$t-1m bench attention --backend webgpu --heads 8 --kv-heads 2 --kv fp16,kivi2 --context 1048576; done
+    for t in 128 256 64; do export KIVI_WEBGPU_TILE=$t; run 120 attention-tile$t-mha bench attention --backend webgpu --heads 32 --kv-heads 32 --kv fp16,kivi2 --context 262144; done
+    export KIVI_WEBGPU_TILE=256; timeout 120 node scripts/gpu/attn-check.mjs 2>&1 | tail -n 20
+    unset KIVI_WEBGPU_TILE
     ;;
   mha)
     # The same kernels at Llama-2-7B's attention shape (32 heads, each its own kv head, d = 128): a KIVI

@@ -46,8 +46,12 @@ const FIXED_STORAGE = 4;
 export function arenaCount(maxStorageBuffers: number, cap = MAX_ARENAS): number {
   return Math.max(1, Math.min(cap, MAX_ARENAS, maxStorageBuffers - FIXED_STORAGE));
 }
-/** Threads per attention workgroup = tokens per tile. */
-export const TILE = 128;
+/** Threads per attention workgroup = tokens per tile (KIVI_WEBGPU_TILE, Node: 64 or 256 to time others). */
+export const TILE = tileFromEnv();
+function tileFromEnv(): number {
+  const v = typeof process !== 'undefined' ? process.env?.KIVI_WEBGPU_TILE : undefined;
+  return v === '64' || v === '256' ? Number(v) : 128;
+}
 /** Words per GPU segment record: kind | bits << 8 | slot << 16, n, base word (or first row), t0, cap, G, section words, start. */
 export const GSEG_WORDS = 8;
 /** Words per GPU task record: row, k0, kn, v0, vn, tokens, KIVI key tokens, value bits | G << 8. */

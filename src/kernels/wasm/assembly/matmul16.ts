@@ -165,7 +165,7 @@ const TILE: i32 = 8;
           const last = ke == vecEnd;
           const n = (last ? inDim : ke) - k;
           if (packed) expandTile(scratch, rowAt(w, o, wB, true) + inAt(k, true), n, f16);
-          else for (let j = 0; j < PANEL; j++) expand(scratch + <usize>j * PANEL_STRIDE, rowAt(w, o + j, wB, false) + inAt(k, false), n, f16, false);
+          else for (let j = 0; j < PANEL; j++) expand(scratch + <usize>j * PANEL_STRIDE, rowAt(w, o + j, wB, false) + inAt(k, false), n, f16);
           // The panel's input i sits at (scratch − 4k) + 4i: tilesK reads only inputs [k, ke) and the tail.
           for (let p = 0; p < pr; p += PANEL) {
             const panel = scratch + <usize>p * PANEL_STRIDE - (<usize>k << 2);
@@ -217,12 +217,12 @@ const TILE: i32 = 8;
   }
 }
 
-/** n 16-bit values of one row from w (its input k's address) → float32 at dst. */
-@inline function expand(dst: usize, w: usize, n: i32, f16: bool, packed: bool): void {
+/** n 16-bit values of one row-major row from w (its input k's address) → float32 at dst. */
+@inline function expand(dst: usize, w: usize, n: i32, f16: bool): void {
   const n8 = n & ~7;
   let i = 0;
   for (; i < n8; i += 8) {
-    const v = v128.load(w + inAt(i, packed));
+    const v = v128.load(w + (<usize>i << 1));
     v128.store(dst + (<usize>i << 2), lo(v, f16));
     v128.store(dst + (<usize>i << 2), hi(v, f16), 16);
   }

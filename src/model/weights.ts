@@ -141,7 +141,7 @@ export function expectedTensors(cfg: ModelConfig, has: (name: string) => boolean
 }
 
 /** A weight matrix [rows][cols] in the back end's own layout for matrices, where it has one. */
-function newMatrix(backend: Backend, dtype: DType, rows: number, cols: number): Tensor {
+export function newMatrix(backend: Backend, dtype: DType, rows: number, cols: number): Tensor {
   return backend.matrix ? backend.matrix(dtype, rows, cols) : backend.tensor(dtype, rows * cols);
 }
 

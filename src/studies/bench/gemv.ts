@@ -11,6 +11,7 @@
 
 import { Rng } from '../../engine/sampling.js';
 import { type Backend, DTYPE_BYTES, type Tensor } from '../../kernels/types.js';
+import { newMatrix } from '../../model/weights.js';
 import { toHalfBits } from '../../quant/float16.js';
 import { type BandwidthResult, ReadBandwidthProbe } from './bandwidth.js';
 import { formatBytes, formatSeconds, markdownTable } from './markdown.js';
@@ -143,7 +144,7 @@ function result(o: GemvOptions, weights: GemvWeightType, rows: number, seconds: 
 
 /** The float32 weights stored as `t` (16-bit: rounded to nearest, ties to even), laid out as a model's are. */
 function weightsAs(K: Backend, w: Float32Array, t: GemvWeightType, inDim: number): Tensor {
-  const out = K.matrix ? K.matrix(t, w.length / inDim, inDim) : K.tensor(t, w.length);
+  const out = newMatrix(K, t, w.length / inDim, inDim);
   if (t === 'f32') {
     K.write(out, w);
     return out;

@@ -26,6 +26,7 @@ test('bench gemv: GFLOP/s and GB/s follow from the shape, the weight bytes and t
   });
   assert.equal(r.backend, 'ts');
   assert.equal(r.bound_1_thread, null);
+  assert.equal(r.compute, null, 'a compute bound only where the wasm kernels run');
   assert.deepEqual(
     r.results.map((x) => `${x.weights}×${x.rows}`),
     ['f32×1', 'f32×3', 'bf16×1', 'bf16×3', 'f16×1', 'f16×3'],
@@ -36,6 +37,7 @@ test('bench gemv: GFLOP/s and GB/s follow from the shape, the weight bytes and t
     assert.ok(close(x.gflops, (2 * x.rows * 96 * 40) / x.seconds / 1e9));
     assert.ok(close(x.gbps, (perWeight * 96 * 40 + 4 * x.rows * (96 + 40)) / x.seconds / 1e9));
     assert.ok(close(x.of_bound, x.gbps / r.bound.gbps));
+    assert.equal(x.of_compute, null);
   }
 });
 
@@ -44,7 +46,12 @@ test('bench gemv CLI: --json has the bound and the results', async () => {
   assert.equal(r.code, 0, r.stderr);
   const j = JSON.parse(r.stdout);
   assert.ok(j.bound.gbps > 0);
-  assert.deepEqual(Object.keys(j.results[0]), ['weights', 'rows', 'in', 'out', 'seconds', 'gflops', 'gbps', 'of_bound']);
+  assert.deepEqual(Object.keys(j.results[0]), ['weights', 'rows', 'in', 'out', 'seconds', 'gflops', 'gbps', 'of_bound', 'of_compute']);
+  // The default back end here is wasm: its compute bound is timed in the same turns, and each result's
+  // share of it follows from its GFLOP/s (one thread).
+  assert.equal(j.backend, 'wasm');
+  assert.ok(j.compute.gflops > 0 && j.compute.repeats >= 1);
+  for (const x of j.results) assert.ok(Math.abs(x.of_compute - x.gflops / j.compute.gflops) <= 1e-9 * x.of_compute);
   assert.deepEqual(
     j.results.map((x: { weights: string }) => x.weights),
     ['f32', 'bf16', 'f16'],

@@ -165,6 +165,23 @@ export class WasmBackend implements Backend {
     return b;
   }
 
+  /**
+   * `calls` runs of the batch kernel's 2×4 tile over 1024 inputs held in L1, on this thread (`bench gemv`'s
+   * compute bound: the kernels' arithmetic with no memory to wait for); returns the float operations done.
+   */
+  tilePeak(calls: number): number {
+    const IN = 1024;
+    const x = this.tensor('f32', 6 * IN + 8);
+    try {
+      const a = T(x).addr;
+      F(x).fill(1e-3);
+      this.k.tile_peak(a + 24 * IN, a, a + 8 * IN, calls);
+      return 16 * IN * calls;
+    } finally {
+      this.release(x);
+    }
+  }
+
   // ---- memory -----------------------------------------------------------------------------------
 
   /** A block of at least `bytes`, zeroed where the allocator says it may hold old data. */

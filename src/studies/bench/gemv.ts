@@ -2,7 +2,8 @@
  * `bench gemv`: the linear layers' kernel (kernels.matmul) on a weight matrix much larger than the
  * last-level cache, against the machine's measured memory-bandwidth bound. With one activation row the
  * kernel must stream every weight once per call, so GB/s (weight bytes / time) is the figure of merit;
- * more rows reuse each weight and move the kernel toward compute-bound (GFLOP/s). Weights are float32,
+ * more rows reuse each weight and move the kernel toward compute-bound (GFLOP/s), against a second bound on
+ * wasm: the batch kernel's own 2×4 tile timed on operands that stay in L1. Weights are float32,
  * bf16 or f16 (the same values, rounded), side by side: 16-bit weights halve the bytes a GEMV must move.
  * The bound and the kernels are timed in turns (medians). On a GPU (webgpu) the bound is a streaming read
  * of the same GPU, and each sample is CALLS_PER_GPU_SAMPLE calls in one submission (a single call of a
@@ -11,6 +12,7 @@
 
 import { Rng } from '../../engine/sampling.js';
 import { type Backend, DTYPE_BYTES, type Tensor } from '../../kernels/types.js';
+import type { WasmBackend } from '../../kernels/wasm/kernels.js';
 import { newMatrix } from '../../model/weights.js';
 import { toHalfBits } from '../../quant/float16.js';
 import { type BandwidthResult, ReadBandwidthProbe } from './bandwidth.js';
@@ -31,6 +33,9 @@ export interface GemvOptions {
   repeats?: RepeatOptions;
 }
 
+/** Runs of the compute bound's tile per sample: 1 GFLOP, a few tens of milliseconds. */
+const PEAK_CALLS = 2 ** 16;
+
 /** Matmul calls per timed sample on a GPU (their time divided by this). */
 export const CALLS_PER_GPU_SAMPLE = 20;
 
@@ -50,6 +55,15 @@ export interface GemvResult {
   gbps: number;
   /** gbps / the bound at the kernels' thread count. */
   of_bound: number;
+  /** gflops / the compute bound times the kernels' threads (null where there is no compute bound). */
+  of_compute: number | null;
+}
+
+/** The wasm kernels' compute bound: their batch tile's arithmetic on operands in L1, one thread. */
+export interface ComputeBound {
+  repeats: number;
+  /** Median GFLOP/s of one thread. */
+  gflops: number;
 }
 
 export interface GemvReport {
@@ -57,6 +71,8 @@ export interface GemvReport {
   bound: BandwidthResult;
   /** The single-thread bound too, when the bound above used more threads. */
   bound_1_thread: BandwidthResult | null;
+  /** wasm only: the compute bound (GFLOP/s a thread), timed in the same turns. */
+  compute: ComputeBound | null;
   results: GemvResult[];
 }
 
@@ -84,11 +100,14 @@ export async function runGemvBench(o: GemvOptions): Promise<GemvReport> {
     if (K.name === 'webgpu') return await gpuRuns(o, K, ws, xs, ys, bwBytes);
     probes.push(await ReadBandwidthProbe.start(bwBytes, o.threads));
     if (o.threads > 1) probes.push(await ReadBandwidthProbe.start(bwBytes, 1));
-    // The bound and the kernel in turns, so that load from other processes falls on both alike.
+    // The bounds and the kernel in turns, so that load from other processes falls on all alike.
     const runs = dtypes.flatMap((_, d) => o.rows.map((rows, i) => ({ d, rows, i })));
+    const wasm = K.name === 'wasm' ? (K as WasmBackend) : null;
+    let peakFlops = 0;
     const times = await timeInterleavedAsync(
       [
         ...probes.map((p) => async () => void p.sample()),
+        ...(wasm ? [async () => void (peakFlops = wasm.tilePeak(PEAK_CALLS))] : []),
         ...runs.map(({ d, rows, i }) => async () => {
           K.matmul(ys[i]!, xs[i]!, ws[d]!, rows, inDim, outDim);
           await K.sync();
@@ -105,8 +124,11 @@ export async function runGemvBench(o: GemvOptions): Promise<GemvReport> {
       }),
     );
     const bound = bw[0]!;
-    const results = runs.map(({ d, rows }, j) => result(o, dtypes[d]!, rows, times[probes.length + j]!.seconds, bound));
-    return { backend: K.name, bound, bound_1_thread: bw[1] ?? null, results };
+    const peak = wasm ? times[probes.length]! : null;
+    const compute = peak ? { repeats: peak.samples.length, gflops: peakFlops / peak.seconds / 1e9 } : null;
+    const first = probes.length + (wasm ? 1 : 0);
+    const results = runs.map(({ d, rows }, j) => result(o, dtypes[d]!, rows, times[first + j]!.seconds, bound, compute));
+    return { backend: K.name, bound, bound_1_thread: bw[1] ?? null, compute, results };
   } finally {
     for (const p of probes) await p.close();
     for (const a of [...ws, ...xs, ...ys]) K.release(a);
@@ -132,14 +154,17 @@ async function gpuRuns(o: GemvOptions, K: Backend, ws: Tensor[], xs: Tensor[], y
     backend: K.name,
     bound,
     bound_1_thread: null,
-    results: runs.map(({ d, rows }, j) => result(o, dtypes[d]!, rows, times[j]!.seconds / CALLS_PER_GPU_SAMPLE, bound)),
+    compute: null,
+    results: runs.map(({ d, rows }, j) => result(o, dtypes[d]!, rows, times[j]!.seconds / CALLS_PER_GPU_SAMPLE, bound, null)),
   };
 }
 
-function result(o: GemvOptions, weights: GemvWeightType, rows: number, seconds: number, bound: BandwidthResult): GemvResult {
+function result(o: GemvOptions, weights: GemvWeightType, rows: number, seconds: number, bound: BandwidthResult, compute: ComputeBound | null): GemvResult {
   const bytes = DTYPE_BYTES[weights] * o.inDim * o.outDim + 4 * rows * (o.inDim + o.outDim);
   const gbps = bytes / seconds / 1e9;
-  return { weights, rows, in: o.inDim, out: o.outDim, seconds, gflops: (2 * rows * o.inDim * o.outDim) / seconds / 1e9, gbps, of_bound: gbps / bound.gbps };
+  const gflops = (2 * rows * o.inDim * o.outDim) / seconds / 1e9;
+  const of_compute = compute ? gflops / (compute.gflops * o.threads) : null;
+  return { weights, rows, in: o.inDim, out: o.outDim, seconds, gflops, gbps, of_bound: gbps / bound.gbps, of_compute };
 }
 
 /** The float32 weights stored as `t` (16-bit: rounded to nearest, ties to even), laid out as a model's are. */
@@ -162,7 +187,11 @@ export function gemvMarkdown(r: GemvReport): string {
   const head =
     `Memory-bandwidth bound: ${b.gbps.toFixed(1)} GB/s reading ${formatBytes(b.bytes)} ${on}` +
     (r.bound_1_thread ? ` (${r.bound_1_thread.gbps.toFixed(1)} GB/s on 1 thread)` : '') +
-    `; backend ${r.backend}.\n\n`;
+    `; backend ${r.backend}.\n` +
+    (r.compute
+      ? `Compute bound: ${r.compute.gflops.toFixed(1)} GFLOP/s a thread (the batch kernel's 2×4 tile on operands in L1).\n`
+      : '') +
+    '\n';
   const rows = r.results.map((x) => [
     x.weights,
     x.rows,
@@ -172,6 +201,8 @@ export function gemvMarkdown(r: GemvReport): string {
     x.gflops.toFixed(2),
     x.gbps.toFixed(2),
     `${(100 * x.of_bound).toFixed(1)}%`,
+    ...(r.compute ? [`${(100 * x.of_compute!).toFixed(1)}%`] : []),
   ]);
-  return head + markdownTable(['weights', 'rows', 'weight', 'weight bytes', 'time / call', 'GFLOP/s', 'GB/s', 'of bound'], rows);
+  const cols = ['weights', 'rows', 'weight', 'weight bytes', 'time / call', 'GFLOP/s', 'GB/s', 'of bound'];
+  return head + markdownTable(r.compute ? [...cols, 'of compute'] : cols, rows);
 }

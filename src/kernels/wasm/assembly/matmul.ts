@@ -151,15 +151,15 @@ function gemv(out: usize, x: usize, w: usize, rowB: usize, vecEnd: usize, bias: 
   for (; o < o1; o++) dot1(out + (<usize>o << 2), x, w + <usize>o * rowB, vecEnd, rowB, bias, o);
 }
 
-/** Sum of a buffer, 64 bytes per step: the read-bandwidth probe for the GEMV bound. */
-export function read_sum(p: usize, bytes: usize): f32 {
-  let a0 = f32x4.splat(0), a1 = a0, a2 = a0, a3 = a0;
-  const end = p + (bytes & ~63);
-  for (; p < end; p += 64) {
-    a0 = f32x4.add(a0, v128.load(p));
-    a1 = f32x4.add(a1, v128.load(p, 16));
-    a2 = f32x4.add(a2, v128.load(p, 32));
-    a3 = f32x4.add(a3, v128.load(p, 48));
-  }
-  return hsum(f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3)));
+/**
+ * The compute bound `bench gemv` sets beside its memory bound: `calls` runs of the batch kernel's 2×4
+ * tile (tilesK) over PEAK_IN inputs of 2 rows and 4 outputs, 24 KiB of operands that stay in L1 — the
+ * kernels' own arithmetic with nothing to wait for but itself. x: 2·PEAK_IN floats, w: 4·PEAK_IN, out: 8.
+ * A call is 16·PEAK_IN float operations.
+ */
+export const PEAK_IN: i32 = 1024;
+
+export function tile_peak(out: usize, x: usize, w: usize, calls: i32): void {
+  const rowB = <usize>PEAK_IN << 2;
+  for (let c = 0; c < calls; c++) tilesK(out, x, w, rowB, 0, 2, rowB, 16, 0, 0, 0, rowB, true, 0);
 }

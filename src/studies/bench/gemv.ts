@@ -107,7 +107,13 @@ export async function runGemvBench(o: GemvOptions): Promise<GemvReport> {
     const times = await timeInterleavedAsync(
       [
         ...probes.map((p) => async () => void p.sample()),
-        ...(wasm ? [async () => void (peakFlops = wasm.tilePeak(PEAK_CALLS))] : []),
+        ...(wasm
+          ? [
+              async () => {
+                peakFlops = wasm.tilePeak(PEAK_CALLS);
+              },
+            ]
+          : []),
         ...runs.map(({ d, rows, i }) => async () => {
           K.matmul(ys[i]!, xs[i]!, ws[d]!, rows, inDim, outDim);
           await K.sync();
@@ -188,9 +194,7 @@ export function gemvMarkdown(r: GemvReport): string {
     `Memory-bandwidth bound: ${b.gbps.toFixed(1)} GB/s reading ${formatBytes(b.bytes)} ${on}` +
     (r.bound_1_thread ? ` (${r.bound_1_thread.gbps.toFixed(1)} GB/s on 1 thread)` : '') +
     `; backend ${r.backend}.\n` +
-    (r.compute
-      ? `Compute bound: ${r.compute.gflops.toFixed(1)} GFLOP/s a thread (the batch kernel's 2×4 tile on operands in L1).\n`
-      : '') +
+    (r.compute ? `Compute bound: ${r.compute.gflops.toFixed(1)} GFLOP/s a thread (the batch kernel's 2×4 tile on operands in L1).\n` : '') +
     '\n';
   const rows = r.results.map((x) => [
     x.weights,

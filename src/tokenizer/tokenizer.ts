@@ -158,33 +158,36 @@ export class Tokenizer {
 }
 
 /**
- * Turns a growing list of ids into text deltas. Decoding the whole list and emitting what is new keeps
- * multi-token characters and merges right; text ending in U+FFFD (an incomplete UTF-8 sequence) is
- * held back until the next token completes it.
+ * Turns a growing list of ids into text deltas, in time independent of the text's length: each step decodes
+ * a short window of the latest ids and emits what it adds beyond the window's first tokens. Those were
+ * emitted already and stay as context, so that decoders which treat the start of a text specially (a
+ * stripped leading space) or merge across tokens render the new tokens as the whole text would. Text ending
+ * in U+FFFD (an incomplete UTF-8 sequence) is held back until a later token completes it. (Decoding the
+ * whole list every step, as this did before, made a long generation quadratic.)
  */
 export class StreamDecoder {
-  private ids: number[] = [];
-  private emitted = 0;
+  /** The ids from the window's start on; window[0, read) are emitted already. */
+  private window: number[] = [];
+  private read = 0;
   constructor(private readonly tok: Tokenizer) {}
 
   push(id: number): string {
-    this.ids.push(id);
-    const text = this.tok.decode(this.ids);
-    if (text.endsWith('\uFFFD')) return '';
-    const delta = text.slice(this.emitted);
-    this.emitted = text.length;
-    return delta;
+    this.window.push(id);
+    return this.next(false);
   }
 
   /** Whatever is still held back. */
   flush(): string {
-    const text = this.tok.decode(this.ids);
-    const delta = text.slice(this.emitted);
-    this.emitted = text.length;
-    return delta;
+    return this.next(true);
   }
 
-  get text(): string {
-    return this.tok.decode(this.ids);
+  private next(final: boolean): string {
+    const seen = this.tok.decode(this.window.slice(0, this.read));
+    const text = this.tok.decode(this.window);
+    if (text.length <= seen.length || (!final && text.endsWith('\uFFFD'))) return '';
+    // The next window starts at the tokens just emitted: they are its context.
+    this.window.splice(0, this.read);
+    this.read = this.window.length;
+    return text.slice(seen.length);
   }
 }

@@ -20,8 +20,8 @@ type Matmul16 = (
 /** The kernel module's exports (assembly/index.ts); pointers are byte offsets into the shared memory. */
 export interface KernelExports {
   matmul(out: number, x: number, w: number, rows: number, inDim: number, outDim: number, bias: number, o0: number, o1: number): void;
-  /** `calls` runs of the batch kernel's 2×4 tile over 1024 inputs held in L1 (bench gemv's compute bound). */
-  tile_peak(out: number, x: number, w: number, calls: number): void;
+  /** `calls` runs of the batch kernel's 2×4 tile over inDim inputs of 2 rows and 4 outputs (bench gemv's compute bound). */
+  tile_peak(out: number, x: number, w: number, inDim: number, calls: number): void;
   matmul_bf16: Matmul16;
   matmul_f16: Matmul16;
   matmul16_scratch_bytes(): number;

@@ -170,12 +170,12 @@ export class WasmBackend implements Backend {
    * compute bound: the kernels' arithmetic with no memory to wait for); returns the float operations done.
    */
   tilePeak(calls: number): number {
-    const IN = 1024;
+    const IN = 1024; // 2 rows and 4 weight rows of 1024 floats: 24 KiB, in L1
     const x = this.tensor('f32', 6 * IN + 8);
     try {
       const a = T(x).addr;
       F(x).fill(1e-3);
-      this.k.tile_peak(a + 24 * IN, a, a + 8 * IN, calls);
+      this.k.tile_peak(a + 24 * IN, a, a + 8 * IN, IN, calls);
       return 16 * IN * calls;
     } finally {
       this.release(x);

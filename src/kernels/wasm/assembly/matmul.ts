@@ -153,13 +153,11 @@ function gemv(out: usize, x: usize, w: usize, rowB: usize, vecEnd: usize, bias: 
 
 /**
  * The compute bound `bench gemv` sets beside its memory bound: `calls` runs of the batch kernel's 2×4
- * tile (tilesK) over PEAK_IN inputs of 2 rows and 4 outputs, 24 KiB of operands that stay in L1 — the
- * kernels' own arithmetic with nothing to wait for but itself. x: 2·PEAK_IN floats, w: 4·PEAK_IN, out: 8.
- * A call is 16·PEAK_IN float operations.
+ * tile (tilesK) over `inDim` inputs of 2 rows (x) and 4 outputs (w), 8 floats out; the caller keeps
+ * the operands small enough to stay in L1 — the kernels' own arithmetic with nothing to wait for but
+ * itself. A call is 16·inDim float operations.
  */
-export const PEAK_IN: i32 = 1024;
-
-export function tile_peak(out: usize, x: usize, w: usize, calls: i32): void {
-  const rowB = <usize>PEAK_IN << 2;
+export function tile_peak(out: usize, x: usize, w: usize, inDim: i32, calls: i32): void {
+  const rowB = <usize>inDim << 2;
   for (let c = 0; c < calls; c++) tilesK(out, x, w, rowB, 0, 2, rowB, 16, 0, 0, 0, rowB, true, 0);
 }

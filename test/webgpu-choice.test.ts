@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import { test } from 'node:test';
 import { createBackend } from '../src/kernels/index.js';
 import { isFallback } from '../src/kernels/webgpu/device.js';
+import { gpuDeviceNodePresent } from '../src/kernels/webgpu/node.js';
 import { MODEL_DIR, ROOT, tmpDir } from './helpers.js';
 import { needWebgpu } from './webgpu-helpers.js';
 
@@ -57,6 +58,36 @@ test('--backend webgpu without the webgpu package: one line saying how to add it
   assert.equal(ok.status, 0, ok.stderr);
   assert.equal(ok.stderr, '');
   assert.equal((JSON.parse(ok.stdout) as { ids: number[] }).ids.length, 2);
+});
+
+test('auto looks for a GPU only where a GPU device node exists, and prints nothing where none does', (t) => {
+  const dev = tmpDir('kivi-dev-');
+  const nodes = (...files: string[]) => {
+    fs.rmSync(dev, { recursive: true, force: true });
+    for (const f of files) {
+      fs.mkdirSync(path.dirname(path.join(dev, f)), { recursive: true });
+      fs.writeFileSync(path.join(dev, f), '');
+    }
+    return gpuDeviceNodePresent(dev);
+  };
+  if (process.platform === 'linux') {
+    assert.equal(nodes(), false);
+    assert.equal(nodes('null', 'dri/by-path/x'), false);
+    assert.equal(nodes('dri/renderD128'), true);
+    assert.equal(nodes('nvidiactl', 'nvidia0'), true);
+    assert.equal(nodes('dxg'), true);
+  }
+  // This machine, with the webgpu package installed: where it has no GPU, `auto` runs on the CPU without
+  // a word on stderr (Mesa's software Vulkan driver, which CI's chromium brings, prints when woken).
+  if (gpuDeviceNodePresent()) return t.skip('this machine has a GPU device node');
+  const r = spawnSync(
+    process.execPath,
+    [path.join(ROOT, 'dist/src/cli/main.js'), 'generate', '--model', MODEL_DIR, '--prompt', 'Hello', '--max-tokens', '2', '--ignore-eos', '--json'],
+    { encoding: 'utf8', timeout: 60_000 },
+  );
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stderr, '');
+  assert.equal((JSON.parse(r.stdout) as { ids: number[]; backend?: string }).ids.length, 2);
 });
 
 /** An adapter as WebGPU implementations describe it. */

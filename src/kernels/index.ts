@@ -42,13 +42,14 @@ async function loadWebGpu(o: WebGpuOptions): Promise<Backend> {
 
 /**
  * `auto`'s WebGPU: only on a hardware adapter (a software one such as SwiftShader is for tests), and in
- * Node only where the optional package and a Vulkan loader are present (so nothing is printed when not).
+ * Node only where the optional package, a Vulkan loader and a GPU's device node are present (so nothing is
+ * printed when not).
  */
 async function hardwareWebGpu(o: WebGpuOptions): Promise<Backend | null> {
   try {
     if (inNode()) {
       const node = await import('./webgpu/node.js');
-      if (node.webgpuPackageMissing() || !node.vulkanLoaderPresent()) return null;
+      if (node.webgpuPackageMissing() || !node.vulkanLoaderPresent() || !node.gpuDeviceNodePresent()) return null;
     } else if (!(globalThis as { navigator?: { gpu?: unknown } }).navigator?.gpu) {
       return null;
     }

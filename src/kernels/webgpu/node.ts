@@ -40,6 +40,23 @@ export function webgpuPackageMissing(): string | null {
 }
 
 /**
+ * Whether this Linux machine has a device node through which a GPU driver is reached: DRM render nodes
+ * (Mesa's drivers: AMD, Intel, …), NVIDIA's, WSL's, Mali's. Without one there is no hardware adapter to
+ * find, and asking Dawn anyway wakes the software Vulkan drivers Mesa installs (lavapipe), which print
+ * on stderr; so `auto` asks only where one exists. Other platforms: true (Dawn decides).
+ */
+export function gpuDeviceNodePresent(dev = '/dev'): boolean {
+  if (process.platform !== 'linux') return true;
+  const has = (p: string) => fs.existsSync(`${dev}/${p}`);
+  if (has('nvidiactl') || has('nvidia0') || has('dxg') || has('mali0')) return true;
+  try {
+    return fs.readdirSync(`${dev}/dri`).some((f) => f.startsWith('renderD') || f.startsWith('card'));
+  } catch {
+    return false;
+  }
+}
+
+/**
  * Whether a Vulkan loader can be opened at all (Linux): Dawn prints a warning on stderr when it cannot,
  * so `auto` checks first and quietly falls back.
  */

@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: kernels, tiles, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: kernels, tiles, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -52,6 +52,24 @@ case $PHASE in
     # The kernel built for 1-4 arena bindings (unused ones bound to dummies), the cache in arena 0.
     HEADS=32 KV=32 T=262144 SPECS=kivi2 VARIANTS=,na2,na3,na4 timeout 120 $A 2>&1 | tee "$OUT/na-mha-256k.txt"
     SPECS=kivi2 VARIANTS=,na2,na3,na4 timeout 120 $A 2>&1 | tee "$OUT/na-gqa-1m.txt"
+    ;;
+  robust)
+    # Dawn's robustness (Tint's index clamps on every array access) on (1, the default) and off (0,
+    # KIVI_WEBGPU_ROBUST=0): the attention check without clamps on this GPU, then the attention kernel and
+    # a 7B decode timed both ways, in turns.
+    # What the driver made of the attention kernel (registers, spills), built here by scripts/gpu/spirv-dump.mjs.
+    if [ -x .gpu/pipestats ]; then timeout 120 .gpu/pipestats .gpu/spv/*.spv 2>&1 | tee "$OUT/pipestats.txt"; fi
+    KIVI_WEBGPU_ROBUST=0 T=9000 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee "$OUT/attn-check-robust0.txt"
+    for r in 1 0 1 0; do
+      export KIVI_WEBGPU_ROBUST=$r
+      run 100 attention-robust$r-1m-$SECONDS bench attention --backend webgpu --heads 8 --kv-heads 2 --kv fp16,kivi2 --context 1048576
+    done
+    for r in 1 0; do
+      export KIVI_WEBGPU_ROBUST=$r
+      run 120 attention-robust$r-mha bench attention --backend webgpu --heads 32 --kv-heads 32 --kv fp16,kivi2 --context 262144
+      run 120 generate-7b-robust$r bench generate --backend webgpu --model $C/llama-2-7b --random-weights 1 --prompt 160 --gen 64 --kv fp16,kivi2 --repeats 1
+    done
+    unset KIVI_WEBGPU_ROBUST
     ;;
   attn-items)
     # The attention kernel checked against the reference on this GPU (sink and rotated specs included), then

@@ -105,7 +105,9 @@ export function nodeGpu(opts: { swiftshader?: boolean } = {}): Promise<GPU> {
     for (const [k, v] of Object.entries(mod.globals)) if (!(k in globalThis)) (globalThis as Record<string, unknown>)[k] = v;
     // Workgroup memory is not zeroed at every workgroup's start: the kernels write what they read
     // (the zeroing costs SwiftShader ~10 ms per workgroup, and real GPUs a pass over it too).
-    return mod.create(['enable-dawn-features=disable_workgroup_init']);
+    // KIVI_WEBGPU_ROBUST=0 (a diagnostic for timing, never the default): without Tint's index clamps.
+    const robust = process.env.KIVI_WEBGPU_ROBUST === '0' ? ',disable_robustness' : '';
+    return mod.create([`enable-dawn-features=disable_workgroup_init${robust}`]);
   })();
   gpu.catch(() => (gpu = undefined));
   return gpu;

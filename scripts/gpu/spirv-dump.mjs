@@ -5,6 +5,7 @@
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { attendWgsl, attnGeometry, parseAttnVariant } from '../../dist/src/kernels/webgpu/attention.js';
+import { SWIFTSHADER_DIR } from '../../dist/src/kernels/webgpu/node.js';
 
 const [out, kernel, H, KV, D, variant = ''] = process.argv.slice(2);
 if (kernel !== 'attend') throw new Error('kernels: attend');
@@ -12,9 +13,9 @@ const shape = { numLayers: 1, numHeads: Number(H), numKvHeads: Number(KV), headD
 const v = parseAttnVariant(variant);
 const g = attnGeometry(shape, 32768, v.ch);
 const wgsl = attendWgsl(shape, g, Math.max(1, v.na), v);
-process.env.VK_ICD_FILENAMES = '/usr/lib/chromium/vk_swiftshader_icd.json';
+process.env.VK_ICD_FILENAMES = `${SWIFTSHADER_DIR}/vk_swiftshader_icd.json`;
 try {
-  process.dlopen({ exports: {} }, '/usr/lib/chromium/libvulkan.so.1', 2 | 256 | 4096);
+  process.dlopen({ exports: {} }, `${SWIFTSHADER_DIR}/libvulkan.so.1`, 2 | 256 | 4096);
 } catch {}
 const mod = await import('webgpu');
 for (const [k, val] of Object.entries(mod.globals)) if (!(k in globalThis)) globalThis[k] = val;

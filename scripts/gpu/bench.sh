@@ -57,7 +57,7 @@ case $PHASE in
     # Dawn's robustness (Tint's index clamps on every array access) on (1, the default) and off (0,
     # KIVI_WEBGPU_ROBUST=0): the attention check without clamps on this GPU, then the attention kernel and
     # a 7B decode timed both ways, in turns.
-    # What the driver made of the attention kernel (registers, spills), built here by scripts/gpu/spirv-dump.mjs.
+    # First what the driver made of the attention kernel (registers, spills; kit.sh builds the tool and the SPIR-V).
     if [ -x .gpu/pipestats ]; then timeout 120 .gpu/pipestats .gpu/spv/*.spv 2>&1 | tee "$OUT/pipestats.txt"; fi
     KIVI_WEBGPU_ROBUST=0 T=9000 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee "$OUT/attn-check-robust0.txt"
     for r in 1 0 1 0; do

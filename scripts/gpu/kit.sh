@@ -23,4 +23,18 @@ if ! ls "$out"/*.deb >/dev/null 2>&1; then
   apt-get $o update -qq >/dev/null
   (cd "$out" && apt-get $o download -qq libvulkan1 libglvnd0 libglx0 libegl1 libgl1 libopengl0 libgles2 >/dev/null)
 fi
+# Diagnostics (bench.sh robust), where this machine has gcc, the Vulkan headers and spirv-as
+# (apt-get install libvulkan-dev spirv-tools): the driver's statistics tool and the attention kernel's SPIR-V.
+if command -v gcc >/dev/null && [ -f /usr/include/vulkan/vulkan.h ] && command -v spirv-as >/dev/null; then
+  gcc -O2 -o "$out/pipestats" scripts/gpu/pipestats.c -lvulkan
+  mkdir -p "$out/spv"
+  for cfg in "gqa 8 2 128" "gqa-b2 8 2 128 b2" "gqa-u1 8 2 128 u1" "gqa-u2 8 2 128 u2" "gqa-ch4 8 2 128 ch4" \
+    "gqa-novalues 8 2 128 values" "gqa-nokeys 8 2 128 keys,fold" "mha 32 32 128" "mha-b2 32 32 128 b2"; do
+    set -- $cfg
+    node scripts/gpu/spirv-dump.mjs "$out/spv/$1.spv" attend "$2" "$3" "$4" ${5:-}
+  done
+  ROBUST=0 node scripts/gpu/spirv-dump.mjs "$out/spv/gqa-r0.spv" attend 8 2 128
+  ROBUST=0 node scripts/gpu/spirv-dump.mjs "$out/spv/mha-r0.spv" attend 32 32 128
+  rm -f "$out"/spv/*.spvasm
+fi
 du -sh "$out"/*

@@ -13,13 +13,6 @@ const shape = { numLayers: 1, numHeads: Number(H), numKvHeads: Number(KV), headD
 const v = parseAttnVariant(variant);
 const g = attnGeometry(shape, 32768, v.ch);
 const wgsl = attendWgsl(shape, g, Math.max(1, v.na), v);
-process.env.VK_ICD_FILENAMES = `${SWIFTSHADER_DIR}/vk_swiftshader_icd.json`;
-try {
-  process.dlopen({ exports: {} }, `${SWIFTSHADER_DIR}/libvulkan.so.1`, 2 | 256 | 4096);
-} catch {}
-const mod = await import('webgpu');
-for (const [k, val] of Object.entries(mod.globals)) if (!(k in globalThis)) globalThis[k] = val;
-const toggles = `enable-dawn-features=dump_shaders,disable_symbol_renaming,disable_workgroup_init${process.env.ROBUST === '0' ? ',disable_robustness' : ''}`;
 // Dawn prints the dump on the process's stdout (natively): a child compiles, the parent reads it.
 if (!process.env.SPIRV_CHILD) {
   const text = execFileSync(process.execPath, process.argv.slice(1), { env: { ...process.env, SPIRV_CHILD: '1' }, maxBuffer: 1 << 30 }).toString();
@@ -31,6 +24,14 @@ if (!process.env.SPIRV_CHILD) {
   console.log(`${out}: ${wgsl.length} chars of WGSL, ${asm.split('\n').length} lines of SPIR-V`);
   process.exit(0);
 }
+// The child: SwiftShader, Dawn with the dump toggle, one pipeline.
+process.env.VK_ICD_FILENAMES = `${SWIFTSHADER_DIR}/vk_swiftshader_icd.json`;
+try {
+  process.dlopen({ exports: {} }, `${SWIFTSHADER_DIR}/libvulkan.so.1`, 2 | 256 | 4096);
+} catch {}
+const mod = await import('webgpu');
+for (const [k, val] of Object.entries(mod.globals)) if (!(k in globalThis)) globalThis[k] = val;
+const toggles = `enable-dawn-features=dump_shaders,disable_symbol_renaming,disable_workgroup_init${process.env.ROBUST === '0' ? ',disable_robustness' : ''}`;
 const gpu = mod.create([toggles]);
 const dev = await (await gpu.requestAdapter()).requestDevice({ requiredLimits: { maxComputeWorkgroupStorageSize: 32768 } });
 const m = dev.createShaderModule({ code: wgsl });

@@ -3,7 +3,9 @@
 // this compiles the SPIR-V that Dawn's Tint produced for a kernel (scripts/gpu/spirv-dump.mjs) on the same
 // driver directly.
 // Build (here): gcc -O2 -o .gpu/pipestats scripts/gpu/pipestats.c -lvulkan
-// Run (GPU machine, after scripts/gpu/setup.sh): .gpu/pipestats file.spv [file.spv ...]
+// Run (GPU machine, after scripts/gpu/setup.sh): [IR_DIR=dir] .gpu/pipestats file.spv [file.spv ...]
+// With IR_DIR set, each kernel's internal representations (whatever the driver offers: on NVIDIA the
+// machine code, if it gives it) are written there as <file>.<n>.<name>.txt.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +57,9 @@ int main(int argc, char **argv) {
   CHECK(vkCreateDevice(pds[0], &dci, NULL, &dev));
   PFN_vkGetPipelineExecutablePropertiesKHR getProps = (PFN_vkGetPipelineExecutablePropertiesKHR)vkGetDeviceProcAddr(dev, "vkGetPipelineExecutablePropertiesKHR");
   PFN_vkGetPipelineExecutableStatisticsKHR getStats = (PFN_vkGetPipelineExecutableStatisticsKHR)vkGetDeviceProcAddr(dev, "vkGetPipelineExecutableStatisticsKHR");
+  PFN_vkGetPipelineExecutableInternalRepresentationsKHR getIr =
+      (PFN_vkGetPipelineExecutableInternalRepresentationsKHR)vkGetDeviceProcAddr(dev, "vkGetPipelineExecutableInternalRepresentationsKHR");
+  const char *irDir = getenv("IR_DIR");
   for (int a = 1; a < argc; a++) {
     size_t n;
     uint32_t *code = slurp(argv[a], &n);
@@ -81,7 +86,8 @@ int main(int argc, char **argv) {
     VkPipelineLayoutCreateInfo pli = {VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO, NULL, 0, 2, sets, 1, &pcr};
     VkPipelineLayout pl;
     CHECK(vkCreatePipelineLayout(dev, &pli, NULL, &pl));
-    VkComputePipelineCreateInfo cpi = {VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO, NULL, VK_PIPELINE_CREATE_CAPTURE_STATISTICS_BIT_KHR,
+    VkComputePipelineCreateInfo cpi = {VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO, NULL,
+                                       VK_PIPELINE_CREATE_CAPTURE_STATISTICS_BIT_KHR | (irDir ? VK_PIPELINE_CREATE_CAPTURE_INTERNAL_REPRESENTATIONS_BIT_KHR : 0),
                                        {VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO, NULL, 0, VK_SHADER_STAGE_COMPUTE_BIT, sm, "dawn_entry_point", NULL},
                                        pl, VK_NULL_HANDLE, 0};
     VkPipeline pipe;
@@ -111,6 +117,30 @@ int main(int argc, char **argv) {
           case VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_INT64_KHR: printf("%lld", (long long)st[i].value.i64); break;
           case VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_UINT64_KHR: printf("%llu", (unsigned long long)st[i].value.u64); break;
           default: printf("%g", st[i].value.f64);
+        }
+        // What each statistic means, in the driver's words, once.
+        if (a == 1) printf(" (%s; format %d, 0x%llx)", st[i].description, (int)st[i].format, (unsigned long long)st[i].value.u64);
+      }
+      if (irDir && getIr) {
+        uint32_t nr = 0;
+        getIr(dev, &ei, &nr, NULL);
+        VkPipelineExecutableInternalRepresentationKHR ir[16];
+        if (nr > 16) nr = 16;
+        for (uint32_t i = 0; i < nr; i++) ir[i] = (VkPipelineExecutableInternalRepresentationKHR){VK_STRUCTURE_TYPE_PIPELINE_EXECUTABLE_INTERNAL_REPRESENTATION_KHR};
+        getIr(dev, &ei, &nr, ir);
+        for (uint32_t i = 0; i < nr; i++) ir[i].pData = malloc(ir[i].dataSize + 1);
+        getIr(dev, &ei, &nr, ir);
+        const char *base = strrchr(argv[a], '/');
+        base = base ? base + 1 : argv[a];
+        for (uint32_t i = 0; i < nr; i++) {
+          char path[1024], name[VK_MAX_DESCRIPTION_SIZE];
+          snprintf(name, sizeof name, "%s", ir[i].name);
+          for (char *c = name; *c; c++) if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9'))) *c = '_';
+          snprintf(path, sizeof path, "%s/%s.%u.%s.%s", irDir, base, i, name, ir[i].isText ? "txt" : "bin");
+          FILE *f = fopen(path, "wb");
+          if (f) { fwrite(ir[i].pData, 1, ir[i].dataSize, f); fclose(f); }
+          printf(" IR[%u]=%s (%s, %zu bytes)", i, ir[i].name, ir[i].isText ? "text" : "binary", ir[i].dataSize);
+          free(ir[i].pData);
         }
       }
     }

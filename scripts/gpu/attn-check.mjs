@@ -1,5 +1,5 @@
 // On the GPU machine (after `npm run build` here and `source scripts/gpu/setup.sh` there):
-//   node scripts/gpu/attn-check.mjs      (T=9000 SPECS=kivi2,kivi4 HEADS=8 KV=2 D=128 [BIND=bytes ARENAS=n])
+//   node scripts/gpu/attn-check.mjs      (T=9000 SPECS=kivi2,kivi4 HEADS=8 KV=2 D=128 [BIND=bytes ARENAS=n] [VARIANT=v])
 // Decode attention on the GPU against the TypeScript reference, after filling a cache of T tokens per spec
 // (an outlier channel ×12, as real keys have), for 3 decode steps: the largest error relative to the
 // output's largest element must stay under 1e-4 (1e-5 for fp16), as in test/kernels-webgpu.test.ts on
@@ -19,7 +19,9 @@ const specs = splitSpecList(env.SPECS ?? 'kivi2,kivi4,kivi:k=2,v=4,gk=64,gv=32,r
 const shape = { numLayers: 1, numHeads: Number(env.HEADS ?? 8), numKvHeads: Number(env.KV ?? 2), headDim: Number(env.D ?? 128) };
 const bind = env.BIND ? { maxBindingBytes: Number(env.BIND), maxArenas: Number(env.ARENAS ?? 4) } : {};
 const b = await createBackend({ backend: 'webgpu', webgpu: { serialMatmul: false, swiftshader: env.SWIFTSHADER === '1', ...bind } });
-console.log(b.description);
+// VARIANT: an attention kernel variant that must give the default's results (backend.attnVariant).
+b.attnVariant = env.VARIANT ?? '';
+console.log(b.description, b.attnVariant ? `variant ${b.attnVariant}` : '');
 const ref = new TsBackend();
 const qkvDim = (shape.numHeads + 2 * shape.numKvHeads) * shape.headDim;
 let seed = 15;

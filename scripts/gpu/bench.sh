@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: kernels, tiles, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: kernels, tiles, regs, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -52,6 +52,19 @@ case $PHASE in
     # The kernel built for 1-4 arena bindings (unused ones bound to dummies), the cache in arena 0.
     HEADS=32 KV=32 T=262144 SPECS=kivi2 VARIANTS=,na2,na3,na4 timeout 120 $A 2>&1 | tee "$OUT/na-mha-256k.txt"
     SPECS=kivi2 VARIANTS=,na2,na3,na4 timeout 120 $A 2>&1 | tee "$OUT/na-gqa-1m.txt"
+    ;;
+  regs)
+    # Registers the driver gives each attention build (and its machine code, if the driver hands it out,
+    # packed in ir.tar.xz); then the variant wacc (value accumulators in workgroup memory between tiles,
+    # so fewer registers live through the key phase) checked against the reference and timed in turns
+    # with the kernel on main.
+    mkdir -p /tmp/ir
+    IR_DIR=/tmp/ir timeout 200 .gpu/pipestats .gpu/spv/*.spv 2>&1 | cut -c1-600 | tee "$OUT/pipestats.txt"
+    tar cJf "$OUT/ir.tar.xz" -C /tmp/ir . && ls /tmp/ir | head -n 40
+    KIVI_WEBGPU_ATTN_ITEMS=4 VARIANT=wacc T=9000 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee "$OUT/attn-check-wacc.txt"
+    KIVI_WEBGPU_ATTN_ITEMS=16 VARIANT=wacc HEADS=32 KV=32 T=5000 SPECS=kivi2,kivi4,fp16 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-wacc.txt"
+    VARIANTS=,wacc,,wacc timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/wacc-gqa-1m.txt"
+    HEADS=32 KV=32 T=262144 VARIANTS=,wacc,,wacc timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/wacc-mha-256k.txt"
     ;;
   robust)
     # Dawn's robustness (Tint's index clamps on every array access) on (1, the default) and off (0,

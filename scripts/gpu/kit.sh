@@ -29,9 +29,15 @@ if command -v gcc >/dev/null && [ -f /usr/include/vulkan/vulkan.h ] && command -
   gcc -O2 -o "$out/pipestats" scripts/gpu/pipestats.c -lvulkan
   mkdir -p "$out/spv"
   for cfg in "gqa 8 2 128" "gqa-b2 8 2 128 b2" "gqa-u1 8 2 128 u1" "gqa-u2 8 2 128 u2" "gqa-ch4 8 2 128 ch4" \
-    "gqa-novalues 8 2 128 values" "gqa-nokeys 8 2 128 keys,fold" "mha 32 32 128" "mha-b2 32 32 128 b2"; do
+    "gqa-novalues 8 2 128 values" "gqa-nokeys 8 2 128 keys,fold" "mha 32 32 128" "mha-b2 32 32 128 b2" \
+    "gqa-wacc 8 2 128 wacc" "mha-wacc 32 32 128 wacc"; do
     set -- $cfg
     node scripts/gpu/spirv-dump.mjs "$out/spv/$1.spv" attend "$2" "$3" "$4" ${5:-}
+  done
+  # Tiles of 256 and 64 tokens (threads a workgroup), to see the registers the driver gives each.
+  for t in 256 64; do
+    KIVI_WEBGPU_TILE=$t node scripts/gpu/spirv-dump.mjs "$out/spv/gqa-t$t.spv" attend 8 2 128
+    KIVI_WEBGPU_TILE=$t node scripts/gpu/spirv-dump.mjs "$out/spv/mha-t$t.spv" attend 32 32 128
   done
   ROBUST=0 node scripts/gpu/spirv-dump.mjs "$out/spv/gqa-r0.spv" attend 8 2 128
   ROBUST=0 node scripts/gpu/spirv-dump.mjs "$out/spv/mha-r0.spv" attend 32 32 128

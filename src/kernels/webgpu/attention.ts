@@ -90,10 +90,12 @@ function attnBytes(nq: number, D: number, lanes: number, s: number): number {
 }
 
 /** How the attention kernel is laid out for a shape, given the workgroup memory the device allows. */
-export function attnGeometry(shape: AttnShape, workgroupBytes: number, chOverride = 0): AttnGeometry {
+export function attnGeometry(shape: AttnShape, workgroupBytes: number, chOverride = 0, wacc = false): AttnGeometry {
   const { numHeads: H, numKvHeads: KV, headDim: D } = shape;
   const nq = H / KV;
   const ch = chOverride || (nq <= 2 ? 16 : nq <= 4 ? 8 : 4);
+  // The variant wacc keeps the value accumulators in workgroup memory (attendWgsl's NACC a thread).
+  if (wacc) workgroupBytes -= nq * ch * TILE * 4;
   const lanes = Math.floor(TILE / (D / ch));
   // Four groups cover a tile at G = 32 (the paper's); more only costs occupancy.
   let slots = 4;
@@ -183,32 +185,39 @@ export interface AttnVariant {
   na: number;
   /** KIVI code widths the kernel has paths for (empty: 2, 4 and 8); other widths are not computed. */
   bits: readonly number[];
+  /**
+   * The value accumulators wait in workgroup memory between tiles (loaded and rescaled at each value
+   * phase, stored after it), so they are not live through the key phase: fewer registers a thread.
+   */
+  wacc: boolean;
 }
 
 export const ATTN_PARTS = ['ti', 'fold', 'keys', 'max', 'values', 'vscale', 'vcodes', 'unpack'] as const;
 
-/** A variant from its text: a comma list of ATTN_PARTS, `uN`, `chN`, `naN`, `bN` and `sel` (e.g. "u2,ch8"). */
+/** A variant from its text: a comma list of ATTN_PARTS, `uN`, `chN`, `naN`, `bN`, `sel` and `wacc` (e.g. "u2,ch8"). */
 export function parseAttnVariant(text: string): AttnVariant {
   const skip = new Set<string>();
   let unroll = 0,
     ch = 0,
     na = 0,
-    sel = false;
+    sel = false,
+    wacc = false;
   const bits: number[] = [];
   for (const w of text.split(',').filter(Boolean)) {
     if ((ATTN_PARTS as readonly string[]).includes(w)) skip.add(w);
     else if (w === 'sel') sel = true;
+    else if (w === 'wacc') wacc = true;
     else if (/^u[1-8]$/.test(w)) unroll = Number(w.slice(1));
     else if (/^ch(4|8|16)$/.test(w)) ch = Number(w.slice(2));
     else if (/^na([1-9]|1[0-6])$/.test(w)) na = Number(w.slice(2));
     else if (/^b(2|4|8)$/.test(w)) bits.push(Number(w.slice(1)));
     else throw new Error(`attention variant "${text}": unknown part "${w}"`);
   }
-  return { skip, unroll, ch, sel, na, bits };
+  return { skip, unroll, ch, sel, na, bits, wacc };
 }
 
 /** The kernel on `main`: nothing left out, the default unroll and channels. */
-export const DEFAULT_VARIANT: AttnVariant = { skip: new Set(), unroll: 0, ch: 0, sel: false, na: 0, bits: [] };
+export const DEFAULT_VARIANT: AttnVariant = { skip: new Set(), unroll: 0, ch: 0, sel: false, na: 0, bits: [], wacc: false };
 
 export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, variant: AttnVariant = DEFAULT_VARIANT): string {
   const off = (part: string) => (variant.skip.has(part) ? 'false && ' : '');
@@ -222,6 +231,22 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, varian
   const KU = (D / 8) % 4 === 0 ? 4 : 2;
   const FPN = Math.max(NS * NQ * D16 * 2, NQ * 40);
   const BIG = Math.max(NS * NQ * D, LANES * D) / 4;
+  const WACC = variant.wacc;
+  const NACC = NQ * CH;
+  // Accumulator slots in `acc` (wacc): a_j_k at j · CH + k (l, W and B stay in registers).
+  const accSlots = () => range(NQ).flatMap((j) => range(CH).map((k) => [`a${j}_${k}`, j * CH + k, j] as const));
+  const accLoad = () =>
+    accSlots()
+      .map(([v, n, j]) => `    ${v} = acc[${n * TILE}u + li] * al${j};`)
+      .join('\n');
+  const accStore = () =>
+    accSlots()
+      .map(([v, n]) => `    acc[${n * TILE}u + li] = ${v};`)
+      .join('\n');
+  const accZero = () =>
+    accSlots()
+      .map(([, n]) => `  acc[${n * TILE}u + li] = 0.0;`)
+      .join('\n');
   // Per-thread state lives in scalars (m0, a0_3, …), every index a constant: no private arrays, which
   // GPUs would put in local memory when indexed at run time.
   const range = (n: number) => Array.from({ length: n }, (_, i) => i);
@@ -410,6 +435,7 @@ var<workgroup> fp: array<f32, ${FPN}>;
 var<workgroup> fs: array<f32, ${NS * NQ * 2}>;
 var<workgroup> big: array<vec4<f32>, ${BIG}>;
 var<workgroup> ti: array<u32, ${4 * TILE}>;
+${WACC ? `// Each thread's value accumulators between tiles (slot n of thread li at n · WG + li).\nvar<workgroup> acc: array<f32, ${NACC * TILE}>;` : ''}
 ${na > 1 ? '// a + 1 while tile a loads from more than one arena.\nvar<workgroup> mixed: u32;' : ''}
 
 ${variant.sel && na > 1 ? arenaSelect(na) : arenaSwitch(na, 'ld4(s: u32, i: u32) -> vec4<u32>', (a) => `return ${a}[i];`)}
@@ -464,6 +490,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3
   // The softmax maximum M of the tokens so far is one per query head for the whole workgroup.
 ${J((j) => `  var M${j} = neg_inf();\n  var l${j} = 0.0;\n  var W${j} = 0.0;\n  var B${j} = 0.0;`)}
 ${JK((j, k) => `  var a${j}_${k} = 0.0;`)}
+${WACC ? accZero() : ''}
   let cw = li % CHUNKS;
   let u = li / CHUNKS;
   let c0 = cw * ${CH}u;
@@ -652,6 +679,7 @@ ${J((j) => `    sc[${j * TILE}u + li] = s${j};`)}
       fp[NQ * 32u + idx] = max(max(fp[o], fp[o + 1u]), max(fp[o + 2u], fp[o + 3u]));
     }
     workgroupBarrier();
+${WACC ? J((j) => `    var al${j} = 1.0;`) : ''}
 ${J(
   (j) => `    {
       let o = NQ * 32u + ${j * 8}u;
@@ -662,9 +690,13 @@ ${J(
         l${j} *= al;
         W${j} *= al;
         B${j} *= al;
-${range(CH)
-  .map((k) => `        a${j}_${k} *= al;`)
-  .join('\n')}
+${
+  WACC
+    ? `        al${j} = al;`
+    : range(CH)
+        .map((k) => `        a${j}_${k} *= al;`)
+        .join('\n')
+}
         M${j} = mn;
       }
       sc[${j * TILE}u + li] = exp(s${j} - M${j});
@@ -675,6 +707,7 @@ ${range(CH)
     // The tile's first nq tokens lie in KIVI value pages (they come first in a task).
     // The tile's first nq tokens lie in pages of one kind, vk0: KIVI values (quantized first in a task)
     // or float16 pages; those go by the unrolled paths.
+${WACC ? accLoad() : ''}
     let vk0 = sw(vseg, 0u) & 0xffu;
     var vq = a;
     var sq = vseg;
@@ -753,6 +786,7 @@ ${JK((j, k) => `          a${j}_${k} = fma(p${j}, v${k >> 1}[${k & 1}], a${j}_${
         }
       }
     }
+${WACC ? accStore() : ''}
     workgroupBarrier();
   }
   // ---- sum the value lanes, one query head at a time: the output (or this split's partial) ----

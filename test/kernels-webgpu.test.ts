@@ -382,6 +382,8 @@ if (!reportMissing('kernels-webgpu: long attention')) {
     assert.throws(() => parseAttnVariant('u2,fast'), /unknown part "fast"/);
     assert.equal(parseAttnVariant('na3,u2').na, 3);
     assert.deepEqual(parseAttnVariant('b2,b4').bits, [2, 4]);
+    assert.equal(parseAttnVariant('wacc,u2').wacc, true);
+    assert.equal(parseAttnVariant('u2').wacc, false);
     assert.throws(() => parseAttnVariant('na17'), /unknown part "na17"/);
   });
 

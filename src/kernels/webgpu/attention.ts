@@ -187,7 +187,9 @@ export interface AttnVariant {
   bits: readonly number[];
   /**
    * The value accumulators wait in workgroup memory between tiles (loaded and rescaled at each value
-   * phase, stored after it), so they are not live through the key phase: fewer registers a thread.
+   * phase, stored after it), so that they are not live through the key phase. Measured on an H200 the
+   * driver then gave the kernel more registers, not fewer (218 against 168 at 4:1), and it ran twice as
+   * slow (docs/perf/webgpu-h200.md); kept to time again on other GPUs.
    */
   wacc: boolean;
 }
@@ -231,6 +233,14 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, varian
   const KU = (D / 8) % 4 === 0 ? 4 : 2;
   const FPN = Math.max(NS * NQ * D16 * 2, NQ * 40);
   const BIG = Math.max(NS * NQ * D, LANES * D) / 4;
+  // Per-thread state lives in scalars (m0, a0_3, …), every index a constant: no private arrays, which
+  // GPUs would put in local memory when indexed at run time.
+  const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+  const J = (f: (j: number) => string, sep = '\n') => range(NQ).map(f).join(sep);
+  const JK = (f: (j: number, k: number) => string) =>
+    range(NQ)
+      .flatMap((j) => range(CH).map((k) => f(j, k)))
+      .join('\n');
   const WACC = variant.wacc;
   const NACC = NQ * CH;
   // Accumulator slots in `acc` (wacc): a_j_k at j · CH + k (l, W and B stay in registers).
@@ -246,14 +256,6 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, varian
   const accZero = () =>
     accSlots()
       .map(([, n]) => `  acc[${n * TILE}u + li] = 0.0;`)
-      .join('\n');
-  // Per-thread state lives in scalars (m0, a0_3, …), every index a constant: no private arrays, which
-  // GPUs would put in local memory when indexed at run time.
-  const range = (n: number) => Array.from({ length: n }, (_, i) => i);
-  const J = (f: (j: number) => string, sep = '\n') => range(NQ).map(f).join(sep);
-  const JK = (f: (j: number, k: number) => string) =>
-    range(NQ)
-      .flatMap((j) => range(CH).map((k) => f(j, k)))
       .join('\n');
   const qvec = (j: number, c: string, o = 0) =>
     `vec4<f32>(qs[${j * D + o}u + ${c}], qs[${j * D + o + 1}u + ${c}], qs[${j * D + o + 2}u + ${c}], qs[${j * D + o + 3}u + ${c}])`;

@@ -188,7 +188,7 @@ export interface AttnVariant {
   /**
    * The value accumulators wait in workgroup memory between tiles (loaded and rescaled at each value
    * phase, stored after it), so that they are not live through the key phase. Measured on an H200 the
-   * driver then gave the kernel more registers, not fewer (218 against 168 at 4:1), and it ran twice as
+   * driver then gave the kernel more registers, not fewer (218 against 168 at 4:1), and it ran 1.5–2.1× as
    * slow (docs/perf/webgpu-h200.md); kept to time again on other GPUs.
    */
   wacc: boolean;

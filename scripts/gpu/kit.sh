@@ -39,8 +39,8 @@ if command -v gcc >/dev/null && [ -f /usr/include/vulkan/vulkan.h ] && command -
     KIVI_WEBGPU_TILE=$t node scripts/gpu/spirv-dump.mjs "$out/spv/gqa-t$t.spv" attend 8 2 128
     KIVI_WEBGPU_TILE=$t node scripts/gpu/spirv-dump.mjs "$out/spv/mha-t$t.spv" attend 32 32 128
   done
-  ROBUST=0 node scripts/gpu/spirv-dump.mjs "$out/spv/gqa-r0.spv" attend 8 2 128
-  ROBUST=0 node scripts/gpu/spirv-dump.mjs "$out/spv/mha-r0.spv" attend 32 32 128
+  KIVI_WEBGPU_ROBUST=0 node scripts/gpu/spirv-dump.mjs "$out/spv/gqa-r0.spv" attend 8 2 128
+  KIVI_WEBGPU_ROBUST=0 node scripts/gpu/spirv-dump.mjs "$out/spv/mha-r0.spv" attend 32 32 128
   rm -f "$out"/spv/*.spvasm
 fi
 du -sh "$out"/*

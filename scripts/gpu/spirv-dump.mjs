@@ -1,17 +1,17 @@
 // The SPIR-V that Dawn's Tint makes of a kernel, for scripts/gpu/pipestats.c (what the GPU's driver makes of
 // it: registers, spills). Runs here on SwiftShader (Tint's output does not depend on the adapter's driver,
 // only on Dawn's toggles, which are the same for both):
-//   node scripts/gpu/spirv-dump.mjs OUT.spv attend HEADS KV D [VARIANT]     (ROBUST=0: without index clamps)
+//   node scripts/gpu/spirv-dump.mjs OUT.spv attend HEADS KV D [VARIANT]     (KIVI_WEBGPU_ROBUST=0: without index clamps)
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { attendWgsl, attnGeometry, parseAttnVariant } from '../../dist/src/kernels/webgpu/attention.js';
-import { SWIFTSHADER_DIR } from '../../dist/src/kernels/webgpu/node.js';
+import { nodeGpu } from '../../dist/src/kernels/webgpu/node.js';
 
 const [out, kernel, H, KV, D, variant = ''] = process.argv.slice(2);
 if (kernel !== 'attend') throw new Error('kernels: attend');
 const shape = { numLayers: 1, numHeads: Number(H), numKvHeads: Number(KV), headDim: Number(D) };
 const v = parseAttnVariant(variant);
-const g = attnGeometry(shape, 32768, v.ch);
+const g = attnGeometry(shape, 32768, v.ch, v.wacc);
 const wgsl = attendWgsl(shape, g, Math.max(1, v.na), v);
 // Dawn prints the dump on the process's stdout (natively): a child compiles, the parent reads it.
 if (!process.env.SPIRV_CHILD) {
@@ -24,15 +24,8 @@ if (!process.env.SPIRV_CHILD) {
   console.log(`${out}: ${wgsl.length} chars of WGSL, ${asm.split('\n').length} lines of SPIR-V`);
   process.exit(0);
 }
-// The child: SwiftShader, Dawn with the dump toggle, one pipeline.
-process.env.VK_ICD_FILENAMES = `${SWIFTSHADER_DIR}/vk_swiftshader_icd.json`;
-try {
-  process.dlopen({ exports: {} }, `${SWIFTSHADER_DIR}/libvulkan.so.1`, 2 | 256 | 4096);
-} catch {}
-const mod = await import('webgpu');
-for (const [k, val] of Object.entries(mod.globals)) if (!(k in globalThis)) globalThis[k] = val;
-const toggles = `enable-dawn-features=dump_shaders,disable_symbol_renaming,disable_workgroup_init${process.env.ROBUST === '0' ? ',disable_robustness' : ''}`;
-const gpu = mod.create([toggles]);
+// The child: SwiftShader through the back end's own loader, Dawn also dumping shaders, one pipeline.
+const gpu = await nodeGpu({ swiftshader: true, dawnFeatures: ['dump_shaders', 'disable_symbol_renaming'] });
 const dev = await (await gpu.requestAdapter()).requestDevice({ requiredLimits: { maxComputeWorkgroupStorageSize: 32768 } });
 const m = dev.createShaderModule({ code: wgsl });
 await dev.createComputePipelineAsync({ layout: 'auto', compute: { module: m, entryPoint: 'main' } });

@@ -85,9 +85,9 @@ function useSwiftshader(): void {
 
 /**
  * The GPU of Dawn's bindings (one per process: the first call decides between SwiftShader and the
- * system's drivers).
+ * system's drivers, and any extra Dawn features, such as scripts/gpu/spirv-dump.mjs's dump_shaders).
  */
-export function nodeGpu(opts: { swiftshader?: boolean } = {}): Promise<GPU> {
+export function nodeGpu(opts: { swiftshader?: boolean; dawnFeatures?: readonly string[] } = {}): Promise<GPU> {
   const want = opts.swiftshader ?? process.env.KIVI_WEBGPU_ADAPTER === 'swiftshader';
   if (gpu) {
     if (want && !swiftshader) throw new KiviError('webgpu: SwiftShader was asked for after the system GPU was opened in this process');
@@ -106,8 +106,8 @@ export function nodeGpu(opts: { swiftshader?: boolean } = {}): Promise<GPU> {
     // Workgroup memory is not zeroed at every workgroup's start: the kernels write what they read
     // (the zeroing costs SwiftShader ~10 ms per workgroup, and real GPUs a pass over it too).
     // KIVI_WEBGPU_ROBUST=0 (a diagnostic for timing, never the default): without Tint's index clamps.
-    const robust = process.env.KIVI_WEBGPU_ROBUST === '0' ? ',disable_robustness' : '';
-    return mod.create([`enable-dawn-features=disable_workgroup_init${robust}`]);
+    const features = ['disable_workgroup_init', ...(process.env.KIVI_WEBGPU_ROBUST === '0' ? ['disable_robustness'] : []), ...(opts.dawnFeatures ?? [])];
+    return mod.create([`enable-dawn-features=${features.join(',')}`]);
   })();
   gpu.catch(() => (gpu = undefined));
   return gpu;

@@ -367,9 +367,10 @@ if (!reportMissing('kernels-webgpu: long attention')) {
       const caches = pools.map((p) => createCache(parseKvSpec(spec), p));
       for (const i of [0, 1]) await st[i]!.fill(caches[i]!, rows, T, 1024);
       for (let k = 0; k < 3; k++) {
-        // The last step by a tuning variant of the kernel (scripts/gpu/attn-ablate.mjs): 1 value token in
-        // flight a lane and 4 channels a thread must give the reference's outputs too.
-        b.attnVariant = k === 2 ? 'u1,ch4' : '';
+        // Steps 1 and 2 by variants of the kernel (scripts/gpu/attn-ablate.mjs) that must give the
+        // reference's outputs too: rows and value scales staged in workgroup memory; 1 value token in
+        // flight a lane and 4 channels a thread.
+        b.attnVariant = ['', 'stage', 'u1,ch4'][k]!;
         const item = (i: number) => [{ cache: caches[i]!, rows: step.subarray(k * qkvDim, (k + 1) * qkvDim), n: 1, mode: 'decode' as const }];
         const exp = (await st[0]!.step(item(0)))!;
         const got = (await st[1]!.step(item(1)))!;
@@ -384,6 +385,7 @@ if (!reportMissing('kernels-webgpu: long attention')) {
     assert.deepEqual(parseAttnVariant('b2,b4').bits, [2, 4]);
     assert.equal(parseAttnVariant('wacc,u2').wacc, true);
     assert.equal(parseAttnVariant('u2').wacc, false);
+    assert.equal(parseAttnVariant('stage,u2').stage, true);
     assert.throws(() => parseAttnVariant('na17'), /unknown part "na17"/);
   });
 

@@ -11,7 +11,7 @@ const [out, kernel, H, KV, D, variant = ''] = process.argv.slice(2);
 if (kernel !== 'attend') throw new Error('kernels: attend');
 const shape = { numLayers: 1, numHeads: Number(H), numKvHeads: Number(KV), headDim: Number(D) };
 const v = parseAttnVariant(variant);
-const g = attnGeometry(shape, 32768, v.ch, v.wacc);
+const g = attnGeometry(shape, 32768, v);
 const wgsl = attendWgsl(shape, g, Math.max(1, v.na), v);
 // Dawn prints the dump on the process's stdout (natively): a child compiles, the parent reads it.
 if (!process.env.SPIRV_CHILD) {

@@ -89,13 +89,25 @@ function attnBytes(nq: number, D: number, lanes: number, s: number): number {
   return (q + sc + fp + fs + big + ti) * 4;
 }
 
+/**
+ * Words of a staged code row (variant `stage`): a 4-bit row of D channels, whole vec4s. Staging is built
+ * where 2- and 4-bit rows are both whole vec4s and at most 16 words (D a multiple of 64, at most 128).
+ */
+export function stageWords(D: number): number {
+  return D % 64 === 0 && D <= 128 ? D / 8 : 0;
+}
+/** Words of a token's staged value scales and minimums (half pairs): up to 8 groups a row. */
+const STAGE_META = 8;
+
 /** How the attention kernel is laid out for a shape, given the workgroup memory the device allows. */
-export function attnGeometry(shape: AttnShape, workgroupBytes: number, chOverride = 0, wacc = false): AttnGeometry {
+export function attnGeometry(shape: AttnShape, workgroupBytes: number, variant: Pick<AttnVariant, 'ch' | 'wacc' | 'stage'> = DEFAULT_VARIANT): AttnGeometry {
   const { numHeads: H, numKvHeads: KV, headDim: D } = shape;
   const nq = H / KV;
-  const ch = chOverride || (nq <= 2 ? 16 : nq <= 4 ? 8 : 4);
+  const ch = variant.ch || (nq <= 2 ? 16 : nq <= 4 ? 8 : 4);
   // The variant wacc keeps the value accumulators in workgroup memory (attendWgsl's NACC a thread).
-  if (wacc) workgroupBytes -= nq * ch * TILE * 4;
+  if (variant.wacc) workgroupBytes -= nq * ch * TILE * 4;
+  // The variant stage keeps each tile's key rows, value rows and value scales in workgroup memory.
+  if (variant.stage) workgroupBytes -= TILE * (2 * stageWords(D) + STAGE_META) * 4;
   const lanes = Math.floor(TILE / (D / ch));
   // Four groups cover a tile at G = 32 (the paper's); more only costs occupancy.
   let slots = 4;
@@ -192,34 +204,42 @@ export interface AttnVariant {
    * slow (docs/perf/webgpu-h200.md); kept to time again on other GPUs.
    */
   wacc: boolean;
+  /**
+   * Each thread loads its token's 2- or 4-bit key row, value row and value scales into workgroup memory
+   * while it resolves the token's addresses (all of a tile's loads in flight at once, one wait), and the
+   * key and value phases read them from there instead of from the pages.
+   */
+  stage: boolean;
 }
 
 export const ATTN_PARTS = ['ti', 'fold', 'keys', 'max', 'values', 'vscale', 'vcodes', 'unpack'] as const;
 
-/** A variant from its text: a comma list of ATTN_PARTS, `uN`, `chN`, `naN`, `bN`, `sel` and `wacc` (e.g. "u2,ch8"). */
+/** A variant from its text: a comma list of ATTN_PARTS, `uN`, `chN`, `naN`, `bN`, `sel`, `wacc` and `stage` (e.g. "u2,ch8"). */
 export function parseAttnVariant(text: string): AttnVariant {
   const skip = new Set<string>();
   let unroll = 0,
     ch = 0,
     na = 0,
     sel = false,
-    wacc = false;
+    wacc = false,
+    stage = false;
   const bits: number[] = [];
   for (const w of text.split(',').filter(Boolean)) {
     if ((ATTN_PARTS as readonly string[]).includes(w)) skip.add(w);
     else if (w === 'sel') sel = true;
     else if (w === 'wacc') wacc = true;
+    else if (w === 'stage') stage = true;
     else if (/^u[1-8]$/.test(w)) unroll = Number(w.slice(1));
     else if (/^ch(4|8|16)$/.test(w)) ch = Number(w.slice(2));
     else if (/^na([1-9]|1[0-6])$/.test(w)) na = Number(w.slice(2));
     else if (/^b(2|4|8)$/.test(w)) bits.push(Number(w.slice(1)));
     else throw new Error(`attention variant "${text}": unknown part "${w}"`);
   }
-  return { skip, unroll, ch, sel, na, bits, wacc };
+  return { skip, unroll, ch, sel, na, bits, wacc, stage };
 }
 
 /** The kernel on `main`: nothing left out, the default unroll and channels. */
-export const DEFAULT_VARIANT: AttnVariant = { skip: new Set(), unroll: 0, ch: 0, sel: false, na: 0, bits: [], wacc: false };
+export const DEFAULT_VARIANT: AttnVariant = { skip: new Set(), unroll: 0, ch: 0, sel: false, na: 0, bits: [], wacc: false, stage: false };
 
 export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, variant: AttnVariant = DEFAULT_VARIANT): string {
   const off = (part: string) => (variant.skip.has(part) ? 'false && ' : '');
@@ -243,6 +263,10 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, varian
       .join('\n');
   const WACC = variant.wacc;
   const NACC = NQ * CH;
+  // Staged rows (variant stage): SW words a token's row, SW4 vec4s.
+  const SW = variant.stage ? stageWords(D) : 0;
+  const STAGE = SW > 0;
+  const SW4 = SW / 4;
   // Accumulator slots in `acc` (wacc): a_j_k at j · CH + k (l, W and B stay in registers).
   const accSlots = () => range(NQ).flatMap((j) => range(CH).map((k) => [`a${j}_${k}`, j * CH + k, j] as const));
   const accLoad = () =>
@@ -262,10 +286,12 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, varian
 
   // Scores of one token against a KIVI key row of `bits` bits: S_j = Σ qs_jc·(1 + code·2^-b).
   const hasBits = (bits: number) => variant.bits.length === 0 || variant.bits.includes(bits);
-  const kiviScore = (bits: number) => {
+  const kiviScore = (bits: number, staged = false) => {
     if (!hasBits(bits)) return '';
     const cpw = 32 / bits;
     const wpr = (D * bits) / 32;
+    // A vec4 of the row: from the tile's staged rows, or from the page.
+    const row4 = (i: string) => (staged ? `kst[li * ${SW4}u + ${i}]` : `ld4(sl, (row >> 2u) + ${i})`);
     const perWord = (word: string, wi: string) => {
       let s = '';
       for (let k = 0; k < cpw; k += 4) {
@@ -280,13 +306,13 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, varian
     if (wpr % 4 === 0 && wpr <= 8) {
       // The whole row first (independent loads in flight together), then the arithmetic.
       const n4 = wpr / 4;
-      for (let wq = 0; wq < n4; wq++) body += `        let q4_${wq} = ld4(sl, (row >> 2u) + ${wq}u);\n`;
+      for (let wq = 0; wq < n4; wq++) body += `        let q4_${wq} = ${row4(`${wq}u`)};\n`;
       for (let wq = 0; wq < n4; wq++) {
         for (let e = 0; e < 4; e++) body += `        { let wd = q4_${wq}[${e}];\n${perWord('wd', `${wq * 4 + e}u`)}        }\n`;
       }
     } else if (wpr % 8 === 0) {
       // Longer rows (4 and 8 bits) two vec4s at a time: the shader stays small.
-      body += `        for (var wq = 0u; wq < ${wpr / 4}u; wq += 2u) {\n          let q4_0 = ld4(sl, (row >> 2u) + wq);\n          let q4_1 = ld4(sl, (row >> 2u) + wq + 1u);\n`;
+      body += `        for (var wq = 0u; wq < ${wpr / 4}u; wq += 2u) {\n          let q4_0 = ${row4('wq')};\n          let q4_1 = ${row4('wq + 1u')};\n`;
       for (let x = 0; x < 2; x++) {
         for (let e = 0; e < 4; e++) body += `          { let wd = q4_${x}[${e}];\n${perWord('wd', `(wq + ${x}u) * 4u + ${e}u`)}          }\n`;
       }
@@ -323,12 +349,21 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, varian
   // load of the group is issued before any arithmetic, so several rows are in flight per thread (2 and
   // 4 bits; 8-bit values and the run's last tokens take the general loop, which keeps the shader small).
   const UNROLL = variant.unroll || 4;
-  const fastValues = (bits: number) => {
+  const fastValues = (bits: number, staged = false) => {
     if (!hasBits(bits)) return '';
     const cpw = 32 / bits;
     const words = Math.max(1, (CH * bits) / 32);
     const partial = CH * bits < 32;
+    // Staged: the token's row and its scale and minimum words wait in vst and vsm (half gq of each).
+    const oneStaged = (x: string, tt: string) => {
+      let s = `          let sh${x} = gq;\n          let mh${x} = gq;\n`;
+      s += `          let hs${x} = vsm[(${tt}) * ${STAGE_META}u + (gq >> 1u)];\n`;
+      s += `          let hm${x} = vsm[(${tt}) * ${STAGE_META}u + ${STAGE_META / 2}u + (gq >> 1u)];\n`;
+      for (let wi = 0; wi < words; wi++) s += `          let w${x}_${wi} = vst[(${tt}) * ${SW}u + wo + ${wi}u];\n`;
+      return s;
+    };
     const one = (x: string, tt: string) => {
+      if (staged) return oneStaged(x, tt);
       let s = `          let i${x} = (${tt}) * 4u;\n          let sl${x} = ti[i${x}] >> 16u;\n`;
       s += `          let sh${x} = ti[i${x} + 2u] + gq;\n          let mh${x} = ti[i${x} + 3u] + gq;\n`;
       s += variant.skip.has('vscale')
@@ -391,6 +426,48 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, varian
     return `${s}        }\n`;
   };
 
+  // Variant stage: token t's KIVI key row (2 or 4 bits), value row and value scale and minimum words,
+  // loaded together into workgroup memory (vec4 rows: pages and 2/4-bit rows are whole vec4s).
+  const copyRows = (n4: number, load: (i: number) => string, store: (i: number, v: string) => string) =>
+    range(n4)
+      .map((i) => `          { let v = ${load(i)}; ${store(i, 'v')} }\n`)
+      .join('');
+  const valueRow = (n4: number) =>
+    copyRows(
+      n4,
+      (i) => `ld4(sl, (r0 >> 2u) + ${i}u)`,
+      (i, v) =>
+        range(4)
+          .map((e) => `vst[li * ${SW}u + ${4 * i + e}u] = ${v}.${'xyzw'[e]};`)
+          .join(' '),
+    );
+  const keyRow = (n4: number) =>
+    copyRows(
+      n4,
+      (i) => `ld4(kp.x, k4 + ${i}u)`,
+      (i, v) => `kst[li * ${SW4}u + ${i}u] = ${v};`,
+    );
+  const stageLoads = `      if (kind == ${SEG_KIVI_V}u && vstage) {
+        let sl = pg.x;
+        if (vbits == 2u) {
+${valueRow(SW4 / 2)}        } else {
+${valueRow(SW4)}        }
+${range(STAGE_META / 2)
+  .map(
+    (i) =>
+      `        if (${i}u < vng / 2u) { vsm[li * ${STAGE_META}u + ${i}u] = ldw(sl, (r1 >> 1u) + ${i}u); vsm[li * ${STAGE_META}u + ${STAGE_META / 2 + i}u] = ldw(sl, (r2 >> 1u) + ${i}u); }\n`,
+  )
+  .join('')}      }
+      if (t < kb && kstage) {
+        var ks = kseg;
+        loop { if (t < seg_end(ks)) { break; } ks += 1u; }
+        let kp = seg_at(ks, t);
+        let k4 = (kp.y + h * sw(ks, 6u) + kp.z * (D * kbits / 32u)) >> 2u;
+        if (kbits == 2u) {
+${keyRow(SW4 / 2)}        } else {
+${keyRow(SW4)}        }
+      }
+`;
   // Several arenas bound: the arena every load of this tile goes to (us), or na when the tile's pages lie
   // in more than one (then the loads take the per-load switch). Checked against the first token's value
   // page: each thread compares its token's value page (its ti entry, just written) and KIVI key page.
@@ -438,6 +515,14 @@ var<workgroup> fs: array<f32, ${NS * NQ * 2}>;
 var<workgroup> big: array<vec4<f32>, ${BIG}>;
 var<workgroup> ti: array<u32, ${4 * TILE}>;
 ${WACC ? `// Each thread's value accumulators between tiles (slot n of thread li at n · WG + li).\nvar<workgroup> acc: array<f32, ${NACC * TILE}>;` : ''}
+${
+  STAGE
+    ? `// Staged (variant stage): token li's KIVI key row, value row, and value scale and minimum words.
+var<workgroup> kst: array<vec4<u32>, ${TILE * SW4}>;
+var<workgroup> vst: array<u32, ${TILE * SW}>;
+var<workgroup> vsm: array<u32, ${TILE * STAGE_META}>;`
+    : ''
+}
 ${na > 1 ? '// a + 1 while tile a loads from more than one arena.\nvar<workgroup> mixed: u32;' : ''}
 
 ${variant.sel && na > 1 ? arenaSelect(na) : arenaSwitch(na, 'ld4(s: u32, i: u32) -> vec4<u32>', (a) => `return ${a}[i];`)}
@@ -488,6 +573,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3
   let kmul = f32(1u << kbits);
   let vmul = f32(1u << vbits);
   let vinv = 1.0 / vmul;
+${
+  STAGE
+    ? `  // Rows staged for 2- and 4-bit codes; value scales where a row has 2, 4 or 8 groups (whole words).
+  let kstage = kbits == 2u || kbits == 4u;
+  let vng = D / vG;
+  let vstage = (vbits == 2u || vbits == 4u) && vG % ${CH}u == 0u && (vng == 2u || vng == 4u || vng == 8u);`
+    : ''
+}
   for (var i = li; i < NQ * D; i += WG) { qs[i] = qf(qrow * QKVD + h * NQ * D + i); }
   // The softmax maximum M of the tokens so far is one per query head for the whole workgroup.
 ${J((j) => `  var M${j} = neg_inf();\n  var l${j} = 0.0;\n  var W${j} = 0.0;\n  var B${j} = 0.0;`)}
@@ -532,7 +625,7 @@ ${WACC ? accZero() : ''}
       ti[li * 4u + 1u] = r0;
       ti[li * 4u + 2u] = r1;
       ti[li * 4u + 3u] = r2;
-    }
+${STAGE ? stageLoads : ''}    }
 ${na > 1 ? tileArena : ''}${J((j) => `    var s${j} = neg_inf();`)}
     // ---- KIVI keys, on their codes ----
     if (a < kb) {
@@ -620,7 +713,7 @@ ${range(8)
           let krow = pg.z;
           let fb = slot * NQ * ${D / 4}u;
 ${J((j) => `          var S${j} = 0.0;`)}
-${unswitched(na, [2, 4, 8].map(kiviScore).join(''))}
+${STAGE ? `          if (kstage) {\n${kiviScore(2, true)}${kiviScore(4, true)}          } else {\n${unswitched(na, kiviScore(8))}          }` : unswitched(na, [2, 4, 8].map((b) => kiviScore(b)).join(''))}
 ${J((j) => `          s${j} = (kmul * (S${j} - fs[(slot * NQ + ${j}u) * 2u]) + fs[(slot * NQ + ${j}u) * 2u + 1u]) * SCALE;`)}
         }
         workgroupBarrier();
@@ -723,7 +816,11 @@ ${WACC ? accLoad() : ''}
       var tt = u;
       let gq = c0 / vG;
       if (vk0 == ${SEG_KIVI_V}u && vG % ${CH}u == 0u) {
-${unswitched(na, [2, 4].map(fastValues).join(''))}      }
+${
+  STAGE
+    ? `      if (vstage) {\n${fastValues(2, true)}${fastValues(4, true)}      } else {\n${unswitched(na, fastValues(2) + fastValues(4))}      }\n`
+    : unswitched(na, [2, 4].map((b) => fastValues(b)).join(''))
+}      }
 ${
   CH % 8 === 0
     ? `      if (vk0 == ${SEG_F16}u) {

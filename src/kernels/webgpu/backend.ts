@@ -522,7 +522,7 @@ export class WebGpuBackend implements Backend {
     const v = this.attnVariant;
     const variant = v ? parseAttnVariant(v) : DEFAULT_VARIANT;
     // A variant's own layout (its channels, its workgroup memory); the shape's cached one otherwise.
-    const g = v ? attnGeometry(shape, this.dev.device.limits.maxComputeWorkgroupStorageSize, variant.ch, variant.wacc) : this.geometry(shape);
+    const g = v ? attnGeometry(shape, this.dev.device.limits.maxComputeWorkgroupStorageSize, variant) : this.geometry(shape);
     const na = Math.min(this.arenas, Math.max(p.slotsInUse, variant.na));
     const k = this.shapeKernel(`attend${na}${v ? `-${v}` : ''}`, shape, () => attendWgsl(shape, g, na, variant), [
       'read',

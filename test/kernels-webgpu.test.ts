@@ -386,6 +386,9 @@ if (!reportMissing('kernels-webgpu: long attention')) {
     assert.equal(parseAttnVariant('wacc,u2').wacc, true);
     assert.equal(parseAttnVariant('u2').wacc, false);
     assert.equal(parseAttnVariant('stage,u2').stage, true);
+    assert.equal(parseAttnVariant('ku2,fkeys').ku, 2);
+    assert.ok(parseAttnVariant('ku2,fkeys').skip.has('fkeys'));
+    assert.throws(() => parseAttnVariant('ku3'), /unknown part "ku3"/);
     assert.throws(() => parseAttnVariant('na17'), /unknown part "na17"/);
   });
 

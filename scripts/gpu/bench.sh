@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: kernels, tiles, regs, stage, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: kernels, tiles, regs, stage, census, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -75,6 +75,14 @@ case $PHASE in
     KIVI_WEBGPU_ATTN_ITEMS=16 VARIANT=stage HEADS=32 KV=32 T=5000 SPECS=kivi2,kivi4,fp16 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-stage.txt"
     VARIANTS=${VARIANTS:-,stage,stage+u2,,stage,stage+u2} timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/stage-gqa-1m.txt"
     HEADS=32 KV=32 T=262144 VARIANTS=${VARIANTS:-,stage,stage+u2,,stage,stage+u2} timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/stage-mha-256k.txt"
+    ;;
+  census)
+    # Which part of the attention kernel sets its registers: the driver's count for builds with parts
+    # left out (kit.sh names them), then the float16 key path with fewer row pieces in flight (kuN) timed
+    # in turns with the kernel on main.
+    timeout 120 .gpu/pipestats .gpu/spv/*.spv 2>&1 | cut -c1-600 | tee "$OUT/pipestats-census.txt"
+    VARIANTS=${VARIANTS:-,ku1,ku2,,ku1,ku2} timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/ku-gqa-1m.txt"
+    HEADS=32 KV=32 T=262144 VARIANTS=${VARIANTS:-,ku1,ku2,,ku1,ku2} timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/ku-mha-256k.txt"
     ;;
   robust)
     # Dawn's robustness (Tint's index clamps on every array access) on (1, the default) and off (0,

@@ -30,7 +30,10 @@ if command -v gcc >/dev/null && [ -f /usr/include/vulkan/vulkan.h ] && command -
   mkdir -p "$out/spv"
   for cfg in "gqa 8 2 128" "gqa-b2 8 2 128 b2" "gqa-u1 8 2 128 u1" "gqa-u2 8 2 128 u2" "gqa-ch4 8 2 128 ch4" \
     "gqa-novalues 8 2 128 values" "gqa-nokeys 8 2 128 keys,fold" "mha 32 32 128" "mha-b2 32 32 128 b2" \
-    "gqa-wacc 8 2 128 wacc" "mha-wacc 32 32 128 wacc" "gqa-stage 8 2 128 stage" "mha-stage 32 32 128 stage"; do
+    "gqa-wacc 8 2 128 wacc" "mha-wacc 32 32 128 wacc" "gqa-stage 8 2 128 stage" "mha-stage 32 32 128 stage" \
+    "gqa-nofkeys 8 2 128 fkeys" "gqa-ku1 8 2 128 ku1" "gqa-ku2 8 2 128 ku2" "gqa-nofold 8 2 128 fold" \
+    "gqa-noti 8 2 128 ti" "gqa-nomax 8 2 128 max" "gqa-kvf 8 2 128 keys,fkeys,values" \
+    "gqa-bare 8 2 128 ti,fold,keys,fkeys,max,values" "mha-ku1 32 32 128 ku1" "mha-nofkeys 32 32 128 fkeys"; do
     set -- $cfg
     node scripts/gpu/spirv-dump.mjs "$out/spv/$1.spv" attend "$2" "$3" "$4" ${5:-}
   done

@@ -181,7 +181,7 @@ function magic(word: string, bits: number, k: number): string {
  * A diagnostic build of the attention kernel, for timing its parts on a GPU without a profiler
  * (scripts/gpu/attn-ablate.mjs; the backend's `attnVariant`, empty outside that script): `skip` leaves
  * parts out (`ti`: value addresses, `fold`: the query folded per key group, `keys`: KIVI key rows
- * scored, `max`: the tile maximum's tree, `values`: the value phase; in the KIVI value loop `vscale`:
+ * scored, `fkeys`: full-precision key rows scored, `max`: the tile maximum's tree, `values`: the value phase; in the KIVI value loop `vscale`:
  * scale and minimum loads, `vcodes`: code loads, `unpack`: codes read as floats), and then results are wrong;
  * `unroll` (value tokens a lane loads before their arithmetic) and `ch` (value channels a thread owns)
  * override the defaults, `na` builds the kernel for at least that many arena bindings (the unused ones
@@ -210,11 +210,13 @@ export interface AttnVariant {
    * key and value phases read them from there instead of from the pages.
    */
   stage: boolean;
+  /** Float16 key row pieces (8 channels each) loaded before their arithmetic (0: 4, or 2 where D/8 is not a multiple of 4). */
+  ku: number;
 }
 
-export const ATTN_PARTS = ['ti', 'fold', 'keys', 'max', 'values', 'vscale', 'vcodes', 'unpack'] as const;
+export const ATTN_PARTS = ['ti', 'fold', 'keys', 'fkeys', 'max', 'values', 'vscale', 'vcodes', 'unpack'] as const;
 
-/** A variant from its text: a comma list of ATTN_PARTS, `uN`, `chN`, `naN`, `bN`, `sel`, `wacc` and `stage` (e.g. "u2,ch8"). */
+/** A variant from its text: a comma list of ATTN_PARTS, `uN`, `chN`, `naN`, `bN`, `kuN`, `sel`, `wacc` and `stage` (e.g. "u2,ch8"). */
 export function parseAttnVariant(text: string): AttnVariant {
   const skip = new Set<string>();
   let unroll = 0,
@@ -222,24 +224,26 @@ export function parseAttnVariant(text: string): AttnVariant {
     na = 0,
     sel = false,
     wacc = false,
-    stage = false;
+    stage = false,
+    ku = 0;
   const bits: number[] = [];
   for (const w of text.split(',').filter(Boolean)) {
     if ((ATTN_PARTS as readonly string[]).includes(w)) skip.add(w);
     else if (w === 'sel') sel = true;
     else if (w === 'wacc') wacc = true;
     else if (w === 'stage') stage = true;
+    else if (/^ku(1|2|4)$/.test(w)) ku = Number(w.slice(2));
     else if (/^u[1-8]$/.test(w)) unroll = Number(w.slice(1));
     else if (/^ch(4|8|16)$/.test(w)) ch = Number(w.slice(2));
     else if (/^na([1-9]|1[0-6])$/.test(w)) na = Number(w.slice(2));
     else if (/^b(2|4|8)$/.test(w)) bits.push(Number(w.slice(1)));
     else throw new Error(`attention variant "${text}": unknown part "${w}"`);
   }
-  return { skip, unroll, ch, sel, na, bits, wacc, stage };
+  return { skip, unroll, ch, sel, na, bits, wacc, stage, ku };
 }
 
 /** The kernel on `main`: nothing left out, the default unroll and channels. */
-export const DEFAULT_VARIANT: AttnVariant = { skip: new Set(), unroll: 0, ch: 0, sel: false, na: 0, bits: [], wacc: false, stage: false };
+export const DEFAULT_VARIANT: AttnVariant = { skip: new Set(), unroll: 0, ch: 0, sel: false, na: 0, bits: [], wacc: false, stage: false, ku: 0 };
 
 export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, variant: AttnVariant = DEFAULT_VARIANT): string {
   const off = (part: string) => (variant.skip.has(part) ? 'false && ' : '');
@@ -250,7 +254,7 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, varian
   const LANES = Math.floor(TILE / CHUNKS);
   const D16 = D / 16;
   const PS = D + 4;
-  const KU = (D / 8) % 4 === 0 ? 4 : 2;
+  const KU = variant.ku && (D / 8) % variant.ku === 0 ? variant.ku : (D / 8) % 4 === 0 ? 4 : 2;
   const FPN = Math.max(NS * NQ * D16 * 2, NQ * 40);
   const BIG = Math.max(NS * NQ * D, LANES * D) / 4;
   // Per-thread state lives in scalars (m0, a0_3, …), every index a constant: no private arrays, which
@@ -720,7 +724,7 @@ ${J((j) => `          s${j} = (kmul * (S${j} - fs[(slot * NQ + ${j}u) * 2u]) + f
       }
     }
     // ---- full-precision keys: float32/float16 pages and the step's own rows ----
-    if (t < b && t >= kb) {
+    if (${off('fkeys')}t < b && t >= kb) {
       var sg = kseg;
       loop { if (t < seg_end(sg)) { break; } sg += 1u; }
       let info = sw(sg, 0u);

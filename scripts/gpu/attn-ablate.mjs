@@ -2,7 +2,7 @@
 //   node scripts/gpu/attn-ablate.mjs     (HEADS=8 KV=2 D=128 T=1048576 SPECS=fp16,kivi2 REPLAYS=20)
 // What each part of the decode attention kernel costs, on a GPU whose WebGPU gives no profiler: the cache is
 // filled once per spec, one decode step is planned, then attend is replayed with parts of the kernel left
-// out or tuned (backend.attnVariant; see parseAttnVariant in src/kernels/webgpu/attention.ts). The outputs of
+// out or tuned (backend.attnVariant; see parseAttnVariant in src/kernels/webgpu/attn-variant.ts). The outputs of
 // a variant with parts left out are wrong and only timed; a tuning variant's outputs are compared with the
 // default kernel's (scripts/gpu/attn-check.mjs checks the default against the reference).
 import { createCache, parseKvSpec, splitSpecList } from '../../dist/src/cache/spec.js';
@@ -10,7 +10,7 @@ import { CacheStepper, qkvRows } from '../../dist/src/cache/step.js';
 import { endStep } from '../../dist/src/cache/types.js';
 import { createBackend } from '../../dist/src/kernels/index.js';
 import { StepPlan } from '../../dist/src/kernels/plan.js';
-import { ATTN_PARTS } from '../../dist/src/kernels/webgpu/attention.js';
+import { ATTN_PARTS } from '../../dist/src/kernels/webgpu/attn-variant.js';
 import { syntheticKV } from '../../dist/src/studies/bench/measure.js';
 
 const env = process.env;

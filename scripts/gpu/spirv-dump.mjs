@@ -4,7 +4,8 @@
 //   node scripts/gpu/spirv-dump.mjs OUT.spv attend HEADS KV D [VARIANT]     (KIVI_WEBGPU_ROBUST=0: without index clamps)
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { attendWgsl, attnGeometry, parseAttnVariant } from '../../dist/src/kernels/webgpu/attention.js';
+import { attendWgsl, attnGeometry } from '../../dist/src/kernels/webgpu/attention.js';
+import { parseAttnVariant } from '../../dist/src/kernels/webgpu/attn-variant.js';
 import { nodeGpu } from '../../dist/src/kernels/webgpu/node.js';
 
 const [out, kernel, H, KV, D, variant = ''] = process.argv.slice(2);

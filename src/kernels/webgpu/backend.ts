@@ -14,19 +14,9 @@ import type { StepPlan } from '../plan.js';
 import { randomScale } from '../ts/ops.js';
 import type { AttnShape, Backend, DType, HostArray, PagePool, Tensor } from '../types.js';
 import { DTYPE_BYTES } from '../types.js';
-import {
-  type AttnGeometry,
-  arenaCount,
-  attendWgsl,
-  attnGeometry,
-  DEFAULT_VARIANT,
-  ITEM_WORDS,
-  jobsWgsl,
-  MERGE_WORDS,
-  mergeWgsl,
-  parseAttnVariant,
-  partialFloats,
-} from './attention.js';
+import { arenaCount } from './arenas.js';
+import { type AttnGeometry, attendWgsl, attnGeometry, partialFloats } from './attention.js';
+import { DEFAULT_VARIANT, parseAttnVariant } from './attn-variant.js';
 import { type Binding, type GBuf, GpuCore, type Kernel } from './core.js';
 import {
   ARGMAX,
@@ -49,9 +39,12 @@ import {
   type WType,
 } from './dense.js';
 import { findAdapter, type GpuDevice, openDevice, type WebGpuOptions } from './device.js';
+import { jobsWgsl } from './jobs.js';
+import { mergeWgsl } from './merge.js';
 import { PageTables } from './pagetables.js';
 import { buildPlan, type GpuPlan } from './planbuf.js';
 import { WebGpuPagePool } from './pool.js';
+import { ITEM_WORDS, MERGE_WORDS } from './records.js';
 import { rotateWgsl } from './rotate.js';
 
 /** A tensor in a GPU buffer (16-bit types as u32 words, element i in half i & 1). */
@@ -124,7 +117,7 @@ export class WebGpuBackend implements Backend {
   /** GEMV shapes by number of rows; more rows than its last entry take the tiled GEMM. */
   readonly gemvTable: GemvTable;
   private readonly kernels = new Map<string, Kernel>();
-  /** Diagnostic only: an attention kernel variant (attention.ts parseAttnVariant; scripts/gpu/attn-ablate.mjs). */
+  /** Diagnostic only: an attention kernel variant (attn-variant.ts parseAttnVariant; scripts/gpu/attn-ablate.mjs). */
   attnVariant = '';
   private readonly geometries = new Map<string, AttnGeometry>();
   private readonly dummies: GBuf[];

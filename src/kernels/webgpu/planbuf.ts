@@ -43,9 +43,10 @@ import {
 } from '../layout.js';
 import type { StepPlan } from '../plan.js';
 import type { AttnShape } from '../types.js';
-import { GSEG_WORDS, GTASK_WORDS, ITEM_WORDS, JOBITEM_WORDS, MERGE_WORDS, NO_PARTIAL, TILE } from './attention.js';
+import { TILE } from './attention.js';
 import type { PageTables } from './pagetables.js';
 import { pageSlot, pageWord } from './pool.js';
+import { GSEG_WORDS, GTASK_WORDS, ITEM_WORDS, JOBITEM_WORDS, MERGE_WORDS, NO_PARTIAL } from './records.js';
 
 /** Word 0 of a GPU segment record that is a page run (its word 2: the plan buffer's word where its page table starts). */
 export const GSEG_RUN = 0x80000000;

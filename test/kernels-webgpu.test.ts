@@ -369,9 +369,9 @@ if (!reportMissing('kernels-webgpu: long attention')) {
       for (const i of [0, 1]) await st[i]!.fill(caches[i]!, rows, T, 1024);
       for (let k = 0; k < 3; k++) {
         // Steps 1 and 2 by variants of the kernel (scripts/gpu/attn-ablate.mjs) that must give the
-        // reference's outputs too: rows and value scales staged in workgroup memory; 1 value token in
-        // flight a lane and 4 channels a thread.
-        b.attnVariant = ['', 'stage', 'u1,ch4'][k]!;
+        // reference's outputs too: rows and value scales staged in workgroup memory, with key scores in 4
+        // partial sums; 1 value token in flight a lane and 4 channels a thread.
+        b.attnVariant = ['', 'stage,kp4', 'u1,ch4'][k]!;
         const item = (i: number) => [{ cache: caches[i]!, rows: step.subarray(k * qkvDim, (k + 1) * qkvDim), n: 1, mode: 'decode' as const }];
         const exp = (await st[0]!.step(item(0)))!;
         const got = (await st[1]!.step(item(1)))!;
@@ -390,6 +390,7 @@ if (!reportMissing('kernels-webgpu: long attention')) {
     assert.equal(parseAttnVariant('ku2,fkeys').ku, 2);
     assert.ok(parseAttnVariant('ku2,fkeys').skip.has('fkeys'));
     assert.throws(() => parseAttnVariant('ku3'), /unknown part "ku3"/);
+    assert.equal(parseAttnVariant('kp4').kp, 4);
     assert.throws(() => parseAttnVariant('na17'), /unknown part "na17"/);
   });
 

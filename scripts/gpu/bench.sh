@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: kernels, tiles, regs, stage, census, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: kernels, tiles, regs, stage, census, kp, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -83,6 +83,15 @@ case $PHASE in
     timeout 120 .gpu/pipestats .gpu/spv/*.spv 2>&1 | cut -c1-600 | tee "$OUT/pipestats-census.txt"
     VARIANTS=${VARIANTS:-,ku1,ku2,,ku1,ku2} timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/ku-gqa-1m.txt"
     HEADS=32 KV=32 T=262144 VARIANTS=${VARIANTS:-,ku1,ku2,,ku1,ku2} timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/ku-mha-256k.txt"
+    ;;
+  kp)
+    # KIVI key scores summed in 2 or 4 partial sums a query head (variant kpN: shorter chains of dependent
+    # multiply-adds): registers, the check against the reference, then timed in turns with main.
+    timeout 120 .gpu/pipestats .gpu/spv/gqa.spv .gpu/spv/gqa-kp2.spv .gpu/spv/gqa-kp4.spv .gpu/spv/mha.spv .gpu/spv/mha-kp2.spv .gpu/spv/mha-kp4.spv 2>&1 | cut -c1-600 | tee "$OUT/pipestats-kp.txt"
+    KIVI_WEBGPU_ATTN_ITEMS=4 VARIANT=kp4 T=9000 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee "$OUT/attn-check-kp.txt"
+    KIVI_WEBGPU_ATTN_ITEMS=16 VARIANT=kp4 HEADS=32 KV=32 T=5000 SPECS=kivi2,kivi4,fp16 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-kp.txt"
+    VARIANTS=${VARIANTS:-,kp2,kp4,,kp2,kp4} timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/kp-gqa-1m.txt"
+    HEADS=32 KV=32 T=262144 VARIANTS=${VARIANTS:-,kp2,kp4,,kp2,kp4} timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/kp-mha-256k.txt"
     ;;
   robust)
     # Dawn's robustness (Tint's index clamps on every array access) on (1, the default) and off (0,

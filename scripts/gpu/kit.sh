@@ -33,7 +33,8 @@ if command -v gcc >/dev/null && [ -f /usr/include/vulkan/vulkan.h ] && command -
     "gqa-wacc 8 2 128 wacc" "mha-wacc 32 32 128 wacc" "gqa-stage 8 2 128 stage" "mha-stage 32 32 128 stage" \
     "gqa-nofkeys 8 2 128 fkeys" "gqa-ku1 8 2 128 ku1" "gqa-ku2 8 2 128 ku2" "gqa-nofold 8 2 128 fold" \
     "gqa-noti 8 2 128 ti" "gqa-nomax 8 2 128 max" "gqa-kvf 8 2 128 keys,fkeys,values" \
-    "gqa-bare 8 2 128 ti,fold,keys,fkeys,max,values" "mha-ku1 32 32 128 ku1" "mha-nofkeys 32 32 128 fkeys"; do
+    "gqa-bare 8 2 128 ti,fold,keys,fkeys,max,values" "mha-ku1 32 32 128 ku1" "mha-nofkeys 32 32 128 fkeys" \
+    "gqa-kp2 8 2 128 kp2" "gqa-kp4 8 2 128 kp4" "mha-kp2 32 32 128 kp2" "mha-kp4 32 32 128 kp4"; do
     set -- $cfg
     node scripts/gpu/spirv-dump.mjs "$out/spv/$1.spv" attend "$2" "$3" "$4" ${5:-}
   done

@@ -144,6 +144,24 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, varian
   const qvec = (j: number, c: string, o = 0) =>
     `vec4<f32>(qs[${j * D + o}u + ${c}], qs[${j * D + o + 1}u + ${c}], qs[${j * D + o + 2}u + ${c}], qs[${j * D + o + 3}u + ${c}])`;
 
+  // KIVI key scores summed in KP partial sums a query head (variant kpN: shorter chains of dependent
+  // multiply-adds), the i-th 4 codes of a word into partial i mod KP; S_j itself is partial 0.
+  const KP = variant.kp || 1;
+  const kAcc = (j: number, i: number) => (i % KP === 0 ? `S${j}` : `S${j}_${i % KP}`);
+  const kAccDecl = () =>
+    J((j) =>
+      range(KP - 1)
+        .map((i) => `          var S${j}_${i + 1} = 0.0;`)
+        .join('\n'),
+    );
+  const kAccSum = () =>
+    J((j) =>
+      KP > 1
+        ? `          S${j} += ${range(KP - 1)
+            .map((i) => `S${j}_${i + 1}`)
+            .join(' + ')};`
+        : '',
+    );
   // Scores of one token against a KIVI key row of `bits` bits: S_j = Σ qs_jc·(1 + code·2^-b).
   const hasBits = (bits: number) => variant.bits.length === 0 || variant.bits.includes(bits);
   const kiviScore = (bits: number, staged = false) => {
@@ -157,7 +175,8 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, varian
       for (let k = 0; k < cpw; k += 4) {
         s += `          { let c4 = fb + (${wi}) * ${cpw / 4}u + ${k / 4}u;\n`;
         for (let e = 0; e < 4; e++) s += `            let v${e} = ${magic(word, bits, k + e)};\n`;
-        s += `${J((j) => `            { let q = big[c4 + ${j * (D / 4)}u]; S${j} = fma(q.x, v0, fma(q.y, v1, fma(q.z, v2, fma(q.w, v3, S${j})))); }`)}\n`;
+        const S = (j: number) => kAcc(j, k / 4);
+        s += `${J((j) => `            { let q = big[c4 + ${j * (D / 4)}u]; ${S(j)} = fma(q.x, v0, fma(q.y, v1, fma(q.z, v2, fma(q.w, v3, ${S(j)})))); }`)}\n`;
         s += '          }\n';
       }
       return s;
@@ -573,7 +592,9 @@ ${range(8)
           let krow = pg.z;
           let fb = slot * NQ * ${D / 4}u;
 ${J((j) => `          var S${j} = 0.0;`)}
+${KP > 1 ? kAccDecl() : ''}
 ${STAGE ? `          if (kstage) {\n${kiviScore(2, true)}${kiviScore(4, true)}          } else {\n${unswitched(na, kiviScore(8))}          }` : unswitched(na, [2, 4, 8].map((b) => kiviScore(b)).join(''))}
+${KP > 1 ? kAccSum() : ''}
 ${J((j) => `          s${j} = (kmul * (S${j} - fs[(slot * NQ + ${j}u) * 2u]) + fs[(slot * NQ + ${j}u) * 2u + 1u]) * SCALE;`)}
         }
         workgroupBarrier();

@@ -34,11 +34,13 @@ export interface AttnVariant {
   stage: boolean;
   /** Float16 key row pieces (8 channels each) loaded before their arithmetic (0: 4, or 2 where D/8 is not a multiple of 4). */
   ku: number;
+  /** Partial sums a query head of a KIVI key row's score (1: one chain of multiply-adds, the default). */
+  kp: number;
 }
 
 export const ATTN_PARTS = ['ti', 'fold', 'keys', 'fkeys', 'max', 'values', 'vscale', 'vcodes', 'unpack'] as const;
 
-/** A variant from its text: a comma list of ATTN_PARTS, `uN`, `chN`, `naN`, `bN`, `kuN`, `sel`, `wacc` and `stage` (e.g. "u2,ch8"). */
+/** A variant from its text: a comma list of ATTN_PARTS, `uN`, `chN`, `naN`, `bN`, `kuN`, `kpN`, `sel`, `wacc` and `stage` (e.g. "u2,ch8"). */
 export function parseAttnVariant(text: string): AttnVariant {
   const skip = new Set<string>();
   let unroll = 0,
@@ -47,7 +49,8 @@ export function parseAttnVariant(text: string): AttnVariant {
     sel = false,
     wacc = false,
     stage = false,
-    ku = 0;
+    ku = 0,
+    kp = 0;
   const bits: number[] = [];
   for (const w of text.split(',').filter(Boolean)) {
     if ((ATTN_PARTS as readonly string[]).includes(w)) skip.add(w);
@@ -55,14 +58,15 @@ export function parseAttnVariant(text: string): AttnVariant {
     else if (w === 'wacc') wacc = true;
     else if (w === 'stage') stage = true;
     else if (/^ku(1|2|4)$/.test(w)) ku = Number(w.slice(2));
+    else if (/^kp(1|2|4)$/.test(w)) kp = Number(w.slice(2));
     else if (/^u[1-8]$/.test(w)) unroll = Number(w.slice(1));
     else if (/^ch(4|8|16)$/.test(w)) ch = Number(w.slice(2));
     else if (/^na([1-9]|1[0-6])$/.test(w)) na = Number(w.slice(2));
     else if (/^b(2|4|8)$/.test(w)) bits.push(Number(w.slice(1)));
     else throw new Error(`attention variant "${text}": unknown part "${w}"`);
   }
-  return { skip, unroll, ch, sel, na, bits, wacc, stage, ku };
+  return { skip, unroll, ch, sel, na, bits, wacc, stage, ku, kp };
 }
 
 /** The kernel on `main`: nothing left out, the default unroll and channels. */
-export const DEFAULT_VARIANT: AttnVariant = { skip: new Set(), unroll: 0, ch: 0, sel: false, na: 0, bits: [], wacc: false, stage: false, ku: 0 };
+export const DEFAULT_VARIANT: AttnVariant = { skip: new Set(), unroll: 0, ch: 0, sel: false, na: 0, bits: [], wacc: false, stage: false, ku: 0, kp: 0 };

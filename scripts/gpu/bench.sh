@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: kernels, tiles, regs, stage, census, kp, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: kernels, tiles, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -92,6 +92,15 @@ case $PHASE in
     KIVI_WEBGPU_ATTN_ITEMS=16 VARIANT=kp4 HEADS=32 KV=32 T=5000 SPECS=kivi2,kivi4,fp16 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-kp.txt"
     VARIANTS=${VARIANTS:-,kp2,kp4,,kp2,kp4} timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/kp-gqa-1m.txt"
     HEADS=32 KV=32 T=262144 VARIANTS=${VARIANTS:-,kp2,kp4,,kp2,kp4} timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/kp-mha-256k.txt"
+    ;;
+  ladder)
+    # Decode attention's parts as kernels of their own (attn-ladder.mjs: loads, key scores, weights,
+    # value sums, float16 rows), at the shapes of the 4:1 1M-token and the MHA 262K-token benches, beside
+    # the real kernel timed the same way (attn-ablate.mjs, main only).
+    ROWS=2097152 NQ=4 timeout 120 node scripts/gpu/attn-ladder.mjs 2>&1 | tee "$OUT/ladder-gqa-1m.txt"
+    ROWS=8388608 NQ=1 timeout 120 node scripts/gpu/attn-ladder.mjs 2>&1 | tee "$OUT/ladder-mha-256k.txt"
+    VARIANTS=, timeout 120 node scripts/gpu/attn-ablate.mjs 2>&1 | tee -a "$OUT/ladder-gqa-1m.txt"
+    HEADS=32 KV=32 T=262144 VARIANTS=, timeout 120 node scripts/gpu/attn-ablate.mjs 2>&1 | tee -a "$OUT/ladder-mha-256k.txt"
     ;;
   robust)
     # Dawn's robustness (Tint's index clamps on every array access) on (1, the default) and off (0,

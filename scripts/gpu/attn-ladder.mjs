@@ -1,0 +1,317 @@
+// On the GPU machine (after `npm run build` here and `source scripts/gpu/setup.sh` there):
+//   node scripts/gpu/attn-ladder.mjs     (ROWS=2097152 NQ=4 [SWIFTSHADER=1])
+// A ladder of small kernels, each one part of decode attention's work on its own, to find what the real
+// kernel (attention.ts) spends its time on where WebGPU gives no profiler. ROWS token rows of one kv head
+// each (a 1M-token context with 2 kv heads is 2097152 rows), head size 128, NQ query heads per kv head.
+// Every rung is one thread per row (or, for the values, the real kernel's thread layout), 128 threads a
+// workgroup, grid-stride over the rows from 2048 workgroups (the attention kernel's item count), with
+// nothing else: no pages, no segments, no barriers in the loop, no softmax across rows. Times are medians
+// of 7 rounds of 20 dispatches; the outputs are summed only so the compiler keeps the work.
+import { createBackend } from '../../dist/src/kernels/index.js';
+
+const env = process.env;
+const ROWS = Number(env.ROWS ?? 2097152);
+const NQ = Number(env.NQ ?? 4);
+const D = 128;
+const WG = 128;
+const GROUPS = 2048;
+// Value channels a thread (attention.ts attnGeometry): 16 up to 2 query heads a kv head, else 8.
+const CH = NQ <= 2 ? 16 : 8;
+const CHUNKS = D / CH;
+const LANES = WG / CHUNKS;
+// This thread's CH codes of row r (a word holds 16): shifted down to bit 0.
+const vword = (r) => (CH === 16 ? `a[${r} * 2u + cw / 4u][cw % 4u]` : `a[${r} * 2u + cw / 8u][(cw / 2u) % 4u] >> ((cw % 2u) * 16u)`);
+const b = await createBackend({ backend: 'webgpu', webgpu: { serialMatmul: false, swiftshader: env.SWIFTSHADER === '1' } });
+console.log(b.description, `rows ${ROWS}, ${NQ} query heads a kv head, d ${D}`);
+const core = b.core;
+const range = (n) => Array.from({ length: n }, (_, i) => i);
+
+const HEAD = /* wgsl */ `
+struct P { n: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> a: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> m: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read_write> o: array<f32>;
+var<workgroup> big: array<vec4<f32>, ${(NQ * D) / 4}>;
+var<workgroup> sc: array<f32, ${NQ * WG}>;
+var<workgroup> tm: array<f32, ${NQ * 32}>;
+var<workgroup> fq: array<vec4<f32>, ${4 * NQ * 32}>;
+var<workgroup> fp: array<f32, ${4 * NQ * 32 * 2}>;
+var<workgroup> fs: array<f32, ${4 * NQ * 2}>;
+`;
+const init = /* wgsl */ `
+  for (var i = li; i < ${(NQ * D) / 4}u; i += ${WG}u) { big[i] = vec4<f32>(f32(i) * 1e-3, 0.5, -0.25, 1.0); }
+  for (var i = li; i < ${NQ * WG}u; i += ${WG}u) { sc[i] = 1.0 / f32(i + 1u); }
+  workgroupBarrier();
+  let stride = nw.x * ${WG}u;
+`;
+const main = (body) => `${HEAD}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+${init}${body}
+}`;
+// A 2-bit code k of a word as the float 1 + code/4 (attention.ts magic()).
+const magic = (w, k) => {
+  const sh = 23 - 2 - 2 * k;
+  return `bitcast<f32>(0x3f800000u | (${sh >= 0 ? `(${w} << ${sh}u)` : `(${w} >> ${-sh}u)`} & 0x600000u))`;
+};
+// Scores of one 2-bit key row (8 words) for NQ heads, as attention.ts kiviScore does it.
+const score2 = (q = 'big[c4 + ') => {
+  let s = range(NQ)
+    .map((j) => `    var S${j} = 0.0;`)
+    .join('\n');
+  s += '\n    let q4_0 = a[t * 2u];\n    let q4_1 = a[t * 2u + 1u];\n';
+  for (let wq = 0; wq < 2; wq++) {
+    for (let e = 0; e < 4; e++) {
+      s += `    { let wd = q4_${wq}[${e}];\n`;
+      for (let k = 0; k < 16; k += 4) {
+        s += `      { let c4 = ${(wq * 4 + e) * 4 + k / 4}u;\n`;
+        for (let x = 0; x < 4; x++) s += `        let v${x} = ${magic('wd', k + x)};\n`;
+        s += range(NQ)
+          .map((j) => `        { let q = ${q}${(j * D) / 4}u]; S${j} = fma(q.x, v0, fma(q.y, v1, fma(q.z, v2, fma(q.w, v3, S${j})))); }`)
+          .join('\n');
+        s += '\n      }\n';
+      }
+      s += '    }\n';
+    }
+  }
+  return s;
+};
+// The fold of a tile's 4 key groups (attention.ts's fold phase, simplified): q times the group's scales
+// into fq, Σ qs and Σ q·m per group and head into fs.
+const foldPhase = `    for (var i = li; i < ${4 * NQ * 32}u; i += ${WG}u) {
+      let slot = i / ${NQ * 32}u;
+      let j = (i / 32u) % ${NQ}u;
+      let c4 = i % 32u;
+      let grp = t0 / 32u + slot;
+      let sm = m[(grp * 64u + c4 * 2u) % arrayLength(&m)];
+      let s4 = vec4<f32>(unpack2x16float(sm.x), unpack2x16float(sm.y));
+      let m4 = vec4<f32>(unpack2x16float(sm.z), unpack2x16float(sm.w));
+      let q4 = big[j * 32u + c4];
+      let qs = q4 * s4;
+      fq[i] = qs;
+      fp[i * 2u] = (qs.x + qs.y) + (qs.z + qs.w);
+      fp[i * 2u + 1u] = dot(q4, m4);
+    }
+    workgroupBarrier();
+    for (var i = li; i < ${4 * NQ}u; i += ${WG}u) {
+      var a = 0.0;
+      var c = 0.0;
+      for (var k = 0u; k < 32u; k++) { a += fp[(i * 32u + k) * 2u]; c += fp[(i * 32u + k) * 2u + 1u]; }
+      fs[i * 2u] = a;
+      fs[i * 2u + 1u] = c;
+    }
+    workgroupBarrier();
+`;
+// The fused rung's body: `bar` puts the barriers in.
+const fusedBody = (bar, fold = false) => {
+  const B = bar ? '    workgroupBarrier();\n' : '';
+  return `  let cw = li % ${CHUNKS}u;
+  let u = li / ${CHUNKS}u;
+${range(NQ)
+  .map((j) =>
+    range(CH)
+      .map((k) => `  var a${j}_${k} = 0.0;`)
+      .join('\n'),
+  )
+  .join('\n')}
+${range(NQ)
+  .map((j) => `  var W${j} = 0.0;\n  var B${j} = 0.0;`)
+  .join('\n')}
+  for (var t0 = wid.x * ${WG}u; t0 < p.n; t0 += stride) {
+    let t = t0 + li;
+${fold ? foldPhase : ''}${score2(fold ? `fq[(li / 32u) * ${NQ * 32}u + c4 + ` : undefined)}${
+  fold
+    ? range(NQ)
+        .map((j) => `\n    S${j} = 4.0 * (S${j} - fs[(li / 32u) * ${NQ * 2}u + ${2 * j}u]) + fs[(li / 32u) * ${NQ * 2}u + ${2 * j + 1}u];`)
+        .join('')
+    : ''
+}
+${range(NQ)
+  .map((j) => `    sc[${j * WG}u + li] = S${j};`)
+  .join('\n')}
+${B}    for (var i = li; i < ${NQ * 32}u; i += ${WG}u) {
+      let o = (i / 32u) * ${WG}u + (i % 32u) * 4u;
+      tm[i] = max(max(sc[o], sc[o + 1u]), max(sc[o + 2u], sc[o + 3u]));
+    }
+${B}${range(NQ)
+  .map(
+    (j) => `    {
+      var mx = tm[${j * 32}u];
+      for (var k = 1u; k < 32u; k++) { mx = max(mx, tm[${j * 32}u + k]); }
+      let e = exp(S${j} - mx);
+${B.replace('    ', '      ')}      sc[${j * WG}u + li] = e;
+    }`,
+  )
+  .join('\n')}
+${B}    for (var tt = u; tt < ${WG}u; tt += ${LANES}u) {
+      let tr = t0 + tt;
+      let w = ${vword('tr')};
+      let smw = m[tr / 4u][tr % 4u];
+      let sv = unpack2x16float(smw).x;
+      let mv = unpack2x16float(smw).y;
+${range(CH)
+  .map((k) => `      let m${k} = ${magic('w', k)};`)
+  .join('\n')}
+${range(NQ)
+  .map(
+    (j) =>
+      `      { let pj = sc[${j * WG}u + tt]; let ws = pj * sv; W${j} += ws; B${j} += pj * mv;\n${range(CH)
+        .map((k) => `        a${j}_${k} = fma(ws, m${k}, a${j}_${k});`)
+        .join('\n')}\n      }`,
+  )
+  .join('\n')}
+    }
+${B}  }
+  o[g.x] = ${range(NQ)
+    .map(
+      (j) =>
+        `W${j} + B${j} + ${range(CH)
+          .map((k) => `a${j}_${k}`)
+          .join(' + ')}`,
+    )
+    .join(' + ')};`;
+};
+const rungs = {
+  // 32-byte rows, one a thread: the loads alone.
+  'k2-read': main(`  var x = vec4<u32>(0u);
+  for (var t = g.x; t < p.n; t += stride) { x = x ^ a[t * 2u] ^ a[t * 2u + 1u]; }
+  o[g.x] = f32(x.x ^ x.y ^ x.z ^ x.w);`),
+  // + the codes unpacked and multiplied into NQ folded queries (the key phase's arithmetic).
+  'k2-score': main(`  var acc = 0.0;
+  for (var t = g.x; t < p.n; t += stride) {
+${score2()}
+    acc += ${range(NQ)
+      .map((j) => `S${j}`)
+      .join(' + ')};
+  }
+  o[g.x] = acc;`),
+  // + the weights exp(s − m) per head.
+  'k2-score-exp': main(`  var acc = 0.0;
+  for (var t = g.x; t < p.n; t += stride) {
+${score2()}
+    acc += ${range(NQ)
+      .map((j) => `exp(S${j} * 0.01 - 4.0)`)
+      .join(' + ')};
+  }
+  o[g.x] = acc;`),
+  // One tile of 128 rows at a time, the way attention.ts fuses the phases: each thread scores its row,
+  // the tile's maximum per head through workgroup memory, the weights, then the value sums over the
+  // tile's rows (the v2-acc layout); barriers between the phases (fused-nobar: none, wrong results,
+  // the time without them).
+  fused: main(fusedBody(true)),
+  // + the query folded with each key group's scales (4 groups of 32 rows a tile, scales and minimums
+  // loaded from memory), their sums, two barriers more: what KIVI keys add to a tile.
+  'fused-fold': main(fusedBody(true, true)),
+  'fused-nobar': main(fusedBody(false)),
+  // The value phase's arithmetic in the real kernel's layout: a thread owns CH = 8 channels (a half word)
+  // of a stripe of rows, NQ·CH accumulators; scale and minimum from a second array (one word a row).
+  'v2-acc': main(`  let cw = li % ${CHUNKS}u;
+  let u = li / ${CHUNKS}u;
+${range(NQ)
+  .map((j) =>
+    range(CH)
+      .map((k) => `  var a${j}_${k} = 0.0;`)
+      .join('\n'),
+  )
+  .join('\n')}
+${range(NQ)
+  .map((j) => `  var W${j} = 0.0;\n  var B${j} = 0.0;`)
+  .join('\n')}
+  let wg0 = (g.x / ${WG}u) * ${WG}u;
+  for (var t0 = wg0; t0 < p.n; t0 += stride) {
+    for (var tt = u; tt < ${WG}u && t0 + tt < p.n; tt += ${LANES}u) {
+      let t = t0 + tt;
+      let w = ${vword('t')};
+      let smw = m[t / 4u][t % 4u];
+      let sv = unpack2x16float(smw).x;
+      let mv = unpack2x16float(smw).y;
+${range(CH)
+  .map((k) => `      let m${k} = ${magic('w', k)};`)
+  .join('\n')}
+${range(NQ)
+  .map(
+    (j) =>
+      `      { let pj = sc[${j * WG}u + tt]; let ws = pj * sv; W${j} += ws; B${j} += pj * mv;\n${range(CH)
+        .map((k) => `        a${j}_${k} = fma(ws, m${k}, a${j}_${k});`)
+        .join('\n')}\n      }`,
+  )
+  .join('\n')}
+    }
+  }
+  o[g.x] = ${range(NQ)
+    .map(
+      (j) =>
+        `W${j} + B${j} + ${range(CH)
+          .map((k) => `a${j}_${k}`)
+          .join(' + ')}`,
+    )
+    .join(' + ')};`),
+  // float16 rows (256 bytes), one a thread: the loads alone, then with the dot products (NQ heads).
+  'f16-read': main(`  var x = vec4<u32>(0u);
+  for (var t = g.x; t < p.n; t += stride) {
+    for (var c = 0u; c < 16u; c++) { x = x ^ m[t * 16u + c]; }
+  }
+  o[g.x] = f32(x.x ^ x.y ^ x.z ^ x.w);`),
+  'f16-score': main(`  var acc = 0.0;
+  for (var t = g.x; t < p.n; t += stride) {
+${range(NQ)
+  .map((j) => `    var S${j} = 0.0;`)
+  .join('\n')}
+    for (var c = 0u; c < 16u; c += 4u) {
+${range(4)
+  .map((x) => `      let w${x} = m[t * 16u + c + ${x}u];`)
+  .join('\n')}
+${range(4)
+  .map(
+    (x) => `      {
+        let k0 = vec4<f32>(unpack2x16float(w${x}.x), unpack2x16float(w${x}.y));
+        let k1 = vec4<f32>(unpack2x16float(w${x}.z), unpack2x16float(w${x}.w));
+${range(NQ)
+  .map((j) => `        S${j} += dot(k0, big[${(j * D) / 4}u + (c + ${x}u) * 2u]) + dot(k1, big[${(j * D) / 4}u + (c + ${x}u) * 2u + 1u]);`)
+  .join('\n')}
+      }`,
+  )
+  .join('\n')}
+    }
+    acc += ${range(NQ)
+      .map((j) => `S${j}`)
+      .join(' + ')};
+  }
+  o[g.x] = acc;`),
+};
+const only = env.RUNGS ? env.RUNGS.split(',') : Object.keys(rungs);
+// Codes: ROWS rows of 8 words; the second array: float16 rows (ROWS·64 words) where it fits a binding,
+// else as many rows as fit (the f16 rungs then take that many rows).
+const codes = b.tensor('f32', ROWS * 8);
+const f16Rows = Math.min(ROWS, Math.floor(Math.min(b.maxBinding, 2 ** 31 - 16) / 256));
+const halves = b.tensor('f32', f16Rows * 64);
+const out = b.tensor('f32', GROUPS * WG);
+b.fillRandom(codes, 1, 1);
+b.fillRandom(halves, 2, 0.01);
+const bind = [{ b: codes.g }, { b: halves.g }, { b: out.g }];
+const median = (xs) => [...xs].sort((x, y) => x - y)[xs.length >> 1];
+for (const name of only) {
+  const k = core.kernel(`ladder-${name}`, rungs[name], ['read', 'read', 'rw']);
+  const n = name.startsWith('f16') ? f16Rows : ROWS;
+  const pass = () =>
+    core.dispatch(k, bind, GROUPS, (u, _f, at) => {
+      u[at] = n;
+    });
+  pass();
+  await core.sync();
+  const times = [];
+  for (let r = 0; r < 7; r++) {
+    const t0 = performance.now();
+    for (let i = 0; i < 20; i++) pass();
+    await core.sync();
+    times.push((performance.now() - t0) / 20);
+  }
+  const ms = median(times);
+  const bytes = name.startsWith('f16') ? n * 256 : name.startsWith('v2') ? n * 36 : n * 32;
+  const sum = (await b.read(out, 0, 4))[0];
+  console.log(
+    `${name.padEnd(13)} ${n} rows: ${(ms * 1000).toFixed(1)} µs, ${((ms * 1e6) / n).toFixed(4)} ns a row, ${(bytes / ms / 1e6).toFixed(0)} GB/s (out ${sum.toPrecision(3)})`,
+  );
+}
+b.dispose();

@@ -8,6 +8,7 @@
 // nothing else: no pages, no segments, no barriers in the loop, no softmax across rows. Times are medians
 // of 7 rounds of 20 dispatches; the outputs are summed only so the compiler keeps the work.
 import { createBackend } from '../../dist/src/kernels/index.js';
+import { magic } from '../../dist/src/kernels/webgpu/attention.js';
 
 const env = process.env;
 const ROWS = Number(env.ROWS ?? 2097152);
@@ -50,11 +51,8 @@ const main = (body) => `${HEAD}
 fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wid: vec3<u32>) {
 ${init}${body}
 }`;
-// A 2-bit code k of a word as the float 1 + code/4 (attention.ts magic()).
-const magic = (w, k) => {
-  const sh = 23 - 2 - 2 * k;
-  return `bitcast<f32>(0x3f800000u | (${sh >= 0 ? `(${w} << ${sh}u)` : `(${w} >> ${-sh}u)`} & 0x600000u))`;
-};
+// A 2-bit code k of a word as the float 1 + code/4, as the attention kernel reads it.
+const magic2 = (w, k) => magic(w, 2, k);
 // Scores of one 2-bit key row (8 words) for NQ heads, as attention.ts kiviScore does it.
 const score2 = (q = 'big[c4 + ') => {
   let s = range(NQ)
@@ -66,7 +64,7 @@ const score2 = (q = 'big[c4 + ') => {
       s += `    { let wd = q4_${wq}[${e}];\n`;
       for (let k = 0; k < 16; k += 4) {
         s += `      { let c4 = ${(wq * 4 + e) * 4 + k / 4}u;\n`;
-        for (let x = 0; x < 4; x++) s += `        let v${x} = ${magic('wd', k + x)};\n`;
+        for (let x = 0; x < 4; x++) s += `        let v${x} = ${magic2('wd', k + x)};\n`;
         s += range(NQ)
           .map((j) => `        { let q = ${q}${(j * D) / 4}u]; S${j} = fma(q.x, v0, fma(q.y, v1, fma(q.z, v2, fma(q.w, v3, S${j})))); }`)
           .join('\n');
@@ -151,7 +149,7 @@ ${B}    for (var tt = u; tt < ${WG}u; tt += ${LANES}u) {
       let sv = unpack2x16float(smw).x;
       let mv = unpack2x16float(smw).y;
 ${range(CH)
-  .map((k) => `      let m${k} = ${magic('w', k)};`)
+  .map((k) => `      let m${k} = ${magic2('w', k)};`)
   .join('\n')}
 ${range(NQ)
   .map(
@@ -227,7 +225,7 @@ ${range(NQ)
       let sv = unpack2x16float(smw).x;
       let mv = unpack2x16float(smw).y;
 ${range(CH)
-  .map((k) => `      let m${k} = ${magic('w', k)};`)
+  .map((k) => `      let m${k} = ${magic2('w', k)};`)
   .join('\n')}
 ${range(NQ)
   .map(

@@ -94,7 +94,7 @@ export function attnGeometry(shape: AttnShape, workgroupBytes: number, variant: 
 }
 
 /** The value of a b-bit code at position k of a word, as the float 1 + code·2^-b. */
-function magic(word: string, bits: number, k: number): string {
+export function magic(word: string, bits: number, k: number): string {
   const sh = 23 - bits - bits * k;
   const mask = (((1 << bits) - 1) << (23 - bits)) >>> 0;
   const moved = sh >= 0 ? `(${word} << ${sh}u)` : `(${word} >> ${-sh}u)`;
@@ -155,12 +155,11 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, varian
         .join('\n'),
     );
   const kAccSum = () =>
-    J((j) =>
-      KP > 1
-        ? `          S${j} += ${range(KP - 1)
-            .map((i) => `S${j}_${i + 1}`)
-            .join(' + ')};`
-        : '',
+    J(
+      (j) =>
+        `          S${j} += ${range(KP - 1)
+          .map((i) => `S${j}_${i + 1}`)
+          .join(' + ')};`,
     );
   // Scores of one token against a KIVI key row of `bits` bits: S_j = Σ qs_jc·(1 + code·2^-b).
   const hasBits = (bits: number) => variant.bits.length === 0 || variant.bits.includes(bits);
@@ -592,10 +591,8 @@ ${range(8)
           let krow = pg.z;
           let fb = slot * NQ * ${D / 4}u;
 ${J((j) => `          var S${j} = 0.0;`)}
-${KP > 1 ? kAccDecl() : ''}
-${STAGE ? `          if (kstage) {\n${kiviScore(2, true)}${kiviScore(4, true)}          } else {\n${unswitched(na, kiviScore(8))}          }` : unswitched(na, [2, 4, 8].map((b) => kiviScore(b)).join(''))}
-${KP > 1 ? kAccSum() : ''}
-${J((j) => `          s${j} = (kmul * (S${j} - fs[(slot * NQ + ${j}u) * 2u]) + fs[(slot * NQ + ${j}u) * 2u + 1u]) * SCALE;`)}
+${KP > 1 ? `${kAccDecl()}\n` : ''}${STAGE ? `          if (kstage) {\n${kiviScore(2, true)}${kiviScore(4, true)}          } else {\n${unswitched(na, kiviScore(8))}          }` : unswitched(na, [2, 4, 8].map((b) => kiviScore(b)).join(''))}
+${KP > 1 ? `${kAccSum()}\n` : ''}${J((j) => `          s${j} = (kmul * (S${j} - fs[(slot * NQ + ${j}u) * 2u]) + fs[(slot * NQ + ${j}u) * 2u + 1u]) * SCALE;`)}
         }
         workgroupBarrier();
       }

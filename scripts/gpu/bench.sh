@@ -17,6 +17,20 @@ run() { # run SECONDS NAME kivi-args...
   cat "$OUT/$name.md" 2>/dev/null || tail -n 8 /tmp/$name.log
 }
 C=models/configs
+# An attention kernel variant: the registers the driver gives the named SPIR-V builds (kit.sh makes them),
+# the variant CHECK against the reference at 4:1 and at MHA (none if empty), then the builds VARIANTS
+# (attn-ablate.mjs, comma list, + within one) timed in turns at the benches' two shapes.
+variant() { # variant NAME CHECK VARIANTS SPV...
+  local name=$1 check=$2 vs=$3
+  shift 3
+  timeout 120 .gpu/pipestats "$@" 2>&1 | cut -c1-600 | tee "$OUT/pipestats-$name.txt"
+  if [ -n "$check" ]; then
+    KIVI_WEBGPU_ATTN_ITEMS=4 VARIANT=$check T=9000 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee "$OUT/attn-check-$name.txt"
+    KIVI_WEBGPU_ATTN_ITEMS=16 VARIANT=$check HEADS=32 KV=32 T=5000 SPECS=kivi2,kivi4,fp16 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-$name.txt"
+  fi
+  VARIANTS=${VARIANTS:-$vs} timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/$name-gqa-1m.txt"
+  HEADS=32 KV=32 T=262144 VARIANTS=${VARIANTS:-$vs} timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/$name-mha-256k.txt"
+}
 A_MHA="bench attention --backend webgpu --heads 32 --kv-heads 32 --kv fp16,kivi2,kivi4"
 case $PHASE in
   kernels)
@@ -56,42 +70,25 @@ case $PHASE in
   regs)
     # Registers the driver gives each attention build (and its machine code, if the driver hands it out,
     # packed in ir.tar.xz); then the variant wacc (value accumulators in workgroup memory between tiles,
-    # so fewer registers live through the key phase) checked against the reference and timed in turns
-    # with the kernel on main.
+    # so fewer registers live through the key phase).
     mkdir -p /tmp/ir
-    IR_DIR=/tmp/ir timeout 200 .gpu/pipestats .gpu/spv/*.spv 2>&1 | cut -c1-600 | tee "$OUT/pipestats.txt"
+    IR_DIR=/tmp/ir variant wacc wacc ,wacc,,wacc .gpu/spv/*.spv
     tar cJf "$OUT/ir.tar.xz" -C /tmp/ir . && ls /tmp/ir | head -n 40
-    KIVI_WEBGPU_ATTN_ITEMS=4 VARIANT=wacc T=9000 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee "$OUT/attn-check-wacc.txt"
-    KIVI_WEBGPU_ATTN_ITEMS=16 VARIANT=wacc HEADS=32 KV=32 T=5000 SPECS=kivi2,kivi4,fp16 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-wacc.txt"
-    VARIANTS=,wacc,,wacc timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/wacc-gqa-1m.txt"
-    HEADS=32 KV=32 T=262144 VARIANTS=,wacc,,wacc timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/wacc-mha-256k.txt"
     ;;
   stage)
     # The variant stage (each thread loads its token's 2/4-bit key row, value row and value scales into
-    # workgroup memory while resolving its addresses; the key and value phases read them from there):
-    # registers, checked against the reference, then timed in turns with the kernel on main.
-    timeout 120 .gpu/pipestats .gpu/spv/gqa.spv .gpu/spv/gqa-stage.spv .gpu/spv/mha.spv .gpu/spv/mha-stage.spv 2>&1 | cut -c1-600 | tee "$OUT/pipestats-stage.txt"
-    KIVI_WEBGPU_ATTN_ITEMS=4 VARIANT=stage T=9000 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee "$OUT/attn-check-stage.txt"
-    KIVI_WEBGPU_ATTN_ITEMS=16 VARIANT=stage HEADS=32 KV=32 T=5000 SPECS=kivi2,kivi4,fp16 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-stage.txt"
-    VARIANTS=${VARIANTS:-,stage,stage+u2,,stage,stage+u2} timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/stage-gqa-1m.txt"
-    HEADS=32 KV=32 T=262144 VARIANTS=${VARIANTS:-,stage,stage+u2,,stage,stage+u2} timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/stage-mha-256k.txt"
+    # workgroup memory while resolving its addresses; the key and value phases read them from there).
+    variant stage stage ,stage,stage+u2,,stage,stage+u2 .gpu/spv/{gqa,gqa-stage,mha,mha-stage}.spv
     ;;
   census)
     # Which part of the attention kernel sets its registers: the driver's count for builds with parts
-    # left out (kit.sh names them), then the float16 key path with fewer row pieces in flight (kuN) timed
-    # in turns with the kernel on main.
-    timeout 120 .gpu/pipestats .gpu/spv/*.spv 2>&1 | cut -c1-600 | tee "$OUT/pipestats-census.txt"
-    VARIANTS=${VARIANTS:-,ku1,ku2,,ku1,ku2} timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/ku-gqa-1m.txt"
-    HEADS=32 KV=32 T=262144 VARIANTS=${VARIANTS:-,ku1,ku2,,ku1,ku2} timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/ku-mha-256k.txt"
+    # left out (kit.sh names them); then the float16 key path with fewer row pieces in flight (kuN).
+    variant census '' ,ku1,ku2,,ku1,ku2 .gpu/spv/*.spv
     ;;
   kp)
     # KIVI key scores summed in 2 or 4 partial sums a query head (variant kpN: shorter chains of dependent
-    # multiply-adds): registers, the check against the reference, then timed in turns with main.
-    timeout 120 .gpu/pipestats .gpu/spv/gqa.spv .gpu/spv/gqa-kp2.spv .gpu/spv/gqa-kp4.spv .gpu/spv/mha.spv .gpu/spv/mha-kp2.spv .gpu/spv/mha-kp4.spv 2>&1 | cut -c1-600 | tee "$OUT/pipestats-kp.txt"
-    KIVI_WEBGPU_ATTN_ITEMS=4 VARIANT=kp4 T=9000 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee "$OUT/attn-check-kp.txt"
-    KIVI_WEBGPU_ATTN_ITEMS=16 VARIANT=kp4 HEADS=32 KV=32 T=5000 SPECS=kivi2,kivi4,fp16 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-kp.txt"
-    VARIANTS=${VARIANTS:-,kp2,kp4,,kp2,kp4} timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/kp-gqa-1m.txt"
-    HEADS=32 KV=32 T=262144 VARIANTS=${VARIANTS:-,kp2,kp4,,kp2,kp4} timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/kp-mha-256k.txt"
+    # multiply-adds).
+    variant kp kp4 ,kp2,kp4,,kp2,kp4 .gpu/spv/{gqa,gqa-kp2,gqa-kp4,mha,mha-kp2,mha-kp4}.spv
     ;;
   ladder)
     # Decode attention's parts as kernels of their own (attn-ladder.mjs: loads, key scores, weights,

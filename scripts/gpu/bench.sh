@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: kernels, tiles, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -66,6 +66,13 @@ case $PHASE in
     # The kernel built for 1-4 arena bindings (unused ones bound to dummies), the cache in arena 0.
     HEADS=32 KV=32 T=262144 SPECS=kivi2 VARIANTS=,na2,na3,na4 timeout 120 $A 2>&1 | tee "$OUT/na-mha-256k.txt"
     SPECS=kivi2 VARIANTS=,na2,na3,na4 timeout 120 $A 2>&1 | tee "$OUT/na-gqa-1m.txt"
+    ;;
+  parts)
+    # The real kernel with each part left out (wrong outputs, only the time counts), beside the ladder:
+    # what each phase costs inside the kernel rather than on its own.
+    P=${VARIANTS:-,values,ti,fold,keys,fold+keys,fkeys,max,ti+fold+keys+fkeys+max+values}
+    SPECS=kivi2,fp16 VARIANTS=$P timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/parts-gqa-1m-2.txt"
+    HEADS=32 KV=32 T=262144 SPECS=kivi2,fp16 VARIANTS=$P timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/parts-mha-256k-2.txt"
     ;;
   regs)
     # Registers the driver gives each attention build (and its machine code, if the driver hands it out,

@@ -75,6 +75,43 @@ const score2 = (q = 'big[c4 + ') => {
   }
   return s;
 };
+// The value sums in the real kernel's layout (attention.ts): a thread owns CH channels of a stripe of rows,
+// NQ·CH accumulators and per head W = Σ p·s, B = Σ p·m; one row's codes, scale and minimum (a word of the
+// second array) added with the weights in sc.
+const valueDecls = () =>
+  `${range(NQ)
+    .map((j) =>
+      range(CH)
+        .map((k) => `  var a${j}_${k} = 0.0;`)
+        .join('\n'),
+    )
+    .join('\n')}\n${range(NQ)
+    .map((j) => `  var W${j} = 0.0;\n  var B${j} = 0.0;`)
+    .join('\n')}`;
+const valueRow = (r) => `      let w = ${vword(r)};
+      let smw = m[${r} / 4u][${r} % 4u];
+      let sv = unpack2x16float(smw).x;
+      let mv = unpack2x16float(smw).y;
+${range(CH)
+  .map((k) => `      let m${k} = ${magic2('w', k)};`)
+  .join('\n')}
+${range(NQ)
+  .map(
+    (j) =>
+      `      { let pj = sc[${j * WG}u + tt]; let ws = pj * sv; W${j} += ws; B${j} += pj * mv;\n${range(CH)
+        .map((k) => `        a${j}_${k} = fma(ws, m${k}, a${j}_${k});`)
+        .join('\n')}\n      }`,
+  )
+  .join('\n')}`;
+const valueSum = () =>
+  range(NQ)
+    .map(
+      (j) =>
+        `W${j} + B${j} + ${range(CH)
+          .map((k) => `a${j}_${k}`)
+          .join(' + ')}`,
+    )
+    .join(' + ');
 // The fold of a tile's 4 key groups (attention.ts's fold phase, simplified): q times the group's scales
 // into fq, Σ qs and Σ q·m per group and head into fs.
 const foldPhase = `    for (var i = li; i < ${4 * NQ * 32}u; i += ${WG}u) {
@@ -106,16 +143,7 @@ const fusedBody = (bar, fold = false) => {
   const B = bar ? '    workgroupBarrier();\n' : '';
   return `  let cw = li % ${CHUNKS}u;
   let u = li / ${CHUNKS}u;
-${range(NQ)
-  .map((j) =>
-    range(CH)
-      .map((k) => `  var a${j}_${k} = 0.0;`)
-      .join('\n'),
-  )
-  .join('\n')}
-${range(NQ)
-  .map((j) => `  var W${j} = 0.0;\n  var B${j} = 0.0;`)
-  .join('\n')}
+${valueDecls()}
   for (var t0 = wid.x * ${WG}u; t0 < p.n; t0 += stride) {
     let t = t0 + li;
 ${fold ? foldPhase : ''}${score2(fold ? `fq[(li / 32u) * ${NQ * 32}u + c4 + ` : undefined)}${
@@ -144,31 +172,10 @@ ${B.replace('    ', '      ')}      sc[${j * WG}u + li] = e;
   .join('\n')}
 ${B}    for (var tt = u; tt < ${WG}u; tt += ${LANES}u) {
       let tr = t0 + tt;
-      let w = ${vword('tr')};
-      let smw = m[tr / 4u][tr % 4u];
-      let sv = unpack2x16float(smw).x;
-      let mv = unpack2x16float(smw).y;
-${range(CH)
-  .map((k) => `      let m${k} = ${magic2('w', k)};`)
-  .join('\n')}
-${range(NQ)
-  .map(
-    (j) =>
-      `      { let pj = sc[${j * WG}u + tt]; let ws = pj * sv; W${j} += ws; B${j} += pj * mv;\n${range(CH)
-        .map((k) => `        a${j}_${k} = fma(ws, m${k}, a${j}_${k});`)
-        .join('\n')}\n      }`,
-  )
-  .join('\n')}
+${valueRow('tr')}
     }
 ${B}  }
-  o[g.x] = ${range(NQ)
-    .map(
-      (j) =>
-        `W${j} + B${j} + ${range(CH)
-          .map((k) => `a${j}_${k}`)
-          .join(' + ')}`,
-    )
-    .join(' + ')};`;
+  o[g.x] = ${valueSum()};`;
 };
 const rungs = {
   // 32-byte rows, one a thread: the loads alone.
@@ -202,49 +209,18 @@ ${score2()}
   // loaded from memory), their sums, two barriers more: what KIVI keys add to a tile.
   'fused-fold': main(fusedBody(true, true)),
   'fused-nobar': main(fusedBody(false)),
-  // The value phase's arithmetic in the real kernel's layout: a thread owns CH = 8 channels (a half word)
-  // of a stripe of rows, NQ·CH accumulators; scale and minimum from a second array (one word a row).
+  // The value sums alone, in the real kernel's layout (valueRow), rows in the order of the fused rung.
   'v2-acc': main(`  let cw = li % ${CHUNKS}u;
   let u = li / ${CHUNKS}u;
-${range(NQ)
-  .map((j) =>
-    range(CH)
-      .map((k) => `  var a${j}_${k} = 0.0;`)
-      .join('\n'),
-  )
-  .join('\n')}
-${range(NQ)
-  .map((j) => `  var W${j} = 0.0;\n  var B${j} = 0.0;`)
-  .join('\n')}
+${valueDecls()}
   let wg0 = (g.x / ${WG}u) * ${WG}u;
   for (var t0 = wg0; t0 < p.n; t0 += stride) {
     for (var tt = u; tt < ${WG}u && t0 + tt < p.n; tt += ${LANES}u) {
       let t = t0 + tt;
-      let w = ${vword('t')};
-      let smw = m[t / 4u][t % 4u];
-      let sv = unpack2x16float(smw).x;
-      let mv = unpack2x16float(smw).y;
-${range(CH)
-  .map((k) => `      let m${k} = ${magic2('w', k)};`)
-  .join('\n')}
-${range(NQ)
-  .map(
-    (j) =>
-      `      { let pj = sc[${j * WG}u + tt]; let ws = pj * sv; W${j} += ws; B${j} += pj * mv;\n${range(CH)
-        .map((k) => `        a${j}_${k} = fma(ws, m${k}, a${j}_${k});`)
-        .join('\n')}\n      }`,
-  )
-  .join('\n')}
+${valueRow('t')}
     }
   }
-  o[g.x] = ${range(NQ)
-    .map(
-      (j) =>
-        `W${j} + B${j} + ${range(CH)
-          .map((k) => `a${j}_${k}`)
-          .join(' + ')}`,
-    )
-    .join(' + ')};`),
+  o[g.x] = ${valueSum()};`),
   // float16 rows (256 bytes), one a thread: the loads alone, then with the dot products (NQ heads).
   'f16-read': main(`  var x = vec4<u32>(0u);
   for (var t = g.x; t < p.n; t += stride) {

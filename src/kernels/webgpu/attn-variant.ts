@@ -29,12 +29,19 @@ export interface AttnVariant {
   /**
    * Each thread loads its token's 2- or 4-bit key row, value row and value scales into workgroup memory
    * while it resolves the token's addresses (all of a tile's loads in flight at once, one wait), and the
-   * key and value phases read them from there instead of from the pages.
+   * key and value phases read them from there instead of from the pages. Measured on an H200: 248
+   * registers against 168 at 4:1 (210 against 128 at MHA), 1.9–3.4× as slow (docs/perf/webgpu-h200.md).
    */
   stage: boolean;
-  /** Float16 key row pieces (8 channels each) loaded before their arithmetic (0: 4, or 2 where D/8 is not a multiple of 4). */
+  /**
+   * Float16 key row pieces (8 channels each) loaded before their arithmetic (0: 4, or 2 where D/8 is not
+   * a multiple of 4). On an H200, 1 and 2 were no faster than 4.
+   */
   ku: number;
-  /** Partial sums a query head of a KIVI key row's score (1: one chain of multiply-adds, the default). */
+  /**
+   * Partial sums a query head of a KIVI key row's score (1: one chain of multiply-adds, the default). On
+   * an H200, 2 and 4 kept the registers and the time.
+   */
   kp: number;
 }
 

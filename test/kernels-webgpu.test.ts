@@ -394,6 +394,71 @@ if (!reportMissing('kernels-webgpu: long attention')) {
     assert.throws(() => parseAttnVariant('na17'), /unknown part "na17"/);
   });
 
+  test('webgpu: the bulk kernel (the quantized prefix, bulk.ts) matches the reference at 1, 2 and 4 query heads per kv head, in every build, and with sink tokens', async () => {
+    const b = await gpu();
+    const ref = new TsBackend();
+    const cases: [number, number, number, string[]][] = [
+      [2, 2, 64, ['kivi2', 'kivi4']],
+      [4, 2, 128, ['kivi2', 'kivi:k=2,v=2,g=64,r=64,sink=3']],
+      [8, 2, 128, ['kivi4']],
+    ];
+    const pipelines = () => [...(b as unknown as { kernels: Map<string, unknown> }).kernels.keys()];
+    for (const [H, KV, D, specs] of cases) {
+      const shape = { numLayers: 1, numHeads: H, numKvHeads: KV, headDim: D };
+      const qkvDim = (H + 2 * KV) * D;
+      const r = rng(H * 100 + D);
+      // 1300 tokens: a quantized prefix of 36-39 blocks, several bulk items a kv head, the merge.
+      const T = 1300;
+      const rows = randArray(T * qkvDim, r).map((v, i) => (i % D === 5 ? v * 12 : v));
+      const step = randArray(3 * qkvDim, r);
+      for (const spec of specs) {
+        const pools = [ref.createPagePool(shape), b.createPagePool(shape)] as const;
+        const st = [new CacheStepper(ref, pools[0]), new CacheStepper(b, pools[1])];
+        const caches = pools.map((p) => createCache(parseKvSpec(spec), p));
+        for (const i of [0, 1]) await st[i]!.fill(caches[i]!, rows, T, 512);
+        // The bulk kernel's default build (forced on: by default it runs at 1 query head a kv head only),
+        // the general kernel alone, then 8 channels a thread, rounds of 2 tokens, the weights
+        // exponentiated by every thread and 4 value tokens in flight.
+        for (const [k, setting] of ['on', '0', 'cw8,noex,u4,sb2'].entries()) {
+          b.bulk = setting;
+          const item = (i: number) => [{ cache: caches[i]!, rows: step.subarray(k * qkvDim, (k + 1) * qkvDim), n: 1, mode: 'decode' as const }];
+          const exp = (await st[0]!.step(item(0)))!;
+          const got = (await st[1]!.step(item(1)))!;
+          const tol = 1e-4 * Math.max(...exp.map(Math.abs));
+          assertClose(got, exp, () => tol, `${spec} at ${H}:${KV} heads, d ${D}, bulk '${setting}'`);
+        }
+        b.bulk = '';
+        for (const c of caches) c.free();
+      }
+    }
+    const ran = pipelines().filter((k) => k.startsWith('bulk'));
+    for (const want of [
+      'bulk1-2-16-sb8-u8:2:2:64',
+      'bulk1-4-16-sb8-u8:2:2:64',
+      'bulk1-2-16-sb4-u8:4:2:128',
+      'bulk1-4-16-sb4-u8:8:2:128',
+      'bulk1-2-8-sb2-u4-noex:4:2:128',
+    ]) {
+      assert.ok(ran.includes(want), `${want} ran (ran: ${ran.join(' ')})`);
+    }
+    b.bulk = 'cw8,fast';
+    await assert.rejects(
+      (async () => {
+        const pool = b.createPagePool({ numLayers: 1, numHeads: 2, numKvHeads: 2, headDim: 64 });
+        const st = new CacheStepper(b, pool);
+        const c = createCache(parseKvSpec('kivi2'), pool);
+        try {
+          await st.fill(c, randArray(200 * 6 * 64, rng(3)), 200, 200);
+          await st.step([{ cache: c, rows: randArray(6 * 64, rng(4)), n: 1, mode: 'decode' as const }]);
+        } finally {
+          c.free();
+        }
+      })(),
+      (e: Error) => e instanceof KiviError && !e.message.includes('\n') && /KIVI_WEBGPU_BULK: unknown part "fast"/.test(e.message),
+    );
+    b.bulk = '';
+  });
+
   test('webgpu: the attention kernel built for 2-4 arena bindings is valid WGSL, with one direct copy of the hot loops per arena', async () => {
     // SwiftShader cannot compile these builds into pipelines within CI's memory (scripts/gpu/attn-check.mjs
     // with BIND checks their results on a GPU), but Dawn's WGSL front end validates them in a second.

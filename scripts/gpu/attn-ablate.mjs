@@ -17,7 +17,10 @@ const env = process.env;
 const T = Number(env.T ?? 1048576);
 const REPLAYS = Number(env.REPLAYS ?? 20);
 const specs = splitSpecList(env.SPECS ?? 'fp16,kivi2');
-const variants = (env.VARIANTS ?? ',values,ti+values,keys,fold,fold+keys,max,ti+fold+keys+max+values').split(',').map((v) => v.replaceAll('+', ','));
+// BULKS: instead of variants of the general kernel, settings of the bulk kernel (backend.bulk, '|' between
+// them: e.g. "0|cw8|cw8,-values"; '0' is the general kernel alone, and the first is the reference).
+const bulks = env.BULKS ? env.BULKS.split('|') : null;
+const variants = bulks ?? (env.VARIANTS ?? ',values,ti+values,keys,fold,fold+keys,max,ti+fold+keys+max+values').split(',').map((v) => v.replaceAll('+', ','));
 const shape = { numLayers: 1, numHeads: Number(env.HEADS ?? 8), numKvHeads: Number(env.KV ?? 2), headDim: Number(env.D ?? 128) };
 const b = await createBackend({ backend: 'webgpu', webgpu: { serialMatmul: false } });
 console.log(b.description, JSON.stringify(shape), `T=${T}`);
@@ -52,8 +55,9 @@ for (const [si, spec] of specs.entries()) {
   plan.validate();
   const line = [];
   let ref = null;
-  for (const v of variants) {
-    b.attnVariant = v;
+  for (const [vi, v] of variants.entries()) {
+    if (bulks) b.bulk = v;
+    else b.attnVariant = v;
     const times = [];
     for (let r = 0; r < 7; r++) {
       const t0 = performance.now();
@@ -64,8 +68,9 @@ for (const [si, spec] of specs.entries()) {
     // Variants that leave nothing out must give the default kernel's outputs (up to summation order).
     const out = await b.read(att, 0, shape.numHeads * shape.headDim);
     let check = '';
-    if (!v) ref = out;
-    else if (ref && !v.split(',').some((w) => ATTN_PARTS.includes(w))) {
+    const partial = bulks ? v.includes('-') : v.split(',').some((w) => ATTN_PARTS.includes(w));
+    if (vi === 0) ref = out;
+    else if (ref && !partial) {
       let mx = 0,
         err = 0;
       for (let i = 0; i < out.length; i++) {
@@ -76,9 +81,10 @@ for (const [si, spec] of specs.entries()) {
       const bound = spec === 'fp16' ? 1e-5 : 1e-4;
       check = ` (${err / mx <= bound ? 'same' : 'DIFFERS'}: error ${(err / mx).toExponential(1)})`;
     }
-    line.push(`${v || 'full'}: ${(median(times.slice(2)) * 1000).toFixed(1)} µs${check}`);
+    line.push(`${v || (bulks ? 'bulk' : 'full')}: ${(median(times.slice(2)) * 1000).toFixed(1)} µs${check}`);
   }
   b.attnVariant = '';
+  b.bulk = '';
   console.log(`${spec} at ${T} tokens, ${cache.bytes()} bytes: ${line.join(' | ')}`);
   b.cacheJobs(plan, 0, 'post', 0, qkv, pool);
   await b.sync();

@@ -55,6 +55,6 @@ for (const spec of specs) {
   if (env.BIND) console.log(`     pages in ${pools[1].slotsInUse} arena(s) of ${env.BIND} bytes`);
   for (const c of caches) c.free();
 }
-console.log('attention pipelines:', [...b.kernels.keys()].filter((k) => k.startsWith('attend')).join(' '));
+console.log('attention pipelines:', [...b.kernels.keys()].filter((k) => k.startsWith('attend') || k.startsWith('bulk')).join(' '));
 b.dispose();
 process.exit(failed ? 1 : 0);

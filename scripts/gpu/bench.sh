@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -33,6 +33,39 @@ variant() { # variant NAME CHECK VARIANTS SPV...
 }
 A_MHA="bench attention --backend webgpu --heads 32 --kv-heads 32 --kv fp16,kivi2,kivi4"
 case $PHASE in
+  bulk)
+    # The bulk kernel (bulk.ts: the quantized prefix of KIVI tasks) against the reference on this GPU (4:1,
+    # MHA, pages over several arenas), then one decode step's attention with it (the default), without it
+    # (KIVI_WEBGPU_BULK=0: every token by the general kernel) and with 8 channels a thread, in one call.
+    T=9000 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee "$OUT/attn-check-bulk.txt"
+    HEADS=32 KV=32 T=5000 SPECS=kivi2,kivi4,fp16 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-bulk.txt"
+    BIND=1048576 ARENAS=4 T=9000 SPECS=kivi2,kivi4 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-bulk.txt"
+    for b in on 0 cw8; do
+      export KIVI_WEBGPU_BULK=${b/on/}
+      run 150 attention-bulk-$b-1m bench attention --backend webgpu --heads 8 --kv-heads 2 --kv fp16,kivi2,kivi4 --context 65536,1048576
+    done
+    unset KIVI_WEBGPU_BULK
+    ;;
+  bulk-parts)
+    # What the bulk kernel's builds get from the driver (registers), then its settings and parts left out
+    # timed against the general kernel alone (0), one decode step replayed (attn-ablate.mjs BULKS).
+    timeout 120 .gpu/pipestats .gpu/spv/bulk-*.spv 2>&1 | cut -c1-600 | tee "$OUT/pipestats-bulk.txt"
+    B="0|cw16,u8,sb4|cw16,u8,sb2|cw16,u4,sb4|cw16,u8,sb4,noex|cw8,u8,sb4,noex|0"
+    SPECS=kivi2 BULKS="$B" timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/bulk-parts-gqa-1m.txt"
+    SPECS=kivi2 HEADS=32 KV=32 T=262144 BULKS="0|cw16,u8,sb8|cw16,u4,sb8|cw16,u8,sb8,noex|cw32,u8,sb8|cw32,u8,sb4|cw32,u8,sb16|cw32,u4,sb8|0" timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/bulk-parts-mha-256k.txt"
+    ;;
+  bulk-mha)
+    # The same at 32 kv heads (262K tokens), then 4M tokens at 4:1, with the bulk kernel and without.
+    for b in on 0; do
+      export KIVI_WEBGPU_BULK=${b/on/}
+      run 150 attention-bulk-$b-mha $A_MHA --context 65536,262144
+    done
+    for b in on 0; do
+      export KIVI_WEBGPU_BULK=${b/on/}
+      run 150 attention-bulk-$b-4m bench attention --backend webgpu --heads 8 --kv-heads 2 --kv fp16,kivi2 --context 4194304
+    done
+    unset KIVI_WEBGPU_BULK
+    ;;
   kernels)
     # Attention of one decode step over 4K..4M cached tokens beside a streaming read of the same GPU.
     A="bench attention --backend webgpu --heads 8 --kv-heads 2 --kv fp16,kivi2,kivi4"

@@ -1,19 +1,32 @@
 // The SPIR-V that Dawn's Tint makes of a kernel, for scripts/gpu/pipestats.c (what the GPU's driver makes of
 // it: registers, spills). Runs here on SwiftShader (Tint's output does not depend on the adapter's driver,
 // only on Dawn's toggles, which are the same for both):
-//   node scripts/gpu/spirv-dump.mjs OUT.spv attend HEADS KV D [VARIANT]     (KIVI_WEBGPU_ROBUST=0: without index clamps)
+//   node scripts/gpu/spirv-dump.mjs OUT.spv attend|bulk HEADS KV D [VARIANT]     (KIVI_WEBGPU_ROBUST=0: without index clamps)
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { attendWgsl, attnGeometry } from '../../dist/src/kernels/webgpu/attention.js';
 import { parseAttnVariant } from '../../dist/src/kernels/webgpu/attn-variant.js';
+import { bulkGeometry, bulkWgsl } from '../../dist/src/kernels/webgpu/bulk.js';
 import { nodeGpu } from '../../dist/src/kernels/webgpu/node.js';
 
 const [out, kernel, H, KV, D, variant = ''] = process.argv.slice(2);
-if (kernel !== 'attend') throw new Error('kernels: attend');
+if (kernel !== 'attend' && kernel !== 'bulk') throw new Error('kernels: attend, bulk');
 const shape = { numLayers: 1, numHeads: Number(H), numKvHeads: Number(KV), headDim: Number(D) };
-const v = parseAttnVariant(variant);
-const g = attnGeometry(shape, 32768, v);
-const wgsl = attendWgsl(shape, g, Math.max(1, v.na), v);
+// bulk's VARIANT: bits,cw[,part left out…] (e.g. 2,8 or 2,16,values).
+const wgsl = kernel === 'bulk' ? bulkCode() : attendCode();
+function attendCode() {
+  const v = parseAttnVariant(variant);
+  return attendWgsl(shape, attnGeometry(shape, 32768, v), Math.max(1, v.na), v);
+}
+function bulkCode() {
+  const [bits, cw, ...rest] = variant.split(',');
+  const o = {
+    skip: new Set(rest.filter((x) => x !== 'noex' && !/^u\d$/.test(x))),
+    ex: !rest.includes('noex'),
+    u: Number(rest.find((x) => /^u\d$/.test(x))?.slice(1) ?? 4),
+  };
+  return bulkWgsl(shape, bulkGeometry(shape, Number(bits), 32768, Number(cw)), 1, o);
+}
 // Dawn prints the dump on the process's stdout (natively): a child compiles, the parent reads it.
 if (!process.env.SPIRV_CHILD) {
   const text = execFileSync(process.execPath, process.argv.slice(1), { env: { ...process.env, SPIRV_CHILD: '1' }, maxBuffer: 1 << 30 }).toString();

@@ -17,6 +17,7 @@ import { DTYPE_BYTES } from '../types.js';
 import { arenaCount } from './arenas.js';
 import { type AttnGeometry, attendWgsl, attnGeometry, partialFloats } from './attention.js';
 import { DEFAULT_VARIANT, parseAttnVariant } from './attn-variant.js';
+import { BLOCK, type BulkGeometry, type BulkSetting, bulkDefault, bulkGeometry, bulkWgsl, parseBulkSetting } from './bulk.js';
 import { type Binding, type GBuf, GpuCore, type Kernel } from './core.js';
 import {
   ARGMAX,
@@ -42,7 +43,7 @@ import { findAdapter, type GpuDevice, openDevice, type WebGpuOptions } from './d
 import { jobsWgsl } from './jobs.js';
 import { mergeWgsl } from './merge.js';
 import { PageTables } from './pagetables.js';
-import { buildPlan, type GpuPlan } from './planbuf.js';
+import { type BulkPolicy, buildPlan, type GpuPlan } from './planbuf.js';
 import { WebGpuPagePool } from './pool.js';
 import { ITEM_WORDS, MERGE_WORDS } from './records.js';
 import { rotateWgsl } from './rotate.js';
@@ -119,6 +120,13 @@ export class WebGpuBackend implements Backend {
   private readonly kernels = new Map<string, Kernel>();
   /** Diagnostic only: an attention kernel variant (attn-variant.ts parseAttnVariant; scripts/gpu/attn-ablate.mjs). */
   attnVariant = '';
+  /**
+   * The bulk kernel (bulk.ts) for the quantized prefix of KIVI tasks, as parseBulkSetting reads it: ''
+   * (its defaults: on where it measured faster), '0' (off), 'on', or builds to time (`cw16,sb8`). From
+   * KIVI_WEBGPU_BULK in Node. Off while a diagnostic attnVariant of the general kernel runs.
+   */
+  bulk = typeof process !== 'undefined' ? (process.env?.KIVI_WEBGPU_BULK ?? '') : '';
+  private bulkParsed: { key: string | null; setting: BulkSetting } = { key: null, setting: parseBulkSetting('') };
   private readonly geometries = new Map<string, AttnGeometry>();
   private readonly dummies: GBuf[];
   /** Arena bindings per layer (cache pages). */
@@ -132,7 +140,7 @@ export class WebGpuBackend implements Backend {
   /** Caches' page lists on the GPU: a decode step sends the pages added, not every page's record. */
   readonly pageRuns = true;
   private readonly tables: PageTables;
-  private planOf: { plan: StepPlan | null; epoch: number; gp: GpuPlan | null } = { plan: null, epoch: -1, gp: null };
+  private planOf: { plan: StepPlan | null; epoch: number; gp: GpuPlan | null; bulk: string } = { plan: null, epoch: -1, gp: null, bulk: '' };
   private partials: GBuf | null = null;
   private ids: GBuf | null = null;
   /** The tensors of attention calls deferred to a layer's last sub-step (see attend). */
@@ -416,9 +424,10 @@ export class WebGpuBackend implements Backend {
    */
   private upload(plan: StepPlan, shape: AttnShape): GpuPlan {
     const c = this.planOf;
-    if (c.plan === plan && c.epoch === plan.epoch && c.gp) return c.gp;
+    const bulkKey = this.bulkKey();
+    if (c.plan === plan && c.epoch === plan.epoch && c.gp && c.bulk === bulkKey) return c.gp;
     // The GPU's pre jobs are rotations only (fake caches are refused here), run by rotateRows, not the job tables.
-    const gp = buildPlan(plan.nPre === 0 ? plan : withoutPreJobs(plan), shape, this.tables);
+    const gp = buildPlan(plan.nPre === 0 ? plan : withoutPreJobs(plan), shape, this.tables, this.bulkPolicy(shape));
     const tw = this.tables.top;
     if (!this.planBuf || gp.used > this.planWords || tw > this.tableWords) {
       const S = Math.max(gp.used, gp.used > this.planWords ? this.planWords * 2 : this.planWords, 1 << 14);
@@ -440,7 +449,36 @@ export class WebGpuBackend implements Backend {
     c.plan = plan;
     c.epoch = plan.epoch;
     c.gp = gp;
+    c.bulk = bulkKey;
     return gp;
+  }
+
+  /** The bulk setting in force ('0' while a diagnostic variant of the general kernel runs). */
+  private bulkKey(): string {
+    return this.attnVariant ? '0' : this.bulk;
+  }
+
+  /** The bulk setting in force, parsed once per text. */
+  private bulkSetting(): BulkSetting {
+    const key = this.bulkKey();
+    if (this.bulkParsed.key !== key) this.bulkParsed = { key, setting: parseBulkSetting(key) };
+    return this.bulkParsed.setting;
+  }
+
+  private bulkGeometry(shape: AttnShape, bits: number): BulkGeometry | null {
+    const o = this.bulkSetting();
+    return bulkGeometry(shape, bits, this.dev.device.limits.maxComputeWorkgroupStorageSize, o.cw, o.sb);
+  }
+
+  private bulkPolicy(shape: AttnShape): BulkPolicy | null {
+    const o = this.bulkSetting();
+    if (!(o.on ?? bulkDefault(shape.numHeads / shape.numKvHeads).on)) return null;
+    const g2 = this.bulkGeometry(shape, 2);
+    return {
+      cw: (bits) => this.bulkGeometry(shape, bits)?.cw ?? 0,
+      minTokens: o.min,
+      itemTokens: (g2?.lanes ?? 1) * BLOCK,
+    };
   }
 
   cacheJobs(plan: StepPlan, sub: number, phase: 'pre' | 'post', layer: number, qkv: Tensor, pool: PagePool): void {
@@ -503,9 +541,10 @@ export class WebGpuBackend implements Backend {
     const first = gp.subs[batch ? 0 : sub]!,
       last = gp.subs[sub]!;
     const nAttn = (last.attn - first.attn) / ITEM_WORDS + last.nAttn;
+    const nBulk = (last.bulk - first.bulk) / ITEM_WORDS + last.nBulk;
     const nMerge = (last.merge - first.merge) / MERGE_WORDS + last.nMerge;
     this.deferred = null;
-    if (nAttn === 0) return;
+    if (nAttn === 0 && nBulk === 0) return;
     const { numHeads: H, numKvHeads: KV } = shape;
     const partBytes = Math.max(16, gp.partials * partialFloats(shape) * 4);
     if (!this.partials || this.partials.size < partBytes) {
@@ -525,7 +564,17 @@ export class WebGpuBackend implements Backend {
       ...Array<'read'>(this.arenas).fill('read'),
     ]);
     const bind = [{ b: this.planBuf! }, { b: f32(qkv).g }, { b: f32(att).g }, { b: this.partials }, ...p.bindings(layer)];
-    this.core.dispatch(k, bind, nAttn, (u, _f, at) => u.set([first.attn, nAttn, gp.tasks], at));
+    if (nAttn > 0) this.core.dispatch(k, bind, nAttn, (u, _f, at) => u.set([first.attn, nAttn, gp.tasks], at));
+    if (nBulk > 0) {
+      // Every bulk item of a plan has one code width: a plan's tasks share the layer's cache spec.
+      const bits = gp.bulkBits;
+      const bg = this.bulkGeometry(shape, bits);
+      if (!bg) throw new Error(`webgpu: bulk items without a bulk kernel for ${bits} bits`);
+      const bo = this.bulkSetting();
+      const name = `bulk${na}-${bits}-${bg.cw}-sb${bg.sb}-u${bo.u}${bo.ex ? '' : '-noex'}${[...bo.skip].map((x) => `-${x}`).join('')}`;
+      const kb = this.shapeKernel(name, shape, () => bulkWgsl(shape, bg, na, bo), ['read', 'read', 'rw', 'rw', ...Array<'read'>(this.arenas).fill('read')]);
+      this.core.dispatch(kb, bind, nBulk, (u, _f, at) => u.set([first.bulk, nBulk, gp.tasks], at));
+    }
     if (nMerge > 0) {
       const m = this.shapeKernel('merge', shape, () => mergeWgsl(shape), ['read', 'read', 'rw']);
       // One merge workgroup per (item, query head).

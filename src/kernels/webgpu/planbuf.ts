@@ -68,6 +68,9 @@ function targetItems(): number {
 export interface SubLists {
   attn: number;
   nAttn: number;
+  /** Items of the bulk kernel (bulk.ts): runs of whole 32-token blocks in quantized key and value pages. */
+  bulk: number;
+  nBulk: number;
   merge: number;
   nMerge: number;
   pre: number;
@@ -85,6 +88,8 @@ export interface GpuPlan {
   subs: SubLists[];
   /** Partials (splits) of the whole plan. */
   partials: number;
+  /** Code width of the plan's bulk items (0: none). */
+  bulkBits: number;
   /** Words holding a page run's table offset within the table space (the uploader adds where that space starts). */
   runWords: number[];
 }
@@ -102,10 +107,27 @@ class Words {
 }
 
 const w = new Words();
+const bw = new Words();
 const runWords: number[] = [];
 
+/**
+ * Which tasks' quantized prefix goes to the bulk kernel: `cw(bits)` is the channels a bulk thread owns
+ * at that code width (0: no bulk kernel for it on this device), `minTokens` the shortest prefix worth a
+ * bulk item, `itemTokens` the fewest tokens a bulk item is given (a whole pass of its lanes).
+ */
+export interface BulkPolicy {
+  cw(bits: number): number;
+  minTokens: number;
+  itemTokens: number;
+}
+
+/** Tokens per bulk block (bulk.ts BLOCK). */
+const BULK_BLOCK = 32;
+/** Per task of the plan being built: tokens [0, n) that go to the bulk kernel. */
+let bulkTokens = new Uint32Array(64);
+
 /** Build the GPU tables of a plan (the returned words are valid until the next build). */
-export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables | null = null): GpuPlan {
+export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables | null = null, bulk: BulkPolicy | null = null): GpuPlan {
   const { numKvHeads: KV } = shape;
   const sg = plan.segs;
   w.n = 0;
@@ -146,6 +168,8 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
 
   // Tasks.
   const tasks = w.n;
+  let bulkBits = 0;
+  if (bulkTokens.length < plan.nTasks) bulkTokens = new Uint32Array(Math.max(plan.nTasks, bulkTokens.length * 2));
   w.ensure(plan.nTasks * GTASK_WORDS);
   const tk = plan.tasks;
   for (let i = 0; i < plan.nTasks; i++) {
@@ -176,18 +200,42 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
       kbits = b;
     }
     let vbits = 0,
-      vG = 0;
+      vG = 0,
+      // Quantized value tokens at the head of the task, and whether every page involved holds whole blocks.
+      vq = 0,
+      lead = true,
+      blocks = kb % BULK_BLOCK === 0;
     for (let s = v0; s < v0 + vn; s++) {
       const so = s * SEG_WORDS;
       const kind = sg[so + SEG_KIND]! & ~SEG_RUN;
       checkKind(kind, true);
-      if (kind !== SEG_KIVI_V) continue;
+      if (kind !== SEG_KIVI_V) {
+        lead = false;
+        continue;
+      }
       const G = sg[so + SEG_G]!,
         b = sg[so + SEG_BITS]!;
       if (vG && (G !== vG || b !== vbits)) throw new Error("webgpu: a task's KIVI value segments must share one spec");
       vG = G;
       vbits = b;
+      if (lead) {
+        vq += sg[so + SEG_N]!;
+        if (sg[so + SEG_CAP]! % BULK_BLOCK !== 0 || sg[so + SEG_T0]! % BULK_BLOCK !== 0) blocks = false;
+      }
     }
+    for (let s = k0; s < k0 + kn && blocks; s++) {
+      const so = s * SEG_WORDS;
+      if ((sg[so + SEG_KIND]! & ~SEG_RUN) === SEG_KIVI_K && (sg[so + SEG_CAP]! % BULK_BLOCK !== 0 || sg[so + SEG_T0]! % BULK_BLOCK !== 0)) blocks = false;
+    }
+    let nb = 0;
+    // One code width of bulk items a plan (one bulk dispatch): tasks of another width take the general kernel.
+    if (bulk && blocks && kbits === vbits && kG % BULK_BLOCK === 0 && (bulkBits === 0 || bulkBits === kbits)) {
+      const cw = bulk.cw(kbits);
+      if (cw > 0 && vG % cw === 0) nb = Math.floor(Math.min(kb, vq) / BULK_BLOCK) * BULK_BLOCK;
+      if (nb < bulk.minTokens) nb = 0;
+      if (nb > 0) bulkBits = kbits;
+    }
+    bulkTokens[i] = nb;
     const g = tasks + i * GTASK_WORDS;
     w.a[g] = tk[o + TASK_ROW]!;
     w.a[g + 1] = k0;
@@ -226,48 +274,82 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
   let total = 0;
   for (let i = 0; i < plan.nTasks; i++) total += tk[i * TASK_WORDS + TASK_TOKENS]! * KV;
   const split = Math.max(1, Math.ceil(total / TARGET_ITEMS / TILE)) * TILE;
+  const splitB = Math.max(split, bulk?.itemTokens ?? 0);
   const subs: SubLists[] = [];
   let partials = 0;
   const merges: number[] = [];
   const mergeAt: number[] = [];
+  const bulkAt: number[] = [];
+  bw.n = 0;
+  // One item of task i, kv head h over tokens [a, b) into list l, from segment cursors ks, vs.
+  const item = (l: Words, i: number, h: number, a: number, b: number, ks: number, vs: number, pidx: number): void => {
+    l.ensure(ITEM_WORDS);
+    const g = l.n;
+    l.a[g] = i;
+    l.a[g + 1] = h;
+    l.a[g + 2] = a;
+    l.a[g + 3] = b;
+    l.a[g + 4] = ks;
+    l.a[g + 5] = vs;
+    l.a[g + 6] = pidx;
+    l.a[g + 7] = 0;
+    l.n += ITEM_WORDS;
+  };
   for (let s = 0; s < plan.nSubs; s++) {
     const r = plan.sub(s);
     const t0 = r[0]!,
       nt = r[1]!;
     const attn = w.n;
     mergeAt.push(merges.length);
+    bulkAt.push(bw.n);
     for (let i = t0; i < t0 + nt; i++) {
       const o = i * TASK_WORDS;
       const T = tk[o + TASK_TOKENS]!;
-      const pieces = Math.ceil(T / split);
+      const nb = bulkTokens[i]!;
+      const bulkPieces = Math.ceil(nb / splitB);
+      const pieces = Math.ceil((T - nb) / split);
       const k0 = tk[o + TASK_K0]!,
         v0 = tk[o + TASK_V0]!;
       for (let h = 0; h < KV; h++) {
         let ks = k0,
           vs = v0;
         const p0 = partials;
-        for (let q = 0; q < pieces; q++) {
-          const a = q * split,
-            b = Math.min(T, a + split);
+        const seek = (a: number) => {
           while (a >= w.a[ks * GSEG_WORDS + 7]! + w.a[ks * GSEG_WORDS + 1]!) ks++;
           while (a >= w.a[vs * GSEG_WORDS + 7]! + w.a[vs * GSEG_WORDS + 1]!) vs++;
-          w.ensure(ITEM_WORDS);
-          const g = w.n;
-          w.a[g] = i;
-          w.a[g + 1] = h;
-          w.a[g + 2] = a;
-          w.a[g + 3] = b;
-          w.a[g + 4] = ks;
-          w.a[g + 5] = vs;
-          w.a[g + 6] = pieces === 1 ? NO_PARTIAL : partials++;
-          w.a[g + 7] = 0;
-          w.n += ITEM_WORDS;
+        };
+        for (let q = 0; q < bulkPieces; q++) {
+          const a = q * splitB;
+          seek(a);
+          item(bw, i, h, a, Math.min(nb, a + splitB), ks, vs, partials++);
         }
-        if (pieces > 1) merges.push(i, h, p0, pieces);
+        for (let q = 0; q < pieces; q++) {
+          const a = nb + q * split;
+          seek(a);
+          item(w, i, h, a, Math.min(T, a + split), ks, vs, pieces + bulkPieces === 1 ? NO_PARTIAL : partials++);
+        }
+        if (pieces + bulkPieces > 1) merges.push(i, h, p0, pieces + bulkPieces);
       }
     }
-    subs.push({ attn, nAttn: (w.n - attn) / ITEM_WORDS, merge: 0, nMerge: 0, pre: 0, nPre: 0, post: 0, nPost: 0 });
+    subs.push({
+      attn,
+      nAttn: (w.n - attn) / ITEM_WORDS,
+      bulk: 0,
+      nBulk: (bw.n - bulkAt[s]!) / ITEM_WORDS,
+      merge: 0,
+      nMerge: 0,
+      pre: 0,
+      nPre: 0,
+      post: 0,
+      nPost: 0,
+    });
   }
+  // The bulk items of every sub-step, contiguous in sub-step order like the general ones.
+  const bulk0 = w.n;
+  w.ensure(bw.n);
+  w.a.set(bw.a.subarray(0, bw.n), w.n);
+  w.n += bw.n;
+  for (let s = 0; s < plan.nSubs; s++) subs[s]!.bulk = bulk0 + bulkAt[s]!;
   const merge0 = w.n;
   w.ensure(merges.length);
   for (let k = 0; k < merges.length; k++) w.a[w.n++] = merges[k]!;
@@ -296,7 +378,7 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
     sub.post = items(r[4]!, r[5]!);
     sub.nPost = r[5]! * KV;
   }
-  return { words: w.a, used: w.n, tasks, preJobs, postJobs, subs, partials, runWords };
+  return { words: w.a, used: w.n, tasks, preJobs, postJobs, subs, partials, runWords, bulkBits };
 }
 
 function checkKind(kind: number, values: boolean): void {

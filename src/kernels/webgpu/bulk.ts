@@ -1,0 +1,459 @@
+/**
+ * WGSL of decode attention over the bulk of a KIVI cache: the tokens whose keys and values both lie in
+ * quantized pages (2 or 4 bits, one width for both), in blocks of 32 tokens. Everything else of a task
+ * (the residual, sink rows, the step's own rows, other specs) goes to the general kernel (attention.ts);
+ * both write partials that `merge` combines.
+ *
+ * Why a kernel of its own: in the general kernel a thread owns a token, so every one of a key row's codes
+ * is multiplied into query values read from workgroup memory (one load per four multiply-adds a head),
+ * and each key group's folded query passes through workgroup memory behind two barriers. Here a thread
+ * owns CW channels of a block of 32 tokens, for keys and for values alike:
+ *  - keys: it folds its channels of the query with the block's key scales in registers (the block lies
+ *    in one key group), then scores the block's tokens on its channels, 4 query heads' multiply-adds
+ *    for each code read, no workgroup memory in the loop; the NCH partial scores of a token are summed
+ *    through workgroup memory, SB tokens at a time (two barriers per SB tokens);
+ *  - softmax: a lane's threads keep one running maximum per query head for the blocks that lane owns, so
+ *    the maximum needs no workgroup-wide tree: each thread reads its block's scores once for the maximum
+ *    and once for the weights;
+ *  - values: the same CW channels of the same tokens, one code word, scale and minimum per token, the
+ *    weights from workgroup memory (one vec4 a token for 4 query heads).
+ * At the end the lanes' outputs are combined with their maxima (as the merge combines partials).
+ *
+ * Page layout (pool.ts, cache/kivi.ts): a key block of cap tokens holds rows of WPR words, then the
+ * groups' scales and minimums (D halves each, cap / kG groups); a value page of cap tokens holds rows,
+ * then each token's scales and minimums (D / vG halves). A block of 32 tokens lies within one key page
+ * and one value page because both caps are multiples of 32 and blocks start at multiples of 32.
+ */
+
+import { KiviError } from '../../util/errors.js';
+import type { AttnShape } from '../types.js';
+import { arenaDecls, arenaDirect, arenaSwitch, unswitched } from './arenas.js';
+import { magic, partialFloats } from './attention.js';
+import { GSEG_RUN_HEX, GSEG_WORDS, GTASK_WORDS, ITEM_WORDS, NO_PARTIAL } from './records.js';
+import { CONVERT, f32lit, GRID } from './wgsl.js';
+
+/** Threads per bulk workgroup. */
+export const BULK_WG = 128;
+/** Tokens per block: the unit of a lane's work, of page lookups and of key groups. */
+export const BLOCK = 32;
+
+export interface BulkGeometry {
+  /** Code width of keys and values. */
+  bits: number;
+  /** Channels a thread owns. */
+  cw: number;
+  /** Threads a token row is split over (D / cw). */
+  nch: number;
+  /** Lanes (blocks in flight) of a workgroup: BULK_WG / nch. */
+  lanes: number;
+  /** Tokens whose partial scores are summed per round trip through workgroup memory. */
+  sb: number;
+  /** Query heads per kv head. */
+  nq: number;
+  /** Per-head values in workgroup memory as vec4s of 4 heads (nq a multiple of 4), else one f32 a head. */
+  vec: boolean;
+}
+
+/**
+ * When the bulk kernel runs, and how it is built (KIVI_WEBGPU_BULK, parsed once by parseBulkSetting):
+ * `on` null for the default per shape (bulkDefault), channels a thread `cw` and tokens a round `sb`
+ * (0: the shape's default), the shortest quantized prefix worth a bulk item (`min` tokens), value tokens
+ * in flight a thread (`u`), weights exponentiated once a token (`ex`), parts left out (`skip`, diagnostic).
+ */
+export interface BulkSetting extends BulkOptions {
+  on: boolean | null;
+  cw: number;
+  sb: number;
+  min: number;
+}
+
+/**
+ * A setting from its text: '' (the defaults), '0' (off: the general kernel takes every token), 'on', or a
+ * comma list of cwN, sbN, minN, uN, ex, noex and -part (which imply on). One line naming a bad part.
+ */
+export function parseBulkSetting(text: string): BulkSetting {
+  const o: BulkSetting = { on: null, cw: 0, sb: 0, min: BLOCK, skip: new Set(), ex: BULK_DEFAULTS.ex, u: BULK_DEFAULTS.u };
+  const skip = new Set<string>();
+  for (const part of text.split(',').filter(Boolean)) {
+    if (part === '0') {
+      o.on = false;
+      continue;
+    }
+    o.on ??= true;
+    const m = /^(cw|sb|min|u)(\d+)$/.exec(part);
+    const n = Number(m?.[2]);
+    if (part === 'on') continue;
+    if (part === 'ex' || part === 'noex') o.ex = part === 'ex';
+    else if (part.startsWith('-') && (BULK_PARTS as readonly string[]).includes(part.slice(1))) skip.add(part.slice(1));
+    else if (m?.[1] === 'cw' && [4, 8, 16, 32].includes(n)) o.cw = n;
+    else if (m?.[1] === 'sb' && [1, 2, 4, 8, 16, 32].includes(n)) o.sb = n;
+    else if (m?.[1] === 'u' && [1, 2, 4, 8].includes(n)) o.u = n;
+    else if (m?.[1] === 'min') o.min = n;
+    else
+      throw new KiviError(`KIVI_WEBGPU_BULK: unknown part "${part}" (0, on, cwN of 4-32, sbN of 1-32, minN, uN of 1-8, ex, noex, -${BULK_PARTS.join(', -')})`);
+  }
+  o.skip = skip;
+  return o;
+}
+
+/**
+ * The bulk kernel's defaults for nq query heads a kv head, from H200 sweeps (docs/perf/webgpu-h200.md):
+ * at 1 (MHA) 16 channels a thread and rounds of 8 tokens ran 1.3× as fast as the general kernel; at 4 the
+ * best build (16 channels, rounds of 4) only matched it, so there the general kernel keeps every token.
+ */
+export function bulkDefault(nq: number): { on: boolean; cw: number; sb: number } {
+  return { on: nq === 1, cw: nq <= 4 ? 16 : 8, sb: nq === 1 ? 8 : 4 };
+}
+
+/**
+ * The bulk kernel's layout for a shape and code width, or null where it does not apply (the general
+ * kernel then takes every token): channels a thread `cw` and tokens a round at most `sbMax` (0: the
+ * shape's defaults).
+ */
+export function bulkGeometry(shape: AttnShape, bits: number, workgroupBytes: number, cw = 0, sbMax = 0): BulkGeometry | null {
+  const { numHeads: H, numKvHeads: KV, headDim: D } = shape;
+  if (bits !== 2 && bits !== 4) return null;
+  const nq = H / KV;
+  cw ||= bulkDefault(nq).cw;
+  sbMax ||= bulkDefault(nq).sb;
+  if (D % cw !== 0 || cw % 4 !== 0) return null;
+  const nch = D / cw;
+  if (nch > BULK_WG || BULK_WG % nch !== 0) return null;
+  const lanes = BULK_WG / nch;
+  // A round's partial scores in at most 32 registers (every query head of SB tokens); SB divides the block.
+  let sb = BLOCK;
+  while (sb > 1 && (sb * nq > 32 || sb > sbMax)) sb >>= 1;
+  const g: BulkGeometry = { bits, cw, nch, lanes, sb, nq, vec: nq % 4 === 0 };
+  return bulkBytes(g, D) <= workgroupBytes ? g : null;
+}
+
+/** Floats of `red`: a round's partials (a padded row of NCH + 1 entries a token, so the reducers' reads hit distinct banks), or the lanes' outputs. */
+function redFloats(g: BulkGeometry, D: number): number {
+  return Math.max(g.lanes * g.sb * (g.nch + 1) * g.nq, g.lanes * D);
+}
+
+function bulkBytes(g: BulkGeometry, D: number): number {
+  return (g.nq * D + redFloats(g, D) + g.lanes * BLOCK * g.nq + 2 * g.lanes * g.nq) * 4;
+}
+
+/** Parts a diagnostic build leaves out (KIVI_WEBGPU_BULK `-keys` …; results are then wrong, only the time counts). */
+export const BULK_PARTS = ['keys', 'red', 'max', 'values', 'vload'] as const;
+
+/** Build options: parts left out (diagnostic), value tokens in flight a thread, weights exponentiated once a token (ex) or by every thread (no ex). */
+export interface BulkOptions {
+  skip: ReadonlySet<string>;
+  u: number;
+  ex: boolean;
+}
+export const BULK_DEFAULTS: BulkOptions = { skip: new Set(), u: 8, ex: true };
+
+export function bulkWgsl(shape: AttnShape, g: BulkGeometry, na: number, opts: BulkOptions = BULK_DEFAULTS): string {
+  const skip = opts.skip;
+  const off = (part: string) => (skip.has(part) ? 'false && ' : '');
+  const { numHeads: H, numKvHeads: KV, headDim: D } = shape;
+  const { bits, cw: CW, nch: NCH, lanes: LANES, sb: SB, nq: NQ, vec: VEC } = g;
+  const QKVD = (H + 2 * KV) * D;
+  const PS = partialFloats(shape) / NQ;
+  const WPR = (D * bits) / 32;
+  const CPW = 32 / bits;
+  // The words of a thread's CW channels in a row, and whether its codes start inside a word (shift csh).
+  const NW = Math.max(1, CW / CPW);
+  const partial = CW < CPW;
+  const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+  const J = (f: (j: number) => string, sep = '\n') => range(NQ).map(f).join(sep);
+  const C = (f: (c: number) => string, sep = '\n') => range(CW).map(f).join(sep);
+  // Per-head values of entry `i` of a workgroup array: NE elements an entry (vec4s of 4 heads, or f32s).
+  const NE = VEC ? NQ / 4 : NQ;
+  const ET = VEC ? 'vec4<f32>' : 'f32';
+  const put = (arr: string, i: string, v: (j: number) => string, ind: string) =>
+    range(NE)
+      .map(
+        (e) =>
+          `${ind}${arr}[(${i}) * ${NE}u + ${e}u] = ${
+            VEC
+              ? `vec4<f32>(${range(4)
+                  .map((x) => v(4 * e + x))
+                  .join(', ')})`
+              : v(e)
+          };`,
+      )
+      .join('\n');
+  const get = (name: string, arr: string, i: string, ind: string) =>
+    range(NE)
+      .map((e) => `${ind}let ${name}_${e} = ${arr}[(${i}) * ${NE}u + ${e}u];`)
+      .join('\n');
+  const head = (name: string, j: number) => (VEC ? `${name}_${j >> 2}.${'xyzw'[j & 3]}` : `${name}_${j}`);
+  // Code c of this thread's channels in a row whose words are x_0, x_1, …: the float 1 + code·2^-b.
+  const code = (x: string, c: number) => magic(`${x}_${Math.floor(c / CPW)}`, bits, c % CPW);
+  const words = (x: string, at: (wi: number) => string) =>
+    range(NW)
+      .map((wi) => `      let ${x}_${wi} = ldw(sl, ${at(wi)})${partial ? ' >> csh' : ''};`)
+      .join('\n');
+
+  // Scores of SB tokens of the block on this thread's channels, into red (the tokens' words loaded first).
+  const keyRound = `      let sl = kslot;
+${range(SB)
+  .map((x) => words(`k${x}`, (wi) => `krow + (r + ${x}u) * ${WPR}u + cw0 + ${wi}u`))
+  .join('\n')}
+${range(SB)
+  .map(
+    (x) => `      {
+${C((c) => `        let v${c} = ${code(`k${x}`, c)};`)}
+${J((j) => `        var S${j} = 0.0;\n${C((c) => `        S${j} = fma(qs${j}_${c}, v${c}, S${j});`)}`)}
+${put('red', `(l * ${SB}u + ${x}u) * ${NCH + 1}u + k`, (j) => `fma(KMUL, S${j}, K${j})`, '        ')}
+      }`,
+  )
+  .join('\n')}`;
+
+  // The value rows of U tokens of the block: code words, scale and minimum halves loaded first.
+  const U = opts.u;
+  const EX = opts.ex;
+  const valueRound = `      let sl = vslot;
+${range(U)
+  .map(
+    (x) => `${words(`w${x}`, (wi) => `vrow + (r + ${x}u) * ${WPR}u + cw0 + ${wi}u`)}
+      let hs${x} = vsc + (r + ${x}u) * vgn;
+      let hm${x} = hs${x} + vcap * vgn;
+      let sw${x} = ldw(sl, hs${x} >> 1u);
+      let mw${x} = ldw(sl, hm${x} >> 1u);`,
+  )
+  .join('\n')}
+${range(U)
+  .map(
+    (x) => `      {
+        let su = unpack2x16float(sw${x});
+        let mu = unpack2x16float(mw${x});
+        let sv = select(su.x, su.y, (hs${x} & 1u) != 0u);
+        let mv = select(mu.x, mu.y, (hm${x} & 1u) != 0u);
+${get('s', 'sc', `l * ${BLOCK}u + r + ${x}u`, '        ')}
+${C((c) => `        let m${c} = ${code(`w${x}`, c)};`)}
+${J(
+  (j) => `        {
+          let p = ${EX ? head('s', j) : `exp(${head('s', j)} - M${j})`};
+          L${j} += p;
+          let ws = p * sv;
+          W${j} += ws;
+          B${j} = fma(p, mv, B${j});
+${C((c) => `          a${j}_${c} = fma(ws, m${c}, a${j}_${c});`)}
+        }`,
+)}
+      }`,
+  )
+  .join('\n')}`;
+
+  return /* wgsl */ `
+const D = ${D}u;
+const NQ = ${NQ}u;
+const QKVD = ${QKVD}u;
+const KMUL = ${f32lit(2 ** bits)};
+const VMUL = ${f32lit(2 ** bits)};
+const SCALE = ${f32lit(1 / Math.sqrt(D))};
+struct P { items: u32, n: u32, tasks: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> plan: array<u32>;
+@group(0) @binding(2) var<storage, read> qkv: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> att: array<f32>;
+@group(0) @binding(4) var<storage, read_write> part: array<f32>;
+${arenaDecls('vec4<u32>', 'read', 5, na)}
+${CONVERT}
+${GRID}
+// The query; partial scores of SB tokens a lane (channel threads side by side), and at the end the lanes'
+// outputs; each lane's block of scores; each lane's maxima and sums.
+var<workgroup> qsh: array<f32, ${NQ * D}>;
+var<workgroup> red: array<${ET}, ${redFloats(g, D) / (VEC ? 4 : 1)}>;
+var<workgroup> sc: array<${ET}, ${(LANES * BLOCK * NQ) / (VEC ? 4 : 1)}>;
+var<workgroup> lm: array<f32, ${LANES * NQ}>;
+var<workgroup> ls: array<f32, ${LANES * NQ}>;
+
+${arenaSwitch(na, 'ld4(s: u32, i: u32) -> vec4<u32>', (a) => `return ${a}[i];`)}
+fn pick(v: vec4<u32>, k: u32) -> u32 { return select(select(v.x, v.y, k == 1u), select(v.z, v.w, k == 3u), k >= 2u); }
+fn ldw(s: u32, i: u32) -> u32 { return pick(ld4(s, i >> 2u), i & 3u); }
+${na > 1 ? arenaDirect(na) : ''}
+fn qf(i: u32) -> f32 { return qkv[i >> 2u][i & 3u]; }
+fn sw(s: u32, k: u32) -> u32 { return plan[s * ${GSEG_WORDS}u + k]; }
+fn seg_end(s: u32) -> u32 { return sw(s, 7u) + sw(s, 1u); }
+// Where token t (of the task) of segment s lives: (arena slot, first word of its page, its slot in the page).
+fn seg_at(s: u32, t: u32) -> vec3<u32> {
+  let info = sw(s, 0u);
+  let r = sw(s, 3u) + t - sw(s, 7u);
+  if ((info & ${GSEG_RUN_HEX}u) == 0u) { return vec3<u32>(info >> 16u, sw(s, 2u), r); }
+  let cap = sw(s, 4u);
+  let pi = r / cap;
+  let pg = plan[sw(s, 2u) + pi];
+  return vec3<u32>(pg >> 27u, (pg & 0x7ffffffu) * 4u, r - pi * cap);
+}
+
+@compute @workgroup_size(${BULK_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let it = wg_index(wid, nw);
+  if (it >= p.n) { return; }
+  let ib = p.items + it * ${ITEM_WORDS}u;
+  let task = plan[ib];
+  let h = plan[ib + 1u];
+  let ta = plan[ib + 2u];
+  let tb = plan[ib + 3u];
+  var kseg = plan[ib + 4u];
+  var vseg = plan[ib + 5u];
+  let pidx = plan[ib + 6u];
+  let tk = p.tasks + task * ${GTASK_WORDS}u;
+  let qrow = plan[tk];
+  let kG = sw(plan[tk + 1u], 5u);
+  let vG = max(plan[tk + 7u] >> 8u, 1u);
+  let vgn = D / vG;
+  for (var i = li; i < NQ * D; i += ${BULK_WG}u) { qsh[i] = qf(qrow * QKVD + h * NQ * D + i); }
+  let l = li / ${NCH}u;
+  let k = li % ${NCH}u;
+  let c0 = k * ${CW}u;
+  let cw0 = c0 / ${CPW}u;
+  let csh = (c0 % ${CPW}u) * ${bits}u;
+  let gq = c0 / vG;
+${J((j) => `  var M${j} = neg_inf();\n  var L${j} = 0.0;\n  var W${j} = 0.0;\n  var B${j} = 0.0;\n${C((c) => `  var a${j}_${c} = 0.0;`)}`)}
+  workgroupBarrier();
+  let nb = (tb - ta) / ${BLOCK}u;
+  for (var ps = 0u; ps < nb; ps += ${LANES}u) {
+    let live = ps + l < nb;
+    let t0 = ta + (ps + l) * ${BLOCK}u;
+    // ---- the block's pages, and this thread's channels of the query folded with its key group's scales ----
+    var kslot = 0u;
+    var krow = 0u;
+    var vslot = 0u;
+    var vrow = 0u;
+    var vsc = 0u;
+    var vcap = 0u;
+${J((j) => `    var K${j} = 0.0;\n${C((c) => `    var qs${j}_${c} = 0.0;`)}`)}
+    if (live) {
+      loop { if (t0 < seg_end(kseg)) { break; } kseg += 1u; }
+      loop { if (t0 < seg_end(vseg)) { break; } vseg += 1u; }
+      let kp = seg_at(kseg, t0);
+      let kcap = sw(kseg, 4u);
+      let kbase = kp.y + h * sw(kseg, 6u);
+      kslot = kp.x;
+      krow = kbase + kp.z * ${WPR}u;
+      let hs = (kbase + kcap * ${WPR}u) * 2u + (kp.z / kG) * D + c0;
+      let hm = hs + (kcap / kG) * D;
+${range(CW / 2)
+  .map(
+    (i) => `      let ks${i} = unpack2x16float(ldw(kslot, (hs >> 1u) + ${i}u));
+      let km${i} = unpack2x16float(ldw(kslot, (hm >> 1u) + ${i}u));`,
+  )
+  .join('\n')}
+${J((j) => {
+  let s = `      {\n        var qsum = 0.0;\n        var qm = 0.0;\n`;
+  for (let c = 0; c < CW; c++) {
+    const e = c % 2 === 0 ? 'x' : 'y';
+    s += `        { let q = qsh[${j * D}u + c0 + ${c}u]; qs${j}_${c} = q * ks${c >> 1}.${e}; qsum += qs${j}_${c}; qm = fma(q, km${c >> 1}.${e}, qm); }\n`;
+  }
+  return `${s}        K${j} = qm - KMUL * qsum;\n      }`;
+})}
+      let vp = seg_at(vseg, t0);
+      let vbase = vp.y + h * sw(vseg, 6u);
+      vslot = vp.x;
+      vcap = sw(vseg, 4u);
+      vrow = vbase + vp.z * ${WPR}u;
+      vsc = (vbase + vcap * ${WPR}u) * 2u + vp.z * vgn + gq;
+    }
+    // ---- keys: SB tokens at a time, partial scores summed across the lane's channel threads ----
+    for (var r = 0u; r < ${BLOCK}u; r += ${SB}u) {
+      if (${off('keys')}live) {
+        let us = kslot;
+${unswitched(na, keyRound)}
+      }
+      workgroupBarrier();
+      for (var x = k; ${off('red')}live && x < ${SB}u; x += ${NCH}u) {
+${range(NE)
+  .map(
+    (e) => `        var t${e} = red[((l * ${SB}u + x) * ${NCH + 1}u) * ${NE}u + ${e}u];
+        for (var kk = 1u; kk < ${NCH}u; kk++) { t${e} += red[((l * ${SB}u + x) * ${NCH + 1}u + kk) * ${NE}u + ${e}u]; }
+        sc[(l * ${BLOCK}u + r + x) * ${NE}u + ${e}u] = t${e} * SCALE;`,
+  )
+  .join('\n')}
+      }
+      workgroupBarrier();
+    }
+    // ---- the lane's running maximum (each of its threads alike) ----
+    if (live) {
+${get('b', 'sc', `l * ${BLOCK}u`, '      ').replaceAll('let ', 'var ')}
+      for (var r = 1u; ${off('max')}r < ${BLOCK}u; r++) {
+${range(NE)
+  .map((e) => `        b_${e} = max(b_${e}, sc[(l * ${BLOCK}u + r) * ${NE}u + ${e}u]);`)
+  .join('\n')}
+      }
+${J(
+  (j) => `      {
+        let mn = max(M${j}, ${head('b', j)});
+        if (mn > M${j}) {
+          let al = exp(M${j} - mn);
+          L${j} *= al;
+          W${j} *= al;
+          B${j} *= al;
+${C((c) => `          a${j}_${c} *= al;`)}
+          M${j} = mn;
+        }
+      }`,
+)}
+    }
+${
+  EX
+    ? `    // ---- the weights exp(s − M), once a token: thread k of the lane takes tokens k, k + NCH, … ----
+    workgroupBarrier();
+    for (var x = k; live && x < ${BLOCK}u; x += ${NCH}u) {
+${get('s', 'sc', `l * ${BLOCK}u + x`, '      ')}
+${put('sc', `l * ${BLOCK}u + x`, (j) => `exp(${head('s', j)} - M${j})`, '      ')}
+    }
+    workgroupBarrier();`
+    : ''
+}
+    // ---- the values, weighted on their codes ----
+    if (live) {
+      let us = vslot;
+      for (var r = 0u; ${off('values')}r < ${BLOCK}u; r += ${U}u) {
+${unswitched(na, skip.has('vload') ? valueRound.replace(/ldw\(sl, ([^;]*)\);/g, '($1);') : valueRound)}
+      }
+    }
+  }
+  // ---- the lanes combined (their maxima differ): this item's output, or its partial ----
+  if (k == 0u) {
+${J((j) => `    lm[l * NQ + ${j}u] = M${j};\n    ls[l * NQ + ${j}u] = L${j};`)}
+  }
+  workgroupBarrier();
+${J(
+  (j) => `  {
+    var mg = lm[${j}u];
+    for (var ll = 1u; ll < ${LANES}u; ll++) { mg = max(mg, lm[ll * NQ + ${j}u]); }
+    let f = exp(M${j} - mg);
+${
+  VEC
+    ? range(CW / 4)
+        .map(
+          (c4) =>
+            `    red[(l * D + c0) / 4u + ${c4}u] = f * vec4<f32>(${range(4)
+              .map((e) => `VMUL * (a${j}_${c4 * 4 + e} - W${j}) + B${j}`)
+              .join(', ')});`,
+        )
+        .join('\n')
+    : C((c) => `    red[l * D + c0 + ${c}u] = f * (VMUL * (a${j}_${c} - W${j}) + B${j});`)
+}
+    workgroupBarrier();
+    for (var c = li; c < D; c += ${BULK_WG}u) {
+      var o = 0.0;
+      var sum = 0.0;
+      for (var ll = 0u; ll < ${LANES}u; ll++) {
+        o += ${VEC ? 'red[(ll * D + c) / 4u][c % 4u]' : 'red[ll * D + c]'};
+        sum += ls[ll * NQ + ${j}u] * exp(lm[ll * NQ + ${j}u] - mg);
+      }
+      if (pidx == ${NO_PARTIAL}u) {
+        att[qrow * ${H * D}u + (h * NQ + ${j}u) * D + c] = o / sum;
+      } else {
+        let pb = pidx * ${NQ * PS}u + ${j * PS}u;
+        part[pb + 4u + c] = o;
+        if (c == 0u) {
+          part[pb] = mg;
+          part[pb + 1u] = sum;
+        }
+      }
+    }
+    workgroupBarrier();
+  }`,
+)}
+}`;
+}

@@ -12,6 +12,7 @@ import { createCache, parseKvSpec } from '../src/cache/spec.js';
 import { CacheStepper } from '../src/cache/step.js';
 import { TsBackend } from '../src/kernels/ts/backend.js';
 import { attendWgsl, attnGeometry } from '../src/kernels/webgpu/attention.js';
+import { bulkGeometry, bulkWgsl } from '../src/kernels/webgpu/bulk.js';
 import { parseAttnVariant } from '../src/kernels/webgpu/attn-variant.js';
 import type { WebGpuBackend } from '../src/kernels/webgpu/backend.js';
 import type { WebGpuOptions } from '../src/kernels/webgpu/device.js';
@@ -484,6 +485,22 @@ if (!reportMissing('kernels-webgpu: long attention')) {
           assert.ok(direct >= 10, `${na} arenas: ${direct} direct loads from arena ${k}`);
         }
         if (na === 1) assert.ok(!code.includes('ld4_0(') && !code.includes('mixed'), 'one arena: no per-tile switch');
+        // The bulk kernel: every load of pages (key scales, key codes, value codes and scales) goes to the
+        // block's arena directly; none through the per-load switch.
+        for (const bits of [2, 4]) {
+          const bg = bulkGeometry(shape, bits, dev.limits.maxComputeWorkgroupStorageSize);
+          assert.ok(bg, `a bulk layout for ${bits} bits`);
+          const bulk = bulkWgsl(shape, bg, na);
+          const berrors = (await dev.createShaderModule({ code: bulk }).getCompilationInfo()).messages.filter((m) => m.type === 'error');
+          assert.deepEqual(
+            berrors.map((m) => `${m.lineNum}: ${m.message}`),
+            [],
+            `bulk, ${bits} bits, ${na} arena(s)`,
+          );
+          // (The switch's default case, a slot past the bound arenas, keeps the per-load switch: `sl`.)
+          if (na > 1) assert.equal(/ld(w|4)\((kslot|vslot|us), /.test(bulk.split('fn main')[1]!), false, `bulk, ${na} arenas: no switched load in the kernel`);
+          if (na > 1) assert.ok(bulk.split(`ldw_${na - 1}(`).length - 1 >= 10, `bulk, ${na} arenas: direct loads from arena ${na - 1}`);
+        }
       }
     }
   });

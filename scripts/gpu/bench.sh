@@ -41,7 +41,7 @@ case $PHASE in
     HEADS=32 KV=32 T=5000 SPECS=kivi2,kivi4,fp16 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-bulk.txt"
     BIND=1048576 ARENAS=4 T=9000 SPECS=kivi2,kivi4 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-bulk.txt"
     for b in on 0 cw8; do
-      export KIVI_WEBGPU_BULK=${b/on/}
+      export KIVI_WEBGPU_BULK=$b
       run 150 attention-bulk-$b-1m bench attention --backend webgpu --heads 8 --kv-heads 2 --kv fp16,kivi2,kivi4 --context 65536,1048576
     done
     unset KIVI_WEBGPU_BULK
@@ -55,14 +55,15 @@ case $PHASE in
     SPECS=kivi2 HEADS=32 KV=32 T=262144 BULKS="0|cw16,u8,sb8|cw16,u4,sb8|cw16,u8,sb8,noex|cw32,u8,sb8|cw32,u8,sb4|cw32,u8,sb16|cw32,u4,sb8|0" timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/bulk-parts-mha-256k.txt"
     ;;
   bulk-mha)
-    # The same at 32 kv heads (262K tokens), then 4M tokens at 4:1, with the bulk kernel and without.
-    for b in on 0; do
-      export KIVI_WEBGPU_BULK=${b/on/}
+    # One decode step's attention at 32 kv heads (64K and 262K tokens) with the bulk kernel (its default
+    # there) and without it (KIVI_WEBGPU_BULK=0).
+    for b in on 0 on-2 0-2; do
+      export KIVI_WEBGPU_BULK=${b%-2}
       run 150 attention-bulk-$b-mha $A_MHA --context 65536,262144
     done
-    for b in on 0; do
-      export KIVI_WEBGPU_BULK=${b/on/}
-      run 150 attention-bulk-$b-4m bench attention --backend webgpu --heads 8 --kv-heads 2 --kv fp16,kivi2 --context 4194304
+    # The kernel alone with the three specs' caches in one pool (as in the bench) and each alone.
+    for keep in 1 0; do
+      KEEP=$keep SPECS=fp16,kivi2,kivi4 HEADS=32 KV=32 T=262144 BULKS="0|on|0|on" timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/bulk-keep$keep-mha-256k.txt"
     done
     unset KIVI_WEBGPU_BULK
     ;;

@@ -331,12 +331,18 @@ ${J((j) => `    var K${j} = 0.0;\n${C((c) => `    var qs${j}_${c} = 0.0;`)}`)}
       krow = kbase + kp.z * ${WPR}u;
       let hs = (kbase + kcap * ${WPR}u) * 2u + (kp.z / kG) * D + c0;
       let hm = hs + (kcap / kG) * D;
+      // The block's key scales and minimums of this thread's channels, loads from the block's arena
+      // directly (behind a per-load switch over arenas, loads are not issued together).
 ${range(CW / 2)
-  .map(
-    (i) => `      let ks${i} = unpack2x16float(ldw(kslot, (hs >> 1u) + ${i}u));
-      let km${i} = unpack2x16float(ldw(kslot, (hm >> 1u) + ${i}u));`,
-  )
+  .map((i) => `      var ks${i} = vec2<f32>();\n      var km${i} = vec2<f32>();`)
   .join('\n')}
+      let us = kslot;
+${unswitched(
+  na,
+  `      let sl = kslot;\n${range(CW / 2)
+    .map((i) => `      ks${i} = unpack2x16float(ldw(sl, (hs >> 1u) + ${i}u));\n      km${i} = unpack2x16float(ldw(sl, (hm >> 1u) + ${i}u));`)
+    .join('\n')}\n`,
+)}
 ${J((j) => {
   let s = `      {\n        var qsum = 0.0;\n        var qm = 0.0;\n`;
   for (let c = 0; c < CW; c++) {

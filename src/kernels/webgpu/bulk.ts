@@ -9,14 +9,15 @@
  * and each key group's folded query passes through workgroup memory behind two barriers. Here a thread
  * owns CW channels of a block of 32 tokens, for keys and for values alike:
  *  - keys: it folds its channels of the query with the block's key scales in registers (the block lies
- *    in one key group), then scores the block's tokens on its channels, 4 query heads' multiply-adds
+ *    in one key group), then scores the block's tokens on its channels, every query head's multiply-add
  *    for each code read, no workgroup memory in the loop; the NCH partial scores of a token are summed
  *    through workgroup memory, SB tokens at a time (two barriers per SB tokens);
  *  - softmax: a lane's threads keep one running maximum per query head for the blocks that lane owns, so
- *    the maximum needs no workgroup-wide tree: each thread reads its block's scores once for the maximum
- *    and once for the weights;
- *  - values: the same CW channels of the same tokens, one code word, scale and minimum per token, the
- *    weights from workgroup memory (one vec4 a token for 4 query heads).
+ *    the maximum needs no workgroup-wide tree (each thread reads its block's scores for it), and one
+ *    thread of the lane turns each token's score into its weight exp(s − M);
+ *  - values: the same CW channels of the same tokens, U tokens' code words, scales and minimums loaded
+ *    before their arithmetic, the weights from workgroup memory (one vec4 a token for 4 query heads).
+ * Where it runs by default, and what the H200 measured of its builds: bulkDefault, docs/perf/webgpu-h200.md.
  * At the end the lanes' outputs are combined with their maxima (as the merge combines partials).
  *
  * Page layout (pool.ts, cache/kivi.ts): a key block of cap tokens holds rows of WPR words, then the

@@ -321,7 +321,7 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
         for (let q = 0; q < bulkPieces; q++) {
           const a = q * splitB;
           seek(a);
-          item(bw, i, h, a, Math.min(nb, a + splitB), ks, vs, partials++);
+          item(bw, i, h, a, Math.min(nb, a + splitB), ks, vs, pieces + bulkPieces === 1 ? NO_PARTIAL : partials++);
         }
         for (let q = 0; q < pieces; q++) {
           const a = nb + q * split;

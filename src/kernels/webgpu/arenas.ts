@@ -68,3 +68,12 @@ export function unswitched(na: number, block: string): string {
   for (let k = 0; k < na; k++) cases += `case ${k}u: {\n${block.replace(/\b(ld4|ldw|ldh)\(sl\w*, /g, `$1_${k}(`)}}\n`;
   return `switch us {\n${cases}default: {\n${block}}\n}\n`;
 }
+
+/**
+ * WGSL: a word of a vec4 by selects (indexing a vector value at run time makes some compilers copy it to
+ * memory), and a word of an arena through ld4 (which the kernel defines: arenaSwitch or arenaSelect).
+ */
+export const LDW = /* wgsl */ `
+fn pick(v: vec4<u32>, k: u32) -> u32 { return select(select(v.x, v.y, k == 1u), select(v.z, v.w, k == 3u), k >= 2u); }
+fn ldw(s: u32, i: u32) -> u32 { return pick(ld4(s, i >> 2u), i & 3u); }
+`;

@@ -27,9 +27,9 @@
  */
 import { SEG_F16, SEG_F32, SEG_KIVI_V, SEG_ROWS } from '../layout.js';
 import type { AttnShape } from '../types.js';
-import { arenaDecls, arenaDirect, arenaSelect, arenaSwitch, unswitched } from './arenas.js';
+import { arenaDecls, arenaDirect, arenaSelect, arenaSwitch, LDW, unswitched } from './arenas.js';
 import { type AttnVariant, DEFAULT_VARIANT } from './attn-variant.js';
-import { GSEG_RUN_HEX, GSEG_WORDS, GTASK_WORDS, ITEM_WORDS, NO_PARTIAL } from './records.js';
+import { ITEM_PROLOGUE, NO_PARTIAL, SEG_READERS } from './records.js';
 import { CONVERT, f32lit, GRID } from './wgsl.js';
 
 /** Threads per attention workgroup = tokens per tile (KIVI_WEBGPU_TILE, Node: 64 or 256 to time others). */
@@ -404,41 +404,13 @@ var<workgroup> vsm: array<u32, ${TILE * STAGE_META}>;`
 ${na > 1 ? '// a + 1 while tile a loads from more than one arena.\nvar<workgroup> mixed: u32;' : ''}
 
 ${variant.sel && na > 1 ? arenaSelect(na) : arenaSwitch(na, 'ld4(s: u32, i: u32) -> vec4<u32>', (a) => `return ${a}[i];`)}
-${na > 1 ? arenaDirect(na) : ''}
-// A word of a vec4 by selects (indexing a vector value at run time makes some compilers copy it to memory).
-fn pick(v: vec4<u32>, k: u32) -> u32 { return select(select(v.x, v.y, k == 1u), select(v.z, v.w, k == 3u), k >= 2u); }
-fn ldw(s: u32, i: u32) -> u32 { return pick(ld4(s, i >> 2u), i & 3u); }
+${na > 1 ? arenaDirect(na) : ''}${LDW}
 fn ldh(s: u32, hi: u32) -> f32 { return f16_to_f32(half_of(ldw(s, hi >> 1u), hi)); }
 fn qf(i: u32) -> f32 { return qkv[i >> 2u][i & 3u]; }
-fn sw(s: u32, k: u32) -> u32 { return plan[s * ${GSEG_WORDS}u + k]; }
-fn seg_end(s: u32) -> u32 { return sw(s, 7u) + sw(s, 1u); }
-// Where token t (of the task) of segment s lives: (arena slot, first word of its page, its slot in the
-// page). A page run (pagetables.ts) looks its page up in the run's table, kept in the plan buffer.
-fn seg_at(s: u32, t: u32) -> vec3<u32> {
-  let info = sw(s, 0u);
-  let r = sw(s, 3u) + t - sw(s, 7u);
-  if ((info & ${GSEG_RUN_HEX}u) == 0u) { return vec3<u32>(info >> 16u, sw(s, 2u), r); }
-  let cap = sw(s, 4u);
-  let pi = r / cap;
-  let pg = plan[sw(s, 2u) + pi];
-  return vec3<u32>(pg >> 27u, (pg & 0x7ffffffu) * 4u, r - pi * cap);
-}
-
+${SEG_READERS}
 @compute @workgroup_size(${TILE})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let it = wg_index(wid, nw);
-  if (it >= p.n) { return; }
-  let ib = p.items + it * ${ITEM_WORDS}u;
-  let task = plan[ib];
-  let h = plan[ib + 1u];
-  let ta = plan[ib + 2u];
-  let tb = plan[ib + 3u];
-  var kseg = plan[ib + 4u];
-  var vseg = plan[ib + 5u];
-  let pidx = plan[ib + 6u];
-  let tk = p.tasks + task * ${GTASK_WORDS}u;
-  let qrow = plan[tk];
-  let kb = plan[tk + 6u];
+${ITEM_PROLOGUE}  let kb = plan[tk + 6u];
   let vinfo = plan[tk + 7u];
   let vbits = vinfo & 0xffu;
   let vG = max(vinfo >> 8u, 1u);

@@ -18,3 +18,40 @@ export const NO_PARTIAL = 0xffffffff;
 
 /** GSEG_RUN (planbuf.ts) in WGSL. */
 export const GSEG_RUN_HEX = '0x80000000';
+
+/**
+ * WGSL reading the plan buffer `plan` (a u32 storage array): a segment record's word k (sw), the task token
+ * where it ends, and where its token t lives (seg_at: arena slot, first word of its page, its slot in the
+ * page; a page run, pagetables.ts, looks its page up in the run's table, kept in the plan buffer).
+ */
+export const SEG_READERS = /* wgsl */ `
+fn sw(s: u32, k: u32) -> u32 { return plan[s * ${GSEG_WORDS}u + k]; }
+fn seg_end(s: u32) -> u32 { return sw(s, 7u) + sw(s, 1u); }
+fn seg_at(s: u32, t: u32) -> vec3<u32> {
+  let info = sw(s, 0u);
+  let r = sw(s, 3u) + t - sw(s, 7u);
+  if ((info & ${GSEG_RUN_HEX}u) == 0u) { return vec3<u32>(info >> 16u, sw(s, 2u), r); }
+  let cap = sw(s, 4u);
+  let pi = r / cap;
+  let pg = plan[sw(s, 2u) + pi];
+  return vec3<u32>(pg >> 27u, (pg & 0x7ffffffu) * 4u, r - pi * cap);
+}
+`;
+
+/**
+ * WGSL opening an attention kernel's main: the work item of this workgroup (`it` of p.n, at p.items) and
+ * its words, the task's record (tk) and its query row.
+ */
+export const ITEM_PROLOGUE = /* wgsl */ `  let it = wg_index(wid, nw);
+  if (it >= p.n) { return; }
+  let ib = p.items + it * ${ITEM_WORDS}u;
+  let task = plan[ib];
+  let h = plan[ib + 1u];
+  let ta = plan[ib + 2u];
+  let tb = plan[ib + 3u];
+  var kseg = plan[ib + 4u];
+  var vseg = plan[ib + 5u];
+  let pidx = plan[ib + 6u];
+  let tk = p.tasks + task * ${GTASK_WORDS}u;
+  let qrow = plan[tk];
+`;

@@ -35,8 +35,9 @@ A_MHA="bench attention --backend webgpu --heads 32 --kv-heads 32 --kv fp16,kivi2
 case $PHASE in
   bulk)
     # The bulk kernel (bulk.ts: the quantized prefix of KIVI tasks) against the reference on this GPU (4:1,
-    # MHA, pages over several arenas), then one decode step's attention with it (the default), without it
-    # (KIVI_WEBGPU_BULK=0: every token by the general kernel) and with 8 channels a thread, in one call.
+    # MHA, pages over several arenas), then one decode step's attention at 4:1 with it (forced on: its
+    # default there is off), without it (KIVI_WEBGPU_BULK=0: every token by the general kernel) and with 8
+    # channels a thread, in one call.
     T=9000 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee "$OUT/attn-check-bulk.txt"
     HEADS=32 KV=32 T=5000 SPECS=kivi2,kivi4,fp16 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-bulk.txt"
     BIND=1048576 ARENAS=4 T=9000 SPECS=kivi2,kivi4 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-bulk.txt"

@@ -38,10 +38,10 @@ if command -v gcc >/dev/null && [ -f /usr/include/vulkan/vulkan.h ] && command -
     set -- $cfg
     node scripts/gpu/spirv-dump.mjs "$out/spv/$1.spv" attend "$2" "$3" "$4" ${5:-}
   done
-  # The bulk kernel (bulk.ts): bits,channels a thread[,options and parts left out].
-  for cfg in "bulk-gqa-cw8 8 2 128 2,8" "bulk-gqa-cw8-noex 8 2 128 2,8,noex" "bulk-gqa-cw16 8 2 128 2,16" \
-    "bulk-gqa-cw8-novalues 8 2 128 2,8,values" "bulk-gqa-cw8-nokeys 8 2 128 2,8,keys" \
-    "bulk-mha-cw8 32 32 128 2,8" "bulk-mha-cw16 32 32 128 2,16"; do
+  # The bulk kernel (bulk.ts): the code width, then a bulk setting (parseBulkSetting).
+  for cfg in "bulk-gqa-cw8 8 2 128 2,cw8" "bulk-gqa-cw8-noex 8 2 128 2,cw8,noex" "bulk-gqa-cw16 8 2 128 2,cw16" \
+    "bulk-gqa-cw8-novalues 8 2 128 2,cw8,-values" "bulk-gqa-cw8-nokeys 8 2 128 2,cw8,-keys" \
+    "bulk-mha-cw8 32 32 128 2,cw8" "bulk-mha-cw16 32 32 128 2,cw16"; do
     set -- $cfg
     node scripts/gpu/spirv-dump.mjs "$out/spv/$1.spv" bulk "$2" "$3" "$4" "$5"
   done

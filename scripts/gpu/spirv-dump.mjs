@@ -6,26 +6,22 @@ import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { attendWgsl, attnGeometry } from '../../dist/src/kernels/webgpu/attention.js';
 import { parseAttnVariant } from '../../dist/src/kernels/webgpu/attn-variant.js';
-import { bulkGeometry, bulkWgsl } from '../../dist/src/kernels/webgpu/bulk.js';
+import { bulkGeometry, bulkWgsl, parseBulkSetting } from '../../dist/src/kernels/webgpu/bulk.js';
 import { nodeGpu } from '../../dist/src/kernels/webgpu/node.js';
 
 const [out, kernel, H, KV, D, variant = ''] = process.argv.slice(2);
 if (kernel !== 'attend' && kernel !== 'bulk') throw new Error('kernels: attend, bulk');
 const shape = { numLayers: 1, numHeads: Number(H), numKvHeads: Number(KV), headDim: Number(D) };
-// bulk's VARIANT: bits,cw[,part left out…] (e.g. 2,8 or 2,16,values).
+// bulk's VARIANT: the code width, then a bulk setting (bulk.ts parseBulkSetting), e.g. 2,cw8 or 2,cw16,-values.
 const wgsl = kernel === 'bulk' ? bulkCode() : attendCode();
 function attendCode() {
   const v = parseAttnVariant(variant);
   return attendWgsl(shape, attnGeometry(shape, 32768, v), Math.max(1, v.na), v);
 }
 function bulkCode() {
-  const [bits, cw, ...rest] = variant.split(',');
-  const o = {
-    skip: new Set(rest.filter((x) => x !== 'noex' && !/^u\d$/.test(x))),
-    ex: !rest.includes('noex'),
-    u: Number(rest.find((x) => /^u\d$/.test(x))?.slice(1) ?? 4),
-  };
-  return bulkWgsl(shape, bulkGeometry(shape, Number(bits), 32768, Number(cw)), 1, o);
+  const [bits, ...rest] = variant.split(',');
+  const s = parseBulkSetting(rest.join(','));
+  return bulkWgsl(shape, bulkGeometry(shape, Number(bits), 32768, s.cw, s.sb), 1, s);
 }
 // Dawn prints the dump on the process's stdout (natively): a child compiles, the parent reads it.
 if (!process.env.SPIRV_CHILD) {

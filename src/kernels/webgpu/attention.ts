@@ -27,10 +27,10 @@
  */
 import { SEG_F16, SEG_F32, SEG_KIVI_V, SEG_ROWS } from '../layout.js';
 import type { AttnShape } from '../types.js';
-import { arenaDecls, arenaDirect, arenaSelect, arenaSwitch, LDW, unswitched } from './arenas.js';
+import { arenaDirect, arenaSelect, arenaSwitch, LDW, unswitched } from './arenas.js';
 import { type AttnVariant, DEFAULT_VARIANT } from './attn-variant.js';
-import { ITEM_PROLOGUE, NO_PARTIAL, SEG_READERS } from './records.js';
-import { CONVERT, f32lit, GRID } from './wgsl.js';
+import { attnBindings, ITEM_PROLOGUE, NO_PARTIAL, SEG_READERS } from './records.js';
+import { f32lit } from './wgsl.js';
 
 /** Threads per attention workgroup = tokens per tile (KIVI_WEBGPU_TILE, Node: 64 or 256 to time others). */
 export const TILE = tileFromEnv();
@@ -51,6 +51,27 @@ export interface AttnGeometry {
 /** Floats of one partial (per query head: maximum, sum, two pad words, then D outputs: vec4-aligned). */
 export function partialFloats(shape: AttnShape): number {
   return (shape.numHeads / shape.numKvHeads) * (shape.headDim + 4);
+}
+
+/**
+ * WGSL writing query head j's output channel c of a work item: the normalized output itself (o / sum) when
+ * the item is its task's only one, else its partial (maximum, sum, then the unnormalized outputs) for merge.
+ * `o`, `sum` and `max` are WGSL expressions; qrow, h, pidx and c are the kernel's.
+ */
+export function writeOutput(shape: AttnShape, j: number, o: string, sum: string, max: string, ind: string): string {
+  const { numHeads: H, numKvHeads: KV, headDim: D } = shape;
+  const NQ = H / KV;
+  const PS = partialFloats(shape) / NQ;
+  return `${ind}if (pidx == ${NO_PARTIAL}u) {
+${ind}  att[qrow * ${H * D}u + (h * ${NQ}u + ${j}u) * ${D}u + c] = ${o} / ${sum};
+${ind}} else {
+${ind}  let pb = pidx * ${NQ * PS}u + ${j * PS}u;
+${ind}  part[pb + 4u + c] = ${o};
+${ind}  if (c == 0u) {
+${ind}    part[pb] = ${max};
+${ind}    part[pb + 1u] = ${sum};
+${ind}  }
+${ind}}`;
 }
 
 /** Workgroup bytes of the attention kernel with `s` folded key groups. */
@@ -109,7 +130,6 @@ export function attendWgsl(shape: AttnShape, g: AttnGeometry, na: number, varian
   const CHUNKS = D / CH;
   const LANES = Math.floor(TILE / CHUNKS);
   const D16 = D / 16;
-  const PS = D + 4;
   const KU = variant.ku && (D / 8) % variant.ku === 0 ? variant.ku : (D / 8) % 4 === 0 ? 4 : 2;
   const FPN = Math.max(NS * NQ * D16 * 2, NQ * 40);
   const BIG = Math.max(NS * NQ * D, LANES * D) / 4;
@@ -374,15 +394,7 @@ const QKVD = ${QKVD}u;
 const CHUNKS = ${CHUNKS}u;
 const LANES = ${LANES}u;
 const SCALE = ${f32lit(1 / Math.sqrt(D))};
-struct P { items: u32, n: u32, tasks: u32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> plan: array<u32>;
-@group(0) @binding(2) var<storage, read> qkv: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> att: array<f32>;
-@group(0) @binding(4) var<storage, read_write> part: array<f32>;
-${arenaDecls('vec4<u32>', 'read', 5, na)}
-${CONVERT}
-${GRID}
+${attnBindings(na)}
 // The query; the tile's scores, then its softmax weights (and at the end the lanes' sums); fold partials
 // (and the tile maximum's scratch); fold sums; the folded queries (and at the end the lanes' outputs);
 // per token of the tile, where its value lives (segment info word, row, scale and minimum halves).
@@ -759,16 +771,7 @@ ${range(CH / 4)
       o += big[(uu * D + c) / 4u][c % 4u];
       L += sc[uu];
     }
-    if (pidx == ${NO_PARTIAL}u) {
-      att[qrow * ${H * D}u + (h * NQ + ${j}u) * D + c] = o / L;
-    } else {
-      let pb = pidx * ${NQ * PS}u + ${j * PS}u;
-      part[pb + 4u + c] = o;
-      if (c == 0u) {
-        part[pb] = M${j};
-        part[pb + 1u] = L;
-      }
-    }
+${writeOutput(shape, j, 'o', 'L', `M${j}`, '    ')}
   }
   workgroupBarrier();`,
 )}

@@ -28,10 +28,10 @@
 
 import { KiviError } from '../../util/errors.js';
 import type { AttnShape } from '../types.js';
-import { arenaDecls, arenaDirect, arenaSwitch, LDW, unswitched } from './arenas.js';
-import { magic, partialFloats } from './attention.js';
-import { ITEM_PROLOGUE, NO_PARTIAL, SEG_READERS } from './records.js';
-import { CONVERT, f32lit, GRID } from './wgsl.js';
+import { arenaDirect, arenaSwitch, LDW, unswitched } from './arenas.js';
+import { magic, writeOutput } from './attention.js';
+import { attnBindings, ITEM_PROLOGUE, SEG_READERS } from './records.js';
+import { f32lit } from './wgsl.js';
 
 /** Threads per bulk workgroup. */
 export const BULK_WG = 128;
@@ -154,7 +154,6 @@ export function bulkWgsl(shape: AttnShape, g: BulkGeometry, na: number, opts: Bu
   const { numHeads: H, numKvHeads: KV, headDim: D } = shape;
   const { bits, cw: CW, nch: NCH, lanes: LANES, sb: SB, nq: NQ, vec: VEC } = g;
   const QKVD = (H + 2 * KV) * D;
-  const PS = partialFloats(shape) / NQ;
   const WPR = (D * bits) / 32;
   const CPW = 32 / bits;
   // The words of a thread's CW channels in a row, and whether its codes start inside a word (shift csh).
@@ -249,15 +248,7 @@ const QKVD = ${QKVD}u;
 const KMUL = ${f32lit(2 ** bits)};
 const VMUL = ${f32lit(2 ** bits)};
 const SCALE = ${f32lit(1 / Math.sqrt(D))};
-struct P { items: u32, n: u32, tasks: u32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> plan: array<u32>;
-@group(0) @binding(2) var<storage, read> qkv: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> att: array<f32>;
-@group(0) @binding(4) var<storage, read_write> part: array<f32>;
-${arenaDecls('vec4<u32>', 'read', 5, na)}
-${CONVERT}
-${GRID}
+${attnBindings(na)}
 // The query; partial scores of SB tokens a lane (channel threads side by side), and at the end the lanes'
 // outputs; each lane's block of scores; each lane's maxima and sums.
 var<workgroup> qsh: array<f32, ${NQ * D}>;
@@ -422,16 +413,7 @@ ${
         o += ${VEC ? 'red[(ll * D + c) / 4u][c % 4u]' : 'red[ll * D + c]'};
         sum += ls[ll * NQ + ${j}u] * exp(lm[ll * NQ + ${j}u] - mg);
       }
-      if (pidx == ${NO_PARTIAL}u) {
-        att[qrow * ${H * D}u + (h * NQ + ${j}u) * D + c] = o / sum;
-      } else {
-        let pb = pidx * ${NQ * PS}u + ${j * PS}u;
-        part[pb + 4u + c] = o;
-        if (c == 0u) {
-          part[pb] = mg;
-          part[pb + 1u] = sum;
-        }
-      }
+${writeOutput(shape, j, 'o', 'sum', 'mg', '      ')}
     }
     workgroupBarrier();
   }`,

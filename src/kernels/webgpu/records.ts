@@ -3,6 +3,9 @@
  * the attention, merge and job kernels): one description both sides take their offsets from.
  */
 
+import { arenaDecls } from './arenas.js';
+import { CONVERT, GRID } from './wgsl.js';
+
 /** Words per GPU segment record: kind | bits << 8 | slot << 16, n, base word (or first row), t0, cap, G, section words, start. */
 export const GSEG_WORDS = 8;
 /** Words per GPU task record: row, k0, kn, v0, vn, tokens, KIVI key tokens, value bits | G << 8. */
@@ -18,6 +21,23 @@ export const NO_PARTIAL = 0xffffffff;
 
 /** GSEG_RUN (planbuf.ts) in WGSL. */
 export const GSEG_RUN_HEX = '0x80000000';
+
+/**
+ * WGSL of an attention kernel's bindings (attention.ts and bulk.ts, bound alike by the back end): the
+ * uniform (item list, item count, task records), the plan, the step's qkv rows, the output, the partials
+ * and `na` arenas of pages; with the float conversions and the workgroup grid they use.
+ */
+export function attnBindings(na: number): string {
+  return /* wgsl */ `struct P { items: u32, n: u32, tasks: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> plan: array<u32>;
+@group(0) @binding(2) var<storage, read> qkv: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> att: array<f32>;
+@group(0) @binding(4) var<storage, read_write> part: array<f32>;
+${arenaDecls('vec4<u32>', 'read', 5, na)}
+${CONVERT}
+${GRID}`;
+}
 
 /**
  * WGSL reading the plan buffer `plan` (a u32 storage array): a segment record's word k (sw), the task token

@@ -183,7 +183,9 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
     // KIVI key blocks come first, whole groups each, so key groups sit at multiples of G from token 0.
     let kb = 0,
       kbits = 0,
-      kG = 0;
+      kG = 0,
+      // Whether every quantized page of the task holds whole bulk blocks (bulk.ts) from a block boundary.
+      blocks = true;
     for (let s = k0; s < k0 + kn; s++) {
       const so = s * SEG_WORDS;
       const kind = sg[so + SEG_KIND]! & ~SEG_RUN;
@@ -198,13 +200,14 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
       kb += n;
       kG = G;
       kbits = b;
+      if (sg[so + SEG_CAP]! % BULK_BLOCK !== 0 || sg[so + SEG_T0]! % BULK_BLOCK !== 0) blocks = false;
     }
     let vbits = 0,
       vG = 0,
-      // Quantized value tokens at the head of the task, and whether every page involved holds whole blocks.
+      // Quantized value tokens at the head of the task.
       vq = 0,
-      lead = true,
-      blocks = kb % BULK_BLOCK === 0;
+      lead = true;
+    if (kb % BULK_BLOCK !== 0) blocks = false;
     for (let s = v0; s < v0 + vn; s++) {
       const so = s * SEG_WORDS;
       const kind = sg[so + SEG_KIND]! & ~SEG_RUN;
@@ -222,10 +225,6 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
         vq += sg[so + SEG_N]!;
         if (sg[so + SEG_CAP]! % BULK_BLOCK !== 0 || sg[so + SEG_T0]! % BULK_BLOCK !== 0) blocks = false;
       }
-    }
-    for (let s = k0; s < k0 + kn && blocks; s++) {
-      const so = s * SEG_WORDS;
-      if ((sg[so + SEG_KIND]! & ~SEG_RUN) === SEG_KIVI_K && (sg[so + SEG_CAP]! % BULK_BLOCK !== 0 || sg[so + SEG_T0]! % BULK_BLOCK !== 0)) blocks = false;
     }
     let nb = 0;
     // One code width of bulk items a plan (one bulk dispatch): tasks of another width take the general kernel.

@@ -5,22 +5,11 @@
 
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { test } from 'node:test';
 import { cacheBytes } from '../src/cache/budget.js';
 import { parseKvSpec } from '../src/cache/spec.js';
-import { CLI, expectCliError, MODEL_DIR, tmpDir } from './helpers.js';
-import { reportMissing, SWIFTSHADER_ENV } from './webgpu-helpers.js';
-
-/** A 2-layer model's config.json (random weights only). */
-function tinyModel(): string {
-  const dir = tmpDir('kivi-tiny-');
-  const c = JSON.parse(fs.readFileSync(path.join(MODEL_DIR, 'config.json'), 'utf8')) as Record<string, unknown>;
-  Object.assign(c, { num_hidden_layers: 2, hidden_size: 128, intermediate_size: 256, num_attention_heads: 4, num_key_value_heads: 2, vocab_size: 512 });
-  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(c));
-  return dir;
-}
+import { CLI, expectCliError, MODEL_DIR } from './helpers.js';
+import { reportMissing, SWIFTSHADER_ENV, tinyModel } from './webgpu-helpers.js';
 
 test('bench throughput: --kv-budget belongs to webgpu, --random-weights to the GPU study', () => {
   const dir = tinyModel();

@@ -3,11 +3,14 @@
  * `webgpu` package). Where either is missing the tests skip, saying why, except under CI=true, where
  * they must run: there a skip would hide a broken set-up, so they fail instead.
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { type TestContext, test } from 'node:test';
 import { createBackend } from '../src/kernels/index.js';
 import type { WebGpuBackend } from '../src/kernels/webgpu/backend.js';
 import type { WebGpuOptions } from '../src/kernels/webgpu/device.js';
 import { swiftshaderMissing, webgpuPackageMissing } from '../src/kernels/webgpu/node.js';
+import { MODEL_DIR, tmpDir } from './helpers.js';
 
 /** Why WebGPU on SwiftShader cannot run here, or null. */
 export function webgpuMissing(): string | null {
@@ -42,3 +45,12 @@ export async function swiftshaderBackend(o: Omit<WebGpuOptions, 'swiftshader'> =
 
 /** The environment that makes a child `kivi` process find SwiftShader by itself. */
 export const SWIFTSHADER_ENV = { ...process.env, KIVI_WEBGPU_ADAPTER: 'swiftshader' };
+
+/** A 2-layer model's config.json (for --random-weights: small enough for SwiftShader). */
+export function tinyModel(): string {
+  const dir = tmpDir('kivi-tiny-');
+  const c = JSON.parse(fs.readFileSync(path.join(MODEL_DIR, 'config.json'), 'utf8')) as Record<string, unknown>;
+  Object.assign(c, { num_hidden_layers: 2, hidden_size: 128, intermediate_size: 256, num_attention_heads: 4, num_key_value_heads: 2, vocab_size: 512 });
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(c));
+  return dir;
+}

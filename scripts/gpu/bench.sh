@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: profile, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -33,6 +33,12 @@ variant() { # variant NAME CHECK VARIANTS SPV...
 }
 A_MHA="bench attention --backend webgpu --heads 32 --kv-heads 32 --kv fp16,kivi2,kivi4"
 case $PHASE in
+  profile)
+    # Where a decode step's GPU time goes, kernel by kernel (timestamp queries), fp16 against kivi2: the
+    # bundled model's shapes at 1 and 64 sequences (beside its timed rounds), then Llama-2-7B at 1.
+    run 200 profile-28m bench generate --backend webgpu --model $C/llama-28m-gqa --random-weights 1 --weights native --prompt 1024 --gen 128 --kv fp16,kivi2 --repeats 3 --gpu-profile 1,64
+    run 200 profile-7b bench generate --backend webgpu --model $C/llama-2-7b --random-weights 1 --weights native --prompt 160 --gen 64 --kv fp16,kivi2 --repeats 1 --gpu-profile 1,16
+    ;;
   bulk)
     # The bulk kernel (bulk.ts: the quantized prefix of KIVI tasks) against the reference on this GPU (4:1,
     # MHA, pages over several arenas), then one decode step's attention at 4:1 with it (forced on: its

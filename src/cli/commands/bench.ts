@@ -19,6 +19,7 @@ import {
   runFilledDecodeBench,
   runGenerateBench,
 } from '../../studies/bench/generate.js';
+import { type GpuProfileResult, gpuProfileMarkdown, runGpuProfile } from '../../studies/bench/gpu-profile.js';
 import { kvBytesMarkdown, runKvBytes } from '../../studies/bench/kvbytes.js';
 import { DEFAULT_REPEATS } from '../../studies/bench/measure.js';
 import { prefixBenchMarkdown, runPrefixBench } from '../../studies/bench/prefix.js';
@@ -297,6 +298,11 @@ export function register(program: Command): void {
       '--prefill-attention <list>',
       "wasm: the prompt's attention side by side, comma-separated: blocks (query rows in blocks, the default) and/or rows (one at a time)",
       prefillAttentionList,
+    )
+    .option(
+      '--gpu-profile <batches>',
+      'webgpu: then GPU time per decode step by kernel (timestamp queries), per spec, for each batch size in the comma list (--gen steps)',
+      intList(1),
     );
   kvListOption(gen, 'fp32,fp16,kivi2,kivi4');
   weightsListOption(gen, ['f32', 'native']);
@@ -315,8 +321,10 @@ export function register(program: Command): void {
         weights: WeightFormat[];
         randomWeights?: number;
         prefillAttention?: PrefillAttention[];
+        gpuProfile?: number[];
       },
     ) => {
+      if (o.gpuProfile && o.fill !== undefined) throw new KiviError('--gpu-profile profiles decode after a prompt: not with --fill');
       if (o.fill !== undefined && o.gen < 2) throw new KiviError('--fill needs --gen 2 or more (the first step is untimed)');
       if (o.fill !== undefined && o.prefillAttention) throw new KiviError('--prefill-attention measures a prefill: not with --fill');
       const text = o.text === undefined ? undefined : readTextFile(o.text, '--text');
@@ -325,6 +333,7 @@ export function register(program: Command): void {
       try {
         for (const weights of o.weights) models.push({ weights, model: await KiviModel.load(o.model, loadOptions({ ...o, weights })) });
         const model = models[0]!.model;
+        if (o.gpuProfile && model.backend.name !== 'webgpu') throw new KiviError('--gpu-profile times kernels on the GPU: it needs --backend webgpu');
         const bar = new LazyProgress('bench generate');
         const specs = o.kv.map((k) => k.name);
         const onProgress = (d: number, t: number) => bar.update(d, t);
@@ -343,7 +352,18 @@ export function register(program: Command): void {
         bar.stop();
         const name = path.basename(path.resolve(o.model));
         const what = `kivi generate on ${name} (${model.backend.name} ×${model.backend.threads})`;
-        await report(o, { model: name, backend: model.backend.name, threads: model.backend.threads, results }, generateBenchMarkdown(results, what));
+        let md = generateBenchMarkdown(results, what);
+        let profile: GpuProfileResult[] | undefined;
+        if (o.gpuProfile) {
+          const prompt = benchPrompt(model, o.prompt, text);
+          profile = await runGpuProfile(model, { prompt, steps: o.gen, specs, batches: o.gpuProfile });
+          md += `\n${gpuProfileMarkdown(profile, model.backend.description.replace(/^webgpu: /, ''))}`;
+        }
+        await report(
+          o,
+          { model: name, backend: model.backend.name, threads: model.backend.threads, results, ...(profile ? { gpu_profile: profile } : {}) },
+          md,
+        );
       } finally {
         for (const m of models) m.model.dispose();
       }

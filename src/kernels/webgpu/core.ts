@@ -9,6 +9,7 @@
  * buffers (parameters use a dynamic offset), so recording a dispatch allocates nothing on the GPU.
  */
 import { KiviError } from '../../util/errors.js';
+import { type GpuProfile, GpuProfiler } from './profile.js';
 import { grid } from './wgsl.js';
 
 /** A buffer the back end tracks: its id keys bind-group caches; `size` in bytes. */
@@ -75,6 +76,8 @@ export class GpuCore {
   private firstError: string | null = null;
   private outOfMemory = false;
   private lost = false;
+  /** While a profile runs (profile.ts): each dispatch in a pass of its own, stamped. */
+  private profiler: GpuProfiler | null = null;
 
   constructor(readonly device: GPUDevice) {
     this.queue = device.queue;
@@ -219,9 +222,13 @@ export class GpuCore {
     params(this.host, this.hostF, at, dataAt);
     this.used += PARAM_WORDS;
     const group = this.bindGroup(k, bindings);
+    if (this.profiler && this.pass) {
+      this.pass.end();
+      this.pass = null;
+    }
     if (!this.pass) {
       this.encoder ??= this.device.createCommandEncoder();
-      this.pass = this.encoder.beginComputePass();
+      this.pass = this.encoder.beginComputePass(this.profiler ? { timestampWrites: this.profiler.passStamps(k.name) } : undefined);
     }
     this.pending = true;
     const [x, y] = xy ?? grid(count);
@@ -263,12 +270,34 @@ export class GpuCore {
     if (this.used > 0) this.queue.writeBuffer(this.args.buf, 0, this.host.buffer, 0, this.used * 4);
     const enc = this.encoder!;
     this.encoder = null;
+    this.profiler?.resolve(enc);
     this.queue.submit([enc.finish()]);
+    this.profiler?.submitted();
     this.pending = false;
     this.used = 0;
     this.dispatches = 0;
     for (const b of this.destroyAfterSubmit) b.destroy();
     this.destroyAfterSubmit.length = 0;
+  }
+
+  /** Start timing every dispatch (profile.ts); throws when the device has no timestamp queries. */
+  startProfile(): void {
+    if (this.profiler) throw new Error('webgpu: a profile is already running');
+    this.flush();
+    this.profiler = new GpuProfiler(this.device, BATCH_DISPATCHES);
+  }
+
+  /** The GPU time per kernel of the dispatches since startProfile(), once they have run. */
+  async stopProfile(): Promise<GpuProfile> {
+    const p = this.profiler;
+    if (!p) throw new Error('webgpu: no profile is running');
+    this.flush();
+    this.profiler = null;
+    try {
+      return await p.result();
+    } finally {
+      p.dispose();
+    }
   }
 
   /** True when commands are recorded and not yet submitted. */

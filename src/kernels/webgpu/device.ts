@@ -94,7 +94,9 @@ export async function openDevice(adapter: GPUAdapter): Promise<GpuDevice> {
   if (L.maxComputeInvocationsPerWorkgroup < 256) throw new KiviError('webgpu: the adapter allows fewer than 256 invocations per workgroup');
   let device: GPUDevice;
   try {
-    device = await adapter.requestDevice({ requiredLimits });
+    // Timestamp queries where offered: only a profile (profile.ts) writes them.
+    const requiredFeatures: GPUFeatureName[] = adapter.features.has('timestamp-query') ? ['timestamp-query'] : [];
+    device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
   } catch (e) {
     throw new KiviError(`webgpu: cannot open a device on ${adapterName(adapter)}: ${(e as Error).message}`);
   }

@@ -107,7 +107,9 @@ export function nodeGpu(opts: { swiftshader?: boolean; dawnFeatures?: readonly s
     // (the zeroing costs SwiftShader ~10 ms per workgroup, and real GPUs a pass over it too).
     // KIVI_WEBGPU_ROBUST=0 (a diagnostic for timing, never the default): without Tint's index clamps.
     const features = ['disable_workgroup_init', ...(process.env.KIVI_WEBGPU_ROBUST === '0' ? ['disable_robustness'] : []), ...(opts.dawnFeatures ?? [])];
-    return mod.create([`enable-dawn-features=${features.join(',')}`]);
+    // Timestamps at the GPU's own resolution (Dawn rounds them to ~65 µs by default, against timing
+    // attacks from web pages; a profile of microsecond kernels needs them whole).
+    return mod.create([`enable-dawn-features=${features.join(',')}`, 'disable-dawn-features=timestamp_quantization']);
   })();
   gpu.catch(() => (gpu = undefined));
   return gpu;

@@ -49,7 +49,8 @@ export class GpuProfiler {
 
   /** The timestamp writes of the next dispatch's pass. */
   passStamps(kernel: string): GPUComputePassTimestampWrites {
-    const b = (this.current ??= this.free.pop() ?? this.batch());
+    this.current ??= this.free.pop() ?? this.batch();
+    const b = this.current;
     const i = b.names.length;
     if (i >= this.perBatch) throw new Error('webgpu profile: more dispatches in a batch than it was sized for');
     b.names.push(kernel.split(':')[0]!);

@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
+import type { GenerateBenchResult } from '../src/studies/bench/generate.js';
 import type { GpuProfileResult } from '../src/studies/bench/gpu-profile.js';
 import { CLI, expectCliError, MODEL_DIR } from './helpers.js';
 import { reportMissing, SWIFTSHADER_ENV, tinyModel } from './webgpu-helpers.js';
@@ -18,14 +19,16 @@ test('bench generate --gpu-profile: only on webgpu, never with --fill', () => {
 });
 
 if (!reportMissing('bench-gpu-profile')) {
-  test('bench generate --gpu-profile: per step one attention and one cache-job dispatch a layer, one embed and one argmax; times within the span', () => {
+  test('bench generate --gpu-profile: no kernel compiled in a timed round; per step one attention and one cache-job dispatch a layer, one embed and one argmax; times within the span', () => {
     const layers = 2;
     const steps = 3;
     const args = ['bench', 'generate', '--backend', 'webgpu', '--model', tinyModel(), '--random-weights', '3', '--weights', 'native'];
     args.push('--prompt', '40', '--gen', String(steps), '--repeats', '1', '--kv', 'fp16,kivi:k=2,v=2,g=16,r=16', '--gpu-profile', '1,3', '--json');
     const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: SWIFTSHADER_ENV, timeout: 300_000 });
     assert.equal(r.status, 0, r.stderr);
-    const j = JSON.parse(r.stdout) as { gpu_profile: GpuProfileResult[] };
+    const j = JSON.parse(r.stdout) as { results: GenerateBenchResult[]; gpu_profile: GpuProfileResult[] };
+    // The untimed round compiled every kernel the timed one ran.
+    for (const x of j.results) assert.deepEqual([x.kv, x.compiled_while_timed?.kernels], [x.kv, 0]);
     assert.deepEqual(
       j.gpu_profile.map((p) => [p.kv, p.batch, p.steps]),
       [

@@ -58,6 +58,9 @@ export class GpuCore {
   private dispatches = 0;
   /** Dispatches recorded since the device was opened (tests count a step's). */
   dispatched = 0;
+  /** Pipelines compiled since the device was opened, and the host seconds their compiles blocked. */
+  compiled = 0;
+  compileSeconds = 0;
   /** Bytes of GPU buffers alive now and the most alive at once (weights, cache arenas, activations, staging). */
   liveBytes = 0;
   peakLiveBytes = 0;
@@ -139,6 +142,7 @@ export class GpuCore {
 
   kernel(name: string, code: string, storage: ('read' | 'rw')[], data = false): Kernel {
     const d = this.device;
+    const t0 = performance.now();
     const module = d.createShaderModule({ code, label: name });
     const entries: GPUBindGroupLayoutEntry[] = [
       { binding: 0, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'uniform', hasDynamicOffset: true, minBindingSize: PARAM_BYTES } },
@@ -154,6 +158,8 @@ export class GpuCore {
       compute: { module, entryPoint: 'main' },
       label: name,
     });
+    this.compiled++;
+    this.compileSeconds += (performance.now() - t0) / 1000;
     if (typeof process !== 'undefined' && process.env?.KIVI_WEBGPU_DEBUG) {
       void module.getCompilationInfo().then((info) => {
         for (const m of info.messages) if (m.type === 'error') this.firstError ??= `${name}: ${m.lineNum}:${m.linePos} ${m.message}`;

@@ -14,7 +14,7 @@ import { TsBackend } from '../src/kernels/ts/backend.js';
 import { attendWgsl, attnGeometry } from '../src/kernels/webgpu/attention.js';
 import { parseAttnVariant } from '../src/kernels/webgpu/attn-variant.js';
 import type { WebGpuBackend } from '../src/kernels/webgpu/backend.js';
-import { bulkGeometry, bulkWgsl } from '../src/kernels/webgpu/bulk.js';
+import { BULK_MIN_DEFAULT, bulkGeometry, bulkWgsl, parseBulkSetting } from '../src/kernels/webgpu/bulk.js';
 import type { WebGpuOptions } from '../src/kernels/webgpu/device.js';
 import { KiviError } from '../src/util/errors.js';
 import { ALL_SPECS, assertClose, backendConformance, randArray, rng, to16 } from './backend-conformance.js';
@@ -441,6 +441,31 @@ if (!reportMissing('kernels-webgpu: long attention')) {
       'bulk1-2-8-sb2-u4-noex:4:2:128',
     ]) {
       assert.ok(ran.includes(want), `${want} ran (ran: ${ran.join(' ')})`);
+    }
+    // When it runs: by default only past BULK_MIN_DEFAULT quantized tokens a task (at one query head a kv
+    // head), forced on from one block, or from minN: a step's dispatches count its bulk dispatch.
+    {
+      const pool = b.createPagePool({ numLayers: 1, numHeads: 2, numKvHeads: 2, headDim: 64 });
+      const st = new CacheStepper(b, pool);
+      const c = createCache(parseKvSpec('kivi2'), pool);
+      await st.fill(c, randArray(1300 * 6 * 64, rng(5)), 1300, 512);
+      const dispatches = async (setting: string) => {
+        b.bulk = setting;
+        const before = b.core.dispatched;
+        await st.step([{ cache: c, rows: randArray(6 * 64, rng(6)), n: 1, mode: 'decode' as const }]);
+        return b.core.dispatched - before;
+      };
+      const [auto, on, min1024, min2048, off] = [
+        await dispatches(''),
+        await dispatches('on'),
+        await dispatches('min1024'),
+        await dispatches('min2048'),
+        await dispatches('0'),
+      ];
+      assert.deepEqual([on - auto, min1024 - auto, min2048 - auto, off - auto], [1, 1, 0, 0], 'the bulk dispatch: default, on, min1024, min2048, 0');
+      assert.ok(BULK_MIN_DEFAULT > 1300);
+      c.free();
+      assert.throws(() => parseBulkSetting('min0'), /KIVI_WEBGPU_BULK: unknown part "min0"/);
     }
     b.bulk = 'cw8,fast';
     await assert.rejects(

@@ -17,7 +17,7 @@ import { DTYPE_BYTES } from '../types.js';
 import { arenaCount } from './arenas.js';
 import { type AttnGeometry, attendWgsl, attnGeometry, partialFloats } from './attention.js';
 import { DEFAULT_VARIANT, parseAttnVariant } from './attn-variant.js';
-import { BLOCK, type BulkGeometry, type BulkSetting, bulkDefault, bulkGeometry, bulkWgsl, parseBulkSetting } from './bulk.js';
+import { BLOCK, type BulkGeometry, type BulkSetting, bulkDefault, bulkGeometry, bulkMinTokens, bulkWgsl, parseBulkSetting } from './bulk.js';
 import { type Binding, type GBuf, GpuCore, type Kernel } from './core.js';
 import {
   ARGMAX,
@@ -476,7 +476,7 @@ export class WebGpuBackend implements Backend {
     const g2 = this.bulkGeometry(shape, 2);
     return {
       cw: (bits) => this.bulkGeometry(shape, bits)?.cw ?? 0,
-      minTokens: o.min,
+      minTokens: bulkMinTokens(o),
       itemTokens: (g2?.lanes ?? 1) * BLOCK,
     };
   }

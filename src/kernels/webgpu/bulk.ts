@@ -58,7 +58,8 @@ export interface BulkGeometry {
 /**
  * When the bulk kernel runs, and how it is built (KIVI_WEBGPU_BULK, parsed once by parseBulkSetting):
  * `on` null for the default per shape (bulkDefault), channels a thread `cw` and tokens a round `sb`
- * (0: the shape's default), the shortest quantized prefix worth a bulk item (`min` tokens), value tokens
+ * (0: the shape's default), the shortest quantized prefix a task hands it (`min` tokens; 0: BULK_MIN_DEFAULT
+ * by default, one block when forced on), value tokens
  * in flight a thread (`u`), weights exponentiated once a token (`ex`), parts left out (`skip`, diagnostic).
  */
 export interface BulkSetting extends BulkOptions {
@@ -73,7 +74,7 @@ export interface BulkSetting extends BulkOptions {
  * comma list of cwN, sbN, minN, uN, ex, noex and -part (which imply on). One line naming a bad part.
  */
 export function parseBulkSetting(text: string): BulkSetting {
-  const o: BulkSetting = { on: null, cw: 0, sb: 0, min: BLOCK, skip: new Set(), ex: BULK_DEFAULTS.ex, u: BULK_DEFAULTS.u };
+  const o: BulkSetting = { on: null, cw: 0, sb: 0, min: 0, skip: new Set(), ex: BULK_DEFAULTS.ex, u: BULK_DEFAULTS.u };
   const skip = new Set<string>();
   for (const part of text.split(',').filter(Boolean)) {
     if (part === '0') {
@@ -89,7 +90,7 @@ export function parseBulkSetting(text: string): BulkSetting {
     else if (m?.[1] === 'cw' && [4, 8, 16, 32].includes(n)) o.cw = n;
     else if (m?.[1] === 'sb' && [1, 2, 4, 8, 16, 32].includes(n)) o.sb = n;
     else if (m?.[1] === 'u' && [1, 2, 4, 8].includes(n)) o.u = n;
-    else if (m?.[1] === 'min') o.min = n;
+    else if (m?.[1] === 'min' && n >= 1) o.min = n;
     else
       throw new KiviError(`KIVI_WEBGPU_BULK: unknown part "${part}" (0, on, cwN of 4-32, sbN of 1-32, minN, uN of 1-8, ex, noex, -${BULK_PARTS.join(', -')})`);
   }
@@ -98,9 +99,23 @@ export function parseBulkSetting(text: string): BulkSetting {
 }
 
 /**
+ * The shortest quantized prefix (tokens a sequence and kv head) the bulk kernel takes by default. On the
+ * H200 at 32 kv heads it gained nothing up to 128K tokens (the general kernel alone ran the step's
+ * attention as fast: 0.95–1.03×) and 17% at 256K; below that its dispatch is pure cost (Llama-2-7B, one
+ * sequence at 160–224 tokens: kivi2 decoded 101 tokens/s with it, 114 without). Between the two.
+ */
+export const BULK_MIN_DEFAULT = 196608;
+
+/** The shortest quantized prefix a bulk item takes under a setting. */
+export function bulkMinTokens(o: BulkSetting): number {
+  return o.min || (o.on === null ? BULK_MIN_DEFAULT : BLOCK);
+}
+
+/**
  * The bulk kernel's defaults for nq query heads a kv head, from H200 sweeps (docs/perf/webgpu-h200.md):
- * at 1 (MHA) 16 channels a thread and rounds of 8 tokens ran 1.3× as fast as the general kernel; at 4 the
- * best build (16 channels, rounds of 4) only matched it, so there the general kernel keeps every token.
+ * at 1 (MHA) 16 channels a thread and rounds of 8 tokens ran 1.3× as fast as the general kernel at 256K
+ * tokens (from BULK_MIN_DEFAULT); at 4 the best build (16 channels, rounds of 4) only matched it, so there
+ * the general kernel keeps every token.
  */
 export function bulkDefault(nq: number): { on: boolean; cw: number; sb: number } {
   return { on: nq === 1, cw: nq <= 4 ? 16 : 8, sb: nq === 1 ? 8 : 4 };

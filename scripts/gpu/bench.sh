@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: profile, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -38,6 +38,19 @@ case $PHASE in
     # bundled model's shapes at 1 and 64 sequences (beside its timed rounds), then Llama-2-7B at 1.
     run 200 profile-28m bench generate --backend webgpu --model $C/llama-28m-gqa --random-weights 1 --weights native --prompt 1024 --gen 128 --kv fp16,kivi2 --repeats 3 --gpu-profile 1,64
     run 200 profile-7b bench generate --backend webgpu --model $C/llama-2-7b --random-weights 1 --weights native --prompt 160 --gen 64 --kv fp16,kivi2 --repeats 1 --gpu-profile 1,16
+    ;;
+  bulk-min)
+    # Where the bulk kernel starts to pay at 32 kv heads: one decode step's attention from 4K to 128K tokens
+    # with it (on) and without (0), in turns; then Llama-2-7B decode (one sequence, 160-token prompt) both ways.
+    for b in on 0 on-2 0-2; do
+      export KIVI_WEBGPU_BULK=${b%-2}
+      run 150 attention-bulkmin-$b-mha $A_MHA --context 4096,16384,65536,131072
+    done
+    for b in on 0; do
+      export KIVI_WEBGPU_BULK=$b
+      run 200 generate-7b-bulk-$b bench generate --backend webgpu --model $C/llama-2-7b --random-weights 1 --weights native --prompt 160 --gen 64 --kv fp16,kivi2 --repeats 3
+    done
+    unset KIVI_WEBGPU_BULK
     ;;
   bulk)
     # The bulk kernel (bulk.ts: the quantized prefix of KIVI tasks) against the reference on this GPU (4:1,

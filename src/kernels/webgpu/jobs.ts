@@ -186,7 +186,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3
   }
   if (kind == ${JOB_QVAL}u) {
     // Per token and group of G channels, in passes of tokens: the values staged, one thread per group
-    // finds its range, one thread per code word packs it. Parameters are halves [slot][group], two a
+    // finds its range, one thread per value its code, one thread per code word packs them. Parameters are halves [slot][group], two a
     // word; a word shared with a token outside the pass keeps that half.
     let gpt = D / G;
     let tb = max(1u, min(TB, ${JOB_PARAMS}u / gpt));
@@ -210,14 +210,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3
         pm[q] = f16_to_f32(pr >> 16u);
       }
       workgroupBarrier();
+      // Every value's code by a thread of its own (a code is a correctly rounded division, a chain of
+      // ~25 steps: one thread a code word took 16 of them in a row at 2 bits), then one thread a word packs.
+      for (var idx = li; idx < nt * D; idx += WG) {
+        buf[idx] = code(bitcast<f32>(buf[idx]), ps[(idx / D) * gpt + (idx % D) / G], pm[(idx / D) * gpt + (idx % D) / G], maxc);
+      }
+      workgroupBarrier();
       for (var idx = li; idx < nt * wpr; idx += WG) {
         let tk = idx / wpr;
-        let c0 = (idx % wpr) * cpw;
+        let o = tk * D + (idx % wpr) * cpw;
         var word = 0u;
-        for (var k = 0u; k < cpw; k++) {
-          let q = tk * gpt + (c0 + k) / G;
-          word = word | (code(bitcast<f32>(buf[tk * D + c0 + k]), ps[q], pm[q], maxc) << (k * dbits));
-        }
+        for (var k = 0u; k < cpw; k++) { word = word | (buf[o + k] << (k * dbits)); }
         sta(dsl, dbase + (dt0 + i0 + tk) * wpr + idx % wpr, word);
       }
       for (var arr = 0u; arr < 2u; arr++) {

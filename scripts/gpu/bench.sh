@@ -208,15 +208,17 @@ case $PHASE in
     unset KIVI_WEBGPU_GEMV
     ;;
   e2e)
-    # The bundled model's shapes, one sequence: webgpu beside wasm (the machine's CPU cores).
+    # The bundled model's shapes, one sequence: webgpu (then its GPU time by kernel at 1 and 64 sequences)
+    # beside wasm (the machine's CPU cores).
     [ -n "${SKIP_28M_GENERATE:-}" ] || {
-    run 90 generate-webgpu bench generate --backend webgpu --model $C/llama-28m-gqa --random-weights 1 --prompt 1024 --gen 128 --kv fp16,kivi2 --repeats 3
+    run 150 generate-webgpu bench generate --backend webgpu --model $C/llama-28m-gqa --random-weights 1 --prompt 1024 --gen 128 --kv fp16,kivi2 --repeats 3 --gpu-profile 1,64
     run 90 generate-wasm bench generate --backend wasm --model $C/llama-28m-gqa --random-weights 1 --prompt 1024 --gen 128 --kv fp16,kivi2 --repeats 3
     }
     # The bundled model's shapes, batches 1..64 (decode tokens/s at 1 and 64 sequences).
     run 200 throughput-28m bench throughput --backend webgpu --model $C/llama-28m-gqa --random-weights 1 --kv-budget 4GiB --max-batch 64 --kv fp16,kivi2
-    # Llama-2-7B, one sequence: prefill and decode speed.
-    run 200 generate-7b bench generate --backend webgpu --model $C/llama-2-7b --random-weights 1 --prompt 160 --gen 64 --kv fp16,kivi2 --repeats 1
+    # Llama-2-7B, one sequence: prefill and decode speed (16-bit weights; on the GPU both formats are float16),
+    # then the GPU time by kernel at 1 and 16 sequences.
+    run 200 generate-7b bench generate --backend webgpu --model $C/llama-2-7b --random-weights 1 --weights native --prompt 160 --gen 64 --kv fp16,kivi2 --repeats 3 --gpu-profile 1,16
     ;;
   paper)
     # The paper's Figure 4 workload at Llama-2-7B shapes under one KV budget.

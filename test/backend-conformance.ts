@@ -138,6 +138,33 @@ export function backendConformance(label: string, make: () => Promise<Backend>, 
     }
   });
 
+  test(`${label}: matmulAdd gives the bits of its own matmul then add (the residual add fused)`, async () => {
+    const b = await get();
+    const r = rng(11);
+    for (const wt of o.weightTypes ?? ['f32']) {
+      for (const [rows, inDim, outDim] of [
+        [1, 512, 96],
+        [3, 37, 19],
+        [64, 512, 1030],
+      ] as const) {
+        const wf = randArray(outDim * inDim, r);
+        const [, x] = both(ref, b, 'f32', randArray(rows * inDim, r));
+        const [, w] = both(ref, b, wt, wt === 'f32' ? wf : to16(wf, wt));
+        const start = randArray(rows * outDim, r, 3);
+        const [, fused] = both(ref, b, 'f32', start);
+        const [, twoStep] = both(ref, b, 'f32', start);
+        const product = b.tensor('f32', rows * outDim);
+        b.matmulAdd(fused, x, w, rows, inDim, outDim);
+        b.matmul(product, x, w, rows, inDim, outDim);
+        b.add(twoStep, product, rows * outDim);
+        const got = await b.read(fused, 0, rows * outDim);
+        assert.deepEqual(got, await b.read(twoStep, 0, rows * outDim), `${wt} matmulAdd ${rows}×${inDim}→${outDim}`);
+        assert.notDeepEqual(got, start, 'the product was added');
+        for (const t of [x, w, fused, twoStep, product]) b.release(t);
+      }
+    }
+  });
+
   test(`${label}: a matmul row gives the same bits alone and in any batch`, async () => {
     const b = await get();
     const r = rng(2);

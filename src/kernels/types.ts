@@ -105,6 +105,11 @@ export interface Backend {
   /** out[r·outDim + o] = Σ_i x[r·inDim + i] · w[o·inDim + i] (+ bias[o]). */
   matmul(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number, bias?: Tensor): void;
   /**
+   * out[r·outDim + o] += Σ_i x[r·inDim + i] · w[o·inDim + i]: a residual connection's add fused into the
+   * product (bit for bit matmul into a scratch, then add; on the GPU one dispatch instead of two).
+   */
+  matmulAdd(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number): void;
+  /**
    * Rotary embedding in place on the q and k heads of qkv rows ([rows][(H + 2·KV)·d]), Hugging Face's
    * rotate-half pairs (i, i + d/2), row r at position positions[r]; cos/sin are [positions][d/2] tables.
    */

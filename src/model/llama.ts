@@ -51,7 +51,6 @@ class Workspace {
   xn!: Tensor;
   qkv!: Tensor;
   att!: Tensor;
-  proj!: Tensor;
   gu!: Tensor;
   act!: Tensor;
 
@@ -65,19 +64,18 @@ class Workspace {
     const n = Math.max(rows, this.rows * 2);
     const { hiddenSize: D, numHeads: H, numKvHeads: KV, headDim: d, intermediateSize: I } = this.cfg;
     const b = this.backend;
-    if (this.rows > 0) for (const t of [this.x, this.xn, this.qkv, this.att, this.proj, this.gu, this.act]) b.release(t);
+    if (this.rows > 0) for (const t of [this.x, this.xn, this.qkv, this.att, this.gu, this.act]) b.release(t);
     this.x = b.tensor('f32', n * D);
     this.xn = b.tensor('f32', n * D);
     this.qkv = b.tensor('f32', n * (H + 2 * KV) * d);
     this.att = b.tensor('f32', n * H * d);
-    this.proj = b.tensor('f32', n * D);
     this.gu = b.tensor('f32', n * 2 * I);
     this.act = b.tensor('f32', n * I);
     this.rows = n;
   }
 
   release(): void {
-    if (this.rows > 0) for (const t of [this.x, this.xn, this.qkv, this.att, this.proj, this.gu, this.act]) this.backend.release(t);
+    if (this.rows > 0) for (const t of [this.x, this.xn, this.qkv, this.att, this.gu, this.act]) this.backend.release(t);
     this.rows = 0;
   }
 }
@@ -170,7 +168,7 @@ export class LlamaModel {
     this.ensureRope(maxPos);
     const ws = this.ws;
     ws.ensure(N);
-    const { x, xn, qkv, att, proj, gu, act } = ws;
+    const { x, xn, qkv, att, gu, act } = ws;
     const w = this.weights;
     try {
       B.embed(x, w.embed, ids, D);
@@ -186,14 +184,12 @@ export class LlamaModel {
           B.attend(plan, s, l, qkv, att, this.pool);
           B.cacheJobs(plan, s, 'post', l, qkv, this.pool);
         }
-        B.matmul(proj, att, lw.wo, N, H * d, D);
-        B.add(x, proj, N * D);
+        B.matmulAdd(x, att, lw.wo, N, H * d, D);
         // MLP block: x += down(silu(gate(x)) · up(x)).
         B.rmsnorm(xn, x, lw.mlpNorm, N, D, cfg.rmsNormEps);
         B.matmul(gu, xn, lw.wgu, N, D, 2 * I);
         B.swiglu(act, gu, N, I);
-        B.matmul(proj, act, lw.wdown, N, I, D);
-        B.add(x, proj, N * D);
+        B.matmulAdd(x, act, lw.wdown, N, I, D);
       }
     } finally {
       endStep(plan, this.pool);

@@ -151,6 +151,11 @@ export class TsBackend implements Backend {
     ops.matmul(f32(out), f32(x), wd, wt, rows, inDim, outDim, bias ? f32(bias) : undefined);
   }
 
+  matmulAdd(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number): void {
+    const [wd, wt] = weight(w);
+    ops.matmul(f32(out), f32(x), wd, wt, rows, inDim, outDim, undefined, 0, outDim, true);
+  }
+
   rope(qkv: Tensor, rows: number, positions: Int32Array, cos: Tensor, sin: Tensor, shape: AttnShape): void {
     const { numHeads: H, numKvHeads: KV, headDim: d } = shape;
     ops.rope(f32(qkv), rows, (H + 2 * KV) * d, H + KV, d, positions, f32(cos), f32(sin));

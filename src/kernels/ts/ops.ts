@@ -58,7 +58,10 @@ function dot16(a: Float32Array, ao: number, b: Uint16Array, bo: number, n: numbe
   return s0 + s1 + (s2 + s3);
 }
 
-/** out[r·outDim + o] = Σ_i x[r·inDim + i]·w[o·inDim + i] (+ bias[o]); each weight row read once per call. */
+/**
+ * out[r·outDim + o] = Σ_i x[r·inDim + i]·w[o·inDim + i] (+ bias[o]), or with `accumulate` out += that sum
+ * (the sum rounded first, as a matmul then an add); each weight row read once per call.
+ */
 export function matmul(
   out: Float32Array,
   x: Float32Array,
@@ -70,6 +73,7 @@ export function matmul(
   bias?: Float32Array,
   o0 = 0,
   o1 = outDim,
+  accumulate = false,
 ): void {
   const tab = table(wt);
   for (let o = o0; o < o1; o++) {
@@ -77,7 +81,8 @@ export function matmul(
     const b = bias ? bias[o]! : 0;
     for (let r = 0; r < rows; r++) {
       const s = tab ? dot16(x, r * inDim, w as Uint16Array, wo, inDim, tab) : dot(x, r * inDim, w as Float32Array, wo, inDim);
-      out[r * outDim + o] = s + b;
+      const i = r * outDim + o;
+      out[i] = accumulate ? out[i]! + Math.fround(s + b) : s + b;
     }
   }
 }

@@ -131,6 +131,8 @@ export class WasmBackend implements Backend {
   private packed = { ptr: 0, bytes: 0 };
   /** Per-thread float32 panels of 16-bit weight rows for batch matmuls. */
   private panels = { ptr: 0, bytes: 0 };
+  /** matmulAdd's products before they are added. */
+  private sums = { ptr: 0, bytes: 0 };
   private readonly panelBytes: number;
 
   private constructor(
@@ -319,13 +321,24 @@ export class WasmBackend implements Backend {
   }
 
   matmul(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number, bias?: Tensor): void {
+    this.product(T(out).addr, x, w, rows, inDim, outDim, bias ? T(bias).addr : 0);
+  }
+
+  /** The product into a scratch region, then the add: on the CPU a fused epilogue would save no pass worth having. */
+  matmulAdd(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number): void {
+    const n = rows * outDim;
+    const sums = this.region(this.sums, n * 4);
+    this.product(sums, x, w, rows, inDim, outDim, 0);
+    this.addAt(T(out).addr, sums, n);
+  }
+
+  /** out = x · wᵀ (+ bias) at heap address po (pb: the bias's address or 0). */
+  private product(po: number, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number, pb: number): void {
     const kind = weightKind(w, 'matmul');
     const { tiled, cols } = T(w);
     if (tiled > 0 && cols !== inDim) throw new Error(`matmul: a matrix of rows of ${cols} used with ${inDim} inputs`);
-    const po = T(out).addr,
-      px = T(x).addr,
-      pw = T(w).addr,
-      pb = bias ? T(bias).addr : 0;
+    const px = T(x).addr,
+      pw = T(w).addr;
     const parallel = this.runner !== null && rows * inDim * outDim >= PARALLEL_MACS && outDim >= 16 && this.runner.parallel;
     // 16-bit weights and a batch: float32 panels in per-thread scratch (only batches of ≥ 16 rows use it).
     const stride = kind !== W_F32 && rows >= 16 ? this.panelBytes : 0;
@@ -359,13 +372,18 @@ export class WasmBackend implements Backend {
   }
 
   add(x: Tensor, y: Tensor, n: number): void {
+    this.addAt(T(x).addr, T(y).addr, n);
+  }
+
+  /** x[i] += y[i] at heap addresses px, py. */
+  private addAt(px: number, py: number, n: number): void {
     // Split like a light op of n / 512 rows, in pieces of whole vectors.
     const rows = this.rowChunk(Math.floor(n / 512));
     if (rows > 0) {
       const chunk = Math.ceil(n / (2 * this.threads) / 16) * 16;
-      this.runner!.run(OP_ROWS, [ROWS_ADD, T(x).addr, T(y).addr, n, chunk], Math.ceil(n / chunk));
+      this.runner!.run(OP_ROWS, [ROWS_ADD, px, py, n, chunk], Math.ceil(n / chunk));
     } else {
-      this.k.add_range(T(x).addr, T(y).addr, 0, n);
+      this.k.add_range(px, py, 0, n);
     }
   }
 

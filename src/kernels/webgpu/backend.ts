@@ -31,6 +31,8 @@ import {
   gemmWgsl,
   gemvShape,
   gemvWgsl,
+  MM_ADD,
+  MM_BIAS,
   matmulSerialWgsl,
   parseGemvTable,
   ROPE,
@@ -317,6 +319,15 @@ export class WebGpuBackend implements Backend {
   }
 
   matmul(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number, bias?: Tensor): void {
+    this.product(out, x, w, rows, inDim, outDim, bias, false);
+  }
+
+  matmulAdd(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number): void {
+    this.product(out, x, w, rows, inDim, outDim, undefined, true);
+  }
+
+  /** out = x · wᵀ (+ bias), or out += x · wᵀ: the add in the kernel's epilogue, one dispatch. */
+  private product(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number, bias: Tensor | undefined, add: boolean): void {
     const wt = wtype(w);
     if (out === x) throw new Error('webgpu matmul: out must differ from x');
     if (rows === 0) return;
@@ -344,7 +355,7 @@ export class WebGpuBackend implements Backend {
       const b: Binding[] = [{ b: f32(x).g }, { b: wg, offset: win.offset, size: win.size }, { b: bias ? f32(bias).g : this.dummy }, { b: f32(out).g }];
       const { count, blocks } = grid(win.row1 - win.row0);
       this.core.dispatch(k, b, count, (u, _f, at) => {
-        u.set([rows, inDim, outDim, win.row0, win.row1, win.base, chunks, bias ? 1 : 0, blocks], at);
+        u.set([rows, inDim, outDim, win.row0, win.row1, win.base, chunks, (bias ? MM_BIAS : 0) | (add ? MM_ADD : 0), blocks], at);
       });
     }
   }

@@ -116,9 +116,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
 
 // ---- matmul -------------------------------------------------------------------------------------
 
+/** A matmul's flags (parameter word 7): add the bias; add the product to what out holds (matmulAdd). */
+export const MM_BIAS = 1;
+export const MM_ADD = 2;
+
 /**
  * Shared declarations of both matmul kernels: x [rows][inDim] f32, w rows [o0, o1) of a window starting
- * at element `wbase`, bias, out [rows][outDim]. `vec`: inDim % 8 == 0 (chunks are 16- or 32-byte aligned).
+ * at element `wbase`, bias, out [rows][outDim] (read back under MM_ADD: each output is written by one
+ * thread, once). `vec`: inDim % 8 == 0 (chunks are 16- or 32-byte aligned).
  */
 function matmulHead(wt: WType, vec: boolean): string {
   const xDecl = `@group(0) @binding(1) var<storage, read> x: array<${vec ? 'vec4<f32>' : 'f32'}>;`;
@@ -178,7 +183,7 @@ fn xchunk(r: u32, c: u32) -> array<f32, 8> {
   return v;
 }`;
   return /* wgsl */ `
-struct P { rows: u32, inDim: u32, outDim: u32, o0: u32, o1: u32, wbase: u32, chunks: u32, bias: u32, blocks: u32 }
+struct P { rows: u32, inDim: u32, outDim: u32, o0: u32, o1: u32, wbase: u32, chunks: u32, flags: u32, blocks: u32 }
 ${P_HEAD}
 ${xDecl}
 ${weightDecl(2, wt, vec)}
@@ -299,7 +304,8 @@ export function gemvWgsl(wt: WType, vec: boolean, sh: GemvShape): string {
     if (o < n && row < p.rows) {
       var sum = 0.0;
       for (var k = 0u; k < 32u; k++) { sum = sum + red[li * 33u + k]; }
-      if (p.bias != 0u) { sum = sum + bias[p.o0 + o]; }
+      if ((p.flags & ${MM_BIAS}u) != 0u) { sum = sum + bias[p.o0 + o]; }
+      if ((p.flags & ${MM_ADD}u) != 0u) { sum = out[row * p.outDim + p.o0 + o] + sum; }
       out[row * p.outDim + p.o0 + o] = sum;
     }
   }${j < OT - 1 ? '\n  workgroupBarrier();' : ''}`,
@@ -457,7 +463,8 @@ ${Array.from(
       let o = oo + tx * 4u + j;
       if (o < p.o1) {
         var v = acc[i][j];
-        if (p.bias != 0u) { v = v + bias[o]; }
+        if ((p.flags & ${MM_BIAS}u) != 0u) { v = v + bias[o]; }
+        if ((p.flags & ${MM_ADD}u) != 0u) { v = out[r * p.outDim + o] + v; }
         out[r * p.outDim + o] = v;
       }
     }
@@ -491,7 +498,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     }
     acc = acc + pp;
   }
-  if (p.bias != 0u) { acc = acc + bias[o]; }
+  if ((p.flags & ${MM_BIAS}u) != 0u) { acc = acc + bias[o]; }
+  if ((p.flags & ${MM_ADD}u) != 0u) { acc = out[r * p.outDim + o] + acc; }
   out[r * p.outDim + o] = acc;
 }`;
 }

@@ -20,7 +20,7 @@ import {
   runFilledDecodeBench,
   runGenerateBench,
 } from '../../studies/bench/generate.js';
-import { type GpuProfileResult, gpuProfileMarkdown, runGpuProfile } from '../../studies/bench/gpu-profile.js';
+import { type GpuProfileResult, gpuProfileMarkdown, profiledBackend, runGpuProfile } from '../../studies/bench/gpu-profile.js';
 import { kvBytesMarkdown, runKvBytes } from '../../studies/bench/kvbytes.js';
 import { DEFAULT_REPEATS } from '../../studies/bench/measure.js';
 import { prefixBenchMarkdown, runPrefixBench } from '../../studies/bench/prefix.js';
@@ -334,16 +334,17 @@ export function register(program: Command): void {
       try {
         for (const weights of o.weights) models.push({ weights, model: await KiviModel.load(o.model, loadOptions({ ...o, weights })) });
         const model = models[0]!.model;
-        if (o.gpuProfile && model.backend.name !== 'webgpu') throw new KiviError('--gpu-profile times kernels on the GPU: it needs --backend webgpu');
+        if (o.gpuProfile) profiledBackend(model);
         const bar = new LazyProgress('bench generate');
         const specs = o.kv.map((k) => k.name);
         const onProgress = (d: number, t: number) => bar.update(d, t);
+        const prompt = o.fill === undefined ? benchPrompt(model, o.prompt, text) : [];
         const results =
           o.fill !== undefined
             ? await runFilledDecodeBench({ models, context: o.fill, gen: o.gen, specs, repeats: o.repeats, onProgress })
             : await runGenerateBench({
                 models,
-                prompt: benchPrompt(model, o.prompt, text),
+                prompt,
                 gen: o.gen,
                 specs,
                 repeats: o.repeats,
@@ -360,7 +361,6 @@ export function register(program: Command): void {
         }
         let profile: GpuProfileResult[] | undefined;
         if (o.gpuProfile) {
-          const prompt = benchPrompt(model, o.prompt, text);
           profile = await runGpuProfile(model, { prompt, steps: o.gen, specs, batches: o.gpuProfile });
           md += `\n${gpuProfileMarkdown(profile, model.backend.description.replace(/^webgpu: /, ''))}`;
         }

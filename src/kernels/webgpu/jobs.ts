@@ -186,8 +186,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3
   }
   if (kind == ${JOB_QVAL}u) {
     // Per token and group of G channels, in passes of tokens: the values staged, one thread per group
-    // finds its range, one thread per value its code, one thread per code word packs them. Parameters are halves [slot][group], two a
-    // word; a word shared with a token outside the pass keeps that half.
+    // finds its range, one thread per value its code, one thread per code word packs them. Parameters
+    // are halves [slot][group], two a word; a word shared with a token outside the pass keeps that half.
     let gpt = D / G;
     let tb = max(1u, min(TB, ${JOB_PARAMS}u / gpt));
     let mbase = sbase + cap * gpt;
@@ -213,7 +213,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3
       // Every value's code by a thread of its own (a code is a correctly rounded division, a chain of
       // ~25 steps: one thread a code word took 16 of them in a row at 2 bits), then one thread a word packs.
       for (var idx = li; idx < nt * D; idx += WG) {
-        buf[idx] = code(bitcast<f32>(buf[idx]), ps[(idx / D) * gpt + (idx % D) / G], pm[(idx / D) * gpt + (idx % D) / G], maxc);
+        let q = (idx / D) * gpt + (idx % D) / G;
+        buf[idx] = code(bitcast<f32>(buf[idx]), ps[q], pm[q], maxc);
       }
       workgroupBarrier();
       for (var idx = li; idx < nt * wpr; idx += WG) {

@@ -92,6 +92,7 @@ export class GpuProfiler {
         },
         (e: unknown) => {
           this.failure ??= e as Error;
+          this.free.push(b); // destroyed with the rest
         },
       ),
     );

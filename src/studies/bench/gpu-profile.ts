@@ -27,10 +27,15 @@ export interface GpuProfileResult {
   kernels: { kernel: string; dispatches_per_step: number; us_per_step: number }[];
 }
 
+/** The model's WebGPU back end, or a one-line error (checked before a bench's timed rounds, too). */
+export function profiledBackend(model: KiviModel): WebGpuBackend {
+  if (model.backend.name !== 'webgpu') throw new KiviError('--gpu-profile times kernels on the GPU: it needs --backend webgpu');
+  return model.backend as WebGpuBackend;
+}
+
 /** Decode `steps` tokens of `batch` sequences of `prompt` per spec, timing every dispatch on the GPU. */
 export async function runGpuProfile(model: KiviModel, o: { prompt: number[]; steps: number; specs: string[]; batches: number[] }): Promise<GpuProfileResult[]> {
-  if (model.backend.name !== 'webgpu') throw new KiviError('--gpu-profile times kernels on the GPU: it needs --backend webgpu');
-  const core = (model.backend as WebGpuBackend).core;
+  const core = profiledBackend(model).core;
   const out: GpuProfileResult[] = [];
   for (const kv of o.specs) {
     for (const batch of o.batches) {

@@ -44,10 +44,7 @@ for (const [inDim, outDim] of process.env.SMALL
     // GEMV; by the swiglu kernel first before the GEMM) against the swiglu kernel, the serial kernel and
     // the add: the same bits required.
     const gu = b.tensor('f32', rows * 2 * inDim);
-    b.write(
-      gu,
-      Float32Array.from({ length: rows * 2 * inDim }, () => rnd() * 8),
-    );
+    b.write(gu, Float32Array.from({ length: rows * 2 * inDim }, () => rnd() * 8));
     const start = Float32Array.from({ length: rows * outDim }, rnd);
     const fused = b.tensor('f32', rows * outDim);
     b.write(fused, start);

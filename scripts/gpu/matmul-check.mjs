@@ -2,8 +2,7 @@
 //   node scripts/gpu/matmul-check.mjs          (ROWS=1,9,65 for fewer row counts)
 // The GPU's matmul kernels (GEMV up to 512 rows by default, tiled GEMM past) against the one-thread-per-output
 // kernel, which sums in the same canonical order: the same bits are required, at every row count the
-// dispatch tells apart, float16 weights, Llama-2-7B's widths (4096 in; 11008 in, odd out); and matmulAdd
-// with a swiglu input against swiglu, the serial kernel and add. And the
+// dispatch tells apart, float16 weights, Llama-2-7B's widths (4096 in; 11008 in, odd out). And the
 // largest error against a float64 sum of the same float16 weights, relative to Σ|x·w|. Exit 1 on any
 // difference. KIVI_WEBGPU_GEMV applies as everywhere; SMALL=1: one small shape (SwiftShader).
 import { createBackend } from '../../dist/src/kernels/index.js';
@@ -40,28 +39,6 @@ for (const [inDim, outDim] of process.env.SMALL
       res.push(await b.read(out, 0, rows * outDim));
     }
     b.serialMatmul = false;
-    // matmulAdd as the model's down projection runs it (swiglu of gate | up rows as the input, inside the
-    // GEMV; by the swiglu kernel first before the GEMM) against the swiglu kernel, the serial kernel and
-    // the add: the same bits required.
-    const gu = b.tensor('f32', rows * 2 * inDim);
-    b.write(gu, Float32Array.from({ length: rows * 2 * inDim }, () => rnd() * 8));
-    const start = Float32Array.from({ length: rows * outDim }, rnd);
-    const fused = b.tensor('f32', rows * outDim);
-    b.write(fused, start);
-    b.matmulAdd(fused, gu, w, rows, inDim, outDim, 'swiglu');
-    const act = b.tensor('f32', rows * inDim);
-    b.swiglu(act, gu, rows, inDim);
-    b.serialMatmul = true;
-    b.matmul(out, act, w, rows, inDim, outDim);
-    b.serialMatmul = false;
-    const sum = b.tensor('f32', rows * outDim);
-    b.write(sum, start);
-    b.add(sum, out, rows * outDim);
-    const [fv, sv] = [await b.read(fused, 0, rows * outDim), await b.read(sum, 0, rows * outDim)];
-    let addDiff = 0;
-    for (let i = 0; i < fv.length; i++) if (fv[i] !== sv[i]) addDiff++;
-    if (addDiff > 0) failed++;
-    for (const t of [gu, fused, act, sum]) b.release(t);
     let diff = 0;
     let worst = 0;
     for (let i = 0; i < res[0].length; i++) {
@@ -81,7 +58,7 @@ for (const [inDim, outDim] of process.env.SMALL
     }
     if (diff > 0) failed++;
     console.log(
-      `${rows} × ${inDim} → ${outDim}: ${diff === 0 ? 'same bits as serial' : `${diff} outputs differ from serial`}; largest error ${worst.toExponential(2)} of Σ|x·w|; matmulAdd (swiglu input): ${addDiff === 0 ? 'same bits as swiglu, serial, add' : `${addDiff} outputs differ`}`,
+      `${rows} × ${inDim} → ${outDim}: ${diff === 0 ? 'same bits as serial' : `${diff} outputs differ from serial`}; largest error ${worst.toExponential(2)} of Σ|x·w|`,
     );
     b.release(x);
     b.release(out);

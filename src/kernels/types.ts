@@ -65,9 +65,6 @@ export interface PagePool {
   readonly oracleJobs?: boolean;
 }
 
-/** What a matmul multiplies: x itself, or swiglu of x's gate | up halves. */
-export type MatmulInput = 'x' | 'swiglu';
-
 export interface Backend {
   readonly name: BackendName;
   /** Threads the back end computes on (1 for the TypeScript reference; 0 where the GPU computes). */
@@ -109,11 +106,9 @@ export interface Backend {
   matmul(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number, bias?: Tensor): void;
   /**
    * out[r·outDim + o] += Σ_i x[r·inDim + i] · w[o·inDim + i]: a residual connection's add fused into the
-   * product. With input 'swiglu', x holds rows of gate | up ([rows][2·inDim]) and the product's input is
-   * swiglu of them (the MLP's down projection). Bit for bit swiglu, matmul into a scratch, then add; on the
-   * GPU one dispatch instead of three.
+   * product (bit for bit matmul into a scratch, then add; on the GPU one dispatch instead of two).
    */
-  matmulAdd(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number, input?: MatmulInput): void;
+  matmulAdd(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number): void;
   /**
    * Rotary embedding in place on the q and k heads of qkv rows ([rows][(H + 2·KV)·d]), Hugging Face's
    * rotate-half pairs (i, i + d/2), row r at position positions[r]; cos/sin are [positions][d/2] tables.

@@ -52,6 +52,7 @@ class Workspace {
   qkv!: Tensor;
   att!: Tensor;
   gu!: Tensor;
+  act!: Tensor;
 
   constructor(
     private readonly backend: Backend,
@@ -63,17 +64,18 @@ class Workspace {
     const n = Math.max(rows, this.rows * 2);
     const { hiddenSize: D, numHeads: H, numKvHeads: KV, headDim: d, intermediateSize: I } = this.cfg;
     const b = this.backend;
-    if (this.rows > 0) for (const t of [this.x, this.xn, this.qkv, this.att, this.gu]) b.release(t);
+    if (this.rows > 0) for (const t of [this.x, this.xn, this.qkv, this.att, this.gu, this.act]) b.release(t);
     this.x = b.tensor('f32', n * D);
     this.xn = b.tensor('f32', n * D);
     this.qkv = b.tensor('f32', n * (H + 2 * KV) * d);
     this.att = b.tensor('f32', n * H * d);
     this.gu = b.tensor('f32', n * 2 * I);
+    this.act = b.tensor('f32', n * I);
     this.rows = n;
   }
 
   release(): void {
-    if (this.rows > 0) for (const t of [this.x, this.xn, this.qkv, this.att, this.gu]) this.backend.release(t);
+    if (this.rows > 0) for (const t of [this.x, this.xn, this.qkv, this.att, this.gu, this.act]) this.backend.release(t);
     this.rows = 0;
   }
 }
@@ -166,7 +168,7 @@ export class LlamaModel {
     this.ensureRope(maxPos);
     const ws = this.ws;
     ws.ensure(N);
-    const { x, xn, qkv, att, gu } = ws;
+    const { x, xn, qkv, att, gu, act } = ws;
     const w = this.weights;
     try {
       B.embed(x, w.embed, ids, D);
@@ -186,7 +188,8 @@ export class LlamaModel {
         // MLP block: x += down(silu(gate(x)) · up(x)).
         B.rmsnorm(xn, x, lw.mlpNorm, N, D, cfg.rmsNormEps);
         B.matmul(gu, xn, lw.wgu, N, D, 2 * I);
-        B.matmulAdd(x, gu, lw.wdown, N, I, D, 'swiglu');
+        B.swiglu(act, gu, N, I);
+        B.matmulAdd(x, act, lw.wdown, N, I, D);
       }
     } finally {
       endStep(plan, this.pool);

@@ -6,7 +6,7 @@
 import { KiviError } from '../../util/errors.js';
 import { type HostPages, hostPageBytes, type PageViews } from '../host/memory.js';
 import type { StepPlan } from '../plan.js';
-import type { AttnShape, Backend, DType, HostArray, MatmulInput, PagePool, Tensor } from '../types.js';
+import type { AttnShape, Backend, DType, HostArray, PagePool, Tensor } from '../types.js';
 import { DTYPE_BYTES } from '../types.js';
 import { AttnScratch, attendTasks } from './attention.js';
 import { JobScratch, runJobs } from './jobs.js';
@@ -109,8 +109,6 @@ export class TsBackend implements Backend {
   readonly name = 'ts' as const;
   readonly threads = 1;
   readonly description = 'TypeScript reference (1 thread)';
-  /** matmulAdd's swiglu input rows. */
-  private act = new Float32Array(0);
   private readonly attnScratch = new AttnScratch();
   private readonly jobScratch = new JobScratch();
 
@@ -153,15 +151,9 @@ export class TsBackend implements Backend {
     ops.matmul(f32(out), f32(x), wd, wt, rows, inDim, outDim, bias ? f32(bias) : undefined);
   }
 
-  matmulAdd(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number, input: MatmulInput = 'x'): void {
+  matmulAdd(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number): void {
     const [wd, wt] = weight(w);
-    let xs = f32(x);
-    if (input === 'swiglu') {
-      if (this.act.length < rows * inDim) this.act = new Float32Array(rows * inDim);
-      ops.swiglu(this.act, xs, rows, inDim);
-      xs = this.act;
-    }
-    ops.matmul(f32(out), xs, wd, wt, rows, inDim, outDim, undefined, 0, outDim, true);
+    ops.matmul(f32(out), f32(x), wd, wt, rows, inDim, outDim, undefined, 0, outDim, true);
   }
 
   rope(qkv: Tensor, rows: number, positions: Int32Array, cos: Tensor, sin: Tensor, shape: AttnShape): void {

@@ -16,7 +16,7 @@ import { JOB_DST, JOB_HALF, JOB_KIND, JOB_ROTATE, JOB_SRC0, JOB_SRCN, JOB_WORDS,
 import type { StepPlan } from '../plan.js';
 import { JobScratch, runJob } from '../ts/jobs.js';
 import * as ops from '../ts/ops.js';
-import type { AttnShape, Backend, DType, HostArray, MatmulInput, PagePool, Tensor } from '../types.js';
+import type { AttnShape, Backend, DType, HostArray, PagePool, Tensor } from '../types.js';
 import { DTYPE_BYTES } from '../types.js';
 import { Allocator } from './allocator.js';
 import { instantiate, type KernelExports } from './exports.js';
@@ -131,9 +131,8 @@ export class WasmBackend implements Backend {
   private packed = { ptr: 0, bytes: 0 };
   /** Per-thread float32 panels of 16-bit weight rows for batch matmuls. */
   private panels = { ptr: 0, bytes: 0 };
-  /** matmulAdd's products before they are added, and its swiglu input rows. */
+  /** matmulAdd's products before they are added. */
   private sums = { ptr: 0, bytes: 0 };
-  private acts = { ptr: 0, bytes: 0 };
   private readonly panelBytes: number;
 
   private constructor(
@@ -322,32 +321,24 @@ export class WasmBackend implements Backend {
   }
 
   matmul(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number, bias?: Tensor): void {
-    this.product(T(out).addr, T(x).addr, w, rows, inDim, outDim, bias ? T(bias).addr : 0);
+    this.product(T(out).addr, x, w, rows, inDim, outDim, bias ? T(bias).addr : 0);
   }
 
-  /**
-   * The swiglu input and the product into scratch regions, then the add: on the CPU a fused epilogue
-   * would save no pass worth having.
-   */
-  matmulAdd(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number, input: MatmulInput = 'x'): void {
-    let px = T(x).addr;
-    if (input === 'swiglu') {
-      const act = this.region(this.acts, rows * inDim * 4);
-      this.swigluAt(act, px, rows, inDim);
-      px = act;
-    }
+  /** The product into a scratch region, then the add: on the CPU a fused epilogue would save no pass worth having. */
+  matmulAdd(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number): void {
     const n = rows * outDim;
     const sums = this.region(this.sums, n * 4);
-    this.product(sums, px, w, rows, inDim, outDim, 0);
+    this.product(sums, x, w, rows, inDim, outDim, 0);
     this.addAt(T(out).addr, sums, n);
   }
 
-  /** out = x · wᵀ (+ bias) at heap addresses po, px (pb: the bias's address or 0). */
-  private product(po: number, px: number, w: Tensor, rows: number, inDim: number, outDim: number, pb: number): void {
+  /** out = x · wᵀ (+ bias) at heap address po (pb: the bias's address or 0). */
+  private product(po: number, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number, pb: number): void {
     const kind = weightKind(w, 'matmul');
     const { tiled, cols } = T(w);
     if (tiled > 0 && cols !== inDim) throw new Error(`matmul: a matrix of rows of ${cols} used with ${inDim} inputs`);
-    const pw = T(w).addr;
+    const px = T(x).addr,
+      pw = T(w).addr;
     const parallel = this.runner !== null && rows * inDim * outDim >= PARALLEL_MACS && outDim >= 16 && this.runner.parallel;
     // 16-bit weights and a batch: float32 panels in per-thread scratch (only batches of ≥ 16 rows use it).
     const stride = kind !== W_F32 && rows >= 16 ? this.panelBytes : 0;
@@ -375,14 +366,9 @@ export class WasmBackend implements Backend {
   }
 
   swiglu(act: Tensor, gu: Tensor, rows: number, I: number): void {
-    this.swigluAt(T(act).addr, T(gu).addr, rows, I);
-  }
-
-  /** swiglu at heap addresses pa (act), pg (gu). */
-  private swigluAt(pa: number, pg: number, rows: number, I: number): void {
     const chunk = this.rowChunk(rows);
-    if (chunk > 0) this.runner!.run(OP_ROWS, [ROWS_SWIGLU, pa, pg, rows, I, chunk], Math.ceil(rows / chunk));
-    else this.k.swiglu(pa, pg, rows, I);
+    if (chunk > 0) this.runner!.run(OP_ROWS, [ROWS_SWIGLU, T(act).addr, T(gu).addr, rows, I, chunk], Math.ceil(rows / chunk));
+    else this.k.swiglu(T(act).addr, T(gu).addr, rows, I);
   }
 
   add(x: Tensor, y: Tensor, n: number): void {

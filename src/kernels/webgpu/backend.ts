@@ -12,7 +12,7 @@ import { KiviError } from '../../util/errors.js';
 import { JOB_DST, JOB_KIND, JOB_ROTATE, JOB_WORDS, SEG_KIND, SEG_N, SEG_PAGE, SEG_ROWS, SEG_WORDS } from '../layout.js';
 import type { StepPlan } from '../plan.js';
 import { randomScale } from '../ts/ops.js';
-import type { AttnShape, Backend, DType, HostArray, MatmulInput, PagePool, Tensor } from '../types.js';
+import type { AttnShape, Backend, DType, HostArray, PagePool, Tensor } from '../types.js';
 import { DTYPE_BYTES } from '../types.js';
 import { arenaCount } from './arenas.js';
 import { type AttnGeometry, attendWgsl, attnGeometry, partialFloats } from './attention.js';
@@ -322,35 +322,12 @@ export class WebGpuBackend implements Backend {
     this.product(out, x, w, rows, inDim, outDim, bias, false);
   }
 
-  matmulAdd(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number, input: MatmulInput = 'x'): void {
-    const sh = this.serialMatmul ? null : gemvShape(this.gemvTable, rows);
-    if (input === 'swiglu' && !sh) {
-      // The GEMM and the serial kernel read each input row once per tile or output: swiglu once, first,
-      // into a buffer of this call's (a prefill's; destroyed once the commands using it are submitted).
-      const act = this.tensor('f32', rows * inDim);
-      this.swiglu(act, x, rows, inDim);
-      this.product(out, act, w, rows, inDim, outDim, undefined, true, 'x');
-      this.release(act);
-    } else {
-      this.product(out, x, w, rows, inDim, outDim, undefined, true, input);
-    }
+  matmulAdd(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number): void {
+    this.product(out, x, w, rows, inDim, outDim, undefined, true);
   }
 
-  /**
-   * out = x · wᵀ (+ bias), or out += x · wᵀ: the add in the kernel's epilogue, one dispatch; a GEMV takes
-   * swiglu of x's halves as its input (`input`).
-   */
-  private product(
-    out: Tensor,
-    x: Tensor,
-    w: Tensor,
-    rows: number,
-    inDim: number,
-    outDim: number,
-    bias: Tensor | undefined,
-    add: boolean,
-    input: MatmulInput = 'x',
-  ): void {
+  /** out = x · wᵀ (+ bias), or out += x · wᵀ: the add in the kernel's epilogue, one dispatch. */
+  private product(out: Tensor, x: Tensor, w: Tensor, rows: number, inDim: number, outDim: number, bias: Tensor | undefined, add: boolean): void {
     const wt = wtype(w);
     if (out === x) throw new Error('webgpu matmul: out must differ from x');
     if (rows === 0) return;
@@ -360,13 +337,12 @@ export class WebGpuBackend implements Backend {
     // The kernel and, per window of n outputs, its grid of workgroups and its number of row blocks.
     let k: Kernel;
     const sh = this.serialMatmul ? null : gemvShape(this.gemvTable, rows);
-    if (input !== 'x' && !sh) throw new Error(`webgpu matmul: a ${input} input takes the GEMV`);
     let grid: (n: number) => { count: number; blocks: number };
     if (this.serialMatmul) {
       k = this.kernel(`serial:${wt}:${vec}`, () => [matmulSerialWgsl(wt, vec), MATMUL_BINDINGS]);
       grid = (n) => ({ count: Math.ceil((rows * n) / 64), blocks: 1 });
     } else if (sh) {
-      k = this.kernel(`gemv:${wt}:${vec}:${sh.R}:${sh.OT}:${sh.U}:${sh.G}:${sh.X}:${input}`, () => [gemvWgsl(wt, vec, sh, input), MATMUL_BINDINGS]);
+      k = this.kernel(`gemv:${wt}:${vec}:${sh.R}:${sh.OT}:${sh.U}:${sh.G}:${sh.X}`, () => [gemvWgsl(wt, vec, sh), MATMUL_BINDINGS]);
       const { R, G, OT } = sh;
       const blocks = Math.ceil(rows / R);
       grid = (n) => ({ count: Math.ceil(n / (G * OT)) * blocks, blocks });

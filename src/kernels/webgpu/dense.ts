@@ -14,7 +14,6 @@
  * `shader-f16` is needed (float16 sums would break the agreement with the reference).
  */
 import { KiviError } from '../../util/errors.js';
-import type { MatmulInput } from '../types.js';
 import { CONVERT, GRID } from './wgsl.js';
 
 export type WType = 'f32' | 'f16' | 'bf16';
@@ -126,7 +125,7 @@ export const MM_ADD = 2;
  * at element `wbase`, bias, out [rows][outDim] (read back under MM_ADD: each output is written by one
  * thread, once). `vec`: inDim % 8 == 0 (chunks are 16- or 32-byte aligned).
  */
-function matmulHead(wt: WType, vec: boolean, input: MatmulInput = 'x'): string {
+function matmulHead(wt: WType, vec: boolean): string {
   const xDecl = `@group(0) @binding(1) var<storage, read> x: array<${vec ? 'vec4<f32>' : 'f32'}>;`;
   // A chunk of 8 weights of output row o (relative to o0), chunk c, into wv; elements past inDim are 0.
   let wchunk: string;
@@ -166,18 +165,15 @@ fn wchunk(o: u32, c: u32) -> array<f32, 8> {
   return v;
 }`;
   }
-  const xchunk =
-    input === 'swiglu'
-      ? swigluChunk(vec)
-      : vec
-        ? `
+  const xchunk = vec
+    ? `
 fn xchunk(r: u32, c: u32) -> array<f32, 8> {
   let e = (r * p.inDim + c * 8u) >> 2u;
   let a = x[e];
   let b = x[e + 1u];
   return array<f32, 8>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
 }`
-        : `
+    : `
 fn xchunk(r: u32, c: u32) -> array<f32, 8> {
   var v = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
   for (var e = 0u; e < 8u; e++) {
@@ -197,34 +193,6 @@ ${wt === 'f32' ? '' : CONVERT}
 ${wchunk}
 ${xchunk}
 `;
-}
-
-/**
- * A GEMV's input chunk as swiglu of the gate | up halves of x's rows ([rows][2·inDim]), with SWIGLU's own
- * expression, so the bits are those of the swiglu kernel's output fed to the plain GEMV.
- */
-function swigluChunk(vec: boolean): string {
-  if (vec)
-    return `${SWIGLU1}
-fn xchunk(r: u32, c: u32) -> array<f32, 8> {
-  let e = (r * 2u * p.inDim + c * 8u) >> 2u;
-  let h = e + (p.inDim >> 2u);
-  let g0 = x[e];
-  let g1 = x[e + 1u];
-  let u0 = x[h];
-  let u1 = x[h + 1u];
-  return array<f32, 8>(swiglu1(g0.x, u0.x), swiglu1(g0.y, u0.y), swiglu1(g0.z, u0.z), swiglu1(g0.w, u0.w),
-    swiglu1(g1.x, u1.x), swiglu1(g1.y, u1.y), swiglu1(g1.z, u1.z), swiglu1(g1.w, u1.w));
-}`;
-  return `${SWIGLU1}
-fn xchunk(r: u32, c: u32) -> array<f32, 8> {
-  var v = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-  for (var e = 0u; e < 8u; e++) {
-    let k = c * 8u + e;
-    if (k < p.inDim) { v[e] = swiglu1(x[r * 2u * p.inDim + k], x[r * 2u * p.inDim + p.inDim + k]); }
-  }
-  return v;
-}`;
 }
 
 /**
@@ -300,7 +268,7 @@ export function gemvShape(table: GemvTable, rows: number): GemvShape | null {
 }
 
 /** GEMV over blocks of rows (see GemvShape); each output's 32 slice sums are added in order at the end. */
-export function gemvWgsl(wt: WType, vec: boolean, sh: GemvShape, input: MatmulInput = 'x'): string {
+export function gemvWgsl(wt: WType, vec: boolean, sh: GemvShape): string {
   const { R, OT, U, G } = sh;
   const range = (n: number) => Array.from({ length: n }, (_, i) => i);
   // One step of U chunks per lane: the weights of every output, then each row's x chunk applied to all.
@@ -381,7 +349,7 @@ export function gemvWgsl(wt: WType, vec: boolean, sh: GemvShape, input: MatmulIn
     ? `var<workgroup> xs: array<vec4<f32>, ${Math.max(R * 64, Math.ceil((G * R * 33) / 4))}>;`
     : `var<workgroup> red: array<f32, ${G * R * 33}>;`;
   const redCode = sh.X ? reduce.replace(/red\[([^\]]+)\]/g, (_, i: string) => `xs[(${i}) >> 2u][(${i}) & 3u]`) : reduce;
-  return /* wgsl */ `${matmulHead(wt, vec, input)}
+  return /* wgsl */ `${matmulHead(wt, vec)}
 ${GRID}
 // Slice sums of one output for every row and warp; rows 33 floats apart (no bank conflicts when summed).
 ${redDecl}
@@ -559,18 +527,15 @@ export const ROPE = perElement(
   x[b + i + p.half] = x2 * c + x1 * s;`,
 );
 
-/** silu(gate) · up, one expression for the swiglu kernel and a GEMV's swiglu input (the same bits). */
-const SWIGLU1 = 'fn swiglu1(g: f32, u: f32) -> f32 { return (g / (1.0 + exp(-g))) * u; }';
-
 export const SWIGLU = perElement(
   'rows: u32, I: u32',
   `@group(0) @binding(1) var<storage, read> gu: array<f32>;
-@group(0) @binding(2) var<storage, read_write> act: array<f32>;
-${SWIGLU1}`,
+@group(0) @binding(2) var<storage, read_write> act: array<f32>;`,
   'p.rows * p.I',
   `  let r = idx / p.I;
   let i = idx % p.I;
-  act[idx] = swiglu1(gu[r * 2u * p.I + i], gu[r * 2u * p.I + p.I + i]);`,
+  let g = gu[r * 2u * p.I + i];
+  act[idx] = (g / (1.0 + exp(-g))) * gu[r * 2u * p.I + p.I + i];`,
 );
 
 /** x += y; `self`: y is x. */

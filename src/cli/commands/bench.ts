@@ -6,7 +6,6 @@ import { KiviModel } from '../../api.js';
 import type { CacheSpec } from '../../cache/spec.js';
 import { NAMED_SPECS } from '../../cache/spec.js';
 import { type Backend, type BackendChoice, createBackend } from '../../kernels/index.js';
-import type { WebGpuBackend } from '../../kernels/webgpu/backend.js';
 import type { WeightFormat } from '../../model/weights.js';
 import { parseRedisUrl } from '../../server/redis-store.js';
 import { type AttentionKernelResult, attentionChart, attentionKernelMarkdown, attentionMarkdown, runAttentionBench } from '../../studies/bench/attention.js';
@@ -14,6 +13,7 @@ import { type BudgetArg, capacityMarkdown, modelDims, runCapacity } from '../../
 import { GEMV_WEIGHT_TYPES, type GemvWeightType, gemvMarkdown, runGemvBench } from '../../studies/bench/gemv.js';
 import {
   benchPrompt,
+  compileCounter,
   generateBenchMarkdown,
   PREFILL_ATTENTION,
   type PrefillAttention,
@@ -355,8 +355,9 @@ export function register(program: Command): void {
         const name = path.basename(path.resolve(o.model));
         const what = `kivi generate on ${name} (${model.backend.name} ×${model.backend.threads})`;
         let md = generateBenchMarkdown(results, what);
-        if (model.backend.name === 'webgpu') {
-          const { compiled, compileSeconds } = (model.backend as WebGpuBackend).core;
+        const counter = compileCounter(model);
+        if (counter) {
+          const { compiled, compileSeconds } = counter;
           md += `\nKernels compiled in this run (${models[0]!.weights} weights): ${compiled}, blocking the host ${compileSeconds.toFixed(2)} s in all.\n`;
         }
         let profile: GpuProfileResult[] | undefined;

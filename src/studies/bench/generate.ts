@@ -55,7 +55,7 @@ export interface GenerateBenchResult {
 }
 
 /** The WebGPU back end's compile counters (none on the CPU back ends). */
-function compileCounter(model: KiviModel): { compiled: number; compileSeconds: number } | null {
+export function compileCounter(model: KiviModel): { compiled: number; compileSeconds: number } | null {
   return model.backend.name === 'webgpu' ? (model.backend as WebGpuBackend).core : null;
 }
 

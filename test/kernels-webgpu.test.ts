@@ -411,7 +411,7 @@ if (!reportMissing('kernels-webgpu: long attention')) {
       // 1300 tokens: a quantized prefix of 36-39 blocks, several bulk items a kv head, the merge.
       const T = 1300;
       const rows = randArray(T * qkvDim, r).map((v, i) => (i % D === 5 ? v * 12 : v));
-      const step = randArray(3 * qkvDim, r);
+      const step = randArray(4 * qkvDim, r);
       for (const spec of specs) {
         const pools = [ref.createPagePool(shape), b.createPagePool(shape)] as const;
         const st = [new CacheStepper(ref, pools[0]), new CacheStepper(b, pools[1])];
@@ -420,7 +420,7 @@ if (!reportMissing('kernels-webgpu: long attention')) {
         // The bulk kernel's default build (forced on: by default it runs at 1 query head a kv head only),
         // the general kernel alone, then 8 channels a thread, rounds of 2 tokens, the weights
         // exponentiated by every thread and 4 value tokens in flight.
-        for (const [k, setting] of ['on', '0', 'cw8,noex,u4,sb2'].entries()) {
+        for (const [k, setting] of ['on', '0', 'cw8,noex,u4,sb2', 'on,fk'].entries()) {
           b.bulk = setting;
           const item = (i: number) => [{ cache: caches[i]!, rows: step.subarray(k * qkvDim, (k + 1) * qkvDim), n: 1, mode: 'decode' as const }];
           const exp = (await st[0]!.step(item(0)))!;
@@ -434,11 +434,13 @@ if (!reportMissing('kernels-webgpu: long attention')) {
     }
     const ran = pipelines().filter((k) => k.startsWith('bulk'));
     for (const want of [
+      'bulk1-2-16-sb8-u8-ik:2:2:64',
+      'bulk1-4-16-sb8-u8-ik:2:2:64',
+      'bulk1-2-16-sb4-u8-ik:4:2:128',
+      'bulk1-4-16-sb4-u8-ik:8:2:128',
+      'bulk1-2-8-sb2-u4-noex-ik:4:2:128',
       'bulk1-2-16-sb8-u8:2:2:64',
-      'bulk1-4-16-sb8-u8:2:2:64',
-      'bulk1-2-16-sb4-u8:4:2:128',
       'bulk1-4-16-sb4-u8:8:2:128',
-      'bulk1-2-8-sb2-u4-noex:4:2:128',
     ]) {
       assert.ok(ran.includes(want), `${want} ran (ran: ${ran.join(' ')})`);
     }

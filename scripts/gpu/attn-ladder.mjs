@@ -39,10 +39,12 @@ var<workgroup> tm: array<f32, ${NQ * 32}>;
 var<workgroup> fq: array<vec4<f32>, ${4 * NQ * 32}>;
 var<workgroup> fp: array<f32, ${4 * NQ * 32 * 2}>;
 var<workgroup> fs: array<f32, ${4 * NQ * 2}>;
+var<workgroup> qw: array<vec4<u32>, ${NQ * 16}>;
 `;
 const init = /* wgsl */ `
   for (var i = li; i < ${(NQ * D) / 4}u; i += ${WG}u) { big[i] = vec4<f32>(f32(i) * 1e-3, 0.5, -0.25, 1.0); }
   for (var i = li; i < ${NQ * WG}u; i += ${WG}u) { sc[i] = 1.0 / f32(i + 1u); }
+  for (var i = li; i < ${NQ * 16}u; i += ${WG}u) { qw[i] = vec4<u32>(i * 0x01030507u, i * 0x0b0d1113u, i * 0x17191d1fu, i * 0x25292b2fu); }
   workgroupBarrier();
   let stride = nw.x * ${WG}u;
 `;
@@ -177,6 +179,36 @@ ${valueRow('tr')}
 ${B}  }
   o[g.x] = ${valueSum()};`;
 };
+// Scores of one 2-bit key row for NQ heads with packed 8-bit integer dot products (WGSL's
+// dot4I8Packed/dot4U8Packed; DP4A where the driver has it): the folded query quantized to int16 as the
+// wasm kernel does (kivi.ts), each value split into a signed high byte and an unsigned low byte, so one
+// group of 4 codes costs one mask (and a shift) for every head and two dot products a head; lo8: the high
+// bytes only (an int8 query), for the speed of one dot product a head.
+const scoreDp4a = (hiOnly) => {
+  let s = range(NQ)
+    .map((j) => `    var I${j} = 0i;${hiOnly ? '' : ` var L${j} = 0u;`}`)
+    .join('\n');
+  s += '\n    let q4_0 = a[t * 2u];\n    let q4_1 = a[t * 2u + 1u];\n';
+  for (let wi = 0; wi < 8; wi++) {
+    s += `    { let wd = q4_${wi >> 2}[${wi & 3}];\n`;
+    for (let k = 0; k < 4; k++) {
+      s += `      { let c = ${k ? `(wd >> ${2 * k}u)` : 'wd'} & 0x03030303u;\n`;
+      s += range(NQ)
+        .map((j) => {
+          const q = `qw[${j * 16 + wi * 2 + (k >> 1)}u]`;
+          const [hi, lo] = k & 1 ? ['z', 'w'] : ['x', 'y'];
+          return `        I${j} += dot4I8Packed(${q}.${hi}, c);${hiOnly ? '' : ` L${j} += dot4U8Packed(${q}.${lo}, c);`}`;
+        })
+        .join('\n');
+      s += '\n      }\n';
+    }
+    s += '    }\n';
+  }
+  s += range(NQ)
+    .map((j) => `    let S${j} = f32(${hiOnly ? `I${j}` : `I${j} * 256i + i32(L${j})`});`)
+    .join('\n');
+  return `${s}\n`;
+};
 const rungs = {
   // 32-byte rows, one a thread: the loads alone.
   'k2-read': main(`  var x = vec4<u32>(0u);
@@ -186,6 +218,23 @@ const rungs = {
   'k2-score': main(`  var acc = 0.0;
   for (var t = g.x; t < p.n; t += stride) {
 ${score2()}
+    acc += ${range(NQ)
+      .map((j) => `S${j}`)
+      .join(' + ')};
+  }
+  o[g.x] = acc;`),
+  // The same scores with packed integer dot products (scoreDp4a), an int16 query or an int8 one.
+  'k2-dp4a': main(`  var acc = 0.0;
+  for (var t = g.x; t < p.n; t += stride) {
+${scoreDp4a(false)}
+    acc += ${range(NQ)
+      .map((j) => `S${j}`)
+      .join(' + ')};
+  }
+  o[g.x] = acc;`),
+  'k2-dp4a8': main(`  var acc = 0.0;
+  for (var t = g.x; t < p.n; t += stride) {
+${scoreDp4a(true)}
     acc += ${range(NQ)
       .map((j) => `S${j}`)
       .join(' + ')};

@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -150,6 +150,31 @@ case $PHASE in
     # KIVI key scores summed in 2 or 4 partial sums a query head (variant kpN: shorter chains of dependent
     # multiply-adds).
     variant kp kp4 ,kp2,kp4,,kp2,kp4 .gpu/spv/{gqa,gqa-kp2,gqa-kp4,mha,mha-kp2,mha-kp4}.spv
+    ;;
+  ik)
+    # The bulk kernel's integer key path (bulk.ts IK: the folded query as int16, packed 8-bit dot products)
+    # against the reference on this GPU (forced on from one block: 4:1, MHA, pages over several arenas),
+    # then the bench at 32 kv heads with it (ik) and with float key scores (fk), in turns, then one decode
+    # step replayed: the general kernel alone (0), fk and ik, at MHA 262K and at 4:1 1M.
+    export KIVI_WEBGPU_BULK=on
+    T=9000 SPECS=kivi2,kivi4,kivi:k=2,v=2,g=64,r=64,sink=3 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee "$OUT/attn-check-ik.txt"
+    HEADS=32 KV=32 T=5000 SPECS=kivi2,kivi4 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-ik.txt"
+    BIND=1048576 ARENAS=4 T=9000 SPECS=kivi2,kivi4 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-ik.txt"
+    for b in ik fk ik-2 fk-2; do
+      export KIVI_WEBGPU_BULK=${b%-2}
+      run 150 attention-$b-mha $A_MHA --context 65536,262144
+    done
+    unset KIVI_WEBGPU_BULK
+    SPECS=kivi2,kivi4 HEADS=32 KV=32 T=262144 BULKS="0|fk|ik|fk|ik" timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/ik-mha-256k.txt"
+    SPECS=kivi2 BULKS="0|on,fk|on,ik|on,fk|on,ik|0" timeout 100 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/ik-gqa-1m.txt"
+    ;;
+  dp4a)
+    # Key scores with packed 8-bit integer dot products (attn-ladder.mjs k2-dp4a: an int16 query in two
+    # bytes; k2-dp4a8: an int8 one) against the float rung the kernels use (k2-score), in turns, at the
+    # 4:1 1M-token and the MHA 262K-token shapes.
+    R=k2-read,k2-score,k2-dp4a,k2-dp4a8,k2-score,k2-dp4a,k2-dp4a8
+    ROWS=2097152 NQ=4 RUNGS=$R timeout 120 node scripts/gpu/attn-ladder.mjs 2>&1 | tee "$OUT/ladder-dp4a-gqa-1m.txt"
+    ROWS=8388608 NQ=1 RUNGS=$R timeout 120 node scripts/gpu/attn-ladder.mjs 2>&1 | tee "$OUT/ladder-dp4a-mha-256k.txt"
     ;;
   ladder)
     # Decode attention's parts as kernels of their own (attn-ladder.mjs: loads, key scores, weights,

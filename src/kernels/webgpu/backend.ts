@@ -41,7 +41,7 @@ import {
   SWIGLU,
   type WType,
 } from './dense.js';
-import { findAdapter, type GpuDevice, openDevice, type WebGpuOptions } from './device.js';
+import { findAdapter, type GpuDevice, openDevice, type WebGpuOptions, wgslFeatures } from './device.js';
 import { jobsWgsl } from './jobs.js';
 import { mergeWgsl } from './merge.js';
 import { PageTables } from './pagetables.js';
@@ -175,7 +175,7 @@ export class WebGpuBackend implements Backend {
     const table = parseGemvTable(o.gemvTable ?? env ?? GEMV_TABLE);
     const adapter = await findAdapter(o, false);
     if (!adapter) throw new KiviError('--backend webgpu: no WebGPU adapter here (no GPU driver found by WebGPU)');
-    return new WebGpuBackend(await openDevice(adapter), o, table);
+    return new WebGpuBackend(await openDevice(adapter, await wgslFeatures(o)), o, table);
   }
 
   private kernel(key: string, make: () => [string, ('read' | 'rw')[], boolean?]): Kernel {
@@ -581,8 +581,10 @@ export class WebGpuBackend implements Backend {
       const bits = gp.bulkBits;
       const bg = this.bulkGeometry(shape, bits);
       if (!bg) throw new Error(`webgpu: bulk items without a bulk kernel for ${bits} bits`);
-      const bo = this.bulkSetting();
-      const name = `bulk${na}-${bits}-${bg.cw}-sb${bg.sb}-u${bo.u}${bo.ex ? '' : '-noex'}${[...bo.skip].map((x) => `-${x}`).join('')}`;
+      const o = this.bulkSetting();
+      const bo = { ...o, ik: o.ik ?? this.dev.dot4 };
+      if (bo.ik && !this.dev.dot4) throw new KiviError('KIVI_WEBGPU_BULK: ik needs WGSL packed_4x8_integer_dot_product, which this WebGPU lacks');
+      const name = `bulk${na}-${bits}-${bg.cw}-sb${bg.sb}-u${bo.u}${bo.ex ? '' : '-noex'}${bo.ik ? '-ik' : ''}${[...bo.skip].map((x) => `-${x}`).join('')}`;
       const kb = this.shapeKernel(name, shape, () => bulkWgsl(shape, bg, na, bo), ['read', 'read', 'rw', 'rw', ...Array<'read'>(this.arenas).fill('read')]);
       this.core.dispatch(kb, bind, nBulk, (u, _f, at) => u.set([first.bulk, nBulk, gp.tasks], at));
     }

@@ -12,6 +12,14 @@
  *    in one key group), then scores the block's tokens on its channels, every query head's multiply-add
  *    for each code read, no workgroup memory in the loop; the NCH partial scores of a token are summed
  *    through workgroup memory, SB tokens at a time (two barriers per SB tokens);
+ *  - integer keys (IK, the default where WGSL has packed 8-bit dot products): the thread's folded query
+ *    q ⊙ s is quantized to int16 with its own step α = max |q ⊙ s| / 32767 (round half to even), each value
+ *    split into a signed high byte and an unsigned low byte; a code word's codes are masked into byte
+ *    lanes (one shift and one mask per four codes, for every head), and each head takes two dot products
+ *    (dot4I8Packed, dot4U8Packed: DP4A on NVIDIA) per four codes instead of four unpacks and four
+ *    multiply-adds; partial = α·(256·Σhigh + Σlow) + Σ q·m, the sums exact integers. The rounding moves a
+ *    thread's partial score by at most α/2·Σ code over its channels (the wasm kernels round the query the
+ *    same way, kivi.ts; on the H200 scripts/gpu/attn-check.mjs finds the outputs within 4e-5 of the largest);
  *  - softmax: a lane's threads keep one running maximum per query head for the blocks that lane owns, so
  *    the maximum needs no workgroup-wide tree (each thread reads its block's scores for it), and one
  *    thread of the lane turns each token's score into its weight exp(s − M);
@@ -60,10 +68,13 @@ export interface BulkGeometry {
  * `on` null for the default per shape (bulkDefault), channels a thread `cw` and tokens a round `sb`
  * (0: the shape's default), the shortest quantized prefix a task hands it (`min` tokens; 0: BULK_MIN_DEFAULT
  * by default, one block when forced on), value tokens
- * in flight a thread (`u`), weights exponentiated once a token (`ex`), parts left out (`skip`, diagnostic).
+ * in flight a thread (`u`), weights exponentiated once a token (`ex`), integer key scores (`ik`), parts left
+ * out (`skip`, diagnostic).
  */
-export interface BulkSetting extends BulkOptions {
+export interface BulkSetting extends Omit<BulkOptions, 'ik'> {
   on: boolean | null;
+  /** Integer key scores (ik) or float ones (fk); null: integer where the device has packed dot products. */
+  ik: boolean | null;
   cw: number;
   sb: number;
   min: number;
@@ -71,14 +82,19 @@ export interface BulkSetting extends BulkOptions {
 
 /**
  * A setting from its text: '' (the defaults), '0' (off: the general kernel takes every token), 'on', or a
- * comma list of cwN, sbN, minN, uN, ex, noex and -part (which imply on). One line naming a bad part.
+ * comma list of cwN, sbN, minN, uN, ex, noex and -part (which imply on), and ik or fk (the key path's
+ * arithmetic, which do not). One line naming a bad part.
  */
 export function parseBulkSetting(text: string): BulkSetting {
-  const o: BulkSetting = { on: null, cw: 0, sb: 0, min: 0, skip: new Set(), ex: BULK_DEFAULTS.ex, u: BULK_DEFAULTS.u };
+  const o: BulkSetting = { on: null, cw: 0, sb: 0, min: 0, skip: new Set(), ex: BULK_DEFAULTS.ex, u: BULK_DEFAULTS.u, ik: null };
   const skip = new Set<string>();
   for (const part of text.split(',').filter(Boolean)) {
     if (part === '0') {
       o.on = false;
+      continue;
+    }
+    if (part === 'ik' || part === 'fk') {
+      o.ik = part === 'ik';
       continue;
     }
     o.on ??= true;
@@ -92,7 +108,9 @@ export function parseBulkSetting(text: string): BulkSetting {
     else if (m?.[1] === 'u' && [1, 2, 4, 8].includes(n)) o.u = n;
     else if (m?.[1] === 'min' && n >= 1) o.min = n;
     else
-      throw new KiviError(`KIVI_WEBGPU_BULK: unknown part "${part}" (0, on, cwN of 4-32, sbN of 1-32, minN, uN of 1-8, ex, noex, -${BULK_PARTS.join(', -')})`);
+      throw new KiviError(
+        `KIVI_WEBGPU_BULK: unknown part "${part}" (0, on, cwN of 4-32, sbN of 1-32, minN, uN of 1-8, ex, noex, ik, fk, -${BULK_PARTS.join(', -')})`,
+      );
   }
   o.skip = skip;
   return o;
@@ -155,13 +173,21 @@ function bulkBytes(g: BulkGeometry, D: number): number {
 /** Parts a diagnostic build leaves out (KIVI_WEBGPU_BULK `-keys` …; results are then wrong, only the time counts). */
 export const BULK_PARTS = ['keys', 'red', 'max', 'values', 'vload'] as const;
 
-/** Build options: parts left out (diagnostic), value tokens in flight a thread, weights exponentiated once a token (ex) or by every thread (no ex). */
+/**
+ * Build options: parts left out (diagnostic), value tokens in flight a thread, weights exponentiated once a
+ * token (ex) or by every thread (no ex), and the key scores as integer dot products (ik: see bulkWgsl) or
+ * as float multiply-adds.
+ */
 export interface BulkOptions {
   skip: ReadonlySet<string>;
   u: number;
   ex: boolean;
+  ik: boolean;
 }
-export const BULK_DEFAULTS: BulkOptions = { skip: new Set(), u: 8, ex: true };
+export const BULK_DEFAULTS: BulkOptions = { skip: new Set(), u: 8, ex: true, ik: true };
+
+/** The largest magnitude of the int16 query values of the integer key path. */
+const IK_QMAX = 32767;
 
 export function bulkWgsl(shape: AttnShape, g: BulkGeometry, na: number, opts: BulkOptions = BULK_DEFAULTS): string {
   const skip = opts.skip;
@@ -205,14 +231,46 @@ export function bulkWgsl(shape: AttnShape, g: BulkGeometry, na: number, opts: Bu
       .map((wi) => `      let ${x}_${wi} = ldw(sl, ${at(wi)})${partial ? ' >> csh' : ''};`)
       .join('\n');
 
+  // The integer key path (IK): a code word's codes in byte lanes, GB groups a word: group kk holds the
+  // codes of channels b·GB + kk (b = 0..3) of the word, masked to this thread's channels.
+  const IK = opts.ik;
+  const GB = 8 / bits;
+  const groups = range(NW).flatMap((wi) => range(GB).map((kk) => [wi, kk] as const));
+  const byteChannel = (wi: number, kk: number, b: number) => wi * CPW + b * GB + kk;
+  const groupMask = (wi: number, kk: number) => range(4).reduce((m, b) => (byteChannel(wi, kk, b) < CW ? m | (((1 << bits) - 1) << (8 * b)) : m), 0) >>> 0;
+  const ikCodes = (x: string) =>
+    groups
+      .map(([wi, kk]) => `        let c${wi}_${kk} = ${kk ? `(${x}_${wi} >> ${bits * kk}u)` : `${x}_${wi}`} & 0x${groupMask(wi, kk).toString(16)}u;`)
+      .join('\n');
+  const ikScore = (j: number) =>
+    `        var I${j} = 0i;\n        var P${j} = 0u;\n${groups
+      .map(([wi, kk]) => `        I${j} += dot4I8Packed(qh${j}_${wi}_${kk}, c${wi}_${kk});\n        P${j} += dot4U8Packed(ql${j}_${wi}_${kk}, c${wi}_${kk});`)
+      .join('\n')}`;
+  // The folded query's int16 values n_c, as the bytes of group (wi, kk): the signed high bytes (qh) and the
+  // unsigned low bytes (ql), n = 256·high + low.
+  const ikPack = (j: number) =>
+    groups
+      .map(([wi, kk]) => {
+        const bytes = range(4).filter((b) => byteChannel(wi, kk, b) < CW);
+        const pack = (f: (n: string) => string) => bytes.map((b) => `(${f(`n${byteChannel(wi, kk, b)}`)} << ${8 * b}u)`).join(' | ');
+        return `        qh${j}_${wi}_${kk} = ${pack((n) => `(u32(${n} >> 8u) & 0xffu)`)};\n        ql${j}_${wi}_${kk} = ${pack((n) => `(u32(${n}) & 0xffu)`)};`;
+      })
+      .join('\n');
+
   // Scores of SB tokens of the block on this thread's channels, into red (the tokens' words loaded first).
   const keyRound = `      let sl = kslot;
 ${range(SB)
   .map((x) => words(`k${x}`, (wi) => `krow + (r + ${x}u) * ${WPR}u + cw0 + ${wi}u`))
   .join('\n')}
 ${range(SB)
-  .map(
-    (x) => `      {
+  .map((x) =>
+    IK
+      ? `      {
+${ikCodes(`k${x}`)}
+${J(ikScore)}
+${put('red', `(l * ${SB}u + ${x}u) * ${NCH + 1}u + k`, (j) => `fma(A${j}, f32(I${j} * 256i + i32(P${j})), K${j})`, '        ')}
+      }`
+      : `      {
 ${C((c) => `        let v${c} = ${code(`k${x}`, c)};`)}
 ${J((j) => `        var S${j} = 0.0;\n${C((c) => `        S${j} = fma(qs${j}_${c}, v${c}, S${j});`)}`)}
 ${put('red', `(l * ${SB}u + ${x}u) * ${NCH + 1}u + k`, (j) => `fma(KMUL, S${j}, K${j})`, '        ')}
@@ -301,7 +359,11 @@ ${J((j) => `  var M${j} = neg_inf();\n  var L${j} = 0.0;\n  var W${j} = 0.0;\n  
     var vrow = 0u;
     var vsc = 0u;
     var vcap = 0u;
-${J((j) => `    var K${j} = 0.0;\n${C((c) => `    var qs${j}_${c} = 0.0;`)}`)}
+${J((j) =>
+  IK
+    ? `    var K${j} = 0.0;\n    var A${j} = 0.0;\n${groups.map(([wi, kk]) => `    var qh${j}_${wi}_${kk} = 0u;\n    var ql${j}_${wi}_${kk} = 0u;`).join('\n')}`
+    : `    var K${j} = 0.0;\n${C((c) => `    var qs${j}_${c} = 0.0;`)}`,
+)}
     if (live) {
       loop { if (t0 < seg_end(kseg)) { break; } kseg += 1u; }
       loop { if (t0 < seg_end(vseg)) { break; } vseg += 1u; }
@@ -325,6 +387,17 @@ ${unswitched(
     .join('\n')}\n`,
 )}
 ${J((j) => {
+  if (IK) {
+    // Σ q·m, and q ⊙ s as int16 with the thread's own step α = max |q ⊙ s| / IK_QMAX.
+    let s = `      {\n        var qm = 0.0;\n        var am = 0.0;\n`;
+    for (let c = 0; c < CW; c++) {
+      const e = c % 2 === 0 ? 'x' : 'y';
+      s += `        let f${c} = qsh[${j * D}u + c0 + ${c}u];\n        let v${c} = f${c} * ks${c >> 1}.${e};\n        am = max(am, abs(v${c}));\n        qm = fma(f${c}, km${c >> 1}.${e}, qm);\n`;
+    }
+    s += `        let inv = select(0.0, ${f32lit(IK_QMAX)} / am, am > 0.0);\n        A${j} = am / ${f32lit(IK_QMAX)};\n        K${j} = qm;\n`;
+    for (let c = 0; c < CW; c++) s += `        let n${c} = i32(clamp(round(v${c} * inv), ${f32lit(-IK_QMAX)}, ${f32lit(IK_QMAX)}));\n`;
+    return `${s}${ikPack(j)}\n      }`;
+  }
   let s = `      {\n        var qsum = 0.0;\n        var qm = 0.0;\n`;
   for (let c = 0; c < CW; c++) {
     const e = c % 2 === 0 ? 'x' : 'y';

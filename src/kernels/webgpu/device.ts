@@ -31,6 +31,8 @@ export interface GpuDevice {
   fallback: boolean;
   /** "NVIDIA: 580.159.04 (nvidia hopper)" */
   name: string;
+  /** WGSL's packed 8-bit dot products (dot4I8Packed, dot4U8Packed): the bulk kernel's integer key path. */
+  dot4: boolean;
 }
 
 const inNode = () => typeof process !== 'undefined' && !!process.versions?.node && typeof (globalThis as { document?: unknown }).document === 'undefined';
@@ -75,8 +77,14 @@ export async function findAdapter(o: WebGpuOptions, hardwareOnly: boolean): Prom
   return a;
 }
 
+/** The WGSL language features of this WebGPU (empty where it does not list them). */
+export async function wgslFeatures(o: WebGpuOptions): Promise<ReadonlySet<string>> {
+  const gpu = await gpuObject(o);
+  return new Set((gpu as { wgslLanguageFeatures?: ReadonlySet<string> } | null)?.wgslLanguageFeatures ?? []);
+}
+
 /** The device on an adapter, with the limits the kernels need raised to what the adapter allows. */
-export async function openDevice(adapter: GPUAdapter): Promise<GpuDevice> {
+export async function openDevice(adapter: GPUAdapter, wgsl: ReadonlySet<string> = new Set()): Promise<GpuDevice> {
   const L = adapter.limits;
   const requiredLimits: Record<string, number> = {};
   for (const k of [
@@ -100,5 +108,5 @@ export async function openDevice(adapter: GPUAdapter): Promise<GpuDevice> {
   } catch (e) {
     throw new KiviError(`webgpu: cannot open a device on ${adapterName(adapter)}: ${(e as Error).message}`);
   }
-  return { device, adapter, fallback: isFallback(adapter), name: adapterName(adapter) };
+  return { device, adapter, fallback: isFallback(adapter), name: adapterName(adapter), dot4: wgsl.has('packed_4x8_integer_dot_product') };
 }

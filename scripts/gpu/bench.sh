@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: long7b, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -254,6 +254,14 @@ case $PHASE in
     # beside 13.5 GB of weights): 56 GiB of pages, batches capped at 224 (fp16's largest) to fit one call
     # (377 s on the H200; 64 GiB capped at 256 did not finish in 400 s).
     run ${PAPER_TIMEOUT:-560} throughput-7b-56g bench throughput --backend webgpu --model $C/llama-2-7b --random-weights 1 --kv-budget 56GiB --max-batch 224 --join ${JOIN:-16} --kv ${LARGE_KV:-fp16,kivi:k=2,v=2,g=32,r=32}
+    ;;
+  long7b)
+    # Llama-2-7B shapes (32 kv heads), one sequence decoding after 64K and 128K cached tokens (synthetic
+    # keys/values); then at 128K with the bulk kernel's float key scores (fk).
+    for n in ${FILL:-65536 131072}; do
+      run 240 long7b-$n bench generate --backend webgpu --model $C/llama-2-7b --random-weights 1 --fill $n --gen 33 --kv fp16,kivi2 --repeats 1 --weights native
+    done
+    KIVI_WEBGPU_BULK=fk run 200 long7b-131072-fk bench generate --backend webgpu --model $C/llama-2-7b --random-weights 1 --fill 131072 --gen 33 --kv fp16,kivi2 --repeats 1 --weights native
     ;;
   long)
     # Llama-3-8B shapes, one sequence decoding after 32K..128K cached tokens (caches filled with synthetic

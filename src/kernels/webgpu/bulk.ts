@@ -118,11 +118,12 @@ export function parseBulkSetting(text: string): BulkSetting {
 
 /**
  * The shortest quantized prefix (tokens a sequence and kv head) the bulk kernel takes by default. On the
- * H200 at 32 kv heads it gained nothing up to 128K tokens (the general kernel alone ran the step's
- * attention as fast: 0.95–1.03×) and 17% at 256K; below that its dispatch is pure cost (Llama-2-7B, one
- * sequence at 160–224 tokens: kivi2 decoded 101 tokens/s with it, 114 without). Between the two.
+ * H200 at 32 kv heads, with integer key scores, the step's attention took 270–288 µs with it at 64K tokens
+ * against 319 without, 514–519 against 679 at 128K, but 123–139 against 118–125 at 16K; at short contexts
+ * its extra dispatch is pure cost (Llama-2-7B, one sequence at 160–224 tokens: kivi2 decoded 104 tokens/s
+ * with it, 122 without). Between 16K and 64K (with float key scores it gained nothing below 256K).
  */
-export const BULK_MIN_DEFAULT = 196608;
+export const BULK_MIN_DEFAULT = 49152;
 
 /** The shortest quantized prefix a bulk item takes under a setting. */
 export function bulkMinTokens(o: BulkSetting): number {
@@ -132,7 +133,7 @@ export function bulkMinTokens(o: BulkSetting): number {
 /**
  * The bulk kernel's defaults for nq query heads a kv head, from H200 sweeps (docs/perf/webgpu-h200.md):
  * at 1 (MHA) 16 channels a thread and rounds of 8 tokens ran 1.3× as fast as the general kernel at 256K
- * tokens (from BULK_MIN_DEFAULT); at 4 the best build (16 channels, rounds of 4) only matched it, so there
+ * tokens with float key scores, 1.4–1.5× with integer ones (from BULK_MIN_DEFAULT); at 4 the best build (16 channels, rounds of 4) only matched it, so there
  * the general kernel keeps every token.
  */
 export function bulkDefault(nq: number): { on: boolean; cw: number; sb: number } {

@@ -11,11 +11,11 @@ import type { GpuProfileResult } from '../src/studies/bench/gpu-profile.js';
 import { CLI, expectCliError, MODEL_DIR } from './helpers.js';
 import { reportMissing, SWIFTSHADER_ENV, tinyModel } from './webgpu-helpers.js';
 
-test('bench generate --gpu-profile: only on webgpu, never with --fill', () => {
+test('bench generate --gpu-profile: only on webgpu', () => {
   const base = ['bench', 'generate', '--model', MODEL_DIR, '--prompt', '8', '--gen', '2', '--repeats', '1', '--kv', 'fp16'];
   expectCliError([...base, '--backend', 'ts', '--gpu-profile', '1'], /--gpu-profile .*needs --backend webgpu/);
   expectCliError([...base, '--backend', 'ts', '--gpu-profile', '0'], /--gpu-profile/);
-  expectCliError([...base, '--backend', 'ts', '--fill', '16', '--gpu-profile', '1'], /not with --fill/);
+  expectCliError([...base, '--backend', 'ts', '--fill', '16', '--gpu-profile', '1'], /--gpu-profile .*needs --backend webgpu/);
 });
 
 if (!reportMissing('bench-gpu-profile')) {
@@ -53,5 +53,27 @@ if (!reportMissing('bench-gpu-profile')) {
       assert.ok(p.busy_us_per_step <= p.span_us_per_step * 1.001, `${at}: busy ${p.busy_us_per_step} µs in a span of ${p.span_us_per_step} µs`);
       assert.ok(p.span_us_per_step <= p.wall_ms_per_step * 1e3 * 1.05, `${at}: span ${p.span_us_per_step} µs beyond the wall time`);
     }
+  });
+
+  test('bench generate --fill --gpu-profile: decode after caches filled with synthetic keys/values, profiled; past 128 tokens a step merges its attention splits', () => {
+    const layers = 2;
+    const args = ['bench', 'generate', '--backend', 'webgpu', '--model', tinyModel(), '--random-weights', '3', '--weights', 'native'];
+    args.push('--fill', '300', '--gen', '2', '--repeats', '1', '--kv', 'kivi:k=2,v=2,g=16,r=16', '--gpu-profile', '2', '--json');
+    const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...SWIFTSHADER_ENV, KIVI_WEBGPU_ATTN_ITEMS: '8' }, timeout: 300_000 });
+    assert.equal(r.status, 0, r.stderr);
+    const j = JSON.parse(r.stdout) as { results: GenerateBenchResult[]; gpu_profile: GpuProfileResult[] };
+    assert.deepEqual(
+      j.results.map((x) => [x.kv, x.prompt_tokens, x.prefill_tokens_per_s]),
+      [['kivi:k=2,v=2,g=16,r=16', 300, 0]],
+    );
+    assert.deepEqual(
+      j.gpu_profile.map((p) => [p.kv, p.batch, p.steps]),
+      [['kivi:k=2,v=2,g=16,r=16', 2, 2]],
+    );
+    const p = j.gpu_profile[0]!;
+    const count = (prefix: string) => p.kernels.filter((k) => k.kernel.startsWith(prefix)).reduce((a, k) => a + k.dispatches_per_step, 0);
+    assert.equal(count('attend'), layers);
+    assert.equal(count('merge'), layers, 'split attention at 300 tokens, merged once a layer');
+    assert.equal(count('jobs'), layers);
   });
 }

@@ -325,7 +325,6 @@ export function register(program: Command): void {
         gpuProfile?: number[];
       },
     ) => {
-      if (o.gpuProfile && o.fill !== undefined) throw new KiviError('--gpu-profile profiles decode after a prompt: not with --fill');
       if (o.fill !== undefined && o.gen < 2) throw new KiviError('--fill needs --gen 2 or more (the first step is untimed)');
       if (o.fill !== undefined && o.prefillAttention) throw new KiviError('--prefill-attention measures a prefill: not with --fill');
       const text = o.text === undefined ? undefined : readTextFile(o.text, '--text');
@@ -362,7 +361,7 @@ export function register(program: Command): void {
         }
         let profile: GpuProfileResult[] | undefined;
         if (o.gpuProfile) {
-          profile = await runGpuProfile(model, { prompt, steps: o.gen, specs, batches: o.gpuProfile });
+          profile = await runGpuProfile(model, { prompt, fill: o.fill, steps: o.gen, specs, batches: o.gpuProfile });
           md += `\n${gpuProfileMarkdown(profile, model.backend.description.replace(/^webgpu: /, ''))}`;
         }
         await report(

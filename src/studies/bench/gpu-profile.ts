@@ -9,6 +9,7 @@ import type { KvCache } from '../../cache/types.js';
 import type { WebGpuBackend } from '../../kernels/webgpu/backend.js';
 import type { KernelTime } from '../../kernels/webgpu/profile.js';
 import { KiviError } from '../../util/errors.js';
+import { filledCache } from './generate.js';
 import { markdownTable } from './markdown.js';
 import { now } from './measure.js';
 
@@ -33,15 +34,21 @@ export function profiledBackend(model: KiviModel): WebGpuBackend {
   return model.backend as WebGpuBackend;
 }
 
-/** Decode `steps` tokens of `batch` sequences of `prompt` per spec, timing every dispatch on the GPU. */
-export async function runGpuProfile(model: KiviModel, o: { prompt: number[]; steps: number; specs: string[]; batches: number[] }): Promise<GpuProfileResult[]> {
+/**
+ * Decode `steps` tokens of `batch` sequences of `prompt` per spec (or, with `fill`, of caches filled with
+ * that many tokens of synthetic keys and values: generate.ts filledCache), timing every dispatch on the GPU.
+ */
+export async function runGpuProfile(
+  model: KiviModel,
+  o: { prompt: number[]; fill?: number; steps: number; specs: string[]; batches: number[] },
+): Promise<GpuProfileResult[]> {
   const core = profiledBackend(model).core;
   const out: GpuProfileResult[] = [];
   for (const kv of o.specs) {
     for (const batch of o.batches) {
       const caches: KvCache[] = [];
       try {
-        for (let s = 0; s < batch; s++) caches.push(await model.prefill(o.prompt, { kv }));
+        for (let s = 0; s < batch; s++) caches.push(o.fill === undefined ? await model.prefill(o.prompt, { kv }) : await filledCache(model, kv, o.fill));
         let ids = caches.map(() => 3);
         const step = async () => {
           const r = await model.forward(caches.map((cache, s) => ({ tokens: [ids[s]!], cache, logits: 'argmax' as const, mode: 'decode' as const })));

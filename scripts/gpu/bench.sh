@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: long7b, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -254,6 +254,28 @@ case $PHASE in
     # beside 13.5 GB of weights): 56 GiB of pages, batches capped at 224 (fp16's largest) to fit one call
     # (377 s on the H200; 64 GiB capped at 256 did not finish in 400 s).
     run ${PAPER_TIMEOUT:-560} throughput-7b-56g bench throughput --backend webgpu --model $C/llama-2-7b --random-weights 1 --kv-budget 56GiB --max-batch 224 --join ${JOIN:-16} --kv ${LARGE_KV:-fp16,kivi:k=2,v=2,g=32,r=32}
+    ;;
+  long7b-profile)
+    # Where a Llama-2-7B decode step's time goes after 64K cached tokens: GPU time by kernel, span, host wall.
+    run 300 long7b-65536-profile bench generate --backend webgpu --model $C/llama-2-7b --random-weights 1 --fill 65536 --gen 17 --kv fp16,kivi2 --repeats 1 --weights native --gpu-profile 1
+    ;;
+  long7b-passes)
+    # fp16's timed decode steps at 64K took twice its profiled ones: the same bench with two repeats, in
+    # both spec orders, and with a compute pass per dispatch (KIVI_WEBGPU_PASS=1, as under a profile).
+    G="bench generate --backend webgpu --model $C/llama-2-7b --random-weights 1 --fill 65536 --gen 17 --repeats 2 --weights native"
+    run 200 long7b-65536-r2 $G --kv fp16,kivi2
+    run 200 long7b-65536-r2-rev $G --kv kivi2,fp16
+    KIVI_WEBGPU_PASS=1 run 200 long7b-65536-r2-pass $G --kv fp16,kivi2
+    ;;
+  long7b-orders)
+    # The same at 64K (or FILL; MODEL: another config) with 64 timed steps a round (with 16, the first spec
+    # of a run decoded 20-25% slower than when it ran second), in both orders (TAG: a suffix for the files).
+    N=${FILL:-65536}
+    M=${MODEL:-llama-2-7b}
+    P=$([ "$M" = llama-2-7b ] && echo long7b || echo "long-$M")
+    G="bench generate --backend webgpu --model $C/$M --random-weights 1 --fill $N --gen 65 --repeats 2 --weights native"
+    run 240 $P-$N-g65$TAG $G --kv fp16,kivi2
+    run 240 $P-$N-g65$TAG-rev $G --kv kivi2,fp16
     ;;
   long7b)
     # Llama-2-7B shapes (32 kv heads), one sequence decoding after 64K and 128K cached tokens (synthetic

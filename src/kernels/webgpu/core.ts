@@ -81,6 +81,8 @@ export class GpuCore {
   private lost = false;
   /** While a profile runs (profile.ts): each dispatch in a pass of its own, stamped. */
   private profiler: GpuProfiler | null = null;
+  /** KIVI_WEBGPU_PASS=1 (Node; a diagnostic): each dispatch in a pass of its own, as under a profile, unstamped. */
+  private readonly passPerDispatch = typeof process !== 'undefined' && process.env?.KIVI_WEBGPU_PASS === '1';
 
   constructor(readonly device: GPUDevice) {
     this.queue = device.queue;
@@ -228,7 +230,7 @@ export class GpuCore {
     params(this.host, this.hostF, at, dataAt);
     this.used += PARAM_WORDS;
     const group = this.bindGroup(k, bindings);
-    if (this.profiler && this.pass) {
+    if ((this.profiler || this.passPerDispatch) && this.pass) {
       this.pass.end();
       this.pass = null;
     }

@@ -468,6 +468,12 @@ if (!reportMissing('kernels-webgpu: long attention')) {
       assert.ok(BULK_MIN_DEFAULT > 1300);
       c.free();
       assert.throws(() => parseBulkSetting('min0'), /KIVI_WEBGPU_BULK: unknown part "min0"/);
+      // Integer key scores by default where WGSL has packed dot products; fk and ik choose, and leave on alone.
+      assert.deepEqual(
+        [parseBulkSetting('').ik, parseBulkSetting('', false).ik, parseBulkSetting('fk').ik, parseBulkSetting('fk').on],
+        [true, false, false, null],
+      );
+      assert.throws(() => parseBulkSetting('ik', false), /KIVI_WEBGPU_BULK: ik needs WGSL packed_4x8_integer_dot_product/);
     }
     b.bulk = 'cw8,fast';
     await assert.rejects(

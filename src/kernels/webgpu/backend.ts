@@ -472,7 +472,7 @@ export class WebGpuBackend implements Backend {
   /** The bulk setting in force, parsed once per text. */
   private bulkSetting(): BulkSetting {
     const key = this.bulkKey();
-    if (this.bulkParsed.key !== key) this.bulkParsed = { key, setting: parseBulkSetting(key) };
+    if (this.bulkParsed.key !== key) this.bulkParsed = { key, setting: parseBulkSetting(key, this.dev.dot4) };
     return this.bulkParsed.setting;
   }
 
@@ -581,9 +581,7 @@ export class WebGpuBackend implements Backend {
       const bits = gp.bulkBits;
       const bg = this.bulkGeometry(shape, bits);
       if (!bg) throw new Error(`webgpu: bulk items without a bulk kernel for ${bits} bits`);
-      const o = this.bulkSetting();
-      const bo = { ...o, ik: o.ik ?? this.dev.dot4 };
-      if (bo.ik && !this.dev.dot4) throw new KiviError('KIVI_WEBGPU_BULK: ik needs WGSL packed_4x8_integer_dot_product, which this WebGPU lacks');
+      const bo = this.bulkSetting();
       const name = `bulk${na}-${bits}-${bg.cw}-sb${bg.sb}-u${bo.u}${bo.ex ? '' : '-noex'}${bo.ik ? '-ik' : ''}${[...bo.skip].map((x) => `-${x}`).join('')}`;
       const kb = this.shapeKernel(name, shape, () => bulkWgsl(shape, bg, na, bo), ['read', 'read', 'rw', 'rw', ...Array<'read'>(this.arenas).fill('read')]);
       this.core.dispatch(kb, bind, nBulk, (u, _f, at) => u.set([first.bulk, nBulk, gp.tasks], at));

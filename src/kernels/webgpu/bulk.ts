@@ -71,10 +71,8 @@ export interface BulkGeometry {
  * in flight a thread (`u`), weights exponentiated once a token (`ex`), integer key scores (`ik`), parts left
  * out (`skip`, diagnostic).
  */
-export interface BulkSetting extends Omit<BulkOptions, 'ik'> {
+export interface BulkSetting extends BulkOptions {
   on: boolean | null;
-  /** Integer key scores (ik) or float ones (fk); null: integer where the device has packed dot products. */
-  ik: boolean | null;
   cw: number;
   sb: number;
   min: number;
@@ -83,10 +81,11 @@ export interface BulkSetting extends Omit<BulkOptions, 'ik'> {
 /**
  * A setting from its text: '' (the defaults), '0' (off: the general kernel takes every token), 'on', or a
  * comma list of cwN, sbN, minN, uN, ex, noex and -part (which imply on), and ik or fk (the key path's
- * arithmetic, which do not). One line naming a bad part.
+ * arithmetic, which do not; by default integer where the device has WGSL's packed dot products, `dot4`).
+ * One line naming a bad part.
  */
-export function parseBulkSetting(text: string): BulkSetting {
-  const o: BulkSetting = { on: null, cw: 0, sb: 0, min: 0, skip: new Set(), ex: BULK_DEFAULTS.ex, u: BULK_DEFAULTS.u, ik: null };
+export function parseBulkSetting(text: string, dot4 = true): BulkSetting {
+  const o: BulkSetting = { on: null, cw: 0, sb: 0, min: 0, skip: new Set(), ex: BULK_DEFAULTS.ex, u: BULK_DEFAULTS.u, ik: dot4 };
   const skip = new Set<string>();
   for (const part of text.split(',').filter(Boolean)) {
     if (part === '0') {
@@ -94,6 +93,7 @@ export function parseBulkSetting(text: string): BulkSetting {
       continue;
     }
     if (part === 'ik' || part === 'fk') {
+      if (part === 'ik' && !dot4) throw new KiviError('KIVI_WEBGPU_BULK: ik needs WGSL packed_4x8_integer_dot_product, which this WebGPU lacks');
       o.ik = part === 'ik';
       continue;
     }

@@ -126,19 +126,27 @@ const FILL_CHUNK = 4096;
 /** Tokens of the short fill each variant decodes on, untimed, before the timed rounds. */
 const WARM_FILL = 4096;
 
+/** The rows a --fill cycles through: FILL_CHUNK tokens of synthetic keys and values for a model's shape. */
+export interface FillRows {
+  rows: Float32Array;
+  chunk: number;
+}
+
+export function fillRows(m: KiviModel): FillRows {
+  const shape = m.transformer.pool.shape;
+  const src = syntheticKV(FILL_CHUNK, shape.numKvHeads, shape.headDim, 5);
+  return { rows: qkvRows(shape, FILL_CHUNK, null, src.k, src.v), chunk: FILL_CHUNK };
+}
+
 /**
  * A new cache of spec `kv` holding `context` tokens of synthetic keys and values, stored through its own
- * jobs in every layer (FILL_CHUNK tokens a step): what a prompt that long leaves, without its prefill.
+ * jobs in every layer (up to FILL_CHUNK tokens a step): what a prompt that long leaves, without its prefill.
  */
-export async function filledCache(m: KiviModel, kv: string, context: number): Promise<KvCache> {
-  const shape = m.transformer.pool.shape;
-  const chunk = Math.min(FILL_CHUNK, context);
-  const src = syntheticKV(chunk, shape.numKvHeads, shape.headDim, 5);
-  const rows = qkvRows(shape, chunk, null, src.k, src.v);
+export async function filledCache(m: KiviModel, kv: string, context: number, src: FillRows = fillRows(m)): Promise<KvCache> {
   const cache = m.newCache(parseKvSpec(kv));
   const stepper = new CacheStepper(m.backend, m.transformer.pool);
   try {
-    await stepper.fillCycled(cache, rows, chunk, context);
+    await stepper.fillCycled(cache, src.rows, Math.min(src.chunk, context), context);
   } catch (e) {
     cache.free();
     throw e;
@@ -160,12 +168,13 @@ export async function runFilledDecodeBench(o: Omit<GenerateBenchOptions, 'prompt
   if (o.context + o.gen > first.config.maxPositions) {
     throw new KiviError(`--fill ${o.context} + generated ${o.gen} tokens exceed the model's context of ${first.config.maxPositions}`);
   }
-  const variants = o.models.flatMap(({ weights, model }) => o.specs.map((kv) => ({ weights, model, kv })));
+  const variants = o.models.flatMap(({ weights, model }) => o.specs.map((kv) => ({ weights, model, kv, src: fillRows(model) })));
   const runs = variants.map(() => [] as { decode: number; bytes: number }[]);
-  // Untimed first, every variant: `gen` decode steps after a short fill. Without it the spec timed first
-  // paid the host code's warm-up (on the H200 it decoded 20–25% slower than when it ran second).
-  for (const { model: m, kv } of variants) {
-    const cache = await filledCache(m, kv, Math.min(o.context, WARM_FILL));
+  // Untimed first, every variant: `gen` decode steps after a short fill, so that no spec's timed steps warm
+  // up the host's code for the others (on the H200 the spec timed first decoded 20–25% slower than when it
+  // ran second, with 16 timed steps; with this warm-up and 64 steps 8–10% remained, not explained).
+  for (const { model: m, kv, src } of variants) {
+    const cache = await filledCache(m, kv, Math.min(o.context, WARM_FILL), src);
     try {
       let id = 3;
       for (let g = 0; g < o.gen; g++) id = (await m.forward([{ tokens: [id], cache, logits: 'argmax', mode: 'decode' }]))[0] as number;
@@ -175,8 +184,8 @@ export async function runFilledDecodeBench(o: Omit<GenerateBenchOptions, 'prompt
   }
   let done = 0;
   for (let round = 0; round < o.repeats; round++) {
-    for (const [i, { model: m, kv }] of variants.entries()) {
-      const cache = await filledCache(m, kv, o.context);
+    for (const [i, { model: m, kv, src }] of variants.entries()) {
+      const cache = await filledCache(m, kv, o.context, src);
       try {
         let id = 3;
         // One untimed step (kernels for this length compiled, scratch sized), then the timed ones.

@@ -9,7 +9,7 @@ import type { KvCache } from '../../cache/types.js';
 import type { WebGpuBackend } from '../../kernels/webgpu/backend.js';
 import type { KernelTime } from '../../kernels/webgpu/profile.js';
 import { KiviError } from '../../util/errors.js';
-import { filledCache } from './generate.js';
+import { filledCache, fillRows } from './generate.js';
 import { markdownTable } from './markdown.js';
 import { now } from './measure.js';
 
@@ -43,12 +43,13 @@ export async function runGpuProfile(
   o: { prompt: number[]; fill?: number; steps: number; specs: string[]; batches: number[] },
 ): Promise<GpuProfileResult[]> {
   const core = profiledBackend(model).core;
+  const src = o.fill === undefined ? undefined : fillRows(model);
   const out: GpuProfileResult[] = [];
   for (const kv of o.specs) {
     for (const batch of o.batches) {
       const caches: KvCache[] = [];
       try {
-        for (let s = 0; s < batch; s++) caches.push(o.fill === undefined ? await model.prefill(o.prompt, { kv }) : await filledCache(model, kv, o.fill));
+        for (let s = 0; s < batch; s++) caches.push(o.fill === undefined ? await model.prefill(o.prompt, { kv }) : await filledCache(model, kv, o.fill, src));
         let ids = caches.map(() => 3);
         const step = async () => {
           const r = await model.forward(caches.map((cache, s) => ({ tokens: [ids[s]!], cache, logits: 'argmax' as const, mode: 'decode' as const })));

@@ -209,37 +209,26 @@ const scoreDp4a = (hiOnly) => {
     .join('\n');
   return `${s}\n`;
 };
+// A rung that sums one thread's rows' scores (S0…) for every head: `score` computes them for row t.
+const scoreRung = (score) =>
+  main(`  var acc = 0.0;
+  for (var t = g.x; t < p.n; t += stride) {
+${score}
+    acc += ${range(NQ)
+      .map((j) => `S${j}`)
+      .join(' + ')};
+  }
+  o[g.x] = acc;`);
 const rungs = {
   // 32-byte rows, one a thread: the loads alone.
   'k2-read': main(`  var x = vec4<u32>(0u);
   for (var t = g.x; t < p.n; t += stride) { x = x ^ a[t * 2u] ^ a[t * 2u + 1u]; }
   o[g.x] = f32(x.x ^ x.y ^ x.z ^ x.w);`),
   // + the codes unpacked and multiplied into NQ folded queries (the key phase's arithmetic).
-  'k2-score': main(`  var acc = 0.0;
-  for (var t = g.x; t < p.n; t += stride) {
-${score2()}
-    acc += ${range(NQ)
-      .map((j) => `S${j}`)
-      .join(' + ')};
-  }
-  o[g.x] = acc;`),
+  'k2-score': scoreRung(score2()),
   // The same scores with packed integer dot products (scoreDp4a), an int16 query or an int8 one.
-  'k2-dp4a': main(`  var acc = 0.0;
-  for (var t = g.x; t < p.n; t += stride) {
-${scoreDp4a(false)}
-    acc += ${range(NQ)
-      .map((j) => `S${j}`)
-      .join(' + ')};
-  }
-  o[g.x] = acc;`),
-  'k2-dp4a8': main(`  var acc = 0.0;
-  for (var t = g.x; t < p.n; t += stride) {
-${scoreDp4a(true)}
-    acc += ${range(NQ)
-      .map((j) => `S${j}`)
-      .join(' + ')};
-  }
-  o[g.x] = acc;`),
+  'k2-dp4a': scoreRung(scoreDp4a(false)),
+  'k2-dp4a8': scoreRung(scoreDp4a(true)),
   // + the weights exp(s − m) per head.
   'k2-score-exp': main(`  var acc = 0.0;
   for (var t = g.x; t < p.n; t += stride) {

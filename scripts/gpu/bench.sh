@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -167,6 +167,11 @@ case $PHASE in
     unset KIVI_WEBGPU_BULK
     SPECS=kivi2,kivi4 HEADS=32 KV=32 T=262144 BULKS="0|fk|ik|fk|ik" timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/ik-mha-256k.txt"
     SPECS=kivi2 BULKS="0|on,fk|on,ik|on,fk|on,ik|0" timeout 100 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/ik-gqa-1m.txt"
+    ;;
+  ik-gqa)
+    # With integer key scores the bulk kernel holds fewer registers for its keys: its builds at 4 query
+    # heads a kv head (1M tokens), forced on, against the general kernel alone (0), one decode step replayed.
+    SPECS=kivi2 BULKS="0|on,ik|on,ik,cw8|on,ik,cw8,u4|on,ik,cw8,sb8|on,ik,u4|on,ik,sb2|on,ik,cw8,sb2|0" timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/ik-builds-gqa-1m.txt"
     ;;
   dp4a)
     # Key scores with packed 8-bit integer dot products (attn-ladder.mjs k2-dp4a: an int16 query in two

@@ -62,6 +62,22 @@ test('bench generate: per-spec prefill/decode tokens/s and the cache a sequence 
   }
 });
 
+test('bench generate: every other round runs the specs in reversed order', async () => {
+  const { roundOrder } = await import('../src/studies/bench/generate.js');
+  const v = ['fp16', 'kivi2', 'kivi4'];
+  assert.deepEqual(roundOrder(v, 0), [
+    [0, 'fp16'],
+    [1, 'kivi2'],
+    [2, 'kivi4'],
+  ]);
+  assert.deepEqual(roundOrder(v, 1), [
+    [2, 'kivi4'],
+    [1, 'kivi2'],
+    [0, 'fp16'],
+  ]);
+  assert.deepEqual(roundOrder(v, 2), roundOrder(v, 0));
+});
+
 test('bench generate: a prompt past the context, or a text too short, is one clear line', async () => {
   const a = await runCli(['bench', 'generate', '--model', MODEL, '--prompt', '2000', '--gen', '100']);
   assert.equal(a.code, 1);
@@ -129,7 +145,7 @@ test('bench generate --fill: decode after caches filled with synthetic keys/valu
     '--gen',
     '5',
     '--repeats',
-    '1',
+    '2',
     '--kv',
     'fp16,kivi2,kivi4',
     '--threads',
@@ -138,10 +154,24 @@ test('bench generate --fill: decode after caches filled with synthetic keys/valu
   ]);
   assert.equal(r.code, 0, r.stderr);
   const j = JSON.parse(r.stdout) as {
-    results: { kv: string; prompt_tokens: number; prefill_tokens_per_s: number; decode_tokens_per_s: number; kv_bytes: number }[];
+    results: {
+      kv: string;
+      prompt_tokens: number;
+      prefill_tokens_per_s: number;
+      decode_tokens_per_s: number;
+      decode_range: [number, number];
+      decode_rounds: number[];
+      kv_bytes: number;
+    }[];
   };
   for (const x of j.results) {
     assert.equal(x.prompt_tokens, 3000);
+    // Two rounds: the median is their mean, between the slower and the faster.
+    const [lo, hi] = x.decode_range;
+    assert.equal(x.decode_rounds.length, 2);
+    assert.deepEqual([Math.min(...x.decode_rounds), Math.max(...x.decode_rounds)], x.decode_range);
+    assert.ok(lo > 0 && lo <= hi, `${x.kv} range ${lo}–${hi}`);
+    assert.ok(Math.abs(x.decode_tokens_per_s - (lo + hi) / 2) <= 1e-9 * hi, `${x.kv} median of two rounds`);
     assert.equal(x.prefill_tokens_per_s, 0, 'no prefill ran');
     assert.ok(x.decode_tokens_per_s > 0 && Number.isFinite(x.decode_tokens_per_s));
     assert.equal(x.kv_bytes, cacheBytes(parseKvSpec(x.kv), dims, 3005), x.kv);

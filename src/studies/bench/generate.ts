@@ -2,7 +2,8 @@
  * `bench generate`: what `kivi generate` achieves for one sequence — prefill tokens/s over the prompt and
  * decode tokens/s over the generated tokens — per cache spec and per way of storing the weights (the
  * checkpoint's 16-bit form, or float32), greedy, generating through EOS. The variants run in turns, round
- * after round, so load from other processes falls on all alike; each variant's median round is reported.
+ * after round, so load from other processes falls on all alike, in reversed order every other round (roundOrder);
+ * each variant's median round is reported, and the range of its rounds.
  */
 import type { KiviModel } from '../../api.js';
 import { parseKvSpec } from '../../cache/spec.js';
@@ -44,6 +45,10 @@ export interface GenerateBenchResult {
   generated: number;
   prefill_tokens_per_s: number;
   decode_tokens_per_s: number;
+  /** The slowest and fastest timed round's decode tokens/s (the median is decode_tokens_per_s). */
+  decode_range: [number, number];
+  /** Each timed round's decode tokens/s, round 0 first (odd rounds ran the specs in reversed order). */
+  decode_rounds: number[];
   /** Cache bytes after the last step. */
   kv_bytes: number;
   /** With --prefill-attention: how the prompt's attention ran. */
@@ -58,6 +63,21 @@ export interface GenerateBenchResult {
 /** The WebGPU back end's compile counters (none on the CPU back ends). */
 export function compileCounter(model: KiviModel): { compiled: number; compileSeconds: number } | null {
   return model.backend.name === 'webgpu' ? (model.backend as WebGpuBackend).core : null;
+}
+
+/**
+ * The variants in a timed round's order: reversed every other round, so that with two or more repeats
+ * every spec is timed both first and last (on the H200 the spec timed first in a run decoded 8–25% slower
+ * than when it ran second, docs/perf/webgpu-h200.md; each spec's median and range then span both places).
+ */
+export function roundOrder<T>(variants: readonly T[], round: number): [number, T][] {
+  const order = [...variants.entries()];
+  return round % 2 === 1 ? order.reverse() : order;
+}
+
+/** The slowest and fastest of a variant's timed rounds. */
+function range(xs: readonly number[]): [number, number] {
+  return [Math.min(...xs), Math.max(...xs)];
 }
 
 /** The first n tokens of a text (BOS first), or seeded synthetic ids when there is no text. */
@@ -93,7 +113,7 @@ export async function runGenerateBench(o: GenerateBenchOptions): Promise<Generat
   // block is quantized; compiling it inside a timed round cost a 7B decode 40% of its speed) and sizes
   // the scratch buffers.
   for (let round = -1; round < o.repeats; round++) {
-    for (const [i, { model, kv, mode }] of variants.entries()) {
+    for (const [i, { model, kv, mode }] of roundOrder(variants, Math.max(round, 0))) {
       use(model, mode);
       const counter = compileCounter(model);
       const [k0, s0] = [counter?.compiled ?? 0, counter?.compileSeconds ?? 0];
@@ -115,6 +135,8 @@ export async function runGenerateBench(o: GenerateBenchOptions): Promise<Generat
     generated: o.gen,
     prefill_tokens_per_s: median(runs[i]!.map((r) => r.prefill)),
     decode_tokens_per_s: median(runs[i]!.map((r) => r.decode)),
+    decode_range: range(runs[i]!.map((r) => r.decode)),
+    decode_rounds: runs[i]!.map((r) => r.decode),
     kv_bytes: runs[i]![0]!.bytes,
     ...(mode ? { prefill_attention: mode } : {}),
     ...(compileCounter(variants[i]!.model) ? { compiled_while_timed: compiles[i]! } : {}),
@@ -123,8 +145,6 @@ export async function runGenerateBench(o: GenerateBenchOptions): Promise<Generat
 
 /** Tokens of synthetic keys and values a --fill cache takes per storage step. */
 const FILL_CHUNK = 4096;
-/** Tokens of the short fill each variant decodes on, untimed, before the timed rounds. */
-const WARM_FILL = 4096;
 
 /** The rows a --fill cycles through: FILL_CHUNK tokens of synthetic keys and values for a model's shape. */
 export interface FillRows {
@@ -170,11 +190,11 @@ export async function runFilledDecodeBench(o: Omit<GenerateBenchOptions, 'prompt
   }
   const variants = o.models.flatMap(({ weights, model }) => o.specs.map((kv) => ({ weights, model, kv, src: fillRows(model) })));
   const runs = variants.map(() => [] as { decode: number; bytes: number }[]);
-  // Untimed first, every variant: `gen` decode steps after a short fill, so that no spec's timed steps warm
-  // up the host's code for the others (on the H200 the spec timed first decoded 20–25% slower than when it
-  // ran second, with 16 timed steps; with this warm-up and 64 steps 8–10% remained, not explained).
+  // Untimed first, every variant: `gen` decode steps on a cache filled as the timed rounds fill theirs. On the
+  // H200 the first timed round of a run decoded 20–36% slower than the rounds after it (per-round figures,
+  // decode_rounds); a warm-up on a 4096-token fill did not remove that.
   for (const { model: m, kv, src } of variants) {
-    const cache = await filledCache(m, kv, Math.min(o.context, WARM_FILL), src);
+    const cache = await filledCache(m, kv, o.context, src);
     try {
       let id = 3;
       for (let g = 0; g < o.gen; g++) id = (await m.forward([{ tokens: [id], cache, logits: 'argmax', mode: 'decode' }]))[0] as number;
@@ -184,7 +204,7 @@ export async function runFilledDecodeBench(o: Omit<GenerateBenchOptions, 'prompt
   }
   let done = 0;
   for (let round = 0; round < o.repeats; round++) {
-    for (const [i, { model: m, kv, src }] of variants.entries()) {
+    for (const [i, { model: m, kv, src }] of roundOrder(variants, round)) {
       const cache = await filledCache(m, kv, o.context, src);
       try {
         let id = 3;
@@ -206,6 +226,8 @@ export async function runFilledDecodeBench(o: Omit<GenerateBenchOptions, 'prompt
     generated: o.gen,
     prefill_tokens_per_s: 0,
     decode_tokens_per_s: median(runs[i]!.map((r) => r.decode)),
+    decode_range: range(runs[i]!.map((r) => r.decode)),
+    decode_rounds: runs[i]!.map((r) => r.decode),
     kv_bytes: runs[i]![0]!.bytes,
   }));
 }
@@ -215,7 +237,8 @@ export function generateBenchMarkdown(results: readonly GenerateBenchResult[], w
   const base = results[0]!;
   return (
     `${what}: ${base.prefill_tokens_per_s === 0 ? `caches filled with ${base.prompt_tokens} tokens of synthetic keys/values (no prefill)` : `${base.prompt_tokens}-token prompt`}, ` +
-    `${base.generated} generated (greedy); medians; in parentheses: relative to ${base.kv} with ${base.weights} weights:\n\n` +
+    `${base.generated} generated (greedy); medians${base.decode_range[0] < base.decode_range[1] ? ' (decode: and the range of the rounds, run in alternating order)' : ''}; ` +
+    `in parentheses: relative to ${base.kv} with ${base.weights} weights:\n\n` +
     markdownTable(
       ['weights', 'kv', ...(base.prefill_attention ? ['prefill attention'] : []), 'prefill tokens/s', 'decode tokens/s', 'cache after'],
       results.map((r) => [
@@ -223,7 +246,9 @@ export function generateBenchMarkdown(results: readonly GenerateBenchResult[], w
         r.kv,
         ...(base.prefill_attention ? [r.prefill_attention ?? ''] : []),
         r.prefill_tokens_per_s === 0 ? '–' : `${r.prefill_tokens_per_s.toFixed(0)} (${formatRatio(r.prefill_tokens_per_s / base.prefill_tokens_per_s)})`,
-        `${r.decode_tokens_per_s.toFixed(1)} (${formatRatio(r.decode_tokens_per_s / base.decode_tokens_per_s)})`,
+        `${r.decode_tokens_per_s.toFixed(1)} (${formatRatio(r.decode_tokens_per_s / base.decode_tokens_per_s)})${
+          r.decode_range[0] < r.decode_range[1] ? `, ${r.decode_range[0].toFixed(1)}–${r.decode_range[1].toFixed(1)}` : ''
+        }`,
         formatBytes(r.kv_bytes),
       ]),
     ) +

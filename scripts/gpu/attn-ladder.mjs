@@ -219,6 +219,96 @@ ${score}
       .join(' + ')};
   }
   o[g.x] = acc;`);
+// The value sums in the bulk kernel's layout (bulk.ts): a thread owns 16 channels (one code word) of a
+// block of 32 rows, 8 threads a row, 16 blocks in flight a workgroup, 4 rows a round. vb-float: the
+// kernels' way (each code unpacked to a float, a multiply-add a head). vb-dp4a: what a value layout
+// of 4 tokens interleaved would allow (not the cache's layout today): word i of a thread's 4-row quad holds
+// its channels 4i…4i+3 of the 4 tokens, one byte a token, so a shift and a mask put one channel of 4 tokens
+// in byte lanes, and each head takes two packed dot products (DP4A) with the quad's weights as u16 split
+// in bytes; per block the integer sums are scaled once (a block's weight step β).
+const VB_DECLS = (int) =>
+  range(NQ)
+    .map(
+      (j) =>
+        `  var B${j} = 0.0;${int ? '' : ` var W${j} = 0.0;`}\n${range(16)
+          .map((c) => `  var a${j}_${c} = 0.0;${int ? ` var H${j}_${c} = 0u; var L${j}_${c} = 0u;` : ''}`)
+          .join('\n')}`,
+    )
+    .join('\n');
+const VB_LOOP = (body, blockEnd = '') => `  let k = li % 8u;
+  let l = li / 8u;
+  for (var bl = wid.x * 16u + l; bl < p.n / 32u; bl += nw.x * 16u) {
+    for (var r = 0u; r < 32u; r += 4u) {
+      let t0 = bl * 32u + r;
+${body}
+    }
+${blockEnd}  }`;
+const VB_SUM = (int) =>
+  range(NQ)
+    .map(
+      (j) =>
+        `B${j}${int ? '' : ` + W${j}`} + ${range(16)
+          .map((c) => `a${j}_${c}`)
+          .join(' + ')}`,
+    )
+    .join(' + ');
+// Token x of the round's weight for head j (any workgroup value: only the access pattern counts).
+const vbWeight = (j, x) => `sc[${j * WG}u + (r + ${x}u) * 4u + (l & 3u)]`;
+const vbFloat = VB_LOOP(
+  `${range(4)
+    .map((x) => `      let w${x} = a[(t0 + ${x}u) * 2u + k / 4u][k % 4u];\n      let sm${x} = unpack2x16float(m[(t0 + ${x}u) / 4u][${x}u]);`)
+    .join('\n')}
+${range(4)
+  .map(
+    (x) => `      {
+${range(16)
+  .map((c) => `        let m${c} = ${magic2(`w${x}`, c)};`)
+  .join('\n')}
+${range(NQ)
+  .map(
+    (j) => `        { let pj = ${vbWeight(j, x)}; let ws = pj * sm${x}.x; W${j} += ws; B${j} = fma(pj, sm${x}.y, B${j});
+${range(16)
+  .map((c) => `          a${j}_${c} = fma(ws, m${c}, a${j}_${c});`)
+  .join('\n')}
+        }`,
+  )
+  .join('\n')}
+      }`,
+  )
+  .join('\n')}`,
+);
+const vbDp4a = VB_LOOP(
+  `      let w = a[(t0 / 4u) * 8u + k];
+${range(4)
+  .map((x) => `      let sm${x} = unpack2x16float(m[t0 / 4u][${x}u]);`)
+  .join('\n')}
+${range(NQ)
+  .map(
+    (j) => `      let n${j} = qw[${j * 16}u + (r / 4u + l) % 16u];
+${range(4)
+  .map((x) => `      B${j} = fma(${vbWeight(j, x)}, sm${x}.y, B${j});`)
+  .join('\n')}`,
+  )
+  .join('\n')}
+${range(16)
+  .map(
+    (c) => `      { let cc = ${c % 4 ? `(w[${c >> 2}] >> ${2 * (c % 4)}u)` : `w[${c >> 2}]`} & 0x03030303u;
+${range(NQ)
+  .map((j) => `        H${j}_${c} += dot4U8Packed(cc, n${j}.x); L${j}_${c} += dot4U8Packed(cc, n${j}.y);`)
+  .join('\n')}
+      }`,
+  )
+  .join('\n')}`,
+  `${range(NQ)
+    .map(
+      (j) => `    { let beta = sc[${j * WG}u + l];
+${range(16)
+  .map((c) => `      a${j}_${c} = fma(beta, f32((H${j}_${c} << 8u) + L${j}_${c}), a${j}_${c}); H${j}_${c} = 0u; L${j}_${c} = 0u;`)
+  .join('\n')}
+    }\n`,
+    )
+    .join('')}`,
+);
 const rungs = {
   // 32-byte rows, one a thread: the loads alone.
   'k2-read': main(`  var x = vec4<u32>(0u);
@@ -259,6 +349,9 @@ ${valueRow('t')}
     }
   }
   o[g.x] = ${valueSum()};`),
+  // The value sums in the bulk kernel's layout, as the kernels do them and with DP4A on an interleaved layout.
+  'vb-float': main(`${VB_DECLS(false)}\n${vbFloat}\n  o[g.x] = ${VB_SUM(false)};`),
+  'vb-dp4a': main(`${VB_DECLS(true)}\n${vbDp4a}\n  o[g.x] = ${VB_SUM(true)};`),
   // float16 rows (256 bytes), one a thread: the loads alone, then with the dot products (NQ heads).
   'f16-read': main(`  var x = vec4<u32>(0u);
   for (var t = g.x; t < p.n; t += stride) {
@@ -320,7 +413,7 @@ for (const name of only) {
     times.push((performance.now() - t0) / 20);
   }
   const ms = median(times);
-  const bytes = name.startsWith('f16') ? n * 256 : name.startsWith('v2') ? n * 36 : n * 32;
+  const bytes = name.startsWith('f16') ? n * 256 : /^v[2b]/.test(name) ? n * 36 : n * 32;
   const sum = (await b.read(out, 0, 4))[0];
   console.log(
     `${name.padEnd(13)} ${n} rows: ${(ms * 1000).toFixed(1)} µs, ${((ms * 1e6) / n).toFixed(4)} ns a row, ${(bytes / ms / 1e6).toFixed(0)} GB/s (out ${sum.toPrecision(3)})`,

@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -173,6 +173,14 @@ case $PHASE in
     # heads a kv head (1M tokens), forced on, against the general kernel alone (0), one decode step replayed.
     SPECS=kivi2 BULKS="0|on,ik|on,ik,cw8|on,ik,cw8,u4|on,ik,cw8,sb8|on,ik,u4|on,ik,sb2|on,ik,cw8,sb2|0" timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/ik-builds-gqa-1m.txt"
     ;;
+  vdp4a)
+    # Value sums with packed 8-bit dot products on a 4-token interleaved value layout (attn-ladder.mjs
+    # vb-dp4a) against the bulk kernel's float way (vb-float), in turns, at 4:1 1M and MHA 262K; the
+    # general kernel's value layout (v2-acc) and the key rungs beside them.
+    R=vb-float,vb-dp4a,vb-float,vb-dp4a,v2-acc,k2-dp4a
+    ROWS=2097152 NQ=4 RUNGS=$R timeout 120 node scripts/gpu/attn-ladder.mjs 2>&1 | tee "$OUT/ladder-vdp4a-gqa-1m.txt"
+    ROWS=8388608 NQ=1 RUNGS=$R timeout 120 node scripts/gpu/attn-ladder.mjs 2>&1 | tee "$OUT/ladder-vdp4a-mha-256k.txt"
+    ;;
   dp4a)
     # Key scores with packed 8-bit integer dot products (attn-ladder.mjs k2-dp4a: an int16 query in two
     # bytes; k2-dp4a8: an int8 one) against the float rung the kernels use (k2-score), in turns, at the
@@ -271,6 +279,16 @@ case $PHASE in
     run 200 long7b-65536-r2 $G --kv fp16,kivi2
     run 200 long7b-65536-r2-rev $G --kv kivi2,fp16
     KIVI_WEBGPU_PASS=1 run 200 long7b-65536-r2-pass $G --kv fp16,kivi2
+    ;;
+  long-alt)
+    # One run a shape with 4 rounds, the specs in alternating order (bench generate reverses them every
+    # other round, so each is timed first twice): Llama-2-7B at 64K, Llama-3-8B at 128K (FILLS, MODELS).
+    set -- ${MODELS:-llama-2-7b llama-3-8b}
+    for n in ${FILLS:-65536 131072}; do
+      M=$1
+      shift
+      run 300 "alt-$M-$n" bench generate --backend webgpu --model $C/$M --random-weights 1 --fill $n --gen 65 --repeats 4 --weights native --kv fp16,kivi2
+    done
     ;;
   long7b-orders)
     # The same at 64K (or FILL; MODEL: another config) with 64 timed steps a round (with 16, the first spec

@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: iv, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -151,22 +151,6 @@ case $PHASE in
     # multiply-adds).
     variant kp kp4 ,kp2,kp4,,kp2,kp4 .gpu/spv/{gqa,gqa-kp2,gqa-kp4,mha,mha-kp2,mha-kp4}.spv
     ;;
-  iv)
-    # The bulk kernel's integer value sums (bulk.ts IV: quads of tokens transposed with pack4xU8, u16
-    # weights, packed dot products) against the reference on this GPU (forced on from one block), then one
-    # decode step's attention replayed at MHA 262K: the general kernel alone (0), float values (fv), iv.
-    export KIVI_WEBGPU_BULK=on
-    T=9000 SPECS=kivi2,kivi4,kivi:k=2,v=2,g=64,r=64,sink=3 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee "$OUT/attn-check-iv.txt"
-    HEADS=32 KV=32 T=5000 SPECS=kivi2,kivi4 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-iv.txt"
-    KIVI_WEBGPU_BULK=on,fk HEADS=32 KV=32 T=5000 SPECS=kivi2,kivi4 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-iv.txt"
-    unset KIVI_WEBGPU_BULK
-    SPECS=kivi2,kivi4 HEADS=32 KV=32 T=262144 BULKS="0|fv|iv|fv|iv" timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/iv-mha-256k.txt"
-    for b in iv fv iv-2 fv-2; do
-      export KIVI_WEBGPU_BULK=${b%-2}
-      run 150 attention-$b-mha $A_MHA --context 65536,262144
-    done
-    unset KIVI_WEBGPU_BULK
-    ;;
   ik)
     # The bulk kernel's integer key path (bulk.ts IK: the folded query as int16, packed 8-bit dot products)
     # against the reference on this GPU (forced on from one block: 4:1, MHA, pages over several arenas),
@@ -193,7 +177,7 @@ case $PHASE in
     # Value sums with packed 8-bit dot products on a 4-token interleaved value layout (attn-ladder.mjs
     # vb-dp4a) against the bulk kernel's float way (vb-float), in turns, at 4:1 1M and MHA 262K; the
     # general kernel's value layout (v2-acc) and the key rungs beside them.
-    R=vb-float,vb-dp4a,vb-dp4a-q,vb-dp4a-t,vb-dp4a-tq,vb-float,vb-dp4a,vb-dp4a-q,vb-dp4a-t,vb-dp4a-tq
+    R=vb-float,vb-dp4a,vb-float,vb-dp4a,v2-acc,k2-dp4a
     ROWS=2097152 NQ=4 RUNGS=$R timeout 120 node scripts/gpu/attn-ladder.mjs 2>&1 | tee "$OUT/ladder-vdp4a-gqa-1m.txt"
     ROWS=8388608 NQ=1 RUNGS=$R timeout 120 node scripts/gpu/attn-ladder.mjs 2>&1 | tee "$OUT/ladder-vdp4a-mha-256k.txt"
     ;;

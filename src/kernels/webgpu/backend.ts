@@ -17,7 +17,7 @@ import { DTYPE_BYTES } from '../types.js';
 import { arenaCount } from './arenas.js';
 import { type AttnGeometry, attendWgsl, attnGeometry, partialFloats } from './attention.js';
 import { DEFAULT_VARIANT, parseAttnVariant } from './attn-variant.js';
-import { BLOCK, type BulkGeometry, type BulkSetting, bulkDefault, bulkGeometry, bulkMinTokens, bulkWgsl, integerValues, parseBulkSetting } from './bulk.js';
+import { BLOCK, type BulkGeometry, type BulkSetting, bulkDefault, bulkGeometry, bulkMinTokens, bulkWgsl, parseBulkSetting } from './bulk.js';
 import { type Binding, type GBuf, GpuCore, type Kernel } from './core.js';
 import {
   ARGMAX,
@@ -582,7 +582,7 @@ export class WebGpuBackend implements Backend {
       const bg = this.bulkGeometry(shape, bits);
       if (!bg) throw new Error(`webgpu: bulk items without a bulk kernel for ${bits} bits`);
       const bo = this.bulkSetting();
-      const name = `bulk${na}-${bits}-${bg.cw}-sb${bg.sb}-u${bo.u}${bo.ex ? '' : '-noex'}${bo.ik ? '-ik' : ''}${integerValues(bo) ? '-iv' : ''}${[...bo.skip].map((x) => `-${x}`).join('')}`;
+      const name = `bulk${na}-${bits}-${bg.cw}-sb${bg.sb}-u${bo.u}${bo.ex ? '' : '-noex'}${bo.ik ? '-ik' : ''}${[...bo.skip].map((x) => `-${x}`).join('')}`;
       const kb = this.shapeKernel(name, shape, () => bulkWgsl(shape, bg, na, bo), ['read', 'read', 'rw', 'rw', ...Array<'read'>(this.arenas).fill('read')]);
       this.core.dispatch(kb, bind, nBulk, (u, _f, at) => u.set([first.bulk, nBulk, gp.tasks], at));
     }

@@ -80,23 +80,21 @@ export interface BulkSetting extends BulkOptions {
 
 /**
  * A setting from its text: '' (the defaults), '0' (off: the general kernel takes every token), 'on', or a
- * comma list of cwN, sbN, minN, uN, ex, noex and -part (which imply on), and ik or fk, iv or fv (the key and
- * value paths' arithmetic, which do not; by default integer where the device has WGSL's packed dot products,
- * `dot4`).
+ * comma list of cwN, sbN, minN, uN, ex, noex and -part (which imply on), and ik or fk (the key path's
+ * arithmetic, which do not; by default integer where the device has WGSL's packed dot products, `dot4`).
  * One line naming a bad part.
  */
 export function parseBulkSetting(text: string, dot4 = true): BulkSetting {
-  const o: BulkSetting = { on: null, cw: 0, sb: 0, min: 0, skip: new Set(), ex: BULK_DEFAULTS.ex, u: BULK_DEFAULTS.u, ik: dot4, iv: dot4 };
+  const o: BulkSetting = { on: null, cw: 0, sb: 0, min: 0, skip: new Set(), ex: BULK_DEFAULTS.ex, u: BULK_DEFAULTS.u, ik: dot4 };
   const skip = new Set<string>();
   for (const part of text.split(',').filter(Boolean)) {
     if (part === '0') {
       o.on = false;
       continue;
     }
-    if (part === 'ik' || part === 'fk' || part === 'iv' || part === 'fv') {
-      if (part[0] === 'i' && !dot4) throw new KiviError(`KIVI_WEBGPU_BULK: ${part} needs WGSL packed_4x8_integer_dot_product, which this WebGPU lacks`);
-      if (part[1] === 'k') o.ik = part === 'ik';
-      else o.iv = part === 'iv';
+    if (part === 'ik' || part === 'fk') {
+      if (part === 'ik' && !dot4) throw new KiviError('KIVI_WEBGPU_BULK: ik needs WGSL packed_4x8_integer_dot_product, which this WebGPU lacks');
+      o.ik = part === 'ik';
       continue;
     }
     o.on ??= true;
@@ -111,7 +109,7 @@ export function parseBulkSetting(text: string, dot4 = true): BulkSetting {
     else if (m?.[1] === 'min' && n >= 1) o.min = n;
     else
       throw new KiviError(
-        `KIVI_WEBGPU_BULK: unknown part "${part}" (0, on, cwN of 4-32, sbN of 1-32, minN, uN of 1-8, ex, noex, ik, fk, iv, fv, -${BULK_PARTS.join(', -')})`,
+        `KIVI_WEBGPU_BULK: unknown part "${part}" (0, on, cwN of 4-32, sbN of 1-32, minN, uN of 1-8, ex, noex, ik, fk, -${BULK_PARTS.join(', -')})`,
       );
   }
   o.skip = skip;
@@ -186,15 +184,8 @@ export interface BulkOptions {
   u: number;
   ex: boolean;
   ik: boolean;
-  /** Integer value sums (iv: see bulkWgsl); they need the weights exponentiated once a token (ex) and U a multiple of 4. */
-  iv: boolean;
 }
-export const BULK_DEFAULTS: BulkOptions = { skip: new Set(), u: 8, ex: true, ik: true, iv: true };
-
-/** Whether a build sums the values in integers: asked for (iv), with the weights made once a token and U a multiple of 4. */
-export function integerValues(o: BulkOptions): boolean {
-  return o.iv && o.ex && o.u % 4 === 0;
-}
+export const BULK_DEFAULTS: BulkOptions = { skip: new Set(), u: 8, ex: true, ik: true };
 
 /** The largest magnitude of the int16 query values of the integer key path. */
 const IK_QMAX = 32767;
@@ -291,17 +282,16 @@ ${put('red', `(l * ${SB}u + ${x}u) * ${NCH + 1}u + k`, (j) => `fma(KMUL, S${j}, 
   // The value rows of U tokens of the block: code words, scale and minimum halves loaded first.
   const U = opts.u;
   const EX = opts.ex;
-  const valueLoads = range(U)
-    .map(
-      (x) => `${words(`w${x}`, (wi) => `vrow + (r + ${x}u) * ${WPR}u + cw0 + ${wi}u`)}
+  const valueRound = `      let sl = vslot;
+${range(U)
+  .map(
+    (x) => `${words(`w${x}`, (wi) => `vrow + (r + ${x}u) * ${WPR}u + cw0 + ${wi}u`)}
       let hs${x} = vsc + (r + ${x}u) * vgn;
       let hm${x} = hs${x} + vcap * vgn;
       let sw${x} = ldw(sl, hs${x} >> 1u);
       let mw${x} = ldw(sl, hm${x} >> 1u);`,
-    )
-    .join('\n');
-  const valueRound = `      let sl = vslot;
-${valueLoads}
+  )
+  .join('\n')}
 ${range(U)
   .map(
     (x) => `      {
@@ -324,75 +314,6 @@ ${C((c) => `          a${j}_${c} = fma(ws, m${c}, a${j}_${c});`)}
       }`,
   )
   .join('\n')}`;
-
-  // The integer value path (IV, the default with IK): the block in quads of 4 tokens. The quad's code words
-  // of this thread are transposed in registers (pack4xU8 gathers byte b of the 4 tokens' words, a byte a
-  // token), so one shift and one mask put a channel of the 4 tokens in byte lanes; the quad's weights
-  // w = p·s become u16 with the block's step β = max w / 65535 (one pass over the block's weights and value
-  // scales first), split in bytes, and each head takes two dot products a channel (hi, lo: H, G, exact
-  // integer sums over the block), scaled by β into the float sums once a block. The rounding moves a
-  // channel's sum by at most β/2·Σ code over the block; B = Σ p·m stays float (W stays 0).
-  const IV = integerValues(opts);
-  const MASK4 = (((1 << bits) - 1) * 0x01010101) >>> 0;
-  const ivChannels = range(NW)
-    .flatMap((wi) => range(4).flatMap((b) => range(GB).map((kk) => ({ wi, b, kk, c: wi * CPW + b * GB + kk }))))
-    .filter((x) => x.c < CW);
-  const ivBytes = range(NW).flatMap((wi) =>
-    range(4)
-      .filter((b) => ivChannels.some((x) => x.wi === wi && x.b === b))
-      .map((b) => [wi, b] as const),
-  );
-  const ivQuad = (q: number) => {
-    const xs = range(4).map((i) => 4 * q + i);
-    return `      {
-${xs
-  .map(
-    (x) => `        let su${x} = unpack2x16float(sw${x});
-        let mu${x} = unpack2x16float(mw${x});
-        let sv${x} = select(su${x}.x, su${x}.y, (hs${x} & 1u) != 0u);
-        let mv${x} = select(mu${x}.x, mu${x}.y, (hm${x} & 1u) != 0u);
-${get(`s${x}`, 'sc', `l * ${BLOCK}u + r + ${x}u`, '        ')}`,
-  )
-  .join('\n')}
-${J(
-  (j) => `${xs.map((x) => `        L${j} += ${head(`s${x}`, j)};\n        B${j} = fma(${head(`s${x}`, j)}, mv${x}, B${j});`).join('\n')}
-        let nq${j} = min(vec4<u32>(fma(vec4<f32>(${xs.map((x) => `${head(`s${x}`, j)} * sv${x}`).join(', ')}), vec4<f32>(IB${j}), vec4<f32>(0.5))), vec4<u32>(65535u));
-        let nh${j} = pack4xU8(nq${j} >> vec4<u32>(8u));
-        let nl${j} = pack4xU8(nq${j} & vec4<u32>(255u));`,
-)}
-${ivBytes
-  .map(
-    ([wi, b]) =>
-      `        let T${wi}_${b} = pack4xU8((vec4<u32>(${xs.map((x) => `w${x}_${wi}`).join(', ')})${b ? ` >> vec4<u32>(${8 * b}u)` : ''}) & vec4<u32>(255u));`,
-  )
-  .join('\n')}
-${ivChannels
-  .map(
-    ({ wi, b, kk, c }) => `        {
-          let cc = ${kk ? `(T${wi}_${b} >> ${bits * kk}u)` : `T${wi}_${b}`} & 0x${MASK4.toString(16)}u;
-${J((j) => `          H${j}_${c} += dot4U8Packed(cc, nh${j});\n          G${j}_${c} += dot4U8Packed(cc, nl${j});`)}
-        }`,
-  )
-  .join('\n')}
-      }`;
-  };
-  const ivBlock = `      let sl = vslot;
-${J((j) => `      var MX${j} = 0.0;`)}
-      for (var x = 0u; x < ${BLOCK}u; x++) {
-        let hs = vsc + x * vgn;
-        let su = unpack2x16float(ldw(sl, hs >> 1u));
-        let sv = select(su.x, su.y, (hs & 1u) != 0u);
-${get('p', 'sc', `l * ${BLOCK}u + x`, '        ')}
-${J((j) => `        MX${j} = max(MX${j}, ${head('p', j)} * sv);`)}
-      }
-${J((j) => `      let IB${j} = select(0.0, ${f32lit(65535)} / MX${j}, MX${j} > 0.0);\n      let BT${j} = MX${j} / ${f32lit(65535 * 2 ** bits)};`)}
-      for (var r = 0u; r < ${BLOCK}u; r += ${U}u) {
-${valueLoads}
-${range(U / 4)
-  .map(ivQuad)
-  .join('\n')}
-      }
-${J((j) => C((c) => `      a${j}_${c} = fma(BT${j}, f32((H${j}_${c} << 8u) + G${j}_${c}), a${j}_${c});\n      H${j}_${c} = 0u;\n      G${j}_${c} = 0u;`))}`;
 
   return /* wgsl */ `
 const D = ${D}u;
@@ -426,7 +347,7 @@ ${ITEM_PROLOGUE}  let kG = sw(plan[tk + 1u], 5u);
   let cw0 = c0 / ${CPW}u;
   let csh = (c0 % ${CPW}u) * ${bits}u;
   let gq = c0 / vG;
-${J((j) => `  var M${j} = neg_inf();\n  var L${j} = 0.0;\n  var W${j} = 0.0;\n  var B${j} = 0.0;\n${C((c) => `  var a${j}_${c} = 0.0;${IV ? ` var H${j}_${c} = 0u; var G${j}_${c} = 0u;` : ''}`)}`)}
+${J((j) => `  var M${j} = neg_inf();\n  var L${j} = 0.0;\n  var W${j} = 0.0;\n  var B${j} = 0.0;\n${C((c) => `  var a${j}_${c} = 0.0;`)}`)}
   workgroupBarrier();
   let nb = (tb - ta) / ${BLOCK}u;
   for (var ps = 0u; ps < nb; ps += ${LANES}u) {
@@ -544,19 +465,12 @@ ${put('sc', `l * ${BLOCK}u + x`, (j) => `exp(${head('s', j)} - M${j})`, '      '
     : ''
 }
     // ---- the values, weighted on their codes ----
-${
-  IV
-    ? `    if (${off('values')}live) {
-      let us = vslot;
-${unswitched(na, ivBlock)}
-    }`
-    : `    if (live) {
+    if (live) {
       let us = vslot;
       for (var r = 0u; ${off('values')}r < ${BLOCK}u; r += ${U}u) {
 ${unswitched(na, skip.has('vload') ? valueRound.replace(/ldw\(sl, ([^;]*)\);/g, '($1);') : valueRound)}
       }
-    }`
-}
+    }
   }
   // ---- the lanes combined (their maxima differ): this item's output, or its partial ----
   if (k == 0u) {

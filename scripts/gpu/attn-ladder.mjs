@@ -235,9 +235,10 @@ const VB_DECLS = (int) =>
           .join('\n')}`,
     )
     .join('\n');
-const VB_LOOP = (body, blockEnd = '') => `  let k = li % 8u;
+const VB_LOOP = (body, blockEnd = '', blockStart = '') => `  let k = li % 8u;
   let l = li / 8u;
   for (var bl = wid.x * 16u + l; bl < p.n / 32u; bl += nw.x * 16u) {
+${blockStart}
     for (var r = 0u; r < 32u; r += 4u) {
       let t0 = bl * 32u + r;
 ${body}
@@ -277,17 +278,43 @@ ${range(16)
   )
   .join('\n')}`,
 );
-const vbDp4a = VB_LOOP(
-  `      let w = a[(t0 / 4u) * 8u + k];
+// DP4A value sums: `transpose` reads the cache's layout (a word a token) and builds each byte of the
+// interleaved words with pack4xU8 from the 4 tokens' words; `quant` makes the u16 weights as the kernel
+// would have to (w = p·s, a block's step from its largest w, then each round's 4 weights rounded and split
+// in bytes) instead of reading them ready-made.
+const vbDp4aBody = ({ transpose = false, quant = false } = {}) =>
+  VB_LOOP(
+    `${
+      transpose
+        ? `${range(4)
+            .map((x) => `      let w${x} = a[(t0 + ${x}u) * 2u + k / 4u][k % 4u];`)
+            .join('\n')}
+      let w = vec4<u32>(${range(4)
+        .map(
+          (b) =>
+            `pack4xU8(vec4<u32>(${range(4)
+              .map((x) => (b ? `w${x} >> ${8 * b}u` : `w${x}`))
+              .join(', ')}))`,
+        )
+        .join(', ')});`
+        : '      let w = a[(t0 / 4u) * 8u + k];'
+    }
 ${range(4)
   .map((x) => `      let sm${x} = unpack2x16float(m[t0 / 4u][${x}u]);`)
   .join('\n')}
 ${range(NQ)
   .map(
-    (j) => `      let n${j} = qw[${j * 16}u + (r / 4u + l) % 16u];
-${range(4)
-  .map((x) => `      B${j} = fma(${vbWeight(j, x)}, sm${x}.y, B${j});`)
-  .join('\n')}`,
+    (j) => `${range(4)
+      .map((x) => `      let p${j}_${x} = ${vbWeight(j, x)};\n      B${j} = fma(p${j}_${x}, sm${x}.y, B${j});`)
+      .join('\n')}
+${
+  quant
+    ? `      let nq${j} = vec4<u32>(fma(vec4<f32>(${range(4)
+        .map((x) => `p${j}_${x} * sm${x}.x`)
+        .join(', ')}), vec4<f32>(ib${j}), vec4<f32>(0.5)));
+      let n${j} = vec2<u32>(pack4xU8(nq${j} >> vec4<u32>(8u)), pack4xU8(nq${j}));`
+    : `      let n${j} = qw[${j * 16}u + (r / 4u + l) % 16u].xy;`
+}`,
   )
   .join('\n')}
 ${range(16)
@@ -299,16 +326,30 @@ ${range(NQ)
       }`,
   )
   .join('\n')}`,
-  `${range(NQ)
-    .map(
-      (j) => `    { let beta = sc[${j * WG}u + l];
+    `${range(NQ)
+      .map(
+        (j) => `    { let beta = ${quant ? `be${j}` : `sc[${j * WG}u + l]`};
 ${range(16)
   .map((c) => `      a${j}_${c} = fma(beta, f32((H${j}_${c} << 8u) + L${j}_${c}), a${j}_${c}); H${j}_${c} = 0u; L${j}_${c} = 0u;`)
   .join('\n')}
     }\n`,
-    )
-    .join('')}`,
-);
+      )
+      .join('')}`,
+    quant
+      ? range(NQ)
+          .map(
+            (j) => `    var be${j} = 0.0;
+    var ib${j} = 0.0;
+    {
+      var mx = 0.0;
+      for (var x = 0u; x < 32u; x++) { mx = max(mx, sc[${j * WG}u + x * 4u + (l & 3u)] * unpack2x16float(m[(bl * 32u + x) / 4u][x % 4u]).x); }
+      be${j} = mx / 65535.0;
+      ib${j} = select(0.0, 65535.0 / mx, mx > 0.0);
+    }`,
+          )
+          .join('\n')
+      : '',
+  );
 const rungs = {
   // 32-byte rows, one a thread: the loads alone.
   'k2-read': main(`  var x = vec4<u32>(0u);
@@ -351,7 +392,11 @@ ${valueRow('t')}
   o[g.x] = ${valueSum()};`),
   // The value sums in the bulk kernel's layout, as the kernels do them and with DP4A on an interleaved layout.
   'vb-float': main(`${VB_DECLS(false)}\n${vbFloat}\n  o[g.x] = ${VB_SUM(false)};`),
-  'vb-dp4a': main(`${VB_DECLS(true)}\n${vbDp4a}\n  o[g.x] = ${VB_SUM(true)};`),
+  'vb-dp4a': main(`${VB_DECLS(true)}\n${vbDp4aBody()}\n  o[g.x] = ${VB_SUM(true)};`),
+  // The same with the weights quantized in the kernel; and on the cache's own layout, transposed in registers.
+  'vb-dp4a-q': main(`${VB_DECLS(true)}\n${vbDp4aBody({ quant: true })}\n  o[g.x] = ${VB_SUM(true)};`),
+  'vb-dp4a-t': main(`${VB_DECLS(true)}\n${vbDp4aBody({ transpose: true })}\n  o[g.x] = ${VB_SUM(true)};`),
+  'vb-dp4a-tq': main(`${VB_DECLS(true)}\n${vbDp4aBody({ transpose: true, quant: true })}\n  o[g.x] = ${VB_SUM(true)};`),
   // float16 rows (256 bytes), one a thread: the loads alone, then with the dot products (NQ heads).
   'f16-read': main(`  var x = vec4<u32>(0u);
   for (var t = g.x; t < p.n; t += stride) {

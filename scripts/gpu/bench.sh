@@ -174,10 +174,10 @@ case $PHASE in
     SPECS=kivi2 BULKS="0|on,ik|on,ik,cw8|on,ik,cw8,u4|on,ik,cw8,sb8|on,ik,u4|on,ik,sb2|on,ik,cw8,sb2|0" timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/ik-builds-gqa-1m.txt"
     ;;
   vdp4a)
-    # Value sums with packed 8-bit dot products on a 4-token interleaved value layout (attn-ladder.mjs
-    # vb-dp4a) against the bulk kernel's float way (vb-float), in turns, at 4:1 1M and MHA 262K; the
-    # general kernel's value layout (v2-acc) and the key rungs beside them.
-    R=vb-float,vb-dp4a,vb-float,vb-dp4a,v2-acc,k2-dp4a
+    # Value sums with packed 8-bit dot products (attn-ladder.mjs vb-dp4a: a 4-token interleaved value
+    # layout, weights ready; -q: weights quantized in the kernel; -t: the cache's layout transposed in
+    # registers; -tq: both) against the bulk kernel's float way (vb-float), in turns, at 4:1 1M and MHA 262K.
+    R=vb-float,vb-dp4a,vb-dp4a-q,vb-dp4a-t,vb-dp4a-tq,vb-float,vb-dp4a,vb-dp4a-q,vb-dp4a-t,vb-dp4a-tq
     ROWS=2097152 NQ=4 RUNGS=$R timeout 120 node scripts/gpu/attn-ladder.mjs 2>&1 | tee "$OUT/ladder-vdp4a-gqa-1m.txt"
     ROWS=8388608 NQ=1 RUNGS=$R timeout 120 node scripts/gpu/attn-ladder.mjs 2>&1 | tee "$OUT/ladder-vdp4a-mha-256k.txt"
     ;;

@@ -67,8 +67,8 @@ export function compileCounter(model: KiviModel): { compiled: number; compileSec
 
 /**
  * The variants in a timed round's order: reversed every other round, so that with two or more repeats
- * every spec is timed both first and last (on the H200 the spec timed first in a run decoded 8–25% slower
- * than when it ran second, docs/perf/webgpu-h200.md; each spec's median and range then span both places).
+ * every spec is timed both first and last, and whatever a place in the order costs (the state the spec
+ * before leaves, a warm-up that falls short) falls on each alike; decode_rounds shows it round by round.
  */
 export function roundOrder<T>(variants: readonly T[], round: number): [number, T][] {
   const order = [...variants.entries()];
@@ -237,7 +237,9 @@ export function generateBenchMarkdown(results: readonly GenerateBenchResult[], w
   const base = results[0]!;
   return (
     `${what}: ${base.prefill_tokens_per_s === 0 ? `caches filled with ${base.prompt_tokens} tokens of synthetic keys/values (no prefill)` : `${base.prompt_tokens}-token prompt`}, ` +
-    `${base.generated} generated (greedy); medians${base.decode_range[0] < base.decode_range[1] ? ' (decode: and the range of the rounds, run in alternating order)' : ''}; ` +
+    `${base.generated} generated (greedy); medians of ${base.decode_rounds.length} round(s)${
+      base.decode_rounds.length > 1 ? ', the specs in reversed order every other round (decode: the median, then the slowest–fastest round)' : ''
+    }; ` +
     `in parentheses: relative to ${base.kv} with ${base.weights} weights:\n\n` +
     markdownTable(
       ['weights', 'kv', ...(base.prefill_attention ? ['prefill attention'] : []), 'prefill tokens/s', 'decode tokens/s', 'cache after'],
@@ -247,7 +249,7 @@ export function generateBenchMarkdown(results: readonly GenerateBenchResult[], w
         ...(base.prefill_attention ? [r.prefill_attention ?? ''] : []),
         r.prefill_tokens_per_s === 0 ? '–' : `${r.prefill_tokens_per_s.toFixed(0)} (${formatRatio(r.prefill_tokens_per_s / base.prefill_tokens_per_s)})`,
         `${r.decode_tokens_per_s.toFixed(1)} (${formatRatio(r.decode_tokens_per_s / base.decode_tokens_per_s)})${
-          r.decode_range[0] < r.decode_range[1] ? `, ${r.decode_range[0].toFixed(1)}–${r.decode_range[1].toFixed(1)}` : ''
+          r.decode_rounds.length > 1 ? `, ${r.decode_range[0].toFixed(1)}–${r.decode_range[1].toFixed(1)}` : ''
         }`,
         formatBytes(r.kv_bytes),
       ]),

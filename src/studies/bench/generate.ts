@@ -191,7 +191,7 @@ export async function runFilledDecodeBench(o: Omit<GenerateBenchOptions, 'prompt
   const variants = o.models.flatMap(({ weights, model }) => o.specs.map((kv) => ({ weights, model, kv, src: fillRows(model) })));
   const runs = variants.map(() => [] as { decode: number; bytes: number }[]);
   // Untimed first, every variant: `gen` decode steps on a cache filled as the timed rounds fill theirs. On the
-  // H200 the first timed round of a run decoded 20–36% slower than the rounds after it (per-round figures,
+  // H200 the first timed round of a run decoded 21–29% slower than the rounds after it (per-round figures,
   // decode_rounds); a warm-up on a 4096-token fill did not remove that.
   for (const { model: m, kv, src } of variants) {
     const cache = await filledCache(m, kv, o.context, src);

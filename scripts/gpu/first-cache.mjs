@@ -1,0 +1,39 @@
+// On the GPU machine (after `npm run build` here and `source scripts/gpu/setup.sh` there):
+//   node scripts/gpu/first-cache.mjs     (MODEL=llama-2-7b FILL=131072 GEN=33 KVS=fp16,fp16,fp16)
+// Why the first timed round of a `bench generate --fill` run decoded 21–29% slower than the rounds after it
+// (docs/perf/webgpu-h200.md): one process fills a cache per entry of KVS in turn (synthetic keys and values,
+// as `--fill` does), decodes GEN steps on it timing each, and frees it; printed per cache: the first steps,
+// the median step, and the bytes of cache arenas and of all GPU buffers alive after its fill.
+import { KiviModel } from '../../dist/src/api.js';
+import { filledCache, fillRows } from '../../dist/src/studies/bench/generate.js';
+
+const env = process.env;
+const m = await KiviModel.load(`models/configs/${env.MODEL ?? 'llama-2-7b'}`, { backend: 'webgpu', randomWeights: 1 });
+const src = fillRows(m);
+const GEN = Number(env.GEN ?? 33);
+const FILL = Number(env.FILL ?? 131072);
+const gib = (b) => `${(b / 2 ** 30).toFixed(2)} GiB`;
+console.log(m.backend.description, env.MODEL ?? 'llama-2-7b', `fill ${FILL}, ${GEN} steps`);
+for (const [r, kv] of (env.KVS ?? 'fp16,fp16,fp16').split(',').entries()) {
+  const t0 = performance.now();
+  const cache = await filledCache(m, kv, FILL, src);
+  const fillS = (performance.now() - t0) / 1000;
+  const arenas = m.transformer.pool.bufferBytes;
+  const live = m.backend.core.liveBytes;
+  const ms = [];
+  let id = 3;
+  for (let g = 0; g < GEN; g++) {
+    const t = performance.now();
+    id = (await m.forward([{ tokens: [id], cache, logits: 'argmax', mode: 'decode' }]))[0];
+    ms.push(performance.now() - t);
+  }
+  cache.free();
+  const rest = ms.slice(4).sort((a, b) => a - b);
+  console.log(
+    `${r} ${kv}: fill ${fillS.toFixed(1)} s, arenas ${gib(arenas)}, buffers ${gib(live)}; steps 1-4 ${ms
+      .slice(0, 4)
+      .map((x) => x.toFixed(1))
+      .join(' ')} ms, median of the rest ${rest[rest.length >> 1].toFixed(2)} ms (min ${rest[0].toFixed(2)}, max ${rest[rest.length - 1].toFixed(2)})`,
+  );
+}
+m.backend.dispose();

@@ -19,6 +19,9 @@ import type { LoadProgress, WeightFormat } from './model/weights.js';
 import type { Tokenizer } from './tokenizer/tokenizer.js';
 import { KiviError } from './util/errors.js';
 
+/** Prompt tokens of warmUp(): past the presets' 128-token KIVI residual, so a key block is quantized. */
+const WARM_PROMPT = 160;
+
 export interface LoadOptions extends BackendOptions {
   /** Default cache spec for generate(): 'kivi2' (default), 'kivi4', 'fp16', 'fp32', ... or a spec object. */
   kv?: KvOption;
@@ -136,6 +139,31 @@ export class KiviModel {
     const cache = this.newCache(kv);
     await restoreCache(cache, bytes, { model: this.fingerprint, spec: cache.spec, shape: this.dims });
     return cache;
+  }
+
+  /**
+   * On WebGPU, compile the pipelines a first request runs and pay the driver's slow first runs now: a
+   * prompt past the KIVI residual (its cache jobs run) and two decode steps, greedy and with logits read
+   * back, through a throwaway cache of the default spec, outside the batching engine (its counters stay as
+   * they were; the pool's peak is reset after). On an H200 at Llama-2-7B's shapes a process's first decode
+   * steps took 3.1 s (2.6 s of it compiling) and 0.7 s before settling at 30 ms (docs/perf/webgpu-h200.md).
+   * The CPU back ends compile nothing per shape: there it returns at once. `kivi serve` calls it before
+   * it listens.
+   */
+  async warmUp(): Promise<void> {
+    if (this.backend.name !== 'webgpu') return;
+    const n = Math.min(WARM_PROMPT, this.config.maxPositions - 3);
+    const V = this.config.vocabSize;
+    const tokens = Array.from({ length: n }, (_, i) => 1 + ((i * 7919) % (V - 1)));
+    const cache = this.newCache();
+    try {
+      const [id] = await this.forward([{ tokens, cache, logits: 'argmax', mode: 'prefill' }]);
+      const [next] = await this.forward([{ tokens: [id as number], cache, logits: 'argmax', mode: 'decode' }]);
+      await this.forward([{ tokens: [next as number], cache, logits: 'last', mode: 'decode' }]);
+    } finally {
+      cache.free();
+      this.transformer.pool.resetPeak();
+    }
   }
 
   /** One forward step over several sequences' caches (studies, tests): see LlamaModel.forward. */

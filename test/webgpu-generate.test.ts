@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { KiviModel } from '../src/api.js';
+import type { WebGpuBackend } from '../src/kernels/webgpu/backend.js';
 import { golden, MODEL_DIR } from './helpers.js';
 import { reportMissing } from './webgpu-helpers.js';
 
@@ -43,6 +44,26 @@ if (!reportMissing('webgpu-generate')) {
       assert.equal(got.ids.length, 16);
       assert.deepEqual(got.ids, ref.ids, `${kv}: webgpu vs wasm`);
       assert.equal(got.kvBytes, ref.kvBytes, `${kv}: KV bytes`);
+    }
+  });
+
+  test('warmUp (webgpu): compiles every pipeline a first request runs, outside the engine, and leaves no pages', { timeout: 600_000 }, async () => {
+    // A model of its own: pipelines are compiled per device.
+    const m = await KiviModel.load(MODEL_DIR, { backend: 'webgpu', webgpu: { swiftshader: true } });
+    try {
+      const core = (m.backend as WebGpuBackend).core;
+      await m.warmUp();
+      const compiled = core.compiled;
+      assert.ok(compiled >= 8, `${compiled} pipelines compiled`);
+      assert.equal(m.transformer.pool.allocatedBytes, 0, 'the warm-up cache is freed');
+      assert.equal(m.transformer.pool.peakBytes, 0, 'the pool peak is reset');
+      assert.deepEqual([m.engine.steps, m.engine.prefilledTokens, m.engine.generatedTokens], [0, 0, 0]);
+      // A first request, greedy and sampled: nothing left to compile.
+      await m.complete(W.slice(0, 40), { maxTokens: 3, temperature: 0 });
+      await m.complete(W.slice(0, 20), { maxTokens: 2, temperature: 0.8, seed: 1 });
+      assert.equal(core.compiled, compiled, 'no pipeline compiled after the warm-up');
+    } finally {
+      m.dispose();
     }
   });
 

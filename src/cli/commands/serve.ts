@@ -65,6 +65,13 @@ export function register(program: Command): void {
     const { checkPrefixOptions, KiviServer } = await import('../../server/app.js');
     checkPrefixOptions(opts); // before the model loads: a bad flag fails fast
     const model = await KiviModel.load(o.model, { kv: o.kv, ...loadOptions(o) });
+    // Compile (WebGPU) and warm the kernels now, so the first request does not wait for them.
+    try {
+      await model.warmUp();
+    } catch (e) {
+      model.dispose();
+      throw e;
+    }
     const server = await KiviServer.start(model, opts);
     const prefix = server.prefix ? `, prefix cache ${server.prefix.store.description}, blocks of ${server.prefix.opts.block}` : '';
     process.stderr.write(

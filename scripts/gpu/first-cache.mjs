@@ -1,5 +1,6 @@
 // On the GPU machine (after `npm run build` here and `source scripts/gpu/setup.sh` there):
-//   node scripts/gpu/first-cache.mjs     (MODEL=llama-2-7b FILL=131072 GEN=33 KVS=fp16,fp16,fp16)
+//   node scripts/gpu/first-cache.mjs     (MODEL=llama-2-7b FILL=131072 GEN=33 KVS=fp16,fp16,fp16; an entry
+//                                         spec:N fills that cache with N tokens)
 // Why the first timed round of a `bench generate --fill` run decoded 21–29% slower than the rounds after it
 // (docs/perf/webgpu-h200.md): one process fills a cache per entry of KVS in turn (synthetic keys and values,
 // as `--fill` does), decodes GEN steps on it timing each, and frees it; printed per cache: the first steps
@@ -22,9 +23,11 @@ core.kernel = (name, ...rest) => {
 };
 const gib = (b) => `${(b / 2 ** 30).toFixed(2)} GiB`;
 console.log(m.backend.description, env.MODEL ?? 'llama-2-7b', `fill ${FILL}, ${GEN} steps`);
-for (const [r, kv] of (env.KVS ?? 'fp16,fp16,fp16').split(',').entries()) {
+// An entry is a spec, or spec:tokens to fill that cache with another length than FILL.
+for (const [r, entry] of (env.KVS ?? 'fp16,fp16,fp16').split(',').entries()) {
+  const [kv, n] = entry.split(':');
   const t0 = performance.now();
-  const cache = await filledCache(m, kv, FILL, src);
+  const cache = await filledCache(m, kv, Number(n ?? FILL), src);
   const fillS = (performance.now() - t0) / 1000;
   const arenas = m.transformer.pool.bufferBytes;
   const live = m.backend.core.liveBytes;
@@ -42,12 +45,13 @@ for (const [r, kv] of (env.KVS ?? 'fp16,fp16,fp16').split(',').entries()) {
   cache.free();
   const rest = ms.slice(4).sort((a, b) => a - b);
   console.log(
-    `${r} ${kv}: fill ${fillS.toFixed(1)} s, arenas ${gib(arenas)}, buffers ${gib(live)}; steps 1-4 ${ms
+    `${r} ${entry}: fill ${fillS.toFixed(1)} s, arenas ${gib(arenas)}, buffers ${gib(live)}; steps 1-4 ${ms
       .slice(0, 4)
       .map((x) => x.toFixed(1))
-      .join(
-        ' ',
-      )} ms (compiles: ${compiled.join(', ')}), median of the rest ${rest[rest.length >> 1].toFixed(2)} ms (min ${rest[0].toFixed(2)}, max ${rest[rest.length - 1].toFixed(2)})`,
+      .join(' ')} ms (compiles: ${compiled.join(', ')}), median of the rest ${rest[rest.length >> 1].toFixed(2)} ms, steps 2-${GEN} ${ms
+      .slice(1)
+      .reduce((a, b) => a + b, 0)
+      .toFixed(0)} ms in all (min ${rest[0].toFixed(2)}, max ${rest[rest.length - 1].toFixed(2)})`,
   );
 }
 m.backend.dispose();

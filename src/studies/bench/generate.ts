@@ -190,9 +190,11 @@ export async function runFilledDecodeBench(o: Omit<GenerateBenchOptions, 'prompt
   }
   const variants = o.models.flatMap(({ weights, model }) => o.specs.map((kv) => ({ weights, model, kv, src: fillRows(model) })));
   const runs = variants.map(() => [] as { decode: number; bytes: number }[]);
-  // Untimed first, every variant: `gen` decode steps on a cache filled as the timed rounds fill theirs. On the
-  // H200 the first timed round of a run decoded 21–29% slower than the rounds after it (per-round figures,
-  // decode_rounds); a warm-up on a 4096-token fill did not remove that.
+  // Untimed first, every variant: `gen` decode steps on a cache filled as the timed rounds fill theirs, so
+  // the kernels of that size compile here (a larger cache spans more bindings: another attention kernel).
+  // With a 4096-token warm-up the first timed round on the H200 compiled one for 2 s in its untimed step and
+  // decoded 21–29% slower than the rounds after it: the steps after a long compile run slow, likely while
+  // the GPU's clocks climb back (docs/perf/webgpu-h200.md, "What the first round pays for").
   for (const { model: m, kv, src } of variants) {
     const cache = await filledCache(m, kv, o.context, src);
     try {

@@ -142,13 +142,14 @@ export class KiviModel {
   }
 
   /**
-   * On WebGPU, compile the pipelines a first request runs and pay the driver's slow first runs now: a
-   * prompt past the KIVI residual (its cache jobs run) and two decode steps, greedy and with logits read
-   * back, through a throwaway cache of the default spec, outside the batching engine (its counters stay as
-   * they were; the pool's peak is reset after). On an H200 at Llama-2-7B's shapes a process's first decode
-   * steps took 3.1 s (2.6 s of it compiling) and 0.7 s before settling at 30 ms (docs/perf/webgpu-h200.md).
-   * The CPU back ends compile nothing per shape: there it returns at once. `kivi serve` calls it before
-   * it listens.
+   * On WebGPU, compile the pipelines a first request runs, and run the slow steps that follow a long
+   * compile, now: a prompt past the KIVI residual (its cache jobs run) and two decode steps, greedy and with
+   * logits read back, through a throwaway cache of the default spec, outside the batching engine (its
+   * counters stay as they were; the pool's peak is reset after). On an H200 at Llama-2-7B's shapes (128K
+   * cached tokens) a process's first decode step took 3.1 s, 2.6 s of it compiling 10 pipelines, and the next
+   * one 0.7 s, before settling at 30 ms (docs/perf/webgpu-h200.md). Kernels for caches that span more than
+   * one binding, and the bulk kernel (48K quantized tokens and up), still compile when first needed. The CPU
+   * back ends compile nothing per shape: there it returns at once. `kivi serve` calls it before it listens.
    */
   async warmUp(): Promise<void> {
     if (this.backend.name !== 'webgpu') return;

@@ -30,7 +30,7 @@ for (const [r, entry] of (env.KVS ?? 'fp16,fp16,fp16').split(',').entries()) {
   const cache = await filledCache(m, kv, Number(n ?? FILL), src);
   const fillS = (performance.now() - t0) / 1000;
   const arenas = m.transformer.pool.bufferBytes;
-  const live = m.backend.core.liveBytes;
+  const live = core.liveBytes;
   const ms = [];
   // Pipelines compiled during each of the first steps, and the host seconds they blocked.
   const compiled = [];

@@ -75,9 +75,9 @@ export function roundOrder<T>(variants: readonly T[], round: number): [number, T
   return round % 2 === 1 ? order.reverse() : order;
 }
 
-/** The slowest and fastest of a variant's timed rounds. */
-function range(xs: readonly number[]): [number, number] {
-  return [Math.min(...xs), Math.max(...xs)];
+/** A variant's decode fields from its timed rounds' tokens/s: the median round, the range, every round. */
+function decodeFields(rounds: number[]): Pick<GenerateBenchResult, 'decode_tokens_per_s' | 'decode_range' | 'decode_rounds'> {
+  return { decode_tokens_per_s: median(rounds), decode_range: [Math.min(...rounds), Math.max(...rounds)], decode_rounds: rounds };
 }
 
 /** The first n tokens of a text (BOS first), or seeded synthetic ids when there is no text. */
@@ -134,9 +134,7 @@ export async function runGenerateBench(o: GenerateBenchOptions): Promise<Generat
     prompt_tokens: o.prompt.length,
     generated: o.gen,
     prefill_tokens_per_s: median(runs[i]!.map((r) => r.prefill)),
-    decode_tokens_per_s: median(runs[i]!.map((r) => r.decode)),
-    decode_range: range(runs[i]!.map((r) => r.decode)),
-    decode_rounds: runs[i]!.map((r) => r.decode),
+    ...decodeFields(runs[i]!.map((r) => r.decode)),
     kv_bytes: runs[i]![0]!.bytes,
     ...(mode ? { prefill_attention: mode } : {}),
     ...(compileCounter(variants[i]!.model) ? { compiled_while_timed: compiles[i]! } : {}),
@@ -176,6 +174,11 @@ export async function filledCache(m: KiviModel, kv: string, context: number, src
   return cache;
 }
 
+/** One greedy decode step of one sequence: the next token's id. */
+async function decodeStep(m: KiviModel, cache: KvCache, id: number): Promise<number> {
+  return (await m.forward([{ tokens: [id], cache, logits: 'argmax', mode: 'decode' }]))[0] as number;
+}
+
 /**
  * Decode speed at long context without the prefill's quadratic cost: each spec's cache is filled with
  * `context` tokens of synthetic keys and values through its own storage jobs (every layer; the same
@@ -199,7 +202,7 @@ export async function runFilledDecodeBench(o: Omit<GenerateBenchOptions, 'prompt
     const cache = await filledCache(m, kv, o.context, src);
     try {
       let id = 3;
-      for (let g = 0; g < o.gen; g++) id = (await m.forward([{ tokens: [id], cache, logits: 'argmax', mode: 'decode' }]))[0] as number;
+      for (let g = 0; g < o.gen; g++) id = await decodeStep(m, cache, id);
     } finally {
       cache.free();
     }
@@ -211,9 +214,9 @@ export async function runFilledDecodeBench(o: Omit<GenerateBenchOptions, 'prompt
       try {
         let id = 3;
         // One untimed step (kernels for this length compiled, scratch sized), then the timed ones.
-        id = (await m.forward([{ tokens: [id], cache, logits: 'argmax', mode: 'decode' }]))[0] as number;
+        id = await decodeStep(m, cache, id);
         const t0 = now();
-        for (let g = 1; g < o.gen; g++) id = (await m.forward([{ tokens: [id], cache, logits: 'argmax', mode: 'decode' }]))[0] as number;
+        for (let g = 1; g < o.gen; g++) id = await decodeStep(m, cache, id);
         runs[i]!.push({ decode: (o.gen - 1) / (now() - t0), bytes: cache.bytes() });
       } finally {
         cache.free();
@@ -227,9 +230,7 @@ export async function runFilledDecodeBench(o: Omit<GenerateBenchOptions, 'prompt
     prompt_tokens: o.context,
     generated: o.gen,
     prefill_tokens_per_s: 0,
-    decode_tokens_per_s: median(runs[i]!.map((r) => r.decode)),
-    decode_range: range(runs[i]!.map((r) => r.decode)),
-    decode_rounds: runs[i]!.map((r) => r.decode),
+    ...decodeFields(runs[i]!.map((r) => r.decode)),
     kv_bytes: runs[i]![0]!.bytes,
   }));
 }

@@ -411,7 +411,7 @@ if (!reportMissing('kernels-webgpu: long attention')) {
       // 1300 tokens: a quantized prefix of 36-39 blocks, several bulk items a kv head, the merge.
       const T = 1300;
       const rows = randArray(T * qkvDim, r).map((v, i) => (i % D === 5 ? v * 12 : v));
-      const step = randArray(4 * qkvDim, r);
+      const step = randArray(6 * qkvDim, r);
       for (const spec of specs) {
         const pools = [ref.createPagePool(shape), b.createPagePool(shape)] as const;
         const st = [new CacheStepper(ref, pools[0]), new CacheStepper(b, pools[1])];
@@ -419,8 +419,10 @@ if (!reportMissing('kernels-webgpu: long attention')) {
         for (const i of [0, 1]) await st[i]!.fill(caches[i]!, rows, T, 512);
         // The bulk kernel's default build (forced on: by default it runs at 1 query head a kv head only),
         // the general kernel alone, then 8 channels a thread, rounds of 2 tokens, the weights
-        // exponentiated by every thread and 4 value tokens in flight.
-        for (const [k, setting] of ['on', '0', 'cw8,noex,u4,sb2', 'on,fk'].entries()) {
+        // exponentiated by every thread and 4 value tokens in flight, float key scores, and split in two
+        // kernels (the keys' scores through the scratch), also with 8 channels a values thread (half the
+        // lanes of the keys' kernel, so its items take several passes).
+        for (const [k, setting] of ['on', '0', 'cw8,noex,u4,sb2', 'on,fk', 'split', 'split,vcw8'].entries()) {
           b.bulk = setting;
           const item = (i: number) => [{ cache: caches[i]!, rows: step.subarray(k * qkvDim, (k + 1) * qkvDim), n: 1, mode: 'decode' as const }];
           const exp = (await st[0]!.step(item(0)))!;
@@ -435,6 +437,10 @@ if (!reportMissing('kernels-webgpu: long attention')) {
     const ran = pipelines().filter((k) => k.startsWith('bulk'));
     for (const want of [
       'bulk1-2-16-sb8-u8-ik:2:2:64',
+      'bulk1-2-16-sb8-u8-ik-keys:2:2:64',
+      'bulk1-2-16-sb8-u8-ik-values:2:2:64',
+      'bulk1-4-16-sb4-u8-ik-values:8:2:128',
+      'bulk1-2-16-sb4-u8-ik-values-vcw8:4:2:128',
       'bulk1-4-16-sb8-u8-ik:2:2:64',
       'bulk1-2-16-sb4-u8-ik:4:2:128',
       'bulk1-4-16-sb4-u8-ik:8:2:128',

@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: split, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -30,6 +30,15 @@ variant() { # variant NAME CHECK VARIANTS SPV...
   fi
   VARIANTS=${VARIANTS:-$vs} timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/$name-gqa-1m.txt"
   HEADS=32 KV=32 T=262144 VARIANTS=${VARIANTS:-$vs} timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/$name-mha-256k.txt"
+}
+# The split bulk kernel (bulk.ts BulkPhase) against the reference, forced on from one block: 4:1 with items
+# of several passes, MHA, pages over several arenas.
+split_check() {
+  export KIVI_WEBGPU_BULK=on,split${SPLIT_CHECK:-}
+  KIVI_WEBGPU_ATTN_ITEMS=4 T=9000 SPECS=kivi2,kivi4,kivi:k=2,v=2,g=64,r=64,sink=3 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee "$OUT/attn-check-split.txt"
+  KIVI_WEBGPU_ATTN_ITEMS=16 HEADS=32 KV=32 T=5000 SPECS=kivi2,kivi4 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-split.txt"
+  BIND=1048576 ARENAS=4 T=9000 SPECS=kivi2 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-split.txt"
+  unset KIVI_WEBGPU_BULK
 }
 A_MHA="bench attention --backend webgpu --heads 32 --kv-heads 32 --kv fp16,kivi2,kivi4"
 case $PHASE in
@@ -167,6 +176,15 @@ case $PHASE in
     unset KIVI_WEBGPU_BULK
     SPECS=kivi2,kivi4 HEADS=32 KV=32 T=262144 BULKS="0|fk|ik|fk|ik" timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/ik-mha-256k.txt"
     SPECS=kivi2 BULKS="0|on,fk|on,ik|on,fk|on,ik|0" timeout 100 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/ik-gqa-1m.txt"
+    ;;
+  split)
+    # The bulk kernel split in two (bulk.ts BulkPhase: the keys' scores through a scratch, then softmax
+    # and values): the registers the driver gives each kernel, the split build against the reference
+    # (forced on from one block), then one decode step replayed, fused and split builds in turns.
+    timeout 120 .gpu/pipestats .gpu/spv/bulk-{mha,gqa}*.spv 2>&1 | cut -c1-600 | tee "$OUT/pipestats-split.txt"
+    [ -n "${NOCHECK:-}" ] || split_check
+    SPECS=kivi2 HEADS=32 KV=32 T=262144 BULKS=${BULKS_MHA:-"on|split|on|split|split,sb16|split,sb32|split,u4|0"} timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/split-mha-256k.txt"
+    SPECS=kivi2 BULKS=${BULKS_GQA:-"0|on|on,split|0|on|on,split|on,split,sb8|on,split,cw8"} timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/split-gqa-1m.txt"
     ;;
   ik-gqa)
     # With integer key scores the bulk kernel holds fewer registers for its keys: its builds at 4 query

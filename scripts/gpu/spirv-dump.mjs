@@ -12,7 +12,8 @@ import { nodeGpu } from '../../dist/src/kernels/webgpu/node.js';
 const [out, kernel, H, KV, D, variant = ''] = process.argv.slice(2);
 if (kernel !== 'attend' && kernel !== 'bulk') throw new Error('kernels: attend, bulk');
 const shape = { numLayers: 1, numHeads: Number(H), numKvHeads: Number(KV), headDim: Number(D) };
-// bulk's VARIANT: the code width, then a bulk setting (bulk.ts parseBulkSetting), e.g. 2,cw8 or 2,cw16,-values.
+// bulk's VARIANT: the code width, then a bulk setting (bulk.ts parseBulkSetting), e.g. 2,cw8 or 2,cw16,-values;
+// a last part keys or values names one kernel of the split build (bulk.ts BulkPhase).
 const wgsl = kernel === 'bulk' ? bulkCode() : attendCode();
 function attendCode() {
   const v = parseAttnVariant(variant);
@@ -20,8 +21,9 @@ function attendCode() {
 }
 function bulkCode() {
   const [bits, ...rest] = variant.split(',');
+  const phase = rest.at(-1) === 'keys' || rest.at(-1) === 'values' ? rest.pop() : 'all';
   const s = parseBulkSetting(rest.join(','));
-  return bulkWgsl(shape, bulkGeometry(shape, Number(bits), 32768, s.cw, s.sb), 1, s);
+  return bulkWgsl(shape, bulkGeometry(shape, Number(bits), 32768, s.cw, s.sb), 1, s, phase);
 }
 // Dawn prints the dump on the process's stdout (natively): a child compiles, the parent reads it.
 if (!process.env.SPIRV_CHILD) {

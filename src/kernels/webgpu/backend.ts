@@ -17,7 +17,7 @@ import { DTYPE_BYTES } from '../types.js';
 import { arenaCount } from './arenas.js';
 import { type AttnGeometry, attendWgsl, attnGeometry, partialFloats } from './attention.js';
 import { DEFAULT_VARIANT, parseAttnVariant } from './attn-variant.js';
-import { BLOCK, type BulkGeometry, type BulkSetting, bulkDefault, bulkGeometry, bulkMinTokens, bulkWgsl, parseBulkSetting } from './bulk.js';
+import { BLOCK, type BulkGeometry, type BulkPhase, type BulkSetting, bulkDefault, bulkGeometry, bulkMinTokens, bulkWgsl, parseBulkSetting } from './bulk.js';
 import { type Binding, type GBuf, GpuCore, type Kernel } from './core.js';
 import {
   ARGMAX,
@@ -476,9 +476,10 @@ export class WebGpuBackend implements Backend {
     return this.bulkParsed.setting;
   }
 
-  private bulkGeometry(shape: AttnShape, bits: number): BulkGeometry | null {
+  private bulkGeometry(shape: AttnShape, bits: number, phase: BulkPhase = 'all'): BulkGeometry | null {
     const o = this.bulkSetting();
-    return bulkGeometry(shape, bits, this.dev.device.limits.maxComputeWorkgroupStorageSize, o.cw, o.sb);
+    const cw = phase === 'values' && o.vcw ? o.vcw : o.cw;
+    return bulkGeometry(shape, bits, this.dev.device.limits.maxComputeWorkgroupStorageSize, cw, o.sb);
   }
 
   private bulkPolicy(shape: AttnShape): BulkPolicy | null {
@@ -557,7 +558,9 @@ export class WebGpuBackend implements Backend {
     this.deferred = null;
     if (nAttn === 0 && nBulk === 0) return;
     const { numHeads: H, numKvHeads: KV } = shape;
-    const partBytes = Math.max(16, gp.partials * partialFloats(shape) * 4);
+    // The partials, then (the bulk kernel split in two) the bulk items' scores.
+    const split = nBulk > 0 && this.bulkSetting().split;
+    const partBytes = Math.max(16, (gp.partials * partialFloats(shape) + (split ? gp.bulkScores : 0)) * 4);
     if (!this.partials || this.partials.size < partBytes) {
       if (this.partials) this.core.destroy(this.partials);
       this.partials = this.core.buffer(Math.max(partBytes, (this.partials?.size ?? 0) * 2), GPUBufferUsage.STORAGE, 'partials');
@@ -583,8 +586,19 @@ export class WebGpuBackend implements Backend {
       if (!bg) throw new Error(`webgpu: bulk items without a bulk kernel for ${bits} bits`);
       const bo = this.bulkSetting();
       const name = `bulk${na}-${bits}-${bg.cw}-sb${bg.sb}-u${bo.u}${bo.ex ? '' : '-noex'}${bo.ik ? '-ik' : ''}${[...bo.skip].map((x) => `-${x}`).join('')}`;
-      const kb = this.shapeKernel(name, shape, () => bulkWgsl(shape, bg, na, bo), ['read', 'read', 'rw', 'rw', ...Array<'read'>(this.arenas).fill('read')]);
-      this.core.dispatch(kb, bind, nBulk, (u, _f, at) => u.set([first.bulk, nBulk, gp.tasks], at));
+      for (const phase of split ? (['keys', 'values'] as const) : (['all'] as const)) {
+        const pg = phase === 'values' && bo.vcw ? this.bulkGeometry(shape, bits, phase) : bg;
+        if (!pg) throw new KiviError(`KIVI_WEBGPU_BULK: vcw${bo.vcw} does not fit this shape`);
+        const vname = phase === 'values' && bo.vcw ? `-vcw${pg.cw}` : '';
+        const kb = this.shapeKernel(phase === 'all' ? name : `${name}-${phase}${vname}`, shape, () => bulkWgsl(shape, pg, na, bo, phase), [
+          'read',
+          'read',
+          'rw',
+          'rw',
+          ...Array<'read'>(this.arenas).fill('read'),
+        ]);
+        this.core.dispatch(kb, bind, nBulk, (u, _f, at) => u.set([first.bulk, nBulk, gp.tasks], at));
+      }
     }
     if (nMerge > 0) {
       const m = this.shapeKernel('merge', shape, () => mergeWgsl(shape), ['read', 'read', 'rw']);

@@ -74,6 +74,8 @@ export interface BulkGeometry {
 export interface BulkSetting extends BulkOptions {
   on: boolean | null;
   cw: number;
+  /** Channels a thread of the split build's values kernel owns (0: cw). */
+  vcw: number;
   sb: number;
   min: number;
 }
@@ -85,7 +87,18 @@ export interface BulkSetting extends BulkOptions {
  * One line naming a bad part.
  */
 export function parseBulkSetting(text: string, dot4 = true): BulkSetting {
-  const o: BulkSetting = { on: null, cw: 0, sb: 0, min: 0, skip: new Set(), ex: BULK_DEFAULTS.ex, u: BULK_DEFAULTS.u, ik: dot4 };
+  const o: BulkSetting = {
+    on: null,
+    cw: 0,
+    vcw: 0,
+    sb: 0,
+    min: 0,
+    skip: new Set(),
+    ex: BULK_DEFAULTS.ex,
+    u: BULK_DEFAULTS.u,
+    ik: dot4,
+    split: BULK_DEFAULTS.split,
+  };
   const skip = new Set<string>();
   for (const part of text.split(',').filter(Boolean)) {
     if (part === '0') {
@@ -98,18 +111,20 @@ export function parseBulkSetting(text: string, dot4 = true): BulkSetting {
       continue;
     }
     o.on ??= true;
-    const m = /^(cw|sb|min|u)(\d+)$/.exec(part);
+    const m = /^(cw|vcw|sb|min|u)(\d+)$/.exec(part);
     const n = Number(m?.[2]);
     if (part === 'on') continue;
     if (part === 'ex' || part === 'noex') o.ex = part === 'ex';
+    else if (part === 'split' || part === 'fused') o.split = part === 'split';
     else if (part.startsWith('-') && (BULK_PARTS as readonly string[]).includes(part.slice(1))) skip.add(part.slice(1));
     else if (m?.[1] === 'cw' && [4, 8, 16, 32].includes(n)) o.cw = n;
+    else if (m?.[1] === 'vcw' && [4, 8, 16, 32].includes(n)) o.vcw = n;
     else if (m?.[1] === 'sb' && [1, 2, 4, 8, 16, 32].includes(n)) o.sb = n;
     else if (m?.[1] === 'u' && [1, 2, 4, 8].includes(n)) o.u = n;
     else if (m?.[1] === 'min' && n >= 1) o.min = n;
     else
       throw new KiviError(
-        `KIVI_WEBGPU_BULK: unknown part "${part}" (0, on, cwN of 4-32, sbN of 1-32, minN, uN of 1-8, ex, noex, ik, fk, -${BULK_PARTS.join(', -')})`,
+        `KIVI_WEBGPU_BULK: unknown part "${part}" (0, on, cwN or vcwN of 4-32, sbN of 1-32, minN, uN of 1-8, ex, noex, split, fused, ik, fk, -${BULK_PARTS.join(', -')})`,
       );
   }
   o.skip = skip;
@@ -184,17 +199,33 @@ export interface BulkOptions {
   u: number;
   ex: boolean;
   ik: boolean;
+  /** Two kernels (keys, then values: see BulkPhase) instead of one. */
+  split: boolean;
 }
-export const BULK_DEFAULTS: BulkOptions = { skip: new Set(), u: 8, ex: true, ik: true };
+export const BULK_DEFAULTS: BulkOptions = { skip: new Set(), u: 8, ex: true, ik: true, split: false };
+
+/**
+ * What one bulk kernel does: everything (`all`), or, split in two dispatches, the key scores of the items'
+ * blocks into the step's scratch (`keys`: item word 7 says where), then from those scores the softmax and
+ * the values (`values`). Split, each kernel holds only its own phase's registers (the folded query and
+ * key words, or the value accumulators), at the price of writing and reading 4 bytes a token and query head.
+ */
+export type BulkPhase = 'all' | 'keys' | 'values';
 
 /** The largest magnitude of the int16 query values of the integer key path. */
 const IK_QMAX = 32767;
 
-export function bulkWgsl(shape: AttnShape, g: BulkGeometry, na: number, opts: BulkOptions = BULK_DEFAULTS): string {
+export function bulkWgsl(shape: AttnShape, g: BulkGeometry, na: number, opts: BulkOptions = BULK_DEFAULTS, phase: BulkPhase = 'all'): string {
   const skip = opts.skip;
   const off = (part: string) => (skip.has(part) ? 'false && ' : '');
   const { numHeads: H, numKvHeads: KV, headDim: D } = shape;
   const { bits, cw: CW, nch: NCH, lanes: LANES, sb: SB, nq: NQ, vec: VEC } = g;
+  // Which phases this kernel runs (split: keys into the scratch, or values from it), and a WGSL piece
+  // that only the phase's kernel has.
+  const KEYS = phase !== 'values';
+  const VALS = phase !== 'keys';
+  const ifK = (x: string) => (KEYS ? x : '');
+  const ifV = (x: string) => (VALS ? x : '');
   const QKVD = (H + 2 * KV) * D;
   const WPR = (D * bits) / 32;
   const CPW = 32 / bits;
@@ -315,60 +346,8 @@ ${C((c) => `          a${j}_${c} = fma(ws, m${c}, a${j}_${c});`)}
   )
   .join('\n')}`;
 
-  return /* wgsl */ `
-const D = ${D}u;
-const NQ = ${NQ}u;
-const QKVD = ${QKVD}u;
-const KMUL = ${f32lit(2 ** bits)};
-const VMUL = ${f32lit(2 ** bits)};
-const SCALE = ${f32lit(1 / Math.sqrt(D))};
-${attnBindings(na)}
-// The query; partial scores of SB tokens a lane (channel threads side by side), and at the end the lanes'
-// outputs; each lane's block of scores; each lane's maxima and sums.
-var<workgroup> qsh: array<f32, ${NQ * D}>;
-var<workgroup> red: array<${ET}, ${redFloats(g, D) / (VEC ? 4 : 1)}>;
-var<workgroup> sc: array<${ET}, ${(LANES * BLOCK * NQ) / (VEC ? 4 : 1)}>;
-var<workgroup> lm: array<f32, ${LANES * NQ}>;
-var<workgroup> ls: array<f32, ${LANES * NQ}>;
-
-${arenaSwitch(na, 'ld4(s: u32, i: u32) -> vec4<u32>', (a) => `return ${a}[i];`)}
-${LDW}${na > 1 ? arenaDirect(na) : ''}
-fn qf(i: u32) -> f32 { return qkv[i >> 2u][i & 3u]; }
-${SEG_READERS}
-@compute @workgroup_size(${BULK_WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-${ITEM_PROLOGUE}  let kG = sw(plan[tk + 1u], 5u);
-  let vG = max(plan[tk + 7u] >> 8u, 1u);
-  let vgn = D / vG;
-  for (var i = li; i < NQ * D; i += ${BULK_WG}u) { qsh[i] = qf(qrow * QKVD + h * NQ * D + i); }
-  let l = li / ${NCH}u;
-  let k = li % ${NCH}u;
-  let c0 = k * ${CW}u;
-  let cw0 = c0 / ${CPW}u;
-  let csh = (c0 % ${CPW}u) * ${bits}u;
-  let gq = c0 / vG;
-${J((j) => `  var M${j} = neg_inf();\n  var L${j} = 0.0;\n  var W${j} = 0.0;\n  var B${j} = 0.0;\n${C((c) => `  var a${j}_${c} = 0.0;`)}`)}
-  workgroupBarrier();
-  let nb = (tb - ta) / ${BLOCK}u;
-  for (var ps = 0u; ps < nb; ps += ${LANES}u) {
-    let live = ps + l < nb;
-    let t0 = ta + (ps + l) * ${BLOCK}u;
-    // ---- the block's pages, and this thread's channels of the query folded with its key group's scales ----
-    var kslot = 0u;
-    var krow = 0u;
-    var vslot = 0u;
-    var vrow = 0u;
-    var vsc = 0u;
-    var vcap = 0u;
-${J((j) =>
-  IK
-    ? `    var K${j} = 0.0;\n    var A${j} = 0.0;\n${groups.map(([wi, kk]) => `    var qh${j}_${wi}_${kk} = 0u;\n    var ql${j}_${wi}_${kk} = 0u;`).join('\n')}`
-    : `    var K${j} = 0.0;\n${C((c) => `    var qs${j}_${c} = 0.0;`)}`,
-)}
-    if (live) {
-      loop { if (t0 < seg_end(kseg)) { break; } kseg += 1u; }
-      loop { if (t0 < seg_end(vseg)) { break; } vseg += 1u; }
-      let kp = seg_at(kseg, t0);
+  // The block's key pages and this thread's channels of the query folded with its key group's scales.
+  const keyFold = `      let kp = seg_at(kseg, t0);
       let kcap = sw(kseg, 4u);
       let kbase = kp.y + h * sw(kseg, 6u);
       kslot = kp.x;
@@ -406,14 +385,26 @@ ${J((j) => {
   }
   return `${s}        K${j} = qm - KMUL * qsum;\n      }`;
 })}
-      let vp = seg_at(vseg, t0);
+`;
+  // The block's value pages.
+  const valueLookup = `      let vp = seg_at(vseg, t0);
       let vbase = vp.y + h * sw(vseg, 6u);
       vslot = vp.x;
       vcap = sw(vseg, 4u);
       vrow = vbase + vp.z * ${WPR}u;
       vsc = (vbase + vcap * ${WPR}u) * 2u + vp.z * vgn + gq;
-    }
-    // ---- keys: SB tokens at a time, partial scores summed across the lane's channel threads ----
+`;
+
+  // Where a token's scores go: the block's slots of workgroup memory, or (split) the scratch.
+  const scoreOut = (e: number) =>
+    phase === 'all'
+      ? `sc[(l * ${BLOCK}u + r + x) * ${NE}u + ${e}u] = t${e} * SCALE;`
+      : VEC
+        ? range(4)
+            .map((i) => `part[so + ((ps + l) * ${BLOCK}u + r + x) * NQ + ${4 * e + i}u] = t${e}[${i}] * SCALE;`)
+            .join(' ')
+        : `part[so + ((ps + l) * ${BLOCK}u + r + x) * NQ + ${e}u] = t${e} * SCALE;`;
+  const keyLoop = `    // ---- keys: SB tokens at a time, partial scores summed across the lane's channel threads ----
     for (var r = 0u; r < ${BLOCK}u; r += ${SB}u) {
       if (${off('keys')}live) {
         let us = kslot;
@@ -425,13 +416,34 @@ ${range(NE)
   .map(
     (e) => `        var t${e} = red[((l * ${SB}u + x) * ${NCH + 1}u) * ${NE}u + ${e}u];
         for (var kk = 1u; kk < ${NCH}u; kk++) { t${e} += red[((l * ${SB}u + x) * ${NCH + 1}u + kk) * ${NE}u + ${e}u]; }
-        sc[(l * ${BLOCK}u + r + x) * ${NE}u + ${e}u] = t${e} * SCALE;`,
+        ${scoreOut(e)}`,
   )
   .join('\n')}
       }
       workgroupBarrier();
     }
-    // ---- the lane's running maximum (each of its threads alike) ----
+`;
+  // Split, the values' kernel reads the block's scores (the keys' kernel wrote them) into its slots.
+  const scoreLoad = `    // ---- the block's scores, from the scratch (once the last pass's values have read its weights) ----
+    workgroupBarrier();
+    for (var x = k; live && x < ${BLOCK}u; x += ${NCH}u) {
+      let sa = so + ((ps + l) * ${BLOCK}u + x) * NQ;
+${range(NE)
+  .map(
+    (e) =>
+      `      sc[(l * ${BLOCK}u + x) * ${NE}u + ${e}u] = ${
+        VEC
+          ? `vec4<f32>(${range(4)
+              .map((i) => `part[sa + ${4 * e + i}u]`)
+              .join(', ')})`
+          : `part[sa + ${e}u]`
+      };`,
+  )
+  .join('\n')}
+    }
+    workgroupBarrier();
+`;
+  const valuePhase = `    // ---- the lane's running maximum (each of its threads alike) ----
     if (live) {
 ${get('b', 'sc', `l * ${BLOCK}u`, '      ').replaceAll('let ', 'var ')}
       for (var r = 1u; ${off('max')}r < ${BLOCK}u; r++) {
@@ -471,8 +483,8 @@ ${put('sc', `l * ${BLOCK}u + x`, (j) => `exp(${head('s', j)} - M${j})`, '      '
 ${unswitched(na, skip.has('vload') ? valueRound.replace(/ldw\(sl, ([^;]*)\);/g, '($1);') : valueRound)}
       }
     }
-  }
-  // ---- the lanes combined (their maxima differ): this item's output, or its partial ----
+`;
+  const combine = `  // ---- the lanes combined (their maxima differ): this item's output, or its partial ----
   if (k == 0u) {
 ${J((j) => `    lm[l * NQ + ${j}u] = M${j};\n    ls[l * NQ + ${j}u] = L${j};`)}
   }
@@ -507,5 +519,60 @@ ${writeOutput(shape, j, 'o', 'sum', 'mg', '      ')}
     workgroupBarrier();
   }`,
 )}
-}`;
+`;
+
+  return /* wgsl */ `
+const D = ${D}u;
+const NQ = ${NQ}u;
+const QKVD = ${QKVD}u;
+const KMUL = ${f32lit(2 ** bits)};
+const VMUL = ${f32lit(2 ** bits)};
+const SCALE = ${f32lit(1 / Math.sqrt(D))};
+${attnBindings(na)}
+// The query; partial scores of SB tokens a lane (channel threads side by side), and at the end the lanes'
+// outputs; each lane's block of scores; each lane's maxima and sums.
+var<workgroup> qsh: array<f32, ${NQ * D}>;
+var<workgroup> red: array<${ET}, ${redFloats(g, D) / (VEC ? 4 : 1)}>;
+var<workgroup> sc: array<${ET}, ${(LANES * BLOCK * NQ) / (VEC ? 4 : 1)}>;
+var<workgroup> lm: array<f32, ${LANES * NQ}>;
+var<workgroup> ls: array<f32, ${LANES * NQ}>;
+
+${arenaSwitch(na, 'ld4(s: u32, i: u32) -> vec4<u32>', (a) => `return ${a}[i];`)}
+${LDW}${na > 1 ? arenaDirect(na) : ''}
+fn qf(i: u32) -> f32 { return qkv[i >> 2u][i & 3u]; }
+${SEG_READERS}
+@compute @workgroup_size(${BULK_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+${ITEM_PROLOGUE}  let kG = sw(plan[tk + 1u], 5u);
+  let vG = max(plan[tk + 7u] >> 8u, 1u);
+  let vgn = D / vG;
+${ifK(`  for (var i = li; i < NQ * D; i += ${BULK_WG}u) { qsh[i] = qf(qrow * QKVD + h * NQ * D + i); }\n`)}  let so = plan[ib + 7u];
+  let l = li / ${NCH}u;
+  let k = li % ${NCH}u;
+  let c0 = k * ${CW}u;
+  let cw0 = c0 / ${CPW}u;
+  let csh = (c0 % ${CPW}u) * ${bits}u;
+  let gq = c0 / vG;
+${ifV(J((j) => `  var M${j} = neg_inf();\n  var L${j} = 0.0;\n  var W${j} = 0.0;\n  var B${j} = 0.0;\n${C((c) => `  var a${j}_${c} = 0.0;`)}`))}
+  workgroupBarrier();
+  let nb = (tb - ta) / ${BLOCK}u;
+  for (var ps = 0u; ps < nb; ps += ${LANES}u) {
+    let live = ps + l < nb;
+    let t0 = ta + (ps + l) * ${BLOCK}u;
+    // ---- the block's pages, and this thread's channels of the query folded with its key group's scales ----
+${ifK(`    var kslot = 0u;
+    var krow = 0u;
+${J((j) =>
+  IK
+    ? `    var K${j} = 0.0;\n    var A${j} = 0.0;\n${groups.map(([wi, kk]) => `    var qh${j}_${wi}_${kk} = 0u;\n    var ql${j}_${wi}_${kk} = 0u;`).join('\n')}`
+    : `    var K${j} = 0.0;\n${C((c) => `    var qs${j}_${c} = 0.0;`)}`,
+)}`)}
+${ifV(`    var vslot = 0u;
+    var vrow = 0u;
+    var vsc = 0u;
+    var vcap = 0u;`)}
+    if (live) {
+${ifK(`      loop { if (t0 < seg_end(kseg)) { break; } kseg += 1u; }\n${keyFold}`)}${ifV(`      loop { if (t0 < seg_end(vseg)) { break; } vseg += 1u; }\n${valueLookup}`)}    }
+${KEYS ? keyLoop : scoreLoad}${ifV(valuePhase)}  }
+${ifV(combine)}}`;
 }

@@ -43,7 +43,7 @@ import {
 } from '../layout.js';
 import type { StepPlan } from '../plan.js';
 import type { AttnShape } from '../types.js';
-import { TILE } from './attention.js';
+import { partialFloats, TILE } from './attention.js';
 import type { PageTables } from './pagetables.js';
 import { pageSlot, pageWord } from './pool.js';
 import { GSEG_WORDS, GTASK_WORDS, ITEM_WORDS, JOBITEM_WORDS, MERGE_WORDS, NO_PARTIAL } from './records.js';
@@ -90,6 +90,12 @@ export interface GpuPlan {
   partials: number;
   /** Code width of the plan's bulk items (0: none). */
   bulkBits: number;
+  /**
+   * Floats of the bulk items' scores (a float a token and query head), kept after the partials in the
+   * partials buffer when the bulk kernel runs split (bulk.ts BulkPhase); a bulk item's word 7 is where
+   * its scores start there.
+   */
+  bulkScores: number;
   /** Words holding a page run's table offset within the table space (the uploader adds where that space starts). */
   runWords: number[];
 }
@@ -280,8 +286,10 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
   const mergeAt: number[] = [];
   const bulkAt: number[] = [];
   bw.n = 0;
+  const NQ = shape.numHeads / KV;
+  let bulkScores = 0;
   // One item of task i, kv head h over tokens [a, b) into list l, from segment cursors ks, vs.
-  const item = (l: Words, i: number, h: number, a: number, b: number, ks: number, vs: number, pidx: number): void => {
+  const item = (l: Words, i: number, h: number, a: number, b: number, ks: number, vs: number, pidx: number, scores = 0): void => {
     l.ensure(ITEM_WORDS);
     const g = l.n;
     l.a[g] = i;
@@ -291,7 +299,7 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
     l.a[g + 4] = ks;
     l.a[g + 5] = vs;
     l.a[g + 6] = pidx;
-    l.a[g + 7] = 0;
+    l.a[g + 7] = scores;
     l.n += ITEM_WORDS;
   };
   for (let s = 0; s < plan.nSubs; s++) {
@@ -320,7 +328,9 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
         for (let q = 0; q < bulkPieces; q++) {
           const a = q * splitB;
           seek(a);
-          item(bw, i, h, a, Math.min(nb, a + splitB), ks, vs, pieces + bulkPieces === 1 ? NO_PARTIAL : partials++);
+          const b = Math.min(nb, a + splitB);
+          item(bw, i, h, a, b, ks, vs, pieces + bulkPieces === 1 ? NO_PARTIAL : partials++, bulkScores);
+          bulkScores += (b - a) * NQ;
         }
         for (let q = 0; q < pieces; q++) {
           const a = nb + q * split;
@@ -343,7 +353,10 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
       nPost: 0,
     });
   }
-  // The bulk items of every sub-step, contiguous in sub-step order like the general ones.
+  // The bulk items of every sub-step, contiguous in sub-step order like the general ones; their scores
+  // after the plan's partials.
+  const scores0 = partials * partialFloats(shape);
+  for (let g = 0; g < bw.n; g += ITEM_WORDS) bw.a[g + 7] += scores0;
   const bulk0 = w.n;
   w.ensure(bw.n);
   w.a.set(bw.a.subarray(0, bw.n), w.n);
@@ -377,7 +390,7 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
     sub.post = items(r[4]!, r[5]!);
     sub.nPost = r[5]! * KV;
   }
-  return { words: w.a, used: w.n, tasks, preJobs, postJobs, subs, partials, runWords, bulkBits };
+  return { words: w.a, used: w.n, tasks, preJobs, postJobs, subs, partials, runWords, bulkBits, bulkScores };
 }
 
 function checkKind(kind: number, values: boolean): void {

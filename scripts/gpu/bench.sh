@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: split, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: split, split-gqa, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -185,6 +185,15 @@ case $PHASE in
     [ -n "${NOCHECK:-}" ] || split_check
     SPECS=kivi2 HEADS=32 KV=32 T=262144 BULKS=${BULKS_MHA:-"on|split|on|split|split,sb16|split,sb32|split,u4|0"} timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/split-mha-256k.txt"
     SPECS=kivi2 BULKS=${BULKS_GQA:-"0|on|on,split|0|on|on,split|on,split,sb8|on,split,cw8"} timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/split-gqa-1m.txt"
+    ;;
+  split-gqa)
+    # At 4 query heads a kv head: the bench with the default (the general kernel alone) and with the split
+    # bulk kernel from BULK_MIN_DEFAULT tokens (8 channels a values thread), in turns.
+    for b in def split,vcw8,min49152 def-2 split,vcw8,min49152-2; do
+      if [ "${b%-2}" = def ]; then unset KIVI_WEBGPU_BULK; else export KIVI_WEBGPU_BULK=${b%-2}; fi
+      run 200 "attention-gqa-${b//,/-}" bench attention --backend webgpu --heads 8 --kv-heads 2 --kv fp16,kivi2,kivi4 --context ${CONTEXTS:-65536,262144,1048576}
+    done
+    unset KIVI_WEBGPU_BULK
     ;;
   ik-gqa)
     # With integer key scores the bulk kernel holds fewer registers for its keys: its builds at 4 query

@@ -14,7 +14,7 @@ import { TsBackend } from '../src/kernels/ts/backend.js';
 import { attendWgsl, attnGeometry } from '../src/kernels/webgpu/attention.js';
 import { parseAttnVariant } from '../src/kernels/webgpu/attn-variant.js';
 import type { WebGpuBackend } from '../src/kernels/webgpu/backend.js';
-import { BULK_MIN_DEFAULT, bulkGeometry, bulkWgsl, parseBulkSetting } from '../src/kernels/webgpu/bulk.js';
+import { BULK_MIN_DEFAULT, BULK_MIN_GQA, type BulkBuild, bulkGeometry, bulkWgsl, parseBulkSetting, resolveBulk } from '../src/kernels/webgpu/bulk.js';
 import type { WebGpuOptions } from '../src/kernels/webgpu/device.js';
 import { KiviError } from '../src/util/errors.js';
 import { ALL_SPECS, assertClose, backendConformance, randArray, rng, to16 } from './backend-conformance.js';
@@ -411,7 +411,7 @@ if (!reportMissing('kernels-webgpu: long attention')) {
       // 1300 tokens: a quantized prefix of 36-39 blocks, several bulk items a kv head, the merge.
       const T = 1300;
       const rows = randArray(T * qkvDim, r).map((v, i) => (i % D === 5 ? v * 12 : v));
-      const step = randArray(6 * qkvDim, r);
+      const step = randArray(7 * qkvDim, r);
       for (const spec of specs) {
         const pools = [ref.createPagePool(shape), b.createPagePool(shape)] as const;
         const st = [new CacheStepper(ref, pools[0]), new CacheStepper(b, pools[1])];
@@ -421,8 +421,11 @@ if (!reportMissing('kernels-webgpu: long attention')) {
         // the general kernel alone, then 8 channels a thread, rounds of 2 tokens, the weights
         // exponentiated by every thread and 4 value tokens in flight, float key scores, and split in two
         // kernels (the keys' scores through the scratch), also with 8 channels a values thread (half the
-        // lanes of the keys' kernel, so its items take several passes).
-        for (const [k, setting] of ['on', '0', 'cw8,noex,u4,sb2', 'on,fk', 'split', 'split,vcw8'].entries()) {
+        // lanes of the keys' kernel, so its items take several passes), and the partial key scores summed
+        // by subgroup shuffles (SwiftShader's subgroups have 4 invocations: lanes of 4 threads; at 4:1, 32
+        // channels a thread do not fit its workgroup memory, and the general kernel takes every token).
+        const sg = D === 64 ? 'split,sg,vcw8' : 'cw32,sg';
+        for (const [k, setting] of ['on', '0', 'cw8,noex,u4,sb2', 'on,fk', 'split', 'split,vcw8', sg].entries()) {
           b.bulk = setting;
           const item = (i: number) => [{ cache: caches[i]!, rows: step.subarray(k * qkvDim, (k + 1) * qkvDim), n: 1, mode: 'decode' as const }];
           const exp = (await st[0]!.step(item(0)))!;
@@ -441,6 +444,10 @@ if (!reportMissing('kernels-webgpu: long attention')) {
       'bulk1-2-16-sb8-u8-ik-values:2:2:64',
       'bulk1-4-16-sb4-u8-ik-values:8:2:128',
       'bulk1-2-16-sb4-u8-ik-values-vcw8:4:2:128',
+      'bulk1-2-16-sb8-u8-ik-sg-keys:2:2:64',
+      'bulk1-2-16-sb8-u8-ik-sg-values-vcw8:2:2:64',
+      'bulk1-4-16-sb8-u8-ik-sg-keys:2:2:64',
+      'bulk1-2-32-sb4-u8-ik-sg:4:2:128',
       'bulk1-4-16-sb8-u8-ik:2:2:64',
       'bulk1-2-16-sb4-u8-ik:4:2:128',
       'bulk1-4-16-sb4-u8-ik:8:2:128',
@@ -480,22 +487,43 @@ if (!reportMissing('kernels-webgpu: long attention')) {
         [true, false, false, null],
       );
       assert.throws(() => parseBulkSetting('ik', false), /KIVI_WEBGPU_BULK: ik needs WGSL packed_4x8_integer_dot_product/);
+      assert.throws(() => parseBulkSetting('sg', true, false), /KIVI_WEBGPU_BULK: sg needs WebGPU subgroups/);
+      // The defaults a shape and device get: the fused kernel at MHA from BULK_MIN_DEFAULT; at 4:1 the split
+      // subgroup build from BULK_MIN_GQA where a lane of 8 fits a subgroup (the H200's have 32), else none.
+      const wg = 32768;
+      const mha = { numLayers: 1, numHeads: 32, numKvHeads: 32, headDim: 128 };
+      const gqa = { numLayers: 1, numHeads: 8, numKvHeads: 2, headDim: 128 };
+      const pick = (b: BulkBuild) => [b.on, b.split, b.sg, b.cw, b.vcw, b.min];
+      assert.deepEqual(pick(resolveBulk(parseBulkSetting(''), mha, 32, wg)), [true, false, false, 16, 16, BULK_MIN_DEFAULT]);
+      assert.deepEqual(pick(resolveBulk(parseBulkSetting(''), gqa, 32, wg)), [true, true, true, 16, 8, BULK_MIN_GQA]);
+      assert.deepEqual(pick(resolveBulk(parseBulkSetting(''), gqa, 4, wg)).slice(0, 3), [false, false, false]);
+      assert.deepEqual(pick(resolveBulk(parseBulkSetting('on'), gqa, 4, wg)), [true, false, false, 16, 16, 32]);
+      assert.deepEqual(pick(resolveBulk(parseBulkSetting('fused,wg,min100'), gqa, 32, wg)), [true, false, false, 16, 8, 100]);
+      assert.deepEqual(pick(resolveBulk(parseBulkSetting('cw8'), mha, 32, wg)), [true, false, false, 8, 8, 32]);
+      assert.ok(BULK_MIN_GQA > BULK_MIN_DEFAULT);
     }
-    b.bulk = 'cw8,fast';
-    await assert.rejects(
-      (async () => {
-        const pool = b.createPagePool({ numLayers: 1, numHeads: 2, numKvHeads: 2, headDim: 64 });
-        const st = new CacheStepper(b, pool);
-        const c = createCache(parseKvSpec('kivi2'), pool);
-        try {
-          await st.fill(c, randArray(200 * 6 * 64, rng(3)), 200, 200);
-          await st.step([{ cache: c, rows: randArray(6 * 64, rng(4)), n: 1, mode: 'decode' as const }]);
-        } finally {
-          c.free();
-        }
-      })(),
-      (e: Error) => e instanceof KiviError && !e.message.includes('\n') && /KIVI_WEBGPU_BULK: unknown part "fast"/.test(e.message),
-    );
+    // A bad setting, and sg where a lane (8 threads at d 128) does not fit SwiftShader's subgroups of 4:
+    // one line when the kernel is first needed.
+    for (const [setting, D, why] of [
+      ['cw8,fast', 64, /KIVI_WEBGPU_BULK: unknown part "fast"/],
+      ['on,sg', 128, /KIVI_WEBGPU_BULK: sg needs a lane's 8 threads in one subgroup/],
+    ] as const) {
+      b.bulk = setting;
+      await assert.rejects(
+        (async () => {
+          const pool = b.createPagePool({ numLayers: 1, numHeads: 2, numKvHeads: 2, headDim: D });
+          const st = new CacheStepper(b, pool);
+          const c = createCache(parseKvSpec('kivi2'), pool);
+          try {
+            await st.fill(c, randArray(200 * 6 * D, rng(3)), 200, 200);
+            await st.step([{ cache: c, rows: randArray(6 * D, rng(4)), n: 1, mode: 'decode' as const }]);
+          } finally {
+            c.free();
+          }
+        })(),
+        (e: Error) => e instanceof KiviError && !e.message.includes('\n') && why.test(e.message),
+      );
+    }
     b.bulk = '';
   });
 

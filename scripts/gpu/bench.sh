@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: split, split-gqa, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: bulk-check, sg, split, split-gqa, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -33,11 +33,12 @@ variant() { # variant NAME CHECK VARIANTS SPV...
 }
 # The split bulk kernel (bulk.ts BulkPhase) against the reference, forced on from one block: 4:1 with items
 # of several passes, MHA, pages over several arenas.
-split_check() {
-  export KIVI_WEBGPU_BULK=on,split${SPLIT_CHECK:-}
-  KIVI_WEBGPU_ATTN_ITEMS=4 T=9000 SPECS=kivi2,kivi4,kivi:k=2,v=2,g=64,r=64,sink=3 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee "$OUT/attn-check-split.txt"
-  KIVI_WEBGPU_ATTN_ITEMS=16 HEADS=32 KV=32 T=5000 SPECS=kivi2,kivi4 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-split.txt"
-  BIND=1048576 ARENAS=4 T=9000 SPECS=kivi2 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-split.txt"
+split_check() { # split_check [SETTING] [NAME]
+  export KIVI_WEBGPU_BULK=${1:-on,split${SPLIT_CHECK:-}}
+  local name=${2:-split}
+  KIVI_WEBGPU_ATTN_ITEMS=4 T=9000 SPECS=kivi2,kivi4,kivi:k=2,v=2,g=64,r=64,sink=3 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee "$OUT/attn-check-$name.txt"
+  KIVI_WEBGPU_ATTN_ITEMS=16 HEADS=32 KV=32 T=5000 SPECS=kivi2,kivi4 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-$name.txt"
+  BIND=1048576 ARENAS=4 T=9000 SPECS=kivi2 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-$name.txt"
   unset KIVI_WEBGPU_BULK
 }
 A_MHA="bench attention --backend webgpu --heads 32 --kv-heads 32 --kv fp16,kivi2,kivi4"
@@ -186,12 +187,28 @@ case $PHASE in
     SPECS=kivi2 HEADS=32 KV=32 T=262144 BULKS=${BULKS_MHA:-"on|split|on|split|split,sb16|split,sb32|split,u4|0"} timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/split-mha-256k.txt"
     SPECS=kivi2 BULKS=${BULKS_GQA:-"0|on|on,split|0|on|on,split|on,split,sb8|on,split,cw8"} timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/split-gqa-1m.txt"
     ;;
+  bulk-check)
+    # The bulk kernel's build for each shape as resolveBulk makes it (min32: forced on from one block,
+    # every other choice the default: fused at MHA, split with subgroup shuffles at 4:1) against the reference.
+    split_check ${CHECK:-min32} ${CHECK_NAME:-bulk-default}
+    ;;
+  sg)
+    # A lane's partial key scores summed by subgroup shuffles (bulk.ts sg), fused and split: registers, the
+    # reference (forced on from one block), then one decode step replayed in turns with the default builds.
+    timeout 120 .gpu/pipestats .gpu/spv/bulk-{mha,gqa}{,-keys,-sg,-sg-keys}.spv 2>&1 | cut -c1-600 | tee "$OUT/pipestats-sg.txt"
+    split_check on,sg sg
+    split_check on,split,sg sg-split
+    SPECS=kivi2 HEADS=32 KV=32 T=262144 BULKS=${BULKS_MHA:-"on|on,sg|on|on,sg|split,sg|on,sg,sb16|on,sg,sb4|0"} timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/sg-mha-256k.txt"
+    SPECS=kivi2 BULKS=${BULKS_GQA:-"0|on,sg|on,split,sg|0|on,sg|on,split,sg|on,split,sg,vcw8|on,sg,sb8"} timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/sg-gqa-1m.txt"
+    ;;
   split-gqa)
     # At 4 query heads a kv head: the bench with the default (the general kernel alone) and with the split
     # bulk kernel from BULK_MIN_DEFAULT tokens (8 channels a values thread), in turns.
-    for b in def split,vcw8,min49152 def-2 split,vcw8,min49152-2; do
+    # SETTING (default split,vcw8,min49152) names the other build; HEADS and KV another shape (NAME its files).
+    S=${SETTING:-split,vcw8,min49152}
+    for b in def $S def-2 $S-2; do
       if [ "${b%-2}" = def ]; then unset KIVI_WEBGPU_BULK; else export KIVI_WEBGPU_BULK=${b%-2}; fi
-      run 200 "attention-gqa-${b//,/-}" bench attention --backend webgpu --heads 8 --kv-heads 2 --kv fp16,kivi2,kivi4 --context ${CONTEXTS:-65536,262144,1048576}
+      run 200 "attention-${NAME:-gqa}-${b//,/-}" bench attention --backend webgpu --heads ${HEADS:-8} --kv-heads ${KV:-2} --kv fp16,kivi2,kivi4 --context ${CONTEXTS:-65536,262144,1048576}
     done
     unset KIVI_WEBGPU_BULK
     ;;

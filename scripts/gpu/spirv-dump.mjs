@@ -23,7 +23,8 @@ function bulkCode() {
   const [bits, ...rest] = variant.split(',');
   const phase = rest.at(-1) === 'keys' || rest.at(-1) === 'values' ? rest.pop() : 'all';
   const s = parseBulkSetting(rest.join(','));
-  return bulkWgsl(shape, bulkGeometry(shape, Number(bits), 32768, s.cw, s.sb), 1, s, phase);
+  const cw = phase === 'values' && s.vcw ? s.vcw : s.cw;
+  return bulkWgsl(shape, bulkGeometry(shape, Number(bits), 32768, cw, s.sb), 1, { ...s, split: !!s.split, sg: !!s.sg }, phase);
 }
 // Dawn prints the dump on the process's stdout (natively): a child compiles, the parent reads it.
 if (!process.env.SPIRV_CHILD) {
@@ -38,7 +39,11 @@ if (!process.env.SPIRV_CHILD) {
 }
 // The child: SwiftShader through the back end's own loader, Dawn also dumping shaders, one pipeline.
 const gpu = await nodeGpu({ swiftshader: true, dawnFeatures: ['dump_shaders', 'disable_symbol_renaming'] });
-const dev = await (await gpu.requestAdapter()).requestDevice({ requiredLimits: { maxComputeWorkgroupStorageSize: 32768 } });
+const ad = await gpu.requestAdapter();
+const dev = await ad.requestDevice({
+  requiredLimits: { maxComputeWorkgroupStorageSize: 32768 },
+  requiredFeatures: ad.features.has('subgroups') ? ['subgroups'] : [],
+});
 const m = dev.createShaderModule({ code: wgsl });
 await dev.createComputePipelineAsync({ layout: 'auto', compute: { module: m, entryPoint: 'main' } });
 await dev.queue.onSubmittedWorkDone();

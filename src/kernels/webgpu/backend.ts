@@ -17,7 +17,18 @@ import { DTYPE_BYTES } from '../types.js';
 import { arenaCount } from './arenas.js';
 import { type AttnGeometry, attendWgsl, attnGeometry, partialFloats } from './attention.js';
 import { DEFAULT_VARIANT, parseAttnVariant } from './attn-variant.js';
-import { BLOCK, type BulkGeometry, type BulkPhase, type BulkSetting, bulkDefault, bulkGeometry, bulkMinTokens, bulkWgsl, parseBulkSetting } from './bulk.js';
+import {
+  BLOCK,
+  type BulkBuild,
+  type BulkGeometry,
+  type BulkPhase,
+  type BulkSetting,
+  bulkGeometry,
+  bulkSubgroups,
+  bulkWgsl,
+  parseBulkSetting,
+  resolveBulk,
+} from './bulk.js';
 import { type Binding, type GBuf, GpuCore, type Kernel } from './core.js';
 import {
   ARGMAX,
@@ -129,6 +140,8 @@ export class WebGpuBackend implements Backend {
    */
   bulk = typeof process !== 'undefined' ? (process.env?.KIVI_WEBGPU_BULK ?? '') : '';
   private bulkParsed: { key: string | null; setting: BulkSetting } = { key: null, setting: parseBulkSetting('') };
+  private bulkBuilds = new Map<string, BulkBuild>();
+  private bulkBuildsOf: BulkSetting | null = null;
   private readonly geometries = new Map<string, AttnGeometry>();
   private readonly dummies: GBuf[];
   /** Arena bindings per layer (cache pages). */
@@ -472,23 +485,36 @@ export class WebGpuBackend implements Backend {
   /** The bulk setting in force, parsed once per text. */
   private bulkSetting(): BulkSetting {
     const key = this.bulkKey();
-    if (this.bulkParsed.key !== key) this.bulkParsed = { key, setting: parseBulkSetting(key, this.dev.dot4) };
+    if (this.bulkParsed.key !== key) this.bulkParsed = { key, setting: parseBulkSetting(key, this.dev.dot4, this.dev.subgroupMin > 0) };
     return this.bulkParsed.setting;
   }
 
-  private bulkGeometry(shape: AttnShape, bits: number, phase: BulkPhase = 'all'): BulkGeometry | null {
+  /** The bulk setting resolved for a shape on this device, once per setting and shape. */
+  private bulkBuild(shape: AttnShape): BulkBuild {
     const o = this.bulkSetting();
-    const cw = phase === 'values' && o.vcw ? o.vcw : o.cw;
-    return bulkGeometry(shape, bits, this.dev.device.limits.maxComputeWorkgroupStorageSize, cw, o.sb);
+    const key = `${shape.numHeads}:${shape.numKvHeads}:${shape.headDim}`;
+    let b = this.bulkBuilds.get(key);
+    if (!b || this.bulkBuildsOf !== o) {
+      if (this.bulkBuildsOf !== o) this.bulkBuilds.clear();
+      this.bulkBuildsOf = o;
+      b = resolveBulk(o, shape, this.dev.subgroupMin, this.dev.device.limits.maxComputeWorkgroupStorageSize);
+      this.bulkBuilds.set(key, b);
+    }
+    return b;
+  }
+
+  private bulkGeometry(shape: AttnShape, bits: number, phase: BulkPhase = 'all'): BulkGeometry | null {
+    const o = this.bulkBuild(shape);
+    return bulkGeometry(shape, bits, this.dev.device.limits.maxComputeWorkgroupStorageSize, phase === 'values' ? o.vcw : o.cw, o.sb);
   }
 
   private bulkPolicy(shape: AttnShape): BulkPolicy | null {
-    const o = this.bulkSetting();
-    if (!(o.on ?? bulkDefault(shape.numHeads / shape.numKvHeads).on)) return null;
+    const o = this.bulkBuild(shape);
+    if (!o.on) return null;
     const g2 = this.bulkGeometry(shape, 2);
     return {
       cw: (bits) => this.bulkGeometry(shape, bits)?.cw ?? 0,
-      minTokens: bulkMinTokens(o),
+      minTokens: o.min,
       itemTokens: (g2?.lanes ?? 1) * BLOCK,
     };
   }
@@ -559,7 +585,7 @@ export class WebGpuBackend implements Backend {
     if (nAttn === 0 && nBulk === 0) return;
     const { numHeads: H, numKvHeads: KV } = shape;
     // The partials, then (the bulk kernel split in two) the bulk items' scores.
-    const split = nBulk > 0 && this.bulkSetting().split;
+    const split = nBulk > 0 && this.bulkBuild(shape).split;
     const partBytes = Math.max(16, (gp.partials * partialFloats(shape) + (split ? gp.bulkScores : 0)) * 4);
     if (!this.partials || this.partials.size < partBytes) {
       if (this.partials) this.core.destroy(this.partials);
@@ -584,12 +610,17 @@ export class WebGpuBackend implements Backend {
       const bits = gp.bulkBits;
       const bg = this.bulkGeometry(shape, bits);
       if (!bg) throw new Error(`webgpu: bulk items without a bulk kernel for ${bits} bits`);
-      const bo = this.bulkSetting();
-      const name = `bulk${na}-${bits}-${bg.cw}-sb${bg.sb}-u${bo.u}${bo.ex ? '' : '-noex'}${bo.ik ? '-ik' : ''}${[...bo.skip].map((x) => `-${x}`).join('')}`;
+      const bo = this.bulkBuild(shape);
+      if (bo.sg && !bulkSubgroups(bg, this.dev.subgroupMin)) {
+        throw new KiviError(
+          `KIVI_WEBGPU_BULK: sg needs a lane's ${bg.nch} threads in one subgroup (this device's have at least ${this.dev.subgroupMin}) and a round of at least ${bg.nch} scores (it has ${bg.sb} tokens × ${bg.nq} heads)`,
+        );
+      }
+      const name = `bulk${na}-${bits}-${bg.cw}-sb${bg.sb}-u${bo.u}${bo.ex ? '' : '-noex'}${bo.ik ? '-ik' : ''}${bo.sg ? '-sg' : ''}${[...bo.skip].map((x) => `-${x}`).join('')}`;
       for (const phase of split ? (['keys', 'values'] as const) : (['all'] as const)) {
-        const pg = phase === 'values' && bo.vcw ? this.bulkGeometry(shape, bits, phase) : bg;
+        const pg = phase === 'values' ? this.bulkGeometry(shape, bits, phase) : bg;
         if (!pg) throw new KiviError(`KIVI_WEBGPU_BULK: vcw${bo.vcw} does not fit this shape`);
-        const vname = phase === 'values' && bo.vcw ? `-vcw${pg.cw}` : '';
+        const vname = phase === 'values' && pg.cw !== bg.cw ? `-vcw${pg.cw}` : '';
         const kb = this.shapeKernel(phase === 'all' ? name : `${name}-${phase}${vname}`, shape, () => bulkWgsl(shape, pg, na, bo, phase), [
           'read',
           'read',

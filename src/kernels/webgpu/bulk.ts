@@ -64,17 +64,32 @@ export interface BulkGeometry {
 }
 
 /**
- * When the bulk kernel runs, and how it is built (KIVI_WEBGPU_BULK, parsed once by parseBulkSetting):
- * `on` null for the default per shape (bulkDefault), channels a thread `cw` and tokens a round `sb`
- * (0: the shape's default), the shortest quantized prefix a task hands it (`min` tokens; 0: BULK_MIN_DEFAULT
- * by default, one block when forced on), value tokens
- * in flight a thread (`u`), weights exponentiated once a token (`ex`), integer key scores (`ik`), parts left
- * out (`skip`, diagnostic).
+ * When the bulk kernel runs, and how it is built, as KIVI_WEBGPU_BULK asks (parsed once by
+ * parseBulkSetting); resolveBulk makes the choices left open (null, 0) for a shape and device: `on`, channels
+ * a thread `cw` (and `vcw` for the split build's values kernel), tokens a round `sb`, the shortest quantized
+ * prefix a task hands it (`min` tokens; by default the shape's, one block when forced on), two kernels
+ * (`split`), subgroup shuffles (`sg`); value tokens in flight a thread (`u`), weights exponentiated once a
+ * token (`ex`), integer key scores (`ik`), parts left out (`skip`, diagnostic).
  */
-export interface BulkSetting extends BulkOptions {
+export interface BulkSetting {
   on: boolean | null;
   cw: number;
-  /** Channels a thread of the split build's values kernel owns (0: cw). */
+  vcw: number;
+  sb: number;
+  min: number;
+  split: boolean | null;
+  sg: boolean | null;
+  skip: ReadonlySet<string>;
+  u: number;
+  ex: boolean;
+  ik: boolean;
+}
+
+/** A bulk setting resolved for one shape and device: every choice made. */
+export interface BulkBuild extends BulkOptions {
+  on: boolean;
+  cw: number;
+  /** Channels a thread of the split build's values kernel owns. */
   vcw: number;
   sb: number;
   min: number;
@@ -86,7 +101,7 @@ export interface BulkSetting extends BulkOptions {
  * arithmetic, which do not; by default integer where the device has WGSL's packed dot products, `dot4`).
  * One line naming a bad part.
  */
-export function parseBulkSetting(text: string, dot4 = true): BulkSetting {
+export function parseBulkSetting(text: string, dot4 = true, subgroups = true): BulkSetting {
   const o: BulkSetting = {
     on: null,
     cw: 0,
@@ -97,12 +112,18 @@ export function parseBulkSetting(text: string, dot4 = true): BulkSetting {
     ex: BULK_DEFAULTS.ex,
     u: BULK_DEFAULTS.u,
     ik: dot4,
-    split: BULK_DEFAULTS.split,
+    split: null,
+    sg: null,
   };
   const skip = new Set<string>();
   for (const part of text.split(',').filter(Boolean)) {
     if (part === '0') {
       o.on = false;
+      continue;
+    }
+    if (part === 'sg' || part === 'wg') {
+      if (part === 'sg' && !subgroups) throw new KiviError('KIVI_WEBGPU_BULK: sg needs WebGPU subgroups, which this device lacks');
+      o.sg = part === 'sg';
       continue;
     }
     if (part === 'ik' || part === 'fk') {
@@ -124,7 +145,7 @@ export function parseBulkSetting(text: string, dot4 = true): BulkSetting {
     else if (m?.[1] === 'min' && n >= 1) o.min = n;
     else
       throw new KiviError(
-        `KIVI_WEBGPU_BULK: unknown part "${part}" (0, on, cwN or vcwN of 4-32, sbN of 1-32, minN, uN of 1-8, ex, noex, split, fused, ik, fk, -${BULK_PARTS.join(', -')})`,
+        `KIVI_WEBGPU_BULK: unknown part "${part}" (0, on, cwN or vcwN of 4-32, sbN of 1-32, minN, uN of 1-8, ex, noex, split, fused, ik, fk, sg, wg, -${BULK_PARTS.join(', -')})`,
       );
   }
   o.skip = skip;
@@ -140,19 +161,56 @@ export function parseBulkSetting(text: string, dot4 = true): BulkSetting {
  */
 export const BULK_MIN_DEFAULT = 49152;
 
-/** The shortest quantized prefix a bulk item takes under a setting. */
-export function bulkMinTokens(o: BulkSetting): number {
-  return o.min || (o.on === null ? BULK_MIN_DEFAULT : BLOCK);
+/**
+ * The shortest quantized prefix the split, subgroup build takes by default at 4 query heads a kv head. On
+ * the H200 it ran 1.10–1.12× fp16's speed at 1M tokens where the general kernel ran 1.01×, 1.33× against
+ * 1.02× at 2M and 1.50× against 1.08× at 4M, but 0.93–0.95× against 1.04–1.07× at 512K and 0.83–0.91×
+ * against 1.19–1.26× at 64K: between the 512K where it lost and the 1M where it won.
+ */
+export const BULK_MIN_GQA = 786432;
+
+/**
+ * The bulk kernel's defaults for nq query heads a kv head on a device whose subgroups have at least
+ * `subgroupMin` invocations, from H200 sweeps (docs/perf/webgpu-h200.md): at 1 (MHA) the fused kernel, 16
+ * channels a thread and rounds of 8 tokens, from BULK_MIN_DEFAULT (1.4–1.7× the general kernel's speed from
+ * 64K tokens with integer key scores); at 4 the split build with subgroup shuffles and 8 channels a values
+ * thread, from BULK_MIN_GQA, where the subgroups hold a lane; elsewhere the general kernel keeps every token
+ * (at 4 the fused kernel's best build only matched it).
+ */
+export function bulkDefault(nq: number, subgroupMin = 0): Omit<BulkBuild, keyof BulkOptions> & { split: boolean; sg: boolean } {
+  const cw = nq <= 4 ? 16 : 8;
+  if (nq === 1) return { on: true, cw, vcw: cw, sb: 8, min: BULK_MIN_DEFAULT, split: false, sg: false };
+  // A lane of 128 / 16 = 8 threads at d 128 (bulkSubgroups checks the actual layout).
+  const gqa = nq === 4 && subgroupMin >= 8;
+  return { on: gqa, cw, vcw: gqa ? 8 : cw, sb: 4, min: gqa ? BULK_MIN_GQA : BULK_MIN_DEFAULT, split: gqa, sg: gqa };
 }
 
 /**
- * The bulk kernel's defaults for nq query heads a kv head, from H200 sweeps (docs/perf/webgpu-h200.md):
- * at 1 (MHA) 16 channels a thread and rounds of 8 tokens ran 1.3× as fast as the general kernel at 256K
- * tokens with float key scores, 1.4–1.5× with integer ones (from BULK_MIN_DEFAULT); at 4 the best build (16 channels, rounds of 4) only matched it, so there
- * the general kernel keeps every token.
+ * A setting resolved for a shape: what it leaves open, the shape's defaults (bulkDefault); forced on
+ * (`on` or any layout part), the bulk kernel takes a task's quantized prefix from one block unless `min`
+ * says otherwise. A default subgroup build that the shape's layout does not fit falls back to the fused
+ * kernel without shuffles.
  */
-export function bulkDefault(nq: number): { on: boolean; cw: number; sb: number } {
-  return { on: nq === 1, cw: nq <= 4 ? 16 : 8, sb: nq === 1 ? 8 : 4 };
+export function resolveBulk(o: BulkSetting, shape: AttnShape, subgroupMin: number, workgroupBytes: number): BulkBuild {
+  const d = bulkDefault(shape.numHeads / shape.numKvHeads, subgroupMin);
+  const b: BulkBuild = {
+    on: o.on ?? d.on,
+    cw: o.cw || d.cw,
+    vcw: o.vcw || (o.cw && !o.vcw ? o.cw : d.vcw),
+    sb: o.sb || d.sb,
+    min: o.min || (o.on === null ? d.min : BLOCK),
+    split: o.split ?? d.split,
+    sg: o.sg ?? d.sg,
+    skip: o.skip,
+    u: o.u,
+    ex: o.ex,
+    ik: o.ik,
+  };
+  if (o.sg === null && b.sg) {
+    const g = bulkGeometry(shape, 2, workgroupBytes, b.cw, b.sb);
+    if (!g || !bulkSubgroups(g, subgroupMin)) b.sg = false;
+  }
+  return b;
 }
 
 /**
@@ -201,8 +259,21 @@ export interface BulkOptions {
   ik: boolean;
   /** Two kernels (keys, then values: see BulkPhase) instead of one. */
   split: boolean;
+  /** A lane's partial key scores summed by subgroup shuffles (bulkSubgroups) instead of through workgroup memory. */
+  sg: boolean;
 }
-export const BULK_DEFAULTS: BulkOptions = { skip: new Set(), u: 8, ex: true, ik: true, split: false };
+export const BULK_DEFAULTS: BulkOptions = { skip: new Set(), u: 8, ex: true, ik: true, split: false, sg: false };
+
+/**
+ * Whether the `sg` build fits a layout on a device whose subgroups have at least `subgroupMin` invocations:
+ * a lane (NCH threads side by side, li / NCH) lies in one subgroup, and a round's partial scores (SB tokens
+ * × NQ heads) are at least one a thread, which a reduce-scatter leaves each thread of the lane. Assumes
+ * subgroups of consecutive invocation indices, as GPUs and SwiftShader form them for a 1-D workgroup
+ * (the tests and scripts/gpu/attn-check.mjs would see a lane split across two).
+ */
+export function bulkSubgroups(g: BulkGeometry, subgroupMin: number): boolean {
+  return subgroupMin >= g.nch && g.sb * g.nq >= g.nch;
+}
 
 /**
  * What one bulk kernel does: everything (`all`), or, split in two dispatches, the key scores of the items'
@@ -289,7 +360,11 @@ export function bulkWgsl(shape: AttnShape, g: BulkGeometry, na: number, opts: Bu
       })
       .join('\n');
 
-  // Scores of SB tokens of the block on this thread's channels, into red (the tokens' words loaded first).
+  // A token's partial scores on this thread's channels: into red, or (sg) into registers sv (x·NQ + j).
+  const SG = opts.sg;
+  const partials = (x: number, v: (j: number) => string) =>
+    SG ? J((j) => `        sv${x * NQ + j} = ${v(j)};`) : put('red', `(l * ${SB}u + ${x}u) * ${NCH + 1}u + k`, v, '        ');
+  // Scores of SB tokens of the block on this thread's channels (the tokens' words loaded first).
   const keyRound = `      let sl = kslot;
 ${range(SB)
   .map((x) => words(`k${x}`, (wi) => `krow + (r + ${x}u) * ${WPR}u + cw0 + ${wi}u`))
@@ -300,12 +375,12 @@ ${range(SB)
       ? `      {
 ${ikCodes(`k${x}`)}
 ${J(ikScore)}
-${put('red', `(l * ${SB}u + ${x}u) * ${NCH + 1}u + k`, (j) => `fma(A${j}, f32(I${j} * 256i + i32(P${j})), K${j})`, '        ')}
+${partials(x, (j) => `fma(A${j}, f32(I${j} * 256i + i32(P${j})), K${j})`)}
       }`
       : `      {
 ${C((c) => `        let v${c} = ${code(`k${x}`, c)};`)}
 ${J((j) => `        var S${j} = 0.0;\n${C((c) => `        S${j} = fma(qs${j}_${c}, v${c}, S${j});`)}`)}
-${put('red', `(l * ${SB}u + ${x}u) * ${NCH + 1}u + k`, (j) => `fma(KMUL, S${j}, K${j})`, '        ')}
+${partials(x, (j) => `fma(KMUL, S${j}, K${j})`)}
       }`,
   )
   .join('\n')}`;
@@ -423,6 +498,48 @@ ${range(NE)
       workgroupBarrier();
     }
 `;
+  // The same with the partial scores summed by subgroup shuffles (sg): a reduce-scatter over the lane's NCH
+  // threads (shuffles to the thread whose index differs in bit m, for m = NCH/2 … 1, each step keeping
+  // half the values) leaves thread k the full scores k·HS … k·HS + HS − 1 of the round's SB·NQ (token x,
+  // head j at x·NQ + j). No workgroup memory and no barrier in the loop; fused, one barrier before a pass
+  // writes its scores (the last pass's values read those slots) and one after.
+  const MS = SB * NQ;
+  const HS = MS / NCH;
+  let sgCur = range(MS).map((i) => `sv${i}`);
+  let sgCode = '';
+  for (let m = NCH >> 1, L = MS; m >= 1; m >>= 1, L >>= 1) {
+    const half = L / 2;
+    sgCode += `      let b${m} = (k & ${m}u) != 0u;\n`;
+    const next = range(half).map((i) => `s${m}_${i}`);
+    for (let i = 0; i < half; i++) {
+      const lo = sgCur[i]!;
+      const hi = sgCur[i + half]!;
+      sgCode += `      let ${next[i]} = select(${lo}, ${hi}, b${m}) + subgroupShuffleXor(select(${hi}, ${lo}, b${m}), ${m}u);\n`;
+    }
+    sgCur = next;
+  }
+  const sgWrite = (i: number) => {
+    const idx = `k * ${HS}u + ${i}u`;
+    if (phase !== 'all') return `        part[so + ((ps + l) * ${BLOCK}u + r) * NQ + ${idx}] = ${sgCur[i]} * SCALE;`;
+    const slot = `(l * ${BLOCK}u + r + (${idx}) / NQ) * ${NE}u`;
+    return VEC
+      ? `        sc[${slot} + ((${idx}) % NQ) / 4u][((${idx}) % NQ) % 4u] = ${sgCur[i]} * SCALE;`
+      : `        sc[${slot} + (${idx}) % NQ] = ${sgCur[i]} * SCALE;`;
+  };
+  const keyLoopSg = `    // ---- keys: SB tokens at a time, partial scores summed by subgroup shuffles ----
+${phase === 'all' ? '    workgroupBarrier();\n' : ''}    for (var r = 0u; r < ${BLOCK}u; r += ${SB}u) {
+${range(MS)
+  .map((i) => `      var sv${i} = 0.0;`)
+  .join('\n')}
+      if (${off('keys')}live) {
+        let us = kslot;
+${unswitched(na, keyRound)}
+      }
+${sgCode}      if (live) {
+${range(HS).map(sgWrite).join('\n')}
+      }
+    }
+${phase === 'all' ? '    workgroupBarrier();\n' : ''}`;
   // Split, the values' kernel reads the block's scores (the keys' kernel wrote them) into its slots.
   const scoreLoad = `    // ---- the block's scores, from the scratch (once the last pass's values have read its weights) ----
     workgroupBarrier();
@@ -521,7 +638,7 @@ ${writeOutput(shape, j, 'o', 'sum', 'mg', '      ')}
 )}
 `;
 
-  return /* wgsl */ `
+  return /* wgsl */ `${SG ? 'enable subgroups;\n' : ''}
 const D = ${D}u;
 const NQ = ${NQ}u;
 const QKVD = ${QKVD}u;
@@ -573,6 +690,6 @@ ${ifV(`    var vslot = 0u;
     var vcap = 0u;`)}
     if (live) {
 ${ifK(`      loop { if (t0 < seg_end(kseg)) { break; } kseg += 1u; }\n${keyFold}`)}${ifV(`      loop { if (t0 < seg_end(vseg)) { break; } vseg += 1u; }\n${valueLookup}`)}    }
-${KEYS ? keyLoop : scoreLoad}${ifV(valuePhase)}  }
+${KEYS ? (SG ? keyLoopSg : keyLoop) : scoreLoad}${ifV(valuePhase)}  }
 ${ifV(combine)}}`;
 }

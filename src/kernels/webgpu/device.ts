@@ -33,6 +33,12 @@ export interface GpuDevice {
   name: string;
   /** WGSL's packed 8-bit dot products (dot4I8Packed, dot4U8Packed): the bulk kernel's integer key path. */
   dot4: boolean;
+  /**
+   * The fewest invocations a subgroup of this device has, where it offers WGSL's subgroups (the feature is
+   * then enabled on the device), else 0: the bulk kernel's `sg` build sums a lane's partial scores with
+   * subgroup shuffles when a lane fits in one.
+   */
+  subgroupMin: number;
 }
 
 const inNode = () => typeof process !== 'undefined' && !!process.versions?.node && typeof (globalThis as { document?: unknown }).document === 'undefined';
@@ -100,13 +106,16 @@ export async function openDevice(adapter: GPUAdapter, wgsl: ReadonlySet<string> 
   }
   if (L.maxStorageBuffersPerShaderStage < 8) throw new KiviError('webgpu: the adapter allows fewer than 8 storage buffers per shader stage');
   if (L.maxComputeInvocationsPerWorkgroup < 256) throw new KiviError('webgpu: the adapter allows fewer than 256 invocations per workgroup');
+  const sgMin = (infoOf(adapter) as { subgroupMinSize?: number }).subgroupMinSize;
+  const subgroupMin = adapter.features.has('subgroups') && typeof sgMin === 'number' && sgMin > 0 ? sgMin : 0;
   let device: GPUDevice;
   try {
     // Timestamp queries where offered: only a profile (profile.ts) writes them.
     const requiredFeatures: GPUFeatureName[] = adapter.features.has('timestamp-query') ? ['timestamp-query'] : [];
+    if (subgroupMin > 0) requiredFeatures.push('subgroups' as GPUFeatureName);
     device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
   } catch (e) {
     throw new KiviError(`webgpu: cannot open a device on ${adapterName(adapter)}: ${(e as Error).message}`);
   }
-  return { device, adapter, fallback: isFallback(adapter), name: adapterName(adapter), dot4: wgsl.has('packed_4x8_integer_dot_product') };
+  return { device, adapter, fallback: isFallback(adapter), name: adapterName(adapter), dot4: wgsl.has('packed_4x8_integer_dot_product'), subgroupMin };
 }

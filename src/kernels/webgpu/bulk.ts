@@ -267,12 +267,12 @@ export const BULK_DEFAULTS: BulkOptions = { skip: new Set(), u: 8, ex: true, ik:
 /**
  * Whether the `sg` build fits a layout on a device whose subgroups have at least `subgroupMin` invocations:
  * a lane (NCH threads side by side, li / NCH) lies in one subgroup, and a round's partial scores (SB tokens
- * × NQ heads) are at least one a thread, which a reduce-scatter leaves each thread of the lane. Assumes
+ * × NQ heads) are a whole number a thread, which a reduce-scatter leaves each thread of the lane. Assumes
  * subgroups of consecutive invocation indices, as GPUs and SwiftShader form them for a 1-D workgroup
  * (the tests and scripts/gpu/attn-check.mjs would see a lane split across two).
  */
 export function bulkSubgroups(g: BulkGeometry, subgroupMin: number): boolean {
-  return subgroupMin >= g.nch && g.sb * g.nq >= g.nch;
+  return subgroupMin >= g.nch && g.sb * g.nq >= g.nch && (g.sb * g.nq) % g.nch === 0;
 }
 
 /**

@@ -170,33 +170,32 @@ export const BULK_MIN_DEFAULT = 49152;
 export const BULK_MIN_GQA = 786432;
 
 /**
- * The bulk kernel's defaults for nq query heads a kv head on a device whose subgroups have at least
- * `subgroupMin` invocations, from H200 sweeps (docs/perf/webgpu-h200.md): at 1 (MHA) the fused kernel, 16
+ * The bulk kernel's defaults for nq query heads a kv head, `sgFits` where the `sg` build fits the shape's
+ * layout on the device (bulkSubgroups), from H200 sweeps (docs/perf/webgpu-h200.md): at 1 (MHA) the fused kernel, 16
  * channels a thread and rounds of 8 tokens, from BULK_MIN_DEFAULT (1.4–1.7× the general kernel's speed from
  * 64K tokens with integer key scores); at 4 the split build with subgroup shuffles and 8 channels a values
  * thread, from BULK_MIN_GQA, where the subgroups hold a lane; elsewhere the general kernel keeps every token
  * (at 4 the fused kernel's best build only matched it).
  */
-export function bulkDefault(nq: number, subgroupMin = 0): Omit<BulkBuild, keyof BulkOptions> & { split: boolean; sg: boolean } {
+export function bulkDefault(nq: number, sgFits = false): Omit<BulkBuild, keyof BulkOptions> & { split: boolean; sg: boolean } {
   const cw = nq <= 4 ? 16 : 8;
   if (nq === 1) return { on: true, cw, vcw: cw, sb: 8, min: BULK_MIN_DEFAULT, split: false, sg: false };
-  // A lane of 128 / 16 = 8 threads at d 128 (bulkSubgroups checks the actual layout).
-  const gqa = nq === 4 && subgroupMin >= 8;
+  const gqa = nq === 4 && sgFits;
   return { on: gqa, cw, vcw: gqa ? 8 : cw, sb: 4, min: gqa ? BULK_MIN_GQA : BULK_MIN_DEFAULT, split: gqa, sg: gqa };
 }
 
 /**
  * A setting resolved for a shape: what it leaves open, the shape's defaults (bulkDefault); forced on
  * (`on` or any layout part), the bulk kernel takes a task's quantized prefix from one block unless `min`
- * says otherwise. A default subgroup build that the shape's layout does not fit falls back to the fused
- * kernel without shuffles.
+ * says otherwise.
  */
 export function resolveBulk(o: BulkSetting, shape: AttnShape, subgroupMin: number, workgroupBytes: number): BulkBuild {
-  const d = bulkDefault(shape.numHeads / shape.numKvHeads, subgroupMin);
-  const b: BulkBuild = {
+  const g = bulkGeometry(shape, 2, workgroupBytes, o.cw, o.sb);
+  const d = bulkDefault(shape.numHeads / shape.numKvHeads, !!g && bulkSubgroups(g, subgroupMin));
+  return {
     on: o.on ?? d.on,
     cw: o.cw || d.cw,
-    vcw: o.vcw || (o.cw && !o.vcw ? o.cw : d.vcw),
+    vcw: o.vcw || o.cw || d.vcw,
     sb: o.sb || d.sb,
     min: o.min || (o.on === null ? d.min : BLOCK),
     split: o.split ?? d.split,
@@ -206,11 +205,6 @@ export function resolveBulk(o: BulkSetting, shape: AttnShape, subgroupMin: numbe
     ex: o.ex,
     ik: o.ik,
   };
-  if (o.sg === null && b.sg) {
-    const g = bulkGeometry(shape, 2, workgroupBytes, b.cw, b.sb);
-    if (!g || !bulkSubgroups(g, subgroupMin)) b.sg = false;
-  }
-  return b;
 }
 
 /**

@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: bulk-check, sg, split, split-gqa, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: items-gqa, long-1m, bulk-check, sg, split, split-gqa, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -211,6 +211,32 @@ case $PHASE in
       run 200 "attention-${NAME:-gqa}-${b//,/-}" bench attention --backend webgpu --heads ${HEADS:-8} --kv-heads ${KV:-2} --kv fp16,kivi2,kivi4 --context ${CONTEXTS:-65536,262144,1048576}
     done
     unset KIVI_WEBGPU_BULK
+    ;;
+  items-gqa)
+    # The flash-decoding split at 4 query heads a kv head with the 4:1 default (the split bulk build from
+    # 768K tokens): work items a dispatch (KIVI_WEBGPU_ATTN_ITEMS; 2048 the default, bulk items of 1024
+    # tokens at 1M, two passes of a workgroup's 16 lanes) at 1M and 4M cached tokens, in turns.
+    for it in ${ITEMS:-2048 4096 1024 2048-2 4096-2 1024-2}; do
+      export KIVI_WEBGPU_ATTN_ITEMS=${it%-2}
+      run 200 attention-gqa-items-$it bench attention --backend webgpu --heads 8 --kv-heads 2 --kv fp16,kivi2 --context ${CONTEXTS:-1048576,4194304}
+    done
+    unset KIVI_WEBGPU_ATTN_ITEMS
+    ;;
+  long-1m)
+    # Llama-3-8B shapes (MODEL), one sequence: fp16 against kivi2 at 512K cached tokens (4 rounds, the
+    # specs' order alternating); kivi2 at 1M with the 4:1 default (the split bulk build from 768K tokens)
+    # and with the general kernel alone (KIVI_WEBGPU_BULK=0), in turns; then fp16 at 1M, whose 128 GiB of
+    # cache does not fit beside the weights on a 141 GB GPU (what a user sees then).
+    M=${MODEL:-llama-3-8b}
+    G="bench generate --backend webgpu --model $C/$M --random-weights 1 --gen 33 --weights native"
+    run 300 long-$M-524288 $G --fill 524288 --repeats 4 --kv fp16,kivi2
+    for b in def 0 def-2 0-2; do
+      if [ "${b%-2}" = def ]; then unset KIVI_WEBGPU_BULK; else export KIVI_WEBGPU_BULK=${b%-2}; fi
+      run 300 long-$M-1048576-bulk$b $G --fill 1048576 --repeats 1 --kv kivi2
+    done
+    unset KIVI_WEBGPU_BULK
+    run 200 long-$M-1048576-fp16 $G --fill 1048576 --repeats 1 --kv fp16
+    nvidia-smi --query-gpu=memory.used,memory.total --format=csv || true
     ;;
   ik-gqa)
     # With integer key scores the bulk kernel holds fewer registers for its keys: its builds at 4 query

@@ -115,8 +115,8 @@ export async function sha256Hex(text: string): Promise<string> {
   return Array.from(d, (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
-/** Positions a random-weight model accepts. */
-export const RANDOM_MAX_POSITIONS = 1 << 20;
+/** Positions a random-weight model accepts: 4M, the longest context the benchmarks fill. */
+export const RANDOM_MAX_POSITIONS = 1 << 22;
 
 async function loadRandom(source: ByteSource, config: ModelConfig, backend: Backend, seed: number, format?: WeightFormat): Promise<LoadedModel> {
   if (!Number.isSafeInteger(seed) || seed < 0 || seed > 0xffffffff) throw new KiviError(`random-weights seed must be an integer in [0, 2^32), got ${seed}`);

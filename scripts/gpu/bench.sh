@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: items-gqa, long-1m, bulk-check, sg, split, split-gqa, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: parts-default, items-gqa, long-1m, bulk-check, sg, split, split-gqa, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -221,6 +221,13 @@ case $PHASE in
       run 200 attention-gqa-items-$it bench attention --backend webgpu --heads 8 --kv-heads 2 --kv fp16,kivi2 --context ${CONTEXTS:-1048576,4194304}
     done
     unset KIVI_WEBGPU_ATTN_ITEMS
+    ;;
+  parts-default)
+    # What each part of the default bulk build costs, one decode step replayed, parts left out in turns
+    # (their outputs wrong, only timed): 4:1 at 1M tokens (the split sg build), MHA at 262K (the fused one).
+    P='|-values|-keys|-keys,-values|-keys,-values,-max|-vload|0|'
+    SPECS=kivi2 BULKS=$P timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/parts-default-gqa-1m.txt"
+    HEADS=32 KV=32 T=262144 SPECS=kivi2 BULKS="$P" timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/parts-default-mha-256k.txt"
     ;;
   long-1m)
     # Llama-3-8B shapes (MODEL), one sequence: fp16 against kivi2 at 512K cached tokens (4 rounds, the

@@ -104,7 +104,11 @@ export class GpuCore {
   check(): void {
     if (this.firstError !== null) {
       const m = this.firstError.split('\n')[0];
-      if (this.outOfMemory) throw new KiviError(`webgpu: out of GPU memory (${m})`);
+      if (this.outOfMemory) {
+        throw new KiviError(
+          `webgpu: out of GPU memory (${m}): the weights and KV caches need more than this GPU holds; a 2-bit cache (kivi2) takes 5.3× less than fp16`,
+        );
+      }
       throw new Error(`webgpu: ${m}`);
     }
   }

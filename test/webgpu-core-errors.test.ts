@@ -52,7 +52,13 @@ test('webgpu: out of GPU memory is a one-line user error naming the cause; other
       !e.message.includes('\n'),
   );
 
-  // Recognised by its message where the error's class is not the spec's (a browser's or Dawn's wording).
+  // Recognised by its class whatever the wording, and by its message where the class is not the spec's.
+  const d = core();
+  d.dev.report(new GPUOutOfMemoryError('Allocation of 4294967296 bytes failed'));
+  assert.throws(
+    () => d.c.check(),
+    (e: unknown) => e instanceof KiviError && e.message.startsWith('webgpu: out of GPU memory (Allocation of 4294967296 bytes failed): '),
+  );
   const b = core();
   b.dev.report(new GPUValidationError('Out of device memory while allocating a buffer'));
   assert.throws(

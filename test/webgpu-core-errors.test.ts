@@ -1,8 +1,8 @@
 /**
  * How the WebGPU back end reports a device's errors (core.ts GpuCore.check): out of memory as a user's
- * error (a KiviError, which the CLI prints as one line), anything else as a bug, each with the first line
- * of the device's message. A stand-in device: no GPU can be made to run out of memory
- * on purpose in CI.
+ * error (a KiviError, which the CLI prints as one line; a 503 from the server, whose resources ran out),
+ * anything else as a bug, each with the first line of the device's message. A stand-in device: no GPU can
+ * be made to run out of memory on purpose in CI.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -47,6 +47,7 @@ test('webgpu: out of GPU memory is a one-line user error naming the cause; other
     () => a.c.check(),
     (e: unknown) =>
       e instanceof KiviError &&
+      e.status === 503 &&
       e.message.startsWith('webgpu: out of GPU memory (vkAllocateMemory failed with VK_ERROR_OUT_OF_DEVICE_MEMORY): ') &&
       e.message.includes('kivi2') &&
       !e.message.includes('\n'),

@@ -104,9 +104,11 @@ export class GpuCore {
   check(): void {
     if (this.firstError !== null) {
       const m = this.firstError.split('\n')[0];
+      // The server's resources ran out, not the request's fault: 503 there (the CLI prints one line either way).
       if (this.outOfMemory) {
         throw new KiviError(
           `webgpu: out of GPU memory (${m}): the weights and KV caches need more than this GPU holds; a 2-bit cache (kivi2) takes 5.3× less than fp16`,
+          503,
         );
       }
       throw new Error(`webgpu: ${m}`);

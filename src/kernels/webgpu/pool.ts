@@ -92,7 +92,8 @@ export class WebGpuPagePool implements PagePool {
     let s = this.slots.length - 1;
     if (s < 0 || this.tops[s]! + stride > this.maxSlotBytes) {
       if (this.slots.length === this.arenas) {
-        throw new KiviError(`webgpu: the KV cache needs more than ${this.arenas} × ${formatBytes(this.maxSlotBytes)} per layer of GPU buffers`);
+        // Like running out of GPU memory: the server's resources, not the request (503 there).
+        throw new KiviError(`webgpu: the KV cache needs more than ${this.arenas} × ${formatBytes(this.maxSlotBytes)} per layer of GPU buffers`, 503);
       }
       s = this.slots.length;
       this.slots.push([]);

@@ -16,6 +16,7 @@ import { parseAttnVariant } from '../src/kernels/webgpu/attn-variant.js';
 import type { WebGpuBackend } from '../src/kernels/webgpu/backend.js';
 import { BULK_MIN_DEFAULT, BULK_MIN_GQA, type BulkBuild, bulkGeometry, bulkWgsl, parseBulkSetting, resolveBulk } from '../src/kernels/webgpu/bulk.js';
 import type { WebGpuOptions } from '../src/kernels/webgpu/device.js';
+import type { WebGpuPagePool } from '../src/kernels/webgpu/pool.js';
 import { KiviError } from '../src/util/errors.js';
 import { ALL_SPECS, assertClose, backendConformance, randArray, rng, to16 } from './backend-conformance.js';
 import { reportMissing, swiftshaderBackend } from './webgpu-helpers.js';
@@ -225,6 +226,28 @@ if (!reportMissing('kernels-webgpu: bindings, pages, batches')) {
         err instanceof KiviError && err.status === 503 && /the KV cache needs more than 4 × 64\.00 KiB per layer of GPU buffers/.test(err.message),
     );
     for (const c of caches) c.free();
+  });
+
+  test('webgpu: cache arena slots grow in steps, keep every page across the copies, and leave at most a step unused', async () => {
+    // Bindings of 64 KiB: a slot doubles up to 4 KiB (1/16), then grows 4 KiB at a time; pages of 1 KiB a layer.
+    const b = await gpu({ maxBindingBytes: 64 * 1024, maxArenas: 4, serialMatmul: false });
+    const shape = { numLayers: 3, numHeads: 4, numKvHeads: 2, headDim: 64 };
+    const pool = b.createPagePool(shape) as WebGpuPagePool;
+    const section = 512;
+    const r = rng(31);
+    const pages: { page: number; bytes: Uint8Array }[] = [];
+    for (let i = 0; i < 100; i++) {
+      const page = pool.alloc(section);
+      const bytes = Uint8Array.from({ length: shape.numLayers * shape.numKvHeads * section }, () => Math.floor(r() * 256));
+      pool.writePage(page, section, bytes);
+      pages.push({ page, bytes });
+      // Every slot holds at most one step (4 KiB a layer) that no page has reached yet.
+      assert.ok(pool.unusedBytes <= pool.slotsInUse * 4096 * shape.numLayers, `${pool.unusedBytes} bytes unused after ${i + 1} pages`);
+    }
+    assert.equal(pool.slotsInUse, 2, '63 pages fill the first 64 KiB slot');
+    for (const { page, bytes } of pages) assert.deepEqual(await pool.readPage(page, section), bytes, `page ${page} after the slots grew`);
+    for (const { page } of pages) pool.free(page);
+    pool.dispose();
   });
 
   test("webgpu: quantized pages hold the host back ends' bytes exactly; writePage restores them", async () => {

@@ -4,8 +4,8 @@
  * layer binds that layer's slots. A handle is slot << 27 | offset / 16 (offsets below 2 GiB); handle
  * offsets start at 16, so no page is 0.
  *
- * Slots grow by doubling (a bigger buffer, the old contents copied on the GPU in command order) up to
- * the device's largest storage binding, then the next slot opens. Freed pages are kept per size and
+ * Slots grow (a bigger buffer, the old contents copied on the GPU in command order; see grow) up to the
+ * device's largest storage binding, then the next slot opens. Freed pages are kept per size and
  * reused (cleared first, in command order); caches return pages only after the step that used them
  * has been issued (cache/types.ts endStep), and commands run in issue order, so a reused page is never
  * written while an earlier command still reads it.
@@ -19,6 +19,8 @@ import type { Binding, GBuf, GpuCore } from './core.js';
 
 const OFFSET_BITS = 27;
 const OFFSET_MASK = (1 << OFFSET_BITS) - 1;
+/** A slot grows by doubling up to 1/GROW_PARTS of the largest binding, then by that much (grow). */
+const GROW_PARTS = 16;
 
 export const pageSlot = (page: number): number => page >>> OFFSET_BITS;
 /** The page's first u32 word in its slot's buffer. */
@@ -106,17 +108,29 @@ export class WebGpuPagePool implements PagePool {
     return (s << OFFSET_BITS) | (off / 16);
   }
 
-  /** Make slot s hold at least `bytes` in every layer. */
+  /**
+   * Make slot s hold at least `bytes` in every layer: by doubling up to 1/GROW_PARTS of the largest binding,
+   * then by that much at a time, so that a large cache leaves at most that much of a layer's slot unused
+   * (doubling left up to half: at 800K tokens Llama-3-8B's fp16 cache asked the H200 for 30 GiB more than
+   * its pages, and ran out of memory). Each layer's buffer is replaced and its copy submitted in turn, so
+   * that the old one is released before the next layer's new one is made, not after all of them.
+   */
   private grow(s: number, bytes: number): void {
-    if (bytes <= this.caps[s]!) return;
-    const cap = Math.min(this.maxSlotBytes, Math.max(bytes, this.caps[s]! * 2, 1 << 20));
+    const c = this.caps[s]!;
+    if (bytes <= c) return;
+    const step = Math.max(256, Math.floor(this.maxSlotBytes / GROW_PARTS / 256) * 256);
+    const cap = Math.min(this.maxSlotBytes, Math.max(bytes, Math.min(2 * c, c + step), Math.min(1 << 20, step)));
     const old = this.slots[s]!;
     const next: GBuf[] = [];
-    for (let l = 0; l < this.shape.numLayers; l++) next.push(this.core.buffer(cap, this.usage, `kv arena ${s} layer ${l}`));
-    if (old.length) {
-      const enc = this.core.commands();
-      for (let l = 0; l < old.length; l++) enc.copyBufferToBuffer(old[l]!.buf, 0, next[l]!.buf, 0, this.tops[s]!);
-      for (const b of old) this.core.destroy(b);
+    for (let l = 0; l < this.shape.numLayers; l++) {
+      const b = this.core.buffer(cap, this.usage, `kv arena ${s} layer ${l}`);
+      next.push(b);
+      const o = old[l];
+      if (o) {
+        this.core.commands().copyBufferToBuffer(o.buf, 0, b.buf, 0, this.tops[s]!);
+        this.core.destroy(o);
+        this.core.flush();
+      }
     }
     this.slots[s] = next;
     this.caps[s] = next[0]!.size;
@@ -152,6 +166,11 @@ export class WebGpuPagePool implements PagePool {
     this.caps.length = 0;
     this.tops.length = 0;
     this.freeBySize.clear();
+  }
+
+  /** Bytes of the pool's GPU buffers that no page has reached yet (every layer and slot). */
+  get unusedBytes(): number {
+    return this.caps.reduce((a, c, s) => a + c - this.tops[s]!, 0) * this.shape.numLayers;
   }
 
   /** Bytes of GPU buffers the pool holds (every layer and slot). */

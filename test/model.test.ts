@@ -12,7 +12,7 @@ import { KiviModel } from '../src/api.js';
 import type { WasmTensor } from '../src/kernels/wasm/kernels.js';
 import { parseConfig } from '../src/model/config.js';
 import { checkFootprint, modelParameters, weightBytes } from '../src/model/footprint.js';
-import { ropeInvFreq } from '../src/model/rope.js';
+import { RopeTable, ropeInvFreq } from '../src/model/rope.js';
 import { weightsBytes } from '../src/studies/bench/probe.js';
 import { KiviError } from '../src/util/errors.js';
 import { type TinyConfig, writeTinyModel } from './fixtures.js';
@@ -134,6 +134,27 @@ test('RoPE frequencies: θ^(−2i/d), llama3 keeps high frequencies and divides 
   }
   const lin = ropeInvFreq({ headDim: 128, ropeTheta: 10000, ropeScaling: { type: 'linear', factor: 4 } });
   assert.equal(lin[5], Math.fround(ropeInvFreq({ headDim: 128, ropeTheta: 10000, ropeScaling: { type: 'none' } })[5]! / 4));
+});
+
+test("RoPE tables grow by doubling but never past the model's context, and hold cos/sin of each position", () => {
+  const inv = ropeInvFreq({ headDim: 8, ropeTheta: 10000, ropeScaling: { type: 'none' } });
+  const rope = new RopeTable(inv, 300);
+  const held = (t: Float32Array) => t.buffer.byteLength / 4 / inv.length;
+  assert.equal(held(rope.tables(200).cos), 256);
+  // Doubling from 256 would hold 512 positions; the context is 300.
+  const { cos, sin } = rope.tables(257);
+  assert.equal(held(cos), 300);
+  assert.equal(held(rope.tables(300).sin), 300);
+  for (const p of [0, 199, 256, 299]) {
+    const t = rope.tables(300);
+    for (let i = 0; i < inv.length; i++) {
+      const a = Math.fround(p * inv[i]!);
+      assert.equal(t.cos[p * inv.length + i], Math.fround(Math.cos(a)));
+      assert.equal(t.sin[p * inv.length + i], Math.fround(Math.sin(a)));
+    }
+  }
+  assert.equal(cos.length, 257 * inv.length);
+  assert.equal(sin.length, 257 * inv.length);
 });
 
 test('16-bit weights (bf16, f16) stay 16-bit and give bit for bit the logits of weights: f32, on the wasm and ts back ends', async () => {

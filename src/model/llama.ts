@@ -102,7 +102,7 @@ export class LlamaModel {
     this.dims = { numLayers: config.numLayers, numHeads: config.numHeads, numKvHeads: config.numKvHeads, headDim: config.headDim };
     this.pool = backend.createPagePool(this.dims);
     this.plan.pageRuns = backend.pageRuns === true;
-    this.rope = new RopeTable(ropeInvFreq(config));
+    this.rope = new RopeTable(ropeInvFreq(config), config.maxPositions);
     this.ws = new Workspace(backend, config);
   }
 
@@ -272,7 +272,8 @@ export class LlamaModel {
   /** cos/sin tables on the back end for positions [0, n), grown by doubling. */
   private ensureRope(n: number): void {
     if (n <= this.ropePositions) return;
-    const size = Math.max(n, this.ropePositions * 2, 256);
+    // Doubling, but never past the model's context: at 4M positions a doubled table would pass a GPU binding.
+    const size = Math.max(n, Math.min(this.config.maxPositions, Math.max(this.ropePositions * 2, 256)));
     const { cos, sin } = this.rope.tables(size);
     const B = this.backend;
     if (this.cos) B.release(this.cos);

@@ -40,13 +40,17 @@ export class RopeTable {
   private positions = 0;
   private readonly half: number;
 
-  constructor(private readonly invFreq: Float32Array) {
+  /** @param maxPositions the model's context: the tables never grow past it (at 4M positions doubling would cost GiBs). */
+  constructor(
+    private readonly invFreq: Float32Array,
+    private readonly maxPositions = Number.POSITIVE_INFINITY,
+  ) {
     this.half = invFreq.length;
   }
 
   private ensure(pos: number): void {
     if (pos < this.positions) return;
-    const n = Math.max(pos + 1, this.positions * 2, 256);
+    const n = Math.max(pos + 1, Math.min(this.maxPositions, Math.max(this.positions * 2, 256)));
     const cos = new Float32Array(n * this.half);
     const sin = new Float32Array(n * this.half);
     cos.set(this.cos);

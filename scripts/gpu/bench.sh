@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: parts-default, items-gqa, long-1m, bulk-check, sg, split, split-gqa, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: long-800k, parts-default, items-gqa, long-1m, bulk-check, sg, split, split-gqa, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -228,6 +228,18 @@ case $PHASE in
     P='|-values|-keys|-keys,-values|-keys,-values,-max|-vload|0|'
     SPECS=kivi2 BULKS=$P timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/parts-default-gqa-1m.txt"
     HEADS=32 KV=32 T=262144 SPECS=kivi2 BULKS="$P" timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/parts-default-mha-256k.txt"
+    ;;
+  long-800k)
+    # Just past the 4:1 bulk default's threshold (768K quantized tokens a sequence; 800 000 cached tokens
+    # leave at least that many quantized), where fp16 still fits: fp16 against kivi2 with the default
+    # (4 rounds, order alternating), then both with the general kernel alone (KIVI_WEBGPU_BULK=0, 2 rounds).
+    M=${MODEL:-llama-3-8b}
+    G="bench generate --backend webgpu --model $C/$M --random-weights 1 --gen 33 --weights native --fill 800000"
+    run 300 long-$M-800000 $G --repeats 4 --kv fp16,kivi2
+    KIVI_WEBGPU_BULK=0 run 300 long-$M-800000-bulk0 $G --repeats 2 --kv fp16,kivi2
+    # kivi2 at 4M cached tokens (96 GiB of cache; fp16 would need 512 GiB), leaving room for 33 more.
+    run 300 long-$M-4194240 bench generate --backend webgpu --model $C/$M --random-weights 1 --gen 33 --weights native --fill 4194240 --repeats 1 --kv kivi2
+    nvidia-smi --query-gpu=memory.used,memory.total --format=csv || true
     ;;
   long-1m)
     # Llama-3-8B shapes (MODEL), one sequence: fp16 against kivi2 at 512K cached tokens (4 rounds, the

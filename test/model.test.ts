@@ -153,6 +153,7 @@ test("RoPE tables grow by doubling but never past the model's context, and hold 
       assert.equal(t.sin[p * inv.length + i], Math.fround(Math.sin(a)));
     }
   }
+  assert.equal(rope.reserve(10), 300, 'reserve says how many positions the tables hold');
   assert.equal(cos.length, 257 * inv.length);
   assert.equal(sin.length, 257 * inv.length);
 });

@@ -269,11 +269,10 @@ export class LlamaModel {
     return out;
   }
 
-  /** cos/sin tables on the back end for positions [0, n), grown by doubling. */
+  /** cos/sin tables on the back end for positions [0, n), as many as the host's tables hold (RopeTable.reserve). */
   private ensureRope(n: number): void {
     if (n <= this.ropePositions) return;
-    // Doubling, but never past the model's context: at 4M positions a doubled table would pass a GPU binding.
-    const size = Math.max(n, Math.min(this.config.maxPositions, Math.max(this.ropePositions * 2, 256)));
+    const size = this.rope.reserve(n);
     const { cos, sin } = this.rope.tables(size);
     const B = this.backend;
     if (this.cos) B.release(this.cos);

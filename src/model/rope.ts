@@ -67,6 +67,12 @@ export class RopeTable {
     this.positions = n;
   }
 
+  /** Room for positions [0, n) (grown by doubling, never past the model's context): the positions held. */
+  reserve(n: number): number {
+    this.ensure(n - 1);
+    return this.positions;
+  }
+
   /** cos and sin of positions [0, n) × frequencies, [n][d/2] each. */
   tables(n: number): { cos: Float32Array; sin: Float32Array } {
     this.ensure(n - 1);

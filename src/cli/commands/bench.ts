@@ -352,7 +352,7 @@ export function register(program: Command): void {
               });
         bar.stop();
         const name = path.basename(path.resolve(o.model));
-        const what = `kivi generate on ${name} (${model.backend.name} ×${model.backend.threads})`;
+        const what = `kivi generate on ${name} (${model.backend.name}${model.backend.threads > 0 ? ` ×${model.backend.threads}` : ''})`;
         let md = generateBenchMarkdown(results, what);
         const counter = compileCounter(model);
         if (counter) {

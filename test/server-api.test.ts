@@ -169,6 +169,21 @@ describe('kivi serve: OpenAI API', () => {
     assert.equal((await h.json()).status, 'ok');
   });
 
+  test('health is 503 with the error once the back end can compute no more (a GPU out of memory, say)', async () => {
+    // A stand-in for a failed GPU: no device can be made to fail on purpose in CI.
+    const backend = (await bundledModel()).backend;
+    const failure = 'webgpu: out of GPU memory (vkAllocateMemory failed with VK_ERROR_OUT_OF_DEVICE_MEMORY)';
+    backend.failure = () => failure;
+    try {
+      const h = await fetch(`${server.url}/health`);
+      assert.equal(h.status, 503);
+      assert.deepEqual(await h.json(), { status: 'error', model: MODEL_NAME, error: failure });
+    } finally {
+      delete backend.failure;
+    }
+    assert.equal((await fetch(`${server.url}/health`)).status, 200);
+  });
+
   test('the openai client sees 4xx errors with status, param and code', async () => {
     await assert.rejects(
       ai.completions.create({ model: 'gpt-4', prompt: 'x' }),

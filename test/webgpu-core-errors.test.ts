@@ -41,6 +41,7 @@ function core(): { dev: StandInDevice; c: GpuCore } {
 test('webgpu: out of GPU memory is a one-line user error naming the cause; other device errors are bugs', () => {
   const a = core();
   a.c.check();
+  assert.equal(a.c.failure, null, 'no failure before the device reports one');
   a.dev.report(new GPUOutOfMemoryError('vkAllocateMemory failed with VK_ERROR_OUT_OF_DEVICE_MEMORY\n - While calling CreateBuffer'));
   a.dev.report(new GPUValidationError('[Invalid BindGroup] is invalid due to a previous error.'));
   assert.throws(
@@ -52,6 +53,8 @@ test('webgpu: out of GPU memory is a one-line user error naming the cause; other
       e.message.includes('kivi2') &&
       !e.message.includes('\n'),
   );
+
+  assert.match(a.c.failure ?? '', /^webgpu: out of GPU memory \(vkAllocateMemory failed with VK_ERROR_OUT_OF_DEVICE_MEMORY\): /);
 
   // Recognised by its class whatever the wording, and by its message where the class is not the spec's.
   const d = core();

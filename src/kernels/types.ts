@@ -73,6 +73,11 @@ export interface Backend {
   readonly pageRuns?: boolean;
   /** What computes, in words ("wasm SIMD, 2 threads", "webgpu: NVIDIA H200"). */
   readonly description: string;
+  /**
+   * The error that left the back end unable to compute (a GPU out of memory, or lost), once one happened;
+   * null while it works. Back ends that cannot fail so (the CPU's) leave it out.
+   */
+  failure?(): string | null;
 
   // ---- memory --------------------------------------------------------------------------------------
   /** A zeroed tensor. */

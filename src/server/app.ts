@@ -269,7 +269,13 @@ function routes(app: FastifyInstance, ctx: GenerationContext, metrics: Registry)
     checkModelName(ctx, req.params.id);
     return modelCard;
   });
-  app.get('/health', async () => ({ status: 'ok', model: ctx.modelName }));
+  // 503 once the back end can compute no more (a GPU out of memory, or lost): every step would fail, so
+  // whatever routes requests here should send them elsewhere.
+  app.get('/health', async (_req, reply) => {
+    const failure = ctx.model.backend.failure?.() ?? null;
+    if (failure !== null) return reply.code(503).send({ status: 'error', model: ctx.modelName, error: failure });
+    return { status: 'ok', model: ctx.modelName };
+  });
   app.get('/metrics', async (_req, reply) => {
     reply.type('text/plain; version=0.0.4; charset=utf-8');
     return metrics.render();

@@ -648,6 +648,11 @@ export class WebGpuBackend implements Backend {
     await this.core.sync();
   }
 
+  /** The device's first error (GpuCore.check's message), once it reported one. */
+  failure(): string | null {
+    return this.core.failure;
+  }
+
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;

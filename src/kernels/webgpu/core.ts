@@ -78,7 +78,6 @@ export class GpuCore {
   private nextKernelId = 1;
   private firstError: string | null = null;
   private outOfMemory = false;
-  private lost = false;
   /** While a profile runs (profile.ts): each dispatch in a pass of its own, stamped. */
   private profiler: GpuProfiler | null = null;
   /** KIVI_WEBGPU_PASS=1 (Node; a diagnostic): each dispatch in a pass of its own, as under a profile, unstamped. */
@@ -95,28 +94,32 @@ export class GpuCore {
       }
     });
     void device.lost.then((info) => {
-      this.lost = true;
       this.firstError ??= `the GPU device was lost (${info.reason}): ${info.message}`;
     });
   }
 
   /** Throw the first error the device reported (validation, out of memory, loss). */
   check(): void {
-    if (this.firstError !== null) {
-      const m = this.firstError.split('\n')[0];
-      // The server's resources ran out, not the request's fault: 503 there (the CLI prints one line either way).
-      if (this.outOfMemory) {
-        throw new KiviError(
-          `webgpu: out of GPU memory (${m}): the weights and KV caches need more than this GPU holds; a 2-bit cache (kivi2) takes 5.3× less than fp16`,
-          503,
-        );
-      }
-      throw new Error(`webgpu: ${m}`);
-    }
+    const e = this.firstFailure();
+    if (e) throw e;
   }
 
-  get isLost(): boolean {
-    return this.lost;
+  /** The message check() throws, or null while the device has reported nothing. */
+  get failure(): string | null {
+    return this.firstFailure()?.message ?? null;
+  }
+
+  private firstFailure(): Error | null {
+    if (this.firstError === null) return null;
+    const m = this.firstError.split('\n')[0];
+    // The server's resources ran out, not the request's fault: 503 there (the CLI prints one line either way).
+    if (this.outOfMemory) {
+      return new KiviError(
+        `webgpu: out of GPU memory (${m}): the weights and KV caches need more than this GPU holds; a 2-bit cache (kivi2) takes 5.3× less than fp16`,
+        503,
+      );
+    }
+    return new Error(`webgpu: ${m}`);
   }
 
   buffer(size: number, usage: number, label?: string): GBuf {

@@ -113,7 +113,8 @@ export class WebGpuPagePool implements PagePool {
    * then by that much at a time, so that a large cache leaves at most that much of a layer's slot unused
    * (doubling left up to half: at 800K tokens Llama-3-8B's fp16 cache asked the H200 for 30 GiB more than
    * its pages, and ran out of memory). Each layer's buffer is replaced and its copy submitted in turn, so
-   * that the old one is released before the next layer's new one is made, not after all of them.
+   * that the old one can be released (once the GPU has copied it; when Dawn frees it was not measured)
+   * before the next layer's new one is made, not only after all of them.
    */
   private grow(s: number, bytes: number): void {
     const c = this.caps[s]!;

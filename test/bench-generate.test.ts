@@ -122,6 +122,28 @@ test('bench generate: float32 and 16-bit weights side by side by default, same c
   assert.equal(md.code, 0, md.stderr);
   assert.match(md.stdout, /relative to fp32 with f32 weights/);
   assert.match(md.stdout, /\| native \| fp32 \|/);
+  // One generated token is the prefill's own: prefill only, decode 0 in JSON (as kivi generate says) and – in the table.
+  const one = await runCli([
+    'bench',
+    'generate',
+    '--model',
+    MODEL,
+    '--prompt',
+    '16',
+    '--gen',
+    '1',
+    '--repeats',
+    '2',
+    '--kv',
+    'kivi2',
+    '--weights',
+    'native',
+    '--threads',
+    '1',
+  ]);
+  assert.equal(one.code, 0, one.stderr);
+  assert.match(one.stdout, /\| native \| kivi2 \| \d+ \(1\.00×\) \| – \(no decode step\) \|/);
+  assert.doesNotMatch(one.stdout, /NaN/);
   const bad = await runCli(['bench', 'generate', '--model', MODEL, '--weights', 'f32,f32']);
   assert.equal(bad.code, 1);
   assert.match(bad.stderr, /names a format twice/);

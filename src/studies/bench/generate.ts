@@ -44,6 +44,7 @@ export interface GenerateBenchResult {
   prompt_tokens: number;
   generated: number;
   prefill_tokens_per_s: number;
+  /** 0 where no decode step ran (one generated token: the prefill's own). */
   decode_tokens_per_s: number;
   /** The slowest and fastest timed round's decode tokens/s (the median is decode_tokens_per_s). */
   decode_range: [number, number];
@@ -120,7 +121,8 @@ export async function runGenerateBench(o: GenerateBenchOptions): Promise<Generat
       const r = await model.complete(o.prompt, { kv, maxTokens: o.gen, ignoreEos: true });
       o.onProgress?.(++done, total);
       if (round < 0) continue;
-      runs[i]!.push({ prefill: r.promptTokens / r.prefillSeconds, decode: r.decodeSteps / r.decodeSeconds, bytes: r.kvBytes });
+      // One generated token is the prefill's own: no decode step ran, and decode speed is 0 (as kivi generate says).
+      runs[i]!.push({ prefill: r.promptTokens / r.prefillSeconds, decode: r.decodeSteps > 0 ? r.decodeSteps / r.decodeSeconds : 0, bytes: r.kvBytes });
       if (counter) {
         compiles[i]!.kernels += counter.compiled - k0;
         compiles[i]!.seconds += counter.compileSeconds - s0;
@@ -251,9 +253,11 @@ export function generateBenchMarkdown(results: readonly GenerateBenchResult[], w
         r.kv,
         ...(base.prefill_attention ? [r.prefill_attention ?? ''] : []),
         r.prefill_tokens_per_s === 0 ? '–' : `${r.prefill_tokens_per_s.toFixed(0)} (${formatRatio(r.prefill_tokens_per_s / base.prefill_tokens_per_s)})`,
-        `${r.decode_tokens_per_s.toFixed(1)} (${formatRatio(r.decode_tokens_per_s / base.decode_tokens_per_s)})${
-          r.decode_rounds.length > 1 ? `, ${r.decode_range[0].toFixed(1)}–${r.decode_range[1].toFixed(1)}` : ''
-        }`,
+        r.decode_tokens_per_s === 0
+          ? '– (no decode step)'
+          : `${r.decode_tokens_per_s.toFixed(1)} (${formatRatio(r.decode_tokens_per_s / base.decode_tokens_per_s)})${
+              r.decode_rounds.length > 1 ? `, ${r.decode_range[0].toFixed(1)}–${r.decode_range[1].toFixed(1)}` : ''
+            }`,
         formatBytes(r.kv_bytes),
       ]),
     ) +

@@ -14,7 +14,16 @@ import { TsBackend } from '../src/kernels/ts/backend.js';
 import { attendWgsl, attnGeometry } from '../src/kernels/webgpu/attention.js';
 import { parseAttnVariant } from '../src/kernels/webgpu/attn-variant.js';
 import type { WebGpuBackend } from '../src/kernels/webgpu/backend.js';
-import { BULK_MIN_DEFAULT, BULK_MIN_GQA, type BulkBuild, bulkGeometry, bulkWgsl, parseBulkSetting, resolveBulk } from '../src/kernels/webgpu/bulk.js';
+import {
+  BULK_LONG_MHA,
+  BULK_MIN_DEFAULT,
+  BULK_MIN_GQA,
+  type BulkBuild,
+  bulkGeometry,
+  bulkWgsl,
+  parseBulkSetting,
+  resolveBulk,
+} from '../src/kernels/webgpu/bulk.js';
 import type { WebGpuOptions } from '../src/kernels/webgpu/device.js';
 import type { WebGpuPagePool } from '../src/kernels/webgpu/pool.js';
 import { KiviError } from '../src/util/errors.js';
@@ -494,14 +503,24 @@ if (!reportMissing('kernels-webgpu: long attention')) {
         await st.step([{ cache: c, rows: randArray(6 * 64, rng(6)), n: 1, mode: 'decode' as const }]);
         return b.core.dispatched - before;
       };
-      const [auto, on, min1024, min2048, off] = [
+      const [auto, on, min1024, min2048, off, long1024, long2048, long1024split] = [
         await dispatches(''),
         await dispatches('on'),
         await dispatches('min1024'),
         await dispatches('min2048'),
         await dispatches('0'),
+        // The build for long steps (split in two, subgroup shuffles; here lanes of 4 threads fit SwiftShader's
+        // subgroups) from longN bulk tokens of a task, unless the setting names the split or the shuffles.
+        await dispatches('min1024,long1024'),
+        await dispatches('min1024,long2048'),
+        await dispatches('min1024,long1024,fused'),
       ];
-      assert.deepEqual([on - auto, min1024 - auto, min2048 - auto, off - auto], [1, 1, 0, 0], 'the bulk dispatch: default, on, min1024, min2048, 0');
+      assert.deepEqual(
+        [on - auto, min1024 - auto, min2048 - auto, off - auto, long1024 - auto, long2048 - auto, long1024split - auto],
+        [1, 1, 0, 0, 2, 1, 1],
+        'the bulk dispatches: default, on, min1024, min2048, 0, min1024 with long1024 and long2048, long1024 with fused',
+      );
+      assert.ok(pipelines().includes('bulk1-2-16-sb8-u8-ik-sg-keys:2:2:64'));
       assert.ok(BULK_MIN_DEFAULT > 1300);
       c.free();
       assert.throws(() => parseBulkSetting('min0'), /KIVI_WEBGPU_BULK: unknown part "min0"/);
@@ -525,6 +544,21 @@ if (!reportMissing('kernels-webgpu: long attention')) {
       assert.deepEqual(pick(resolveBulk(parseBulkSetting('fused,wg,min100'), gqa, 32, wg)), [true, false, false, 16, 8, 100]);
       assert.deepEqual(pick(resolveBulk(parseBulkSetting('cw8'), mha, 32, wg)), [true, false, false, 8, 8, 32]);
       assert.ok(BULK_MIN_GQA > BULK_MIN_DEFAULT);
+      // At MHA, steps with a task of BULK_LONG_MHA bulk tokens take the split subgroup build where a lane fits
+      // a subgroup, unless the setting chooses split or shuffles itself; longN moves the threshold.
+      const long = (setting: string, shape: typeof mha, sub: number) => {
+        const l = resolveBulk(parseBulkSetting(setting), shape, sub, wg).long;
+        return l && [...pick(l), l.long];
+      };
+      assert.deepEqual(long('', mha, 32), [true, true, true, 16, 16, BULK_LONG_MHA, null]);
+      assert.deepEqual(long('long5000,u4', mha, 32), [true, true, true, 16, 16, 5000, null]);
+      assert.equal(resolveBulk(parseBulkSetting('long5000,u4'), mha, 32, wg).long?.u, 4);
+      assert.deepEqual(
+        [long('', mha, 4), long('split', mha, 32), long('wg', mha, 32), long('', gqa, 32), long('cw8', mha, 32)],
+        [null, null, null, null, null],
+      );
+      assert.ok(BULK_LONG_MHA > BULK_MIN_DEFAULT);
+      assert.equal(parseBulkSetting('long5000').on, null, 'longN leaves on open');
     }
     // A bad setting, and sg where a lane (8 threads at d 128) does not fit SwiftShader's subgroups of 4:
     // one line when the kernel is first needed.

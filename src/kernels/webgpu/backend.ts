@@ -503,9 +503,14 @@ export class WebGpuBackend implements Backend {
     return b;
   }
 
-  private bulkGeometry(shape: AttnShape, bits: number, phase: BulkPhase = 'all'): BulkGeometry | null {
-    const o = this.bulkBuild(shape);
+  private bulkGeometry(shape: AttnShape, bits: number, phase: BulkPhase = 'all', o: BulkBuild = this.bulkBuild(shape)): BulkGeometry | null {
     return bulkGeometry(shape, bits, this.dev.device.limits.maxComputeWorkgroupStorageSize, phase === 'values' ? o.vcw : o.cw, o.sb);
+  }
+
+  /** The build a plan's bulk items take: the shape's, or its build for long steps where a task reaches that. */
+  private planBulkBuild(shape: AttnShape, gp: GpuPlan): BulkBuild {
+    const o = this.bulkBuild(shape);
+    return o.long && gp.bulkLongest >= o.long.min ? o.long : o;
   }
 
   private bulkPolicy(shape: AttnShape): BulkPolicy | null {
@@ -585,7 +590,8 @@ export class WebGpuBackend implements Backend {
     if (nAttn === 0 && nBulk === 0) return;
     const { numHeads: H, numKvHeads: KV } = shape;
     // The partials, then (the bulk kernel split in two) the bulk items' scores.
-    const split = nBulk > 0 && this.bulkBuild(shape).split;
+    const bo = this.planBulkBuild(shape, gp);
+    const split = nBulk > 0 && bo.split;
     const partBytes = Math.max(16, (gp.partials * partialFloats(shape) + (split ? gp.bulkScores : 0)) * 4);
     if (!this.partials || this.partials.size < partBytes) {
       if (this.partials) this.core.destroy(this.partials);
@@ -608,9 +614,8 @@ export class WebGpuBackend implements Backend {
     if (nBulk > 0) {
       // Every bulk item of a plan has one code width: a plan's tasks share the layer's cache spec.
       const bits = gp.bulkBits;
-      const bg = this.bulkGeometry(shape, bits);
+      const bg = this.bulkGeometry(shape, bits, 'all', bo);
       if (!bg) throw new Error(`webgpu: bulk items without a bulk kernel for ${bits} bits`);
-      const bo = this.bulkBuild(shape);
       if (bo.sg && !bulkSubgroups(bg, this.dev.subgroupMin)) {
         throw new KiviError(
           `KIVI_WEBGPU_BULK: sg needs a lane's ${bg.nch} threads in one subgroup (this device's have at least ${this.dev.subgroupMin}) and a round of at least ${bg.nch} scores (it has ${bg.sb} tokens × ${bg.nq} heads)`,
@@ -618,7 +623,7 @@ export class WebGpuBackend implements Backend {
       }
       const name = `bulk${na}-${bits}-${bg.cw}-sb${bg.sb}-u${bo.u}${bo.ex ? '' : '-noex'}${bo.ik ? '-ik' : ''}${bo.sg ? '-sg' : ''}${[...bo.skip].map((x) => `-${x}`).join('')}`;
       for (const phase of split ? (['keys', 'values'] as const) : (['all'] as const)) {
-        const pg = phase === 'values' ? this.bulkGeometry(shape, bits, phase) : bg;
+        const pg = phase === 'values' ? this.bulkGeometry(shape, bits, phase, bo) : bg;
         if (!pg) throw new KiviError(`KIVI_WEBGPU_BULK: vcw${bo.vcw} does not fit this shape`);
         const vname = phase === 'values' && pg.cw !== bg.cw ? `-vcw${pg.cw}` : '';
         const kb = this.shapeKernel(phase === 'all' ? name : `${name}-${phase}${vname}`, shape, () => bulkWgsl(shape, pg, na, bo, phase), [

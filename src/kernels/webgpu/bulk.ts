@@ -77,6 +77,8 @@ export interface BulkSetting {
   vcw: number;
   sb: number;
   min: number;
+  /** The longest task's bulk tokens from which a step takes the defaults' build for long steps (0: theirs). */
+  long: number;
   split: boolean | null;
   sg: boolean | null;
   skip: ReadonlySet<string>;
@@ -93,13 +95,18 @@ export interface BulkBuild extends BulkOptions {
   vcw: number;
   sb: number;
   min: number;
+  /**
+   * The build a step's bulk items take instead where one of its tasks hands the bulk kernel at least
+   * `long.min` tokens (null: this build at every length).
+   */
+  long: BulkBuild | null;
 }
 
 /**
  * A setting from its text: '' (the defaults), '0' (off: the general kernel takes every token), 'on', or a
  * comma list of cwN, sbN, minN, uN, ex, noex and -part (which imply on), and ik or fk (the key path's
- * arithmetic, which do not; by default integer where the device has WGSL's packed dot products, `dot4`).
- * One line naming a bad part.
+ * arithmetic, which do not; by default integer where the device has WGSL's packed dot products, `dot4`),
+ * and longN (where the defaults' build for long steps starts, which does not either). One line naming a bad part.
  */
 export function parseBulkSetting(text: string, dot4 = true, subgroups = true): BulkSetting {
   const o: BulkSetting = {
@@ -108,6 +115,7 @@ export function parseBulkSetting(text: string, dot4 = true, subgroups = true): B
     vcw: 0,
     sb: 0,
     min: 0,
+    long: 0,
     skip: new Set(),
     ex: BULK_DEFAULTS.ex,
     u: BULK_DEFAULTS.u,
@@ -131,6 +139,11 @@ export function parseBulkSetting(text: string, dot4 = true, subgroups = true): B
       o.ik = part === 'ik';
       continue;
     }
+    const lm = /^long(\d+)$/.exec(part);
+    if (lm && Number(lm[1]) >= 1) {
+      o.long = Number(lm[1]);
+      continue;
+    }
     o.on ??= true;
     const m = /^(cw|vcw|sb|min|u)(\d+)$/.exec(part);
     const n = Number(m?.[2]);
@@ -145,7 +158,7 @@ export function parseBulkSetting(text: string, dot4 = true, subgroups = true): B
     else if (m?.[1] === 'min' && n >= 1) o.min = n;
     else
       throw new KiviError(
-        `KIVI_WEBGPU_BULK: unknown part "${part}" (0, on, cwN or vcwN of 4-32, sbN of 1-32, minN, uN of 1-8, ex, noex, split, fused, ik, fk, sg, wg, -${BULK_PARTS.join(', -')})`,
+        `KIVI_WEBGPU_BULK: unknown part "${part}" (0, on, cwN or vcwN of 4-32, sbN of 1-32, minN, longN, uN of 1-8, ex, noex, split, fused, ik, fk, sg, wg, -${BULK_PARTS.join(', -')})`,
       );
   }
   o.skip = skip;
@@ -170,41 +183,61 @@ export const BULK_MIN_DEFAULT = 49152;
 export const BULK_MIN_GQA = 786432;
 
 /**
+ * The longest task's bulk tokens from which a step at one query head a kv head takes the split, subgroup
+ * build instead of the fused one. On the H200 at 32 kv heads (one step's kivi2 attention replayed, builds
+ * in turns, twice each): fused 1374–1383 µs against split `sg` 1484–1496 at 512K tokens, 3065–3089 against
+ * 2864–2868 at 1M, 6498–6519 against 5937–6024 at 2M (docs/perf/webgpu-h200.md, fourteenth session): between
+ * the 512K where it lost and the 1M where it won, as at 4 query heads (BULK_MIN_GQA).
+ */
+export const BULK_LONG_MHA = 786432;
+
+type BulkChoice = Omit<BulkBuild, keyof BulkOptions | 'long'> & { split: boolean; sg: boolean };
+
+/**
  * The bulk kernel's defaults for nq query heads a kv head, `sgFits` where the `sg` build fits the shape's
  * layout on the device (bulkSubgroups), from H200 sweeps (docs/perf/webgpu-h200.md): at 1 (MHA) the fused kernel, 16
  * channels a thread and rounds of 8 tokens, from BULK_MIN_DEFAULT (1.4–1.7× the general kernel's speed from
- * 64K tokens with integer key scores); at 4 the split build with subgroup shuffles and 8 channels a values
+ * 64K tokens with integer key scores), and for steps with a task from BULK_LONG_MHA tokens the split build
+ * with subgroup shuffles where the subgroups hold a lane; at 4 that split build with 8 channels a values
  * thread, from BULK_MIN_GQA, where the subgroups hold a lane; elsewhere the general kernel keeps every token
  * (at 4 the fused kernel's best build only matched it).
  */
-export function bulkDefault(nq: number, sgFits = false): Omit<BulkBuild, keyof BulkOptions> & { split: boolean; sg: boolean } {
+export function bulkDefault(nq: number, sgFits = false): BulkChoice & { long: BulkChoice | null } {
   const cw = nq <= 4 ? 16 : 8;
-  if (nq === 1) return { on: true, cw, vcw: cw, sb: 8, min: BULK_MIN_DEFAULT, split: false, sg: false };
+  if (nq === 1) {
+    const fused = { on: true, cw, vcw: cw, sb: 8, min: BULK_MIN_DEFAULT, split: false, sg: false };
+    return { ...fused, long: sgFits ? { ...fused, min: BULK_LONG_MHA, split: true, sg: true } : null };
+  }
   const gqa = nq === 4 && sgFits;
-  return { on: gqa, cw, vcw: gqa ? 8 : cw, sb: 4, min: gqa ? BULK_MIN_GQA : BULK_MIN_DEFAULT, split: gqa, sg: gqa };
+  return { on: gqa, cw, vcw: gqa ? 8 : cw, sb: 4, min: gqa ? BULK_MIN_GQA : BULK_MIN_DEFAULT, split: gqa, sg: gqa, long: null };
 }
 
 /**
  * A setting resolved for a shape: what it leaves open, the shape's defaults (bulkDefault); forced on
  * (`on` or any layout part), the bulk kernel takes a task's quantized prefix from one block unless `min`
- * says otherwise.
+ * says otherwise. The defaults' build for long steps applies where the setting names neither `split`/`fused`
+ * nor `sg`/`wg`.
  */
 export function resolveBulk(o: BulkSetting, shape: AttnShape, subgroupMin: number, workgroupBytes: number): BulkBuild {
   const g = bulkGeometry(shape, 2, workgroupBytes, o.cw, o.sb);
   const d = bulkDefault(shape.numHeads / shape.numKvHeads, !!g && bulkSubgroups(g, subgroupMin));
-  return {
-    on: o.on ?? d.on,
-    cw: o.cw || d.cw,
-    vcw: o.vcw || o.cw || d.vcw,
-    sb: o.sb || d.sb,
-    min: o.min || (o.on === null ? d.min : BLOCK),
-    split: o.split ?? d.split,
-    sg: o.sg ?? d.sg,
+  const build = (c: BulkChoice, min: number): BulkBuild => ({
+    on: o.on ?? c.on,
+    cw: o.cw || c.cw,
+    vcw: o.vcw || o.cw || c.vcw,
+    sb: o.sb || c.sb,
+    min,
+    split: o.split ?? c.split,
+    sg: o.sg ?? c.sg,
     skip: o.skip,
     u: o.u,
     ex: o.ex,
     ik: o.ik,
-  };
+    long: null,
+  });
+  const base = build(d, o.min || (o.on === null ? d.min : BLOCK));
+  if (d.long && o.split === null && o.sg === null) base.long = build(d.long, o.long || d.long.min);
+  return base;
 }
 
 /**

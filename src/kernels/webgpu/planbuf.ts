@@ -96,6 +96,8 @@ export interface GpuPlan {
    * its scores start there.
    */
   bulkScores: number;
+  /** Most tokens one task hands the bulk kernel (its build for long plans: BulkBuild.long). */
+  bulkLongest: number;
   /** Words holding a page run's table offset within the table space (the uploader adds where that space starts). */
   runWords: number[];
 }
@@ -174,7 +176,8 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
 
   // Tasks.
   const tasks = w.n;
-  let bulkBits = 0;
+  let bulkBits = 0,
+    bulkLongest = 0;
   if (bulkTokens.length < plan.nTasks) bulkTokens = new Uint32Array(Math.max(plan.nTasks, bulkTokens.length * 2));
   w.ensure(plan.nTasks * GTASK_WORDS);
   const tk = plan.tasks;
@@ -241,6 +244,7 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
       if (nb > 0) bulkBits = kbits;
     }
     bulkTokens[i] = nb;
+    bulkLongest = Math.max(bulkLongest, nb);
     const g = tasks + i * GTASK_WORDS;
     w.a[g] = tk[o + TASK_ROW]!;
     w.a[g + 1] = k0;
@@ -390,7 +394,7 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
     sub.post = items(r[4]!, r[5]!);
     sub.nPost = r[5]! * KV;
   }
-  return { words: w.a, used: w.n, tasks, preJobs, postJobs, subs, partials, runWords, bulkBits, bulkScores };
+  return { words: w.a, used: w.n, tasks, preJobs, postJobs, subs, partials, runWords, bulkBits, bulkScores, bulkLongest };
 }
 
 function checkKind(kind: number, values: boolean): void {

@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: long-800k, parts-default, items-gqa, long-1m, bulk-check, sg, split, split-gqa, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: mha-long, mha-split, mha-1m, long-800k, parts-default, items-gqa, long-1m, bulk-check, sg, split, split-gqa, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -115,7 +115,7 @@ case $PHASE in
   mha)
     # The same kernels at Llama-2-7B's attention shape (32 heads, each its own kv head, d = 128): a KIVI
     # code then feeds one multiply-add per query head instead of four (GQA 4:1 above).
-    # (1M tokens at this shape is refused: fp16's 16 GiB of pages per layer exceed 12 bindings of 2 GiB.)
+    # (1M tokens at this shape: the mha-1m phase.)
     run 150 attention-mha $A_MHA --context 65536,262144
     ;;
   ablate)
@@ -221,6 +221,43 @@ case $PHASE in
       run 200 attention-gqa-items-$it bench attention --backend webgpu --heads 8 --kv-heads 2 --kv fp16,kivi2 --context ${CONTEXTS:-1048576,4194304}
     done
     unset KIVI_WEBGPU_ATTN_ITEMS
+    ;;
+  mha-1m)
+    # 32 kv heads (Llama-2-7B's attention shape) at 1M cached tokens, fp16 and kivi2 (19 GiB of pages a
+    # layer in one pool; with kivi4 too, 24 GiB pass the H200's 12 bindings of 2 GiB). Two runs. MHA2=1:
+    # only what follows them.
+    A="bench attention --backend webgpu --heads 32 --kv-heads 32 --kv fp16,kivi2"
+    if [ "${MHA2:-}" != 1 ]; then
+      run 300 attention-mha-1m $A --context 1048576
+      run 300 attention-mha-1m-2 $A --context 1048576
+    fi
+    # kivi4 beside fp16 (21 GiB), and the bulk kernel's builds at this length, one step replayed (the MHA
+    # default, the fused kernel, first and last).
+    run 300 attention-mha-1m-kivi4 bench attention --backend webgpu --heads 32 --kv-heads 32 --kv fp16,kivi4 --context 1048576
+    HEADS=32 KV=32 T=1048576 SPECS=kivi2 BULKS='|sg|split,sg|split,sg,vcw8|split|0|' timeout 250 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/builds-mha-1m.txt"
+    nvidia-smi --query-gpu=memory.used,memory.total --format=csv || true
+    ;;
+  mha-split)
+    # Where the split sg build overtakes the fused one at 32 kv heads: the default (fused), split sg and
+    # split, one step replayed, in turns, twice, at 512K, 1M and 2M tokens (kivi2 alone).
+    for t in 524288 1048576 2097152; do
+      HEADS=32 KV=32 T=$t SPECS=kivi2 BULKS='|split,sg|split||split,sg|split|' timeout 180 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/split-mha-$t.txt"
+    done
+    ;;
+  mha-long)
+    # The MHA default with its build for long steps (split sg from BULK_LONG_MHA bulk tokens of a task):
+    # checked against the reference with the threshold at one block, then the bench at 512K (below it) and
+    # 1M (past it), then Llama-2-7B shapes decoding after 800K cached tokens with it and without (wg: the
+    # fused build at every length), kivi2 alone (fp16 would need 400 GiB).
+    KIVI_WEBGPU_BULK=min32,long32 KIVI_WEBGPU_ATTN_ITEMS=16 HEADS=32 KV=32 T=5000 SPECS=kivi2,kivi4 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee "$OUT/attn-check-long-mha.txt"
+    A="bench attention --backend webgpu --heads 32 --kv-heads 32 --kv fp16,kivi2"
+    run 300 attention-mha-long-1m $A --context 1048576
+    run 300 attention-mha-long-512k $A --context 524288
+    run 300 attention-mha-long-1m-2 $A --context 1048576
+    G="bench generate --backend webgpu --model $C/llama-2-7b --random-weights 1 --gen 33 --weights native --fill 800000 --repeats 1 --kv kivi2"
+    run 280 long7b-800000 $G
+    KIVI_WEBGPU_BULK=wg run 280 long7b-800000-wg $G
+    nvidia-smi --query-gpu=memory.used,memory.total --format=csv || true
     ;;
   parts-default)
     # What each part of the default bulk build costs, one decode step replayed, parts left out in turns

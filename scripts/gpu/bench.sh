@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: mha-long, mha-split, mha-1m, long-800k, parts-default, items-gqa, long-1m, bulk-check, sg, split, split-gqa, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: split-builds, mha-long, mha-split, mha-1m, long-800k, parts-default, items-gqa, long-1m, bulk-check, sg, split, split-gqa, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -258,6 +258,16 @@ case $PHASE in
     run 280 long7b-800000 $G
     KIVI_WEBGPU_BULK=wg run 280 long7b-800000-wg $G
     nvidia-smi --query-gpu=memory.used,memory.total --format=csv || true
+    ;;
+  split-builds)
+    # The split sg build's options at 1M tokens, one step replayed, in turns, each list twice: at MHA (the
+    # default there since mha-long) rounds of 16 or 32 tokens, 32 channels a values thread, 4 value tokens in
+    # flight, every thread exponentiating; at 4:1 (the default's vcw8) rounds of 8 or 2, 4 value tokens in
+    # flight, every thread exponentiating, 4 channels a values thread.
+    B='|split,sg,sb16|split,sg,sb32|split,sg,vcw32|split,sg,u4|split,sg,noex|split,sg,sb16,vcw32'
+    HEADS=32 KV=32 T=1048576 SPECS=kivi2 BULKS="$B$B|" timeout 280 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/split-builds-mha-1m.txt"
+    B='|split,sg,vcw8,sb8|split,sg,vcw8,sb2|split,sg,vcw8,u4|split,sg,vcw8,noex|split,sg,vcw4'
+    SPECS=kivi2 BULKS="$B$B|" timeout 280 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/split-builds-gqa-1m.txt"
     ;;
   parts-default)
     # What each part of the default bulk build costs, one decode step replayed, parts left out in turns

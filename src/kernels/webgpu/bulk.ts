@@ -205,6 +205,8 @@ type BulkChoice = Omit<BulkBuild, keyof BulkOptions | 'long'> & { split: boolean
 export function bulkDefault(nq: number, sgFits = false): BulkChoice & { long: BulkChoice | null } {
   const cw = nq <= 4 ? 16 : 8;
   if (nq === 1) {
+    // The long build keeps the fused one's channels a thread and rounds: a step's bulk items are laid out
+    // for those (planbuf.ts BulkPolicy) before the step's longest task picks the build.
     const fused = { on: true, cw, vcw: cw, sb: 8, min: BULK_MIN_DEFAULT, split: false, sg: false };
     return { ...fused, long: sgFits ? { ...fused, min: BULK_LONG_MHA, split: true, sg: true } : null };
   }

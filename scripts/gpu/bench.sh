@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: split-builds, mha-long, mha-split, mha-1m, long-800k, parts-default, items-gqa, long-1m, bulk-check, sg, split, split-gqa, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: parts-mha-1m, split-builds, mha-long, mha-split, mha-1m, long-800k, parts-default, items-gqa, long-1m, bulk-check, sg, split, split-gqa, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -268,6 +268,12 @@ case $PHASE in
     HEADS=32 KV=32 T=1048576 SPECS=kivi2 BULKS="$B$B|" timeout 280 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/split-builds-mha-1m.txt"
     B='|split,sg,vcw8,sb8|split,sg,vcw8,sb2|split,sg,vcw8,u4|split,sg,vcw8,noex|split,sg,vcw4'
     SPECS=kivi2 BULKS="$B$B|" timeout 280 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/split-builds-gqa-1m.txt"
+    ;;
+  parts-mha-1m)
+    # Where the MHA default's time goes at 1M tokens (the split sg build since mha-long), parts left out in
+    # turns as in parts-default, twice.
+    P='|-values|-keys|-keys,-values|-vload|0'
+    HEADS=32 KV=32 T=1048576 SPECS=kivi2 BULKS="$P$P|" timeout 280 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/parts-default-mha-1m.txt"
     ;;
   parts-default)
     # What each part of the default bulk build costs, one decode step replayed, parts left out in turns

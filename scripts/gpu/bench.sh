@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: pf, parts-mha-1m, split-builds, mha-long, mha-split, mha-1m, long-800k, parts-default, items-gqa, long-1m, bulk-check, sg, split, split-gqa, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: parts-mha-1m, split-builds, mha-long, mha-split, mha-1m, long-800k, parts-default, items-gqa, long-1m, bulk-check, sg, split, split-gqa, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -268,17 +268,6 @@ case $PHASE in
     HEADS=32 KV=32 T=1048576 SPECS=kivi2 BULKS="$B$B|" timeout 280 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/split-builds-mha-1m.txt"
     B='|split,sg,vcw8,sb8|split,sg,vcw8,sb2|split,sg,vcw8,u4|split,sg,vcw8,noex|split,sg,vcw4'
     SPECS=kivi2 BULKS="$B$B|" timeout 280 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/split-builds-gqa-1m.txt"
-    ;;
-  pf)
-    # Value rounds prefetched (KIVI_WEBGPU_BULK pf: each round's words, scales and minimums loaded during the
-    # round before): against the reference (4:1 fused and split sg, MHA split sg), then one step replayed
-    # against the defaults, in turns, twice: MHA at 1M (split sg) and 262K (fused), 4:1 at 1M (split sg vcw8).
-    KIVI_WEBGPU_BULK=on,pf KIVI_WEBGPU_ATTN_ITEMS=4 T=9000 SPECS=kivi2,kivi4 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee "$OUT/attn-check-pf.txt"
-    KIVI_WEBGPU_BULK=on,split,sg,vcw8,pf KIVI_WEBGPU_ATTN_ITEMS=4 T=9000 SPECS=kivi2 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-pf.txt"
-    KIVI_WEBGPU_BULK=on,split,sg,pf KIVI_WEBGPU_ATTN_ITEMS=16 HEADS=32 KV=32 T=5000 SPECS=kivi2,kivi4 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-pf.txt"
-    HEADS=32 KV=32 T=1048576 SPECS=kivi2 BULKS='|split,sg,pf|split,sg,pf,u4||split,sg,pf|split,sg,pf,u4|' timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/pf-mha-1m.txt"
-    HEADS=32 KV=32 T=262144 SPECS=kivi2 BULKS='|pf|pf,u4||pf|pf,u4|' timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/pf-mha-256k.txt"
-    SPECS=kivi2 BULKS='|split,sg,vcw8,pf|split,sg,vcw8,pf,u4||split,sg,vcw8,pf|split,sg,vcw8,pf,u4|' timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/pf-gqa-1m.txt"
     ;;
   parts-mha-1m)
     # Where the MHA default's time goes at 1M tokens (the split sg build since mha-long), parts left out in

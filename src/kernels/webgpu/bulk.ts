@@ -84,7 +84,6 @@ export interface BulkSetting {
   skip: ReadonlySet<string>;
   u: number;
   ex: boolean;
-  pf: boolean;
   ik: boolean;
 }
 
@@ -105,7 +104,7 @@ export interface BulkBuild extends BulkOptions {
 
 /**
  * A setting from its text: '' (the defaults), '0' (off: the general kernel takes every token), 'on', or a
- * comma list of cwN, sbN, minN, uN, ex, noex, pf, nopf and -part (which imply on), and ik or fk (the key path's
+ * comma list of cwN, sbN, minN, uN, ex, noex and -part (which imply on), and ik or fk (the key path's
  * arithmetic, which do not; by default integer where the device has WGSL's packed dot products, `dot4`),
  * and longN (where the defaults' build for long steps starts, which does not either). One line naming a bad part.
  */
@@ -119,7 +118,6 @@ export function parseBulkSetting(text: string, dot4 = true, subgroups = true): B
     long: 0,
     skip: new Set(),
     ex: BULK_DEFAULTS.ex,
-    pf: BULK_DEFAULTS.pf,
     u: BULK_DEFAULTS.u,
     ik: dot4,
     split: null,
@@ -151,7 +149,6 @@ export function parseBulkSetting(text: string, dot4 = true, subgroups = true): B
     const n = Number(m?.[2]);
     if (part === 'on') continue;
     if (part === 'ex' || part === 'noex') o.ex = part === 'ex';
-    else if (part === 'pf' || part === 'nopf') o.pf = part === 'pf';
     else if (part === 'split' || part === 'fused') o.split = part === 'split';
     else if (part.startsWith('-') && (BULK_PARTS as readonly string[]).includes(part.slice(1))) skip.add(part.slice(1));
     else if (m?.[1] === 'cw' && [4, 8, 16, 32].includes(n)) o.cw = n;
@@ -161,7 +158,7 @@ export function parseBulkSetting(text: string, dot4 = true, subgroups = true): B
     else if (m?.[1] === 'min' && n >= 1) o.min = n;
     else
       throw new KiviError(
-        `KIVI_WEBGPU_BULK: unknown part "${part}" (0, on, cwN or vcwN of 4-32, sbN of 1-32, minN, longN, uN of 1-8, ex, noex, pf, nopf, split, fused, ik, fk, sg, wg, -${BULK_PARTS.join(', -')})`,
+        `KIVI_WEBGPU_BULK: unknown part "${part}" (0, on, cwN or vcwN of 4-32, sbN of 1-32, minN, longN, uN of 1-8, ex, noex, split, fused, ik, fk, sg, wg, -${BULK_PARTS.join(', -')})`,
       );
   }
   o.skip = skip;
@@ -237,7 +234,6 @@ export function resolveBulk(o: BulkSetting, shape: AttnShape, subgroupMin: numbe
     skip: o.skip,
     u: o.u,
     ex: o.ex,
-    pf: o.pf,
     ik: o.ik,
     long: null,
   });
@@ -294,10 +290,8 @@ export interface BulkOptions {
   split: boolean;
   /** A lane's partial key scores summed by subgroup shuffles (bulkSubgroups) instead of through workgroup memory. */
   sg: boolean;
-  /** Each round of value tokens loaded during the round before it (prefetched). */
-  pf: boolean;
 }
-export const BULK_DEFAULTS: BulkOptions = { skip: new Set(), u: 8, ex: true, ik: true, split: false, sg: false, pf: false };
+export const BULK_DEFAULTS: BulkOptions = { skip: new Set(), u: 8, ex: true, ik: true, split: false, sg: false };
 
 /**
  * Whether the `sg` build fits a layout on a device whose subgroups have at least `subgroupMin` invocations:
@@ -423,10 +417,19 @@ ${partials(x, (j) => `fma(KMUL, S${j}, K${j})`)}
   // The value rows of U tokens of the block: code words, scale and minimum halves loaded first.
   const U = opts.u;
   const EX = opts.ex;
-  // The arithmetic of U tokens' values (token x's words w{x}_*, scale and minimum words sw{x}, mw{x} at halves hs{x}, hm{x}).
-  const valueMath = range(U)
-    .map(
-      (x) => `      {
+  const valueRound = `      let sl = vslot;
+${range(U)
+  .map(
+    (x) => `${words(`w${x}`, (wi) => `vrow + (r + ${x}u) * ${WPR}u + cw0 + ${wi}u`)}
+      let hs${x} = vsc + (r + ${x}u) * vgn;
+      let hm${x} = hs${x} + vcap * vgn;
+      let sw${x} = ldw(sl, hs${x} >> 1u);
+      let mw${x} = ldw(sl, hm${x} >> 1u);`,
+  )
+  .join('\n')}
+${range(U)
+  .map(
+    (x) => `      {
         let su = unpack2x16float(sw${x});
         let mu = unpack2x16float(mw${x});
         let sv = select(su.x, su.y, (hs${x} & 1u) != 0u);
@@ -444,53 +447,9 @@ ${C((c) => `          a${j}_${c} = fma(ws, m${c}, a${j}_${c});`)}
         }`,
 )}
       }`,
-    )
-    .join('\n');
-  const valueRound = `      let sl = vslot;
-${range(U)
-  .map(
-    (x) => `${words(`w${x}`, (wi) => `vrow + (r + ${x}u) * ${WPR}u + cw0 + ${wi}u`)}
-      let hs${x} = vsc + (r + ${x}u) * vgn;
-      let hm${x} = hs${x} + vcap * vgn;
-      let sw${x} = ldw(sl, hs${x} >> 1u);
-      let mw${x} = ldw(sl, hm${x} >> 1u);`,
   )
-  .join('\n')}
-${valueMath}`;
-  // Prefetched (pf): the next round's code words, scales and minimums are loaded before this round's
-  // arithmetic, so that their latency overlaps it (the last round loads its own rows again, within the block).
-  const pfLoads = (r: string, decl: boolean) =>
-    range(U)
-      .map((x) =>
-        [
-          ...range(NW).map(
-            (wi) => `      ${decl ? 'var ' : ''}pw${x}_${wi} = ldw(sl, vrow + (${r} + ${x}u) * ${WPR}u + cw0 + ${wi}u)${partial ? ' >> csh' : ''};`,
-          ),
-          `      ${decl ? 'var ' : ''}psw${x} = ldw(sl, (vsc + (${r} + ${x}u) * vgn) >> 1u);`,
-          `      ${decl ? 'var ' : ''}pmw${x} = ldw(sl, (vsc + (${r} + ${x}u) * vgn + vcap * vgn) >> 1u);`,
-        ].join('\n'),
-      )
-      .join('\n');
-  // Diagnostic -vload: the value words' loads left out (their indices stand in for them).
-  const noVload = (code: string) => (skip.has('vload') ? code.replace(/ldw\(sl, ([^;]*)\);/g, '($1);') : code);
-  const valueLoopPf = `      let sl = vslot;
-${pfLoads('0u', true)}
-      for (var r = 0u; ${off('values')}r < ${BLOCK}u; r += ${U}u) {
-${range(U)
-  .map(
-    (x) => `${range(NW)
-      .map((wi) => `      let w${x}_${wi} = pw${x}_${wi};`)
-      .join('\n')}
-      let sw${x} = psw${x};
-      let mw${x} = pmw${x};
-      let hs${x} = vsc + (r + ${x}u) * vgn;
-      let hm${x} = hs${x} + vcap * vgn;`,
-  )
-  .join('\n')}
-      let rn = min(r + ${U}u, ${BLOCK - U}u);
-${pfLoads('rn', false)}
-${valueMath}
-      }`;
+  .join('\n')}`;
+
   // The block's key pages and this thread's channels of the query folded with its key group's scales.
   const keyFold = `      let kp = seg_at(kseg, t0);
       let kcap = sw(kseg, 4u);
@@ -666,13 +625,9 @@ ${put('sc', `l * ${BLOCK}u + x`, (j) => `exp(${head('s', j)} - M${j})`, '      '
     // ---- the values, weighted on their codes ----
     if (live) {
       let us = vslot;
-${
-  opts.pf
-    ? unswitched(na, noVload(valueLoopPf))
-    : `      for (var r = 0u; ${off('values')}r < ${BLOCK}u; r += ${U}u) {
-${unswitched(na, noVload(valueRound))}
-      }`
-}
+      for (var r = 0u; ${off('values')}r < ${BLOCK}u; r += ${U}u) {
+${unswitched(na, skip.has('vload') ? valueRound.replace(/ldw\(sl, ([^;]*)\);/g, '($1);') : valueRound)}
+      }
     }
 `;
   const combine = `  // ---- the lanes combined (their maxima differ): this item's output, or its partial ----

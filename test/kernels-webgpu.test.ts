@@ -456,9 +456,10 @@ if (!reportMissing('kernels-webgpu: long attention')) {
         // kernels (the keys' scores through the scratch), also with 8 channels a values thread (half the
         // lanes of the keys' kernel, so its items take several passes), and the partial key scores summed
         // by subgroup shuffles (SwiftShader's subgroups have 4 invocations: lanes of 4 threads; at 4:1, 32
-        // channels a thread do not fit its workgroup memory, and the general kernel takes every token).
+        // channels a thread do not fit its workgroup memory, and the general kernel takes every token), and
+        // with the arenas bound as 16-byte vectors instead of words (av).
         const sg = D === 64 ? 'split,sg,vcw8' : 'cw32,sg';
-        for (const [k, setting] of ['on', '0', 'cw8,noex,u4,sb2', 'on,fk', 'split', 'split,vcw8', sg].entries()) {
+        for (const [k, setting] of ['on', '0', 'cw8,noex,u4,sb2', 'on,fk', 'split', 'split,vcw8', sg, 'split,vcw8,av'].entries()) {
           b.bulk = setting;
           const item = (i: number) => [{ cache: caches[i]!, rows: step.subarray(k * qkvDim, (k + 1) * qkvDim), n: 1, mode: 'decode' as const }];
           const exp = (await st[0]!.step(item(0)))!;
@@ -479,6 +480,7 @@ if (!reportMissing('kernels-webgpu: long attention')) {
       'bulk1-2-16-sb4-u8-ik-values-vcw8:4:2:128',
       'bulk1-2-16-sb8-u8-ik-sg-keys:2:2:64',
       'bulk1-2-16-sb8-u8-ik-sg-values-vcw8:2:2:64',
+      'bulk1-2-16-sb8-u8-ik-av-values-vcw8:2:2:64',
       'bulk1-4-16-sb8-u8-ik-sg-keys:2:2:64',
       'bulk1-2-32-sb4-u8-ik-sg:4:2:128',
       'bulk1-4-16-sb8-u8-ik:2:2:64',

@@ -84,6 +84,7 @@ export interface BulkSetting {
   skip: ReadonlySet<string>;
   u: number;
   ex: boolean;
+  aw: boolean;
   ik: boolean;
 }
 
@@ -104,7 +105,7 @@ export interface BulkBuild extends BulkOptions {
 
 /**
  * A setting from its text: '' (the defaults), '0' (off: the general kernel takes every token), 'on', or a
- * comma list of cwN, sbN, minN, uN, ex, noex and -part (which imply on), and ik or fk (the key path's
+ * comma list of cwN, sbN, minN, uN, ex, noex, aw, av and -part (which imply on), and ik or fk (the key path's
  * arithmetic, which do not; by default integer where the device has WGSL's packed dot products, `dot4`),
  * and longN (where the defaults' build for long steps starts, which does not either). One line naming a bad part.
  */
@@ -118,6 +119,7 @@ export function parseBulkSetting(text: string, dot4 = true, subgroups = true): B
     long: 0,
     skip: new Set(),
     ex: BULK_DEFAULTS.ex,
+    aw: BULK_DEFAULTS.aw,
     u: BULK_DEFAULTS.u,
     ik: dot4,
     split: null,
@@ -149,6 +151,7 @@ export function parseBulkSetting(text: string, dot4 = true, subgroups = true): B
     const n = Number(m?.[2]);
     if (part === 'on') continue;
     if (part === 'ex' || part === 'noex') o.ex = part === 'ex';
+    else if (part === 'aw' || part === 'av') o.aw = part === 'aw';
     else if (part === 'split' || part === 'fused') o.split = part === 'split';
     else if (part.startsWith('-') && (BULK_PARTS as readonly string[]).includes(part.slice(1))) skip.add(part.slice(1));
     else if (m?.[1] === 'cw' && [4, 8, 16, 32].includes(n)) o.cw = n;
@@ -158,7 +161,7 @@ export function parseBulkSetting(text: string, dot4 = true, subgroups = true): B
     else if (m?.[1] === 'min' && n >= 1) o.min = n;
     else
       throw new KiviError(
-        `KIVI_WEBGPU_BULK: unknown part "${part}" (0, on, cwN or vcwN of 4-32, sbN of 1-32, minN, longN, uN of 1-8, ex, noex, split, fused, ik, fk, sg, wg, -${BULK_PARTS.join(', -')})`,
+        `KIVI_WEBGPU_BULK: unknown part "${part}" (0, on, cwN or vcwN of 4-32, sbN of 1-32, minN, longN, uN of 1-8, ex, noex, aw, av, split, fused, ik, fk, sg, wg, -${BULK_PARTS.join(', -')})`,
       );
   }
   o.skip = skip;
@@ -234,6 +237,7 @@ export function resolveBulk(o: BulkSetting, shape: AttnShape, subgroupMin: numbe
     skip: o.skip,
     u: o.u,
     ex: o.ex,
+    aw: o.aw,
     ik: o.ik,
     long: null,
   });
@@ -290,8 +294,15 @@ export interface BulkOptions {
   split: boolean;
   /** A lane's partial key scores summed by subgroup shuffles (bulkSubgroups) instead of through workgroup memory. */
   sg: boolean;
+  /**
+   * The arenas bound as words (array<u32>: a load is one word; `aw`, the default) instead of as 16-byte
+   * vectors a word is picked from by selects (`av`, as the general kernel binds them). On the H200 words made
+   * kivi2's step 15–16% faster at 32 kv heads (1M and 262K tokens) and 8–10% at 4:1 and 1M, one step
+   * replayed in turns (docs/perf/webgpu-h200.md, fourteenth session).
+   */
+  aw: boolean;
 }
-export const BULK_DEFAULTS: BulkOptions = { skip: new Set(), u: 8, ex: true, ik: true, split: false, sg: false };
+export const BULK_DEFAULTS: BulkOptions = { skip: new Set(), u: 8, ex: true, ik: true, split: false, sg: false, aw: true };
 
 /**
  * Whether the `sg` build fits a layout on a device whose subgroups have at least `subgroupMin` invocations:
@@ -674,7 +685,7 @@ const QKVD = ${QKVD}u;
 const KMUL = ${f32lit(2 ** bits)};
 const VMUL = ${f32lit(2 ** bits)};
 const SCALE = ${f32lit(1 / Math.sqrt(D))};
-${attnBindings(na)}
+${attnBindings(na, opts.aw ? 'u32' : 'vec4<u32>')}
 // The query; partial scores of SB tokens a lane (channel threads side by side), and at the end the lanes'
 // outputs; each lane's block of scores; each lane's maxima and sums.
 var<workgroup> qsh: array<f32, ${NQ * D}>;
@@ -683,8 +694,17 @@ var<workgroup> sc: array<${ET}, ${(LANES * BLOCK * NQ) / (VEC ? 4 : 1)}>;
 var<workgroup> lm: array<f32, ${LANES * NQ}>;
 var<workgroup> ls: array<f32, ${LANES * NQ}>;
 
-${arenaSwitch(na, 'ld4(s: u32, i: u32) -> vec4<u32>', (a) => `return ${a}[i];`)}
-${LDW}${na > 1 ? arenaDirect(na) : ''}
+${
+  opts.aw
+    ? `${arenaSwitch(na, 'ldw(s: u32, i: u32) -> u32', (a) => `return ${a}[i];`)}\n${
+        na > 1
+          ? range(na)
+              .map((k) => `fn ldw_${k}(i: u32) -> u32 { return a${k}[i]; }`)
+              .join('\n')
+          : ''
+      }`
+    : `${arenaSwitch(na, 'ld4(s: u32, i: u32) -> vec4<u32>', (a) => `return ${a}[i];`)}\n${LDW}${na > 1 ? arenaDirect(na) : ''}`
+}
 fn qf(i: u32) -> f32 { return qkv[i >> 2u][i & 3u]; }
 ${SEG_READERS}
 @compute @workgroup_size(${BULK_WG})

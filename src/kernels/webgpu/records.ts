@@ -27,14 +27,14 @@ export const GSEG_RUN_HEX = '0x80000000';
  * uniform (item list, item count, task records), the plan, the step's qkv rows, the output, the partials
  * and `na` arenas of pages; with the float conversions and the workgroup grid they use.
  */
-export function attnBindings(na: number): string {
+export function attnBindings(na: number, arena = 'vec4<u32>'): string {
   return /* wgsl */ `struct P { items: u32, n: u32, tasks: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> plan: array<u32>;
 @group(0) @binding(2) var<storage, read> qkv: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> att: array<f32>;
 @group(0) @binding(4) var<storage, read_write> part: array<f32>;
-${arenaDecls('vec4<u32>', 'read', 5, na)}
+${arenaDecls(arena, 'read', 5, na)}
 ${CONVERT}
 ${GRID}`;
 }

@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: parts-mha-1m, split-builds, mha-long, mha-split, mha-1m, long-800k, parts-default, items-gqa, long-1m, bulk-check, sg, split, split-gqa, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: aw-bench, aw-e2e, aw, parts-mha-1m, split-builds, mha-long, mha-split, mha-1m, long-800k, parts-default, items-gqa, long-1m, bulk-check, sg, split, split-gqa, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -268,6 +268,33 @@ case $PHASE in
     HEADS=32 KV=32 T=1048576 SPECS=kivi2 BULKS="$B$B|" timeout 280 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/split-builds-mha-1m.txt"
     B='|split,sg,vcw8,sb8|split,sg,vcw8,sb2|split,sg,vcw8,u4|split,sg,vcw8,noex|split,sg,vcw4'
     SPECS=kivi2 BULKS="$B$B|" timeout 280 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/split-builds-gqa-1m.txt"
+    ;;
+  aw)
+    # The bulk kernel's arenas bound as words (KIVI_WEBGPU_BULK aw: array<u32>, one word a load, no pick by
+    # selects): against the reference (4:1 and MHA, one arena and several), then one step replayed against
+    # the defaults, in turns, twice: MHA at 1M (split sg) and 262K (fused), 4:1 at 1M (split sg vcw8).
+    KIVI_WEBGPU_BULK=on,aw KIVI_WEBGPU_ATTN_ITEMS=4 T=9000 SPECS=kivi2,kivi4 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee "$OUT/attn-check-aw.txt"
+    KIVI_WEBGPU_BULK=on,split,sg,vcw8,aw BIND=1048576 ARENAS=4 KIVI_WEBGPU_ATTN_ITEMS=4 T=9000 SPECS=kivi2 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-aw.txt"
+    KIVI_WEBGPU_BULK=on,split,sg,aw KIVI_WEBGPU_ATTN_ITEMS=16 HEADS=32 KV=32 T=5000 SPECS=kivi2,kivi4 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-aw.txt"
+    HEADS=32 KV=32 T=1048576 SPECS=kivi2 BULKS='|split,sg,aw||split,sg,aw|' timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/aw-mha-1m.txt"
+    HEADS=32 KV=32 T=262144 SPECS=kivi2 BULKS='|aw||aw|' timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/aw-mha-256k.txt"
+    SPECS=kivi2 BULKS='|split,sg,vcw8,aw||split,sg,vcw8,aw|' timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/aw-gqa-1m.txt"
+    ;;
+  aw-bench)
+    # The benches with the bulk kernel's arenas bound as words (the default since aw): 32 kv heads at 262K and
+    # 1M (twice), 4:1 at 1M and 4M.
+    A="bench attention --backend webgpu --heads 32 --kv-heads 32"
+    run 300 attention-aw-mha-1m $A --kv fp16,kivi2 --context 1048576
+    run 300 attention-aw-mha-262k $A --kv fp16,kivi2,kivi4 --context 262144
+    run 300 attention-aw-mha-1m-2 $A --kv fp16,kivi2 --context 1048576
+    run 300 attention-aw-gqa bench attention --backend webgpu --heads 8 --kv-heads 2 --kv fp16,kivi2,kivi4 --context 1048576,4194304
+    ;;
+  aw-e2e)
+    # End to end with it: Llama-3-8B shapes after 1M cached tokens, Llama-2-7B shapes after 800K (kivi2; fp16
+    # does not fit either).
+    G="bench generate --backend webgpu --random-weights 1 --gen 33 --weights native --repeats 1 --kv kivi2"
+    run 290 aw-llama-3-8b-1048576 $G --model $C/llama-3-8b --fill 1048576
+    run 290 aw-llama-2-7b-800000 $G --model $C/llama-2-7b --fill 800000
     ;;
   parts-mha-1m)
     # Where the MHA default's time goes at 1M tokens (the split sg build since mha-long), parts left out in

@@ -59,6 +59,16 @@ export function arenaDirect(na: number): string {
 }
 
 /**
+ * Word loads where the arenas are bound as words (array<u32>): ldw(s, i) and, for the hot loops, ldw_k(i)
+ * of arena k alone. One load a word, where a vector binding loads 16 bytes and picks the word (LDW).
+ */
+export function arenaWords(na: number): string {
+  let s = arenaSwitch(na, 'ldw(s: u32, i: u32) -> u32', (a) => `return ${a}[i];`);
+  if (na > 1) for (let k = 0; k < na; k++) s += `\nfn ldw_${k}(i: u32) -> u32 { return a${k}[i]; }`;
+  return s;
+}
+
+/**
  * A block of kernel code whose arena loads (ld4/ldw/ldh of a slot variable) go to arena `us` directly,
  * one copy per arena, or through the per-load switch (the default case) when the tile mixes arenas.
  */

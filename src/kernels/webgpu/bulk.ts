@@ -36,7 +36,7 @@
 
 import { KiviError } from '../../util/errors.js';
 import type { AttnShape } from '../types.js';
-import { arenaDirect, arenaSwitch, LDW, unswitched } from './arenas.js';
+import { arenaDirect, arenaSwitch, arenaWords, LDW, unswitched } from './arenas.js';
 import { magic, writeOutput } from './attention.js';
 import { attnBindings, ITEM_PROLOGUE, SEG_READERS } from './records.js';
 import { f32lit } from './wgsl.js';
@@ -694,17 +694,7 @@ var<workgroup> sc: array<${ET}, ${(LANES * BLOCK * NQ) / (VEC ? 4 : 1)}>;
 var<workgroup> lm: array<f32, ${LANES * NQ}>;
 var<workgroup> ls: array<f32, ${LANES * NQ}>;
 
-${
-  opts.aw
-    ? `${arenaSwitch(na, 'ldw(s: u32, i: u32) -> u32', (a) => `return ${a}[i];`)}\n${
-        na > 1
-          ? range(na)
-              .map((k) => `fn ldw_${k}(i: u32) -> u32 { return a${k}[i]; }`)
-              .join('\n')
-          : ''
-      }`
-    : `${arenaSwitch(na, 'ld4(s: u32, i: u32) -> vec4<u32>', (a) => `return ${a}[i];`)}\n${LDW}${na > 1 ? arenaDirect(na) : ''}`
-}
+${opts.aw ? arenaWords(na) : `${arenaSwitch(na, 'ld4(s: u32, i: u32) -> vec4<u32>', (a) => `return ${a}[i];`)}\n${LDW}${na > 1 ? arenaDirect(na) : ''}`}
 fn qf(i: u32) -> f32 { return qkv[i >> 2u][i & 3u]; }
 ${SEG_READERS}
 @compute @workgroup_size(${BULK_WG})

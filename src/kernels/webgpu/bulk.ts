@@ -78,7 +78,7 @@ export interface BulkSetting {
   sb: number;
   min: number;
   /** The longest task's bulk tokens from which a step takes the defaults' build for long steps (0: theirs). */
-  long: number;
+  longMin: number;
   split: boolean | null;
   sg: boolean | null;
   skip: ReadonlySet<string>;
@@ -116,7 +116,7 @@ export function parseBulkSetting(text: string, dot4 = true, subgroups = true): B
     vcw: 0,
     sb: 0,
     min: 0,
-    long: 0,
+    longMin: 0,
     skip: new Set(),
     ex: BULK_DEFAULTS.ex,
     aw: BULK_DEFAULTS.aw,
@@ -143,7 +143,7 @@ export function parseBulkSetting(text: string, dot4 = true, subgroups = true): B
     }
     const lm = /^long(\d+)$/.exec(part);
     if (lm && Number(lm[1]) >= 1) {
-      o.long = Number(lm[1]);
+      o.longMin = Number(lm[1]);
       continue;
     }
     o.on ??= true;
@@ -242,7 +242,7 @@ export function resolveBulk(o: BulkSetting, shape: AttnShape, subgroupMin: numbe
     long: null,
   });
   const base = build(d, o.min || (o.on === null ? d.min : BLOCK));
-  if (d.long && o.split === null && o.sg === null) base.long = build(d.long, o.long || d.long.min);
+  if (d.long && o.split === null && o.sg === null) base.long = build(d.long, o.longMin || d.long.min);
   return base;
 }
 

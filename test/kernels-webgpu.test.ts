@@ -15,6 +15,8 @@ import { attendWgsl, attnGeometry } from '../src/kernels/webgpu/attention.js';
 import { parseAttnVariant } from '../src/kernels/webgpu/attn-variant.js';
 import type { WebGpuBackend } from '../src/kernels/webgpu/backend.js';
 import {
+  BULK_ITEMS_GQA,
+  BULK_ITEMS_MHA,
   BULK_LONG_MHA,
   BULK_MIN_DEFAULT,
   BULK_MIN_GQA,
@@ -444,7 +446,8 @@ if (!reportMissing('kernels-webgpu: long attention')) {
       // 1300 tokens: a quantized prefix of 36-39 blocks, several bulk items a kv head, the merge.
       const T = 1300;
       const rows = randArray(T * qkvDim, r).map((v, i) => (i % D === 5 ? v * 12 : v));
-      const step = randArray(7 * qkvDim, r);
+      // One decode row a build (`builds` below).
+      const step = randArray(9 * qkvDim, r);
       for (const spec of specs) {
         const pools = [ref.createPagePool(shape), b.createPagePool(shape)] as const;
         const st = [new CacheStepper(ref, pools[0]), new CacheStepper(b, pools[1])];
@@ -457,9 +460,12 @@ if (!reportMissing('kernels-webgpu: long attention')) {
         // lanes of the keys' kernel, so its items take several passes), and the partial key scores summed
         // by subgroup shuffles (SwiftShader's subgroups have 4 invocations: lanes of 4 threads; at 4:1, 32
         // channels a thread do not fit its workgroup memory, and the general kernel takes every token), and
-        // with the arenas bound as 16-byte vectors instead of words (av).
+        // with the arenas bound as 16-byte vectors instead of words (av), and the value codes as the general
+        // kernel's magic floats instead of exact ones (vm).
         const sg = D === 64 ? 'split,sg,vcw8' : 'cw32,sg';
-        for (const [k, setting] of ['on', '0', 'cw8,noex,u4,sb2', 'on,fk', 'split', 'split,vcw8', sg, 'split,vcw8,av'].entries()) {
+        const builds = ['on', '0', 'cw8,noex,u4,sb2', 'on,fk', 'split', 'split,vcw8', sg, 'split,vcw8,av', 'on,vm'];
+        assert.equal(step.length, builds.length * qkvDim);
+        for (const [k, setting] of builds.entries()) {
           b.bulk = setting;
           const item = (i: number) => [{ cache: caches[i]!, rows: step.subarray(k * qkvDim, (k + 1) * qkvDim), n: 1, mode: 'decode' as const }];
           const exp = (await st[0]!.step(item(0)))!;
@@ -481,6 +487,8 @@ if (!reportMissing('kernels-webgpu: long attention')) {
       'bulk1-2-16-sb8-u8-ik-sg-keys:2:2:64',
       'bulk1-2-16-sb8-u8-ik-sg-values-vcw8:2:2:64',
       'bulk1-2-16-sb8-u8-ik-av-values-vcw8:2:2:64',
+      'bulk1-2-16-sb8-u8-ik-vm:2:2:64',
+      'bulk1-4-16-sb4-u8-ik-vm:8:2:128',
       'bulk1-4-16-sb8-u8-ik-sg-keys:2:2:64',
       'bulk1-2-32-sb4-u8-ik-sg:4:2:128',
       'bulk1-4-16-sb8-u8-ik:2:2:64',
@@ -524,6 +532,14 @@ if (!reportMissing('kernels-webgpu: long attention')) {
       );
       assert.ok(pipelines().includes('bulk1-2-16-sb8-u8-ik-sg-keys:2:2:64'));
       assert.ok(BULK_MIN_DEFAULT > 1300);
+      // itemsN cuts a step's bulk prefix into that many items where whole passes of the lanes allow: one a
+      // kv head with items1, two (of the 1024 tokens a pass of 32 lanes takes, at most) with items100.
+      const partials = async (setting: string) => {
+        await dispatches(setting);
+        return (b as unknown as { planOf: { gp: { partials: number } } }).planOf.gp.partials;
+      };
+      const [one, hundred] = [await partials('on,items1'), await partials('on,items100')];
+      assert.equal(hundred - one, 2, `partials with items1 ${one}, with items100 ${hundred}`);
       c.free();
       assert.throws(() => parseBulkSetting('min0'), /KIVI_WEBGPU_BULK: unknown part "min0"/);
       // Integer key scores by default where WGSL has packed dot products; fk and ik choose, and leave on alone.
@@ -561,6 +577,11 @@ if (!reportMissing('kernels-webgpu: long attention')) {
       );
       assert.ok(BULK_LONG_MHA > BULK_MIN_DEFAULT);
       assert.equal(parseBulkSetting('long5000').on, null, 'longN leaves on open');
+      // Bulk items a step is cut into: the shape's default, or itemsN (which leaves on open).
+      const items = (setting: string, shape: typeof mha) => resolveBulk(parseBulkSetting(setting), shape, 32, wg).items;
+      assert.deepEqual([items('', mha), items('', gqa), items('items500', mha), items('items500,split', gqa)], [BULK_ITEMS_MHA, BULK_ITEMS_GQA, 500, 500]);
+      assert.equal(parseBulkSetting('items500').on, null, 'itemsN leaves on open');
+      assert.throws(() => parseBulkSetting('items0'), /KIVI_WEBGPU_BULK: unknown part "items0"/);
     }
     // A bad setting, and sg where a lane (8 threads at d 128) does not fit SwiftShader's subgroups of 4:
     // one line when the kernel is first needed.

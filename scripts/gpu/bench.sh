@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: aw-bench, aw-e2e, aw, parts-mha-1m, split-builds, mha-long, mha-split, mha-1m, long-800k, parts-default, items-gqa, long-1m, bulk-check, sg, split, split-gqa, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: final15, e2e15, items3, items2, items-mha, vx, aw-bench, aw-e2e, aw, parts-mha-1m, split-builds, mha-long, mha-split, mha-1m, long-800k, parts-default, items-gqa, long-1m, bulk-check, sg, split, split-gqa, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -279,6 +279,75 @@ case $PHASE in
     HEADS=32 KV=32 T=1048576 SPECS=kivi2 BULKS='|split,sg,aw||split,sg,aw|' timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/aw-mha-1m.txt"
     HEADS=32 KV=32 T=262144 SPECS=kivi2 BULKS='|aw||aw|' timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/aw-mha-256k.txt"
     SPECS=kivi2 BULKS='|split,sg,vcw8,aw||split,sg,vcw8,aw|' timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/aw-gqa-1m.txt"
+    ;;
+  final15)
+    # The benches with exact value codes (vx) and 3168 bulk items at MHA (the defaults since): 32 kv heads at
+    # 1M (twice) and 262K, 4:1 at 1M and 4M (e2e15: end to end, Llama-2-7B after 800K tokens, Llama-3-8B
+    # after 1M).
+    A="bench attention --backend webgpu --heads 32 --kv-heads 32"
+    run 300 attention-15-mha-1m $A --kv fp16,kivi2 --context 1048576
+    run 300 attention-15-mha-262k $A --kv fp16,kivi2,kivi4 --context 262144
+    run 300 attention-15-mha-1m-2 $A --kv fp16,kivi2 --context 1048576
+    run 300 attention-15-gqa bench attention --backend webgpu --heads 8 --kv-heads 2 --kv fp16,kivi2,kivi4 --context 1048576,4194304
+    ;;
+  e2e15)
+    # The MHA 1M bench twice more (fp16's time spreads by 10% between runs), then end to end.
+    A="bench attention --backend webgpu --heads 32 --kv-heads 32"
+    run 150 attention-15-mha-1m-3 $A --kv fp16,kivi2 --context 1048576
+    run 150 attention-15-mha-1m-4 $A --kv fp16,kivi2 --context 1048576
+    G="bench generate --backend webgpu --random-weights 1 --gen 33 --weights native --repeats 1 --kv kivi2"
+    run 290 e2e15-llama-2-7b-800000 $G --model $C/llama-2-7b --fill 800000
+    run 290 e2e15-llama-3-8b-1048576 $G --model $C/llama-3-8b --fill 1048576
+    ;;
+  items3)
+    # The bulk items a step is cut into (KIVI_WEBGPU_BULK itemsN; the general kernel's stay 2048), in turns:
+    # MHA at 1M and 2M (split sg) and 262K (fused), 4:1 at 1M and 4M; then fp16 at MHA 1M with fewer items.
+    I='items2048|items2640|items3168|items3696|items4224'
+    HEADS=32 KV=32 T=1048576 SPECS=kivi2 BULKS="$I|$I|items2048" timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/items3-mha-1m.txt"
+    I='items2048|items3168|items4224'
+    HEADS=32 KV=32 T=2097152 SPECS=kivi2 BULKS="$I|$I" timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/items3-mha-2m.txt"
+    I='items1056|items2048|items3168'
+    HEADS=32 KV=32 T=262144 SPECS=kivi2 BULKS="$I|$I" timeout 100 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/items3-mha-256k.txt"
+    I='items528|items792|items1056|items1584|items2048'
+    SPECS=kivi2 BULKS="$I|$I" timeout 100 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/items3-gqa-1m.txt"
+    I='items528|items1056|items2048'
+    T=4194304 SPECS=kivi2 BULKS="$I|$I" timeout 100 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/items3-gqa-4m.txt"
+    for n in 1056 1584 2048; do
+      KIVI_WEBGPU_ATTN_ITEMS=$n HEADS=32 KV=32 T=1048576 SPECS=fp16 BULKS='||' timeout 100 node scripts/gpu/attn-ablate.mjs 2>&1 | sed "s/^/items $n: /" | tee -a "$OUT/items3-fp16-mha-1m.txt"
+    done
+    ;;
+  items2)
+    # The items a step is cut into, more turns: MHA at 1M (kivi2 with 16-token key rounds in turns, then fp16),
+    # and 4:1 at 1M (fp16 and kivi2), from fewer items than the default 2048 (longer ones) to more.
+    for n in 2048 3168 4224; do
+      KIVI_WEBGPU_ATTN_ITEMS=$n HEADS=32 KV=32 T=1048576 SPECS=kivi2 BULKS='|sb16||sb16||sb16|' timeout 100 node scripts/gpu/attn-ablate.mjs 2>&1 | sed "s/^/items $n: /" | tee -a "$OUT/items2-mha-1m.txt"
+      KIVI_WEBGPU_ATTN_ITEMS=$n HEADS=32 KV=32 T=1048576 SPECS=fp16 BULKS='||' timeout 100 node scripts/gpu/attn-ablate.mjs 2>&1 | sed "s/^/items $n: /" | tee -a "$OUT/items2-mha-1m.txt"
+    done
+    for n in 264 528 1056 2048 4224; do
+      KIVI_WEBGPU_ATTN_ITEMS=$n SPECS=fp16,kivi2 BULKS='||' timeout 100 node scripts/gpu/attn-ablate.mjs 2>&1 | sed "s/^/items $n: /" | tee -a "$OUT/items2-gqa-1m.txt"
+    done
+    ;;
+  items-mha)
+    # MHA at 1M tokens (kivi2, the split sg build): the items a step's attention is cut into (the H200 has 132
+    # SMs: 8, 12, 16, 20, 24 and 32 a unit), each with 16 value tokens in flight a thread and 16-token key
+    # rounds beside the default; then the default's parts left out in turns.
+    for n in 1056 1584 2112 2640 3168 4224; do
+      KIVI_WEBGPU_ATTN_ITEMS=$n HEADS=32 KV=32 T=1048576 SPECS=kivi2 BULKS='|u16|sb16|' timeout 100 node scripts/gpu/attn-ablate.mjs 2>&1 | sed "s/^/items $n: /" | tee -a "$OUT/items-mha-1m.txt"
+    done
+    HEADS=32 KV=32 T=1048576 SPECS=kivi2 BULKS='|-values|-keys|-keys,-values|-vload|' timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/parts-vx-mha-1m.txt"
+    ;;
+  vx)
+    # The bulk kernel's value codes as exact small floats (KIVI_WEBGPU_BULK vx, the default since) against the
+    # magic floats (vm): against the reference (4:1 and MHA, one arena and several), then one step replayed
+    # in turns, twice: MHA at 1M (split sg) and 262K (fused), 4:1 at 1M (split sg vcw8); MHA at 1M also with
+    # 32 channels a values thread and 4 value tokens in flight; then the MHA 1M bench.
+    KIVI_WEBGPU_BULK=on KIVI_WEBGPU_ATTN_ITEMS=4 T=9000 SPECS=kivi2,kivi4 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee "$OUT/attn-check-vx.txt"
+    KIVI_WEBGPU_BULK=on,split,sg,vcw8 BIND=1048576 ARENAS=4 KIVI_WEBGPU_ATTN_ITEMS=4 T=9000 SPECS=kivi2 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-vx.txt"
+    KIVI_WEBGPU_BULK=on,split,sg KIVI_WEBGPU_ATTN_ITEMS=16 HEADS=32 KV=32 T=5000 SPECS=kivi2,kivi4 timeout 100 node scripts/gpu/attn-check.mjs 2>&1 | tee -a "$OUT/attn-check-vx.txt"
+    HEADS=32 KV=32 T=1048576 SPECS=kivi2 BULKS='|vm||vm|vcw32|u4|' timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/vx-mha-1m.txt"
+    HEADS=32 KV=32 T=262144 SPECS=kivi2,kivi4 BULKS='|vm||vm|' timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/vx-mha-256k.txt"
+    SPECS=kivi2 BULKS='|vm||vm|' timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/vx-gqa-1m.txt"
+    run 300 attention-vx-mha-1m bench attention --backend webgpu --heads 32 --kv-heads 32 --kv fp16,kivi2 --context 1048576
     ;;
   aw-bench)
     # The benches with the bulk kernel's arenas bound as words (the default since aw): 32 kv heads at 262K and

@@ -521,6 +521,7 @@ export class WebGpuBackend implements Backend {
       cw: (bits) => this.bulkGeometry(shape, bits)?.cw ?? 0,
       minTokens: o.min,
       itemTokens: (g2?.lanes ?? 1) * BLOCK,
+      items: o.items,
     };
   }
 
@@ -621,7 +622,7 @@ export class WebGpuBackend implements Backend {
           `KIVI_WEBGPU_BULK: sg needs a lane's ${bg.nch} threads in one subgroup (this device's have at least ${this.dev.subgroupMin}) and a round of at least ${bg.nch} scores (it has ${bg.sb} tokens × ${bg.nq} heads)`,
         );
       }
-      const name = `bulk${na}-${bits}-${bg.cw}-sb${bg.sb}-u${bo.u}${bo.ex ? '' : '-noex'}${bo.ik ? '-ik' : ''}${bo.sg ? '-sg' : ''}${bo.aw ? '' : '-av'}${[...bo.skip].map((x) => `-${x}`).join('')}`;
+      const name = `bulk${na}-${bits}-${bg.cw}-sb${bg.sb}-u${bo.u}${bo.ex ? '' : '-noex'}${bo.ik ? '-ik' : ''}${bo.sg ? '-sg' : ''}${bo.aw ? '' : '-av'}${bo.vx ? '' : '-vm'}${[...bo.skip].map((x) => `-${x}`).join('')}`;
       for (const phase of split ? (['keys', 'values'] as const) : (['all'] as const)) {
         const pg = phase === 'values' ? this.bulkGeometry(shape, bits, phase, bo) : bg;
         if (!pg) throw new KiviError(`KIVI_WEBGPU_BULK: vcw${bo.vcw} does not fit this shape`);

@@ -79,12 +79,15 @@ export interface BulkSetting {
   min: number;
   /** The longest task's bulk tokens from which a step takes the defaults' build for long steps (0: theirs). */
   longMin: number;
+  /** Bulk items a step's attention is cut into (0: the shape's default). */
+  items: number;
   split: boolean | null;
   sg: boolean | null;
   skip: ReadonlySet<string>;
   u: number;
   ex: boolean;
   aw: boolean;
+  vx: boolean;
   ik: boolean;
 }
 
@@ -96,6 +99,8 @@ export interface BulkBuild extends BulkOptions {
   vcw: number;
   sb: number;
   min: number;
+  /** Bulk items a step's attention is cut into (as many as whole passes of the lanes allow). */
+  items: number;
   /**
    * The build a step's bulk items take instead where one of its tasks hands the bulk kernel at least
    * `long.min` tokens (null: this build at every length).
@@ -107,7 +112,8 @@ export interface BulkBuild extends BulkOptions {
  * A setting from its text: '' (the defaults), '0' (off: the general kernel takes every token), 'on', or a
  * comma list of cwN, sbN, minN, uN, ex, noex, aw, av and -part (which imply on), and ik or fk (the key path's
  * arithmetic, which do not; by default integer where the device has WGSL's packed dot products, `dot4`),
- * and longN (where the defaults' build for long steps starts, which does not either). One line naming a bad part.
+ * and longN (where the defaults' build for long steps starts) and itemsN (the bulk items a step is cut
+ * into), which do not either. One line naming a bad part.
  */
 export function parseBulkSetting(text: string, dot4 = true, subgroups = true): BulkSetting {
   const o: BulkSetting = {
@@ -117,9 +123,11 @@ export function parseBulkSetting(text: string, dot4 = true, subgroups = true): B
     sb: 0,
     min: 0,
     longMin: 0,
+    items: 0,
     skip: new Set(),
     ex: BULK_DEFAULTS.ex,
     aw: BULK_DEFAULTS.aw,
+    vx: BULK_DEFAULTS.vx,
     u: BULK_DEFAULTS.u,
     ik: dot4,
     split: null,
@@ -141,9 +149,10 @@ export function parseBulkSetting(text: string, dot4 = true, subgroups = true): B
       o.ik = part === 'ik';
       continue;
     }
-    const lm = /^long(\d+)$/.exec(part);
-    if (lm && Number(lm[1]) >= 1) {
-      o.longMin = Number(lm[1]);
+    const lm = /^(long|items)(\d+)$/.exec(part);
+    if (lm && Number(lm[2]) >= 1 && Number(lm[2]) <= 1 << 20) {
+      if (lm[1] === 'long') o.longMin = Number(lm[2]);
+      else o.items = Number(lm[2]);
       continue;
     }
     o.on ??= true;
@@ -152,16 +161,17 @@ export function parseBulkSetting(text: string, dot4 = true, subgroups = true): B
     if (part === 'on') continue;
     if (part === 'ex' || part === 'noex') o.ex = part === 'ex';
     else if (part === 'aw' || part === 'av') o.aw = part === 'aw';
+    else if (part === 'vx' || part === 'vm') o.vx = part === 'vx';
     else if (part === 'split' || part === 'fused') o.split = part === 'split';
     else if (part.startsWith('-') && (BULK_PARTS as readonly string[]).includes(part.slice(1))) skip.add(part.slice(1));
     else if (m?.[1] === 'cw' && [4, 8, 16, 32].includes(n)) o.cw = n;
     else if (m?.[1] === 'vcw' && [4, 8, 16, 32].includes(n)) o.vcw = n;
     else if (m?.[1] === 'sb' && [1, 2, 4, 8, 16, 32].includes(n)) o.sb = n;
-    else if (m?.[1] === 'u' && [1, 2, 4, 8].includes(n)) o.u = n;
+    else if (m?.[1] === 'u' && [1, 2, 4, 8, 16].includes(n)) o.u = n;
     else if (m?.[1] === 'min' && n >= 1) o.min = n;
     else
       throw new KiviError(
-        `KIVI_WEBGPU_BULK: unknown part "${part}" (0, on, cwN or vcwN of 4-32, sbN of 1-32, minN, longN, uN of 1-8, ex, noex, aw, av, split, fused, ik, fk, sg, wg, -${BULK_PARTS.join(', -')})`,
+        `KIVI_WEBGPU_BULK: unknown part "${part}" (0, on, cwN or vcwN of 4-32, sbN of 1-32, minN, longN, itemsN, uN of 1-16, ex, noex, aw, av, vx, vm, split, fused, ik, fk, sg, wg, -${BULK_PARTS.join(', -')})`,
       );
   }
   o.skip = skip;
@@ -194,6 +204,20 @@ export const BULK_MIN_GQA = 786432;
  */
 export const BULK_LONG_MHA = 786432;
 
+/**
+ * Bulk items a step is cut into by default at one query head a kv head. On the H200 at 32 kv heads (kivi2,
+ * one step replayed, counts in turns, twice each): 2365–2380 µs with 2048 items (the general kernel's
+ * count) at 1M tokens against 2165–2170 with 3168 (132 SMs × 24), 2177–2182 with 4224; at 2M 4774–4949
+ * against 4446–4448 and 4341–4349; at 262K (the fused build) 652–661 against 631–643
+ * (docs/perf/webgpu-h200.md, fifteenth session). A count tuned on one GPU: others may want their own.
+ */
+export const BULK_ITEMS_MHA = 3168;
+/**
+ * The same at four query heads a kv head: the general kernel's 2048, since on the H200 at 1M tokens 528
+ * to 2048 items measured within the noise (450–483 µs) and at 4M 1056 items only 2.5% faster than 2048.
+ */
+export const BULK_ITEMS_GQA = 2048;
+
 type BulkChoice = Omit<BulkBuild, keyof BulkOptions | 'long'> & { split: boolean; sg: boolean };
 
 /**
@@ -210,11 +234,21 @@ export function bulkDefault(nq: number, sgFits = false): BulkChoice & { long: Bu
   if (nq === 1) {
     // The long build keeps the fused one's channels a thread and rounds: a step's bulk items are laid out
     // for those (planbuf.ts BulkPolicy) before the step's longest task picks the build.
-    const fused = { on: true, cw, vcw: cw, sb: 8, min: BULK_MIN_DEFAULT, split: false, sg: false };
+    const fused = { on: true, cw, vcw: cw, sb: 8, min: BULK_MIN_DEFAULT, items: BULK_ITEMS_MHA, split: false, sg: false };
     return { ...fused, long: sgFits ? { ...fused, min: BULK_LONG_MHA, split: true, sg: true } : null };
   }
   const gqa = nq === 4 && sgFits;
-  return { on: gqa, cw, vcw: gqa ? 8 : cw, sb: 4, min: gqa ? BULK_MIN_GQA : BULK_MIN_DEFAULT, split: gqa, sg: gqa, long: null };
+  return {
+    on: gqa,
+    cw,
+    vcw: gqa ? 8 : cw,
+    sb: 4,
+    min: gqa ? BULK_MIN_GQA : BULK_MIN_DEFAULT,
+    items: gqa ? BULK_ITEMS_GQA : BULK_ITEMS_MHA,
+    split: gqa,
+    sg: gqa,
+    long: null,
+  };
 }
 
 /**
@@ -232,12 +266,14 @@ export function resolveBulk(o: BulkSetting, shape: AttnShape, subgroupMin: numbe
     vcw: o.vcw || o.cw || c.vcw,
     sb: o.sb || c.sb,
     min,
+    items: o.items || c.items,
     split: o.split ?? c.split,
     sg: o.sg ?? c.sg,
     skip: o.skip,
     u: o.u,
     ex: o.ex,
     aw: o.aw,
+    vx: o.vx,
     ik: o.ik,
     long: null,
   });
@@ -301,8 +337,17 @@ export interface BulkOptions {
    * replayed in turns (docs/perf/webgpu-h200.md, fourteenth session).
    */
   aw: boolean;
+  /**
+   * Value codes as exact small floats (`vx`): a code at bits p·b… of its word (p·b + b ≤ 23, else of the
+   * word shifted once) becomes bitcast(0x3f800000 | (word & mask)) − 1 = code·2^(p·b − 23), one bitwise op
+   * and one float subtraction, its power of two applied once per channel at the end; or (`vm`) the magic
+   * float 1 + code·2^−b of the general kernel (a shift and a bitwise op a code, the offset Σ weights
+   * subtracted at the end). The integer pipe, half as wide as the float one on NVIDIA, carries half as
+   * many ops with `vx`, and no offset cancels.
+   */
+  vx: boolean;
 }
-export const BULK_DEFAULTS: BulkOptions = { skip: new Set(), u: 8, ex: true, ik: true, split: false, sg: false, aw: true };
+export const BULK_DEFAULTS: BulkOptions = { skip: new Set(), u: 8, ex: true, ik: true, split: false, sg: false, aw: true, vx: true };
 
 /**
  * Whether the `sg` build fits a layout on a device whose subgroups have at least `subgroupMin` invocations:
@@ -369,6 +414,23 @@ export function bulkWgsl(shape: AttnShape, g: BulkGeometry, na: number, opts: Bu
   const head = (name: string, j: number) => (VEC ? `${name}_${j >> 2}.${'xyzw'[j & 3]}` : `${name}_${j}`);
   // Code c of this thread's channels in a row whose words are x_0, x_1, …: the float 1 + code·2^-b.
   const code = (x: string, c: number) => magic(`${x}_${Math.floor(c / CPW)}`, bits, c % CPW);
+  // vx: position p of a word's codes fits the float's 23 mantissa bits below PFIT; the others are read from
+  // the word shifted right by PFIT codes (once a word, where a thread owns such codes).
+  const VX = opts.vx;
+  const PFIT = Math.floor(23 / bits);
+  const vxPos = (c: number) => (c % CPW < PFIT ? c % CPW : (c % CPW) - PFIT);
+  const vxHi = (c: number) => c % CPW >= PFIT;
+  const vxCode = (x: string, c: number) => {
+    const mask = ((((1 << bits) - 1) << (bits * vxPos(c))) >>> 0).toString(16);
+    return `(bitcast<f32>(0x3f800000u | (${x}_${Math.floor(c / CPW)}${vxHi(c) ? 'h' : ''} & 0x${mask}u)) - 1.0)`;
+  };
+  /** The power of two turning channel c's accumulated code·2^(p·b − 23) back into the code's weight. */
+  const vxScale = (c: number) => f32lit(2 ** (23 - bits * vxPos(c)));
+  const vxShifts = (x: string) =>
+    range(NW)
+      .filter((wi) => range(CW).some((c) => Math.floor(c / CPW) === wi && vxHi(c)))
+      .map((wi) => `        let ${x}_${wi}h = ${x}_${wi} >> ${bits * PFIT}u;`)
+      .join('\n');
   const words = (x: string, at: (wi: number) => string) =>
     range(NW)
       .map((wi) => `      let ${x}_${wi} = ldw(sl, ${at(wi)})${partial ? ' >> csh' : ''};`)
@@ -446,14 +508,19 @@ ${range(U)
         let sv = select(su.x, su.y, (hs${x} & 1u) != 0u);
         let mv = select(mu.x, mu.y, (hm${x} & 1u) != 0u);
 ${get('s', 'sc', `l * ${BLOCK}u + r + ${x}u`, '        ')}
-${C((c) => `        let m${c} = ${code(`w${x}`, c)};`)}
+${VX ? vxShifts(`w${x}`) : ''}
+${C((c) => `        let m${c} = ${VX ? vxCode(`w${x}`, c) : code(`w${x}`, c)};`)}
 ${J(
   (j) => `        {
           let p = ${EX ? head('s', j) : `exp(${head('s', j)} - M${j})`};
           L${j} += p;
           let ws = p * sv;
-          W${j} += ws;
-          B${j} = fma(p, mv, B${j});
+${
+  VX
+    ? ''
+    : `          W${j} += ws;
+`
+}          B${j} = fma(p, mv, B${j});
 ${C((c) => `          a${j}_${c} = fma(ws, m${c}, a${j}_${c});`)}
         }`,
 )}
@@ -614,7 +681,7 @@ ${J(
         if (mn > M${j}) {
           let al = exp(M${j} - mn);
           L${j} *= al;
-          W${j} *= al;
+${VX ? '' : `          W${j} *= al;\n`}
           B${j} *= al;
 ${C((c) => `          a${j}_${c} *= al;`)}
           M${j} = mn;
@@ -641,6 +708,8 @@ ${unswitched(na, skip.has('vload') ? valueRound.replace(/ldw\(sl, ([^;]*)\);/g, 
       }
     }
 `;
+  // Channel c's output before the lanes combine: Σ p·(s·code + m) over the lane's tokens.
+  const outC = (j: number, c: number) => (VX ? `fma(${vxScale(c)}, a${j}_${c}, B${j})` : `VMUL * (a${j}_${c} - W${j}) + B${j}`);
   const combine = `  // ---- the lanes combined (their maxima differ): this item's output, or its partial ----
   if (k == 0u) {
 ${J((j) => `    lm[l * NQ + ${j}u] = M${j};\n    ls[l * NQ + ${j}u] = L${j};`)}
@@ -657,11 +726,11 @@ ${
         .map(
           (c4) =>
             `    red[(l * D + c0) / 4u + ${c4}u] = f * vec4<f32>(${range(4)
-              .map((e) => `VMUL * (a${j}_${c4 * 4 + e} - W${j}) + B${j}`)
+              .map((e) => outC(j, c4 * 4 + e))
               .join(', ')});`,
         )
         .join('\n')
-    : C((c) => `    red[l * D + c0 + ${c}u] = f * (VMUL * (a${j}_${c} - W${j}) + B${j});`)
+    : C((c) => `    red[l * D + c0 + ${c}u] = f * (${outC(j, c)});`)
 }
     workgroupBarrier();
     for (var c = li; c < D; c += ${BULK_WG}u) {
@@ -709,7 +778,7 @@ ${ifK(`  for (var i = li; i < NQ * D; i += ${BULK_WG}u) { qsh[i] = qf(qrow * QKV
   let cw0 = c0 / ${CPW}u;
   let csh = (c0 % ${CPW}u) * ${bits}u;
   let gq = c0 / vG;
-${ifV(J((j) => `  var M${j} = neg_inf();\n  var L${j} = 0.0;\n  var W${j} = 0.0;\n  var B${j} = 0.0;\n${C((c) => `  var a${j}_${c} = 0.0;`)}`))}
+${ifV(J((j) => `  var M${j} = neg_inf();\n  var L${j} = 0.0;\n${VX ? '' : `  var W${j} = 0.0;\n`}  var B${j} = 0.0;\n${C((c) => `  var a${j}_${c} = 0.0;`)}`))}
   workgroupBarrier();
   let nb = (tb - ta) / ${BLOCK}u;
   for (var ps = 0u; ps < nb; ps += ${LANES}u) {

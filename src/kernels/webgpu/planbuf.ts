@@ -121,12 +121,14 @@ const runWords: number[] = [];
 /**
  * Which tasks' quantized prefix goes to the bulk kernel: `cw(bits)` is the channels a bulk thread owns
  * at that code width (0: no bulk kernel for it on this device), `minTokens` the shortest prefix worth a
- * bulk item, `itemTokens` the fewest tokens a bulk item is given (a whole pass of its lanes).
+ * bulk item, `itemTokens` the fewest tokens a bulk item is given (a whole pass of its lanes), `items` the
+ * bulk items wanted per plan (a step's tokens cut as for the general kernel's TARGET_ITEMS).
  */
 export interface BulkPolicy {
   cw(bits: number): number;
   minTokens: number;
   itemTokens: number;
+  items: number;
 }
 
 /** Tokens per bulk block (bulk.ts BLOCK). */
@@ -282,8 +284,9 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
   // one dispatch, see backend.ts), partials numbered across the plan; then merge items likewise.
   let total = 0;
   for (let i = 0; i < plan.nTasks; i++) total += tk[i * TASK_WORDS + TASK_TOKENS]! * KV;
-  const split = Math.max(1, Math.ceil(total / TARGET_ITEMS / TILE)) * TILE;
-  const splitB = Math.max(split, bulk?.itemTokens ?? 0);
+  const cut = (items: number) => Math.max(1, Math.ceil(total / items / TILE)) * TILE;
+  const split = cut(TARGET_ITEMS);
+  const splitB = bulk ? Math.max(cut(bulk.items), bulk.itemTokens) : split;
   const subs: SubLists[] = [];
   let partials = 0;
   const merges: number[] = [];

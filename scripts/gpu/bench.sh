@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: final15, e2e15, items3, items2, items-mha, vx, aw-bench, aw-e2e, aw, parts-mha-1m, split-builds, mha-long, mha-split, mha-1m, long-800k, parts-default, items-gqa, long-1m, bulk-check, sg, split, split-gqa, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: vcw8-mha, final15, e2e15, items3, items2, items-mha, vx, aw-bench, aw-e2e, aw, parts-mha-1m, split-builds, mha-long, mha-split, mha-1m, long-800k, parts-default, items-gqa, long-1m, bulk-check, sg, split, split-gqa, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -279,6 +279,13 @@ case $PHASE in
     HEADS=32 KV=32 T=1048576 SPECS=kivi2 BULKS='|split,sg,aw||split,sg,aw|' timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/aw-mha-1m.txt"
     HEADS=32 KV=32 T=262144 SPECS=kivi2 BULKS='|aw||aw|' timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/aw-mha-256k.txt"
     SPECS=kivi2 BULKS='|split,sg,vcw8,aw||split,sg,vcw8,aw|' timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/aw-gqa-1m.txt"
+    ;;
+  vcw8-mha)
+    # Registers of the split build's kernels (the MHA values kernel at 16 channels a thread holds 75: 6
+    # workgroups an SM), then MHA at 1M with 8 channels a values thread and item counts for its occupancy.
+    timeout 60 .gpu/pipestats .gpu/spv/bulk-mha-[fkv]*.spv .gpu/spv/bulk-gqa-[kv]*.spv 2>&1 | cut -c1-300 | tee "$OUT/pipestats-bulk.txt"
+    I='vcw8|vcw8,items2376|vcw8,items3564|vcw8,items4224'
+    HEADS=32 KV=32 T=1048576 SPECS=kivi2 BULKS="|$I||$I|" timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/vcw8-mha-1m.txt"
     ;;
   final15)
     # The benches with exact value codes (vx) and 3168 bulk items at MHA (the defaults since): 32 kv heads at

@@ -41,7 +41,12 @@ if command -v gcc >/dev/null && [ -f /usr/include/vulkan/vulkan.h ] && command -
   # The bulk kernel (bulk.ts): the code width, then a bulk setting (parseBulkSetting).
   for cfg in "bulk-gqa-cw8 8 2 128 2,cw8" "bulk-gqa-cw8-noex 8 2 128 2,cw8,noex" "bulk-gqa-cw16 8 2 128 2,cw16" \
     "bulk-gqa-cw8-novalues 8 2 128 2,cw8,-values" "bulk-gqa-cw8-nokeys 8 2 128 2,cw8,-keys" \
-    "bulk-mha-cw8 32 32 128 2,cw8" "bulk-mha-cw16 32 32 128 2,cw16"; do
+    "bulk-mha-cw8 32 32 128 2,cw8" "bulk-mha-cw16 32 32 128 2,cw16" "bulk-mha-fused 32 32 128 2,on" \
+    "bulk-mha-keys 32 32 128 2,split,sg,keys" "bulk-mha-values 32 32 128 2,split,sg,values" \
+    "bulk-mha-values-vm 32 32 128 2,split,sg,vm,values" "bulk-mha-values-u4 32 32 128 2,split,sg,u4,values" \
+    "bulk-mha-values-u16 32 32 128 2,split,sg,u16,values" "bulk-mha-values-vcw8 32 32 128 2,split,sg,vcw8,values" \
+    "bulk-mha-values-vcw8-u4 32 32 128 2,split,sg,vcw8,u4,values" "bulk-gqa-keys 8 2 128 2,split,sg,keys" \
+    "bulk-gqa-values 8 2 128 2,split,sg,vcw8,values"; do
     set -- $cfg
     node scripts/gpu/spirv-dump.mjs "$out/spv/$1.spv" bulk "$2" "$3" "$4" "$5"
   done

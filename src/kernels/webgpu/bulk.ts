@@ -213,8 +213,8 @@ export const BULK_LONG_MHA = 786432;
  */
 export const BULK_ITEMS_MHA = 3168;
 /**
- * The same at four query heads a kv head: the general kernel's 2048, since on the H200 at 1M tokens 528
- * to 2048 items measured within the noise (450–483 µs) and at 4M 1056 items only 2.5% faster than 2048.
+ * The same at more query heads a kv head: the general kernel's 2048, since on the H200 at four, 1M tokens,
+ * 528 to 2048 items measured within the noise (450–483 µs) and at 4M 1056 items only 2.5% faster than 2048.
  */
 export const BULK_ITEMS_GQA = 2048;
 
@@ -244,7 +244,7 @@ export function bulkDefault(nq: number, sgFits = false): BulkChoice & { long: Bu
     vcw: gqa ? 8 : cw,
     sb: 4,
     min: gqa ? BULK_MIN_GQA : BULK_MIN_DEFAULT,
-    items: gqa ? BULK_ITEMS_GQA : BULK_ITEMS_MHA,
+    items: BULK_ITEMS_GQA,
     split: gqa,
     sg: gqa,
     long: null,
@@ -343,7 +343,8 @@ export interface BulkOptions {
    * and one float subtraction, its power of two applied once per channel at the end; or (`vm`) the magic
    * float 1 + code·2^−b of the general kernel (a shift and a bitwise op a code, the offset Σ weights
    * subtracted at the end). The integer pipe, half as wide as the float one on NVIDIA, carries half as
-   * many ops with `vx`, and no offset cancels.
+   * many ops with `vx`, and no offset cancels. On the H200 (one step replayed in turns) within the noise at
+   * 32 kv heads, 2–5% faster with kivi4 and at 4:1 (docs/perf/webgpu-h200.md, fifteenth session).
    */
   vx: boolean;
 }
@@ -681,8 +682,7 @@ ${J(
         if (mn > M${j}) {
           let al = exp(M${j} - mn);
           L${j} *= al;
-${VX ? '' : `          W${j} *= al;\n`}
-          B${j} *= al;
+${VX ? '' : `          W${j} *= al;\n`}          B${j} *= al;
 ${C((c) => `          a${j}_${c} *= al;`)}
           M${j} = mn;
         }

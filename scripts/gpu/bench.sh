@@ -5,7 +5,7 @@
 # .gpu/) and models/llama-28m-gqa moved out of the tree: every model here is config.json + random weights.
 # Each command is printed before it runs; its Markdown and JSON land in OUT (default $OUT).
 set -u
-PHASE=${1:?phase: vcw8-mha, final15, e2e15, items3, items2, items-mha, vx, aw-bench, aw-e2e, aw, parts-mha-1m, split-builds, mha-long, mha-split, mha-1m, long-800k, parts-default, items-gqa, long-1m, bulk-check, sg, split, split-gqa, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
+PHASE=${1:?phase: fused-items, vcw8-mha, final15, e2e15, items3, items2, items-mha, vx, aw-bench, aw-e2e, aw, parts-mha-1m, split-builds, mha-long, mha-split, mha-1m, long-800k, parts-default, items-gqa, long-1m, bulk-check, sg, split, split-gqa, vdp4a, long-alt, ik-gqa, long7b, long7b-profile, long7b-passes, long7b-orders, ik, dp4a, profile, bulk-min, bulk, bulk-parts, bulk-mha, kernels, tiles, parts, regs, stage, census, kp, ladder, robust, mha, ablate, attn-items, matmul, e2e, paper, paper-large, long}
 OUT=${2:-${OUT:?}}
 source scripts/gpu/setup.sh 2>&1
 run() { # run SECONDS NAME kivi-args...
@@ -279,6 +279,12 @@ case $PHASE in
     HEADS=32 KV=32 T=1048576 SPECS=kivi2 BULKS='|split,sg,aw||split,sg,aw|' timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/aw-mha-1m.txt"
     HEADS=32 KV=32 T=262144 SPECS=kivi2 BULKS='|aw||aw|' timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/aw-mha-256k.txt"
     SPECS=kivi2 BULKS='|split,sg,vcw8,aw||split,sg,vcw8,aw|' timeout 150 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/aw-gqa-1m.txt"
+    ;;
+  fused-items)
+    # At MHA and 1M tokens with the bulk kernel's own item count: the fused build (97 registers: 4 workgroups
+    # an SM, 528 at once) against the split sg default, at 3168 items (6 fused waves) and 2112 (4).
+    I='fused|fused,items2112|split,sg,items2112'
+    HEADS=32 KV=32 T=1048576 SPECS=kivi2 BULKS="|$I||$I|" timeout 200 node scripts/gpu/attn-ablate.mjs 2>&1 | tee "$OUT/fused-items-mha-1m.txt"
     ;;
   vcw8-mha)
     # Registers of the split build's kernels (the MHA values kernel at 16 channels a thread holds 75: 6

@@ -99,7 +99,7 @@ export interface BulkBuild extends BulkOptions {
   vcw: number;
   sb: number;
   min: number;
-  /** Bulk items a step's attention is cut into (as many as whole passes of the lanes allow). */
+  /** Bulk items a step's attention is cut into (as many as whole passes of the lanes allow; 0: as the general kernel's). */
   items: number;
   /**
    * The build a step's bulk items take instead where one of its tasks hands the bulk kernel at least
@@ -213,10 +213,11 @@ export const BULK_LONG_MHA = 786432;
  */
 export const BULK_ITEMS_MHA = 3168;
 /**
- * The same at more query heads a kv head: the general kernel's 2048, since on the H200 at four, 1M tokens,
- * 528 to 2048 items measured within the noise (450–483 µs) and at 4M 1056 items only 2.5% faster than 2048.
+ * The same at more query heads a kv head: 0, the general kernel's count (planbuf.ts TARGET_ITEMS, 2048),
+ * since on the H200 at four, 1M tokens, 528 to 2048 items measured within the noise (450–483 µs) and at 4M
+ * 1056 items only 2.5% faster than 2048.
  */
-export const BULK_ITEMS_GQA = 2048;
+export const BULK_ITEMS_GQA = 0;
 
 type BulkChoice = Omit<BulkBuild, keyof BulkOptions | 'long'> & { split: boolean; sg: boolean };
 

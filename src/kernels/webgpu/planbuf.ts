@@ -122,7 +122,7 @@ const runWords: number[] = [];
  * Which tasks' quantized prefix goes to the bulk kernel: `cw(bits)` is the channels a bulk thread owns
  * at that code width (0: no bulk kernel for it on this device), `minTokens` the shortest prefix worth a
  * bulk item, `itemTokens` the fewest tokens a bulk item is given (a whole pass of its lanes), `items` the
- * bulk items wanted per plan (a step's tokens cut as for the general kernel's TARGET_ITEMS).
+ * bulk items wanted per plan (a step's tokens cut as for the general kernel's TARGET_ITEMS; 0: that count).
  */
 export interface BulkPolicy {
   cw(bits: number): number;
@@ -286,7 +286,7 @@ export function buildPlan(plan: StepPlan, shape: AttnShape, tables: PageTables |
   for (let i = 0; i < plan.nTasks; i++) total += tk[i * TASK_WORDS + TASK_TOKENS]! * KV;
   const cut = (items: number) => Math.max(1, Math.ceil(total / items / TILE)) * TILE;
   const split = cut(TARGET_ITEMS);
-  const splitB = bulk ? Math.max(cut(bulk.items), bulk.itemTokens) : split;
+  const splitB = bulk ? Math.max(bulk.items ? cut(bulk.items) : split, bulk.itemTokens) : split;
   const subs: SubLists[] = [];
   let partials = 0;
   const merges: number[] = [];
